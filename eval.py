@@ -1,0 +1,40 @@
+"""Evaluate an exported keras_ebm model: accuracy, ECE, OOD AUROC/AUPR/FPR95, plots.
+
+    python eval.py --model_dir=runs/quickstart
+    python eval.py --saved_model=runs/x/export --gin_file=gin_configs/eval/cifar10_local.gin
+
+With --model_dir, the training config (<model_dir>/config.gin) supplies the datasets; --gin_file and
+--gin_param override it. Results go to <model_dir>/eval (or --output_dir).
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+flags.DEFINE_string("model_dir", None, "Experiment directory written by train.py.")
+flags.DEFINE_string("saved_model", None, "Path of an export (instead of --model_dir).")
+flags.DEFINE_multi_string("gin_file", [], "Gin config files (datasets, OOD sets).")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
+flags.DEFINE_string("output_dir", None, "Where to write results (default <model_dir>/eval).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from keras_ebm import cli
+    from keras_ebm.evaluation.runner import run_eval
+
+    if not FLAGS.model_dir and not FLAGS.saved_model:
+        raise app.UsageError("Pass --model_dir (a train.py directory) or --saved_model (an export).")
+    files = list(FLAGS.gin_file)
+    if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
+        files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
+    cli.parse_gin(files, FLAGS.gin_param)
+    run_eval(model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, output_dir=FLAGS.output_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)

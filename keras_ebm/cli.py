@@ -1,0 +1,38 @@
+"""Gin parsing shared by train.py and eval.py: typos fail loudly, the config is saved with the run."""
+
+import os
+
+import gin
+
+
+def parse_gin(gin_files, gin_params):
+    """Parse gin files then bindings with `skip_unknown=False` (a typo is an error, as in dopamine).
+
+    Relative `include` paths resolve against the working directory and the repository root.
+    """
+    import keras_ebm.configurables  # noqa: F401  (registers every configurable)
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    gin.add_config_file_search_path(root)
+    for path in gin_files:
+        if not os.path.exists(path) and not os.path.exists(os.path.join(root, path)):
+            raise FileNotFoundError(
+                f"gin config file not found: {path}. Configs live in gin_configs/ (e.g. "
+                "gin_configs/quickstart.gin). Received: --gin_file=" + str(path)
+            )
+    files = [p if os.path.exists(p) else os.path.join(root, p) for p in gin_files]
+    try:
+        gin.parse_config_files_and_bindings(files, gin_params, skip_unknown=False)
+    except (ValueError, KeyError, SyntaxError) as e:
+        raise ValueError(
+            f"Invalid gin configuration ({type(e).__name__}): {e}\nCheck the spelling of the "
+            "configurable/parameter against keras_ebm/configurables.py and the README."
+        ) from e
+
+
+def save_config(model_dir):
+    """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back)."""
+    os.makedirs(model_dir, exist_ok=True)
+    text = "import keras_ebm.configurables\n\n" + gin.config_str()
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(text)

@@ -1,0 +1,54 @@
+"""Every gin configurable of keras_ebm, registered in one place (STYLE.md section 4.3).
+
+Library classes stay plain Keras and import without gin; this module is the whole config surface.
+Gin files start with `import keras_ebm.configurables`. Objects are chosen by reference
+(`run_training.trainer = @SoftmaxClassifier`), never by strings.
+"""
+
+import gin
+import keras
+
+from keras_ebm import backbones, data, experiment, optim, sampling, trainers
+from keras_ebm.evaluation import runner
+from keras_ebm.optim import schedules
+
+
+def _register(obj, module):
+    return gin.external_configurable(obj, module=module)
+
+
+# Optimizers and schedules (scopes separate the two optimizers of CLEL: `ebm/Adam`, `encoder/SGD`).
+for _opt in (keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.SGD):
+    _register(_opt, "keras.optimizers")
+for _sched in (
+    keras.optimizers.schedules.CosineDecay,
+    keras.optimizers.schedules.PiecewiseConstantDecay,
+    keras.optimizers.schedules.ExponentialDecay,
+):
+    _register(_sched, "keras.optimizers.schedules")
+_register(schedules.LinearWarmup, "keras_ebm.optim")
+_register(schedules.epoch_step_decay, "keras_ebm.optim")
+
+# Backbones.
+_register(backbones.WideResNet, "keras_ebm.backbones")
+_register(backbones.TinyCNN, "keras_ebm.backbones")
+_register(backbones.build_classifier, "keras_ebm.backbones")
+
+# Data.
+_register(data.make_dataset_fn, "keras_ebm.data")
+_register(data.make_two_branch_dataset_fn, "keras_ebm.data")
+_register(data.load_arrays, "keras_ebm.data")
+
+# Sampling engine and gradient functions.
+_register(sampling.SGLDSampler, "keras_ebm.sampling")
+_register(sampling.ReplayBuffer, "keras_ebm.sampling")
+_register(sampling.UniformInitializer, "keras_ebm.sampling")
+_register(optim.PlainGradients, "keras_ebm.optim")
+_register(optim.SAMGradients, "keras_ebm.optim")
+
+# Trainers.
+_register(trainers.SoftmaxClassifier, "keras_ebm.trainers")
+
+# Runners.
+_register(experiment.run_training, "keras_ebm.experiment")
+_register(runner.run_eval, "keras_ebm.evaluation")

@@ -1,0 +1,33 @@
+"""The one energy convention of keras_ebm (JEM, Grathwohl et al. 2020, eq. 4-5).
+
+A classifier with logits f(x) defines an energy-based model of the joint distribution:
+
+    E(x, y) = -f(x)[y]                      log p(x, y) = f(x)[y] - log Z
+    E(x)    = -logsumexp_y f(x)[y]          log p(x)    = logsumexp_y f(x)[y] - log Z
+
+Lower energy means more probable. Samplers always *descend* E. Every trainer, sampler, evaluation
+score and export in the library goes through these functions; nothing else writes the sign.
+"""
+
+import tensorflow as tf
+
+
+def energy_from_logits(logits):
+    """E(x) = -logsumexp(logits) over the last axis. Shape [batch, classes] -> [batch]."""
+    return -tf.reduce_logsumexp(logits, axis=-1)
+
+
+def log_px_from_logits(logits):
+    """log p(x) up to the constant -log Z: logsumexp(logits) = -E(x). Higher is more in-distribution."""
+    return tf.reduce_logsumexp(logits, axis=-1)
+
+
+def class_energy(logits, y):
+    """E(x, y) = -logits[y]. `y` int [batch] -> energy [batch]."""
+    y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+    return -tf.gather(logits, y, axis=-1, batch_dims=1)
+
+
+def max_softmax(logits):
+    """max_y p(y|x), the classifier's confidence; an OOD score (higher = in-distribution)."""
+    return tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)

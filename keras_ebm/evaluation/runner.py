@@ -1,0 +1,192 @@
+"""`run_eval`: evaluate an exported keras_ebm model (what `eval.py` calls).
+
+Evaluation consumes the SavedModel in `<model_dir>/export` (or any `--saved_model`), never the
+training code (compare_gan's EvalTask style): what is measured is what users deploy.
+
+Reports, following the papers' conventions (PAPERS.md): accuracy; ECE with 20 equal-width bins and
+a reliability diagram; for every OOD set and every score of the export (log p(x) = logsumexp of the
+logits, max p(y|x), and model-specific ones), AUROC with in-distribution as the positive class (scores
+are higher for in-distribution), AUPR and FPR at 95% TPR, with score histograms. Output in
+`<model_dir>/eval/`: results.json, results.md (rows: score, columns: OOD set, as in the papers'
+OOD tables) and PNG plots.
+"""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ebm.evaluation import metrics as metrics_lib
+from keras_ebm.evaluation import plots
+
+
+def _log(msg):
+    print(f"[keras_ebm.eval] {msg}", flush=True)
+
+
+def _load_set(spec, max_examples):
+    """A data spec is a callable returning (x, y) uint8 arrays, or kwargs of keras_ebm.data.load_arrays."""
+    if callable(spec):
+        x, y = spec()
+    else:
+        from keras_ebm.data import load_arrays
+
+        spec = dict(spec)
+        spec.setdefault("max_examples", max_examples)
+        x, y = load_arrays(**spec)
+    if max_examples:
+        x, y = x[:max_examples], y[:max_examples]
+    return np.asarray(x), np.asarray(y)
+
+
+def _run_export(module, images, batch_size, label):
+    """All outputs of the export's `serving_default` and `scores` signatures, batched."""
+    serve = module.signatures["serving_default"]
+    scores_fn = module.signatures["scores"]
+    outputs = {}
+    n = len(images)
+    for start in range(0, n, batch_size):
+        batch = tf.constant(images[start:start + batch_size])
+        out = dict(serve(images=batch))
+        out.update({f"score/{k}": v for k, v in scores_fn(images=batch).items()})
+        for k, v in out.items():
+            outputs.setdefault(k, []).append(v.numpy())
+        done = min(start + batch_size, n)
+        if done == n or (start // batch_size) % 20 == 0:
+            _log(f"{label}: {done}/{n} images")
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def _markdown(results, in_dist_name):
+    lines = [
+        f"# Evaluation: {in_dist_name}",
+        "",
+        f"Accuracy {100 * results['accuracy']:.2f}% · ECE {100 * results['ece']:.2f}% (20 bins) · "
+        f"{results['num_examples']} test images",
+        "",
+    ]
+    ood = results["ood"]
+    if ood:
+        sets = list(ood)
+        score_names = list(next(iter(ood.values())))
+        lines += ["OOD detection, AUROC (in-distribution positive, higher score = in-distribution)", ""]
+        lines.append("| score | " + " | ".join(sets) + " |")
+        lines.append("|---|" + "---|" * len(sets))
+        for s in score_names:
+            lines.append(f"| {s} | " + " | ".join(f"{ood[o][s]:.4f}" for o in sets) + " |")
+        lines += ["", "AUPR-in / FPR at 95% TPR", ""]
+        lines.append("| score | " + " | ".join(sets) + " |")
+        lines.append("|---|" + "---|" * len(sets))
+        for s in score_names:
+            cells = [
+                f"{results['ood_details'][o][s]['aupr_in']:.3f} / {results['ood_details'][o][s]['fpr_at_95_tpr']:.3f}"
+                for o in sets
+            ]
+            lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    if results.get("notes"):
+        lines += ["", "Notes: " + results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def run_eval(
+    model_dir=None,
+    saved_model=None,
+    in_dist=None,
+    ood_sets=None,
+    in_dist_name="test",
+    batch_size=256,
+    max_examples=None,
+    output_dir=None,
+    notes="",
+):
+    """Evaluate a SavedModel export on a labelled in-distribution set and OOD sets.
+
+    Args:
+        model_dir: experiment directory; the export is read from `model_dir/export` and results are
+            written to `model_dir/eval` unless `output_dir` is given.
+        saved_model: path of an export (instead of `model_dir`).
+        in_dist: labelled test set: kwargs of `keras_ebm.data.load_arrays` (e.g.
+            `{"name": "cifar10_jpeg", "split": "test"}`) or a callable returning `(x_uint8, y)`.
+        ood_sets: dict name -> spec of the same form (labels ignored).
+        in_dist_name: name of the in-distribution set in tables and plots.
+        batch_size: evaluation batch size.
+        max_examples: cap on images per set (quick checks).
+        output_dir: where to write results (default `model_dir/eval`, else `./eval`).
+        notes: free text stored with the results (e.g. the JPEG caveat of the local CIFAR-10).
+
+    Returns:
+        The results dict that is also written to results.json.
+    """
+    if saved_model is None:
+        if model_dir is None:
+            raise ValueError("run_eval needs `model_dir` or `saved_model`. Received: neither.")
+        saved_model = os.path.join(model_dir, "export")
+    if not os.path.isdir(saved_model):
+        raise FileNotFoundError(
+            f"No SavedModel at {saved_model}. Train with train.py (it exports to <model_dir>/export) "
+            "or pass --saved_model=<path of an export>."
+        )
+    if in_dist is None:
+        raise ValueError(
+            "run_eval needs the in-distribution test set: bind run_eval.in_dist in gin, e.g. "
+            "run_eval.in_dist = {'name': 'cifar10_jpeg', 'split': 'test'}. Received: in_dist=None"
+        )
+    output_dir = output_dir or os.path.join(model_dir or ".", "eval")
+    os.makedirs(output_dir, exist_ok=True)
+
+    module = tf.saved_model.load(saved_model)
+    x, y = _load_set(in_dist, max_examples)
+    _log(f"in-distribution '{in_dist_name}': {len(x)} images of shape {x.shape[1:]}")
+    out_in = _run_export(module, x, batch_size, in_dist_name)
+    probs = out_in["probabilities"]
+    score_names = sorted(k[len("score/"):] for k in out_in if k.startswith("score/"))
+
+    results = {
+        "saved_model": os.path.abspath(saved_model),
+        "in_dist": in_dist_name,
+        "num_examples": int(len(x)),
+        "accuracy": float(metrics_lib.accuracy(probs, y)),
+        "ece": float(metrics_lib.expected_calibration_error(probs, y, num_bins=20)),
+        "mean_confidence": float(np.mean(np.max(probs, axis=-1))),
+        "ood": {},
+        "ood_details": {},
+        "notes": notes,
+    }
+    plots.reliability_diagram(
+        probs, y, os.path.join(output_dir, "reliability.png"), num_bins=20,
+        title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
+    )
+
+    scores_by_set = {s: {in_dist_name: out_in[f"score/{s}"]} for s in score_names}
+    for ood_name, spec in (ood_sets or {}).items():
+        x_ood, _ = _load_set(spec, max_examples)
+        if tuple(x_ood.shape[1:]) != tuple(x.shape[1:]):
+            raise ValueError(
+                f"OOD set '{ood_name}' has images of shape {x_ood.shape[1:]} but the model takes "
+                f"{x.shape[1:]}: pass image_size/channels in its spec. Received: {ood_name}.shape={x_ood.shape}"
+            )
+        out_ood = _run_export(module, x_ood, batch_size, ood_name)
+        results["ood"][ood_name] = {}
+        results["ood_details"][ood_name] = {}
+        for s in score_names:
+            m = metrics_lib.ood_metrics(out_in[f"score/{s}"], out_ood[f"score/{s}"])
+            results["ood"][ood_name][s] = float(m["auroc"])
+            results["ood_details"][ood_name][s] = {k: float(v) for k, v in m.items()}
+            scores_by_set[s][ood_name] = out_ood[f"score/{s}"]
+    for s in score_names:
+        if len(scores_by_set[s]) > 1:
+            plots.score_histograms(
+                scores_by_set[s], os.path.join(output_dir, f"scores_{s}.png"),
+                in_dist_name=in_dist_name, score_name=s,
+            )
+
+    with open(os.path.join(output_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(_markdown(results, in_dist_name))
+    _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
+    for ood_name, by_score in results["ood"].items():
+        _log(f"OOD {ood_name}: " + "  ".join(f"AUROC[{s}]={v:.4f}" for s, v in by_score.items()))
+    _log(f"wrote {output_dir}/results.json, results.md and plots")
+    return results

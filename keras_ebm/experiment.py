@@ -1,0 +1,215 @@
+"""Training and evaluation runners: what `train.py` and `eval.py` call (gin-configurable).
+
+`run_training` drives a trainer's own `train_step` with a custom loop over
+`strategy.distribute_datasets_from_function`. One loop serves every strategy: the default one (one
+CPU/GPU), MirroredStrategy (several GPUs) and MultiWorkerMirroredStrategy (several machines), where
+Keras 3's `fit` fails (keras-team/keras#20585; ENVIRONMENT.md, last section). `model.fit` remains the
+API for users on one machine; both call the same `train_step`.
+
+Model directory layout:
+    config.gin               the gin files and bindings as given (train.py writes it; eval.py reads it)
+    operative_config.gin     the bindings actually used (written after the first step)
+    checkpoints/             tf.train.CheckpointManager: weights, optimizer state(s), step, and every
+                             tracked variable of the trainer (replay buffer, queue, EMA copies)
+    tensorboard/             scalars every `log_every` steps
+    export/                  SavedModel (keras_ebm.export) after training
+    eval/                    results.json, results.md and plots (eval.py)
+"""
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ebm import distribute
+
+
+class DivergenceError(RuntimeError):
+    """Raised when training produces non-finite values; the last good checkpoint is kept."""
+
+
+def _log(msg):
+    print(f"[keras_ebm] {msg}", flush=True)
+
+
+def _dummy_batch(image_shape):
+    return tf.zeros((1,) + tuple(image_shape), tf.float32)
+
+
+def build_trainer(trainer, optimizer, strategy, jit_compile=False):
+    """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
+
+    `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
+    `optimizer` a zero-argument callable returning a Keras optimizer. The model is called once and
+    the optimizer built on its variables, which MultiWorkerMirroredStrategy needs before the loop.
+    """
+    with strategy.scope():
+        model = trainer()
+        model.compile(optimizer=optimizer(), jit_compile=jit_compile)
+        model(_dummy_batch(model.image_shape))
+        if hasattr(model, "build_optimizers"):
+            model.build_optimizers()
+        else:
+            model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def make_checkpoint(model, step):
+    """A tf.train.Checkpoint of the model (all its tracked variables), its optimizer(s) and step."""
+    kwargs = {"model": model, "step": step}
+    optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
+    kwargs.update(optimizers)
+    return tf.train.Checkpoint(**kwargs)
+
+
+def _checkpoint_dir(model_dir, strategy):
+    if distribute.is_chief(strategy):
+        return os.path.join(model_dir, "checkpoints")
+    # Non-chief workers must also save (the save may run collectives) but into a scratch directory.
+    task_id = strategy.cluster_resolver.task_id
+    return os.path.join(model_dir, ".workers", f"worker_{task_id}")
+
+
+def _all_finite(logs):
+    return all(np.all(np.isfinite(v)) for v in logs.values())
+
+
+def run_training(
+    model_dir,
+    trainer,
+    optimizer,
+    train_data,
+    train_steps,
+    checkpoint_every=500,
+    log_every=50,
+    keep_checkpoints=3,
+    export=True,
+    evaluate=False,
+    jit_compile=False,
+    strategy=None,
+    progress=True,
+    seed=0,
+):
+    """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
+
+    Args:
+        model_dir: experiment directory (created if missing).
+        trainer: zero-argument callable building the trainer (a `keras_ebm.trainers.EBMTrainer`).
+        optimizer: zero-argument callable building its optimizer (`@keras.optimizers.Adam` in gin).
+        train_data: `fn(input_context) -> tf.data.Dataset` yielding per-replica batches
+            (`keras_ebm.data.make_dataset_fn(...)`), repeated.
+        train_steps: total optimisation steps (a resumed run trains the remainder).
+        checkpoint_every: steps between checkpoints; the last step is always saved.
+        log_every: steps between TensorBoard/console logs and divergence checks.
+        keep_checkpoints: how many checkpoints CheckpointManager keeps.
+        export: write the SavedModel to `model_dir/export` at the end.
+        evaluate: run `keras_ebm.evaluation.run_eval(model_dir=model_dir)` after training.
+        jit_compile: compile the train step with XLA (slower on CPU, see ENVIRONMENT.md 4a).
+        strategy: a tf.distribute strategy; default `keras_ebm.distribute.make_strategy()`.
+        progress: show a progress bar.
+        seed: global seed (`keras.utils.set_random_seed`); the data order on resume is re-seeded
+            with the restored step so a resumed run does not replay the first batches.
+
+    Returns:
+        The trained model.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    strategy = strategy or distribute.make_strategy()
+    chief = distribute.is_chief(strategy)
+    keras.utils.set_random_seed(seed)
+
+    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile)
+    with strategy.scope():
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = make_checkpoint(model, step)
+    manager = tf.train.CheckpointManager(
+        checkpoint, _checkpoint_dir(model_dir, strategy), max_to_keep=keep_checkpoints
+    )
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        _log(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}")
+    start = int(step.numpy())
+    if start >= train_steps:
+        _log(f"already trained {start} >= train_steps={train_steps} steps; nothing to do")
+    else:
+        tf.random.set_seed(seed + start)
+        dataset = strategy.distribute_datasets_from_function(train_data)
+        _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
+                    checkpoint_every, log_every, progress and chief, chief)
+
+    if chief and export:
+        from keras_ebm import export as export_lib  # depends on the trained model only
+
+        export_dir = os.path.join(model_dir, "export")
+        export_lib.export_model(
+            model,
+            export_dir,
+            image_shape=model.image_shape,
+            pixel_range=model.pixel_range,
+            ood_score=model.default_ood_score,
+        )
+        _log(f"exported SavedModel to {export_dir}")
+    if chief and evaluate:
+        from keras_ebm.evaluation.runner import run_eval
+
+        run_eval(model_dir=model_dir)
+    return model
+
+
+def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
+                checkpoint_every, log_every, progress, chief):
+    import gin
+
+    iterator = iter(dataset)
+
+    @tf.function
+    def train_one_step(iterator):
+        strategy.run(model.train_step, args=(next(iterator),))
+        step.assign_add(1)
+        # Read the trackers in cross-replica context: SyncOnRead totals/counts are summed over replicas.
+        return {m.name: m.result() for m in model.metrics}
+
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard")) if chief else None
+    bar = keras.utils.Progbar(train_steps, stateful_metrics=[m.name for m in model.metrics]) if progress else None
+    start = int(step.numpy())
+    t0, last_log_step = time.time(), start
+    logs = {}
+    operative_written = False
+    for current in range(start + 1, train_steps + 1):
+        logs = {k: v.numpy() for k, v in train_one_step(iterator).items()}
+        if not operative_written and chief:
+            with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+                f.write(gin.operative_config_str())
+            operative_written = True
+        at_log = current % log_every == 0 or current == train_steps
+        at_ckpt = current % checkpoint_every == 0 or current == train_steps
+        if (at_log or at_ckpt) and not _all_finite(logs):
+            raise DivergenceError(
+                f"training diverged at step {current}: non-finite values in {logs}. The last good "
+                f"checkpoint ({manager.latest_checkpoint}) is kept; resume from it with a lower learning "
+                "rate, more SGLD steps or another seed."
+            )
+        if at_log:
+            rate = (current - last_log_step) / max(time.time() - t0, 1e-9)
+            t0, last_log_step = time.time(), current
+            if writer is not None:
+                with writer.as_default(step=current):
+                    for k, v in logs.items():
+                        tf.summary.scalar(k, v)
+                    tf.summary.scalar("steps_per_second", rate)
+            for m in model.metrics:
+                m.reset_state()
+            if bar is None and chief:
+                _log(f"step {current}/{train_steps} " + " ".join(f"{k}={float(v):.4g}" for k, v in logs.items()))
+        if bar is not None:
+            bar.update(current, values=[(k, float(v)) for k, v in logs.items()])
+        if at_ckpt:
+            manager.save(checkpoint_number=current)
+    if writer is not None:
+        writer.flush()
+    if chief:
+        _log(f"trained to step {train_steps}: " + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
+    return logs

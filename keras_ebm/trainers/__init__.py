@@ -1,0 +1,6 @@
+"""Trainers: keras.Model subclasses that share one train_step (see base.py)."""
+
+from keras_ebm.trainers.base import EBMTrainer
+from keras_ebm.trainers.softmax import SoftmaxClassifier
+
+__all__ = ["EBMTrainer", "SoftmaxClassifier"]

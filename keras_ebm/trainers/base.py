@@ -1,0 +1,201 @@
+"""`EBMTrainer`: the one `train_step` every keras_ebm method shares (STYLE.md section 4.1).
+
+A trainer is a `keras.Model` that owns a `network` (images -> logits) and the components of its method
+(sampler, replay buffer, queue, EMA...). Its `train_step` is written once, here:
+
+    batch      = self.unpack_batch(data)            # (x, y) or two loaders ((x, y), (x_px, y_px))
+    negatives  = self.sample_negatives(batch)       # SGLD samples, outside the gradient tape
+    logs       = self.optimize(batch, negatives)    # gradient function (plain / SAM) + optimizer.apply
+    self.after_step(batch, negatives, logs)         # queue enqueue, EMA, buffer bookkeeping
+    return self.update_trackers(logs)
+
+Methods override `compute_losses` (and, when needed, `sample_negatives`, `after_step` or
+`optimize` for two optimizers), never `train_step`. The same `train_step` runs under `model.fit`, under
+tf.distribute strategies, and inside the custom loop of `keras_ebm.experiment.run_training`.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_ebm import energy as energy_lib
+from keras_ebm.optim.gradients import PlainGradients
+
+
+class EBMTrainer(keras.Model):
+    """Base class of the keras_ebm trainers.
+
+    Args:
+        network: a `keras.Model` mapping float images `[batch, height, width, channels]` in
+            `pixel_range` to logits `[batch, num_classes]`.
+        image_shape: `(height, width, channels)` of the training images. Batches of another shape
+            raise a `ValueError` saying so.
+        num_classes: number of classes of the logits.
+        pixel_range: `(lo, hi)` range of the float images the network sees: `(-1, 1)` for the JEM
+            family, `(0, 1)` for CLEL. The export maps uint8 images into it.
+        gradients: the gradient function, `PlainGradients()` (default) or `SAMGradients(rho=...)`.
+        check_finite_inputs: assert that input batches hold no NaN/Inf (cheap next to a conv net).
+        seed: seed of the trainer's `keras.random.SeedGenerator` (sampling, augmentation).
+
+    Subclasses list the scalars they report in `tracked_names`; `compute_losses` returns a dict with
+    those keys, of which `"loss"` is the total that is differentiated.
+    """
+
+    tracked_names = ("loss", "clf_loss", "clf_acc", "energy_data")
+    default_ood_score = "log_px"
+
+    def __init__(
+        self,
+        network,
+        image_shape,
+        num_classes,
+        pixel_range=(-1.0, 1.0),
+        gradients=None,
+        check_finite_inputs=True,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        image_shape = tuple(int(d) for d in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(
+                "`image_shape` must be (height, width, channels). "
+                f"Received: image_shape={image_shape}"
+            )
+        lo, hi = (float(v) for v in pixel_range)
+        if not lo < hi:
+            raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={pixel_range}")
+        self.network = network
+        self.image_shape = image_shape
+        self.num_classes = int(num_classes)
+        self.pixel_range = (lo, hi)
+        self.gradients = gradients if gradients is not None else PlainGradients()
+        self.check_finite_inputs = bool(check_finite_inputs)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_names}
+
+    # ------------------------------------------------------------------ Keras plumbing
+    def call(self, x, training=False):
+        return self.network(x, training=training)
+
+    def build(self, input_shape=None):
+        if not self.network.built:
+            self.network.build((None,) + self.image_shape)
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    # ------------------------------------------------------------------ the one train_step
+    def train_step(self, data):
+        batch = self.unpack_batch(data)
+        negatives = self.sample_negatives(batch)
+        logs = self.optimize(batch, negatives)
+        self.after_step(batch, negatives, logs)
+        return self.update_trackers(logs)
+
+    def test_step(self, data):
+        batch = self.unpack_batch(data)
+        logits = self(batch["x"], training=False)
+        return self.update_trackers(self.classifier_logs(logits, batch["y"]))
+
+    # ------------------------------------------------------------------ hooks
+    def unpack_batch(self, data):
+        """Normalise a batch to a dict: `x`, `y` (classifier branch) and `x_px`, `y_px` (p(x) branch).
+
+        Accepts `(x, y)`, a dict with those keys, or the two-loader form `((x, y), (x_px, y_px))` of
+        SADA-JEM (augmentation only in the classifier branch). With one loader both branches share x.
+        """
+        if isinstance(data, dict):
+            batch = dict(data)
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (tuple, list)):
+            (x, y), (x_px, y_px) = data
+            batch = {"x": x, "y": y, "x_px": x_px, "y_px": y_px}
+        elif isinstance(data, (tuple, list)) and len(data) >= 2:
+            batch = {"x": data[0], "y": data[1]}
+        else:
+            raise ValueError(
+                "A batch must be (images, labels), a dict with 'x' and 'y', or "
+                "((images, labels), (images_px, labels_px)). Received: "
+                f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
+            )
+        batch.setdefault("x_px", batch["x"])
+        batch.setdefault("y_px", batch["y"])
+        for key in ("x", "x_px"):
+            batch[key] = self._check_images(batch[key], key)
+        for key in ("y", "y_px"):
+            batch[key] = tf.cast(tf.reshape(batch[key], [-1]), tf.int32)
+        return batch
+
+    def sample_negatives(self, batch):
+        """Samples from the model (SGLD); None for a purely discriminative trainer."""
+        return None
+
+    def compute_losses(self, batch, negatives, training=True):
+        """Return a dict of scalars with key "loss" (the total) and the `tracked_names`."""
+        raise NotImplementedError(f"{type(self).__name__} must implement compute_losses().")
+
+    def optimize(self, batch, negatives):
+        """One optimisation step of every trainable variable with `self.optimizer`.
+
+        CLEL (two networks, two optimizers) overrides this; everything else shares it. The gradient
+        function (plain or SAM) differentiates `logs["loss"]`.
+        """
+        variables = self.trainable_variables
+        grads, logs = self.gradients(
+            lambda: self.compute_losses(batch, negatives, training=True), variables
+        )
+        self.optimizer.apply(grads, variables)
+        return logs
+
+    def after_step(self, batch, negatives, logs):
+        """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
+
+    # ------------------------------------------------------------------ shared pieces
+    def classifier_logs(self, logits, y):
+        """Cross-entropy, accuracy and mean data energy of a classifier batch."""
+        clf_loss = tf.reduce_mean(
+            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+        )
+        clf_acc = tf.reduce_mean(
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
+        )
+        return {
+            "loss": clf_loss,
+            "clf_loss": clf_loss,
+            "clf_acc": clf_acc,
+            "energy_data": tf.reduce_mean(energy_lib.energy_from_logits(logits)),
+        }
+
+    def update_trackers(self, logs):
+        for name, tracker in self.trackers.items():
+            if name in logs:
+                tracker.update_state(logs[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+    def _check_images(self, x, name):
+        if x.shape.rank != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"{type(self).__name__} was built for images of shape [batch, "
+                f"{', '.join(map(str, self.image_shape))}]; the '{name}' batch has shape "
+                f"{x.shape}. Check the dataset's image_size/channels or the trainer's image_shape. "
+                f"Received: {name}.shape={x.shape}"
+            )
+        if not x.dtype.is_floating:
+            raise ValueError(
+                f"{type(self).__name__} expects float images in pixel_range {self.pixel_range}; the "
+                f"'{name}' batch is {x.dtype.name}. Map uint8 images with "
+                "keras_ebm.data.to_pixel_range (the datasets of keras_ebm.data do). "
+                f"Received: {name}.dtype={x.dtype.name}"
+            )
+        x = tf.cast(x, self.compute_dtype if self.compute_dtype else tf.float32)
+        if self.check_finite_inputs:
+            x = tf.debugging.assert_all_finite(
+                x, f"The '{name}' image batch contains NaN or Inf values: check the data pipeline."
+            )
+        return x
+
+    # ------------------------------------------------------------------ scoring (export, eval)
+    def energy(self, x, training=False):
+        """E(x) = -logsumexp(logits), shape [batch]."""
+        return energy_lib.energy_from_logits(self(x, training=training))

@@ -1,0 +1,37 @@
+"""keras_ebm: hybrid discriminative-generative energy-based image models in Keras 3."""
+
+from setuptools import find_packages, setup
+
+# Pins that were seen to resolve and run together (TF 2.21 / Keras 3.15). tf-keras is needed by
+# tensorflow-probability's TF substrate and importlib_resources by tensorflow-datasets, neither of
+# which declares it (see README, "Dependencies").
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "keras==3.15.1",
+    "tf-keras==2.21.0",
+    "tensorflow-probability==0.25.0",
+    "tensorflow-datasets==4.9.10",
+    "importlib_resources",
+    "absl-py==2.5.1",
+    "scikit-learn==1.9.1",
+    "gin-config==0.5.0",
+    "matplotlib>=3.8",
+    "numpy>=1.26",
+]
+
+setup(
+    name="keras_ebm",
+    version="0.1.0",
+    description="HDGE, GMMC, SADA-JEM and CLEL energy-based image models for Keras 3 / TensorFlow",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_ebm", "keras_ebm.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3"],
+        # keras-cv 0.9 works with Keras 3.15 but is frozen (2024) and pulls in keras-core and
+        # kagglehub; keras_ebm uses Keras-3 core layers + tf.image instead (README, "Dependencies").
+        "kerascv": ["keras-cv==0.9.0"],
+    },
+)

@@ -1,0 +1,110 @@
+"""run_training: checkpoints resume with equal weights, a crash keeps the last good checkpoint."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ebm import experiment
+from keras_ebm.trainers import SoftmaxClassifier
+
+from test_trainer import digits_arrays, tiny_network
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def data_fn(input_context=None):
+    x, y = digits_arrays(256)
+    batch = input_context.get_per_replica_batch_size(32) if input_context else 32
+    return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch, drop_remainder=True)
+
+
+def trainer_fn():
+    return SoftmaxClassifier(tiny_network(), image_shape=(8, 8, 1), num_classes=10)
+
+
+def run(model_dir, steps, lr=0.05, **kwargs):
+    return experiment.run_training(
+        model_dir=str(model_dir), trainer=trainer_fn, optimizer=lambda: keras.optimizers.Adam(lr),
+        train_data=data_fn, train_steps=steps, checkpoint_every=2, log_every=2, export=False,
+        progress=False, **kwargs,
+    )
+
+
+def test_resume_restores_weights_optimizer_and_step(tmp_path):
+    trained = run(tmp_path, 4)
+    weights = [w.numpy() for w in trained.weights]
+    iterations = int(trained.optimizer.iterations.numpy())
+    assert iterations == 4
+    assert sorted(os.listdir(tmp_path / "checkpoints"))  # CheckpointManager files
+    assert (tmp_path / "operative_config.gin").exists()
+    assert os.listdir(tmp_path / "tensorboard")
+
+    resumed = run(tmp_path, 4)  # nothing left to train: returns the restored model
+    for a, b in zip(weights, resumed.weights):
+        np.testing.assert_array_equal(a, b.numpy())
+    assert int(resumed.optimizer.iterations.numpy()) == iterations
+    # Adam slots come back too (momentum is part of the optimizer state).
+    slots_a = [v.numpy() for v in trained.optimizer.variables]
+    slots_b = [v.numpy() for v in resumed.optimizer.variables]
+    for a, b in zip(slots_a, slots_b):
+        np.testing.assert_array_equal(a, b)
+
+    longer = run(tmp_path, 6)  # continues from step 4, not from scratch
+    assert int(longer.optimizer.iterations.numpy()) == 6
+
+
+def test_divergence_keeps_last_good_checkpoint(tmp_path):
+    run(tmp_path, 2)
+    good = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    with pytest.raises(experiment.DivergenceError, match="last good checkpoint"):
+        run(tmp_path, 10, lr=1e38)  # explodes to inf/NaN within a few steps
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")) is not None
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / "checkpoints")))
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), f"non-finite checkpointed value {name}"
+    assert good is not None
+
+
+@pytest.mark.slow
+def test_train_py_killed_then_resumed(tmp_path):
+    model_dir = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "--gin_file=gin_configs/quickstart.gin",
+           f"--model_dir={model_dir}", "--gin_param=run_training.train_steps=100000",
+           "--gin_param=run_training.checkpoint_every=5", "--gin_param=run_training.evaluate=False",
+           "--gin_param=run_training.export=False"]
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpt_dir = model_dir / "checkpoints"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+        if latest and int(latest.rsplit("-", 1)[1]) >= 10:
+            break
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    assert latest, "no checkpoint was written before the kill"
+    saved_step = int(latest.rsplit("-", 1)[1])
+    out = subprocess.run(
+        cmd[:-4] + [f"--gin_param=run_training.train_steps={saved_step + 5}",
+                    "--gin_param=run_training.evaluate=False", "--gin_param=run_training.export=False",
+                    "--gin_param=run_training.checkpoint_every=5"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    match = re.search(r"resumed from \S+ at step (\d+)", log)
+    assert match and int(match.group(1)) == saved_step, log[-2000:]
+    final = tf.train.latest_checkpoint(str(ckpt_dir))
+    assert int(final.rsplit("-", 1)[1]) == saved_step + 5

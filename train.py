@@ -1,0 +1,35 @@
+"""Train a keras_ebm model from gin configs.
+
+    python train.py --gin_file=gin_configs/quickstart.gin --model_dir=runs/quickstart
+    python train.py --gin_file=gin_configs/sadajem.gin --gin_file=gin_configs/tiny.gin --model_dir=/tmp/x
+
+Flags: --gin_file (repeatable, later files override earlier ones), --gin_param (repeatable
+bindings, applied last), --model_dir. Everything else is gin (see README, "Configuration").
+A run resumes from the last checkpoint in --model_dir.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags
+
+flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. \"run_training.train_steps = 100\".")
+flags.DEFINE_string("model_dir", None, "Experiment directory (checkpoints, logs, export).")
+flags.mark_flag_as_required("model_dir")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    from keras_ebm import cli, experiment
+
+    cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    cli.save_config(FLAGS.model_dir)
+    experiment.run_training(model_dir=FLAGS.model_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
