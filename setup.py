@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "scikit-learn==1.9.1",
     "gin-config==0.5.0",
+    "tensorboard==2.21.0",  # tensorflow 2.21 no longer installs it; tf.summary needs it
     "matplotlib>=3.8",
     "numpy>=1.26",
 ]

@@ -36,3 +36,24 @@ def save_config(model_dir):
     text = "import keras_ebm.configurables\n\n" + gin.config_str()
     with open(os.path.join(model_dir, "config.gin"), "w") as f:
         f.write(text)
+
+
+def resolve_run_training():
+    """The objects `run_training` would receive from the parsed gin config (benchmarks, tests).
+
+    Returns a dict with `trainer` and `optimizer` (zero-argument builders) and `train_data`
+    (`fn(input_context)`), plus every other bound run_training parameter.
+    """
+    import keras_ebm.configurables  # noqa: F401
+
+    out = {}
+    for name in ("trainer", "optimizer", "train_data", "train_steps"):
+        try:
+            value = gin.query_parameter(f"run_training.{name}")
+        except ValueError:
+            continue
+        if isinstance(value, gin.config.ConfigurableReference):
+            fn = value.scoped_configurable_fn
+            value = fn() if value.evaluate else fn
+        out[name] = value
+    return out

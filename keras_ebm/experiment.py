@@ -77,6 +77,11 @@ def _all_finite(logs):
     return all(np.all(np.isfinite(v)) for v in logs.values())
 
 
+@tf.function
+def _variables_finite(variables):
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+
 def run_training(
     model_dir,
     trainer,
@@ -186,7 +191,9 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
             operative_written = True
         at_log = current % log_every == 0 or current == train_steps
         at_ckpt = current % checkpoint_every == 0 or current == train_steps
-        if (at_log or at_ckpt) and not _all_finite(logs):
+        if (at_log or at_ckpt) and not (
+            _all_finite(logs) and (not at_ckpt or bool(_variables_finite(model.trainable_variables)))
+        ):
             raise DivergenceError(
                 f"training diverged at step {current}: non-finite values in {logs}. The last good "
                 f"checkpoint ({manager.latest_checkpoint}) is kept; resume from it with a lower learning "

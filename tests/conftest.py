@@ -42,8 +42,10 @@ def dtd_npz():
     return str(DTD_NPZ)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def two_device_strategy():
+    # One strategy per process: separate MirroredStrategy objects reuse collective instance keys,
+    # so a second strategy running a different collective (all_gather after all_reduce) aborts.
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
         pytest.skip("needs two logical CPU devices")

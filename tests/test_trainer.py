@@ -12,9 +12,9 @@ from keras_ebm.trainers import SoftmaxClassifier
 def tiny_network(image_shape=(8, 8, 1), num_classes=10, seed=1):
     init = keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input(image_shape)
-    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
+    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
     h = keras.layers.LeakyReLU(0.2)(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
+    h = keras.layers.Flatten()(h)
     outputs = keras.layers.Dense(num_classes, kernel_initializer=init)(h)
     return keras.Model(inputs, outputs)
 

@@ -174,6 +174,8 @@ class EBMTrainer(keras.Model):
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
     def _check_images(self, x, name):
+        if not tf.is_tensor(x):
+            x = tf.convert_to_tensor(x)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise ValueError(
                 f"{type(self).__name__} was built for images of shape [batch, "

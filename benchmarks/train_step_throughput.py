@@ -1,0 +1,143 @@
+"""Train-step throughput (images/s) and peak memory of keras_ebm trainer configs on this device.
+
+Each row is a gin config plus bindings, built exactly as train.py builds it, timed over `--steps`
+steps after `--warmup` steps (tracing excluded), all rows in one process so ratios compare like with
+like. Prints a markdown table and writes JSON (default benchmarks/results/<device>.json).
+
+    python benchmarks/train_step_throughput.py                    # every row
+    python benchmarks/train_step_throughput.py --rows=softmax_wrn16_4_b64 --steps=5
+
+Peak memory: on a GPU, TensorFlow's allocator peak for the row (reset between rows); on CPU, the
+process's peak RSS so far (monotone across rows: read each row as "at most").
+Later issues add rows for JEM, SADA-JEM, HDGE, GMMC and CLEL to ROWS.
+"""
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_list("rows", [], "Row names to run (default: all).")
+flags.DEFINE_integer("steps", 10, "Timed steps per row.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps per row (tracing).")
+flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA.")
+flags.DEFINE_string("mixed_precision", None, "Keras dtype policy, e.g. mixed_float16 or mixed_bfloat16.")
+flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>.json).")
+FLAGS = flags.FLAGS
+
+SOFTMAX = ["gin_configs/softmax_cifar10.gin"]
+# Real CIFAR-10 images (the local JPEG archive); one batch is cached and repeated so that the row
+# measures the train step, not the input pipeline.
+CIFAR_LOCAL = ["DATASET = 'cifar10_jpeg'"]
+
+# name -> (gin files, bindings, global batch). Rows of later issues use the same backbone/batch as
+# their softmax baseline so that the ratio column is meaningful.
+ROWS = {
+    "softmax_wrn16_4_b64": (SOFTMAX, CIFAR_LOCAL + ["WideResNet.depth = 16", "WideResNet.width = 4"], 64),
+    "softmax_wrn28_10_b16": (SOFTMAX, CIFAR_LOCAL, 16),
+    "softmax_tiny_b64": (SOFTMAX, CIFAR_LOCAL + ["build_classifier.backbone = @TinyCNN()",
+                                              "TinyCNN.input_shape = %IMAGE_SHAPE"], 64),
+}
+BASELINE_OF = {}  # row -> softmax row it is compared with (filled by later issues)
+
+
+def device_name():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return details.get("device_name", "gpu").replace(" ", "_")
+    return f"cpu{os.cpu_count()}_{platform.machine()}"
+
+
+def peak_memory_mb():
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_row(name, files, bindings, batch):
+    import gin
+    import keras
+    import tensorflow as tf
+
+    from keras_ebm import cli, experiment
+
+    gin.clear_config()
+    cli.parse_gin(files, bindings + [f"GLOBAL_BATCH_SIZE = {batch}"])
+    objs = cli.resolve_run_training()
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.reset_memory_stats("GPU:0")
+    strategy = tf.distribute.get_strategy()
+    model = experiment.build_trainer(objs["trainer"], objs["optimizer"], strategy, FLAGS.jit_compile)
+    data = iter(objs["train_data"](None).take(1).cache().repeat())
+    step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)
+    for _ in range(FLAGS.warmup):
+        logs = step(next(data))
+    [float(v) for v in logs.values()]
+    times = []
+    for _ in range(FLAGS.steps):
+        batch = next(data)
+        t0 = time.perf_counter()
+        logs = step(batch)
+        [float(v) for v in logs.values()]  # wait for the step
+        times.append(time.perf_counter() - t0)
+    median = sorted(times)[len(times) // 2]
+    keras.mixed_precision.set_dtype_policy("float32")
+    return {
+        "row": name, "batch": batch, "median_s_per_step": median,
+        "images_per_s": batch / median, "peak_memory_mb": peak_memory_mb(),
+        "params": int(sum(int(tf.size(w)) for w in model.network.trainable_weights)),
+        "gin_files": files, "bindings": bindings,
+    }
+
+
+def main(argv):
+    del argv
+    import tensorflow as tf
+
+    names = FLAGS.rows or list(ROWS)
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown:
+        raise app.UsageError(f"unknown rows {unknown}; known: {sorted(ROWS)}")
+    results = []
+    for name in names:
+        files, bindings, batch = ROWS[name]
+        print(f"[benchmark] {name} ...", flush=True)
+        results.append(run_row(name, files, bindings, batch))
+    by_name = {r["row"]: r for r in results}
+    for r in results:
+        base = by_name.get(BASELINE_OF.get(r["row"]))
+        r["ratio_to_baseline"] = (r["median_s_per_step"] / base["median_s_per_step"]) if base else None
+    device = device_name()
+    print(f"\nDevice: {device}  TF {tf.__version__}  jit_compile={FLAGS.jit_compile}  "
+          f"policy={FLAGS.mixed_precision or 'float32'}  steps={FLAGS.steps}\n")
+    print("| row | batch | s/step (median) | images/s | peak MB | params | x baseline step |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        ratio = f"{r['ratio_to_baseline']:.2f}" if r["ratio_to_baseline"] else "-"
+        print(f"| {r['row']} | {r['batch']} | {r['median_s_per_step']:.4f} | {r['images_per_s']:.1f} | "
+              f"{r['peak_memory_mb']:.0f} | {r['params']:,} | {ratio} |")
+    out = FLAGS.output or os.path.join(os.path.dirname(__file__), "results", f"{device}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"device": device, "tensorflow": tf.__version__, "jit_compile": FLAGS.jit_compile,
+                   "mixed_precision": FLAGS.mixed_precision, "steps": FLAGS.steps, "rows": results}, f, indent=2)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

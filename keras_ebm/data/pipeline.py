@@ -1,0 +1,249 @@
+"""Batched input pipelines: sources -> shuffle/repeat -> batch -> pixel range -> augment -> noise.
+
+`make_dataset` builds one loader; `make_dataset_fn` wraps it for
+`strategy.distribute_datasets_from_function` (per-replica batch and sharding from the
+`tf.distribute.InputContext`, as SimCLR's `build_input_fn`); `make_two_branch_dataset` zips the
+two independently shuffled loaders of SADA-JEM (augmented classifier batch, plain p(x) batch);
+`load_arrays` returns numpy arrays for evaluation.
+"""
+
+import tensorflow as tf
+
+from keras_ebm.data import augment as augment_lib
+from keras_ebm.data import preprocess
+from keras_ebm.data import sources
+
+_MAX_SHUFFLE_BUFFER = 60_000  # all of CIFAR-10 train (150 MB of uint8): a full shuffle, as JEM
+_UNKNOWN_SIZE_SHUFFLE_BUFFER = 10_000
+
+
+def _check_name(name):
+    base = name[: -len(sources.INTERP_SUFFIX)] if name.endswith(sources.INTERP_SUFFIX) else name
+    if base not in sources.KNOWN_DATASETS:
+        raise ValueError(
+            f"Unknown data set. Known names: {sources._known_names_text()}. Received: name={name!r}"
+        )
+
+
+def _check_batch_size(value, arg_name):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"`{arg_name}` must be a positive int. Received: {arg_name}={value!r}")
+
+
+def _is_train(split):
+    return str(split).startswith("train")
+
+
+def _resolve_augment(augment, pixel_range):
+    if augment is None:
+        return None
+    if callable(augment):
+        return augment
+    if isinstance(augment, str):
+        return None if augment == "none" else augment_lib.augment_fn(augment, pixel_range)
+    raise ValueError(
+        "`augment` must be None, 'pad_crop_flip', 'pad_crop', 'simclr' or a callable "
+        f"fn(x, seed). Received: augment={augment!r}"
+    )
+
+
+def make_dataset(
+    name,
+    split,
+    global_batch_size,
+    *,
+    input_context=None,
+    pixel_range=(-1.0, 1.0),
+    augment=None,
+    shuffle=None,
+    repeat=None,
+    drop_remainder=None,
+    dequantize_noise=0.0,
+    seed=0,
+    shuffle_buffer=None,
+    cache=False,
+    **source_kwargs,
+):
+    """A batched `tf.data.Dataset` of `(x float32 [b, H, W, C] in pixel_range, y int32 [b])`.
+
+    Order of operations: load (`load_source`) -> shard (several input pipelines) -> cache ->
+    shuffle -> repeat -> batch -> `to_pixel_range` -> `augment` -> `+ N(0, dequantize_noise^2)`
+    -> prefetch. Augmentation and noise are stateless ops seeded per batch from `seed` (and the
+    input pipeline id), so the same seed gives the same batches; shuffling uses `seed` as the op
+    seed, combined with the global seed (`tf.random.set_seed`) when one is set.
+
+    Args:
+        name: a source name (see `keras_ebm.data.KNOWN_DATASETS`).
+        split: the split ("train", "test", ...).
+        global_batch_size: batch size summed over replicas.
+        input_context: a `tf.distribute.InputContext`; the batch is then the per-replica batch and
+            the data is sharded over the input pipelines.
+        pixel_range: `(low, high)` of the float images (JEM: (-1, 1); CLEL: (0, 1)).
+        augment: None, "pad_crop_flip", "pad_crop", "simclr", or a callable `fn(x, seed)` applied
+            to the float batch.
+        shuffle: shuffle the examples (default: True for a train split).
+        repeat: repeat forever (default: True for a train split).
+        drop_remainder: drop a last partial batch (default: True for a train split).
+        dequantize_noise: sigma of Gaussian noise added to the float pixels (JEM: 0.03 on
+            [-1, 1]); the result is not clipped, as in JEM.
+        seed: seed of the shuffle, the augmentation and the noise.
+        shuffle_buffer: shuffle buffer size (default: the whole set, up to 60,000 examples).
+        cache: cache the decoded images in memory (saves JPEG decoding after the first epoch).
+        **source_kwargs: passed to `load_source` (`local_path`, `classes`, `image_size`,
+            `max_examples`, `data_dir`, `download`, ...).
+
+    Returns:
+        The batched, prefetched dataset.
+    """
+    _check_name(name)
+    _check_batch_size(global_batch_size, "global_batch_size")
+    preprocess._check_pixel_range(pixel_range)
+    if dequantize_noise < 0:
+        raise ValueError(
+            f"`dequantize_noise` must be >= 0. Received: dequantize_noise={dequantize_noise!r}"
+        )
+    augment_fn = _resolve_augment(augment, pixel_range)
+    train = _is_train(split)
+    shuffle = train if shuffle is None else shuffle
+    repeat = train if repeat is None else repeat
+    drop_remainder = train if drop_remainder is None else drop_remainder
+
+    ds, info = sources.load_source(name, split, **source_kwargs)
+
+    batch_size, pipeline_id = global_batch_size, 0
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        if input_context.num_input_pipelines > 1:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+            pipeline_id = input_context.input_pipeline_id
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        buffer = shuffle_buffer or min(
+            info.num_examples or _UNKNOWN_SIZE_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER
+        )
+        ds = ds.shuffle(max(int(buffer), 1), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+
+    lo_hi = tuple(float(v) for v in pixel_range)
+    if augment_fn is None and not dequantize_noise:
+        ds = ds.map(
+            lambda x, y: (preprocess.to_pixel_range(x, lo_hi), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        # One random int64 pair per batch; stateless ops below make every batch reproducible and
+        # independent of how tf.data schedules the parallel map.
+        batch_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, batch_seeds))
+
+        def transform(batch, batch_seed):
+            x, y = batch
+            batch_seed = tf.random.experimental.stateless_fold_in(batch_seed, pipeline_id)
+            aug_seed, noise_seed = tf.unstack(
+                tf.random.experimental.stateless_split(batch_seed, num=2)
+            )
+            x = preprocess.to_pixel_range(x, lo_hi)
+            if augment_fn is not None:
+                x = augment_fn(x, aug_seed)
+            if dequantize_noise:
+                x = x + dequantize_noise * tf.random.stateless_normal(tf.shape(x), noise_seed)
+            return x, y
+
+        ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def make_dataset_fn(name, split, global_batch_size, **kwargs):
+    """`fn(input_context=None)` building `make_dataset(...)`, for
+    `strategy.distribute_datasets_from_function` (which calls it once per input pipeline).
+
+    The name and batch size are checked now, so configuration errors surface before training.
+    """
+    _check_name(name)
+    _check_batch_size(global_batch_size, "global_batch_size")
+
+    def dataset_fn(input_context=None):
+        return make_dataset(name, split, global_batch_size, input_context=input_context, **kwargs)
+
+    return dataset_fn
+
+
+def make_two_branch_dataset(
+    name,
+    split,
+    clf_batch_size,
+    px_batch_size,
+    *,
+    clf_augment="pad_crop_flip",
+    px_augment=None,
+    input_context=None,
+    seed=0,
+    **kwargs,
+):
+    """Two independently shuffled loaders zipped: `((x_clf, y_clf), (x_px, y_px))`.
+
+    SADA-JEM trains the classifier on augmented batches (`clf_batch_size`, pad-crop-flip) and
+    the p(x) term on un-augmented ones (`px_batch_size`), from two separate data loaders.
+
+    Args:
+        name, split: the source, as in `make_dataset`.
+        clf_batch_size: global batch size of the classifier branch (SADA-JEM: 128).
+        px_batch_size: global batch size of the p(x) branch (SADA-JEM: 64).
+        clf_augment: augmentation of the classifier branch.
+        px_augment: augmentation of the p(x) branch (SADA-JEM: none).
+        input_context: a `tf.distribute.InputContext`, as in `make_dataset`.
+        seed: seed of the classifier branch; the p(x) branch uses `seed + 1`.
+        **kwargs: passed to both `make_dataset` calls.
+
+    Returns:
+        The zipped dataset (repeated by default for a train split).
+
+    Reference:
+        Yang, Su and Ji, "Towards Bridging the Performance Gaps of Joint Energy-based Models"
+        (SADA-JEM), CVPR 2023; code github.com/sndnyang/SADAJEM (`utils.py` get_data).
+    """
+    _check_batch_size(clf_batch_size, "clf_batch_size")
+    _check_batch_size(px_batch_size, "px_batch_size")
+    clf = make_dataset(
+        name, split, clf_batch_size, input_context=input_context, augment=clf_augment,
+        seed=seed, **kwargs,
+    )
+    px = make_dataset(
+        name, split, px_batch_size, input_context=input_context, augment=px_augment,
+        seed=seed + 1, **kwargs,
+    )
+    return tf.data.Dataset.zip((clf, px)).prefetch(tf.data.AUTOTUNE)
+
+
+def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwargs):
+    """`fn(input_context=None)` building `make_two_branch_dataset(...)` (for
+    `strategy.distribute_datasets_from_function`)."""
+    _check_name(name)
+    _check_batch_size(clf_batch_size, "clf_batch_size")
+    _check_batch_size(px_batch_size, "px_batch_size")
+
+    def dataset_fn(input_context=None):
+        return make_two_branch_dataset(
+            name, split, clf_batch_size, px_batch_size, input_context=input_context, **kwargs
+        )
+
+    return dataset_fn
+
+
+def load_arrays(name, split="test", max_examples=None, **source_kwargs):
+    """A whole split as numpy arrays, for evaluation.
+
+    Args:
+        name, split: the source (see `load_source`).
+        max_examples: keep only the first `max_examples` examples.
+        **source_kwargs: passed to `load_source`.
+
+    Returns:
+        `(x uint8 [N, H, W, C], y int32 [N])`.
+    """
+    _check_name(name)
+    ds, _ = sources.load_source(name, split, max_examples=max_examples, **source_kwargs)
+    return sources.dataset_to_arrays(ds)

@@ -1,0 +1,477 @@
+"""SavedModel export of a trained keras_ebm classifier for OOD detection and classification.
+
+`export_model` writes a TensorFlow SavedModel that scores uint8 images with nothing but TensorFlow:
+neither keras_ebm nor the training code is needed to load and run it,
+
+    loaded = tf.saved_model.load(export_dir)
+    loaded.serving_default(images)        # logits, probabilities, energy, ood_score
+    loaded.signatures["scores"](images=images)
+
+and `<export_dir>/assets/keras_ebm_export.json` describes it (image shape, pixel range, score names)
+for readers without TensorFlow.
+
+What is exported is only what the forward pass reads: the functions are traced first and the module
+then tracks exactly the variables those traces captured. Replay buffers, feature queues, optimizer
+slots and EMA shadows of a trainer are therefore absent even when the trainer itself is passed.
+
+Every function takes `images`: uint8 `[batch, height, width, channels]` with the training image
+shape, and maps them into the model's `pixel_range` itself. Scores follow the papers' orientation:
+**higher means more in-distribution**.
+
+Input checking. A signature fixed to `[None, H, W, C]` makes TensorFlow reject a wrong shape with
+"Can not cast TensorSpec(...) to TensorSpec(...)" followed by a dump of the whole array (attribute
+calls), and it cannot check the rank and the spatial size with one readable message. So the
+signatures are shape-agnostic (uint8, unknown rank) and the graph asserts the shape itself:
+"expected uint8 images of shape [N, H, W, C]; received shape [...]" (an `InvalidArgumentError`).
+The dtype is fixed by the signature. Attribute calls (`loaded.logits(x)`) with float16/32/64 or
+int32/64 tensors or arrays reach extra traces that fail with the same message; signature calls
+(`loaded.signatures["logits"](images=x)`) with a float tensor fail with TensorFlow's
+"... was expected to be a uint8 tensor but is a float tensor". Caveat (TensorFlow behaviour): a
+*NumPy* float array passed to a signature is cast to uint8 silently, before the graph runs; pass
+uint8 arrays or tensors.
+
+Reference: the energy convention of JEM (Grathwohl et al. 2020, arXiv:1912.03263), the gradient-norm
+score of JEM's OOD section ("approximate mass", also GMMC, arXiv:2010.03759).
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from keras_ebm import energy as energy_lib
+from keras_ebm.data.preprocess import to_pixel_range  # pure tf ops, the one uint8 -> float map
+
+METADATA_FILENAME = "keras_ebm_export.json"
+FORMAT_VERSION = 1
+BUILTIN_SCORES = ("log_px", "max_softmax", "grad_norm")
+ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
+
+# Attribute calls with these dtypes get a trace that fails with the readable message instead of
+# TensorFlow's generic "Could not find matching concrete function" (or a silent NumPy cast).
+_REJECTED_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
+_SCORE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _per_sample_norm(x):
+    return tf.norm(tf.reshape(x, [tf.shape(x)[0], -1]), axis=-1)
+
+
+class _Forward:
+    """Holds the model out of sight of object tracking, so that saving never walks the model."""
+
+    def __init__(self, model, extra_scores):
+        self.model = model
+        self.extra_scores = extra_scores
+
+
+class ServingModule(tf.Module):
+    """A `tf.Module` scoring uint8 images with a trained classifier, ready for `tf.saved_model.save`.
+
+    The classifier's logits f(x) define the energy-based model of JEM: E(x) = -logsumexp_y f(x)[y],
+    i.e. log p(x) = -E(x) - log Z (`keras_ebm.energy`).
+
+    Built-in OOD scores (higher = more in-distribution):
+    - `"log_px"`: logsumexp f(x) = -E(x), log p(x) up to the constant log Z (JEM).
+    - `"max_softmax"`: max_y p(y|x), the classifier baseline.
+    - `"grad_norm"`: -||d log p(x) / dx||_2 per sample, x being the float image in `pixel_range`
+      (JEM's "approximate mass"; GMMC). The network runs in inference mode, so samples of a batch
+      do not interact and the gradient of the summed log p(x) is the per-sample gradient.
+
+    Functions (each a `tf.function` attribute and, in the SavedModel, a signature of the same
+    name), all taking `images`: uint8 `[batch, height, width, channels]`:
+    - `logits(images)` -> `{"logits": [batch, num_classes]}`
+    - `energy(images)` -> `{"energy": [batch]}`, E(x) = -logsumexp(logits).
+    - `ood_score(images)` -> `{"ood_score": [batch]}`, the score named by `ood_score`.
+    - `scores(images)` -> `{name: [batch]}` for every score in `score_names`.
+    - `serving_default(images)` -> `{"logits", "probabilities", "energy", "ood_score"}`.
+
+    Metadata variables: `image_shape` (int32 [3]), `pixel_range` (float32 [2]), `num_classes`
+    (int32), `ood_score_name` (string), `score_names` (string [n]), `format_version` (int32).
+    `network_variables` holds the variables the functions read, and nothing else.
+
+    Args:
+        model: a `keras.Model` (or any callable) with `model(x, training=False)` returning logits
+            `[batch, num_classes]` for float images `x` in `pixel_range`. If it has a method
+            `serving_scores(x)` returning a dict name -> `[batch]` tensor (model-specific scores,
+            e.g. GMMC's), those scores are exported too.
+        image_shape: `(height, width, channels)` of the training images.
+        pixel_range: `(lo, hi)` range of the float images the model expects; uint8 images are
+            mapped by x / 255 * (hi - lo) + lo.
+        ood_score: name of the default OOD score, a built-in or extra score name.
+        extra_scores: optional dict name -> `fn(model, x_float)` returning `[batch]` scores,
+            higher = more in-distribution.
+        name: name of the module.
+
+    Example:
+    ```python
+    module = ServingModule(trainer.network, (32, 32, 3), pixel_range=(-1.0, 1.0))
+    module.serving_default(tf.zeros([4, 32, 32, 3], tf.uint8))["ood_score"]
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        image_shape,
+        pixel_range=(-1.0, 1.0),
+        ood_score="log_px",
+        extra_scores=None,
+        name=None,
+    ):
+        super().__init__(name=name)
+        try:
+            shape = tuple(int(d) for d in image_shape)
+        except (TypeError, ValueError):
+            shape = ()
+        if len(shape) != 3 or min(shape) <= 0:
+            raise ValueError(
+                "`image_shape` must be (height, width, channels) with positive ints. "
+                f"Received: image_shape={image_shape}"
+            )
+        image_shape = shape
+        lo, hi = (float(v) for v in pixel_range)
+        if not lo < hi:
+            raise ValueError(
+                "`pixel_range` must be (lo, hi) with lo < hi. " f"Received: pixel_range={pixel_range}"
+            )
+        extra_scores = dict(extra_scores or {})
+        for score_name, fn in extra_scores.items():
+            if not callable(fn):
+                raise ValueError(
+                    f"`extra_scores` values must be callables fn(model, x_float) -> [batch]. "
+                    f"Received: extra_scores[{score_name!r}]={fn!r}"
+                )
+        self._forward = _Forward(model, extra_scores)
+        self._image_shape = image_shape
+        self._pixel_range = (lo, hi)
+
+        # One eager call builds the model and tells the number of classes and the names of the
+        # model's own scores, before anything is traced.
+        probe = tf.zeros((2,) + image_shape, tf.float32) + (lo + hi) / 2.0
+        logits = model(probe, training=False)
+        if len(logits.shape) != 2 or logits.shape[0] != 2:
+            raise ValueError(
+                "`model(x, training=False)` must return logits of shape [batch, num_classes]. "
+                f"Received: logits.shape={tuple(logits.shape)} for x.shape={tuple(probe.shape)}"
+            )
+        num_classes = int(logits.shape[-1])
+        model_scores = self._model_scores(probe)
+        score_names = list(BUILTIN_SCORES)
+        for source, names in (("serving_scores", model_scores), ("extra_scores", extra_scores)):
+            for score_name in names:
+                if not isinstance(score_name, str) or not _SCORE_NAME.match(score_name):
+                    raise ValueError(
+                        f"Score names from `{source}` must be identifiers (letters, digits, _). "
+                        f"Received: name={score_name!r}"
+                    )
+                if score_name in score_names:
+                    raise ValueError(
+                        f"Score name {score_name!r} from `{source}` is already taken; scores "
+                        f"so far: {score_names}. Received: name={score_name!r}"
+                    )
+                score_names.append(score_name)
+        for score_name, value in self._all_extra_scores(probe).items():
+            if tuple(value.shape) != (2,):
+                raise ValueError(
+                    f"Score {score_name!r} must have shape [batch]. Received: "
+                    f"shape={tuple(value.shape)} for a batch of 2"
+                )
+        if ood_score not in score_names:
+            raise ValueError(
+                f"`ood_score` must be one of {score_names}. Received: ood_score={ood_score!r}"
+            )
+        self._num_classes = num_classes
+        self._ood_score = ood_score
+        self._score_names = tuple(score_names)
+        self._output_keys = {
+            "logits": {"logits": (num_classes,)},
+            "energy": {"energy": ()},
+            "ood_score": {"ood_score": ()},
+            "scores": {n: () for n in score_names},
+            "serving_default": {
+                "logits": (num_classes,),
+                "probabilities": (num_classes,),
+                "energy": (),
+                "ood_score": (),
+            },
+        }
+
+        self.image_shape = tf.Variable(image_shape, dtype=tf.int32, trainable=False, name="image_shape")
+        self.pixel_range = tf.Variable([lo, hi], dtype=tf.float32, trainable=False, name="pixel_range")
+        self.num_classes = tf.Variable(num_classes, dtype=tf.int32, trainable=False, name="num_classes")
+        self.ood_score_name = tf.Variable(ood_score, dtype=tf.string, trainable=False)
+        self.score_names = tf.Variable(list(score_names), dtype=tf.string, trainable=False)
+        self.format_version = tf.Variable(FORMAT_VERSION, dtype=tf.int32, trainable=False)
+
+        self.logits = self._make_function("logits", self._logits_fn)
+        self.energy = self._make_function("energy", self._energy_fn)
+        self.ood_score = self._make_function("ood_score", self._ood_score_fn)
+        self.scores = self._make_function("scores", self._scores_fn)
+        self.serving_default = self._make_function("serving_default", self._serving_default_fn)
+
+        # Track exactly what the traced functions captured: anything else the model owns (replay
+        # buffer, queue, optimizer slots, EMA copies) stays out of the SavedModel.
+        captured = {}
+        for endpoint in ENDPOINTS:
+            for variable in self.concrete_function(endpoint).variables:
+                captured.setdefault(id(variable), variable)
+        self.network_variables = list(captured.values())
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def score_name_list(self):
+        """Names of all exported scores, built-ins first."""
+        return list(self._score_names)
+
+    def concrete_function(self, endpoint):
+        """The uint8 concrete function of `endpoint`, the one exported as its signature."""
+        return getattr(self, endpoint).get_concrete_function(self._input_spec())
+
+    def signature_functions(self):
+        """Dict endpoint name -> concrete function, for `tf.saved_model.save(signatures=...)`."""
+        return {endpoint: self.concrete_function(endpoint) for endpoint in ENDPOINTS}
+
+    def metadata(self):
+        """The JSON-serialisable description written beside the SavedModel."""
+        h, w, c = self._image_shape
+        input_spec = {"images": {"dtype": "uint8", "shape": [None, h, w, c]}}
+        return {
+            "format": "keras_ebm.export",
+            "format_version": FORMAT_VERSION,
+            "image_shape": list(self._image_shape),
+            "pixel_range": list(self._pixel_range),
+            "num_classes": self._num_classes,
+            "ood_score": self._ood_score,
+            "score_names": list(self._score_names),
+            "signatures": {
+                endpoint: {"inputs": input_spec, "outputs": sorted(self._output_keys[endpoint])}
+                for endpoint in ENDPOINTS
+            },
+            "conventions": {
+                "scores": "higher = more in-distribution",
+                "energy": "E(x) = -logsumexp(logits) = -log p(x) - log Z (lower = more probable)",
+                "pixel_range": "uint8 images are mapped to x / 255 * (hi - lo) + lo",
+            },
+        }
+
+    # ------------------------------------------------------------------ tracing
+    def _input_spec(self, dtype=tf.uint8):
+        return tf.TensorSpec(shape=None, dtype=dtype, name="images")
+
+    def _make_function(self, endpoint, body):
+        def function(images):
+            if images.dtype != tf.uint8:
+                return self._reject_dtype(endpoint, images)
+            return body(self._checked_float_images(images))
+
+        function.__name__ = endpoint
+        traced = tf.function(function)
+        for dtype in (tf.uint8,) + _REJECTED_DTYPES:
+            traced.get_concrete_function(self._input_spec(dtype))
+        return traced
+
+    def _expected(self):
+        h, w, c = self._image_shape
+        return f"expected uint8 images of shape [N, {h}, {w}, {c}]"
+
+    def _reject_dtype(self, endpoint, images):
+        check = tf.debugging.Assert(
+            False, [f"{self._expected()}; received dtype {images.dtype.name}"]
+        )
+        with tf.control_dependencies([check]):
+            return {
+                key: tf.zeros((0,) + tail, tf.float32)
+                for key, tail in self._output_keys[endpoint].items()
+            }
+
+    def _checked_float_images(self, images):
+        shape = tf.shape(images)
+        # Padding lets the spatial comparison run for any rank; the rank test decides.
+        spatial = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
+        ok = tf.logical_and(
+            tf.equal(tf.rank(images), 4),
+            tf.reduce_all(tf.equal(spatial, tf.constant(self._image_shape, tf.int32))),
+        )
+        check = tf.debugging.Assert(ok, [f"{self._expected()}; received shape", shape], summarize=8)
+        with tf.control_dependencies([check]):
+            # The cond hides the caller's static shape: loaded functions called with a wrongly
+            # shaped array would otherwise fail shape inference (an unreadable ValueError) before
+            # the assertion above could run.
+            images = tf.cond(
+                ok,
+                lambda: tf.identity(images),
+                lambda: tf.zeros((0,) + self._image_shape, tf.uint8),
+            )
+        images = tf.ensure_shape(images, (None,) + self._image_shape)
+        return to_pixel_range(images, self._pixel_range)
+
+    # ------------------------------------------------------------------ scores
+    def _call_model(self, x):
+        return self._forward.model(x, training=False)
+
+    def _model_scores(self, x):
+        serving_scores = getattr(self._forward.model, "serving_scores", None)
+        if serving_scores is None:
+            return {}
+        scores = serving_scores(x)
+        if not isinstance(scores, dict):
+            raise ValueError(
+                "`model.serving_scores(x)` must return a dict name -> [batch] tensor. "
+                f"Received: {type(scores).__name__}"
+            )
+        return dict(scores)
+
+    def _all_extra_scores(self, x):
+        scores = self._model_scores(x)
+        for score_name, fn in self._forward.extra_scores.items():
+            scores[score_name] = fn(self._forward.model, x)
+        return {k: tf.cast(v, tf.float32) for k, v in scores.items()}
+
+    def _logits_and_grad_norm(self, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            logits = self._call_model(x)
+            log_px = energy_lib.log_px_from_logits(logits)
+        grad = tape.gradient(log_px, x)
+        return logits, -_per_sample_norm(grad)
+
+    def _compute_scores(self, x, names):
+        if "grad_norm" in names:
+            logits, grad_norm = self._logits_and_grad_norm(x)
+        else:
+            logits, grad_norm = self._call_model(x), None
+        scores = {}
+        if "log_px" in names:
+            scores["log_px"] = energy_lib.log_px_from_logits(logits)
+        if "max_softmax" in names:
+            scores["max_softmax"] = energy_lib.max_softmax(logits)
+        if grad_norm is not None:
+            scores["grad_norm"] = grad_norm
+        if any(n not in BUILTIN_SCORES for n in names):
+            scores.update(self._all_extra_scores(x))
+        return logits, {n: scores[n] for n in names}
+
+    def _logits_fn(self, x):
+        return {"logits": self._call_model(x)}
+
+    def _energy_fn(self, x):
+        return {"energy": energy_lib.energy_from_logits(self._call_model(x))}
+
+    def _ood_score_fn(self, x):
+        _, scores = self._compute_scores(x, [self._ood_score])
+        return {"ood_score": scores[self._ood_score]}
+
+    def _scores_fn(self, x):
+        _, scores = self._compute_scores(x, self._score_names)
+        return scores
+
+    def _serving_default_fn(self, x):
+        logits, scores = self._compute_scores(x, [self._ood_score])
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits, axis=-1),
+            "energy": energy_lib.energy_from_logits(logits),
+            "ood_score": scores[self._ood_score],
+        }
+
+
+def _looks_like_export(path):
+    return os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(
+        os.path.join(path, "assets", METADATA_FILENAME)
+    )
+
+
+def export_model(
+    model,
+    export_dir,
+    image_shape,
+    pixel_range=(-1.0, 1.0),
+    ood_score="log_px",
+    extra_scores=None,
+):
+    """Export `model` as a SavedModel scoring uint8 images (see `ServingModule`).
+
+    The SavedModel is written to a temporary sibling directory and renamed into place, so a crash
+    mid-export never leaves a half-written export at `export_dir`; a previous export there is
+    replaced only once the new one is complete (it briefly sits beside it as `.<name>.old-*`).
+    A non-empty `export_dir` that is not an export is refused rather than deleted. Local
+    filesystems only (directory renames).
+
+    Args:
+        model: a `keras.Model` mapping float images in `pixel_range` to logits; pass the trained
+            network or the trainer: only the variables the forward pass reads are exported.
+        export_dir: directory to write; created, or replaced if it holds an export.
+        image_shape: `(height, width, channels)` of the training images.
+        pixel_range: `(lo, hi)` range of the float images the model expects.
+        ood_score: name of the default OOD score (`"log_px"`, `"max_softmax"`, `"grad_norm"`
+            or an extra score name).
+        extra_scores: optional dict name -> `fn(model, x_float)` returning `[batch]` scores.
+
+    Returns:
+        `export_dir`.
+    """
+    export_dir = os.fspath(export_dir)
+    target = os.path.abspath(export_dir)
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(f"`export_dir` exists and is not a directory. Received: export_dir={export_dir}")
+    if os.path.isdir(target) and os.listdir(target) and not _looks_like_export(target):
+        raise ValueError(
+            "`export_dir` is a non-empty directory that holds no SavedModel; refusing to replace "
+            f"it. Pass a new or empty directory. Received: export_dir={export_dir}"
+        )
+    module = ServingModule(
+        model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores
+    )
+    parent, base = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    old = None
+    try:
+        tf.saved_model.save(module, staging, signatures=module.signature_functions())
+        os.makedirs(os.path.join(staging, "assets"), exist_ok=True)
+        with open(os.path.join(staging, "assets", METADATA_FILENAME), "w") as f:
+            json.dump(module.metadata(), f, indent=2, sort_keys=True)
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.rmdir(old)
+            os.rename(target, old)
+        # mkdtemp creates 0700 directories; an export is meant to be read by serving processes.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and os.path.exists(old) and not os.path.exists(target):
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return export_dir
+
+
+def read_export_metadata(export_dir):
+    """The metadata dict of an export (plain JSON; needs no TensorFlow to read)."""
+    path = os.path.join(os.fspath(export_dir), "assets", METADATA_FILENAME)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"No keras_ebm export metadata at {path}; was the directory written by "
+            f"`keras_ebm.export.export_model`? Received: export_dir={export_dir}"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_export(export_dir):
+    """`tf.saved_model.load(export_dir)`: the module with `logits`, `energy`, `ood_score`,
+    `scores`, `serving_default` (attributes and signatures) and the metadata variables.
+
+    Keep a reference to the returned object while calling its functions: they read its variables,
+    which TensorFlow frees with it (`load_export(d).logits(x)` fails with "referencing variables
+    which have been deleted").
+    """
+    return tf.saved_model.load(os.fspath(export_dir))

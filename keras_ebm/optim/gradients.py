@@ -1,0 +1,185 @@
+"""Gradient functions: how a trainer turns a loss closure into gradients (plain or SAM / ASAM).
+
+A trainer calls `grads, losses = gradient_fn(loss_fn, variables)`, where `loss_fn()` returns a dict
+of scalar per-replica mean losses holding the total under `"total"` (or `"loss"`, the key of
+`EBMTrainer.compute_losses`). The total is divided by the number of replicas
+(`keras_ebm.distribute.scale_loss`) before it is differentiated, because Keras optimizers sum the
+gradients of the replicas; the returned losses are the unscaled values.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_ebm import distribute
+
+_TOTAL_KEYS = ("total", "loss")
+
+
+def _total(losses):
+    for key in _TOTAL_KEYS:
+        if key in losses:
+            return losses[key]
+    raise ValueError(
+        "`loss_fn()` must return a dict holding the total loss under 'total' (or 'loss'). "
+        f"Received: keys={sorted(losses)}"
+    )
+
+
+def _dense_or_zeros(grads, variables):
+    # Sparse (IndexedSlices) gradients are densified: ε is a dense perturbation of the weights.
+    return [
+        tf.zeros_like(tf.convert_to_tensor(v)) if g is None else tf.convert_to_tensor(g)
+        for g, v in zip(grads, variables)
+    ]
+
+
+class PlainGradients:
+    """One gradient-tape pass: the gradients of the (replica-scaled) total loss.
+
+    Call args:
+        loss_fn: zero-argument callable returning a dict of scalar tensors with the total under
+            `"total"` (or `"loss"`).
+        variables: list of trainable variables.
+
+    Returns:
+        `(grads, losses)`: a list aligned with `variables` (None for a variable the loss does
+        not depend on) and the dict returned by `loss_fn`.
+    """
+
+    def __call__(self, loss_fn, variables):
+        variables = list(variables)
+        with tf.GradientTape() as tape:
+            losses = loss_fn()
+            total = distribute.scale_loss(_total(losses))
+        grads = tape.gradient(total, variables)
+        return grads, losses
+
+    def get_config(self):
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+class SAMGradients:
+    """Sharpness-aware minimisation (SAM) and adaptive SAM (ASAM) as a gradient function.
+
+    First pass: g = ∇L(w). Perturbation:
+
+        SAM:   ε = ρ g / ||g||
+        ASAM:  ε = ρ T² g / ||T g||,   T = |w| + η  (elementwise)
+
+    with norms over all variables together. Second pass: the gradient ∇L(w + ε), which the
+    optimizer then applies at w. The second pass evaluates `loss_fn` inside a
+    `keras.StatelessScope` that maps each variable to w + ε: the variables are never modified,
+    and every assignment made during the second pass (BatchNorm moving statistics, seed
+    generator states) is discarded, so only the first pass updates the moving statistics (as in
+    Google's SAM; SADA-JEM's PyTorch code gets the same effect by zeroing the BN momentum for its
+    second pass). Both passes see the same batch and the same SGLD samples, since `loss_fn`
+    closes over them.
+
+    Under a distribution strategy, the default (`sync_perturbation=False`) perturbs each replica
+    with its own first-pass gradient: m-sharpness with m = the per-replica batch, as the SAM
+    paper recommends and as a single-GPU run of the reference code behaves. With
+    `sync_perturbation=True` the first-pass gradients are summed over replicas before ε is
+    formed, so every replica uses the global ε of the whole batch.
+
+    Only variables listed in `variables` are perturbed; variables with no gradient get ε = 0.
+
+    Args:
+        rho: float, the neighbourhood radius ρ (SAM 0.05; ASAM needs about 10× larger, and the
+            SADA-JEM code default is ρ = 2 with ASAM).
+        adaptive: bool, use ASAM's scale-invariant perturbation.
+        eta: float, η of ASAM's T = |w| + η (Kwon et al. use 0.01; davda54/sam and the SADA-JEM
+            code use T = |w|, i.e. `eta=0`). Ignored without `adaptive`.
+        sync_perturbation: bool, see above.
+        epsilon: float added to the gradient norm to avoid a division by zero.
+
+    Call args:
+        loss_fn: zero-argument callable returning a dict of scalar tensors with the total under
+            `"total"` (or `"loss"`). It is called twice.
+        variables: list of trainable Keras variables.
+
+    Returns:
+        `(grads, losses)`: the second-pass gradients (at w + ε, aligned with `variables`, None
+        for a variable the loss does not depend on, as with `PlainGradients`) and the
+        first-pass losses (at w).
+
+    Example:
+
+    ```python
+    gradients = SAMGradients(rho=0.05)
+    grads, losses = gradients(lambda: {"total": loss(model(x, training=True), y)},
+                              model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    ```
+
+    Reference:
+        - [Foret et al., 2021 (SAM)](https://arxiv.org/abs/2010.01412)
+        - [Kwon et al., 2021 (ASAM)](https://arxiv.org/abs/2102.11600)
+        - [Yang, Su and Ji, 2023 (SADA-JEM)](https://arxiv.org/abs/2209.07959), Algorithm 1.
+    """
+
+    def __init__(self, rho=0.05, adaptive=False, eta=0.01, sync_perturbation=False, epsilon=1e-12):
+        if not float(rho) >= 0:
+            raise ValueError(f"`rho` must be non-negative. Received: rho={rho}")
+        if not float(eta) >= 0:
+            raise ValueError(f"`eta` must be non-negative. Received: eta={eta}")
+        self.rho = float(rho)
+        self.adaptive = bool(adaptive)
+        self.eta = float(eta)
+        self.sync_perturbation = bool(sync_perturbation)
+        self.epsilon = float(epsilon)
+
+    def __call__(self, loss_fn, variables):
+        variables = list(variables)
+        with tf.GradientTape() as tape:
+            losses = loss_fn()
+            total = distribute.scale_loss(_total(losses))
+        grads = _dense_or_zeros(tape.gradient(total, variables), variables)
+        if self.sync_perturbation:
+            ctx = tf.distribute.get_replica_context()
+            if ctx is not None and ctx.num_replicas_in_sync > 1:
+                grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        perturbation = self.perturbation(grads, variables)
+
+        perturbed = [
+            tf.convert_to_tensor(v) + tf.cast(e, v.dtype)
+            for v, e in zip(variables, perturbation)
+        ]
+        with tf.GradientTape() as tape:
+            tape.watch(perturbed)
+            with keras.StatelessScope(state_mapping=list(zip(variables, perturbed))):
+                second_total = distribute.scale_loss(_total(loss_fn()))
+        return tape.gradient(second_total, perturbed), losses
+
+    def perturbation(self, grads, variables):
+        """ε for first-pass gradients `grads` at `variables` (a list aligned with them)."""
+        grads = [tf.cast(g, tf.float32) for g in grads]
+        if self.adaptive:
+            scales = [
+                tf.abs(tf.cast(tf.convert_to_tensor(v), tf.float32)) + self.eta for v in variables
+            ]
+        else:
+            scales = [None] * len(grads)
+        scaled = [g if t is None else t * g for g, t in zip(grads, scales)]
+        norm = tf.linalg.global_norm(scaled)
+        factor = self.rho / (norm + self.epsilon)
+        # ASAM: ε = ρ T (T g) / ||T g||, the SAM step taken in the rescaled weights T⁻¹w.
+        return [
+            factor * (s if t is None else t * s) for s, t in zip(scaled, scales)
+        ]
+
+    def get_config(self):
+        return {
+            "rho": self.rho,
+            "adaptive": self.adaptive,
+            "eta": self.eta,
+            "sync_perturbation": self.sync_perturbation,
+            "epsilon": self.epsilon,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

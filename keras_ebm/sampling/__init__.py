@@ -1,0 +1,15 @@
+"""SGLD sampling: the sampler, the replay buffer and the chain initialisers."""
+
+from keras_ebm.sampling.initializers import InformativeInitializer
+from keras_ebm.sampling.initializers import UniformInitializer
+from keras_ebm.sampling.initializers import class_gaussian_statistics
+from keras_ebm.sampling.replay_buffer import ReplayBuffer
+from keras_ebm.sampling.sgld import SGLDSampler
+
+__all__ = [
+    "InformativeInitializer",
+    "ReplayBuffer",
+    "SGLDSampler",
+    "UniformInitializer",
+    "class_gaussian_statistics",
+]

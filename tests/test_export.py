@@ -1,0 +1,298 @@
+"""Tests of keras_ebm.export: a SavedModel that scores uint8 images without keras_ebm installed."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ebm import export
+
+IMAGE_SHAPE = (8, 8, 3)
+NUM_CLASSES = 5
+PIXEL_RANGE = (-1.0, 1.0)
+BUFFER_SHAPE = (64, 8, 8, 3)  # 12288 floats = 48 KiB: must not reach the export
+
+
+def _network(seed=0, num_classes=NUM_CLASSES):
+    keras.utils.set_random_seed(seed)
+    net = keras.Sequential(
+        [
+            keras.Input(IMAGE_SHAPE),
+            keras.layers.Conv2D(4, 3, padding="same", activation="swish"),
+            keras.layers.BatchNormalization(),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(num_classes),
+        ]
+    )
+    # Non-trivial moving statistics, so that a training-mode BN call would show in the outputs.
+    bn = net.layers[1]
+    bn.moving_mean.assign(np.linspace(-0.3, 0.3, 4).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
+    return net
+
+
+class TinyTrainer(keras.Model):
+    """A trainer-like model: a network plus training-only state and a model-specific score."""
+
+    def __init__(self, network, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.buffer = self.add_weight(
+            shape=BUFFER_SHAPE, initializer="ones", trainable=False, name="replay_buffer"
+        )
+        self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
+
+    def call(self, x, training=False):
+        return self.network(x, training=training)
+
+    def serving_scores(self, x):
+        return {"max_logit": tf.reduce_max(self.network(x, training=False), axis=-1)}
+
+
+def _mean_logit(model, x):
+    return tf.reduce_mean(model(x, training=False), axis=-1)
+
+
+def _images(n=6, seed=1):
+    return np.random.RandomState(seed).randint(0, 256, (n,) + IMAGE_SHAPE).astype(np.uint8)
+
+
+def _float(images):
+    return images.astype(np.float32) / 255.0 * (PIXEL_RANGE[1] - PIXEL_RANGE[0]) + PIXEL_RANGE[0]
+
+
+def _expected_outputs(model, images):
+    """Everything the export should return, computed eagerly from the Keras model."""
+    x = tf.constant(_float(images))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+        log_px = tf.reduce_logsumexp(logits, axis=-1)
+    grad = tape.gradient(log_px, x)
+    logits = logits.numpy()
+    probabilities = tf.nn.softmax(logits).numpy()
+    return {
+        "logits": logits,
+        "probabilities": probabilities,
+        "energy": -log_px.numpy(),
+        "log_px": log_px.numpy(),
+        "max_softmax": probabilities.max(-1),
+        "grad_norm": -np.sqrt((grad.numpy() ** 2).reshape(len(images), -1).sum(-1)),
+        "max_logit": logits.max(-1),
+        "mean_logit": logits.mean(-1),
+    }
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+
+    sys.modules["keras"] = None  # the export must run without Keras: any import of it fails
+    import numpy as np
+    import tensorflow as tf
+
+    export_dir, images_path, out_path = sys.argv[1:4]
+    loaded = tf.saved_model.load(export_dir)
+    assert "keras_ebm" not in sys.modules, sorted(m for m in sys.modules if "keras_ebm" in m)
+    images = np.load(images_path)
+    out = {}
+    for name in ["logits", "energy", "ood_score", "scores", "serving_default"]:
+        for key, value in loaded.signatures[name](images=tf.constant(images)).items():
+            out["sig/" + name + "/" + key] = value.numpy()
+        for key, value in getattr(loaded, name)(images).items():
+            out["attr/" + name + "/" + key] = value.numpy()
+    out["meta/image_shape"] = loaded.image_shape.numpy()
+    out["meta/pixel_range"] = loaded.pixel_range.numpy()
+    out["meta/num_classes"] = loaded.num_classes.numpy()
+    out["meta/ood_score_name"] = np.array(loaded.ood_score_name.numpy().decode())
+    out["meta/score_names"] = np.array([s.decode() for s in loaded.score_names.numpy()])
+    np.savez(out_path, **out)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    model = TinyTrainer(_network())
+    model(tf.zeros((1,) + IMAGE_SHAPE))
+    return model
+
+
+@pytest.fixture(scope="module")
+def exported(trainer, tmp_path_factory):
+    export_dir = str(tmp_path_factory.mktemp("export") / "model")
+    export.export_model(
+        trainer,
+        export_dir,
+        IMAGE_SHAPE,
+        pixel_range=PIXEL_RANGE,
+        ood_score="grad_norm",
+        extra_scores={"mean_logit": _mean_logit},
+    )
+    return export_dir
+
+
+def test_fresh_process_outputs_match_keras(trainer, exported, tmp_path):
+    images = _images()
+    np.save(tmp_path / "images.npy", images)
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    # Run from tmp_path with the repository off sys.path: keras_ebm must not be importable-by-accident.
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, exported, str(tmp_path / "images.npy"), str(tmp_path / "out.npz")],
+        cwd=tmp_path,
+        env={k: v for k, v in env.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = dict(np.load(tmp_path / "out.npz"))
+    expected = _expected_outputs(trainer, images)
+    checks = {
+        "logits/logits": "logits",
+        "energy/energy": "energy",
+        "ood_score/ood_score": "grad_norm",
+        "serving_default/logits": "logits",
+        "serving_default/probabilities": "probabilities",
+        "serving_default/energy": "energy",
+        "serving_default/ood_score": "grad_norm",
+    }
+    for score in ["log_px", "max_softmax", "grad_norm", "max_logit", "mean_logit"]:
+        checks["scores/" + score] = score
+    for path in ("sig", "attr"):
+        for key, name in checks.items():
+            np.testing.assert_allclose(out[f"{path}/{key}"], expected[name], atol=1e-4, err_msg=f"{path}/{key}")
+    # Exactly the documented outputs, no more.
+    assert sorted(k[len("sig/scores/") :] for k in out if k.startswith("sig/scores/")) == sorted(
+        ["log_px", "max_softmax", "grad_norm", "max_logit", "mean_logit"]
+    )
+    assert sorted(k for k in out if k.startswith("sig/serving_default/")) == [
+        "sig/serving_default/" + k for k in ["energy", "logits", "ood_score", "probabilities"]
+    ]
+    np.testing.assert_array_equal(out["meta/image_shape"], IMAGE_SHAPE)
+    np.testing.assert_allclose(out["meta/pixel_range"], PIXEL_RANGE)
+    assert int(out["meta/num_classes"]) == NUM_CLASSES
+    assert str(out["meta/ood_score_name"]) == "grad_norm"
+    assert list(out["meta/score_names"]) == ["log_px", "max_softmax", "grad_norm", "max_logit", "mean_logit"]
+
+
+def test_metadata_json_round_trip(exported):
+    meta = export.read_export_metadata(exported)
+    with open(os.path.join(exported, "assets", export.METADATA_FILENAME)) as f:
+        assert json.load(f) == meta  # plain JSON, readable without TF
+    assert meta["image_shape"] == list(IMAGE_SHAPE)
+    assert meta["pixel_range"] == list(PIXEL_RANGE)
+    assert meta["num_classes"] == NUM_CLASSES
+    assert meta["ood_score"] == "grad_norm"
+    assert meta["score_names"] == ["log_px", "max_softmax", "grad_norm", "max_logit", "mean_logit"]
+    assert sorted(meta["signatures"]) == sorted(export.ENDPOINTS)
+    assert meta["signatures"]["scores"]["outputs"] == sorted(meta["score_names"])
+    assert meta["signatures"]["logits"]["inputs"]["images"] == {"dtype": "uint8", "shape": [None, 8, 8, 3]}
+    loaded = export.load_export(exported)
+    assert sorted(loaded.signatures) == sorted(export.ENDPOINTS)
+    with pytest.raises(ValueError, match="No keras_ebm export metadata"):
+        export.read_export_metadata(os.path.dirname(exported))
+
+
+def test_training_only_variables_are_not_exported(trainer, exported):
+    saved = dict(tf.train.list_variables(os.path.join(exported, "variables", "variables")))
+    saved_shapes = sorted(tuple(s) for name, s in saved.items() if name.startswith("network_variables/"))
+    network_shapes = sorted(tuple(v.shape) for v in trainer.network.weights)
+    assert saved_shapes == network_shapes
+    assert BUFFER_SHAPE not in [tuple(s) for s in saved.values()]
+    metadata_names = {"image_shape", "pixel_range", "num_classes", "ood_score_name", "score_names", "format_version"}
+    others = {name.split("/")[0] for name in saved if not name.startswith(("network_variables/", "_CHECKPOINT"))}
+    assert others == metadata_names
+    variables_bytes = sum(
+        os.path.getsize(os.path.join(exported, "variables", f)) for f in os.listdir(os.path.join(exported, "variables"))
+    )
+    assert variables_bytes < np.prod(BUFFER_SHAPE) * 4  # the buffer alone is 48 KiB
+    loaded = export.load_export(exported)
+    assert len(loaded.network_variables) == len(trainer.network.weights)
+
+
+@pytest.mark.parametrize("endpoint", ["logits", "scores"])
+def test_bad_inputs_raise_with_expected_shape(exported, endpoint):
+    loaded = export.load_export(exported)
+    expected = r"expected uint8 images of shape \[N, 8, 8, 3\]"
+    good = _images(2)
+    bad_shape = np.zeros((2, 16, 16, 3), np.uint8)
+    bad_rank = np.zeros(IMAGE_SHAPE, np.uint8)
+    bad_channels = tf.zeros((2, 8, 8, 1), tf.uint8)
+    attr = getattr(loaded, endpoint)
+    sig = loaded.signatures[endpoint]
+    for bad in (bad_shape, bad_rank, bad_channels):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            attr(bad)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+            sig(images=tf.constant(bad))
+    for bad in (_float(good), tf.constant(_float(good)), good.astype(np.int64), good.astype(np.float64)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected + "; received dtype"):
+            attr(bad)
+    # Signature calls are bound to uint8 by TensorFlow itself, whose message names the dtype.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
+        sig(images=tf.constant(_float(good)))
+
+
+def test_in_process_module_matches_keras_default_score():
+    net = _network(seed=3)
+    module = export.ServingModule(net, IMAGE_SHAPE, pixel_range=PIXEL_RANGE)
+    images = _images(3, seed=4)
+    expected = _expected_outputs(net, images)
+    out = module.serving_default(tf.constant(images))
+    np.testing.assert_allclose(out["ood_score"], expected["log_px"], atol=1e-4)
+    np.testing.assert_allclose(out["probabilities"], expected["probabilities"], atol=1e-5)
+    assert module.score_name_list == ["log_px", "max_softmax", "grad_norm"]
+    assert len(module.network_variables) == len(net.weights)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[N, 8, 8, 3\]"):
+        module.logits(tf.zeros((1, 4, 4, 3), tf.uint8))
+
+
+
+def test_constructor_validation():
+    net = _network()
+    with pytest.raises(ValueError, match="ood_score=.*nope"):
+        export.ServingModule(net, IMAGE_SHAPE, ood_score="nope")
+    with pytest.raises(ValueError, match="already taken"):
+        export.ServingModule(net, IMAGE_SHAPE, extra_scores={"log_px": _mean_logit})
+    with pytest.raises(ValueError, match="image_shape"):
+        export.ServingModule(net, (8, 8))
+    with pytest.raises(ValueError, match="pixel_range"):
+        export.ServingModule(net, IMAGE_SHAPE, pixel_range=(1.0, -1.0))
+    with pytest.raises(ValueError, match="shape \\[batch\\]"):
+        export.ServingModule(net, IMAGE_SHAPE, extra_scores={"bad": lambda m, x: m(x)})
+
+
+def test_reexport_replaces_and_crash_keeps_previous(tmp_path, monkeypatch):
+    export_dir = str(tmp_path / "model")
+    images = _images(2)
+    first, second = _network(seed=5), _network(seed=6, num_classes=3)
+    export.export_model(first, export_dir, IMAGE_SHAPE)
+    export.export_model(second, export_dir, IMAGE_SHAPE, ood_score="max_softmax")
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no staging or old copies left behind
+    loaded = export.load_export(export_dir)
+    np.testing.assert_allclose(loaded.logits(images)["logits"], second(_float(images)), atol=1e-4)
+    assert export.read_export_metadata(export_dir)["num_classes"] == 3
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_model(first, export_dir, IMAGE_SHAPE)
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+    assert export.read_export_metadata(export_dir)["ood_score"] == "max_softmax"
+    monkeypatch.undo()
+
+    precious = tmp_path / "not_an_export"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        export.export_model(first, str(precious), IMAGE_SHAPE)
+    assert (precious / "notes.txt").read_text() == "keep me"
