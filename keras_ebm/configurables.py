@@ -43,12 +43,17 @@ _register(data.load_arrays, "keras_ebm.data")
 _register(sampling.SGLDSampler, "keras_ebm.sampling")
 _register(sampling.ReplayBuffer, "keras_ebm.sampling")
 _register(sampling.UniformInitializer, "keras_ebm.sampling")
+_register(sampling.informative_initializer, "keras_ebm.sampling")
 _register(optim.PlainGradients, "keras_ebm.optim")
 _register(optim.SAMGradients, "keras_ebm.optim")
 
 # Trainers.
 _register(trainers.SoftmaxClassifier, "keras_ebm.trainers")
+_register(trainers.JEM, "keras_ebm.trainers")
+_register(trainers.JEMPP, "keras_ebm.trainers")
+_register(trainers.SADAJEM, "keras_ebm.trainers")
 
 # Runners.
 _register(experiment.run_training, "keras_ebm.experiment")
+_register(experiment.DivergenceGuard, "keras_ebm.experiment")
 _register(runner.run_eval, "keras_ebm.evaluation")

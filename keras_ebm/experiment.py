@@ -31,6 +31,67 @@ class DivergenceError(RuntimeError):
     """Raised when training produces non-finite values; the last good checkpoint is kept."""
 
 
+class DivergenceGuard:
+    """Recover from a diverging run: restore the last good checkpoint, change something, go on.
+
+    None of the official JEM-family repositories has one: they crash (JEM divides by zero when
+    |loss| > 1e8, SADA-JEM returns when |loss| > 1e5) and their authors advise restarting from the
+    last checkpoint with another seed, a lower learning rate or more SGLD steps (JEM issues #4 and
+    #8; CODE_FACTS section 10). This automates that advice.
+
+    A step counts as diverged when a logged value is non-finite, when |loss| or a mean energy
+    exceeds `threshold`, or when the weights are non-finite at a checkpoint. Then `run_training`
+    restores the last checkpoint and applies, in order: a new random seed (every
+    `keras.random.SeedGenerator` state of the trainer and the data order), the learning rate times
+    `lr_factor` (when it is a constant; a schedule is left alone and this is logged), and
+    `extra_sgld_steps` more SGLD steps (trainers with a `sampler`). Each event is logged to the
+    console, to TensorBoard (`divergence/recoveries`) and to `model_dir/divergence_events.jsonl`.
+    After `max_recoveries` recoveries the run stops with `DivergenceError`.
+
+    Args:
+        max_recoveries: recoveries allowed before giving up.
+        threshold: magnitude of loss/energy treated as divergence (JEM: 1e8, SADA-JEM: 1e5).
+        lr_factor: multiply a constant learning rate by this at each recovery (1 = keep).
+        extra_sgld_steps: add this many SGLD steps at each recovery (0 = keep).
+        reseed: draw new random seeds at each recovery.
+    """
+
+    def __init__(self, max_recoveries=3, threshold=1e8, lr_factor=0.5, extra_sgld_steps=0, reseed=True):
+        if max_recoveries < 0:
+            raise ValueError(f"`max_recoveries` must be >= 0. Received: max_recoveries={max_recoveries}")
+        self.max_recoveries = int(max_recoveries)
+        self.threshold = float(threshold)
+        self.lr_factor = float(lr_factor)
+        self.extra_sgld_steps = int(extra_sgld_steps)
+        self.reseed = bool(reseed)
+
+    def exploded(self, logs):
+        watched = [v for k, v in logs.items() if k == "loss" or k.startswith("energy")]
+        return any(np.any(np.abs(v) > self.threshold) for v in watched)
+
+    def apply(self, model, attempt, rng):
+        """Change the run after a restore; returns a description of what was changed."""
+        changes = []
+        if self.reseed:
+            for v in model.variables:
+                if "seed_generator_state" in v.path:
+                    v.assign(rng.integers(0, 2**30, size=v.shape).astype(v.dtype))
+            changes.append("new random seeds")
+        optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
+        if self.lr_factor != 1.0:
+            for name, opt in optimizers.items():
+                if isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                    changes.append(f"{name}: learning-rate schedule left unchanged")
+                else:
+                    opt.learning_rate = float(opt.learning_rate) * self.lr_factor
+                    changes.append(f"{name}: learning rate -> {float(opt.learning_rate):.3g}")
+        sampler = getattr(model, "sampler", None)
+        if self.extra_sgld_steps and sampler is not None:
+            sampler.n_steps = int(sampler.n_steps) + self.extra_sgld_steps
+            changes.append(f"SGLD steps -> {sampler.n_steps}")
+        return ", ".join(changes) or "no change"
+
+
 def _log(msg):
     print(f"[keras_ebm] {msg}", flush=True)
 
@@ -96,6 +157,7 @@ def run_training(
     jit_compile=False,
     strategy=None,
     progress=True,
+    divergence_guard=None,
     seed=0,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
@@ -115,6 +177,8 @@ def run_training(
         jit_compile: compile the train step with XLA (slower on CPU, see ENVIRONMENT.md 4a).
         strategy: a tf.distribute strategy; default `keras_ebm.distribute.make_strategy()`.
         progress: show a progress bar.
+        divergence_guard: a `DivergenceGuard` to recover from divergence automatically; without
+            one a diverging run stops with `DivergenceError` (the last good checkpoint is kept).
         seed: global seed (`keras.utils.set_random_seed`); the data order on resume is re-seeded
             with the restored step so a resumed run does not replay the first batches.
 
@@ -139,11 +203,38 @@ def run_training(
     start = int(step.numpy())
     if start >= train_steps:
         _log(f"already trained {start} >= train_steps={train_steps} steps; nothing to do")
-    else:
-        tf.random.set_seed(seed + start)
+    recoveries, rng = 0, np.random.default_rng(seed)
+    while int(step.numpy()) < train_steps:
+        start = int(step.numpy())
+        tf.random.set_seed(seed + start + 7919 * recoveries)
         dataset = strategy.distribute_datasets_from_function(train_data)
-        _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
-                    checkpoint_every, log_every, progress and chief, chief)
+        try:
+            _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
+                        checkpoint_every, log_every, progress and chief, chief, divergence_guard)
+        except DivergenceError as error:
+            if divergence_guard is None:
+                raise
+            if recoveries >= divergence_guard.max_recoveries or not manager.latest_checkpoint:
+                raise DivergenceError(
+                    f"{error}\nGave up after {recoveries} automatic recoveries "
+                    f"(DivergenceGuard.max_recoveries={divergence_guard.max_recoveries})."
+                ) from error
+            recoveries += 1
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            for m in model.metrics:
+                m.reset_state()
+            change = divergence_guard.apply(model, recoveries, rng)
+            event = {"recovery": recoveries, "diverged": str(error).split(":")[0],
+                     "restored": manager.latest_checkpoint, "step": int(step.numpy()), "change": change}
+            _log(f"divergence recovery {recoveries}/{divergence_guard.max_recoveries}: restored "
+                 f"{manager.latest_checkpoint} (step {int(step.numpy())}); {change}")
+            if chief:
+                with open(os.path.join(model_dir, "divergence_events.jsonl"), "a") as f:
+                    f.write(json.dumps(event) + "\n")
+                with tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard")).as_default(
+                    step=int(step.numpy())
+                ):
+                    tf.summary.scalar("divergence/recoveries", recoveries)
 
     if chief and export:
         from keras_ebm import export as export_lib  # depends on the trained model only
@@ -165,7 +256,7 @@ def run_training(
 
 
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
-                checkpoint_every, log_every, progress, chief):
+                checkpoint_every, log_every, progress, chief, guard=None):
     import gin
 
     iterator = iter(dataset)
@@ -191,11 +282,14 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
             operative_written = True
         at_log = current % log_every == 0 or current == train_steps
         at_ckpt = current % checkpoint_every == 0 or current == train_steps
-        if (at_log or at_ckpt) and not (
-            _all_finite(logs) and (not at_ckpt or bool(_variables_finite(model.trainable_variables)))
+        if (at_log or at_ckpt) and (
+            not _all_finite(logs)
+            or (guard is not None and guard.exploded(logs))
+            or (at_ckpt and not bool(_variables_finite(model.trainable_variables)))
         ):
             raise DivergenceError(
-                f"training diverged at step {current}: non-finite values in {logs}. The last good "
+                f"training diverged at step {current}: non-finite or exploding values in "
+                f"{ {k: float(v) for k, v in logs.items()} }. The last good "
                 f"checkpoint ({manager.latest_checkpoint}) is kept; resume from it with a lower learning "
                 "rate, more SGLD steps or another seed."
             )

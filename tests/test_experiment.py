@@ -1,5 +1,6 @@
 """run_training: checkpoints resume with equal weights, a crash keeps the last good checkpoint."""
 
+import json
 import os
 import re
 import signal
@@ -115,3 +116,44 @@ def test_train_py_killed_then_resumed(tmp_path):
     assert match and int(match.group(1)) == saved_step, log[-2000:]
     final = tf.train.latest_checkpoint(str(ckpt_dir))
     assert int(final.rsplit("-", 1)[1]) == saved_step + 5
+
+
+def test_divergence_guard_recovers_and_continues(tmp_path):
+    calls = []
+
+    def explodes_once(input_context=None):
+        calls.append(1)
+        return exploding_data_fn(input_context) if len(calls) == 1 else data_fn(input_context)
+
+    guard = experiment.DivergenceGuard(max_recoveries=2, lr_factor=0.5)
+    unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
+    model = run(tmp_path, 8, data=explodes_once, trainer=unchecked, divergence_guard=guard)
+    assert int(model.optimizer.iterations.numpy()) == 8
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+    events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and events[0]["step"] == 2 and events[0]["restored"].endswith("ckpt-2")
+    assert "learning rate -> 0.025" in events[0]["change"] and "new random seeds" in events[0]["change"]
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
+
+
+def test_divergence_guard_gives_up_after_max_recoveries(tmp_path):
+    guard = experiment.DivergenceGuard(max_recoveries=2)
+    unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
+    with pytest.raises(experiment.DivergenceError, match="Gave up after 2 automatic recoveries"):
+        run(tmp_path, 10, data=exploding_data_fn, trainer=unchecked, divergence_guard=guard)
+    assert len((tmp_path / "divergence_events.jsonl").read_text().splitlines()) == 2
+    # Each retry trains two good batches before the data explodes again: 2 -> 4 -> 6, all finite.
+    latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert latest.endswith("ckpt-6"), latest
+    reader = tf.train.load_checkpoint(latest)
+    for name in reader.get_variable_to_shape_map():
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.all(np.isfinite(value)), name
+
+
+def test_divergence_guard_threshold():
+    guard = experiment.DivergenceGuard(threshold=1e5)
+    assert guard.exploded({"loss": np.float32(2e5), "clf_acc": np.float32(0.5)})
+    assert guard.exploded({"loss": np.float32(1.0), "energy_sample": np.float32(-3e5)})
+    assert not guard.exploded({"loss": np.float32(1.0), "clf_acc": np.float32(1e9)})

@@ -3,6 +3,7 @@
 from keras_ebm.sampling.initializers import InformativeInitializer
 from keras_ebm.sampling.initializers import UniformInitializer
 from keras_ebm.sampling.initializers import class_gaussian_statistics
+from keras_ebm.sampling.initializers import informative_initializer
 from keras_ebm.sampling.replay_buffer import ReplayBuffer
 from keras_ebm.sampling.sgld import SGLDSampler
 
@@ -12,4 +13,5 @@ __all__ = [
     "SGLDSampler",
     "UniformInitializer",
     "class_gaussian_statistics",
+    "informative_initializer",
 ]

@@ -1,6 +1,7 @@
 """Trainers: keras.Model subclasses that share one train_step (see base.py)."""
 
 from keras_ebm.trainers.base import EBMTrainer
+from keras_ebm.trainers.jem import JEM, JEMPP, SADAJEM
 from keras_ebm.trainers.softmax import SoftmaxClassifier
 
-__all__ = ["EBMTrainer", "SoftmaxClassifier"]
+__all__ = ["EBMTrainer", "JEM", "JEMPP", "SADAJEM", "SoftmaxClassifier"]

@@ -1,0 +1,223 @@
+"""JEM, JEM++ and SADA-JEM: a classifier trained as an energy-based model of p(x) (and p(x, y)).
+
+JEM (Grathwohl et al. 2020, arXiv:1912.03263, eq. 7-8): maximise
+    log p(y|x) + log p(x) [+ log p(x, y)],
+where the gradient of log p(x) is estimated by contrastive divergence with SGLD samples x~ drawn from
+a replay buffer (section 4; CODE_FACTS 0.2-0.3):
+    L_px = mean E(x_data) - mean E(x~)          (E(x) = -logsumexp f(x), keras_ebm.energy)
+JEM++ (Yang & Ji 2021, arXiv:2109.09032): "proximal" SGLD (elementwise gradient clamp + x clamp),
+informative initialisation of the buffer from per-class Gaussians, BatchNorm.
+SADA-JEM (Yang, Su & Ji 2023, arXiv:2209.07959, Algorithm 1): JEM++ trained with SAM on the whole
+hybrid loss, data augmentation only in the classifier branch (two loaders), BN on.
+
+All three are one trainer with different components and defaults: no train_step of their own.
+"""
+
+import tensorflow as tf
+
+from keras_ebm import energy as energy_lib
+from keras_ebm.optim.gradients import SAMGradients
+from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.trainers.base import EBMTrainer
+
+
+class JEM(EBMTrainer):
+    """Joint Energy-based Model trainer (JEM / JEM++ / SADA-JEM).
+
+    Args:
+        network, image_shape, num_classes, pixel_range, gradients, seed: see `EBMTrainer`.
+        sampler: `SGLDSampler`; default JEM's (20 steps, step size 1, noise 0.01, no clamps, BN in
+            inference mode while sampling).
+        buffer: a `ReplayBuffer`; default one is built from `buffer_size`, `reinit_prob` and
+            `initializer` (class-partitioned when `pxy_weight > 0`).
+        buffer_size: replay buffer size (JEM 10,000).
+        reinit_prob: probability of restarting a chain from the initialiser (JEM 0.05).
+        initializer: chain initialiser; default `UniformInitializer(pixel_range)`. JEM++/SADA-JEM use
+            `InformativeInitializer` (see `keras_ebm.sampling.informative_initializer`).
+        clf_weight: weight of log p(y|x) (cross-entropy).
+        px_weight: weight of the log p(x) contrastive-divergence term (JEM `--p_x_weight`).
+        pxy_weight: weight of the optional log p(x, y) term with class-conditional SGLD chains
+            (JEM `--p_x_y_weight`, default 0).
+        energy_l2: coefficient of an L2 penalty on the energies of data and samples, which the JEM
+            authors suggest against divergence (~0.1, JEM issue #4). `energy_l2_mode="samples"`
+            penalises mean E^2 over samples (default); `"means"` squares the batch means, as the
+            SADA-JEM code does (`l2_coeff * (fp^2 + fq^2)`).
+
+    Batches: `(x, y)` (one loader: the p(x) term uses the classifier batch) or
+    `((x, y), (x_px, y_px))` (two loaders, `keras_ebm.data.make_two_branch_dataset`).
+
+    Reported: loss, clf_loss, clf_acc, px_loss, energy_data (mean E of the p(x) batch),
+    energy_sample (mean E of the SGLD samples), energy_gap (sample - data; > 0 when the model
+    puts more mass on data than on its samples), sgld_grad_norm.
+    """
+
+    tracked_names = (
+        "loss", "clf_loss", "clf_acc", "px_loss", "pxy_loss",
+        "energy_data", "energy_sample", "energy_gap", "sgld_grad_norm",
+    )
+
+    def __init__(
+        self,
+        network,
+        image_shape,
+        num_classes,
+        sampler=None,
+        buffer=None,
+        buffer_size=10000,
+        reinit_prob=0.05,
+        initializer=None,
+        clf_weight=1.0,
+        px_weight=1.0,
+        pxy_weight=0.0,
+        energy_l2=0.0,
+        energy_l2_mode="samples",
+        **kwargs,
+    ):
+        super().__init__(network, image_shape, num_classes, **kwargs)
+        if energy_l2_mode not in ("samples", "means"):
+            raise ValueError(
+                f"`energy_l2_mode` must be 'samples' or 'means'. Received: energy_l2_mode={energy_l2_mode!r}"
+            )
+        self.sampler = sampler if sampler is not None else SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.01)
+        if buffer is None:
+            buffer = ReplayBuffer(
+                size=buffer_size,
+                image_shape=self.image_shape,
+                initializer=initializer or UniformInitializer(self.pixel_range),
+                reinit_prob=reinit_prob,
+                num_classes=self.num_classes,
+                class_conditional=pxy_weight > 0,
+                seed=None if kwargs.get("seed") is None else kwargs["seed"] + 1,
+            )
+        self.buffer = buffer
+        self.clf_weight = float(clf_weight)
+        self.px_weight = float(px_weight)
+        self.pxy_weight = float(pxy_weight)
+        self.energy_l2 = float(energy_l2)
+        self.energy_l2_mode = energy_l2_mode
+
+    # The energies the sampler descends; the training flag is the sampler's (explicit) choice.
+    def _energy(self, x, y=None, training=False):
+        return energy_lib.energy_from_logits(self.network(x, training=training))
+
+    def _class_energy(self, x, y, training=False):
+        return energy_lib.class_energy(self.network(x, training=training), y)
+
+    def sample_negatives(self, batch):
+        negatives = {}
+        if self.px_weight > 0:
+            x0, idx = self.buffer.sample(tf.shape(batch["x_px"])[0])
+            x, stats = self.sampler.sample_with_stats(self._energy, x0)
+            self.buffer.update(idx, x)
+            negatives["x"] = x
+            negatives["sgld_grad_norm"] = stats["grad_norm"]
+        if self.pxy_weight > 0:
+            y = batch["y_px"]
+            x0, idx = self.buffer.sample(tf.shape(y)[0], y=y)
+            x = self.sampler(self._class_energy, x0, y)
+            self.buffer.update(idx, x)
+            negatives["x_y"] = x
+        return negatives
+
+    def compute_losses(self, batch, negatives, training=True):
+        logits = self(batch["x"], training=training)
+        logs = self.classifier_logs(logits, batch["y"])
+        total = self.clf_weight * logs["clf_loss"]
+        logits_px = None
+        if self.px_weight > 0 or self.pxy_weight > 0:
+            # One loader: the p(x) batch is the classifier batch, so reuse its forward pass.
+            same = batch["x_px"] is batch["x"]
+            logits_px = logits if same else self(batch["x_px"], training=training)
+        if self.px_weight > 0:
+            e_data = energy_lib.energy_from_logits(logits_px)
+            e_sample = energy_lib.energy_from_logits(self(negatives["x"], training=training))
+            px_loss = tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
+            total += self.px_weight * px_loss
+            total += self._l2(e_data, e_sample)
+            logs.update(
+                px_loss=px_loss,
+                energy_data=tf.reduce_mean(e_data),
+                energy_sample=tf.reduce_mean(e_sample),
+                energy_gap=tf.reduce_mean(e_sample) - tf.reduce_mean(e_data),
+                sgld_grad_norm=negatives["sgld_grad_norm"],
+            )
+        if self.pxy_weight > 0:
+            y = batch["y_px"]
+            e_data_y = energy_lib.class_energy(logits_px, y)
+            e_sample_y = energy_lib.class_energy(self(negatives["x_y"], training=training), y)
+            pxy_loss = tf.reduce_mean(e_data_y) - tf.reduce_mean(e_sample_y)
+            total += self.pxy_weight * pxy_loss + self._l2(e_data_y, e_sample_y)
+            logs["pxy_loss"] = pxy_loss
+        logs["loss"] = total
+        return logs
+
+    def _l2(self, e_data, e_sample):
+        if not self.energy_l2:
+            return 0.0
+        if self.energy_l2_mode == "means":
+            return self.energy_l2 * (tf.reduce_mean(e_data) ** 2 + tf.reduce_mean(e_sample) ** 2)
+        return self.energy_l2 * (tf.reduce_mean(e_data**2) + tf.reduce_mean(e_sample**2))
+
+    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False):
+        """Draw samples: fresh chains from the initialiser (default) or from the replay buffer.
+
+        Args:
+            num_samples: number of samples.
+            y: optional int labels `[num_samples]` for class-conditional chains on E(x, y).
+            n_steps: SGLD steps (default: the sampler's).
+            from_buffer: start from buffer states instead of fresh initialiser draws.
+
+        Returns:
+            float images `[num_samples, H, W, C]` in `pixel_range`.
+        """
+        shape = (int(num_samples),) + self.image_shape
+        if from_buffer:
+            x0, _ = self.buffer.sample(num_samples, y=y if self.buffer.class_conditional else None)
+        else:
+            seed = tf.random.experimental.stateless_fold_in(
+                tf.cast(self.seed_generator.next(), tf.int64), 0
+            )
+            x0 = self.buffer.initializer.init(shape, seed, y=y)
+        if y is None:
+            return self.sampler(self._energy, x0, n_steps=n_steps)
+        return self.sampler(self._class_energy, x0, tf.cast(y, tf.int32), n_steps=n_steps)
+
+
+class JEMPP(JEM):
+    """JEM++ (Yang & Ji 2021): proximal SGLD (gradient clamp 1, x clamp), BN in train mode while
+    sampling, informative initialisation. Configure the initialiser with
+    `JEMPP.initializer = @informative_initializer()` (gin) or pass an `InformativeInitializer`.
+    """
+
+    def __init__(self, network, image_shape, num_classes, sampler=None, pixel_range=(-1.0, 1.0), **kwargs):
+        if sampler is None:
+            sampler = SGLDSampler(
+                n_steps=10, step_size=1.0, noise_std=0.0, grad_clip=1.0, x_clip=tuple(pixel_range),
+                energy_training=True,
+            )
+        super().__init__(network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range, **kwargs)
+
+
+class SADAJEM(JEMPP):
+    """SADA-JEM (Yang, Su & Ji 2023, Algorithm 1; Table 7): JEM++ + SAM on the hybrid loss.
+
+    Defaults: SGLD K=5, step size 1, noise 0, gradient clamp 1 and x clamp (the code's proximal
+    SGLD), BN in train mode while sampling, buffer 10,000 with reinit 5%, `SAMGradients(rho=0.2)`
+    (paper Table 6; the official code defaults to rho=2 with ASAM: `SAMGradients(rho=2.0,
+    adaptive=True, eta=0.0)`). Feed it two loaders (augmented classifier batch, un-augmented p(x)
+    batch) with `keras_ebm.data.make_two_branch_dataset`; use a BN backbone
+    (`WideResNet(norm="batch")`). The second SAM pass reuses the same SGLD samples and does not
+    update BN moving statistics (CODE_FACTS 4.4).
+    """
+
+    def __init__(self, network, image_shape, num_classes, sampler=None, gradients=None,
+                 pixel_range=(-1.0, 1.0), **kwargs):
+        if sampler is None:
+            sampler = SGLDSampler(
+                n_steps=5, step_size=1.0, noise_std=0.0, grad_clip=1.0, x_clip=tuple(pixel_range),
+                energy_training=True,
+            )
+        super().__init__(
+            network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range,
+            gradients=gradients if gradients is not None else SAMGradients(rho=0.2), **kwargs,
+        )
