@@ -1,7 +1,8 @@
 """Evaluate an exported keras_ebm model: accuracy, ECE, OOD AUROC/AUPR/FPR95, plots.
 
     python eval.py --model_dir=runs/quickstart
-    python eval.py --saved_model=runs/x/export --gin_file=gin_configs/eval/cifar10_local.gin
+    python eval.py --saved_model=runs/x/export --gin_file=gin_configs/data/cifar10_local.gin
+    python eval.py --model_dir=runs/sadajem --samples=100 --conditional    # + sample grid (PNG, npz)
 
 With --model_dir, the training config (<model_dir>/config.gin) supplies the datasets; --gin_file and
 --gin_param override it. Results go to <model_dir>/eval (or --output_dir).
@@ -19,6 +20,10 @@ flags.DEFINE_string("saved_model", None, "Path of an export (instead of --model_
 flags.DEFINE_multi_string("gin_file", [], "Gin config files (datasets, OOD sets).")
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
 flags.DEFINE_string("output_dir", None, "Where to write results (default <model_dir>/eval).")
+flags.DEFINE_integer("samples", 0, "Also draw this many samples from the trained model (needs --model_dir).")
+flags.DEFINE_integer("sample_steps", None, "SGLD steps for --samples (default: the trainer's sampler).")
+flags.DEFINE_bool("sample_from_buffer", False, "Start the chains from the replay buffer.")
+flags.DEFINE_bool("conditional", False, "Class-conditional samples, one row per class.")
 FLAGS = flags.FLAGS
 
 
@@ -34,6 +39,17 @@ def main(argv):
         files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
     cli.parse_gin(files, FLAGS.gin_param)
     run_eval(model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, output_dir=FLAGS.output_dir)
+    if FLAGS.samples:
+        if not FLAGS.model_dir:
+            raise app.UsageError("--samples needs --model_dir: sampling uses the trainer's checkpoint.")
+        from keras_ebm import experiment
+
+        model = experiment.restore_trainer(FLAGS.model_dir)
+        if not hasattr(model, "generate"):
+            raise app.UsageError(f"{type(model).__name__} is not a generative model: it has no sampler.")
+        out = os.path.join(FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval"), "samples")
+        experiment.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
+                                    from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,7 @@ def run_training(
     strategy=None,
     progress=True,
     divergence_guard=None,
+    baseline=None,
     seed=0,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
@@ -177,6 +178,10 @@ def run_training(
         jit_compile: compile the train step with XLA (slower on CPU, see ENVIRONMENT.md 4a).
         strategy: a tf.distribute strategy; default `keras_ebm.distribute.make_strategy()`.
         progress: show a progress bar.
+        baseline: optional zero-argument builder of a second trainer (e.g. `@SoftmaxClassifier`)
+            trained afterwards in `model_dir/baseline` with the same data, optimizer, steps and
+            evaluation; with `evaluate`, both results are printed side by side and written to
+            `model_dir/comparison.md` (the quickstart compares SADA-JEM with softmax this way).
         divergence_guard: a `DivergenceGuard` to recover from divergence automatically; without
             one a diverging run stops with `DivergenceError` (the last good checkpoint is kept).
         seed: global seed (`keras.utils.set_random_seed`); the data order on resume is re-seeded
@@ -236,6 +241,10 @@ def run_training(
                 ):
                     tf.summary.scalar("divergence/recoveries", recoveries)
 
+    if chief and hasattr(model, "generate"):
+        # A look at the chains before reading numbers: the replay buffer as a PNG grid.
+        generate_samples(model, os.path.join(model_dir, "samples"), num_samples=64, n_steps=0,
+                         from_buffer=True, name="buffer")
     if chief and export:
         from keras_ebm import export as export_lib  # depends on the trained model only
 
@@ -251,8 +260,41 @@ def run_training(
     if chief and evaluate:
         from keras_ebm.evaluation.runner import run_eval
 
-        run_eval(model_dir=model_dir)
+        results = run_eval(model_dir=model_dir)
+    if baseline is not None:
+        _log(f"training the baseline {getattr(baseline, '__name__', baseline)} with the same budget")
+        run_training(
+            os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
+            checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
+            export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
+            progress=progress, divergence_guard=divergence_guard, seed=seed,
+        )
+        if chief and evaluate:
+            with open(os.path.join(model_dir, "baseline", "eval", "results.json")) as f:
+                base_results = json.load(f)
+            table = comparison_table({type(model).__name__: results, "baseline": base_results})
+            with open(os.path.join(model_dir, "comparison.md"), "w") as f:
+                f.write(table)
+            print("\n" + table, flush=True)
     return model
+
+
+def comparison_table(results_by_model):
+    """Markdown table of accuracy, ECE and OOD AUROCs for several eval results (same OOD sets)."""
+    names = list(results_by_model)
+    first = results_by_model[names[0]]
+    columns = ["accuracy", "ECE"] + [
+        f"AUROC {ood} [{score}]" for ood, by_score in first["ood"].items() for score in by_score
+    ]
+    lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        r = results_by_model[name]
+        cells = [f"{100 * r['accuracy']:.1f}%", f"{100 * r['ece']:.1f}%"] + [
+            f"{r['ood'].get(ood, {}).get(score, float('nan')):.3f}"
+            for ood, by_score in first["ood"].items() for score in by_score
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
@@ -314,3 +356,61 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
     if chief:
         _log(f"trained to step {train_steps}: " + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
     return logs
+
+
+def restore_trainer(model_dir, strategy=None):
+    """Rebuild the trainer of `model_dir` from the parsed gin config and restore its last checkpoint.
+
+    Parse `<model_dir>/config.gin` first (`keras_ebm.cli.parse_gin`). Used for sample generation,
+    which needs the sampler and the replay buffer (training state the export leaves out).
+    """
+    from keras_ebm import cli
+
+    objs = cli.resolve_run_training()
+    strategy = strategy or tf.distribute.get_strategy()
+    model = build_trainer(objs["trainer"], objs["optimizer"], strategy)
+    with strategy.scope():
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: train with train.py first.")
+    make_checkpoint(model, step).restore(latest).expect_partial()
+    _log(f"restored {latest} (step {int(step.numpy())})")
+    return model
+
+
+def generate_samples(model, output_dir, num_samples=64, n_steps=None, from_buffer=False,
+                     conditional=False, name=None):
+    """Draw samples with `model.generate` and write a PNG grid and an npz (uint8 NHWC, labels).
+
+    Args:
+        model: a trainer with `generate` (the JEM family; later HDGE+JEM, GMMC, CLEL).
+        output_dir: directory for `<name>.png` and `<name>.npz`.
+        num_samples: number of images (rounded up to a multiple of the classes when conditional).
+        n_steps: SGLD steps (default the sampler's; 0 with `from_buffer` shows the buffer as is).
+        from_buffer: start from replay-buffer states instead of fresh initialiser draws.
+        conditional: class-conditional chains on E(x, y), one row per class.
+        name: file stem (default derived from the options).
+
+    Returns:
+        The path of the PNG grid.
+    """
+    from keras_ebm.data.preprocess import from_pixel_range
+    from keras_ebm.evaluation import plots
+
+    os.makedirs(output_dir, exist_ok=True)
+    y = None
+    if conditional:
+        per_class = -(-num_samples // model.num_classes)
+        y = tf.repeat(tf.range(model.num_classes, dtype=tf.int32), per_class)
+        num_samples = int(y.shape[0])
+    x = model.generate(num_samples, y=y, n_steps=n_steps, from_buffer=from_buffer)
+    images = from_pixel_range(x, model.pixel_range).numpy()
+    name = name or ("conditional" if conditional else "buffer" if from_buffer else "fresh") + (
+        f"_{n_steps}steps" if n_steps is not None else "")
+    np.savez(os.path.join(output_dir, f"{name}.npz"), images=images,
+             labels=np.asarray(y) if y is not None else np.zeros(0, np.int32))
+    path = plots.sample_grid(images, os.path.join(output_dir, f"{name}.png"),
+                             nrow=per_class if conditional else None, title=name)
+    _log(f"wrote {num_samples} samples to {path}")
+    return path
