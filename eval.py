@@ -13,7 +13,7 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags
+from absl import app, flags, logging
 
 flags.DEFINE_string("model_dir", None, "Experiment directory written by train.py.")
 flags.DEFINE_string("saved_model", None, "Path of an export (instead of --model_dir).")
@@ -29,6 +29,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
     from keras_ebm import cli
     from keras_ebm.evaluation.runner import run_eval
 

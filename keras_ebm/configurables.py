@@ -53,7 +53,7 @@ _register(trainers.JEM, "keras_ebm.trainers")
 _register(trainers.JEMPP, "keras_ebm.trainers")
 _register(trainers.SADAJEM, "keras_ebm.trainers")
 
-# Runners.
-_register(experiment.run_training, "keras_ebm.experiment")
+# Runners: run_training and run_eval are decorated with @gin.configurable where they are defined
+# (they are the gin entry points that train.py / eval.py call).
 _register(experiment.DivergenceGuard, "keras_ebm.experiment")
-_register(runner.run_eval, "keras_ebm.evaluation")
+assert runner.run_eval and experiment.run_training

@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+import gin
 import keras
 import numpy as np
 import tensorflow as tf
@@ -143,6 +144,7 @@ def _variables_finite(variables):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
+@gin.configurable(module="keras_ebm.experiment")
 def run_training(
     model_dir,
     trainer,
@@ -268,6 +270,7 @@ def run_training(
             checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
             export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
             progress=progress, divergence_guard=divergence_guard, seed=seed,
+            baseline=None,  # explicit: gin would bind the baseline's baseline again
         )
         if chief and evaluate:
             with open(os.path.join(model_dir, "baseline", "eval", "results.json")) as f:
@@ -299,8 +302,6 @@ def comparison_table(results_by_model):
 
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
                 checkpoint_every, log_every, progress, chief, guard=None):
-    import gin
-
     iterator = iter(dataset)
 
     @tf.function

@@ -145,3 +145,32 @@ def test_generate_fresh_and_from_buffer_in_range():
     for s, n in ((fresh, 6), (cond, 4), (buffered, 5)):
         assert s.shape == (n, 8, 8, 1)
         assert float(tf.reduce_min(s)) >= -1.0 and float(tf.reduce_max(s)) <= 1.0
+
+
+@pytest.mark.parametrize("use_sam", [False, True])
+def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
+    """With freeze options, BN moving stats after a step equal those of the data forward alone."""
+    rng = np.random.RandomState(4)
+    x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 8).astype("int32")
+    model = JEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=16,
+                sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
+                gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients(),
+                bn_stats_from_samples=False, initializer=ConstantInitializer(3.0))
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: only BN statistics can move
+    reference = keras.models.clone_model(model.network)
+    reference.set_weights(model.network.get_weights())
+    reference(x, training=True)  # one data forward in training mode
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    bn = [l for l in model.network.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+    bn_ref = [l for l in reference.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), bn_ref.moving_mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(), atol=1e-6)
+    # The reference behaviour (samples update the statistics) gives different statistics.
+    model.bn_stats_from_samples = True
+    model.make_train_function(force=True)
+    before = bn.moving_mean.numpy().copy()
+    reference(x, training=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert not np.allclose(bn.moving_mean.numpy(), bn_ref.moving_mean.numpy(), atol=1e-4)
+    assert not np.allclose(before, bn.moving_mean.numpy())

@@ -14,6 +14,7 @@ OOD tables) and PNG plots.
 import json
 import os
 
+import gin
 import numpy as np
 import tensorflow as tf
 
@@ -89,6 +90,7 @@ def _markdown(results, in_dist_name):
     return "\n".join(lines) + "\n"
 
 
+@gin.configurable(module="keras_ebm.evaluation")
 def run_eval(
     model_dir=None,
     saved_model=None,

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from keras_ebm.state import discard_updates
+
 from keras_ebm import distribute
 
 _REDUCTIONS = ("sum", "mean")
@@ -205,7 +207,7 @@ class SGLDSampler:
         with tf.GradientTape() as tape:
             tape.watch(x)
             if self.freeze_bn_stats:
-                with keras.StatelessScope():
+                with discard_updates():
                     energies = energy_fn(x, y, training=self.energy_training)
             else:
                 energies = energy_fn(x, y, training=self.energy_training)

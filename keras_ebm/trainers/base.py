@@ -119,12 +119,13 @@ class EBMTrainer(keras.Model):
                 "((images, labels), (images_px, labels_px)). Received: "
                 f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
             )
-        batch.setdefault("x_px", batch["x"])
-        batch.setdefault("y_px", batch["y"])
-        for key in ("x", "x_px"):
-            batch[key] = self._check_images(batch[key], key)
-        for key in ("y", "y_px"):
-            batch[key] = tf.cast(tf.reshape(batch[key], [-1]), tf.int32)
+        batch["x"] = self._check_images(batch["x"], "x")
+        batch["y"] = tf.cast(tf.reshape(batch["y"], [-1]), tf.int32)
+        if "x_px" in batch:
+            batch["x_px"] = self._check_images(batch["x_px"], "x_px")
+            batch["y_px"] = tf.cast(tf.reshape(batch["y_px"], [-1]), tf.int32)
+        else:  # one loader: the very same tensors, so trainers can reuse the classifier forward
+            batch["x_px"], batch["y_px"] = batch["x"], batch["y"]
         return batch
 
     def sample_negatives(self, batch):
@@ -150,6 +151,7 @@ class EBMTrainer(keras.Model):
 
     def after_step(self, batch, negatives, logs):
         """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
+        del batch, negatives, logs
 
     # ------------------------------------------------------------------ shared pieces
     def classifier_logs(self, logits, y):

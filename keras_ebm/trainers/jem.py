@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras_ebm import energy as energy_lib
 from keras_ebm.optim.gradients import SAMGradients
 from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.state import discard_updates
 from keras_ebm.trainers.base import EBMTrainer
 
 
@@ -42,6 +43,11 @@ class JEM(EBMTrainer):
             authors suggest against divergence (~0.1, JEM issue #4). `energy_l2_mode="samples"`
             penalises mean E^2 over samples (default); `"means"` squares the batch means, as the
             SADA-JEM code does (`l2_coeff * (fp^2 + fq^2)`).
+        bn_stats_from_samples: whether the loss's forward pass on SGLD samples (BN in train mode)
+            updates BatchNorm moving statistics. True reproduces the JEM++/SADA-JEM code, whose
+            evaluation-time statistics then mix data and sample statistics (ENVIRONMENT.md, "the
+            official SADA-JEM recipe"); False keeps them data-only (the samples are still normalised
+            with their own batch statistics). Pair it with `SGLDSampler(freeze_bn_stats=True)`.
 
     Batches: `(x, y)` (one loader: the p(x) term uses the classifier batch) or
     `((x, y), (x_px, y_px))` (two loaders, `keras_ebm.data.make_two_branch_dataset`).
@@ -71,6 +77,7 @@ class JEM(EBMTrainer):
         pxy_weight=0.0,
         energy_l2=0.0,
         energy_l2_mode="samples",
+        bn_stats_from_samples=True,
         **kwargs,
     ):
         super().__init__(network, image_shape, num_classes, **kwargs)
@@ -95,6 +102,7 @@ class JEM(EBMTrainer):
         self.pxy_weight = float(pxy_weight)
         self.energy_l2 = float(energy_l2)
         self.energy_l2_mode = energy_l2_mode
+        self.bn_stats_from_samples = bool(bn_stats_from_samples)
 
     # The energies the sampler descends; the training flag is the sampler's (explicit) choice.
     def _energy(self, x, y=None, training=False):
@@ -119,6 +127,12 @@ class JEM(EBMTrainer):
             negatives["x_y"] = x
         return negatives
 
+    def _sample_logits(self, x, training):
+        if self.bn_stats_from_samples or not training:
+            return self(x, training=training)
+        with discard_updates():
+            return self(x, training=training)
+
     def compute_losses(self, batch, negatives, training=True):
         logits = self(batch["x"], training=training)
         logs = self.classifier_logs(logits, batch["y"])
@@ -130,7 +144,7 @@ class JEM(EBMTrainer):
             logits_px = logits if same else self(batch["x_px"], training=training)
         if self.px_weight > 0:
             e_data = energy_lib.energy_from_logits(logits_px)
-            e_sample = energy_lib.energy_from_logits(self(negatives["x"], training=training))
+            e_sample = energy_lib.energy_from_logits(self._sample_logits(negatives["x"], training))
             px_loss = tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
             total += self.px_weight * px_loss
             total += self._l2(e_data, e_sample)
@@ -144,7 +158,7 @@ class JEM(EBMTrainer):
         if self.pxy_weight > 0:
             y = batch["y_px"]
             e_data_y = energy_lib.class_energy(logits_px, y)
-            e_sample_y = energy_lib.class_energy(self(negatives["x_y"], training=training), y)
+            e_sample_y = energy_lib.class_energy(self._sample_logits(negatives["x_y"], training), y)
             pxy_loss = tf.reduce_mean(e_data_y) - tf.reduce_mean(e_sample_y)
             total += self.pxy_weight * pxy_loss + self._l2(e_data_y, e_sample_y)
             logs["pxy_loss"] = pxy_loss
