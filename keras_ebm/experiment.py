@@ -243,7 +243,7 @@ def run_training(
                 ):
                     tf.summary.scalar("divergence/recoveries", recoveries)
 
-    if chief and hasattr(model, "generate"):
+    if chief and getattr(model, "buffer", None) is not None and hasattr(model, "generate"):
         # A look at the chains before reading numbers: the replay buffer as a PNG grid.
         generate_samples(model, os.path.join(model_dir, "samples"), num_samples=64, n_steps=0,
                          from_buffer=True, name="buffer")

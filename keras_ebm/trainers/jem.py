@@ -30,7 +30,8 @@ class JEM(EBMTrainer):
         sampler: `SGLDSampler`; default JEM's (20 steps, step size 1, noise 0.01, no clamps, BN in
             inference mode while sampling).
         buffer: a `ReplayBuffer`; default one is built from `buffer_size`, `reinit_prob` and
-            `initializer` (class-partitioned when `pxy_weight > 0`).
+            `initializer` (class-partitioned when `pxy_weight > 0`); none when nothing is sampled
+            (`px_weight = pxy_weight = 0`).
         buffer_size: replay buffer size (JEM 10,000).
         reinit_prob: probability of restarting a chain from the initialiser (JEM 0.05).
         initializer: chain initialiser; default `UniformInitializer(pixel_range)`. JEM++/SADA-JEM use
@@ -86,7 +87,7 @@ class JEM(EBMTrainer):
                 f"`energy_l2_mode` must be 'samples' or 'means'. Received: energy_l2_mode={energy_l2_mode!r}"
             )
         self.sampler = sampler if sampler is not None else SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.01)
-        if buffer is None:
+        if buffer is None and (px_weight > 0 or pxy_weight > 0):
             buffer = ReplayBuffer(
                 size=buffer_size,
                 image_shape=self.image_shape,
@@ -186,12 +187,16 @@ class JEM(EBMTrainer):
         """
         shape = (int(num_samples),) + self.image_shape
         if from_buffer:
+            if self.buffer is None:
+                raise ValueError(f"{type(self).__name__} has no replay buffer (px_weight = pxy_weight = 0). "
+                                 "Received: from_buffer=True")
             x0, _ = self.buffer.sample(num_samples, y=y if self.buffer.class_conditional else None)
         else:
             seed = tf.random.experimental.stateless_fold_in(
                 tf.cast(self.seed_generator.next(), tf.int64), 0
             )
-            x0 = self.buffer.initializer.init(shape, seed, y=y)
+            init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
+            x0 = init.init(shape, seed, y=y)
         if y is None:
             return self.sampler(self._energy, x0, n_steps=n_steps)
         return self.sampler(self._class_energy, x0, tf.cast(y, tf.int32), n_steps=n_steps)
