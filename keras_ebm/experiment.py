@@ -124,6 +124,10 @@ def make_checkpoint(model, step):
     kwargs = {"model": model, "step": step}
     optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
     kwargs.update(optimizers)
+    # keras.random.SeedGenerator is a plain object that tf.train.Checkpoint does not walk: save the
+    # RNG states (trainer, sampler, buffer) explicitly, in construction order, so a resumed run
+    # continues every random sequence instead of replaying it.
+    kwargs["rng_states"] = [v for v in model.variables if "seed_generator_state" in v.path]
     return tf.train.Checkpoint(**kwargs)
 
 
@@ -243,10 +247,8 @@ def run_training(
                 ):
                     tf.summary.scalar("divergence/recoveries", recoveries)
 
-    if chief and getattr(model, "buffer", None) is not None and hasattr(model, "generate"):
-        # A look at the chains before reading numbers: the replay buffer as a PNG grid.
-        generate_samples(model, os.path.join(model_dir, "samples"), num_samples=64, n_steps=0,
-                         from_buffer=True, name="buffer")
+    if chief and getattr(model, "buffer", None) is not None:
+        save_buffer_grid(model, os.path.join(model_dir, "samples", "buffer.png"))
     if chief and export:
         from keras_ebm import export as export_lib  # depends on the trained model only
 
@@ -378,6 +380,19 @@ def restore_trainer(model_dir, strategy=None):
     make_checkpoint(model, step).restore(latest).expect_partial()
     _log(f"restored {latest} (step {int(step.numpy())})")
     return model
+
+
+def save_buffer_grid(model, path, num_images=64):
+    """A look at the chains before reading numbers: the first replay-buffer rows as a PNG grid.
+
+    Reads the buffer variable directly (no sampling, no RNG), so it changes no training state.
+    """
+    from keras_ebm.data.preprocess import from_pixel_range
+    from keras_ebm.evaluation import plots
+
+    rows = model.buffer.buffer.numpy()[:num_images]
+    return plots.sample_grid(from_pixel_range(rows, model.pixel_range).numpy(), path,
+                             title=f"replay buffer ({len(rows)} of {model.buffer.size})")
 
 
 def generate_samples(model, output_dir, num_samples=64, n_steps=None, from_buffer=False,

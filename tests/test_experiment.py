@@ -86,7 +86,8 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_train_py_killed_then_resumed(tmp_path):
     model_dir = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "--gin_file=gin_configs/quickstart.gin",
+    # SADA-JEM at tiny size: weights, SAM/SGD state, replay buffer and seeds all go through the kill.
+    cmd = [sys.executable, "train.py", "--gin_file=gin_configs/sadajem.gin", "--gin_file=gin_configs/tiny.gin",
            f"--model_dir={model_dir}", "--gin_param=run_training.train_steps=100000",
            "--gin_param=run_training.checkpoint_every=5", "--gin_param=run_training.evaluate=False",
            "--gin_param=run_training.export=False"]

@@ -87,6 +87,9 @@ class JEM(EBMTrainer):
                 f"`energy_l2_mode` must be 'samples' or 'means'. Received: energy_l2_mode={energy_l2_mode!r}"
             )
         self.sampler = sampler if sampler is not None else SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.01)
+        # The sampler is a plain object; tracking its seed generator puts the SGLD noise state in
+        # checkpoints, so a resumed run continues the noise sequence instead of replaying it.
+        self.sampler_seed_generator = self.sampler.seed_generator
         if buffer is None and (px_weight > 0 or pxy_weight > 0):
             buffer = ReplayBuffer(
                 size=buffer_size,
