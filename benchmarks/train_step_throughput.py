@@ -46,7 +46,21 @@ ROWS = {
     "softmax_tiny_b64": (SOFTMAX, CIFAR_LOCAL + ["build_classifier.backbone = @TinyCNN()",
                                               "TinyCNN.input_shape = %IMAGE_SHAPE"], 64),
 }
-BASELINE_OF = {}  # row -> softmax row it is compared with (filled by later issues)
+WRN16_4 = ["WideResNet.depth = 16", "WideResNet.width = 4"]
+ONE_BRANCH_64 = ["PX_BATCH_SIZE = 64"]
+ROWS.update({
+    # JEM family at the softmax row's backbone and batch (classifier batch 64, p(x) batch 64).
+    "jem_k5_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 5"], 64),
+    "jem_k20_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 20"], 64),
+    "sadajem_k5_wrn16_4_b64": (["gin_configs/sadajem.gin"], CIFAR_LOCAL + WRN16_4 + ONE_BRANCH_64 + [
+        "informative_initializer.max_examples = 5000"], 64),
+})
+# row -> softmax row it is compared with (same backbone and classifier batch)
+BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith(("jem", "sadajem"))}
+# forward+backward passes per step relative to one softmax step (ideal ratio of step times):
+# JEM with two loaders: K SGLD passes + classifier batch + p(x) data batch + samples = K + 3;
+# SADA-JEM adds SAM's second pass over the three loss batches: K + 6.
+PASSES = {"jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_4_b64": 11}
 
 
 def device_name():
@@ -122,15 +136,17 @@ def main(argv):
     for r in results:
         base = by_name.get(BASELINE_OF.get(r["row"]))
         r["ratio_to_baseline"] = (r["median_s_per_step"] / base["median_s_per_step"]) if base else None
+        r["ideal_ratio"] = PASSES.get(r["row"])
     device = device_name()
     print(f"\nDevice: {device}  TF {tf.__version__}  jit_compile={FLAGS.jit_compile}  "
           f"policy={FLAGS.mixed_precision or 'float32'}  steps={FLAGS.steps}\n")
-    print("| row | batch | s/step (median) | images/s | peak MB | params | x baseline step |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | batch | s/step (median) | images/s | peak MB | params | x baseline step | ideal (passes) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         ratio = f"{r['ratio_to_baseline']:.2f}" if r["ratio_to_baseline"] else "-"
+        ideal = str(r["ideal_ratio"]) if r["ideal_ratio"] else "-"
         print(f"| {r['row']} | {r['batch']} | {r['median_s_per_step']:.4f} | {r['images_per_s']:.1f} | "
-              f"{r['peak_memory_mb']:.0f} | {r['params']:,} | {ratio} |")
+              f"{r['peak_memory_mb']:.0f} | {r['params']:,} | {ratio} | {ideal} |")
     out = FLAGS.output or os.path.join(os.path.dirname(__file__), "results", f"{device}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
