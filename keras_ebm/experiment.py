@@ -215,6 +215,7 @@ def run_training(
     if start >= train_steps:
         _log(f"already trained {start} >= train_steps={train_steps} steps; nothing to do")
     recoveries, rng = 0, np.random.default_rng(seed)
+    trained_now = start < train_steps
     while int(step.numpy()) < train_steps:
         start = int(step.numpy())
         tf.random.set_seed(seed + start + 7919 * recoveries)
@@ -247,6 +248,11 @@ def run_training(
                 ):
                     tf.summary.scalar("divergence/recoveries", recoveries)
 
+    if trained_now and hasattr(model, "after_training"):
+        # Post-training estimates that belong to the model (GMMC's sigma, paper section 3.1),
+        # saved with a final checkpoint so the export and a resumed run both carry them.
+        model.after_training(train_data)
+        manager.save(checkpoint_number=int(step.numpy()))
     if chief and getattr(model, "buffer", None) is not None:
         save_buffer_grid(model, os.path.join(model_dir, "samples", "buffer.png"))
     if chief and export:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import gin
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -76,3 +77,16 @@ def test_train_export_eval_end_to_end(config, tmp_path):
     for png in ("reliability.png", "scores_log_px.png"):
         assert (model_dir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (model_dir / "eval" / "results.md").read_text().startswith("# Evaluation")
+
+
+@pytest.mark.slow
+def test_eval_py_draws_samples_from_a_sadajem_run(tmp_path):
+    model_dir = tmp_path / "run"
+    _run(["train.py", "--gin_file=gin_configs/sadajem.gin", "--gin_file=gin_configs/tiny.gin",
+          f"--model_dir={model_dir}"])
+    assert (model_dir / "samples" / "buffer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _run(["eval.py", f"--model_dir={model_dir}", "--samples=20", "--conditional", "--sample_steps=2"])
+    samples = np.load(model_dir / "eval" / "samples" / "conditional_2steps.npz")
+    assert samples["images"].shape == (20, 8, 8, 1) and samples["images"].dtype == np.uint8
+    np.testing.assert_array_equal(samples["labels"], np.repeat(np.arange(10), 2))
+    assert (model_dir / "eval" / "samples" / "conditional_2steps.png").exists()

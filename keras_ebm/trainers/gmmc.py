@@ -1,0 +1,436 @@
+"""GMMC: the generative max-Mahalanobis classifier (Yang, Ye, Ye, Li & Ji, arXiv:2010.03759).
+
+The network is a backbone phi and a `keras_ebm.heads.MaxMahalanobisHead` with fixed centres mu_y.
+p(x, y) is modelled as N(phi(x); mu_y, sigma^2 I) up to the partition function, i.e. an EBM with
+energy E(x, y) = 0.5 ||phi(x) - mu_y||^2 (sigma = 1 during training, eq. 6). Three ways to train:
+
+* discriminative (section 3.1, eq. 5): minimise mean_batch E(x, y), the MMC centre regression
+  loss; there is no softmax cross-entropy (paper and code agree).
+* generative (section 3.2, eq. 7):  mean E(x_data, y) - beta * mean E(x~, y~), with class-
+  conditional samples x~ of the labels y~ = y of the batch, and balance factor beta = 0.5.
+* joint (section 3.3, Appendix 0.E): discriminative until `switch_step`, then generative, the
+  balance factor rising linearly from 0 to beta over `ramp_steps` (0 = the reference code's
+  abrupt switch). Since the discriminative loss is the data term of eq. 7, the joint loss is
+  always `data - beta(step) * sample`.
+
+Sampling (eq. 8-10), from a class-conditional replay buffer (Algorithm 1, Table 8):
+* staged: draw z ~ N(mu_y, latent_std^2 I) once, then descend 0.5 ||phi(x) - z||^2 in x with the
+  shared `SGLDSampler` (no Langevin noise, x clamped to the pixel range);
+* noise-injected: redraw z at every step (eq. 10: a gradient-modulated noise).
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_ebm import distribute
+from keras_ebm.backbones.classifier import feature_extractor
+from keras_ebm.heads import mmc_head
+from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.trainers.base import EBMTrainer
+
+MODES = ("discriminative", "generative", "joint")
+SAMPLINGS = ("staged", "noise_injected")
+
+
+class GMMC(EBMTrainer):
+    """Generative max-Mahalanobis classifier trainer (discriminative, generative or joint).
+
+    Args:
+        network: a `keras_ebm.heads.build_mmc_classifier` network (layers `backbone` and
+            `mmc_head`).
+        image_shape, num_classes, pixel_range, gradients, seed: see `EBMTrainer`.
+        mode: `"discriminative"` (eq. 5), `"generative"` (eq. 7) or `"joint"` (section 3.3).
+        sampler: the shared `SGLDSampler`. Default GMMC's (Table 8 and the reference code):
+            20 steps, step size 1, no noise, x clamped to `pixel_range`, batch-*mean* energy
+            (`energy_reduction="mean"`: the per-sample step is step_size / batch, the batch being
+            the global one under a distribution strategy).
+        sampling: `"staged"` (eq. 8; the paper's reported setting) or `"noise_injected"` (eq. 10).
+        latent_std: standard deviation of the latent targets z ~ N(mu_y, latent_std^2 I). The
+            paper draws z with the model's sigma, which is only estimated after training; the
+            reference code uses a fixed gamma = 0.001 (default). `None` uses the head's `sigma`.
+        buffer: a class-conditional `ReplayBuffer`; default one is built from `buffer_size`,
+            `reinit_prob` and `initializer` unless `mode="discriminative"`.
+        buffer_size: replay buffer size, divisible by `num_classes` (Table 8: 100,000).
+        reinit_prob: chain re-initialisation probability (Table 8: 0.025).
+        initializer: chain initialiser; default `UniformInitializer(pixel_range)`.
+        balance: beta, the weight of the sample term in eq. 7 (paper: 0.5).
+        switch_step: joint mode, the optimizer step at which generative training starts (the
+            step counter is `optimizer.iterations`, so it survives a checkpoint resume).
+        ramp_steps: joint mode, steps over which beta rises linearly from 0 to `balance`
+            (beta = balance * min(1, (step - switch_step + 1) / ramp_steps)); 0 switches at once.
+        sigma_batches: if set, `after_training(train_data)` estimates sigma from this many
+            training batches (section 3.1); None leaves sigma at its value (1 unless set).
+
+    Batches: `(x, y)`; the data term, the accuracy and the labels of the chains all use it (a
+    two-loader batch `((x, y), (x_px, y_px))` is accepted and its p(x) part ignored).
+
+    Reported: loss, clf_acc, center_loss (mean 0.5 ||phi(x) - mu_y||^2 of the batch, eq. 5),
+    sample_loss (the same for the samples), energy_gap (sample_loss - center_loss), balance (the
+    beta of the step), sgld_grad_norm (last step of the chains). In discriminative mode the sample
+    terms stay 0.
+
+    Example:
+    ```python
+    network = build_mmc_classifier(TinyCNN((16, 32), input_shape=(32, 32, 3)), num_classes=10)
+    trainer = GMMC(network, image_shape=(32, 32, 3), num_classes=10, buffer_size=1000)
+    trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
+    trainer.fit(dataset, epochs=1)
+    trainer.estimate_sigma(dataset.take(100))   # section 3.1, after training
+    ```
+
+    Reference:
+        - [Yang et al., 2021 (GMMC)](https://arxiv.org/abs/2010.03759), eq. 5-11, Algorithm 1,
+          Table 8, Appendix 0.B and 0.E.
+    """
+
+    tracked_names = (
+        "loss", "clf_acc", "center_loss", "sample_loss", "energy_gap", "balance", "sgld_grad_norm",
+    )
+    default_ood_score = "log_px"
+
+    def __init__(
+        self,
+        network,
+        image_shape,
+        num_classes,
+        mode="generative",
+        sampler=None,
+        sampling="staged",
+        latent_std=0.001,
+        buffer=None,
+        buffer_size=100000,
+        reinit_prob=0.025,
+        initializer=None,
+        balance=0.5,
+        switch_step=0,
+        ramp_steps=0,
+        sigma_batches=None,
+        pixel_range=(-1.0, 1.0),
+        **kwargs,
+    ):
+        super().__init__(network, image_shape, num_classes, pixel_range=pixel_range, **kwargs)
+        if mode not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"`sampling` must be one of {SAMPLINGS}. Received: sampling={sampling!r}")
+        if latent_std is not None and float(latent_std) < 0:
+            raise ValueError(
+                "`latent_std` must be >= 0, or None to use the head's sigma. "
+                f"Received: latent_std={latent_std}"
+            )
+        if float(balance) < 0:
+            raise ValueError(f"`balance` must be >= 0. Received: balance={balance}")
+        if int(switch_step) < 0 or int(ramp_steps) < 0:
+            raise ValueError(
+                "`switch_step` and `ramp_steps` must be >= 0. "
+                f"Received: switch_step={switch_step}, ramp_steps={ramp_steps}"
+            )
+        mmc_head(network)  # validates the network early, with a readable error
+        if self.head.num_classes != self.num_classes:
+            raise ValueError(
+                f"The network's MMC head has {self.head.num_classes} classes but the trainer "
+                f"{self.num_classes}. Received: num_classes={num_classes}"
+            )
+        self.mode = mode
+        self.sampling = sampling
+        self.latent_std = None if latent_std is None else float(latent_std)
+        self.balance_factor = float(balance)
+        self.switch_step = int(switch_step)
+        self.ramp_steps = int(ramp_steps)
+        if sigma_batches is not None and int(sigma_batches) < 1:
+            raise ValueError(
+                f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}"
+            )
+        self.sigma_batches = None if sigma_batches is None else int(sigma_batches)
+        if sampler is None:
+            sampler = SGLDSampler(
+                n_steps=20, step_size=1.0, noise_std=0.0, x_clip=tuple(self.pixel_range),
+                energy_reduction="mean",
+            )
+        self.sampler = sampler
+        # Tracked so that the sampler's RNG state is checkpointed with the trainer (as in JEM).
+        self.sampler_seed_generator = self.sampler.seed_generator
+        if buffer is None and mode != "discriminative":
+            if int(buffer_size) % self.num_classes:
+                raise ValueError(
+                    "GMMC's class-conditional buffer holds buffer_size // num_classes chains per "
+                    f"class: `buffer_size` must be divisible by num_classes={self.num_classes}. "
+                    f"Received: buffer_size={buffer_size}"
+                )
+            buffer = ReplayBuffer(
+                size=int(buffer_size),
+                image_shape=self.image_shape,
+                initializer=initializer or UniformInitializer(self.pixel_range),
+                reinit_prob=reinit_prob,
+                num_classes=self.num_classes,
+                class_conditional=True,
+                seed=None if kwargs.get("seed") is None else kwargs["seed"] + 1,
+            )
+        if buffer is not None and not buffer.class_conditional:
+            raise ValueError(
+                "GMMC samples class-conditional chains: pass a ReplayBuffer with "
+                "class_conditional=True. Received: buffer.class_conditional=False"
+            )
+        self.buffer = buffer
+
+    # ------------------------------------------------------------------ energies and latents
+    # Looked up, not stored: attributes would make Keras track the layers a second time.
+    @property
+    def head(self):
+        """The network's `MaxMahalanobisHead`."""
+        return mmc_head(self.network)
+
+    @property
+    def backbone(self):
+        """The network's feature extractor phi."""
+        return feature_extractor(self.network)
+
+    def features(self, x, training=False):
+        """phi(x): backbone features `[batch, dim]`."""
+        return self.backbone(x, training=training)
+
+    def latent_energy(self, x, z, training=False):
+        """0.5 ||phi(x) - z||^2 per sample `[batch]`: the energy the chains descend (eq. 8-9)."""
+        phi = self.features(x, training=training)
+        return 0.5 * tf.reduce_sum(tf.square(phi - tf.cast(z, phi.dtype)), axis=-1)
+
+    def draw_latents(self, y, seed=None):
+        """z = mu_y + latent_std * N(0, I), `[batch, dim]` (the seed defaults to a replica-distinct
+        draw of the trainer's seed generator)."""
+        mu = self.head.class_centers(y)
+        std = self.head.sigma if self.latent_std is None else self.latent_std
+        if self.latent_std == 0.0:
+            return mu
+        seed = distribute.replica_seed(self.seed_generator) if seed is None else seed
+        noise = tf.random.stateless_normal(tf.shape(mu), seed=seed, dtype=mu.dtype)
+        return mu + tf.cast(std, mu.dtype) * noise
+
+    def _sampler_energy(self, x, z, training=False):
+        # The sampler's `y` argument carries the latent target z: fixed across the steps of one
+        # call, which is exactly staged sampling.
+        energies = self.latent_energy(x, z, training=training)
+        if self.sampler.energy_reduction == "mean":
+            # The sampler averages over the per-replica batch; GMMC's step is step_size / batch
+            # for the *global* batch (one GPU, batch 64), so divide by the replicas as well: one
+            # device and N replicas with the same global batch then take the same step.
+            energies = energies / tf.cast(distribute.num_replicas(), energies.dtype)
+        return energies
+
+    def sample_chains(self, x_init, y, n_steps=None):
+        """Run GMMC's class-conditional chains from `x_init` for labels `y`.
+
+        Staged: one z per chain for the whole call. Noise-injected: a new z at every step; the
+        shared sampler is run one step at a time inside a `tf.while_loop`, z being drawn
+        statelessly from (call seed, step), so the draws do not depend on variable updates inside
+        the energy function (e.g. `SGLDSampler(freeze_bn_stats=True)`).
+
+        Returns:
+            `(x, stats)`: samples `[batch, H, W, C]` (no gradient) and the sampler's diagnostics.
+        """
+        n_steps = tf.cast(self.sampler.n_steps if n_steps is None else n_steps, tf.int32)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        if self.sampling == "staged":
+            z = self.draw_latents(y)
+            return self.sampler.sample_with_stats(self._sampler_energy, x_init, z, n_steps=n_steps)
+        seed = distribute.replica_seed(self.seed_generator)
+
+        def body(step, x, grad_norm):
+            z = self.draw_latents(y, seed=tf.random.experimental.stateless_fold_in(seed, step))
+            x, stats = self.sampler.sample_with_stats(self._sampler_energy, x, z, n_steps=1)
+            return step + 1, x, stats["grad_norm"]
+
+        _, x, grad_norm = tf.while_loop(
+            lambda step, *_: step < n_steps,
+            body,
+            (tf.constant(0, tf.int32), tf.stop_gradient(tf.convert_to_tensor(x_init)), tf.constant(0.0)),
+            parallel_iterations=1,
+        )
+        return tf.stop_gradient(x), {"grad_norm": grad_norm}
+
+    # ------------------------------------------------------------------ schedule
+    def current_step(self):
+        """The optimizer's iteration counter (int64 scalar): checkpointed, so resumes continue it."""
+        if getattr(self, "optimizer", None) is None:
+            return tf.constant(0, tf.int64)
+        return tf.cast(self.optimizer.iterations, tf.int64)
+
+    def balance(self, step=None):
+        """beta of the step `step` (default the current one): float32 scalar tensor."""
+        if self.mode == "discriminative":
+            return tf.constant(0.0)
+        if self.mode == "generative":
+            return tf.constant(self.balance_factor)
+        step = self.current_step() if step is None else tf.cast(step, tf.int64)
+        # Arithmetic, not Python control flow: one trace serves the whole run.
+        since = tf.cast(step - self.switch_step + 1, tf.float32)
+        frac = tf.clip_by_value(since / float(max(self.ramp_steps, 1)), 0.0, 1.0)
+        return self.balance_factor * frac
+
+    # ------------------------------------------------------------------ EBMTrainer hooks
+    def sample_negatives(self, batch):
+        if self.mode == "discriminative":
+            return {}
+        y = batch["y"]
+        x0, idx = self.buffer.sample(tf.shape(y)[0], y=y)
+        n_steps = self.sampler.n_steps
+        active = None
+        if self.mode == "joint":
+            # Before the switch the chains are not advanced (0 steps), so the discriminative phase
+            # costs no SGLD; buffer sampling and write-back still run and keep the graph static.
+            active = self.balance() > 0.0
+            n_steps = tf.where(active, n_steps, 0)
+        x, stats = self.sample_chains(x0, y, n_steps=n_steps)
+        self.buffer.update(idx, x)
+        negatives = {"x": x, "y": y, "sgld_grad_norm": stats["grad_norm"]}
+        if active is not None:
+            negatives["active"] = active
+        return negatives
+
+    def compute_losses(self, batch, negatives, training=True):
+        x, y = batch["x"], batch["y"]
+        phi = self.features(x, training=training)
+        center_loss = tf.reduce_mean(self.head.center_loss(phi, y))
+        logits = self.head(phi)
+        clf_acc = tf.reduce_mean(
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
+        )
+        zero = tf.zeros_like(center_loss)
+        logs = {
+            "center_loss": center_loss,
+            "clf_acc": clf_acc,
+            "sample_loss": zero,
+            "energy_gap": zero,
+            "balance": zero,
+            "sgld_grad_norm": zero,
+        }
+        total = center_loss
+        if self.mode != "discriminative":
+            beta = tf.cast(self.balance(), center_loss.dtype)
+
+            def sample_term():
+                phi_s = self.features(negatives["x"], training=training)
+                return tf.reduce_mean(self.head.center_loss(phi_s, negatives["y"]))
+
+            if "active" in negatives:
+                # Skip the forward and backward pass on the samples before the switch.
+                sample_loss = tf.cond(negatives["active"], sample_term, lambda: zero)
+            else:
+                sample_loss = sample_term()
+            total = center_loss - beta * sample_loss
+            logs.update(
+                sample_loss=sample_loss,
+                # 0 while the sample term is off (joint mode before the switch).
+                energy_gap=tf.where(beta > 0, sample_loss - center_loss, zero),
+                balance=beta,
+                sgld_grad_norm=negatives["sgld_grad_norm"],
+            )
+        logs["loss"] = total
+        return logs
+
+    def test_step(self, data):
+        batch = self.unpack_batch(data)
+        phi = self.features(batch["x"], training=False)
+        center_loss = tf.reduce_mean(self.head.center_loss(phi, batch["y"]))
+        pred = tf.argmax(self.head(phi), axis=-1, output_type=tf.int32)
+        return self.update_trackers({
+            "loss": center_loss,
+            "center_loss": center_loss,
+            "clf_acc": tf.reduce_mean(tf.cast(tf.equal(pred, batch["y"]), tf.float32)),
+        })
+
+    # ------------------------------------------------------------------ after training
+    def estimate_sigma(self, data, max_batches=None, assign=True):
+        """Estimate the head's sigma from labelled training data (section 3.1), after training.
+
+        sigma^2 = mean ||phi(x) - mu_y||^2 / dim over the data (features in inference mode), the
+        maximum-likelihood estimate with the fixed centres.
+
+        Args:
+            data: `(x, y)` numpy arrays / tensors, or an iterable (`tf.data.Dataset`) of `(x, y)`
+                batches of float images in `pixel_range`.
+            max_batches: optional cap on the batches read from an iterable (a repeated training
+                dataset never ends).
+            assign: write the estimate into the head (`head.sigma`).
+
+        Returns:
+            The estimate, a Python float.
+        """
+        if isinstance(data, (tuple, list)) and len(data) == 2 and not isinstance(data[0], (tuple, list)):
+            batches = [data]
+        else:
+            batches = data
+        if max_batches is None and isinstance(data, tf.data.Dataset) and (
+            data.cardinality() == tf.data.INFINITE_CARDINALITY
+        ):
+            raise ValueError(
+                "`data` is an infinite dataset: pass `max_batches` (or a finite dataset). "
+                "Received: max_batches=None"
+            )
+        total, count, dim = 0.0, 0, None
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= int(max_batches):
+                break
+            x, y = batch[0], batch[1]
+            x = tf.cast(tf.convert_to_tensor(x), tf.float32)
+            for start in range(0, int(x.shape[0]), 256):
+                phi = self.features(x[start:start + 256], training=False)
+                sq = 2.0 * self.head.center_loss(phi, tf.convert_to_tensor(y)[start:start + 256])
+                total += float(tf.reduce_sum(sq))
+                count += int(phi.shape[0])
+                dim = int(phi.shape[-1])
+        if not count:
+            raise ValueError("`data` yielded no examples to estimate sigma from. Received: 0 examples")
+        sigma = (total / count / dim) ** 0.5
+        if assign:
+            self.head.set_sigma(max(sigma, 1e-12))
+        return sigma
+
+    def after_training(self, train_data):
+        """End-of-training hook: estimate sigma from `sigma_batches` batches of the training data.
+
+        Args:
+            train_data: a `tf.data.Dataset` of `(x, y)` batches, or a dataset function
+                `fn(input_context=None)` as `run_training` takes.
+
+        Returns:
+            The estimated sigma, or None when `sigma_batches` is None (nothing is done).
+        """
+        if self.sigma_batches is None:
+            return None
+        data = train_data if isinstance(train_data, tf.data.Dataset) else train_data(None)
+        return self.estimate_sigma(data, max_batches=self.sigma_batches)
+
+    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False):
+        """Class-conditional samples (section 3.2): fresh chains (default) or buffer chains.
+
+        Args:
+            num_samples: number of samples.
+            y: optional int labels `[num_samples]`; default uniformly random classes.
+            n_steps: sampler steps (default the sampler's).
+            from_buffer: start from the replay buffer's chains of those classes.
+
+        Returns:
+            float images `[num_samples, H, W, C]` in `pixel_range`.
+        """
+        num_samples = int(num_samples)
+        seed = tf.random.experimental.stateless_fold_in(
+            tf.cast(self.seed_generator.next(), tf.int64), 0
+        )
+        if y is None:
+            y = tf.random.stateless_uniform(
+                [num_samples], seed=seed, minval=0, maxval=self.num_classes, dtype=tf.int32
+            )
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        if from_buffer:
+            if self.buffer is None:
+                raise ValueError(
+                    "This GMMC trainer has no replay buffer (mode='discriminative'). "
+                    "Received: from_buffer=True"
+                )
+            x0, _ = self.buffer.sample(num_samples, y=y)
+        else:
+            init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
+            init_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            x0 = init.init((num_samples,) + self.image_shape, init_seed, y=y)
+        x, _ = self.sample_chains(x0, y, n_steps=n_steps)
+        return x

@@ -1,0 +1,378 @@
+"""GMMC: max-Mahalanobis centres, the MMC head, the three training modes, sampling, sigma, export."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ebm import export
+from keras_ebm.backbones import TinyCNN, feature_extractor
+from keras_ebm.heads import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
+from keras_ebm.sampling import SGLDSampler
+from keras_ebm.trainers.gmmc import GMMC
+
+
+def tiny_backbone(image_shape, dim=16, seed=3):
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input(image_shape)
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
+    h = keras.layers.LeakyReLU(0.2)(h)
+    h = keras.layers.Conv2D(dim, 3, strides=2, padding="same", kernel_initializer=init)(h)
+    h = keras.layers.LeakyReLU(0.2)(h)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+
+
+def tiny_gmmc(image_shape=(8, 8, 1), mode="generative", n_steps=2, buffer_size=20, **kwargs):
+    network = build_mmc_classifier(tiny_backbone(image_shape), num_classes=10)
+    sampler = kwargs.pop("sampler", None) or SGLDSampler(
+        n_steps=n_steps, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0), energy_reduction="mean"
+    )
+    return GMMC(network, image_shape=image_shape, num_classes=10, mode=mode, sampler=sampler,
+                buffer_size=buffer_size, **kwargs)
+
+
+class ConstantInitializer:
+    """Every chain starts at the same image: chain starts do not depend on which rows are drawn."""
+
+    def __init__(self, value=0.1):
+        self.value = value
+
+    def init(self, shape, seed, y=None):
+        return tf.fill(shape, self.value)
+
+
+def _gram(mu):
+    mu = mu.astype(np.float64)
+    return mu @ mu.T
+
+
+# ---------------------------------------------------------------------- centres
+@pytest.mark.parametrize("num_classes,dim", [(10, 640), (10, 9), (100, 99), (100, 640)])
+def test_centers_form_a_regular_simplex(num_classes, dim):
+    mu = max_mahalanobis_centers(num_classes, dim, scale=10.0)
+    assert mu.shape == (num_classes, dim) and mu.dtype == np.float32
+    gram = _gram(mu)
+    off = gram[~np.eye(num_classes, dtype=bool)]
+    np.testing.assert_allclose(np.diag(gram), 100.0, rtol=1e-5)
+    np.testing.assert_allclose(off, -100.0 / (num_classes - 1), atol=2e-4)
+    # The centres of a regular simplex sum to zero.
+    np.testing.assert_allclose(mu.sum(axis=0), 0.0, atol=1e-3)
+
+
+def test_centers_scale_and_errors():
+    mu = max_mahalanobis_centers(3, 5, scale=2.0)
+    np.testing.assert_allclose(np.linalg.norm(mu, axis=1), 2.0, rtol=1e-6)
+    np.testing.assert_allclose(_gram(mu)[0, 1], -4.0 / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="num_classes=11, dim=9"):
+        max_mahalanobis_centers(11, 9)
+    with pytest.raises(ValueError, match="num_classes=1"):
+        max_mahalanobis_centers(1, 9)
+    with pytest.raises(ValueError, match="num_classes=101, dim=64"):
+        build_mmc_classifier(tiny_backbone((8, 8, 1), dim=64), num_classes=101)
+
+
+# ---------------------------------------------------------------------- head
+def test_head_logits_and_log_px_match_hand_computation():
+    head = MaxMahalanobisHead(4, scale=3.0, sigma=2.0)
+    features = np.random.RandomState(0).normal(0.0, 2.0, (5, 6)).astype("float32")
+    logits = head(features).numpy()
+    mu = max_mahalanobis_centers(4, 6, 3.0).astype(np.float64)
+    sq = ((features[:, None, :].astype(np.float64) - mu[None]) ** 2).sum(-1)
+    expected = -0.5 * sq / 4.0
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(head.log_px(features).numpy(), np.log(np.exp(expected).sum(-1)), rtol=1e-5)
+    y = np.array([0, 1, 2, 3, 0])
+    np.testing.assert_allclose(head.center_loss(features, y).numpy(), 0.5 * sq[np.arange(5), y], rtol=1e-5)
+    # Inference (eq. 11): argmax of the logits is the nearest centre, whatever sigma.
+    head.set_sigma(0.3)
+    np.testing.assert_array_equal(np.argmax(head(features).numpy(), -1), np.argmin(sq, -1))
+    assert not head.centers.trainable and not head.sigma.trainable
+    assert head.trainable_weights == []
+
+
+def test_head_is_finite_far_from_every_centre():
+    head = MaxMahalanobisHead(10)
+    features = np.full((3, 16), 1e4 / 4.0, "float32")  # ||phi|| = 1e4, ~1e4 from every centre
+    features[1] *= -1.0
+    logits = head(features)
+    log_px = head.log_px(features).numpy()
+    assert np.all(np.isfinite(logits.numpy())) and np.all(np.isfinite(log_px))
+    # logsumexp ~ the largest logit ~ -0.5 * 1e8; exp-then-log (the reference) underflows to -inf.
+    np.testing.assert_allclose(log_px, np.max(logits.numpy(), -1), rtol=1e-6)
+    assert log_px.max() < -1e7
+    with np.errstate(divide="ignore"):
+        assert np.all(np.isneginf(np.log(np.exp(logits.numpy()).sum(-1))))
+    assert np.all(np.isfinite(tf.nn.softmax(logits).numpy()))
+
+
+def test_estimate_sigma_on_known_features():
+    head = MaxMahalanobisHead(10, sigma=1.0)
+    head.build((None, 32))
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 10, 4000)
+    features = head.centers.numpy()[y] + 0.25 * rng.normal(size=(4000, 32)).astype("float32")
+    estimate = float(head.estimate_sigma(features, y))
+    hand = np.sqrt(((features - head.centers.numpy()[y]) ** 2).sum(-1).mean() / 32)
+    np.testing.assert_allclose(estimate, hand, rtol=1e-5)
+    assert abs(estimate - 0.25) < 0.005
+    assert float(head.sigma.numpy()) == 1.0  # estimating does not assign
+    head.set_sigma(estimate)
+    np.testing.assert_allclose(head.sigma.numpy(), estimate)
+
+
+def test_trainer_estimate_sigma_assigns_the_dataset_estimate():
+    model = tiny_gmmc(mode="discriminative")
+    rng = np.random.RandomState(1)
+    x = rng.uniform(-1, 1, (40, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 40)
+    features = feature_extractor(model.network)(x)
+    expected = float(model.head.estimate_sigma(features, y))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert abs(model.estimate_sigma(ds) - expected) < 1e-4
+    np.testing.assert_allclose(model.head.sigma.numpy(), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_batches"):
+        model.estimate_sigma(ds.repeat())
+    assert abs(model.estimate_sigma(ds.repeat(), max_batches=3, assign=False) - expected) < 1e-4
+
+
+def test_after_training_hook_estimates_sigma_from_the_training_data_fn():
+    rng = np.random.RandomState(5)
+    x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 32)
+
+    def data(ctx=None):
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)
+
+    model = tiny_gmmc(mode="discriminative", sigma_batches=4)
+    expected = float(model.head.estimate_sigma(feature_extractor(model.network)(x), y))
+    np.testing.assert_allclose(model.after_training(data), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.head.sigma.numpy(), expected, rtol=1e-5)
+    assert tiny_gmmc(mode="discriminative").after_training(data) is None
+
+
+# ---------------------------------------------------------------------- sampling
+def test_staged_sampling_lowers_the_target_energy_step_by_step():
+    model = tiny_gmmc(latent_std=0.5)
+    x0 = tf.random.stateless_uniform((6, 8, 8, 1), seed=[1, 2], minval=-1, maxval=1)
+    y = tf.constant([0, 1, 2, 3, 4, 5])
+    z = model.draw_latents(y, seed=tf.constant([3, 4], tf.int64))
+    energies = []
+    for k in range(6):
+        x = model.sampler(model._sampler_energy, x0, z, n_steps=k)
+        energies.append(float(tf.reduce_mean(model.latent_energy(x, z))))
+    assert all(b < a for a, b in zip(energies, energies[1:])), energies
+
+
+def _recorded_latents(model, n_steps=3):
+    recorded = []
+    energy = model.latent_energy
+
+    def spy(x, z, training=False):
+        recorded.append(np.array(z))
+        return energy(x, z, training=training)
+
+    model.latent_energy = spy  # eager: the while loops run as Python loops
+    y = tf.constant([0, 3, 7])
+    x0 = tf.zeros((3, 8, 8, 1))
+    model.sample_chains(x0, y, n_steps=n_steps)
+    return recorded, model.head.class_centers(y).numpy()
+
+
+def test_noise_injected_sampling_redraws_z_every_step_and_staged_keeps_it():
+    noisy, mu = _recorded_latents(tiny_gmmc(sampling="noise_injected", latent_std=0.5))
+    assert len(noisy) == 3
+    assert not np.allclose(noisy[0], noisy[1]) and not np.allclose(noisy[1], noisy[2])
+    for z in noisy:  # every draw is N(mu_y, 0.5^2): within a few std of the centres
+        assert np.abs(z - mu).max() < 0.5 * 6 and np.abs(z - mu).std() > 0.2
+    staged, _ = _recorded_latents(tiny_gmmc(sampling="staged", latent_std=0.5))
+    assert len(staged) == 3
+    np.testing.assert_array_equal(staged[0], staged[1])
+    np.testing.assert_array_equal(staged[1], staged[2])
+
+
+# ---------------------------------------------------------------------- training
+def _cifar(path, n=128):
+    from keras_ebm.data import load_arrays, to_pixel_range
+
+    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
+    return to_pixel_range(x, (-1.0, 1.0)).numpy(), np.asarray(y)
+
+
+@pytest.mark.parametrize("mode", ["discriminative", "generative", "joint"])
+def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
+    x, y = _cifar(cifar10_npz)
+    network = build_mmc_classifier(TinyCNN((8, 16), input_shape=(32, 32, 3)), num_classes=10)
+    model = GMMC(network, image_shape=(32, 32, 3), num_classes=10, mode=mode, buffer_size=100,
+                 switch_step=2, seed=0,
+                 sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False).history
+    for key, values in history.items():
+        assert np.all(np.isfinite(values)), (key, values)
+    # The centre regression loss (the data term of every mode) goes down on the same images.
+    assert history["center_loss"][-1] < history["center_loss"][0], history["center_loss"]
+    if mode == "discriminative":
+        assert model.buffer is None and history["sample_loss"][-1] == 0.0
+    else:
+        assert history["sample_loss"][-1] > 0.0
+        buf = model.buffer.buffer.numpy()
+        assert buf.min() >= -1.0 and buf.max() <= 1.0  # x clamped to the pixel range
+    if mode == "generative":
+        np.testing.assert_allclose(history["loss"][-1],
+                                   history["center_loss"][-1] - 0.5 * history["sample_loss"][-1], rtol=1e-5)
+
+
+def _per_step_logs(model, x, y, steps):
+    model(x[:1])
+    model.optimizer.build(model.trainable_variables)
+    step_fn = tf.function(model.train_step)
+    logs = []
+    for _ in range(steps):
+        for metric in model.metrics:
+            metric.reset_state()
+        logs.append({k: float(v) for k, v in step_fn((x, y)).items()})
+    return logs, step_fn
+
+
+def test_joint_switches_at_switch_step_and_ramps_without_retracing():
+    rng = np.random.RandomState(2)
+    x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
+    y = np.arange(8).astype("int32")
+    model = tiny_gmmc(mode="joint", switch_step=2, ramp_steps=2)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    buffer_before = model.buffer.buffer.numpy().copy()
+    logs, step_fn = _per_step_logs(model, x, y, 5)
+    assert [entry["balance"] for entry in logs] == [0.0, 0.0, 0.25, 0.5, 0.5]
+    for entry in logs[:2]:  # discriminative phase: loss = centre loss, no sample term, no SGLD
+        assert entry["sample_loss"] == 0.0 and entry["sgld_grad_norm"] == 0.0
+        assert entry["loss"] == pytest.approx(entry["center_loss"], rel=1e-6)
+    for entry in logs[2:]:
+        assert entry["sample_loss"] > 0.0 and entry["sgld_grad_norm"] > 0.0
+        assert entry["loss"] == pytest.approx(entry["center_loss"] - entry["balance"] * entry["sample_loss"],
+                                              rel=1e-5)
+    assert step_fn.experimental_get_tracing_count() == 1
+    assert int(model.optimizer.iterations.numpy()) == 5
+    assert not np.allclose(buffer_before, model.buffer.buffer.numpy())
+    # Abrupt switch (the reference code) with ramp_steps=0.
+    model.ramp_steps = 0
+    assert [float(model.balance(s)) for s in (0, 1, 2, 3)] == [0.0, 0.0, 0.5, 0.5]
+
+
+def test_joint_schedule_survives_checkpoint_resume(tmp_path):
+    from keras_ebm import experiment
+
+    rng = np.random.RandomState(6)
+    x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
+    y = (np.arange(32) % 10).astype("int32")
+
+    def data(ctx=None):
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
+
+    kwargs = dict(trainer=lambda: tiny_gmmc(mode="joint", switch_step=3, seed=1),
+                  optimizer=lambda: keras.optimizers.Adam(1e-3), train_data=data, checkpoint_every=1,
+                  log_every=1, export=False, progress=False)
+    first = experiment.run_training(model_dir=str(tmp_path), train_steps=2, **kwargs)
+    assert float(first.balance()) == 0.0
+    resumed = experiment.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
+    # The step counter (optimizer.iterations) came back from the checkpoint: 2 restored + 2 new,
+    # and the last step (index 3) ran generatively.
+    assert int(resumed.optimizer.iterations.numpy()) == 4
+    assert float(resumed.balance()) == 0.5 and float(resumed.balance(2)) == 0.0
+
+
+def test_discriminative_loss_is_the_centre_regression_loss():
+    rng = np.random.RandomState(3)
+    x = rng.uniform(-1, 1, (6, 8, 8, 1)).astype("float32")
+    y = np.array([0, 1, 2, 3, 4, 5])
+    model = tiny_gmmc(mode="discriminative")
+    logs = model.compute_losses(model.unpack_batch((x, y)), {}, training=False)
+    phi = feature_extractor(model.network)(x).numpy().astype(np.float64)
+    mu = model.head.centers.numpy()[y]
+    np.testing.assert_allclose(logs["loss"], (0.5 * ((phi - mu) ** 2).sum(-1)).mean(), rtol=1e-5)
+    # No softmax cross-entropy: the loss does not move when sigma (the logits' scale) changes.
+    model.head.set_sigma(0.1)
+    np.testing.assert_allclose(model.compute_losses(model.unpack_batch((x, y)), {}, training=False)["loss"],
+                               logs["loss"], rtol=1e-6)
+
+
+def test_invalid_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="mode='adversarial'"):
+        tiny_gmmc(mode="adversarial")
+    with pytest.raises(ValueError, match="buffer_size=25"):
+        tiny_gmmc(buffer_size=25)
+    with pytest.raises(ValueError, match="MaxMahalanobisHead"):
+        net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+        GMMC(net, image_shape=(8, 8, 1), num_classes=10)
+
+
+@pytest.mark.parametrize("mode", ["discriminative", "generative", "joint"])
+def test_one_device_and_two_replicas_agree(two_device_strategy, mode):
+    rng = np.random.RandomState(1)
+    x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
+    y = (np.arange(64) % 10).astype("int32")
+    results = []
+    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
+        with strategy.scope():
+            # One buffer row per class and a constant fill: every chain start is a function of its
+            # label only, so it cannot depend on which replica drew which row; latent_std 0 and
+            # reinit 0 remove the remaining randomness.
+            model = tiny_gmmc(mode=mode, buffer_size=10, reinit_prob=0.0, latent_std=0.0,
+                              initializer=ConstantInitializer(), switch_step=1, seed=0)
+            model.compile(optimizer=keras.optimizers.SGD(0.05))
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+        buffer = None if model.buffer is None else model.buffer.buffer.numpy()
+        results.append((history, [w.numpy() for w in model.network.weights], buffer))
+    (h1, w1, b1), (h2, w2, b2) = results
+    for key in ("loss", "center_loss", "sample_loss", "balance"):
+        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5, err_msg=key)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    if b1 is not None:
+        np.testing.assert_allclose(b1, b2, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- export and generation
+def test_export_and_reload_with_sigma_and_scores(tmp_path):
+    model = tiny_gmmc(mode="generative")
+    model.head.set_sigma(2.0)
+    images = np.random.RandomState(4).randint(0, 256, (5, 8, 8, 1)).astype("uint8")
+    x = images.astype("float32") / 255.0 * 2.0 - 1.0
+    export_dir = export.export_model(model, str(tmp_path / "export"), image_shape=(8, 8, 1),
+                                     pixel_range=(-1.0, 1.0), ood_score=model.default_ood_score)
+    loaded = export.load_export(export_dir)
+    scores = loaded.scores(tf.constant(images))
+    assert {"log_px", "max_softmax", "grad_norm"} <= set(scores)
+    # Hand computation from the features: logits = -0.5 ||phi - mu||^2 / sigma^2 with sigma = 2.
+    phi = feature_extractor(model.network)(x).numpy().astype(np.float64)
+    mu = model.head.centers.numpy().astype(np.float64)
+    logits = -0.5 * ((phi[:, None] - mu[None]) ** 2).sum(-1) / 4.0
+    np.testing.assert_allclose(loaded.logits(tf.constant(images))["logits"], logits, rtol=1e-4, atol=1e-4)
+    log_px = logits.max(-1) + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
+    np.testing.assert_allclose(scores["log_px"], log_px, rtol=1e-4, atol=1e-4)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(scores["max_softmax"], (probs / probs.sum(-1, keepdims=True)).max(-1), atol=1e-5)
+    # Approximate mass: -||d log p(x) / dx||, the same through the export and in eager mode.
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        lp = tf.reduce_logsumexp(model(xt), axis=-1)
+    grad = tape.gradient(lp, xt).numpy().reshape(5, -1)
+    np.testing.assert_allclose(scores["grad_norm"], -np.linalg.norm(grad, axis=1), rtol=1e-3, atol=1e-5)
+    # sigma and the centres travel with the export; the replay buffer does not.
+    names = {v.name.split(":")[0].split("/")[-1]: v for v in loaded.network_variables}
+    assert float(names["sigma"].numpy()) == 2.0
+    assert names["centers"].shape == (10, 16)
+    assert all(v.shape != model.buffer.buffer.shape for v in loaded.network_variables)
+
+
+def test_generate_class_conditional_in_pixel_range():
+    model = tiny_gmmc(mode="generative", sampling="noise_injected")
+    fresh = model.generate(4, y=tf.constant([0, 1, 2, 3]), n_steps=2)
+    buffered = model.generate(3, from_buffer=True, n_steps=1)
+    for s, n in ((fresh, 4), (buffered, 3)):
+        assert s.shape == (n, 8, 8, 1)
+        assert float(tf.reduce_min(s)) >= -1.0 and float(tf.reduce_max(s)) <= 1.0
+    with pytest.raises(ValueError, match="from_buffer=True"):
+        tiny_gmmc(mode="discriminative").generate(2, from_buffer=True)
+    assert mmc_head(model.network) is model.head
