@@ -54,13 +54,18 @@ ROWS.update({
     "jem_k20_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 20"], 64),
     "sadajem_k5_wrn16_4_b64": (["gin_configs/sadajem.gin"], CIFAR_LOCAL + WRN16_4 + ONE_BRANCH_64 + [
         "informative_initializer.max_examples = 5000"], 64),
+    # GMMC generative step at JEM's K (GMMC paper: less work than JEM per step).
+    "gmmc_gen_k20_wrn16_4_b64": (["gin_configs/gmmc_gen.gin"], CIFAR_LOCAL + WRN16_4 + [
+        "SGLD_STEPS = 20", "BUFFER_SIZE = 10000"], 64),
 })
 # row -> softmax row it is compared with (same backbone and classifier batch)
-BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith(("jem", "sadajem"))}
+BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith(("jem", "sadajem", "gmmc"))}
 # forward+backward passes per step relative to one softmax step (ideal ratio of step times):
 # JEM with two loaders: K SGLD passes + classifier batch + p(x) data batch + samples = K + 3;
 # SADA-JEM adds SAM's second pass over the three loss batches: K + 6.
-PASSES = {"jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_4_b64": 11}
+# GMMC (one loader): K SGLD passes + data batch + samples = K + 2.
+PASSES = {"jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_4_b64": 11,
+          "gmmc_gen_k20_wrn16_4_b64": 22}
 
 
 def device_name():
@@ -104,16 +109,17 @@ def run_row(name, files, bindings, batch):
     [float(v) for v in logs.values()]
     times = []
     for _ in range(FLAGS.steps):
-        batch = next(data)
+        inputs = next(data)
         t0 = time.perf_counter()
-        logs = step(batch)
+        logs = step(inputs)
         [float(v) for v in logs.values()]  # wait for the step
         times.append(time.perf_counter() - t0)
     median = sorted(times)[len(times) // 2]
     keras.mixed_precision.set_dtype_policy("float32")
     return {
         "row": name, "batch": batch, "median_s_per_step": median,
-        "images_per_s": batch / median, "peak_memory_mb": peak_memory_mb(),
+        "images_per_s": batch / median,  # classifier-batch images per second
+        "peak_memory_mb": peak_memory_mb(),
         "params": int(sum(int(tf.size(w)) for w in model.network.trainable_weights)),
         "gin_files": files, "bindings": bindings,
     }

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm.backbones.classifier import BACKBONE_NAME
+from keras_ebm.backbones.classifier import build_classifier
 
 HEAD_NAME = "mmc_head"
 
@@ -236,31 +236,17 @@ def build_mmc_classifier(
     features = feature_extractor(network)(np.zeros((4, 8, 8, 1), "float32"))  # [4, 16]
     ```
     """
-    if input_shape is None:
-        try:
-            input_shape = backbone.input_shape[1:]
-        except (AttributeError, ValueError) as e:
+
+    def head(dim):
+        if int(num_classes) > dim + 1:
             raise ValueError(
-                "`input_shape` is required when the backbone has no input shape of its own. "
-                f"Received: input_shape=None, backbone={backbone.name!r}"
-            ) from e
-    backbone.name = BACKBONE_NAME
-    inputs = keras.Input(tuple(input_shape), name="images")
-    features = backbone(inputs)
-    if len(features.shape) != 2 or features.shape[-1] is None:
-        raise ValueError(
-            "The backbone must return features of shape [batch, dim] with a known dim. "
-            f"Received: features.shape={tuple(features.shape)}"
-        )
-    dim = int(features.shape[-1])
-    if int(num_classes) > dim + 1:
-        raise ValueError(
-            f"{int(num_classes)} max-Mahalanobis centres need features of dim >= "
-            f"{int(num_classes) - 1}; the backbone gives {dim}. Use a wider backbone. "
-            f"Received: num_classes={num_classes}, dim={dim}"
-        )
-    logits = MaxMahalanobisHead(int(num_classes), scale=scale, sigma=sigma, name=HEAD_NAME)(features)
-    return keras.Model(inputs, logits, name=name)
+                f"{int(num_classes)} max-Mahalanobis centres need features of dim >= "
+                f"{int(num_classes) - 1}; the backbone gives {dim}. Use a wider backbone. "
+                f"Received: num_classes={num_classes}, dim={dim}"
+            )
+        return MaxMahalanobisHead(int(num_classes), scale=scale, sigma=sigma, name=HEAD_NAME)
+
+    return build_classifier(backbone, num_classes, input_shape=input_shape, head=head, name=name)
 
 
 def mmc_head(network):

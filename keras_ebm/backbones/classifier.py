@@ -7,7 +7,7 @@ from keras_ebm.backbones.wide_resnet import torch_bias_initializer, torch_kernel
 BACKBONE_NAME = "backbone"
 
 
-def build_classifier(backbone, num_classes, input_shape=None, torch_init=True, name="classifier"):
+def build_classifier(backbone, num_classes, input_shape=None, torch_init=True, head=None, name="classifier"):
     """Images -> logits `[batch, num_classes]`: a backbone and a Dense head (JEM's `class_output`).
 
     The logits model is what trainers take as `network`; the energy is read from its logits
@@ -25,6 +25,8 @@ def build_classifier(backbone, num_classes, input_shape=None, torch_init=True, n
             backbone's own input shape.
         torch_init: PyTorch default init of the head (weights and bias U(+-1/sqrt(dim))); `False`
             keeps Keras defaults (glorot_uniform, zero bias).
+        head: optional `fn(dim) -> layer` building another head on the `dim`-d features (GMMC's
+            max-Mahalanobis head); default a Dense layer named "logits".
         name: model name.
 
     Returns:
@@ -60,6 +62,8 @@ def build_classifier(backbone, num_classes, input_shape=None, torch_init=True, n
     # A fixed name gives every trainer, config and checkpoint one handle on the features, whatever
     # backbone was injected (the functional graph reads layer names when the model is built below).
     backbone.name = BACKBONE_NAME
+    if head is not None:
+        return keras.Model(inputs, head(dim)(features), name=name)
     initializers = {}
     if torch_init:
         initializers = {
