@@ -8,7 +8,7 @@ Gin files start with `import keras_ebm.configurables`. Objects are chosen by ref
 import gin
 import keras
 
-from keras_ebm import backbones, data, experiment, heads, optim, sampling, trainers
+from keras_ebm import backbones, data, experiment, heads, optim, queues, sampling, trainers
 from keras_ebm.evaluation import runner
 from keras_ebm.optim import schedules
 
@@ -34,6 +34,9 @@ _register(backbones.WideResNet, "keras_ebm.backbones")
 _register(backbones.TinyCNN, "keras_ebm.backbones")
 _register(backbones.build_classifier, "keras_ebm.backbones")
 _register(heads.build_mmc_classifier, "keras_ebm.heads")
+_register(backbones.build_clel_ebm, "keras_ebm.backbones")
+_register(backbones.build_clel_projection, "keras_ebm.backbones")
+_register(backbones.build_clel_encoder, "keras_ebm.backbones")
 
 # Data.
 _register(data.make_dataset_fn, "keras_ebm.data")
@@ -54,6 +57,9 @@ _register(trainers.JEM, "keras_ebm.trainers")
 _register(trainers.JEMPP, "keras_ebm.trainers")
 _register(trainers.SADAJEM, "keras_ebm.trainers")
 _register(trainers.GMMC, "keras_ebm.trainers")
+_register(trainers.HDGE, "keras_ebm.trainers")
+_register(trainers.CLEL, "keras_ebm.trainers")
+_register(queues.FeatureQueue, "keras_ebm")
 
 # Runners: run_training and run_eval are decorated with @gin.configurable where they are defined
 # (they are the gin entry points that train.py / eval.py call).

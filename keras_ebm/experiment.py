@@ -300,7 +300,8 @@ def comparison_table(results_by_model):
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in names:
         r = results_by_model[name]
-        cells = [f"{100 * r['accuracy']:.1f}%", f"{100 * r['ece']:.1f}%"] + [
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        cells = [pct(r["accuracy"]), pct(r["ece"])] + [
             f"{r['ood'].get(ood, {}).get(score, float('nan')):.3f}"
             for ood, by_score in first["ood"].items() for score in by_score
         ]

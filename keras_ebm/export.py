@@ -245,6 +245,9 @@ class ServingModule(tf.Module):
             "image_shape": list(self._image_shape),
             "pixel_range": list(self._pixel_range),
             "num_classes": self._num_classes,
+            # False for models whose "logits" are not class scores (CLEL: a latent); evaluation
+            # then reports only their own OOD score, not accuracy/ECE/log_px.
+            "classifier": bool(getattr(self._forward.model, "is_classifier", True)),
             "ood_score": self._ood_score,
             "score_names": list(self._score_names),
             "signatures": {

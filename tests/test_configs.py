@@ -69,12 +69,17 @@ def test_train_export_eval_end_to_end(config, tmp_path):
     assert (model_dir / "config.gin").exists() and (model_dir / "operative_config.gin").exists()
     _run(["eval.py", f"--model_dir={model_dir}"])
     results = json.loads((model_dir / "eval" / "results.json").read_text())
-    assert 0.0 <= results["accuracy"] <= 1.0 and 0.0 <= results["ece"] <= 1.0
     assert set(results["ood"]) == {"photos", "interp"}
+    if results["classifier"]:
+        assert 0.0 <= results["accuracy"] <= 1.0 and 0.0 <= results["ece"] <= 1.0
+        expected_scores, pngs = {"log_px", "max_softmax"}, ("reliability.png", "scores_log_px.png")
+    else:  # CLEL: only its own score (eq. 5)
+        assert results["accuracy"] is None
+        expected_scores, pngs = {"clel"}, ("scores_clel.png",)
     for by_score in results["ood"].values():
-        assert {"log_px", "max_softmax"} <= set(by_score)
+        assert expected_scores <= set(by_score)
         assert all(0.0 <= v <= 1.0 for v in by_score.values())
-    for png in ("reliability.png", "scores_log_px.png"):
+    for png in pngs:
         assert (model_dir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (model_dir / "eval" / "results.md").read_text().startswith("# Evaluation")
 

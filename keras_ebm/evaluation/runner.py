@@ -60,13 +60,11 @@ def _run_export(module, images, batch_size, label):
 
 
 def _markdown(results, in_dist_name):
-    lines = [
-        f"# Evaluation: {in_dist_name}",
-        "",
+    summary = (
         f"Accuracy {100 * results['accuracy']:.2f}% · ECE {100 * results['ece']:.2f}% (20 bins) · "
-        f"{results['num_examples']} test images",
-        "",
-    ]
+        if results["classifier"] else "Not a classifier (no accuracy/ECE) · "
+    )
+    lines = [f"# Evaluation: {in_dist_name}", "", summary + f"{results['num_examples']} test images", ""]
     ood = results["ood"]
     if ood:
         sets = list(ood)
@@ -138,27 +136,35 @@ def run_eval(
     os.makedirs(output_dir, exist_ok=True)
 
     module = tf.saved_model.load(saved_model)
+    from keras_ebm.export import read_export_metadata
+
+    metadata = read_export_metadata(saved_model)
+    classifier = metadata.get("classifier", True)
     x, y = _load_set(in_dist, max_examples)
     _log(f"in-distribution '{in_dist_name}': {len(x)} images of shape {x.shape[1:]}")
     out_in = _run_export(module, x, batch_size, in_dist_name)
     probs = out_in["probabilities"]
     score_names = sorted(k[len("score/"):] for k in out_in if k.startswith("score/"))
+    if not classifier:  # e.g. CLEL: its "logits" are a latent; only its own score means anything
+        score_names = [metadata["ood_score"]]
 
     results = {
         "saved_model": os.path.abspath(saved_model),
         "in_dist": in_dist_name,
         "num_examples": int(len(x)),
-        "accuracy": float(metrics_lib.accuracy(probs, y)),
-        "ece": float(metrics_lib.expected_calibration_error(probs, y, num_bins=20)),
-        "mean_confidence": float(np.mean(np.max(probs, axis=-1))),
+        "classifier": bool(classifier),
+        "accuracy": float(metrics_lib.accuracy(probs, y)) if classifier else None,
+        "ece": float(metrics_lib.expected_calibration_error(probs, y, num_bins=20)) if classifier else None,
+        "mean_confidence": float(np.mean(np.max(probs, axis=-1))) if classifier else None,
         "ood": {},
         "ood_details": {},
         "notes": notes,
     }
-    plots.reliability_diagram(
-        probs, y, os.path.join(output_dir, "reliability.png"), num_bins=20,
-        title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
-    )
+    if classifier:
+        plots.reliability_diagram(
+            probs, y, os.path.join(output_dir, "reliability.png"), num_bins=20,
+            title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
+        )
 
     scores_by_set = {s: {in_dist_name: out_in[f"score/{s}"]} for s in score_names}
     for ood_name, spec in (ood_sets or {}).items():
@@ -187,7 +193,8 @@ def run_eval(
         json.dump(results, f, indent=2)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(_markdown(results, in_dist_name))
-    _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
+    if classifier:
+        _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
     for ood_name, by_score in results["ood"].items():
         _log(f"OOD {ood_name}: " + "  ".join(f"AUROC[{s}]={v:.4f}" for s, v in by_score.items()))
     _log(f"wrote {output_dir}/results.json, results.md and plots")

@@ -42,6 +42,7 @@ class EBMTrainer(keras.Model):
 
     tracked_names = ("loss", "clf_loss", "clf_acc", "energy_data")
     default_ood_score = "log_px"
+    is_classifier = True  # `call` returns class logits (accuracy, ECE and log p(x) are meaningful)
 
     def __init__(
         self,

@@ -1,0 +1,141 @@
+"""Layers that Keras does not provide in the form the EBM papers need.
+
+`SpectralNormConv2D`: a `Conv2D` whose kernel is *parametrised* as W / sigma(W) (Miyato et al. 2018),
+as `torch.nn.utils.parametrizations.spectral_norm` does. `keras.layers.SpectralNormalization` is not
+a substitute (CODE_FACTS 8.2): it overwrites the wrapped kernel with W / sigma on every training call
+and treats sigma as a constant, so 60 SGLD forward passes re-normalise the kernel 60 times and the
+gradient ignores sigma.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def _l2_normalize(t, eps=1e-12):
+    return t / tf.maximum(tf.norm(t), eps)
+
+
+@keras.saving.register_keras_serializable(package="keras_ebm")
+class SpectralNormConv2D(keras.layers.Conv2D):
+    """2D convolution with a spectrally normalised kernel W / sigma(W).
+
+    The trainable variable `kernel` holds the raw W `[kh, kw, in, out]`; every call convolves with
+    W / sigma(W), where sigma(W) is the largest singular value of W reshaped to the matrix
+    `[out, kh * kw * in]` (PyTorch's `weight.flatten(1)` ordering of the same matrix, transposed),
+    estimated by power iteration with persistent, non-trainable vectors `u` `[out]` and `v`
+    `[kh * kw * in]`:
+
+        v <- normalize(W^T u);  u <- normalize(W v)      (power_iterations times, training only)
+        sigma = u^T W v                                  (u, v held constant: stop_gradient)
+
+    so the gradient with respect to W flows through sigma (d sigma / dW = u v^T) as in
+    `torch.nn.utils.parametrizations.spectral_norm`. In inference mode (`training=False`) the stored
+    u, v are used unchanged, so evaluation and export are deterministic.
+
+    Power iteration in SGLD: CLEL samples with the network in train mode, so each of the 60 SGLD
+    forward passes runs one more power iteration (hankook/CLEL; CODE_FACTS 5.5). This is not
+    corrupting: u, v depend only on W (not on the input), and extra iterations only move them closer
+    to the top singular pair of the current W. The update therefore does not need to be discarded;
+    run the energy in `keras_ebm.state.discard_updates()` if bit-exact reproducibility of u across
+    different SGLD lengths matters.
+
+    Distribution: u, v are mirrored variables with aggregation "none": every replica runs the same
+    power iteration on the same W and writes its own mirror, so the mirrors stay identical without
+    a cross-replica sync (which could not run inside the SGLD `tf.while_loop` anyway).
+
+    Args:
+        filters, kernel_size, strides, padding, use_bias, ...: see `keras.layers.Conv2D`
+            (`channels_last` only).
+        power_iterations: int >= 1, power-iteration steps per training call (CLEL and PyTorch: 1).
+        eps: float, floor of vector norms in the normalisation.
+
+    Example:
+
+    ```python
+    conv = SpectralNormConv2D(64, 3, padding="same")
+    y = conv(x, training=True)    # one power iteration, u and v updated
+    ```
+
+    Reference:
+        Miyato et al., "Spectral Normalization for Generative Adversarial Networks", ICLR 2018,
+        arXiv:1802.05957.
+    """
+
+    def __init__(self, filters, kernel_size, power_iterations=1, eps=1e-12, **kwargs):
+        if int(power_iterations) < 1:
+            raise ValueError(
+                "`power_iterations` must be an integer >= 1. "
+                f"Received: power_iterations={power_iterations}"
+            )
+        if kwargs.get("data_format") not in (None, "channels_last"):
+            raise ValueError(
+                "SpectralNormConv2D supports data_format='channels_last' only. "
+                f"Received: data_format={kwargs.get('data_format')}"
+            )
+        super().__init__(filters, kernel_size, **kwargs)
+        self.power_iterations = int(power_iterations)
+        self.eps = float(eps)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        rows = int(self.filters)
+        cols = 1
+        for d in self.kernel.shape[:-1]:
+            cols *= int(d)
+        self.sn_u = self.add_weight(
+            shape=(rows,),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            trainable=False,
+            aggregation="none",
+            name="sn_u",
+        )
+        self.sn_v = self.add_weight(
+            shape=(cols,),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            trainable=False,
+            aggregation="none",
+            name="sn_v",
+        )
+        # Unit vectors from the start, so that sigma in inference mode is a valid estimate even
+        # before the first training call.
+        self.sn_u.assign(_l2_normalize(tf.convert_to_tensor(self.sn_u), self.eps))
+        self.sn_v.assign(_l2_normalize(tf.convert_to_tensor(self.sn_v), self.eps))
+
+    def _weight_matrix(self, kernel):
+        # [out, kh * kw * in], the orientation of PyTorch's weight.flatten(1).
+        return tf.transpose(tf.reshape(kernel, [-1, self.filters]))
+
+    def spectral_norm(self, training=False):
+        """sigma(W) (a scalar tensor, differentiable in W); power iteration when `training`."""
+        kernel = tf.convert_to_tensor(self.kernel)
+        w = self._weight_matrix(kernel)
+        u = tf.convert_to_tensor(self.sn_u)
+        v = tf.convert_to_tensor(self.sn_v)
+        if training:
+            w_const = tf.stop_gradient(w)
+            for _ in range(self.power_iterations):
+                v = _l2_normalize(tf.linalg.matvec(w_const, u, transpose_a=True), self.eps)
+                u = _l2_normalize(tf.linalg.matvec(w_const, v), self.eps)
+            self.sn_u.assign(u)
+            self.sn_v.assign(v)
+        u = tf.stop_gradient(u)
+        v = tf.stop_gradient(v)
+        return tf.tensordot(u, tf.linalg.matvec(w, v), axes=1)
+
+    def normalized_kernel(self, training=False):
+        """W / sigma(W), shape `[kh, kw, in, out]`."""
+        return self.kernel / self.spectral_norm(training=training)
+
+    def call(self, inputs, training=None):
+        kernel = self.normalized_kernel(training=bool(training))
+        outputs = self.convolution_op(inputs, tf.cast(kernel, inputs.dtype))
+        if self.use_bias:
+            outputs = outputs + tf.cast(self.bias, outputs.dtype)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"power_iterations": self.power_iterations, "eps": self.eps})
+        return config

@@ -1,0 +1,278 @@
+"""CLEL: an EBM guided by contrastive latent variables (Lee et al., ICLR 2023, arXiv:2303.03023).
+
+Spherical latent-variable EBM (section 2.2):
+    E(x, z) = 0.5 ||f(x)||^2 - beta * g(f(x) / ||f(x)||)^T z,     z = h(x) / ||h(x)||
+trained jointly with a SimCLR encoder h. Per step (CODE_FACTS 5.5):
+1. SGLD negatives x~ from a replay buffer (chain starts strongly augmented) on E(x) = 0.5 ||f(x)||^2.
+2. EBM loss (eq. 3): mean E(x, z) - mean E(x~) + alpha * mean(E(x)^2 + E(x~)^2), with z the
+   detached encoder latent of an augmented view of x.
+3. Encoder loss (eq. 4): NT-Xent over two augmented views, the EBM latents of x~ as extra negatives.
+Two optimizers (EBM: Adam, betas (0, 0.999), warm-up; encoder: SGD + momentum + cosine), EMA copies of
+both networks for evaluation; OOD score eq. 5 with the EMA networks.
+"""
+
+import keras
+import tensorflow as tf
+
+from keras_ebm import distribute
+from keras_ebm.data.augment import simclr_augment
+from keras_ebm.ema import ModelEMA
+from keras_ebm.losses.contrastive import nt_xent_loss
+from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.trainers.base import EBMTrainer
+
+
+class _Untracked:
+    # Keeps an object out of Keras' attribute tracking (its variables are checkpointed elsewhere).
+    def __init__(self, value):
+        self.value = value
+
+
+def _energy(features):
+    return 0.5 * tf.reduce_sum(tf.square(tf.cast(features, tf.float32)), axis=-1)
+
+
+class CLEL(EBMTrainer):
+    """Contrastive Latent-guided Energy Learning trainer (two networks, two optimizers).
+
+    Args:
+        network: the EBM feature network f_theta, images in [0, 1] -> `[batch, d]`
+            (`keras_ebm.backbones.clel.build_clel_ebm`).
+        projection: g_theta, `[batch, d] -> [batch, k]`, bias-free (`build_clel_projection`).
+        encoder: h_phi, images -> `[batch, k]` (`build_clel_encoder`).
+        image_shape: `(height, width, channels)`.
+        num_classes: unused by the objective (CLEL is unsupervised); defaults to k, the width of
+            `call`'s output.
+        encoder_optimizer: the encoder's optimizer, or a zero-argument callable building it (gin:
+            `CLEL.encoder_optimizer = @encoder/keras.optimizers.SGD`). The EBM's optimizer is the
+            one given to `compile` (`run_training.optimizer`). Default SGD(0.03, momentum 0.9).
+        encoder_weight_decay: L2 coefficient added to the encoder's gradients (PyTorch SGD's
+            coupled weight decay, 5e-4; Keras' `weight_decay` is decoupled, hence this argument).
+        sampler: `SGLDSampler`; default CLEL's: 60 steps, step size 100, noise 0.001, gradient clamp
+            100 (the code's `step_clip=step_size`), x clamped to [0, 1], train mode.
+        buffer: a `ReplayBuffer`; default built from `buffer_size` (10,000) and `reinit_prob`
+            (0.001) with U(0, 1) initialisation.
+        augment_chain_starts: apply the strong (SimCLR) augmentation to chain starts (CLEL does).
+        alpha: energy L2 coefficient of eq. 3 (1.0).
+        beta: latent guidance weight of eq. 3 (0.01).
+        ood_beta: beta of the OOD score eq. 5 (the code's OOD runs use 0.1).
+        temperature: NT-Xent temperature (0.2).
+        ebm_batch_fraction: fraction of each (per-replica) batch used by the EBM terms and SGLD
+            (CLEL large: 64 of the encoder's 256, i.e. 0.25); the encoder sees the whole batch.
+        ema_decay: EMA decay per step (CLEL: 0.5 ** (64 / 20000)).
+        ema_start_step: the EMA copies the weights (decay 0) before this step (CLEL: 20000 // 64).
+        pixel_range, seed: see `EBMTrainer` (`pixel_range` must be (0, 1) for the default
+            augmentation and sampler clamps to match).
+
+    `call(x)` returns the EMA networks' EBM latent direction g(f/||f||) normalised, `[batch, k]`
+    (exported as "logits"; it is not a classifier); `serving_scores(x)` returns {"clel": -s(x)}
+    with s of eq. 5 (higher = more in-distribution), CLEL's `default_ood_score`.
+    """
+
+    tracked_names = (
+        "loss", "ebm_loss", "contrastive_loss", "energy_data", "energy_sample", "energy_gap",
+        "cosine", "sgld_grad_norm",
+    )
+    default_ood_score = "clel"
+    is_classifier = False  # `call` returns a latent, not class logits (see keras_ebm.export)
+
+    def __init__(
+        self,
+        network,
+        projection,
+        encoder,
+        image_shape,
+        num_classes=None,
+        encoder_optimizer=None,
+        encoder_weight_decay=5e-4,
+        sampler=None,
+        buffer=None,
+        buffer_size=10000,
+        reinit_prob=0.001,
+        augment_chain_starts=True,
+        alpha=1.0,
+        beta=0.01,
+        ood_beta=0.1,
+        temperature=0.2,
+        ebm_batch_fraction=1.0,
+        ema_decay=0.5 ** (64 / 20000),
+        ema_start_step=20000 // 64,
+        pixel_range=(0.0, 1.0),
+        **kwargs,
+    ):
+        latent_dim = int(projection.outputs[0].shape[-1]) if hasattr(projection, "outputs") else 128
+        super().__init__(
+            network, image_shape, num_classes if num_classes is not None else latent_dim,
+            pixel_range=pixel_range, **kwargs,
+        )
+        if not 0.0 < float(ebm_batch_fraction) <= 1.0:
+            raise ValueError(
+                f"`ebm_batch_fraction` must be in (0, 1]. Received: ebm_batch_fraction={ebm_batch_fraction}"
+            )
+        if not 0.0 <= float(ema_decay) <= 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay}")
+        self.projection = projection
+        self.encoder = encoder
+        if encoder_optimizer is None:
+            encoder_optimizer = keras.optimizers.SGD(0.03, momentum=0.9)
+        elif not isinstance(encoder_optimizer, keras.optimizers.Optimizer):
+            encoder_optimizer = encoder_optimizer()
+        self._encoder_optimizer = _Untracked(encoder_optimizer)
+        self.encoder_weight_decay = float(encoder_weight_decay)
+        self.sampler = sampler if sampler is not None else SGLDSampler(
+            n_steps=60, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=self.pixel_range,
+            energy_training=True,
+        )
+        # Tracked so that the SGLD noise state enters checkpoints (as in JEM).
+        self.sampler_seed_generator = self.sampler.seed_generator
+        if buffer is None:
+            buffer = ReplayBuffer(
+                size=buffer_size, image_shape=self.image_shape,
+                initializer=UniformInitializer(self.pixel_range), reinit_prob=reinit_prob,
+                seed=None if kwargs.get("seed") is None else kwargs["seed"] + 1,
+            )
+        self.buffer = buffer
+        self.augment_chain_starts = bool(augment_chain_starts)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.ood_beta = float(ood_beta)
+        self.temperature = float(temperature)
+        self.ebm_batch_fraction = float(ebm_batch_fraction)
+        self.ema_decay = float(ema_decay)
+        self.ema_start_step = int(ema_start_step)
+        for model in (network, projection, encoder):
+            if not model.built:
+                raise ValueError(f"CLEL needs built networks. Received: {model.name}.built=False")
+        self.ema_network = ModelEMA(network, name="ema_network")
+        self.ema_projection = ModelEMA(projection, name="ema_projection")
+        self.ema_encoder = ModelEMA(encoder, name="ema_encoder")
+
+    # ------------------------------------------------------------------ optimizers
+    @property
+    def encoder_optimizer(self):
+        return self._encoder_optimizer.value
+
+    @property
+    def optimizers(self):
+        return {"ebm_optimizer": self.optimizer, "encoder_optimizer": self.encoder_optimizer}
+
+    def ebm_variables(self):
+        return self.network.trainable_variables + self.projection.trainable_variables
+
+    def encoder_variables(self):
+        return self.encoder.trainable_variables
+
+    def build_optimizers(self):
+        """Build both optimizers on their variables (`experiment.build_trainer` calls this)."""
+        if self.optimizer is None:
+            raise ValueError("Compile the trainer first (the EBM optimizer comes from `compile`). "
+                             "Received: optimizer=None")
+        self.optimizer.build(self.ebm_variables())
+        self.encoder_optimizer.build(self.encoder_variables())
+
+    # ------------------------------------------------------------------ networks
+    def latent(self, features, projection):
+        """g(f / ||f||), the EBM's latent, `[batch, k]` (not normalised)."""
+        return projection(tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1))
+
+    def _energy(self, x, y=None, training=False):
+        return _energy(self.network(x, training=training))
+
+    def call(self, x, training=False):
+        features = self.ema_network(x)
+        return tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    def serving_scores(self, x):
+        """{"clel": -s(x)} with s of eq. 5 on the EMA networks (higher = more in-distribution)."""
+        features = self.ema_network(x)
+        z = tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
+        h = tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
+        score = _energy(features) - self.ood_beta * tf.reduce_sum(z * h, axis=-1)
+        return {"clel": -score}
+
+    # ------------------------------------------------------------------ train step hooks
+    def _ebm_rows(self, x):
+        n = tf.shape(x)[0]
+        if self.ebm_batch_fraction >= 1.0:
+            return x
+        rows = tf.maximum(1, tf.cast(tf.math.ceil(tf.cast(n, tf.float32) * self.ebm_batch_fraction), tf.int32))
+        return x[:rows]
+
+    def sample_negatives(self, batch):
+        x_data = self._ebm_rows(batch["x"])
+        x0, idx = self.buffer.sample(tf.shape(x_data)[0])
+        if self.augment_chain_starts:
+            seed = distribute.replica_seed(self.seed_generator)
+            x0 = simclr_augment(x0, seed, pixel_range=self.pixel_range)
+        x, stats = self.sampler.sample_with_stats(self._energy, x0)
+        self.buffer.update(idx, x)
+        return {"x": x, "sgld_grad_norm": stats["grad_norm"]}
+
+    def compute_losses(self, batch, negatives, training=True):
+        x = batch["x"]
+        x_data = self._ebm_rows(x)
+        seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
+            distribute.replica_seed(self.seed_generator), num=2))
+        views = tf.concat([simclr_augment(x, seed1, pixel_range=self.pixel_range),
+                           simclr_augment(x, seed2, pixel_range=self.pixel_range)], axis=0)
+        # One encoder pass over both views: BatchNorm statistics over 2n images, as in SimCLR.
+        h1, h2 = tf.split(tf.cast(self.encoder(views, training=training), tf.float32), 2, axis=0)
+
+        f_data = self.network(x_data, training=training)
+        f_sample = self.network(negatives["x"], training=training)
+        e_data, e_sample = _energy(f_data), _energy(f_sample)
+        z_data = tf.math.l2_normalize(self.latent(f_data, self.projection), axis=-1)
+        z_sample = self.latent(f_sample, self.projection)
+        # Guidance target: the online encoder's latent of an augmented view, detached (the code
+        # uses a separate augmented view; the first SimCLR view saves an encoder pass).
+        target = tf.stop_gradient(tf.math.l2_normalize(h1[: tf.shape(x_data)[0]], axis=-1))
+        cosine = tf.reduce_mean(tf.reduce_sum(z_data * target, axis=-1))
+        ebm_loss = (
+            tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
+            + self.alpha * tf.reduce_mean(tf.square(e_data) + tf.square(e_sample))
+            - self.beta * cosine
+        )
+        contrastive = nt_xent_loss(h1, h2, extra_negatives=tf.stop_gradient(z_sample),
+                                   temperature=self.temperature)
+        return {
+            "loss": ebm_loss + contrastive,
+            "ebm_loss": ebm_loss,
+            "contrastive_loss": contrastive,
+            "energy_data": tf.reduce_mean(e_data),
+            "energy_sample": tf.reduce_mean(e_sample),
+            "energy_gap": tf.reduce_mean(e_sample) - tf.reduce_mean(e_data),
+            "cosine": cosine,
+            "sgld_grad_norm": negatives["sgld_grad_norm"],
+        }
+
+    def optimize(self, batch, negatives):
+        ebm_vars = self.ebm_variables()
+        enc_vars = self.encoder_variables()
+        with tf.GradientTape() as tape:
+            logs = self.compute_losses(batch, negatives, training=True)
+            # The targets are detached both ways, so the EBM variables only see the EBM terms and
+            # the encoder only the contrastive term: one backward pass serves both optimizers.
+            loss = distribute.scale_loss(logs["loss"])
+        grads = tape.gradient(loss, ebm_vars + enc_vars)
+        ebm_grads, enc_grads = grads[: len(ebm_vars)], grads[len(ebm_vars):]
+        if self.encoder_weight_decay:
+            # Scaled like the loss: the optimizer sums the gradients of the replicas.
+            wd = self.encoder_weight_decay / distribute.num_replicas()
+            enc_grads = [g if g is None else g + wd * tf.cast(v, g.dtype) for g, v in zip(enc_grads, enc_vars)]
+        self.optimizer.apply(ebm_grads, ebm_vars)
+        self.encoder_optimizer.apply(enc_grads, enc_vars)
+        return logs
+
+    def after_step(self, batch, negatives, logs):
+        del batch, negatives, logs
+        decay = tf.where(self.optimizer.iterations < self.ema_start_step, 0.0, self.ema_decay)
+        for ema in (self.ema_network, self.ema_projection, self.ema_encoder):
+            ema.update(decay)
+
+    def test_step(self, data):
+        batch = self.unpack_batch(data)
+        energies = _energy(self.ema_network(batch["x"]))
+        return self.update_trackers({"energy_data": tf.reduce_mean(energies)})

@@ -1,0 +1,305 @@
+"""CLEL: spectral-norm conv, networks, NT-Xent with extra negatives, EMA, the two-optimizer trainer."""
+
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+from keras_ebm.ema import ModelEMA
+from keras_ebm.layers import SpectralNormConv2D
+from keras_ebm.losses.contrastive import nt_xent_loss
+from keras_ebm.sampling import SGLDSampler
+from keras_ebm.trainers.clel import CLEL
+
+
+# ---------------------------------------------------------------- spectral norm
+def test_spectral_norm_converges_to_unit_sigma():
+    conv = SpectralNormConv2D(6, 3, padding="same")
+    conv.build((None, 5, 5, 4))
+    for _ in range(50):
+        conv(tf.zeros((1, 5, 5, 4)), training=True)
+    w = conv.normalized_kernel(training=False).numpy()
+    sigma = np.linalg.svd(w.reshape(-1, 6), compute_uv=False)[0]
+    np.testing.assert_allclose(sigma, 1.0, atol=1e-3)
+    raw = np.linalg.svd(conv.kernel.numpy().reshape(-1, 6), compute_uv=False)[0]
+    np.testing.assert_allclose(conv.spectral_norm().numpy(), raw, rtol=1e-3)
+
+
+def test_spectral_norm_u_changes_only_in_training():
+    conv = SpectralNormConv2D(4, 3)
+    conv.build((None, 5, 5, 2))
+    u = conv.sn_u.numpy().copy()
+    conv(tf.ones((1, 5, 5, 2)), training=False)
+    np.testing.assert_array_equal(conv.sn_u.numpy(), u)
+    conv(tf.ones((1, 5, 5, 2)), training=True)
+    assert not np.allclose(conv.sn_u.numpy(), u)
+
+
+def test_spectral_norm_gradient_flows_through_sigma():
+    conv = SpectralNormConv2D(3, 2, use_bias=False)
+    conv.build((None, 3, 3, 2))
+    x = tf.random.stateless_normal((2, 3, 3, 2), seed=[1, 2])
+    conv(x, training=True)  # settle u, v; further calls in inference mode keep them fixed
+
+    def loss_fn():
+        return tf.reduce_sum(tf.sin(conv(x, training=False)))
+
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    grad = tape.gradient(loss, conv.kernel).numpy()
+    kernel = conv.kernel.numpy().astype(np.float64)
+    eps, idx = 1e-3, (0, 1, 1, 2)
+    for sign in (1, -1):
+        k = kernel.copy()
+        k[idx] += sign * eps
+        conv.kernel.assign(k.astype(np.float32))
+        if sign == 1:
+            plus = float(loss_fn())
+        else:
+            minus = float(loss_fn())
+    conv.kernel.assign(kernel.astype(np.float32))
+    fd = (plus - minus) / (2 * eps)
+    np.testing.assert_allclose(grad[idx], fd, rtol=2e-2, atol=1e-3)
+    # Without the sigma term the gradient would be (dL/dW_hat) / sigma: check it differs.
+    with tf.GradientTape() as tape:
+        w_hat = conv.kernel / tf.stop_gradient(conv.spectral_norm())
+        naive = tf.reduce_sum(tf.sin(conv.convolution_op(x, w_hat)))
+    naive_grad = tape.gradient(naive, conv.kernel).numpy()
+    assert not np.allclose(naive_grad, grad, atol=1e-4)
+
+
+# ---------------------------------------------------------------- networks
+def tiny_ebm(size="small", image_shape=(16, 16, 3)):
+    return build_clel_ebm(size, input_shape=image_shape, widths=(4, 8), blocks_per_stage=1,
+                          head_units=16, feature_dim=8, input_mean=None)
+
+
+def test_ebm_sizes_shapes_and_sn_everywhere():
+    large = build_clel_ebm("large", input_shape=(16, 16, 3), widths=(4, 4), head_units=8, feature_dim=6)
+    assert large(tf.zeros((2, 16, 16, 3))).shape == (2, 6)
+    convs = [l for l in large.layers if isinstance(l, keras.layers.Conv2D)]
+    assert convs and all(isinstance(l, SpectralNormConv2D) for l in convs)
+    # three ResNets (one stem each)
+    assert sum(l.name.endswith("_stem") for l in convs) == 3
+    with pytest.raises(ValueError, match="divisible"):
+        build_clel_ebm("large", input_shape=(12, 12, 3), widths=(4, 4))
+
+
+def test_projection_is_positively_homogeneous():
+    g = build_clel_projection(feature_dim=5, hidden_units=7, output_dim=3)
+    u = tf.random.stateless_normal((4, 5), seed=[3, 4])
+    np.testing.assert_allclose(g(3.5 * u).numpy(), 3.5 * g(u).numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(g(-u).numpy(), -g(u).numpy())  # LeakyReLU: not odd
+
+
+def test_encoder_shape_and_zero_init_residual():
+    enc = build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                             output_dim=5, synchronized_bn=True)
+    assert enc(tf.zeros((2, 8, 8, 3)), training=True).shape == (2, 5)
+    bn2 = [l for l in enc.layers if l.name.endswith("_bn2")]
+    assert bn2 and all(np.all(l.gamma.numpy() == 0) for l in bn2)
+
+
+# ---------------------------------------------------------------- NT-Xent
+def _nt_xent_reference(z1, z2, neg, tau):
+    z1 = z1 / np.linalg.norm(z1, axis=1, keepdims=True)
+    z2 = z2 / np.linalg.norm(z2, axis=1, keepdims=True)
+    q = np.concatenate([z1, z2])
+    keys = q if neg is None else np.concatenate([q, neg / np.linalg.norm(neg, axis=1, keepdims=True)])
+    n = len(z1)
+    total = 0.0
+    for i in range(2 * n):
+        pos = (i + n) % (2 * n)
+        sims = [q[i] @ keys[k] / tau for k in range(len(keys)) if k != i]
+        total += -(q[i] @ keys[pos] / tau) + np.log(np.sum(np.exp(sims)))
+    return total / (2 * n)
+
+
+def test_nt_xent_hand_computed_and_extra_negatives():
+    # Orthogonal matched views: positive cosine 1, negatives 0, so each row's loss is closed form.
+    z = np.eye(4, dtype=np.float32)[:2]
+    loss = float(nt_xent_loss(z, z, temperature=0.5))
+    expected = -2.0 + np.log(np.exp(2.0) + 2.0)  # one positive exp(1/0.5), two orthogonal negatives
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    # An extra negative aligned with every view adds exp(2) to each denominator.
+    neg = np.ones((1, 4), np.float32)
+    with_neg = float(nt_xent_loss(z, z, extra_negatives=neg, temperature=0.5))
+    expected_neg = -2.0 + np.log(np.exp(2.0) + 2.0 + np.exp(2.0 / np.sqrt(4.0)))
+    np.testing.assert_allclose(with_neg, expected_neg, rtol=1e-6)
+    assert with_neg > loss
+    rng = np.random.default_rng(0)
+    a, b, n = (rng.normal(size=(3, 6)).astype(np.float32) for _ in range(3))
+    np.testing.assert_allclose(float(nt_xent_loss(a, b, n, temperature=0.2)),
+                               _nt_xent_reference(a, b, n, 0.2), rtol=1e-5)
+
+
+def test_nt_xent_two_replicas_match_one_device(two_device_strategy):
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(8, 5)).astype(np.float32), rng.normal(size=(8, 5)).astype(np.float32)
+    neg = rng.normal(size=(4, 5)).astype(np.float32)
+    expected = float(nt_xent_loss(a, b, neg, temperature=0.2))
+    strategy = two_device_strategy
+
+    def per_replica():
+        i = tf.distribute.get_replica_context().replica_id_in_sync_group
+        start = tf.cast(i, tf.int32)
+        rows = tf.range(4) + 4 * start
+        return nt_xent_loss(tf.gather(a, rows), tf.gather(b, rows),
+                            tf.gather(neg, tf.range(2) + 2 * start), temperature=0.2)
+
+    @tf.function
+    def run():
+        return strategy.run(per_replica)
+
+    losses = strategy.experimental_local_results(run())
+    np.testing.assert_allclose(np.mean([float(l) for l in losses]), expected, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- EMA
+def test_model_ema_update_and_copy():
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.BatchNormalization()(keras.layers.Dense(2)(inputs)))
+    ema = ModelEMA(model)
+    assert not ema.trainable_weights and len(ema.non_trainable_weights) == len(model.weights)
+    dense = model.layers[1]
+    old = dense.kernel.numpy().copy()
+    dense.kernel.assign(old + 1.0)
+    model.layers[2].moving_mean.assign([5.0, 6.0])
+    ema.update(0.75)
+    np.testing.assert_allclose(ema.model.layers[1].kernel.numpy(), old + 0.25, rtol=1e-6)
+    np.testing.assert_allclose(ema.model.layers[2].moving_mean.numpy(), [5.0, 6.0])  # copied
+
+
+# ---------------------------------------------------------------- trainer
+def make_clel(image_shape=(8, 8, 3), compile=True, **kwargs):
+    ebm = tiny_ebm(image_shape=image_shape)
+    projection = build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6)
+    encoder = build_clel_encoder(image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                                 output_dim=6, input_mean=None)
+    defaults = dict(
+        sampler=SGLDSampler(n_steps=3, step_size=100.0, noise_std=0.001, grad_clip=100.0,
+                            x_clip=(0.0, 1.0), energy_training=True, seed=0),
+        buffer_size=40, ema_decay=0.9, ema_start_step=0, seed=0,
+        encoder_optimizer=lambda: keras.optimizers.SGD(0.03, momentum=0.9),
+    )
+    defaults.update(kwargs)
+    model = CLEL(ebm, projection, encoder, image_shape=image_shape, **defaults)
+    if not compile:  # run_training compiles and builds the optimizers
+        return model
+    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999))
+    model.build_optimizers()
+    return model
+
+
+def cifar_x(path, n=16):
+    from keras_ebm.data import load_arrays, to_pixel_range
+
+    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
+    x = to_pixel_range(x, (0.0, 1.0))
+    return tf.image.resize(x, (8, 8), method="area").numpy(), y  # 8x8 keeps the test fast
+
+
+def test_clel_fit_on_real_cifar10_steps_both_optimizers(cifar10_npz, tmp_path):
+    x, y = cifar_x(cifar10_npz)
+    model = make_clel()
+    buffer_before = model.buffer.buffer.numpy().copy()
+    ema_before = model.ema_network.model.weights[1].numpy().copy()
+    ebm_before = [v.numpy().copy() for v in model.ebm_variables()]
+    enc_before = [v.numpy().copy() for v in model.encoder_variables()]
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    for name in ("loss", "ebm_loss", "contrastive_loss", "energy_data", "energy_sample", "cosine"):
+        assert np.isfinite(history[name][-1]), name
+    assert int(model.optimizers["ebm_optimizer"].iterations) == 2
+    assert int(model.optimizers["encoder_optimizer"].iterations) == 2
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(ebm_before, model.ebm_variables()))
+    assert any(not np.allclose(b, v.numpy()) for b, v in zip(enc_before, model.encoder_variables()))
+    assert not np.allclose(ema_before, model.ema_network.model.weights[1].numpy())
+    assert (np.abs(model.buffer.buffer.numpy() - buffer_before).max(axis=(1, 2, 3)) > 0).sum() >= 8
+
+    # OOD score eq. 5 on the EMA networks, by hand, and through an exported SavedModel.
+    scores = model.serving_scores(tf.constant(x[:4]))["clel"].numpy()
+    f = model.ema_network.model(x[:4]).numpy()
+    z = model.ema_projection.model(f / np.linalg.norm(f, axis=1, keepdims=True)).numpy()
+    h = model.ema_encoder.model(x[:4], training=False).numpy()
+    cos = np.sum(z * h, 1) / np.linalg.norm(z, axis=1) / np.linalg.norm(h, axis=1)
+    np.testing.assert_allclose(scores, -(0.5 * np.sum(f * f, 1) - 0.1 * cos), rtol=1e-4, atol=1e-5)
+
+    from keras_ebm import export as export_lib
+
+    export_dir = str(tmp_path / "export")
+    export_lib.export_model(model, export_dir, image_shape=model.image_shape,
+                            pixel_range=model.pixel_range, ood_score=model.default_ood_score)
+    loaded = tf.saved_model.load(export_dir)
+    images = tf.cast(tf.round(tf.constant(x[:4]) * 255.0), tf.uint8)
+    expected = model.serving_scores(tf.cast(images, tf.float32) / 255.0)["clel"].numpy()
+    np.testing.assert_allclose(loaded.ood_score(images)["ood_score"].numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def _mirrors(variable):
+    return [np.asarray(v) for v in variable.value.values]
+
+
+def test_clel_two_replicas_train_step(two_device_strategy, cifar10_npz):
+    # SN power iterations inside the SGLD while-loop, buffer writes, both optimizers and the EMA
+    # updates all run in replica context under MirroredStrategy; the mirrors must stay identical.
+    x, y = cifar_x(cifar10_npz, 8)
+    with two_device_strategy.scope():
+        model = make_clel()
+    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"][-1])
+    assert model.optimizers["encoder_optimizer"].iterations.numpy() == 1
+    assert model.optimizers["ebm_optimizer"].iterations.numpy() == 1
+    sn = [l for l in model.network.layers if isinstance(l, SpectralNormConv2D)][0]
+    for variable in (sn.sn_u, model.ema_network.model.weights[1], model.buffer.buffer,
+                     model.encoder.trainable_variables[0]):
+        first, second = _mirrors(variable)
+        np.testing.assert_allclose(first, second, rtol=1e-6, atol=1e-7)
+
+
+def _clel_state(model):
+    """Every variable a resumed CLEL run needs, by owner: weights, EMA copies, SN vectors, buffer,
+    both optimizers (iterations, Adam moments, SGD momentum), seed-generator states."""
+    state = {
+        "network": model.network.weights, "projection": model.projection.weights,
+        "encoder": model.encoder.weights, "ema_network": model.ema_network.weights,
+        "ema_projection": model.ema_projection.weights, "ema_encoder": model.ema_encoder.weights,
+        "buffer": [model.buffer.buffer], "ebm_optimizer": model.optimizer.variables,
+        "encoder_optimizer": model.encoder_optimizer.variables,
+        "seeds": [model.seed_generator.state, model.sampler.seed_generator.state],
+    }
+    return {k: [np.asarray(v.numpy()) for v in vs] for k, vs in state.items()}
+
+
+def test_clel_resume_continues_exactly_like_an_uninterrupted_run(cifar10_npz, tmp_path):
+    # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
+    # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
+    # EMA copies, the spectral-norm vectors, the replay buffer and the RNG states are all restored.
+    from keras_ebm import experiment
+
+    x, y = cifar_x(cifar10_npz, 8)
+
+    def data_fn(input_context=None):  # every batch the same 8 images: the data order cannot differ
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
+
+    def run(model_dir, steps):
+        return experiment.run_training(
+            model_dir=str(model_dir), trainer=lambda: make_clel(compile=False),
+            optimizer=lambda: keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
+            train_data=data_fn, train_steps=steps, checkpoint_every=2, log_every=2, export=False,
+            progress=False, strategy=tf.distribute.get_strategy(),
+        )
+
+    straight = _clel_state(run(tmp_path / "straight", 4))
+    first = run(tmp_path / "resumed", 2)
+    assert int(first.optimizer.iterations) == 2 and int(first.encoder_optimizer.iterations) == 2
+    resumed_model = run(tmp_path / "resumed", 4)
+    assert int(resumed_model.encoder_optimizer.iterations) == 4
+    resumed = _clel_state(resumed_model)
+    assert straight.keys() == resumed.keys()
+    for owner in straight:
+        assert len(straight[owner]) == len(resumed[owner]) > 0, owner
+        for a, b in zip(straight[owner], resumed[owner]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=owner)
+    # and the run did move: step 4 differs from step 2
+    assert not np.allclose(_clel_state(first)["encoder"][0], resumed["encoder"][0])

@@ -1,0 +1,268 @@
+"""HDGE: the contrastive loss by hand, alpha limits, queue bookkeeping, distribution, real CIFAR-10."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
+from keras_ebm.queues import FeatureQueue
+from keras_ebm.sampling import SGLDSampler
+from keras_ebm.trainers.hdge import HDGE
+from keras_ebm.trainers.softmax import SoftmaxClassifier
+
+TAU = 0.1
+
+# Hand-built example: 4 samples, 3 classes. Each logit row has a round L2 norm.
+LOGITS = np.array([[3, 4, 0], [0, 0, 2], [-4, 0, 3], [0, -2, 0]], "float32")  # norms 5, 2, 5, 2
+LABELS = np.array([1, 2, 0, 1], "int32")
+# Raw queue rows, norms 10, 5, 2, 3 -> unit rows [.6 0 .8], [0 1 0], [0 0 -1], [1/3 2/3 2/3].
+QUEUE = np.array([[6, 0, 8], [0, 5, 0], [0, 0, -2], [1, 2, 2]], "float32")
+MASK = np.array([True, True, True, False])  # the last slot is "unfilled"
+
+# Normalised logit at the label, p_y: 4/5, 2/2, -4/5, -2/2.
+P_Y = np.array([0.8, 1.0, -0.8, -1.0])
+# Unit queue rows at each sample's label, q_k[y_n] (row n, column k).
+Q_Y = np.array([
+    [0.0, 1.0, 0.0, 2 / 3],   # y = 1
+    [0.8, 0.0, -1.0, 2 / 3],  # y = 2
+    [0.6, 0.0, 0.0, 1 / 3],   # y = 0
+    [0.0, 1.0, 0.0, 2 / 3],   # y = 1
+])
+
+
+def _lse(v, axis=-1):
+    m = np.max(v, axis=axis, keepdims=True)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(v - m), axis=axis))
+
+
+def _infonce(pos, neg, mask):
+    """-log exp(pos/tau) / (exp(pos/tau) + sum over unmasked k of exp(neg_k/tau)), per row."""
+    scores = np.concatenate([pos[:, None], np.where(mask[None, :], neg, -np.inf)], axis=1) / TAU
+    return _lse(scores) - pos / TAU
+
+
+@pytest.mark.parametrize("score", ["logit", "code"])
+@pytest.mark.parametrize("masked", [True, False])
+def test_contrastive_loss_matches_hand_computation(score, masked):
+    if score == "logit":  # eq. 15: s = p_y
+        pos, neg = P_Y, Q_Y
+    else:  # code: s = logsumexp_c(onehot_c * p_c) = log(exp(p_y) + (C - 1) * exp(0)), C = 3
+        pos, neg = np.log(np.exp(P_Y) + 2.0), np.log(np.exp(Q_Y) + 2.0)
+    mask = MASK if masked else np.ones(4, bool)
+    expected = _infonce(pos, neg, mask)
+    got = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score,
+                                queue_mask=MASK if masked else None)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+    if score == "logit" and masked:
+        # Sample 1 fully by hand: p_y = 1, negatives 0.8, 0, -1 ->
+        # log(e^10 + e^8 + e^0 + e^-10) - 10 = log(1 + e^-2 + e^-10 + e^-20) = 0.126968...
+        np.testing.assert_allclose(got.numpy()[1], np.log(1 + np.exp(-2) + np.exp(-10) + np.exp(-20)),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(got.numpy()[1], 0.126968, atol=2e-6)
+    # The masked slot matters: including it changes every loss.
+    other = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score,
+                                  queue_mask=np.ones(4, bool) if masked else MASK)
+    assert np.all(np.abs(other.numpy() - got.numpy()) > 1e-4)
+
+
+@pytest.mark.parametrize("score", ["logit", "code"])
+def test_label_smoothing_matches_the_direct_einsum_form(score):
+    """The O(batch * K) form equals the direct [batch, K, C] logsumexp of CODE_FACTS 1.1."""
+    s, c = 0.2, 3
+    dist = np.eye(c)[LABELS] * (1 - s) + s / c
+    p = LOGITS / np.linalg.norm(LOGITS, axis=1, keepdims=True)
+    q = QUEUE / np.linalg.norm(QUEUE, axis=1, keepdims=True)
+    if score == "code":
+        pos = _lse(dist * p)
+        neg = _lse(np.einsum("nc,kc->nkc", dist, q))
+    else:
+        pos = np.sum(dist * p, axis=1)
+        neg = dist @ q.T
+    expected = _infonce(pos, neg, MASK)
+    got = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score,
+                                label_smoothing=s, queue_mask=MASK)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_queue_gives_zero_loss_and_gradient():
+    logits = tf.constant(LOGITS)
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = hdge_contrastive_loss(logits, LABELS, np.zeros((4, 3), "float32"),
+                                     queue_mask=np.zeros(4, bool))
+    np.testing.assert_array_equal(loss.numpy(), np.zeros(4))
+    np.testing.assert_array_equal(tape.gradient(loss, logits).numpy(), np.zeros((4, 3)))
+
+
+def test_hdge_loss_alpha_limits():
+    logits = tf.constant(LOGITS)
+    ce_fn = lambda l: keras.losses.sparse_categorical_crossentropy(LABELS, l, from_logits=True)  # noqa: E731
+    hdge_fn = lambda l, a: hdge_loss(l, LABELS, QUEUE, alpha=a, queue_mask=MASK)  # noqa: E731
+    con = hdge_contrastive_loss(logits, LABELS, QUEUE, queue_mask=MASK).numpy()
+    for alpha, want in ((1.0, ce_fn), (0.0, None), (0.3, None)):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(logits)
+            got = hdge_fn(logits, alpha)
+            ref = ce_fn(logits)
+        if alpha == 1.0:  # exactly the cross-entropy, value and gradient
+            np.testing.assert_array_equal(got.numpy(), ref.numpy())
+            np.testing.assert_array_equal(tape.gradient(got, logits).numpy(),
+                                          tape.gradient(ref, logits).numpy())
+        else:
+            np.testing.assert_allclose(got.numpy(), alpha * ref.numpy() + (1 - alpha) * con, rtol=1e-6)
+    with pytest.raises(ValueError, match="Received: alpha=1.5"):
+        hdge_loss(logits, LABELS, QUEUE, alpha=1.5)
+    with pytest.raises(ValueError, match="Received: score='cosine'"):
+        hdge_contrastive_loss(logits, LABELS, QUEUE, score="cosine")
+
+
+def tiny_net(image_shape, num_classes=10, seed=3):
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input(image_shape)
+    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
+    h = keras.layers.LeakyReLU(0.2)(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, kernel_initializer=init)(h))
+
+
+def _prefill(queue, rows):
+    # Cross-replica assignment writes every mirror: the same starting queue on 1 or 2 devices.
+    padded = np.zeros((queue.size, queue.dim), "float32")
+    padded[: len(rows)] = rows
+    queue.queue.assign(padded)
+    queue.pointer.assign(len(rows) % queue.size)
+    queue.count.assign(len(rows))
+
+
+def test_alpha_one_is_exactly_cross_entropy_loss_and_gradients():
+    rng = np.random.RandomState(0)
+    x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 8).astype("int32")
+    network = tiny_net((8, 8, 1))
+    hdge = HDGE(network, image_shape=(8, 8, 1), num_classes=10, alpha=1.0, queue_size=16)
+    softmax = SoftmaxClassifier(network, image_shape=(8, 8, 1), num_classes=10)
+    _prefill(hdge.queue, rng.normal(size=(12, 10)))
+    results = []
+    for trainer in (hdge, softmax):
+        batch = trainer.unpack_batch((x, y))
+        with tf.GradientTape() as tape:
+            logs = trainer.compute_losses(batch, trainer.sample_negatives(batch))
+        results.append((logs, tape.gradient(logs["loss"], network.trainable_variables)))
+    (h_logs, h_grads), (s_logs, s_grads) = results
+    assert float(h_logs["contrastive_loss"]) > 0.1  # it is computed and reported, not added
+    np.testing.assert_array_equal(h_logs["loss"].numpy(), s_logs["loss"].numpy())
+    np.testing.assert_array_equal(h_logs["clf_loss"].numpy(), s_logs["clf_loss"].numpy())
+    for a, b in zip(h_grads, s_grads):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # alpha < 1 mixes the two terms.
+    hdge.alpha = 0.25
+    assert hdge.clf_weight == 0.25  # alpha is the cross-entropy weight of JEM's total
+    logs = hdge.compute_losses(batch, None)
+    np.testing.assert_allclose(logs["loss"], 0.25 * logs["clf_loss"] + 0.75 * logs["contrastive_loss"],
+                               rtol=1e-6)
+
+
+def test_train_step_reads_the_queue_then_enqueues_the_raw_logits():
+    rng = np.random.RandomState(1)
+    x = rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 16).astype("int32")
+    model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=12)
+    assert model.buffer is None  # pure HDGE samples nothing
+    assert set(model.tracked_names) == {"loss", "clf_loss", "contrastive_loss", "clf_acc", "queue_fill"}
+    model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: the logits are reproducible after the step
+    first = model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    # The loss saw the empty queue (no fake negatives): exactly zero, and a fill of 0.
+    assert first["contrastive_loss"] == [0.0] and first["queue_fill"] == [0.0]
+    np.testing.assert_allclose(first["loss"][0], 0.5 * first["clf_loss"][0], rtol=1e-6)
+    # ...then the step's raw (unnormalised) logits were enqueued.
+    np.testing.assert_allclose(model.queue.values().numpy()[:8], model(x[:8]).numpy(), rtol=1e-5, atol=1e-6)
+    assert int(model.queue.count.numpy()) == 8
+    second = model.fit(x[8:], y[8:], batch_size=8, epochs=1, verbose=0, shuffle=False).history
+    assert second["contrastive_loss"][0] > 0.0
+    np.testing.assert_allclose(second["queue_fill"][0], 8 / 12)
+    # 12 is not a multiple of 8: the second batch filled slots 8..11 and wrapped to 0..3.
+    np.testing.assert_allclose(model.queue.values().numpy()[[8, 9, 10, 11, 0, 1, 2, 3]],
+                               model(x[8:]).numpy(), rtol=1e-5, atol=1e-6)
+    assert int(model.queue.pointer.numpy()) == 4
+
+
+def test_arguments_are_validated():
+    net = tiny_net((8, 8, 1))
+    with pytest.raises(ValueError, match="pass alpha instead"):
+        HDGE(net, (8, 8, 1), 10, clf_weight=1.0)
+    with pytest.raises(ValueError, match="Received: score='dot'"):
+        HDGE(net, (8, 8, 1), 10, score="dot")
+    with pytest.raises(ValueError, match="Received: queue.dim=4"):
+        HDGE(net, (8, 8, 1), 10, queue=FeatureQueue(8, 4))
+    with pytest.raises(ValueError, match="Received: queue_init='ones'"):
+        HDGE(net, (8, 8, 1), 10, queue_init="ones")
+    # The code's random initial queue is used as negatives from the first step.
+    model = HDGE(net, (8, 8, 1), 10, queue_size=8, queue_init="random_normal", seed=0)
+    assert float(model.queue.fill_fraction()) == 1.0 and np.std(model.queue.values().numpy()) > 0.5
+
+
+def test_one_device_and_two_replicas_agree(two_device_strategy):
+    rng = np.random.RandomState(2)
+    x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 64).astype("int32")
+    prefill = rng.normal(size=(30, 10)).astype("float32")
+    results = []
+    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
+        with strategy.scope():
+            # queue 40, global batch 16: 30 prefilled rows, the first step fills it, later ones wrap.
+            model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=40,
+                         seed=0)
+            model.compile(optimizer=keras.optimizers.SGD(0.5))
+            _prefill(model.queue, prefill)
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+        copies = [v.numpy() for v in strategy.experimental_local_results(model.queue.queue.value)]
+        results.append((history, [w.numpy() for w in model.network.weights], copies))
+    (h1, w1, q1), (h2, w2, q2) = results
+    assert h1["contrastive_loss"][-1] > 0.1
+    for key in ("loss", "clf_loss", "contrastive_loss", "queue_fill"):
+        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert len(q2) == 2
+    np.testing.assert_array_equal(q2[0], q2[1])  # the two replicas hold the same global queue
+    np.testing.assert_allclose(q1[0], q2[0], atol=1e-4)  # ...which is the one-device queue
+
+
+def cifar_batch(path, n=128):
+    from keras_ebm.data import load_arrays, to_pixel_range
+
+    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
+    return to_pixel_range(x, (-1.0, 1.0)).numpy(), y
+
+
+def test_fit_on_real_cifar10_fills_the_queue(cifar10_npz):
+    x, y = cifar_batch(cifar10_npz, 128)
+    model = HDGE(tiny_net((32, 32, 3)), image_shape=(32, 32, 3), num_classes=10, queue_size=100, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False).history
+    assert all(np.all(np.isfinite(v)) for v in history.values()), history
+    assert history["contrastive_loss"][-1] > 0.0 and history["queue_fill"][-1] == 1.0
+    assert float(model.queue.fill_fraction()) == 1.0
+    assert np.all(np.isfinite(model.queue.values().numpy()))
+
+
+def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
+    x, y = cifar_batch(cifar10_npz, 64)
+    model = HDGE(tiny_net((32, 32, 3)), image_shape=(32, 32, 3), num_classes=10, queue_size=50,
+                 px_weight=1.0, buffer_size=64, sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01),
+                 seed=0)
+    assert {"px_loss", "energy_gap", "sgld_grad_norm"} <= set(model.tracked_names)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    buffer_before = model.buffer.buffer.numpy().copy()
+    history = model.fit(x, y, batch_size=32, epochs=1, verbose=0, shuffle=False).history
+    assert all(np.all(np.isfinite(v)) for v in history.values()), history
+    assert history["px_loss"][-1] != 0.0 and history["contrastive_loss"][-1] > 0.0
+    assert not np.allclose(buffer_before, model.buffer.buffer.numpy())  # SGLD chains written back
+    assert int(model.queue.count.numpy()) == 50
+    # total = alpha * clf + (1 - alpha) * contrastive + px_weight * px (eq. 17 up to the alpha split).
+    batch = model.unpack_batch((x[:32], y[:32]))
+    logs = model.compute_losses(batch, model.sample_negatives(batch), training=False)
+    np.testing.assert_allclose(
+        logs["loss"], 0.5 * logs["clf_loss"] + 0.5 * logs["contrastive_loss"] + logs["px_loss"], rtol=1e-5)
