@@ -3,6 +3,7 @@
     python eval.py --model_dir=runs/quickstart
     python eval.py --saved_model=runs/x/export --gin_file=gin_configs/data/cifar10_local.gin
     python eval.py --model_dir=runs/sadajem --samples=100 --conditional    # + sample grid (PNG, npz)
+    python eval.py --model_dir=runs/clel --samples=50000 --sample_batch_size=500 --sample_steps=600  # FID set
 
 With --model_dir, the training config (<model_dir>/config.gin) supplies the datasets; --gin_file and
 --gin_param override it. Results go to <model_dir>/eval (or --output_dir).
@@ -23,7 +24,11 @@ flags.DEFINE_string("output_dir", None, "Where to write results (default <model_
 flags.DEFINE_integer("samples", 0, "Also draw this many samples from the trained model (needs --model_dir).")
 flags.DEFINE_integer("sample_steps", None, "SGLD steps for --samples (default: the trainer's sampler).")
 flags.DEFINE_bool("sample_from_buffer", False, "Start the chains from the replay buffer.")
-flags.DEFINE_bool("conditional", False, "Class-conditional samples, one row per class.")
+flags.DEFINE_bool("conditional", False, "Class-conditional samples, one row per class (CLEL: on the mean "
+                  "encoder latent of each class's in-distribution images, Appendix D).")
+flags.DEFINE_integer("sample_batch_size", None, "Chains run at once for --samples (default all).")
+flags.DEFINE_integer("class_latent_examples", 1000,
+                     "CLEL --conditional: labelled in-distribution images used for the class latents.")
 FLAGS = flags.FLAGS
 
 
@@ -49,8 +54,18 @@ def main(argv):
         if not hasattr(model, "generate"):
             raise app.UsageError(f"{type(model).__name__} is not a generative model: it has no sampler.")
         out = os.path.join(FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval"), "samples")
+        labelled = None
+        if FLAGS.conditional and hasattr(model, "set_class_latents"):
+            import gin
+
+            from keras_ebm.data import to_pixel_range
+            from keras_ebm.evaluation.runner import load_set
+
+            x, y = load_set(gin.query_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
+            labelled = (to_pixel_range(x, model.pixel_range), y)
         experiment.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
-                                    from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional)
+                                    from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional,
+                                    batch_size=FLAGS.sample_batch_size, labelled_data=labelled)
 
 
 if __name__ == "__main__":

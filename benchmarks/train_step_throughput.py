@@ -9,7 +9,6 @@ like. Prints a markdown table and writes JSON (default benchmarks/results/<devic
 
 Peak memory: on a GPU, TensorFlow's allocator peak for the row (reset between rows); on CPU, the
 process's peak RSS so far (monotone across rows: read each row as "at most").
-Later issues add rows for JEM, SADA-JEM, HDGE, GMMC and CLEL to ROWS.
 """
 
 import json
@@ -58,14 +57,33 @@ ROWS.update({
     "gmmc_gen_k20_wrn16_4_b64": (["gin_configs/gmmc_gen.gin"], CIFAR_LOCAL + WRN16_4 + [
         "SGLD_STEPS = 20", "BUFFER_SIZE = 10000"], 64),
 })
+# HDGE at the softmax row's backbone (both WRN without BN) and batch: the queue's cost is the only
+# difference (a K x C read in the loss and a K x C scatter after the step).
+ROWS.update({
+    f"hdge_k{k}_wrn16_4_b64": (["gin_configs/hdge.gin"], CIFAR_LOCAL + WRN16_4 + [f"QUEUE_SIZE = {k}"], 64)
+    for k in (256, 8192, 65536)
+})
+# CLEL at the configs' own networks (EBM small/base/large, ResNet-18 encoder), 60 SGLD steps. The
+# batch is the EBM's; clel_large's encoder sees 4x as many images (its config's 256 vs 64).
+# On a 2-core CPU one step takes minutes: run these rows with --steps=1 --warmup=1.
+ROWS.update({
+    "clel_small_b16": (["gin_configs/clel_small.gin"], CIFAR_LOCAL, 16),
+    "clel_base_b16": (["gin_configs/clel_base.gin"], CIFAR_LOCAL, 16),
+    "clel_large_b16_enc64": (["gin_configs/clel_large.gin"], CIFAR_LOCAL, 64),
+    "clel_small_b64": (["gin_configs/clel_small.gin"], CIFAR_LOCAL, 64),
+    "clel_base_b64": (["gin_configs/clel_base.gin"], CIFAR_LOCAL, 64),
+    "clel_large_b64_enc256": (["gin_configs/clel_large.gin"], CIFAR_LOCAL, 256),
+})
 # row -> softmax row it is compared with (same backbone and classifier batch)
-BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith(("jem", "sadajem", "gmmc"))}
+BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith(("jem", "sadajem", "gmmc", "hdge"))}
 # forward+backward passes per step relative to one softmax step (ideal ratio of step times):
 # JEM with two loaders: K SGLD passes + classifier batch + p(x) data batch + samples = K + 3;
 # SADA-JEM adds SAM's second pass over the three loss batches: K + 6.
 # GMMC (one loader): K SGLD passes + data batch + samples = K + 2.
 PASSES = {"jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_4_b64": 11,
           "gmmc_gen_k20_wrn16_4_b64": 22}
+# HDGE: one forward+backward pass, like softmax (the queue adds a K x C matrix product).
+PASSES.update({name: 1 for name in ROWS if name.startswith("hdge")})
 
 
 def device_name():
@@ -120,7 +138,8 @@ def run_row(name, files, bindings, batch):
         "row": name, "batch": batch, "median_s_per_step": median,
         "images_per_s": batch / median,  # classifier-batch images per second
         "peak_memory_mb": peak_memory_mb(),
-        "params": int(sum(int(tf.size(w)) for w in model.network.trainable_weights)),
+        # every trained network (CLEL: EBM + projection + encoder; the EMA copies are not trained)
+        "params": int(sum(int(tf.size(w)) for w in model.trainable_weights)),
         "gin_files": files, "bindings": bindings,
     }
 

@@ -403,17 +403,24 @@ def save_buffer_grid(model, path, num_images=64):
 
 
 def generate_samples(model, output_dir, num_samples=64, n_steps=None, from_buffer=False,
-                     conditional=False, name=None):
+                     conditional=False, name=None, batch_size=None, labelled_data=None):
     """Draw samples with `model.generate` and write a PNG grid and an npz (uint8 NHWC, labels).
 
+    For FID, draw many samples in batches (`batch_size`) and feed the npz's `images` (uint8, the
+    whole set) to an FID tool; the PNG shows the first 256.
+
     Args:
-        model: a trainer with `generate` (the JEM family; later HDGE+JEM, GMMC, CLEL).
+        model: a trainer with `generate` (JEM family, HDGE+JEM, GMMC, CLEL).
         output_dir: directory for `<name>.png` and `<name>.npz`.
         num_samples: number of images (rounded up to a multiple of the classes when conditional).
         n_steps: SGLD steps (default the sampler's; 0 with `from_buffer` shows the buffer as is).
         from_buffer: start from replay-buffer states instead of fresh initialiser draws.
-        conditional: class-conditional chains on E(x, y), one row per class.
+        conditional: class-conditional chains, one row per class (on E(x, y) for classifiers; on
+            p(x | z_bar_y) for CLEL, whose class latents come from `labelled_data`).
         name: file stem (default derived from the options).
+        batch_size: chains run at once (default all `num_samples`).
+        labelled_data: `(x, y)` images in the model's pixel range and int labels, for models that
+            condition on class latents computed from data (CLEL's `set_class_latents`, Appendix D).
 
     Returns:
         The path of the PNG grid.
@@ -424,16 +431,31 @@ def generate_samples(model, output_dir, num_samples=64, n_steps=None, from_buffe
     os.makedirs(output_dir, exist_ok=True)
     y = None
     if conditional:
-        per_class = -(-num_samples // model.num_classes)
-        y = tf.repeat(tf.range(model.num_classes, dtype=tf.int32), per_class)
+        num_classes = model.num_classes
+        if hasattr(model, "set_class_latents"):
+            if labelled_data is None:
+                raise ValueError(f"{type(model).__name__} conditions on class latents computed from labelled "
+                                 "images: pass labelled_data=(x, y). Received: labelled_data=None")
+            num_classes = int(model.set_class_latents(*labelled_data).shape[0])
+        per_class = -(-num_samples // num_classes)
+        y = tf.repeat(tf.range(num_classes, dtype=tf.int32), per_class)
         num_samples = int(y.shape[0])
-    x = model.generate(num_samples, y=y, n_steps=n_steps, from_buffer=from_buffer)
-    images = from_pixel_range(x, model.pixel_range).numpy()
+    batch_size = int(batch_size or num_samples)
+    chunks = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        y_chunk = None if y is None else y[start:start + n]
+        chunks.append(from_pixel_range(model.generate(n, y=y_chunk, n_steps=n_steps, from_buffer=from_buffer),
+                                       model.pixel_range).numpy())
+        if num_samples > batch_size:
+            _log(f"generated {start + n}/{num_samples} samples")
+    images = np.concatenate(chunks, axis=0)
     name = name or ("conditional" if conditional else "buffer" if from_buffer else "fresh") + (
         f"_{n_steps}steps" if n_steps is not None else "")
     np.savez(os.path.join(output_dir, f"{name}.npz"), images=images,
              labels=np.asarray(y) if y is not None else np.zeros(0, np.int32))
-    path = plots.sample_grid(images, os.path.join(output_dir, f"{name}.png"),
+    shown = images[:256] if not conditional else images
+    path = plots.sample_grid(shown, os.path.join(output_dir, f"{name}.png"),
                              nrow=per_class if conditional else None, title=name)
-    _log(f"wrote {num_samples} samples to {path}")
+    _log(f"wrote {num_samples} samples to {path} and {name}.npz")
     return path

@@ -70,8 +70,8 @@ def test_spectral_norm_gradient_flows_through_sigma():
 
 
 # ---------------------------------------------------------------- networks
-def tiny_ebm(size="small", image_shape=(16, 16, 3)):
-    return build_clel_ebm(size, input_shape=image_shape, widths=(4, 8), blocks_per_stage=1,
+def tiny_ebm(size="small", image_shape=(16, 16, 3), blocks=1):
+    return build_clel_ebm(size, input_shape=image_shape, widths=(4, 8), blocks_per_stage=blocks,
                           head_units=16, feature_dim=8, input_mean=None)
 
 
@@ -172,8 +172,9 @@ def test_model_ema_update_and_copy():
 
 
 # ---------------------------------------------------------------- trainer
-def make_clel(image_shape=(8, 8, 3), compile=True, **kwargs):
-    ebm = tiny_ebm(image_shape=image_shape)
+def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
+    # Tiny widths; "base" and "large" keep their 2 blocks per stage, "large" its three scales.
+    ebm = tiny_ebm(size, image_shape=image_shape, blocks=1 if size == "small" else 2)
     projection = build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6)
     encoder = build_clel_encoder(image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
                                  output_dim=6, input_mean=None)
@@ -200,9 +201,11 @@ def cifar_x(path, n=16):
     return tf.image.resize(x, (8, 8), method="area").numpy(), y  # 8x8 keeps the test fast
 
 
-def test_clel_fit_on_real_cifar10_steps_both_optimizers(cifar10_npz, tmp_path):
+@pytest.mark.parametrize("size", ["small", "base", "large"])
+def test_clel_fit_on_real_cifar10_steps_both_optimizers(size, cifar10_npz, tmp_path):
     x, y = cifar_x(cifar10_npz)
-    model = make_clel()
+    # large: the EBM sees a quarter of the batch, the encoder all of it (clel_large.gin)
+    model = make_clel(size=size, ebm_batch_fraction=0.25 if size == "large" else 1.0)
     buffer_before = model.buffer.buffer.numpy().copy()
     ema_before = model.ema_network.model.weights[1].numpy().copy()
     ebm_before = [v.numpy().copy() for v in model.ebm_variables()]
@@ -215,7 +218,8 @@ def test_clel_fit_on_real_cifar10_steps_both_optimizers(cifar10_npz, tmp_path):
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(ebm_before, model.ebm_variables()))
     assert any(not np.allclose(b, v.numpy()) for b, v in zip(enc_before, model.encoder_variables()))
     assert not np.allclose(ema_before, model.ema_network.model.weights[1].numpy())
-    assert (np.abs(model.buffer.buffer.numpy() - buffer_before).max(axis=(1, 2, 3)) > 0).sum() >= 8
+    chains = 8 if size != "large" else 2  # chains per step: the EBM's share of the batch of 8
+    assert (np.abs(model.buffer.buffer.numpy() - buffer_before).max(axis=(1, 2, 3)) > 0).sum() >= chains
 
     # OOD score eq. 5 on the EMA networks, by hand, and through an exported SavedModel.
     scores = model.serving_scores(tf.constant(x[:4]))["clel"].numpy()
@@ -303,3 +307,83 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(cifar10_npz, tm
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=owner)
     # and the run did move: step 4 differs from step 2
     assert not np.allclose(_clel_state(first)["encoder"][0], resumed["encoder"][0])
+
+
+# ---------------------------------------------------------------- generation (Appendix C-E)
+def test_conditional_energy_is_eq6_and_class_latents_are_normalised_sums(cifar10_npz):
+    x, y = cifar_x(cifar10_npz, 16)
+    model = make_clel()
+    f = model.ema_network.model(x[:4]).numpy()
+    z = model.ema_projection.model(f / np.linalg.norm(f, axis=1, keepdims=True)).numpy()
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    a, b = np.random.RandomState(0).normal(size=(2, 4, z.shape[1])).astype(np.float32)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    expected = 0.5 * np.sum(f * f, 1) - 0.3 * (np.sum(z * unit(a), 1) + np.sum(z * unit(b), 1))
+    composed = model.conditional_energy(x[:4], np.stack([a, 3.0 * b], axis=1), beta=0.3).numpy()
+    np.testing.assert_allclose(composed, expected, rtol=1e-5, atol=1e-5)  # eq. 6, latents normalised
+    single = model.conditional_energy(x[:4], a).numpy()  # one latent per sample, the trainer's beta
+    np.testing.assert_allclose(single, 0.5 * np.sum(f * f, 1) - 0.01 * np.sum(z * unit(a), 1), rtol=1e-5, atol=1e-5)
+
+    labels = np.arange(16) % 3
+    table = model.set_class_latents(x, labels).numpy()
+    h = model.ema_encoder.model(x, training=False).numpy()
+    h = unit(h)
+    for c in range(3):
+        np.testing.assert_allclose(table[c], unit(h[labels == c].sum(0)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.mean_latent(x[labels == 1]).numpy(), table[1], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="every class"):
+        model.set_class_latents(x, labels, num_classes=4)
+
+
+def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
+    x, y = cifar_x(cifar10_npz, 16)
+    model = make_clel()
+    with pytest.raises(ValueError, match="set_class_latents"):
+        model.generate(2, y=tf.constant([0, 1]))
+    for kwargs in ({}, {"from_buffer": True}, {"latents": model.encode(x[:3])},
+                   {"latents": tf.stack([model.encode(x[:3]), model.encode(x[3:6])], axis=1)}):
+        samples = model.generate(3, n_steps=2, **kwargs).numpy()
+        assert samples.shape == (3, 8, 8, 3) and np.isfinite(samples).all()
+        assert samples.min() >= 0.0 and samples.max() <= 1.0, kwargs
+
+    # Conditioning pulls the chains' EBM latents towards the target direction: descending on
+    # -beta * cos(z(x), t) ends more aligned with t than descending on -beta * cos(z(x), -t).
+    model.sampler = SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(0.0, 1.0), seed=0)
+    target = model.encode(x[:8])
+    cos = lambda s: tf.reduce_sum(tf.math.l2_normalize(  # noqa: E731
+        model.latent(model.ema_network(s), model.ema_projection), -1) * target, -1).numpy().mean()
+    towards = cos(model.generate(8, latents=target, beta=100.0))
+    away = cos(model.generate(8, latents=-target, beta=100.0))
+    assert towards > away + 0.1, (towards, away)
+
+    # FID-style batches through experiment.generate_samples; class rows from labelled data.
+    from keras_ebm import experiment
+
+    path = experiment.generate_samples(model, str(tmp_path), num_samples=6, n_steps=1, conditional=True,
+                                       batch_size=4, labelled_data=(x, np.arange(16) % 3))
+    saved = np.load(tmp_path / "conditional_1steps.npz")
+    assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
+    np.testing.assert_array_equal(saved["labels"], [0, 0, 1, 1, 2, 2])
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="labelled_data"):
+        experiment.generate_samples(model, str(tmp_path), num_samples=3, conditional=True)
+
+
+def test_synchronized_bn_encoder_two_replicas_match_one_device_on_the_global_batch(two_device_strategy):
+    # SimCLR's encoder needs BN statistics over the global batch (CLEL's configs set
+    # synchronized_bn = True): two replicas with half the batch each must produce exactly the
+    # one-device outputs of the whole batch in training mode.
+    x = tf.random.stateless_uniform((8, 8, 8, 3), seed=[3, 4])
+
+    def build(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(0)
+            return build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                                      output_dim=6, input_mean=None, synchronized_bn=True)
+
+    single = build(tf.distribute.get_strategy())(x, training=True).numpy()
+    encoder = build(two_device_strategy)
+    halves = iter(two_device_strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(x).batch(8)))
+    out = two_device_strategy.run(tf.function(lambda b: encoder(b, training=True)), args=(next(halves),))
+    both = np.concatenate([np.asarray(v) for v in two_device_strategy.experimental_local_results(out)])
+    np.testing.assert_allclose(both, single, rtol=1e-4, atol=1e-5)

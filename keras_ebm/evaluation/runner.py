@@ -26,7 +26,7 @@ def _log(msg):
     print(f"[keras_ebm.eval] {msg}", flush=True)
 
 
-def _load_set(spec, max_examples):
+def load_set(spec, max_examples):
     """A data spec is a callable returning (x, y) uint8 arrays, or kwargs of keras_ebm.data.load_arrays."""
     if callable(spec):
         x, y = spec()
@@ -140,7 +140,7 @@ def run_eval(
 
     metadata = read_export_metadata(saved_model)
     classifier = metadata.get("classifier", True)
-    x, y = _load_set(in_dist, max_examples)
+    x, y = load_set(in_dist, max_examples)
     _log(f"in-distribution '{in_dist_name}': {len(x)} images of shape {x.shape[1:]}")
     out_in = _run_export(module, x, batch_size, in_dist_name)
     probs = out_in["probabilities"]
@@ -168,7 +168,7 @@ def run_eval(
 
     scores_by_set = {s: {in_dist_name: out_in[f"score/{s}"]} for s in score_names}
     for ood_name, spec in (ood_sets or {}).items():
-        x_ood, _ = _load_set(spec, max_examples)
+        x_ood, _ = load_set(spec, max_examples)
         if tuple(x_ood.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(
                 f"OOD set '{ood_name}' has images of shape {x_ood.shape[1:]} but the model takes "

@@ -111,8 +111,12 @@ def hdge_contrastive_loss(
     if queue_mask is not None:
         mask = tf.reshape(tf.cast(queue_mask, tf.bool), [1, -1])
         negatives = tf.where(mask, negatives, tf.constant(-float("inf"), negatives.dtype))
-    scores = tf.concat([positive[:, None], negatives], axis=1) / temperature
-    return tf.reduce_logsumexp(scores, axis=1) - scores[:, 0]
+    # -log(exp(pos) / (exp(pos) + sum_k exp(neg_k))) = softplus(logsumexp_k(neg_k) - pos). The
+    # negatives carry no gradient, so their [batch, K] logsumexp is reduced once and never enters
+    # the backward pass (a concatenated (1 + K)-way softmax would differentiate all of it).
+    # An empty queue gives logsumexp = -inf and a loss of exactly 0.
+    negatives_lse = tf.stop_gradient(tf.reduce_logsumexp(negatives / temperature, axis=1))
+    return tf.nn.softplus(negatives_lse - positive / temperature)
 
 
 def _masked_lse_scores(keys, labels, label_smoothing, num_classes):

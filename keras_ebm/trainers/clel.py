@@ -146,6 +146,7 @@ class CLEL(EBMTrainer):
         self.ema_network = ModelEMA(network, name="ema_network")
         self.ema_projection = ModelEMA(projection, name="ema_projection")
         self.ema_encoder = ModelEMA(encoder, name="ema_encoder")
+        self.class_latents = None  # [num_classes, k] after `set_class_latents` (not checkpointed)
 
     # ------------------------------------------------------------------ optimizers
     @property
@@ -192,6 +193,95 @@ class CLEL(EBMTrainer):
         h = tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
         score = _energy(features) - self.ood_beta * tf.reduce_sum(z * h, axis=-1)
         return {"clel": -score}
+
+    # ------------------------------------------------------------------ generation (Appendix C-E)
+    def encode(self, x):
+        """Instance latents z = h(x) / ||h(x)|| of the EMA encoder, `[batch, k]` (Appendix D)."""
+        return tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
+
+    def mean_latent(self, x):
+        """The shared latent of a set of instances, z_bar = sum_i z_i / ||sum_i z_i|| (Appendix D)."""
+        return tf.math.l2_normalize(tf.reduce_sum(self.encode(x), axis=0), axis=-1)
+
+    def set_class_latents(self, x, y, num_classes=None):
+        """Store one z_bar_y per class from labelled images (Appendix D); `generate(y=...)` uses them.
+
+        CLEL is trained without labels; class-conditional sampling conditions p(x | z_bar_y) on the
+        aggregated encoder latent of the class's images. Returns the `[num_classes, k]` table.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
+        num_classes = int(num_classes or int(tf.reduce_max(y)) + 1)
+        z = self.encode(x)
+        sums = tf.math.unsorted_segment_sum(z, y, num_classes)
+        if bool(tf.reduce_any(tf.math.bincount(y, minlength=num_classes) == 0)):
+            raise ValueError(f"set_class_latents needs images of every class 0..{num_classes - 1}. "
+                             f"Received: labels {sorted(set(y.numpy().tolist()))}")
+        self.class_latents = tf.math.l2_normalize(sums, axis=-1)
+        return self.class_latents
+
+    def conditional_energy(self, x, latents, training=False, beta=None):
+        """E(x | z_bar_1..z_bar_A) = 0.5 ||f(x)||^2 - beta * sum_a cos(g(f/||f||), z_bar_a) on the EMA networks.
+
+        Eq. 6 (compositional sampling); with one latent per sample, the joint energy E(x, z) of
+        section 2.2 used for instance- and class-conditional sampling (Appendix D).
+
+        Args:
+            x: images `[batch, H, W, C]` in `pixel_range`.
+            latents: `[batch, k]` (one latent per sample) or `[batch, A, k]` (A concepts, summed).
+            beta: guidance weight (default the trainer's `beta`, 0.01).
+        """
+        del training  # the EMA networks run in inference mode
+        beta = self.beta if beta is None else float(beta)
+        features = self.ema_network(x)
+        z = tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
+        latents = tf.math.l2_normalize(tf.cast(latents, tf.float32), axis=-1)
+        if latents.shape.rank == 2:
+            latents = latents[:, None, :]
+        similarity = tf.reduce_sum(z[:, None, :] * latents, axis=[1, 2])
+        return _energy(features) - beta * similarity
+
+    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, latents=None, beta=None):
+        """Draw samples with the EMA EBM (the networks the paper evaluates with `use_ema`).
+
+        Args:
+            num_samples: number of images.
+            y: optional class labels `[num_samples]`: class-conditional chains on p(x | z_bar_y), with the
+                z_bar of `set_class_latents` (Appendix D).
+            n_steps: SGLD steps (default the sampler's, 60); longer chains from fresh noise give
+                cleaner images, as CLEL's FID evaluation (about 600 steps per chain) does.
+            from_buffer: start from replay-buffer states (the chains kept while training; CLEL's
+                training-time FID is computed on the buffer) instead of U(pixel range) noise.
+            latents: optional `[num_samples, k]` (instance-conditional, e.g. `encode(x)`) or
+                `[num_samples, A, k]` (compositional, eq. 6) conditioning latents.
+            beta: guidance weight of the conditional energies (default the trainer's `beta`).
+
+        Returns:
+            float images `[num_samples, H, W, C]` in `pixel_range`.
+        """
+        if y is not None:
+            if latents is not None:
+                raise ValueError("Pass either `y` or `latents`, not both.")
+            if getattr(self, "class_latents", None) is None:
+                raise ValueError(
+                    "CLEL is unsupervised: class-conditional sampling needs class latents. Call "
+                    "`model.set_class_latents(x, y)` with labelled images first (Appendix D). "
+                    "Received: y without class latents")
+            latents = tf.gather(self.class_latents, tf.cast(y, tf.int32))
+        shape = (int(num_samples),) + self.image_shape
+        if from_buffer:
+            x0, _ = self.buffer.sample(num_samples)
+        else:
+            seed = tf.random.experimental.stateless_fold_in(tf.cast(self.seed_generator.next(), tf.int64), 0)
+            x0 = self.buffer.initializer.init(shape, seed)
+
+        if latents is None:
+            def energy_fn(x, _, training=False):
+                return _energy(self.ema_network(x))
+        else:
+            def energy_fn(x, z, training=False):
+                return self.conditional_energy(x, z, beta=beta)
+        return self.sampler(energy_fn, x0, latents, n_steps=n_steps)
 
     # ------------------------------------------------------------------ train step hooks
     def _ebm_rows(self, x):
