@@ -56,12 +56,10 @@ def main(argv):
         out = os.path.join(FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval"), "samples")
         labelled = None
         if FLAGS.conditional and hasattr(model, "set_class_latents"):
-            import gin
-
             from keras_ebm.data import to_pixel_range
             from keras_ebm.evaluation.runner import load_set
 
-            x, y = load_set(gin.query_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
+            x, y = load_set(cli.resolve_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
             labelled = (to_pixel_range(x, model.pixel_range), y)
         experiment.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
                                     from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional,

@@ -157,6 +157,8 @@ def main(argv):
         files, bindings, batch = ROWS[name]
         print(f"[benchmark] {name} ...", flush=True)
         results.append(run_row(name, files, bindings, batch))
+        print(f"[benchmark] {name}: {results[-1]['median_s_per_step']:.4f} s/step, "
+              f"{results[-1]['images_per_s']:.1f} images/s", flush=True)
     by_name = {r["row"]: r for r in results}
     for r in results:
         base = by_name.get(BASELINE_OF.get(r["row"]))

@@ -52,8 +52,22 @@ def resolve_run_training():
             value = gin.query_parameter(f"run_training.{name}")
         except ValueError:
             continue
-        if isinstance(value, gin.config.ConfigurableReference):
-            fn = value.scoped_configurable_fn
-            value = fn() if value.evaluate else fn
-        out[name] = value
+        out[name] = _resolve(value)
     return out
+
+
+def resolve_parameter(binding_key):
+    """`gin.query_parameter(binding_key)` with references and macros inside dicts, lists and tuples
+    evaluated, as gin does when it calls the configurable (e.g. `run_eval.in_dist` with a %MACRO)."""
+    return _resolve(gin.query_parameter(binding_key))
+
+
+def _resolve(value):
+    if isinstance(value, gin.config.ConfigurableReference):
+        fn = value.scoped_configurable_fn
+        return fn() if value.evaluate else fn
+    if isinstance(value, dict):
+        return {k: _resolve(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v) for v in value)
+    return value

@@ -95,3 +95,26 @@ def test_eval_py_draws_samples_from_a_sadajem_run(tmp_path):
     assert samples["images"].shape == (20, 8, 8, 1) and samples["images"].dtype == np.uint8
     np.testing.assert_array_equal(samples["labels"], np.repeat(np.arange(10), 2))
     assert (model_dir / "eval" / "samples" / "conditional_2steps.png").exists()
+
+
+
+@pytest.mark.slow
+def test_eval_py_draws_class_conditional_clel_samples(tmp_path):
+    # CLEL is unsupervised: --conditional builds each class's latent from labelled in-distribution
+    # images (Appendix D), then samples in batches (--sample_batch_size) as for an FID set.
+    model_dir = tmp_path / "run"
+    _run(["train.py", "--gin_file=gin_configs/clel_large.gin", "--gin_file=gin_configs/tiny.gin",
+          f"--model_dir={model_dir}"])
+    _run(["eval.py", f"--model_dir={model_dir}", "--samples=10", "--conditional", "--sample_steps=2",
+          "--sample_batch_size=4", "--class_latent_examples=200"])
+    samples = np.load(model_dir / "eval" / "samples" / "conditional_2steps.npz")
+    assert samples["images"].shape == (10, 8, 8, 1) and samples["images"].dtype == np.uint8
+    np.testing.assert_array_equal(samples["labels"], np.arange(10))
+    assert (model_dir / "eval" / "samples" / "conditional_2steps.png").exists()
+
+
+def test_imagenet32_overlay_resolves_its_path_macro_in_the_eval_spec():
+    cli.parse_gin(["gin_configs/clel_base.gin", "gin_configs/data/imagenet32_local.gin"],
+                  ["IMAGENET32_NPZ = '/data/in32.npz'"])
+    assert cli.resolve_parameter("run_eval.in_dist") == {"name": "npz", "split": "test", "local_path": "/data/in32.npz"}
+    assert cli.resolve_run_training()["train_steps"] == 100000
