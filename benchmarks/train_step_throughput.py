@@ -8,7 +8,8 @@ like. Prints a markdown table and writes JSON (default benchmarks/results/<devic
     python benchmarks/train_step_throughput.py --rows=softmax_wrn16_4_b64 --steps=5
 
 Peak memory: on a GPU, TensorFlow's allocator peak for the row (reset between rows); on CPU, the
-process's peak RSS so far (monotone across rows: read each row as "at most").
+process's peak RSS so far (monotone across rows: read each row as "at most"), or, with
+--isolate, each row's own process peak (Python + TensorFlow + the row).
 """
 
 import json
@@ -30,6 +31,8 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps per row (tracing).")
 flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA.")
 flags.DEFINE_string("mixed_precision", None, "Keras dtype policy, e.g. mixed_float16 or mixed_bfloat16.")
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>.json).")
+flags.DEFINE_bool("isolate", False, "Run each row in its own process, so that on CPU the peak RSS is "
+                  "the row's own (rows still run one after the other, on the same machine).")
 FLAGS = flags.FLAGS
 
 SOFTMAX = ["gin_configs/softmax_cifar10.gin"]
@@ -144,6 +147,22 @@ def run_row(name, files, bindings, batch):
     }
 
 
+def run_isolated(name):
+    """`run_row` in a child process (same flags), for a per-row peak RSS on CPU."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "row.json")
+        args = [sys.executable, os.path.abspath(__file__), f"--rows={name}", f"--steps={FLAGS.steps}",
+                f"--warmup={FLAGS.warmup}", f"--output={out}", f"--jit_compile={FLAGS.jit_compile}"]
+        if FLAGS.mixed_precision:
+            args.append(f"--mixed_precision={FLAGS.mixed_precision}")
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+        with open(out) as f:
+            return json.load(f)["rows"][0]
+
+
 def main(argv):
     del argv
     import tensorflow as tf
@@ -156,7 +175,7 @@ def main(argv):
     for name in names:
         files, bindings, batch = ROWS[name]
         print(f"[benchmark] {name} ...", flush=True)
-        results.append(run_row(name, files, bindings, batch))
+        results.append(run_isolated(name) if FLAGS.isolate else run_row(name, files, bindings, batch))
         print(f"[benchmark] {name}: {results[-1]['median_s_per_step']:.4f} s/step, "
               f"{results[-1]['images_per_s']:.1f} images/s", flush=True)
     by_name = {r["row"]: r for r in results}
