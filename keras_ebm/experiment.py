@@ -41,13 +41,17 @@ class DivergenceGuard:
     #8; CODE_FACTS section 10). This automates that advice.
 
     A step counts as diverged when a logged value is non-finite, when |loss| or a mean energy
-    exceeds `threshold`, or when the weights are non-finite at a checkpoint. Then `run_training`
-    restores the last checkpoint and applies, in order: a new random seed (every
-    `keras.random.SeedGenerator` state of the trainer and the data order), the learning rate times
-    `lr_factor` (when it is a constant; a schedule is left alone and this is logged), and
-    `extra_sgld_steps` more SGLD steps (trainers with a `sampler`). Each event is logged to the
-    console, to TensorBoard (`divergence/recoveries`) and to `model_dir/divergence_events.jsonl`.
-    After `max_recoveries` recoveries the run stops with `DivergenceError`.
+    exceeds `threshold`, or when any floating-point variable of the trainer (weights, BN statistics,
+    replay buffer, queue, EMA copies) is non-finite at a checkpoint, which is then not written. Then
+    `run_training` restores the last checkpoint (with a guard, a step-0 checkpoint is written before
+    training, so a run that diverges before its first checkpoint restarts from its initialisation)
+    and applies, in order: a new random seed (every `keras.random.SeedGenerator` state of the trainer
+    and the data order), the learning rate times `lr_factor` (a constant rate is multiplied; a
+    schedule is multiplied by a checkpointed scale, `RecoveryState.lr_scale`), and `extra_sgld_steps`
+    more SGLD steps (trainers with a `sampler`; also checkpointed, so a resumed process keeps them).
+    Each event is logged to the console, to TensorBoard (`divergence/recoveries`) and to
+    `model_dir/divergence_events.jsonl`. After `max_recoveries` recoveries the run stops with
+    `DivergenceError`.
 
     Args:
         max_recoveries: recoveries allowed before giving up.
@@ -70,8 +74,12 @@ class DivergenceGuard:
         watched = [v for k, v in logs.items() if k == "loss" or k.startswith("energy")]
         return any(np.any(np.abs(v) > self.threshold) for v in watched)
 
-    def apply(self, model, attempt, rng):
-        """Change the run after a restore; returns a description of what was changed."""
+    def apply(self, model, attempt, rng, state=None):
+        """Change the run after a restore; returns a description of what was changed.
+
+        `state` is the run's `RecoveryState` (checkpointed with the model); without one (a model
+        driven by hand) a scheduled learning rate cannot be scaled and is left alone.
+        """
         changes = []
         if self.reseed:
             for v in model.variables:
@@ -80,8 +88,12 @@ class DivergenceGuard:
             changes.append("new random seeds")
         optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
         if self.lr_factor != 1.0:
+            if state is not None:
+                state.lr_scale.assign(state.lr_scale * self.lr_factor)
             for name, opt in optimizers.items():
-                if isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                if isinstance(opt._learning_rate, ScaledSchedule) and state is not None:
+                    changes.append(f"{name}: learning-rate schedule x {float(state.lr_scale.numpy()):.3g}")
+                elif isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
                     changes.append(f"{name}: learning-rate schedule left unchanged")
                 else:
                     opt.learning_rate = float(opt.learning_rate) * self.lr_factor
@@ -89,8 +101,55 @@ class DivergenceGuard:
         sampler = getattr(model, "sampler", None)
         if self.extra_sgld_steps and sampler is not None:
             sampler.n_steps = int(sampler.n_steps) + self.extra_sgld_steps
+            if state is not None:
+                state.extra_sgld_steps.assign_add(self.extra_sgld_steps)
             changes.append(f"SGLD steps -> {sampler.n_steps}")
         return ", ".join(changes) or "no change"
+
+
+@keras.saving.register_keras_serializable(package="keras_ebm")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step) * scale`, with `scale` a variable: how the divergence guard lowers a
+    scheduled learning rate without retracing, and how the lowered rate survives a resume."""
+
+    def __init__(self, schedule, scale):
+        self.schedule = schedule
+        self.scale = scale
+
+    def __call__(self, step):
+        return self.schedule(step) * keras.ops.cast(self.scale, "float32")
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "scale": float(keras.ops.convert_to_numpy(self.scale))}
+
+
+class RecoveryState(tf.Module):
+    """What divergence recoveries changed, checkpointed beside the model (`recovery` in the
+    checkpoint) so a run resumed in a new process keeps the lowered rate and the extra SGLD steps."""
+
+    def __init__(self):
+        super().__init__(name="recovery")
+        self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
+        self.extra_sgld_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="extra_sgld_steps")
+
+    def attach(self, model):
+        """Route every scheduled learning rate of `model` through `lr_scale`."""
+        optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
+        for opt in optimizers.values():
+            schedule = opt._learning_rate
+            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
+                schedule, ScaledSchedule
+            ):
+                opt.learning_rate = ScaledSchedule(schedule, self.lr_scale)
+
+    def reapply(self, model):
+        """After a restore into a freshly built model: put back the extra SGLD steps."""
+        extra = int(self.extra_sgld_steps.numpy())
+        sampler = getattr(model, "sampler", None)
+        if extra and sampler is not None:
+            sampler.n_steps = int(sampler.n_steps) + extra
+            _log(f"divergence recoveries added {extra} SGLD steps: n_steps = {sampler.n_steps}")
 
 
 def _log(msg):
@@ -119,9 +178,12 @@ def build_trainer(trainer, optimizer, strategy, jit_compile=False):
     return model
 
 
-def make_checkpoint(model, step):
-    """A tf.train.Checkpoint of the model (all its tracked variables), its optimizer(s) and step."""
+def make_checkpoint(model, step, recovery=None):
+    """A tf.train.Checkpoint of the model (all its tracked variables), its optimizer(s) and step
+    (and the divergence guard's `RecoveryState`, which `run_training` always passes)."""
     kwargs = {"model": model, "step": step}
+    if recovery is not None:
+        kwargs["recovery"] = recovery
     optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
     kwargs.update(optimizers)
     # keras.random.SeedGenerator is a plain object that tf.train.Checkpoint does not walk: save the
@@ -146,6 +208,11 @@ def _all_finite(logs):
 @tf.function
 def _variables_finite(variables):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+
+
+def _float_variables(model):
+    """Every floating-point variable of the trainer: weights, BN statistics, buffer, queue, EMA."""
+    return [v for v in model.variables if keras.backend.is_float_dtype(v.dtype)]
 
 
 @gin.configurable(module="keras_ebm.experiment")
@@ -204,13 +271,18 @@ def run_training(
     model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile)
     with strategy.scope():
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    checkpoint = make_checkpoint(model, step)
+        recovery = RecoveryState()
+    recovery.attach(model)
+    checkpoint = make_checkpoint(model, step, recovery)
     manager = tf.train.CheckpointManager(
         checkpoint, _checkpoint_dir(model_dir, strategy), max_to_keep=keep_checkpoints
     )
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        recovery.reapply(model)
         _log(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}")
+    elif divergence_guard is not None and train_steps > 0:
+        manager.save(checkpoint_number=0)  # a run that diverges before its first checkpoint restarts here
     start = int(step.numpy())
     if start >= train_steps:
         _log(f"already trained {start} >= train_steps={train_steps} steps; nothing to do")
@@ -222,7 +294,8 @@ def run_training(
         dataset = strategy.distribute_datasets_from_function(train_data)
         try:
             _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
-                        checkpoint_every, log_every, progress and chief, chief, divergence_guard)
+                        checkpoint_every, log_every, progress and chief, chief, divergence_guard,
+                        jit_compile=jit_compile)
         except DivergenceError as error:
             if divergence_guard is None:
                 raise
@@ -235,7 +308,7 @@ def run_training(
             checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
             for m in model.metrics:
                 m.reset_state()
-            change = divergence_guard.apply(model, recoveries, rng)
+            change = divergence_guard.apply(model, recoveries, rng, state=recovery)
             event = {"recovery": recoveries, "diverged": str(error).split(":")[0],
                      "restored": manager.latest_checkpoint, "step": int(step.numpy()), "change": change}
             _log(f"divergence recovery {recoveries}/{divergence_guard.max_recoveries}: restored "
@@ -310,12 +383,15 @@ def comparison_table(results_by_model):
 
 
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
-                checkpoint_every, log_every, progress, chief, guard=None):
+                checkpoint_every, log_every, progress, chief, guard=None, jit_compile=False):
     iterator = iter(dataset)
+    # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
+    step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
+        else model.train_step
 
     @tf.function
     def train_one_step(iterator):
-        strategy.run(model.train_step, args=(next(iterator),))
+        strategy.run(step_fn, args=(next(iterator),))
         step.assign_add(1)
         # Read the trackers in cross-replica context: SyncOnRead totals/counts are summed over replicas.
         return {m.name: m.result() for m in model.metrics}
@@ -337,7 +413,7 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
         if (at_log or at_ckpt) and (
             not _all_finite(logs)
             or (guard is not None and guard.exploded(logs))
-            or (at_ckpt and not bool(_variables_finite(model.trainable_variables)))
+            or (at_ckpt and not bool(_variables_finite(_float_variables(model))))
         ):
             raise DivergenceError(
                 f"training diverged at step {current}: non-finite or exploding values in "

@@ -6,6 +6,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pathlib
+import tempfile
+
+# Caches the library writes (JEM++ class statistics) go to a per-session folder, not ~/.cache;
+# subprocesses (train.py, eval.py) inherit it.
+os.environ.setdefault("KERAS_EBM_CACHE", tempfile.mkdtemp(prefix="keras_ebm_cache_"))
 
 import pytest
 import tensorflow as tf

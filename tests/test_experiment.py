@@ -158,3 +158,106 @@ def test_divergence_guard_threshold():
     assert guard.exploded({"loss": np.float32(2e5), "clf_acc": np.float32(0.5)})
     assert guard.exploded({"loss": np.float32(1.0), "energy_sample": np.float32(-3e5)})
     assert not guard.exploded({"loss": np.float32(1.0), "clf_acc": np.float32(1e9)})
+
+
+def jem_trainer_fn():
+    from keras_ebm.sampling import SGLDSampler
+    from keras_ebm.trainers.jem import JEM
+
+    return JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
+               sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
+               check_finite_inputs=False)
+
+
+def scheduled_adam():
+    # 0.05 until step 100, then 0.01: a schedule, as every paper config has.
+    return keras.optimizers.Adam(keras.optimizers.schedules.PiecewiseConstantDecay([100], [0.05, 0.01]))
+
+
+def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_resume(tmp_path):
+    calls = []
+
+    def explodes_once(input_context=None):
+        calls.append(1)
+        return exploding_data_fn(input_context) if len(calls) == 1 else data_fn(input_context)
+
+    guard = experiment.DivergenceGuard(max_recoveries=2, lr_factor=0.5, extra_sgld_steps=3)
+    kwargs = dict(model_dir=str(tmp_path), trainer=jem_trainer_fn, optimizer=scheduled_adam,
+                  checkpoint_every=2, log_every=2, export=False, progress=False)
+    model = experiment.run_training(train_data=explodes_once, train_steps=6, divergence_guard=guard, **kwargs)
+    events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
+    assert len(events) == 1, events
+    assert "optimizer: learning-rate schedule x 0.5" in events[0]["change"], events[0]
+    assert "SGLD steps -> 5" in events[0]["change"], events[0]
+    assert model.sampler.n_steps == 5
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
+    # A new process (a freshly built trainer) resuming the run keeps both changes: they are checkpointed.
+    resumed = experiment.run_training(train_data=data_fn, train_steps=8, **kwargs)
+    assert int(resumed.optimizer.iterations.numpy()) == 8
+    assert resumed.sampler.n_steps == 5
+    np.testing.assert_allclose(float(resumed.optimizer.learning_rate), 0.025)
+
+
+def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp_path):
+    calls = []
+
+    def explodes_at_once(input_context=None):
+        calls.append(1)
+        bad = data_fn(input_context).map(lambda x, y: (x * 1e30, y))
+        return bad if len(calls) == 1 else data_fn(input_context)
+
+    guard = experiment.DivergenceGuard(max_recoveries=1, lr_factor=1.0)
+    unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
+    model = experiment.run_training(
+        model_dir=str(tmp_path), trainer=unchecked, optimizer=lambda: keras.optimizers.Adam(0.05),
+        train_data=explodes_at_once, train_steps=4, checkpoint_every=100, log_every=1, export=False,
+        progress=False, divergence_guard=guard)
+    events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and events[0]["restored"].endswith("ckpt-0"), events
+    assert int(model.optimizer.iterations.numpy()) == 4
+    assert all(np.all(np.isfinite(w.numpy())) for w in model.weights)
+
+
+def test_a_non_finite_replay_buffer_counts_as_divergence():
+    model = jem_trainer_fn()
+    model(tf.zeros((1, 8, 8, 1)))
+    names = [v.path for v in experiment._float_variables(model)]
+    assert any("buffer" in n for n in names), names  # not only trainable weights are checked
+    assert bool(experiment._variables_finite(experiment._float_variables(model)))
+    model.buffer.buffer.assign(tf.fill(model.buffer.buffer.shape, float("nan")))
+    assert not bool(experiment._variables_finite(experiment._float_variables(model)))
+
+
+def test_jit_compile_reaches_the_custom_training_loop(tmp_path, monkeypatch):
+    compiled = []
+    original = tf.function
+
+    def recording_function(*args, **kwargs):
+        compiled.append(bool(kwargs.get("jit_compile")))
+        return original(*args, **kwargs)
+
+    def deterministic_jem():
+        # Stateless RNG picks another algorithm under XLA, so compare without randomness: no SGLD
+        # noise, every chain restarting from the same image (reinit 1: which rows are drawn does
+        # not matter).
+        from keras_ebm.sampling import SGLDSampler
+        from keras_ebm.trainers.jem import JEM
+
+        class Constant:
+            def init(self, shape, seed, y=None):
+                return tf.fill(shape, 0.1)
+
+        return JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
+                   reinit_prob=1.0, sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0),
+                   initializer=Constant())
+
+    kwargs = dict(trainer=deterministic_jem, optimizer=lambda: keras.optimizers.SGD(0.05), train_data=data_fn,
+                  train_steps=2, checkpoint_every=2, log_every=2, export=False, progress=False)
+    plain = experiment.run_training(model_dir=str(tmp_path / "plain"), **kwargs)
+    monkeypatch.setattr(experiment.tf, "function", recording_function)
+    xla = experiment.run_training(model_dir=str(tmp_path / "xla"), jit_compile=True, **kwargs)
+    monkeypatch.undo()
+    assert any(compiled), "run_training(jit_compile=True) never asked tf.function for XLA"
+    # Same seeds, same data: the XLA-compiled JEM step (SGLD loop, buffer gather/scatter) agrees.
+    for a, b in zip(plain.trainable_weights, xla.trainable_weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)

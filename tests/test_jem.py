@@ -154,6 +154,22 @@ def test_generate_fresh_and_from_buffer_in_range():
         assert float(tf.reduce_min(s)) >= -1.0 and float(tf.reduce_max(s)) <= 1.0
 
 
+def test_generate_leaves_bn_statistics_and_the_buffer_alone():
+    # JEM++/SADA-JEM sample with BN in train mode; drawing samples from a trained model must not
+    # change it (its moving statistics are what the classifier and the export use).
+    model = SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=20)
+    model(tf.zeros((1, 8, 8, 1)))
+    before = [v.numpy().copy() for v in model.non_trainable_variables if "seed_generator" not in v.path]
+    assert not model.sampler.freeze_bn_stats
+    model.generate(6, n_steps=3)
+    model.generate(4, y=tf.constant([0, 1, 2, 3]), n_steps=2)
+    model.generate(5, from_buffer=True, n_steps=2)
+    after = [v.numpy() for v in model.non_trainable_variables if "seed_generator" not in v.path]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    assert not model.sampler.freeze_bn_stats  # the training setting is back
+
+
 @pytest.mark.parametrize("use_sam", [False, True])
 def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
     """With freeze options, BN moving stats after a step equal those of the data forward alone."""

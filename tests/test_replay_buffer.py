@@ -202,6 +202,27 @@ def test_informative_statistics_and_samples_match_the_data(tmp_path):
         None, num_classes=2, pixel_range=(-10, 10), cache_path=cache
     )
     np.testing.assert_allclose(reloaded.cholesky.numpy(), init.cholesky.numpy(), atol=1e-5)
+    # A cache made for another pixel range (or other data) is refused, not silently reused.
+    with pytest.raises(ValueError, match="computed for other data.*pixel_range"):
+        InformativeInitializer.from_dataset(None, num_classes=2, pixel_range=(-1, 1), cache_path=cache)
+
+
+def test_informative_initializer_caches_once_per_data_and_range(tmp_path, monkeypatch):
+    from keras_ebm.sampling import initializers
+
+    monkeypatch.setenv("KERAS_EBM_CACHE", str(tmp_path))
+    first = initializers.informative_initializer("digits", num_classes=10, pixel_range=(-1, 1), max_examples=300)
+    path = initializers.default_cache_path("digits", "train", 10, (-1, 1), 300)
+    assert os.path.exists(path) and path.startswith(str(tmp_path))
+    # The second call reads the cache: the data source is never loaded.
+    import keras_ebm.data
+
+    monkeypatch.setattr(keras_ebm.data, "load_arrays", lambda *a, **k: pytest.fail("data loaded again"))
+    second = initializers.informative_initializer("digits", num_classes=10, pixel_range=(-1, 1), max_examples=300)
+    np.testing.assert_allclose(second.mean.numpy(), first.mean.numpy(), atol=1e-6)
+    np.testing.assert_allclose(second.cholesky.numpy(), first.cholesky.numpy(), atol=1e-3)  # float32 cache
+    # Another pixel range is another cache file, not the first one reused.
+    assert initializers.default_cache_path("digits", "train", 10, (0, 1), 300) != path
 
 
 def test_informative_random_classes_and_clamp():

@@ -53,17 +53,18 @@ def test_reported_energy_matches_convention():
     np.testing.assert_allclose(trainer.energy(x).numpy(), energy.energy_from_logits(logits).numpy(), rtol=1e-6)
 
 
-def _train(strategy, x, y, steps=3, use_fit=True):
+def _train(strategy, x, y, steps=3, use_fit=True, weight_decay=0.0, momentum=0.0):
     with strategy.scope():
-        trainer = make_trainer()
-        trainer.compile(optimizer=keras.optimizers.SGD(0.5))
+        trainer = make_trainer(weight_decay=weight_decay)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.5, momentum=momentum))
         trainer(x[:1])
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32).take(steps)
     if use_fit:
         history = trainer.fit(ds, epochs=1, verbose=0, shuffle=False)
         loss = history.history["loss"][-1]
     else:  # the custom loop of keras_ebm.experiment: strategy.run(train_step) + cross-replica reads
-        trainer.optimizer.build(trainer.trainable_variables)
+        with strategy.scope():  # momentum slots are variables: create them under the strategy
+            trainer.optimizer.build(trainer.trainable_variables)
         dist = strategy.experimental_distribute_dataset(ds)
 
         @tf.function
@@ -88,6 +89,33 @@ def test_one_device_and_two_replicas_agree(two_device_strategy, use_fit):
     # The step really moved the weights (otherwise the comparison proves nothing).
     initial = make_trainer().network.weights
     assert not np.allclose(initial[0].numpy(), weights_1[0])
+
+
+def test_coupled_weight_decay_is_pytorch_sgd_and_replicas_agree(two_device_strategy):
+    """`weight_decay` adds wd * w to the gradient before SGD's momentum (PyTorch SGD semantics)."""
+    x, y = digits_arrays(96)
+    wd, lr, momentum = 0.05, 0.5, 0.9
+    _, trained = _train(tf.distribute.get_strategy(), x, y, weight_decay=wd, momentum=momentum, use_fit=False)
+    _, replicas = _train(two_device_strategy, x, y, weight_decay=wd, momentum=momentum, use_fit=False)
+    # Reference: torch.optim.SGD(lr, momentum, weight_decay=wd) written out by hand.
+    net = make_trainer().network
+    buf = [np.zeros_like(w.numpy()) for w in net.trainable_weights]
+    for i in range(3):
+        xb, yb = x[32 * i:32 * (i + 1)], y[32 * i:32 * (i + 1)]
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(yb, net(xb), from_logits=True))
+        grads = tape.gradient(loss, net.trainable_weights)
+        for j, (g, w) in enumerate(zip(grads, net.trainable_weights)):
+            d = g.numpy() + wd * w.numpy()
+            buf[j] = momentum * buf[j] + d if i else d
+            w.assign(w.numpy() - lr * buf[j])
+    for a, b, c in zip(trained, replicas, [w.numpy() for w in net.weights]):
+        np.testing.assert_allclose(a, c, atol=1e-5)
+        np.testing.assert_allclose(b, c, atol=1e-5)
+    _, no_decay = _train(tf.distribute.get_strategy(), x, y, momentum=momentum, use_fit=False)
+    assert not np.allclose(no_decay[0], trained[0], atol=1e-4)  # the decay term is not negligible here
+    with pytest.raises(ValueError, match="weight_decay"):
+        make_trainer(weight_decay=-1.0)
 
 
 def test_wrong_image_shape_is_a_clear_error():

@@ -33,6 +33,20 @@ def _dense_or_zeros(grads, variables):
     ]
 
 
+def add_weight_decay(grads, variables, weight_decay):
+    """Coupled L2 weight decay, PyTorch `SGD(weight_decay=wd)` style: `g + wd * w` before the optimizer.
+
+    The official JEM++, SADA-JEM and CLEL code (and the softmax baselines) use PyTorch SGD with
+    momentum 0.9, whose decay goes through the momentum buffer; Keras' `weight_decay` is decoupled
+    (`w -= lr * wd * w`), about 10x weaker at momentum 0.9. Scaled like the loss: the optimizer sums
+    the gradients of the replicas, so each replica adds `wd / num_replicas`.
+    """
+    if not weight_decay:
+        return list(grads)
+    wd = float(weight_decay) / distribute.num_replicas()
+    return [g if g is None else g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+
+
 class PlainGradients:
     """One gradient-tape pass: the gradients of the (replica-scaled) total loss.
 

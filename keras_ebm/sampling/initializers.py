@@ -5,6 +5,7 @@ An initialiser is a plain object with `init(shape, seed, y=None)` returning floa
 `seed` (an int tensor of shape [2]), optionally conditioned on int labels `y` [n].
 """
 
+import json
 import os
 
 import numpy as np
@@ -115,7 +116,8 @@ class InformativeInitializer:
 
     @classmethod
     def from_dataset(
-        cls, dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), cache_path=None, jitter=1e-4
+        cls, dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), cache_path=None, jitter=1e-4,
+        source=None,
     ):
         """Fit the per-class Gaussians to labelled images (or reload them from `cache_path`).
 
@@ -129,22 +131,37 @@ class InformativeInitializer:
             cache_path: optional `.npz` path. If the file exists the statistics are read from it
                 (the data is not touched); otherwise they are computed and written there.
             jitter: see the class docstring.
+            source: optional dict describing the data (dataset, split, max_examples), stored in
+                the cache with `num_classes` and `pixel_range`; a cache written for other data or
+                another pixel range is refused instead of being reused silently.
         """
+        key = {"num_classes": int(num_classes), "pixel_range": [float(v) for v in pixel_range],
+               **{k: v for k, v in (source or {}).items()}}
         if cache_path is not None and os.path.exists(cache_path):
             with np.load(cache_path) as cached:
                 mean, cov = cached["mean"], cached["cov"]
+                stored = json.loads(str(cached["key"])) if "key" in cached else None
             if mean.shape[0] != num_classes:
                 raise ValueError(
                     f"The cached statistics at {cache_path} are for {mean.shape[0]} classes, not "
                     "num_classes; delete the file or pass another cache_path. Received: "
                     f"num_classes={num_classes}"
                 )
+            if stored is not None:
+                differ = {k: (stored.get(k), v) for k, v in key.items() if stored.get(k) != v}
+                if differ:
+                    raise ValueError(
+                        f"The cached class statistics at {cache_path} were computed for other data "
+                        f"(cached vs requested: {differ}); delete the file or pass another cache_path."
+                    )
             return cls(mean, cov, pixel_range=pixel_range, jitter=jitter)
         mean, cov = class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range)
         if cache_path is not None:
             directory = os.path.dirname(os.path.abspath(cache_path))
             os.makedirs(directory, exist_ok=True)
-            np.savez(cache_path, mean=mean.astype(np.float32), cov=cov.astype(np.float32))
+            tmp = f"{cache_path}.{os.getpid()}.tmp.npz"  # written whole, then renamed: no half files
+            np.savez(tmp, mean=mean.astype(np.float32), cov=cov.astype(np.float32), key=json.dumps(key))
+            os.replace(tmp, cache_path)
         return cls(mean, cov, pixel_range=pixel_range, jitter=jitter)
 
     def init(self, shape, seed, y=None):
@@ -221,12 +238,21 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
     return mean, cov
 
 
+def default_cache_path(dataset, split, num_classes, pixel_range, max_examples=None):
+    """Where `informative_initializer(cache_path="auto")` caches the class statistics:
+    `$KERAS_EBM_CACHE` (default `~/.cache/keras_ebm`)/class_gaussians/<data and range>.npz."""
+    root = os.environ.get("KERAS_EBM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ebm"))
+    lo, hi = (float(v) for v in pixel_range)
+    name = f"{dataset}_{split}_c{int(num_classes)}_r{lo:g}_{hi:g}" + (f"_n{max_examples}" if max_examples else "")
+    return os.path.join(root, "class_gaussians", name + ".npz")
+
+
 def informative_initializer(
     dataset="cifar10",
     split="train",
     num_classes=10,
     pixel_range=(-1.0, 1.0),
-    cache_path=None,
+    cache_path="auto",
     max_examples=None,
     jitter=1e-4,
     **source_kwargs,
@@ -241,11 +267,15 @@ def informative_initializer(
         split: split to fit on.
         num_classes: number of classes.
         pixel_range: the model's pixel range.
-        cache_path: optional `.npz` cache of the per-class means and covariances.
+        cache_path: `.npz` cache of the per-class means and covariances: "auto" (default) for
+            `default_cache_path(...)`, a path, or None to recompute at every start. JEM++ computes
+            them once; a cache made for another dataset, split, size or pixel range is refused.
         max_examples: optional cap on the images used.
         jitter: diagonal jitter added to each covariance (JEM++: 1e-4).
         **source_kwargs: forwarded to `load_arrays` (local_path, data_dir, ...).
     """
+    if cache_path == "auto":
+        cache_path = default_cache_path(dataset, split, num_classes, pixel_range, max_examples)
     if cache_path and os.path.exists(cache_path):
         data = None
     else:
@@ -253,5 +283,6 @@ def informative_initializer(
 
         data = load_arrays(dataset, split, max_examples=max_examples, **source_kwargs)
     return InformativeInitializer.from_dataset(
-        data, num_classes=num_classes, pixel_range=pixel_range, cache_path=cache_path, jitter=jitter
+        data, num_classes=num_classes, pixel_range=pixel_range, cache_path=cache_path, jitter=jitter,
+        source={"dataset": dataset, "split": split, "max_examples": max_examples},
     )

@@ -1,5 +1,7 @@
 """`SGLDSampler`: stochastic gradient Langevin dynamics that descends an energy function."""
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -145,6 +147,20 @@ class SGLDSampler:
     def __call__(self, energy_fn, x_init, y=None, n_steps=None):
         x, _ = self.sample_with_stats(energy_fn, x_init, y=y, n_steps=n_steps)
         return x
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """Within this context the chains change no variable of the energy function: BatchNorm
+        moving statistics and spectral-norm power-iteration vectors updated by a train-mode
+        forward pass are discarded (as `freeze_bn_stats=True`). Generation from a trained model
+        uses it: drawing samples must not alter the model it evaluates.
+        """
+        previous = self.freeze_bn_stats
+        self.freeze_bn_stats = True
+        try:
+            yield self
+        finally:
+            self.freeze_bn_stats = previous
 
     def sample_with_stats(self, energy_fn, x_init, y=None, n_steps=None):
         """Run the chains and also return diagnostics.

@@ -200,9 +200,12 @@ class JEM(EBMTrainer):
             )
             init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
             x0 = init.init(shape, seed, y=y)
-        if y is None:
-            return self.sampler(self._energy, x0, n_steps=n_steps)
-        return self.sampler(self._class_energy, x0, tf.cast(y, tf.int32), n_steps=n_steps)
+        # Generation evaluates a trained model: chains in BN train mode (JEM++, SADA-JEM) must not
+        # move its moving statistics.
+        with self.sampler.frozen():
+            if y is None:
+                return self.sampler(self._energy, x0, n_steps=n_steps)
+            return self.sampler(self._class_energy, x0, tf.cast(y, tf.int32), n_steps=n_steps)
 
 
 class JEMPP(JEM):
