@@ -27,7 +27,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["keras_ebm", "keras_ebm.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # keras 3.15 and scikit-learn 1.9 require 3.11 (README, Dependencies)
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3"],

@@ -53,13 +53,14 @@ def replica_seed(seed_generator):
 def make_strategy(devices=None):
     """The strategy train.py uses.
 
-    * TF_CONFIG set (several machines): MultiWorkerMirroredStrategy.
+    * TF_CONFIG naming several tasks ("worker" and optional "chief"): MultiWorkerMirroredStrategy.
     * otherwise several visible GPUs (or `devices`): MirroredStrategy.
     * otherwise the default strategy on the one CPU/GPU.
     """
     if os.environ.get("TF_CONFIG"):
-        cfg = json.loads(os.environ["TF_CONFIG"])
-        if len(cfg.get("cluster", {}).get("worker", [])) > 1:
+        cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
+        # A "chief" task counts as a worker (TF's MultiWorkerMirroredStrategy convention).
+        if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
             return tf.distribute.MultiWorkerMirroredStrategy()
     if devices:
         return tf.distribute.MirroredStrategy(devices)
@@ -74,6 +75,8 @@ def is_chief(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
         return True
-    return resolver.task_type == "chief" or (
-        resolver.task_type == "worker" and resolver.task_id == 0
-    )
+    if resolver.task_type == "chief":
+        return True
+    # Worker 0 is the chief only when the cluster has no "chief" task.
+    has_chief = bool(resolver.cluster_spec().as_dict().get("chief"))
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief

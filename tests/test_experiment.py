@@ -261,3 +261,22 @@ def test_jit_compile_reaches_the_custom_training_loop(tmp_path, monkeypatch):
     # Same seeds, same data: the XLA-compiled JEM step (SGLD loop, buffer gather/scatter) agrees.
     for a, b in zip(plain.trainable_weights, xla.trainable_weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-3, atol=1e-4)
+
+
+def test_is_chief_follows_tf_config_roles():
+    from types import SimpleNamespace
+
+    from keras_ebm import distribute
+
+    def strategy(task_type, task_id, cluster):
+        spec = tf.train.ClusterSpec(cluster)
+        resolver = SimpleNamespace(task_type=task_type, task_id=task_id, cluster_spec=lambda: spec)
+        return SimpleNamespace(cluster_resolver=resolver)
+
+    workers = {"worker": ["a:1", "b:1"]}
+    with_chief = {"chief": ["c:1"], "worker": ["a:1", "b:1"]}
+    assert distribute.is_chief(strategy("worker", 0, workers))
+    assert not distribute.is_chief(strategy("worker", 1, workers))
+    assert distribute.is_chief(strategy("chief", 0, with_chief))
+    assert not distribute.is_chief(strategy("worker", 0, with_chief))  # the chief task writes, not worker 0
+    assert distribute.is_chief(tf.distribute.get_strategy())
