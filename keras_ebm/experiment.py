@@ -466,14 +466,18 @@ def restore_trainer(model_dir, strategy=None):
 
 
 def save_buffer_grid(model, path, num_images=64):
-    """A look at the chains before reading numbers: the first replay-buffer rows as a PNG grid.
+    """A look at the chains before reading numbers: replay-buffer rows as a PNG grid.
 
-    Reads the buffer variable directly (no sampling, no RNG), so it changes no training state.
+    The rows are spread evenly over the buffer, so a class-partitioned buffer (GMMC, JEM with
+    p(x, y)), whose classes sit in contiguous blocks, shows every class in order. Reads the buffer
+    variable directly (no sampling, no RNG), so it changes no training state.
     """
     from keras_ebm.data.preprocess import from_pixel_range
     from keras_ebm.evaluation import plots
 
-    rows = model.buffer.buffer.numpy()[:num_images]
+    size = int(model.buffer.size)
+    index = np.unique(np.linspace(0, size - 1, min(num_images, size)).round().astype(np.int64))
+    rows = tf.gather(model.buffer.buffer, index).numpy()
     return plots.sample_grid(from_pixel_range(rows, model.pixel_range).numpy(), path,
                              title=f"replay buffer ({len(rows)} of {model.buffer.size})")
 

@@ -280,3 +280,19 @@ def test_is_chief_follows_tf_config_roles():
     assert distribute.is_chief(strategy("chief", 0, with_chief))
     assert not distribute.is_chief(strategy("worker", 0, with_chief))  # the chief task writes, not worker 0
     assert distribute.is_chief(tf.distribute.get_strategy())
+
+
+def test_buffer_grid_shows_every_class_block(tmp_path, monkeypatch):
+    from keras_ebm.evaluation import plots
+    from keras_ebm.trainers.jem import JEM
+
+    model = JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=100, px_weight=0.0,
+                pxy_weight=1.0)  # class-partitioned buffer: 10 contiguous blocks of 10 rows
+    assert model.buffer.class_conditional
+    block = np.repeat(np.linspace(-0.9, 0.9, 10), 10).astype("float32")  # row value = its class
+    model.buffer.buffer.assign(np.broadcast_to(block[:, None, None, None], (100, 8, 8, 1)))
+    shown = {}
+    monkeypatch.setattr(plots, "sample_grid", lambda images, path, **kw: shown.setdefault("x", images) is None or path)
+    experiment.save_buffer_grid(model, str(tmp_path / "buffer.png"), num_images=20)
+    values = np.unique(np.round(shown["x"][:, 0, 0, 0], 3))
+    assert len(shown["x"]) == 20 and len(values) == 10, values  # all ten classes, not only class 0

@@ -163,6 +163,30 @@ def test_alpha_one_is_exactly_cross_entropy_loss_and_gradients():
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("score", ["code", "logit"])
+def test_trainer_loss_is_the_pure_hdge_loss(alpha, label_smoothing, score):
+    """The trainer's total (JEM's weighting) equals `losses.hdge_loss`, label smoothing included."""
+    from keras_ebm.losses import hdge_loss
+
+    rng = np.random.RandomState(2)
+    x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 8).astype("int32")
+    model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, alpha=alpha, queue_size=16,
+                 label_smoothing=label_smoothing, score=score, temperature=0.5)
+    _prefill(model.queue, rng.normal(size=(12, 10)))
+    batch = model.unpack_batch((x, y))
+    logs = model.compute_losses(batch, model.sample_negatives(batch))
+    expected = tf.reduce_mean(hdge_loss(model(x), y, model.queue.values(), alpha=alpha, temperature=0.5,
+                                        score=score, label_smoothing=label_smoothing,
+                                        queue_mask=model.queue.valid_mask()))
+    np.testing.assert_allclose(logs["loss"].numpy(), expected.numpy(), rtol=1e-5)
+    if label_smoothing:  # the smoothed cross-entropy, not the plain one, is what the trainer reports
+        plain = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True))
+        assert abs(float(logs["clf_loss"]) - float(plain)) > 1e-4
+
+
 def test_train_step_reads_the_queue_then_enqueues_the_raw_logits():
     rng = np.random.RandomState(1)
     x = rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
@@ -266,3 +290,35 @@ def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
     logs = model.compute_losses(batch, model.sample_negatives(batch), training=False)
     np.testing.assert_allclose(
         logs["loss"], 0.5 * logs["clf_loss"] + 0.5 * logs["contrastive_loss"] + logs["px_loss"], rtol=1e-5)
+
+
+def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
+    # Stopped after the step-2 checkpoint and resumed to step 4: the queue rows, pointer and fill
+    # count, the weights and the Adam slots equal those of a run that never stopped.
+    from keras_ebm import experiment
+
+    rng = np.random.RandomState(5)
+    x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 8).astype("int32")
+
+    def data_fn(input_context=None):  # every batch the same 8 images: the data order cannot differ
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
+
+    def run(model_dir, steps):
+        return experiment.run_training(
+            model_dir=str(model_dir),
+            trainer=lambda: HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=20),
+            optimizer=lambda: keras.optimizers.Adam(1e-2), train_data=data_fn, train_steps=steps,
+            checkpoint_every=2, log_every=2, export=False, progress=False,
+        )
+
+    straight = run(tmp_path / "straight", 4)
+    first = run(tmp_path / "resumed", 2)
+    assert int(first.queue.count.numpy()) == 16
+    resumed = run(tmp_path / "resumed", 4)
+    assert int(resumed.queue.count.numpy()) == int(straight.queue.count.numpy()) == 20
+    assert int(resumed.queue.pointer.numpy()) == int(straight.queue.pointer.numpy()) == 12  # 32 rows mod 20
+    np.testing.assert_allclose(resumed.queue.values().numpy(), straight.queue.values().numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(straight.variables + straight.optimizer.variables, resumed.variables + resumed.optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
+    assert not np.allclose(first.queue.values().numpy(), resumed.queue.values().numpy())
