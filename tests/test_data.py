@@ -157,6 +157,21 @@ def test_tfds_offline_fails_fast(tmp_path):
         assert hint in message
 
 
+def test_tfds_download_without_network_fails_fast(tmp_path, monkeypatch):
+    pytest.importorskip("tensorflow_datasets")
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    start = time.time()
+    with pytest.raises(FileNotFoundError, match="download=True, but no network") as err:
+        data.load_source("cifar10", "test", data_dir=str(tmp_path), download=True)
+    assert time.time() - start < 5
+    assert "cifar10_jpeg" in str(err.value) and "'npz'" in str(err.value)
+
+
 def test_unknown_name():
     with pytest.raises(ValueError, match="Known names.*cifar10_jpeg"):
         data.load_source("imagenet", "train")

@@ -265,11 +265,46 @@ def _deterministic_split(n, split, name, train_fraction=0.8, seed=0):
 
 
 # ------------------------------------------------------------------------------ tfds sources
+_PROBE_HOST = ("storage.googleapis.com", 443)  # tfds' GCS mirror of prepared datasets
+_OFFLINE_HINT = (
+    "Offline, use a local source instead: 'cifar10_jpeg' (the JPEG archive, `local_path=` or the "
+    "KERAS_EBM_CIFAR10_JPEG environment variable), 'npz' (`local_path=` an .npz with uint8 arrays "
+    "x/y), or 'folder' (`local_path=` a directory with one sub-folder per class)."
+)
+
+
+def _network_reachable(timeout=3.0):
+    """A quick TCP probe (name lookup and connect, bounded by `timeout`) before tfds downloads."""
+    import socket
+    import threading
+
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection(_PROBE_HOST, timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # getaddrinfo has no timeout of its own
+    thread.start()
+    thread.join(timeout + 0.5)
+    return bool(result and result[0])
+
+
 def _tfds_source(name, split, data_dir, download, classes, max_examples, image_size, crop):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
-    if download:
+    if download and not builder.is_prepared():
+        if not _network_reachable():
+            # tfds would retry for minutes before failing: say at once what to do instead.
+            raise FileNotFoundError(
+                f"download=True, but no network: cannot download '{name}' with tensorflow-datasets "
+                f"(no connection to {_PROBE_HOST}). {_OFFLINE_HINT} Received: name={name!r}, "
+                f"data_dir={data_dir!r}"
+            )
         builder.download_and_prepare()
     try:
         # With download=False tfds fails at once when nothing is prepared (an AssertionError);
