@@ -82,7 +82,13 @@ class MaxMahalanobisHead(keras.layers.Layer):
     `estimate_sigma`); sigma changes the probabilities and log p(x), never the predicted class.
 
     The squared distances are expanded as ||phi||^2 - 2 phi.mu + ||mu||^2 (one matmul instead of a
-    `[batch, classes, dim]` difference tensor) and clamped at 0 against round-off. log p(x) is a
+    `[batch, classes, dim]` difference tensor) and clamped at 0 against round-off. The head always
+    computes in float32: its dtype policy defaults to "float32" (so under a global
+    `mixed_float16` policy Keras casts the float16 backbone features up on call), and `call`,
+    `squared_distances` and `center_loss` cast their input to float32 as well: in float16,
+    ||phi||^2 overflows (max 65504) once ||phi|| > 256, and the difference of the large terms
+    ||phi||^2 - 2 phi.mu + ||mu||^2 keeps only 11 significant bits. Logits, log p(x) and the centre
+    loss are float32. log p(x) is a
     `reduce_logsumexp`, which stays finite however far the features are from every centre (the
     reference computes log(sum(exp(...))) and returns -inf beyond squared distances of ~200).
 
@@ -110,6 +116,8 @@ class MaxMahalanobisHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, scale=10.0, sigma=1.0, **kwargs):
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = "float32"  # not the global policy: see "computes in float32" above
         super().__init__(**kwargs)
         if int(num_classes) < 2:
             raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
@@ -143,15 +151,16 @@ class MaxMahalanobisHead(keras.layers.Layer):
         )
 
     def call(self, features):
-        sigma = tf.cast(self.sigma, features.dtype)
+        sigma = tf.cast(self.sigma, tf.float32)
         return -0.5 * self.squared_distances(features) / tf.square(sigma)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
     def squared_distances(self, features):
-        """||phi - mu_k||^2, `[batch, dim]` -> `[batch, num_classes]`."""
-        centers = tf.cast(self.centers, features.dtype)
+        """||phi - mu_k||^2, `[batch, dim]` -> `[batch, num_classes]`, computed in float32."""
+        features = tf.cast(features, tf.float32)
+        centers = tf.cast(self.centers, tf.float32)
         sq = (
             tf.reduce_sum(tf.square(features), axis=-1, keepdims=True)
             - 2.0 * tf.matmul(features, centers, transpose_b=True)
@@ -160,7 +169,8 @@ class MaxMahalanobisHead(keras.layers.Layer):
         return tf.maximum(sq, 0.0)
 
     def log_px(self, features):
-        """log p(x) up to a constant: logsumexp of the logits, `[batch]` (never exp then log)."""
+        """log p(x) up to a constant: logsumexp of the logits, `[batch]` float32 (never exp then
+        log)."""
         return tf.reduce_logsumexp(self(features), axis=-1)
 
     def class_centers(self, y):
@@ -168,10 +178,11 @@ class MaxMahalanobisHead(keras.layers.Layer):
         return tf.gather(self.centers, tf.cast(tf.reshape(y, [-1]), tf.int32))
 
     def center_loss(self, features, y):
-        """Per-sample 0.5 ||phi - mu_y||^2 `[batch]`: the energy E(x, y) of eq. 6 at sigma = 1
-        (eq. 5's centre regression loss, Pang et al. 2020)."""
+        """Per-sample 0.5 ||phi - mu_y||^2 `[batch]`, float32: the energy E(x, y) of eq. 6 at
+        sigma = 1 (eq. 5's centre regression loss, Pang et al. 2020)."""
+        features = tf.cast(features, tf.float32)
         return 0.5 * tf.reduce_sum(
-            tf.square(features - tf.cast(self.class_centers(y), features.dtype)), axis=-1
+            tf.square(features - tf.cast(self.class_centers(y), tf.float32)), axis=-1
         )
 
     def estimate_sigma(self, features, y):

@@ -72,12 +72,14 @@ def test_train_export_eval_end_to_end(config, tmp_path):
     assert set(results["ood"]) == {"photos", "interp"}
     if results["classifier"]:
         assert 0.0 <= results["accuracy"] <= 1.0 and 0.0 <= results["ece"] <= 1.0
-        expected_scores, pngs = {"log_px", "max_softmax"}, ("reliability.png", "scores_log_px.png")
+        # grad_norm: the approximate-mass score -||d log p(x)/dx|| (JEM; GMMC Table 3 bottom).
+        expected_scores = {"log_px", "max_softmax", "grad_norm"}
+        pngs = ("reliability.png", "scores_log_px.png", "scores_grad_norm.png")
     else:  # CLEL: only its own score (eq. 5)
         assert results["accuracy"] is None
         expected_scores, pngs = {"clel"}, ("scores_clel.png",)
     for by_score in results["ood"].values():
-        assert expected_scores <= set(by_score)
+        assert expected_scores <= set(by_score), sorted(by_score)
         assert all(0.0 <= v <= 1.0 for v in by_score.values())
     for png in pngs:
         assert (model_dir / "eval" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,10 @@
-"""GMMC: max-Mahalanobis centres, the MMC head, the three training modes, sampling, sigma, export."""
+"""GMMC: max-Mahalanobis centres, the MMC head, the three training modes, sampling, sigma, export,
+and the per-dataset gin configs."""
 
+import glob
+import os
+
+import gin
 import keras
 import numpy as np
 import pytest
@@ -105,6 +110,40 @@ def test_head_is_finite_far_from_every_centre():
     assert np.all(np.isfinite(tf.nn.softmax(logits).numpy()))
 
 
+@pytest.fixture
+def mixed_float16_policy():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def test_head_computes_in_float32_under_mixed_float16(mixed_float16_policy):
+    head = MaxMahalanobisHead(10)
+    assert head.compute_dtype == "float32" and head.variable_dtype == "float32"
+    # ||phi||^2 = 16 * 100^2 = 160,000 > float16's max 65504: the expansion overflows in float16.
+    features = tf.constant(np.full((3, 16), 100.0) * np.array([[1.0], [-1.0], [0.5]]), tf.float16)
+    assert np.isinf(tf.reduce_sum(tf.square(features), axis=-1).numpy()).any()
+    logits = head(features)
+    assert logits.dtype == tf.float32 and np.all(np.isfinite(logits.numpy()))
+    mu = head.centers.numpy().astype(np.float64)
+    sq = ((features.numpy().astype(np.float64)[:, None] - mu[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(logits.numpy(), -0.5 * sq, rtol=1e-5)
+    for out in (head.squared_distances(features), head.center_loss(features, tf.constant([0, 1, 2])),
+                head.log_px(features)):
+        assert out.dtype == tf.float32 and np.all(np.isfinite(out.numpy()))
+    # In a network: the backbone computes in float16, the head (and so the logits) in float32.
+    network = build_mmc_classifier(tiny_backbone((8, 8, 1)), num_classes=10)
+    x = np.random.RandomState(0).uniform(-1, 1, (2, 8, 8, 1)).astype("float32")
+    assert feature_extractor(network)(x).dtype == tf.float16
+    assert mmc_head(network).compute_dtype == "float32" and network(x).dtype == tf.float32
+    model = GMMC(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=20)
+    z = model.draw_latents(tf.constant([0, 1]), seed=tf.constant([1, 2], tf.int64))
+    assert model.latent_energy(x, z).dtype == tf.float32
+
+
 def test_estimate_sigma_on_known_features():
     head = MaxMahalanobisHead(10, sigma=1.0)
     head.build((None, 32))
@@ -148,6 +187,60 @@ def test_after_training_hook_estimates_sigma_from_the_training_data_fn():
     np.testing.assert_allclose(model.after_training(data), expected, rtol=1e-5)
     np.testing.assert_allclose(model.head.sigma.numpy(), expected, rtol=1e-5)
     assert tiny_gmmc(mode="discriminative").after_training(data) is None
+
+
+@pytest.mark.parametrize("as_dataset", [False, True])
+def test_after_training_reads_sigma_data_instead_of_the_training_loader(as_dataset):
+    rng = np.random.RandomState(7)
+    x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 32)
+
+    def clean(ctx=None):
+        return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8)
+
+    def augmented(ctx=None):  # stands in for run_training's augmented + noisy loader
+        return clean().map(lambda a, b: (a + 0.5 * tf.random.normal(tf.shape(a), seed=1), b))
+
+    model = tiny_gmmc(mode="discriminative", sigma_batches=4, sigma_data=clean() if as_dataset else clean)
+    expected = float(model.head.estimate_sigma(feature_extractor(model.network)(x), y))
+    np.testing.assert_allclose(model.after_training(augmented), expected, rtol=1e-5)
+    np.testing.assert_allclose(model.head.sigma.numpy(), expected, rtol=1e-5)
+    # Without sigma_data the (noisier) training loader is read and gives another estimate.
+    other = tiny_gmmc(mode="discriminative", sigma_batches=4).after_training(augmented)
+    assert abs(other - expected) > 1e-3
+    with pytest.raises(ValueError, match="sigma_data"):
+        tiny_gmmc(sigma_data="train")
+
+
+def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkeypatch):
+    from keras_ebm import cli, experiment
+
+    estimates = []
+    original = GMMC.after_training
+
+    def spy(self, train_data):
+        estimates.append(original(self, train_data))
+        return estimates[-1]
+
+    monkeypatch.setattr(GMMC, "after_training", spy)
+    cli.parse_gin(["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"],
+                  ["GMMC.sigma_batches = 3", "run_training.train_steps = 2"])
+    model = experiment.run_training(model_dir=str(tmp_path), progress=False)
+    assert len(estimates) == 1 and estimates[0] is not None
+    sigma = float(model.head.sigma.numpy())
+    np.testing.assert_allclose(sigma, estimates[0], rtol=1e-6)
+    assert abs(sigma - 1.0) > 1e-3  # estimated, not the initial 1.0
+    loaded = export.load_export(str(tmp_path / "export"))
+    names = {v.name.split(":")[0].split("/")[-1]: v for v in loaded.network_variables}
+    assert float(names["sigma"].numpy()) == sigma
+    # The exported logits use it: -0.5 ||phi - mu||^2 / sigma^2.
+    images = np.random.RandomState(8).randint(0, 256, (4, 8, 8, 1)).astype("uint8")
+    x = images.astype("float32") / 255.0 * 2.0 - 1.0
+    np.testing.assert_allclose(loaded.logits(tf.constant(images))["logits"], model.network(x).numpy(),
+                               rtol=1e-4, atol=1e-4)
+    # The final checkpoint holds it too (eval.py --samples and resumes restore it).
+    restored = experiment.restore_trainer(str(tmp_path))
+    assert float(restored.head.sigma.numpy()) == sigma
 
 
 # ---------------------------------------------------------------------- sampling
@@ -206,9 +299,13 @@ def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
                  switch_step=2, seed=0,
                  sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False).history
+    per_step = _PerStepLogs()
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False,
+                        callbacks=[per_step]).history
     for key, values in history.items():
         assert np.all(np.isfinite(values)), (key, values)
+    steps = per_step.values()
+    assert len(steps) == 8  # 128 images / 32, two epochs
     # The centre regression loss (the data term of every mode) goes down on the same images.
     assert history["center_loss"][-1] < history["center_loss"][0], history["center_loss"]
     if mode == "discriminative":
@@ -220,6 +317,40 @@ def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
     if mode == "generative":
         np.testing.assert_allclose(history["loss"][-1],
                                    history["center_loss"][-1] - 0.5 * history["sample_loss"][-1], rtol=1e-5)
+    if mode == "joint":
+        # Optimizer steps 0 and 1 (< switch_step=2) are discriminative, steps 2..7 generative.
+        for i, entry in enumerate(steps):
+            if i < model.switch_step:
+                assert entry["balance"] == 0.0 and entry["sample_loss"] == 0.0, (i, entry)
+                assert entry["sgld_grad_norm"] == 0.0 and entry["energy_gap"] == 0.0, (i, entry)
+                assert entry["loss"] == pytest.approx(entry["center_loss"], rel=1e-5), (i, entry)
+            else:
+                assert entry["balance"] == pytest.approx(0.5, rel=1e-5), (i, entry)
+                assert entry["sample_loss"] > 0.0 and entry["sgld_grad_norm"] > 0.0, (i, entry)
+                assert entry["loss"] == pytest.approx(entry["center_loss"] - 0.5 * entry["sample_loss"],
+                                                      rel=1e-3, abs=1e-3), (i, entry)
+
+
+class _PerStepLogs(keras.callbacks.Callback):
+    """Per-step values from Keras' per-batch logs, which are running means since the epoch start:
+    value_k = k * mean_k - (k - 1) * mean_{k-1} (k = 1, 2, ... within an epoch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.means = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.means.append((batch, {k: float(v) for k, v in (logs or {}).items()}))
+
+    def values(self):
+        out, previous = [], None
+        for batch, means in self.means:
+            if batch == 0:
+                out.append(dict(means))
+            else:
+                out.append({k: (batch + 1) * v - batch * previous[k] for k, v in means.items()})
+            previous = means
+        return out
 
 
 def _per_step_logs(model, x, y, steps):
@@ -376,3 +507,83 @@ def test_generate_class_conditional_in_pixel_range():
     with pytest.raises(ValueError, match="from_buffer=True"):
         tiny_gmmc(mode="discriminative").generate(2, from_buffer=True)
     assert mmc_head(model.network) is model.head
+
+
+# ---------------------------------------------------------------------- per-dataset configs
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Training images of each set (paper Appendix 0.A; the whole train split, no validation hold-out)
+# and Appendix 0.B's decay epochs (150 epochs, x0.3).
+TRAIN_IMAGES = {"cifar10": 50000, "cifar100": 50000, "svhn_cropped": 73257}
+DECAY_EPOCHS = {"cifar10": (30, 50, 80), "cifar100": (120, 140), "svhn_cropped": (30, 50, 80)}
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn_cropped": 10}
+AUGMENT = {"cifar10": "pad_crop_flip", "cifar100": "pad_crop_flip", "svhn_cropped": "pad_crop"}
+EVAL_NAME = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn_cropped": "svhn"}
+# The numbers written in the configs' comments: (steps per epoch, 150 epochs, epoch 50).
+SCHEDULE = {"cifar10": (781, 117150, 39050), "cifar100": (781, 117150, 39050),
+            "svhn_cropped": (1144, 171600, 57200)}
+# config -> (mode, data set); every gin_configs/gmmc_*.gin must be listed (checked below).
+GMMC_CONFIGS = {
+    "gmmc_dis.gin": ("discriminative", "cifar10"),
+    "gmmc_gen.gin": ("generative", "cifar10"),
+    "gmmc_joint.gin": ("joint", "cifar10"),
+    "gmmc_dis_cifar100.gin": ("discriminative", "cifar100"),
+    "gmmc_gen_cifar100.gin": ("generative", "cifar100"),
+    "gmmc_joint_cifar100.gin": ("joint", "cifar100"),
+    "gmmc_dis_svhn.gin": ("discriminative", "svhn_cropped"),
+    "gmmc_gen_svhn.gin": ("generative", "svhn_cropped"),
+    "gmmc_joint_svhn.gin": ("joint", "svhn_cropped"),
+    "gmmc_cifar100.gin": ("generative", "cifar100"),  # old name of gmmc_gen_cifar100.gin
+    "gmmc_svhn.gin": ("generative", "svhn_cropped"),  # old name of gmmc_gen_svhn.gin
+}
+
+
+def test_every_gmmc_config_is_checked():
+    found = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "gin_configs", "gmmc_*.gin"))}
+    assert found == set(GMMC_CONFIGS)
+
+
+@pytest.mark.parametrize("config", sorted(GMMC_CONFIGS))
+def test_gmmc_config_binds_the_papers_schedule_for_its_mode_and_data_set(config):
+    from keras_ebm import cli
+
+    mode, dataset = GMMC_CONFIGS[config]
+    cli.parse_gin([f"gin_configs/{config}"], [])
+    q = cli.resolve_parameter
+    steps_per_epoch = TRAIN_IMAGES[dataset] // 64
+    assert (steps_per_epoch, 150 * steps_per_epoch, 50 * steps_per_epoch) == SCHEDULE[dataset]
+    assert q("train/make_dataset_fn.global_batch_size") == 64
+    assert q("train/make_dataset_fn.name") == dataset
+    assert q("train/make_dataset_fn.augment") == AUGMENT[dataset]
+    assert q("train/make_dataset_fn.dequantize_noise") == 0.03
+    # sigma's loader: the same training images, un-augmented.
+    assert q("sigma/make_dataset_fn.name") == dataset and q("sigma/make_dataset_fn.split") == "train"
+    assert q("sigma/make_dataset_fn.augment") is None
+    assert "sigma/make_dataset_fn.dequantize_noise" not in gin.config_str()
+    assert q("GMMC.sigma_batches") == 200
+    assert q("GMMC.num_classes") == q("build_mmc_classifier.num_classes") == NUM_CLASSES[dataset]
+    assert q("GMMC.buffer_size") == 100000 and 100000 % NUM_CLASSES[dataset] == 0
+    assert q("GMMC.mode") == mode
+    assert q("epoch_step_decay.steps_per_epoch") == steps_per_epoch
+    assert q("epoch_step_decay.decay_epochs") == DECAY_EPOCHS[dataset]
+    assert q("epoch_step_decay.decay_factor") == 0.3
+    assert q("epoch_step_decay.initial_learning_rate") == 1e-4
+    assert q("run_training.train_steps") == 150 * steps_per_epoch
+    if mode == "joint":
+        assert q("GMMC.switch_step") == 50 * steps_per_epoch  # Appendix 0.E: epoch 50
+        assert q("GMMC.ramp_steps") == 0
+    else:
+        assert "GMMC.switch_step" not in gin.config_str()
+    assert q("run_eval.in_dist")["name"] == dataset and q("run_eval.in_dist_name") == EVAL_NAME[dataset]
+    assert dataset not in {spec["name"] for spec in q("run_eval.ood_sets").values()}
+
+
+@pytest.mark.parametrize("old,new", [("gmmc_cifar100.gin", "gmmc_gen_cifar100.gin"),
+                                     ("gmmc_svhn.gin", "gmmc_gen_svhn.gin")])
+def test_old_config_names_bind_the_same_as_the_generative_configs(old, new):
+    from keras_ebm import cli
+
+    cli.parse_gin([f"gin_configs/{old}"], [])
+    old_config = gin.config_str()
+    gin.clear_config()
+    cli.parse_gin([f"gin_configs/{new}"], [])
+    assert old_config == gin.config_str()

@@ -59,7 +59,14 @@ class GMMC(EBMTrainer):
         ramp_steps: joint mode, steps over which beta rises linearly from 0 to `balance`
             (beta = balance * min(1, (step - switch_step + 1) / ramp_steps)); 0 switches at once.
         sigma_batches: if set, `after_training(train_data)` estimates sigma from this many
-            training batches (section 3.1); None leaves sigma at its value (1 unless set).
+            batches (section 3.1); None leaves sigma at its value (1 unless set).
+        sigma_data: where `after_training` reads those batches: a `tf.data.Dataset` of `(x, y)`
+            batches or a dataset function `fn(input_context=None)` (`make_dataset_fn`). Default
+            None: the `train_data` given to `after_training`, i.e. `run_training`'s training
+            loader, which is *augmented* (pad-crop-flip + 0.03 noise in the configs) and so gives
+            a larger sigma than clean images. The paper only says sigma is estimated "from the
+            training set"; the reference code's end-of-training estimate reads its augmented +
+            noise training loader. The gmmc_*.gin configs pass un-augmented training images.
 
     Batches: `(x, y)`; the data term, the accuracy and the labels of the chains all use it (a
     two-loader batch `((x, y), (x_px, y_px))` is accepted and its p(x) part ignored).
@@ -105,6 +112,7 @@ class GMMC(EBMTrainer):
         switch_step=0,
         ramp_steps=0,
         sigma_batches=None,
+        sigma_data=None,
         pixel_range=(-1.0, 1.0),
         **kwargs,
     ):
@@ -142,6 +150,18 @@ class GMMC(EBMTrainer):
                 f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}"
             )
         self.sigma_batches = None if sigma_batches is None else int(sigma_batches)
+        if sigma_data is not None and not (
+            isinstance(sigma_data, tf.data.Dataset) or callable(sigma_data)
+        ):
+            raise ValueError(
+                "`sigma_data` must be a tf.data.Dataset, a dataset function fn(input_context=None) "
+                f"or None. Received: sigma_data={sigma_data!r}"
+            )
+        # Kept as a plain function: a Dataset attribute would be tracked (and checkpointed) by Keras.
+        if isinstance(sigma_data, tf.data.Dataset):
+            dataset = sigma_data
+            sigma_data = lambda input_context=None: dataset  # noqa: E731
+        self._sigma_data_fn = sigma_data
         if sampler is None:
             sampler = SGLDSampler(
                 n_steps=20, step_size=1.0, noise_std=0.0, x_clip=tuple(self.pixel_range),
@@ -190,9 +210,11 @@ class GMMC(EBMTrainer):
         return self.backbone(x, training=training)
 
     def latent_energy(self, x, z, training=False):
-        """0.5 ||phi(x) - z||^2 per sample `[batch]`: the energy the chains descend (eq. 8-9)."""
-        phi = self.features(x, training=training)
-        return 0.5 * tf.reduce_sum(tf.square(phi - tf.cast(z, phi.dtype)), axis=-1)
+        """0.5 ||phi(x) - z||^2 per sample `[batch]`, float32: the energy the chains descend
+        (eq. 8-9). Computed in float32 whatever the backbone's dtype policy, as the MMC head
+        (under mixed_float16, squares of float16 differences overflow beyond 256)."""
+        phi = tf.cast(self.features(x, training=training), tf.float32)
+        return 0.5 * tf.reduce_sum(tf.square(phi - tf.cast(z, tf.float32)), axis=-1)
 
     def draw_latents(self, y, seed=None):
         """z = mu_y + latent_std * N(0, I), `[batch, dim]` (the seed defaults to a replica-distinct
@@ -386,18 +408,23 @@ class GMMC(EBMTrainer):
         return sigma
 
     def after_training(self, train_data):
-        """End-of-training hook: estimate sigma from `sigma_batches` batches of the training data.
+        """End-of-training hook: estimate sigma from `sigma_batches` batches (section 3.1).
+
+        The batches come from `sigma_data` when it is set, else from `train_data`: with
+        `run_training` that is the training loader, augmented as configured (see `sigma_data`).
 
         Args:
             train_data: a `tf.data.Dataset` of `(x, y)` batches, or a dataset function
                 `fn(input_context=None)` as `run_training` takes.
 
         Returns:
-            The estimated sigma, or None when `sigma_batches` is None (nothing is done).
+            The estimated sigma (also assigned to the head), or None when `sigma_batches` is None
+            (nothing is done).
         """
         if self.sigma_batches is None:
             return None
-        data = train_data if isinstance(train_data, tf.data.Dataset) else train_data(None)
+        source = self._sigma_data_fn if self._sigma_data_fn is not None else train_data
+        data = source if isinstance(source, tf.data.Dataset) else source(None)
         return self.estimate_sigma(data, max_batches=self.sigma_batches)
 
     def generate(self, num_samples, y=None, n_steps=None, from_buffer=False):
@@ -432,5 +459,6 @@ class GMMC(EBMTrainer):
             init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
             init_seed = tf.random.experimental.stateless_fold_in(seed, 1)
             x0 = init.init((num_samples,) + self.image_shape, init_seed, y=y)
-        x, _ = self.sample_chains(x0, y, n_steps=n_steps)
+        with self.sampler.frozen():  # generation must not move BN statistics of the model
+            x, _ = self.sample_chains(x0, y, n_steps=n_steps)
         return x
