@@ -1,4 +1,4 @@
-"""SavedModel export of a trained keras_ebm classifier for OOD detection and classification.
+"""SavedModel export of a trained keras_ebm model (classifier or EBM) for OOD detection and classification.
 
 `export_model` writes a TensorFlow SavedModel that scores uint8 images with nothing but TensorFlow:
 neither keras_ebm nor the training code is needed to load and run it,
@@ -17,6 +17,15 @@ slots and EMA shadows of a trainer are therefore absent even when the trainer it
 Every function takes `images`: uint8 `[batch, height, width, channels]` with the training image
 shape, and maps them into the model's `pixel_range` itself. Scores follow the papers' orientation:
 **higher means more in-distribution**.
+
+Classifiers and other EBMs. A model is a classifier unless it sets `is_classifier = False`
+(`EBMTrainer` attribute). For a classifier the logits define JEM's EBM: energy -logsumexp(logits),
+`probabilities`, and the built-in scores `log_px`, `max_softmax`, `grad_norm`. A model that is not a
+classifier (CLEL: its "logits" are a latent) is asked for its own quantities through two hooks:
+`model.energy(x)` (the `EBMTrainer.energy` method, overridden by CLEL: 0.5 ||f(x)||^2) gives
+`energy`, and `model.serving_scores(x)` gives every score; no built-in score and no `probabilities`
+are exported for it (they would be JEM quantities of a latent), and no gradient is computed.
+Format version 2 (this rule); version 1 exported the JEM quantities for every model.
 
 Input checking. A signature fixed to `[None, H, W, C]` makes TensorFlow reject a wrong shape with
 "Can not cast TensorSpec(...) to TensorSpec(...)" followed by a dump of the whole array (attribute
@@ -46,7 +55,7 @@ from keras_ebm import energy as energy_lib
 from keras_ebm.data.preprocess import to_pixel_range  # pure tf ops, the one uint8 -> float map
 
 METADATA_FILENAME = "keras_ebm_export.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BUILTIN_SCORES = ("log_px", "max_softmax", "grad_norm")
 ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
 
@@ -69,12 +78,15 @@ class _Forward:
 
 
 class ServingModule(tf.Module):
-    """A `tf.Module` scoring uint8 images with a trained classifier, ready for `tf.saved_model.save`.
+    """A `tf.Module` scoring uint8 images with a trained model, ready for `tf.saved_model.save`.
 
-    The classifier's logits f(x) define the energy-based model of JEM: E(x) = -logsumexp_y f(x)[y],
-    i.e. log p(x) = -E(x) - log Z (`keras_ebm.energy`).
+    For a classifier (the default; `model.is_classifier` absent or True) the logits f(x) define the
+    energy-based model of JEM: E(x) = -logsumexp_y f(x)[y], i.e. log p(x) = -E(x) - log Z
+    (`keras_ebm.energy`). For a model with `is_classifier = False` (CLEL) the energy is
+    `model.energy(x)`, the scores are those of `model.serving_scores(x)` (and `extra_scores`) only,
+    and `serving_default` has no `probabilities`.
 
-    Built-in OOD scores (higher = more in-distribution):
+    Built-in OOD scores of classifiers (higher = more in-distribution):
     - `"log_px"`: logsumexp f(x) = -E(x), log p(x) up to the constant log Z (JEM).
     - `"max_softmax"`: max_y p(y|x), the classifier baseline.
     - `"grad_norm"`: -||d log p(x) / dx||_2 per sample, x being the float image in `pixel_range`
@@ -84,10 +96,12 @@ class ServingModule(tf.Module):
     Functions (each a `tf.function` attribute and, in the SavedModel, a signature of the same
     name), all taking `images`: uint8 `[batch, height, width, channels]`:
     - `logits(images)` -> `{"logits": [batch, num_classes]}`
-    - `energy(images)` -> `{"energy": [batch]}`, E(x) = -logsumexp(logits).
+    - `energy(images)` -> `{"energy": [batch]}`: E(x) = -logsumexp(logits) for a classifier,
+      `model.energy(x)` otherwise.
     - `ood_score(images)` -> `{"ood_score": [batch]}`, the score named by `ood_score`.
     - `scores(images)` -> `{name: [batch]}` for every score in `score_names`.
-    - `serving_default(images)` -> `{"logits", "probabilities", "energy", "ood_score"}`.
+    - `serving_default(images)` -> `{"logits", "probabilities", "energy", "ood_score"}` (no
+      `"probabilities"` for a model that is not a classifier).
 
     Metadata variables: `image_shape` (int32 [3]), `pixel_range` (float32 [2]), `num_classes`
     (int32), `ood_score_name` (string), `score_names` (string [n]), `format_version` (int32).
@@ -97,11 +111,13 @@ class ServingModule(tf.Module):
         model: a `keras.Model` (or any callable) with `model(x, training=False)` returning logits
             `[batch, num_classes]` for float images `x` in `pixel_range`. If it has a method
             `serving_scores(x)` returning a dict name -> `[batch]` tensor (model-specific scores,
-            e.g. GMMC's), those scores are exported too.
+            e.g. CLEL's), those scores are exported too. With `is_classifier = False` it must have
+            `energy(x)` returning `[batch]` energies (lower = more probable).
         image_shape: `(height, width, channels)` of the training images.
         pixel_range: `(lo, hi)` range of the float images the model expects; uint8 images are
             mapped by x / 255 * (hi - lo) + lo.
-        ood_score: name of the default OOD score, a built-in or extra score name.
+        ood_score: name of the default OOD score, a built-in or extra score name (default
+            `model.default_ood_score`, else "log_px").
         extra_scores: optional dict name -> `fn(model, x_float)` returning `[batch]` scores,
             higher = more in-distribution.
         name: name of the module.
@@ -118,7 +134,7 @@ class ServingModule(tf.Module):
         model,
         image_shape,
         pixel_range=(-1.0, 1.0),
-        ood_score="log_px",
+        ood_score=None,
         extra_scores=None,
         name=None,
     ):
@@ -159,8 +175,25 @@ class ServingModule(tf.Module):
                 f"Received: logits.shape={tuple(logits.shape)} for x.shape={tuple(probe.shape)}"
             )
         num_classes = int(logits.shape[-1])
+        self._classifier = bool(getattr(model, "is_classifier", True))
+        if not self._classifier:
+            energy_method = getattr(model, "energy", None)
+            if not callable(energy_method):
+                raise ValueError(
+                    "A model that is not a classifier (`is_classifier = False`) must define "
+                    "`energy(x)` returning [batch] energies. Received: "
+                    f"{type(model).__name__} without an `energy` method"
+                )
+            energy = energy_method(probe)
+            if tuple(energy.shape) != (2,):
+                raise ValueError(
+                    "`model.energy(x)` must return shape [batch]. Received: "
+                    f"shape={tuple(energy.shape)} for a batch of 2"
+                )
+        if ood_score is None:
+            ood_score = getattr(model, "default_ood_score", "log_px")
         model_scores = self._model_scores(probe)
-        score_names = list(BUILTIN_SCORES)
+        score_names = list(BUILTIN_SCORES) if self._classifier else []
         for source, names in (("serving_scores", model_scores), ("extra_scores", extra_scores)):
             for score_name in names:
                 if not isinstance(score_name, str) or not _SCORE_NAME.match(score_name):
@@ -194,11 +227,12 @@ class ServingModule(tf.Module):
             "scores": {n: () for n in score_names},
             "serving_default": {
                 "logits": (num_classes,),
-                "probabilities": (num_classes,),
                 "energy": (),
                 "ood_score": (),
             },
         }
+        if self._classifier:
+            self._output_keys["serving_default"]["probabilities"] = (num_classes,)
 
         self.image_shape = tf.Variable(image_shape, dtype=tf.int32, trainable=False, name="image_shape")
         self.pixel_range = tf.Variable([lo, hi], dtype=tf.float32, trainable=False, name="pixel_range")
@@ -245,9 +279,9 @@ class ServingModule(tf.Module):
             "image_shape": list(self._image_shape),
             "pixel_range": list(self._pixel_range),
             "num_classes": self._num_classes,
-            # False for models whose "logits" are not class scores (CLEL: a latent); evaluation
-            # then reports only their own OOD score, not accuracy/ECE/log_px.
-            "classifier": bool(getattr(self._forward.model, "is_classifier", True)),
+            # False for models whose "logits" are not class scores (CLEL: a latent): their energy
+            # and scores are the model's own, and evaluation reports no accuracy/ECE.
+            "classifier": self._classifier,
             "ood_score": self._ood_score,
             "score_names": list(self._score_names),
             "signatures": {
@@ -256,10 +290,17 @@ class ServingModule(tf.Module):
             },
             "conventions": {
                 "scores": "higher = more in-distribution",
-                "energy": "E(x) = -logsumexp(logits) = -log p(x) - log Z (lower = more probable)",
+                "energy": self._energy_convention(),
                 "pixel_range": "uint8 images are mapped to x / 255 * (hi - lo) + lo",
             },
         }
+
+    def _energy_convention(self):
+        if self._classifier:
+            return "E(x) = -logsumexp(logits) = -log p(x) - log Z (lower = more probable)"
+        doc = (getattr(self._forward.model.energy, "__doc__", None) or "").strip().splitlines()
+        return (f"{type(self._forward.model).__name__}.energy: {doc[0] if doc else 'the model energy'} "
+                "(lower = more probable)")
 
     # ------------------------------------------------------------------ tracing
     def _input_spec(self, dtype=tf.uint8):
@@ -342,11 +383,18 @@ class ServingModule(tf.Module):
         grad = tape.gradient(log_px, x)
         return logits, -_per_sample_norm(grad)
 
-    def _compute_scores(self, x, names):
+    def _energy(self, x, logits=None):
+        if self._classifier:
+            return energy_lib.energy_from_logits(self._call_model(x) if logits is None else logits)
+        return tf.cast(self._forward.model.energy(x), tf.float32)
+
+    def _compute_scores(self, x, names, logits=None):
+        """(logits or None, {name: score}); the logits only when a built-in score needed them."""
+        grad_norm = None
         if "grad_norm" in names:
             logits, grad_norm = self._logits_and_grad_norm(x)
-        else:
-            logits, grad_norm = self._call_model(x), None
+        elif any(n in BUILTIN_SCORES for n in names) and logits is None:
+            logits = self._call_model(x)
         scores = {}
         if "log_px" in names:
             scores["log_px"] = energy_lib.log_px_from_logits(logits)
@@ -362,7 +410,7 @@ class ServingModule(tf.Module):
         return {"logits": self._call_model(x)}
 
     def _energy_fn(self, x):
-        return {"energy": energy_lib.energy_from_logits(self._call_model(x))}
+        return {"energy": self._energy(x)}
 
     def _ood_score_fn(self, x):
         _, scores = self._compute_scores(x, [self._ood_score])
@@ -374,12 +422,12 @@ class ServingModule(tf.Module):
 
     def _serving_default_fn(self, x):
         logits, scores = self._compute_scores(x, [self._ood_score])
-        return {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits, axis=-1),
-            "energy": energy_lib.energy_from_logits(logits),
-            "ood_score": scores[self._ood_score],
-        }
+        if logits is None:
+            logits = self._call_model(x)
+        out = {"logits": logits, "energy": self._energy(x, logits), "ood_score": scores[self._ood_score]}
+        if self._classifier:
+            out["probabilities"] = tf.nn.softmax(logits, axis=-1)
+        return out
 
 
 def _looks_like_export(path):
@@ -393,7 +441,7 @@ def export_model(
     export_dir,
     image_shape,
     pixel_range=(-1.0, 1.0),
-    ood_score="log_px",
+    ood_score=None,
     extra_scores=None,
 ):
     """Export `model` as a SavedModel scoring uint8 images (see `ServingModule`).
@@ -411,7 +459,7 @@ def export_model(
         image_shape: `(height, width, channels)` of the training images.
         pixel_range: `(lo, hi)` range of the float images the model expects.
         ood_score: name of the default OOD score (`"log_px"`, `"max_softmax"`, `"grad_norm"`
-            or an extra score name).
+            or a model or extra score name; default `model.default_ood_score`, else `"log_px"`).
         extra_scores: optional dict name -> `fn(model, x_float)` returning `[batch]` scores.
 
     Returns:

@@ -275,7 +275,8 @@ def _clel_state(model):
     return {k: [np.asarray(v.numpy()) for v in vs] for k, vs in state.items()}
 
 
-def test_clel_resume_continues_exactly_like_an_uninterrupted_run(cifar10_npz, tmp_path):
+@pytest.mark.parametrize("size", ["small", "base", "large"])
+def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_npz, tmp_path):
     # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
     # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
     # EMA copies, the spectral-norm vectors, the replay buffer and the RNG states are all restored.
@@ -288,7 +289,9 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(cifar10_npz, tm
 
     def run(model_dir, steps):
         return experiment.run_training(
-            model_dir=str(model_dir), trainer=lambda: make_clel(compile=False),
+            model_dir=str(model_dir),
+            trainer=lambda: make_clel(compile=False, size=size,
+                                      ebm_batch_fraction=0.25 if size == "large" else 1.0),
             optimizer=lambda: keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
             train_data=data_fn, train_steps=steps, checkpoint_every=2, log_every=2, export=False,
             progress=False, strategy=tf.distribute.get_strategy(),
@@ -367,6 +370,161 @@ def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="labelled_data"):
         experiment.generate_samples(model, str(tmp_path), num_samples=3, conditional=True)
+
+
+class _SpySampler:
+    """Wraps a sampler and records every call's chain starts and results."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.n_steps = inner.n_steps
+        self.calls = []
+
+    def __call__(self, energy_fn, x_init, y=None, n_steps=None):
+        out = self.inner(energy_fn, x_init, y, n_steps=n_steps)
+        self.calls.append((np.asarray(x_init), np.asarray(out)))
+        return out
+
+
+def test_generate_sweeps_is_the_official_fid_protocol(monkeypatch):
+    # Appendix B / test_fid.py: K sampler calls in a row, each restarting the chains as training
+    # does (reinit with the buffer's probability, strong augmentation) before its n_steps steps.
+    import keras_ebm.trainers.clel as clel_lib
+
+    quiet = dict(sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0, x_clip=(0.0, 1.0), seed=0))
+    # Without reinit and augmentation, 3 sweeps of 2 steps are one chain of 6 steps.
+    model = make_clel(compile=False, reinit_prob=0.0, augment_chain_starts=False, **quiet)
+    state = model.seed_generator.state.numpy().copy()
+    swept = model.generate(4, n_steps=2, sweeps=3).numpy()
+    model.seed_generator.state.assign(state)
+    plain = model.generate(4, n_steps=6).numpy()
+    np.testing.assert_allclose(swept, plain, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(swept, model.generate(4, n_steps=2).numpy(), atol=1e-4)  # the steps moved x
+
+    augmented = []
+    real_augment = clel_lib.simclr_augment
+
+    def spy_augment(x, seed, **kwargs):
+        augmented.append(np.asarray(x))
+        return real_augment(x, seed, **kwargs)
+
+    monkeypatch.setattr(clel_lib, "simclr_augment", spy_augment)
+    # Augmentation on, no reinit: every sweep augments the previous sweep's result.
+    model = make_clel(compile=False, reinit_prob=0.0, **quiet)
+    model.sampler = spy = _SpySampler(model.sampler)
+    model.generate(4, n_steps=2, sweeps=3)
+    assert len(spy.calls) == 3 and len(augmented) == 3
+    for k in (1, 2):
+        np.testing.assert_array_equal(augmented[k], spy.calls[k - 1][1])
+        assert not np.allclose(spy.calls[k][0], spy.calls[k - 1][1], atol=1e-3)  # augmented start
+    # Plain chains (the default) neither restart nor augment.
+    spy.calls.clear(), augmented.clear()
+    model.generate(4, n_steps=2)
+    assert len(spy.calls) == 1 and not augmented
+    # `sample_sweeps` (what eval.py --sample_sweeps sets) is the default of `sweeps`.
+    model.sample_sweeps = 2
+    model.generate(4, n_steps=1)
+    assert len(spy.calls) == 3 and len(augmented) == 2
+
+    # Reinit probability 1, no augmentation: every sweep starts from fresh U(0, 1) noise.
+    model = make_clel(compile=False, reinit_prob=1.0, augment_chain_starts=False, **quiet)
+    model.sampler = spy = _SpySampler(model.sampler)
+    model.generate(4, n_steps=2, sweeps=2)
+    assert not np.allclose(spy.calls[1][0], spy.calls[0][1], atol=1e-3)
+    assert 0.0 <= spy.calls[1][0].min() and spy.calls[1][0].max() <= 1.0
+    with pytest.raises(ValueError, match="sweeps"):
+        model.generate(2, sweeps=0)
+    with pytest.raises(ValueError, match="sample_sweeps"):
+        make_clel(compile=False, sample_sweeps=-1)
+
+
+def _uint8(x):
+    return np.round(np.asarray(x) * 255.0).astype(np.uint8)
+
+
+def test_clel_export_energy_and_scores_are_clels_not_jems(cifar10_npz, tmp_path):
+    # The export asks CLEL for its energy (0.5 ||f||^2 of the EMA EBM) and its scores (eq. 5 and its
+    # two parts); the JEM quantities of the latent (log_px, max_softmax, grad_norm, probabilities)
+    # are not exported for a model that is not a classifier.
+    from keras_ebm import export as export_lib
+    from keras_ebm.evaluation.runner import run_eval
+
+    x, y = cifar_x(cifar10_npz, 16)
+    model = make_clel(ood_beta=0.1)
+    images = _uint8(x)
+    xf = images.astype(np.float32) / 255.0
+    export_dir = str(tmp_path / "export")
+    export_lib.export_model(model, export_dir, image_shape=model.image_shape, pixel_range=model.pixel_range)
+    loaded = export_lib.load_export(export_dir)
+    meta = export_lib.read_export_metadata(export_dir)
+    assert meta["classifier"] is False and meta["ood_score"] == "clel"
+    assert meta["score_names"] == ["clel", "neg_energy", "cosine"]
+    assert meta["format_version"] == 2 and "0.5 ||f(x)||^2" in meta["conventions"]["energy"]
+
+    f = model.ema_network.model(xf).numpy()
+    z = model.ema_projection.model(f / np.linalg.norm(f, axis=1, keepdims=True)).numpy()
+    h = model.ema_encoder.model(xf, training=False).numpy()
+    cosine = np.sum(z * h, 1) / np.linalg.norm(z, axis=1) / np.linalg.norm(h, axis=1)
+    energy = 0.5 * np.sum(f * f, 1)
+    np.testing.assert_allclose(loaded.energy(images)["energy"].numpy(), energy, rtol=1e-4, atol=1e-5)
+    scores = {k: v.numpy() for k, v in loaded.signatures["scores"](images=tf.constant(images)).items()}
+    assert sorted(scores) == ["clel", "cosine", "neg_energy"]
+    np.testing.assert_allclose(scores["neg_energy"], -energy, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores["cosine"], cosine, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scores["clel"], -energy + 0.1 * cosine, rtol=1e-4, atol=1e-5)
+    serve = loaded.serving_default(images)
+    assert sorted(serve) == ["energy", "logits", "ood_score"]  # no softmax of a latent
+    np.testing.assert_allclose(serve["energy"].numpy(), energy, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(serve["ood_score"].numpy(), scores["clel"], rtol=1e-5, atol=1e-6)
+
+    # No backward pass anywhere in the scores function (the classifier export's grad_norm has one).
+    def backward_ops(module):
+        graph = module.concrete_function("scores").graph
+        return [op.type for op in graph.get_operations() if "Backprop" in op.type or op.type.endswith("Grad")]
+
+    assert not backward_ops(export_lib.ServingModule(model, model.image_shape, pixel_range=(0.0, 1.0)))
+    assert backward_ops(export_lib.ServingModule(model.network, model.image_shape, pixel_range=(0.0, 1.0)))
+
+    # Evaluation reports eq. 5, its parts and any beta from the same export (no retraining).
+    noise = np.random.RandomState(0).randint(0, 256, images.shape).astype(np.uint8)
+    results = run_eval(saved_model=export_dir, in_dist=lambda: (images, y), ood_sets={"noise": lambda: (noise, y)},
+                       output_dir=str(tmp_path / "eval"), clel_betas=[0.0, 0.1])
+    assert results["accuracy"] is None
+    by_score = results["ood"]["noise"]
+    assert set(by_score) == {"clel", "neg_energy", "cosine", "clel_beta0", "clel_beta0.1"}
+    assert by_score["clel_beta0"] == pytest.approx(by_score["neg_energy"], abs=1e-6)
+    assert by_score["clel_beta0.1"] == pytest.approx(by_score["clel"], abs=1e-3)
+    with pytest.raises(ValueError, match="neg_energy"):
+        run_eval(saved_model=export_lib.export_model(model.network, str(tmp_path / "clf"), model.image_shape),
+                 in_dist=lambda: (images, y), output_dir=str(tmp_path / "eval2"), clel_betas=[0.1])
+
+
+@pytest.mark.slow
+def test_eval_py_clel_betas_and_fid_protocol_sweeps(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+
+    def run(args):
+        out = subprocess.run([sys.executable] + args, cwd=repo, env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + "\n" + out.stderr[-5000:]
+
+    model_dir = tmp_path / "run"
+    run(["train.py", "--gin_file=gin_configs/clel_small.gin", "--gin_file=gin_configs/tiny.gin",
+         f"--model_dir={model_dir}"])
+    run(["eval.py", f"--model_dir={model_dir}", "--clel_betas=0,0.01", "--samples=4", "--sample_sweeps=2",
+         "--sample_steps=1"])
+    results = json.loads((model_dir / "eval" / "results.json").read_text())
+    for by_score in results["ood"].values():
+        assert {"clel", "neg_energy", "cosine", "clel_beta0", "clel_beta0.01"} <= set(by_score)
+        assert "log_px" not in by_score and "grad_norm" not in by_score
+    samples = np.load(model_dir / "eval" / "samples" / "fresh_2x1steps.npz")
+    assert samples["images"].shape == (4, 8, 8, 1) and samples["images"].dtype == np.uint8
 
 
 def test_synchronized_bn_encoder_two_replicas_match_one_device_on_the_global_batch(two_device_strategy):

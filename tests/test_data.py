@@ -407,3 +407,20 @@ def test_two_branch_dataset(tmp_path):
     fn = data.make_two_branch_dataset_fn("npz", "train", 8, 4, local_path=path)
     (x_clf, _), (x_px, _) = next(iter(fn(ctx)))
     assert x_clf.shape[0] == 4 and x_px.shape[0] == 2
+
+
+def test_uniform_dequantisation_is_clels(tmp_path):
+    """(k + U(0, 1)) / 256: each pixel stays inside its own 1/256 bin, uniformly spread over it."""
+    x_u8, y = data.load_arrays("digits", "test")
+    path = tmp_path / "d.npz"
+    np.savez(path, x=x_u8[:64], y=y[:64])
+    kwargs = dict(local_path=str(path), shuffle=False, repeat=False, pixel_range=(0.0, 1.0))
+    plain, _ = _first_batch(data.make_dataset("npz", "test", 64, **kwargs))
+    deq, _ = _first_batch(data.make_dataset("npz", "test", 64, uniform_dequantize=True, seed=1, **kwargs))
+    k = x_u8[:64].astype(np.float64)
+    np.testing.assert_allclose(plain, k / 255.0, atol=1e-6)
+    frac = deq * 256.0 - k  # the uniform draw
+    assert frac.min() >= 0.0 and frac.max() < 1.0 + 1e-4
+    assert abs(frac.mean() - 0.5) < 0.02 and abs(frac.var() - 1 / 12) < 0.01
+    again, _ = _first_batch(data.make_dataset("npz", "test", 64, uniform_dequantize=True, seed=1, **kwargs))
+    np.testing.assert_array_equal(deq, again)  # seeded: reproducible

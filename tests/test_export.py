@@ -255,6 +255,53 @@ def test_in_process_module_matches_keras_default_score():
 
 
 
+class TinyEBM(keras.Model):
+    """A model that is not a classifier: its own energy and scores (as CLEL's trainer)."""
+
+    is_classifier = False
+    default_ood_score = "neg_energy"
+
+    def __init__(self, network, **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+
+    def call(self, x, training=False):
+        return self.network(x, training=training)
+
+    def energy(self, x, training=False):
+        return 0.5 * tf.reduce_sum(tf.square(self.network(x, training=False)), axis=-1)
+
+    def serving_scores(self, x):
+        return {"neg_energy": -self.energy(x)}
+
+
+def test_non_classifier_exports_its_own_energy_and_scores_only():
+    net = _network(seed=7)
+    module = export.ServingModule(TinyEBM(net), IMAGE_SHAPE, pixel_range=PIXEL_RANGE)
+    images = _images(3, seed=8)
+    logits = net(_float(images), training=False).numpy()
+    energy = 0.5 * (logits ** 2).sum(-1)
+    assert module.score_name_list == ["neg_energy"]  # no JEM scores of a non-classifier's outputs
+    assert module.metadata()["classifier"] is False and module.metadata()["ood_score"] == "neg_energy"
+    np.testing.assert_allclose(module.energy(tf.constant(images))["energy"], energy, rtol=1e-5, atol=1e-5)
+    out = module.serving_default(tf.constant(images))
+    assert sorted(out) == ["energy", "logits", "ood_score"]
+    np.testing.assert_allclose(out["energy"], energy, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["ood_score"], -energy, rtol=1e-5, atol=1e-5)
+    assert sorted(module.scores(tf.constant(images))) == ["neg_energy"]
+    with pytest.raises(ValueError, match="ood_score=.*log_px"):
+        export.ServingModule(TinyEBM(net), IMAGE_SHAPE, ood_score="log_px")
+
+    class NoEnergy(keras.Model):
+        is_classifier = False
+
+        def call(self, x, training=False):
+            return net(x, training=training)
+
+    with pytest.raises(ValueError, match="must define `energy"):
+        export.ServingModule(NoEnergy(), IMAGE_SHAPE)
+
+
 def test_constructor_validation():
     net = _network()
     with pytest.raises(ValueError, match="ood_score=.*nope"):

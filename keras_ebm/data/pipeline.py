@@ -59,6 +59,7 @@ def make_dataset(
     repeat=None,
     drop_remainder=None,
     dequantize_noise=0.0,
+    uniform_dequantize=False,
     seed=0,
     shuffle_buffer=None,
     cache=False,
@@ -86,6 +87,9 @@ def make_dataset(
         drop_remainder: drop a last partial batch (default: True for a train split).
         dequantize_noise: sigma of Gaussian noise added to the float pixels (JEM: 0.03 on
             [-1, 1]); the result is not clipped, as in JEM.
+        uniform_dequantize: map pixel value k to `(k + U(0, 1)) / 256` (then to `pixel_range`)
+            instead of `k / 255`: the uniform dequantisation of CLEL's code (CODE_FACTS 5.2),
+            applied before `augment`.
         seed: seed of the shuffle, the augmentation and the noise.
         shuffle_buffer: shuffle buffer size (default: the whole set, up to 60,000 examples).
         cache: cache the decoded images in memory (saves JPEG decoding after the first epoch).
@@ -128,7 +132,7 @@ def make_dataset(
     ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
 
     lo_hi = tuple(float(v) for v in pixel_range)
-    if augment_fn is None and not dequantize_noise:
+    if augment_fn is None and not dequantize_noise and not uniform_dequantize:
         ds = ds.map(
             lambda x, y: (preprocess.to_pixel_range(x, lo_hi), y),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -145,7 +149,12 @@ def make_dataset(
             aug_seed, noise_seed = tf.unstack(
                 tf.random.experimental.stateless_split(batch_seed, num=2)
             )
-            x = preprocess.to_pixel_range(x, lo_hi)
+            if uniform_dequantize:
+                dequant_seed = tf.random.experimental.stateless_fold_in(batch_seed, 3)
+                u = tf.random.stateless_uniform(tf.shape(x), dequant_seed)
+                x = (tf.cast(x, tf.float32) + u) / 256.0 * (lo_hi[1] - lo_hi[0]) + lo_hi[0]
+            else:
+                x = preprocess.to_pixel_range(x, lo_hi)
             if augment_fn is not None:
                 x = augment_fn(x, aug_seed)
             if dequantize_noise:

@@ -6,7 +6,10 @@ training code (compare_gan's EvalTask style): what is measured is what users dep
 Reports, following the papers' conventions (PAPERS.md): accuracy; ECE with 20 equal-width bins and
 a reliability diagram; for every OOD set and every score of the export (log p(x) = logsumexp of the
 logits, max p(y|x), and model-specific ones), AUROC with in-distribution as the positive class (scores
-are higher for in-distribution), AUPR and FPR at 95% TPR, with score histograms. Output in
+are higher for in-distribution), AUPR and FPR at 95% TPR, with score histograms. Exports of models
+that are not classifiers (CLEL) are run through their `scores` signature only: no accuracy/ECE, and
+their scores are the model's own (CLEL: "clel" = eq. 5 at the trained `ood_beta`, "neg_energy",
+"cosine", plus "clel_beta<b>" = neg_energy + b * cosine for each b of `clel_betas`). Output in
 `<model_dir>/eval/`: results.json, results.md (rows: score, columns: OOD set, as in the papers'
 OOD tables) and PNG plots.
 """
@@ -41,15 +44,21 @@ def load_set(spec, max_examples):
     return np.asarray(x), np.asarray(y)
 
 
-def _run_export(module, images, batch_size, label):
-    """All outputs of the export's `serving_default` and `scores` signatures, batched."""
-    serve = module.signatures["serving_default"]
+# JEM quantities of the logits: in exports of version 1 they were also written for non-classifiers.
+_CLASSIFIER_SCORES = ("log_px", "max_softmax", "grad_norm")
+
+
+def _run_export(module, images, batch_size, label, classifier=True):
+    """All outputs of the export's `scores` signature (and `serving_default` for a classifier,
+    for the probabilities), batched. Only the scores the export holds are computed: the
+    `grad_norm` backward pass runs only for exports that have that score."""
+    serve = module.signatures["serving_default"] if classifier else None
     scores_fn = module.signatures["scores"]
     outputs = {}
     n = len(images)
     for start in range(0, n, batch_size):
         batch = tf.constant(images[start:start + batch_size])
-        out = dict(serve(images=batch))
+        out = dict(serve(images=batch)) if classifier else {}
         out.update({f"score/{k}": v for k, v in scores_fn(images=batch).items()})
         for k, v in out.items():
             outputs.setdefault(k, []).append(v.numpy())
@@ -99,6 +108,7 @@ def run_eval(
     max_examples=None,
     output_dir=None,
     notes="",
+    clel_betas=None,
 ):
     """Evaluate a SavedModel export on a labelled in-distribution set and OOD sets.
 
@@ -114,6 +124,9 @@ def run_eval(
         max_examples: cap on images per set (quick checks).
         output_dir: where to write results (default `model_dir/eval`, else `./eval`).
         notes: free text stored with the results (e.g. the JPEG caveat of the local CIFAR-10).
+        clel_betas: optional betas b; for each, the score "clel_beta<b>" = neg_energy + b * cosine
+            (eq. 5 at beta = b) is also reported. Needs an export with "neg_energy" and "cosine"
+            scores (CLEL).
 
     Returns:
         The results dict that is also written to results.json.
@@ -142,11 +155,24 @@ def run_eval(
     classifier = metadata.get("classifier", True)
     x, y = load_set(in_dist, max_examples)
     _log(f"in-distribution '{in_dist_name}': {len(x)} images of shape {x.shape[1:]}")
-    out_in = _run_export(module, x, batch_size, in_dist_name)
-    probs = out_in["probabilities"]
+    betas = [float(b) for b in (clel_betas or ())]
+    if betas and not {"neg_energy", "cosine"} <= set(metadata.get("score_names", ())):
+        raise ValueError(
+            "clel_betas needs an export with the scores 'neg_energy' and 'cosine' (CLEL, exported "
+            f"by this version). Received: score_names={metadata.get('score_names')}"
+        )
+
+    def with_betas(out):
+        for b in betas:
+            out[f"score/clel_beta{b:g}"] = out["score/neg_energy"] + b * out["score/cosine"]
+        return out
+
+    out_in = with_betas(_run_export(module, x, batch_size, in_dist_name, classifier))
+    probs = out_in["probabilities"] if classifier else None
     score_names = sorted(k[len("score/"):] for k in out_in if k.startswith("score/"))
-    if not classifier:  # e.g. CLEL: its "logits" are a latent; only its own score means anything
-        score_names = [metadata["ood_score"]]
+    if not classifier:  # e.g. CLEL: its "logits" are a latent; JEM scores of them mean nothing
+        first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in score_names]
+        score_names = first + [s for s in score_names if s not in first and s not in _CLASSIFIER_SCORES]
 
     results = {
         "saved_model": os.path.abspath(saved_model),
@@ -174,7 +200,7 @@ def run_eval(
                 f"OOD set '{ood_name}' has images of shape {x_ood.shape[1:]} but the model takes "
                 f"{x.shape[1:]}: pass image_size/channels in its spec. Received: {ood_name}.shape={x_ood.shape}"
             )
-        out_ood = _run_export(module, x_ood, batch_size, ood_name)
+        out_ood = with_betas(_run_export(module, x_ood, batch_size, ood_name, classifier))
         results["ood"][ood_name] = {}
         results["ood_details"][ood_name] = {}
         for s in score_names:

@@ -8,7 +8,9 @@ trained jointly with a SimCLR encoder h. Per step (CODE_FACTS 5.5):
    detached encoder latent of an augmented view of x.
 3. Encoder loss (eq. 4): NT-Xent over two augmented views, the EBM latents of x~ as extra negatives.
 Two optimizers (EBM: Adam, betas (0, 0.999), warm-up; encoder: SGD + momentum + cosine), EMA copies of
-both networks for evaluation; OOD score eq. 5 with the EMA networks.
+both networks for evaluation; OOD score eq. 5 with the EMA networks. The encoder's objective is always
+NT-Xent (eq. 4); any network mapping images to `[batch, k]` can serve as h, but the paper's BYOL and
+MAE variants (Table 5) use other objectives and are not implemented.
 """
 
 import keras
@@ -18,6 +20,7 @@ from keras_ebm import distribute
 from keras_ebm.data.augment import simclr_augment
 from keras_ebm.ema import ModelEMA
 from keras_ebm.losses.contrastive import nt_xent_loss
+from keras_ebm.optim.gradients import add_weight_decay
 from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
 from keras_ebm.trainers.base import EBMTrainer
 
@@ -30,6 +33,14 @@ class _Untracked:
 
 def _energy(features):
     return 0.5 * tf.reduce_sum(tf.square(tf.cast(features, tf.float32)), axis=-1)
+
+
+def _check_sweeps(value, name):
+    if value is None:
+        return None
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f"`{name}` must be None or a positive int. Received: {name}={value!r}")
+    return int(value)
 
 
 class CLEL(EBMTrainer):
@@ -61,12 +72,19 @@ class CLEL(EBMTrainer):
             (CLEL large: 64 of the encoder's 256, i.e. 0.25); the encoder sees the whole batch.
         ema_decay: EMA decay per step (CLEL: 0.5 ** (64 / 20000)).
         ema_start_step: the EMA copies the weights (decay 0) before this step (CLEL: 20000 // 64).
+        sample_sweeps: default `sweeps` of `generate` (None: plain chains). The official FID
+            protocol (`test_fid.py`, Appendix B) is 10 sweeps of 60 steps (base, 600 steps) or 20
+            (large, 1200 steps); `eval.py --sample_sweeps` sets it.
         pixel_range, seed: see `EBMTrainer` (`pixel_range` must be (0, 1) for the default
             augmentation and sampler clamps to match).
 
     `call(x)` returns the EMA networks' EBM latent direction g(f/||f||) normalised, `[batch, k]`
-    (exported as "logits"; it is not a classifier); `serving_scores(x)` returns {"clel": -s(x)}
-    with s of eq. 5 (higher = more in-distribution), CLEL's `default_ood_score`.
+    (exported as "logits"; it is not a classifier). For the export (`keras_ebm.export`):
+    `energy(x)` is the marginal energy 0.5 ||f(x)||^2 of the EMA EBM, and `serving_scores(x)` returns
+    "clel" = -s(x) with s of eq. 5 at `ood_beta` (CLEL's `default_ood_score`), "neg_energy" =
+    -0.5 ||f(x)||^2 (beta = 0) and "cosine" = cos(h(x), g(f/||f||)), so that
+    clel = neg_energy + ood_beta * cosine and any beta is neg_energy + beta * cosine (all higher =
+    more in-distribution).
     """
 
     tracked_names = (
@@ -97,6 +115,7 @@ class CLEL(EBMTrainer):
         ebm_batch_fraction=1.0,
         ema_decay=0.5 ** (64 / 20000),
         ema_start_step=20000 // 64,
+        sample_sweeps=None,
         pixel_range=(0.0, 1.0),
         **kwargs,
     ):
@@ -140,6 +159,7 @@ class CLEL(EBMTrainer):
         self.ebm_batch_fraction = float(ebm_batch_fraction)
         self.ema_decay = float(ema_decay)
         self.ema_start_step = int(ema_start_step)
+        self.sample_sweeps = _check_sweeps(sample_sweeps, "sample_sweeps")
         for model in (network, projection, encoder):
             if not model.built:
                 raise ValueError(f"CLEL needs built networks. Received: {model.name}.built=False")
@@ -186,13 +206,23 @@ class CLEL(EBMTrainer):
     def build(self, input_shape=None):
         self.built = True
 
+    def energy(self, x, training=False):
+        """E(x) = 0.5 ||f(x)||^2 of the EMA EBM, the marginal energy (section 2.2), shape [batch]."""
+        del training  # the EMA networks run in inference mode
+        return _energy(self.ema_network(x))
+
     def serving_scores(self, x):
-        """{"clel": -s(x)} with s of eq. 5 on the EMA networks (higher = more in-distribution)."""
+        """Eq. 5 and its two parts on the EMA networks, each `[batch]`, higher = more in-distribution.
+
+        "clel": -s(x) = -(0.5 ||f||^2 - ood_beta * cos(h(x), g(f/||f||))); "neg_energy": -0.5 ||f||^2
+        (beta = 0); "cosine": cos(h(x), g(f/||f||)). Any beta: neg_energy + beta * cosine.
+        """
         features = self.ema_network(x)
         z = tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
         h = tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
-        score = _energy(features) - self.ood_beta * tf.reduce_sum(z * h, axis=-1)
-        return {"clel": -score}
+        neg_energy = -_energy(features)
+        cosine = tf.reduce_sum(z * h, axis=-1)
+        return {"clel": neg_energy + self.ood_beta * cosine, "neg_energy": neg_energy, "cosine": cosine}
 
     # ------------------------------------------------------------------ generation (Appendix C-E)
     def encode(self, x):
@@ -241,24 +271,31 @@ class CLEL(EBMTrainer):
         similarity = tf.reduce_sum(z[:, None, :] * latents, axis=[1, 2])
         return _energy(features) - beta * similarity
 
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, latents=None, beta=None):
+    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, latents=None, beta=None,
+                 sweeps=None):
         """Draw samples with the EMA EBM (the networks the paper evaluates with `use_ema`).
 
         Args:
             num_samples: number of images.
             y: optional class labels `[num_samples]`: class-conditional chains on p(x | z_bar_y), with the
                 z_bar of `set_class_latents` (Appendix D).
-            n_steps: SGLD steps (default the sampler's, 60); longer chains from fresh noise give
-                cleaner images, as CLEL's FID evaluation (about 600 steps per chain) does.
+            n_steps: SGLD steps (per sweep when `sweeps` is set; default the sampler's, 60).
             from_buffer: start from replay-buffer states (the chains kept while training; CLEL's
                 training-time FID is computed on the buffer) instead of U(pixel range) noise.
             latents: optional `[num_samples, k]` (instance-conditional, e.g. `encode(x)`) or
                 `[num_samples, A, k]` (compositional, eq. 6) conditioning latents.
             beta: guidance weight of the conditional energies (default the trainer's `beta`).
+            sweeps: None (default `self.sample_sweeps`, itself None by default): one plain chain of
+                `n_steps`. An int K: the official FID protocol (`test_fid.py`; Appendix B "a random
+                augmentation for every 60 steps"): K sampler calls in a row, each as at training time:
+                every chain re-initialised to U(pixel range) with the buffer's `reinit_prob`, then
+                strongly augmented (`simclr_augment`, if `augment_chain_starts`), then `n_steps` SGLD
+                steps. K = 10 with 60 steps is the base model's 600 steps, K = 20 the large one's 1200.
 
         Returns:
             float images `[num_samples, H, W, C]` in `pixel_range`.
         """
+        sweeps = self.sample_sweeps if sweeps is None else _check_sweeps(sweeps, "sweeps")
         if y is not None:
             if latents is not None:
                 raise ValueError("Pass either `y` or `latents`, not both.")
@@ -281,7 +318,25 @@ class CLEL(EBMTrainer):
         else:
             def energy_fn(x, z, training=False):
                 return self.conditional_energy(x, z, beta=beta)
-        return self.sampler(energy_fn, x0, latents, n_steps=n_steps)
+        if sweeps is None:
+            return self.sampler(energy_fn, x0, latents, n_steps=n_steps)
+        x = x0
+        for _ in range(sweeps):
+            x = self.sampler(energy_fn, self._restart_chains(x), latents, n_steps=n_steps)
+        return x
+
+    def _restart_chains(self, x):
+        """One training-style chain restart: re-initialise with `reinit_prob`, strong augmentation."""
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        mask_seed, init_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
+        reinit_prob = float(getattr(self.buffer, "reinit_prob", 0.0))
+        if reinit_prob > 0.0:
+            fresh = tf.cast(self.buffer.initializer.init(tf.shape(x), init_seed), x.dtype)
+            reinit = tf.random.stateless_uniform([tf.shape(x)[0]], seed=mask_seed) < reinit_prob
+            x = tf.where(reinit[:, None, None, None], fresh, x)
+        if self.augment_chain_starts:
+            x = simclr_augment(x, augment_seed, pixel_range=self.pixel_range)
+        return x
 
     # ------------------------------------------------------------------ train step hooks
     def _ebm_rows(self, x):
@@ -348,10 +403,8 @@ class CLEL(EBMTrainer):
             loss = distribute.scale_loss(logs["loss"])
         grads = tape.gradient(loss, ebm_vars + enc_vars)
         ebm_grads, enc_grads = grads[: len(ebm_vars)], grads[len(ebm_vars):]
-        if self.encoder_weight_decay:
-            # Scaled like the loss: the optimizer sums the gradients of the replicas.
-            wd = self.encoder_weight_decay / distribute.num_replicas()
-            enc_grads = [g if g is None else g + wd * tf.cast(v, g.dtype) for g, v in zip(enc_grads, enc_vars)]
+        # PyTorch SGD's coupled decay on the encoder only (the EBM's Adam has none), shared helper.
+        enc_grads = add_weight_decay(enc_grads, enc_vars, self.encoder_weight_decay)
         self.optimizer.apply(ebm_grads, ebm_vars)
         self.encoder_optimizer.apply(enc_grads, enc_vars)
         return logs
