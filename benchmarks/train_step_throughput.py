@@ -56,9 +56,15 @@ ROWS.update({
     "jem_k20_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 20"], 64),
     "sadajem_k5_wrn16_4_b64": (["gin_configs/sadajem.gin"], CIFAR_LOCAL + WRN16_4 + ONE_BRANCH_64 + [
         "informative_initializer.max_examples = 5000"], 64),
+    # JEM++ at K=5: SADA-JEM without SAM (BN, train-mode proximal SGLD, informative init), so
+    # jem_k5 -> jempp_k5 -> sadajem_k5 splits SADA-JEM's cost into BN/sampling mode and SAM.
+    "jempp_k5_wrn16_4_b64": (["gin_configs/jempp.gin"], CIFAR_LOCAL + WRN16_4 + [
+        "SGLD_STEPS = 5", "informative_initializer.max_examples = 5000"], 64),
     # GMMC generative step at JEM's K (GMMC paper: less work than JEM per step).
     "gmmc_gen_k20_wrn16_4_b64": (["gin_configs/gmmc_gen.gin"], CIFAR_LOCAL + WRN16_4 + [
         "SGLD_STEPS = 20", "BUFFER_SIZE = 10000"], 64),
+    "gmmc_gen_k5_wrn16_4_b64": (["gin_configs/gmmc_gen.gin"], CIFAR_LOCAL + WRN16_4 + [
+        "SGLD_STEPS = 5", "BUFFER_SIZE = 10000"], 64),
 })
 # HDGE at the softmax row's backbone (both WRN without BN) and batch: the queue's cost is the only
 # difference (a K x C read in the loss and a K x C scatter after the step).
@@ -84,7 +90,7 @@ BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith((
 # SADA-JEM adds SAM's second pass over the three loss batches: K + 6.
 # GMMC (one loader): K SGLD passes + data batch + samples = K + 2.
 PASSES = {"jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_4_b64": 11,
-          "gmmc_gen_k20_wrn16_4_b64": 22}
+          "gmmc_gen_k20_wrn16_4_b64": 22, "gmmc_gen_k5_wrn16_4_b64": 7, "jempp_k5_wrn16_4_b64": 8}
 # HDGE: one forward+backward pass, like softmax (the queue adds a K x C matrix product).
 PASSES.update({name: 1 for name in ROWS if name.startswith("hdge")})
 
