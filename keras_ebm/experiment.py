@@ -233,6 +233,7 @@ def run_training(
     divergence_guard=None,
     baseline=None,
     seed=0,
+    max_minutes=None,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
@@ -259,6 +260,13 @@ def run_training(
             one a diverging run stops with `DivergenceError` (the last good checkpoint is kept).
         seed: global seed (`keras.utils.set_random_seed`); the data order on resume is re-seeded
             with the restored step so a resumed run does not replay the first batches.
+        max_minutes: optional wall-clock budget for this call's training (tracing included,
+            export and evaluation excluded): at the first step past it the run checkpoints and
+            goes on to `after_training`, export and evaluation as if it had reached `train_steps`
+            (learning-rate schedules still count towards `train_steps`). A later call resumes
+            with a fresh budget. With `baseline`, the baseline gets the same budget: "trained for
+            the same time". One machine only (workers of a MultiWorkerMirroredStrategy could stop
+            at different steps); a multi-worker strategy raises ValueError.
 
     Returns:
         The trained model.
@@ -266,6 +274,16 @@ def run_training(
     os.makedirs(model_dir, exist_ok=True)
     strategy = strategy or distribute.make_strategy()
     chief = distribute.is_chief(strategy)
+    if max_minutes is not None:
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise ValueError(
+                "run_training.max_minutes is for one machine: the workers of a "
+                "MultiWorkerMirroredStrategy would stop at different steps and hang their collectives. "
+                "Set run_training.train_steps instead."
+            )
+        if not max_minutes > 0:
+            raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
+    deadline = None if max_minutes is None else time.time() + 60.0 * max_minutes
     keras.utils.set_random_seed(seed)
 
     model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile)
@@ -288,14 +306,18 @@ def run_training(
         _log(f"already trained {start} >= train_steps={train_steps} steps; nothing to do")
     recoveries, rng = 0, np.random.default_rng(seed)
     trained_now = start < train_steps
-    while int(step.numpy()) < train_steps:
+    out_of_time = False
+    train_start_time, first_step = time.time(), start
+    while int(step.numpy()) < train_steps and not out_of_time:
         start = int(step.numpy())
         tf.random.set_seed(seed + start + 7919 * recoveries)
         dataset = strategy.distribute_datasets_from_function(train_data)
         try:
-            _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
-                        checkpoint_every, log_every, progress and chief, chief, divergence_guard,
-                        jit_compile=jit_compile)
+            out_of_time = _train_loop(
+                model, step, manager, dataset, strategy, model_dir, train_steps,
+                checkpoint_every, log_every, progress and chief, chief, divergence_guard,
+                jit_compile=jit_compile, deadline=deadline,
+            )
         except DivergenceError as error:
             if divergence_guard is None:
                 raise
@@ -321,6 +343,17 @@ def run_training(
                 ):
                     tf.summary.scalar("divergence/recoveries", recoveries)
 
+    if trained_now and chief:
+        with open(os.path.join(model_dir, "training_summary.json"), "w") as f:
+            json.dump({
+                "trainer": type(model).__name__,
+                "first_step": first_step,
+                "last_step": int(step.numpy()),
+                "train_steps": int(train_steps),
+                "stopped_by": "max_minutes" if out_of_time else "train_steps",
+                "seconds": round(time.time() - train_start_time, 1),
+                "recoveries": recoveries,
+            }, f, indent=2)
     if trained_now and hasattr(model, "after_training"):
         # Post-training estimates that belong to the model (GMMC's sigma, paper section 3.1),
         # saved with a final checkpoint so the export and a resumed run both carry them.
@@ -350,7 +383,7 @@ def run_training(
             os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
             checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
             export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
-            progress=progress, divergence_guard=divergence_guard, seed=seed,
+            progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
             baseline=None,  # explicit: gin would bind the baseline's baseline again
         )
         if chief and evaluate:
@@ -383,7 +416,9 @@ def comparison_table(results_by_model):
 
 
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
-                checkpoint_every, log_every, progress, chief, guard=None, jit_compile=False):
+                checkpoint_every, log_every, progress, chief, guard=None, jit_compile=False,
+                deadline=None):
+    """Train from `step` towards `train_steps`; True when it stopped early at `deadline`."""
     iterator = iter(dataset)
     # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
     step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
@@ -408,8 +443,9 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
             with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
                 f.write(gin.operative_config_str())
             operative_written = True
-        at_log = current % log_every == 0 or current == train_steps
-        at_ckpt = current % checkpoint_every == 0 or current == train_steps
+        out_of_time = deadline is not None and time.time() > deadline and current < train_steps
+        at_log = current % log_every == 0 or current == train_steps or out_of_time
+        at_ckpt = current % checkpoint_every == 0 or current == train_steps or out_of_time
         if (at_log or at_ckpt) and (
             not _all_finite(logs)
             or (guard is not None and guard.exploded(logs))
@@ -437,11 +473,15 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
             bar.update(current, values=[(k, float(v)) for k, v in logs.items()])
         if at_ckpt:
             manager.save(checkpoint_number=current)
+        if out_of_time:
+            break
     if writer is not None:
         writer.flush()
     if chief:
-        _log(f"trained to step {train_steps}: " + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
-    return logs
+        reached = int(step.numpy())
+        why = "time budget (run_training.max_minutes) used up at " if reached < train_steps else "trained to "
+        _log(f"{why}step {reached}/{train_steps}: " + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
+    return int(step.numpy()) < train_steps
 
 
 def restore_trainer(model_dir, strategy=None):

@@ -17,9 +17,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIGS = sorted(
     os.path.relpath(p, REPO)
     for p in glob.glob(os.path.join(REPO, "gin_configs", "*.gin"))
-    if os.path.basename(p) != "tiny.gin"
+    if os.path.basename(p) not in ("tiny.gin", "cpu_budget.gin")  # overlays, not method configs
 )
 OVERLAYS = sorted(os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "gin_configs", "*", "*.gin")))
+OVERLAYS.append("gin_configs/cpu_budget.gin")
 
 
 def test_there_are_configs():
@@ -42,6 +43,16 @@ def test_config_parses_and_builds_with_tiny_overlay(config):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlays_parse(overlay):
     cli.parse_gin(["gin_configs/softmax_cifar10.gin", overlay], [])
+
+
+@pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "clel" not in c and c != "gin_configs/quickstart.gin"])
+def test_cpu_budget_overlay_shrinks_the_network_and_sets_the_clock(config):
+    # Every CIFAR classifier config takes the same-time overlay: WRN-10-2, batch 64, max_minutes.
+    cli.parse_gin([config, "gin_configs/data/cifar10_local.gin", "gin_configs/cpu_budget.gin"],
+                  ["BUDGET_MINUTES = 3"])
+    assert cli.resolve_parameter("run_training.max_minutes") == 3
+    assert gin.query_parameter("WideResNet.depth") == 10 and gin.query_parameter("WideResNet.width") == 2
+    assert gin.query_parameter("%GLOBAL_BATCH_SIZE") == 64
 
 
 def test_config_typo_is_a_clear_error():
@@ -120,3 +131,23 @@ def test_imagenet32_overlay_resolves_its_path_macro_in_the_eval_spec():
                   ["IMAGENET32_NPZ = '/data/in32.npz'"])
     assert cli.resolve_parameter("run_eval.in_dist") == {"name": "npz", "split": "test", "local_path": "/data/in32.npz"}
     assert cli.resolve_run_training()["train_steps"] == 100000
+
+
+@pytest.mark.slow
+def test_same_time_study_script_on_real_cifar10(cifar10_npz, dtd_npz, tmp_path):
+    # benchmarks/cifar10_budget_study.py: each method for the same minutes on the local CIFAR-10,
+    # then one table and one JSON with steps reached, accuracy, ECE and AUROCs against DTD.
+    out = tmp_path / "study.json"
+    _run(["benchmarks/cifar10_budget_study.py", "--methods=softmax,hdge", "--minutes=0.05",
+          f"--output_dir={tmp_path / 'runs'}", f"--output={out}",
+          "--gin_param=run_eval.max_examples = 128"], timeout=600)
+    study = json.loads(out.read_text())
+    assert [r["method"] for r in study["rows"]] == ["softmax", "hdge"]
+    for row in study["rows"]:
+        assert row["steps"] >= 1 and row["steps"] < 10000  # stopped on the clock, far from train_steps
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["ece"] <= 1.0
+        assert set(row["auroc"]) == {"dtd", "interp", "celeba32"}
+        assert {"log_px", "max_softmax", "grad_norm"} <= set(row["auroc"]["dtd"])
+        summary = json.loads((tmp_path / "runs" / row["method"] / "training_summary.json").read_text())
+        assert summary["stopped_by"] == "max_minutes"
+    assert "| softmax |" in (tmp_path / "study.md").read_text()

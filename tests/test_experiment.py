@@ -83,6 +83,29 @@ def test_divergence_keeps_last_good_checkpoint(tmp_path):
     assert int(run(tmp_path, 2).optimizer.iterations.numpy()) == 2
 
 
+def test_max_minutes_stops_on_the_clock_checkpoints_and_resumes(tmp_path):
+    # A budget shorter than the first step's tracing: the run stops after its first step, far
+    # from train_steps, and still checkpoints that step and writes its summary.
+    model = run(tmp_path, 10**6, max_minutes=0.001)
+    stopped = int(model.optimizer.iterations.numpy())
+    assert 1 <= stopped < 10**6
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(f"ckpt-{stopped}")
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["stopped_by"] == "max_minutes"
+    assert (summary["first_step"], summary["last_step"], summary["train_steps"]) == (0, stopped, 10**6)
+    # A later call resumes from there with a fresh budget; without one it trains to train_steps.
+    resumed = run(tmp_path, stopped + 3)
+    assert int(resumed.optimizer.iterations.numpy()) == stopped + 3
+    summary = json.loads((tmp_path / "training_summary.json").read_text())
+    assert summary["stopped_by"] == "train_steps" and summary["first_step"] == stopped
+
+
+@pytest.mark.parametrize("bad", [0, -1.0])
+def test_max_minutes_must_be_positive(tmp_path, bad):
+    with pytest.raises(ValueError, match="max_minutes must be a positive number"):
+        run(tmp_path, 4, max_minutes=bad)
+
+
 @pytest.mark.slow
 def test_train_py_killed_then_resumed(tmp_path):
     model_dir = tmp_path / "run"
