@@ -17,7 +17,6 @@ keep the machine otherwise idle: a row that shares the cores trains fewer steps.
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -25,8 +24,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # keras_ebm from this checkout when it is not installed
 
 from absl import app, flags  # noqa: E402
+
+from _common import device_name  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
 
 # name -> method config (paper settings; the overlay changes only network, batch, warmup, budget)
 METHODS = {
@@ -48,17 +50,6 @@ flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<devi
 flags.DEFINE_multi_string("gin_param", [], "Extra bindings for every row, e.g. 'run_eval.max_examples = 1000'.")
 flags.DEFINE_bool("resume", False, "Keep finished rows (a model_dir with eval/results.json) instead of retraining.")
 FLAGS = flags.FLAGS
-
-
-def device_name():
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip().splitlines()[0].replace(" ", "_").lower()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return f"cpu{os.cpu_count()}_{platform.machine()}"
 
 
 def run_method(name, model_dir):
@@ -95,16 +86,13 @@ def collect(name, model_dir, wall_seconds=None):
 
 
 def table(rows):
-    scores = ["log_px", "max_softmax", "grad_norm"]
-    sets = [s for s in rows[0]["auroc"]]
-    head = ["method", "steps", "s/step", "accuracy", "ECE"] + [f"AUROC {o} [{s}]" for o in sets for s in scores]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["method"], str(r["steps"]), f"{r['s_per_step']:.3f}",
-                 f"{100 * r['accuracy']:.1f}%", f"{100 * r['ece']:.1f}%"]
-        cells += [f"{r['auroc'][o][s]:.3f}" if s in r["auroc"].get(o, {}) else "-" for o in sets for s in scores]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    from keras_ebm.experiment import comparison_table
+
+    return comparison_table(
+        {r["method"]: {"accuracy": r["accuracy"], "ece": r["ece"], "ood": r["auroc"]} for r in rows},
+        extra_columns={"steps": {r["method"]: str(r["steps"]) for r in rows},
+                       "s/step": {r["method"]: f"{r['s_per_step']:.3f}" for r in rows}},
+    )
 
 
 def main(argv):

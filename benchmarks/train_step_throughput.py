@@ -14,7 +14,6 @@ process's peak RSS so far (monotone across rows: read each row as "at most"), or
 
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -24,6 +23,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags  # noqa: E402
+
+from _common import device_name  # noqa: E402  (benchmarks/ is on sys.path as the script's folder)
 
 flags.DEFINE_list("rows", [], "Row names to run (default: all).")
 flags.DEFINE_integer("steps", 10, "Timed steps per row.")
@@ -93,16 +94,6 @@ PASSES = {"jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_
           "gmmc_gen_k20_wrn16_4_b64": 22, "gmmc_gen_k5_wrn16_4_b64": 7, "jempp_k5_wrn16_4_b64": 8}
 # HDGE: one forward+backward pass, like softmax (the queue adds a K x C matrix product).
 PASSES.update({name: 1 for name in ROWS if name.startswith("hdge")})
-
-
-def device_name():
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return details.get("device_name", "gpu").replace(" ", "_")
-    return f"cpu{os.cpu_count()}_{platform.machine()}"
 
 
 def peak_memory_mb():

@@ -396,18 +396,23 @@ def run_training(
     return model
 
 
-def comparison_table(results_by_model):
-    """Markdown table of accuracy, ECE and OOD AUROCs for several eval results (same OOD sets)."""
+def comparison_table(results_by_model, extra_columns=None):
+    """Markdown table of accuracy, ECE and OOD AUROCs for several eval results (same OOD sets).
+
+    `extra_columns`: optional dict column name -> {model name: cell text}, shown after the model
+    name (e.g. steps reached in a same-time study).
+    """
     names = list(results_by_model)
     first = results_by_model[names[0]]
-    columns = ["accuracy", "ECE"] + [
+    extra = extra_columns or {}
+    columns = list(extra) + ["accuracy", "ECE"] + [
         f"AUROC {ood} [{score}]" for ood, by_score in first["ood"].items() for score in by_score
     ]
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in names:
         r = results_by_model[name]
         pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        cells = [pct(r["accuracy"]), pct(r["ece"])] + [
+        cells = [extra[c].get(name, "-") for c in extra] + [pct(r["accuracy"]), pct(r["ece"])] + [
             f"{r['ood'].get(ood, {}).get(score, float('nan')):.3f}"
             for ood, by_score in first["ood"].items() for score in by_score
         ]
@@ -477,11 +482,12 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
             break
     if writer is not None:
         writer.flush()
+    stopped_early = int(step.numpy()) < train_steps
     if chief:
-        reached = int(step.numpy())
-        why = "time budget (run_training.max_minutes) used up at " if reached < train_steps else "trained to "
-        _log(f"{why}step {reached}/{train_steps}: " + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
-    return int(step.numpy()) < train_steps
+        why = "time budget (run_training.max_minutes) used up at " if stopped_early else "trained to "
+        _log(f"{why}step {int(step.numpy())}/{train_steps}: "
+             + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
+    return stopped_early
 
 
 def restore_trainer(model_dir, strategy=None):
