@@ -174,3 +174,42 @@ def test_classifier_shares_backbone_weights_and_round_trips_config():
     wrn_clone = keras.Model.from_config(wrn.get_config())
     assert wrn_clone.count_params() == wrn.count_params()
     assert wrn_clone.get_layer("group2_block1_conv2").strides == (2, 2)
+
+
+def _explicit_torch_conv(x, conv, stride):
+    """PyTorch's Conv2d(k=3, stride, padding=1): pad 1 on every side, then a valid convolution."""
+    import tensorflow as tf
+
+    y = tf.nn.conv2d(x, conv.kernel, strides=stride, padding=[[0, 0], [1, 1], [1, 1], [0, 0]])
+    return y + conv.bias if conv.use_bias else y
+
+
+@pytest.mark.parametrize("size", [8, 9])
+def test_wrn_stride2_conv_pads_like_pytorch(size):
+    # Keras "same" pads an even input only at the bottom/right, which shifts the strided residual
+    # branch one pixel against the 1x1 shortcut; the port pads 1 on every side like PyTorch.
+    net = WideResNet(10, 1, input_shape=(size, size, 3))
+    conv = net.get_layer("group2_block1_conv2")
+    branch_in = keras.Model(net.input, net.get_layer("group2_block1_act2").output)
+    branch_out = keras.Model(net.input, conv.output)
+    x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
+    expected = _explicit_torch_conv(branch_in(x), conv, 2)
+    np.testing.assert_allclose(branch_out(x), expected, rtol=1e-5, atol=1e-5)
+    # The 1x1 shortcut reads input pixel 2i: the centre of the branch's window.
+    assert branch_out(x).shape[1] == math.ceil(size / 2)
+
+
+def test_clel_encoder_stride2_conv_pads_like_pytorch():
+    from keras_ebm.backbones import build_clel_encoder
+
+    net = build_clel_encoder(input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                             output_dim=4)
+    conv = net.get_layer("clel_encoder_s1b0_conv1")
+    inp = keras.Model(net.input, conv.input)
+    out = keras.Model(net.input, conv.output)
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype("float32")
+    # conv.input is the padded tensor; rebuild the unpadded one from the layer feeding the pad.
+    pad = net.get_layer("clel_encoder_s1b0_conv1_pad")
+    unpadded = keras.Model(net.input, pad.input)(x)
+    np.testing.assert_allclose(out(x), _explicit_torch_conv(unpadded, conv, 2), rtol=1e-5, atol=1e-5)
+    assert inp(x).shape[1] == 10  # padded 1 on each side

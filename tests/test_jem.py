@@ -226,3 +226,48 @@ def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
     assert not np.array_equal(first.sampler.seed_generator.state.numpy(),
                               trainer().sampler.seed_generator.state.numpy())
+
+
+def _official_bn_order(momentum, sequence, mean=0.0, var=1.0):
+    """Keras-semantics moving statistics (m <- mu m + (1 - mu) b) after batches `(mean, var)` in order."""
+    for b_mean, b_var in sequence:
+        mean = momentum * mean + (1 - momentum) * b_mean
+        var = momentum * var + (1 - momentum) * b_var
+    return mean, var
+
+
+@pytest.mark.parametrize("use_sam", [False, True])
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_bn_moving_statistics_follow_the_official_order(two_device_strategy, replicas, use_sam):
+    """JEM++ / SADA-JEM loops: p(x) data forward, K SGLD forwards, samples, classifier batch last.
+
+    Toy BN network: the classifier batch has mean 5 / variance 1, the p(x) batch 3 / 4, the SGLD
+    samples 0 / 0 (constant chains, step 0). With Keras momentum 0.1 (PyTorch's 0.9) the official
+    order leaves the moving mean near 4.5; classifier-first orders end near 0.3 or 4.53.
+    Every image is a +-1 checkerboard around its mean, so each replica's half batch has the
+    whole batch's statistics.
+    """
+    k, momentum = 2, 0.1
+    checker = np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32)[None, :, :, None]
+    x = np.repeat(5.0 + checker, 4, axis=0)
+    x_px = np.repeat(3.0 + 2.0 * checker, 4, axis=0)
+    y = np.arange(4, dtype=np.int32)
+    strategy = two_device_strategy if replicas == 2 else tf.distribute.get_strategy()
+    with strategy.scope():
+        inputs = keras.Input((2, 2, 1))
+        h = keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name="bn")(inputs)
+        logits = keras.layers.Dense(10)(keras.layers.Flatten()(h))
+        model = JEM(keras.Model(inputs, logits), image_shape=(2, 2, 1), num_classes=10, buffer_size=8,
+                    sampler=SGLDSampler(n_steps=k, step_size=0.0, noise_std=0.0, energy_training=True),
+                    reinit_prob=0.0, initializer=ConstantInitializer(0.0),
+                    gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients())
+        model.compile(optimizer=keras.optimizers.SGD(0.0))
+        model(tf.zeros((1, 2, 2, 1)))  # built before fit: a two-loader batch is not a model input
+    data = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((x, y)).batch(4),
+                                tf.data.Dataset.from_tensor_slices((x_px, y)).batch(4)))
+    model.fit(data, epochs=1, verbose=0)
+    bn = model.network.get_layer("bn")
+    expected = _official_bn_order(momentum, [(3.0, 4.0)] + [(0.0, 0.0)] * (k + 1) + [(5.0, 1.0)])
+    np.testing.assert_allclose(bn.moving_mean.numpy(), [expected[0]], rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.numpy(), [expected[1]], rtol=1e-5)
+    assert abs(expected[0] - 4.5) < 1e-3

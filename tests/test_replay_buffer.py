@@ -271,3 +271,23 @@ def test_class_conditional_buffer_with_informative_init():
     )
     x0, _ = buffer.sample(None, y=tf.zeros([300], tf.int32))
     np.testing.assert_allclose(x0.numpy().reshape(300, -1).mean(0), means[0], atol=0.5)
+
+
+@pytest.mark.parametrize("size", [40, 43])
+def test_informative_fill_is_class_balanced(size):
+    # JEM++ / SADA-JEM fill buffer_size / C chains from each class Gaussian (class-contiguous
+    # blocks), not a random class per row. Class c has mean c / 10 and a tiny covariance, so each
+    # row's class is read off its mean.
+    num_classes, dim = 4, 2 * 2 * 1
+    mean = np.repeat(np.arange(num_classes, dtype=np.float32)[:, None] / 10.0, dim, axis=1)
+    cov = np.stack([np.eye(dim, dtype=np.float32) * 1e-8] * num_classes)
+    init = InformativeInitializer(mean, cov, jitter=1e-8)
+    buffer = ReplayBuffer(size=size, image_shape=(2, 2, 1), initializer=init, reinit_prob=0.0, seed=3)
+    rows = buffer.buffer.numpy().reshape(size, -1).mean(axis=1)
+    classes = np.rint(rows * 10).astype(int)
+    counts = np.bincount(classes, minlength=num_classes)
+    assert counts.max() - counts.min() <= (0 if size % num_classes == 0 else 1)
+    if size % num_classes == 0:
+        np.testing.assert_array_equal(counts, [size // num_classes] * num_classes)
+    # Contiguous class blocks, in class order (the code concatenates the class blocks).
+    assert np.all(np.diff(classes) >= 0)

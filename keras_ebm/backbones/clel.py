@@ -12,6 +12,8 @@
 
 import keras
 
+from keras_ebm.backbones.padding import conv_with_torch_padding
+
 from keras_ebm.layers import SpectralNormConv2D
 
 # CIFAR-10 channel statistics in [0, 1] (CLEL prepends Normalize(mean, std) to both networks).
@@ -224,8 +226,8 @@ def build_clel_encoder(
         for b in range(blocks):
             stride = 2 if (s > 0 and b == 0) else 1
             prefix = f"{name}_s{s}b{b}"
-            r = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
-                                    kernel_initializer=conv_init, name=f"{prefix}_conv1")(h)
+            r = conv_with_torch_padding(dict(filters=width, use_bias=False, kernel_initializer=conv_init),
+                                        3, stride, f"{prefix}_conv1")(h)
             r = keras.layers.ReLU()(_bn(f"{prefix}_bn1", synchronized_bn)(r))
             r = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
                                     kernel_initializer=conv_init, name=f"{prefix}_conv2")(r)

@@ -21,6 +21,8 @@ import numbers
 
 import keras
 
+from keras_ebm.backbones.padding import conv_with_torch_padding
+
 NORMS = (None, "none", "batch")
 
 
@@ -60,9 +62,8 @@ def _conv(filters, kernel_size, strides, fan_in, torch_init, name):
             "kernel_initializer": torch_kernel_initializer(),
             "bias_initializer": torch_bias_initializer(fan_in),
         }
-    return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=True, name=name, **initializers
-    )
+    # Stride-2 3x3 convolutions pad 1 on every side, as PyTorch (keras_ebm.backbones.padding).
+    return conv_with_torch_padding(dict(filters=filters, use_bias=True, **initializers), kernel_size, strides, name)
 
 
 def _norm(norm, bn_momentum, bn_epsilon, name):
@@ -88,7 +89,8 @@ def WideResNet(
 
     The reference ends with a fixed 8x8 average pool, which on its 32x32 inputs (8x8 final maps) is
     exactly a global average pool. This port uses `GlobalAveragePooling2D` instead, so the network
-    accepts any input size, odd ones included ("same" padding with stride 2 gives ceil(size / 2)),
+    accepts any input size, odd ones included (stride-2 convolutions pad 1 on every side as PyTorch,
+    `keras_ebm.backbones.padding`, giving ceil(size / 2)),
     and never silently drops rows on non-square inputs (the CelebA `Resize(32)` trap, CODE_FACTS 6).
 
     Parameter counts (WRN-28-10, 32x32x3, `build_classifier(..., num_classes=10)` on top):

@@ -16,7 +16,9 @@ class ReplayBuffer(keras.layers.Layer):
     trainer) puts `buffer` (and `labels`) into the model's `non_trainable_weights`, so
     `save_weights`, `tf.train.Checkpoint` and `CheckpointManager` save and restore it with the
     network, as the JEM reference does. The buffer is filled by `initializer` when the layer is
-    built (at construction, deterministically from `seed`).
+    built (at construction, deterministically from `seed`); a class-aware initialiser
+    (`InformativeInitializer`) fills it class-balanced, `size / num_classes` chains per class in
+    contiguous blocks, as the JEM++ and SADA-JEM code does.
 
     Sampling (`sample`) draws indices uniformly, or, for a class-partitioned buffer, inside the
     contiguous block of `size // num_classes` rows of each requested class
@@ -136,8 +138,7 @@ class ReplayBuffer(keras.layers.Layer):
             self.labels = None
 
         def fill(shape, dtype=None):
-            y = self._block_labels() if self.class_conditional else None
-            return tf.cast(self.initializer.init(shape, fill_seed, y=y), dtype or "float32")
+            return tf.cast(self.initializer.init(shape, fill_seed, y=self._fill_labels()), dtype or "float32")
 
         self.buffer = self.add_weight(
             shape=(self.size,) + self.image_shape,
@@ -152,6 +153,18 @@ class ReplayBuffer(keras.layers.Layer):
 
     def _block_labels(self):
         return tf.repeat(tf.range(self.num_classes, dtype=tf.int32), self.block_size)
+
+    def _fill_labels(self):
+        """Classes of the initial fill: the blocks of a class-conditional buffer; for a class-aware
+        initialiser (JEM++'s class Gaussians) class-contiguous blocks of `size // C` rows
+        (sizes differ by at most one when `C` does not divide `size`), as the JEM++ / SADA-JEM code
+        fills `buffer_size / C` chains per class; None for a class-free initialiser."""
+        if self.class_conditional:
+            return self._block_labels()
+        num_classes = getattr(self.initializer, "num_classes", None)
+        if not num_classes:
+            return None
+        return tf.cast(tf.range(self.size, dtype=tf.int64) * int(num_classes) // self.size, tf.int32)
 
     def labels_of(self, idx):
         """The class of buffer rows `idx` in a class-conditional buffer (`idx // block_size`)."""
