@@ -322,3 +322,171 @@ def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(straight.variables + straight.optimizer.variables, resumed.variables + resumed.optimizer.variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert not np.allclose(first.queue.values().numpy(), resumed.queue.values().numpy())
+
+
+# --- The HDGE configs reproduce the paper rows their headers name ------------------------------
+# Liu & Abbeel 2020: Table 1 (96.7 / 80.9 / 96.4) is WRN-28-10 *with* BN, section 4.1 recipe (SGD,
+# x0.2 at epochs 60/120/160, batch 256, 200 epochs; the code's "for accuracy" lr 0.1, wd 5e-4,
+# dropout 0.3, no warmup). Tables 2-4 / Figures 1-2 are WRN-28-10 without BN, trained with the
+# official code's README recipe (Adam 1e-4, warmup 1000, x0.3 at 160/180 of 200, batch 64).
+
+CIFAR_TRAIN = 50000
+EPOCHS = 200
+_BN_SGD = dict(norm="batch", bn_momentum=0.1, bn_epsilon=1e-5, dropout=0.3, optimizer="keras.optimizers.SGD",
+               momentum=0.9, nesterov=False, decay_epochs=(60, 120, 160), decay_factor=0.2, warmup=0,
+               batch=256, code_lr=0.1, code_weight_decay=5e-4, guard=None, px_weight=0.0)
+_NOBN_ADAM = dict(norm=None, dropout=0.0, optimizer="keras.optimizers.Adam", decay_epochs=(160, 180),
+                  decay_factor=0.3, warmup=1000, batch=64, code_lr=1e-4, code_weight_decay=0.0,
+                  guard=None, px_weight=0.0)
+HDGE_ROWS = {
+    "gin_configs/hdge.gin": dict(
+        _BN_SGD, header=("Table 1", "HDGE (ours)", "96.7"), alpha=0.5, dataset="cifar10", classes=10),
+    "gin_configs/hdge_cifar100.gin": dict(
+        _BN_SGD, header=("Table 1", "CIFAR100", "80.9"), alpha=0.5, dataset="cifar100", classes=100),
+    "gin_configs/hdge_pxy_only.gin": dict(
+        _BN_SGD, header=("Table 1", "HDGE (log q(x|y) only)", "96.4"), alpha=0.0, dataset="cifar10",
+        classes=10),
+    "gin_configs/hdge_nobn.gin": dict(
+        _NOBN_ADAM, header=("Table 2", "Table 4", "94.6", "without BN"), alpha=0.5, dataset="cifar10",
+        classes=10),
+    "gin_configs/hdge_nobn_cifar100.gin": dict(
+        _NOBN_ADAM, header=("Figure 2", "4.62", "74.5", "without BN"), alpha=0.5, dataset="cifar100",
+        classes=100),
+    "gin_configs/hdge_jem.gin": dict(
+        _NOBN_ADAM, header=("Table 4", "HDGE+JEM", "94.4", "without BN"), alpha=0.5, dataset="cifar10",
+        classes=10, px_weight=0.5, guard=1e8),
+}
+
+
+def _parse(config, params=()):
+    import gin
+
+    from keras_ebm import cli
+
+    gin.clear_config()
+    cli.parse_gin([config], list(params))
+    return cli
+
+
+@pytest.mark.parametrize("config", sorted(HDGE_ROWS))
+def test_hdge_config_binds_the_recipe_of_its_row(config):
+    import gin
+
+    row = HDGE_ROWS[config]
+    with open(config if config.startswith("/") else _repo_path(config)) as f:
+        header = "".join(line for line in f if line.startswith("#"))
+    for text in row["header"]:
+        assert text in header, f"{config}'s header does not name {text!r}"
+    cli = _parse(config)
+    q, r = gin.query_parameter, cli.resolve_parameter
+
+    # Network
+    assert q("WideResNet.depth") == 28 and q("WideResNet.width") == 10
+    assert q("WideResNet.norm") == row["norm"]
+    assert q("WideResNet.dropout") == row["dropout"]
+    if row["norm"] == "batch":  # Keras momentum 0.1 = the code's PyTorch BatchNorm2d(momentum=0.9)
+        assert q("WideResNet.bn_momentum") == row["bn_momentum"]
+        assert q("WideResNet.bn_epsilon") == row["bn_epsilon"]
+
+    # Data: batch, steps = 200 epochs of the 50k training images, augmentation + 0.03 noise
+    batch = row["batch"]
+    steps_per_epoch = CIFAR_TRAIN // batch
+    assert r("%GLOBAL_BATCH_SIZE") == batch and r("%DATASET") == row["dataset"]
+    assert r("%NUM_CLASSES") == row["classes"] and r("build_classifier.num_classes") == row["classes"]
+    assert r("%STEPS_PER_EPOCH") == steps_per_epoch == r("epoch_step_decay.steps_per_epoch")
+    assert r("run_training.train_steps") == EPOCHS * steps_per_epoch
+    loader = "make_two_branch_dataset_fn" if row["px_weight"] else "make_dataset_fn"
+    assert q("run_training.train_data").selector.endswith(loader)
+    if row["px_weight"]:
+        assert r("train/make_two_branch_dataset_fn.clf_batch_size") == batch
+        assert r("train/make_two_branch_dataset_fn.px_batch_size") == batch
+        assert r("train/make_two_branch_dataset_fn.dequantize_noise") == 0.03
+    else:
+        assert r("train/make_dataset_fn.global_batch_size") == batch
+        assert r("train/make_dataset_fn.augment") == "pad_crop_flip"
+        assert r("train/make_dataset_fn.dequantize_noise") == 0.03
+
+    # HDGE (section 4: K = 65536, tau = 0.1; eq. 14 alpha)
+    assert r("HDGE.queue_size") == 65536 and r("%QUEUE_SIZE") == 65536
+    assert q("HDGE.temperature") == 0.1 and q("HDGE.alpha") == row["alpha"]
+    assert q("HDGE.score") == "code" and q("HDGE.label_smoothing") == 0.0
+    assert q("HDGE.px_weight") == row["px_weight"]
+
+    # Optimizer and schedule
+    opt_name = row["optimizer"]
+    assert q("run_training.optimizer").selector == opt_name
+    opt = cli.resolve_run_training()["optimizer"]()
+    assert isinstance(opt, keras.optimizers.SGD if opt_name.endswith("SGD") else keras.optimizers.Adam)
+    if opt_name.endswith("SGD"):
+        assert opt.momentum == row["momentum"] and opt.nesterov == row["nesterov"]
+    lr = q("epoch_step_decay.initial_learning_rate")
+    wd = q("HDGE.weight_decay")
+    if opt_name.endswith("SGD"):
+        # SGD sees the loss scale: alpha * CE + (1 - alpha) * L is (1 - alpha) times the code's
+        # CE + L (alpha = 0.5) or L alone (alpha = 0), so lr * (1 - alpha) and wd / (1 - alpha) are
+        # the code's lr 0.1 and weight decay 5e-4.
+        scale = 1.0 - row["alpha"]
+        np.testing.assert_allclose(lr * scale, row["code_lr"], rtol=1e-12)
+        np.testing.assert_allclose(wd / scale, row["code_weight_decay"], rtol=1e-12)
+    else:  # Adam's update does not see the scale
+        assert lr == row["code_lr"] and wd == row["code_weight_decay"]
+    assert tuple(q("epoch_step_decay.decay_epochs")) == row["decay_epochs"]
+    assert q("epoch_step_decay.decay_factor") == row["decay_factor"]
+    assert q("epoch_step_decay.warmup_steps") == row["warmup"]
+    schedule = r(f"{opt_name}.learning_rate")
+    for i, epoch in enumerate(row["decay_epochs"]):
+        boundary = epoch * steps_per_epoch
+        np.testing.assert_allclose(float(schedule(boundary - 1)), lr * row["decay_factor"] ** i, rtol=1e-6)
+        # (PiecewiseConstantDecay keeps the old rate at step == boundary.)
+        np.testing.assert_allclose(float(schedule(boundary + 1)), lr * row["decay_factor"] ** (i + 1), rtol=1e-6)
+    if row["warmup"]:
+        assert float(schedule(0)) < lr / 100
+    else:
+        np.testing.assert_allclose(float(schedule(0)), lr, rtol=1e-6)
+
+    # Divergence guard (hdge_jem: the code's |L| > 1e8)
+    if row["guard"] is None:
+        with pytest.raises(ValueError):
+            q("run_training.divergence_guard")
+    else:
+        guard = r("run_training.divergence_guard")
+        assert type(guard).__name__ == "DivergenceGuard" and guard.threshold == row["guard"]
+
+
+def _repo_path(path):
+    import os
+
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+
+
+@pytest.mark.parametrize("config, bn, dropout", [("gin_configs/hdge.gin", True, 0.3),
+                                                 ("gin_configs/hdge_nobn.gin", False, 0.0)])
+def test_hdge_config_builds_the_backbone_it_names(config, bn, dropout):
+    # The same bindings on a WRN-10-1: BN layers with Keras momentum 0.1 / eps 1e-5 and dropout 0.3
+    # between the convolutions (hdge.gin), or neither (hdge_nobn.gin).
+    cli = _parse(_repo_path(config), ["WideResNet.depth = 10", "WideResNet.width = 1",
+                                      "WideResNet.input_shape = (8, 8, 3)"])
+    backbone = cli.resolve_parameter("build_classifier.backbone")
+    norms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
+    drops = [l for l in backbone.layers if isinstance(l, keras.layers.Dropout)]
+    assert len(norms) == (2 * 1 * 3 + 1 if bn else 0)
+    assert all(l.momentum == 0.1 and l.epsilon == 1e-5 for l in norms)
+    assert len(drops) == (3 if dropout else 0) and all(l.rate == dropout for l in drops)
+
+
+def test_hdge_jem_keeps_the_no_bn_hdge_recipe():
+    # hdge_jem.gin = hdge_nobn.gin + JEM's log q(x) term + the guard: every hdge_nobn binding it
+    # does not deliberately override is unchanged.
+    import gin
+
+    def bindings(config):
+        _parse(_repo_path(config))
+        out = {}
+        for (scope, selector), params in gin.config._CONFIG.items():
+            for name, value in params.items():
+                out[(scope, selector, name)] = repr(value)
+        return out
+
+    nobn, jem = bindings("gin_configs/hdge_nobn.gin"), bindings("gin_configs/hdge_jem.gin")
+    changed = {k[1].rsplit(".", 1)[-1] + "." + k[2] for k in nobn if jem.get(k) != nobn[k]}
+    assert changed == {"run_training.train_data", "HDGE.px_weight"}, changed
