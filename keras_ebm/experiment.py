@@ -26,130 +26,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import distribute
+from keras_ebm import divergence
 
 
-class DivergenceError(RuntimeError):
-    """Raised when training produces non-finite values; the last good checkpoint is kept."""
-
-
-class DivergenceGuard:
-    """Recover from a diverging run: restore the last good checkpoint, change something, go on.
-
-    None of the official JEM-family repositories has one: they crash (JEM divides by zero when
-    |loss| > 1e8, SADA-JEM returns when |loss| > 1e5) and their authors advise restarting from the
-    last checkpoint with another seed, a lower learning rate or more SGLD steps (JEM issues #4 and
-    #8; CODE_FACTS section 10). This automates that advice.
-
-    A step counts as diverged when a logged value is non-finite, when |loss| or a mean energy
-    exceeds `threshold`, or when any floating-point variable of the trainer (weights, BN statistics,
-    replay buffer, queue, EMA copies) is non-finite at a checkpoint, which is then not written. Then
-    `run_training` restores the last checkpoint (with a guard, a step-0 checkpoint is written before
-    training, so a run that diverges before its first checkpoint restarts from its initialisation)
-    and applies, in order: a new random seed (every `keras.random.SeedGenerator` state of the trainer
-    and the data order), the learning rate times `lr_factor` (a constant rate is multiplied; a
-    schedule is multiplied by a checkpointed scale, `RecoveryState.lr_scale`), and `extra_sgld_steps`
-    more SGLD steps (trainers with a `sampler`; also checkpointed, so a resumed process keeps them).
-    Each event is logged to the console, to TensorBoard (`divergence/recoveries`) and to
-    `model_dir/divergence_events.jsonl`. After `max_recoveries` recoveries the run stops with
-    `DivergenceError`.
-
-    Args:
-        max_recoveries: recoveries allowed before giving up.
-        threshold: magnitude of loss/energy treated as divergence (JEM: 1e8, SADA-JEM: 1e5).
-        lr_factor: multiply a constant learning rate by this at each recovery (1 = keep).
-        extra_sgld_steps: add this many SGLD steps at each recovery (0 = keep).
-        reseed: draw new random seeds at each recovery.
-    """
-
-    def __init__(self, max_recoveries=3, threshold=1e8, lr_factor=0.5, extra_sgld_steps=0, reseed=True):
-        if max_recoveries < 0:
-            raise ValueError(f"`max_recoveries` must be >= 0. Received: max_recoveries={max_recoveries}")
-        self.max_recoveries = int(max_recoveries)
-        self.threshold = float(threshold)
-        self.lr_factor = float(lr_factor)
-        self.extra_sgld_steps = int(extra_sgld_steps)
-        self.reseed = bool(reseed)
-
-    def exploded(self, logs):
-        watched = [v for k, v in logs.items() if k == "loss" or k.startswith("energy")]
-        return any(np.any(np.abs(v) > self.threshold) for v in watched)
-
-    def apply(self, model, attempt, rng, state=None):
-        """Change the run after a restore; returns a description of what was changed.
-
-        `state` is the run's `RecoveryState` (checkpointed with the model); without one (a model
-        driven by hand) a scheduled learning rate cannot be scaled and is left alone.
-        """
-        changes = []
-        if self.reseed:
-            for v in model.variables:
-                if "seed_generator_state" in v.path:
-                    v.assign(rng.integers(0, 2**30, size=v.shape).astype(v.dtype))
-            changes.append("new random seeds")
-        optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
-        if self.lr_factor != 1.0:
-            if state is not None:
-                state.lr_scale.assign(state.lr_scale * self.lr_factor)
-            for name, opt in optimizers.items():
-                if isinstance(opt._learning_rate, ScaledSchedule) and state is not None:
-                    changes.append(f"{name}: learning-rate schedule x {float(state.lr_scale.numpy()):.3g}")
-                elif isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-                    changes.append(f"{name}: learning-rate schedule left unchanged")
-                else:
-                    opt.learning_rate = float(opt.learning_rate) * self.lr_factor
-                    changes.append(f"{name}: learning rate -> {float(opt.learning_rate):.3g}")
-        sampler = getattr(model, "sampler", None)
-        if self.extra_sgld_steps and sampler is not None:
-            sampler.n_steps = int(sampler.n_steps) + self.extra_sgld_steps
-            if state is not None:
-                state.extra_sgld_steps.assign_add(self.extra_sgld_steps)
-            changes.append(f"SGLD steps -> {sampler.n_steps}")
-        return ", ".join(changes) or "no change"
-
-
-@keras.saving.register_keras_serializable(package="keras_ebm")
-class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
-    """`schedule(step) * scale`, with `scale` a variable: how the divergence guard lowers a
-    scheduled learning rate without retracing, and how the lowered rate survives a resume."""
-
-    def __init__(self, schedule, scale):
-        self.schedule = schedule
-        self.scale = scale
-
-    def __call__(self, step):
-        return self.schedule(step) * keras.ops.cast(self.scale, "float32")
-
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
-                "scale": float(keras.ops.convert_to_numpy(self.scale))}
-
-
-class RecoveryState(tf.Module):
-    """What divergence recoveries changed, checkpointed beside the model (`recovery` in the
-    checkpoint) so a run resumed in a new process keeps the lowered rate and the extra SGLD steps."""
-
-    def __init__(self):
-        super().__init__(name="recovery")
-        self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
-        self.extra_sgld_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="extra_sgld_steps")
-
-    def attach(self, model):
-        """Route every scheduled learning rate of `model` through `lr_scale`."""
-        optimizers = getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
-        for opt in optimizers.values():
-            schedule = opt._learning_rate
-            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
-                schedule, ScaledSchedule
-            ):
-                opt.learning_rate = ScaledSchedule(schedule, self.lr_scale)
-
-    def reapply(self, model):
-        """After a restore into a freshly built model: put back the extra SGLD steps."""
-        extra = int(self.extra_sgld_steps.numpy())
-        sampler = getattr(model, "sampler", None)
-        if extra and sampler is not None:
-            sampler.n_steps = int(sampler.n_steps) + extra
-            _log(f"divergence recoveries added {extra} SGLD steps: n_steps = {sampler.n_steps}")
+# Re-exported: the divergence guard lives in keras_ebm.divergence.
+DivergenceError = divergence.DivergenceError
+DivergenceGuard = divergence.DivergenceGuard
+RecoveryState = divergence.RecoveryState
+ScaledSchedule = divergence.ScaledSchedule
 
 
 def _log(msg):
@@ -292,13 +176,16 @@ def run_training(
         recovery = RecoveryState()
     recovery.attach(model)
     checkpoint = make_checkpoint(model, step, recovery)
-    manager = tf.train.CheckpointManager(
-        checkpoint, _checkpoint_dir(model_dir, strategy), max_to_keep=keep_checkpoints
-    )
+    checkpoint_dir = _checkpoint_dir(model_dir, strategy)
+    if divergence_guard is not None:
+        # The newest *good* checkpoint (confirm_steps healthy steps after it) must outlive rotation.
+        keep_checkpoints = max(keep_checkpoints, -(-divergence_guard.confirm_steps // checkpoint_every) + 2)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=keep_checkpoints)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        recovery.reapply(model)
-        _log(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}")
+        notes = recovery.reapply(model)
+        _log(f"resumed from {manager.latest_checkpoint} at step {int(step.numpy())}"
+             + (f" (divergence recoveries: {', '.join(notes)})" if notes else ""))
     elif divergence_guard is not None and train_steps > 0:
         manager.save(checkpoint_number=0)  # a run that diverges before its first checkpoint restarts here
     start = int(step.numpy())
@@ -316,25 +203,35 @@ def run_training(
             out_of_time = _train_loop(
                 model, step, manager, dataset, strategy, model_dir, train_steps,
                 checkpoint_every, log_every, progress and chief, chief, divergence_guard,
-                jit_compile=jit_compile, deadline=deadline,
+                jit_compile=jit_compile, deadline=deadline, recovery=recovery,
             )
         except DivergenceError as error:
             if divergence_guard is None:
                 raise
-            if recoveries >= divergence_guard.max_recoveries or not manager.latest_checkpoint:
+            good_step = int(recovery.good_step.numpy())
+            if recoveries >= divergence_guard.max_recoveries:
                 raise DivergenceError(
                     f"{error}\nGave up after {recoveries} automatic recoveries "
                     f"(DivergenceGuard.max_recoveries={divergence_guard.max_recoveries})."
                 ) from error
+            manager, restored = _roll_back(manager, checkpoint, good_step, keep_checkpoints)
+            if restored is None:
+                raise DivergenceError(f"{error}\nNo checkpoint at or before the last good step {good_step} "
+                                      "is left to recover from.") from error
             recoveries += 1
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            remedies = recovery.snapshot()  # what earlier recoveries changed belongs to the run
+            checkpoint.restore(restored).assert_existing_objects_matched()
+            recovery.load(remedies)
+            recovery.good_step.assign(int(step.numpy()))
             for m in model.metrics:
                 m.reset_state()
             change = divergence_guard.apply(model, recoveries, rng, state=recovery)
-            event = {"recovery": recoveries, "diverged": str(error).split(":")[0],
-                     "restored": manager.latest_checkpoint, "step": int(step.numpy()), "change": change}
-            _log(f"divergence recovery {recoveries}/{divergence_guard.max_recoveries}: restored "
-                 f"{manager.latest_checkpoint} (step {int(step.numpy())}); {change}")
+            event = {"recovery": recoveries, "fired": getattr(error, "signals", None),
+                     "at_step": getattr(error, "step", None), "values": getattr(error, "values", None),
+                     "restored": restored, "step": int(step.numpy()), "change": change}
+            _log(f"divergence recovery {recoveries}/{divergence_guard.max_recoveries}: "
+                 f"{event['fired']} at step {event['at_step']}; restored the last good checkpoint "
+                 f"{restored} (step {int(step.numpy())}); {change}")
             if chief:
                 with open(os.path.join(model_dir, "divergence_events.jsonl"), "a") as f:
                     f.write(json.dumps(event) + "\n")
@@ -420,10 +317,39 @@ def comparison_table(results_by_model, extra_columns=None):
     return "\n".join(lines) + "\n"
 
 
+def _checkpoint_step(path):
+    return int(path.rsplit("-", 1)[1])
+
+
+def _roll_back(manager, checkpoint, good_step, max_to_keep):
+    """Delete the checkpoints newer than `good_step` (they belong to the diverging branch) and
+    return `(manager, path)` of the newest one left (None when there is none)."""
+    paths = list(manager.checkpoints)
+    keep = [p for p in paths if _checkpoint_step(p) <= good_step]
+    if not keep:
+        return manager, None
+    for path in paths:
+        if path not in keep:
+            for f in tf.io.gfile.glob(path + ".*"):
+                tf.io.gfile.remove(f)
+    directory = manager.directory
+    # Timestamps after `last_preserved_timestamp`, or a new manager would not list (nor rotate) them.
+    stamps = [os.path.getmtime(p + ".index") for p in keep]
+    tf.compat.v1.train.update_checkpoint_state(
+        directory, keep[-1], all_model_checkpoint_paths=keep, all_model_checkpoint_timestamps=stamps,
+        last_preserved_timestamp=min(stamps) - 1.0)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep), keep[-1]
+
+
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
                 checkpoint_every, log_every, progress, chief, guard=None, jit_compile=False,
-                deadline=None):
-    """Train from `step` towards `train_steps`; True when it stopped early at `deadline`."""
+                deadline=None, recovery=None):
+    """Train from `step` towards `train_steps`; True when it stopped early at `deadline`.
+
+    The trackers are reset after every step, so each step's logs are that step's values: the
+    divergence guard watches every step, and TensorBoard / the console show the mean over the
+    `log_every` steps since the last log.
+    """
     iterator = iter(dataset)
     # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
     step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
@@ -438,12 +364,16 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard")) if chief else None
     bar = keras.utils.Progbar(train_steps, stateful_metrics=[m.name for m in model.metrics]) if progress else None
+    monitor = guard.monitor() if guard is not None else None
+    confirm = guard.confirm_steps if guard is not None else 0
     start = int(step.numpy())
     t0, last_log_step = time.time(), start
-    logs = {}
+    window, logs = [], {}
     operative_written = False
     for current in range(start + 1, train_steps + 1):
-        logs = {k: v.numpy() for k, v in train_one_step(iterator).items()}
+        step_logs = {k: v.numpy() for k, v in train_one_step(iterator).items()}
+        for m in model.metrics:
+            m.reset_state()
         if not operative_written and chief:
             with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
                 f.write(gin.operative_config_str())
@@ -451,17 +381,17 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
         out_of_time = deadline is not None and time.time() > deadline and current < train_steps
         at_log = current % log_every == 0 or current == train_steps or out_of_time
         at_ckpt = current % checkpoint_every == 0 or current == train_steps or out_of_time
-        if (at_log or at_ckpt) and (
-            not _all_finite(logs)
-            or (guard is not None and guard.exploded(logs))
-            or (at_ckpt and not bool(_variables_finite(_float_variables(model))))
-        ):
-            raise DivergenceError(
-                f"training diverged at step {current}: non-finite or exploding values in "
-                f"{ {k: float(v) for k, v in logs.items()} }. The last good "
-                f"checkpoint ({manager.latest_checkpoint}) is kept; resume from it with a lower learning "
-                "rate, more SGLD steps or another seed."
-            )
+        if monitor is not None:
+            signals = monitor.update(current, step_logs)
+        else:
+            signals = [] if _all_finite(step_logs) else ["non_finite"]
+        if not signals and at_ckpt and not bool(_variables_finite(_float_variables(model))):
+            signals = ["non_finite_variables"]
+        if signals:
+            values = monitor.fired.get("values") if monitor is not None and monitor.fired else None
+            raise _divergence_error(current, signals, values or step_logs, manager)
+        window.append(step_logs)
+        logs = {k: np.mean([w[k] for w in window]) for k in step_logs}
         if at_log:
             rate = (current - last_log_step) / max(time.time() - t0, 1e-9)
             t0, last_log_step = time.time(), current
@@ -470,14 +400,18 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
                     for k, v in logs.items():
                         tf.summary.scalar(k, v)
                     tf.summary.scalar("steps_per_second", rate)
-            for m in model.metrics:
-                m.reset_state()
             if bar is None and chief:
                 _log(f"step {current}/{train_steps} " + " ".join(f"{k}={float(v):.4g}" for k, v in logs.items()))
+            window = []
         if bar is not None:
             bar.update(current, values=[(k, float(v)) for k, v in logs.items()])
         if at_ckpt:
             manager.save(checkpoint_number=current)
+        if recovery is not None:
+            # A checkpoint is good once `confirm` healthy steps followed it (0 without a guard).
+            good = [s for s in map(_checkpoint_step, manager.checkpoints) if s <= current - confirm]
+            if good and max(good) > int(recovery.good_step.numpy()):
+                recovery.good_step.assign(max(good))
         if out_of_time:
             break
     if writer is not None:
@@ -488,6 +422,19 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
         _log(f"{why}step {int(step.numpy())}/{train_steps}: "
              + json.dumps({k: round(float(v), 5) for k, v in logs.items()}))
     return stopped_early
+
+
+def _divergence_error(current, signals, step_logs, manager):
+    values = {k: float(np.mean(v)) for k, v in step_logs.items()}  # the monitor's values or the logs
+    error = DivergenceError(
+        f"training diverged at step {current}: {', '.join(signals)} in "
+        f"{ {k: round(v, 5) for k, v in values.items()} }. Nothing is saved from this state: the last good "
+        f"checkpoint is kept (the newest is {manager.latest_checkpoint}); resume from a good one with a lower learning "
+        "rate, more SGLD steps, an energy L2 penalty or another seed, or set "
+        "run_training.divergence_guard = @DivergenceGuard() to do it automatically."
+    )
+    error.step, error.signals, error.values = current, list(signals), values
+    return error
 
 
 def restore_trainer(model_dir, strategy=None):

@@ -150,7 +150,7 @@ def test_divergence_guard_recovers_and_continues(tmp_path):
         calls.append(1)
         return exploding_data_fn(input_context) if len(calls) == 1 else data_fn(input_context)
 
-    guard = experiment.DivergenceGuard(max_recoveries=2, lr_factor=0.5)
+    guard = experiment.DivergenceGuard(max_recoveries=2, lr_factor=0.5, remedies=("lower_lr",), confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     model = run(tmp_path, 8, data=explodes_once, trainer=unchecked, divergence_guard=guard)
     assert int(model.optimizer.iterations.numpy()) == 8
@@ -162,7 +162,7 @@ def test_divergence_guard_recovers_and_continues(tmp_path):
 
 
 def test_divergence_guard_gives_up_after_max_recoveries(tmp_path):
-    guard = experiment.DivergenceGuard(max_recoveries=2)
+    guard = experiment.DivergenceGuard(max_recoveries=2, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     with pytest.raises(experiment.DivergenceError, match="Gave up after 2 automatic recoveries"):
         run(tmp_path, 10, data=exploding_data_fn, trainer=unchecked, divergence_guard=guard)
@@ -205,20 +205,30 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
         calls.append(1)
         return exploding_data_fn(input_context) if len(calls) == 1 else data_fn(input_context)
 
-    guard = experiment.DivergenceGuard(max_recoveries=2, lr_factor=0.5, extra_sgld_steps=3)
+    # Three recoveries, one remedy each (default order), every one applied once to an absolute value.
+    def explodes_thrice(input_context=None):
+        calls.append(1)
+        return exploding_data_fn(input_context) if len(calls) <= 3 else data_fn(input_context)
+
+    guard = experiment.DivergenceGuard(max_recoveries=3, lr_factor=0.5, sgld_steps_factor=2.5, energy_l2=0.1,
+                                       confirm_steps=0)
     kwargs = dict(model_dir=str(tmp_path), trainer=jem_trainer_fn, optimizer=scheduled_adam,
                   checkpoint_every=2, log_every=2, export=False, progress=False)
-    model = experiment.run_training(train_data=explodes_once, train_steps=6, divergence_guard=guard, **kwargs)
+    model = experiment.run_training(train_data=explodes_thrice, train_steps=8, divergence_guard=guard, **kwargs)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
-    assert len(events) == 1, events
-    assert "optimizer: learning-rate schedule x 0.5" in events[0]["change"], events[0]
-    assert "SGLD steps -> 5" in events[0]["change"], events[0]
-    assert model.sampler.n_steps == 5
+    assert len(events) == 3, events
+    assert all(e["fired"][0] in ("magnitude", "non_finite") for e in events), events
+    assert "energy L2 -> 0.1" in events[0]["change"] and "SGLD" not in events[0]["change"], events[0]
+    assert "SGLD steps -> 5" in events[1]["change"] and "energy" not in events[1]["change"], events[1]
+    assert "optimizer: learning-rate schedule x 0.5" in events[2]["change"], events[2]
+    assert all("new random seeds" in e["change"] for e in events)
+    assert model.sampler.n_steps == 5 and model.energy_l2 == 0.1
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
-    # A new process (a freshly built trainer) resuming the run keeps both changes: they are checkpointed.
-    resumed = experiment.run_training(train_data=data_fn, train_steps=8, **kwargs)
-    assert int(resumed.optimizer.iterations.numpy()) == 8
-    assert resumed.sampler.n_steps == 5
+    # A new process (a freshly built trainer) resuming the run keeps every change: they are checkpointed
+    # (even though recoveries 2 and 3 restored checkpoints written before the earlier remedies).
+    resumed = experiment.run_training(train_data=data_fn, train_steps=10, **kwargs)
+    assert int(resumed.optimizer.iterations.numpy()) == 10
+    assert resumed.sampler.n_steps == 5 and resumed.energy_l2 == 0.1
     np.testing.assert_allclose(float(resumed.optimizer.learning_rate), 0.025)
 
 
@@ -230,7 +240,7 @@ def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp
         bad = data_fn(input_context).map(lambda x, y: (x * 1e30, y))
         return bad if len(calls) == 1 else data_fn(input_context)
 
-    guard = experiment.DivergenceGuard(max_recoveries=1, lr_factor=1.0)
+    guard = experiment.DivergenceGuard(max_recoveries=1, lr_factor=1.0, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     model = experiment.run_training(
         model_dir=str(tmp_path), trainer=unchecked, optimizer=lambda: keras.optimizers.Adam(0.05),
@@ -320,3 +330,91 @@ def test_buffer_grid_shows_every_class_block(tmp_path, monkeypatch):
     experiment.save_buffer_grid(model, str(tmp_path / "buffer.png"), num_images=20)
     values = np.unique(np.round(shown["x"][:, 0, 0, 0], 3))
     assert len(shown["x"]) == 20 and len(values) == 10, values  # all ten classes, not only class 0
+
+
+def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch(tmp_path):
+    # Checkpoints every 2 steps; a checkpoint is good once 4 healthy steps followed it. The data
+    # explode at step 7: checkpoints 2, 4 and 6 exist, only 2 is confirmed (2 + 4 <= 6), so the
+    # guard restores ckpt-2 and deletes 4 and 6, which belong to the failing branch.
+    calls = []
+
+    def explodes_at_7(input_context=None):
+        calls.append(1)
+        if len(calls) > 1:
+            return data_fn(input_context)
+        good = data_fn(input_context).take(6)
+        return good.concatenate(data_fn(input_context).map(lambda x, y: (x * 1e30, y)))
+
+    guard = experiment.DivergenceGuard(max_recoveries=1, confirm_steps=4, remedies=())
+    unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
+    seen = []
+    original = experiment._roll_back
+
+    def spy(manager, *args):
+        seen.append([os.path.basename(p) for p in manager.checkpoints])
+        return original(manager, *args)
+
+    experiment._roll_back = spy
+    try:
+        model = run(tmp_path, 8, data=explodes_at_7, trainer=unchecked, divergence_guard=guard)
+    finally:
+        experiment._roll_back = original
+    assert seen == [["ckpt-0", "ckpt-2", "ckpt-4", "ckpt-6"]], seen
+    events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
+    assert len(events) == 1 and events[0]["restored"].endswith("ckpt-2") and events[0]["step"] == 2, events
+    assert events[0]["at_step"] == 7 and events[0]["fired"] == ["magnitude"], events
+    assert events[0]["change"] == "new random seeds"
+    assert int(model.optimizer.iterations.numpy()) == 8
+    # After the recovery the run trained 3..8 again and wrote fresh checkpoints; the state file
+    # lists them (a new process resumes from the newest).
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "checkpoints"), max_to_keep=None)
+    assert [os.path.basename(p) for p in manager.checkpoints][-3:] == ["ckpt-4", "ckpt-6", "ckpt-8"]
+
+
+def test_remedies_are_applied_once_each_in_order():
+    from keras_ebm.divergence import RecoveryState
+
+    model = jem_trainer_fn()
+    model.compile(optimizer=scheduled_adam())
+    model(tf.zeros((1, 8, 8, 1)))
+    state = RecoveryState()
+    state.attach(model)
+    guard = experiment.DivergenceGuard(max_recoveries=6, energy_l2=0.1, sgld_steps_factor=2.0, lr_factor=0.5)
+    rng = np.random.default_rng(0)
+    changes = [guard.apply(model, n, rng, state=state) for n in range(1, 6)]
+    assert changes[0] == "new random seeds, energy L2 -> 0.1"
+    assert changes[1] == "new random seeds, SGLD steps -> 4"
+    assert changes[2] == "new random seeds, optimizer: learning-rate schedule x 0.5"
+    assert changes[3:] == ["new random seeds"] * 2  # nothing compounds after the ladder
+    assert model.energy_l2 == 0.1 and model.sampler.n_steps == 4
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
+    assert state.snapshot() == {"lr_scale": 0.5, "extra_sgld_steps": 2, "energy_l2": pytest.approx(0.1)}
+
+
+def _replay(guard, clf_losses, gaps=None):
+    monitor = guard.monitor()
+    fired = {}
+    for step, loss in enumerate(clf_losses, start=1):
+        logs = {"loss": loss, "clf_loss": loss}
+        if gaps is not None:
+            logs["energy_gap"] = gaps[step - 1]
+        for signal in monitor.update(step, logs):
+            fired.setdefault(signal, step)
+    return fired
+
+
+def test_monitor_clf_loss_rise_and_energy_gap_band():
+    rng = np.random.default_rng(0)
+    healthy = list(np.linspace(2.3, 1.6, 300) * rng.uniform(0.75, 1.25, 300))
+    guard = experiment.DivergenceGuard(max_energy_gap=5.0)
+    assert _replay(guard, healthy, gaps=[0.5] * 300) == {}
+    # The classifier collapses at step 201: loss 5.0 (2.5x its level); the 10-step mean passes 2x
+    # the running median within a few steps.
+    collapsing = healthy[:200] + [5.0] * 100
+    fired = _replay(guard, collapsing)
+    assert 201 <= fired["clf_loss_rise"] <= 210, fired
+    # The energy gap leaving its band fires at once.
+    gaps = [0.5] * 150 + [24.0] * 150
+    assert _replay(guard, healthy, gaps=gaps) == {"energy_gap": 151}
+    # Signals can be turned off.
+    assert _replay(experiment.DivergenceGuard(clf_rise_factor=None), collapsing) == {}

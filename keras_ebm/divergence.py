@@ -1,0 +1,253 @@
+"""Divergence: detect the failure JEM-style training has when it starts, and recover from it.
+
+What JEM does at small scale (measured with this library on the official small JEM recipe,
+`benchmarks/fidelity_small.py`, and with the official code, which crashes at |loss| > 1e8): the
+energy of the SGLD samples runs away from the energy of the data (the energy gap grows by an
+order of magnitude within a few dozen steps), the classifier loss rises well above its running
+level, and only hundreds of steps later does |loss| pass 1e8. A guard that waits for 1e8 restores a
+checkpoint taken after the failure began. `DivergenceMonitor` watches every step for:
+
+| signal | fires when | default |
+|---|---|---|
+| `non_finite` | any logged value is NaN / Inf | always on |
+| `magnitude` | abs(loss) or abs(any energy_*) > `threshold` | 1e8 (JEM / JEM++ code; SADA-JEM 1e5) |
+| `energy_gap` | abs(energy_gap) > `max_energy_gap` | off (the JEM-family configs set it) |
+| `clf_loss_rise` | mean clf_loss of the last `rise_window` steps > `clf_rise_factor` x the median of the `baseline_window` steps before them | x2, windows 10 / 100 |
+
+A checkpoint counts as *good* only once `confirm_steps` steps after it passed with no signal;
+`run_training` restores the newest good checkpoint, deletes the newer ones (they belong to the
+failing branch) and applies the next remedy.
+
+Remedies (JEM issue #4, wgrathwohl/JEM: restart from the last good checkpoint with a new seed, more
+SGLD steps, an energy L2 penalty of about 0.1, a lower learning rate). Every recovery restarts
+with new random seeds; in addition recovery n applies the n-th remedy of `remedies`, each at most
+once and to an absolute value (recovery 3 with the default order runs with energy L2 0.1, twice
+the SGLD steps and half the learning rate: nothing is halved again). Default order and why:
+1. `energy_l2` (0.1 on the energies of data and samples): it bounds exactly what runs away, costs
+   nothing per step, and changes the objective least; a new seed alone tends to repeat a
+   systematic failure (the official JEM code diverged at steps 264 and 267 with two seeds).
+2. `sgld_steps` (K -> `sgld_steps_factor` x K): better samples, at a cost proportional to K.
+3. `lower_lr` (x `lr_factor`, once): slows all learning, so it comes last.
+What each recovery changed is checkpointed (`RecoveryState`), so a run resumed in a new process
+keeps it, and logged (console, TensorBoard `divergence/recoveries`, `divergence_events.jsonl` with
+the signals that fired, their values and the change).
+"""
+
+import collections
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+REMEDIES = ("energy_l2", "sgld_steps", "lower_lr")
+
+
+class DivergenceError(RuntimeError):
+    """Raised when training diverges; the last good checkpoint is kept."""
+
+
+class DivergenceGuard:
+    """Detect divergence when it starts and recover with the JEM authors' remedies.
+
+    Args:
+        max_recoveries: recoveries allowed before `run_training` gives up with `DivergenceError`.
+        threshold: abs(loss) / abs(energy) treated as divergence (the official codes' crash
+            thresholds: JEM / JEM++ 1e8, SADA-JEM 1e5).
+        max_energy_gap: abs(energy_gap) (mean sample energy - mean data energy) treated as the
+            onset of divergence; None turns the signal off.
+        clf_rise_factor: the classifier loss's rise over its running level treated as divergence;
+            None turns the signal off.
+        rise_window: steps averaged for the current classifier loss.
+        baseline_window: steps (before the rise window) whose median is the running level; the
+            signal needs at least half of them.
+        confirm_steps: healthy steps after a checkpoint before it counts as good.
+        remedies: order of the remedies (from "energy_l2", "sgld_steps", "lower_lr"); recovery n
+            applies the n-th (all of them restart with new random seeds).
+        energy_l2: the energy L2 coefficient set by the "energy_l2" remedy (trainers with
+            `energy_l2`, i.e. the JEM family).
+        sgld_steps_factor: K is multiplied by this (once) by the "sgld_steps" remedy.
+        lr_factor: learning rate (and schedule) multiplied by this (once) by "lower_lr".
+        reseed: draw new random seeds at every recovery.
+    """
+
+    def __init__(self, max_recoveries=4, threshold=1e8, max_energy_gap=None, clf_rise_factor=2.0,
+                 rise_window=10, baseline_window=100, confirm_steps=100, remedies=REMEDIES,
+                 energy_l2=0.1, sgld_steps_factor=2.0, lr_factor=0.5, reseed=True):
+        if max_recoveries < 0:
+            raise ValueError(f"`max_recoveries` must be >= 0. Received: max_recoveries={max_recoveries}")
+        unknown = [r for r in remedies if r not in REMEDIES]
+        if unknown:
+            raise ValueError(f"Unknown remedies {unknown}: choose from {REMEDIES}. Received: remedies={remedies}")
+        if clf_rise_factor is not None and not clf_rise_factor > 1:
+            raise ValueError(f"`clf_rise_factor` must be > 1 or None. Received: clf_rise_factor={clf_rise_factor}")
+        self.max_recoveries = int(max_recoveries)
+        self.threshold = float(threshold)
+        self.max_energy_gap = None if max_energy_gap is None else float(max_energy_gap)
+        self.clf_rise_factor = None if clf_rise_factor is None else float(clf_rise_factor)
+        self.rise_window = int(rise_window)
+        self.baseline_window = int(baseline_window)
+        self.confirm_steps = int(confirm_steps)
+        self.remedies = tuple(remedies)
+        self.energy_l2 = float(energy_l2)
+        self.sgld_steps_factor = float(sgld_steps_factor)
+        self.lr_factor = float(lr_factor)
+        self.reseed = bool(reseed)
+
+    def exploded(self, logs):
+        """abs(loss) or abs(energy) above `threshold` (the official codes' crash test)."""
+        watched = [v for k, v in logs.items() if k == "loss" or k.startswith("energy")]
+        return any(np.any(np.abs(v) > self.threshold) for v in watched)
+
+    def monitor(self):
+        """A fresh `DivergenceMonitor` with this guard's detectors."""
+        return DivergenceMonitor(self)
+
+    def apply(self, model, recovery, rng, state=None):
+        """Change the run after recovery number `recovery` (1-based) restored a checkpoint.
+
+        Returns a description of what changed. `state` is the run's `RecoveryState`
+        (checkpointed with the model); without one a scheduled learning rate is left alone.
+        """
+        changes = []
+        if self.reseed:
+            for v in model.variables:
+                if "seed_generator_state" in v.path:
+                    v.assign(rng.integers(0, 2**30, size=v.shape).astype(v.dtype))
+            changes.append("new random seeds")
+        if recovery <= len(self.remedies):
+            remedy = self.remedies[recovery - 1]
+            changes.append(getattr(self, f"_remedy_{remedy}")(model, state))
+        return ", ".join(changes) or "no change"
+
+    def _remedy_energy_l2(self, model, state):
+        if not hasattr(model, "energy_l2"):
+            return f"energy L2 not applicable to {type(model).__name__}"
+        model.energy_l2 = max(float(model.energy_l2), self.energy_l2)
+        if state is not None:
+            state.energy_l2.assign(model.energy_l2)
+        return f"energy L2 -> {model.energy_l2:g}"
+
+    def _remedy_sgld_steps(self, model, state):
+        sampler = getattr(model, "sampler", None)
+        if sampler is None:
+            return f"more SGLD steps not applicable to {type(model).__name__}"
+        extra = int(round(int(sampler.n_steps) * (self.sgld_steps_factor - 1.0)))
+        sampler.n_steps = int(sampler.n_steps) + extra
+        if state is not None:
+            state.extra_sgld_steps.assign_add(extra)
+        return f"SGLD steps -> {sampler.n_steps}"
+
+    def _remedy_lower_lr(self, model, state):
+        changes = []
+        if state is not None:
+            state.lr_scale.assign(state.lr_scale * self.lr_factor)
+        for name, opt in _optimizers(model).items():
+            if isinstance(opt._learning_rate, ScaledSchedule) and state is not None:
+                changes.append(f"{name}: learning-rate schedule x {float(state.lr_scale.numpy()):.3g}")
+            elif isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                changes.append(f"{name}: learning-rate schedule left unchanged")
+            else:
+                opt.learning_rate = float(opt.learning_rate) * self.lr_factor
+                changes.append(f"{name}: learning rate -> {float(opt.learning_rate):.3g}")
+        return ", ".join(changes)
+
+
+class DivergenceMonitor:
+    """The guard's detectors over a run's per-step logs; `update(step, logs)` returns the signals
+    that fire at that step (`[]` when healthy). State: the recent classifier losses."""
+
+    def __init__(self, guard):
+        self.guard = guard
+        self.clf_losses = collections.deque(maxlen=guard.rise_window + guard.baseline_window)
+        self.fired = {}
+
+    def update(self, step, logs):
+        g = self.guard
+        signals = []
+        values = {k: float(np.mean(v)) for k, v in logs.items()}
+        if not all(np.all(np.isfinite(v)) for v in logs.values()):
+            signals.append("non_finite")
+        elif g.exploded(logs):
+            signals.append("magnitude")
+        if g.max_energy_gap is not None and abs(values.get("energy_gap", 0.0)) > g.max_energy_gap:
+            signals.append("energy_gap")
+        if g.clf_rise_factor is not None and "clf_loss" in values and np.isfinite(values["clf_loss"]):
+            self.clf_losses.append(values["clf_loss"])
+            history = list(self.clf_losses)
+            baseline = history[:-g.rise_window]
+            if len(baseline) >= max(g.baseline_window // 2, 1):
+                recent = float(np.mean(history[-g.rise_window:]))
+                level = float(np.median(baseline))
+                if recent > g.clf_rise_factor * level:
+                    signals.append("clf_loss_rise")
+                    values["clf_loss_level"] = level
+                    values["clf_loss_recent"] = recent
+        self.fired = {"signals": signals, "step": int(step), "values": values} if signals else {}
+        return signals
+
+
+@keras.saving.register_keras_serializable(package="keras_ebm")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step) * scale`, with `scale` a variable: how the divergence guard lowers a
+    scheduled learning rate without retracing, and how the lowered rate survives a resume."""
+
+    def __init__(self, schedule, scale):
+        self.schedule = schedule
+        self.scale = scale
+
+    def __call__(self, step):
+        return self.schedule(step) * keras.ops.cast(self.scale, "float32")
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "scale": float(keras.ops.convert_to_numpy(self.scale))}
+
+
+class RecoveryState(tf.Module):
+    """What divergence recoveries changed, and the newest checkpoint known to be good; checkpointed
+    beside the model (`recovery` in the checkpoint) so a run resumed in a new process keeps the
+    lowered rate, the extra SGLD steps and the energy penalty."""
+
+    def __init__(self):
+        super().__init__(name="recovery")
+        self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
+        self.extra_sgld_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="extra_sgld_steps")
+        self.energy_l2 = tf.Variable(0.0, trainable=False, name="energy_l2")
+        self.good_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_step")
+
+    def snapshot(self):
+        """The remedies as Python values (a restore of an older checkpoint must not undo them)."""
+        return {"lr_scale": float(self.lr_scale.numpy()), "extra_sgld_steps": int(self.extra_sgld_steps.numpy()),
+                "energy_l2": float(self.energy_l2.numpy())}
+
+    def load(self, values):
+        for name, value in values.items():
+            getattr(self, name).assign(value)
+
+    def attach(self, model):
+        """Route every scheduled learning rate of `model` through `lr_scale`."""
+        for opt in _optimizers(model).values():
+            schedule = opt._learning_rate
+            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
+                schedule, ScaledSchedule
+            ):
+                opt.learning_rate = ScaledSchedule(schedule, self.lr_scale)
+
+    def reapply(self, model):
+        """After a restore into a freshly built model: put back the Python-side remedies (the
+        extra SGLD steps and the energy penalty); returns what was put back."""
+        notes = []
+        extra = int(self.extra_sgld_steps.numpy())
+        sampler = getattr(model, "sampler", None)
+        if extra and sampler is not None:
+            sampler.n_steps = int(sampler.n_steps) + extra
+            notes.append(f"n_steps = {sampler.n_steps}")
+        energy_l2 = float(f"{float(self.energy_l2.numpy()):.7g}")  # the float32 variable's value, as set
+        if energy_l2 > 0 and hasattr(model, "energy_l2"):
+            model.energy_l2 = max(float(model.energy_l2), energy_l2)
+            notes.append(f"energy_l2 = {model.energy_l2:g}")
+        return notes
+
+
+def _optimizers(model):
+    return getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
