@@ -70,7 +70,7 @@ ROWS.update({
 # HDGE at the softmax row's backbone (both WRN without BN) and batch: the queue's cost is the only
 # difference (a K x C read in the loss and a K x C scatter after the step).
 ROWS.update({
-    f"hdge_k{k}_wrn16_4_b64": (["gin_configs/hdge.gin"], CIFAR_LOCAL + WRN16_4 + [f"QUEUE_SIZE = {k}"], 64)
+    f"hdge_k{k}_wrn16_4_b64": (["gin_configs/hdge_nobn.gin"], CIFAR_LOCAL + WRN16_4 + [f"QUEUE_SIZE = {k}"], 64)
     for k in (256, 8192, 65536)
 })
 # CLEL at the configs' own networks (EBM small/base/large, ResNet-18 encoder), 60 SGLD steps. The
