@@ -152,3 +152,20 @@ def test_same_time_study_script_on_real_cifar10(cifar10_npz, dtd_npz, tmp_path):
         summary = json.loads((tmp_path / "runs" / row["method"] / "training_summary.json").read_text())
         assert summary["stopped_by"] == "max_minutes"
     assert "| softmax |" in (tmp_path / "study.md").read_text()
+
+
+GUARDED = ["gin_configs/jem.gin", "gin_configs/jempp.gin", "gin_configs/sadajem.gin", "gin_configs/sadajem_k10.gin",
+           "gin_configs/sadajem_k20.gin", "gin_configs/sadajem_asam.gin", "gin_configs/sadajem_cifar100.gin",
+           "gin_configs/hdge_jem.gin"]
+
+
+@pytest.mark.parametrize("config", GUARDED)
+def test_sgld_classifier_configs_guard_the_onset_of_divergence(config):
+    # JEM-style configs watch the energy gap and the classifier loss, not only |loss| > threshold
+    # (which fires hundreds of steps after the failure began), with the official crash threshold.
+    cli.parse_gin([config], [])
+    guard = cli.resolve_parameter("run_training.divergence_guard")
+    assert isinstance(guard, experiment.DivergenceGuard)
+    assert guard.max_energy_gap == 10.0 and guard.clf_rise_factor == 2.0 and guard.confirm_steps == 100
+    assert guard.threshold == (1e5 if "sadajem" in config else 1e8)
+    assert guard.remedies == ("energy_l2", "sgld_steps", "lower_lr")
