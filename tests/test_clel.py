@@ -9,6 +9,7 @@ from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_c
 from keras_ebm.ema import ModelEMA
 from keras_ebm.layers import SpectralNormConv2D
 from keras_ebm.losses.contrastive import nt_xent_loss
+from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.clel import CLEL
 
@@ -24,6 +25,55 @@ def test_spectral_norm_converges_to_unit_sigma():
     np.testing.assert_allclose(sigma, 1.0, atol=1e-3)
     raw = np.linalg.svd(conv.kernel.numpy().reshape(-1, 6), compute_uv=False)[0]
     np.testing.assert_allclose(conv.spectral_norm().numpy(), raw, rtol=1e-3)
+
+
+@pytest.mark.parametrize("iterations", [None, 200])
+def test_spectral_norm_is_valid_right_after_build(iterations):
+    # Power iterations at build (PyTorch: 15 at registration): before any call, sigma-hat = u^T W v
+    # estimates the top singular value of the kernel matrix, in inference mode too. Without them
+    # (random unit u, v) sigma-hat is about 0 and often negative: a blown-up, sign-flipped kernel.
+    # Power iteration approaches sigma from below; 15 iterations leave up to a few % on near-square
+    # random kernels (as in PyTorch), 200 reach float precision.
+    kwargs = {} if iterations is None else {"n_power_iterations_at_build": iterations}
+    lowest = 0.95 if iterations is None else 0.99
+    for shape in [(3, 3, 4, 6), (3, 3, 16, 32), (1, 1, 32, 8), (3, 3, 32, 32)]:
+        kh, kw, cin, cout = shape
+        for seed in range(5):
+            keras.utils.set_random_seed(seed)
+            conv = SpectralNormConv2D(cout, (kh, kw), **kwargs)
+            conv.build((None, 8, 8, cin))
+            w = conv.kernel.numpy().reshape(-1, cout)  # [kh * kw * in, out], the layer's W transposed
+            top = np.linalg.svd(w, compute_uv=False)[0]
+            u, v = conv.sn_u.numpy(), conv.sn_v.numpy()
+            sigma_hat = float(u @ (w.T @ v))
+            msg = f"{shape} seed {seed}: sigma_hat={sigma_hat}, top singular value={top}"
+            assert lowest * top <= sigma_hat <= top * (1 + 1e-5), msg
+            np.testing.assert_allclose(conv.spectral_norm(training=False).numpy(), sigma_hat, rtol=1e-5)
+    if iterations is None:
+        assert conv.get_config()["n_power_iterations_at_build"] == 15
+        assert SpectralNormConv2D.from_config(conv.get_config()).n_power_iterations_at_build == 15
+        with pytest.raises(ValueError, match="n_power_iterations_at_build"):
+            SpectralNormConv2D(4, 3, n_power_iterations_at_build=-1)
+
+
+def test_spectral_norm_build_iterations_are_seeded_and_mirrored(two_device_strategy):
+    # Deterministic given the seed, and built under a strategy scope every mirror holds the
+    # iterated vectors.
+    def build(strategy):
+        with strategy.scope():
+            keras.utils.set_random_seed(3)
+            conv = SpectralNormConv2D(8, 3)
+            conv.build((None, 6, 6, 5))
+        return conv
+
+    single = build(tf.distribute.get_strategy())
+    again = build(tf.distribute.get_strategy())
+    np.testing.assert_array_equal(single.sn_u.numpy(), again.sn_u.numpy())
+    mirrored = build(two_device_strategy)
+    np.testing.assert_array_equal(mirrored.kernel.numpy(), single.kernel.numpy())
+    for variable, expected in ((mirrored.sn_u, single.sn_u), (mirrored.sn_v, single.sn_v)):
+        for mirror in _mirrors(variable):
+            np.testing.assert_allclose(mirror, expected.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_spectral_norm_u_changes_only_in_training():
@@ -171,6 +221,23 @@ def test_model_ema_update_and_copy():
     np.testing.assert_allclose(ema.model.layers[2].moving_mean.numpy(), [5.0, 6.0])  # copied
 
 
+def test_model_ema_zero_decay_copies_then_averages():
+    # CLEL's burn-in: decay 0 (a tensor, as CLEL passes it) makes the shadow exactly the weights,
+    # whatever it held before; then decay d averages from there.
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    ema = ModelEMA(model)
+    kernel, shadow = model.layers[1].kernel, ema.model.layers[1].kernel
+    shadow.assign(np.full((3, 2), 7.0, "float32"))
+    kernel.assign(kernel.numpy() + 1.0)
+    ema.update(tf.where(tf.constant(1) < 2, 0.0, 0.9))
+    np.testing.assert_array_equal(shadow.numpy(), kernel.numpy())
+    prev = shadow.numpy().copy()
+    kernel.assign(kernel.numpy() - 3.0)
+    ema.update(tf.where(tf.constant(2) < 2, 0.0, 0.9))
+    np.testing.assert_allclose(shadow.numpy(), 0.9 * prev + 0.1 * kernel.numpy(), rtol=1e-6, atol=1e-7)
+
+
 # ---------------------------------------------------------------- trainer
 def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
     # Tiny widths; "base" and "large" keep their 2 blocks per stage, "large" its three scales.
@@ -310,6 +377,86 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=owner)
     # and the run did move: step 4 differs from step 2
     assert not np.allclose(_clel_state(first)["encoder"][0], resumed["encoder"][0])
+
+
+def test_clel_ema_burn_in_copies_then_decays_variable_by_variable(cifar10_npz):
+    # CLEL's schedule: decay 0 (the EMA copies are the online weights) while the EBM optimizer's
+    # step count after the update is below ema_start_step, then ema_decay. Checked against the
+    # weights recorded after every step, for every weight of the three EMA copies (non-trainable
+    # ones, BN statistics and spectral-norm vectors, are always copied).
+    x, y = cifar_x(cifar10_npz, 8)
+    decay, start = 0.7, 3
+    model = make_clel(ema_decay=decay, ema_start_step=start)
+    pairs = ((model.ema_network, model.network), (model.ema_projection, model.projection),
+             (model.ema_encoder, model.encoder))
+    prev = None
+    for step in range(1, start + 3):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+        assert int(model.optimizer.iterations) == step
+        shadows = [[w.numpy() for w in ema.model.weights] for ema, _ in pairs]
+        onlines = [[w.numpy() for w in online.weights] for _, online in pairs]
+        moved = False
+        for k, (ema, online) in enumerate(pairs):
+            trainable = {id(w) for w in online.trainable_weights}
+            assert len(ema.model.weights) == len(online.weights) > 0
+            for i, weight in enumerate(online.weights):
+                shadow, value = shadows[k][i], onlines[k][i]
+                if step < start or id(weight) not in trainable:
+                    np.testing.assert_array_equal(shadow, value, err_msg=f"step {step} {weight.path}")
+                else:
+                    expected = decay * prev[k][i] + (1.0 - decay) * value
+                    np.testing.assert_allclose(shadow, expected, rtol=1e-6, atol=1e-7,
+                                               err_msg=f"step {step} {weight.path}")
+                    moved = moved or not np.allclose(shadow, value)
+        assert moved == (step >= start)  # after the burn-in the averages lag the weights
+        prev = shadows
+
+
+def _weights_after_one_step(x, y, **kwargs):
+    keras.utils.set_random_seed(0)  # same initial weights for every model
+    model = make_clel(compile=False, **kwargs)
+    # SGD for the EBM too: steps proportional to the gradients (Adam's first step is lr * sign(g),
+    # which turns a 1e-7 gradient difference into a full step).
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    model.build_optimizers()
+    # Converge the spectral-norm vectors: SAM's second pass runs one more power iteration from the
+    # u the first pass stored (as a second PyTorch forward would), which must not be what differs.
+    for layer in model.network.layers:
+        if isinstance(layer, SpectralNormConv2D):
+            for _ in range(300):
+                layer.spectral_norm(training=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert int(model.optimizer.iterations) == 1 and int(model.encoder_optimizer.iterations) == 1
+    return [v.numpy() for v in model.ebm_variables() + model.encoder_variables()]
+
+
+def test_clel_uses_its_gradient_function_for_both_optimizers(cifar10_npz, monkeypatch):
+    # CLEL(gradients=SAMGradients(...)) must not be ignored: its two optimizers apply the groups
+    # of the one gradient function (one SAM perturbation over the EBM and the encoder together).
+    x, y = cifar_x(cifar10_npz, 8)
+    calls = []
+    real_call = SAMGradients.__call__
+
+    def spy(self, loss_fn, variables):
+        calls.append([len(group) for group in variables])
+        return real_call(self, loss_fn, variables)
+
+    monkeypatch.setattr(SAMGradients, "__call__", spy)
+    plain = _weights_after_one_step(x, y)
+    again = _weights_after_one_step(x, y, gradients=PlainGradients())
+    sam0 = _weights_after_one_step(x, y, gradients=SAMGradients(rho=0.0))
+    sam = _weights_after_one_step(x, y, gradients=SAMGradients(rho=0.5))
+    model = make_clel(compile=False)
+    assert calls and all(c == [len(model.ebm_variables()), len(model.encoder_variables())] for c in calls)
+    for a, b in zip(plain, again):
+        np.testing.assert_array_equal(a, b)  # the comparison below is of gradient functions only
+    n_ebm = len(model.ebm_variables())
+    # rho = 0: the second pass is at w itself (same batch, same augmented views, same samples).
+    for a, b in zip(plain, sam0):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # rho > 0: both networks take a different step.
+    assert any(not np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(plain[:n_ebm], sam[:n_ebm]))
+    assert any(not np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(plain[n_ebm:], sam[n_ebm:]))
 
 
 # ---------------------------------------------------------------- generation (Appendix C-E)

@@ -161,3 +161,52 @@ def test_unused_variable_gets_no_gradient_like_plain():
     np.testing.assert_allclose(
         sam_grads[0].numpy(), _mse_grad(X, T, w + 0.1 * g / np.linalg.norm(g)), rtol=1e-5
     )
+
+
+def _two_layer():
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(1)], name="two_layer"
+    )
+    return model
+
+
+@pytest.mark.parametrize(
+    "gradients",
+    [PlainGradients(), SAMGradients(rho=0.3), SAMGradients(rho=0.5, adaptive=True)],
+    ids=["plain", "sam", "asam"],
+)
+def test_grouped_variables_give_the_flat_result_re_nested(gradients):
+    # Groups (one per optimizer, as CLEL's EBM / encoder) only re-nest the result: the same single
+    # backward pass for plain gradients and, for SAM, one perturbation over all groups together.
+    model = _two_layer()
+    unused = keras.Variable(np.ones([2], "float32"))
+    flat_vars = model.trainable_variables + [unused]
+    groups = [model.trainable_variables[:2], [], model.trainable_variables[2:] + [unused]]
+    loss_fn = _loss_fn(model, X, T)
+    flat, flat_losses = gradients(loss_fn, flat_vars)
+    nested, losses = gradients(loss_fn, groups)
+    assert [len(g) for g in nested] == [2, 0, 3]
+    regrouped = [g for group in nested for g in group]
+    assert len(regrouped) == len(flat)
+    for a, b in zip(flat, regrouped):
+        if a is None:
+            assert b is None
+        else:
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert nested[2][-1] is None  # unused variable: no gradient, as with a flat list
+    np.testing.assert_array_equal(losses["total"].numpy(), flat_losses["total"].numpy())
+    if isinstance(gradients, SAMGradients) and not gradients.adaptive:
+        # One joint ball: the perturbation norm is rho over both groups, not rho per group.
+        w = [v.numpy() for v in model.trainable_variables]
+        g, _ = PlainGradients()(loss_fn, model.trainable_variables)
+        norm = np.sqrt(sum(np.sum(x.numpy() ** 2) for x in g))
+        perturbed = [wi + gradients.rho * gi.numpy() / norm for wi, gi in zip(w, g)]
+        for v, p in zip(model.trainable_variables, perturbed):
+            v.assign(p)
+        expected, _ = PlainGradients()(loss_fn, model.trainable_variables)
+        for v, wi in zip(model.trainable_variables, w):
+            v.assign(wi)
+        for a, b in zip(regrouped, expected):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="mix"):
+        gradients(loss_fn, [model.trainable_variables[0], [model.trainable_variables[1]]])

@@ -5,6 +5,13 @@ of scalar per-replica mean losses holding the total under `"total"` (or `"loss"`
 `EBMTrainer.compute_losses`). The total is divided by the number of replicas
 (`keras_ebm.distribute.scale_loss`) before it is differentiated, because Keras optimizers sum the
 gradients of the replicas; the returned losses are the unscaled values.
+
+`variables` is either a flat list of variables (one optimizer: JEM, GMMC, HDGE, softmax) or a list
+of groups, each a list of variables applied by its own optimizer (CLEL: the EBM's Adam and the
+encoder's SGD). With groups, the gradients come back with the same nesting, `[[g, ...], [g, ...]]`,
+and are exactly the flat result re-nested: the groups only say which optimizer applies which
+gradient, they do not change what is computed (one backward pass of the one total loss; for SAM,
+one perturbation over the variables of all groups together, see `SAMGradients`).
 """
 
 import keras
@@ -23,6 +30,33 @@ def _total(losses):
         "`loss_fn()` must return a dict holding the total loss under 'total' (or 'loss'). "
         f"Received: keys={sorted(losses)}"
     )
+
+
+def _flatten(variables):
+    """`(flat_variables, group_sizes)`; `group_sizes` is None for a flat list of variables."""
+    variables = list(variables)
+    grouped = [isinstance(v, (list, tuple)) for v in variables]
+    if not any(grouped):
+        return variables, None
+    if not all(grouped):
+        raise ValueError(
+            "`variables` must be a list of variables or a list of groups (lists of variables), not "
+            f"a mix of both. Received: {[type(v).__name__ for v in variables]}"
+        )
+    groups = [list(group) for group in variables]
+    return [v for group in groups for v in group], [len(group) for group in groups]
+
+
+def _nest(flat, sizes):
+    """Inverse of `_flatten` for a list aligned with the flat variables."""
+    flat = list(flat)
+    if sizes is None:
+        return flat
+    nested, start = [], 0
+    for size in sizes:
+        nested.append(flat[start:start + size])
+        start += size
+    return nested
 
 
 def _dense_or_zeros(grads, variables):
@@ -53,20 +87,29 @@ class PlainGradients:
     Call args:
         loss_fn: zero-argument callable returning a dict of scalar tensors with the total under
             `"total"` (or `"loss"`).
-        variables: list of trainable variables.
+        variables: list of trainable variables, or a list of groups (lists of variables), one
+            per optimizer.
 
     Returns:
-        `(grads, losses)`: a list aligned with `variables` (None for a variable the loss does
-        not depend on) and the dict returned by `loss_fn`.
+        `(grads, losses)`: gradients aligned with `variables` and nested like it (None for a
+        variable the loss does not depend on) and the dict returned by `loss_fn`.
+
+    Example (two optimizers, one backward pass):
+
+    ```python
+    (grads_a, grads_b), losses = PlainGradients()(loss_fn, [vars_a, vars_b])
+    optimizer_a.apply(grads_a, vars_a)
+    optimizer_b.apply(grads_b, vars_b)
+    ```
     """
 
     def __call__(self, loss_fn, variables):
-        variables = list(variables)
+        variables, sizes = _flatten(variables)
         with tf.GradientTape() as tape:
             losses = loss_fn()
             total = distribute.scale_loss(_total(losses))
         grads = tape.gradient(total, variables)
-        return grads, losses
+        return _nest(grads, sizes), losses
 
     def get_config(self):
         return {}
@@ -91,7 +134,10 @@ class SAMGradients:
     generator states) is discarded, so only the first pass updates the moving statistics (as in
     Google's SAM; SADA-JEM's PyTorch code gets the same effect by zeroing the BN momentum for its
     second pass). Both passes see the same batch and the same SGLD samples, since `loss_fn`
-    closes over them.
+    closes over them. Randomness that `loss_fn` itself draws from a stateful seed generator would
+    differ between the passes (the first pass advances the state that the second reads), so a
+    trainer draws its per-step seeds before calling the gradient function (CLEL's augmentation
+    seed, see `CLEL.optimize`).
 
     Under a distribution strategy, the default (`sync_perturbation=False`) perturbs each replica
     with its own first-pass gradient: m-sharpness with m = the per-replica batch, as the SAM
@@ -100,6 +146,16 @@ class SAMGradients:
     formed, so every replica uses the global ε of the whole batch.
 
     Only variables listed in `variables` are perturbed; variables with no gradient get ε = 0.
+
+    Groups (`variables` as a list of lists, one per optimizer, e.g. CLEL's EBM and encoder): one
+    perturbation over the variables of all groups together, ||ε|| = ρ over the concatenated
+    parameter vector, and the result is the flat one re-nested. SAM (Foret et al., eq. 1-2) is
+    min_w max_{||ε||₂ ≤ ρ} L(w + ε) for *the* training loss over *all* its parameters w; the groups
+    only decide which optimizer applies which gradient, so they must not change the neighbourhood.
+    A per-group ball (ρ for each group) would be a different, larger neighbourhood (a product of
+    balls, radius ρ√groups overall) that depends on how the variables happen to be split among
+    optimizers. Note that with a joint norm the share of ρ each group gets follows its share of the
+    gradient norm (CLEL: EBM terms vs NT-Xent).
 
     Args:
         rho: float, the neighbourhood radius ρ (SAM 0.05; ASAM needs about 10× larger, and the
@@ -113,12 +169,13 @@ class SAMGradients:
     Call args:
         loss_fn: zero-argument callable returning a dict of scalar tensors with the total under
             `"total"` (or `"loss"`). It is called twice.
-        variables: list of trainable Keras variables.
+        variables: list of trainable Keras variables, or a list of groups (lists of variables),
+            one per optimizer (see above).
 
     Returns:
-        `(grads, losses)`: the second-pass gradients (at w + ε, aligned with `variables`, None
-        for a variable the loss does not depend on, as with `PlainGradients`) and the
-        first-pass losses (at w).
+        `(grads, losses)`: the second-pass gradients (at w + ε, aligned with `variables` and
+        nested like it, None for a variable the loss does not depend on, as with
+        `PlainGradients`) and the first-pass losses (at w).
 
     Example:
 
@@ -147,7 +204,7 @@ class SAMGradients:
         self.epsilon = float(epsilon)
 
     def __call__(self, loss_fn, variables):
-        variables = list(variables)
+        variables, sizes = _flatten(variables)
         with tf.GradientTape() as tape:
             losses = loss_fn()
             total = distribute.scale_loss(_total(losses))
@@ -166,7 +223,7 @@ class SAMGradients:
             tape.watch(perturbed)
             with keras.StatelessScope(state_mapping=list(zip(variables, perturbed))):
                 second_total = distribute.scale_loss(_total(loss_fn()))
-        return tape.gradient(second_total, perturbed), losses
+        return _nest(tape.gradient(second_total, perturbed), sizes), losses
 
     def perturbation(self, grads, variables):
         """ε for first-pass gradients `grads` at `variables` (a list aligned with them)."""

@@ -77,6 +77,9 @@ class CLEL(EBMTrainer):
             (large, 1200 steps); `eval.py --sample_sweeps` sets it.
         pixel_range, seed: see `EBMTrainer` (`pixel_range` must be (0, 1) for the default
             augmentation and sampler clamps to match).
+        gradients: the gradient function, `PlainGradients()` (default) or `SAMGradients(...)`
+            (see `EBMTrainer`). CLEL calls it with two variable groups (EBM, encoder), one per
+            optimizer; SAM's perturbation is taken over both groups together.
 
     `call(x)` returns the EMA networks' EBM latent direction g(f/||f||) normalised, `[batch, k]`
     (exported as "logits"; it is not a classifier). For the export (`keras_ebm.export`):
@@ -357,10 +360,15 @@ class CLEL(EBMTrainer):
         return {"x": x, "sgld_grad_norm": stats["grad_norm"]}
 
     def compute_losses(self, batch, negatives, training=True):
+        """EBM loss (eq. 3) + NT-Xent (eq. 4). The two SimCLR views use `batch["views_seed"]` when
+        present (`optimize` draws it once per step, so that both passes of SAM see the same views),
+        else a fresh draw of the trainer's seed generator."""
         x = batch["x"]
         x_data = self._ebm_rows(x)
-        seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(
-            distribute.replica_seed(self.seed_generator), num=2))
+        views_seed = batch.get("views_seed")
+        if views_seed is None:
+            views_seed = distribute.replica_seed(self.seed_generator)
+        seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(views_seed, num=2))
         views = tf.concat([simclr_augment(x, seed1, pixel_range=self.pixel_range),
                            simclr_augment(x, seed2, pixel_range=self.pixel_range)], axis=0)
         # One encoder pass over both views: BatchNorm statistics over 2n images, as in SimCLR.
@@ -394,15 +402,22 @@ class CLEL(EBMTrainer):
         }
 
     def optimize(self, batch, negatives):
+        """One step of both optimizers through the trainer's gradient function (`gradients`).
+
+        `self.gradients(loss_fn, [ebm_variables, encoder_variables])` differentiates the total
+        loss once (plain) or twice (SAM / ASAM, one perturbation over both networks together) and
+        returns the gradients grouped per optimizer; the EBM group goes to `self.optimizer` (Adam),
+        the encoder group, plus the encoder's coupled weight decay, to `encoder_optimizer` (SGD).
+        The augmentation seed is drawn here, once, so that SAM's two passes see the same views.
+        """
         ebm_vars = self.ebm_variables()
         enc_vars = self.encoder_variables()
-        with tf.GradientTape() as tape:
-            logs = self.compute_losses(batch, negatives, training=True)
-            # The targets are detached both ways, so the EBM variables only see the EBM terms and
-            # the encoder only the contrastive term: one backward pass serves both optimizers.
-            loss = distribute.scale_loss(logs["loss"])
-        grads = tape.gradient(loss, ebm_vars + enc_vars)
-        ebm_grads, enc_grads = grads[: len(ebm_vars)], grads[len(ebm_vars):]
+        batch = dict(batch, views_seed=distribute.replica_seed(self.seed_generator))
+        # The targets are detached both ways, so the EBM variables only see the EBM terms and
+        # the encoder only the contrastive term: one backward pass serves both optimizers.
+        (ebm_grads, enc_grads), logs = self.gradients(
+            lambda: self.compute_losses(batch, negatives, training=True), [ebm_vars, enc_vars]
+        )
         # PyTorch SGD's coupled decay on the encoder only (the EBM's Adam has none), shared helper.
         enc_grads = add_weight_decay(enc_grads, enc_vars, self.encoder_weight_decay)
         self.optimizer.apply(ebm_grads, ebm_vars)
