@@ -32,17 +32,15 @@ class SpectralNormConv2D(keras.layers.Conv2D):
     `torch.nn.utils.parametrizations.spectral_norm`. In inference mode (`training=False`) the stored
     u, v are used unchanged, so evaluation and export are deterministic.
 
-    Valid from the start: `build` runs `n_power_iterations_at_build` (15) power iterations on the
-    freshly initialised kernel, as PyTorch's `spectral_norm` does when it is registered, so sigma
-    estimates the largest singular value of W, positive, before any training call, in inference
-    mode too. With random u, v and no iteration, u^T W v is about 0 and often negative (a blown-up,
-    sign-flipped kernel). Power iteration approaches sigma from below: after 15 iterations the
-    estimate of a freshly initialised kernel is typically within 1%, but a few % low for
-    near-square kernels whose top singular values are close (e.g. 3% for 3x3x16 -> 32); raise
-    `n_power_iterations_at_build` (200 reaches float precision) if that matters. Every training
-    call then runs `power_iterations` more. The iterations start from the seeded random u, v and
-    read only the kernel, so the result is deterministic given the seeds and the same on every
-    replica.
+    Valid from the start: `build` sets u, v to the top singular pair of the freshly initialised
+    kernel (an SVD of the [out, kh*kw*in] matrix), so sigma is the kernel's largest singular value,
+    positive, before any training call, in inference mode too. PyTorch's `spectral_norm` runs 15
+    power iterations when it is registered instead; they approach sigma from below and leave it a
+    few % low on near-square kernels whose top singular values are close (3% for 3x3x16 -> 32),
+    which `n_power_iterations_at_build=15` reproduces. With random u, v and nothing at build,
+    u^T W v is about 0 and often negative (a blown-up, sign-flipped kernel). Every training call
+    then runs `power_iterations` more. The result reads only the kernel, so it is deterministic
+    given the seeds and the same on every replica.
 
     Power iteration in SGLD: CLEL samples with the network in train mode, so each of the 60 SGLD
     forward passes runs one more power iteration (hankook/CLEL; CODE_FACTS 5.5). This is not
@@ -59,8 +57,9 @@ class SpectralNormConv2D(keras.layers.Conv2D):
         filters, kernel_size, strides, padding, use_bias, ...: see `keras.layers.Conv2D`
             (`channels_last` only).
         power_iterations: int >= 1, power-iteration steps per training call (CLEL and PyTorch: 1).
-        n_power_iterations_at_build: int >= 0, power-iteration steps run once in `build` (PyTorch:
-            15). 0 keeps random unit vectors (the behaviour before this argument existed).
+        n_power_iterations_at_build: None (default) for the exact top singular pair at build, or
+            an int >= 0 of power-iteration steps run once in `build` (PyTorch: 15; 0 keeps random
+            unit vectors).
         eps: float, floor of vector norms in the normalisation.
 
     Example:
@@ -76,7 +75,7 @@ class SpectralNormConv2D(keras.layers.Conv2D):
     """
 
     def __init__(
-        self, filters, kernel_size, power_iterations=1, eps=1e-12, n_power_iterations_at_build=15,
+        self, filters, kernel_size, power_iterations=1, eps=1e-12, n_power_iterations_at_build=None,
         **kwargs,
     ):
         if int(power_iterations) < 1:
@@ -84,7 +83,7 @@ class SpectralNormConv2D(keras.layers.Conv2D):
                 "`power_iterations` must be an integer >= 1. "
                 f"Received: power_iterations={power_iterations}"
             )
-        if int(n_power_iterations_at_build) < 0:
+        if n_power_iterations_at_build is not None and int(n_power_iterations_at_build) < 0:
             raise ValueError(
                 "`n_power_iterations_at_build` must be an integer >= 0. "
                 f"Received: n_power_iterations_at_build={n_power_iterations_at_build}"
@@ -96,7 +95,8 @@ class SpectralNormConv2D(keras.layers.Conv2D):
             )
         super().__init__(filters, kernel_size, **kwargs)
         self.power_iterations = int(power_iterations)
-        self.n_power_iterations_at_build = int(n_power_iterations_at_build)
+        self.n_power_iterations_at_build = (
+            None if n_power_iterations_at_build is None else int(n_power_iterations_at_build))
         self.eps = float(eps)
 
     def build(self, input_shape):
@@ -119,17 +119,22 @@ class SpectralNormConv2D(keras.layers.Conv2D):
             aggregation="none",
             name="sn_v",
         )
-        # Power iterations on the initialised kernel (PyTorch runs 15 when spectral_norm is
-        # registered), so that sigma is valid before the first training call, in inference mode
-        # too. Under a strategy this runs in cross-replica context: every mirror gets the value.
-        u, v = self._power_iteration(
-            tf.stop_gradient(self._weight_matrix(tf.convert_to_tensor(self.kernel))),
-            _l2_normalize(tf.convert_to_tensor(self.sn_u), self.eps),
-            _l2_normalize(tf.convert_to_tensor(self.sn_v), self.eps),
-            self.n_power_iterations_at_build,
-        )
-        self.sn_u.assign(u)
-        self.sn_v.assign(v)
+        # sigma valid before the first training call, in inference mode too: the exact top
+        # singular pair of the initialised kernel (default), or PyTorch's 15 power iterations at
+        # registration. Under a strategy this runs in cross-replica context: every mirror gets it.
+        w = tf.stop_gradient(self._weight_matrix(tf.convert_to_tensor(self.kernel)))
+        if self.n_power_iterations_at_build is None:
+            _, left, right = tf.linalg.svd(tf.cast(w, tf.float32))
+            u, v = left[:, 0], right[:, 0]
+        else:
+            u, v = self._power_iteration(
+                w,
+                _l2_normalize(tf.convert_to_tensor(self.sn_u), self.eps),
+                _l2_normalize(tf.convert_to_tensor(self.sn_v), self.eps),
+                self.n_power_iterations_at_build,
+            )
+        self.sn_u.assign(tf.cast(u, self.sn_u.dtype))
+        self.sn_v.assign(tf.cast(v, self.sn_v.dtype))
 
     def _power_iteration(self, w, u, v, n):
         for _ in range(n):
