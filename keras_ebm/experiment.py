@@ -335,10 +335,12 @@ def _roll_back(manager, checkpoint, good_step, max_to_keep):
     directory = manager.directory
     # Timestamps after `last_preserved_timestamp`, or a new manager would not list (nor rotate) them.
     stamps = [os.path.getmtime(p + ".index") for p in keep]
+    # (update_checkpoint_state rewrites the path list it is given in place: pass a copy.)
     tf.compat.v1.train.update_checkpoint_state(
-        directory, keep[-1], all_model_checkpoint_paths=keep, all_model_checkpoint_timestamps=stamps,
+        directory, keep[-1], all_model_checkpoint_paths=list(keep), all_model_checkpoint_timestamps=stamps,
         last_preserved_timestamp=min(stamps) - 1.0)
-    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep), keep[-1]
+    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=max_to_keep)
+    return manager, manager.latest_checkpoint
 
 
 def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,

@@ -332,7 +332,7 @@ def test_buffer_grid_shows_every_class_block(tmp_path, monkeypatch):
     assert len(shown["x"]) == 20 and len(values) == 10, values  # all ten classes, not only class 0
 
 
-def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch(tmp_path):
+def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch(tmp_path, monkeypatch):
     # Checkpoints every 2 steps; a checkpoint is good once 4 healthy steps followed it. The data
     # explode at step 7: checkpoints 2, 4 and 6 exist, only 2 is confirmed (2 + 4 <= 6), so the
     # guard restores ckpt-2 and deletes 4 and 6, which belong to the failing branch.
@@ -346,6 +346,7 @@ def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch
         return good.concatenate(data_fn(input_context).map(lambda x, y: (x * 1e30, y)))
 
     guard = experiment.DivergenceGuard(max_recoveries=1, confirm_steps=4, remedies=())
+    monkeypatch.chdir(tmp_path)  # a relative model_dir, as train.py users pass it
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     seen = []
     original = experiment._roll_back
@@ -356,18 +357,18 @@ def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch
 
     experiment._roll_back = spy
     try:
-        model = run(tmp_path, 8, data=explodes_at_7, trainer=unchecked, divergence_guard=guard)
+        model = run("run", 8, data=explodes_at_7, trainer=unchecked, divergence_guard=guard)
     finally:
         experiment._roll_back = original
     assert seen == [["ckpt-0", "ckpt-2", "ckpt-4", "ckpt-6"]], seen
-    events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (tmp_path / "run" / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["restored"].endswith("ckpt-2") and events[0]["step"] == 2, events
     assert events[0]["at_step"] == 7 and events[0]["fired"] == ["magnitude"], events
     assert events[0]["change"] == "new random seeds"
     assert int(model.optimizer.iterations.numpy()) == 8
     # After the recovery the run trained 3..8 again and wrote fresh checkpoints; the state file
     # lists them (a new process resumes from the newest).
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "checkpoints"), max_to_keep=None)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(), str(tmp_path / "run" / "checkpoints"), max_to_keep=None)
     assert [os.path.basename(p) for p in manager.checkpoints][-3:] == ["ckpt-4", "ckpt-6", "ckpt-8"]
 
 
