@@ -419,3 +419,39 @@ def test_monitor_clf_loss_rise_and_energy_gap_band():
     assert _replay(guard, healthy, gaps=gaps) == {"energy_gap": 151}
     # Signals can be turned off.
     assert _replay(experiment.DivergenceGuard(clf_rise_factor=None), collapsing) == {}
+
+
+def _recorded(row):
+    with open(os.path.join(REPO, "tests", "data", "jem_small_trajectories.json")) as f:
+        data = json.load(f)[row]
+    keys = [k for k in data if k != "steps"]
+    return data["steps"], [{k: data[k][i] for k in keys} for i in range(len(data["steps"]))]
+
+
+def _first_signals(guard, steps, logs):
+    monitor, first = guard.monitor(), {}
+    for step, log in zip(steps, logs):
+        for signal in monitor.update(step, log):
+            first.setdefault(signal, step)
+    return first
+
+
+def test_jem_config_guard_fires_at_the_recorded_onset_and_not_on_a_healthy_run():
+    # Per-step logs recorded by benchmarks/fidelity_small.py on real CIFAR-10: the official small JEM
+    # recipe without a guard (the energy gap leaves 1 at ~130 and passes 24 by ~155, the classifier
+    # loss doubles around 150; |loss| never reaches 1e8 in these 300 steps) and the same recipe's
+    # cross-entropy run (healthy, 1,200 steps). jem.gin's guard must fire at the onset, the old
+    # |loss| > 1e8 test never does, and nothing fires on the healthy run.
+    from keras_ebm import cli
+
+    cli.parse_gin(["gin_configs/jem.gin"], [])
+    guard = cli.resolve_parameter("run_training.divergence_guard")
+    steps, logs = _recorded("jem_noguard")
+    first = _first_signals(guard, steps, logs)
+    assert 130 <= min(first.values()) <= 160, first
+    assert 130 <= first["energy_gap"] <= 160 and 130 <= first["clf_loss_rise"] <= 175, first
+    assert not any(guard.exploded(log) for log in logs)  # the official 1e8 test alone: no signal
+    # Healthy: nothing fires over 1,200 steps of cross-entropy training.
+    assert _first_signals(guard, *_recorded("ce")) == {}
+    # Before the onset nothing fires either: a checkpoint at step 100 would have been confirmed.
+    assert _first_signals(guard, steps[:110], logs[:110]) == {}
