@@ -107,11 +107,16 @@ def trajectory(scalars, keys=("loss", "clf_loss", "clf_acc", "px_loss", "energy_
 def signal_onsets(steps, logs):
     """Replay a trajectory through the divergence guard's detectors (jem.gin's settings) and return
     the first step at which each signal fires, plus the official code's abs(L) > 1e3 / 1e8 marks."""
+    import gin
+
     from keras_ebm import cli
     from keras_ebm.experiment import DivergenceGuard
 
-    cli.parse_gin(["gin_configs/jem.gin"], [])
-    guard = DivergenceGuard()
+    with gin.unlock_config():  # collect() runs once per row in one process
+        gin.clear_config()
+        cli.parse_gin(["gin_configs/jem.gin"], [])
+    guard = cli.resolve_parameter("run_training.divergence_guard")  # jem.gin's bound guard
+    assert isinstance(guard, DivergenceGuard)
     first = {}
     monitor = guard.monitor()
     for step, log in zip(steps, logs):
