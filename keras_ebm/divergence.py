@@ -11,7 +11,7 @@ checkpoint taken after the failure began. `DivergenceMonitor` watches every step
 |---|---|---|
 | `non_finite` | any logged value is NaN / Inf | always on |
 | `magnitude` | abs(loss) or abs(any energy_*) > `threshold` | 1e8 (JEM / JEM++ code; SADA-JEM 1e5) |
-| `energy_gap` | abs(energy_gap) > `max_energy_gap` | off (the JEM-family configs set it) |
+| `energy_gap` | abs(energy_gap) > `max_energy_gap` (at least 2 / energy L2 when a penalty is on) | off (the JEM-family configs set it) |
 | `clf_loss_rise` | mean clf_loss of the last `rise_window` steps > `clf_rise_factor` x the median of the `baseline_window` steps before them | x2, windows 10 / 100 |
 
 A checkpoint counts as *good* only once `confirm_steps` steps after it passed with no signal;
@@ -98,9 +98,10 @@ class DivergenceGuard:
         watched = [v for k, v in logs.items() if k == "loss" or k.startswith("energy")]
         return any(np.any(np.abs(v) > self.threshold) for v in watched)
 
-    def monitor(self):
-        """A fresh `DivergenceMonitor` with this guard's detectors."""
-        return DivergenceMonitor(self)
+    def monitor(self, model=None):
+        """A fresh `DivergenceMonitor` with this guard's detectors (for `model`, whose energy L2
+        penalty, if any, widens the energy-gap band: see `DivergenceMonitor`)."""
+        return DivergenceMonitor(self, energy_l2=float(getattr(model, "energy_l2", 0.0) or 0.0))
 
     def apply(self, model, recovery, rng, state=None):
         """Change the run after recovery number `recovery` (1-based) restored a checkpoint.
@@ -154,10 +155,19 @@ class DivergenceGuard:
 
 class DivergenceMonitor:
     """The guard's detectors over a run's per-step logs; `update(step, logs)` returns the signals
-    that fire at that step (`[]` when healthy). State: the recent classifier losses."""
+    that fire at that step (`[]` when healthy). State: the recent classifier losses.
 
-    def __init__(self, guard):
+    With an energy L2 penalty `energy_l2 = lam` (on mean E^2 of data and samples; the first remedy),
+    the contrastive term and the penalty balance at E(x) = -1/(2 lam), E(x~) = +1/(2 lam): a
+    bounded gap of 1/lam (10 at lam = 0.1) that is the penalty working, not a runaway. The
+    energy-gap band is then `max(max_energy_gap, 2 / lam)`.
+    """
+
+    def __init__(self, guard, energy_l2=0.0):
         self.guard = guard
+        self.max_energy_gap = guard.max_energy_gap
+        if self.max_energy_gap is not None and energy_l2 > 0:
+            self.max_energy_gap = max(self.max_energy_gap, 2.0 / energy_l2)
         self.clf_losses = collections.deque(maxlen=guard.rise_window + guard.baseline_window)
         self.fired = {}
 
@@ -169,7 +179,7 @@ class DivergenceMonitor:
             signals.append("non_finite")
         elif g.exploded(logs):
             signals.append("magnitude")
-        if g.max_energy_gap is not None and abs(values.get("energy_gap", 0.0)) > g.max_energy_gap:
+        if self.max_energy_gap is not None and abs(values.get("energy_gap", 0.0)) > self.max_energy_gap:
             signals.append("energy_gap")
         if g.clf_rise_factor is not None and "clf_loss" in values and np.isfinite(values["clf_loss"]):
             self.clf_losses.append(values["clf_loss"])

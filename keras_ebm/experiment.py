@@ -366,7 +366,7 @@ def _train_loop(model, step, manager, dataset, strategy, model_dir, train_steps,
 
     writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard")) if chief else None
     bar = keras.utils.Progbar(train_steps, stateful_metrics=[m.name for m in model.metrics]) if progress else None
-    monitor = guard.monitor() if guard is not None else None
+    monitor = guard.monitor(model) if guard is not None else None
     confirm = guard.confirm_steps if guard is not None else 0
     start = int(step.numpy())
     t0, last_log_step = time.time(), start

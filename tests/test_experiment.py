@@ -455,3 +455,16 @@ def test_jem_config_guard_fires_at_the_recorded_onset_and_not_on_a_healthy_run()
     assert _first_signals(guard, *_recorded("ce")) == {}
     # Before the onset nothing fires either: a checkpoint at step 100 would have been confirmed.
     assert _first_signals(guard, steps[:110], logs[:110]) == {}
+
+
+def test_energy_gap_band_sits_above_the_energy_penalty_equilibrium():
+    # With an energy L2 penalty lam the p(x) term and the penalty balance at a gap of 1/lam (10 at
+    # lam = 0.1: E(x) = -5, E(x~) = +5): the band widens to 2/lam so the remedy does not re-fire.
+    guard = experiment.DivergenceGuard(max_energy_gap=10.0, clf_rise_factor=None)
+
+    class Penalised:
+        energy_l2 = 0.1
+
+    for model, gap, fires in ((None, 12.0, True), (Penalised(), 12.0, False), (Penalised(), 25.0, True)):
+        monitor = guard.monitor(model)
+        assert (monitor.update(1, {"loss": 0.0, "energy_gap": gap}) == ["energy_gap"]) is fires
