@@ -3,7 +3,7 @@
 `run_training` drives a trainer's own `train_step` with a custom loop over
 `strategy.distribute_datasets_from_function`. One loop serves every strategy: the default one (one
 CPU/GPU), MirroredStrategy (several GPUs) and MultiWorkerMirroredStrategy (several machines), where
-Keras 3's `fit` fails (keras-team/keras#20585; ENVIRONMENT.md, last section). `model.fit` remains the
+Keras 3's `fit` fails (keras-team/keras#20585: "Attempt to convert a value (PerReplica...)"). `model.fit` remains the
 API for users on one machine; both call the same `train_step`.
 
 Model directory layout:
@@ -133,7 +133,7 @@ def run_training(
         keep_checkpoints: how many checkpoints CheckpointManager keeps.
         export: write the SavedModel to `model_dir/export` at the end.
         evaluate: run `keras_ebm.evaluation.run_eval(model_dir=model_dir)` after training.
-        jit_compile: compile the train step with XLA (slower on CPU, see ENVIRONMENT.md 4a).
+        jit_compile: compile the train step with XLA (slower than graph mode on CPU for these steps).
         strategy: a tf.distribute strategy; default `keras_ebm.distribute.make_strategy()`.
         progress: show a progress bar.
         baseline: optional zero-argument builder of a second trainer (e.g. `@SoftmaxClassifier`)

@@ -2,7 +2,7 @@
 
 `SpectralNormConv2D`: a `Conv2D` whose kernel is *parametrised* as W / sigma(W) (Miyato et al. 2018),
 as `torch.nn.utils.parametrizations.spectral_norm` does. `keras.layers.SpectralNormalization` is not
-a substitute (CODE_FACTS 8.2): it overwrites the wrapped kernel with W / sigma on every training call
+a substitute (keras/src/layers/normalization/spectral_normalization.py): it overwrites the wrapped kernel with W / sigma on every training call
 and treats sigma as a constant, so 60 SGLD forward passes re-normalise the kernel 60 times and the
 gradient ignores sigma.
 """
@@ -43,7 +43,7 @@ class SpectralNormConv2D(keras.layers.Conv2D):
     given the seeds and the same on every replica.
 
     Power iteration in SGLD: CLEL samples with the network in train mode, so each of the 60 SGLD
-    forward passes runs one more power iteration (hankook/CLEL; CODE_FACTS 5.5). This is not
+    forward passes runs one more power iteration (hankook/CLEL models/ebm.py). This is not
     corrupting: u, v depend only on W (not on the input), and extra iterations only move them closer
     to the top singular pair of the current W. The update therefore does not need to be discarded;
     run the energy in `keras_ebm.state.discard_updates()` if bit-exact reproducibility of u across

@@ -1,5 +1,5 @@
 """CLEL networks (Lee et al., "Guiding Energy-based Models via Contrastive Latent Variables", ICLR
-2023, arXiv:2303.03023; Appendix A, Table 2; CODE_FACTS 5.3-5.4):
+2023, arXiv:2303.03023; Appendix A, Table 2; hankook/CLEL architectures.py):
 
 * `build_clel_ebm`: f_theta, images in [0, 1] -> features `[batch, feature_dim]`; a pre-activation
   ResNet with spectral normalisation on every convolution, average-pool downsampling, LeakyReLU 0.2
@@ -149,7 +149,7 @@ def build_clel_projection(feature_dim=128, hidden_units=2048, output_dim=128, ne
 
     Without biases and with a positively homogeneous activation, g(c u) = c g(u) for every c > 0,
     so the direction of g(f) equals that of g(f / ||f||): the latent direction is a function of the
-    direction of f only (CLEL section 2.2; CODE_FACTS 5.3). Weights N(0, 0.01).
+    direction of f only (CLEL section 2.2; hankook/CLEL architectures.py). Weights N(0, 0.01).
 
     Args:
         feature_dim: input dimension (the dimension of f).
@@ -192,7 +192,7 @@ def build_clel_encoder(
 
     torchvision's ResNet-18 with a 3x3 stride-1 stem (no bias) and no max-pool, BasicBlocks with
     BatchNorm, the last BN of each block initialised to zero (`zero_init_residual=True`), then
-    `Dense(head_units, no bias) -> BN -> ReLU -> Dense(output_dim)` (CODE_FACTS 5.4).
+    `Dense(head_units, no bias) -> BN -> ReLU -> Dense(output_dim)` (hankook/CLEL architectures.py get_encoder).
 
     Args:
         input_shape: `(height, width, channels)`.

@@ -1,4 +1,4 @@
-"""WideResNet as used by JEM, HDGE, GMMC, JEM++ and SADA-JEM (CODE_FACTS 0.1).
+"""WideResNet as used by JEM, HDGE, GMMC, JEM++ and SADA-JEM (wgrathwohl/JEM wideresnet.py, copied by the HDGE, GMMC, JEMPP and SADAJEM repositories).
 
 Zagoruyko & Komodakis 2016 (arXiv:1605.07146), in the pre-activation form of the JEM code:
 
@@ -10,7 +10,7 @@ Zagoruyko & Komodakis 2016 (arXiv:1605.07146), in the pre-activation form of the
            width changes, identity otherwise
     head:  norm -> LeakyReLU(0.2) -> global average pool -> 64k features
 
-Porting traps handled here (CODE_FACTS 8): LeakyReLU slope 0.2 (the Keras default is 0.3),
+Porting traps handled here: LeakyReLU slope 0.2 (the Keras default is 0.3),
 BatchNorm momentum 0.1 / epsilon 1e-5 (= PyTorch momentum 0.9 / eps 1e-5; Keras defaults 0.99 / 1e-3),
 and PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights *and* biases (Keras defaults to
 glorot_uniform weights and zero biases).
@@ -91,7 +91,7 @@ def WideResNet(
     exactly a global average pool. This port uses `GlobalAveragePooling2D` instead, so the network
     accepts any input size, odd ones included (stride-2 convolutions pad 1 on every side as PyTorch,
     `keras_ebm.backbones.padding`, giving ceil(size / 2)),
-    and never silently drops rows on non-square inputs (the CelebA `Resize(32)` trap, CODE_FACTS 6).
+    and never silently drops rows on non-square inputs (the CelebA `Resize(32)` trap of the official evaluation scripts).
 
     Parameter counts (WRN-28-10, 32x32x3, `build_classifier(..., num_classes=10)` on top):
     without BN the backbone has 36,464,928 parameters and the classifier 36,471,338. The reference

@@ -88,7 +88,7 @@ def make_dataset(
         dequantize_noise: sigma of Gaussian noise added to the float pixels (JEM: 0.03 on
             [-1, 1]); the result is not clipped, as in JEM.
         uniform_dequantize: map pixel value k to `(k + U(0, 1)) / 256` (then to `pixel_range`)
-            instead of `k / 255`: the uniform dequantisation of CLEL's code (CODE_FACTS 5.2),
+            instead of `k / 255`: the uniform dequantisation of CLEL's code (hankook/CLEL datasets.py),
             applied before `augment`.
         seed: seed of the shuffle, the augmentation and the noise.
         shuffle_buffer: shuffle buffer size (default: the whole set, up to 60,000 examples).

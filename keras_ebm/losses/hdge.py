@@ -13,7 +13,7 @@ FeatureQueue`) and its enqueue belong to the trainer (`keras_ebm.trainers.HDGE`)
 
 Two score functions:
 
-* `score="code"` (default; Algorithm 1 and the official code, CODE_FACTS 1.1): with p = f(x) /
+* `score="code"` (default; Algorithm 1 and the official code, lhao499/HDGE model.py): with p = f(x) /
   ||f(x)|| and d the (optionally smoothed) one-hot label,
       s(x, y)  = logsumexp_c(d_c * p_c)
       s_k(y)   = logsumexp_c(d_c * q_kc),   q_k = queue_k / ||queue_k||.
@@ -22,7 +22,7 @@ Two score functions:
   by tau = 0.1). This is what produced the paper's numbers. Note the negatives use the *query's
   label* d with the stored vector (eq. 13: f(x_i)[y] with the same y), not the query's
   normalised logits as the einsum of Algorithm 1's listing suggests.
-* `score="logit"` (eq. 15 as written, CODE_FACTS 9): s(x, y) = <d, p> (= p_y for a one-hot
+* `score="logit"` (eq. 15 as written): s(x, y) = <d, p> (= p_y for a one-hot
   label) and s_k(y) = <d, q_k>: the normalised class-y logit over tau, a much sharper loss.
 
 The queue entries carry no gradient (they come from earlier steps), so only s(x, y) is

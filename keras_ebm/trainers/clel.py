@@ -2,7 +2,7 @@
 
 Spherical latent-variable EBM (section 2.2):
     E(x, z) = 0.5 ||f(x)||^2 - beta * g(f(x) / ||f(x)||)^T z,     z = h(x) / ||h(x)||
-trained jointly with a SimCLR encoder h. Per step (CODE_FACTS 5.5):
+trained jointly with a SimCLR encoder h. Per step (hankook/CLEL models/ebm.py, train.py):
 1. SGLD negatives x~ from a replay buffer (chain starts strongly augmented) on E(x) = 0.5 ||f(x)||^2.
 2. EBM loss (eq. 3): mean E(x, z) - mean E(x~) + alpha * mean(E(x)^2 + E(x~)^2), with z the
    detached encoder latent of an augmented view of x.

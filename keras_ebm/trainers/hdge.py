@@ -30,7 +30,7 @@ class HDGE(JEM):
     - log q(x|y): `hdge_contrastive_loss` of f(x) against the queue of past logits, with the
       unfilled queue rows masked out;
     then, after the optimizer step, enqueues this batch's raw logits (detached), as the official
-    code does (CODE_FACTS 1.1; normalising on write, as Algorithm 1's listing does, gives the same
+    code does (lhao499/HDGE model.py; normalising on write, as Algorithm 1's listing does, gives the same
     loss because the loss L2-normalises the queue rows). Under a distribution strategy every
     replica enqueues the logits of the whole global batch, so all replicas hold the same queue.
 
@@ -43,7 +43,7 @@ class HDGE(JEM):
     `alpha = 0.5, px_weight = 0.5` (eq. 17 halved; Adam's update does not change when the loss is
     scaled). The official code's README run (`--pyxce 1 --pxycontrast 1 --pxsgld 1`) has the same
     equal weights; its other flags are mis-wired (`--pxcontrast` is weighted by `pxycontrast`,
-    the `pxysgld` term by `pxsgld`, CODE_FACTS 1.2 / 9) and are not reproduced here.
+    the `pxysgld` term by `pxsgld`, lhao499/HDGE train_wrn.py) and are not reproduced here.
 
     Args:
         network, image_shape, num_classes, pixel_range, gradients, seed: see `EBMTrainer`.

@@ -3,7 +3,7 @@
 JEM (Grathwohl et al. 2020, arXiv:1912.03263, eq. 7-8): maximise
     log p(y|x) + log p(x) [+ log p(x, y)],
 where the gradient of log p(x) is estimated by contrastive divergence with SGLD samples x~ drawn from
-a replay buffer (section 4; CODE_FACTS 0.2-0.3):
+a replay buffer (section 4; wgrathwohl/JEM train_wrn_ebm.py):
     L_px = mean E(x_data) - mean E(x~)          (E(x) = -logsumexp f(x), keras_ebm.energy)
 JEM++ (Yang & Ji 2021, arXiv:2109.09032): "proximal" SGLD (elementwise gradient clamp + x clamp),
 informative initialisation of the buffer from per-class Gaussians, BatchNorm.
@@ -67,8 +67,9 @@ class JEM(EBMTrainer):
             SADA-JEM code does (`l2_coeff * (fp^2 + fq^2)`).
         bn_stats_from_samples: whether the loss's forward pass on SGLD samples (BN in train mode)
             updates BatchNorm moving statistics. True reproduces the JEM++/SADA-JEM code, whose
-            evaluation-time statistics then mix data and sample statistics (ENVIRONMENT.md, "the
-            official SADA-JEM recipe"); False keeps them data-only (the samples are still normalised
+            evaluation-time statistics then mix data and sample statistics (about 90% the labelled
+            batch's and 9% the samples', since the classifier batch comes last, see
+            `compute_losses`); False keeps them data-only (the samples are still normalised
             with their own batch statistics). Pair it with `SGLDSampler(freeze_bn_stats=True)`.
 
     Batches: `(x, y)` (one loader: the p(x) term uses the classifier batch) or
@@ -267,7 +268,7 @@ class SADAJEM(JEMPP):
     adaptive=True, eta=0.0)`). Feed it two loaders (augmented classifier batch, un-augmented p(x)
     batch) with `keras_ebm.data.make_two_branch_dataset`; use a BN backbone
     (`WideResNet(norm="batch")`). The second SAM pass reuses the same SGLD samples and does not
-    update BN moving statistics (CODE_FACTS 4.4).
+    update BN moving statistics (sndnyang/SADAJEM train_sadajem.py).
     """
 
     def __init__(self, network, image_shape, num_classes, sampler=None, gradients=None,
