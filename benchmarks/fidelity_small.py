@@ -177,7 +177,12 @@ def collect(name, model_dir):
     if os.path.exists(events_path):
         with open(events_path) as f:
             out["divergence_events"] = [json.loads(line) for line in f if line.strip()]
-    out["signal_onsets"] = signal_onsets(steps, logs)
+    # Unguarded rows: replay the trajectory through jem.gin's detectors. Guarded rows ran them live
+    # (their recoveries are the divergence events; replaying a trajectory stitched across
+    # recoveries, with the remedies' penalty on, would not be what the guard saw).
+    guarded = "run_training.divergence_guard = None" not in row["params"]
+    out["signal_onsets"] = {} if guarded else signal_onsets(steps, logs)
+    out["guarded"] = guarded
     out["train_accuracy_per_50_steps"] = windows(steps, logs)
     finite = [log for log in logs if all(np.isfinite(v) for v in log.values())]
     out["max_abs_loss"] = max((abs(log["loss"]) for log in finite if "loss" in log), default=None)
@@ -200,9 +205,11 @@ def table(rows):
         off = r["official"]
         official = (f"{fmt(off.get('accuracy'), True)} / {fmt(off.get('ece'))}" if "accuracy" in off
                     else off["note"])
-        signals = ", ".join(f"{k} @ {v}" for k, v in sorted(r["signal_onsets"].items(), key=lambda kv: kv[1])) or "none"
+        signals = ", ".join(f"{k} @ {v}" for k, v in sorted(r["signal_onsets"].items(), key=lambda kv: kv[1])) or (
+            "live guard (see recoveries)" if r.get("guarded") else "none")
         events = r.get("divergence_events", [])
-        rec = "; ".join(f"step {e['step']}: {e.get('fired', e.get('diverged'))} -> {e['change']}" for e in events) or "0"
+        rec = "; ".join(f"{e.get('fired')} at step {e.get('at_step')}, restored step {e['step']}: {e['change']}"
+                        for e in events) or "0"
         lines.append(f"| {r['row']} | {r.get('steps', r['last_logged_step'])} | {fmt(r.get('s_per_step'))} | "
                      f"{fmt(r.get('accuracy'), True)} | {fmt(r.get('ece'))} | {official} | {signals} | {rec} |")
     return "\n".join(lines) + "\n"
