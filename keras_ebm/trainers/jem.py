@@ -176,7 +176,7 @@ class JEM(EBMTrainer):
             logits_px = self(batch["x_px"], training=training)
             if one_loader:
                 logits = logits_px
-        logs = {}
+        logs, generative = {}, 0.0
         if self.px_weight > 0:
             e_data = energy_lib.energy_from_logits(logits_px)
             e_sample = energy_lib.energy_from_logits(self._sample_logits(negatives["x"], training))
@@ -187,20 +187,19 @@ class JEM(EBMTrainer):
                 energy_sample=tf.reduce_mean(e_sample),
                 energy_gap=tf.reduce_mean(e_sample) - tf.reduce_mean(e_data),
                 sgld_grad_norm=negatives["sgld_grad_norm"],
-                _gen=self.px_weight * px_loss + self._l2(e_data, e_sample),
             )
+            generative = self.px_weight * px_loss + self._l2(e_data, e_sample)
         if self.pxy_weight > 0:
             y = batch["y_px"]
             e_data_y = energy_lib.class_energy(logits_px, y)
             e_sample_y = energy_lib.class_energy(self._sample_logits(negatives["x_y"], training), y)
             pxy_loss = tf.reduce_mean(e_data_y) - tf.reduce_mean(e_sample_y)
             logs["pxy_loss"] = pxy_loss
-            logs["_gen"] = logs.get("_gen", 0.0) + self.pxy_weight * pxy_loss + self._l2(e_data_y, e_sample_y)
+            generative = generative + self.pxy_weight * pxy_loss + self._l2(e_data_y, e_sample_y)
         if logits is None:
             logits = self(batch["x"], training=training)
         clf_logs = self.classifier_logs(logits, batch["y"])
         # With a p(x) term, energy_data is the p(x) batch's (it overrides the classifier batch's).
-        generative = logs.pop("_gen", 0.0)
         logs = {**clf_logs, **logs}
         logs["loss"] = self.clf_weight * clf_logs["clf_loss"] + generative
         return logs
