@@ -60,28 +60,28 @@ def main(argv):
     if FLAGS.samples:
         if not FLAGS.model_dir:
             raise app.UsageError("--samples needs --model_dir: sampling uses the trainer's checkpoint.")
-        from keras_ebm import experiment
+        from keras_ebm import generation, restore
 
-        model = experiment.restore_trainer(FLAGS.model_dir)
-        if not hasattr(model, "generate"):
+        model = restore.restore_trainer(FLAGS.model_dir)
+        if not model.is_generative:
             raise app.UsageError(f"{type(model).__name__} is not a generative model: it has no sampler.")
         out = os.path.join(FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval"), "samples")
         name = None
         if FLAGS.sample_sweeps:
-            if not hasattr(model, "sample_sweeps"):
+            if not model.conditions_on_latents:  # the sweeps protocol is CLEL's
                 raise app.UsageError(f"--sample_sweeps is CLEL's FID protocol; {type(model).__name__} has none.")
             model.sample_sweeps = FLAGS.sample_sweeps
             steps = FLAGS.sample_steps if FLAGS.sample_steps is not None else model.sampler.n_steps
             kind = "conditional" if FLAGS.conditional else "buffer" if FLAGS.sample_from_buffer else "fresh"
             name = f"{kind}_{FLAGS.sample_sweeps}x{steps}steps"
         labelled = None
-        if FLAGS.conditional and hasattr(model, "set_class_latents"):
+        if FLAGS.conditional and model.conditions_on_latents:
             from keras_ebm.data import to_pixel_range
             from keras_ebm.evaluation.runner import load_set
 
             x, y = load_set(cli.resolve_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
             labelled = (to_pixel_range(x, model.pixel_range), y)
-        experiment.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
+        generation.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
                                     from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional,
                                     batch_size=FLAGS.sample_batch_size, labelled_data=labelled, name=name)
 

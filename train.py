@@ -25,11 +25,11 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
-    from keras_ebm import cli, experiment
+    from keras_ebm import cli, training  # after absl parsed the flags: TensorFlow loads here
 
     cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     cli.save_config(FLAGS.model_dir)
-    experiment.run_training(model_dir=FLAGS.model_dir)
+    training.run_training(model_dir=FLAGS.model_dir)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ import os
 
 import gin
 
+import keras_ebm.configurables  # noqa: F401  (registers every configurable)
+
 
 def parse_gin(gin_files, gin_params):
     """Parse gin files then bindings with `skip_unknown=False` (a typo is an error, as in dopamine).
 
     Relative `include` paths resolve against the working directory and the repository root.
     """
-    import keras_ebm.configurables  # noqa: F401  (registers every configurable)
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     gin.add_config_file_search_path(root)
     for path in gin_files:
@@ -44,8 +44,6 @@ def resolve_run_training():
     Returns a dict with `trainer` and `optimizer` (zero-argument builders) and `train_data`
     (`fn(input_context)`), plus every other bound run_training parameter.
     """
-    import keras_ebm.configurables  # noqa: F401
-
     out = {}
     for name in ("trainer", "optimizer", "train_data", "train_steps"):
         try:

@@ -8,7 +8,7 @@ Gin files start with `import keras_ebm.configurables`. Objects are chosen by ref
 import gin
 import keras
 
-from keras_ebm import backbones, data, experiment, heads, optim, queues, sampling, trainers
+from keras_ebm import backbones, data, divergence, heads, optim, queues, sampling, trainers, training
 from keras_ebm.evaluation import runner
 from keras_ebm.optim import schedules
 
@@ -63,5 +63,5 @@ _register(queues.FeatureQueue, "keras_ebm")
 
 # Runners: run_training and run_eval are decorated with @gin.configurable where they are defined
 # (they are the gin entry points that train.py / eval.py call).
-_register(experiment.DivergenceGuard, "keras_ebm.experiment")
-assert runner.run_eval and experiment.run_training
+_register(divergence.DivergenceGuard, "keras_ebm.experiment")  # the gin name of earlier releases
+assert runner.run_eval and training.run_training

@@ -23,7 +23,7 @@ Classifiers and other EBMs. A model is a classifier unless it sets `is_classifie
 `probabilities`, and the built-in scores `log_px`, `max_softmax`, `grad_norm`. A model that is not a
 classifier (CLEL: its "logits" are a latent) is asked for its own quantities through two hooks:
 `model.energy(x)` (the `EBMTrainer.energy` method, overridden by CLEL: 0.5 ||f(x)||^2) gives
-`energy`, and `model.serving_scores(x)` gives every score; no built-in score and no `probabilities`
+`energy`, and `model.scores(x)` gives every score; no built-in score and no `probabilities`
 are exported for it (they would be JEM quantities of a latent), and no gradient is computed.
 Format version 2 (this rule); version 1 exported the JEM quantities for every model.
 
@@ -52,21 +52,18 @@ import tempfile
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
+from keras_ebm import scores as scores_lib
 from keras_ebm.data.preprocess import to_pixel_range  # pure tf ops, the one uint8 -> float map
 
 METADATA_FILENAME = "keras_ebm_export.json"
 FORMAT_VERSION = 2
-BUILTIN_SCORES = ("log_px", "max_softmax", "grad_norm")
+BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
 ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
 
 # Attribute calls with these dtypes get a trace that fails with the readable message instead of
 # TensorFlow's generic "Could not find matching concrete function" (or a silent NumPy cast).
 _REJECTED_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 _SCORE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-
-def _per_sample_norm(x):
-    return tf.norm(tf.reshape(x, [tf.shape(x)[0], -1]), axis=-1)
 
 
 class _Forward:
@@ -83,7 +80,7 @@ class ServingModule(tf.Module):
     For a classifier (the default; `model.is_classifier` absent or True) the logits f(x) define the
     energy-based model of JEM: E(x) = -logsumexp_y f(x)[y], i.e. log p(x) = -E(x) - log Z
     (`keras_ebm.energy`). For a model with `is_classifier = False` (CLEL) the energy is
-    `model.energy(x)`, the scores are those of `model.serving_scores(x)` (and `extra_scores`) only,
+    `model.energy(x)`, the scores are those of `model.scores(x)` (and `extra_scores`) only,
     and `serving_default` has no `probabilities`.
 
     Built-in OOD scores of classifiers (higher = more in-distribution):
@@ -110,7 +107,7 @@ class ServingModule(tf.Module):
     Args:
         model: a `keras.Model` (or any callable) with `model(x, training=False)` returning logits
             `[batch, num_classes]` for float images `x` in `pixel_range`. If it has a method
-            `serving_scores(x)` returning a dict name -> `[batch]` tensor (model-specific scores,
+            `scores(x)` returning a dict name -> `[batch]` tensor (model-specific scores,
             e.g. CLEL's), those scores are exported too. With `is_classifier = False` it must have
             `energy(x)` returning `[batch]` energies (lower = more probable).
         image_shape: `(height, width, channels)` of the training images.
@@ -161,6 +158,7 @@ class ServingModule(tf.Module):
                     f"`extra_scores` values must be callables fn(model, x_float) -> [batch]. "
                     f"Received: extra_scores[{score_name!r}]={fn!r}"
                 )
+        model = scores_lib.as_scorer(model)
         self._forward = _Forward(model, extra_scores)
         self._image_shape = image_shape
         self._pixel_range = (lo, hi)
@@ -175,26 +173,19 @@ class ServingModule(tf.Module):
                 f"Received: logits.shape={tuple(logits.shape)} for x.shape={tuple(probe.shape)}"
             )
         num_classes = int(logits.shape[-1])
-        self._classifier = bool(getattr(model, "is_classifier", True))
+        self._classifier = bool(model.is_classifier)
         if not self._classifier:
-            energy_method = getattr(model, "energy", None)
-            if not callable(energy_method):
-                raise ValueError(
-                    "A model that is not a classifier (`is_classifier = False`) must define "
-                    "`energy(x)` returning [batch] energies. Received: "
-                    f"{type(model).__name__} without an `energy` method"
-                )
-            energy = energy_method(probe)
+            energy = model.energy(probe)
             if tuple(energy.shape) != (2,):
                 raise ValueError(
                     "`model.energy(x)` must return shape [batch]. Received: "
                     f"shape={tuple(energy.shape)} for a batch of 2"
                 )
         if ood_score is None:
-            ood_score = getattr(model, "default_ood_score", "log_px")
+            ood_score = model.default_ood_score
         model_scores = self._model_scores(probe)
         score_names = list(BUILTIN_SCORES) if self._classifier else []
-        for source, names in (("serving_scores", model_scores), ("extra_scores", extra_scores)):
+        for source, names in (("scores", model_scores), ("extra_scores", extra_scores)):
             for score_name in names:
                 if not isinstance(score_name, str) or not _SCORE_NAME.match(score_name):
                     raise ValueError(
@@ -298,7 +289,7 @@ class ServingModule(tf.Module):
     def _energy_convention(self):
         if self._classifier:
             return "E(x) = -logsumexp(logits) = -log p(x) - log Z (lower = more probable)"
-        doc = (getattr(self._forward.model.energy, "__doc__", None) or "").strip().splitlines()
+        doc = (self._forward.model.energy.__doc__ or "").strip().splitlines()
         return (f"{type(self._forward.model).__name__}.energy: {doc[0] if doc else 'the model energy'} "
                 "(lower = more probable)")
 
@@ -358,13 +349,14 @@ class ServingModule(tf.Module):
         return self._forward.model(x, training=False)
 
     def _model_scores(self, x):
-        serving_scores = getattr(self._forward.model, "serving_scores", None)
-        if serving_scores is None:
+        """The model's own scores: those of `model.scores(x)` for a model that is not a classifier
+        (a classifier's scores are the built-ins)."""
+        if self._classifier:
             return {}
-        scores = serving_scores(x)
+        scores = self._forward.model.scores(x)
         if not isinstance(scores, dict):
             raise ValueError(
-                "`model.serving_scores(x)` must return a dict name -> [batch] tensor. "
+                "`model.scores(x)` must return a dict name -> [batch] tensor. "
                 f"Received: {type(scores).__name__}"
             )
         return dict(scores)
@@ -375,14 +367,6 @@ class ServingModule(tf.Module):
             scores[score_name] = fn(self._forward.model, x)
         return {k: tf.cast(v, tf.float32) for k, v in scores.items()}
 
-    def _logits_and_grad_norm(self, x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            logits = self._call_model(x)
-            log_px = energy_lib.log_px_from_logits(logits)
-        grad = tape.gradient(log_px, x)
-        return logits, -_per_sample_norm(grad)
-
     def _energy(self, x, logits=None):
         if self._classifier:
             return energy_lib.energy_from_logits(self._call_model(x) if logits is None else logits)
@@ -390,18 +374,10 @@ class ServingModule(tf.Module):
 
     def _compute_scores(self, x, names, logits=None):
         """(logits or None, {name: score}); the logits only when a built-in score needed them."""
-        grad_norm = None
-        if "grad_norm" in names:
-            logits, grad_norm = self._logits_and_grad_norm(x)
-        elif any(n in BUILTIN_SCORES for n in names) and logits is None:
-            logits = self._call_model(x)
+        builtin = [n for n in names if n in BUILTIN_SCORES]
         scores = {}
-        if "log_px" in names:
-            scores["log_px"] = energy_lib.log_px_from_logits(logits)
-        if "max_softmax" in names:
-            scores["max_softmax"] = energy_lib.max_softmax(logits)
-        if grad_norm is not None:
-            scores["grad_norm"] = grad_norm
+        if builtin:  # one forward pass (and one backward for grad_norm): keras_ebm.scores
+            logits, scores = scores_lib.classifier_scores(self._call_model, x, builtin, return_logits=True)
         if any(n not in BUILTIN_SCORES for n in names):
             scores.update(self._all_extra_scores(x))
         return logits, {n: scores[n] for n in names}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_ebm import callbacks
 from keras_ebm import experiment
 from keras_ebm.trainers import SoftmaxClassifier
 
@@ -255,14 +256,14 @@ def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp
 def test_a_non_finite_replay_buffer_counts_as_divergence():
     model = jem_trainer_fn()
     model(tf.zeros((1, 8, 8, 1)))
-    names = [v.path for v in experiment._float_variables(model)]
+    names = [v.path for v in callbacks.float_variables(model)]
     assert any("buffer" in n for n in names), names  # not only trainable weights are checked
-    assert bool(experiment._variables_finite(experiment._float_variables(model)))
+    assert callbacks.variables_finite(model)
     model.buffer.buffer.assign(tf.fill(model.buffer.buffer.shape, float("nan")))
-    assert not bool(experiment._variables_finite(experiment._float_variables(model)))
+    assert not callbacks.variables_finite(model)
 
 
-def test_jit_compile_reaches_the_custom_training_loop(tmp_path, monkeypatch):
+def test_jit_compile_reaches_the_train_function(tmp_path, monkeypatch):
     compiled = []
     original = tf.function
 
@@ -288,7 +289,7 @@ def test_jit_compile_reaches_the_custom_training_loop(tmp_path, monkeypatch):
     kwargs = dict(trainer=deterministic_jem, optimizer=lambda: keras.optimizers.SGD(0.05), train_data=data_fn,
                   train_steps=2, checkpoint_every=2, log_every=2, export=False, progress=False)
     plain = experiment.run_training(model_dir=str(tmp_path / "plain"), **kwargs)
-    monkeypatch.setattr(experiment.tf, "function", recording_function)
+    monkeypatch.setattr(tf, "function", recording_function)
     xla = experiment.run_training(model_dir=str(tmp_path / "xla"), jit_compile=True, **kwargs)
     monkeypatch.undo()
     assert any(compiled), "run_training(jit_compile=True) never asked tf.function for XLA"
@@ -349,17 +350,14 @@ def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch
     monkeypatch.chdir(tmp_path)  # a relative model_dir, as train.py users pass it
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     seen = []
-    original = experiment._roll_back
+    original = callbacks.Checkpointing.roll_back
 
-    def spy(manager, *args):
-        seen.append([os.path.basename(p) for p in manager.checkpoints])
-        return original(manager, *args)
+    def spy(self, good_step):
+        seen.append([os.path.basename(p) for p in self.manager.checkpoints])
+        return original(self, good_step)
 
-    experiment._roll_back = spy
-    try:
-        model = run("run", 8, data=explodes_at_7, trainer=unchecked, divergence_guard=guard)
-    finally:
-        experiment._roll_back = original
+    monkeypatch.setattr(callbacks.Checkpointing, "roll_back", spy)
+    model = run("run", 8, data=explodes_at_7, trainer=unchecked, divergence_guard=guard)
     assert seen == [["ckpt-0", "ckpt-2", "ckpt-4", "ckpt-6"]], seen
     events = [json.loads(line) for line in (tmp_path / "run" / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["restored"].endswith("ckpt-2") and events[0]["step"] == 2, events

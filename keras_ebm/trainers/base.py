@@ -18,11 +18,14 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
+from keras_ebm import scores as scores_lib
 from keras_ebm.optim.gradients import PlainGradients
 from keras_ebm.optim.gradients import add_weight_decay
+from keras_ebm.sampling import ReplayBuffer
+from keras_ebm.sampling import UniformInitializer
 
 
-class EBMTrainer(keras.Model):
+class EBMTrainer(keras.Model, scores_lib.Scorer):
     """Base class of the keras_ebm trainers.
 
     Args:
@@ -43,11 +46,21 @@ class EBMTrainer(keras.Model):
 
     Subclasses list the scalars they report in `tracked_names`; `compute_losses` returns a dict with
     those keys, of which `"loss"` is the total that is differentiated.
+
+    Hooks the rest of the library asks every trainer for (with defaults here, so no caller probes
+    with `hasattr`): `optimizers` and `build_optimizers()` (CLEL has two), `after_training(data)`
+    (GMMC's sigma), `generate(...)` (one implementation; trainers supply `run_chains`),
+    `scores(x)` (the OOD scores of `keras_ebm.scores`; CLEL its eq. 5), `sampler` / `buffer`
+    (None for a discriminative trainer), `is_generative`, `conditions_on_latents` (CLEL) and
+    `default_buffer(...)`, the one replay-buffer factory of JEM, GMMC and CLEL.
     """
 
     tracked_names = ("loss", "clf_loss", "clf_acc", "energy_data")
     default_ood_score = "log_px"
     is_classifier = True  # `call` returns class logits (accuracy, ECE and log p(x) are meaningful)
+    conditions_on_latents = False  # CLEL: class-conditional samples need `set_class_latents` first
+    sampler = None  # the SGLD sampler of a generative trainer
+    buffer = None  # its replay buffer
 
     def __init__(
         self,
@@ -80,6 +93,7 @@ class EBMTrainer(keras.Model):
         if weight_decay < 0:
             raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
         self.weight_decay = float(weight_decay)
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_names}
 
@@ -209,7 +223,79 @@ class EBMTrainer(keras.Model):
             )
         return x
 
-    # ------------------------------------------------------------------ scoring (export, eval)
-    def energy(self, x, training=False):
-        """E(x) = -logsumexp(logits), shape [batch]."""
-        return energy_lib.energy_from_logits(self(x, training=training))
+    # ------------------------------------------------------------------ run hooks
+    @property
+    def optimizers(self):
+        """The trainer's optimizers by name, as checkpoints name them (CLEL: two)."""
+        return {"optimizer": self.optimizer}
+
+    def build_optimizers(self):
+        """Build every optimizer on its variables (before a checkpoint restores their slots)."""
+        if self.optimizer is None:
+            raise ValueError(f"Compile {type(self).__name__} first: `model.compile(optimizer=...)`. "
+                             "Received: optimizer=None")
+        if not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def after_training(self, train_data):
+        """Post-training estimates that belong to the model (GMMC's sigma). Default: nothing."""
+        del train_data
+
+    @property
+    def is_generative(self):
+        """True when the trainer has a sampler (`generate` works)."""
+        return self.sampler is not None
+
+    def default_buffer(self, size, initializer=None, reinit_prob=0.05, class_conditional=False):
+        """The replay buffer JEM, GMMC and CLEL build when none is given: `size` chains of the
+        training image shape, started from `initializer` (default U(pixel_range)) and
+        re-initialised with `reinit_prob`, seeded from the trainer's seed."""
+        return ReplayBuffer(
+            size=int(size),
+            image_shape=self.image_shape,
+            initializer=initializer or UniformInitializer(self.pixel_range),
+            reinit_prob=reinit_prob,
+            num_classes=self.num_classes,
+            class_conditional=class_conditional,
+            seed=None if self.seed is None else self.seed + 1,
+        )
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, **chain_kwargs):
+        """Draw samples: fresh chains from the initialiser (default) or from the replay buffer.
+
+        Args:
+            num_samples: number of samples.
+            y: optional int labels `[num_samples]` for class-conditional chains (E(x, y) for the
+                JEM family, GMMC's class-conditional energy; CLEL: p(x | z_bar_y)).
+            n_steps: SGLD steps (default: the sampler's).
+            from_buffer: start from buffer states instead of fresh initialiser draws.
+            **chain_kwargs: trainer-specific options of `run_chains` (CLEL: latents, beta, sweeps).
+
+        Returns:
+            float images `[num_samples, H, W, C]` in `pixel_range`. The chains change no variable
+            of the model (`SGLDSampler.frozen`): drawing samples must not alter what it evaluates.
+        """
+        if not self.is_generative:
+            raise ValueError(f"{type(self).__name__} is not a generative model: it has no sampler.")
+        num_samples = int(num_samples)
+        seed = tf.random.experimental.stateless_fold_in(tf.cast(self.seed_generator.next(), tf.int64), 0)
+        y = self.generation_labels(num_samples, y, tf.random.experimental.stateless_fold_in(seed, 1))
+        if from_buffer:
+            if self.buffer is None:
+                raise ValueError(f"{type(self).__name__} has no replay buffer. Received: from_buffer=True")
+            x0, _ = self.buffer.sample(num_samples, y=y if self.buffer.class_conditional else None)
+        else:
+            init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
+            x0 = init.init((num_samples,) + self.image_shape, seed, y=y)
+        with self.sampler.frozen():
+            return self.run_chains(x0, y, n_steps=n_steps, **chain_kwargs)
+
+    def generation_labels(self, num_samples, y, seed):
+        """The labels of `generate`'s chains: `y` as int32, or None (GMMC draws random classes)."""
+        del num_samples, seed
+        return None if y is None else tf.cast(tf.reshape(y, [-1]), tf.int32)
+
+    def run_chains(self, x0, y, n_steps=None):
+        """Run the sampler from `x0` (labels `y` or None) for `generate`; returns the samples."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run_chains() to generate.")

@@ -21,7 +21,7 @@ from keras_ebm.data.augment import simclr_augment
 from keras_ebm.ema import ModelEMA
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim.gradients import add_weight_decay
-from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
 
 
@@ -96,6 +96,8 @@ class CLEL(EBMTrainer):
     )
     default_ood_score = "clel"
     is_classifier = False  # `call` returns a latent, not class logits (see keras_ebm.export)
+    conditions_on_latents = True  # class-conditional samples need `set_class_latents` (Appendix D)
+    score_names = ("clel", "neg_energy", "cosine")
 
     def __init__(
         self,
@@ -148,11 +150,7 @@ class CLEL(EBMTrainer):
         # Tracked so that the SGLD noise state enters checkpoints (as in JEM).
         self.sampler_seed_generator = self.sampler.seed_generator
         if buffer is None:
-            buffer = ReplayBuffer(
-                size=buffer_size, image_shape=self.image_shape,
-                initializer=UniformInitializer(self.pixel_range), reinit_prob=reinit_prob,
-                seed=None if kwargs.get("seed") is None else kwargs["seed"] + 1,
-            )
+            buffer = self.default_buffer(buffer_size, reinit_prob=reinit_prob)
         self.buffer = buffer
         self.augment_chain_starts = bool(augment_chain_starts)
         self.alpha = float(alpha)
@@ -187,7 +185,7 @@ class CLEL(EBMTrainer):
         return self.encoder.trainable_variables
 
     def build_optimizers(self):
-        """Build both optimizers on their variables (`experiment.build_trainer` calls this)."""
+        """Build both optimizers on their variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
             raise ValueError("Compile the trainer first (the EBM optimizer comes from `compile`). "
                              "Received: optimizer=None")
@@ -214,7 +212,7 @@ class CLEL(EBMTrainer):
         del training  # the EMA networks run in inference mode
         return _energy(self.ema_network(x))
 
-    def serving_scores(self, x):
+    def scores(self, x, names=None):
         """Eq. 5 and its two parts on the EMA networks, each `[batch]`, higher = more in-distribution.
 
         "clel": -s(x) = -(0.5 ||f||^2 - ood_beta * cos(h(x), g(f/||f||))); "neg_energy": -0.5 ||f||^2
@@ -225,7 +223,8 @@ class CLEL(EBMTrainer):
         h = tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
         neg_energy = -_energy(features)
         cosine = tf.reduce_sum(z * h, axis=-1)
-        return {"clel": neg_energy + self.ood_beta * cosine, "neg_energy": neg_energy, "cosine": cosine}
+        out = {"clel": neg_energy + self.ood_beta * cosine, "neg_energy": neg_energy, "cosine": cosine}
+        return out if names is None else {n: out[n] for n in names}
 
     # ------------------------------------------------------------------ generation (Appendix C-E)
     def encode(self, x):
@@ -298,23 +297,23 @@ class CLEL(EBMTrainer):
         Returns:
             float images `[num_samples, H, W, C]` in `pixel_range`.
         """
-        sweeps = self.sample_sweeps if sweeps is None else _check_sweeps(sweeps, "sweeps")
         if y is not None:
             if latents is not None:
                 raise ValueError("Pass either `y` or `latents`, not both.")
-            if getattr(self, "class_latents", None) is None:
+            if self.class_latents is None:
                 raise ValueError(
                     "CLEL is unsupervised: class-conditional sampling needs class latents. Call "
                     "`model.set_class_latents(x, y)` with labelled images first (Appendix D). "
                     "Received: y without class latents")
             latents = tf.gather(self.class_latents, tf.cast(y, tf.int32))
-        shape = (int(num_samples),) + self.image_shape
-        if from_buffer:
-            x0, _ = self.buffer.sample(num_samples)
-        else:
-            seed = tf.random.experimental.stateless_fold_in(tf.cast(self.seed_generator.next(), tf.int64), 0)
-            x0 = self.buffer.initializer.init(shape, seed)
+        return super().generate(num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents,
+                                beta=beta, sweeps=sweeps)
 
+    def run_chains(self, x0, y, n_steps=None, latents=None, beta=None, sweeps=None):
+        """`generate`'s chains on the EMA EBM: marginal, or conditioned on `latents`; plain or in
+        training-style sweeps."""
+        del y  # CLEL conditions on latents (`generate` maps labels to class latents)
+        sweeps = self.sample_sweeps if sweeps is None else _check_sweeps(sweeps, "sweeps")
         if latents is None:
             def energy_fn(x, _, training=False):
                 return _energy(self.ema_network(x))
@@ -332,7 +331,7 @@ class CLEL(EBMTrainer):
         """One training-style chain restart: re-initialise with `reinit_prob`, strong augmentation."""
         seed = tf.cast(self.seed_generator.next(), tf.int64)
         mask_seed, init_seed, augment_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=3))
-        reinit_prob = float(getattr(self.buffer, "reinit_prob", 0.0))
+        reinit_prob = float(self.buffer.reinit_prob)
         if reinit_prob > 0.0:
             fresh = tf.cast(self.buffer.initializer.init(tf.shape(x), init_seed), x.dtype)
             reinit = tf.random.stateless_uniform([tf.shape(x)[0]], seed=mask_seed) < reinit_prob

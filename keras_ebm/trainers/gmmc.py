@@ -25,7 +25,7 @@ import tensorflow as tf
 from keras_ebm import distribute
 from keras_ebm.backbones.classifier import feature_extractor
 from keras_ebm.heads import mmc_head
-from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
 
 MODES = ("discriminative", "generative", "joint")
@@ -177,15 +177,7 @@ class GMMC(EBMTrainer):
                     f"class: `buffer_size` must be divisible by num_classes={self.num_classes}. "
                     f"Received: buffer_size={buffer_size}"
                 )
-            buffer = ReplayBuffer(
-                size=int(buffer_size),
-                image_shape=self.image_shape,
-                initializer=initializer or UniformInitializer(self.pixel_range),
-                reinit_prob=reinit_prob,
-                num_classes=self.num_classes,
-                class_conditional=True,
-                seed=None if kwargs.get("seed") is None else kwargs["seed"] + 1,
-            )
+            buffer = self.default_buffer(buffer_size, initializer, reinit_prob, class_conditional=True)
         if buffer is not None and not buffer.class_conditional:
             raise ValueError(
                 "GMMC samples class-conditional chains: pass a ReplayBuffer with "
@@ -427,38 +419,13 @@ class GMMC(EBMTrainer):
         data = source if isinstance(source, tf.data.Dataset) else source(None)
         return self.estimate_sigma(data, max_batches=self.sigma_batches)
 
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False):
-        """Class-conditional samples (section 3.2): fresh chains (default) or buffer chains.
-
-        Args:
-            num_samples: number of samples.
-            y: optional int labels `[num_samples]`; default uniformly random classes.
-            n_steps: sampler steps (default the sampler's).
-            from_buffer: start from the replay buffer's chains of those classes.
-
-        Returns:
-            float images `[num_samples, H, W, C]` in `pixel_range`.
-        """
-        num_samples = int(num_samples)
-        seed = tf.random.experimental.stateless_fold_in(
-            tf.cast(self.seed_generator.next(), tf.int64), 0
-        )
+    def generation_labels(self, num_samples, y, seed):
+        """Class-conditional samples (section 3.2): `y`, or uniformly random classes."""
         if y is None:
-            y = tf.random.stateless_uniform(
-                [num_samples], seed=seed, minval=0, maxval=self.num_classes, dtype=tf.int32
-            )
-        y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        if from_buffer:
-            if self.buffer is None:
-                raise ValueError(
-                    "This GMMC trainer has no replay buffer (mode='discriminative'). "
-                    "Received: from_buffer=True"
-                )
-            x0, _ = self.buffer.sample(num_samples, y=y)
-        else:
-            init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
-            init_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-            x0 = init.init((num_samples,) + self.image_shape, init_seed, y=y)
-        with self.sampler.frozen():  # generation must not move BN statistics of the model
-            x, _ = self.sample_chains(x0, y, n_steps=n_steps)
-        return x
+            y = tf.random.stateless_uniform([num_samples], seed=seed, minval=0, maxval=self.num_classes,
+                                            dtype=tf.int32)
+        return tf.cast(tf.reshape(y, [-1]), tf.int32)
+
+    def run_chains(self, x0, y, n_steps=None):
+        """`generate`'s chains: GMMC's class-conditional sampling (`sample_chains`)."""
+        return self.sample_chains(x0, y, n_steps=n_steps)[0]

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
 from keras_ebm.optim.gradients import SAMGradients
-from keras_ebm.sampling import ReplayBuffer, SGLDSampler, UniformInitializer
+from keras_ebm.sampling import SGLDSampler
 from keras_ebm.state import discard_updates
 from keras_ebm.trainers.base import EBMTrainer
 
@@ -113,15 +113,7 @@ class JEM(EBMTrainer):
         # checkpoints, so a resumed run continues the noise sequence instead of replaying it.
         self.sampler_seed_generator = self.sampler.seed_generator
         if buffer is None and (px_weight > 0 or pxy_weight > 0):
-            buffer = ReplayBuffer(
-                size=buffer_size,
-                image_shape=self.image_shape,
-                initializer=initializer or UniformInitializer(self.pixel_range),
-                reinit_prob=reinit_prob,
-                num_classes=self.num_classes,
-                class_conditional=pxy_weight > 0,
-                seed=None if kwargs.get("seed") is None else kwargs["seed"] + 1,
-            )
+            buffer = self.default_buffer(buffer_size, initializer, reinit_prob, class_conditional=pxy_weight > 0)
         self.buffer = buffer
         self.clf_weight = float(clf_weight)
         self.px_weight = float(px_weight)
@@ -211,36 +203,11 @@ class JEM(EBMTrainer):
             return self.energy_l2 * (tf.reduce_mean(e_data) ** 2 + tf.reduce_mean(e_sample) ** 2)
         return self.energy_l2 * (tf.reduce_mean(e_data**2) + tf.reduce_mean(e_sample**2))
 
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False):
-        """Draw samples: fresh chains from the initialiser (default) or from the replay buffer.
-
-        Args:
-            num_samples: number of samples.
-            y: optional int labels `[num_samples]` for class-conditional chains on E(x, y).
-            n_steps: SGLD steps (default: the sampler's).
-            from_buffer: start from buffer states instead of fresh initialiser draws.
-
-        Returns:
-            float images `[num_samples, H, W, C]` in `pixel_range`.
-        """
-        shape = (int(num_samples),) + self.image_shape
-        if from_buffer:
-            if self.buffer is None:
-                raise ValueError(f"{type(self).__name__} has no replay buffer (px_weight = pxy_weight = 0). "
-                                 "Received: from_buffer=True")
-            x0, _ = self.buffer.sample(num_samples, y=y if self.buffer.class_conditional else None)
-        else:
-            seed = tf.random.experimental.stateless_fold_in(
-                tf.cast(self.seed_generator.next(), tf.int64), 0
-            )
-            init = self.buffer.initializer if self.buffer is not None else UniformInitializer(self.pixel_range)
-            x0 = init.init(shape, seed, y=y)
-        # Generation evaluates a trained model: chains in BN train mode (JEM++, SADA-JEM) must not
-        # move its moving statistics.
-        with self.sampler.frozen():
-            if y is None:
-                return self.sampler(self._energy, x0, n_steps=n_steps)
-            return self.sampler(self._class_energy, x0, tf.cast(y, tf.int32), n_steps=n_steps)
+    def run_chains(self, x0, y, n_steps=None):
+        """`generate`'s chains: on E(x), or on E(x, y) when labels are given."""
+        if y is None:
+            return self.sampler(self._energy, x0, n_steps=n_steps)
+        return self.sampler(self._class_energy, x0, y, n_steps=n_steps)
 
 
 class JEMPP(JEM):

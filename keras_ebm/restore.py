@@ -1,0 +1,29 @@
+"""Trainer restoration: rebuild the trainer of a run directory and load its newest checkpoint.
+
+Used for sample generation and evaluation that need training state the export leaves out (the
+sampler, the replay buffer, EMA copies).
+"""
+
+import os
+
+import tensorflow as tf
+
+from keras_ebm import callbacks as callbacks_lib
+from keras_ebm import cli
+from keras_ebm import training
+
+
+def restore_trainer(model_dir, strategy=None):
+    """Rebuild the trainer of `model_dir` from the parsed gin config and restore its last checkpoint.
+
+    Parse `<model_dir>/config.gin` first (`keras_ebm.cli.parse_gin`).
+    """
+    objs = cli.resolve_run_training()
+    strategy = strategy or tf.distribute.get_strategy()
+    model = training.build_trainer(objs["trainer"], objs["optimizer"], strategy)
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if latest is None:
+        raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: train with train.py first.")
+    callbacks_lib.make_checkpoint(model).restore(latest).expect_partial()
+    print(f"[keras_ebm] restored {latest} (step {callbacks_lib.current_step(model)})", flush=True)
+    return model

@@ -1,0 +1,237 @@
+"""`run_training`: what `train.py` calls (gin-configurable), built on `model.fit` and the callbacks of
+`keras_ebm.callbacks`.
+
+On one machine (one CPU/GPU, or MirroredStrategy over several GPUs) `run_training` calls
+`model.fit` with `keras_ebm.callbacks.training_callbacks(...)`: exactly what a user's own
+`model.fit(..., callbacks=...)` gets. Under MultiWorkerMirroredStrategy, where Keras 3's `fit`
+fails (keras-team/keras#20585: "Attempt to convert a value (PerReplica...)"), a small custom loop
+(`train_loop`) calls the trainer's `train_step` through `strategy.run` and drives the *same*
+callback objects. Both call the same `train_step`.
+
+Model directory layout:
+    config.gin               the gin files and bindings as given (train.py writes it; eval.py reads it)
+    operative_config.gin     the bindings actually used (written after the first step)
+    checkpoints/             tf.train.CheckpointManager: weights, optimizer state(s), and every
+                             tracked variable of the trainer (replay buffer, queue, EMA copies),
+                             RNG states and the divergence guard's recovery state
+    tensorboard/             scalars every `log_every` steps, replay-buffer grids
+    samples/buffer.png       the replay buffer after training
+    export/                  SavedModel (keras_ebm.export) after training
+    eval/                    results.json, results.md and plots (eval.py)
+    training_summary.json    steps, time, what stopped the run, divergence recoveries
+"""
+
+import json
+import os
+import time
+
+import gin
+import keras
+import tensorflow as tf
+
+from keras_ebm import callbacks as callbacks_lib
+from keras_ebm import distribute
+from keras_ebm import export as export_lib
+from keras_ebm import reports
+from keras_ebm.evaluation import runner as eval_runner
+
+
+def _log(msg):
+    print(f"[keras_ebm] {msg}", flush=True)
+
+
+def build_trainer(trainer, optimizer, strategy, jit_compile=False):
+    """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
+
+    `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
+    `optimizer` a zero-argument callable returning a Keras optimizer. The model is called once and
+    its optimizers built (`EBMTrainer.build_optimizers`), which MultiWorkerMirroredStrategy needs
+    before the loop and checkpoint restoration needs before restoring slots.
+    """
+    with strategy.scope():
+        model = trainer()
+        model.compile(optimizer=optimizer(), jit_compile=jit_compile)
+        model(tf.zeros((1,) + tuple(model.image_shape), tf.float32))
+        model.build_optimizers()
+    return model
+
+
+def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=False):
+    """The custom loop for MultiWorkerMirroredStrategy: `train_step` under `strategy.run`, driving
+    `callbacks` (a `keras.callbacks.CallbackList` or a list) as `fit` would, until the run's step
+    reaches `train_steps` or a callback sets `model.stop_training`."""
+    cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
+        keras.callbacks.CallbackList(callbacks, model=model)
+    iterator = iter(dataset)
+    # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
+    step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
+        else model.train_step
+
+    @tf.function
+    def train_one_step(iterator):
+        strategy.run(step_fn, args=(next(iterator),))
+
+    model.stop_training = False
+    cbs.on_train_begin()
+    batch = 0
+    while callbacks_lib.current_step(model) < train_steps and not model.stop_training:
+        cbs.on_train_batch_begin(batch)
+        train_one_step(iterator)
+        cbs.on_train_batch_end(batch, {})
+        batch += 1
+    cbs.on_train_end()
+
+
+@gin.configurable(module="keras_ebm.experiment")  # the gin name of earlier releases: saved configs keep working
+def run_training(
+    model_dir,
+    trainer,
+    optimizer,
+    train_data,
+    train_steps,
+    checkpoint_every=500,
+    log_every=50,
+    keep_checkpoints=3,
+    export=True,
+    evaluate=False,
+    jit_compile=False,
+    strategy=None,
+    progress=True,
+    divergence_guard=None,
+    baseline=None,
+    seed=0,
+    max_minutes=None,
+):
+    """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
+
+    Args:
+        model_dir: experiment directory (created if missing).
+        trainer: zero-argument callable building the trainer (a `keras_ebm.trainers.EBMTrainer`).
+        optimizer: zero-argument callable building its optimizer (`@keras.optimizers.Adam` in gin).
+        train_data: `fn(input_context) -> tf.data.Dataset` yielding per-replica batches
+            (`keras_ebm.data.make_dataset_fn(...)`), repeated.
+        train_steps: total optimisation steps (a resumed run trains the remainder).
+        checkpoint_every: steps between checkpoints; the last step is always saved.
+        log_every: steps between TensorBoard/console logs.
+        keep_checkpoints: how many checkpoints CheckpointManager keeps.
+        export: write the SavedModel to `model_dir/export` at the end.
+        evaluate: run `keras_ebm.evaluation.run_eval(model_dir=model_dir)` after training.
+        jit_compile: compile the train step with XLA (slower than graph mode on CPU for these steps).
+        strategy: a tf.distribute strategy; default `keras_ebm.distribute.make_strategy()`.
+        progress: show a progress bar.
+        baseline: optional zero-argument builder of a second trainer (e.g. `@SoftmaxClassifier`)
+            trained afterwards in `model_dir/baseline` with the same data, optimizer, steps and
+            evaluation; with `evaluate`, both results are printed side by side and written to
+            `model_dir/comparison.md` (the quickstart compares SADA-JEM with softmax this way).
+        divergence_guard: a `DivergenceGuard` to recover from divergence automatically; without
+            one a diverging run stops with `DivergenceError` (the last good checkpoint is kept).
+        seed: global seed (`keras.utils.set_random_seed`); the data order on resume is re-seeded
+            with the restored step so a resumed run does not replay the first batches, and after a
+            divergence recovery with the number of recoveries.
+        max_minutes: optional wall-clock budget for this call's training (tracing included,
+            export and evaluation excluded): at the first step past it the run checkpoints and
+            goes on to `after_training`, export and evaluation as if it had reached `train_steps`
+            (learning-rate schedules still count towards `train_steps`). A later call resumes
+            with a fresh budget. With `baseline`, the baseline gets the same budget: "trained for
+            the same time". One machine only; a multi-worker strategy raises ValueError.
+
+    Returns:
+        The trained model.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    strategy = strategy or distribute.make_strategy()
+    chief = distribute.is_chief(strategy)
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if max_minutes is not None:
+        if multi_worker:
+            raise ValueError(
+                "run_training.max_minutes is for one machine: the workers of a "
+                "MultiWorkerMirroredStrategy would stop at different steps and hang their collectives. "
+                "Set run_training.train_steps instead."
+            )
+        if not max_minutes > 0:
+            raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
+    keras.utils.set_random_seed(seed)
+
+    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile)
+    callbacks = callbacks_lib.training_callbacks(
+        model_dir, train_steps=train_steps, checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints, divergence_guard=divergence_guard, max_minutes=max_minutes,
+        log_every=log_every, progress=progress and chief, seed=seed, restart_data=True, chief=chief,
+        checkpoint_dir=_checkpoint_dir(model_dir, strategy),
+    )
+    checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
+    recovery = callbacks_lib.find(callbacks, callbacks_lib.DivergenceRecovery)
+    budget = callbacks_lib.find(callbacks, callbacks_lib.TimeBudget)
+    cb_list = keras.callbacks.CallbackList(callbacks, model=model)
+    checkpointing.setup()  # restore first: the data seed depends on the restored step
+    first_step = callbacks_lib.current_step(model)
+    trained_now = first_step < train_steps
+    if not trained_now:
+        _log(f"already trained {first_step} >= train_steps={train_steps} steps; nothing to do")
+    train_start_time = time.time()
+    while callbacks_lib.current_step(model) < train_steps and not (budget is not None and budget.stopped):
+        start = callbacks_lib.current_step(model)
+        tf.random.set_seed(seed + start + 7919 * recovery.recoveries)
+        dataset = strategy.distribute_datasets_from_function(train_data)
+        if multi_worker:
+            train_loop(model, dataset, strategy, train_steps, cb_list, jit_compile=jit_compile)
+        else:
+            model.fit(dataset, epochs=1, steps_per_epoch=train_steps - start, verbose=0, shuffle=False,
+                      callbacks=callbacks)
+    last_step = callbacks_lib.current_step(model)
+    out_of_time = budget is not None and budget.stopped and last_step < train_steps
+    log = callbacks_lib.find(callbacks, callbacks_lib.TrainingLog)
+    if trained_now and chief:
+        why = "time budget (run_training.max_minutes) used up at " if out_of_time else "trained to "
+        _log(f"{why}step {last_step}/{train_steps}: "
+             + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()}))
+        with open(os.path.join(model_dir, "training_summary.json"), "w") as f:
+            json.dump({
+                "trainer": type(model).__name__,
+                "first_step": first_step,
+                "last_step": last_step,
+                "train_steps": int(train_steps),
+                "stopped_by": "max_minutes" if out_of_time else "train_steps",
+                "seconds": round(time.time() - train_start_time, 1),
+                "recoveries": recovery.recoveries,
+            }, f, indent=2)
+    if trained_now:
+        # Post-training estimates that belong to the model (GMMC's sigma, paper section 3.1),
+        # saved with a final checkpoint so the export and a resumed run both carry them.
+        model.after_training(train_data)
+        checkpointing.manager.save(checkpoint_number=last_step)
+        grids = callbacks_lib.find(callbacks, callbacks_lib.SampleGrids)
+        if grids is not None:
+            grids.on_train_end()  # after `after_training`: what the export carries
+    if chief and export:
+        export_dir = os.path.join(model_dir, "export")
+        export_lib.export_model(model, export_dir, image_shape=model.image_shape,
+                                pixel_range=model.pixel_range, ood_score=model.default_ood_score)
+        _log(f"exported SavedModel to {export_dir}")
+    results = eval_runner.run_eval(model_dir=model_dir) if chief and evaluate else None
+    if baseline is not None:
+        _log(f"training the baseline {getattr(baseline, '__name__', baseline)} with the same budget")
+        run_training(
+            os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
+            checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
+            export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
+            progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
+            baseline=None,  # explicit: gin would bind the baseline's baseline again
+        )
+        if chief and evaluate:
+            with open(os.path.join(model_dir, "baseline", "eval", "results.json")) as f:
+                base_results = json.load(f)
+            table = reports.comparison_table({type(model).__name__: results, "baseline": base_results})
+            with open(os.path.join(model_dir, "comparison.md"), "w") as f:
+                f.write(table)
+            print("\n" + table, flush=True)
+    return model
+
+
+def _checkpoint_dir(model_dir, strategy):
+    if distribute.is_chief(strategy):
+        return os.path.join(model_dir, "checkpoints")
+    # Non-chief workers must also save (the save may run collectives) but into a scratch directory.
+    task_id = strategy.cluster_resolver.task_id
+    return os.path.join(model_dir, ".workers", f"worker_{task_id}")
