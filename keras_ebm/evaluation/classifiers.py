@@ -1,0 +1,169 @@
+"""Adapters from keras_ebm models and exports to the two functions evaluation needs.
+
+* `logits_fn(x_float)`: logits of float images in the model's `pixel_range`. White-box attacks
+  (`keras_ebm.evaluation.robustness`) differentiate it with respect to `x`.
+* a uint8 classifier `fn(images_uint8) -> logits`, for scoring samples or test images
+  (`keras_ebm.evaluation.sample_quality`, `generative.ClassifierFeatures`).
+
+In-memory models: any `keras.Model` (a trainer or its `network`) mapping float images in
+`pixel_range` to logits. Its gradients are exact.
+
+Exports (`keras_ebm.export`): every signature takes **uint8** images and maps them into the pixel
+range inside the graph, and the restored module holds no float entry point (the float model is
+not saved, only the variables the uint8 traces captured). A uint8 input has no gradient, so an
+export cannot be attacked white-box. `ExportLogits` wraps an export as a float `logits_fn` that
+quantises its input to uint8 first; it is marked `differentiable = False` and the attacks refuse
+it with a message saying what to do instead: attack the in-memory model (the trainer restored from
+its checkpoint, `trainer.network`) and, if wanted, classify the adversarial images with the export
+(`predict_logits`), which measures how the attack transfers to what is deployed.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ebm.data.preprocess import from_pixel_range, to_pixel_range
+
+
+def is_export(obj):
+    """True for a restored keras_ebm export (`tf.saved_model.load`) with a `logits` signature."""
+    signatures = getattr(obj, "signatures", None)
+    try:
+        return signatures is not None and "logits" in signatures
+    except TypeError:
+        return False
+
+
+def export_pixel_range(loaded):
+    """The `(lo, hi)` pixel range stored in an export."""
+    lo, hi = (float(v) for v in np.asarray(loaded.pixel_range.numpy()).reshape(-1))
+    return lo, hi
+
+
+def model_pixel_range(model, pixel_range=None):
+    """`pixel_range` if given, else the model's (`EBMTrainer.pixel_range`, export variable)."""
+    if pixel_range is not None:
+        lo, hi = (float(v) for v in pixel_range)
+    elif is_export(model):
+        lo, hi = export_pixel_range(model)
+    elif isinstance(getattr(model, "pixel_range", None), (tuple, list)):
+        lo, hi = (float(v) for v in model.pixel_range)
+    elif isinstance(getattr(model, "pixel_range", None), tf.Variable):
+        lo, hi = (float(v) for v in model.pixel_range.numpy())
+    else:
+        raise ValueError(
+            "The model's pixel range is unknown: pass `pixel_range=(lo, hi)` (the float range the "
+            "network was trained on, (-1, 1) for the JEM family, (0, 1) for CLEL). "
+            f"Received: {type(model).__name__} without a `pixel_range` attribute"
+        )
+    if not lo < hi:
+        raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={(lo, hi)}")
+    return lo, hi
+
+
+class ExportLogits:
+    """A loaded export as a float `logits_fn`; NOT differentiable (uint8 signatures).
+
+    `fn(x)` maps float images in the export's pixel range to uint8 (`from_pixel_range`: clip,
+    round) and calls the `logits` signature, so the export sees exactly what a deployed model
+    would see: perturbations smaller than one grey level are rounded away.
+
+    Args:
+        loaded: the module returned by `keras_ebm.export.load_export` / `tf.saved_model.load`.
+    """
+
+    differentiable = False
+
+    def __init__(self, loaded):
+        if not is_export(loaded):
+            raise ValueError(
+                "`loaded` must be a keras_ebm export restored with tf.saved_model.load (it has a "
+                f"'logits' signature). Received: {type(loaded).__name__}"
+            )
+        self.loaded = loaded
+        self.pixel_range = export_pixel_range(loaded)
+        self._signature = loaded.signatures["logits"]
+
+    def __call__(self, x):
+        images = from_pixel_range(tf.convert_to_tensor(x, tf.float32), self.pixel_range)
+        return self._signature(images=images)["logits"]
+
+
+def logits_fn(model, training=False):
+    """A float-input `logits_fn(x)` of an in-memory model, a callable, or an export.
+
+    Args:
+        model: a `keras.Model` / trainer (`model(x, training=...)` returns logits), any callable
+            `fn(x) -> logits`, or a loaded export (wrapped in the non-differentiable `ExportLogits`).
+        training: the `training` flag of keras models (False: inference BatchNorm).
+
+    Returns:
+        `fn(x) -> logits [batch, classes]`; `fn.differentiable` is False for exports.
+    """
+    if is_export(model):
+        return ExportLogits(model)
+    if isinstance(model, ExportLogits):
+        return model
+    if not callable(model):
+        raise ValueError(f"`model` must be a keras model, a callable or an export. Received: {type(model).__name__}")
+    try:
+        import keras
+
+        is_keras = isinstance(model, keras.Model) or isinstance(model, keras.layers.Layer)
+    except ImportError:  # pragma: no cover
+        is_keras = False
+    if not is_keras:
+        return model
+
+    def fn(x):
+        return model(x, training=training)
+
+    fn.differentiable = True
+    return fn
+
+
+def uint8_logits_fn(classifier, pixel_range=None):
+    """`fn(images_uint8) -> logits` for an export, a keras model or a float `logits_fn`.
+
+    Args:
+        classifier: a loaded export (its `logits` signature is used as is), a keras model or any
+            float `logits_fn`; the latter two see `to_pixel_range(images, pixel_range)`.
+        pixel_range: the float range of a non-export classifier (default: its `pixel_range`).
+    """
+    if is_export(classifier):
+        signature = classifier.signatures["logits"]
+        return lambda images: signature(images=tf.convert_to_tensor(images, tf.uint8))["logits"]
+    if isinstance(classifier, ExportLogits):
+        return uint8_logits_fn(classifier.loaded)
+    lo_hi = model_pixel_range(classifier, pixel_range)
+    fn = logits_fn(classifier)
+    return lambda images: fn(to_pixel_range(tf.convert_to_tensor(images), lo_hi))
+
+
+def predict_logits(fn, images, batch_size=256, progress=False, label="logits"):
+    """Logits of `images` (numpy, any leading size) in batches, as a float32 numpy array.
+
+    Args:
+        fn: `fn(batch) -> logits` (uint8 or float batches, whatever `images` holds).
+        images: `[N, ...]` array.
+        batch_size: images per call.
+        progress: show a `keras.utils.Progbar` over the batches.
+        label: the progress bar's name.
+    """
+    images = np.asarray(images)
+    n = len(images)
+    bar = _progbar(n, label) if progress else None
+    out = []
+    for start in range(0, n, batch_size):
+        out.append(np.asarray(fn(images[start:start + batch_size]), np.float32))
+        if bar is not None:
+            bar.update(min(start + batch_size, n))
+    if not out:
+        raise ValueError(f"`images` must hold at least one image. Received: images.shape={images.shape}")
+    return np.concatenate(out)
+
+
+def _progbar(total, label):
+    import keras
+
+    print(f"[keras_ebm.eval] {label}: {total}", flush=True)
+    return keras.utils.Progbar(total, unit_name="image")
