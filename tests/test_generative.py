@@ -1,0 +1,146 @@
+"""FID / IS / KID against closed forms, with a tiny feature network; the Inception path only for its
+error without weights and for shapes (random weights built by the test itself)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from scipy import special
+
+from keras_ebm.backbones.classifier import build_classifier
+from keras_ebm.backbones.tiny_cnn import TinyCNN
+from keras_ebm.evaluation import generative as gen
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    feats = np.random.RandomState(0).randn(400, 16) @ np.random.RandomState(1).randn(16, 16)
+    assert gen.frechet_distance_from_features(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    # Fewer samples than dimensions: singular covariances, handled by the eps offset.
+    few = np.random.RandomState(2).randn(10, 32)
+    assert gen.frechet_distance_from_features(few, few) == pytest.approx(0.0, abs=1e-3)
+
+
+def _spd2(rng):
+    a = rng.randn(2, 2)
+    return a @ a.T + 0.1 * np.eye(2)
+
+
+def test_frechet_distance_matches_the_closed_form():
+    rng = np.random.RandomState(3)
+    for _ in range(5):
+        s1, s2 = _spd2(rng), _spd2(rng)
+        m1, m2 = rng.randn(2), rng.randn(2)
+        # For 2x2 matrices with positive eigenvalues, tr(sqrt(M)) = sqrt(tr M + 2 sqrt(det M)).
+        tr_sqrt = np.sqrt(np.trace(s1 @ s2) + 2 * np.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+        expected = np.sum((m1 - m2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt
+        assert gen.frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-8, abs=1e-10)
+
+
+def test_fid_between_gaussian_feature_sets():
+    rng = np.random.RandomState(4)
+    d, n = 4, 200000
+    m1, m2 = np.zeros(d), np.array([1.0, -0.5, 0.0, 2.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25, 1.0]), np.array([2.25, 1.0, 0.25, 0.5])
+    f1 = m1 + rng.randn(n, d) * np.sqrt(v1)
+    f2 = m2 + rng.randn(n, d) * np.sqrt(v2)
+    # Diagonal covariances: ||dm||^2 + sum (sqrt(v1) - sqrt(v2))^2.
+    expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)
+    assert gen.frechet_distance_from_features(f1, f2) == pytest.approx(expected, rel=0.01)
+
+
+def test_inception_score_closed_forms():
+    n, k = 1000, 5
+    assert gen.inception_score(np.full((n, 10), 0.1)) == pytest.approx((1.0, 0.0))
+    onehot = np.eye(k)[np.arange(n) % k]
+    mean, std = gen.inception_score(onehot, splits=10)
+    assert mean == pytest.approx(k) and std == pytest.approx(0.0, abs=1e-12)
+    # Unequal use of the classes: exp(entropy of the class frequencies) < k.
+    skewed = np.eye(k)[np.r_[np.zeros(600, int), np.arange(400) % 4 + 1]]
+    freq = np.r_[0.6, [0.1] * 4]
+    assert gen.inception_score(skewed, splits=1)[0] == pytest.approx(np.exp(-np.sum(freq * np.log(freq))))
+    with pytest.raises(ValueError, match="softmax"):
+        gen.inception_score(np.random.RandomState(0).randn(20, 3))
+
+
+def test_kid_is_unbiased_with_a_linear_kernel():
+    """With k(x, y) = <x, y> the population MMD^2 is ||mu_x - mu_y||^2; the unbiased estimate
+    averages to it, where the biased (V-statistic) estimate is off by tr(S_x)/m + tr(S_y)/n."""
+    rng = np.random.RandomState(5)
+    d, m, trials = 5, 10, 1000
+    shift = np.array([0.3, 0.0, -0.2, 0.0, 0.1])
+    kernel = dict(degree=1, gamma=1.0, coef0=0.0)
+    for mu_y, target in ((np.zeros(d), 0.0), (shift, float(shift @ shift))):
+        values, biased = [], []
+        for _ in range(trials):
+            x, y = rng.randn(m, d), mu_y + rng.randn(m, d)
+            values.append(gen.mmd2_unbiased(x, y, **kernel))
+            biased.append(float(np.sum((x.mean(0) - y.mean(0)) ** 2)))
+        se = np.std(values) / np.sqrt(trials)
+        assert abs(np.mean(values) - target) < 4 * se, (np.mean(values), target, se)
+        assert np.mean(biased) - target > 20 * se  # the bias (2 d / m = 1.0) the estimator removes
+    # Exact identity for the linear kernel.
+    x, y = rng.randn(7, d), rng.randn(9, d)
+    sx, sy = x.sum(0), y.sum(0)
+    exact = ((sx @ sx - np.sum(x * x)) / (7 * 6) + (sy @ sy - np.sum(y * y)) / (9 * 8) - 2 * (x.mean(0) @ y.mean(0)))
+    assert gen.mmd2_unbiased(x, y, **kernel) == pytest.approx(exact)
+    # KID with the default cubic kernel of two samples of one distribution: about 0.
+    a, b = rng.randn(600, 8), rng.randn(600, 8)
+    mean, std = gen.kernel_inception_distance(a, b, num_subsets=20, subset_size=300)
+    assert abs(mean) < 3 * std + 1e-3
+
+
+@pytest.fixture(scope="module")
+def tiny_features():
+    keras.utils.set_random_seed(0)
+    network = build_classifier(TinyCNN((8, 16), input_shape=(8, 8, 1)), num_classes=10)
+    return gen.ClassifierFeatures(network, name="tiny_test", pixel_range=(-1.0, 1.0))
+
+
+def test_classifier_feature_metrics_and_reference_cache(tiny_features, tmp_path):
+    rng = np.random.RandomState(6)
+    ref_images = rng.randint(0, 256, (300, 8, 8, 1)).astype("uint8")
+    ref = gen.reference_statistics(tiny_features, dataset="noise8", split="train", images=ref_images,
+                                   cache_dir=str(tmp_path), progress=False, kid_features=200)
+    assert os.path.basename(ref["path"]) == "noise8_train__classifier_tiny_test__nall.npz"
+    assert ref["num_examples"] == 300 and ref["features"].shape == (200, 16)
+    # The second call reads the cache: no images and an unknown data set name would fail otherwise.
+    again = gen.reference_statistics(tiny_features, dataset="noise8", split="train", cache_dir=str(tmp_path))
+    np.testing.assert_allclose(again["mu"], ref["mu"])
+
+    same = gen.evaluate_generative(ref_images, tiny_features, ref, splits=5, kid_subsets=5, kid_subset_size=100,
+                                   progress=False, output_dir=str(tmp_path), name="same")
+    assert same["classifier_fd"] == pytest.approx(0.0, abs=1e-6)
+    assert not any(k in same for k in ("fid", "inception_score", "kid"))
+    assert "not FID" in same["note"] and same["num_samples"] == 300
+    assert json.loads((tmp_path / "generative_same.json").read_text())["feature_network"] == "classifier_tiny_test"
+    dark = (ref_images // 4).astype("uint8")
+    other = gen.evaluate_generative(dark, tiny_features, ref, splits=5, kid_subsets=5, kid_subset_size=100,
+                                    progress=False, max_examples=200)
+    assert other["classifier_fd"] > 1e-3 and other["num_samples"] == 200
+    assert other["classifier_kd"] > 0
+    probs = special.softmax(tiny_features(dark[:200])["logits"], -1)
+    assert other["classifier_score"] == pytest.approx(gen.inception_score(probs, 5)[0])
+
+
+def test_inception_without_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv(gen.WEIGHTS_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match="never uses random Inception weights") as info:
+        gen.InceptionV3Features()
+    assert os.path.join(str(tmp_path), "models", gen.INCEPTION_WEIGHTS_FILE) in str(info.value)
+    assert "weights=" in str(info.value) and "classifier_fd" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="/no/such/file.h5"):
+        gen.InceptionV3Features(weights="/no/such/file.h5")
+
+
+def test_inception_features_shapes_with_random_weights_built_by_the_test():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.InceptionV3(weights=None, classifier_activation=None)  # shapes only
+    net = gen.InceptionV3Features(model=model)
+    out = net(np.random.RandomState(7).randint(0, 256, (2, 32, 32, 3)).astype("uint8"))
+    assert out["pool"].shape == (2, 2048) and out["logits"].shape == (2, 1000)
+    grey = net(np.zeros((1, 8, 8, 1), "uint8"))
+    assert grey["pool"].shape == (1, 2048)
+    assert net.metric_names["fd"] == "fid"
