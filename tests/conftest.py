@@ -1,4 +1,6 @@
-"""Test setup: quiet TF, TensorFlow backend, two logical CPU devices for the distribution tests."""
+"""Test setup: quiet TF, TensorFlow backend, two logical CPU devices for the distribution tests, and
+the data files: the real ones of ../shared/data where present, else generated stand-ins in the same
+formats (tests/standins.py), so a clone without that folder runs every test."""
 
 import os
 
@@ -15,6 +17,8 @@ os.environ.setdefault("KERAS_EBM_CACHE", tempfile.mkdtemp(prefix="keras_ebm_cach
 import pytest
 import tensorflow as tf
 
+import standins
+
 _cpus = tf.config.list_physical_devices("CPU")
 try:
     tf.config.set_logical_device_configuration(
@@ -24,27 +28,56 @@ except RuntimeError:  # already initialised (e.g. imported twice); the tests tha
     pass
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# The real files; KERAS_EBM_SHARED_DATA=/nonexistent runs the tests on the stand-ins instead.
 SHARED_DATA = pathlib.Path(os.environ.get("KERAS_EBM_SHARED_DATA", REPO.parent / "shared" / "data"))
-CIFAR10_NPZ = SHARED_DATA / "cifar10_jpeg_bytes.npz"
-DTD_NPZ = SHARED_DATA / "dtd_subset_32.npz"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (seconds to minutes); run in CI too")
 
 
-@pytest.fixture
-def cifar10_npz():
-    if not CIFAR10_NPZ.exists():
-        pytest.skip(f"real CIFAR-10 archive not found at {CIFAR10_NPZ} (set KERAS_EBM_SHARED_DATA)")
-    return str(CIFAR10_NPZ)
+def pytest_report_header(config):
+    found = [n for n in standins.SHARED_FILES if (SHARED_DATA / n).exists()]
+    if len(found) == len(standins.SHARED_FILES):
+        return f"data: the real files of {SHARED_DATA}"
+    return (f"data: {SHARED_DATA} lacks {sorted(set(standins.SHARED_FILES) - set(found))}; those tests use "
+            "generated stand-ins in the same formats (tests/standins.py)")
+
+
+@pytest.fixture(scope="session")
+def real_shared_data():
+    """The real shared data directory if it holds all three files, else None."""
+    return SHARED_DATA if all((SHARED_DATA / n).exists() for n in standins.SHARED_FILES) else None
+
+
+@pytest.fixture(scope="session")
+def shared_standins(tmp_path_factory):
+    """A directory of generated cifar10_jpeg_bytes.npz, dtd_subset_32.npz, celeba_subset_32.npz."""
+    return standins.write_shared_standins(tmp_path_factory.mktemp("shared_standins"))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(request, real_shared_data):
+    """A directory with all three shared files: the real one, else the stand-ins (for scripts that
+    find them through KERAS_EBM_DATA_DIR)."""
+    return real_shared_data or request.getfixturevalue("shared_standins")
+
+
+def _shared_file(request, name):
+    real = SHARED_DATA / name
+    return str(real if real.exists() else request.getfixturevalue("shared_standins") / name)
 
 
 @pytest.fixture
-def dtd_npz():
-    if not DTD_NPZ.exists():
-        pytest.skip(f"DTD subset not found at {DTD_NPZ} (set KERAS_EBM_SHARED_DATA)")
-    return str(DTD_NPZ)
+def cifar10_npz(request):
+    """cifar10_jpeg_bytes.npz: all of CIFAR-10 (JPEG) if present, else a 512 + 256 image stand-in."""
+    return _shared_file(request, "cifar10_jpeg_bytes.npz")
+
+
+@pytest.fixture
+def dtd_npz(request):
+    """dtd_subset_32.npz: the 1,200-image DTD subset if present, else a 120-image stand-in."""
+    return _shared_file(request, "dtd_subset_32.npz")
 
 
 @pytest.fixture(scope="session")

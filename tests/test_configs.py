@@ -134,9 +134,11 @@ def test_imagenet32_overlay_resolves_its_path_macro_in_the_eval_spec():
 
 
 @pytest.mark.slow
-def test_same_time_study_script_on_real_cifar10(cifar10_npz, dtd_npz, tmp_path):
+def test_same_time_study_script_on_real_cifar10(shared_data_dir, tmp_path, monkeypatch):
     # benchmarks/cifar10_budget_study.py: each method for the same minutes on the local CIFAR-10,
-    # then one table and one JSON with steps reached, accuracy, ECE and AUROCs against DTD.
+    # then one table and one JSON with steps reached, accuracy, ECE and AUROCs against DTD
+    # (on the stand-ins of tests/standins.py where ../shared/data is missing).
+    monkeypatch.setenv("KERAS_EBM_DATA_DIR", str(shared_data_dir))
     out = tmp_path / "study.json"
     _run(["benchmarks/cifar10_budget_study.py", "--methods=softmax,hdge", "--minutes=0.05",
           f"--output_dir={tmp_path / 'runs'}", f"--output={out}",

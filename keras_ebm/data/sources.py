@@ -5,9 +5,17 @@
 * tensorflow-datasets: "cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd". Downloading is
   opt-in (`download=True`); offline, tfds retries DNS for about 200 s before failing, so by default
   only already-prepared data is read and a missing one raises `FileNotFoundError` at once.
+* the files the data sets' authors distribute, read pixel-exactly (`keras_ebm.data.official`):
+  "cifar10_python" and "cifar100_python" (`cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` or
+  their extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`),
+  or the npz `python -m keras_ebm.data.prepare` makes from them.
 * local files: "cifar10_jpeg" (the JPEG-bytes archive of the shared data directory), "npz" (any
   `.npz` of uint8 NHWC arrays; "dtd_npz" and "celeba_npz" name the shared DTD and CelebA subsets),
   "folder" (one sub-folder per class).
+
+Local files are looked for in the directory named by the environment variable KERAS_EBM_DATA_DIR,
+then KERAS_EBM_SHARED_DATA, the working directory, Keras' dataset cache (`~/.keras/datasets`) and
+`../shared/data` (see `data_search_dirs`), unless `local_path=` names them.
 * built into scikit-learn, for a quickstart that needs no files: "digits" (8x8 grayscale) and
   "photo_patches" (patches of the two sample photos, an OOD set of real textures).
 
@@ -24,7 +32,10 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm.data import official
+
 TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd")
+OFFICIAL_DATASETS = tuple(official.FORMATS)
 LOCAL_DATASETS = (
     "cifar10_jpeg",
     "npz",
@@ -34,7 +45,7 @@ LOCAL_DATASETS = (
     "digits",
     "photo_patches",
 )
-KNOWN_DATASETS = TFDS_DATASETS + LOCAL_DATASETS
+KNOWN_DATASETS = TFDS_DATASETS + OFFICIAL_DATASETS + LOCAL_DATASETS
 INTERP_SUFFIX = "_interp"
 
 # name -> (environment variable, file name in the shared data directory)
@@ -43,7 +54,8 @@ _SHARED_FILES = {
     "dtd_npz": ("KERAS_EBM_DTD_NPZ", "dtd_subset_32.npz"),
     "celeba_npz": ("KERAS_EBM_CELEBA_NPZ", "celeba_subset_32.npz"),
 }
-_SHARED_DATA_ENV = "KERAS_EBM_SHARED_DATA"
+_DATA_DIR_ENV = "KERAS_EBM_DATA_DIR"
+_SHARED_DATA_ENV = "KERAS_EBM_SHARED_DATA"  # the older name, still read after KERAS_EBM_DATA_DIR
 
 # CelebA: the aligned 218x178 faces are centre-cropped to 140x140 before resizing (JEM, DCGAN
 # convention; the shared celeba_subset_32.npz was made the same way).
@@ -190,28 +202,44 @@ def _convert_images(ds, image_shape, image_size, channels):
     return ds, (int(out_size[0]), int(out_size[1]), int(out_c))
 
 
+def data_search_dirs():
+    """The directories local files are looked for in, in order: $KERAS_EBM_DATA_DIR,
+    $KERAS_EBM_SHARED_DATA, the working directory, Keras' dataset cache ($KERAS_HOME/datasets or
+    ~/.keras/datasets, where `keras.datasets.cifar10.load_data` extracts the CIFAR archives),
+    `../shared/data` beside the working directory and beside this checkout."""
+    envs = (_DATA_DIR_ENV, _SHARED_DATA_ENV)
+    dirs = [pathlib.Path(os.environ[e]).expanduser() for e in envs if os.environ.get(e)]
+    keras_home = os.environ.get("KERAS_HOME") or os.path.join("~", ".keras")
+    dirs += [
+        pathlib.Path.cwd(),
+        pathlib.Path(keras_home).expanduser() / "datasets",
+        pathlib.Path.cwd().parent / "shared" / "data",
+        # The checkout's sibling shared/data, so scripts also work when run from another directory.
+        pathlib.Path(__file__).resolve().parents[3] / "shared" / "data",
+    ]
+    return dirs
+
+
 def _default_path_candidates(name):
     env, filename = _SHARED_FILES[name]
-    candidates = []
-    if os.environ.get(env):
-        candidates.append(pathlib.Path(os.environ[env]))
-    if os.environ.get(_SHARED_DATA_ENV):
-        candidates.append(pathlib.Path(os.environ[_SHARED_DATA_ENV]) / filename)
-    candidates.append(pathlib.Path.cwd().parent / "shared" / "data" / filename)
-    # The checkout's sibling shared/data, so scripts also work when run from another directory.
-    candidates.append(pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / filename)
-    return candidates
+    candidates = [pathlib.Path(os.environ[env])] if os.environ.get(env) else []
+    return candidates + [d / filename for d in data_search_dirs()]
+
+
+def _given_path(name, local_path, what):
+    """`local_path` as a path, which must exist; `what` says what it should be."""
+    path = pathlib.Path(local_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The '{name}' source has nothing at {path}. Check the path, or pass `local_path=` "
+            f"{what}. Received: local_path={str(local_path)!r}"
+        )
+    return path
 
 
 def _resolve_local_path(name, local_path):
     if local_path is not None:
-        path = pathlib.Path(local_path).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(
-                f"The '{name}' source has no file at {path}. Check the path, or pass "
-                f"`local_path=<existing file>`. Received: local_path={str(local_path)!r}"
-            )
-        return path
+        return _given_path(name, local_path, "an existing file")
     if name not in _SHARED_FILES:
         raise ValueError(
             f"The '{name}' source reads a local file: pass `local_path=<path>`. "
@@ -225,14 +253,25 @@ def _resolve_local_path(name, local_path):
     raise FileNotFoundError(
         f"The '{name}' source needs the file {filename}, which is not in any default location: "
         f"{', '.join(str(p) for p in candidates)}. Pass `local_path=<path to {filename}>`, set "
-        f"the environment variable {env} (or {_SHARED_DATA_ENV} to its directory), or use a "
-        "tensorflow-datasets source with `download=True` on a machine with internet. "
-        "Received: local_path=None"
+        f"the environment variable {env} (or {_DATA_DIR_ENV} to its directory), or use the "
+        "official files ('cifar10_python' reads cifar-10-python.tar.gz) or a tensorflow-datasets "
+        "source with `download=True` on a machine with internet. Received: local_path=None"
     )
 
 
 def _dataset_from_arrays(x, y):
     return tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
+
+
+def _arrays_source(x, labels, class_names, classes, max_examples):
+    """The `(ds, num_examples, image_shape, class_names)` of in-memory uint8 images `[N, H, W, C]`
+    with labels, after the `classes` filter and `max_examples`."""
+    classes = _check_classes(classes, len(class_names))
+    idx, y = _select_numpy(labels, classes, max_examples)
+    if classes is not None:
+        class_names = tuple(class_names[c] for c in classes)
+    shape = tuple(int(v) for v in x.shape[1:])
+    return _dataset_from_arrays(x[idx], y), len(idx), shape, tuple(class_names)
 
 
 def dataset_to_arrays(ds, max_examples=None, batch_size=1024):
@@ -267,9 +306,12 @@ def _deterministic_split(n, split, name, train_fraction=0.8, seed=0):
 # ------------------------------------------------------------------------------ tfds sources
 _PROBE_HOST = ("storage.googleapis.com", 443)  # tfds' GCS mirror of prepared datasets
 _OFFLINE_HINT = (
-    "Offline, use a local source instead: 'cifar10_jpeg' (the JPEG archive, `local_path=` or the "
-    "KERAS_EBM_CIFAR10_JPEG environment variable), 'npz' (`local_path=` an .npz with uint8 arrays "
-    "x/y), or 'folder' (`local_path=` a directory with one sub-folder per class)."
+    "Offline, use a local source instead: 'cifar10_python', 'cifar100_python' or 'svhn_mat' (the "
+    "files from the data sets' sites, cifar-10-python.tar.gz, cifar-100-python.tar.gz, "
+    "train_32x32.mat/test_32x32.mat, in the directory $KERAS_EBM_DATA_DIR or at `local_path=`), "
+    "'cifar10_jpeg' (the JPEG archive, `local_path=` or the KERAS_EBM_CIFAR10_JPEG environment "
+    "variable), 'npz' (`local_path=` an .npz with uint8 arrays x/y), or 'folder' (`local_path=` a "
+    "directory with one sub-folder per class)."
 )
 
 
@@ -313,11 +355,8 @@ def _tfds_source(name, split, data_dir, download, classes, max_examples, image_s
     except AssertionError as e:
         raise FileNotFoundError(
             f"No prepared tensorflow-datasets data for '{name}' (split '{split}') under "
-            f"{data_dir or tfds.core.constants.DATA_DIR}, and downloading is off. Offline, use a "
-            "local source instead: 'cifar10_jpeg' (the JPEG archive, `local_path=` or the "
-            "KERAS_EBM_CIFAR10_JPEG environment variable), 'npz' (`local_path=` an .npz with "
-            "uint8 arrays x/y), or 'folder' (`local_path=` a directory with one sub-folder per "
-            "class). With internet, pass `download=True`; with prepared data elsewhere, pass "
+            f"{data_dir or tfds.core.constants.DATA_DIR}, and downloading is off. {_OFFLINE_HINT} "
+            "With internet, pass `download=True`; with prepared data elsewhere, pass "
             f"`data_dir=`. Received: name={name!r}, data_dir={data_dir!r}, download={download!r}"
         ) from e
 
@@ -450,12 +489,59 @@ def _npz_source(name, split, local_path, classes, max_examples):
     if class_names is None:
         num = int(labels.max()) + 1 if len(labels) else 1
         class_names = tuple(str(i) for i in range(num))
-    classes = _check_classes(classes, len(class_names))
-    idx, y = _select_numpy(labels, classes, max_examples)
-    ds = _dataset_from_arrays(x[idx], y)
-    if classes is not None:
-        class_names = tuple(class_names[c] for c in classes)
-    return ds, len(idx), tuple(int(v) for v in x.shape[1:]), class_names
+    return _arrays_source(x, labels, class_names, classes, max_examples)
+
+
+def resolve_official_path(name, split, local_path=None, prepared=True):
+    """The file or folder the official source `name` reads `split` from.
+
+    `local_path` may be the file itself (an archive, an extracted folder, a `.mat` file, the
+    prepared npz) or a directory holding it under its official name; without it the official names
+    are looked for in `data_search_dirs()`, the prepared npz (`official.FORMATS[name].prepared`,
+    fastest to load; `prepared=False` skips it) before the archive and its folders.
+    """
+    fmt = official.FORMATS[name]
+    if split not in fmt.splits:
+        raise ValueError(
+            f"The '{name}' source has the splits {list(fmt.splits)}. Received: split={split!r}"
+        )
+    names = ([fmt.prepared] if prepared else []) + [n.format(split=split) for n in fmt.names]
+    if local_path is not None:
+        path = _given_path(name, local_path, f"one of {names} (from {fmt.url}) or its directory")
+        if path.is_dir():
+            inside = [path / n for n in names if (path / n).exists()]
+            if inside:
+                return inside[0]
+            if name != "svhn_mat":
+                return path  # the extracted batches folder itself (checked when read)
+            raise FileNotFoundError(
+                f"{path} holds none of {names} (from {fmt.url}). "
+                f"Received: local_path={str(local_path)!r}"
+            )
+        other = [s for s in fmt.splits if s != split and path.name == f"{s}_32x32.mat"]
+        if other:
+            raise ValueError(
+                f"{path} is SVHN's '{other[0]}' split, but split '{split}' was asked for: pass "
+                f"the directory holding {split}_32x32.mat. Received: local_path={str(local_path)!r}"
+            )
+        return path
+    dirs = data_search_dirs()
+    for directory in dirs:
+        for n in names:
+            if (directory / n).exists():
+                return directory / n
+    raise FileNotFoundError(
+        f"The '{name}' source needs one of {names} (download it from {fmt.url}); none is in "
+        f"{', '.join(str(d) for d in dirs)}. Set the environment variable {_DATA_DIR_ENV} to the "
+        "directory that holds it, or pass `local_path=<file or directory>`. "
+        "Received: local_path=None"
+    )
+
+
+def _official_source(name, split, local_path, classes, max_examples, label_mode):
+    path = resolve_official_path(name, split, local_path)
+    x, labels, class_names = official.read_official(path, name, split, label_mode)
+    return _arrays_source(x, labels, class_names, classes, max_examples)
 
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -520,13 +606,8 @@ def _digits_source(split, classes, max_examples):
     # The 8x8 images hold counts 0..16; spread them over the uint8 range like any other image.
     x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
     order = _deterministic_split(len(x), split, "digits")
-    x, labels = x[order], digits.target[order]
-    classes = _check_classes(classes, 10)
-    idx, y = _select_numpy(labels, classes, max_examples)
     class_names = tuple(str(i) for i in range(10))
-    if classes is not None:
-        class_names = tuple(class_names[c] for c in classes)
-    return _dataset_from_arrays(x[idx], y), len(idx), (8, 8, 1), class_names
+    return _arrays_source(x[order], digits.target[order], class_names, classes, max_examples)
 
 
 def photo_patches(patch_size=32):
@@ -553,14 +634,7 @@ def _photo_patches_source(split, classes, max_examples, patch_size):
         raise ValueError(f"`patch_size` must be positive. Received: patch_size={patch_size!r}")
     x, labels = photo_patches(int(patch_size))
     order = _deterministic_split(len(x), split, "photo_patches")
-    x, labels = x[order], labels[order]
-    classes = _check_classes(classes, 2)
-    idx, y = _select_numpy(labels, classes, max_examples)
-    class_names = ("china", "flower")
-    if classes is not None:
-        class_names = tuple(class_names[c] for c in classes)
-    shape = (int(patch_size), int(patch_size), 3)
-    return _dataset_from_arrays(x[idx], y), len(idx), shape, class_names
+    return _arrays_source(x[order], labels[order], ("china", "flower"), classes, max_examples)
 
 
 # ------------------------------------------------------------------------------ interpolation
@@ -630,6 +704,7 @@ def load_source(
     interp_offset=100,
     patch_size=32,
     crop="center",
+    label_mode="fine",
 ):
     """Load a data set as an unbatched `tf.data.Dataset` of `(image uint8 [H, W, C], label int32)`.
 
@@ -641,10 +716,13 @@ def load_source(
         data_dir: tensorflow-datasets data directory (tfds sources).
         download: let tfds download and prepare the data (needs internet; offline it hangs for
             ~200 s). Off by default: missing data raises `FileNotFoundError` at once.
-        local_path: file or directory of "cifar10_jpeg", "npz", "dtd_npz", "celeba_npz", "folder".
-            The shared files default to the environment variables KERAS_EBM_CIFAR10_JPEG,
-            KERAS_EBM_DTD_NPZ, KERAS_EBM_CELEBA_NPZ (or KERAS_EBM_SHARED_DATA, their directory),
-            then `../shared/data/` relative to the working directory.
+        local_path: file or directory of the local sources. "cifar10_python", "cifar100_python",
+            "svhn_mat": the official archive / extracted folder / `.mat` file, the npz `prepare`
+            made, or a directory holding one of them; by default their official names are looked
+            for in $KERAS_EBM_DATA_DIR and the other `data_search_dirs()`. The shared files of
+            "cifar10_jpeg", "dtd_npz", "celeba_npz" default to the environment variables
+            KERAS_EBM_CIFAR10_JPEG, KERAS_EBM_DTD_NPZ, KERAS_EBM_CELEBA_NPZ, then the same
+            directories ($KERAS_EBM_DATA_DIR, $KERAS_EBM_SHARED_DATA, ..., `../shared/data/`).
         classes: labels to keep, remapped to `0..len(classes)-1` in the given order (held-out-class
             experiments: load the held-out labels as their own set).
         image_size: int or `(height, width)`; images are resized (bilinear, antialiased) when their
@@ -659,6 +737,7 @@ def load_source(
         interp_offset: JEM's batch size / CLEL's index offset (100).
         patch_size: patch size of "photo_patches", before resizing to `image_size`.
         crop: "center" or "top_left", how tfds "dtd" images become square.
+        label_mode: "fine" (default), or "coarse" for the 20 superclasses of "cifar100_python".
 
     Returns:
         `(ds, info)`: the dataset and a `SourceInfo`.
@@ -670,6 +749,12 @@ def load_source(
         raise ValueError(f"`max_examples` must be >= 0. Received: max_examples={max_examples!r}")
     if crop not in ("center", "top_left"):
         raise ValueError(f"`crop` must be 'center' or 'top_left'. Received: crop={crop!r}")
+    base_name = name[: -len(INTERP_SUFFIX)] if name.endswith(INTERP_SUFFIX) else name
+    if label_mode != "fine" and base_name != "cifar100_python":
+        raise ValueError(
+            "`label_mode` other than 'fine' is only for 'cifar100_python' ('coarse': its 20 "
+            f"superclasses). Received: name={name!r}, label_mode={label_mode!r}"
+        )
 
     if name.endswith(INTERP_SUFFIX) and name[: -len(INTERP_SUFFIX)] in KNOWN_DATASETS:
         base_ds, base_info = load_source(
@@ -683,6 +768,7 @@ def load_source(
             channels=channels,
             patch_size=patch_size,
             crop=crop,
+            label_mode=label_mode,
         )
         x, y = dataset_to_arrays(base_ds)
         x, y = interpolate_images(
@@ -696,6 +782,10 @@ def load_source(
     if name in TFDS_DATASETS:
         ds, n, shape, class_names = _tfds_source(
             name, split, data_dir, download, classes, max_examples, image_size, crop
+        )
+    elif name in OFFICIAL_DATASETS:
+        ds, n, shape, class_names = _official_source(
+            name, split, local_path, classes, max_examples, label_mode
         )
     elif name == "cifar10_jpeg":
         ds, n, shape, class_names = _cifar10_jpeg_source(split, local_path, classes, max_examples)
