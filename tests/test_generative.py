@@ -144,3 +144,57 @@ def test_inception_features_shapes_with_random_weights_built_by_the_test():
     grey = net(np.zeros((1, 8, 8, 1), "uint8"))
     assert grey["pool"].shape == (1, 2048)
     assert net.metric_names["fd"] == "fid"
+
+
+def brightness_classifier(centers=(-0.6, 0.0, 0.6)):
+    """Float logits_fn on (-1, 1) images: class c scores -(mean(x) - center_c)^2 * 20."""
+    import tensorflow as tf
+
+    c = tf.constant(centers, tf.float32)
+
+    def fn(x):
+        m = tf.reduce_mean(tf.reshape(x, [tf.shape(x)[0], -1]), -1, keepdims=True)
+        return -20.0 * tf.square(m - c)
+
+    return fn
+
+
+def test_sample_quality_confusion_accuracy_and_rankings(tmp_path):
+    from keras_ebm.evaluation import sample_quality as sq
+
+    rng = np.random.RandomState(8)
+    levels = {0: 51, 1: 128, 2: 204}  # grey levels whose means are the three centres
+    intended, images = [], []
+    for cls, level_choices in ((0, [0] * 8), (1, [1] * 5 + [2] * 5), (2, [2] * 6)):
+        for lv in level_choices:
+            intended.append(cls)
+            jitter = rng.randint(-12, 13)
+            images.append(np.full((8, 8, 1), levels[lv] + jitter, np.uint8))
+    images, intended = np.stack(images), np.array(intended)
+    fn = brightness_classifier()
+    res = sq.classify_samples(images, intended, fn, pixel_range=(-1.0, 1.0), class_names=("dark", "mid", "light"),
+                              top_k=3, output_dir=str(tmp_path), name="toy", progress=False)
+    np.testing.assert_allclose(res["confusion_matrix_normalized"], [[1, 0, 0], [0, 0.5, 0.5], [0, 0, 1]])
+    assert res["confusion_matrix"] == [[8, 0, 0], [0, 5, 5], [0, 0, 6]]
+    assert res["accuracy"] == pytest.approx((8 + 5 + 6) / 24)
+    assert res["per_class_accuracy"] == pytest.approx([1.0, 0.5, 1.0])
+
+    x = images.astype(np.float64) / 127.5 - 1
+    logits = np.asarray(fn(x.astype("float32")))
+    log_px, p = special.logsumexp(logits, -1), special.softmax(logits, -1)
+    for c in range(3):
+        idx = np.flatnonzero(intended == c)
+        assert res["ranked"]["px_highest"][str(c)][0] == idx[np.argmax(log_px[idx])]
+        assert res["ranked"]["px_lowest"][str(c)][0] == idx[np.argmin(log_px[idx])]
+        assert res["ranked"]["pyx_highest"][str(c)][0] == idx[np.argmax(p[idx, c])]
+        assert res["ranked"]["pyx_lowest"][str(c)][0] == idx[np.argmin(p[idx, c])]
+    for key in ("confusion", "px_highest", "px_lowest", "pyx_highest", "pyx_lowest"):
+        assert os.path.getsize(res["files"][key]) > 500, key
+    on_disk = json.loads((tmp_path / "sample_quality_toy.json").read_text())
+    assert on_disk["accuracy"] == pytest.approx(res["accuracy"])
+
+    # Unconditional samples: grouped by the prediction, no accuracy; a ranking model of its own.
+    unc = sq.classify_samples(images, None, fn, pixel_range=(-1.0, 1.0), ranking_model=brightness_classifier((0.6, 0.0, -0.6)),
+                              ranking_pixel_range=(-1.0, 1.0), progress=False)
+    assert unc["accuracy"] is None and unc["samples_per_class"] == [8, 5, 11]
+    assert unc["ranking"] == "ranking_model"

@@ -1,6 +1,17 @@
-"""Evaluation: metrics (accuracy, ECE, OOD AUROC/AUPR/FPR95), PNG plots, and `run_eval` (runner.py)."""
+"""Evaluation: metrics (accuracy, ECE, OOD AUROC/AUPR/FPR95), PNG plots, `run_eval` (runner.py),
+adversarial robustness (robustness.py), FID / IS / KID (generative.py) and sample quality by
+classification (sample_quality.py)."""
 
-from keras_ebm.evaluation import metrics, plots
+from keras_ebm.evaluation import classifiers, generative, metrics, plots, robustness, sample_quality
+from keras_ebm.evaluation.generative import (
+    ClassifierFeatures,
+    InceptionV3Features,
+    evaluate_generative,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    reference_statistics,
+)
 from keras_ebm.evaluation.metrics import (
     accuracy,
     calibration_bins,
@@ -9,16 +20,45 @@ from keras_ebm.evaluation.metrics import (
     validate_scores,
 )
 from keras_ebm.evaluation.plots import reliability_diagram, sample_grid, score_histograms
+from keras_ebm.evaluation.robustness import (
+    RefinementDefense,
+    carlini_wagner_l2,
+    evaluate_cw,
+    evaluate_robustness,
+    pgd_attack,
+    robustness_curve,
+    sgld_refinement,
+)
+from keras_ebm.evaluation.sample_quality import classify_samples
 
 __all__ = [
+    "ClassifierFeatures",
+    "InceptionV3Features",
+    "RefinementDefense",
     "accuracy",
     "calibration_bins",
+    "carlini_wagner_l2",
+    "classifiers",
+    "classify_samples",
+    "evaluate_cw",
+    "evaluate_generative",
+    "evaluate_robustness",
     "expected_calibration_error",
+    "frechet_distance",
+    "generative",
+    "inception_score",
+    "kernel_inception_distance",
     "metrics",
     "ood_metrics",
+    "pgd_attack",
     "plots",
+    "reference_statistics",
     "reliability_diagram",
+    "robustness",
+    "robustness_curve",
     "sample_grid",
+    "sample_quality",
     "score_histograms",
+    "sgld_refinement",
     "validate_scores",
 ]
