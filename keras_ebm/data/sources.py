@@ -1,6 +1,6 @@
 """Image sources: every data set as an unbatched `tf.data.Dataset` of `(uint8 image, int32 label)`.
 
-`load_source(name, split)` is the single entry point. Sources fall in three groups:
+`load_source(name, split)` is the single entry point. Sources fall in four groups:
 
 * tensorflow-datasets: "cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd". Downloading is
   opt-in (`download=True`); offline, tfds retries DNS for about 200 s before failing, so by default
@@ -12,12 +12,12 @@
 * local files: "cifar10_jpeg" (the JPEG-bytes archive of the shared data directory), "npz" (any
   `.npz` of uint8 NHWC arrays; "dtd_npz" and "celeba_npz" name the shared DTD and CelebA subsets),
   "folder" (one sub-folder per class).
+* built into scikit-learn, for a quickstart that needs no files: "digits" (8x8 grayscale) and
+  "photo_patches" (patches of the two sample photos, an OOD set of real textures).
 
 Local files are looked for in the directory named by the environment variable KERAS_EBM_DATA_DIR,
 then KERAS_EBM_SHARED_DATA, the working directory, Keras' dataset cache (`~/.keras/datasets`) and
 `../shared/data` (see `data_search_dirs`), unless `local_path=` names them.
-* built into scikit-learn, for a quickstart that needs no files: "digits" (8x8 grayscale) and
-  "photo_patches" (patches of the two sample photos, an OOD set of real textures).
 
 Any name followed by "_interp" ("cifar10_jpeg_interp", "digits_interp", ...) is the interpolation
 OOD set built from that source: the average of two images of the set, as in JEM's and CLEL's
