@@ -139,6 +139,18 @@ def uint8_logits_fn(classifier, pixel_range=None):
     return lambda images: fn(to_pixel_range(tf.convert_to_tensor(images), lo_hi))
 
 
+def uint8_images(images, name="images", max_examples=None):
+    """`images` as a non-empty uint8 `[N, H, W, C]` array, cut to the first `max_examples`."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise ValueError(
+            f"`{name}` must be non-empty uint8 [N, H, W, C] in [0, 255] (convert float samples with "
+            "keras_ebm.data.from_pixel_range; models get them mapped to their pixel range). "
+            f"Received: dtype={images.dtype}, shape={images.shape}"
+        )
+    return images[:int(max_examples)] if max_examples else images
+
+
 def predict_logits(fn, images, batch_size=256, progress=False, label="logits"):
     """Logits of `images` (numpy, any leading size) in batches, as a float32 numpy array.
 

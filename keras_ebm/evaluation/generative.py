@@ -291,14 +291,7 @@ class ClassifierFeatures:
 
 def extract_features(feature_net, images, batch_size=100, max_examples=None, progress=True, label="features"):
     """`{"pool": [N, d], "logits": [N, classes]}` of uint8 images, in batches, with a progress bar."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(
-            "`images` must be uint8 [N, H, W, C] (convert samples with "
-            f"keras_ebm.data.from_pixel_range). Received: dtype={images.dtype}, shape={images.shape}"
-        )
-    if max_examples:
-        images = images[:int(max_examples)]
+    images = classifiers.uint8_images(images, "images", max_examples)
     n = len(images)
     bar = classifiers._progbar(n, f"{label} ({feature_net.name})") if progress else None
     pools, logits = [], []

@@ -449,22 +449,13 @@ def pgd_attack(model, x, y, epsilon, norm=LINF, steps=40, step_size=None, pixel_
 
 # ---------------------------------------------------------------------------------- evaluation
 def _prepare(images, labels, max_examples, pixel_range):
-    images = np.asarray(images)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    if images.ndim != 4 or images.shape[0] != labels.shape[0] or images.shape[0] == 0:
+    images = classifiers.uint8_images(images, "images", max_examples)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)[:len(images)]
+    if labels.shape[0] != images.shape[0]:
         raise ValueError(
-            "`images` must be [N, H, W, C] with one label each. "
-            f"Received: images.shape={images.shape}, labels.shape={labels.shape}"
+            f"`labels` must hold one label per image. Received: {images.shape[0]} images, {labels.shape[0]} labels"
         )
-    if images.dtype != np.uint8:
-        raise ValueError(
-            "`images` must be uint8 in [0, 255] (test images as keras_ebm.data.load_arrays returns "
-            f"them); they are mapped to the model's pixel range here. Received: dtype={images.dtype}"
-        )
-    if max_examples:
-        images, labels = images[:int(max_examples)], labels[:int(max_examples)]
-    x = np.asarray(to_pixel_range(images, pixel_range), np.float32)
-    return x, labels
+    return np.asarray(to_pixel_range(images, pixel_range), np.float32), labels
 
 
 def _target_pixel_range(model, pixel_range):

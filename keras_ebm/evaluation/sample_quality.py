@@ -94,14 +94,7 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
         `samples_per_class`, `ranked` (sample indices per criterion and class), and the written
         `files`.
     """
-    samples = np.asarray(samples)
-    if samples.dtype != np.uint8 or samples.ndim != 4 or len(samples) == 0:
-        raise ValueError(
-            "`samples` must be non-empty uint8 [N, H, W, C] (use keras_ebm.data.from_pixel_range). "
-            f"Received: dtype={samples.dtype}, shape={samples.shape}"
-        )
-    if max_examples:
-        samples = samples[:int(max_examples)]
+    samples = classifiers.uint8_images(samples, "samples", max_examples)
     n = len(samples)
     fn = classifiers.uint8_logits_fn(classifier, pixel_range)
     logits = classifiers.predict_logits(fn, samples, batch_size, progress, label=f"{name}: reference classifier")
