@@ -45,6 +45,8 @@ Paper settings (named constants below; epsilons in [0, 255] units):
   to confirm a break; Langevin noise 0.01. The shipped configuration runs 0 refinement steps, i.e.
   Figure 5 attacks the classifier itself; K > 0 is the purification defence. The script's L2
   setting is not published; `SADAJEM_FIG5_L2` uses its step size on the HDGE/JEM L2 axis.
+  Its `purify` differentiates `ebm(X)[0].sum()`, the energy of the first image of the batch
+  only; `sgld_refinement` descends every image's own energy, as Hill et al. describe.
 
 Why not foolbox / ART / cleverhans: BPDA + EOT needs control of the backward pass through the
 refinement (one `tf.stop_gradient` here), and the closed-form tests need the exact update rules;
@@ -118,7 +120,8 @@ JEM_L2 = PGDSettings(L2, (50, 100, 150, 200, 250, 300, 350, 400, 450, 500), step
                      restarts=20, source="JEM attack_model.py (foolbox 2 L2BasicIterative, 40 it., 20 restarts)")
 # JEM's refinement steps (JEM-0, JEM-1, JEM-10) and chains per image.
 JEM_REFINE_STEPS = (0, 1, 10)
-JEM_REFINE = {"n_chains": 5, "init_noise_std_01": 0.03, "step_size": 1.0, "noise_std": 0.01}
+# In the range (-1, 1): RefinementDefense(defense_reps=n_chains) and sgld_refinement(the rest).
+JEM_REFINE = {"n_chains": 5, "init_noise_std": 0.03, "step_size": 1.0, "noise_std": 0.01}
 # GMMC sec. 4.4, Table 5: PGD-40, L-inf, JEM's step rule; grid inferred (see module docstring).
 GMMC_TABLE5 = PGDSettings(LINF, (1, 2, 4, 8), steps=40, relative_step_size=1 / 30, restarts=1,
                           source="GMMC sec. 4.4 Table 5 (PGD-40; epsilons inferred, check the PDF)")
@@ -214,7 +217,7 @@ def sgld_refinement(logits_fn, n_steps, step_size=1.0, noise_std=0.01, init_nois
         n_steps: K, the refinement steps (JEM-0/1/10).
         step_size, noise_std: SGLD step and noise, model pixel units (JEM: 1.0 and 0.01).
         init_noise_std: Gaussian noise added before refining, model pixel units (JEM's
-            `refined_logits`: 0.03 on [0, 1] images, i.e. 0.06 for the range (-1, 1)).
+            `refined_logits`: 0.03, added after its wrapper maps the images to (-1, 1)).
         x_clip: optional `(lo, hi)` clamp after every step.
         seed: seed of the sampler's noise.
     """
