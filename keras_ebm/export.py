@@ -349,14 +349,16 @@ class ServingModule(tf.Module):
         return self._forward.model(x, training=False)
 
     def _model_scores(self, x):
-        """The model's own scores: those of `model.scores(x)` for a model that is not a classifier
-        (a classifier's scores are the built-ins)."""
-        if self._classifier:
+        """The model's own scores: `model.scores(x, names)` for the names of `model.score_names`
+        that are not built-ins (all of them for a model that is not a classifier)."""
+        model = self._forward.model
+        names = [n for n in model.score_names if not (self._classifier and n in BUILTIN_SCORES)]
+        if not names:
             return {}
-        scores = self._forward.model.scores(x)
+        scores = model.scores(x, names)
         if not isinstance(scores, dict):
             raise ValueError(
-                "`model.scores(x)` must return a dict name -> [batch] tensor. "
+                "`model.scores(x, names)` must return a dict name -> [batch] tensor. "
                 f"Received: {type(scores).__name__}"
             )
         return dict(scores)

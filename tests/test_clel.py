@@ -290,7 +290,7 @@ def test_clel_fit_on_real_cifar10_steps_both_optimizers(size, cifar10_npz, tmp_p
     assert (np.abs(model.buffer.buffer.numpy() - buffer_before).max(axis=(1, 2, 3)) > 0).sum() >= chains
 
     # OOD score eq. 5 on the EMA networks, by hand, and through an exported SavedModel.
-    scores = model.serving_scores(tf.constant(x[:4]))["clel"].numpy()
+    scores = model.scores(tf.constant(x[:4]))["clel"].numpy()
     f = model.ema_network.model(x[:4]).numpy()
     z = model.ema_projection.model(f / np.linalg.norm(f, axis=1, keepdims=True)).numpy()
     h = model.ema_encoder.model(x[:4], training=False).numpy()
@@ -304,7 +304,7 @@ def test_clel_fit_on_real_cifar10_steps_both_optimizers(size, cifar10_npz, tmp_p
                             pixel_range=model.pixel_range, ood_score=model.default_ood_score)
     loaded = tf.saved_model.load(export_dir)
     images = tf.cast(tf.round(tf.constant(x[:4]) * 255.0), tf.uint8)
-    expected = model.serving_scores(tf.cast(images, tf.float32) / 255.0)["clel"].numpy()
+    expected = model.scores(tf.cast(images, tf.float32) / 255.0)["clel"].numpy()
     np.testing.assert_allclose(loaded.ood_score(images)["ood_score"].numpy(), expected, rtol=1e-4, atol=1e-5)
 
 
@@ -527,6 +527,9 @@ class _SpySampler:
         self.inner = inner
         self.n_steps = inner.n_steps
         self.calls = []
+
+    def frozen(self):
+        return self.inner.frozen()
 
     def __call__(self, energy_fn, x_init, y=None, n_steps=None):
         out = self.inner(energy_fn, x_init, y, n_steps=n_steps)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm import export
+from keras_ebm import scores as scores_lib
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 5
@@ -37,8 +38,10 @@ def _network(seed=0, num_classes=NUM_CLASSES):
     return net
 
 
-class TinyTrainer(keras.Model):
+class TinyTrainer(keras.Model, scores_lib.Scorer):
     """A trainer-like model: a network plus training-only state and a model-specific score."""
+
+    score_names = scores_lib.CLASSIFIER_SCORES + ("max_logit",)
 
     def __init__(self, network, **kwargs):
         super().__init__(**kwargs)
@@ -51,8 +54,11 @@ class TinyTrainer(keras.Model):
     def call(self, x, training=False):
         return self.network(x, training=training)
 
-    def serving_scores(self, x):
-        return {"max_logit": tf.reduce_max(self.network(x, training=False), axis=-1)}
+    def scores(self, x, names=None):
+        out = {"max_logit": tf.reduce_max(self.network(x, training=False), axis=-1)}
+        builtin = [n for n in (names or self.score_names) if n in scores_lib.CLASSIFIER_SCORES]
+        out.update(scores_lib.classifier_scores(lambda v: self(v), x, builtin))
+        return {n: out[n] for n in (names or self.score_names)}
 
 
 def _mean_logit(model, x):
@@ -255,11 +261,12 @@ def test_in_process_module_matches_keras_default_score():
 
 
 
-class TinyEBM(keras.Model):
+class TinyEBM(keras.Model, scores_lib.Scorer):
     """A model that is not a classifier: its own energy and scores (as CLEL's trainer)."""
 
     is_classifier = False
     default_ood_score = "neg_energy"
+    score_names = ("neg_energy",)
 
     def __init__(self, network, **kwargs):
         super().__init__(**kwargs)
@@ -271,7 +278,7 @@ class TinyEBM(keras.Model):
     def energy(self, x, training=False):
         return 0.5 * tf.reduce_sum(tf.square(self.network(x, training=False)), axis=-1)
 
-    def serving_scores(self, x):
+    def scores(self, x, names=None):
         return {"neg_energy": -self.energy(x)}
 
 
@@ -292,14 +299,9 @@ def test_non_classifier_exports_its_own_energy_and_scores_only():
     with pytest.raises(ValueError, match="ood_score=.*log_px"):
         export.ServingModule(TinyEBM(net), IMAGE_SHAPE, ood_score="log_px")
 
-    class NoEnergy(keras.Model):
-        is_classifier = False
-
-        def call(self, x, training=False):
-            return net(x, training=training)
-
-    with pytest.raises(ValueError, match="must define `energy"):
-        export.ServingModule(NoEnergy(), IMAGE_SHAPE)
+    # Only a `keras_ebm.scores.Scorer` speaks for itself; any other Keras model is a classifier.
+    plain = export.ServingModule(net, IMAGE_SHAPE, pixel_range=PIXEL_RANGE)
+    assert plain.score_name_list == list(scores_lib.CLASSIFIER_SCORES)
 
 
 def test_constructor_validation():
