@@ -74,9 +74,11 @@ def test_training_flag_is_passed_through(flag):
     sampler = SGLDSampler(n_steps=3, step_size=0.1, noise_std=0.0, energy_training=flag)
     y = tf.constant([0, 1])
     sampler(energy_fn, _x(2), y=y)
-    assert len(seen) == 3  # eager while_loop: one call per step
+    # Called eagerly, the chain runs as one tf.function: the energy function is traced once
+    # (its while_loop body), with the labels as the function's input.
+    assert len(seen) == 1
     assert all(training is flag for training, _ in seen)
-    assert all(seen_y is y for _, seen_y in seen)
+    assert all(seen_y.dtype == y.dtype and seen_y.shape == y.shape for _, seen_y in seen)
 
 
 def test_noise_statistics_match_noise_std():
@@ -132,6 +134,89 @@ def test_output_has_no_gradient_to_the_start():
     assert tape.gradient(loss, x) is None
 
 
+def quartic_energy(x, y, training):
+    """A non-quadratic energy (its gradient is not linear in x), so chains differ if steps do."""
+    flat = tf.reshape(x, [tf.shape(x)[0], -1])
+    return tf.reduce_sum(0.25 * flat**4 - flat, axis=-1)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("clamps", [False, True])
+def test_statistics_off_gives_the_same_chain_as_statistics_on(graph, clamps):
+    """`__call__` (no statistics) and `sample_with_stats` (statistics reduced after the loop from
+    the carried last gradient and energies) run the same chain, bit for bit."""
+    settings = dict(n_steps=6, step_size=0.2, noise_std=0.05, seed=5)
+    if clamps:
+        settings.update(grad_clip=0.5, x_clip=(-1.5, 1.5))
+    off, on = SGLDSampler(**settings), SGLDSampler(**settings)
+    x = _x()
+    call_off = lambda x: off(quartic_energy, x)  # noqa: E731
+    call_on = lambda x: on.sample_with_stats(quartic_energy, x)  # noqa: E731
+    if graph:
+        call_off, call_on = tf.function(call_off), tf.function(call_on)
+    for _ in range(2):  # and again with the advanced seed generators
+        out_off = call_off(x)
+        out_on, stats = call_on(x)
+        np.testing.assert_array_equal(out_off.numpy(), out_on.numpy())
+        assert not np.allclose(out_on.numpy(), x.numpy())
+        assert set(stats) == {"grad_norm", "energy_start", "energy_end"}
+        assert all(np.isfinite(v.numpy()) and v.dtype == tf.float32 for v in stats.values())
+    np.testing.assert_allclose(
+        stats["energy_start"].numpy(), np.mean(quartic_energy(x, None, False).numpy()), rtol=1e-6
+    )
+
+
+def test_statistics_of_zero_steps_are_zero():
+    x = _x()
+    out, stats = SGLDSampler(n_steps=3).sample_with_stats(quadratic_energy, x, n_steps=0)
+    np.testing.assert_array_equal(out.numpy(), x.numpy())
+    assert {k: float(v) for k, v in stats.items()} == {"grad_norm": 0.0, "energy_start": 0.0, "energy_end": 0.0}
+
+
+def test_eager_chain_is_one_function_invisible_to_an_outer_tape():
+    """Eagerly, the chain runs as one cached tf.function: an outer tape that watches the energy's
+    variables records no SGLD step (it would keep every step's activations alive)."""
+    w = tf.Variable(1.5)
+    traces = []
+
+    def energy_fn(x, y, training):
+        traces.append(1)
+        return w * quadratic_energy(x, y, training)
+
+    sampler = SGLDSampler(n_steps=4, step_size=0.1, noise_std=0.0)
+    x = _x()
+    with tf.GradientTape(persistent=True) as tape:
+        out = sampler(energy_fn, x)
+        out_again = sampler(energy_fn, x)
+        loss = w * tf.reduce_sum(out)
+    np.testing.assert_allclose(out.numpy(), 0.85**4 * x.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(out.numpy(), out_again.numpy())
+    assert len(traces) == 1  # traced once, reused on the second call
+    # The loss depends on w only through the explicit factor: the chain carries no gradient.
+    np.testing.assert_allclose(tape.gradient(loss, w).numpy(), np.sum(out.numpy()), rtol=1e-6)
+    assert tape.gradient(out, w) is None
+
+
+def test_jit_compiled_chain_matches():
+    # Noise-free: XLA draws another Gaussian stream from the same seeds.
+    settings = dict(n_steps=5, step_size=0.2, noise_std=0.0, grad_clip=0.5, seed=2)
+    x = _x()
+    plain = SGLDSampler(**settings).sample_with_stats(quartic_energy, x)
+    xla_sampler = SGLDSampler(jit_compile=True, **settings)
+    xla = xla_sampler.sample_with_stats(quartic_energy, x)
+    np.testing.assert_allclose(xla[0].numpy(), plain[0].numpy(), rtol=1e-5, atol=1e-6)
+    for key in plain[1]:
+        np.testing.assert_allclose(xla[1][key].numpy(), plain[1][key].numpy(), rtol=1e-5)
+    # Inside a tf.function too (the XLA loop is compiled alone, inside the step).
+    in_step = SGLDSampler(jit_compile=True, **settings)
+    out = tf.function(lambda x: in_step(quartic_energy, x))(x)
+    np.testing.assert_allclose(out.numpy(), plain[0].numpy(), rtol=1e-5, atol=1e-6)
+    assert xla_sampler.get_config()["jit_compile"] is True
+    noisy = SGLDSampler(n_steps=4, step_size=1.0, noise_std=0.1, seed=3, jit_compile=True)
+    out = noisy(zero_energy, tf.zeros([4000, 8])).numpy()
+    assert abs(out.std() - 0.2) < 0.2 * 0.03
+
+
 def _bn_energy_model():
     inputs = keras.Input((2, 2, 1))
     h = keras.layers.Flatten()(inputs)
@@ -157,6 +242,28 @@ def test_freeze_bn_stats_in_graph_mode(freeze):
     assert not np.allclose(out.numpy(), x.numpy())  # gradients flowed through the BN model
     changed = not np.allclose(bn.moving_mean.numpy(), moving_mean)
     assert changed is (not freeze)
+
+
+def test_frozen_is_honoured_eagerly_after_an_unfrozen_call():
+    """The eager chain's cached trace depends on `freeze_bn_stats`: `frozen()` after a plain call
+    must not reuse the trace that updates BatchNorm's moving statistics."""
+    model = _bn_energy_model()
+    bn = model.layers[3]
+
+    def energy_fn(x, y, training):
+        return -tf.reduce_logsumexp(model(x, training=training), axis=-1)
+
+    sampler = SGLDSampler(n_steps=2, step_size=0.1, noise_std=0.0, energy_training=True)
+    x = tf.random.normal([6, 2, 2, 1], seed=1)
+    before = bn.moving_mean.numpy().copy()
+    sampler(energy_fn, x)
+    updated = bn.moving_mean.numpy().copy()
+    assert not np.allclose(updated, before)
+    with sampler.frozen():
+        sampler(energy_fn, x)
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), updated)
+    sampler(energy_fn, x)
+    assert not np.allclose(bn.moving_mean.numpy(), updated)
 
 
 def test_replicas_draw_different_noise(two_device_strategy):
