@@ -169,7 +169,7 @@ class RowRunner:
         import keras
         import tensorflow as tf
 
-        from keras_ebm import cli, experiment
+        from keras_ebm import cli, training
 
         gin.clear_config()
         cli.parse_gin(files, bindings + [f"GLOBAL_BATCH_SIZE = {batch}"])
@@ -177,7 +177,8 @@ class RowRunner:
         if FLAGS.mixed_precision:
             keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
         strategy = tf.distribute.get_strategy()
-        model = experiment.build_trainer(objs["trainer"], objs["optimizer"], strategy, FLAGS.jit_compile)
+        model = training.build_trainer(objs["trainer"], objs["optimizer"], strategy, FLAGS.jit_compile,
+                                       encoder_optimizer=objs.get("encoder_optimizer"))
         self.data = iter(objs["train_data"](None).take(1).cache().repeat())
         self.train_step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)
         self.name, self.files, self.bindings, self.batch, self.model = name, files, bindings, batch, model

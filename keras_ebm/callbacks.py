@@ -554,6 +554,18 @@ def training_callbacks(model_dir, train_steps=None, checkpoint_every=500, keep_c
     return callbacks
 
 
+def resume(model, callbacks):
+    """Restore the newest checkpoint of the run now, before `fit`; returns the step restored to
+    (0 for a new run). Use it to position the data: `fit(ds.skip(step), ...)` (or a data seed
+    derived from the step) makes the resumed run see the batches an uninterrupted run would."""
+    checkpointing = find(callbacks, Checkpointing)
+    if checkpointing is None:
+        raise ValueError("`callbacks` has no keras_ebm.callbacks.Checkpointing to resume from.")
+    checkpointing.set_model(model)
+    checkpointing.setup()
+    return current_step(model)
+
+
 def find(callbacks, kind):
     """The first callback of type `kind` in `callbacks` (None when there is none)."""
     return next((c for c in callbacks if isinstance(c, kind)), None)

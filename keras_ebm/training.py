@@ -40,17 +40,19 @@ def _log(msg):
     print(f"[keras_ebm] {msg}", flush=True)
 
 
-def build_trainer(trainer, optimizer, strategy, jit_compile=False):
+def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optimizer=None):
     """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
 
     `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
     `optimizer` a zero-argument callable returning a Keras optimizer. The model is called once and
     its optimizers built (`EBMTrainer.build_optimizers`), which MultiWorkerMirroredStrategy needs
-    before the loop and checkpoint restoration needs before restoring slots.
+    before the loop and checkpoint restoration needs before restoring slots. `encoder_optimizer`
+    (CLEL's second optimizer, a zero-argument callable) goes to `compile` too.
     """
+    extra = {} if encoder_optimizer is None else {"encoder_optimizer": encoder_optimizer()}
     with strategy.scope():
         model = trainer()
-        model.compile(optimizer=optimizer(), jit_compile=jit_compile)
+        model.compile(optimizer=optimizer(), jit_compile=jit_compile, **extra)
         model(tf.zeros((1,) + tuple(model.image_shape), tf.float32))
         model.build_optimizers()
     return model
@@ -101,6 +103,7 @@ def run_training(
     baseline=None,
     seed=0,
     max_minutes=None,
+    encoder_optimizer=None,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
@@ -134,6 +137,7 @@ def run_training(
             (learning-rate schedules still count towards `train_steps`). A later call resumes
             with a fresh budget. With `baseline`, the baseline gets the same budget: "trained for
             the same time". One machine only; a multi-worker strategy raises ValueError.
+        encoder_optimizer: CLEL's encoder optimizer (zero-argument callable, given to `compile`).
 
     Returns:
         The trained model.
@@ -153,7 +157,8 @@ def run_training(
             raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
     keras.utils.set_random_seed(seed)
 
-    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile)
+    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
+                          encoder_optimizer=encoder_optimizer)
     callbacks = callbacks_lib.training_callbacks(
         model_dir, train_steps=train_steps, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, divergence_guard=divergence_guard, max_minutes=max_minutes,

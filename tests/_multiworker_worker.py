@@ -27,10 +27,10 @@ def sharded_data_fn(input_context=None):
 def train(model_dir, strategy=None):
     import keras
 
-    from keras_ebm import experiment
+    from keras_ebm import training
     from test_experiment import trainer_fn
 
-    return experiment.run_training(
+    return training.run_training(
         model_dir=model_dir, trainer=trainer_fn, optimizer=lambda: keras.optimizers.SGD(0.1),
         train_data=sharded_data_fn, train_steps=4, checkpoint_every=2, log_every=2, export=False,
         progress=False, strategy=strategy,

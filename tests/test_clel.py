@@ -250,13 +250,13 @@ def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
         sampler=SGLDSampler(n_steps=3, step_size=100.0, noise_std=0.001, grad_clip=100.0,
                             x_clip=(0.0, 1.0), energy_training=True, seed=0),
         buffer_size=40, ema_decay=0.9, ema_start_step=0, seed=0,
-        encoder_optimizer=lambda: keras.optimizers.SGD(0.03, momentum=0.9),
     )
     defaults.update(kwargs)
     model = CLEL(ebm, projection, encoder, image_shape=image_shape, **defaults)
     if not compile:  # run_training compiles and builds the optimizers
         return model
-    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
+                  encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
     model.build_optimizers()
     return model
 
@@ -348,7 +348,7 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
     # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
     # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
     # EMA copies, the spectral-norm vectors, the replay buffer and the RNG states are all restored.
-    from keras_ebm import experiment
+    from keras_ebm import generation, training
 
     x, y = cifar_x(cifar10_npz, 8)
 
@@ -356,7 +356,7 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
 
     def run(model_dir, steps):
-        return experiment.run_training(
+        return training.run_training(
             model_dir=str(model_dir),
             trainer=lambda: make_clel(compile=False, size=size,
                                       ebm_batch_fraction=0.25 if size == "large" else 1.0),
@@ -507,17 +507,17 @@ def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     away = cos(model.generate(8, latents=-target, beta=100.0))
     assert towards > away + 0.1, (towards, away)
 
-    # FID-style batches through experiment.generate_samples; class rows from labelled data.
-    from keras_ebm import experiment
+    # FID-style batches through generation.generate_samples; class rows from labelled data.
+    from keras_ebm import generation, training
 
-    path = experiment.generate_samples(model, str(tmp_path), num_samples=6, n_steps=1, conditional=True,
+    path = generation.generate_samples(model, str(tmp_path), num_samples=6, n_steps=1, conditional=True,
                                        batch_size=4, labelled_data=(x, np.arange(16) % 3))
     saved = np.load(tmp_path / "conditional_1steps.npz")
     assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
     np.testing.assert_array_equal(saved["labels"], [0, 0, 1, 1, 2, 2])
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="labelled_data"):
-        experiment.generate_samples(model, str(tmp_path), num_samples=3, conditional=True)
+        generation.generate_samples(model, str(tmp_path), num_samples=3, conditional=True)
 
 
 class _SpySampler:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import cli, experiment
+from keras_ebm import cli, divergence, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIGS = sorted(
@@ -32,7 +32,8 @@ def test_there_are_configs():
 def test_config_parses_and_builds_with_tiny_overlay(config):
     cli.parse_gin([config, "gin_configs/tiny.gin"], [])
     objs = cli.resolve_run_training()
-    model = experiment.build_trainer(objs["trainer"], objs["optimizer"], tf.distribute.get_strategy())
+    model = training.build_trainer(objs["trainer"], objs["optimizer"], tf.distribute.get_strategy(),
+                                   encoder_optimizer=objs.get("encoder_optimizer"))
     assert model.image_shape == (8, 8, 1)
     assert objs["train_steps"] == 4
     # The real (non-tiny) config also parses on its own.
@@ -167,7 +168,7 @@ def test_sgld_classifier_configs_guard_the_onset_of_divergence(config):
     # (which fires hundreds of steps after the failure began), with the official crash threshold.
     cli.parse_gin([config], [])
     guard = cli.resolve_parameter("run_training.divergence_guard")
-    assert isinstance(guard, experiment.DivergenceGuard)
+    assert isinstance(guard, divergence.DivergenceGuard)
     assert guard.max_energy_gap == 10.0 and guard.clf_rise_factor == 2.0 and guard.confirm_steps == 100
     assert guard.threshold == (1e5 if "sadajem" in config else 1e8)
     assert guard.remedies == ("energy_l2", "sgld_steps", "lower_lr")

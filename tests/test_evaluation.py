@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ebm import experiment
+from keras_ebm import training
 from keras_ebm.evaluation.runner import run_eval
 
 from test_experiment import data_fn, trainer_fn
@@ -29,7 +29,7 @@ def noise_uint8():
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run")
-    experiment.run_training(
+    training.run_training(
         model_dir=str(model_dir), trainer=trainer_fn, optimizer=lambda: keras.optimizers.Adam(0.01),
         train_data=data_fn, train_steps=30, checkpoint_every=30, log_every=30, export=True, progress=False,
     )

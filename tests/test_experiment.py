@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm import callbacks
-from keras_ebm import experiment
+from keras_ebm import divergence, generation, training
 from keras_ebm.trainers import SoftmaxClassifier
 
 from test_trainer import digits_arrays, tiny_network
@@ -39,7 +39,7 @@ def trainer_fn(**kwargs):
 
 
 def run(model_dir, steps, data=data_fn, trainer=trainer_fn, **kwargs):
-    return experiment.run_training(
+    return training.run_training(
         model_dir=str(model_dir), trainer=trainer, optimizer=lambda: keras.optimizers.Adam(0.05),
         train_data=data, train_steps=steps, checkpoint_every=2, log_every=2, export=False,
         progress=False, **kwargs,
@@ -71,7 +71,7 @@ def test_resume_restores_weights_optimizer_and_step(tmp_path):
 
 def test_divergence_keeps_last_good_checkpoint(tmp_path):
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
-    with pytest.raises(experiment.DivergenceError, match="last good checkpoint"):
+    with pytest.raises(divergence.DivergenceError, match="last good checkpoint"):
         run(tmp_path, 10, data=exploding_data_fn, trainer=unchecked)
     latest = tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
     assert latest is not None and latest.endswith("ckpt-2"), latest
@@ -151,7 +151,7 @@ def test_divergence_guard_recovers_and_continues(tmp_path):
         calls.append(1)
         return exploding_data_fn(input_context) if len(calls) == 1 else data_fn(input_context)
 
-    guard = experiment.DivergenceGuard(max_recoveries=2, lr_factor=0.5, remedies=("lower_lr",), confirm_steps=0)
+    guard = divergence.DivergenceGuard(max_recoveries=2, lr_factor=0.5, remedies=("lower_lr",), confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     model = run(tmp_path, 8, data=explodes_once, trainer=unchecked, divergence_guard=guard)
     assert int(model.optimizer.iterations.numpy()) == 8
@@ -163,9 +163,9 @@ def test_divergence_guard_recovers_and_continues(tmp_path):
 
 
 def test_divergence_guard_gives_up_after_max_recoveries(tmp_path):
-    guard = experiment.DivergenceGuard(max_recoveries=2, confirm_steps=0)
+    guard = divergence.DivergenceGuard(max_recoveries=2, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
-    with pytest.raises(experiment.DivergenceError, match="Gave up after 2 automatic recoveries"):
+    with pytest.raises(divergence.DivergenceError, match="Gave up after 2 automatic recoveries"):
         run(tmp_path, 10, data=exploding_data_fn, trainer=unchecked, divergence_guard=guard)
     assert len((tmp_path / "divergence_events.jsonl").read_text().splitlines()) == 2
     # Each retry trains two good batches before the data explodes again: 2 -> 4 -> 6, all finite.
@@ -179,7 +179,7 @@ def test_divergence_guard_gives_up_after_max_recoveries(tmp_path):
 
 
 def test_divergence_guard_threshold():
-    guard = experiment.DivergenceGuard(threshold=1e5)
+    guard = divergence.DivergenceGuard(threshold=1e5)
     assert guard.exploded({"loss": np.float32(2e5), "clf_acc": np.float32(0.5)})
     assert guard.exploded({"loss": np.float32(1.0), "energy_sample": np.float32(-3e5)})
     assert not guard.exploded({"loss": np.float32(1.0), "clf_acc": np.float32(1e9)})
@@ -211,11 +211,11 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
         calls.append(1)
         return exploding_data_fn(input_context) if len(calls) <= 3 else data_fn(input_context)
 
-    guard = experiment.DivergenceGuard(max_recoveries=3, lr_factor=0.5, sgld_steps_factor=2.5, energy_l2=0.1,
+    guard = divergence.DivergenceGuard(max_recoveries=3, lr_factor=0.5, sgld_steps_factor=2.5, energy_l2=0.1,
                                        confirm_steps=0)
     kwargs = dict(model_dir=str(tmp_path), trainer=jem_trainer_fn, optimizer=scheduled_adam,
                   checkpoint_every=2, log_every=2, export=False, progress=False)
-    model = experiment.run_training(train_data=explodes_thrice, train_steps=8, divergence_guard=guard, **kwargs)
+    model = training.run_training(train_data=explodes_thrice, train_steps=8, divergence_guard=guard, **kwargs)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 3, events
     assert all(e["fired"][0] in ("magnitude", "non_finite") for e in events), events
@@ -227,7 +227,7 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
     # A new process (a freshly built trainer) resuming the run keeps every change: they are checkpointed
     # (even though recoveries 2 and 3 restored checkpoints written before the earlier remedies).
-    resumed = experiment.run_training(train_data=data_fn, train_steps=10, **kwargs)
+    resumed = training.run_training(train_data=data_fn, train_steps=10, **kwargs)
     assert int(resumed.optimizer.iterations.numpy()) == 10
     assert resumed.sampler.n_steps == 5 and resumed.energy_l2 == 0.1
     np.testing.assert_allclose(float(resumed.optimizer.learning_rate), 0.025)
@@ -241,9 +241,9 @@ def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp
         bad = data_fn(input_context).map(lambda x, y: (x * 1e30, y))
         return bad if len(calls) == 1 else data_fn(input_context)
 
-    guard = experiment.DivergenceGuard(max_recoveries=1, lr_factor=1.0, confirm_steps=0)
+    guard = divergence.DivergenceGuard(max_recoveries=1, lr_factor=1.0, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
-    model = experiment.run_training(
+    model = training.run_training(
         model_dir=str(tmp_path), trainer=unchecked, optimizer=lambda: keras.optimizers.Adam(0.05),
         train_data=explodes_at_once, train_steps=4, checkpoint_every=100, log_every=1, export=False,
         progress=False, divergence_guard=guard)
@@ -288,9 +288,9 @@ def test_jit_compile_reaches_the_train_function(tmp_path, monkeypatch):
 
     kwargs = dict(trainer=deterministic_jem, optimizer=lambda: keras.optimizers.SGD(0.05), train_data=data_fn,
                   train_steps=2, checkpoint_every=2, log_every=2, export=False, progress=False)
-    plain = experiment.run_training(model_dir=str(tmp_path / "plain"), **kwargs)
+    plain = training.run_training(model_dir=str(tmp_path / "plain"), **kwargs)
     monkeypatch.setattr(tf, "function", recording_function)
-    xla = experiment.run_training(model_dir=str(tmp_path / "xla"), jit_compile=True, **kwargs)
+    xla = training.run_training(model_dir=str(tmp_path / "xla"), jit_compile=True, **kwargs)
     monkeypatch.undo()
     assert any(compiled), "run_training(jit_compile=True) never asked tf.function for XLA"
     # Same seeds, same data: the XLA-compiled JEM step (SGLD loop, buffer gather/scatter) agrees.
@@ -328,7 +328,7 @@ def test_buffer_grid_shows_every_class_block(tmp_path, monkeypatch):
     model.buffer.buffer.assign(np.broadcast_to(block[:, None, None, None], (100, 8, 8, 1)))
     shown = {}
     monkeypatch.setattr(plots, "sample_grid", lambda images, path, **kw: shown.setdefault("x", images) is None or path)
-    experiment.save_buffer_grid(model, str(tmp_path / "buffer.png"), num_images=20)
+    generation.save_buffer_grid(model, str(tmp_path / "buffer.png"), num_images=20)
     values = np.unique(np.round(shown["x"][:, 0, 0, 0], 3))
     assert len(shown["x"]) == 20 and len(values) == 10, values  # all ten classes, not only class 0
 
@@ -346,7 +346,7 @@ def test_guard_restores_only_a_confirmed_checkpoint_and_drops_the_failing_branch
         good = data_fn(input_context).take(6)
         return good.concatenate(data_fn(input_context).map(lambda x, y: (x * 1e30, y)))
 
-    guard = experiment.DivergenceGuard(max_recoveries=1, confirm_steps=4, remedies=())
+    guard = divergence.DivergenceGuard(max_recoveries=1, confirm_steps=4, remedies=())
     monkeypatch.chdir(tmp_path)  # a relative model_dir, as train.py users pass it
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     seen = []
@@ -378,7 +378,7 @@ def test_remedies_are_applied_once_each_in_order():
     model(tf.zeros((1, 8, 8, 1)))
     state = RecoveryState()
     state.attach(model)
-    guard = experiment.DivergenceGuard(max_recoveries=6, energy_l2=0.1, sgld_steps_factor=2.0, lr_factor=0.5)
+    guard = divergence.DivergenceGuard(max_recoveries=6, energy_l2=0.1, sgld_steps_factor=2.0, lr_factor=0.5)
     rng = np.random.default_rng(0)
     changes = [guard.apply(model, n, rng, state=state) for n in range(1, 6)]
     assert changes[0] == "new random seeds, energy L2 -> 0.1"
@@ -405,7 +405,7 @@ def _replay(guard, clf_losses, gaps=None):
 def test_monitor_clf_loss_rise_and_energy_gap_band():
     rng = np.random.default_rng(0)
     healthy = list(np.linspace(2.3, 1.6, 300) * rng.uniform(0.75, 1.25, 300))
-    guard = experiment.DivergenceGuard(max_energy_gap=5.0)
+    guard = divergence.DivergenceGuard(max_energy_gap=5.0)
     assert _replay(guard, healthy, gaps=[0.5] * 300) == {}
     # The classifier collapses at step 201: loss 5.0 (2.5x its level); the 10-step mean passes 2x
     # the running median within a few steps.
@@ -416,7 +416,7 @@ def test_monitor_clf_loss_rise_and_energy_gap_band():
     gaps = [0.5] * 150 + [24.0] * 150
     assert _replay(guard, healthy, gaps=gaps) == {"energy_gap": 151}
     # Signals can be turned off.
-    assert _replay(experiment.DivergenceGuard(clf_rise_factor=None), collapsing) == {}
+    assert _replay(divergence.DivergenceGuard(clf_rise_factor=None), collapsing) == {}
 
 
 def _recorded(row):
@@ -458,7 +458,7 @@ def test_jem_config_guard_fires_at_the_recorded_onset_and_not_on_a_healthy_run()
 def test_energy_gap_band_sits_above_the_energy_penalty_equilibrium():
     # With an energy L2 penalty lam the p(x) term and the penalty balance at a gap of 1/lam (10 at
     # lam = 0.1: E(x) = -5, E(x~) = +5): the band widens to 2/lam so the remedy does not re-fire.
-    guard = experiment.DivergenceGuard(max_energy_gap=10.0, clf_rise_factor=None)
+    guard = divergence.DivergenceGuard(max_energy_gap=10.0, clf_rise_factor=None)
 
     class Penalised:
         energy_l2 = 0.1

@@ -213,7 +213,7 @@ def test_after_training_reads_sigma_data_instead_of_the_training_loader(as_datas
 
 
 def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkeypatch):
-    from keras_ebm import cli, experiment
+    from keras_ebm import cli, restore, training
 
     estimates = []
     original = GMMC.after_training
@@ -225,7 +225,7 @@ def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkey
     monkeypatch.setattr(GMMC, "after_training", spy)
     cli.parse_gin(["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"],
                   ["GMMC.sigma_batches = 3", "run_training.train_steps = 2"])
-    model = experiment.run_training(model_dir=str(tmp_path), progress=False)
+    model = training.run_training(model_dir=str(tmp_path), progress=False)
     assert len(estimates) == 1 and estimates[0] is not None
     sigma = float(model.head.sigma.numpy())
     np.testing.assert_allclose(sigma, estimates[0], rtol=1e-6)
@@ -239,7 +239,7 @@ def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkey
     np.testing.assert_allclose(loaded.logits(tf.constant(images))["logits"], model.network(x).numpy(),
                                rtol=1e-4, atol=1e-4)
     # The final checkpoint holds it too (eval.py --samples and resumes restore it).
-    restored = experiment.restore_trainer(str(tmp_path))
+    restored = restore.restore_trainer(str(tmp_path))
     assert float(restored.head.sigma.numpy()) == sigma
 
 
@@ -390,7 +390,7 @@ def test_joint_switches_at_switch_step_and_ramps_without_retracing():
 
 
 def test_joint_schedule_survives_checkpoint_resume(tmp_path):
-    from keras_ebm import experiment
+    from keras_ebm import restore, training
 
     rng = np.random.RandomState(6)
     x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
@@ -402,9 +402,9 @@ def test_joint_schedule_survives_checkpoint_resume(tmp_path):
     kwargs = dict(trainer=lambda: tiny_gmmc(mode="joint", switch_step=3, seed=1),
                   optimizer=lambda: keras.optimizers.Adam(1e-3), train_data=data, checkpoint_every=1,
                   log_every=1, export=False, progress=False)
-    first = experiment.run_training(model_dir=str(tmp_path), train_steps=2, **kwargs)
+    first = training.run_training(model_dir=str(tmp_path), train_steps=2, **kwargs)
     assert float(first.balance()) == 0.0
-    resumed = experiment.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
+    resumed = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
     # The step counter (optimizer.iterations) came back from the checkpoint: 2 restored + 2 new,
     # and the last step (index 3) ran generatively.
     assert int(resumed.optimizer.iterations.numpy()) == 4

@@ -295,7 +295,7 @@ def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
 def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
     # Stopped after the step-2 checkpoint and resumed to step 4: the queue rows, pointer and fill
     # count, the weights and the Adam slots equal those of a run that never stopped.
-    from keras_ebm import experiment
+    from keras_ebm import training
 
     rng = np.random.RandomState(5)
     x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
@@ -305,7 +305,7 @@ def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
 
     def run(model_dir, steps):
-        return experiment.run_training(
+        return training.run_training(
             model_dir=str(model_dir),
             trainer=lambda: HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=20),
             optimizer=lambda: keras.optimizers.Adam(1e-2), train_data=data_fn, train_steps=steps,

@@ -200,7 +200,7 @@ def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
 
 
 def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
-    from keras_ebm import experiment
+    from keras_ebm import generation, training
 
     rng = np.random.RandomState(5)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
@@ -215,8 +215,8 @@ def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
 
     kwargs = dict(trainer=trainer, optimizer=lambda: keras.optimizers.Adam(1e-3), train_data=data,
                   checkpoint_every=2, log_every=2, export=False, progress=False)
-    first = experiment.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
-    resumed = experiment.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
+    first = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
+    resumed = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
     assert len(first.variables) == len(resumed.variables)
     paths = [v.path for v in resumed.variables]
     assert any("buffer" in p for p in paths), paths

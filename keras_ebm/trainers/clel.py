@@ -54,9 +54,6 @@ class CLEL(EBMTrainer):
         image_shape: `(height, width, channels)`.
         num_classes: unused by the objective (CLEL is unsupervised); defaults to k, the width of
             `call`'s output.
-        encoder_optimizer: the encoder's optimizer, or a zero-argument callable building it (gin:
-            `CLEL.encoder_optimizer = @encoder/keras.optimizers.SGD`). The EBM's optimizer is the
-            one given to `compile` (`run_training.optimizer`). Default SGD(0.03, momentum 0.9).
         encoder_weight_decay: L2 coefficient added to the encoder's gradients (PyTorch SGD's
             coupled weight decay, 5e-4; Keras' `weight_decay` is decoupled, hence this argument).
         sampler: `SGLDSampler`; default CLEL's: 60 steps, step size 100, noise 0.001, gradient clamp
@@ -106,7 +103,6 @@ class CLEL(EBMTrainer):
         encoder,
         image_shape,
         num_classes=None,
-        encoder_optimizer=None,
         encoder_weight_decay=5e-4,
         sampler=None,
         buffer=None,
@@ -137,11 +133,7 @@ class CLEL(EBMTrainer):
             raise ValueError(f"`ema_decay` must be in [0, 1]. Received: ema_decay={ema_decay}")
         self.projection = projection
         self.encoder = encoder
-        if encoder_optimizer is None:
-            encoder_optimizer = keras.optimizers.SGD(0.03, momentum=0.9)
-        elif not isinstance(encoder_optimizer, keras.optimizers.Optimizer):
-            encoder_optimizer = encoder_optimizer()
-        self._encoder_optimizer = _Untracked(encoder_optimizer)
+        self._encoder_optimizer = _Untracked(None)  # set by `compile`
         self.encoder_weight_decay = float(encoder_weight_decay)
         self.sampler = sampler if sampler is not None else SGLDSampler(
             n_steps=60, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=self.pixel_range,
@@ -170,8 +162,28 @@ class CLEL(EBMTrainer):
         self.class_latents = None  # [num_classes, k] after `set_class_latents` (not checkpointed)
 
     # ------------------------------------------------------------------ optimizers
+    def compile(self, optimizer="adam", encoder_optimizer=None, **kwargs):
+        """`keras.Model.compile` with CLEL's second optimizer.
+
+        Args:
+            optimizer: the EBM's optimizer (f_theta and g_theta; the paper's Adam, `run_training.optimizer`).
+            encoder_optimizer: the encoder's optimizer, or a zero-argument callable building it
+                (gin: `run_training.encoder_optimizer = @encoder/keras.optimizers.SGD`). Default
+                SGD(0.03, momentum 0.9), the official code's SimCLR optimizer.
+            **kwargs: the rest of `keras.Model.compile`.
+        """
+        super().compile(optimizer=optimizer, **kwargs)
+        if encoder_optimizer is None:
+            encoder_optimizer = keras.optimizers.SGD(0.03, momentum=0.9)
+        elif not isinstance(encoder_optimizer, keras.optimizers.Optimizer):
+            encoder_optimizer = encoder_optimizer()
+        self._encoder_optimizer = _Untracked(encoder_optimizer)
+
     @property
     def encoder_optimizer(self):
+        """The encoder's optimizer (from `compile`)."""
+        if self._encoder_optimizer.value is None:
+            raise ValueError("Compile CLEL first: `model.compile(optimizer=..., encoder_optimizer=...)`.")
         return self._encoder_optimizer.value
 
     @property
