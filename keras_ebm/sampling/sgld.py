@@ -13,6 +13,7 @@ from keras_ebm import distribute
 _REDUCTIONS = ("sum", "mean")
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class SGLDSampler:
     """Stochastic gradient Langevin dynamics (SGLD) on an energy function.
 
