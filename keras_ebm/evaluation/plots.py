@@ -28,12 +28,21 @@ def _save(fig, path):
     return path
 
 
-def reliability_diagram(probs, labels, path, num_bins=20, title=None):
-    """Writes a reliability diagram: per-bin accuracy against confidence, with the ECE.
+def _sparse_threshold(total, num_bins):
+    """Bins with fewer images than this are drawn hollow: max(5, 10% of an even share)."""
+    return max(5, int(np.ceil(0.1 * total / num_bins)))
 
-    Top panel: accuracy bars of the equal-width confidence bins, the gap to each bin's mean
-    confidence, and the diagonal of perfect calibration; the ECE is in the title. Bottom panel:
-    samples per bin (calibration of nearly empty bins means little).
+
+def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=None):
+    """Writes a reliability diagram: per-bin accuracy against confidence, with the bin counts.
+
+    Top panel: accuracy bars of the equal-width confidence bins, shaded by how many images each
+    holds (darker = more); bins with fewer than `min_count` images are drawn hollow (outline
+    only, hatched), so a bin of one or two images does not read as a full-height bar. A red
+    marker shows each bin's mean confidence (the gap to the bar is the bin's calibration error);
+    the dashed diagonal is perfect calibration; the ECE is in the title. Bottom panel: images per
+    bin on a log scale, the count written above each bar. The legend sits below the figure,
+    off the data.
 
     Args:
         probs: `[N, num_classes]` probabilities.
@@ -41,36 +50,70 @@ def reliability_diagram(probs, labels, path, num_bins=20, title=None):
         path: output PNG path.
         num_bins: equal-width bins on the max probability (papers: 20, width 0.05).
         title: optional first title line.
+        min_count: bins with fewer images are hollow (default max(5, 10% of N / num_bins)).
 
     Returns:
         `path`.
     """
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     bins = metrics_lib.calibration_bins(probs, labels, num_bins)
     ece = metrics_lib.expected_calibration_error(probs, labels, num_bins)
-    edges = bins["bin_edges"]
+    edges, count = bins["bin_edges"], bins["count"]
     centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-    filled = bins["count"] > 0
+    total = int(count.sum())
+    min_count = _sparse_threshold(total, num_bins) if min_count is None else int(min_count)
+    dense = count >= min_count
+    sparse = (count > 0) & ~dense
+    # Shade by share of the images: sqrt keeps a bin of 1% visible next to one of 50%.
+    share = np.sqrt(count / max(count.max(), 1.0))
+    colors = [(0.12, 0.47, 0.71, 0.25 + 0.75 * s) for s in share]
 
-    fig = _figure(figsize=(4.5, 5.5))
-    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax.bar(centers[filled], bins["accuracy"][filled], width=width, color="tab:blue",
-           edgecolor="black", label="accuracy")
-    ax.bar(centers[filled], (bins["confidence"] - bins["accuracy"])[filled], bottom=bins["accuracy"][filled],
-           width=width, color="tab:red", alpha=0.3, edgecolor="tab:red", label="gap to confidence")
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    fig = _figure(figsize=(4.8, 5.6))
+    ax, ax_count = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08})
+    ax.plot([0, 1], [0, 1], color="black", ls="--", lw=1)
+    for i in np.flatnonzero(dense):
+        ax.bar(centers[i], bins["accuracy"][i], width=width, color=colors[i], edgecolor="black", lw=0.6)
+    for i in np.flatnonzero(sparse):
+        ax.bar(centers[i], bins["accuracy"][i], width=width, fill=False, edgecolor="gray", lw=0.8,
+               hatch="///", ls="--")
+    filled = count > 0
+    ax.plot(centers[filled], bins["confidence"][filled], ls="none", marker="_", ms=9, mew=2, color="tab:red")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title((f"{title}\n" if title else "") + f"ECE = {100 * ece:.2f}% ({num_bins} bins)")
-    ax_count.bar(centers, bins["count"], width=width, color="gray", edgecolor="black")
+    ax.set_xlim(0, 1)
+    ax.set_title((f"{title}\n" if title else "") + f"ECE = {100 * ece:.2f}% ({num_bins} bins, {total} images)",
+                 fontsize=9)
+
+    ax_count.bar(centers[dense], count[dense], width=width, color="gray", edgecolor="black", lw=0.6)
+    ax_count.bar(centers[sparse], count[sparse], width=width, fill=False, edgecolor="gray", hatch="///", ls="--")
+    ax_count.set_yscale("log")
+    top = max(count.max(), 1.0)
+    ax_count.set_ylim(0.5, top * 8)
+    for i in np.flatnonzero(filled):
+        ax_count.text(centers[i], count[i] * 1.15, f"{int(count[i])}", ha="center", va="bottom", fontsize=5.5,
+                      rotation=90)
     ax_count.set_xlabel("confidence (max p(y|x))")
-    ax_count.set_ylabel("count")
+    ax_count.set_ylabel("images (log)")
     ax_count.set_xlim(0, 1)
+
+    handles = [
+        Patch(facecolor=(0.12, 0.47, 0.71, 0.8), edgecolor="black", label="accuracy (darker = more images)"),
+        Patch(fill=False, edgecolor="gray", hatch="///", ls="--", label=f"bin with < {min_count} images"),
+        Line2D([], [], ls="none", marker="_", ms=9, mew=2, color="tab:red", label="mean confidence"),
+        Line2D([], [], color="black", ls="--", lw=1, label="perfect calibration"),
+    ]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.02), ncol=2, fontsize=7, frameon=False)
     return _save(fig, path)
 
 
 def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
-    """Writes overlaid density histograms of an OOD score, one per data set, AUROC in the legend.
+    """Writes OOD score distributions as small multiples: one panel per OOD set.
+
+    Each panel draws the in-distribution scores as a filled grey histogram and the OOD set's as a
+    coloured outline (step), on a shared x-axis and common bins, with the AUROC in the panel's
+    title. No two translucent fills overlap, and no legend covers the data.
 
     Args:
         scores_by_set: dict `name -> [N]` scores (higher = more in-distribution), including the
@@ -98,23 +141,30 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
     lo, hi = np.percentile(all_scores, [0.5, 99.5]) if all_scores.size else (0.0, 1.0)
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
-    edges = np.linspace(lo, hi, 61)
+    edges = np.linspace(lo, hi, 51)
 
-    fig = _figure(figsize=(6, 4))
-    ax = fig.subplots()
     scores_in = scores_by_set[in_dist_name]
-    ordered = [in_dist_name] + [name for name in scores_by_set if name != in_dist_name]
-    for name in ordered:
-        if name == in_dist_name:
-            label = f"{name} (in-distribution)"
+    others = [name for name in scores_by_set if name != in_dist_name] or [None]
+    fig = _figure(figsize=(6, 0.6 + 1.7 * len(others)))
+    axes = np.atleast_1d(fig.subplots(len(others), 1, sharex=True, squeeze=False)[:, 0])
+    palette = ["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    for k, (ax, name) in enumerate(zip(axes, others)):
+        ax.hist(np.clip(scores_in, lo, hi), bins=edges, density=True, histtype="stepfilled",
+                color="0.75", edgecolor="0.45", lw=0.8)
+        if name is None:
+            ax.set_title(f"{in_dist_name} (in-distribution, n={scores_in.size})", fontsize=8, loc="left")
         else:
-            auroc = metrics_lib.ood_metrics(scores_in, scores_by_set[name])["auroc"]
-            label = f"{name} (AUROC {auroc:.3f})"
-        ax.hist(np.clip(scores_by_set[name], lo, hi), bins=edges, density=True, alpha=0.45, label=label)
-    ax.set_xlabel(f"{score_name} (higher = more in-distribution)")
-    ax.set_ylabel("density")
-    ax.set_title(title or f"OOD scores: {score_name}")
-    ax.legend(fontsize=8)
+            scores = scores_by_set[name]
+            auroc = metrics_lib.ood_metrics(scores_in, scores)["auroc"]
+            color = palette[k % len(palette)]
+            ax.hist(np.clip(scores, lo, hi), bins=edges, density=True, histtype="step", color=color, lw=1.6)
+            ax.set_title(f"{name} (n={scores.size}, line) vs {in_dist_name} (n={scores_in.size}, grey): "
+                         f"AUROC {auroc:.3f}", fontsize=8, loc="left", color=color)
+        ax.set_ylabel("density", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[-1].set_xlabel(f"{score_name} (higher = more in-distribution)")
+    fig.suptitle(title or f"OOD scores: {score_name}", fontsize=9)
+    fig.subplots_adjust(hspace=0.45)
     return _save(fig, path)
 
 
