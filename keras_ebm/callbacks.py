@@ -22,8 +22,9 @@ keras-team/keras#20585).
 The step of a run is `model.optimizer.iterations` (one optimizer update per train step for every
 trainer, SAM included), so it is checkpointed and rolled back with the optimizer.
 
-Every step's logs are that step's values: the trainers' trackers are read in cross-replica context
-(summed over replicas) and reset after every step (`step_logs`), so the guard sees each step.
+Every step's logs are that step's values: the trainers' trackers are reset before every step
+(`begin_step`) and read after it in cross-replica context (summed over replicas; `step_logs`), so
+the guard sees each step, and `fit`'s progress bar and History show the last step's values.
 """
 
 import json
@@ -53,28 +54,41 @@ def current_step(model):
 
 # ---------------------------------------------------------------------------------- per-step logs
 _STEP_LOGS = weakref.WeakKeyDictionary()
+_RESET_FOR = weakref.WeakKeyDictionary()
+
+
+def begin_step(model):
+    """Reset the trainer's trackers before a step (once per step, whichever callback asks first)."""
+    step = current_step(model)
+    if _RESET_FOR.get(model) != step:
+        for m in model.metrics:
+            m.reset_state()
+        _RESET_FOR[model] = step
 
 
 def step_logs(model):
-    """This step's logs `{name: float}` from the trainer's trackers, read once per step.
-
-    The first reader at a step reads the trackers (cross-replica: SyncOnRead sums over replicas)
-    and resets them, so every step's values are that step's; later readers get the same dict.
-    """
+    """This step's logs `{name: float}` from the trainer's trackers (reset by `begin_step`), read
+    once per step in cross-replica context (SyncOnRead totals are summed over replicas)."""
     step = current_step(model)
     cached = _STEP_LOGS.get(model)
     if cached is not None and cached[0] == step:
         return cached[1]
     logs = {m.name: float(np.mean(m.result().numpy())) for m in model.metrics}
-    for m in model.metrics:
-        m.reset_state()
     _STEP_LOGS[model] = (step, logs)
     return logs
 
 
 def forget_step_logs(model):
-    """Drop the cached logs (after a rollback the same step number comes again)."""
+    """Drop the cached logs and resets (after a rollback the same step numbers come again)."""
     _STEP_LOGS.pop(model, None)
+    _RESET_FOR.pop(model, None)
+
+
+class StepCallback(keras.callbacks.Callback):
+    """Base of the keras_ebm callbacks: resets the trainer's trackers before each step."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        begin_step(self.model)
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -119,7 +133,7 @@ def ensure_built(model):
         model.build_optimizers()
 
 
-class Checkpointing(keras.callbacks.Callback):
+class Checkpointing(StepCallback):
     """Checkpoint and resume every piece of training state; the last good checkpoint is never lost.
 
     Args:
@@ -235,7 +249,7 @@ class Checkpointing(keras.callbacks.Callback):
             self.save()
 
 
-class DivergenceRecovery(keras.callbacks.Callback):
+class DivergenceRecovery(StepCallback):
     """Watch every step for divergence; recover in place with a `DivergenceGuard`, else stop.
 
     Args:
@@ -354,7 +368,7 @@ def _divergence_error(step, signals, values, manager):
     return error
 
 
-class TimeBudget(keras.callbacks.Callback):
+class TimeBudget(StepCallback):
     """Stop training at the first step past `max_minutes` of wall-clock time (tracing included).
 
     The budget starts at the first `on_train_begin` and spans later `fit` calls of the same object.
@@ -380,7 +394,7 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class StopAtStep(keras.callbacks.Callback):
+class StopAtStep(StepCallback):
     """End training when the run's step reaches `train_steps`, whatever `fit`'s own count says.
 
     With it, rerunning the same `fit` after a kill trains exactly the remainder; when the restored
@@ -410,7 +424,7 @@ class StopAtStep(keras.callbacks.Callback):
             self._saved_train_function = None
 
 
-class TrainingLog(keras.callbacks.Callback):
+class TrainingLog(StepCallback):
     """TensorBoard scalars, progress and console lines from the per-step logs.
 
     Args:
@@ -519,7 +533,7 @@ class SampleGrids(keras.callbacks.Callback):
 
 
 def training_callbacks(model_dir, train_steps=None, checkpoint_every=500, keep_checkpoints=3,
-                       divergence_guard=None, max_minutes=None, log_every=50, progress=True,
+                       divergence_guard=None, max_minutes=None, log_every=50, progress=False,
                        sample_grids=True, operative_config=True, checkpoint_dir=None, seed=0,
                        restart_data=False, chief=True):
     """The callbacks of a keras_ebm run in `model_dir`, in the order they must run.
@@ -527,7 +541,9 @@ def training_callbacks(model_dir, train_steps=None, checkpoint_every=500, keep_c
     Layout: `checkpoints/`, `tensorboard/`, `samples/`, `operative_config.gin`,
     `divergence_events.jsonl`. Pass the list to `model.fit`; rerunning the same code resumes.
     `checkpoint_dir` overrides `<model_dir>/checkpoints` (non-chief workers write to scratch);
-    `chief=False` leaves out everything that writes files other than checkpoints.
+    `chief=False` leaves out everything that writes files other than checkpoints. `progress=True`
+    adds keras_ebm's own progress bar over the run's steps (use it with `fit(verbose=0)`); by
+    default `fit`'s bar shows each step's values and `TrainingLog` a line every `log_every` steps.
 
     Returns:
         A list: [DivergenceRecovery, Checkpointing, (StopAtStep), (TimeBudget), (TrainingLog),
