@@ -66,6 +66,11 @@ def begin_step(model):
         _RESET_FOR[model] = step
 
 
+def ran_a_step(model):
+    """False when the batch that just ended trained nothing (`StopAtStep` on a finished run)."""
+    return _RESET_FOR.get(model) != current_step(model)
+
+
 def step_logs(model):
     """This step's logs `{name: float}` from the trainer's trackers (reset by `begin_step`), read
     once per step in cross-replica context (SyncOnRead totals are summed over replicas)."""
@@ -290,7 +295,7 @@ class DivergenceRecovery(StepCallback):
     def _mark_good(self, path=None, step=None):
         """Advance `RecoveryState.good_step` to the newest checkpoint `confirm_steps` behind."""
         recovery = self.checkpointing.recovery
-        current = current_step(self.model)
+        current = current_step(self.checkpointing.model)
         good = [s for s in self.checkpointing.steps() if s <= current - self.confirm_steps]
         if good and max(good) > int(recovery.good_step.numpy()):
             recovery.good_step.assign(max(good))
@@ -301,6 +306,8 @@ class DivergenceRecovery(StepCallback):
             self.monitor = self.guard.monitor(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
+        if not ran_a_step(self.model):
+            return
         step = current_step(self.model)
         values = step_logs(self.model)
         if self.monitor is not None:
@@ -456,6 +463,8 @@ class TrainingLog(StepCallback):
         self._t0, self._last_step = time.time(), current_step(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
+        if not ran_a_step(self.model):
+            return
         step = current_step(self.model)
         values = step_logs(self.model)
         if step <= self._last_step:  # a rollback: the window belongs to the failed branch
@@ -577,7 +586,8 @@ def resume(model, callbacks):
     checkpointing = find(callbacks, Checkpointing)
     if checkpointing is None:
         raise ValueError("`callbacks` has no keras_ebm.callbacks.Checkpointing to resume from.")
-    checkpointing.set_model(model)
+    for callback in callbacks:
+        callback.set_model(model)
     checkpointing.setup()
     return current_step(model)
 

@@ -101,7 +101,7 @@ class DivergenceGuard:
     def monitor(self, model=None):
         """A fresh `DivergenceMonitor` with this guard's detectors (for `model`, whose energy L2
         penalty, if any, widens the energy-gap band: see `DivergenceMonitor`)."""
-        return DivergenceMonitor(self, energy_l2=float(getattr(model, "energy_l2", 0.0) or 0.0))
+        return DivergenceMonitor(self, energy_l2=float((model.energy_l2 if model is not None else 0.0) or 0.0))
 
     def apply(self, model, recovery, rng, state=None):
         """Change the run after recovery number `recovery` (1-based) restored a checkpoint.
@@ -121,7 +121,7 @@ class DivergenceGuard:
         return ", ".join(changes) or "no change"
 
     def _remedy_energy_l2(self, model, state):
-        if not hasattr(model, "energy_l2"):
+        if model.energy_l2 is None:
             return f"energy L2 not applicable to {type(model).__name__}"
         model.energy_l2 = max(float(model.energy_l2), self.energy_l2)
         if state is not None:
@@ -129,7 +129,7 @@ class DivergenceGuard:
         return f"energy L2 -> {model.energy_l2:g}"
 
     def _remedy_sgld_steps(self, model, state):
-        sampler = getattr(model, "sampler", None)
+        sampler = model.sampler
         if sampler is None:
             return f"more SGLD steps not applicable to {type(model).__name__}"
         extra = int(round(int(sampler.n_steps) * (self.sgld_steps_factor - 1.0)))
@@ -248,16 +248,16 @@ class RecoveryState(tf.Module):
         extra SGLD steps and the energy penalty); returns what was put back."""
         notes = []
         extra = int(self.extra_sgld_steps.numpy())
-        sampler = getattr(model, "sampler", None)
+        sampler = model.sampler
         if extra and sampler is not None:
             sampler.n_steps = int(sampler.n_steps) + extra
             notes.append(f"n_steps = {sampler.n_steps}")
         energy_l2 = float(f"{float(self.energy_l2.numpy()):.7g}")  # the float32 variable's value, as set
-        if energy_l2 > 0 and hasattr(model, "energy_l2"):
+        if energy_l2 > 0 and model.energy_l2 is not None:
             model.energy_l2 = max(float(model.energy_l2), energy_l2)
             notes.append(f"energy_l2 = {model.energy_l2:g}")
         return notes
 
 
 def _optimizers(model):
-    return getattr(model, "optimizers", None) or {"optimizer": model.optimizer}
+    return model.optimizers

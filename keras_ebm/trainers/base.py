@@ -61,6 +61,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     conditions_on_latents = False  # CLEL: class-conditional samples need `set_class_latents` first
     sampler = None  # the SGLD sampler of a generative trainer
     buffer = None  # its replay buffer
+    energy_l2 = None  # the JEM family's energy L2 coefficient (None: the trainer has no such penalty)
 
     def __init__(
         self,
