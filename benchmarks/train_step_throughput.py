@@ -12,6 +12,8 @@ like. Prints a markdown table and writes JSON (default benchmarks/results/<devic
 turns: every row's process is built and warmed up, then step i of every row runs before step i + 1
 of any, so load from other work on a shared machine falls on all rows alike and the ratios stay
 meaningful. (All rows' processes are alive at once: pick rows that fit in memory together.)
+"CPU s/step" is the process's CPU time per step (all threads); when other work shares the cores it
+moves much less than wall time, so its ratios are the steadier ones there.
 
 Memory, two columns:
 * "step peak MB": on CPU the peak resident memory (RSS) of the process *during the timed steps*
@@ -187,14 +189,15 @@ class RowRunner:
         [float(v) for v in logs.values()]
         self.rss_before_mb = _proc_status_mb("VmRSS")
         reset_step_peak()
-        self.times = []
+        self.times, self.cpu_times = [], []
 
     def step(self):
         inputs = next(self.data)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         logs = self.train_step(inputs)
         [float(v) for v in logs.values()]  # wait for the step
         self.times.append(time.perf_counter() - t0)
+        self.cpu_times.append(time.process_time() - cpu0)
         return self.times[-1]
 
     def result(self):
@@ -206,6 +209,10 @@ class RowRunner:
         return {
             "row": self.name, "batch": self.batch, "median_s_per_step": median,
             "s_per_step": self.times,
+            # CPU seconds of the process (all its threads) per step: on a CPU shared with other work
+            # it moves much less than wall time, so its ratios are the steadier ones there.
+            "median_cpu_s_per_step": sorted(self.cpu_times)[len(self.cpu_times) // 2],
+            "cpu_s_per_step": self.cpu_times,
             "images_per_s": self.batch / median,  # classifier-batch images per second
             "step_peak_memory_mb": step_peak_mb(),
             "rss_before_steps_mb": self.rss_before_mb,
@@ -298,15 +305,16 @@ def markdown_table(results):
     def num(value, fmt):
         return format(value, fmt) if value is not None else "-"
 
-    lines = ["| row | batch | s/step (median) | images/s | step peak MB | process peak MB | params | "
-             "x baseline step | x same-optimizer softmax | ideal (passes) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | batch | s/step (median) | CPU s/step | images/s | step peak MB | process peak MB | params | "
+             "x baseline step | x same-optimizer softmax | same, CPU time | ideal (passes) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
-            f"| {r['row']} | {r['batch']} | {r['median_s_per_step']:.4f} | {r['images_per_s']:.1f} | "
-            f"{num(r.get('step_peak_memory_mb'), '.0f')} | {r['peak_memory_mb']:.0f} | {r['params']:,} | "
-            f"{num(r['ratio_to_baseline'], '.2f')} | {num(r.get('ratio_to_same_optimizer_softmax'), '.2f')} | "
-            f"{r['ideal_ratio'] or '-'} |")
+            f"| {r['row']} | {r['batch']} | {r['median_s_per_step']:.4f} | {r['median_cpu_s_per_step']:.3f} | "
+            f"{r['images_per_s']:.1f} | {num(r.get('step_peak_memory_mb'), '.0f')} | {r['peak_memory_mb']:.0f} | "
+            f"{r['params']:,} | {num(r['ratio_to_baseline'], '.2f')} | "
+            f"{num(r.get('ratio_to_same_optimizer_softmax'), '.2f')} | "
+            f"{num(r.get('cpu_ratio_to_same_optimizer_softmax'), '.2f')} | {r['ideal_ratio'] or '-'} |")
     return "\n".join(lines)
 
 
@@ -338,6 +346,8 @@ def main(argv):
         r["ratio_to_baseline"] = (r["median_s_per_step"] / base["median_s_per_step"]) if base else None
         same = by_name.get(SAME_OPTIMIZER_BASELINE_OF.get(r["row"]))
         r["ratio_to_same_optimizer_softmax"] = (r["median_s_per_step"] / same["median_s_per_step"]) if same else None
+        r["cpu_ratio_to_same_optimizer_softmax"] = (
+            r["median_cpu_s_per_step"] / same["median_cpu_s_per_step"] if same else None)
         r["ideal_ratio"] = PASSES.get(r["row"])
     device = device_name()
     mode = "isolated, interleaved" if interleaved else ("isolated" if FLAGS.isolate else "one process")
