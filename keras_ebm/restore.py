@@ -28,3 +28,24 @@ def restore_trainer(model_dir, strategy=None):
     callbacks_lib.make_checkpoint(model).restore(latest).expect_partial()
     print(f"[keras_ebm] restored {latest} (step {callbacks_lib.current_step(model)})", flush=True)
     return model
+
+
+def restore_run(model_dir, gin_params=()):
+    """The trainer of another run: clear the gin config, parse `<model_dir>/config.gin` (then
+    `gin_params`), rebuild and restore it. The caller's config is gone afterwards: parse it again
+    (eval.py does) before building anything else from gin. The returned model no longer needs gin.
+    """
+    import gin
+
+    config = os.path.join(model_dir, "config.gin")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"No config.gin in {model_dir}: pass a directory written by train.py.")
+    with gin.unlock_config():
+        gin.clear_config()
+    cli.parse_gin([config], list(gin_params))
+    return restore_trainer(model_dir)
+
+
+def step_of(model):
+    """The training step a restored trainer's weights are from."""
+    return int(callbacks_lib.current_step(model))

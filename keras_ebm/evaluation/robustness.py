@@ -584,7 +584,7 @@ def robustness_curve(results_list, path, title=None):
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), frameon=False)  # off the curves
         ax.set_title(title or f"{'L-inf' if norm == LINF else 'L2'} robustness")
     return plots._save(fig, path)
 

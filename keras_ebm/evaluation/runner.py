@@ -68,7 +68,66 @@ def _run_export(module, images, batch_size, label, classifier=True):
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
+# Keys that eval.py's other evaluations add to results.json (`merge_results`); run_eval keeps them.
+EXTRA_KEYS = ("robustness", "generative", "sample_quality")
+
+
+def _pct(v):
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def _extras_markdown(results):
+    lines = []
+    robust = results.get("robustness") or {}
+    pgd = {k: r for k, r in robust.items() if "robust_accuracy" in r}
+    for name, r in pgd.items():
+        eps = r["epsilons"]
+        lines += ["", f"Robust accuracy, {name} ({r['norm']}, {r['steps']} steps, {r['num_examples']} images; "
+                  "epsilon in [0, 255] units)", "",
+                  "| clean | " + " | ".join(f"eps {e:g}" for e in eps) + " |", "|---|" + "---|" * len(eps),
+                  f"| {_pct(r['clean_accuracy'])} | " + " | ".join(_pct(a) for a in r["robust_accuracy"]) + " |"]
+    for name, r in robust.items():
+        if name not in pgd:
+            lines += ["", f"{name}: success {_pct(r.get('success_rate'))}, mean L2 {r.get('mean_l2', float('nan')):.4f}, "
+                      f"median L2 {r.get('median_l2', float('nan')):.4f} ([0, 1] units; {r.get('num_attacked')} of "
+                      f"{r.get('num_examples')} images attacked)"]
+    for name, r in (results.get("generative") or {}).items():
+        metrics = ", ".join(f"{k} {r[k]:.4g}" for k in ("fid", "inception_score", "kid", "classifier_fd",
+                                                      "classifier_score", "classifier_kd") if k in r)
+        lines += ["", f"Samples {name}: {metrics} ({r['num_samples']} samples; reference {r['reference']['dataset']}/"
+                  f"{r['reference']['split']}, {r['reference']['num_examples']} images; {r['feature_network']})"]
+    for name, r in (results.get("sample_quality") or {}).items():
+        lines += ["", f"Sample quality {name}: accuracy under the reference classifier {_pct(r.get('accuracy'))} "
+                  f"({r['num_samples']} samples)"]
+    return lines
+
+
+def merge_results(output_dir, key, entries):
+    """Adds `entries` (name -> result dict) under `key` of `<output_dir>/results.json` (created if
+    missing) and rewrites results.md; returns the merged results.
+
+    eval.py stores its robustness, generative and sample-quality results this way, beside what
+    `run_eval` wrote; `keras_ebm.evaluation.report.compare_runs` reads them back.
+    """
+    if key not in EXTRA_KEYS:
+        raise ValueError(f"`key` must be one of {EXTRA_KEYS}. Received: key={key!r}")
+    path = os.path.join(output_dir, "results.json")
+    results = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            results = json.load(f)
+    results.setdefault(key, {}).update(entries)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(_markdown(results, results.get("in_dist", "test")))
+    return results
+
+
 def _markdown(results, in_dist_name):
+    if "classifier" not in results:  # only eval.py's other evaluations ran (no run_eval)
+        return "\n".join([f"# Evaluation: {in_dist_name}"] + _extras_markdown(results)) + "\n"
     summary = (
         f"Accuracy {100 * results['accuracy']:.2f}% · ECE {100 * results['ece']:.2f}% (20 bins) · "
         if results["classifier"] else "Not a classifier (no accuracy/ECE) · "
@@ -92,6 +151,7 @@ def _markdown(results, in_dist_name):
                 for o in sets
             ]
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += _extras_markdown(results)
     if results.get("notes"):
         lines += ["", "Notes: " + results["notes"]]
     return "\n".join(lines) + "\n"
@@ -109,6 +169,7 @@ def run_eval(
     output_dir=None,
     notes="",
     clel_betas=None,
+    keep_extras=True,
 ):
     """Evaluate a SavedModel export on a labelled in-distribution set and OOD sets.
 
@@ -127,6 +188,9 @@ def run_eval(
         clel_betas: optional betas b; for each, the score "clel_beta<b>" = neg_energy + b * cosine
             (eq. 5 at beta = b) is also reported. Needs an export with "neg_energy" and "cosine"
             scores (CLEL).
+        keep_extras: keep the "robustness", "generative" and "sample_quality" entries an earlier
+            eval.py run merged into `output_dir/results.json` (each says which images it used);
+            False drops them.
 
     Returns:
         The results dict that is also written to results.json.
@@ -184,6 +248,7 @@ def run_eval(
         "mean_confidence": float(np.mean(np.max(probs, axis=-1))) if classifier else None,
         "ood": {},
         "ood_details": {},
+        "num_ood_examples": {},
         "notes": notes,
     }
     if classifier:
@@ -203,6 +268,7 @@ def run_eval(
         out_ood = with_betas(_run_export(module, x_ood, batch_size, ood_name, classifier))
         results["ood"][ood_name] = {}
         results["ood_details"][ood_name] = {}
+        results["num_ood_examples"][ood_name] = int(len(x_ood))
         for s in score_names:
             m = metrics_lib.ood_metrics(out_in[f"score/{s}"], out_ood[f"score/{s}"])
             results["ood"][ood_name][s] = float(m["auroc"])
@@ -215,7 +281,12 @@ def run_eval(
                 in_dist_name=in_dist_name, score_name=s,
             )
 
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
+    path = os.path.join(output_dir, "results.json")
+    if keep_extras and os.path.exists(path):  # eval.py's robustness / FID / sample-quality results
+        with open(path) as f:
+            previous = json.load(f)
+        results.update({k: previous[k] for k in EXTRA_KEYS if k in previous})
+    with open(path, "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(_markdown(results, in_dist_name))
