@@ -27,7 +27,9 @@ def test_every_method_has_an_example():
     assert sorted(examples()) == ["clel", "gmmc", "hdge", "sadajem", "softmax"]
 
 
-@pytest.mark.parametrize("name", sorted(examples()))
+# The softmax example runs in the default suite; the four EBMs (20-30 s each, twice) in the slow one.
+@pytest.mark.parametrize("name", [n if n == "softmax" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(examples())])
 def test_readme_example_runs_and_resumes(name, tmp_path):
     script = tmp_path / f"{name}.py"
     script.write_text(examples()[name])
