@@ -260,11 +260,17 @@ def _recorded_latents(model, n_steps=3):
     recorded = []
     energy = model.latent_energy
 
+    def record(z):
+        recorded.append(z.numpy())
+        return z
+
     def spy(x, z, training=False):
-        recorded.append(np.array(z))
+        # The sampler runs its chain as a tf.function even when called eagerly: record the latents
+        # at run time, once per SGLD step (the energy uses the recorded tensor, so it runs).
+        z = tf.ensure_shape(tf.py_function(record, [z], z.dtype), z.shape)
         return energy(x, z, training=training)
 
-    model.latent_energy = spy  # eager: the while loops run as Python loops
+    model.latent_energy = spy
     y = tf.constant([0, 3, 7])
     x0 = tf.zeros((3, 8, 8, 1))
     model.sample_chains(x0, y, n_steps=n_steps)
