@@ -107,12 +107,12 @@ def _parse_run_gin():
 
     from keras_ebm import cli
 
-    with gin.unlock_config():
-        gin.clear_config()  # a --feature_classifier run's config may be parsed in between
     files = list(FLAGS.gin_file)
     if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
         files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
-    cli.parse_gin(files, FLAGS.gin_param)
+    with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
+        gin.clear_config()
+        cli.parse_gin(files, FLAGS.gin_param)
 
 
 def _draw_samples(model, out):

@@ -40,9 +40,9 @@ def restore_run(model_dir, gin_params=()):
     config = os.path.join(model_dir, "config.gin")
     if not os.path.isfile(config):
         raise FileNotFoundError(f"No config.gin in {model_dir}: pass a directory written by train.py.")
-    with gin.unlock_config():
+    with gin.unlock_config():  # cli.parse_gin locked (finalized) the caller's config
         gin.clear_config()
-    cli.parse_gin([config], list(gin_params))
+        cli.parse_gin([config], list(gin_params))
     return restore_trainer(model_dir)
 
 

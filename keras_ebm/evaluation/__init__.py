@@ -1,8 +1,9 @@
 """Evaluation: metrics (accuracy, ECE, OOD AUROC/AUPR/FPR95), PNG plots, `run_eval` (runner.py),
-adversarial robustness (robustness.py), FID / IS / KID (generative.py) and sample quality by
-classification (sample_quality.py)."""
+adversarial robustness (robustness.py), FID / IS / KID (generative.py), sample quality by
+classification (sample_quality.py), what eval.py's flags run (suite.py) and the report across runs
+(report.py, `compare_runs`)."""
 
-from keras_ebm.evaluation import classifiers, generative, metrics, plots, robustness, sample_quality
+from keras_ebm.evaluation import classifiers, generative, metrics, plots, report, robustness, sample_quality, suite
 from keras_ebm.evaluation.generative import (
     ClassifierFeatures,
     InceptionV3Features,
@@ -20,6 +21,7 @@ from keras_ebm.evaluation.metrics import (
     validate_scores,
 )
 from keras_ebm.evaluation.plots import reliability_diagram, sample_grid, score_histograms
+from keras_ebm.evaluation.report import compare_runs
 from keras_ebm.evaluation.robustness import (
     RefinementDefense,
     carlini_wagner_l2,
@@ -40,6 +42,7 @@ __all__ = [
     "carlini_wagner_l2",
     "classifiers",
     "classify_samples",
+    "compare_runs",
     "evaluate_cw",
     "evaluate_generative",
     "evaluate_robustness",
@@ -54,11 +57,13 @@ __all__ = [
     "plots",
     "reference_statistics",
     "reliability_diagram",
+    "report",
     "robustness",
     "robustness_curve",
     "sample_grid",
     "sample_quality",
     "score_histograms",
     "sgld_refinement",
+    "suite",
     "validate_scores",
 ]
