@@ -71,6 +71,7 @@ def max_mahalanobis_centers(num_classes, dim, scale=10.0):
     return (float(scale) * mu).astype(np.float32)
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class MaxMahalanobisHead(keras.layers.Layer):
     """Gaussian class logits around fixed max-Mahalanobis centres (the MMC / GMMC head).
 

@@ -173,6 +173,14 @@ class SpectralNormConv2D(keras.layers.Conv2D):
             outputs = self.activation(outputs)
         return outputs
 
+    # `Conv2D` saves only its kernel and bias in `.keras` files; the power-iteration vectors u, v
+    # are state too (inference uses them as stored), so every variable is saved, in Layer order.
+    def save_own_variables(self, store):
+        keras.layers.Layer.save_own_variables(self, store)
+
+    def load_own_variables(self, store):
+        keras.layers.Layer.load_own_variables(self, store)
+
     def get_config(self):
         config = super().get_config()
         config.update({

@@ -6,6 +6,7 @@ import tensorflow as tf
 from keras_ebm import distribute
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class FeatureQueue(keras.layers.Layer):
     """A first-in-first-out queue of `size` vectors of dimension `dim`, stored as weights.
 

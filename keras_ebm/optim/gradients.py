@@ -81,6 +81,7 @@ def add_weight_decay(grads, variables, weight_decay):
     return [g if g is None else g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class PlainGradients:
     """One gradient-tape pass: the gradients of the (replica-scaled) total loss.
 
@@ -119,6 +120,7 @@ class PlainGradients:
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class SAMGradients:
     """Sharpness-aware minimisation (SAM) and adaptive SAM (ASAM) as a gradient function.
 

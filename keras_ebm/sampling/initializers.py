@@ -8,6 +8,7 @@ An initialiser is a plain object with `init(shape, seed, y=None)` returning floa
 import json
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -21,6 +22,7 @@ def _check_pixel_range(pixel_range):
     return float(pixel_range[0]), float(pixel_range[1])
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class UniformInitializer:
     """Uniform noise U(lo, hi) per pixel: the JEM / CLEL chain start.
 
@@ -54,6 +56,7 @@ class UniformInitializer:
         return cls(**config)
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class InformativeInitializer:
     """Class-conditional Gaussians fitted to the training images (JEM++ "informative" init).
 
@@ -67,6 +70,14 @@ class InformativeInitializer:
     CIFAR-10 the factors take 10 × 3072² float32 ≈ 377 MB (3.8 GB for 100 classes). Under a
     multi-device strategy they live on the device where they were built and replicas read them
     from there.
+
+    Serialization: `get_config` holds the settings (`pixel_range`, `jitter`, `num_classes`, `dim`);
+    the fitted statistics (`mean` and the Cholesky factors) are state, not config:
+    `get_statistics()` / `set_statistics(...)` move them, and the `ReplayBuffer` that owns the
+    initialiser stores them among its weights in a `.keras` file, so a saved trainer reloads
+    with the very factors it was trained with (no data and no refit needed; the file grows by the
+    size of the factors). `from_config` alone gives an initialiser of the right shape whose
+    statistics are zeros (every sample is the clamped 0 image) until `set_statistics` is called.
 
     Args:
         mean: float array `[num_classes, dim]`, per-class means (dim = height·width·channels).
@@ -101,8 +112,8 @@ class InformativeInitializer:
             raise ValueError(f"`jitter` must be non-negative. Received: jitter={jitter}")
         self.pixel_range = _check_pixel_range(pixel_range)
         self.jitter = float(jitter)
-        self.num_classes, self.dim = mean.shape
-        cov = cov + self.jitter * np.eye(self.dim)[None]
+        num_classes, dim = mean.shape
+        cov = cov + self.jitter * np.eye(dim)[None]
         try:
             cholesky = np.linalg.cholesky(cov)
         except np.linalg.LinAlgError as error:
@@ -111,8 +122,49 @@ class InformativeInitializer:
                 "increase `jitter`. Received: "
                 f"jitter={jitter}"
             ) from error
+        self.set_statistics(mean, cholesky)
+
+    def get_statistics(self):
+        """The fitted statistics as float32 numpy arrays: `mean` `[C, D]` and `cholesky` `[C, D, D]`
+        (the factors of the jittered covariances)."""
+        return {"mean": self.mean.numpy(), "cholesky": self.cholesky.numpy()}
+
+    def set_statistics(self, mean, cholesky):
+        """Install fitted statistics (`get_statistics()`'s arrays); the shapes set `num_classes`
+        and `dim`."""
+        mean = np.asarray(mean, np.float32)
+        cholesky = np.asarray(cholesky, np.float32)
+        if mean.ndim != 2 or cholesky.shape != mean.shape + mean.shape[-1:]:
+            raise ValueError(
+                "`mean` must have shape [num_classes, dim] and `cholesky` [num_classes, dim, dim]. "
+                f"Received: mean.shape={mean.shape}, cholesky.shape={cholesky.shape}"
+            )
+        self.num_classes, self.dim = (int(d) for d in mean.shape)
         self.mean = tf.constant(mean, tf.float32)
         self.cholesky = tf.constant(cholesky, tf.float32)
+
+    def get_config(self):
+        return {
+            "pixel_range": list(self.pixel_range),
+            "jitter": self.jitter,
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """An initialiser with the settings of `config` and zero statistics (see the class
+        docstring: the statistics come back with `set_statistics`, which loading a `.keras` file
+        does)."""
+        config = dict(config)
+        num_classes, dim = int(config.pop("num_classes")), int(config.pop("dim"))
+        init = cls.__new__(cls)
+        init.pixel_range = _check_pixel_range(config.pop("pixel_range", (-1.0, 1.0)))
+        init.jitter = float(config.pop("jitter", 1e-4))
+        if config:
+            raise ValueError(f"Unknown InformativeInitializer config keys. Received: {sorted(config)}")
+        init.set_statistics(np.zeros([num_classes, dim], np.float32), np.zeros([num_classes, dim, dim], np.float32))
+        return init
 
     @classmethod
     def from_dataset(

@@ -9,6 +9,7 @@ from keras_ebm import distribute
 from keras_ebm.sampling.initializers import UniformInitializer
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class ReplayBuffer(keras.layers.Layer):
     """A replay buffer of SGLD chain states, stored as non-trainable weights.
 
@@ -35,6 +36,11 @@ class ReplayBuffer(keras.layers.Layer):
     Duplicate indices (drawn twice by one replica, or by two replicas) are written once with the
     sample that comes last in replica-id-then-batch order ("last write wins", deterministically:
     every write to a row carries that sample, so the scatter order does not matter).
+
+    Serialization: `get_config` holds the settings, the initialiser as a nested Keras object
+    (`keras.saving.serialize_keras_object`); saving the owning model as `.keras` stores the chain
+    states and labels as the layer's weights, plus a data-fitted initialiser's statistics
+    (`InformativeInitializer.get_statistics`), which loading puts back.
 
     Args:
         size: int, number of stored states (JEM: 10000).
@@ -246,13 +252,7 @@ class ReplayBuffer(keras.layers.Layer):
             {
                 "size": self.size,
                 "image_shape": list(self.image_shape),
-                "initializer": {
-                    "class_name": type(self.initializer).__name__,
-                    # Data-derived initialisers (InformativeInitializer) have no config.
-                    "config": self.initializer.get_config()
-                    if isinstance(self.initializer, UniformInitializer)
-                    else None,
-                },
+                "initializer": keras.saving.serialize_keras_object(self.initializer),
                 "reinit_prob": self.reinit_prob,
                 "num_classes": self.num_classes,
                 "class_conditional": self.class_conditional,
@@ -264,14 +264,34 @@ class ReplayBuffer(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        init_config = config.pop("initializer", None) or {
-            "class_name": "UniformInitializer",
-            "config": {},
-        }
-        if init_config["config"] is None:
+        init_config = config.pop("initializer", None)
+        if init_config is None:
+            initializer = None
+        elif "module" in init_config or "registered_name" in init_config:
+            initializer = keras.saving.deserialize_keras_object(init_config)
+        elif init_config.get("config") is not None:  # the earlier format: a UniformInitializer
+            initializer = UniformInitializer(**init_config["config"])
+        else:
             raise ValueError(
                 f"A {init_config['class_name']} is built from data and cannot be restored from a "
                 "config; construct the buffer with `ReplayBuffer(initializer=..., **config)`. "
                 f"Received: initializer={init_config}"
             )
-        return cls(initializer=UniformInitializer(**init_config["config"]), **config)
+        return cls(initializer=initializer, **config)
+
+    # A data-fitted initialiser's statistics travel with the buffer's weights (`.keras` files).
+    _STATISTICS_PREFIX = "initializer_"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        get_statistics = getattr(self.initializer, "get_statistics", None)
+        for key, value in (get_statistics() if get_statistics else {}).items():
+            store[self._STATISTICS_PREFIX + key] = value
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        statistics = {k[len(self._STATISTICS_PREFIX):]: store[k] for k in keys
+                      if k.startswith(self._STATISTICS_PREFIX)}
+        super().load_own_variables({k: store[k] for k in keys if not k.startswith(self._STATISTICS_PREFIX)})
+        if statistics:
+            self.initializer.set_statistics(**statistics)

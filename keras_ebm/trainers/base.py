@@ -12,6 +12,12 @@ A trainer is a `keras.Model` that owns a `network` (images -> logits) and the co
 Methods override `compute_losses` (and, when needed, `sample_negatives`, `after_step` or
 `optimize` for two optimizers), never `train_step`. The same `train_step` runs under `model.fit`, under
 tf.distribute strategies, and inside the custom loop of `keras_ebm.experiment.run_training`.
+
+Every trainer is a registered Keras object (`keras_ebm>JEM`, ...): `get_config` / `from_config`
+hold its settings, its network(s) and components (sampler, replay buffer, queue, gradient
+function) as nested Keras objects, so `trainer.save("model.keras")` and
+`keras.saving.load_model("model.keras")` give a trainer of the same class, settings and weights,
+compiled with the same optimizer(s) when it was compiled (see `EBMTrainer.get_config`).
 """
 
 import keras
@@ -25,6 +31,7 @@ from keras_ebm.sampling import ReplayBuffer
 from keras_ebm.sampling import UniformInitializer
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class EBMTrainer(keras.Model, scores_lib.Scorer):
     """Base class of the keras_ebm trainers.
 
@@ -53,6 +60,19 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     `scores(x)` (the OOD scores of `keras_ebm.scores`; CLEL its eq. 5), `sampler` / `buffer`
     (None for a discriminative trainer), `is_generative`, `conditions_on_latents` (CLEL) and
     `default_buffer(...)`, the one replay-buffer factory of JEM, GMMC and CLEL.
+
+    Serialization (`.keras` files): `get_config` gives every constructor argument, with the
+    objects the constructor built in place of the shorthands that built them: the replay buffer
+    (its size, re-initialisation probability and initialiser) instead of `buffer_size`,
+    `reinit_prob` and `initializer`; HDGE's queue beside `queue_size`; the sampler and gradient
+    function whether defaulted or passed. Networks, sampler, buffer, queue, gradient function and
+    initialisers are nested Keras objects (`keras.saving.serialize_keras_object`), rebuilt by
+    `from_config`. `model.save("x.keras")` stores every weight the trainer tracks (networks, BN
+    statistics, replay buffer and labels, HDGE's queue, CLEL's EMA copies, GMMC's sigma), the
+    data-fitted statistics of an `InformativeInitializer`, the RNG states (trainer, sampler,
+    buffer, as checkpoints hold them) and, when compiled, the optimizer(s) and their slots, so a
+    loaded trainer continues training where the saved one stopped. Not saved: data sources
+    (GMMC's `sigma_data`) and CLEL's `class_latents` (call `set_class_latents` again).
     """
 
     tracked_names = ("loss", "clf_loss", "clf_acc", "energy_data")
@@ -110,6 +130,76 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        """The constructor arguments; subclasses add theirs (see the class docstring)."""
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "network": keras.saving.serialize_keras_object(self.network),
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "pixel_range": list(self.pixel_range),
+            "gradients": keras.saving.serialize_keras_object(self.gradients),
+            "check_finite_inputs": self.check_finite_inputs,
+            "weight_decay": self.weight_decay,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        """`cls(**config)` with the nested Keras objects (networks, sampler, buffer...) rebuilt."""
+        config = {
+            key: keras.saving.deserialize_keras_object(value)
+            if isinstance(value, dict) and "class_name" in value else value
+            for key, value in config.items()
+        }
+        return cls(**config)
+
+    def get_build_config(self):
+        # Always present, so that loading builds the trainer (and its optimizers) before the
+        # weights are read, even if it was saved without ever being called.
+        return {"input_shape": [None] + list(self.image_shape)}
+
+    def build_from_config(self, config):
+        del config
+        self.build()
+
+    def compile_from_config(self, config):
+        """Compile with the saved compile arguments (CLEL: both optimizers) and build the
+        optimizers on their variables, so that their saved slots load."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.build_optimizers()
+
+    # The RNG states (`keras.random.SeedGenerator`s of the trainer, sampler, buffer and network)
+    # are not layer weights; a `.keras` file stores them here, as checkpoints do
+    # (`keras_ebm.callbacks.make_checkpoint`), so a loaded trainer continues every random sequence.
+    _SEED_STATE_PREFIX = "seed_generator_state_"
+
+    def _seed_states(self):
+        return [v for v in self.variables if "seed_generator_state" in v.path]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, state in enumerate(self._seed_states()):
+            store[f"{self._SEED_STATE_PREFIX}{i}"] = state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        saved = sorted((k for k in keys if k.startswith(self._SEED_STATE_PREFIX)),
+                       key=lambda k: int(k[len(self._SEED_STATE_PREFIX):]))
+        super().load_own_variables({k: store[k] for k in keys if not k.startswith(self._SEED_STATE_PREFIX)})
+        states = self._seed_states()
+        if saved and len(saved) != len(states):
+            raise ValueError(
+                f"The saved {type(self).__name__} has {len(saved)} RNG states, this one "
+                f"{len(states)}: it was built differently. Received: {len(saved)} saved states"
+            )
+        for key, state in zip(saved, states):
+            state.assign(store[key])
 
     # ------------------------------------------------------------------ the one train_step
     def train_step(self, data):

@@ -43,6 +43,7 @@ def _check_sweeps(value, name):
     return int(value)
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class CLEL(EBMTrainer):
     """Contrastive Latent-guided Energy Learning trainer (two networks, two optimizers).
 
@@ -178,6 +179,34 @@ class CLEL(EBMTrainer):
         elif not isinstance(encoder_optimizer, keras.optimizers.Optimizer):
             encoder_optimizer = encoder_optimizer()
         self._encoder_optimizer = _Untracked(encoder_optimizer)
+
+    def get_compile_config(self):
+        """`keras.Model`'s compile config plus the encoder's optimizer."""
+        config = super().get_compile_config()
+        if config and self._encoder_optimizer.value is not None:
+            config["encoder_optimizer"] = keras.saving.serialize_keras_object(self._encoder_optimizer.value)
+        return config
+
+    def get_config(self):
+        # `buffer` carries buffer_size and reinit_prob (see EBMTrainer).
+        config = super().get_config()
+        config.update(
+            projection=keras.saving.serialize_keras_object(self.projection),
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            encoder_weight_decay=self.encoder_weight_decay,
+            sampler=keras.saving.serialize_keras_object(self.sampler),
+            buffer=keras.saving.serialize_keras_object(self.buffer),
+            augment_chain_starts=self.augment_chain_starts,
+            alpha=self.alpha,
+            beta=self.beta,
+            ood_beta=self.ood_beta,
+            temperature=self.temperature,
+            ebm_batch_fraction=self.ebm_batch_fraction,
+            ema_decay=self.ema_decay,
+            ema_start_step=self.ema_start_step,
+            sample_sweeps=self.sample_sweeps,
+        )
+        return config
 
     @property
     def encoder_optimizer(self):

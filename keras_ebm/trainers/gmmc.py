@@ -32,6 +32,7 @@ MODES = ("discriminative", "generative", "joint")
 SAMPLINGS = ("staged", "noise_injected")
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class GMMC(EBMTrainer):
     """Generative max-Mahalanobis classifier trainer (discriminative, generative or joint).
 
@@ -184,6 +185,24 @@ class GMMC(EBMTrainer):
                 "class_conditional=True. Received: buffer.class_conditional=False"
             )
         self.buffer = buffer
+
+    def get_config(self):
+        # `buffer` carries buffer_size, reinit_prob and initializer (see EBMTrainer). `sigma_data`
+        # is a data source, not a setting: None here; pass it to `from_config` when needed.
+        config = super().get_config()
+        config.update(
+            mode=self.mode,
+            sampler=keras.saving.serialize_keras_object(self.sampler),
+            sampling=self.sampling,
+            latent_std=self.latent_std,
+            buffer=keras.saving.serialize_keras_object(self.buffer),
+            balance=self.balance_factor,
+            switch_step=self.switch_step,
+            ramp_steps=self.ramp_steps,
+            sigma_batches=self.sigma_batches,
+            sigma_data=None,
+        )
+        return config
 
     # ------------------------------------------------------------------ energies and latents
     # Looked up, not stored: attributes would make Keras track the layers a second time.

@@ -22,6 +22,7 @@ _LOGITS_KEY = "_hdge_logits"
 QUEUE_INITS = ("empty", "random_normal")
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class HDGE(JEM):
     """Hybrid Discriminative-Generative Energy-based model trainer (HDGE, and HDGE+JEM).
 
@@ -158,6 +159,20 @@ class HDGE(JEM):
             )
         self.queue = queue
         self.queue_init = queue_init
+
+    def get_config(self):
+        config = super().get_config()
+        del config["clf_weight"]  # it is alpha
+        config.update(
+            alpha=self.alpha,
+            temperature=self.temperature,
+            queue_size=self.queue.size,
+            score=self.score,
+            label_smoothing=self.label_smoothing,
+            queue=keras.saving.serialize_keras_object(self.queue),
+            queue_init=self.queue_init,
+        )
+        return config
 
     @property
     def alpha(self):

@@ -13,6 +13,7 @@ hybrid loss, data augmentation only in the classifier branch (two loaders), BN o
 All three are one trainer with different components and defaults: no train_step of their own.
 """
 
+import keras
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
@@ -43,6 +44,7 @@ class DeferredNegatives(dict):
         return self[key]
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class JEM(EBMTrainer):
     """Joint Energy-based Model trainer (JEM / JEM++ / SADA-JEM).
 
@@ -121,6 +123,21 @@ class JEM(EBMTrainer):
         self.energy_l2 = float(energy_l2)
         self.energy_l2_mode = energy_l2_mode
         self.bn_stats_from_samples = bool(bn_stats_from_samples)
+
+    def get_config(self):
+        # `buffer` carries buffer_size, reinit_prob and initializer (see EBMTrainer).
+        config = super().get_config()
+        config.update(
+            sampler=keras.saving.serialize_keras_object(self.sampler),
+            buffer=keras.saving.serialize_keras_object(self.buffer),
+            clf_weight=self.clf_weight,
+            px_weight=self.px_weight,
+            pxy_weight=self.pxy_weight,
+            energy_l2=self.energy_l2,
+            energy_l2_mode=self.energy_l2_mode,
+            bn_stats_from_samples=self.bn_stats_from_samples,
+        )
+        return config
 
     # The energies the sampler descends; the training flag is the sampler's (explicit) choice.
     def _energy(self, x, y=None, training=False):
@@ -210,6 +227,7 @@ class JEM(EBMTrainer):
         return self.sampler(self._class_energy, x0, y, n_steps=n_steps)
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class JEMPP(JEM):
     """JEM++ (Yang & Ji 2021): proximal SGLD (gradient clamp 1, x clamp), BN in train mode while
     sampling, informative initialisation. Configure the initialiser with
@@ -225,6 +243,7 @@ class JEMPP(JEM):
         super().__init__(network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range, **kwargs)
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class SADAJEM(JEMPP):
     """SADA-JEM (Yang, Su & Ji 2023, Algorithm 1; Table 7): JEM++ + SAM on the hybrid loss.
 

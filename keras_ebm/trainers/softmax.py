@@ -4,9 +4,12 @@ It is an `EBMTrainer` with no sampler, so its logits define the same energy E(x)
 as the EBMs (JEM, Grathwohl et al. 2020, section 3) and it is evaluated with the same OOD scores.
 """
 
+import keras
+
 from keras_ebm.trainers.base import EBMTrainer
 
 
+@keras.saving.register_keras_serializable(package="keras_ebm")
 class SoftmaxClassifier(EBMTrainer):
     """Cross-entropy training of `network` (the "Softmax"/"cross-entropy" rows of every paper's table).
 
