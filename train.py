@@ -28,6 +28,10 @@ def main(argv):
     from keras_ebm import cli, training  # after absl parsed the flags: TensorFlow loads here
 
     cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    # Validate before writing anything: a config that disagrees with the run in --model_dir, and
+    # the data sets and batch sizes (checked when the dataset functions are built).
+    cli.check_run_config(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_param)
+    cli.resolve_run_training()
     cli.save_config(FLAGS.model_dir)
     training.run_training(model_dir=FLAGS.model_dir)
 
