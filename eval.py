@@ -206,18 +206,8 @@ def main(argv):
                                         batch_size=FLAGS.attack_batch_size, seed=FLAGS.attack_seed, output_dir=out))
         runner.merge_results(out, "robustness", entries)
 
-    samples = {}
-    if FLAGS.samples:
-        name, images, labels = _draw_samples(model, os.path.join(out, "samples"))
-        samples[name] = (images, labels)
-    if FLAGS.samples_npz:
-        import numpy as np
-
-        with np.load(FLAGS.samples_npz) as f:
-            samples[os.path.basename(FLAGS.samples_npz)[:-len(".npz")]] = (
-                f["images"], f["labels"] if "labels" in f.files else None)
-    if FLAGS.generative:
-        feature_nets = []
+    feature_nets = []
+    if FLAGS.generative:  # first: without Inception weights, fail before sampling
         if (FLAGS.inception_weights or "").lower() != "none":
             from keras_ebm.evaluation.generative import InceptionV3Features
 
@@ -232,6 +222,17 @@ def main(argv):
             feature_nets.append(ClassifierFeatures(classifier, name))
         if not feature_nets:
             raise app.UsageError("--inception_weights=none needs --feature_classifier.")
+    samples = {}
+    if FLAGS.samples:
+        name, images, labels = _draw_samples(model, os.path.join(out, "samples"))
+        samples[name] = (images, labels)
+    if FLAGS.samples_npz:
+        import numpy as np
+
+        with np.load(FLAGS.samples_npz) as f:
+            samples[os.path.basename(FLAGS.samples_npz)[:-len(".npz")]] = (
+                f["images"], f["labels"] if "labels" in f.files else None)
+    if FLAGS.generative:
         runner.merge_results(out, "generative", suite.run_generative(
             samples, feature_nets, in_dist, reference_examples=FLAGS.reference_examples, max_examples=n,
             output_dir=out))
