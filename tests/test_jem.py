@@ -1,4 +1,7 @@
-"""JEM / JEM++ / SADA-JEM trainers: real CIFAR-10 steps, energy gap, distribution, SAM, generation."""
+"""JEM / JEM++ / SADA-JEM trainers: real CIFAR-10 steps, energy gap, distribution, SAM, generation,
+checkpoints and .keras files."""
+
+import functools
 
 import keras
 import numpy as np
@@ -10,18 +13,11 @@ from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, SGLDSampler
 from keras_ebm.trainers.jem import JEM, JEMPP, SADAJEM
 
+from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
 
-def tiny_net(image_shape, num_classes=10, norm=False, seed=3):
-    init = keras.initializers.GlorotUniform(seed=seed)
-    inputs = keras.Input(image_shape)
-    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
-    if norm:
-        h = keras.layers.BatchNormalization(momentum=0.1, epsilon=1e-5)(h)
-    h = keras.layers.LeakyReLU(0.2)(h)
-    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", kernel_initializer=init)(h)
-    h = keras.layers.LeakyReLU(0.2)(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, kernel_initializer=init)(h))
+
+# The JEM tests' network: two strided convolutions, global average pooling, kernels of seed 3.
+tiny_net = functools.partial(tiny_network, seed=3, widths=(16, 16), pool="average")
 
 
 def cifar_batch(path, n=128):
@@ -271,3 +267,48 @@ def test_bn_moving_statistics_follow_the_official_order(two_device_strategy, rep
     np.testing.assert_allclose(bn.moving_mean.numpy(), [expected[0]], rtol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.numpy(), [expected[1]], rtol=1e-5)
     assert abs(expected[0] - 4.5) < 1e-3
+
+
+def _jem_family(method, x, y):
+    """A tiny trainer of each configuration the round trips cover (digits, 8x8x1)."""
+    if method == "jem":
+        return JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=32, seed=0,
+                   sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0))
+    if method == "jem_pxy":  # class-conditional buffer, energy penalty on the means, frozen BN samples
+        return JEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=30,
+                   pxy_weight=0.5, energy_l2=0.1, energy_l2_mode="means", bn_stats_from_samples=False,
+                   sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
+                   weight_decay=1e-4, seed=1)
+    if method == "jempp":  # informative initialisation: the fitted statistics travel in the .keras file
+        init = InformativeInitializer.from_dataset((x, y), num_classes=10, pixel_range=(-1, 1))
+        return JEMPP(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=30,
+                     initializer=init, seed=2)
+    return SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=32,
+                   gradients=SAMGradients(rho=2.0, adaptive=True, eta=0.0), seed=3)
+
+
+@pytest.mark.parametrize("method", ["jem", "jem_pxy", "jempp", "sadajem"])
+def test_smoke_checkpoint_and_keras_file_round_trips(method, tmp_path):
+    x, y = digits_arrays(64)
+    run_trainer_smoke_test(_jem_family(method, x, y), x, y)
+    run_checkpoint_roundtrip(lambda: _jem_family(method, x, y), x, y, tmp_path / "checkpoint")
+    trainer = _jem_family(method, x, y)
+    run_trainer_smoke_test(trainer, x, y)
+    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    assert loaded.sampler.get_config() == trainer.sampler.get_config()
+    assert loaded.gradients.get_config() == trainer.gradients.get_config()
+    assert loaded.buffer.get_config() == trainer.buffer.get_config()
+    if method == "jempp":
+        assert isinstance(loaded.buffer.initializer, InformativeInitializer)
+        for name, value in trainer.buffer.initializer.get_statistics().items():
+            np.testing.assert_array_equal(loaded.buffer.initializer.get_statistics()[name], value)
+
+
+def test_keras_file_round_trip_with_a_library_backbone(tmp_path):
+    from keras_ebm.backbones import WideResNet, build_classifier
+
+    x, y = digits_arrays(32)
+    network = build_classifier(WideResNet(depth=10, width=1, norm="batch", input_shape=(8, 8, 1)), 10)
+    trainer = SADAJEM(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=20, seed=0)
+    run_trainer_smoke_test(trainer, x, y, steps=1)
+    run_serialization_test(trainer, x, y, tmp_path)

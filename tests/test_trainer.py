@@ -1,4 +1,5 @@
-"""The base trainer and the softmax baseline: fit lowers the loss, distribution is exact, errors are clear."""
+"""The base trainer and the softmax baseline: fit lowers the loss, distribution is exact, errors are clear,
+checkpoints and .keras files round-trip."""
 
 import keras
 import numpy as np
@@ -8,27 +9,11 @@ import tensorflow as tf
 from keras_ebm import energy
 from keras_ebm.trainers import SoftmaxClassifier
 
-
-def tiny_network(image_shape=(8, 8, 1), num_classes=10, seed=1):
-    init = keras.initializers.GlorotUniform(seed=seed)
-    inputs = keras.Input(image_shape)
-    h = keras.layers.Conv2D(16, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
-    h = keras.layers.LeakyReLU(0.2)(h)
-    h = keras.layers.Flatten()(h)
-    outputs = keras.layers.Dense(num_classes, kernel_initializer=init)(h)
-    return keras.Model(inputs, outputs)
+from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
 
 
 def make_trainer(**kwargs):
     return SoftmaxClassifier(tiny_network(), image_shape=(8, 8, 1), num_classes=10, **kwargs)
-
-
-def digits_arrays(n=256):
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = (d.images[:n, :, :, None] / 16.0 * 2.0 - 1.0).astype("float32")
-    return x, d.target[:n].astype("int32")
 
 
 def test_fit_lowers_loss_on_real_digits():
@@ -150,3 +135,14 @@ def test_two_loader_batches_are_unpacked():
     np.testing.assert_array_equal(batch["y"].numpy(), y[:4])
     single = trainer.unpack_batch((x, y))
     assert single["x_px"] is single["x"]  # one loader: JEM reuses the classifier forward pass
+
+
+def test_softmax_smoke_checkpoint_and_keras_file_round_trips(tmp_path):
+    x, y = digits_arrays(64)
+    run_trainer_smoke_test(make_trainer(), x, y)
+    run_checkpoint_roundtrip(make_trainer, x, y, tmp_path)
+    trainer = make_trainer(weight_decay=1e-3, seed=4)
+    run_trainer_smoke_test(trainer, x, y)
+    loaded = run_serialization_test(trainer, x, y, tmp_path)
+    assert loaded.weight_decay == 1e-3 and loaded.seed == 4
+    run_serialization_test(make_trainer(), x, y, tmp_path / "uncompiled")  # weights only, no optimizer

@@ -1,0 +1,179 @@
+"""Test helpers shared by the trainer tests: one tiny network, one tiny real-data batch, and the three
+checks every trainer passes (a few fit steps, a checkpoint round trip, a `.keras` round trip).
+
+- `tiny_network(...)`: the small convolutional networks of the tests, one function; its options
+  rebuild each variant the tests used (and the numbers they pin) exactly.
+- `digits_arrays(n)`: the first `n` images of scikit-learn's 8x8 digits in a pixel range.
+- `run_trainer_smoke_test(trainer, x, y)`: `fit` a few steps; finite logs, moved weights.
+- `run_checkpoint_roundtrip(trainer_fn, x, y, directory)`: train, checkpoint with
+  `keras_ebm.callbacks.make_checkpoint`, restore into a fresh trainer: every variable equal, and the
+  next step equal.
+- `run_serialization_test(trainer, x, y, directory)`: `trainer.save("x.keras")`,
+  `keras.saving.load_model`: same class, config, variables, optimizer slots, outputs and scores,
+  and the next step equal.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+
+from keras_ebm import callbacks
+
+
+def tiny_network(image_shape=(8, 8, 1), num_classes=10, seed=1, widths=(16,), pool="flatten", norm=False):
+    """A tiny classifier `image_shape -> [batch, num_classes]` (or a feature backbone).
+
+    One block per entry of `widths`: Conv2D(width, 3, strides 2, "same") [-> BatchNormalization
+    (momentum 0.1, epsilon 1e-5, after the first convolution only, when `norm`)] -> LeakyReLU(0.2);
+    then `pool` ("flatten" or "average": global average pooling), then Dense(num_classes). With
+    `num_classes=None` the network ends at the pooled features (GMMC's backbone). Every kernel is
+    drawn from one `GlorotUniform(seed)`, so a network is a function of its arguments.
+
+    The variants the tests use:
+        tiny_network()                                              softmax, callbacks, experiment
+        tiny_network(shape, seed=3, widths=(16, 16), pool="average", norm=...)     JEM family
+        tiny_network(shape, seed=3, widths=(8,), pool="average")                   HDGE
+        tiny_network(shape, None, seed=3, widths=(8, dim), pool="average")         GMMC backbone
+    """
+    if pool not in ("flatten", "average"):
+        raise ValueError(f"`pool` must be 'flatten' or 'average'. Received: pool={pool!r}")
+    init = keras.initializers.GlorotUniform(seed=seed)
+    inputs = keras.Input(image_shape)
+    h = inputs
+    for i, width in enumerate(widths):
+        h = keras.layers.Conv2D(int(width), 3, strides=2, padding="same", kernel_initializer=init)(h)
+        if norm and i == 0:
+            h = keras.layers.BatchNormalization(momentum=0.1, epsilon=1e-5)(h)
+        h = keras.layers.LeakyReLU(0.2)(h)
+    h = keras.layers.Flatten()(h) if pool == "flatten" else keras.layers.GlobalAveragePooling2D()(h)
+    if num_classes is None:
+        return keras.Model(inputs, h)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, kernel_initializer=init)(h))
+
+
+def digits_arrays(n=256, pixel_range=(-1.0, 1.0), channels=1):
+    """The first `n` of scikit-learn's 8x8 digits: float32 images `[n, 8, 8, channels]` in
+    `pixel_range` (grey repeated over the channels) and int32 labels `[n]`."""
+    from sklearn.datasets import load_digits
+
+    lo, hi = (float(v) for v in pixel_range)
+    d = load_digits()
+    x = (d.images[:n, :, :, None] / 16.0 * (hi - lo) + lo).astype("float32")
+    if channels != 1:
+        x = np.repeat(x, channels, axis=-1)
+    return x, d.target[:n].astype("int32")
+
+
+def compile_trainer(trainer, learning_rate=1e-3):
+    """Compile with Adam (CLEL: Adam for the EBM, its default SGD for the encoder)."""
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    return trainer
+
+
+def _fit(trainer, x, y, steps, batch_size):
+    n = steps * batch_size
+    return trainer.fit(x[:n], y[:n], batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+
+
+def trainer_state(trainer):
+    """Every variable of the trainer (weights, BN statistics, buffer, queue, EMA, RNG states) and
+    of its optimizer(s) when compiled, by position, as numpy arrays; not the metrics' running
+    means, which `fit` resets."""
+    metric_variables = {id(v) for m in trainer.metrics for v in m.variables}
+    variables = [v for v in trainer.variables if id(v) not in metric_variables]
+    if trainer.compiled:
+        for optimizer in trainer.optimizers.values():
+            variables += list(optimizer.variables)
+    return [np.asarray(v.numpy()) for v in variables]
+
+
+def assert_states_equal(a, b, what):
+    assert len(a) == len(b) > 0, f"{what}: {len(a)} vs {len(b)} variables"
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert u.shape == v.shape, f"{what}: variable {i} has shape {u.shape} vs {v.shape}"
+        np.testing.assert_array_equal(u, v, err_msg=f"{what}: variable {i}")
+
+
+def run_trainer_smoke_test(trainer, x, y, steps=2, batch_size=16):
+    """`fit` `steps` steps (compiling with Adam if needed): every reported value is finite and the
+    trainable weights moved. Returns the history dict."""
+    if not trainer.compiled:
+        compile_trainer(trainer)
+    trainer(x[:1])
+    before = [w.numpy().copy() for w in trainer.trainable_weights]
+    history = _fit(trainer, x, y, steps, batch_size).history
+    assert history, "fit reported nothing"
+    for name, values in history.items():
+        assert np.all(np.isfinite(values)), f"{name} is not finite: {values}"
+    after = [w.numpy() for w in trainer.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after)), "no trainable weight moved"
+    return history
+
+
+def run_checkpoint_roundtrip(trainer_fn, x, y, directory, steps=2, batch_size=16, compile_fn=compile_trainer):
+    """Train `trainer_fn()` for `steps` steps, save a `make_checkpoint` checkpoint, restore it into a
+    fresh `trainer_fn()` (built and compiled, as `run_training` resumes): every variable of the
+    trainer and of its optimizer(s) is equal, and one more step on the same batch gives equal
+    states (the RNG states came back too). Returns the restored trainer."""
+    keras.utils.set_random_seed(0)
+    trained = compile_fn(trainer_fn())
+    callbacks.ensure_built(trained)
+    _fit(trained, x, y, steps, batch_size)
+    os.makedirs(str(directory), exist_ok=True)
+    path = callbacks.make_checkpoint(trained).save(os.path.join(str(directory), "ckpt"))
+
+    keras.utils.set_random_seed(1)  # a fresh trainer whose own draws differ
+    restored = compile_fn(trainer_fn())
+    callbacks.ensure_built(restored)
+    callbacks.make_checkpoint(restored).restore(path).assert_existing_objects_matched()
+    assert_states_equal(trainer_state(trained), trainer_state(restored), "restored checkpoint")
+    _fit(trained, x, y, 1, batch_size)
+    _fit(restored, x, y, 1, batch_size)
+    assert_states_equal(trainer_state(trained), trainer_state(restored), "step after the restore")
+    return restored
+
+
+def _json(config):
+    return json.loads(json.dumps(config))  # what the .keras file holds (tuples become lists)
+
+
+def run_serialization_test(trainer, x, y, directory, batch_size=16):
+    """`trainer.save(".keras")` then `keras.saving.load_model`: a trainer of the same class with the
+    same config (and compile config), the same variables and optimizer slots, the same outputs and
+    scores on `x`; and, when compiled, one more step on the same batch gives equal states. Returns
+    the loaded trainer."""
+    trainer(x[:1])
+    os.makedirs(str(directory), exist_ok=True)
+    path = os.path.join(str(directory), f"{type(trainer).__name__.lower()}.keras")
+    trainer.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is type(trainer)
+    assert _json(loaded.get_config()) == _json(trainer.get_config())
+    assert _json(loaded.get_compile_config()) == _json(trainer.get_compile_config())
+    assert loaded.compiled == trainer.compiled
+    assert_states_equal(trainer_state(trainer), trainer_state(loaded), "loaded .keras")
+    batch = x[:batch_size]
+    np.testing.assert_array_equal(loaded(batch).numpy(), trainer(batch).numpy())
+    expected, got = trainer.scores(batch), loaded.scores(batch)
+    assert sorted(got) == sorted(expected)
+    for name in expected:
+        np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
+    if trainer.compiled:
+        _fit(trainer, x, y, 1, batch_size)
+        _fit(loaded, x, y, 1, batch_size)
+        assert_states_equal(trainer_state(trainer), trainer_state(loaded), "step after loading")
+    return loaded
+
+
+__all__ = [
+    "assert_states_equal",
+    "compile_trainer",
+    "digits_arrays",
+    "run_checkpoint_roundtrip",
+    "run_serialization_test",
+    "run_trainer_smoke_test",
+    "tiny_network",
+    "trainer_state",
+]
