@@ -2,9 +2,6 @@
 the robustness / generative / sample-quality entries of results.json, and the compare report."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -16,10 +13,10 @@ from keras_ebm.evaluation import report, runner, suite
 from keras_ebm.evaluation.generative import ClassifierFeatures
 from keras_ebm.export import export_model
 
+from test_configs import _run
 from test_evaluation import digits_uint8, noise_uint8
 from test_experiment import data_fn
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 4, 1)
 RANGE = (-1.0, 1.0)
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -117,14 +114,6 @@ def test_run_eval_matches_hand_computed_accuracy_ece_auroc(fixed_export, tmp_pat
     assert 0.3 < expected["accuracy"] < 0.9 and expected["ece"] > 0.01  # a non-trivial case
     for png in ("reliability.png", "scores_log_px.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG
-
-
-def _run(args, timeout=600):
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=timeout)
-    assert out.returncode == 0, out.stdout[-3000:] + "\n" + out.stderr[-5000:]
-    return out.stdout + out.stderr
 
 
 def test_eval_py_matches_hand_computed_values(fixed_export, tmp_path):
