@@ -105,7 +105,7 @@ def resolve_run_training():
     (`fn(input_context)`), plus every other bound run_training parameter.
     """
     out = {}
-    for name in ("trainer", "optimizer", "encoder_optimizer", "train_data", "train_steps"):
+    for name in ("trainer", "optimizer", "encoder_optimizer", "mixed_precision", "train_data", "train_steps"):
         try:
             value = gin.query_parameter(f"run_training.{name}")
         except ValueError:

@@ -6,7 +6,8 @@ A classifier with logits f(x) defines an energy-based model of the joint distrib
     E(x)    = -logsumexp_y f(x)[y]          log p(x)    = logsumexp_y f(x)[y] - log Z
 
 Lower energy means more probable. Samplers always *descend* E. Every trainer, sampler, evaluation
-score and export in the library goes through these functions; nothing else writes the sign.
+score and export in the library goes through these functions; nothing else writes the sign. They
+compute in float32 whatever the logits' dtype (a mixed_bfloat16 network's logits are cast first).
 """
 
 import tensorflow as tf
@@ -14,20 +15,20 @@ import tensorflow as tf
 
 def energy_from_logits(logits):
     """E(x) = -logsumexp(logits) over the last axis. Shape [batch, classes] -> [batch]."""
-    return -tf.reduce_logsumexp(logits, axis=-1)
+    return -tf.reduce_logsumexp(tf.cast(logits, tf.float32), axis=-1)
 
 
 def log_px_from_logits(logits):
     """log p(x) up to the constant -log Z: logsumexp(logits) = -E(x). Higher is more in-distribution."""
-    return tf.reduce_logsumexp(logits, axis=-1)
+    return tf.reduce_logsumexp(tf.cast(logits, tf.float32), axis=-1)
 
 
 def class_energy(logits, y):
     """E(x, y) = -logits[y]. `y` int [batch] -> energy [batch]."""
     y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-    return -tf.gather(logits, y, axis=-1, batch_dims=1)
+    return -tf.gather(tf.cast(logits, tf.float32), y, axis=-1, batch_dims=1)
 
 
 def max_softmax(logits):
     """max_y p(y|x), the classifier's confidence; an OOD score (higher = in-distribution)."""
-    return tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
+    return tf.reduce_max(tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1), axis=-1)

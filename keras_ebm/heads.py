@@ -256,7 +256,8 @@ def build_mmc_classifier(
                 f"{int(num_classes) - 1}; the backbone gives {dim}. Use a wider backbone. "
                 f"Received: num_classes={num_classes}, dim={dim}"
             )
-        return MaxMahalanobisHead(int(num_classes), scale=scale, sigma=sigma, name=HEAD_NAME)
+        # float32 under mixed precision: squared distances to the centres lose too much in bf16.
+        return MaxMahalanobisHead(int(num_classes), scale=scale, sigma=sigma, name=HEAD_NAME, dtype="float32")
 
     return build_classifier(backbone, num_classes, input_shape=input_shape, head=head, name=name)
 

@@ -21,7 +21,8 @@ def restore_trainer(model_dir, strategy=None):
     objs = cli.resolve_run_training()
     strategy = strategy or tf.distribute.get_strategy()
     model = training.build_trainer(objs["trainer"], objs["optimizer"], strategy,
-                                   encoder_optimizer=objs.get("encoder_optimizer"))
+                                   encoder_optimizer=objs.get("encoder_optimizer"),
+                                   mixed_precision=objs.get("mixed_precision"))
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: train with train.py first.")

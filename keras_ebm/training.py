@@ -21,6 +21,7 @@ Model directory layout:
     training_summary.json    steps, time, what stopped the run, divergence recoveries
 """
 
+import contextlib
 import json
 import os
 import time
@@ -40,17 +41,40 @@ def _log(msg):
     print(f"[keras_ebm] {msg}", flush=True)
 
 
-def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optimizer=None):
+PRECISIONS = (None, "float32", "mixed_bfloat16")
+
+
+@contextlib.contextmanager
+def dtype_policy(mixed_precision):
+    """Build Keras layers under `mixed_precision` (None / "float32" / "mixed_bfloat16"); the
+    global policy is restored afterwards (the layers keep theirs)."""
+    if mixed_precision not in PRECISIONS:
+        raise ValueError(
+            f"run_training.mixed_precision must be one of {PRECISIONS}: bfloat16 needs no loss scaling "
+            "and keeps float32's range; float16 would need loss scaling, which keras_ebm does not "
+            f"apply. Received: mixed_precision={mixed_precision!r}")
+    previous = keras.mixed_precision.dtype_policy()
+    if mixed_precision is not None:
+        keras.mixed_precision.set_dtype_policy(mixed_precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optimizer=None,
+                  mixed_precision=None):
     """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
 
     `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
     `optimizer` a zero-argument callable returning a Keras optimizer. The model is called once and
     its optimizers built (`EBMTrainer.build_optimizers`), which MultiWorkerMirroredStrategy needs
     before the loop and checkpoint restoration needs before restoring slots. `encoder_optimizer`
-    (CLEL's second optimizer, a zero-argument callable) goes to `compile` too.
+    (CLEL's second optimizer, a zero-argument callable) goes to `compile` too. `mixed_precision`:
+    see `run_training`.
     """
     extra = {} if encoder_optimizer is None else {"encoder_optimizer": encoder_optimizer()}
-    with strategy.scope():
+    with dtype_policy(mixed_precision), strategy.scope():
         model = trainer()
         model.compile(optimizer=optimizer(), jit_compile=jit_compile, **extra)
         model(tf.zeros((1,) + tuple(model.image_shape), tf.float32))
@@ -104,6 +128,7 @@ def run_training(
     seed=0,
     max_minutes=None,
     encoder_optimizer=None,
+    mixed_precision=None,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
@@ -138,6 +163,10 @@ def run_training(
             with a fresh budget. With `baseline`, the baseline gets the same budget: "trained for
             the same time". One machine only; a multi-worker strategy raises ValueError.
         encoder_optimizer: CLEL's encoder optimizer (zero-argument callable, given to `compile`).
+        mixed_precision: None (float32) or "mixed_bfloat16": the trainer's networks compute in
+            bfloat16 with float32 variables (Keras dtype policy, set while the trainer is built);
+            images, SGLD chains, the replay buffer, logits, energies, losses, HDGE's queue, GMMC's
+            max-Mahalanobis head and every optimizer update stay float32 (README, "Mixed precision").
 
     Returns:
         The trained model.
@@ -158,7 +187,7 @@ def run_training(
     keras.utils.set_random_seed(seed)
 
     model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
-                          encoder_optimizer=encoder_optimizer)
+                          encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
     callbacks = callbacks_lib.training_callbacks(
         model_dir, train_steps=train_steps, checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints, divergence_guard=divergence_guard, max_minutes=max_minutes,
@@ -222,6 +251,7 @@ def run_training(
             checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
             export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
             progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
+            encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision,
             baseline=None,  # explicit: gin would bind the baseline's baseline again
         )
         if chief and evaluate:

@@ -120,7 +120,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ Keras plumbing
     def call(self, x, training=False):
-        return self.network(x, training=training)
+        # float32 logits whatever the network computes in (mixed_bfloat16: energies, losses and
+        # scores stay float32).
+        return tf.cast(self.network(x, training=training), tf.float32)
 
     def build(self, input_shape=None):
         if not self.network.built:
@@ -270,7 +272,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ shared pieces
     def classifier_logs(self, logits, y):
-        """Cross-entropy, accuracy and mean data energy of a classifier batch."""
+        """Cross-entropy, accuracy and mean data energy of a classifier batch (in float32)."""
+        logits = tf.cast(logits, tf.float32)
         clf_loss = tf.reduce_mean(
             keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         )
@@ -307,7 +310,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 "keras_ebm.data.to_pixel_range (the datasets of keras_ebm.data do). "
                 f"Received: {name}.dtype={x.dtype.name}"
             )
-        x = tf.cast(x, self.compute_dtype if self.compute_dtype else tf.float32)
+        # Images, chains and the replay buffer stay float32; a mixed-precision network casts its
+        # own inputs to its compute dtype.
+        x = tf.cast(x, tf.float32)
         if self.check_finite_inputs:
             x = tf.debugging.assert_all_finite(
                 x, f"The '{name}' image batch contains NaN or Inf values: check the data pipeline."

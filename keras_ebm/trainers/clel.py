@@ -236,7 +236,7 @@ class CLEL(EBMTrainer):
     # ------------------------------------------------------------------ networks
     def latent(self, features, projection):
         """g(f / ||f||), the EBM's latent, `[batch, k]` (not normalised)."""
-        return projection(tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1))
+        return tf.cast(projection(tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)), tf.float32)
 
     def _energy(self, x, y=None, training=False):
         return _energy(self.network(x, training=training))

@@ -187,6 +187,7 @@ class HDGE(JEM):
 
     def classifier_logs(self, logits, y):
         """JEM's classifier logs plus the contrastive term; also used by `test_step`."""
+        logits = tf.cast(logits, tf.float32)  # the queue and the contrastive term are float32
         logs = super().classifier_logs(logits, y)
         if self.label_smoothing:
             dist = smoothed_labels(y, self.num_classes, self.label_smoothing)

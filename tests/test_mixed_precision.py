@@ -1,0 +1,105 @@
+"""`run_training(mixed_precision="mixed_bfloat16")`: networks in bfloat16, everything the recipes
+need precise in float32 (images, chains, replay buffer, logits, energies, losses, HDGE's queue,
+GMMC's head), every trainer trains with finite losses; SGLD's closed form holds within bf16's
+precision."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_ebm import backbones, data, heads, training
+from keras_ebm.sampling import SGLDSampler
+from keras_ebm.trainers import CLEL, GMMC, HDGE, SADAJEM, SoftmaxClassifier
+
+SHAPE = (8, 8, 1)
+
+
+def classifier(norm=None):
+    return backbones.build_classifier(backbones.TinyCNN((8, 16), norm=norm, input_shape=SHAPE), num_classes=10,
+                                      input_shape=SHAPE)
+
+
+def sampler(**kwargs):
+    return SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, x_clip=(-1.0, 1.0), seed=0, **kwargs)
+
+
+def clel():
+    ebm = backbones.build_clel_ebm("small", input_shape=SHAPE, widths=(4, 8), blocks_per_stage=1, head_units=8,
+                                   feature_dim=8, input_mean=None)
+    projection = backbones.build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6)
+    encoder = backbones.build_clel_encoder(input_shape=SHAPE, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                                           output_dim=6, input_mean=None)
+    return CLEL(ebm, projection, encoder, image_shape=SHAPE, buffer_size=32, ema_start_step=0,
+                sampler=SGLDSampler(n_steps=2, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=(0.0, 1.0),
+                                    energy_training=True, seed=0))
+
+
+TRAINERS = {
+    "softmax": (lambda: SoftmaxClassifier(classifier(), image_shape=SHAPE, num_classes=10), (-1.0, 1.0)),
+    "sadajem": (lambda: SADAJEM(classifier("batch"), image_shape=SHAPE, num_classes=10, buffer_size=40,
+                                sampler=sampler(energy_training=True, freeze_bn_stats=True)), (-1.0, 1.0)),
+    "hdge": (lambda: HDGE(classifier(), image_shape=SHAPE, num_classes=10, queue_size=64), (-1.0, 1.0)),
+    "gmmc": (lambda: GMMC(heads.build_mmc_classifier(backbones.TinyCNN((8, 16), input_shape=SHAPE), num_classes=10,
+                                                     input_shape=SHAPE),
+                          image_shape=SHAPE, num_classes=10, buffer_size=40, sampler=sampler(energy_reduction="mean")),
+             (-1.0, 1.0)),
+    "clel": (clel, (0.0, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRAINERS))
+def test_every_trainer_trains_in_mixed_bfloat16_with_float32_state(name):
+    build, pixel_range = TRAINERS[name]
+    model = training.build_trainer(build, lambda: keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(),
+                                   mixed_precision="mixed_bfloat16")
+    assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
+    assert model.network.layers[-1].compute_dtype in ("bfloat16", "float32")
+    assert any(layer.compute_dtype == "bfloat16" for layer in model.network.layers if layer.weights)
+    ds = data.make_dataset("digits", "train", global_batch_size=16, pixel_range=pixel_range)
+    history = model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0).history
+    for key, values in history.items():
+        assert np.all(np.isfinite(values)), (key, values)
+    x = next(iter(ds))[0]
+    assert model(x).dtype == tf.float32
+    assert all(v.dtype == tf.float32 for v in model.scores(x).values())
+    if model.buffer is not None:
+        assert model.buffer.buffer.dtype == "float32"
+    if name == "hdge":
+        floats = [v for v in model.queue.weights if "float" in v.dtype]
+        assert floats and all(v.dtype == "float32" for v in floats)
+    if name == "gmmc":
+        assert heads.mmc_head(model.network).compute_dtype == "float32"
+    # Every variable the optimizer updates is float32.
+    assert {v.dtype for v in model.trainable_variables} == {"float32"}
+
+
+def test_sgld_closed_form_through_a_bfloat16_layer():
+    """E(x) = 0.5 ||W x||^2 with W = I computed by a bf16 Dense layer: K steps of size s contract x by
+    (1 - s)^K, within bf16's precision (8 bits of mantissa: relative error ~ 2^-8 per step)."""
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        layer = keras.layers.Dense(6, use_bias=False, kernel_initializer="identity")
+        layer.build((None, 6))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert layer.compute_dtype == "bfloat16"
+
+    def energy(x, y, training):
+        h = tf.cast(layer(tf.reshape(x, [tf.shape(x)[0], -1])), tf.float32)
+        return 0.5 * tf.reduce_sum(h ** 2, axis=-1)
+
+    x = tf.constant(np.random.RandomState(0).randn(4, 6).astype("float32"))
+    out = SGLDSampler(n_steps=5, step_size=0.2, noise_std=0.0)(energy, x)
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy(), 0.8 ** 5 * x.numpy(), rtol=2e-2, atol=2e-3)
+    # The same chain in float32 is exact to 1e-5: the tolerance above is bf16's, not the sampler's.
+    exact = SGLDSampler(n_steps=5, step_size=0.2, noise_std=0.0)(
+        lambda v, y, training: 0.5 * tf.reduce_sum(tf.reshape(v, [tf.shape(v)[0], -1]) ** 2, axis=-1), x)
+    np.testing.assert_allclose(exact.numpy(), 0.8 ** 5 * x.numpy(), rtol=1e-5)
+
+
+def test_float16_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="loss scaling"):
+        with training.dtype_policy("mixed_float16"):
+            pass
