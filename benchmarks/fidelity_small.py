@@ -80,6 +80,8 @@ flags.DEFINE_string("output_dir", "runs/fidelity_small", "Where each row's model
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_fidelity_small.json).")
 flags.DEFINE_bool("resume", False, "Keep finished rows instead of retraining them.")
 flags.DEFINE_integer("seed", 0, "run_training.seed of every row.")
+flags.DEFINE_string("mixed_precision", None, "run_training.mixed_precision of every row (e.g. mixed_bfloat16); "
+                    "record such runs with --output and --output_dir of their own.")
 FLAGS = flags.FLAGS
 
 
@@ -143,6 +145,8 @@ def run_row(name, model_dir):
            f"--gin_file={row['config']}"] + [f"--gin_file={f}" for f in _OVERLAY]
     params = _COMMON + row["params"] + [f"run_training.train_steps = {row['steps']}",
                                         f"run_training.seed = {FLAGS.seed}"]
+    if FLAGS.mixed_precision:
+        params.append(f"run_training.mixed_precision = '{FLAGS.mixed_precision}'")
     cmd += [f"--gin_param={p}" for p in params]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
@@ -238,6 +242,7 @@ def main(argv):
             "overlay": _OVERLAY,
             "common_bindings": _COMMON,
             "seed": FLAGS.seed,
+            "mixed_precision": FLAGS.mixed_precision,
             "data_caveat": "CIFAR-10 from JPEG (quality 75) copies, not the canonical binaries; test "
                            "accuracy and ECE (20 bins) on the 10,000 test images.",
             "rows": ordered,
