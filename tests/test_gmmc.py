@@ -16,15 +16,12 @@ from keras_ebm.heads import MaxMahalanobisHead, build_mmc_classifier, max_mahala
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.gmmc import GMMC
 
+from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
+
 
 def tiny_backbone(image_shape, dim=16, seed=3):
-    init = keras.initializers.GlorotUniform(seed=seed)
-    inputs = keras.Input(image_shape)
-    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
-    h = keras.layers.LeakyReLU(0.2)(h)
-    h = keras.layers.Conv2D(dim, 3, strides=2, padding="same", kernel_initializer=init)(h)
-    h = keras.layers.LeakyReLU(0.2)(h)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(h))
+    """Two strided convolutions and global average pooling to `dim` features (no logits)."""
+    return tiny_network(image_shape, None, seed=seed, widths=(8, dim), pool="average")
 
 
 def tiny_gmmc(image_shape=(8, 8, 1), mode="generative", n_steps=2, buffer_size=20, **kwargs):
@@ -440,6 +437,34 @@ def test_invalid_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="MaxMahalanobisHead"):
         net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
         GMMC(net, image_shape=(8, 8, 1), num_classes=10)
+
+
+@pytest.mark.parametrize("mode,sampling", [("discriminative", "staged"), ("generative", "staged"),
+                                           ("joint", "staged"), ("generative", "noise_injected")])
+def test_smoke_checkpoint_and_keras_file_round_trips(mode, sampling, tmp_path):
+    x, y = digits_arrays(64)
+
+    def make():
+        return tiny_gmmc(mode=mode, sampling=sampling, switch_step=1, ramp_steps=2, latent_std=0.01,
+                         sigma_batches=2, seed=0)
+
+    trainer = make()
+    run_trainer_smoke_test(trainer, x, y)
+    run_checkpoint_roundtrip(make, x, y, tmp_path / "checkpoint")
+    sigma = trainer.estimate_sigma((x, y))  # section 3.1: the estimate is a weight of the head
+    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    assert loaded.head.sigma.numpy() == pytest.approx(sigma, rel=1e-6)
+    assert (loaded.mode, loaded.sampling, loaded.switch_step, loaded.ramp_steps) == (mode, sampling, 1, 2)
+    assert (loaded.buffer is None) == (mode == "discriminative")
+
+
+def test_keras_file_round_trip_with_a_library_backbone(tmp_path):
+    x, y = digits_arrays(32)
+    network = build_mmc_classifier(TinyCNN((8, 16), input_shape=(8, 8, 1)), num_classes=10)
+    trainer = GMMC(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=20, seed=0,
+                   sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"))
+    run_trainer_smoke_test(trainer, x, y, steps=1)
+    run_serialization_test(trainer, x, y, tmp_path)
 
 
 @pytest.mark.parametrize("mode", ["discriminative", "generative", "joint"])

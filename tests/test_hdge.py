@@ -1,5 +1,7 @@
 """HDGE: the contrastive loss by hand, alpha limits, queue bookkeeping, distribution, real CIFAR-10."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ from keras_ebm.queues import FeatureQueue
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.hdge import HDGE
 from keras_ebm.trainers.softmax import SoftmaxClassifier
+
+from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
 
 TAU = 0.1
 
@@ -117,13 +121,8 @@ def test_hdge_loss_alpha_limits():
         hdge_contrastive_loss(logits, LABELS, QUEUE, score="cosine")
 
 
-def tiny_net(image_shape, num_classes=10, seed=3):
-    init = keras.initializers.GlorotUniform(seed=seed)
-    inputs = keras.Input(image_shape)
-    h = keras.layers.Conv2D(8, 3, strides=2, padding="same", kernel_initializer=init)(inputs)
-    h = keras.layers.LeakyReLU(0.2)(h)
-    h = keras.layers.GlobalAveragePooling2D()(h)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, kernel_initializer=init)(h))
+# The HDGE tests' network: one strided convolution, global average pooling, kernels of seed 3.
+tiny_net = functools.partial(tiny_network, seed=3, widths=(8,), pool="average")
 
 
 def _prefill(queue, rows):
@@ -322,6 +321,30 @@ def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
     for a, b in zip(straight.variables + straight.optimizer.variables, resumed.variables + resumed.optimizer.variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.path)
     assert not np.allclose(first.queue.values().numpy(), resumed.queue.values().numpy())
+
+
+def _hdge(variant):
+    if variant == "hdge":
+        return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=24, seed=0)
+    if variant == "hdge_code_queue":  # the official code's random initial queue, smoothing, eq. 15 score
+        return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, alpha=0.3, queue_size=20,
+                    queue_init="random_normal", label_smoothing=0.1, score="logit", temperature=0.5, seed=1)
+    return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=24, px_weight=0.5,
+                pxy_weight=0.5, buffer_size=20, sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01),
+                seed=2)
+
+
+@pytest.mark.parametrize("variant", ["hdge", "hdge_code_queue", "hdge_jem"])
+def test_smoke_checkpoint_and_keras_file_round_trips(variant, tmp_path):
+    x, y = digits_arrays(64)
+    trainer = _hdge(variant)
+    run_trainer_smoke_test(trainer, x, y)
+    run_checkpoint_roundtrip(lambda: _hdge(variant), x, y, tmp_path / "checkpoint")
+    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    # The queue (rows, pointer, fill count) is state of the file; its settings are config.
+    assert loaded.queue.get_config() == trainer.queue.get_config()
+    assert int(loaded.queue.count.numpy()) == int(trainer.queue.count.numpy()) > 0
+    assert loaded.alpha == trainer.alpha and loaded.tracked_names == trainer.tracked_names
 
 
 # --- The HDGE configs reproduce the paper rows their headers name ------------------------------

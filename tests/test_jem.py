@@ -290,10 +290,9 @@ def _jem_family(method, x, y):
 @pytest.mark.parametrize("method", ["jem", "jem_pxy", "jempp", "sadajem"])
 def test_smoke_checkpoint_and_keras_file_round_trips(method, tmp_path):
     x, y = digits_arrays(64)
-    run_trainer_smoke_test(_jem_family(method, x, y), x, y)
-    run_checkpoint_roundtrip(lambda: _jem_family(method, x, y), x, y, tmp_path / "checkpoint")
     trainer = _jem_family(method, x, y)
     run_trainer_smoke_test(trainer, x, y)
+    run_checkpoint_roundtrip(lambda: _jem_family(method, x, y), x, y, tmp_path / "checkpoint")
     loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
     assert loaded.sampler.get_config() == trainer.sampler.get_config()
     assert loaded.gradients.get_config() == trainer.gradients.get_config()

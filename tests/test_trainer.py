@@ -139,10 +139,9 @@ def test_two_loader_batches_are_unpacked():
 
 def test_softmax_smoke_checkpoint_and_keras_file_round_trips(tmp_path):
     x, y = digits_arrays(64)
-    run_trainer_smoke_test(make_trainer(), x, y)
-    run_checkpoint_roundtrip(make_trainer, x, y, tmp_path)
     trainer = make_trainer(weight_decay=1e-3, seed=4)
     run_trainer_smoke_test(trainer, x, y)
+    run_checkpoint_roundtrip(make_trainer, x, y, tmp_path)
     loaded = run_serialization_test(trainer, x, y, tmp_path)
     assert loaded.weight_decay == 1e-3 and loaded.seed == 4
     run_serialization_test(make_trainer(), x, y, tmp_path / "uncompiled")  # weights only, no optimizer
