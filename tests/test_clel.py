@@ -13,6 +13,8 @@ from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.clel import CLEL
 
+from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test
+
 
 # ---------------------------------------------------------------- spectral norm
 def test_spectral_norm_converges_to_unit_sigma():
@@ -587,6 +589,30 @@ def test_generate_sweeps_is_the_official_fid_protocol(monkeypatch):
         model.generate(2, sweeps=0)
     with pytest.raises(ValueError, match="sample_sweeps"):
         make_clel(compile=False, sample_sweeps=-1)
+
+
+def _compile_clel(model):
+    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
+                  encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+    return model
+
+
+@pytest.mark.parametrize("size", ["small", pytest.param("large", marks=pytest.mark.slow)])
+def test_clel_smoke_checkpoint_and_keras_file_round_trips(size, tmp_path):
+    # Digits in [0, 1], three channels. The .keras file holds both networks, the encoder, the EMA
+    # copies, the spectral-norm vectors, the buffer, the RNG states and both optimizers (the
+    # encoder's in the compile config), so the loaded trainer's next step is the saved one's.
+    x, y = digits_arrays(64, pixel_range=(0.0, 1.0), channels=3)
+    kwargs = dict(size=size, compile=False, ebm_batch_fraction=0.25 if size == "large" else 1.0,
+                  gradients=SAMGradients(rho=0.05) if size == "large" else None, sample_sweeps=2)
+    trainer = _compile_clel(make_clel(**kwargs))
+    run_trainer_smoke_test(trainer, x, y)
+    run_checkpoint_roundtrip(lambda: make_clel(**kwargs), x, y, tmp_path / "checkpoint", compile_fn=_compile_clel)
+    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    assert loaded.encoder_optimizer.get_config() == trainer.encoder_optimizer.get_config()
+    assert int(loaded.encoder_optimizer.iterations.numpy()) == int(trainer.encoder_optimizer.iterations.numpy()) == 3
+    for name in ("ebm_batch_fraction", "sample_sweeps", "ema_decay", "ood_beta", "encoder_weight_decay"):
+        assert getattr(loaded, name) == getattr(trainer, name), name
 
 
 def _uint8(x):
