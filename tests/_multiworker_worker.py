@@ -14,7 +14,7 @@ def sharded_data_fn(input_context=None):
     union is the single-process batch of the same step: agreement needs a working all-reduce."""
     import tensorflow as tf
 
-    from test_trainer import digits_arrays
+    from helpers import digits_arrays
 
     x, y = digits_arrays(256)
     ds = tf.data.Dataset.from_tensor_slices((x, y))

@@ -24,7 +24,7 @@ from keras_ebm import callbacks, divergence, training
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import JEM
 
-from test_trainer import digits_arrays, tiny_network
+from helpers import digits_arrays, tiny_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -17,7 +17,7 @@ from keras_ebm import callbacks
 from keras_ebm import divergence, generation, training
 from keras_ebm.trainers import SoftmaxClassifier
 
-from test_trainer import digits_arrays, tiny_network
+from helpers import digits_arrays, tiny_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

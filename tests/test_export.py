@@ -14,6 +14,8 @@ import tensorflow as tf
 from keras_ebm import export
 from keras_ebm import scores as scores_lib
 
+from helpers import tiny_network
+
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 5
 PIXEL_RANGE = (-1.0, 1.0)
@@ -21,18 +23,9 @@ BUFFER_SHAPE = (64, 8, 8, 3)  # 12288 floats = 48 KiB: must not reach the export
 
 
 def _network(seed=0, num_classes=NUM_CLASSES):
-    keras.utils.set_random_seed(seed)
-    net = keras.Sequential(
-        [
-            keras.Input(IMAGE_SHAPE),
-            keras.layers.Conv2D(4, 3, padding="same", activation="swish"),
-            keras.layers.BatchNormalization(),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(num_classes),
-        ]
-    )
+    net = tiny_network(IMAGE_SHAPE, num_classes, seed=seed, widths=(4,), pool="average", norm=True)
     # Non-trivial moving statistics, so that a training-mode BN call would show in the outputs.
-    bn = net.layers[1]
+    bn = next(layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization))
     bn.moving_mean.assign(np.linspace(-0.3, 0.3, 4).astype("float32"))
     bn.moving_variance.assign(np.linspace(0.5, 2.0, 4).astype("float32"))
     return net
