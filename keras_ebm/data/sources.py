@@ -271,7 +271,9 @@ def _arrays_source(x, labels, class_names, classes, max_examples):
     if classes is not None:
         class_names = tuple(class_names[c] for c in classes)
     shape = tuple(int(v) for v in x.shape[1:])
-    return _dataset_from_arrays(x[idx], y), len(idx), shape, tuple(class_names)
+    if len(idx) < len(x):  # else idx is every row in order: no copy of the images
+        x = x[idx]
+    return _dataset_from_arrays(x, y), len(idx), shape, tuple(class_names)
 
 
 def dataset_to_arrays(ds, max_examples=None, batch_size=1024):
