@@ -722,3 +722,18 @@ def test_synchronized_bn_encoder_two_replicas_match_one_device_on_the_global_bat
     out = two_device_strategy.run(tf.function(lambda b: encoder(b, training=True)), args=(next(halves),))
     both = np.concatenate([np.asarray(v) for v in two_device_strategy.experimental_local_results(out)])
     np.testing.assert_allclose(both, single, rtol=1e-4, atol=1e-5)
+
+
+def test_spectral_norm_vectors_are_saved_in_keras_files(tmp_path):
+    # Conv2D's own saving keeps only kernel and bias; u and v decide sigma at inference.
+    inputs = keras.Input((6, 6, 2))
+    model = keras.Model(inputs, SpectralNormConv2D(3, 3, padding="same")(inputs))
+    sn = model.layers[-1]
+    sn.sn_u.assign(np.linspace(-1.0, 1.0, 3).astype("float32"))
+    path = str(tmp_path / "sn.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    x = np.random.RandomState(0).normal(size=(2, 6, 6, 2)).astype("float32")
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
