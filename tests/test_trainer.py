@@ -1,6 +1,8 @@
 """The base trainer and the softmax baseline: fit lowers the loss, distribution is exact, errors are clear,
 checkpoints and .keras files round-trip."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -145,3 +147,44 @@ def test_softmax_smoke_checkpoint_and_keras_file_round_trips(tmp_path):
     loaded = run_serialization_test(trainer, x, y, tmp_path)
     assert loaded.weight_decay == 1e-3 and loaded.seed == 4
     run_serialization_test(make_trainer(), x, y, tmp_path / "uncompiled")  # weights only, no optimizer
+
+
+def _every_trainer():
+    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+    from keras_ebm.heads import build_mmc_classifier
+    from keras_ebm.trainers import CLEL, GMMC, HDGE, JEM, JEMPP, SADAJEM
+
+    shape = (8, 8, 1)
+    yield make_trainer()
+    for cls in (JEM, JEMPP, SADAJEM, HDGE):
+        yield cls(tiny_network(), image_shape=shape, num_classes=10, buffer_size=20)
+    backbone = tiny_network(shape, None, seed=3, widths=(8, 16), pool="average")
+    yield GMMC(build_mmc_classifier(backbone, num_classes=10), image_shape=shape, num_classes=10, buffer_size=20)
+    yield CLEL(build_clel_ebm("small", input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=1, head_units=8,
+                              feature_dim=8, input_mean=None),
+               build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
+               build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6,
+                                  input_mean=None),
+               image_shape=(8, 8, 3), buffer_size=20)
+
+
+def test_every_constructor_argument_is_in_the_config():
+    """`get_config` names every argument of the trainer's constructor (and of the constructors its
+    **kwargs reach), except the buffer shorthands that the serialized `buffer` carries."""
+    import inspect
+
+    from keras_ebm.trainers import EBMTrainer, HDGE
+
+    carried_by_buffer = {"buffer_size", "reinit_prob", "initializer"}
+    for trainer in _every_trainer():
+        expected = set()
+        for cls in type(trainer).__mro__:
+            if issubclass(cls, EBMTrainer) and "__init__" in vars(cls):
+                params = inspect.signature(cls.__init__).parameters.values()
+                expected |= {p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD} - {"self"}
+        if isinstance(trainer, HDGE):
+            expected.discard("clf_weight")  # HDGE refuses it: it is alpha
+        config = trainer.get_config()
+        assert expected - carried_by_buffer <= set(config), (type(trainer).__name__, expected - set(config))
+        assert (config.get("buffer") is None) == (trainer.buffer is None)
+        assert json.loads(json.dumps(config)) == json.loads(json.dumps(type(trainer).from_config(config).get_config()))

@@ -52,7 +52,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         seed: seed of the trainer's `keras.random.SeedGenerator` (sampling, augmentation).
 
     Subclasses list the scalars they report in `tracked_names`; `compute_losses` returns a dict with
-    those keys, of which `"loss"` is the total that is differentiated.
+    those keys, of which `"loss"` is the total that is differentiated. They list the constructor
+    arguments they keep as same-named attributes in `config_attributes` (read by `get_config`).
 
     Hooks the rest of the library asks every trainer for (with defaults here, so no caller probes
     with `hasattr`): `optimizers` and `build_optimizers()` (CLEL has two), `after_training(data)`
@@ -81,6 +82,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     conditions_on_latents = False  # CLEL: class-conditional samples need `set_class_latents` first
     sampler = None  # the SGLD sampler of a generative trainer
     buffer = None  # its replay buffer
+    # Constructor arguments kept as attributes of the same name: `get_config` reads them.
+    config_attributes = ("network", "image_shape", "num_classes", "pixel_range", "gradients",
+                         "check_finite_inputs", "weight_decay", "seed")
     energy_l2 = None  # the JEM family's energy L2 coefficient (None: the trainer has no such penalty)
 
     def __init__(
@@ -135,20 +139,18 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ serialization
     def get_config(self):
-        """The constructor arguments; subclasses add theirs (see the class docstring)."""
-        return {
-            "name": self.name,
-            "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "network": keras.saving.serialize_keras_object(self.network),
-            "image_shape": list(self.image_shape),
-            "num_classes": self.num_classes,
-            "pixel_range": list(self.pixel_range),
-            "gradients": keras.saving.serialize_keras_object(self.gradients),
-            "check_finite_inputs": self.check_finite_inputs,
-            "weight_decay": self.weight_decay,
-            "seed": self.seed,
-        }
+        """Every constructor argument: the `config_attributes` of the class (nested Keras objects
+        serialized), the sampler and replay buffer of a generative trainer, and the Keras model's
+        name, trainable flag and dtype policy (see the class docstring)."""
+        config = {"name": self.name, "trainable": self.trainable,
+                  "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+        names = self.config_attributes + (("sampler", "buffer") if self.is_generative else ())
+        for name in names:
+            value = getattr(self, name)
+            if hasattr(value, "get_config"):  # network, gradients, sampler, buffer, queue...
+                value = keras.saving.serialize_keras_object(value)
+            config[name] = list(value) if isinstance(value, tuple) else value
+        return config
 
     @classmethod
     def from_config(cls, config):

@@ -96,6 +96,10 @@ class CLEL(EBMTrainer):
     is_classifier = False  # `call` returns a latent, not class logits (see keras_ebm.export)
     conditions_on_latents = True  # class-conditional samples need `set_class_latents` (Appendix D)
     score_names = ("clel", "neg_energy", "cosine")
+    config_attributes = EBMTrainer.config_attributes + (
+        "projection", "encoder", "encoder_weight_decay", "augment_chain_starts", "alpha", "beta", "ood_beta",
+        "temperature", "ebm_batch_fraction", "ema_decay", "ema_start_step", "sample_sweeps",
+    )
 
     def __init__(
         self,
@@ -185,27 +189,6 @@ class CLEL(EBMTrainer):
         config = super().get_compile_config()
         if config and self._encoder_optimizer.value is not None:
             config["encoder_optimizer"] = keras.saving.serialize_keras_object(self._encoder_optimizer.value)
-        return config
-
-    def get_config(self):
-        # `buffer` carries buffer_size and reinit_prob (see EBMTrainer).
-        config = super().get_config()
-        config.update(
-            projection=keras.saving.serialize_keras_object(self.projection),
-            encoder=keras.saving.serialize_keras_object(self.encoder),
-            encoder_weight_decay=self.encoder_weight_decay,
-            sampler=keras.saving.serialize_keras_object(self.sampler),
-            buffer=keras.saving.serialize_keras_object(self.buffer),
-            augment_chain_starts=self.augment_chain_starts,
-            alpha=self.alpha,
-            beta=self.beta,
-            ood_beta=self.ood_beta,
-            temperature=self.temperature,
-            ebm_batch_fraction=self.ebm_batch_fraction,
-            ema_decay=self.ema_decay,
-            ema_start_step=self.ema_start_step,
-            sample_sweeps=self.sample_sweeps,
-        )
         return config
 
     @property

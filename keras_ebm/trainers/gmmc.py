@@ -95,6 +95,9 @@ class GMMC(EBMTrainer):
         "loss", "clf_acc", "center_loss", "sample_loss", "energy_gap", "balance", "sgld_grad_norm",
     )
     default_ood_score = "log_px"
+    config_attributes = EBMTrainer.config_attributes + (
+        "mode", "sampling", "latent_std", "switch_step", "ramp_steps", "sigma_batches",
+    )
 
     def __init__(
         self,
@@ -187,22 +190,8 @@ class GMMC(EBMTrainer):
         self.buffer = buffer
 
     def get_config(self):
-        # `buffer` carries buffer_size, reinit_prob and initializer (see EBMTrainer). `sigma_data`
-        # is a data source, not a setting: None here; pass it to `from_config` when needed.
-        config = super().get_config()
-        config.update(
-            mode=self.mode,
-            sampler=keras.saving.serialize_keras_object(self.sampler),
-            sampling=self.sampling,
-            latent_std=self.latent_std,
-            buffer=keras.saving.serialize_keras_object(self.buffer),
-            balance=self.balance_factor,
-            switch_step=self.switch_step,
-            ramp_steps=self.ramp_steps,
-            sigma_batches=self.sigma_batches,
-            sigma_data=None,
-        )
-        return config
+        # `sigma_data` is a data source, not a setting: None here; pass it to `from_config` if needed.
+        return {**super().get_config(), "balance": self.balance_factor, "sigma_data": None}
 
     # ------------------------------------------------------------------ energies and latents
     # Looked up, not stored: attributes would make Keras track the layers a second time.

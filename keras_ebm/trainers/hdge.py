@@ -160,19 +160,13 @@ class HDGE(JEM):
         self.queue = queue
         self.queue_init = queue_init
 
+    # JEM's arguments without clf_weight, which is alpha here.
+    config_attributes = tuple(name for name in JEM.config_attributes if name != "clf_weight") + (
+        "alpha", "temperature", "score", "label_smoothing", "queue", "queue_init",
+    )
+
     def get_config(self):
-        config = super().get_config()
-        del config["clf_weight"]  # it is alpha
-        config.update(
-            alpha=self.alpha,
-            temperature=self.temperature,
-            queue_size=self.queue.size,
-            score=self.score,
-            label_smoothing=self.label_smoothing,
-            queue=keras.saving.serialize_keras_object(self.queue),
-            queue_init=self.queue_init,
-        )
-        return config
+        return {**super().get_config(), "queue_size": self.queue.size}
 
     @property
     def alpha(self):

@@ -86,6 +86,9 @@ class JEM(EBMTrainer):
         "loss", "clf_loss", "clf_acc", "px_loss", "pxy_loss",
         "energy_data", "energy_sample", "energy_gap", "sgld_grad_norm",
     )
+    config_attributes = EBMTrainer.config_attributes + (
+        "clf_weight", "px_weight", "pxy_weight", "energy_l2", "energy_l2_mode", "bn_stats_from_samples",
+    )
 
     def __init__(
         self,
@@ -123,21 +126,6 @@ class JEM(EBMTrainer):
         self.energy_l2 = float(energy_l2)
         self.energy_l2_mode = energy_l2_mode
         self.bn_stats_from_samples = bool(bn_stats_from_samples)
-
-    def get_config(self):
-        # `buffer` carries buffer_size, reinit_prob and initializer (see EBMTrainer).
-        config = super().get_config()
-        config.update(
-            sampler=keras.saving.serialize_keras_object(self.sampler),
-            buffer=keras.saving.serialize_keras_object(self.buffer),
-            clf_weight=self.clf_weight,
-            px_weight=self.px_weight,
-            pxy_weight=self.pxy_weight,
-            energy_l2=self.energy_l2,
-            energy_l2_mode=self.energy_l2_mode,
-            bn_stats_from_samples=self.bn_stats_from_samples,
-        )
-        return config
 
     # The energies the sampler descends; the training flag is the sampler's (explicit) choice.
     def _energy(self, x, y=None, training=False):
