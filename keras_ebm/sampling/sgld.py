@@ -226,7 +226,8 @@ class SGLDSampler:
         """The chain as a `tf.function` (XLA-compiled with `jit_compile`), cached per energy function
         and per setting read while tracing. Inside a `keras.StatelessScope` (SAM's second pass,
         `discard_updates`) the trace captures the scope's variable values, so it is not cached."""
-        key = (energy_fn, with_stats, self.freeze_bn_stats, self.energy_training)
+        key = (energy_fn, with_stats, self.freeze_bn_stats, self.energy_training, self.step_size,
+               self.noise_std, self.grad_clip, self.x_clip, self.energy_reduction)
         chain = self._chain_functions.get(key)
         if chain is None:
             def run_chain(x, y, seed, n_steps):
