@@ -205,7 +205,8 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
         paths: run directories (`<run>/eval/results.json`), eval directories or results.json files.
         output_dir: where the report goes.
         names: row names (default the run directories' names).
-        scores: optional OOD score names to keep as AUROC columns (default every score).
+        scores: optional OOD score names to keep as AUROC columns and histogram plots (default every
+            score).
         title: the report's heading.
 
     Returns:
@@ -232,6 +233,8 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
         written.append(robustness_lib.robustness_curve(curves, os.path.join(output_dir, "report_robustness.png"),
                                                        title="robust accuracy, all runs"))
     for kind in _union(plot_files.values()):
+        if scores and kind.startswith("scores_") and kind[len("scores_"):] not in scores:
+            continue  # a score the table leaves out
         have = {name: files[kind] for name, files in plot_files.items() if kind in files}
         written.append(side_by_side(have, os.path.join(output_dir, f"report_{kind}.png"), title=kind))
 
