@@ -4,6 +4,7 @@ checks every trainer passes (a few fit steps, a checkpoint round trip, a `.keras
 - `tiny_network(...)`: the small convolutional networks of the tests, one function; its options
   rebuild each variant the tests used (and the numbers they pin) exactly.
 - `digits_arrays(n)`: the first `n` images of scikit-learn's 8x8 digits in a pixel range.
+- `ConstantInitializer`: chains that all start at one image (distribution tests).
 - `run_trainer_smoke_test(trainer, x, y)`: `fit` a few steps; finite logs, moved weights.
 - `run_checkpoint_roundtrip(trainer_fn, x, y, directory)`: train, checkpoint with
   `keras_ebm.callbacks.make_checkpoint`, restore into a fresh trainer: every variable equal, and the
@@ -18,6 +19,7 @@ import os
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_ebm import callbacks
 
@@ -96,6 +98,24 @@ def assert_states_equal(a, b, what):
         np.testing.assert_array_equal(u, v, err_msg=f"{what}: variable {i}")
 
 
+def assert_next_steps_equal(a, b, x, y, batch_size, what):
+    """One `fit` step of each trainer on the same batch leaves them in equal states."""
+    _fit(a, x, y, 1, batch_size)
+    _fit(b, x, y, 1, batch_size)
+    assert_states_equal(trainer_state(a), trainer_state(b), what)
+
+
+class ConstantInitializer:
+    """A chain initialiser whose every chain starts at the same image (`value` everywhere): chain
+    starts do not depend on which buffer rows are drawn."""
+
+    def __init__(self, value=0.1):
+        self.value = value
+
+    def init(self, shape, seed, y=None):
+        return tf.fill(shape, self.value)
+
+
 def run_trainer_smoke_test(trainer, x, y, steps=2, batch_size=16):
     """`fit` `steps` steps (compiling with Adam if needed): every reported value is finite and the
     trainable weights moved. Returns the history dict."""
@@ -129,9 +149,7 @@ def run_checkpoint_roundtrip(trainer_fn, x, y, directory, steps=2, batch_size=16
     callbacks.ensure_built(restored)
     callbacks.make_checkpoint(restored).restore(path).assert_existing_objects_matched()
     assert_states_equal(trainer_state(trained), trainer_state(restored), "restored checkpoint")
-    _fit(trained, x, y, 1, batch_size)
-    _fit(restored, x, y, 1, batch_size)
-    assert_states_equal(trainer_state(trained), trainer_state(restored), "step after the restore")
+    assert_next_steps_equal(trained, restored, x, y, batch_size, "step after the restore")
     return restored
 
 
@@ -161,13 +179,13 @@ def run_serialization_test(trainer, x, y, directory, batch_size=16):
     for name in expected:
         np.testing.assert_allclose(got[name].numpy(), expected[name].numpy(), rtol=1e-6, atol=1e-6, err_msg=name)
     if trainer.compiled:
-        _fit(trainer, x, y, 1, batch_size)
-        _fit(loaded, x, y, 1, batch_size)
-        assert_states_equal(trainer_state(trainer), trainer_state(loaded), "step after loading")
+        assert_next_steps_equal(trainer, loaded, x, y, batch_size, "step after loading")
     return loaded
 
 
 __all__ = [
+    "ConstantInitializer",
+    "assert_next_steps_equal",
     "assert_states_equal",
     "compile_trainer",
     "digits_arrays",

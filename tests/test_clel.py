@@ -13,7 +13,9 @@ from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.clel import CLEL
 
-from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test
+from helpers import (
+    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+)
 
 
 # ---------------------------------------------------------------- spectral norm

@@ -16,7 +16,10 @@ from keras_ebm.heads import MaxMahalanobisHead, build_mmc_classifier, max_mahala
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.gmmc import GMMC
 
-from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
+from helpers import (
+    ConstantInitializer, digits_arrays, run_checkpoint_roundtrip, run_serialization_test,
+    run_trainer_smoke_test, tiny_network,
+)
 
 
 def tiny_backbone(image_shape, dim=16, seed=3):
@@ -31,16 +34,6 @@ def tiny_gmmc(image_shape=(8, 8, 1), mode="generative", n_steps=2, buffer_size=2
     )
     return GMMC(network, image_shape=image_shape, num_classes=10, mode=mode, sampler=sampler,
                 buffer_size=buffer_size, **kwargs)
-
-
-class ConstantInitializer:
-    """Every chain starts at the same image: chain starts do not depend on which rows are drawn."""
-
-    def __init__(self, value=0.1):
-        self.value = value
-
-    def init(self, shape, seed, y=None):
-        return tf.fill(shape, self.value)
 
 
 def _gram(mu):

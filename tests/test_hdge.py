@@ -13,7 +13,10 @@ from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.hdge import HDGE
 from keras_ebm.trainers.softmax import SoftmaxClassifier
 
-from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
+from helpers import (
+    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    tiny_network,
+)
 
 TAU = 0.1
 

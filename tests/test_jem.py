@@ -13,7 +13,10 @@ from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, SGLDSampler
 from keras_ebm.trainers.jem import JEM, JEMPP, SADAJEM
 
-from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
+from helpers import (
+    ConstantInitializer, digits_arrays, run_checkpoint_roundtrip, run_serialization_test,
+    run_trainer_smoke_test, tiny_network,
+)
 
 
 # The JEM tests' network: two strided convolutions, global average pooling, kernels of seed 3.
@@ -25,16 +28,6 @@ def cifar_batch(path, n=128):
 
     x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
     return to_pixel_range(x, (-1.0, 1.0)).numpy(), y
-
-
-class ConstantInitializer:
-    """Every chain starts at the same image: chain starts do not depend on which rows are drawn."""
-
-    def __init__(self, value=0.1):
-        self.value = value
-
-    def init(self, shape, seed, y=None):
-        return tf.fill(shape, self.value)
 
 
 @pytest.mark.parametrize("method", ["jem", "sadajem"])

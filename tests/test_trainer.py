@@ -11,7 +11,10 @@ import tensorflow as tf
 from keras_ebm import energy
 from keras_ebm.trainers import SoftmaxClassifier
 
-from helpers import digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test, tiny_network
+from helpers import (
+    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    tiny_network,
+)
 
 
 def make_trainer(**kwargs):
