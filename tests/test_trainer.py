@@ -150,6 +150,15 @@ def test_softmax_smoke_checkpoint_and_keras_file_round_trips(tmp_path):
     loaded = run_serialization_test(trainer, x, y, tmp_path)
     assert loaded.weight_decay == 1e-3 and loaded.seed == 4
     run_serialization_test(make_trainer(), x, y, tmp_path / "uncompiled")  # weights only, no optimizer
+    # Compiled but never trained: the optimizer comes back unbuilt (nothing to load), then trains.
+    fresh = make_trainer()
+    fresh.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    fresh(x[:1])
+    fresh.save(str(tmp_path / "fresh.keras"))
+    reloaded = keras.saving.load_model(str(tmp_path / "fresh.keras"))
+    assert reloaded.compiled and not reloaded.optimizer.built
+    assert reloaded.optimizer.get_config() == fresh.optimizer.get_config()
+    run_trainer_smoke_test(reloaded, x, y)
 
 
 def _every_trainer():

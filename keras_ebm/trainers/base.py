@@ -171,11 +171,19 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         del config
         self.build()
 
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        if config:  # whether the saved file holds optimizer slots (a trainer compiled but not trained has none)
+            config["optimizers_built"] = all(o.built for o in self.optimizers.values())
+        return config
+
     def compile_from_config(self, config):
-        """Compile with the saved compile arguments (CLEL: both optimizers) and build the
-        optimizers on their variables, so that their saved slots load."""
+        """Compile with the saved compile arguments (CLEL: both optimizers) and, when the saved
+        optimizers were built, build them on their variables, so that their saved slots load."""
+        config = dict(config)
+        optimizers_built = config.pop("optimizers_built", True)
         self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
+        if self.built and optimizers_built:
             self.build_optimizers()
 
     # The RNG states (`keras.random.SeedGenerator`s of the trainer, sampler, buffer and network)
