@@ -73,7 +73,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     data-fitted statistics of an `InformativeInitializer`, the RNG states (trainer, sampler,
     buffer, as checkpoints hold them) and, when compiled, the optimizer(s) and their slots, so a
     loaded trainer continues training where the saved one stopped. Not saved: data sources
-    (GMMC's `sigma_data`) and CLEL's `class_latents` (call `set_class_latents` again).
+    (GMMC's `sigma_data`) and CLEL's `class_latents` (call `set_class_latents` again). In a new
+    process, `import keras_ebm.trainers` before `load_model` (it registers the classes).
     """
 
     tracked_names = ("loss", "clf_loss", "clf_acc", "energy_data")
