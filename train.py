@@ -32,8 +32,12 @@ def main(argv):
     # the data sets and batch sizes (checked when the dataset functions are built).
     cli.check_run_config(FLAGS.model_dir, FLAGS.gin_file, FLAGS.gin_param)
     cli.resolve_run_training()
-    cli.save_config(FLAGS.model_dir)
-    training.run_training(model_dir=FLAGS.model_dir)
+    # Errors found later (a data file that does not load, labels out of range at the first step)
+    # leave config.gin as it was: removed again for a run that never checkpointed, so that a
+    # corrected command is not refused as "another config".
+    with cli.config_restored_on_failure(FLAGS.model_dir):
+        cli.save_config(FLAGS.model_dir)
+        training.run_training(model_dir=FLAGS.model_dir)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Gin parsing shared by train.py and eval.py: typos fail loudly, the config is saved with the run."""
 
+import contextlib
 import os
 
 import gin
@@ -24,10 +25,69 @@ def parse_gin(gin_files, gin_params):
     try:
         gin.parse_config_files_and_bindings(files, gin_params, skip_unknown=False)
     except (ValueError, KeyError, SyntaxError) as e:
+        hint = ""
+        if "Failed to parse token" in str(e) or "malformed node" in str(e):
+            hint = " A string value needs quotes: DATASET = 'digits', not DATASET = digits."
         raise ValueError(
             f"Invalid gin configuration ({type(e).__name__}): {e}\nCheck the spelling of the "
-            "configurable/parameter against keras_ebm/configurables.py and the README."
+            f"configurable/parameter against keras_ebm/configurables.py and the README.{hint}"
         ) from e
+    _check_param_macros(gin_params)
+
+
+def _macro_references(value, out):
+    if isinstance(value, gin.config.ConfigurableReference):
+        if value.selector == "gin.macro" and value.scopes:
+            out.add(value.scopes[-1])
+    elif isinstance(value, dict):
+        for v in value.values():
+            _macro_references(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _macro_references(v, out)
+    return out
+
+
+def _check_param_macros(gin_params):
+    """A macro set with --gin_param (`NAME = value`) that nothing in the config reads is a typo
+    (GLOBAL_BATCH_SIZ) or a setting this config does not have (SGLD_STEPS for softmax): gin
+    accepts it silently, so refuse it here. Macros set in files may go unused (tiny.gin serves
+    every config)."""
+    import difflib
+
+    defined = set()
+    for binding in gin_params:
+        for line in str(binding).splitlines():
+            name = line.split("=", 1)[0].strip()
+            if "=" in line and name and "." not in name and "/" not in name and name.isidentifier():
+                defined.add(name)
+    if not defined:
+        return
+    used = set()
+    for params in gin.config._CONFIG.values():
+        _macro_references(params, used)
+    unused = sorted(defined - used)
+    if unused:
+        known = sorted(scope for scope, selector in gin.config._CONFIG if selector == "gin.macro")
+        lines = []
+        for name in unused:
+            close = difflib.get_close_matches(name, [k for k in known if k not in defined], n=1)
+            lines.append(f"  {name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ValueError(
+            "These macros set with --gin_param are read by nothing in the config, so they would "
+            "change nothing:\n" + "\n".join(lines) + "\nCheck the spelling against the macros "
+            "the config uses (" + ", ".join(sorted(used)) + "). Received: --gin_param "
+            + ", ".join(unused)
+        )
+
+
+def check_model_dir(model_dir):
+    """--model_dir must be a directory (or not exist yet): refuse a file before anything runs."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(
+            f"--model_dir must be a directory (created if missing); {model_dir} is a file. Pass a "
+            f"directory path, e.g. --model_dir=runs/my_run. Received: --model_dir={model_dir}"
+        )
 
 
 # run_training bindings that may change between calls on one model_dir (resume longer, evaluate...).
@@ -62,6 +122,7 @@ def check_run_config(model_dir, gin_files, gin_params):
     resume them into another model). Only run-control bindings of `run_training` (`RUN_CONTROL`:
     train_steps, max_minutes, evaluate, ...) may change. Leaves the new config parsed.
     """
+    check_model_dir(model_dir)
     path = os.path.join(model_dir, "config.gin")
     if not os.path.isfile(path):
         return
@@ -88,6 +149,58 @@ def check_run_config(model_dir, gin_files, gin_params):
             f"this one). To resume this run, give it its own config: python train.py "
             f"--gin_file={path} --model_dir={model_dir} (run-control bindings such as "
             f"run_training.train_steps may change: {', '.join(RUN_CONTROL)}).")
+
+
+def _checkpoint_index(model_dir):
+    path = os.path.join(model_dir, "checkpoints", "checkpoint")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _only_initial_checkpoint(index):
+    """The checkpoint index lists nothing but the step-0 checkpoint (saved before any step)."""
+    if index is None:
+        return True
+    paths = [line.split(":", 1)[1].strip().strip('"') for line in index.decode().splitlines()
+             if line.startswith("all_model_checkpoint_paths")]
+    return all(p.endswith("-0") for p in paths)
+
+
+@contextlib.contextmanager
+def config_restored_on_failure(model_dir):
+    """If the body raises before it trained a step, leave `model_dir` as it was: the previous
+    `config.gin` is put back (or the new one removed), and what this call created for a run with
+    no checkpoint (the step-0 checkpoint, or the whole directory) is removed, so that a corrected
+    command is not refused as another config. A run that trained keeps everything."""
+    import shutil
+
+    path = os.path.join(model_dir, "config.gin")
+    checkpoints = os.path.join(model_dir, "checkpoints")
+    existed_dir = os.path.isdir(model_dir)
+    had_checkpoints = os.path.isdir(checkpoints)
+    old = None
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            old = f.read()
+    index = _checkpoint_index(model_dir)
+    try:
+        yield
+    except BaseException:
+        now = _checkpoint_index(model_dir)
+        if now == index or (not had_checkpoints and _only_initial_checkpoint(now)):
+            if not existed_dir:
+                shutil.rmtree(model_dir, ignore_errors=True)
+            else:
+                if old is not None:
+                    with open(path, "wb") as f:
+                        f.write(old)
+                elif os.path.isfile(path):
+                    os.remove(path)
+                if not had_checkpoints:
+                    shutil.rmtree(checkpoints, ignore_errors=True)
+        raise
 
 
 def save_config(model_dir):

@@ -7,6 +7,8 @@ two independently shuffled loaders of SADA-JEM (augmented classifier batch, plai
 `load_arrays` returns numpy arrays for evaluation.
 """
 
+import warnings
+
 import tensorflow as tf
 
 from keras_ebm.data import augment as augment_lib
@@ -28,6 +30,35 @@ def _check_name(name):
 def _check_batch_size(value, arg_name):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"`{arg_name}` must be a positive int. Received: {arg_name}={value!r}")
+
+
+def _check_source_for_batches(name, split, info, train_labels, source_kwargs):
+    """Refuse a source that would train nothing or train wrongly, before any batch is drawn."""
+    if info.num_examples == 0:
+        filters = {k: source_kwargs[k] for k in ("classes", "max_examples") if k in source_kwargs}
+        raise ValueError(
+            f"The '{name}' source has no examples in split '{split}'"
+            f"{' after ' + str(filters) if filters else ''}: a pipeline over it yields no batch "
+            "(training would stop at once, or wait forever for a first batch). Check the file, the "
+            f"split and the filters. Received: name={name!r}, split={split!r}"
+        )
+    if train_labels and not info.has_labels:
+        raise ValueError(
+            f"The '{name}' file has images ('x') but no labels ('y'): every label would be 0. A "
+            "label-free file is an OOD / evaluation set (e.g. in run_eval.ood_sets), not training "
+            "data. To train on it, save integer labels with the images, np.savez(path, x=x, y=y), "
+            "or per split: x_train/y_train and x_test/y_test (a trainer that ignores labels, "
+            "such as CLEL, may pass require_labels=False). "
+            f"Received: name={name!r}, split={split!r}, local_path={source_kwargs.get('local_path')!r}"
+        )
+    if train_labels and info.single_split:
+        warnings.warn(
+            f"The '{name}' file has no per-split arrays (x_train/x_test): its '{split}' split is the "
+            "whole file, and so is every other split: a 'test' split read from it is the training "
+            "data. Store x_train/y_train and x_test/y_test to keep test images apart. "
+            f"(local_path={source_kwargs.get('local_path')!r})",
+            stacklevel=3,
+        )
 
 
 def _is_train(split):
@@ -63,6 +94,7 @@ def make_dataset(
     seed=0,
     shuffle_buffer=None,
     cache=False,
+    require_labels=True,
     **source_kwargs,
 ):
     """A batched `tf.data.Dataset` of `(x float32 [b, H, W, C] in pixel_range, y int32 [b])`.
@@ -93,6 +125,9 @@ def make_dataset(
         seed: seed of the shuffle, the augmentation and the noise.
         shuffle_buffer: shuffle buffer size (default: the whole set, up to 60,000 examples).
         cache: cache the decoded images in memory (saves JPEG decoding after the first epoch).
+        require_labels: refuse a label-free file (an npz with `x` but no `y`) for a train split,
+            where every label would silently be 0. A trainer that ignores labels (CLEL) may pass
+            False.
         **source_kwargs: passed to `load_source` (`local_path`, `classes`, `image_size`,
             `max_examples`, `data_dir`, `download`, ...).
 
@@ -113,9 +148,20 @@ def make_dataset(
     drop_remainder = train if drop_remainder is None else drop_remainder
 
     ds, info = sources.load_source(name, split, **source_kwargs)
+    _check_source_for_batches(name, split, info, train and require_labels, source_kwargs)
 
     batch_size, pipeline_id = global_batch_size, 0
     if input_context is not None:
+        replicas = input_context.num_replicas_in_sync
+        if global_batch_size % replicas:
+            raise ValueError(
+                f"The global batch size {global_batch_size} must be a multiple of the number of "
+                f"replicas ({replicas}: every replica gets the same share"
+                f"{', and each needs at least one example' if global_batch_size < replicas else ''}"
+                f"). Use a batch size of {max(replicas, global_batch_size // replicas * replicas)} "
+                f"or {(global_batch_size // replicas + 1) * replicas}, or fewer devices. "
+                f"Received: global_batch_size={global_batch_size}, num_replicas_in_sync={replicas}"
+            )
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         if input_context.num_input_pipelines > 1:
             ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

@@ -75,6 +75,11 @@ class SourceInfo:
         image_shape: `(height, width, channels)` of every image.
         num_classes: number of labels (after a `classes` filter: `len(classes)`).
         class_names: tuple of `num_classes` names.
+        has_labels: False for a label-free file (an "npz" with `x` but no `y`): every label is 0,
+            so it is an OOD / evaluation set, never training data (`make_dataset` refuses it for a
+            train split).
+        single_split: True when the file has no per-split arrays (an "npz" with `x`/`y` instead of
+            `x_train`/`x_test`): every split is the whole file.
     """
 
     name: str
@@ -83,6 +88,8 @@ class SourceInfo:
     image_shape: Tuple[int, int, int]
     num_classes: int
     class_names: Tuple[str, ...]
+    has_labels: bool = True
+    single_split: bool = False
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -259,6 +266,41 @@ def _resolve_local_path(name, local_path):
     )
 
 
+def _npz_error(path, name, what):
+    return ValueError(
+        f"{path} cannot be read as a .npz archive ({what}). It may be truncated (an interrupted "
+        "copy or download) or not an npz at all: copy or re-create it, e.g. "
+        f"np.savez(path, x=uint8_images, y=int_labels). Received: name={name!r}, "
+        f"local_path={str(path)!r}"
+    )
+
+
+def _load_npz_arrays(path, name, keys):
+    """`{key: array}` of the existing `keys` of the npz at `path`, with one clear error for a
+    directory, a truncated or corrupt archive, or object (pickled) arrays."""
+    import zipfile
+    import zlib
+
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"The '{name}' source reads one .npz file, and {path} is a directory: pass the file "
+            f"itself as `local_path=`. Received: local_path={str(path)!r}"
+        )
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a bare .npy array
+            raise _npz_error(path, name, "it is a single .npy array, not an .npz of named arrays")
+        with f:
+            return {k: f[k] for k in keys if k in f.files}, tuple(f.files)
+    except ValueError as e:
+        if "pickle" in str(e):  # object arrays, or not a numpy file at all
+            raise _npz_error(path, name, f"numpy says: {e}") from None
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+        raise _npz_error(path, name, f"{type(e).__name__}: {e}") from None
+
+
 def _dataset_from_arrays(x, y):
     return tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
 
@@ -417,21 +459,22 @@ def _cifar10_jpeg_source(split, local_path, classes, max_examples):
             "The 'cifar10_jpeg' source has the splits 'train' and 'test'. "
             f"Received: split={split!r}"
         )
-    with np.load(path) as f:
-        needed = [f"{split}_jpeg", f"{split}_offsets", f"{split}_y"]
-        missing = [k for k in needed if k not in f.files]
-        if missing:
-            raise ValueError(
-                f"{path} is not a CIFAR-10 JPEG archive: keys {missing} are missing (see "
-                f"../shared/data/README.md for the format). Received: keys={sorted(f.files)}"
-            )
-        data = f[f"{split}_jpeg"]
-        offsets = f[f"{split}_offsets"]
-        labels = f[f"{split}_y"].astype(np.int64)
-        if "class_names" in f.files:
-            class_names = tuple(str(c) for c in f["class_names"])
-        else:
-            class_names = tuple(str(i) for i in range(10))
+    needed = [f"{split}_jpeg", f"{split}_offsets", f"{split}_y"]
+    arrays, keys = _load_npz_arrays(path, "cifar10_jpeg", needed + ["class_names"])
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"{path} is not a CIFAR-10 JPEG archive: keys {missing} are missing (see "
+            f"../shared/data/README.md for the format). Received: keys={sorted(keys)}"
+        )
+    data = arrays[f"{split}_jpeg"]
+    offsets = arrays[f"{split}_offsets"].astype(np.int64)
+    labels = arrays[f"{split}_y"].astype(np.int64)
+    if "class_names" in arrays:
+        class_names = tuple(str(c) for c in arrays["class_names"])
+    else:
+        class_names = tuple(str(i) for i in range(10))
+    _check_jpeg_archive(path, split, data, offsets, labels, len(class_names))
     classes = _check_classes(classes, len(class_names))
     idx, y = _select_numpy(labels, classes, max_examples)
     encoded = np.array([data[offsets[i] : offsets[i + 1]].tobytes() for i in idx], dtype=object)
@@ -448,23 +491,60 @@ def _cifar10_jpeg_source(split, local_path, classes, max_examples):
     return ds, len(idx), (32, 32, 3), class_names
 
 
+def _check_jpeg_archive(path, split, data, offsets, labels, num_classes):
+    """Cheap structural checks of a JPEG-bytes archive (no decoding): offsets in order and in
+    bounds, one label per image in range, and every image a complete JPEG stream (starts with the
+    SOI marker FF D8, ends with EOI FF D9), so a truncated or corrupt image is named now instead
+    of failing inside tf.data mid-training."""
+    n = len(labels)
+    where = f"'{split}' split of {path}"
+    if offsets.ndim != 1 or len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(data) \
+            or np.any(np.diff(offsets) <= 0):
+        raise ValueError(
+            f"The {where} is corrupt: `{split}_offsets` must be {n + 1} increasing byte offsets "
+            f"from 0 to {len(data)} (image i is bytes [offsets[i], offsets[i+1])). Copy the file "
+            f"again. Received: {split}_offsets.shape={offsets.shape}"
+        )
+    if n and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"The {where} has labels outside [0, {num_classes}). Copy the file again. "
+            f"Received: labels in [{labels.min()}, {labels.max()}]"
+        )
+    data = np.asarray(data, np.uint8)
+    starts, ends = offsets[:-1], offsets[1:]
+    short = (ends - starts) < 4
+    ok = ~short
+    ok[ok] = (
+        (data[starts[ok]] == 0xFF) & (data[starts[ok] + 1] == 0xD8)
+        & (data[ends[ok] - 2] == 0xFF) & (data[ends[ok] - 1] == 0xD9)
+    )
+    bad = np.flatnonzero(~ok)
+    if len(bad):
+        raise ValueError(
+            f"{len(bad)} image(s) of the {where} are not complete JPEG files (they must start "
+            "with bytes FF D8 and end with FF D9): truncated or corrupt. Copy the file again. "
+            f"Received: bad image indices {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}"
+        )
+
+
 def _npz_source(name, split, local_path, classes, max_examples):
     path = _resolve_local_path(name, local_path)
-    with np.load(path, allow_pickle=False) as f:
-        keys = set(f.files)
-        if f"x_{split}" in keys:
-            x_key, y_key = f"x_{split}", f"y_{split}"
-        elif "x" in keys:
-            # A single array: every split is the whole file (the OOD use case).
-            x_key, y_key = "x", "y"
-        else:
-            raise ValueError(
-                f"{path} has no image array for split '{split}': expected a key 'x' (with an "
-                f"optional 'y'), or 'x_{split}'/'y_{split}'. Received: keys={sorted(keys)}"
-            )
-        x = f[x_key]
-        labels = f[y_key] if y_key in keys else None
-        class_names = tuple(str(c) for c in f["class_names"]) if "class_names" in keys else None
+    keys = _load_npz_arrays(path, name, ())[1]
+    if f"x_{split}" in keys:
+        x_key, y_key = f"x_{split}", f"y_{split}"
+    elif "x" in keys:
+        # A single array: every split is the whole file (the OOD use case).
+        x_key, y_key = "x", "y"
+    else:
+        raise ValueError(
+            f"{path} has no image array for split '{split}': expected a key 'x' (with an "
+            f"optional 'y'), or 'x_{split}'/'y_{split}'. Received: keys={sorted(keys)}"
+        )
+    arrays, _ = _load_npz_arrays(path, name, (x_key, y_key, "class_names"))
+    x = arrays[x_key]
+    labels = arrays.get(y_key)
+    has_labels = labels is not None
+    class_names = tuple(str(c) for c in arrays["class_names"]) if "class_names" in arrays else None
     if x.dtype != np.uint8:
         raise ValueError(
             f"'{x_key}' in {path} must be uint8 images [N, H, W, C] (or [N, H, W]) in 0..255; "
@@ -480,7 +560,27 @@ def _npz_source(name, split, local_path, classes, max_examples):
         )
     if labels is None:
         labels = np.zeros((len(x),), np.int64)
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    labels = np.asarray(labels).reshape(-1)
+    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
+            or labels.dtype == bool):
+        raise ValueError(
+            f"'{y_key}' in {path} must hold integer class labels 0..num_classes-1. "
+            f"Received: {y_key}.dtype={labels.dtype}"
+        )
+    if np.issubdtype(labels.dtype, np.floating) and len(labels) and not (
+        np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
+    ):
+        raise ValueError(
+            f"'{y_key}' in {path} must hold integer class labels; it holds non-integer values "
+            "(one-hot or soft labels must be stored as class indices, e.g. y.argmax(-1)). "
+            f"Received: {y_key}.dtype={labels.dtype}, e.g. {labels[labels != np.round(labels)][:3]}"
+        )
+    labels = labels.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        raise ValueError(
+            f"'{y_key}' in {path} must hold class labels >= 0 (a label-free set is a file with "
+            f"no '{y_key}'). Received: {y_key} min={labels.min()}"
+        )
     if len(labels) != len(x):
         raise ValueError(
             f"'{y_key}' in {path} must have one label per image ({len(x)}). "
@@ -491,7 +591,13 @@ def _npz_source(name, split, local_path, classes, max_examples):
     if class_names is None:
         num = int(labels.max()) + 1 if len(labels) else 1
         class_names = tuple(str(i) for i in range(num))
-    return _arrays_source(x, labels, class_names, classes, max_examples)
+    if len(labels) and labels.max() >= len(class_names):
+        raise ValueError(
+            f"'{y_key}' in {path} has labels up to {labels.max()}, but the file's class_names "
+            f"name {len(class_names)} classes. Received: class_names={list(class_names)}"
+        )
+    ds, n, shape, class_names = _arrays_source(x, labels, class_names, classes, max_examples)
+    return ds, n, shape, class_names, has_labels, x_key == "x"
 
 
 def resolve_official_path(name, split, local_path=None, prepared=True):
@@ -547,6 +653,25 @@ def _official_source(name, split, local_path, classes, max_examples, label_mode)
 
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _check_image_headers(files):
+    """Every file starts like a PNG, JPEG, GIF or BMP (reads 8 bytes of each): a file that is not
+    an image (an HTML error page saved as .jpg, an empty or truncated download) is named now
+    instead of failing inside tf.data mid-training."""
+    bad = []
+    for path in files:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if not head.startswith(_IMAGE_MAGIC):
+            bad.append(str(path))
+    if bad:
+        raise ValueError(
+            f"{len(bad)} file(s) of the image folder are not PNG, JPEG, GIF or BMP images (empty, "
+            "truncated, or another format under an image extension): remove or replace them. "
+            f"Received: {bad[:5]}{' ...' if len(bad) > 5 else ''}"
+        )
 
 
 def _folder_source(split, local_path, classes, max_examples, image_size, channels):
@@ -574,6 +699,7 @@ def _folder_source(split, local_path, classes, max_examples, image_size, channel
             f"{root} must contain one sub-folder per class holding images "
             f"({', '.join(_IMAGE_EXTENSIONS)}). Received: sub-folders={class_dirs}"
         )
+    _check_image_headers(files)
     first = tf.io.decode_image(tf.io.read_file(str(files[0])), expand_animations=False)
     native_channels = int(first.shape[-1])
     size = image_size or tuple(int(v) for v in first.shape[:2])
@@ -781,6 +907,7 @@ def load_source(
         info = dataclasses.replace(base_info, name=name, num_examples=len(x))
         return _dataset_from_arrays(x, y), info
 
+    has_labels, single_split = True, False
     if name in TFDS_DATASETS:
         ds, n, shape, class_names = _tfds_source(
             name, split, data_dir, download, classes, max_examples, image_size, crop
@@ -792,7 +919,9 @@ def load_source(
     elif name == "cifar10_jpeg":
         ds, n, shape, class_names = _cifar10_jpeg_source(split, local_path, classes, max_examples)
     elif name in ("npz", "dtd_npz", "celeba_npz"):
-        ds, n, shape, class_names = _npz_source(name, split, local_path, classes, max_examples)
+        ds, n, shape, class_names, has_labels, single_split = _npz_source(
+            name, split, local_path, classes, max_examples
+        )
     elif name == "folder":
         ds, n, shape, class_names = _folder_source(
             split, local_path, classes, max_examples, image_size, channels
@@ -814,5 +943,7 @@ def load_source(
         image_shape=shape,
         num_classes=len(class_names),
         class_names=tuple(class_names),
+        has_labels=has_labels,
+        single_split=single_split,
     )
     return ds, info

@@ -44,7 +44,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         pixel_range: `(lo, hi)` range of the float images the network sees: `(-1, 1)` for the JEM
             family, `(0, 1)` for CLEL. The export maps uint8 images into it.
         gradients: the gradient function, `PlainGradients()` (default) or `SAMGradients(rho=...)`.
-        check_finite_inputs: assert that input batches hold no NaN/Inf (cheap next to a conv net).
+        check_finite_inputs: assert that input batches hold no NaN/Inf, that images are on the
+            pixel_range scale (not 0..255) and labels are class ids in [0, num_classes) (cheap
+            next to a conv net).
         weight_decay: coupled L2 weight decay added to the gradients of every trainable variable
             (PyTorch SGD's `weight_decay`, which the official code uses; Keras optimizers'
             `weight_decay` is decoupled and about 10x weaker with momentum 0.9). See
@@ -248,10 +250,10 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
             )
         batch["x"] = self._check_images(batch["x"], "x")
-        batch["y"] = tf.cast(tf.reshape(batch["y"], [-1]), tf.int32)
+        batch["y"] = self._check_labels(batch["y"], "y")
         if "x_px" in batch:
             batch["x_px"] = self._check_images(batch["x_px"], "x_px")
-            batch["y_px"] = tf.cast(tf.reshape(batch["y_px"], [-1]), tf.int32)
+            batch["y_px"] = self._check_labels(batch["y_px"], "y_px")
         else:  # one loader: the very same tensors, so trainers can reuse the classifier forward
             batch["x_px"], batch["y_px"] = batch["x"], batch["y"]
         return batch
@@ -304,23 +306,49 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 tracker.update_state(logs[name])
         return {name: tracker.result() for name, tracker in self.trackers.items()}
 
+    # Input checks. Shapes and dtypes are checked when the step is traced (a ValueError before the
+    # first step runs); values (NaN/Inf, pixel scale, label range) by cheap asserts in the step,
+    # and up front for numpy arrays given to `fit` (`check_fit_data`).
+    _PIXEL_SCALE_MARGIN = 10.0  # images beyond pixel_range by 10 range-widths: 0..255 pixels
+
+    def _pixel_bounds(self):
+        lo, hi = self.pixel_range
+        margin = self._PIXEL_SCALE_MARGIN * (hi - lo)
+        return lo - margin, hi + margin
+
+    def _image_shape_error(self, name, shape):
+        expected = tuple(self.image_shape)
+        hint = "Check the dataset's image_size/channels or the trainer's image_shape."
+        if len(shape) == 3 and expected[-1] == 1 and tuple(shape[1:]) == expected[:2]:
+            hint = (f"Grayscale images [N, H, W] need a channel axis: pass {name}[..., None] "
+                    "(numpy) or tf.expand_dims(x, -1).")
+        elif len(shape) == 4 and tuple(shape[1:3]) == expected[:2] and shape[3] != expected[2]:
+            hint = (f"The images have {shape[3]} channel(s), the trainer {expected[2]}: convert them "
+                    "(keras_ebm.data sources take `channels=`) or build the trainer for "
+                    f"image_shape={expected[:2] + (shape[3],)}.")
+        elif len(shape) == 4 and tuple(shape[1:3]) == (expected[2], expected[0]) and shape[3] == expected[1]:
+            hint = "The images look channels-first [N, C, H, W]: transpose them to [N, H, W, C]."
+        return ValueError(
+            f"{type(self).__name__} was built for images of shape [batch, "
+            f"{', '.join(map(str, expected))}]; the '{name}' batch has shape "
+            f"{tuple(shape)}. {hint} Received: {name}.shape={tuple(shape)}"
+        )
+
+    def _image_dtype_error(self, name, dtype):
+        return ValueError(
+            f"{type(self).__name__} expects float images in pixel_range {self.pixel_range}; the "
+            f"'{name}' batch is {dtype}. Map uint8 images with "
+            "keras_ebm.data.to_pixel_range (the datasets of keras_ebm.data do). "
+            f"Received: {name}.dtype={dtype}"
+        )
+
     def _check_images(self, x, name):
         if not tf.is_tensor(x):
             x = tf.convert_to_tensor(x)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"{type(self).__name__} was built for images of shape [batch, "
-                f"{', '.join(map(str, self.image_shape))}]; the '{name}' batch has shape "
-                f"{x.shape}. Check the dataset's image_size/channels or the trainer's image_shape. "
-                f"Received: {name}.shape={x.shape}"
-            )
+            raise self._image_shape_error(name, tuple(x.shape))
         if not x.dtype.is_floating:
-            raise ValueError(
-                f"{type(self).__name__} expects float images in pixel_range {self.pixel_range}; the "
-                f"'{name}' batch is {x.dtype.name}. Map uint8 images with "
-                "keras_ebm.data.to_pixel_range (the datasets of keras_ebm.data do). "
-                f"Received: {name}.dtype={x.dtype.name}"
-            )
+            raise self._image_dtype_error(name, x.dtype.name)
         # Images, chains and the replay buffer stay float32; a mixed-precision network casts its
         # own inputs to its compute dtype.
         x = tf.cast(x, tf.float32)
@@ -328,7 +356,152 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             x = tf.debugging.assert_all_finite(
                 x, f"The '{name}' image batch contains NaN or Inf values: check the data pipeline."
             )
+            low, high = self._pixel_bounds()
+            in_scale = tf.debugging.assert_less_equal(
+                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), (high - low) / 2,
+                message=(
+                    f"The '{name}' images lie far outside pixel_range {self.pixel_range} (beyond "
+                    f"[{low:g}, {high:g}]): 0..255 pixels passed as floats? Map uint8 images with "
+                    "keras_ebm.data.to_pixel_range(x, pixel_range)."
+                ),
+            )
+            with tf.control_dependencies([in_scale]):
+                x = tf.identity(x)
         return x
+
+    def _check_labels(self, y, name):
+        """Integer class ids `[batch]` in [0, num_classes): a one-hot batch is refused when the
+        step is traced; float labels must hold whole numbers and every label be in range (cheap
+        asserts, with `check_finite_inputs`), instead of truncating 2.7 to 2 or feeding an
+        out-of-range id to the loss (on a GPU: NaN or silently wrong, no error)."""
+        if not tf.is_tensor(y):
+            y = tf.convert_to_tensor(y)
+        if y.shape.rank is not None and (y.shape.rank > 2 or (y.shape.rank == 2 and y.shape[-1] != 1)):
+            raise ValueError(
+                f"{type(self).__name__} takes integer class labels of shape [batch] (or [batch, 1]); "
+                f"the '{name}' batch has shape {tuple(y.shape)}. One-hot labels: pass "
+                f"np.argmax({name}, axis=-1). Received: {name}.shape={tuple(y.shape)}"
+            )
+        if not (y.dtype.is_integer or y.dtype.is_floating or y.dtype == tf.bool):
+            raise ValueError(
+                f"{type(self).__name__} takes integer class labels; the '{name}' batch is "
+                f"{y.dtype.name}. Received: {name}.dtype={y.dtype.name}"
+            )
+        y = tf.reshape(y, [-1])
+        checks = []
+        if self.check_finite_inputs and y.dtype.is_floating:
+            checks.append(tf.debugging.assert_equal(
+                y, tf.round(y),
+                message=(f"The '{name}' labels are floats that are not whole numbers: labels are "
+                         "class ids 0..num_classes-1 (one-hot or soft labels: pass their argmax).")))
+        y = tf.cast(y, tf.int32)
+        if self.check_finite_inputs:
+            message = (
+                f"The '{name}' labels must be class ids in [0, {self.num_classes}) "
+                f"({type(self).__name__}(num_classes={self.num_classes})): the data has more "
+                "classes than the trainer, or labels that are not ids (-1 for 'unlabelled'?). "
+                "Set num_classes to the data's number of classes, or remap the labels."
+            )
+            checks.append(tf.debugging.assert_non_negative(y, message=message))
+            checks.append(tf.debugging.assert_less(y, tf.constant(self.num_classes, tf.int32), message=message))
+        if checks:
+            with tf.control_dependencies(checks):
+                y = tf.identity(y)
+        return y
+
+    def check_fit_data(self, x, y=None, batch_size=None):
+        """The checks `fit` runs on its data before anything is traced (cheap: a min/max pass).
+
+        A `tf.data.Dataset` must not be empty (its cardinality is known); numpy arrays or eager
+        tensors must be images `[N, *image_shape]`, float, finite, on the `pixel_range` scale,
+        with labels `y` (class ids `[N]` in [0, num_classes)), and with a distribution strategy
+        no batch smaller than the number of replicas. Anything else (generators, PyDatasets,
+        dicts) is checked when the step is traced and run. Raises ValueError naming what is wrong.
+        """
+        import numpy as np
+
+        if isinstance(x, tf.data.Dataset):
+            if int(x.cardinality()) == 0:
+                raise ValueError(
+                    "The dataset passed to `fit` is empty: it yields no batch, so nothing would "
+                    "train (Keras only warns that the input ran out of data). Check its source and "
+                    "filters (and that `.batch(..., drop_remainder=True)` leaves a batch). "
+                    "Received: x.cardinality()=0"
+                )
+            return
+        if not isinstance(x, np.ndarray) and not (tf.is_tensor(x) and tf.executing_eagerly()):
+            return
+        x = np.asarray(x)
+        if y is None:
+            raise ValueError(
+                f"{type(self).__name__}.fit needs labels with the images: fit(x, y, ...), y integer "
+                "class ids [N] (a dataset of (images, labels) batches works too). Received: y=None"
+            )
+        if x.ndim == 0 or len(x) == 0:
+            raise ValueError(
+                "`fit` was given no images: nothing would train (Keras only warns that the input ran "
+                f"out of data). Received: x.shape={x.shape}"
+            )
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise self._image_shape_error("x", x.shape)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise self._image_dtype_error("x", x.dtype.name)
+        lo_x, hi_x = float(np.min(x)), float(np.max(x))
+        if not (np.isfinite(lo_x) and np.isfinite(hi_x)):
+            bad = np.flatnonzero(~np.isfinite(x.reshape(len(x), -1)).all(axis=1))
+            raise ValueError(
+                f"{len(bad)} image(s) of `x` contain NaN or Inf values: remove or repair them. "
+                f"Received: bad image indices {bad[:10].tolist()}{' ...' if len(bad) > 10 else ''}"
+            )
+        low, high = self._pixel_bounds()
+        if lo_x < low or hi_x > high:
+            raise ValueError(
+                f"The images lie far outside the trainer's pixel_range {self.pixel_range}: 0..255 "
+                "pixels passed as floats? Map uint8 images with keras_ebm.data.to_pixel_range(x, "
+                f"pixel_range). Received: x in [{lo_x:g}, {hi_x:g}]"
+            )
+        y = np.asarray(y)
+        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+            raise ValueError(
+                f"{type(self).__name__} takes integer class labels of shape [N]; `y` has shape "
+                f"{y.shape}. One-hot labels: pass np.argmax(y, axis=-1). Received: y.shape={y.shape}"
+            )
+        y = y.reshape(-1)
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+                or y.dtype == bool):
+            raise ValueError(f"`y` must hold integer class labels. Received: y.dtype={y.dtype}")
+        if len(y) and np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
+            raise ValueError(
+                "`y` must hold class ids 0..num_classes-1; it holds floats that are not whole "
+                "numbers (they would be truncated). One-hot or soft labels: pass their argmax. "
+                f"Received: e.g. y={y[y != np.round(y)][:3].tolist()}"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(
+                f"`y` must hold class ids in [0, {self.num_classes}) "
+                f"({type(self).__name__}(num_classes={self.num_classes})). Set num_classes to the "
+                "data's number of classes, or remap the labels. "
+                f"Received: y in [{y.min():g}, {y.max():g}]"
+            )
+        replicas = self.distribute_strategy.num_replicas_in_sync
+        if replicas > 1 and len(y) == len(x):
+            size = batch_size or 32
+            last = len(x) % size if len(x) > size else len(x)
+            smallest = min(size, last) if last else size
+            if smallest < replicas:
+                raise ValueError(
+                    f"With {replicas} replicas every batch needs at least {replicas} examples, but "
+                    f"{'batch_size' if smallest == size else 'the last batch'} has {smallest} "
+                    f"({len(x)} examples in batches of {size}). Use a batch size that is a multiple "
+                    f"of {replicas} and divides the data, or drop the last "
+                    f"{last} example(s). Received: batch_size={batch_size}, len(x)={len(x)}"
+                )
+
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        """`keras.Model.fit`, after `check_fit_data` (clear errors for empty, mis-shaped, 0..255,
+        NaN or mislabelled data before anything is traced)."""
+        self.check_fit_data(x, y, batch_size)
+        return super().fit(x, y, batch_size, *args, **kwargs)
 
     # ------------------------------------------------------------------ run hooks
     @property
