@@ -30,7 +30,11 @@ setup(
     python_requires=">=3.11",  # keras 3.15 and scikit-learn 1.9 require 3.11 (README, Dependencies)
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3"],
+        # The test extra includes the ONNX converter and runtime: the export tests round-trip through them.
+        "test": ["pytest>=8", "pytest-xdist>=3", "tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.17"],
+        # ONNX export (`export_model(..., onnx=True)`, run_training.export_onnx): tf2onnx, the
+        # converter Keras' own `Model.export(format="onnx")` uses on TensorFlow, and onnxruntime.
+        "onnx": ["tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.17"],
         # keras-cv 0.9 works with Keras 3.15 but is frozen (2024) and pulls in keras-core and
         # kagglehub; keras_ebm uses Keras-3 core layers + tf.image instead (README, "Dependencies").
         "kerascv": ["keras-cv==0.9.0"],

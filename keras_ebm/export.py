@@ -27,17 +27,23 @@ classifier (CLEL: its "logits" are a latent) is asked for its own quantities thr
 are exported for it (they would be JEM quantities of a latent), and no gradient is computed.
 Format version 2 (this rule); version 1 exported the JEM quantities for every model.
 
-Input checking. A signature fixed to `[None, H, W, C]` makes TensorFlow reject a wrong shape with
-"Can not cast TensorSpec(...) to TensorSpec(...)" followed by a dump of the whole array (attribute
-calls), and it cannot check the rank and the spatial size with one readable message. So the
-signatures are shape-agnostic (uint8, unknown rank) and the graph asserts the shape itself:
-"expected uint8 images of shape [N, H, W, C]; received shape [...]" (an `InvalidArgumentError`).
-The dtype is fixed by the signature. Attribute calls (`loaded.logits(x)`) with float16/32/64 or
-int32/64 tensors or arrays reach extra traces that fail with the same message; signature calls
-(`loaded.signatures["logits"](images=x)`) with a float tensor fail with TensorFlow's
-"... was expected to be a uint8 tensor but is a float tensor". Caveat (TensorFlow behaviour): a
-*NumPy* float array passed to a signature is cast to uint8 silently, before the graph runs; pass
-uint8 arrays or tensors.
+Input. Every signature declares its real input, `images`: uint8 `[None, H, W, C]`, so
+`saved_model_cli show`, TensorFlow Serving and converters read it. Called from Python, a signature
+given a wrong shape fails in TensorFlow's argument binding ("Can not cast TensorSpec(shape=(32, 32,
+3), ...) to TensorSpec(shape=(None, 32, 32, 3), ...)"). The attribute functions (`loaded.logits(x)`,
+the documented way to call an export from Python) also hold traces of unknown rank that assert the
+shape inside the graph with one readable message: "expected uint8 images of shape [N, H, W, C];
+received shape [...]" (an `InvalidArgumentError`), and traces for float16/32/64 and int32/64 input
+that fail with "expected uint8 images ...; received dtype float64" (no silent cast). An empty batch
+returns empty outputs. Caveat (TensorFlow's behaviour, in the caller's process): a *NumPy* float
+array passed to a *signature* (`loaded.signatures["logits"](images=x)`) is cast to uint8 by
+TensorFlow's argument conversion before the SavedModel runs, so no graph can see it: use the
+attribute functions from Python, or pass uint8 arrays or tensors (keras_ebm's evaluation does both).
+
+ONNX. `export_model(..., onnx=True)` also writes `onnx/model.onnx` (tf2onnx, the converter Keras'
+own `Model.export(format="onnx")` uses): input `images` uint8 `[N, H, W, C]`, outputs logits,
+probabilities (classifiers), energy, every score that needs no gradient and ood_score (when it is
+one of those). Gradient-based scores (`grad_norm`) stay TensorFlow-only.
 
 Reference: the energy convention of JEM (Grathwohl et al. 2020, arXiv:1912.03263), the gradient-norm
 score of JEM's OOD section ("approximate mass", also GMMC, arXiv:2010.03759).
@@ -59,6 +65,10 @@ METADATA_FILENAME = "keras_ebm_export.json"
 FORMAT_VERSION = 2
 BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
 ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
+# Scores that need a gradient: TensorFlow-only (not in the ONNX model).
+GRADIENT_SCORES = ("grad_norm",)
+ONNX_FILENAME = "model.onnx"
+ONNX_OPSET = 17
 
 # Attribute calls with these dtypes get a trace that fails with the readable message instead of
 # TensorFlow's generic "Could not find matching concrete function" (or a silent NumPy cast).
@@ -260,6 +270,37 @@ class ServingModule(tf.Module):
         """Dict endpoint name -> concrete function, for `tf.saved_model.save(signatures=...)`."""
         return {endpoint: self.concrete_function(endpoint) for endpoint in ENDPOINTS}
 
+    @property
+    def onnx_output_names(self):
+        """Outputs of the ONNX model: logits, probabilities (classifiers), energy, every score
+        that needs no gradient, and ood_score when the default score is one of them."""
+        names = ["logits"] + (["probabilities"] if self._classifier else []) + ["energy"]
+        names += [n for n in self._score_names if n not in GRADIENT_SCORES]
+        if self._ood_score not in GRADIENT_SCORES:
+            names.append("ood_score")
+        return names
+
+    def onnx_function(self):
+        """A `tf.function` of uint8 `[None, H, W, C]` images returning `onnx_output_names`: the
+        forward quantities only, without the in-graph shape assertions (ONNX has no ops for them;
+        onnxruntime checks the declared input shape and dtype itself)."""
+        forward_scores = [n for n in self._score_names if n not in GRADIENT_SCORES]
+
+        def forward(images):
+            x = to_pixel_range(images, self._pixel_range)
+            logits, scores = self._compute_scores(x, forward_scores)
+            if logits is None:
+                logits = self._call_model(x)
+            out = {"logits": logits, "energy": self._energy(x, logits)}
+            if self._classifier:
+                out["probabilities"] = tf.nn.softmax(logits, axis=-1)
+            out.update(scores)
+            if self._ood_score not in GRADIENT_SCORES:
+                out["ood_score"] = tf.identity(scores[self._ood_score])
+            return {name: tf.identity(out[name], name=name) for name in self.onnx_output_names}
+
+        return tf.function(forward, input_signature=[self._input_spec(tf.uint8, declared=True)])
+
     def metadata(self):
         """The JSON-serialisable description written beside the SavedModel."""
         h, w, c = self._image_shape
@@ -294,20 +335,34 @@ class ServingModule(tf.Module):
                 "(lower = more probable)")
 
     # ------------------------------------------------------------------ tracing
-    def _input_spec(self, dtype=tf.uint8):
-        return tf.TensorSpec(shape=None, dtype=dtype, name="images")
+    def _input_spec(self, dtype=tf.uint8, declared=True):
+        """The signature's input, uint8 `[None, H, W, C]`; `declared=False`: unknown rank (the
+        attribute-call traces that assert the shape themselves, with a readable message)."""
+        shape = (None,) + self._image_shape if declared else None
+        return tf.TensorSpec(shape=shape, dtype=dtype, name="images")
 
     def _make_function(self, endpoint, body):
         def function(images):
             if images.dtype != tf.uint8:
                 return self._reject_dtype(endpoint, images)
-            return body(self._checked_float_images(images))
+            x = self._checked_float_images(images)
+            # An empty batch gets an empty result: some kernels (oneDNN batch norm) fail on
+            # zero-sized batches with "Incompatible shapes: [0,8,8,32] vs. [64]".
+            return tf.cond(
+                tf.shape(x)[0] > 0,
+                lambda: body(x),
+                lambda: self._empty_outputs(endpoint),
+            )
 
         function.__name__ = endpoint
         traced = tf.function(function)
+        traced.get_concrete_function(self._input_spec(tf.uint8, declared=True))  # the signature
         for dtype in (tf.uint8,) + _REJECTED_DTYPES:
-            traced.get_concrete_function(self._input_spec(dtype))
+            traced.get_concrete_function(self._input_spec(dtype, declared=False))
         return traced
+
+    def _empty_outputs(self, endpoint):
+        return {key: tf.zeros((0,) + tail, tf.float32) for key, tail in self._output_keys[endpoint].items()}
 
     def _expected(self):
         h, w, c = self._image_shape
@@ -315,13 +370,12 @@ class ServingModule(tf.Module):
 
     def _reject_dtype(self, endpoint, images):
         check = tf.debugging.Assert(
-            False, [f"{self._expected()}; received dtype {images.dtype.name}"]
+            False,
+            [f"{self._expected()}; received dtype {images.dtype.name}. Pass uint8 pixels in "
+             "[0, 255]; float images in [0, 1] become uint8 by np.round(x * 255).astype(np.uint8)"],
         )
         with tf.control_dependencies([check]):
-            return {
-                key: tf.zeros((0,) + tail, tf.float32)
-                for key, tail in self._output_keys[endpoint].items()
-            }
+            return self._empty_outputs(endpoint)
 
     def _checked_float_images(self, images):
         shape = tf.shape(images)
@@ -414,6 +468,51 @@ def _looks_like_export(path):
     )
 
 
+def _import_tf2onnx():
+    """tf2onnx, patched for NumPy 2 by Keras' own ONNX export (keras.src.export), or a clear error."""
+    try:
+        import tf2onnx
+    except ImportError as e:
+        raise ImportError(
+            "ONNX export needs tf2onnx, onnx and onnxruntime: pip install \"keras_ebm[onnx]\" "
+            "(or pip install tf2onnx onnx onnxruntime)."
+        ) from e
+    try:  # the same NumPy-2 patch `keras.Model.export(format="onnx")` applies
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:  # a Keras without it: tf2onnx may still work with the installed NumPy
+        pass
+    else:
+        import warnings
+
+        with warnings.catch_warnings():  # "In the future `np.object` will be defined ..."
+            warnings.simplefilter("ignore", FutureWarning)
+            patch_tf2onnx()
+    return tf2onnx
+
+
+def write_onnx(module, path, opset=ONNX_OPSET):
+    """Convert the forward quantities of a `ServingModule` to an ONNX model at `path` (tf2onnx).
+
+    The ONNX model takes `images`, uint8 `[N, H, W, C]`, and returns `module.onnx_output_names`
+    (logits, probabilities for classifiers, energy, every gradient-free score, ood_score);
+    gradient-based scores (`grad_norm`) stay TensorFlow-only. Returns the output names.
+    """
+    tf2onnx = _import_tf2onnx()
+    function = module.onnx_function()
+    import logging as _logging
+
+    tf2onnx_logger = _logging.getLogger("tf2onnx")
+    level = tf2onnx_logger.level
+    tf2onnx_logger.setLevel(_logging.ERROR)  # its INFO/WARNING lines drown the training log
+    try:
+        tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=opset, output_path=os.fspath(path)
+        )
+    finally:
+        tf2onnx_logger.setLevel(level)
+    return module.onnx_output_names
+
+
 def export_model(
     model,
     export_dir,
@@ -421,6 +520,7 @@ def export_model(
     pixel_range=(-1.0, 1.0),
     ood_score=None,
     extra_scores=None,
+    onnx=False,
 ):
     """Export `model` as a SavedModel scoring uint8 images (see `ServingModule`).
 
@@ -439,6 +539,9 @@ def export_model(
         ood_score: name of the default OOD score (`"log_px"`, `"max_softmax"`, `"grad_norm"`
             or a model or extra score name; default `model.default_ood_score`, else `"log_px"`).
         extra_scores: optional dict name -> `fn(model, x_float)` returning `[batch]` scores.
+        onnx: also write `<export_dir>/onnx/model.onnx` (tf2onnx; `pip install "keras_ebm[onnx]"`)
+            with the forward outputs (`ServingModule.onnx_output_names`); the metadata's "onnx"
+            entry names its file, input and outputs.
 
     Returns:
         `export_dir`.
@@ -452,20 +555,34 @@ def export_model(
             "`export_dir` is a non-empty directory that holds no SavedModel; refusing to replace "
             f"it. Pass a new or empty directory. Received: export_dir={export_dir}"
         )
+    if onnx:
+        _import_tf2onnx()  # fail before any work when it is not installed
     module = ServingModule(
         model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores
     )
     parent, base = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    recover_export(target)
+    staging = tempfile.mkdtemp(prefix=f".{base}.tmp-{os.getpid()}-", dir=parent)
     old = None
     try:
         tf.saved_model.save(module, staging, signatures=module.signature_functions())
+        metadata = module.metadata()
+        if onnx:
+            os.makedirs(os.path.join(staging, "onnx"))
+            outputs = write_onnx(module, os.path.join(staging, "onnx", ONNX_FILENAME))
+            h, w, c = module._image_shape
+            metadata["onnx"] = {
+                "path": f"onnx/{ONNX_FILENAME}",
+                "opset": ONNX_OPSET,
+                "inputs": {"images": {"dtype": "uint8", "shape": [None, h, w, c]}},
+                "outputs": outputs,
+            }
         os.makedirs(os.path.join(staging, "assets"), exist_ok=True)
         with open(os.path.join(staging, "assets", METADATA_FILENAME), "w") as f:
-            json.dump(module.metadata(), f, indent=2, sort_keys=True)
+            json.dump(metadata, f, indent=2, sort_keys=True)
         if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            old = tempfile.mkdtemp(prefix=f".{base}.old-{os.getpid()}-", dir=parent)
             os.rmdir(old)
             os.rename(target, old)
         # mkdtemp creates 0700 directories; an export is meant to be read by serving processes.
@@ -481,6 +598,50 @@ def export_model(
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return export_dir
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _stale_siblings(target, kind):
+    """`.<name>.<kind>-<pid>-*` siblings of `target` whose writing process is gone (killed during an
+    export). Folders without a pid (older releases) count as stale."""
+    parent, base = os.path.split(target)
+    pattern = re.compile(re.escape(f".{base}.{kind}-") + r"(?:(\d+)-)?")
+    stale = []
+    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
+        match = pattern.match(entry)
+        if match and os.path.isdir(os.path.join(parent, entry)):
+            pid = match.group(1)
+            if pid is None or (int(pid) != os.getpid() and not _pid_alive(int(pid))):
+                stale.append(os.path.join(parent, entry))
+    return stale
+
+
+def recover_export(export_dir):
+    """Repair what a killed `export_model` left beside `export_dir`: put back the previous export
+    if the kill fell between moving it aside and renaming the new one into place, and delete
+    half-written `.<name>.tmp-*` folders and leftover `.<name>.old-*` copies. Only folders of
+    processes that are no longer running are touched. Returns the paths removed or restored."""
+    target = os.path.abspath(os.fspath(export_dir))
+    touched = []
+    olds = _stale_siblings(target, "old")
+    if olds and not os.path.exists(target):
+        newest = max(olds, key=os.path.getmtime)
+        os.rename(newest, target)
+        touched.append(newest)
+        olds.remove(newest)
+    for path in olds + _stale_siblings(target, "tmp"):
+        shutil.rmtree(path, ignore_errors=True)
+        touched.append(path)
+    return touched
 
 
 def read_export_metadata(export_dir):

@@ -14,7 +14,7 @@ import tensorflow as tf
 from keras_ebm import export
 from keras_ebm import scores as scores_lib
 
-from helpers import tiny_network
+from helpers import TRAINER_NAMES, every_trainer, tiny_network
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 5
@@ -102,6 +102,8 @@ _CHILD = textwrap.dedent(
     images = np.load(images_path)
     out = {}
     for name in ["logits", "energy", "ood_score", "scores", "serving_default"]:
+        (spec,) = loaded.signatures[name].structured_input_signature[1].values()
+        out["spec/" + name] = np.array([str(spec.dtype.name), str(spec.shape.as_list())])
         for key, value in loaded.signatures[name](images=tf.constant(images)).items():
             out["sig/" + name + "/" + key] = value.numpy()
         for key, value in getattr(loaded, name)(images).items():
@@ -174,6 +176,8 @@ def test_fresh_process_outputs_match_keras(trainer, exported, tmp_path):
     assert sorted(k for k in out if k.startswith("sig/serving_default/")) == [
         "sig/serving_default/" + k for k in ["energy", "logits", "ood_score", "probabilities"]
     ]
+    for name in export.ENDPOINTS:  # declared for serving tools: uint8 [None, H, W, C]
+        assert list(out["spec/" + name]) == ["uint8", "[None, 8, 8, 3]"], name
     np.testing.assert_array_equal(out["meta/image_shape"], IMAGE_SHAPE)
     np.testing.assert_allclose(out["meta/pixel_range"], PIXEL_RANGE)
     assert int(out["meta/num_classes"]) == NUM_CLASSES
@@ -338,3 +342,92 @@ def test_reexport_replaces_and_crash_keeps_previous(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="refusing to replace"):
         export.export_model(first, str(precious), IMAGE_SHAPE)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_empty_batch_gives_empty_outputs(exported):
+    loaded = export.load_export(exported)
+    empty = np.zeros((0,) + IMAGE_SHAPE, np.uint8)
+    widths = {"logits": (0, NUM_CLASSES), "probabilities": (0, NUM_CLASSES)}
+    for name in export.ENDPOINTS:
+        for call in (lambda: getattr(loaded, name)(empty), lambda: loaded.signatures[name](images=empty)):
+            out = call()
+            assert out, name
+            for key, value in out.items():
+                assert tuple(value.shape) == widths.get(key, (0,)), (name, key, value.shape)
+
+
+def test_numpy_float_images_are_refused_by_the_attribute_functions(exported):
+    """A float array (0.5, NaN) is never scored as a black image through the attribute functions;
+    the message says how to convert. (Signature calls: TensorFlow casts NumPy arrays before the
+    graph runs; see keras_ebm.export.)"""
+    loaded = export.load_export(exported)
+    for bad in (np.full((2,) + IMAGE_SHAPE, 0.5), np.full((2,) + IMAGE_SHAPE, np.nan, np.float32)):
+        for name in export.ENDPOINTS:
+            with pytest.raises(tf.errors.InvalidArgumentError, match=r"received dtype float.*np.round"):
+                getattr(loaded, name)(bad)
+
+
+def _stale_sibling(parent, name, kind, pid=2**22 + 12345):
+    path = parent / f".{name}.{kind}-{pid}-abc"
+    path.mkdir()
+    (path / "saved_model.pb").write_bytes(b"half")
+    return path
+
+
+def test_leftovers_of_a_killed_export_are_cleaned_up(tmp_path):
+    """A kill during `export_model` leaves `.model.tmp-<pid>-*` (half-written) and, between its two
+    renames, the previous export only as `.model.old-<pid>-*`: the next export (or
+    `recover_export`) deletes the first and puts the second back; folders of live processes stay."""
+    export_dir = tmp_path / "model"
+    net = _network(seed=5)
+    export.export_model(net, str(export_dir), IMAGE_SHAPE)
+    images = _images(2)
+    def logits():
+        loaded = export.load_export(str(export_dir))  # kept alive while its function runs
+        return loaded.logits(images)["logits"].numpy()
+
+    expected = logits()
+    # Killed between moving the previous export aside and renaming the new one in.
+    dead_pid = 2**22 + 12345  # above the default pid_max: not a live process
+    os.rename(export_dir, tmp_path / f".model.old-{dead_pid}-xyz")
+    half = _stale_sibling(tmp_path, "model", "tmp", dead_pid)
+    live = _stale_sibling(tmp_path, "model", "tmp", os.getppid())  # someone exporting right now
+    touched = export.recover_export(str(export_dir))
+    assert sorted(os.listdir(tmp_path)) == sorted(["model", live.name])
+    assert str(half) in touched
+    np.testing.assert_array_equal(logits(), expected)
+    # The next export cleans its own leftovers too, and never touches a live process's folder.
+    _stale_sibling(tmp_path, "model", "tmp", dead_pid)
+    _stale_sibling(tmp_path, "model", "old", dead_pid)
+    export.export_model(_network(seed=6), str(export_dir), IMAGE_SHAPE)
+    assert sorted(os.listdir(tmp_path)) == sorted(["model", live.name])
+    assert not np.allclose(logits(), expected)
+
+
+@pytest.mark.parametrize("index", range(len(TRAINER_NAMES)), ids=TRAINER_NAMES)
+def test_onnx_matches_the_saved_model(index, tmp_path):
+    """Each trainer's export converts to ONNX (tf2onnx) and onnxruntime's outputs match the
+    SavedModel's within 1e-4; grad_norm stays TensorFlow-only."""
+    ort = pytest.importorskip("onnxruntime")
+    model = list(every_trainer())[index]
+    shape = tuple(model.image_shape)
+    model(tf.zeros((1,) + shape))
+    export_dir = str(tmp_path / "export")
+    export.export_model(model, export_dir, shape, pixel_range=model.pixel_range, onnx=True)
+    meta = export.read_export_metadata(export_dir)
+    session = ort.InferenceSession(os.path.join(export_dir, meta["onnx"]["path"]))
+    (inp,) = session.get_inputs()
+    assert (inp.name, inp.type, inp.shape[1:]) == ("images", "tensor(uint8)", list(shape))
+    images = np.random.RandomState(index).randint(0, 256, (5,) + shape).astype(np.uint8)
+    names = [o.name for o in session.get_outputs()]
+    assert sorted(names) == sorted(meta["onnx"]["outputs"])
+    assert "grad_norm" not in names
+    loaded = export.load_export(export_dir)
+    expected = {**loaded.scores(images), **loaded.serving_default(images)}
+    got = dict(zip(names, session.run(None, {"images": images})))
+    assert set(got) <= set(expected) and {"logits", "energy"} <= set(got)
+    for name, value in got.items():
+        np.testing.assert_allclose(value, expected[name].numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
+    # onnxruntime checks the declared input itself.
+    with pytest.raises(Exception, match="Invalid rank"):
+        session.run(None, {"images": images[0]})

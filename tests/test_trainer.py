@@ -12,7 +12,7 @@ from keras_ebm import energy
 from keras_ebm.trainers import SoftmaxClassifier
 
 from helpers import (
-    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    digits_arrays, every_trainer, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
     tiny_network,
 )
 
@@ -161,25 +161,6 @@ def test_softmax_smoke_checkpoint_and_keras_file_round_trips(tmp_path):
     run_trainer_smoke_test(reloaded, x, y)
 
 
-def _every_trainer():
-    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.heads import build_mmc_classifier
-    from keras_ebm.trainers import CLEL, GMMC, HDGE, JEM, JEMPP, SADAJEM
-
-    shape = (8, 8, 1)
-    yield make_trainer()
-    for cls in (JEM, JEMPP, SADAJEM, HDGE):
-        yield cls(tiny_network(), image_shape=shape, num_classes=10, buffer_size=20)
-    backbone = tiny_network(shape, None, seed=3, widths=(8, 16), pool="average")
-    yield GMMC(build_mmc_classifier(backbone, num_classes=10), image_shape=shape, num_classes=10, buffer_size=20)
-    yield CLEL(build_clel_ebm("small", input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=1, head_units=8,
-                              feature_dim=8, input_mean=None),
-               build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
-               build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6,
-                                  input_mean=None),
-               image_shape=(8, 8, 3), buffer_size=20)
-
-
 def test_every_constructor_argument_is_in_the_config():
     """`get_config` names every argument of the trainer's constructor (and of the constructors its
     **kwargs reach), except the buffer shorthands that the serialized `buffer` carries."""
@@ -188,7 +169,7 @@ def test_every_constructor_argument_is_in_the_config():
     from keras_ebm.trainers import EBMTrainer, HDGE
 
     carried_by_buffer = {"buffer_size", "reinit_prob", "initializer"}
-    for trainer in _every_trainer():
+    for trainer in every_trainer():
         expected = set()
         for cls in type(trainer).__mro__:
             if issubclass(cls, EBMTrainer) and "__init__" in vars(cls):
