@@ -360,7 +360,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             in_scale = tf.debugging.assert_less_equal(
                 tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), (high - low) / 2,
                 message=(
-                    f"The '{name}' images lie far outside pixel_range {self.pixel_range} (beyond "
+                    f"The {name} images lie far outside pixel_range {self.pixel_range} (beyond "
                     f"[{low:g}, {high:g}]): 0..255 pixels passed as floats? Map uint8 images with "
                     "keras_ebm.data.to_pixel_range(x, pixel_range)."
                 ),
@@ -392,15 +392,15 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         if self.check_finite_inputs and y.dtype.is_floating:
             checks.append(tf.debugging.assert_equal(
                 y, tf.round(y),
-                message=(f"The '{name}' labels are floats that are not whole numbers: labels are "
+                message=(f"The {name} labels are floats that are not whole numbers: labels are "
                          "class ids 0..num_classes-1 (one-hot or soft labels: pass their argmax).")))
         y = tf.cast(y, tf.int32)
         if self.check_finite_inputs:
             message = (
-                f"The '{name}' labels must be class ids in [0, {self.num_classes}) "
+                f"The {name} labels must be class ids in [0, {self.num_classes}) "
                 f"({type(self).__name__}(num_classes={self.num_classes})): the data has more "
-                "classes than the trainer, or labels that are not ids (-1 for 'unlabelled'?). "
-                "Set num_classes to the data's number of classes, or remap the labels."
+                "classes than the trainer, or labels that are not ids (-1 for unlabelled?). "
+                "Set num_classes to the number of classes of the data, or remap the labels."
             )
             checks.append(tf.debugging.assert_non_negative(y, message=message))
             checks.append(tf.debugging.assert_less(y, tf.constant(self.num_classes, tf.int32), message=message))
@@ -501,6 +501,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """`keras.Model.fit`, after `check_fit_data` (clear errors for empty, mis-shaped, 0..255,
         NaN or mislabelled data before anything is traced)."""
         self.check_fit_data(x, y, batch_size)
+        if self.optimizer is not None:
+            # Build the optimizer(s) now, not inside the first traced step: after a step that failed
+            # while tracing (mis-shaped data), the next `fit` would otherwise fail with TF's
+            # "Creating variables on a non-first call to a function decorated with tf.function".
+            if not self.built:
+                self(tf.zeros((1,) + tuple(self.image_shape), tf.float32))
+            with self.distribute_strategy.scope():
+                self.build_optimizers()
         return super().fit(x, y, batch_size, *args, **kwargs)
 
     # ------------------------------------------------------------------ run hooks
