@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
+from keras_ebm import distribute, resources
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -75,6 +75,12 @@ class FeatureQueue(keras.layers.Layer):
         self.dim = int(dim)
         self.initializer = keras.initializers.get(initializer)
         self.initially_full = bool(initially_full)
+        resources.check_allocation(
+            f"The feature queue {self.name!r} ({self.size} x {self.dim} float32)",
+            resources.float32_bytes(self.size, self.dim),
+            "Lower the queue size (gin: e.g. HDGE.queue_size).",
+            copies=resources.host_copies(),
+        )
         self.build()
 
     def build(self, input_shape=None):

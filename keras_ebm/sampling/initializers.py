@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import resources
+
 
 def _check_pixel_range(pixel_range):
     if len(pixel_range) != 2 or not float(pixel_range[0]) < float(pixel_range[1]):
@@ -113,15 +115,19 @@ class InformativeInitializer:
         self.pixel_range = _check_pixel_range(pixel_range)
         self.jitter = float(jitter)
         num_classes, dim = mean.shape
-        cov = cov + self.jitter * np.eye(dim)[None]
-        try:
-            cholesky = np.linalg.cholesky(cov)
-        except np.linalg.LinAlgError as error:
-            raise ValueError(
-                "A class covariance is not positive definite even after adding the jitter; "
-                "increase `jitter`. Received: "
-                f"jitter={jitter}"
-            ) from error
+        check_gaussian_memory(num_classes, dim, accumulate=False)
+        # One class at a time into float32 factors: the peak is the covariances plus the factors.
+        cholesky = np.empty(cov.shape, np.float32)
+        eye = self.jitter * np.eye(dim)
+        for c in range(num_classes):
+            try:
+                cholesky[c] = np.linalg.cholesky(cov[c] + eye)
+            except np.linalg.LinAlgError as error:
+                raise ValueError(
+                    "A class covariance is not positive definite even after adding the jitter; "
+                    "increase `jitter`. Received: "
+                    f"jitter={jitter} (class {c})"
+                ) from error
         self.set_statistics(mean, cholesky)
 
     def get_statistics(self):
@@ -244,6 +250,20 @@ class InformativeInitializer:
         return tf.reshape(x, shape)
 
 
+def check_gaussian_memory(num_classes, dim, accumulate):
+    """Refuse (`keras_ebm.resources.ResourceError`) class Gaussians that would not fit: while fitting
+    (`accumulate`), C x D x D float64 sums of outer products then covariances (in place) and the
+    float32 factors and their tensor; when loading, the float64 covariances, the factors and the
+    tensor. CIFAR-10 at 32x32x3: 10 x 3072^2 x 16 bytes = 1.5 GB; CIFAR-100: 15.1 GB."""
+    per_entry = 8 + 4 + 4
+    resources.check_allocation(
+        f"JEM++'s informative initialisation ({num_classes} class covariances of {dim} x {dim})",
+        per_entry * num_classes * dim * dim,
+        "Use the uniform initialiser (drop `initializer=@informative_initializer()`), or train at a "
+        "smaller image size, or on a machine with more memory.",
+    )
+
+
 def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0)):
     """Per-class mean `[C, D]` and biased covariance `[C, D, D]` (float64) of flattened images.
 
@@ -266,6 +286,7 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
         flat = images.reshape(images.shape[0], -1).astype(np.float64)
         if sums is None:
             dim = flat.shape[1]
+            check_gaussian_memory(num_classes, dim, accumulate=True)
             sums = np.zeros([num_classes, dim])
             outer = np.zeros([num_classes, dim, dim])
             counts = np.zeros([num_classes])
@@ -286,8 +307,10 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
             f"Received: no images for classes {missing if counts is not None else 'all'}"
         )
     mean = sums / counts[:, None]
-    cov = outer / counts[:, None, None] - mean[:, :, None] * mean[:, None, :]
-    return mean, cov
+    for c in range(num_classes):  # in place: no second [C, D, D] array
+        outer[c] /= counts[c]
+        outer[c] -= np.outer(mean[c], mean[c])
+    return mean, outer
 
 
 def default_cache_path(dataset, split, num_classes, pixel_range, max_examples=None):
