@@ -468,7 +468,7 @@ def _looks_like_export(path):
     )
 
 
-def _import_tf2onnx():
+def import_tf2onnx():
     """tf2onnx, patched for NumPy 2 by Keras' own ONNX export (keras.src.export), or a clear error."""
     try:
         import tf2onnx
@@ -497,7 +497,7 @@ def write_onnx(module, path, opset=ONNX_OPSET):
     (logits, probabilities for classifiers, energy, every gradient-free score, ood_score);
     gradient-based scores (`grad_norm`) stay TensorFlow-only. Returns the output names.
     """
-    tf2onnx = _import_tf2onnx()
+    tf2onnx = import_tf2onnx()
     function = module.onnx_function()
     import logging as _logging
 
@@ -556,7 +556,7 @@ def export_model(
             f"it. Pass a new or empty directory. Received: export_dir={export_dir}"
         )
     if onnx:
-        _import_tf2onnx()  # fail before any work when it is not installed
+        import_tf2onnx()  # fail before any work when it is not installed
     module = ServingModule(
         model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores
     )

@@ -466,3 +466,39 @@ def test_energy_gap_band_sits_above_the_energy_penalty_equilibrium():
     for model, gap, fires in ((None, 12.0, True), (Penalised(), 12.0, False), (Penalised(), 25.0, True)):
         monitor = guard.monitor(model)
         assert (monitor.update(1, {"loss": 0.0, "energy_gap": gap}) == ["energy_gap"]) is fires
+
+
+def run_exporting(model_dir, **kwargs):
+    return training.run_training(
+        model_dir=str(model_dir), trainer=trainer_fn, optimizer=lambda: keras.optimizers.Adam(0.05),
+        train_data=data_fn, train_steps=2, checkpoint_every=2, log_every=2, progress=False, **kwargs,
+    )
+
+
+def test_export_onnx_writes_a_model_onnxruntime_runs(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = run_exporting(tmp_path, export_onnx=True)
+    onnx_path = tmp_path / "export" / "onnx" / "model.onnx"
+    meta = json.loads((tmp_path / "export" / "assets" / "keras_ebm_export.json").read_text())
+    assert meta["onnx"]["path"] == "onnx/model.onnx"
+    session = ort.InferenceSession(str(onnx_path))
+    images = np.random.RandomState(0).randint(0, 256, (3, 8, 8, 1)).astype(np.uint8)
+    out = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images})))
+    expected = model(images.astype(np.float32) / 255.0 * 2.0 - 1.0, training=False)
+    np.testing.assert_allclose(out["logits"], expected, atol=1e-4)
+
+
+def test_export_onnx_without_tf2onnx_fails_before_training(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tf2onnx(name, *args, **kwargs):
+        if name == "tf2onnx":
+            raise ImportError("No module named 'tf2onnx'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tf2onnx)
+    with pytest.raises(ImportError, match=r"keras_ebm\[onnx\]"):
+        run_exporting(tmp_path, export_onnx=True)
+    assert not (tmp_path / "checkpoints").exists()
