@@ -119,6 +119,7 @@ def run_training(
     log_every=50,
     keep_checkpoints=3,
     export=True,
+    export_onnx=False,
     evaluate=False,
     jit_compile=False,
     strategy=None,
@@ -143,6 +144,8 @@ def run_training(
         log_every: steps between TensorBoard/console logs.
         keep_checkpoints: how many checkpoints CheckpointManager keeps.
         export: write the SavedModel to `model_dir/export` at the end.
+        export_onnx: also write `model_dir/export/onnx/model.onnx` (the forward scores; needs
+            `pip install "keras_ebm[onnx]"`, checked before training starts).
         evaluate: run `keras_ebm.evaluation.run_eval(model_dir=model_dir)` after training.
         jit_compile: compile the train step with XLA (slower than graph mode on CPU for these steps).
         strategy: a tf.distribute strategy; default `keras_ebm.distribute.make_strategy()`.
@@ -184,6 +187,8 @@ def run_training(
             )
         if not max_minutes > 0:
             raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
+    if export and export_onnx:
+        export_lib.import_tf2onnx()  # missing tf2onnx: fail now, not after training
     keras.utils.set_random_seed(seed)
 
     model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
@@ -241,7 +246,8 @@ def run_training(
     if chief and export:
         export_dir = os.path.join(model_dir, "export")
         export_lib.export_model(model, export_dir, image_shape=model.image_shape,
-                                pixel_range=model.pixel_range, ood_score=model.default_ood_score)
+                                pixel_range=model.pixel_range, ood_score=model.default_ood_score,
+                                onnx=export_onnx)
         _log(f"exported SavedModel to {export_dir}")
     results = eval_runner.run_eval(model_dir=model_dir) if chief and evaluate else None
     if baseline is not None:
