@@ -213,7 +213,7 @@ def test_image_folder_with_mixed_sizes_is_resized(tmp_path):
 def test_global_batch_smaller_than_replicas():
     context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
     with pytest.raises(ValueError, match=r"global batch size 1 must be a multiple of the number of replicas "
-                                         r"\(2.*at least one example.*Use a batch size of 2"):
+                                         r"\(2.*at least one example\)\. Use a batch size of 2, or fewer devices"):
         data.make_dataset("digits", "train", 1, input_context=context)
     with pytest.raises(ValueError, match=r"global batch size 3 must be a multiple.*Use a batch size of 2 or 4"):
         data.make_dataset("digits", "train", 3, input_context=context)

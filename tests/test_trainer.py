@@ -128,8 +128,10 @@ def test_nan_inputs_are_a_clear_error():
     trainer.compile(optimizer="sgd")
     x = np.zeros((4, 8, 8, 1), "float32")
     x[1, 2, 3, 0] = np.nan
-    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+    with pytest.raises(ValueError, match="NaN or Inf"):  # numpy arrays: checked before fit traces
         trainer.fit(x, np.zeros(4, "int32"), verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):  # a dataset: the step's assert
+        trainer.fit(tf.data.Dataset.from_tensor_slices((x, np.zeros(4, "int32"))).batch(4), verbose=0)
 
 
 def test_two_loader_batches_are_unpacked():

@@ -154,12 +154,13 @@ def make_dataset(
     if input_context is not None:
         replicas = input_context.num_replicas_in_sync
         if global_batch_size % replicas:
+            lower = global_batch_size // replicas * replicas
+            sizes = f"{lower} or {lower + replicas}" if lower else f"{replicas}"
             raise ValueError(
                 f"The global batch size {global_batch_size} must be a multiple of the number of "
                 f"replicas ({replicas}: every replica gets the same share"
                 f"{', and each needs at least one example' if global_batch_size < replicas else ''}"
-                f"). Use a batch size of {max(replicas, global_batch_size // replicas * replicas)} "
-                f"or {(global_batch_size // replicas + 1) * replicas}, or fewer devices. "
+                f"). Use a batch size of {sizes}, or fewer devices. "
                 f"Received: global_batch_size={global_batch_size}, num_replicas_in_sync={replicas}"
             )
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
