@@ -183,6 +183,17 @@ def test_jpeg_archive_with_an_image_that_does_not_decode(tmp_path):
     assert x.shape == (5, 32, 32, 3)  # the intact archive decodes
 
 
+def test_official_archive_truncated(tmp_path):
+    import standins
+
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    standins.write_cifar_python(archive)
+    blob = archive.read_bytes()
+    archive.write_bytes(blob[: len(blob) * 9 // 10])  # an interrupted download
+    with pytest.raises(ValueError, match=r"not a readable tar archive \(EOFError.*truncated.*Download it again"):
+        data.load_source("cifar10_python", "train", local_path=str(archive))
+
+
 def test_empty_image_folder(tmp_path):
     with pytest.raises(ValueError, match=r"must contain one sub-folder per class.*sub-folders=\[\]"):
         data.load_source("folder", "train", local_path=str(tmp_path))

@@ -25,6 +25,7 @@ import os
 import pathlib
 import pickle
 import tarfile
+import zlib
 from typing import Tuple
 
 import numpy as np
@@ -141,8 +142,13 @@ def _read_members(path, members):
                         found[base] = tar.extractfile(info).read()
                         if len(found) == len(members):
                             break
-        except tarfile.TarError as e:
-            raise ValueError(f"{path} is not a readable tar archive ({e}).") from e
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            # EOFError: a .tar.gz cut short (an interrupted download) fails mid-stream.
+            raise ValueError(
+                f"{path} is not a readable tar archive ({type(e).__name__}: {e}): it may be "
+                f"truncated (an interrupted download) or not the archive. Download it again from "
+                f"{CIFAR_URL}, or pass the folder it extracts to. Received: local_path={str(path)!r}"
+            ) from e
     missing = [m for m in members if m not in found]
     if missing:
         raise ValueError(
