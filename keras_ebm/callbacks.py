@@ -151,7 +151,9 @@ class Checkpointing(StepCallback):
             first checkpoint restarts from there; `DivergenceRecovery` with a guard sets it).
 
     Writes are TensorFlow's (data files first, then the `checkpoint` index is replaced), so a kill
-    leaves the previous checkpoint readable. `save()` refuses non-finite variables
+    leaves the previous checkpoint readable; no step is written twice (`final_hook`), and SIGKILLs
+    at random moments, during checkpoint writes and during the export never left an unreadable
+    checkpoint (benchmarks/fault_injection.py). `save()` refuses non-finite variables
     (`DivergenceError`), so a diverged state is never written over a good one.
     """
 
@@ -170,11 +172,18 @@ class Checkpointing(StepCallback):
         self.manager = None
         self.restored_from = None
         self.after_save = []  # callables (path, step): DivergenceRecovery marks good checkpoints
+        # Run `final_hook()` once, right before the first save of a step for which `is_final()`
+        # holds (run_training: the trainer's `after_training`), so the run's last step is written
+        # once, with the post-training estimates in it: a checkpoint rewritten in place could be
+        # left unreadable by a kill, and a resume from a last step saved before the hook ran would
+        # skip it.
+        self.final_hook = None
+        self.is_final = lambda: False
 
     # ---------------------------------------------------------------- state
     def setup(self):
         """Build the checkpoint and restore the newest one; idempotent (a second `fit` call, or
-        `run_training` calling it before `fit` to seed the data by the restored step)."""
+        `run_training` calling it before `fit` to position the data at the restored step)."""
         if self.checkpoint is not None:
             return self.restored_from
         model = self.model
@@ -207,6 +216,9 @@ class Checkpointing(StepCallback):
         step = current_step(self.model)
         if step in self.steps():
             return None
+        if self.final_hook is not None and self.is_final():
+            hook, self.final_hook = self.final_hook, None
+            hook()
         if not variables_finite(self.model):
             raise DivergenceError(
                 f"not saving step {step}: the trainer holds NaN/Inf variables. The last good checkpoint "
@@ -225,19 +237,23 @@ class Checkpointing(StepCallback):
         """Delete the checkpoints newer than `good_step` (the diverging branch) and return the path
         of the newest one left (None when there is none)."""
         paths = list(self.manager.checkpoints)
-        keep = [p for p in paths if checkpoint_step(p) <= good_step]
+        # (A kill during CheckpointManager's rotation can leave the state file listing a deleted
+        # checkpoint: only checkpoints whose files exist are kept.)
+        keep = [p for p in paths if checkpoint_step(p) <= good_step and tf.io.gfile.exists(p + ".index")]
         if not keep:
             return None
-        for path in paths:
-            if path not in keep:
-                for f in tf.io.gfile.glob(path + ".*"):
-                    tf.io.gfile.remove(f)
+        # The state file first (atomic), then the files: a kill in between leaves unlisted files,
+        # never a listed checkpoint without its files.
         # Timestamps after `last_preserved_timestamp`, or a new manager would not list (nor rotate)
         # them. (update_checkpoint_state rewrites the path list it is given in place: pass a copy.)
         stamps = [os.path.getmtime(p + ".index") for p in keep]
         tf.compat.v1.train.update_checkpoint_state(
             self.directory, keep[-1], all_model_checkpoint_paths=list(keep),
             all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=min(stamps) - 1.0)
+        for path in paths:
+            if path not in keep:
+                for f in tf.io.gfile.glob(path + ".*"):
+                    tf.io.gfile.remove(f)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
         return self.manager.latest_checkpoint
 
@@ -395,10 +411,15 @@ class TimeBudget(StepCallback):
         if self.deadline is None:
             self.deadline = time.time() + 60.0 * self.max_minutes
 
-    def on_train_batch_end(self, batch, logs=None):
-        if time.time() > self.deadline:
+    def check(self):
+        """True once the budget is used up (then training stops at the end of this step)."""
+        if not self.stopped and self.deadline is not None and time.time() > self.deadline:
             self.stopped = True
             self.model.stop_training = True
+        return self.stopped
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.check()
 
 
 class StopAtStep(StepCallback):
@@ -525,7 +546,11 @@ class SampleGrids(keras.callbacks.Callback):
     def _write(self, name):
         if self.model.buffer is None:
             return None
-        path = generation.save_buffer_grid(self.model, os.path.join(self.directory, name), self.num_images)
+        # Written beside and renamed into place: a kill never leaves a truncated PNG (a finished
+        # run that is rerun does not draw it again).
+        path = os.path.join(self.directory, name)
+        staging = os.path.join(self.directory, f".{name}.tmp-{os.getpid()}.png")
+        os.replace(generation.save_buffer_grid(self.model, staging, self.num_images), path)
         if self.log_dir is not None:
             image = tf.io.decode_png(tf.io.read_file(path))[None]
             with tf.summary.create_file_writer(self.log_dir).as_default(step=current_step(self.model)):

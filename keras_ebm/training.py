@@ -85,7 +85,11 @@ def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optim
 def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=False):
     """The custom loop for MultiWorkerMirroredStrategy: `train_step` under `strategy.run`, driving
     `callbacks` (a `keras.callbacks.CallbackList` or a list) as `fit` would, until the run's step
-    reaches `train_steps` or a callback sets `model.stop_training`."""
+    reaches `train_steps` or a callback sets `model.stop_training`.
+
+    When a peer worker is lost, TensorFlow aborts the collectives and this raises
+    `keras_ebm.distribute.WorkerLostError` (the TensorFlow error is its `__cause__`) without
+    saving anything more."""
     cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
         keras.callbacks.CallbackList(callbacks, model=model)
     iterator = iter(dataset)
@@ -98,14 +102,20 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
         strategy.run(step_fn, args=(next(iterator),))
 
     model.stop_training = False
-    cbs.on_train_begin()
-    batch = 0
-    while callbacks_lib.current_step(model) < train_steps and not model.stop_training:
-        cbs.on_train_batch_begin(batch)
-        train_one_step(iterator)
-        cbs.on_train_batch_end(batch, {})
-        batch += 1
-    cbs.on_train_end()
+    try:
+        cbs.on_train_begin()
+        batch = 0
+        while callbacks_lib.current_step(model) < train_steps and not model.stop_training:
+            cbs.on_train_batch_begin(batch)
+            train_one_step(iterator)
+            cbs.on_train_batch_end(batch, {})
+            batch += 1
+        cbs.on_train_end()
+    except distribute.PEER_FAILURES as error:
+        # A lost peer aborts this worker's collectives (after peer_timeout_seconds without its
+        # heartbeats, or at once when its port refuses): leave without `on_train_end`, so nothing
+        # is saved from the failed step; the checkpoints on disk are the last good ones.
+        raise distribute.worker_lost_error(error, _latest_checkpoint(cbs.callbacks)) from error
 
 
 @gin.configurable(module="keras_ebm.experiment")  # the gin name of earlier releases: saved configs keep working
@@ -130,6 +140,7 @@ def run_training(
     max_minutes=None,
     encoder_optimizer=None,
     mixed_precision=None,
+    peer_timeout_seconds=distribute.DEFAULT_PEER_TIMEOUT_SECONDS,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
@@ -156,9 +167,12 @@ def run_training(
             `model_dir/comparison.md` (the quickstart compares SADA-JEM with softmax this way).
         divergence_guard: a `DivergenceGuard` to recover from divergence automatically; without
             one a diverging run stops with `DivergenceError` (the last good checkpoint is kept).
-        seed: global seed (`keras.utils.set_random_seed`); the data order on resume is re-seeded
-            with the restored step so a resumed run does not replay the first batches, and after a
-            divergence recovery with the number of recoveries.
+        seed: global seed (`keras.utils.set_random_seed`). A resumed run rebuilds the data
+            stream with the same seed and skips the batches of the steps already trained (tf.data
+            reads and drops them: input-pipeline time, no train step), so it sees the batches an
+            uninterrupted run sees and ends bit-identical to it on CPU (benchmarks/fault_injection.py);
+            after a divergence recovery the stream is re-seeded with the step and the number of
+            recoveries instead (a new data order).
         max_minutes: optional wall-clock budget for this call's training (tracing included,
             export and evaluation excluded): at the first step past it the run checkpoints and
             goes on to `after_training`, export and evaluation as if it had reached `train_steps`
@@ -170,12 +184,18 @@ def run_training(
             bfloat16 with float32 variables (Keras dtype policy, set while the trainer is built);
             images, SGLD chains, the replay buffer, logits, energies, losses, HDGE's queue, GMMC's
             max-Mahalanobis head and every optimizer update stay float32 (README, "Mixed precision").
+        peer_timeout_seconds: several machines (TF_CONFIG) only, and only when `strategy` is None:
+            a worker from which no heartbeat came for this long counts as lost; the other workers'
+            collectives are aborted and they stop with `keras_ebm.distribute.WorkerLostError`
+            (nothing saved after the failure; restart every worker with the same command to
+            resume from the last checkpoint). None: TensorFlow's default (10 s). A worker whose
+            process dies is usually detected sooner (its port refuses connections).
 
     Returns:
         The trained model.
     """
     os.makedirs(model_dir, exist_ok=True)
-    strategy = strategy or distribute.make_strategy()
+    strategy = strategy or distribute.make_strategy(peer_timeout_seconds=peer_timeout_seconds)
     chief = distribute.is_chief(strategy)
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     if max_minutes is not None:
@@ -203,16 +223,33 @@ def run_training(
     recovery = callbacks_lib.find(callbacks, callbacks_lib.DivergenceRecovery)
     budget = callbacks_lib.find(callbacks, callbacks_lib.TimeBudget)
     cb_list = keras.callbacks.CallbackList(callbacks, model=model)
-    checkpointing.setup()  # restore first: the data seed depends on the restored step
-    first_step = callbacks_lib.current_step(model)
+    # Post-training estimates that belong to the model (GMMC's sigma, paper section 3.1) are made
+    # right before the last step is saved, so that step is written once, with them (a resumed run
+    # and the export both carry them; a checkpoint rewritten in place could be torn by a kill).
+    checkpointing.final_hook = lambda: model.after_training(train_data)
+    checkpointing.is_final = lambda: (callbacks_lib.current_step(model) >= train_steps
+                                      or (budget is not None and budget.check()))
+    if multi_worker and not chief:
+        _copy_chief_checkpoint(model_dir, checkpointing.directory)
+    try:
+        checkpointing.setup()  # restore first: the data stream starts at the restored step
+        first_step = callbacks_lib.current_step(model)
+        if multi_worker:
+            _check_workers_agree(strategy, first_step)
+    except distribute.PEER_FAILURES as error:
+        raise distribute.worker_lost_error(error, checkpointing.restored_from) from error
     trained_now = first_step < train_steps
     if not trained_now:
         _log(f"already trained {first_step} >= train_steps={train_steps} steps; nothing to do")
     train_start_time = time.time()
     while callbacks_lib.current_step(model) < train_steps and not (budget is not None and budget.stopped):
         start = callbacks_lib.current_step(model)
-        tf.random.set_seed(seed + start + 7919 * recovery.recoveries)
-        dataset = strategy.distribute_datasets_from_function(train_data)
+        if recovery.recoveries:  # after a divergence recovery: a new data order
+            tf.random.set_seed(seed + start + 7919 * recovery.recoveries)
+            dataset = strategy.distribute_datasets_from_function(train_data)
+        else:  # the stream of an uninterrupted run, from the batch of step `start` on (exact resume)
+            tf.random.set_seed(seed)
+            dataset = strategy.distribute_datasets_from_function(_skip_batches(train_data, start))
         if multi_worker:
             train_loop(model, dataset, strategy, train_steps, cb_list, jit_compile=jit_compile)
         else:
@@ -235,10 +272,11 @@ def run_training(
                 "seconds": round(time.time() - train_start_time, 1),
                 "recoveries": recovery.recoveries,
             }, f, indent=2)
-    if trained_now:
-        # Post-training estimates that belong to the model (GMMC's sigma, paper section 3.1),
-        # saved with a final checkpoint so the export and a resumed run both carry them.
-        model.after_training(train_data)
+    if trained_now and checkpointing.final_hook is not None:
+        # The last step was saved before it was known to be the last (not expected): estimate
+        # now and save that step again.
+        checkpointing.final_hook()
+        checkpointing.final_hook = None
         checkpointing.manager.save(checkpoint_number=last_step)
         grids = callbacks_lib.find(callbacks, callbacks_lib.SampleGrids)
         if grids is not None:
@@ -268,6 +306,53 @@ def run_training(
                 f.write(table)
             print("\n" + table, flush=True)
     return model
+
+
+def _skip_batches(train_data, steps):
+    """`train_data` (fn(input_context) -> dataset) without its first `steps` batches."""
+    if not steps:
+        return train_data
+    return lambda input_context=None: train_data(input_context).skip(steps)
+
+
+def _latest_checkpoint(callbacks):
+    checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
+    try:
+        return tf.train.latest_checkpoint(checkpointing.directory) if checkpointing else None
+    except Exception:  # noqa: BLE001 - only for the message
+        return None
+
+
+def _copy_chief_checkpoint(model_dir, scratch_dir):
+    """A non-chief worker restores the chief's newest checkpoint, not its own scratch copy (a worker
+    killed between the chief's save and its own would resume a step behind): with a shared
+    `model_dir`, that checkpoint replaces the scratch directory's, so both hold the same steps and
+    decide the same saves. Without a shared `model_dir` the scratch checkpoint stays (and
+    `_check_workers_agree` refuses a mismatch)."""
+    chief_latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    if chief_latest is None:
+        return
+    if tf.io.gfile.exists(scratch_dir):
+        tf.io.gfile.rmtree(scratch_dir)
+    tf.io.gfile.makedirs(scratch_dir)
+    for f in tf.io.gfile.glob(chief_latest + ".*"):
+        tf.io.gfile.copy(f, os.path.join(scratch_dir, os.path.basename(f)))
+    path = os.path.join(scratch_dir, os.path.basename(chief_latest))
+    stamp = os.path.getmtime(path + ".index")
+    tf.compat.v1.train.update_checkpoint_state(
+        scratch_dir, path, all_model_checkpoint_paths=[path], all_model_checkpoint_timestamps=[stamp],
+        last_preserved_timestamp=stamp - 1.0)
+
+
+def _check_workers_agree(strategy, step):
+    """Every worker must have restored the same step, or they would stop at different steps."""
+    steps = distribute.gather_from_workers(strategy, step)
+    if len(set(steps)) > 1:
+        raise RuntimeError(
+            f"the workers restored different steps ({steps}, in worker order): their checkpoints "
+            "disagree. Give every worker the same shared model_dir (the non-chief workers restore the "
+            "chief's newest checkpoint from model_dir/checkpoints), or copy the chief's newest "
+            "checkpoint into each worker's model_dir/.workers/worker_<i>/ and restart them all.")
 
 
 def _checkpoint_dir(model_dir, strategy):
