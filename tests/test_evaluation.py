@@ -61,5 +61,17 @@ def test_run_eval_writes_results_tables_and_plots(trained_dir):
 def test_run_eval_errors_are_clear(tmp_path, trained_dir):
     with pytest.raises(FileNotFoundError, match="train.py"):
         run_eval(model_dir=str(tmp_path), in_dist=digits_uint8)
+    # A run trained without an export: say so and how to get one.
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match="has checkpoints but no export.*run_training.export = True"):
+        run_eval(model_dir=str(tmp_path), in_dist=digits_uint8)
+    # A directory that is no export.
+    (tmp_path / "other").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no SavedModel"):
+        run_eval(saved_model=str(tmp_path / "other"), in_dist=digits_uint8)
+    # A train.py directory passed as the export means its export.
+    from keras_ebm.evaluation.runner import _export_path
+
+    assert _export_path(str(trained_dir), None) == os.path.join(str(trained_dir), "export")
     with pytest.raises(ValueError, match="run_eval.in_dist"):
         run_eval(model_dir=str(trained_dir))

@@ -158,6 +158,32 @@ def _markdown(results, in_dist_name):
 
 
 @gin.configurable(module="keras_ebm.evaluation")
+def _export_path(saved_model, model_dir):
+    """The export to read, or a FileNotFoundError saying what is there instead and what to do. A
+    train.py directory passed as `saved_model` means its `export`."""
+    if os.path.isfile(os.path.join(saved_model, "saved_model.pb")):
+        return saved_model
+    if os.path.isfile(os.path.join(saved_model, "export", "saved_model.pb")):
+        return os.path.join(saved_model, "export")
+    run_dir = model_dir if model_dir is not None else os.path.dirname(saved_model.rstrip(os.sep))
+    if run_dir and os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        raise FileNotFoundError(
+            f"No SavedModel at {saved_model}: the run in {run_dir} has checkpoints but no export "
+            "(trained with run_training.export = False, or stopped before exporting). Rerun the "
+            "same train.py command with --gin_param='run_training.export = True': a finished run "
+            "only exports."
+        )
+    if os.path.isdir(saved_model):
+        raise FileNotFoundError(
+            f"{saved_model} holds no SavedModel (no saved_model.pb). Pass --model_dir=<a train.py "
+            "directory> or --saved_model=<its export directory, <model_dir>/export>."
+        )
+    raise FileNotFoundError(
+        f"No SavedModel at {saved_model}. Train with train.py (it exports to <model_dir>/export) "
+        "or pass --saved_model=<path of an export>."
+    )
+
+
 def run_eval(
     model_dir=None,
     saved_model=None,
@@ -199,11 +225,7 @@ def run_eval(
         if model_dir is None:
             raise ValueError("run_eval needs `model_dir` or `saved_model`. Received: neither.")
         saved_model = os.path.join(model_dir, "export")
-    if not os.path.isdir(saved_model):
-        raise FileNotFoundError(
-            f"No SavedModel at {saved_model}. Train with train.py (it exports to <model_dir>/export) "
-            "or pass --saved_model=<path of an export>."
-        )
+    saved_model = _export_path(saved_model, model_dir)
     if in_dist is None:
         raise ValueError(
             "run_eval needs the in-distribution test set: bind run_eval.in_dist in gin, e.g. "
