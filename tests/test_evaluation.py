@@ -66,9 +66,9 @@ def test_run_eval_errors_are_clear(tmp_path, trained_dir):
     with pytest.raises(FileNotFoundError, match="has checkpoints but no export.*run_training.export = True"):
         run_eval(model_dir=str(tmp_path), in_dist=digits_uint8)
     # A directory that is no export.
-    (tmp_path / "other").mkdir()
+    (tmp_path / "a" / "other").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="holds no SavedModel"):
-        run_eval(saved_model=str(tmp_path / "other"), in_dist=digits_uint8)
+        run_eval(saved_model=str(tmp_path / "a" / "other"), in_dist=digits_uint8)
     # A train.py directory passed as the export means its export.
     from keras_ebm.evaluation.runner import _export_path
 
