@@ -11,6 +11,7 @@ Conventions (see README, "Distribution"):
 
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -50,10 +51,31 @@ def replica_seed(seed_generator):
     return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id())
 
 
-def make_strategy(devices=None):
+DEFAULT_PEER_TIMEOUT_SECONDS = 30
+
+
+class WorkerLostError(RuntimeError):
+    """A worker of a MultiWorkerMirroredStrategy run stopped responding (it died, was killed or
+    lost the network): the collectives of the others were aborted. The TensorFlow error is the
+    `__cause__`. Restart every worker with the same command: the run resumes from the last
+    checkpoint in `model_dir`."""
+
+
+# What TensorFlow raises on the surviving workers when a peer is lost: the coordination service's
+# missing heartbeats or a refused connection abort the collectives (UnavailableError); a collective
+# timeout raises DeadlineExceededError; a peer restarted mid-run gives FailedPreconditionError or
+# AbortedError (collective_all_reduce_strategy.py lists the same kinds for its health check).
+PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                 tf.errors.FailedPreconditionError, tf.errors.AbortedError)
+
+
+def make_strategy(devices=None, peer_timeout_seconds=DEFAULT_PEER_TIMEOUT_SECONDS):
     """The strategy train.py uses.
 
     * TF_CONFIG naming several tasks ("worker" and optional "chief"): MultiWorkerMirroredStrategy.
+      A worker that sends no heartbeat for `peer_timeout_seconds` counts as lost: the other
+      workers' collectives are aborted and `run_training` raises `WorkerLostError` (None keeps
+      TensorFlow's default, 10 s). It must be the first TensorFlow work of the process.
     * otherwise several visible GPUs (or `devices`): MirroredStrategy.
     * otherwise the default strategy on the one CPU/GPU.
     """
@@ -61,6 +83,8 @@ def make_strategy(devices=None):
         cluster = json.loads(os.environ["TF_CONFIG"]).get("cluster", {})
         # A "chief" task counts as a worker (TF's MultiWorkerMirroredStrategy convention).
         if len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1:
+            if peer_timeout_seconds is not None:
+                _configure_peer_timeout(cluster, peer_timeout_seconds)
             return tf.distribute.MultiWorkerMirroredStrategy()
     if devices:
         return tf.distribute.MirroredStrategy(devices)
@@ -68,6 +92,49 @@ def make_strategy(devices=None):
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def _configure_peer_timeout(cluster, seconds):
+    """Configure the coordination service MultiWorkerMirroredStrategy starts (the same service,
+    leader and jobs as its own `configure_coordination_service` call in TF 2.21, which it skips
+    once one is configured) with a heartbeat timeout of `seconds`."""
+    if not seconds > 0:
+        raise ValueError(f"peer_timeout_seconds must be a positive number of seconds (or None for "
+                         f"TensorFlow's default). Received: {seconds!r}")
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    spec = tf.train.ClusterSpec(cluster)
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(1000 * seconds))
+
+
+def worker_lost_error(error, checkpoint=None):
+    """The `WorkerLostError` (cause: `error`) a multi-worker loop raises when a peer is lost."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(error, "message", None) or str(error))
+    if "aborted by:" in text:  # the reason, not the graph node that was running
+        text = text.split("aborted by:", 1)[1]
+    reason = " ".join(line.strip() for line in text.strip().splitlines()[:2] if line.strip())[:400]
+    where = (f"the last checkpoint is {checkpoint}" if checkpoint
+             else "no checkpoint had been written yet (the run starts over)")
+    message = (
+        f"a peer worker stopped responding, so the collectives of this worker were aborted "
+        f"({type(error).__name__}: {reason}). Training cannot "
+        f"continue in this process: nothing was saved after the failure and {where}. Restart every "
+        "worker with the same command (same TF_CONFIG and model_dir): the run resumes from the last "
+        "checkpoint. How long a silent worker is waited for: run_training.peer_timeout_seconds."
+    )
+    return WorkerLostError(message)
+
+
+def gather_from_workers(strategy, value):
+    """`value` (a scalar int) of every replica of `strategy`, in replica order (one collective)."""
+    per_replica = strategy.run(lambda: tf.constant(value, tf.int64)[None])
+    return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]
 
 
 def is_chief(strategy):

@@ -332,6 +332,7 @@ def _copy_chief_checkpoint(model_dir, scratch_dir):
     chief_latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if chief_latest is None:
         return
+    _log(f"{os.path.basename(scratch_dir)}: resuming from the chief's checkpoint {chief_latest}")
     if tf.io.gfile.exists(scratch_dir):
         tf.io.gfile.rmtree(scratch_dir)
     tf.io.gfile.makedirs(scratch_dir)
