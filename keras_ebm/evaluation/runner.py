@@ -157,7 +157,6 @@ def _markdown(results, in_dist_name):
     return "\n".join(lines) + "\n"
 
 
-@gin.configurable(module="keras_ebm.evaluation")
 def _export_path(saved_model, model_dir):
     """The export to read, or a FileNotFoundError saying what is there instead and what to do. A
     train.py directory passed as `saved_model` means its `export`."""
@@ -184,6 +183,7 @@ def _export_path(saved_model, model_dir):
     )
 
 
+@gin.configurable(module="keras_ebm.evaluation")
 def run_eval(
     model_dir=None,
     saved_model=None,
