@@ -1,9 +1,11 @@
 """Two worker processes on 127.0.0.1 (free ports, TF_CONFIG) train under MultiWorkerMirroredStrategy:
 
 - they agree on the weights, which equal one process training on the global batch;
-- a lost worker (SIGKILLed mid-run) stops the other within `peer_timeout_seconds` with
-  `WorkerLostError` instead of a hang, and restarting both with the same command resumes from the
-  last checkpoint and ends equal to an uninterrupted two-worker run.
+- a lost worker (worker 1 or the chief, SIGKILLed mid-run) stops the other within
+  `peer_timeout_seconds` (plus teardown) with `WorkerLostError` instead of a hang, and restarting
+  both with the same command resumes from the last checkpoint and ends bit-identical to an
+  uninterrupted two-worker run;
+- the loop itself (one process): an aborted collective becomes `WorkerLostError`, nothing saved.
 
 Every subprocess has a hard timeout and is killed in a `finally`.
 """
@@ -95,29 +97,37 @@ def test_two_workers_agree(tmp_path):
 
 
 PEER_TIMEOUT = 10  # run_training.peer_timeout_seconds of the workers below
+STEPS, EVERY = 24, 4
+# 250 ms per batch (a sleep inside tf.data): the run lasts long enough to be killed mid-way.
+LOST_WORKER_ARGS = ["--steps", str(STEPS), "--checkpoint_every", str(EVERY), "--step_delay_ms", "250",
+                    "--peer_timeout_seconds", str(PEER_TIMEOUT)]
 
 
-@pytest.mark.slow
-def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exactly(tmp_path):
-    import tensorflow as tf
-
-    steps, every = 24, 4
-    # 250 ms per batch (a sleep inside tf.data): the run lasts long enough to be killed mid-way.
-    args = ["--steps", str(steps), "--checkpoint_every", str(every), "--step_delay_ms", "250",
-            "--peer_timeout_seconds", str(PEER_TIMEOUT)]
-    # The uninterrupted two-worker run.
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The uninterrupted two-worker run of the command the lost-worker tests kill and restart."""
+    tmp = tmp_path_factory.mktemp("uninterrupted")
     began = time.time()
-    procs = start_workers(free_ports(2), tmp_path / "whole", tmp_path / "whole", args)
+    procs = start_workers(free_ports(2), tmp / "run", tmp / "whole", LOST_WORKER_ARGS)
     try:
         finish(procs, timeout=240)
     finally:
         kill_all(procs)
-
     print(f"\nuninterrupted run: {time.time() - began:.1f} s", flush=True)
-    # The same command; worker 1 is SIGKILLed once the first checkpoint exists.
+    return np.load(tmp / "whole0.npz")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker1_killed", "chief_killed"])
+def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exactly(
+        tmp_path, uninterrupted, victim):
+    import tensorflow as tf
+
+    survivor = 1 - victim
+    # The same command; `victim` is SIGKILLed once the chief's first checkpoint exists.
     run_dir, ports = tmp_path / "run", free_ports(2)
     ckpt_dir = run_dir / "checkpoints"
-    procs = start_workers(ports, run_dir, tmp_path / "run", args)
+    procs = start_workers(ports, run_dir, tmp_path / "run", LOST_WORKER_ARGS)
     try:
         deadline = time.time() + 180
         while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -125,31 +135,31 @@ def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exact
                 break
             time.sleep(0.05)
         assert all(p.poll() is None for p in procs), "a worker ended before the kill"
-        procs[1].send_signal(signal.SIGKILL)
+        procs[victim].send_signal(signal.SIGKILL)
         killed = time.time()
         try:
-            out = procs[0].communicate(timeout=PEER_TIMEOUT + 90)[0]
+            out = procs[survivor].communicate(timeout=PEER_TIMEOUT + 90)[0]
         except subprocess.TimeoutExpired:
-            pytest.fail(f"worker 0 still running {PEER_TIMEOUT + 90} s after worker 1 was killed")
+            pytest.fail(f"worker {survivor} still running {PEER_TIMEOUT + 90} s after worker {victim} was killed")
         survivor_seconds = time.time() - killed
     finally:
         kill_all(procs)
-    print(f"worker 0 exited {survivor_seconds:.1f} s after worker 1 was SIGKILLed", flush=True)
-    assert procs[0].returncode != 0
+    print(f"worker {survivor} exited {survivor_seconds:.1f} s after worker {victim} was SIGKILLed", flush=True)
+    assert procs[survivor].returncode != 0
     assert "WorkerLostError: a peer worker stopped responding" in out, out[-4000:]
     assert "Restart every worker with the same command" in out, out[-4000:]
-    # Detection takes at most the heartbeat timeout (a refused connection is seen at once); what
-    # is left is the process' teardown.
+    # Detection takes at most the heartbeat timeout (a refused or reset connection is seen at
+    # once); what is left is the process' teardown.
     assert survivor_seconds < PEER_TIMEOUT + 30, out[-4000:]
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
     killed_at = int(latest.rsplit("-", 1)[1])
-    assert every <= killed_at < steps
+    assert EVERY <= killed_at < STEPS
     assert tf.train.load_checkpoint(latest).get_variable_to_shape_map()  # intact and readable
 
     # Both restarted with the same command (same ports and model_dir): they resume from the last
     # checkpoint and end where the uninterrupted run ended.
     restarted = time.time()
-    procs = start_workers(ports, run_dir, tmp_path / "resumed", args)
+    procs = start_workers(ports, run_dir, tmp_path / "resumed", LOST_WORKER_ARGS)
     try:
         outputs = finish(procs, timeout=240)
     finally:
@@ -158,10 +168,61 @@ def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exact
     match = re.search(r"resumed from \S+ at step (\d+)", outputs[0])
     assert match and int(match.group(1)) == killed_at, outputs[0][-4000:]
     assert f"worker_1: resuming from the chief's checkpoint {latest}" in outputs[1], outputs[1][-4000:]
-    whole, resumed = np.load(tmp_path / "whole0.npz"), np.load(tmp_path / "resumed0.npz")
+    whole, resumed = uninterrupted, np.load(tmp_path / "resumed0.npz")
     resumed1 = np.load(tmp_path / "resumed1.npz")
-    assert int(whole["step"]) == int(resumed["step"]) == int(resumed1["step"]) == steps
+    assert int(whole["step"]) == int(resumed["step"]) == int(resumed1["step"]) == STEPS
     assert sorted(whole.files) == sorted(resumed.files)
     for k in whole.files:  # weights, BN statistics, RNG states, iterations, momentum slots
         np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
         np.testing.assert_array_equal(resumed1[k], whole[k], err_msg=k)
+
+
+def test_the_loop_turns_a_lost_peer_into_worker_lost_error_and_saves_nothing_more(tmp_path):
+    # One process: the failure is raised by a callback where an aborted collective would surface.
+    import keras
+    import tensorflow as tf
+
+    from keras_ebm import callbacks, distribute, training
+
+    sys.path.insert(0, HERE)
+    from _multiworker_worker import sharded_data_fn
+    from test_experiment import trainer_fn
+
+    class PeerLostAt(keras.callbacks.Callback):
+        """Raises what a survivor's aborted collective raises, when step `at` ends (before
+        Checkpointing sees that step)."""
+
+        def __init__(self, at):
+            super().__init__()
+            self.at = at
+
+        def on_train_batch_end(self, batch, logs=None):
+            if callbacks.current_step(self.model) == self.at:
+                raise tf.errors.UnavailableError(
+                    None, None, "Collective ops is aborted by: Error reported from /job:worker/task:1: "
+                    "The following tasks are unhealthy (stopped sending heartbeats):\n"
+                    "/job:worker/replica:0/task:1\nThe tasks have crashed.")
+
+    strategy = tf.distribute.get_strategy()
+    model = training.build_trainer(trainer_fn, lambda: keras.optimizers.SGD(0.1), strategy)
+    cbs = callbacks.training_callbacks(str(tmp_path), train_steps=10, checkpoint_every=2)
+    with pytest.raises(distribute.WorkerLostError) as info:
+        training.train_loop(model, sharded_data_fn(), strategy, 10, [PeerLostAt(4)] + cbs)
+    message = str(info.value)
+    assert "a peer worker stopped responding" in message
+    assert "stopped sending heartbeats): /job:worker/replica:0/task:1" in message
+    assert "the last checkpoint is " + str(tmp_path / "checkpoints" / "ckpt-2") in message
+    assert "Restart every worker with the same command" in message
+    assert isinstance(info.value.__cause__, tf.errors.UnavailableError)
+    assert isinstance(info.value, RuntimeError)
+    # Step 4 ran but its checkpoint (and the end-of-training one) was never written.
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-2")
+
+
+def test_peer_timeout_must_be_positive(monkeypatch):
+    from keras_ebm import distribute
+
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="peer_timeout_seconds must be a positive number"):
+        distribute.make_strategy(peer_timeout_seconds=0)
