@@ -139,14 +139,32 @@ def kill_at(proc, model_dir, kind, rng, ref_seconds):
     Returns a dict describing the kill, or None when the process ended before the moment came."""
     t0 = time.time()
     if kind == "random":
-        deadline = t0 + rng.uniform(0.3, 1.05 * ref_seconds)
+        # (the first ~40% of a run is Python, TensorFlow and gin start-up)
+        deadline = t0 + rng.uniform(0.35, 1.05) * ref_seconds
         trigger = lambda: time.time() >= deadline  # noqa: E731
     elif kind == "checkpoint":
-        # Not the first save every time: skip a random delay, then the next checkpoint write.
-        start = t0 + rng.uniform(0.0, 0.8 * ref_seconds)
-        trigger = lambda: time.time() >= start and _checkpoint_temp(model_dir)  # noqa: E731
+        # The write of a checkpoint not yet on disk, chosen at random.
+        _, latest = listed_checkpoints(model_dir)
+        done = int(latest.rsplit("-", 1)[1]) if latest else 0
+        steps = [s for s in range(CHECKPOINT_EVERY, TRAIN_STEPS + 1, CHECKPOINT_EVERY) if s > done]
+        target = int(rng.choice(steps)) if steps else TRAIN_STEPS
+        trigger = lambda: _checkpoint_temp(model_dir, target)  # noqa: E731
     elif kind == "final_checkpoint":
         trigger = lambda: _checkpoint_temp(model_dir, TRAIN_STEPS)  # noqa: E731
+    elif kind == "checkpoint_rewrite":
+        # A checkpoint written again over itself (the state file already lists it). Never happens
+        # since run_training writes each step once; kept to show what it did before.
+        def trigger():
+            ckpt = os.path.join(model_dir, "checkpoints")
+            temps = [n[:-5] for n in (os.listdir(ckpt) if os.path.isdir(ckpt) else []) if n.endswith("_temp")]
+            if not temps:
+                return False
+            try:
+                with open(os.path.join(ckpt, "checkpoint")) as f:
+                    state = f.read()
+            except FileNotFoundError:
+                return False
+            return any(f'"{t}"' in state for t in temps)
     elif kind in ("export", "export_replace"):
         extra = rng.uniform(0.0, 1.5)
         seen = []
@@ -161,7 +179,10 @@ def kill_at(proc, model_dir, kind, rng, ref_seconds):
         if trigger():
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            return {"kind": kind, "after_s": round(time.time() - t0, 3)}
+            out = {"kind": kind, "after_s": round(time.time() - t0, 3)}
+            if kind == "checkpoint":
+                out["step"] = target
+            return out
         time.sleep(POLL)
     return None
 
@@ -332,16 +353,19 @@ def state_summary(state):
 
 
 # ------------------------------------------------------------------------------- trials
-def reference(trainer, workdir):
-    """Two uninterrupted runs: (state, export, seconds, determinism record)."""
+def reference(trainer, workdir, runs=2):
+    """`runs` uninterrupted runs: ((state, export), seconds, determinism record); with one run,
+    determinism is not checked (None)."""
     states, seconds = [], []
-    for i in range(2):
+    for i in range(runs):
         model_dir = os.path.join(workdir, f"{trainer}_ref{i}")
         rc, secs, out = run_to_end(trainer, model_dir, model_dir + ".log")
         if rc != 0:
             raise RuntimeError(f"{trainer}: the reference run failed (exit {rc}):\n{out[-3000:]}")
         states.append(final_state(model_dir))
         seconds.append(secs)
+    if runs < 2:
+        return states[0], seconds[0], {"deterministic": None, "max_abs_diff": None, "differ": []}
     equal, diff, differ = compare_runs(states[0], states[1])
     det = {"deterministic": equal, "max_abs_diff": diff, "differ": differ[:10]}
     return states[0], min(seconds), det
@@ -385,29 +409,42 @@ def trial(trainer, model_dir, kinds, rng, ref_seconds, log, ref_dir):
     return result
 
 
-def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2):
-    """Reference runs plus kill trials until `n_kills` kills were sent; the row of the table."""
+def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2, kinds=KINDS,
+                reference_runs=2, schedule=None):
+    """Reference runs plus kill trials until `n_kills` kills were sent; the row of the table.
+
+    Each trial kills 1 to `max_kills_per_trial` runs in a row, its moments taken in turn from a
+    shuffled `kinds`; `schedule` (a list of lists of kinds, one per trial) fixes the trials instead."""
     log(f"[fault_injection] {trainer}: reference runs")
-    (ref_state, ref_export), ref_seconds, det = reference(trainer, workdir)
+    (ref_state, ref_export), ref_seconds, det = reference(trainer, workdir, reference_runs)
     log(f"[fault_injection] {trainer}: uninterrupted run {ref_seconds:.1f} s; two runs bit-identical: "
-        f"{det['deterministic']} (max |diff| {det['max_abs_diff']:.3g})")
+        f"{det['deterministic']} (max |diff| {det['max_abs_diff']})")
     row = {"trainer": trainer, "reference_seconds": round(ref_seconds, 1), **det,
            "compared": state_summary(ref_state), "export_variables": len(ref_export),
            "kills": 0, "trials": 0, "resumed": 0, "equal": 0, "corrupt": 0, "max_abs_diff_vs_reference": 0.0,
            "kill_kinds": {}, "litter": [], "unlisted_checkpoint_files": 0, "stale_checkpoint_entries": 0,
            "damaged_files": [], "failures": [], "details": []}
-    kind_cycle = list(KINDS)
+    kind_cycle = list(kinds)
     rng.shuffle(kind_cycle)
-    i = 0
-    while row["kills"] < n_kills:
-        n = min(int(rng.integers(1, max_kills_per_trial + 1)), n_kills - row["kills"])
-        kinds = [kind_cycle[(i + j) % len(kind_cycle)] for j in range(n)]
-        i += n
+    i = attempts = 0
+    schedule = None if schedule is None else [list(k) for k in schedule]
+    while (row["kills"] < n_kills) if schedule is None else schedule:
+        if schedule is not None:
+            kinds = schedule.pop(0)
+        else:
+            n = min(int(rng.integers(1, max_kills_per_trial + 1)), n_kills - row["kills"])
+            kinds = [kind_cycle[(i + j) % len(kind_cycle)] for j in range(n)]
+            i += n
         # export_replace needs a finished run first: only as the first kill of a trial.
         kinds = sorted(kinds, key=lambda k: k != "export_replace")
-        model_dir = os.path.join(workdir, f"{trainer}_trial{row['trials']}")
-        log(f"[fault_injection] {trainer} trial {row['trials']}: {', '.join(kinds)}")
+        attempts += 1
+        model_dir = os.path.join(workdir, f"{trainer}_trial{attempts}")
+        log(f"[fault_injection] {trainer} trial {attempts}: {', '.join(kinds)}")
         t = trial(trainer, model_dir, kinds, rng, ref_seconds, log, os.path.join(workdir, f"{trainer}_ref0"))
+        if not t["kills"]:
+            if attempts > 4 * n_kills:  # every moment kept being missed
+                break
+            continue
         row["trials"] += 1
         row["kills"] += len(t["kills"])
         for k in t["kills"]:
@@ -417,9 +454,7 @@ def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2
             row["unlisted_checkpoint_files"] += len(k["checkpoints"]["unlisted"])
             row["stale_checkpoint_entries"] += len(k["checkpoints"]["stale"])
             row["damaged_files"] += k["files"]
-        if not t["kills"]:
-            continue
-        detail = {"trial": row["trials"] - 1, "kills": t["kills"], "final_rc": t["final_rc"],
+        detail = {"trial": attempts, "kills": t["kills"], "final_rc": t["final_rc"],
                   "resumes": t.get("resumes")}
         if t["final_rc"] == 0:
             row["resumed"] += 1
@@ -444,7 +479,7 @@ def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2
                 row["failures"].append(f"trial {detail['trial']}: corrupt after a {k['kind']} kill: "
                                        f"{k['checkpoints']['unreadable']} {k['export']['problem']}")
         row["details"].append(detail)
-        if row["trials"] > 4 * n_kills:  # every moment kept being missed
+        if attempts > 4 * n_kills:
             break
     row["litter"] = sorted(set(n.split("-")[0] for n in row["litter"]))
     return row
@@ -458,7 +493,7 @@ def markdown_table(rows):
         moments = ", ".join(f"{k} {v}" for k, v in sorted(r["kill_kinds"].items()))
         lines.append(f"| {r['trainer']} | {r['kills']} | {r['trials']} | {r['resumed']}/{r['trials']} | "
                      f"{r['equal']}/{r['trials']} | {r['corrupt']} | {r['max_abs_diff_vs_reference']:.3g} | "
-                     f"{'yes' if r['deterministic'] else 'no (%.3g)' % r['max_abs_diff']} | {moments} |")
+                     f"{ {True: 'yes', None: 'not checked'}.get(r['deterministic'], 'no (%s)' % r['max_abs_diff'])} | {moments} |")
     total = {k: sum(r[k] for r in rows) for k in ("kills", "trials", "resumed", "equal", "corrupt")}
     lines.append(f"| **all** | **{total['kills']}** | {total['trials']} | {total['resumed']}/{total['trials']} | "
                  f"{total['equal']}/{total['trials']} | {total['corrupt']} | "
@@ -466,7 +501,7 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
-def run(trainers, kills_per_trainer, seed=0, workdir=None, keep=False, log=print):
+def run(trainers, kills_per_trainer, seed=0, workdir=None, keep=False, log=print, kinds=KINDS):
     """Run the fuzzing for `trainers`; returns the rows."""
     rng = np.random.default_rng(seed)
     own = workdir is None
@@ -474,7 +509,7 @@ def run(trainers, kills_per_trainer, seed=0, workdir=None, keep=False, log=print
     rows = []
     try:
         for trainer in trainers:
-            rows.append(run_trainer(trainer, kills_per_trainer, rng, workdir, log=log))
+            rows.append(run_trainer(trainer, kills_per_trainer, rng, workdir, log=log, kinds=kinds))
     finally:
         if own and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -494,7 +529,8 @@ def main(argv):
     if unknown:
         raise ValueError(f"unknown trainers {unknown}; known: {sorted(TRAINERS)}")
     t0 = time.time()
-    rows = run(trainers, FLAGS.kills, seed=FLAGS.seed, workdir=FLAGS.workdir, keep=FLAGS.workdir is not None)
+    rows = run(trainers, FLAGS.kills, seed=FLAGS.seed, workdir=FLAGS.workdir, keep=FLAGS.workdir is not None,
+               kinds=FLAGS.kinds or KINDS)
     table = markdown_table(rows)
     device = device_name()
     print(f"\nDevice: {device}  TF {tf.__version__}  {TRAIN_STEPS} steps, checkpoint every {CHECKPOINT_EVERY}, "
@@ -521,6 +557,8 @@ if __name__ == "__main__":
 
     flags.DEFINE_list("trainers", [], f"Trainers to fuzz (default all: {', '.join(TRAINERS)}).")
     flags.DEFINE_integer("kills", 9, "SIGKILLs per trainer.")
+    flags.DEFINE_list("kinds", [], f"Kill moments to cycle through (default {','.join(KINDS)}; also "
+                      "checkpoint_rewrite).")
     flags.DEFINE_integer("seed", 0, "Seed of the kill schedule.")
     flags.DEFINE_string("workdir", None, "Keep the runs here (default: a temporary directory, deleted).")
     flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_fault_injection.json).")
