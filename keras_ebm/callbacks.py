@@ -526,8 +526,10 @@ class OperativeConfig(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not self.written:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with open(self.path, "w") as f:
+            staging = f"{self.path}.tmp-{os.getpid()}"  # renamed into place: never truncated by a kill
+            with open(staging, "w") as f:
                 f.write(gin.operative_config_str())
+            os.replace(staging, self.path)
             self.written = True
 
 

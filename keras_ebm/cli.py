@@ -207,8 +207,13 @@ def save_config(model_dir):
     """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back)."""
     os.makedirs(model_dir, exist_ok=True)
     text = "import keras_ebm.configurables\n\n" + gin.config_str()
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    # Written beside and renamed into place: a kill mid-write must not leave a truncated config
+    # that the rerun (check_run_config) and eval.py would read back.
+    path = os.path.join(model_dir, "config.gin")
+    staging = f"{path}.tmp-{os.getpid()}"
+    with open(staging, "w") as f:
         f.write(text)
+    os.replace(staging, path)
 
 
 def resolve_run_training():

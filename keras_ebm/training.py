@@ -262,7 +262,8 @@ def run_training(
         why = "time budget (run_training.max_minutes) used up at " if out_of_time else "trained to "
         _log(f"{why}step {last_step}/{train_steps}: "
              + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()}))
-        with open(os.path.join(model_dir, "training_summary.json"), "w") as f:
+        summary = os.path.join(model_dir, "training_summary.json")
+        with open(f"{summary}.tmp-{os.getpid()}", "w") as f:  # renamed into place below (kills)
             json.dump({
                 "trainer": type(model).__name__,
                 "first_step": first_step,
@@ -272,6 +273,7 @@ def run_training(
                 "seconds": round(time.time() - train_start_time, 1),
                 "recoveries": recovery.recoveries,
             }, f, indent=2)
+        os.replace(f"{summary}.tmp-{os.getpid()}", summary)
     if trained_now and checkpointing.final_hook is not None:
         # The last step was saved before it was known to be the last (not expected): estimate
         # now and save that step again.
