@@ -194,8 +194,10 @@ def config_restored_on_failure(model_dir):
                 shutil.rmtree(model_dir, ignore_errors=True)
             else:
                 if old is not None:
-                    with open(path, "wb") as f:
+                    staging = f"{path}.tmp-{os.getpid()}"
+                    with open(staging, "wb") as f:
                         f.write(old)
+                    os.replace(staging, path)
                 elif os.path.isfile(path):
                     os.remove(path)
                 if not had_checkpoints:

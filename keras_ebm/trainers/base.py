@@ -83,6 +83,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     default_ood_score = "log_px"
     is_classifier = True  # `call` returns class logits (accuracy, ECE and log p(x) are meaningful)
     conditions_on_latents = False  # CLEL: class-conditional samples need `set_class_latents` first
+    # The training objective reads the batch labels: they are checked to be class ids in
+    # [0, num_classes) (CLEL, unsupervised, ignores them).
+    uses_labels = True
     sampler = None  # the SGLD sampler of a generative trainer
     buffer = None  # its replay buffer
     # Constructor arguments kept as attributes of the same name: `get_config` reads them.
@@ -374,6 +377,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         step is traced; float labels must hold whole numbers and every label be in range (cheap
         asserts, with `check_finite_inputs`), instead of truncating 2.7 to 2 or feeding an
         out-of-range id to the loss (on a GPU: NaN or silently wrong, no error)."""
+        if not self.uses_labels:  # ignored by the objective (CLEL)
+            return tf.cast(tf.reshape(y, [-1]), tf.int32)
         if not tf.is_tensor(y):
             y = tf.convert_to_tensor(y)
         if y.shape.rank is not None and (y.shape.rank > 2 or (y.shape.rank == 2 and y.shape[-1] != 1)):
@@ -461,12 +466,12 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 f"pixel_range). Received: x in [{lo_x:g}, {hi_x:g}]"
             )
         y = np.asarray(y)
-        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1):
+        if self.uses_labels and (y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1)):
             raise ValueError(
                 f"{type(self).__name__} takes integer class labels of shape [N]; `y` has shape "
                 f"{y.shape}. One-hot labels: pass np.argmax(y, axis=-1). Received: y.shape={y.shape}"
             )
-        y = y.reshape(-1)
+        y = y.reshape(-1) if self.uses_labels else np.zeros(len(y), np.int32)  # CLEL ignores labels
         if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
                 or y.dtype == bool):
             raise ValueError(f"`y` must hold integer class labels. Received: y.dtype={y.dtype}")

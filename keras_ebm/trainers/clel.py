@@ -95,6 +95,7 @@ class CLEL(EBMTrainer):
     default_ood_score = "clel"
     is_classifier = False  # `call` returns a latent, not class logits (see keras_ebm.export)
     conditions_on_latents = True  # class-conditional samples need `set_class_latents` (Appendix D)
+    uses_labels = False  # unsupervised: batch labels are ignored, so fit does not range-check them
     score_names = ("clel", "neg_energy", "cosine")
     config_attributes = EBMTrainer.config_attributes + (
         "projection", "encoder", "encoder_weight_decay", "augment_chain_starts", "alpha", "beta", "ood_beta",
