@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
-    from keras_ebm import cli, training  # after absl parsed the flags: TensorFlow loads here
+    from keras_ebm import cli, distribute, training  # after absl parsed the flags: TensorFlow loads here
 
     cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     # Validate before writing anything: a config that disagrees with the run in --model_dir, and
@@ -37,6 +37,9 @@ def main(argv):
     # corrected command is not refused as "another config".
     with cli.config_restored_on_failure(FLAGS.model_dir):
         cli.save_config(FLAGS.model_dir)
+        # Several machines: a lost worker ends this one at once with WorkerLostError (README,
+    # "Several machines"); restart every worker with the same command to resume.
+    with distribute.exit_when_worker_lost():
         training.run_training(model_dir=FLAGS.model_dir)
 
 

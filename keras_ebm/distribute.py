@@ -9,9 +9,12 @@ Conventions (see README, "Distribution"):
   mirrored `keras.random.SeedGenerator` advances identically on every replica.
 """
 
+import contextlib
 import json
 import os
 import re
+import sys
+import traceback
 
 import tensorflow as tf
 
@@ -129,6 +132,22 @@ def worker_lost_error(error, checkpoint=None):
         "checkpoint. How long a silent worker is waited for: run_training.peer_timeout_seconds."
     )
     return WorkerLostError(message)
+
+
+@contextlib.contextmanager
+def exit_when_worker_lost(exit_code=1):
+    """For the main function of a training script (train.py uses it): on `WorkerLostError`, print
+    the traceback and end the process at once (`os._exit`), skipping TensorFlow's teardown, which
+    can wait on the lost peer (2-5 s usually; once 62 s here with a frozen peer). Nothing is being
+    written then: the loop saves nothing after the failure. Unflushed TensorBoard events of the
+    steps since the last flush are lost (those steps are trained again after the restart)."""
+    try:
+        yield
+    except WorkerLostError:
+        traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(exit_code)
 
 
 def gather_from_workers(strategy, value):

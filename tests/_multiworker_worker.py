@@ -76,8 +76,9 @@ def main(argv=None):
     # The first TF work in the process, as MultiWorkerMirroredStrategy requires.
     strategy = distribute.make_strategy(**({} if args.peer_timeout_seconds is None else
                                            {"peer_timeout_seconds": args.peer_timeout_seconds}))
-    model = train(args.model_dir, strategy, steps=args.steps, checkpoint_every=args.checkpoint_every,
-                  step_delay_ms=args.step_delay_ms)
+    with distribute.exit_when_worker_lost():  # as train.py
+        model = train(args.model_dir, strategy, steps=args.steps, checkpoint_every=args.checkpoint_every,
+                      step_delay_ms=args.step_delay_ms)
     np.savez(args.out_path, **state(model), step=callbacks.current_step(model),
              replicas=strategy.num_replicas_in_sync)
 

@@ -227,3 +227,15 @@ def test_peer_timeout_must_be_positive(monkeypatch):
                                                 "task": {"type": "worker", "index": 0}}))
     with pytest.raises(ValueError, match="peer_timeout_seconds must be a positive number"):
         distribute.make_strategy(peer_timeout_seconds=0)
+
+
+def test_exit_when_worker_lost_ends_the_process_at_once_with_the_traceback():
+    code = ("import atexit\nfrom keras_ebm import distribute\natexit.register(print, 'atexit ran')\n"
+            "with distribute.exit_when_worker_lost():\n    raise distribute.WorkerLostError('peer gone')\n")
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1
+    assert "WorkerLostError: peer gone" in out.stderr
+    assert "atexit ran" not in out.stdout  # os._exit: no interpreter teardown
