@@ -38,9 +38,9 @@ def main(argv):
     with cli.config_restored_on_failure(FLAGS.model_dir):
         cli.save_config(FLAGS.model_dir)
         # Several machines: a lost worker ends this one at once with WorkerLostError (README,
-    # "Several machines"); restart every worker with the same command to resume.
-    with distribute.exit_when_worker_lost():
-        training.run_training(model_dir=FLAGS.model_dir)
+        # "Several machines"); restart every worker with the same command to resume.
+        with distribute.exit_when_worker_lost():
+            training.run_training(model_dir=FLAGS.model_dir)
 
 
 if __name__ == "__main__":
