@@ -165,7 +165,7 @@ def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exact
         outputs = finish(procs, timeout=240)
     finally:
         kill_all(procs)
-    print(f"restarted run: {time.time() - restarted:.1f} s", flush=True)
+    print(f"restarted run (from step {killed_at}): {time.time() - restarted:.1f} s", flush=True)
     match = re.search(r"resumed from \S+ at step (\d+)", outputs[0])
     assert match and int(match.group(1)) == killed_at, outputs[0][-4000:]
     assert f"worker_1: resuming from the chief's checkpoint {latest}" in outputs[1], outputs[1][-4000:]
