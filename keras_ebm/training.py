@@ -237,7 +237,7 @@ def run_training(
         if multi_worker:
             _check_workers_agree(strategy, first_step)
     except distribute.PEER_FAILURES as error:
-        raise distribute.worker_lost_error(error, checkpointing.restored_from) from error
+        raise distribute.worker_lost_error(error, _latest_checkpoint([checkpointing])) from error
     trained_now = first_step < train_steps
     if not trained_now:
         _log(f"already trained {first_step} >= train_steps={train_steps} steps; nothing to do")
@@ -341,7 +341,7 @@ def _copy_chief_checkpoint(model_dir, scratch_dir):
     for f in tf.io.gfile.glob(chief_latest + ".*"):
         tf.io.gfile.copy(f, os.path.join(scratch_dir, os.path.basename(f)))
     path = os.path.join(scratch_dir, os.path.basename(chief_latest))
-    stamp = os.path.getmtime(path + ".index")
+    stamp = tf.io.gfile.stat(path + ".index").mtime_nsec / 1e9  # (gs:// paths too)
     tf.compat.v1.train.update_checkpoint_state(
         scratch_dir, path, all_model_checkpoint_paths=[path], all_model_checkpoint_timestamps=[stamp],
         last_preserved_timestamp=stamp - 1.0)

@@ -239,3 +239,28 @@ def test_exit_when_worker_lost_ends_the_process_at_once_with_the_traceback():
     assert out.returncode == 1
     assert "WorkerLostError: peer gone" in out.stderr
     assert "atexit ran" not in out.stdout  # os._exit: no interpreter teardown
+
+
+def test_a_non_chief_worker_takes_the_chiefs_newest_checkpoint(tmp_path):
+    # The chief saved steps 4 and 8; the worker's scratch copy got to step 12 (or stayed at 4):
+    # the worker must restore step 8, and its scratch directory list the same checkpoints.
+    import tensorflow as tf
+
+    from keras_ebm import training
+
+    v = tf.Variable(0.0)
+    chief = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(tmp_path / "checkpoints"), 3)
+    scratch_dir = tmp_path / ".workers" / "worker_1"
+    scratch = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(scratch_dir), 3)
+    for step in (4, 8):
+        v.assign(float(step))
+        chief.save(checkpoint_number=step)
+    v.assign(12.0)
+    scratch.save(checkpoint_number=12)
+    training._copy_chief_checkpoint(str(tmp_path), str(scratch_dir))
+    copied = tf.train.CheckpointManager(tf.train.Checkpoint(v=v), str(scratch_dir), 3)
+    assert [os.path.basename(p) for p in copied.checkpoints] == ["ckpt-8"]
+    copied.checkpoint.restore(copied.latest_checkpoint).assert_existing_objects_matched()
+    assert float(v.numpy()) == 8.0
+    copied.save(checkpoint_number=12)  # the scratch manager goes on saving and rotating as before
+    assert [os.path.basename(p) for p in copied.checkpoints] == ["ckpt-8", "ckpt-12"]
