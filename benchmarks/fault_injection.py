@@ -123,14 +123,23 @@ def _staging(model_dir, pattern):
     return glob.glob(os.path.join(model_dir, pattern))
 
 
-def _checkpoint_temp(model_dir, step=None):
+def _checkpoint_temp(model_dir, step=None, since=0.0):
+    """Is a checkpoint (of `step`) being written, i.e. is there a `ckpt-N_temp` staging folder
+    touched at or after `since`? (A kill leaves its staging folder behind: an old one is no sign.)"""
     ckpt = os.path.join(model_dir, "checkpoints")
     try:
         names = os.listdir(ckpt)
     except FileNotFoundError:
         return False
     want = None if step is None else f"ckpt-{step}_temp"
-    return any(n.endswith("_temp") and (want is None or n == want) for n in names)
+    for n in names:
+        if n.endswith("_temp") and (want is None or n == want):
+            try:
+                if os.stat(os.path.join(ckpt, n)).st_mtime >= since:
+                    return True
+            except FileNotFoundError:
+                pass
+    return False
 
 
 def kill_at(proc, model_dir, kind, rng, ref_seconds):
@@ -148,9 +157,9 @@ def kill_at(proc, model_dir, kind, rng, ref_seconds):
         done = int(latest.rsplit("-", 1)[1]) if latest else 0
         steps = [s for s in range(CHECKPOINT_EVERY, TRAIN_STEPS + 1, CHECKPOINT_EVERY) if s > done]
         target = int(rng.choice(steps)) if steps else TRAIN_STEPS
-        trigger = lambda: _checkpoint_temp(model_dir, target)  # noqa: E731
+        trigger = lambda: _checkpoint_temp(model_dir, target, since=t0)  # noqa: E731
     elif kind == "final_checkpoint":
-        trigger = lambda: _checkpoint_temp(model_dir, TRAIN_STEPS)  # noqa: E731
+        trigger = lambda: _checkpoint_temp(model_dir, TRAIN_STEPS, since=t0)  # noqa: E731
     elif kind == "checkpoint_rewrite":
         # A checkpoint written again over itself (the state file already lists it). Never happens
         # since run_training writes each step once; kept to show what it did before.
@@ -168,11 +177,14 @@ def kill_at(proc, model_dir, kind, rng, ref_seconds):
     elif kind in ("export", "export_replace"):
         extra = rng.uniform(0.0, 1.5)
         seen = []
+        # Staging folders of earlier kills stay behind: only a new one means this run exports.
+        before = set(_staging(model_dir, ".export.*"))
 
         def trigger():
-            if not seen and _staging(model_dir, ".export.tmp-*"):
+            if not seen and set(_staging(model_dir, ".export.tmp-*")) - before:
                 seen.append(time.time())
-            return bool(seen) and (time.time() - seen[0] >= extra or _staging(model_dir, ".export.old-*"))
+            return bool(seen) and (time.time() - seen[0] >= extra
+                                   or bool(set(_staging(model_dir, ".export.old-*")) - before))
     else:
         raise ValueError(f"unknown kill kind {kind!r}")
     while proc.poll() is None:

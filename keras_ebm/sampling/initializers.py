@@ -214,6 +214,13 @@ class InformativeInitializer:
                     )
             return cls(mean, cov, pixel_range=pixel_range, jitter=jitter)
         mean, cov = class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range)
+        # Rounded to the float32 the cache stores (in place, per class: no extra float64 copy), so
+        # the run that fits the statistics and every run that reads them back (a resumed run, the
+        # next run) sample the same chains: a run killed and resumed ends bit-identical to an
+        # uninterrupted one (benchmarks/fault_injection.py; before, max |diff| 4.2e-4 for SADA-JEM).
+        mean = mean.astype(np.float32).astype(np.float64)
+        for c in range(cov.shape[0]):
+            cov[c] = cov[c].astype(np.float32)
         if cache_path is not None:
             directory = os.path.dirname(os.path.abspath(cache_path))
             os.makedirs(directory, exist_ok=True)
