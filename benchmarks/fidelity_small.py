@@ -94,7 +94,10 @@ def read_scalars(model_dir):
     for name in sorted(os.listdir(logdir)) if os.path.isdir(logdir) else []:
         for event in tf.compat.v1.train.summary_iterator(os.path.join(logdir, name)):
             for value in event.summary.value:
-                out.setdefault(value.tag, {})[int(event.step)] = float(tf.make_ndarray(value.tensor))
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim:  # image summaries (sample grids), not scalars
+                    continue
+                out.setdefault(value.tag, {})[int(event.step)] = float(array)
     return out
 
 
