@@ -168,6 +168,7 @@ class ServingModule(tf.Module):
                     f"`extra_scores` values must be callables fn(model, x_float) -> [batch]. "
                     f"Received: extra_scores[{score_name!r}]={fn!r}"
                 )
+        weights = list(getattr(model, "weights", None) or [])  # the export's variable order
         model = scores_lib.as_scorer(model)
         self._forward = _Forward(model, extra_scores)
         self._image_shape = image_shape
@@ -254,7 +255,14 @@ class ServingModule(tf.Module):
         for endpoint in ENDPOINTS:
             for variable in self.concrete_function(endpoint).variables:
                 captured.setdefault(id(variable), variable)
-        self.network_variables = list(captured.values())
+        # In the model's own weight order (then by name): the traces list their captures in an
+        # order that changes from process to process, and an export should be reproducible.
+        order = {}
+        for weight in weights:
+            order.setdefault(id(getattr(weight, "value", weight)), len(order))
+        self.network_variables = sorted(
+            captured.values(), key=lambda v: (order.get(id(v), len(order)), v.name)
+        )
 
     # ------------------------------------------------------------------ public helpers
     @property

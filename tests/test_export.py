@@ -431,3 +431,11 @@ def test_onnx_matches_the_saved_model(index, tmp_path):
     # onnxruntime checks the declared input itself.
     with pytest.raises(Exception, match="Invalid rank"):
         session.run(None, {"images": images[0]})
+
+
+def test_network_variables_follow_the_model_weight_order():
+    """The export lists its variables in the model's weight order (reproducible exports: the traces'
+    capture order changes between processes)."""
+    net = tiny_network(IMAGE_SHAPE, NUM_CLASSES, widths=(4, 8), norm=True)
+    module = export.ServingModule(net, IMAGE_SHAPE)
+    assert [v.name for v in module.network_variables] == [w.path + ":0" for w in net.weights]
