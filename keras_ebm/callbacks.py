@@ -29,6 +29,7 @@ the guard sees each step, and `fit`'s progress bar and History show the last ste
 
 import json
 import os
+import re
 import time
 import weakref
 
@@ -97,6 +98,33 @@ class StepCallback(keras.callbacks.Callback):
 
 
 # ---------------------------------------------------------------------------------- checkpoints
+_CHECKPOINT_FILE = re.compile(r"^(ckpt-\d+)(\.index|\.data-\d+-of-\d+)$")
+_CHECKPOINT_STAGING = re.compile(r"^ckpt-\d+_temp$")
+
+
+def remove_checkpoint_leftovers(directory, listed):
+    """Delete what a kill during a save leaves in `directory`: TensorFlow's `ckpt-N_temp` staging
+    folders and `ckpt-N.index` / `.data-*` files of checkpoints the state file does not list (never
+    read: a resume reads the listed ones; the step is saved again anyway). Returns the names removed.
+    One writer per directory (the chief, or a worker's own temporary directory)."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    keep = {os.path.basename(p) for p in listed}
+    removed = []
+    for name in sorted(tf.io.gfile.listdir(directory)):
+        name = name.rstrip("/")
+        path = os.path.join(directory, name)
+        match = _CHECKPOINT_FILE.match(name)
+        if _CHECKPOINT_STAGING.match(name):
+            tf.io.gfile.rmtree(path)
+        elif match and match.group(1) not in keep:
+            tf.io.gfile.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
 def make_checkpoint(model, recovery=None):
     """A `tf.train.Checkpoint` of the trainer (all its tracked variables), its optimizer(s), its RNG
     states and, when given, the divergence guard's `RecoveryState`."""
@@ -193,6 +221,7 @@ class Checkpointing(StepCallback):
         self.recovery.attach(model)
         self.checkpoint = make_checkpoint(model, self.recovery)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
+        self.removed_leftovers = remove_checkpoint_leftovers(self.directory, self.manager.checkpoints)
         if self.resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             notes = self.recovery.reapply(model)

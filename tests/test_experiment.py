@@ -502,3 +502,23 @@ def test_export_onnx_without_tf2onnx_fails_before_training(tmp_path, monkeypatch
     with pytest.raises(ImportError, match=r"keras_ebm\[onnx\]"):
         run_exporting(tmp_path, export_onnx=True)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_rerun_removes_what_killed_saves_and_exports_left(tmp_path):
+    """A kill during a checkpoint save leaves TensorFlow's `ckpt-N_temp` folder or unlisted
+    checkpoint files; a kill during an export leaves `.export.tmp-<pid>-*` / `.export.old-<pid>-*`.
+    The rerun removes them (the listed checkpoints and the export stay)."""
+    run_exporting(tmp_path)
+    ckpt = tmp_path / "checkpoints"
+    listed = sorted(os.listdir(ckpt))
+    dead = 2**22 + 4321  # above the default pid_max: not a running process
+    (ckpt / "ckpt-9_temp").mkdir()
+    (ckpt / "ckpt-9_temp" / "part").write_bytes(b"x")
+    (ckpt / "ckpt-7.index").write_bytes(b"x")
+    (ckpt / "ckpt-7.data-00000-of-00001").write_bytes(b"x")
+    (tmp_path / f".export.tmp-{dead}-abc").mkdir()
+    (tmp_path / f".export.old-{dead}-def").mkdir()
+    run_exporting(tmp_path)
+    assert sorted(os.listdir(ckpt)) == listed
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".export.")]
+    assert (tmp_path / "export" / "saved_model.pb").exists()
