@@ -50,10 +50,12 @@ score of JEM's OOD section ("approximate mass", also GMMC, arXiv:2010.03759).
 """
 
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import warnings
 
 import tensorflow as tf
 
@@ -490,8 +492,6 @@ def import_tf2onnx():
     except ImportError:  # a Keras without it: tf2onnx may still work with the installed NumPy
         pass
     else:
-        import warnings
-
         with warnings.catch_warnings():  # "In the future `np.object` will be defined ..."
             warnings.simplefilter("ignore", FutureWarning)
             patch_tf2onnx()
@@ -507,11 +507,9 @@ def write_onnx(module, path, opset=ONNX_OPSET):
     """
     tf2onnx = import_tf2onnx()
     function = module.onnx_function()
-    import logging as _logging
-
-    tf2onnx_logger = _logging.getLogger("tf2onnx")
+    tf2onnx_logger = logging.getLogger("tf2onnx")
     level = tf2onnx_logger.level
-    tf2onnx_logger.setLevel(_logging.ERROR)  # its INFO/WARNING lines drown the training log
+    tf2onnx_logger.setLevel(logging.ERROR)  # its INFO/WARNING lines drown the training log
     try:
         tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset, output_path=os.fspath(path)

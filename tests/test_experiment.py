@@ -39,10 +39,10 @@ def trainer_fn(**kwargs):
 
 
 def run(model_dir, steps, data=data_fn, trainer=trainer_fn, **kwargs):
+    kwargs.setdefault("export", False)
     return training.run_training(
         model_dir=str(model_dir), trainer=trainer, optimizer=lambda: keras.optimizers.Adam(0.05),
-        train_data=data, train_steps=steps, checkpoint_every=2, log_every=2, export=False,
-        progress=False, **kwargs,
+        train_data=data, train_steps=steps, checkpoint_every=2, log_every=2, progress=False, **kwargs,
     )
 
 
@@ -469,10 +469,7 @@ def test_energy_gap_band_sits_above_the_energy_penalty_equilibrium():
 
 
 def run_exporting(model_dir, **kwargs):
-    return training.run_training(
-        model_dir=str(model_dir), trainer=trainer_fn, optimizer=lambda: keras.optimizers.Adam(0.05),
-        train_data=data_fn, train_steps=2, checkpoint_every=2, log_every=2, progress=False, **kwargs,
-    )
+    return run(model_dir, 2, export=True, **kwargs)
 
 
 def test_export_onnx_writes_a_model_onnxruntime_runs(tmp_path):
