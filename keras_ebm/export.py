@@ -1,6 +1,7 @@
 """SavedModel export of a trained keras_ebm model (classifier or EBM) for OOD detection and classification.
 
-`export_model` writes a TensorFlow SavedModel that scores uint8 images with nothing but TensorFlow:
+`export_model` writes a TensorFlow SavedModel that scores images (pixel values 0..255) with nothing
+but TensorFlow:
 neither keras_ebm nor the training code is needed to load and run it,
 
     loaded = tf.saved_model.load(export_dir)
@@ -14,8 +15,8 @@ What is exported is only what the forward pass reads: the functions are traced f
 then tracks exactly the variables those traces captured. Replay buffers, feature queues, optimizer
 slots and EMA shadows of a trainer are therefore absent even when the trainer itself is passed.
 
-Every function takes `images`: uint8 `[batch, height, width, channels]` with the training image
-shape, and maps them into the model's `pixel_range` itself. Scores follow the papers' orientation:
+Every function takes `images`: pixel values 0..255 `[batch, height, width, channels]` with the
+training image shape (see "Input"), and maps them into the model's `pixel_range` itself. Scores follow the papers' orientation:
 **higher means more in-distribution**.
 
 Classifiers and other EBMs. A model is a classifier unless it sets `is_classifier = False`
@@ -27,21 +28,27 @@ classifier (CLEL: its "logits" are a latent) is asked for its own quantities thr
 are exported for it (they would be JEM quantities of a latent), and no gradient is computed.
 Format version 2 (this rule); version 1 exported the JEM quantities for every model.
 
-Input. Every signature declares its real input, `images`: uint8 `[None, H, W, C]`, so
-`saved_model_cli show`, TensorFlow Serving and converters read it. Called from Python, a signature
-given a wrong shape fails in TensorFlow's argument binding ("Can not cast TensorSpec(shape=(32, 32,
-3), ...) to TensorSpec(shape=(None, 32, 32, 3), ...)"). The attribute functions (`loaded.logits(x)`,
-the documented way to call an export from Python) also hold traces of unknown rank that assert the
-shape inside the graph with one readable message: "expected uint8 images of shape [N, H, W, C];
-received shape [...]" (an `InvalidArgumentError`), and traces for float16/32/64 and int32/64 input
-that fail with "expected uint8 images ...; received dtype float64" (no silent cast). An empty batch
-returns empty outputs. Caveat (TensorFlow's behaviour, in the caller's process): a *NumPy* float
-array passed to a *signature* (`loaded.signatures["logits"](images=x)`) is cast to uint8 by
-TensorFlow's argument conversion before the SavedModel runs, so no graph can see it: use the
-attribute functions from Python, or pass uint8 arrays or tensors (keras_ebm's evaluation does both).
+Input. `images` are pixel values 0..255 of the training image shape `[N, H, W, C]`: uint8, or a
+float/int array holding whole numbers in [0, 255]. Every signature declares float32
+`[None, H, W, C]` (format version 3), so `saved_model_cli show`, TensorFlow Serving and converters
+read it, and checks the values inside the graph: NaN/Inf, values outside [0, 255], values that are
+not whole numbers (0.5) and float batches that look like [0, 1] images (largest value 1) fail with
+an `InvalidArgumentError` that says what to send. Why float32 and not uint8: TensorFlow converts a
+NumPy array to a signature's declared dtype in the caller's process, before any graph runs, and a
+float array converted to uint8 is truncated and wrapped (0.5 -> 0, NaN -> 0, 300 -> 44), so a uint8
+signature would score a float image as a black one with no error. Converting to float32 loses
+nothing: uint8 arrays and float arrays alike arrive intact and are checked. (Format version 2
+declared uint8 signatures; `signature_images` converts evaluation input to either.)
+Called from Python, a signature given a wrong shape fails in TensorFlow's argument binding ("Can not
+cast TensorSpec(shape=(32, 32, 3), ...) to TensorSpec(shape=(None, 32, 32, 3), ...)"). The
+attribute functions (`loaded.logits(x)`) also accept uint8 tensors directly, and float16/32/64 and
+int32/64 input with the same value checks; their traces have unknown rank and assert the shape
+inside the graph with one readable message: "expected images of shape [N, H, W, C] (pixel values
+0..255); received shape [...]". An empty batch returns empty outputs.
 
 ONNX. `export_model(..., onnx=True)` also writes `onnx/model.onnx` (tf2onnx, the converter Keras'
-own `Model.export(format="onnx")` uses): input `images` uint8 `[N, H, W, C]`, outputs logits,
+own `Model.export(format="onnx")` uses): input `images` uint8 `[N, H, W, C]` (ONNX has no assertion
+op for the value checks; onnxruntime itself refuses any other dtype), outputs logits,
 probabilities (classifiers), energy, every score that needs no gradient and ood_score (when it is
 one of those). Gradient-based scores (`grad_norm`) stay TensorFlow-only.
 
@@ -64,7 +71,10 @@ from keras_ebm import scores as scores_lib
 from keras_ebm.data.preprocess import to_pixel_range  # pure tf ops, the one uint8 -> float map
 
 METADATA_FILENAME = "keras_ebm_export.json"
-FORMAT_VERSION = 2
+# 3: signatures declare float32 images (checked pixel values 0..255); 2: uint8 signatures.
+FORMAT_VERSION = 3
+# The dtype every signature declares for `images` (see "Input" above).
+SIGNATURE_DTYPE = tf.float32
 BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
 ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
 # Scores that need a gradient: TensorFlow-only (not in the ONNX model).
@@ -72,9 +82,9 @@ GRADIENT_SCORES = ("grad_norm",)
 ONNX_FILENAME = "model.onnx"
 ONNX_OPSET = 17
 
-# Attribute calls with these dtypes get a trace that fails with the readable message instead of
-# TensorFlow's generic "Could not find matching concrete function" (or a silent NumPy cast).
-_REJECTED_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
+# Attribute calls accept these dtypes (besides uint8) with the value checks; any other dtype gets
+# TensorFlow's "Could not find matching concrete function".
+_CHECKED_DTYPES = (tf.float16, tf.float32, tf.float64, tf.int32, tf.int64)
 _SCORE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
@@ -87,7 +97,8 @@ class _Forward:
 
 
 class ServingModule(tf.Module):
-    """A `tf.Module` scoring uint8 images with a trained model, ready for `tf.saved_model.save`.
+    """A `tf.Module` scoring images (pixel values 0..255) with a trained model, ready for
+    `tf.saved_model.save`.
 
     For a classifier (the default; `model.is_classifier` absent or True) the logits f(x) define the
     energy-based model of JEM: E(x) = -logsumexp_y f(x)[y], i.e. log p(x) = -E(x) - log Z
@@ -103,7 +114,9 @@ class ServingModule(tf.Module):
       do not interact and the gradient of the summed log p(x) is the per-sample gradient.
 
     Functions (each a `tf.function` attribute and, in the SavedModel, a signature of the same
-    name), all taking `images`: uint8 `[batch, height, width, channels]`:
+    name), all taking `images`: pixel values 0..255 `[batch, height, width, channels]`, declared
+    float32 in the signatures; the attribute functions also take uint8, float16/64 and int32/64
+    (module docstring, "Input"):
     - `logits(images)` -> `{"logits": [batch, num_classes]}`
     - `energy(images)` -> `{"energy": [batch]}`: E(x) = -logsumexp(logits) for a classifier,
       `model.energy(x)` otherwise.
@@ -273,8 +286,8 @@ class ServingModule(tf.Module):
         return list(self._score_names)
 
     def concrete_function(self, endpoint):
-        """The uint8 concrete function of `endpoint`, the one exported as its signature."""
-        return getattr(self, endpoint).get_concrete_function(self._input_spec())
+        """The float32 `[None, H, W, C]` concrete function of `endpoint`, exported as its signature."""
+        return getattr(self, endpoint).get_concrete_function(self._input_spec(SIGNATURE_DTYPE))
 
     def signature_functions(self):
         """Dict endpoint name -> concrete function, for `tf.saved_model.save(signatures=...)`."""
@@ -314,7 +327,8 @@ class ServingModule(tf.Module):
     def metadata(self):
         """The JSON-serialisable description written beside the SavedModel."""
         h, w, c = self._image_shape
-        input_spec = {"images": {"dtype": "uint8", "shape": [None, h, w, c]}}
+        input_spec = {"images": {"dtype": SIGNATURE_DTYPE.name, "shape": [None, h, w, c],
+                                 "values": "whole numbers in [0, 255] (pixel values)"}}
         return {
             "format": "keras_ebm.export",
             "format_version": FORMAT_VERSION,
@@ -333,7 +347,7 @@ class ServingModule(tf.Module):
             "conventions": {
                 "scores": "higher = more in-distribution",
                 "energy": self._energy_convention(),
-                "pixel_range": "uint8 images are mapped to x / 255 * (hi - lo) + lo",
+                "pixel_range": "pixel values 0..255 are mapped to x / 255 * (hi - lo) + lo",
             },
         }
 
@@ -345,16 +359,14 @@ class ServingModule(tf.Module):
                 "(lower = more probable)")
 
     # ------------------------------------------------------------------ tracing
-    def _input_spec(self, dtype=tf.uint8, declared=True):
-        """The signature's input, uint8 `[None, H, W, C]`; `declared=False`: unknown rank (the
+    def _input_spec(self, dtype=SIGNATURE_DTYPE, declared=True):
+        """`images` `[None, H, W, C]` of `dtype`; `declared=False`: unknown rank (the
         attribute-call traces that assert the shape themselves, with a readable message)."""
         shape = (None,) + self._image_shape if declared else None
         return tf.TensorSpec(shape=shape, dtype=dtype, name="images")
 
     def _make_function(self, endpoint, body):
         def function(images):
-            if images.dtype != tf.uint8:
-                return self._reject_dtype(endpoint, images)
             x = self._checked_float_images(images)
             # An empty batch gets an empty result: some kernels (oneDNN batch norm) fail on
             # zero-sized batches with "Incompatible shapes: [0,8,8,32] vs. [64]".
@@ -366,8 +378,8 @@ class ServingModule(tf.Module):
 
         function.__name__ = endpoint
         traced = tf.function(function)
-        traced.get_concrete_function(self._input_spec(tf.uint8, declared=True))  # the signature
-        for dtype in (tf.uint8,) + _REJECTED_DTYPES:
+        traced.get_concrete_function(self._input_spec(SIGNATURE_DTYPE, declared=True))  # the signature
+        for dtype in (tf.uint8,) + _CHECKED_DTYPES:
             traced.get_concrete_function(self._input_spec(dtype, declared=False))
         return traced
 
@@ -376,16 +388,44 @@ class ServingModule(tf.Module):
 
     def _expected(self):
         h, w, c = self._image_shape
-        return f"expected uint8 images of shape [N, {h}, {w}, {c}]"
+        return f"expected images of shape [N, {h}, {w}, {c}] (pixel values 0..255)"
 
-    def _reject_dtype(self, endpoint, images):
-        check = tf.debugging.Assert(
-            False,
-            [f"{self._expected()}; received dtype {images.dtype.name}. Pass uint8 pixels in "
-             "[0, 255]; float images in [0, 1] become uint8 by np.round(x * 255).astype(np.uint8)"],
-        )
-        with tf.control_dependencies([check]):
-            return self._empty_outputs(endpoint)
+    def _checked_pixels(self, images):
+        """uint8 `images` of any other dtype, after in-graph checks that its values are pixel
+        values: finite whole numbers in [0, 255], and (floats) not a [0, 1] image."""
+        if images.dtype == tf.uint8:
+            return images
+        expected = (f"{self._expected()}: uint8, or {images.dtype.name} holding whole numbers "
+                    "in [0, 255]. Float images in [0, 1] become pixels by np.round(x * 255)")
+        checks = []
+        if images.dtype.is_floating:
+            x = tf.cast(images, tf.float32) if images.dtype == tf.float16 else images
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all(tf.math.is_finite(x)),
+                [f"images hold NaN or Inf; {expected}"],
+            ))
+        else:
+            x = images
+        lo, hi = tf.reduce_min(x), tf.reduce_max(x)
+        checks.append(tf.debugging.Assert(
+            tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
+            [f"images hold values outside [0, 255]; {expected}. Received min, max:", lo, hi],
+        ))
+        if images.dtype.is_floating:
+            checks.append(tf.debugging.Assert(
+                tf.reduce_all(tf.equal(x, tf.round(x))),
+                [f"images hold values that are not whole numbers (e.g. 0.5); {expected}. Received "
+                 "min, max:", lo, hi],
+            ))
+            # Whole numbers whose largest is 1: a [0, 1] image of zeros and ones, not pixel
+            # values (an image of pixel values 0 and 1 only is black: send it as uint8).
+            looks_unit = tf.logical_and(tf.size(x) > 0, tf.equal(hi, 1))
+            checks.append(tf.debugging.Assert(
+                tf.logical_not(looks_unit),
+                [f"images look like floats in [0, 1] (largest value 1); {expected}"],
+            ))
+        with tf.control_dependencies(checks):
+            return tf.cast(tf.clip_by_value(x, 0, 255), tf.uint8)
 
     def _checked_float_images(self, images):
         shape = tf.shape(images)
@@ -403,10 +443,10 @@ class ServingModule(tf.Module):
             images = tf.cond(
                 ok,
                 lambda: tf.identity(images),
-                lambda: tf.zeros((0,) + self._image_shape, tf.uint8),
+                lambda: tf.zeros((0,) + self._image_shape, images.dtype),
             )
         images = tf.ensure_shape(images, (None,) + self._image_shape)
-        return to_pixel_range(images, self._pixel_range)
+        return to_pixel_range(self._checked_pixels(images), self._pixel_range)
 
     # ------------------------------------------------------------------ scores
     def _call_model(self, x):
@@ -528,7 +568,7 @@ def export_model(
     extra_scores=None,
     onnx=False,
 ):
-    """Export `model` as a SavedModel scoring uint8 images (see `ServingModule`).
+    """Export `model` as a SavedModel scoring images, pixel values 0..255 (see `ServingModule`).
 
     The SavedModel is written to a temporary sibling directory and renamed into place, so a crash
     mid-export never leaves a half-written export at `export_dir`; a previous export there is

@@ -638,7 +638,7 @@ def test_clel_export_energy_and_scores_are_clels_not_jems(cifar10_npz, tmp_path)
     meta = export_lib.read_export_metadata(export_dir)
     assert meta["classifier"] is False and meta["ood_score"] == "clel"
     assert meta["score_names"] == ["clel", "neg_energy", "cosine"]
-    assert meta["format_version"] == 2 and "0.5 ||f(x)||^2" in meta["conventions"]["energy"]
+    assert meta["format_version"] == 3 and "0.5 ||f(x)||^2" in meta["conventions"]["energy"]
 
     f = model.ema_network.model(xf).numpy()
     z = model.ema_projection.model(f / np.linalg.norm(f, axis=1, keepdims=True)).numpy()
@@ -646,7 +646,7 @@ def test_clel_export_energy_and_scores_are_clels_not_jems(cifar10_npz, tmp_path)
     cosine = np.sum(z * h, 1) / np.linalg.norm(z, axis=1) / np.linalg.norm(h, axis=1)
     energy = 0.5 * np.sum(f * f, 1)
     np.testing.assert_allclose(loaded.energy(images)["energy"].numpy(), energy, rtol=1e-4, atol=1e-5)
-    scores = {k: v.numpy() for k, v in loaded.signatures["scores"](images=tf.constant(images)).items()}
+    scores = {k: v.numpy() for k, v in loaded.signatures["scores"](images=images).items()}
     assert sorted(scores) == ["clel", "cosine", "neg_energy"]
     np.testing.assert_allclose(scores["neg_energy"], -energy, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(scores["cosine"], cosine, rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests of keras_ebm.export: a SavedModel that scores uint8 images without keras_ebm installed."""
+"""Tests of keras_ebm.export: a SavedModel that scores images (pixel values 0..255) without keras_ebm installed."""
 
 import json
 import os
@@ -104,8 +104,20 @@ _CHILD = textwrap.dedent(
     for name in ["logits", "energy", "ood_score", "scores", "serving_default"]:
         (spec,) = loaded.signatures[name].structured_input_signature[1].values()
         out["spec/" + name] = np.array([str(spec.dtype.name), str(spec.shape.as_list())])
-        for key, value in loaded.signatures[name](images=tf.constant(images)).items():
+        # A NumPy array, as a user passes it: TensorFlow converts it to the declared float32.
+        for key, value in loaded.signatures[name](images=images).items():
             out["sig/" + name + "/" + key] = value.numpy()
+        for key, value in loaded.signatures[name](images=images.astype(np.float64)).items():
+            out["sigf64/" + name + "/" + key] = value.numpy()
+        # Case 3(b) of the reliability issue: float images that are not pixel values are refused
+        # by the signatures themselves, in a process without keras_ebm.
+        for label, bad in (("half", np.full(images.shape, 0.5)), ("nan", np.full(images.shape, np.nan))):
+            try:
+                loaded.signatures[name](images=bad)
+                out["refused/" + name + "/" + label] = np.array("scored")
+            except tf.errors.InvalidArgumentError as e:
+                message = str(e)
+                out["refused/" + name + "/" + label] = np.array(message[message.find("assertion failed"):][:400])
         for key, value in getattr(loaded, name)(images).items():
             out["attr/" + name + "/" + key] = value.numpy()
     out["meta/image_shape"] = loaded.image_shape.numpy()
@@ -166,7 +178,7 @@ def test_fresh_process_outputs_match_keras(trainer, exported, tmp_path):
     }
     for score in ["log_px", "max_softmax", "grad_norm", "max_logit", "mean_logit"]:
         checks["scores/" + score] = score
-    for path in ("sig", "attr"):
+    for path in ("sig", "sigf64", "attr"):
         for key, name in checks.items():
             np.testing.assert_allclose(out[f"{path}/{key}"], expected[name], atol=1e-4, err_msg=f"{path}/{key}")
     # Exactly the documented outputs, no more.
@@ -176,8 +188,10 @@ def test_fresh_process_outputs_match_keras(trainer, exported, tmp_path):
     assert sorted(k for k in out if k.startswith("sig/serving_default/")) == [
         "sig/serving_default/" + k for k in ["energy", "logits", "ood_score", "probabilities"]
     ]
-    for name in export.ENDPOINTS:  # declared for serving tools: uint8 [None, H, W, C]
-        assert list(out["spec/" + name]) == ["uint8", "[None, 8, 8, 3]"], name
+    for name in export.ENDPOINTS:  # declared for serving tools: float32 [None, H, W, C]
+        assert list(out["spec/" + name]) == ["float32", "[None, 8, 8, 3]"], name
+        assert "not whole numbers" in str(out[f"refused/{name}/half"]), out[f"refused/{name}/half"]
+        assert "NaN or Inf" in str(out[f"refused/{name}/nan"]), out[f"refused/{name}/nan"]
     np.testing.assert_array_equal(out["meta/image_shape"], IMAGE_SHAPE)
     np.testing.assert_allclose(out["meta/pixel_range"], PIXEL_RANGE)
     assert int(out["meta/num_classes"]) == NUM_CLASSES
@@ -196,7 +210,9 @@ def test_metadata_json_round_trip(exported):
     assert meta["score_names"] == ["log_px", "max_softmax", "grad_norm", "max_logit", "mean_logit"]
     assert sorted(meta["signatures"]) == sorted(export.ENDPOINTS)
     assert meta["signatures"]["scores"]["outputs"] == sorted(meta["score_names"])
-    assert meta["signatures"]["logits"]["inputs"]["images"] == {"dtype": "uint8", "shape": [None, 8, 8, 3]}
+    assert meta["format_version"] == 3
+    assert meta["signatures"]["logits"]["inputs"]["images"] == {
+        "dtype": "float32", "shape": [None, 8, 8, 3], "values": "whole numbers in [0, 255] (pixel values)"}
     loaded = export.load_export(exported)
     assert sorted(loaded.signatures) == sorted(export.ENDPOINTS)
     with pytest.raises(ValueError, match="No keras_ebm export metadata"):
@@ -223,24 +239,30 @@ def test_training_only_variables_are_not_exported(trainer, exported):
 @pytest.mark.parametrize("endpoint", ["logits", "scores"])
 def test_bad_inputs_raise_with_expected_shape(exported, endpoint):
     loaded = export.load_export(exported)
-    expected = r"expected uint8 images of shape \[N, 8, 8, 3\]"
+    expected = r"expected images of shape \[N, 8, 8, 3\] \(pixel values 0..255\)"
     good = _images(2)
     bad_shape = np.zeros((2, 16, 16, 3), np.uint8)
     bad_rank = np.zeros(IMAGE_SHAPE, np.uint8)
-    bad_channels = tf.zeros((2, 8, 8, 1), tf.uint8)
+    bad_channels = np.zeros((2, 8, 8, 1), np.uint8)
     attr = getattr(loaded, endpoint)
     sig = loaded.signatures[endpoint]
     for bad in (bad_shape, bad_rank, bad_channels):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected + "; received shape"):
             attr(bad)
-        with pytest.raises(tf.errors.InvalidArgumentError, match=expected):
-            sig(images=tf.constant(bad))
-    for bad in (_float(good), tf.constant(_float(good)), good.astype(np.int64), good.astype(np.float64)):
-        with pytest.raises(tf.errors.InvalidArgumentError, match=expected + "; received dtype"):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=expected + "; received shape"):
+            sig(images=tf.constant(bad, tf.float32))
+    # Other dtypes holding pixel values are scored like the uint8 images; floats in the model's
+    # pixel_range (here [-1, 1]) are not pixel values and are refused.
+    reference = attr(good)
+    for same in (good.astype(np.int64), good.astype(np.float64), tf.constant(good, tf.float32)):
+        for key, value in attr(same).items():
+            np.testing.assert_array_equal(value, reference[key])
+    for bad in (_float(good), tf.constant(_float(good))):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"outside \[0, 255\].*np.round"):
             attr(bad)
-    # Signature calls are bound to uint8 by TensorFlow itself, whose message names the dtype.
-    with pytest.raises(tf.errors.InvalidArgumentError, match="uint8"):
-        sig(images=tf.constant(_float(good)))
+    # A uint8 *tensor* to a float32 signature: TensorFlow's own message names both dtypes.
+    with pytest.raises(tf.errors.InvalidArgumentError, match="expected to be a float tensor but is a uint8"):
+        sig(images=tf.constant(good))
 
 
 def test_in_process_module_matches_keras_default_score():
@@ -356,15 +378,32 @@ def test_empty_batch_gives_empty_outputs(exported):
                 assert tuple(value.shape) == widths.get(key, (0,)), (name, key, value.shape)
 
 
-def test_numpy_float_images_are_refused_by_the_attribute_functions(exported):
-    """A float array (0.5, NaN) is never scored as a black image through the attribute functions;
-    the message says how to convert. (Signature calls: TensorFlow casts NumPy arrays before the
-    graph runs; see keras_ebm.export.)"""
+def test_float_images_that_are_not_pixel_values_are_refused(exported):
+    """Case 3(b): a float array (0.5, NaN, ...) is never scored as the black image a uint8 cast
+    makes of it, through a signature (the NumPy array passed as it is) or an attribute function;
+    the message names the problem and says how to convert."""
     loaded = export.load_export(exported)
-    for bad in (np.full((2,) + IMAGE_SHAPE, 0.5), np.full((2,) + IMAGE_SHAPE, np.nan, np.float32)):
+    shape = (2,) + IMAGE_SHAPE
+    binary = (_images(2) > 127).astype(np.float32)  # a [0, 1] image of zeros and ones
+    cases = [
+        (np.full(shape, 0.5), "not whole numbers"),
+        (np.full(shape, np.nan, np.float32), "NaN or Inf"),
+        (np.full(shape, np.inf), "NaN or Inf"),
+        (np.full(shape, 300.0), r"outside \[0, 255\]"),
+        (np.full(shape, 300, np.int64), r"outside \[0, 255\]"),
+        (-np.ones(shape, np.float32), r"outside \[0, 255\]"),
+        (binary, r"look like floats in \[0, 1\]"),
+    ]
+    for bad, message in cases:
         for name in export.ENDPOINTS:
-            with pytest.raises(tf.errors.InvalidArgumentError, match=r"received dtype float.*np.round"):
-                getattr(loaded, name)(bad)
+            for call in (getattr(loaded, name), lambda x: loaded.signatures[name](images=x)):
+                with pytest.raises(tf.errors.InvalidArgumentError, match=message + ".*np.round"):
+                    call(bad)
+    # The same zeros and ones as uint8 are pixel values (a black image): an attribute function
+    # scores them; a signature cannot tell them from floats once TensorFlow converted them.
+    assert loaded.logits(binary.astype(np.uint8))["logits"].shape == (2, NUM_CLASSES)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="look like floats"):
+        loaded.signatures["logits"](images=binary.astype(np.uint8))
 
 
 def _stale_sibling(parent, name, kind, pid=2**22 + 12345):
@@ -428,9 +467,11 @@ def test_onnx_matches_the_saved_model(index, tmp_path):
     assert set(got) <= set(expected) and {"logits", "energy"} <= set(got)
     for name, value in got.items():
         np.testing.assert_allclose(value, expected[name].numpy(), atol=1e-4, rtol=1e-4, err_msg=name)
-    # onnxruntime checks the declared input itself.
+    # onnxruntime checks the declared input itself: rank, and dtype (no silent cast of floats).
     with pytest.raises(Exception, match="Invalid rank"):
         session.run(None, {"images": images[0]})
+    with pytest.raises(Exception, match=r"data type.*tensor\(float\).*tensor\(uint8\)"):
+        session.run(None, {"images": np.full(images.shape, 0.5, np.float32)})
 
 
 def test_network_variables_follow_the_model_weight_order():
@@ -439,3 +480,22 @@ def test_network_variables_follow_the_model_weight_order():
     net = tiny_network(IMAGE_SHAPE, NUM_CLASSES, widths=(4, 8), norm=True)
     module = export.ServingModule(net, IMAGE_SHAPE)
     assert [v.name for v in module.network_variables] == [w.path + ":0" for w in net.weights]
+
+
+def test_evaluation_feeds_format_2_and_3_signatures(exported, tmp_path):
+    """Evaluation converts its uint8 images to the signature's declared dtype: float32 (format 3)
+    and uint8 (exports of format 2, written before the signatures declared float32)."""
+    from keras_ebm.evaluation.classifiers import uint8_logits_fn
+
+    class Format2(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None] + list(IMAGE_SHAPE), tf.uint8, name="images")])
+        def logits(self, images):
+            return {"logits": tf.cast(images[:, 0, 0, :], tf.float32)}
+
+    old = str(tmp_path / "format2")
+    module = Format2()
+    tf.saved_model.save(module, old, signatures={"logits": module.logits})
+    images = _images(3)
+    np.testing.assert_array_equal(uint8_logits_fn(tf.saved_model.load(old))(images), images[:, 0, 0, :])
+    loaded = export.load_export(exported)
+    np.testing.assert_array_equal(uint8_logits_fn(loaded)(images), loaded.logits(images)["logits"])

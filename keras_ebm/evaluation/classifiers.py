@@ -8,10 +8,11 @@
 In-memory models: any `keras.Model` (a trainer or its `network`) mapping float images in
 `pixel_range` to logits. Its gradients are exact.
 
-Exports (`keras_ebm.export`): every signature takes **uint8** images and maps them into the pixel
-range inside the graph, and the restored module holds no float entry point (the float model is
-not saved, only the variables the uint8 traces captured). A uint8 input has no gradient, so an
-export cannot be attacked white-box. `ExportLogits` wraps an export as a float `logits_fn` that
+Exports (`keras_ebm.export`): every signature takes pixel values 0..255 (declared float32 since
+export format 3, uint8 before), checks and quantises them to uint8 and maps them into the pixel
+range inside the graph, and the restored module holds no float entry point in the model's pixel
+range (the float model is not saved, only the variables the traces captured). No gradient flows
+through that quantisation, so an export cannot be attacked white-box. `ExportLogits` wraps an export as a float `logits_fn` that
 quantises its input to uint8 first; it is marked `differentiable = False` and the attacks refuse
 it with a message saying what to do instead: attack the in-memory model (the trainer restored from
 its checkpoint, `trainer.network`) and, if wanted, classify the adversarial images with the export
@@ -31,6 +32,14 @@ def is_export(obj):
         return signatures is not None and "logits" in signatures
     except TypeError:
         return False
+
+
+def signature_images(signature, images):
+    """uint8 `images` as the declared input of a loaded export's signature: float32 (whole
+    numbers 0..255) for exports of format version 3, uint8 for version 2. Both are exact."""
+    images = tf.convert_to_tensor(images, tf.uint8)
+    structured = getattr(signature, "structured_input_signature", None)  # absent: a plain callable
+    return images if structured is None else tf.cast(images, structured[1]["images"].dtype)
 
 
 def export_pixel_range(loaded):
@@ -61,7 +70,7 @@ def model_pixel_range(model, pixel_range=None):
 
 
 class ExportLogits:
-    """A loaded export as a float `logits_fn`; NOT differentiable (uint8 signatures).
+    """A loaded export as a float `logits_fn`; NOT differentiable (its signatures quantise to uint8).
 
     `fn(x)` maps float images in the export's pixel range to uint8 (`from_pixel_range`: clip,
     round) and calls the `logits` signature, so the export sees exactly what a deployed model
@@ -85,7 +94,7 @@ class ExportLogits:
 
     def __call__(self, x):
         images = from_pixel_range(tf.convert_to_tensor(x, tf.float32), self.pixel_range)
-        return self._signature(images=images)["logits"]
+        return self._signature(images=signature_images(self._signature, images))["logits"]
 
 
 def logits_fn(model, training=False):
@@ -131,7 +140,7 @@ def uint8_logits_fn(classifier, pixel_range=None):
     """
     if is_export(classifier):
         signature = classifier.signatures["logits"]
-        return lambda images: signature(images=tf.convert_to_tensor(images, tf.uint8))["logits"]
+        return lambda images: signature(images=signature_images(signature, images))["logits"]
     if isinstance(classifier, ExportLogits):
         return uint8_logits_fn(classifier.loaded)
     lo_hi = model_pixel_range(classifier, pixel_range)

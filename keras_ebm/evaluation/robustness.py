@@ -10,8 +10,8 @@ epsilon e bounds the Euclidean norm of the perturbation measured in grey levels,
 
 What is attacked. The attacks take a `logits_fn(x_float)` and differentiate it; build one from an
 in-memory keras model with `keras_ebm.evaluation.classifiers.logits_fn(model)`. A loaded export is
-refused: its signatures take uint8 images, which have no gradient, and it stores no float entry
-point (see `classifiers.py`). Attack the in-memory model (the trainer restored from its checkpoint)
+refused: its signatures take pixel values 0..255 and quantise them to uint8, so no gradient flows,
+and it stores no entry point in the model's float pixel range (see `classifiers.py`). Attack the in-memory model (the trainer restored from its checkpoint)
 instead. A `RefinementDefense` wraps a classifier with K steps of SGLD on its own energy
 (E(x) = -logsumexp f(x), `keras_ebm.energy`) before classifying (JEM's `refined_logits`, Hill et
 al.'s purification) and is attacked with BPDA + EOT.
@@ -161,7 +161,7 @@ class WhiteBox:
 
     Args:
         logits_fn: differentiable `fn(x_float) -> logits` (a keras model is wrapped with
-            `classifiers.logits_fn`). Exports are refused (uint8 signatures have no gradient).
+            `classifiers.logits_fn`). Exports are refused (their signatures quantise to uint8: no gradient).
     """
 
     stochastic = False
@@ -192,8 +192,8 @@ def _differentiable(fn):
         fn = classifiers.ExportLogits(fn)
     if not getattr(fn, "differentiable", True):
         raise ValueError(
-            "This classifier is a SavedModel export: its signatures take uint8 images, which have no "
-            "gradient, so it cannot be attacked white-box. Attack the in-memory model instead (the "
+            "This classifier is a SavedModel export: its signatures take pixel values quantised to uint8 "
+            "images, which have no gradient, so it cannot be attacked white-box. Attack the in-memory model instead (the "
             "trainer restored from its checkpoint, or trainer.network, through "
             "keras_ebm.evaluation.classifiers.logits_fn), and classify the adversarial images with "
             "the export if the deployed model's accuracy on them is wanted."

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm.evaluation import metrics as metrics_lib
+from keras_ebm.evaluation.classifiers import signature_images
 from keras_ebm.evaluation import plots
 
 
@@ -57,7 +58,7 @@ def _run_export(module, images, batch_size, label, classifier=True):
     outputs = {}
     n = len(images)
     for start in range(0, n, batch_size):
-        batch = tf.constant(images[start:start + batch_size])
+        batch = signature_images(scores_fn, images[start:start + batch_size])
         out = dict(serve(images=batch)) if classifier else {}
         out.update({f"score/{k}": v for k, v in scores_fn(images=batch).items()})
         for k, v in out.items():

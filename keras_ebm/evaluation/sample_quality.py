@@ -9,7 +9,7 @@
   generating model itself (log p(x) = logsumexp f(x) up to log Z, `keras_ebm.energy`); pass it as
   `ranking_model` to reproduce that, otherwise the reference classifier ranks.
 
-The reference classifier and the ranking model may be exports (their uint8 `logits` signature),
+The reference classifier and the ranking model may be exports (their `logits` signature, fed uint8 pixel values),
 keras models / trainers, or float `logits_fn`s with a `pixel_range`.
 """
 
