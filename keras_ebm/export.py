@@ -38,7 +38,7 @@ NumPy array to a signature's declared dtype in the caller's process, before any 
 float array converted to uint8 is truncated and wrapped (0.5 -> 0, NaN -> 0, 300 -> 44), so a uint8
 signature would score a float image as a black one with no error. Converting to float32 loses
 nothing: uint8 arrays and float arrays alike arrive intact and are checked. (Format version 2
-declared uint8 signatures; `signature_images` converts evaluation input to either.)
+declared uint8 signatures; `keras_ebm.evaluation.classifiers.signature_images` feeds either.)
 Called from Python, a signature given a wrong shape fails in TensorFlow's argument binding ("Can not
 cast TensorSpec(shape=(32, 32, 3), ...) to TensorSpec(shape=(None, 32, 32, 3), ...)"). The
 attribute functions (`loaded.logits(x)`) also accept uint8 tensors directly, and float16/32/64 and
@@ -366,8 +366,8 @@ class ServingModule(tf.Module):
         return tf.TensorSpec(shape=shape, dtype=dtype, name="images")
 
     def _make_function(self, endpoint, body):
-        def function(images):
-            x = self._checked_float_images(images)
+        def core(images, from_uint8):
+            x = self._checked_float_images(images, from_uint8)
             # An empty batch gets an empty result: some kernels (oneDNN batch norm) fail on
             # zero-sized batches with "Incompatible shapes: [0,8,8,32] vs. [64]".
             return tf.cond(
@@ -375,6 +375,17 @@ class ServingModule(tf.Module):
                 lambda: body(x),
                 lambda: self._empty_outputs(endpoint),
             )
+
+        # The model is traced once, for float32 of unknown rank; the function callers see casts
+        # any accepted dtype to float32 (exact for uint8, and for the whole numbers 0..255 that
+        # pass the checks) and calls it.
+        core.__name__ = endpoint + "_core"
+        traced_core = tf.function(
+            core, input_signature=[self._input_spec(tf.float32, declared=False), tf.TensorSpec([], tf.bool)]
+        )
+
+        def function(images):
+            return traced_core(tf.cast(images, tf.float32), tf.constant(images.dtype == tf.uint8))
 
         function.__name__ = endpoint
         traced = tf.function(function)
@@ -390,44 +401,37 @@ class ServingModule(tf.Module):
         h, w, c = self._image_shape
         return f"expected images of shape [N, {h}, {w}, {c}] (pixel values 0..255)"
 
-    def _checked_pixels(self, images):
-        """uint8 `images` of any other dtype, after in-graph checks that its values are pixel
-        values: finite whole numbers in [0, 255], and (floats) not a [0, 1] image."""
-        if images.dtype == tf.uint8:
-            return images
-        expected = (f"{self._expected()}: uint8, or {images.dtype.name} holding whole numbers "
-                    "in [0, 255]. Float images in [0, 1] become pixels by np.round(x * 255)")
-        checks = []
-        if images.dtype.is_floating:
-            x = tf.cast(images, tf.float32) if images.dtype == tf.float16 else images
-            checks.append(tf.debugging.Assert(
-                tf.reduce_all(tf.math.is_finite(x)),
-                [f"images hold NaN or Inf; {expected}"],
-            ))
-        else:
-            x = images
+    def _checked_pixels(self, images, from_uint8):
+        """float32 `images` as uint8, after in-graph checks that they are pixel values: finite
+        whole numbers in [0, 255], and, unless `from_uint8` (the caller passed uint8), not a
+        [0, 1] image (whole numbers whose largest is 1)."""
+        expected = (f"{self._expected()}: uint8, or floats or ints holding whole numbers in "
+                    "[0, 255]. Float images in [0, 1] become pixels by np.round(x * 255)")
+        x = images
         lo, hi = tf.reduce_min(x), tf.reduce_max(x)
-        checks.append(tf.debugging.Assert(
-            tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
-            [f"images hold values outside [0, 255]; {expected}. Received min, max:", lo, hi],
-        ))
-        if images.dtype.is_floating:
-            checks.append(tf.debugging.Assert(
+        # tf.function runs these stateful asserts in program order: the first failing one speaks.
+        checks = [
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"images hold NaN or Inf; {expected}"]),
+            tf.debugging.Assert(
+                tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
+                [f"images hold values outside [0, 255]; {expected}. Received min, max:", lo, hi],
+            ),
+            tf.debugging.Assert(
                 tf.reduce_all(tf.equal(x, tf.round(x))),
                 [f"images hold values that are not whole numbers (e.g. 0.5); {expected}. Received "
                  "min, max:", lo, hi],
-            ))
-            # Whole numbers whose largest is 1: a [0, 1] image of zeros and ones, not pixel
-            # values (an image of pixel values 0 and 1 only is black: send it as uint8).
-            looks_unit = tf.logical_and(tf.size(x) > 0, tf.equal(hi, 1))
-            checks.append(tf.debugging.Assert(
-                tf.logical_not(looks_unit),
+            ),
+            # Whole numbers whose largest is 1: a [0, 1] image of zeros and ones, not pixel values
+            # (an image of pixel values 0 and 1 only is black: `m.logits(x)` scores it as uint8).
+            tf.debugging.Assert(
+                tf.logical_or(from_uint8, tf.logical_not(tf.logical_and(tf.size(x) > 0, tf.equal(hi, 1.0)))),
                 [f"images look like floats in [0, 1] (largest value 1); {expected}"],
-            ))
+            ),
+        ]
         with tf.control_dependencies(checks):
-            return tf.cast(tf.clip_by_value(x, 0, 255), tf.uint8)
+            return tf.cast(tf.clip_by_value(x, 0.0, 255.0), tf.uint8)
 
-    def _checked_float_images(self, images):
+    def _checked_float_images(self, images, from_uint8):
         shape = tf.shape(images)
         # Padding lets the spatial comparison run for any rank; the rank test decides.
         spatial = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
@@ -446,7 +450,7 @@ class ServingModule(tf.Module):
                 lambda: tf.zeros((0,) + self._image_shape, images.dtype),
             )
         images = tf.ensure_shape(images, (None,) + self._image_shape)
-        return to_pixel_range(self._checked_pixels(images), self._pixel_range)
+        return to_pixel_range(self._checked_pixels(images, from_uint8), self._pixel_range)
 
     # ------------------------------------------------------------------ scores
     def _call_model(self, x):
