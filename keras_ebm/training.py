@@ -250,6 +250,7 @@ def run_training(
         else:  # the stream of an uninterrupted run, from the batch of step `start` on (exact resume)
             tf.random.set_seed(seed)
             dataset = strategy.distribute_datasets_from_function(_skip_batches(train_data, start))
+        check_data_classes(model, getattr(train_data, "source_info", None))
         if multi_worker:
             train_loop(model, dataset, strategy, train_steps, cb_list, jit_compile=jit_compile)
         else:
@@ -308,6 +309,40 @@ def run_training(
                 f.write(table)
             print("\n" + table, flush=True)
     return model
+
+
+def check_data_classes(model, source_info):
+    """Refuses training data whose class count differs from the trainer's `num_classes`.
+
+    More classes in the data than in the trainer would put labels out of range; fewer would leave
+    logits that are never a target and, for the JEM family, an energy -logsumexp(logits) over
+    classes that do not exist (in-step label checks cannot see that). Trainers that ignore labels
+    (`uses_labels = False`: CLEL) and sources without a `SourceInfo` are not checked.
+
+    Args:
+        model: the trainer (`num_classes`, `uses_labels`).
+        source_info: the training source's `keras_ebm.data.SourceInfo`, or None.
+    """
+    num_classes = getattr(model, "num_classes", None)
+    if source_info is None or num_classes is None or not getattr(model, "uses_labels", True):
+        return
+    data_classes = int(source_info.num_classes)
+    if data_classes == int(num_classes):
+        return
+    names = list(source_info.class_names)
+    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+    if data_classes < num_classes:
+        why = (f"{num_classes - data_classes} of its logits would never be a target, and the energy "
+               "-logsumexp(logits) would sum over classes that are not in the data")
+    else:
+        why = f"labels {num_classes}..{data_classes - 1} would be out of range"
+    raise ValueError(
+        f"The training data ({source_info.name!r}, split {source_info.split!r}) has {data_classes} "
+        f"classes ({shown}), but {type(model).__name__} has num_classes={num_classes}: {why}. Set "
+        f"the trainer's num_classes (NUM_CLASSES in the gin configs) to {data_classes}. A local npz "
+        "whose labels do not reach every class can name them all: np.savez(path, x=..., y=..., "
+        "class_names=[...])."
+    )
 
 
 def _skip_batches(train_data, steps):

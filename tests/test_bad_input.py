@@ -403,6 +403,34 @@ def test_train_py_label_free_npz_into_a_new_model_dir(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing left: a corrected command starts clean
 
 
+def test_train_py_more_classes_in_the_config_than_in_the_data(tmp_path):
+    """NUM_CLASSES = 20 on 10-class data: refused before the first step, naming both counts and
+    what to set; nothing is left in the new model_dir."""
+    run = _train_py(tmp_path / "run", "NUM_CLASSES = 20", "run_training.export = False")
+    assert run.returncode != 0
+    assert ("ValueError: The training data ('digits', split 'train') has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, "
+            "8, 9), but SoftmaxClassifier has num_classes=20: 10 of its logits would never be a target"
+            in run.stderr), run.stderr[-2000:]
+    assert "NUM_CLASSES in the gin configs) to 10" in run.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_check_data_classes():
+    from keras_ebm.training import check_data_classes
+
+    info = data.SourceInfo("npz", "train", 64, (8, 8, 1), 3, ("a", "b", "c"))
+    check_data_classes(_trainer(), None)  # no source information: nothing to compare
+
+    class Unsupervised:
+        num_classes, uses_labels = 10, False
+
+    check_data_classes(Unsupervised(), info)  # CLEL ignores labels
+    with pytest.raises(ValueError, match=r"has 3 classes \(a, b, c\).*num_classes=10: 7 of its logits.*class_names"):
+        check_data_classes(_trainer(), info)
+    with pytest.raises(ValueError, match=r"has 12 classes .*num_classes=10: labels 10..11 would be out of range"):
+        check_data_classes(_trainer(), data.SourceInfo("npz", "train", 64, (8, 8, 1), 12, tuple("abcdefghijkl")))
+
+
 def _snapshot(directory):
     out = {}
     for root, _, files in os.walk(directory):
@@ -456,7 +484,7 @@ def test_failed_resume_leaves_config_and_checkpoints_unchanged(tmp_path, monkeyp
     assert open(os.path.join(model_dir, "config.gin"), "rb").read() == config
 
     np.savez(path, x_train=x, y_train=np.where(y == 9, 11, y))  # 12 classes in the data, 10 in the config
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"The y labels must be class ids in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"has 12 classes .* num_classes=10: labels 10..11 would be out of range"):
         main(4)
     assert _snapshot(os.path.join(model_dir, "checkpoints")) == before
     assert open(os.path.join(model_dir, "config.gin"), "rb").read() == config

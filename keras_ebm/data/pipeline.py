@@ -132,7 +132,7 @@ def make_dataset(
             `max_examples`, `data_dir`, `download`, ...).
 
     Returns:
-        The batched, prefetched dataset.
+        The batched, prefetched dataset; its `source_info` attribute is the source's `SourceInfo`.
     """
     _check_name(name)
     _check_batch_size(global_batch_size, "global_batch_size")
@@ -209,7 +209,9 @@ def make_dataset(
             return x, y
 
         ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds.source_info = info  # what the source holds (class count, image shape), for checks
+    return ds
 
 
 def make_dataset_fn(name, split, global_batch_size, **kwargs):
@@ -217,13 +219,18 @@ def make_dataset_fn(name, split, global_batch_size, **kwargs):
     `strategy.distribute_datasets_from_function` (which calls it once per input pipeline).
 
     The name and batch size are checked now, so configuration errors surface before training.
+    Once called, `fn.source_info` is the source's `SourceInfo` (`run_training` compares its class
+    count with the trainer's).
     """
     _check_name(name)
     _check_batch_size(global_batch_size, "global_batch_size")
 
     def dataset_fn(input_context=None):
-        return make_dataset(name, split, global_batch_size, input_context=input_context, **kwargs)
+        ds = make_dataset(name, split, global_batch_size, input_context=input_context, **kwargs)
+        dataset_fn.source_info = ds.source_info
+        return ds
 
+    dataset_fn.source_info = None  # the source's `SourceInfo`, once the function has run
     return dataset_fn
 
 
@@ -271,7 +278,9 @@ def make_two_branch_dataset(
         name, split, px_batch_size, input_context=input_context, augment=px_augment,
         seed=seed + 1, **kwargs,
     )
-    return tf.data.Dataset.zip((clf, px)).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.zip((clf, px)).prefetch(tf.data.AUTOTUNE)
+    ds.source_info = clf.source_info
+    return ds
 
 
 def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwargs):
@@ -282,10 +291,13 @@ def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwa
     _check_batch_size(px_batch_size, "px_batch_size")
 
     def dataset_fn(input_context=None):
-        return make_two_branch_dataset(
+        ds = make_two_branch_dataset(
             name, split, clf_batch_size, px_batch_size, input_context=input_context, **kwargs
         )
+        dataset_fn.source_info = ds.source_info
+        return ds
 
+    dataset_fn.source_info = None  # the source's `SourceInfo`, once the function has run
     return dataset_fn
 
 
