@@ -343,6 +343,14 @@ def test_fit_batch_smaller_than_replicas(digits, two_device_strategy):
         _fit(trainer, x[:4], y[:4], batch_size=1)
     with pytest.raises(ValueError, match=r"but the last batch has 1 \(5 examples in batches of 4\).*drop the last 1"):
         _fit(trainer, x[:5], y[:5], batch_size=4)
+    # A tf.data pipeline's batch sizes are not static: the step itself refuses an empty replica
+    # batch (before: "LeakyReluGrad ... must have the same size and shape" in the backward pass).
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"A replica got an empty x batch: the last batch "
+                       r"of the dataset has fewer examples than the 2 replicas. Batch it with drop_remainder=True"):
+        _fit_dataset(trainer, x[:5], y[:5], batch=4)
+    before = [w.numpy() for w in trainer.network.weights]
+    _fit(trainer, x[:4], y[:4], batch_size=2)  # even batches still train, with identical replicas
+    assert any(not np.array_equal(a, w.numpy()) for a, w in zip(before, trainer.network.weights))
 
 
 # ================================================================================ CLI

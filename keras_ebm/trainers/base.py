@@ -221,7 +221,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ the one train_step
     def train_step(self, data):
-        batch = self.unpack_batch(data)
+        batch = self._require_examples(self.unpack_batch(data))
         negatives = self.sample_negatives(batch)
         logs = self.optimize(batch, negatives)
         self.after_step(batch, negatives, logs)
@@ -371,6 +371,33 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             with tf.control_dependencies([in_scale]):
                 x = tf.identity(x)
         return x
+
+    def _require_examples(self, batch):
+        """Training batches must not be empty on any replica: a dataset's last batch smaller than
+        the replica count leaves some replicas none, which fails deep in the backward pass
+        ("LeakyReluGrad ... [0,4,4,16] != [0,8,8,1]"). Evaluation (`test_step`) allows it."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if not self.check_finite_inputs or replicas == 1:
+            return batch
+        checks = [
+            tf.debugging.assert_positive(
+                tf.shape(batch[name])[0],
+                message=(
+                    f"A replica got an empty {name} batch: the last batch of the dataset has fewer "
+                    f"examples than the {replicas} replicas. Batch it with drop_remainder=True "
+                    "(keras_ebm.data pipelines do for training), or use a batch size and data "
+                    "size that leave every replica at least one example"
+                ),
+            )
+            for name in ("x", "x_px") if name in batch and (name == "x" or batch[name] is not batch["x"])
+        ]
+        batch = dict(batch)
+        with tf.control_dependencies(checks):
+            x = tf.identity(batch["x"])
+            # One loader: x_px stays the very tensor x is (trainers reuse the classifier forward).
+            batch["x_px"] = x if batch.get("x_px") is batch["x"] else tf.identity(batch["x_px"])
+            batch["x"] = x
+        return batch
 
     def _check_labels(self, y, name):
         """Integer class ids `[batch]` in [0, num_classes): a one-hot batch is refused when the
