@@ -367,7 +367,7 @@ class ServingModule(tf.Module):
 
     def _make_function(self, endpoint, body):
         def core(images, from_uint8):
-            x = self._checked_float_images(images, from_uint8)
+            x = self._model_input(images, from_uint8)
             # An empty batch gets an empty result: some kernels (oneDNN batch norm) fail on
             # zero-sized batches with "Incompatible shapes: [0,8,8,32] vs. [64]".
             return tf.cond(
@@ -401,13 +401,12 @@ class ServingModule(tf.Module):
         h, w, c = self._image_shape
         return f"expected images of shape [N, {h}, {w}, {c}] (pixel values 0..255)"
 
-    def _checked_pixels(self, images, from_uint8):
-        """float32 `images` as uint8, after in-graph checks that they are pixel values: finite
+    def _checked_pixels(self, x, from_uint8):
+        """float32 `x` as uint8, after in-graph checks that they are pixel values: finite
         whole numbers in [0, 255], and, unless `from_uint8` (the caller passed uint8), not a
         [0, 1] image (whole numbers whose largest is 1)."""
         expected = (f"{self._expected()}: uint8, or floats or ints holding whole numbers in "
                     "[0, 255]. Float images in [0, 1] become pixels by np.round(x * 255)")
-        x = images
         lo, hi = tf.reduce_min(x), tf.reduce_max(x)
         # tf.function runs these stateful asserts in program order: the first failing one speaks.
         checks = [
@@ -431,7 +430,9 @@ class ServingModule(tf.Module):
         with tf.control_dependencies(checks):
             return tf.cast(tf.clip_by_value(x, 0.0, 255.0), tf.uint8)
 
-    def _checked_float_images(self, images, from_uint8):
+    def _model_input(self, images, from_uint8):
+        """float32 `images` of any rank as the model's input: the shape asserted, the pixel
+        values checked (`_checked_pixels`), then mapped into `pixel_range`."""
         shape = tf.shape(images)
         # Padding lets the spatial comparison run for any rank; the rank test decides.
         spatial = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]

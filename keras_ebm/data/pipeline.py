@@ -225,12 +225,23 @@ def make_dataset_fn(name, split, global_batch_size, **kwargs):
     _check_name(name)
     _check_batch_size(global_batch_size, "global_batch_size")
 
+    return _recording_source_info(
+        lambda input_context: make_dataset(
+            name, split, global_batch_size, input_context=input_context, **kwargs
+        )
+    )
+
+
+def _recording_source_info(build):
+    """`fn(input_context=None)` returning `build(input_context)`, whose `fn.source_info` is the
+    dataset's `source_info` once `fn` has run (None before)."""
+
     def dataset_fn(input_context=None):
-        ds = make_dataset(name, split, global_batch_size, input_context=input_context, **kwargs)
+        ds = build(input_context)
         dataset_fn.source_info = ds.source_info
         return ds
 
-    dataset_fn.source_info = None  # the source's `SourceInfo`, once the function has run
+    dataset_fn.source_info = None
     return dataset_fn
 
 
@@ -290,15 +301,11 @@ def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwa
     _check_batch_size(clf_batch_size, "clf_batch_size")
     _check_batch_size(px_batch_size, "px_batch_size")
 
-    def dataset_fn(input_context=None):
-        ds = make_two_branch_dataset(
+    return _recording_source_info(
+        lambda input_context: make_two_branch_dataset(
             name, split, clf_batch_size, px_batch_size, input_context=input_context, **kwargs
         )
-        dataset_fn.source_info = ds.source_info
-        return ds
-
-    dataset_fn.source_info = None  # the source's `SourceInfo`, once the function has run
-    return dataset_fn
+    )
 
 
 def load_arrays(name, split="test", max_examples=None, **source_kwargs):

@@ -221,23 +221,24 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ the one train_step
     def train_step(self, data):
-        batch = self._require_examples(self.unpack_batch(data))
+        batch = self.unpack_batch(data, training=True)
         negatives = self.sample_negatives(batch)
         logs = self.optimize(batch, negatives)
         self.after_step(batch, negatives, logs)
         return self.update_trackers(logs)
 
     def test_step(self, data):
-        batch = self.unpack_batch(data)
+        batch = self.unpack_batch(data, training=False)
         logits = self(batch["x"], training=False)
         return self.update_trackers(self.classifier_logs(logits, batch["y"]))
 
     # ------------------------------------------------------------------ hooks
-    def unpack_batch(self, data):
+    def unpack_batch(self, data, training=False):
         """Normalise a batch to a dict: `x`, `y` (classifier branch) and `x_px`, `y_px` (p(x) branch).
 
         Accepts `(x, y)`, a dict with those keys, or the two-loader form `((x, y), (x_px, y_px))` of
         SADA-JEM (augmentation only in the classifier branch). With one loader both branches share x.
+        `training`: a training batch, which must not be empty on any replica.
         """
         if isinstance(data, dict):
             batch = dict(data)
@@ -252,10 +253,10 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 "((images, labels), (images_px, labels_px)). Received: "
                 f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
             )
-        batch["x"] = self._check_images(batch["x"], "x")
+        batch["x"] = self._check_images(batch["x"], "x", require_examples=training)
         batch["y"] = self._check_labels(batch["y"], "y")
         if "x_px" in batch:
-            batch["x_px"] = self._check_images(batch["x_px"], "x_px")
+            batch["x_px"] = self._check_images(batch["x_px"], "x_px", require_examples=training)
             batch["y_px"] = self._check_labels(batch["y_px"], "y_px")
         else:  # one loader: the very same tensors, so trainers can reuse the classifier forward
             batch["x_px"], batch["y_px"] = batch["x"], batch["y"]
@@ -345,7 +346,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             f"Received: {name}.dtype={dtype}"
         )
 
-    def _check_images(self, x, name):
+    def _check_images(self, x, name, require_examples=False):
         if not tf.is_tensor(x):
             x = tf.convert_to_tensor(x)
         if x.shape.rank != 4 or tuple(x.shape[1:]) != self.image_shape:
@@ -356,6 +357,22 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         # own inputs to its compute dtype.
         x = tf.cast(x, tf.float32)
         if self.check_finite_inputs:
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync if require_examples else 1
+            if replicas > 1:
+                # A last batch smaller than the replica count leaves some replicas none, which
+                # fails deep in the backward pass ("LeakyReluGrad ... [0,4,4,16] != [0,8,8,1]").
+                # Training only: evaluation (`test_step`) allows it.
+                nonempty = tf.debugging.assert_positive(
+                    tf.shape(x)[0],
+                    message=(
+                        f"A replica got an empty {name} batch: the last batch of the dataset has "
+                        f"fewer examples than the {replicas} replicas. Batch it with "
+                        "drop_remainder=True (keras_ebm.data pipelines do for training), or use a "
+                        "batch size and data size that leave every replica at least one example"
+                    ),
+                )
+                with tf.control_dependencies([nonempty]):
+                    x = tf.identity(x)
             x = tf.debugging.assert_all_finite(
                 x, f"The '{name}' image batch contains NaN or Inf values: check the data pipeline."
             )
@@ -371,33 +388,6 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             with tf.control_dependencies([in_scale]):
                 x = tf.identity(x)
         return x
-
-    def _require_examples(self, batch):
-        """Training batches must not be empty on any replica: a dataset's last batch smaller than
-        the replica count leaves some replicas none, which fails deep in the backward pass
-        ("LeakyReluGrad ... [0,4,4,16] != [0,8,8,1]"). Evaluation (`test_step`) allows it."""
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        if not self.check_finite_inputs or replicas == 1:
-            return batch
-        checks = [
-            tf.debugging.assert_positive(
-                tf.shape(batch[name])[0],
-                message=(
-                    f"A replica got an empty {name} batch: the last batch of the dataset has fewer "
-                    f"examples than the {replicas} replicas. Batch it with drop_remainder=True "
-                    "(keras_ebm.data pipelines do for training), or use a batch size and data "
-                    "size that leave every replica at least one example"
-                ),
-            )
-            for name in ("x", "x_px") if name in batch and (name == "x" or batch[name] is not batch["x"])
-        ]
-        batch = dict(batch)
-        with tf.control_dependencies(checks):
-            x = tf.identity(batch["x"])
-            # One loader: x_px stays the very tensor x is (trainers reuse the classifier forward).
-            batch["x_px"] = x if batch.get("x_px") is batch["x"] else tf.identity(batch["x_px"])
-            batch["x"] = x
-        return batch
 
     def _check_labels(self, y, name):
         """Integer class ids `[batch]` in [0, num_classes): a one-hot batch is refused when the

@@ -455,6 +455,6 @@ class CLEL(EBMTrainer):
             ema.update(decay)
 
     def test_step(self, data):
-        batch = self.unpack_batch(data)
+        batch = self.unpack_batch(data, training=False)
         energies = _energy(self.ema_network(batch["x"]))
         return self.update_trackers({"energy_data": tf.reduce_mean(energies)})

@@ -350,7 +350,7 @@ class GMMC(EBMTrainer):
         return logs
 
     def test_step(self, data):
-        batch = self.unpack_batch(data)
+        batch = self.unpack_batch(data, training=False)
         phi = self.features(batch["x"], training=False)
         center_loss = tf.reduce_mean(self.head.center_loss(phi, batch["y"]))
         pred = tf.argmax(self.head(phi), axis=-1, output_type=tf.int32)
