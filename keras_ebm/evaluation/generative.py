@@ -203,11 +203,38 @@ def _md5(path):
     return digest.hexdigest()
 
 
-class InceptionV3Features:
-    """Pool features (2048) and logits (1000) of `keras.applications.InceptionV3` for uint8 images.
+class ImageFeatures:
+    """Base of the Inception feature networks: `net(uint8 [N, H, W, C])` ->
+    `{"pool": [N, d], "logits": [N, classes]}`, grey images repeated to 3 channels.
 
-    Images are resized to 299x299 (bilinear), grey images repeated to 3 channels, and scaled to
-    [-1, 1] (`keras.applications.inception_v3.preprocess_input`).
+    Subclasses set `name` (cache key and results label), `note` (added to every result, or None)
+    and `_forward_impl(uint8 images) -> (pool, logits)`, and call `super().__init__()` last.
+    """
+
+    metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
+    note = None
+
+    def __init__(self):
+        self._forward = tf.function(self._forward_impl, reduce_retracing=True)
+
+    def _forward_impl(self, images):
+        raise NotImplementedError
+
+    def __call__(self, images_uint8):
+        images = np.asarray(images_uint8)
+        if images.shape[-1] == 1:  # here, not in the traced function: its channel axis may be relaxed
+            images = np.repeat(images, 3, axis=-1)
+        pool, logits = self._forward(tf.convert_to_tensor(images, tf.uint8))
+        return {"pool": pool.numpy(), "logits": logits.numpy()}
+
+
+class InceptionV3Features(ImageFeatures):
+    """Pool features (2048) and logits (1000) of `keras.applications.InceptionV3` for uint8 images
+    (feature network "keras_inception_v3").
+
+    Not the papers' network (see `fid_inception.FIDInceptionFeatures`): its results carry a note
+    saying so. Images are resized to 299x299 (bilinear), grey images repeated to 3 channels, and
+    scaled to [-1, 1] (`keras.applications.inception_v3.preprocess_input`).
 
     Args:
         weights: path of the top-included weights file (default: `$KERAS_EBM_INCEPTION_WEIGHTS`,
@@ -216,8 +243,9 @@ class InceptionV3Features:
             pass one with random weights to check shapes; results of such a model mean nothing).
     """
 
-    name = "inception_v3_keras"
-    metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
+    name = "keras_inception_v3"
+    note = ("keras_inception_v3 is Keras' Inception-v3, not the 2015 TensorFlow Inception graph of the papers' "
+            "FID/IS code (feature_network='fid_inception'): not comparable with published FID/IS")
 
     def __init__(self, weights=None, model=None):
         if model is None:
@@ -237,7 +265,7 @@ class InceptionV3Features:
                 f"classifier_activation=None), with an 'avg_pool' layer. Received: {model.name}"
             ) from e
         self.model = keras.Model(model.inputs, [pool, model.outputs[0]], name="inception_features")
-        self._forward = tf.function(self._forward_impl, reduce_retracing=True)
+        super().__init__()
 
     def _forward_impl(self, images):
         x = tf.cast(images, tf.float32)
@@ -246,12 +274,40 @@ class InceptionV3Features:
         pool, logits = self.model(x, training=False)
         return pool, logits
 
-    def __call__(self, images_uint8):
-        images = np.asarray(images_uint8)
-        if images.shape[-1] == 1:  # here, not in the traced function: its channel axis may be relaxed
-            images = np.repeat(images, 3, axis=-1)
-        pool, logits = self._forward(tf.convert_to_tensor(images, tf.uint8))
-        return {"pool": pool.numpy(), "logits": logits.numpy()}
+
+FEATURE_NETWORKS = ("auto", "fid_inception", "keras_inception_v3")
+
+
+def inception_features(network="auto", weights=None, keras_weights=None, preprocessing="tf2015"):
+    """The Inception feature network of FID / IS / KID (gin: `inception_features.network = ...`).
+
+    Args:
+        network: "fid_inception" (the papers' 2015 TF Inception graph, `fid_inception`; needs
+            pytorch-fid's weight file), "keras_inception_v3" (Keras' network: not comparable with
+            published numbers), or "auto": the FID Inception when its weights are found
+            (`weights`, `$KERAS_EBM_FID_INCEPTION_WEIGHTS`, the caches), else Keras' when its
+            weights are found, else a `FileNotFoundError` naming both.
+        weights: the FID Inception weights (.pth or its .npz conversion).
+        keras_weights: Keras' Inception-v3 weights file.
+        preprocessing: the FID Inception's input pipeline, "tf2015" (the papers') or "pytorch_fid".
+    """
+    from keras_ebm.evaluation import fid_inception
+
+    if network not in FEATURE_NETWORKS:
+        raise ValueError(f"`network` must be one of {FEATURE_NETWORKS}. Received: network={network!r}")
+    if network == "fid_inception" or (network == "auto" and weights):
+        return fid_inception.FIDInceptionFeatures(weights=weights, preprocessing=preprocessing)
+    if network == "keras_inception_v3" or keras_weights:
+        return InceptionV3Features(weights=keras_weights)
+    try:
+        return fid_inception.FIDInceptionFeatures(preprocessing=preprocessing)
+    except FileNotFoundError as fid_error:
+        try:
+            net = InceptionV3Features()
+        except FileNotFoundError:
+            raise fid_error from None
+        _log(f"FID Inception weights not found: using {net.name}. {net.note}.")
+        return net
 
 
 class ClassifierFeatures:
@@ -418,6 +474,8 @@ def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=
     if n < PAPER_NUM_SAMPLES:
         results["note"] = (f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
                            "upward for fewer samples, compare only runs with the same count")
+    if getattr(feature_net, "note", None):
+        results["note"] = (results.get("note", "") + "; " if "note" in results else "") + feature_net.note
     if names["fd"] != "fid":
         results["note"] = (results.get("note", "") + "; " if "note" in results else "") + (
             f"distances in the feature space of {feature_net.name}, not Inception: not FID/IS/KID")
