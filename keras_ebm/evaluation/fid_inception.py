@@ -71,130 +71,130 @@ _IGNORED_SUFFIX = ".num_batches_tracked"  # BatchNorm's update counter: not a we
 
 
 # ---------------------------------------------------------------------------------- network
-def _basic_conv(x, name, filters, kernel, strides=1, padding="valid", dtype=None):
+def _basic_conv(x, name, filters, kernel, strides=1, padding="valid"):
     """torchvision's BasicConv2d: conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU. Torch's symmetric
     padding (k - 1) / 2 of every stride-1 conv here is Keras' "same"; padding 0 is "valid"."""
     x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
-                            name=f"{name}.conv", dtype=dtype)(x)
-    x = keras.layers.BatchNormalization(epsilon=1e-3, name=f"{name}.bn", dtype=dtype)(x)
-    return keras.layers.ReLU(name=f"{name}.relu", dtype=dtype)(x)
+                            name=f"{name}.conv")(x)
+    x = keras.layers.BatchNormalization(epsilon=1e-3, name=f"{name}.bn")(x)
+    return keras.layers.ReLU(name=f"{name}.relu")(x)
 
 
-def _pool_same(x, name, kind, dtype):
+def _pool_same(x, name, kind):
     """3x3 stride-1 pool over a SAME window that ignores the padding (TF's pools; torch's
     `avg_pool2d(count_include_pad=False)` and `max_pool2d(padding=1)`)."""
     layer = keras.layers.AveragePooling2D if kind == "avg" else keras.layers.MaxPooling2D
-    return layer(3, strides=1, padding="same", name=f"{name}.pool", dtype=dtype)(x)
+    return layer(3, strides=1, padding="same", name=f"{name}.pool")(x)
 
 
-def _concat(tensors, name, dtype):
-    return keras.layers.Concatenate(axis=-1, name=name, dtype=dtype)(tensors)
+def _concat(tensors, name):
+    return keras.layers.Concatenate(axis=-1, name=name)(tensors)
 
 
-def _inception_a(x, name, pool_features, dtype):
+def _inception_a(x, name, pool_features):
     """FIDInceptionA: branches 1x1 | 1x1 -> 5x5 | 1x1 -> 3x3 -> 3x3 | avg pool (no pad) -> 1x1."""
-    c = lambda t, sub, f, k: _basic_conv(t, f"{name}.{sub}", f, k, padding="same", dtype=dtype)  # noqa: E731
+    c = lambda t, sub, f, k: _basic_conv(t, f"{name}.{sub}", f, k, padding="same")  # noqa: E731
     b1 = c(x, "branch1x1", 64, 1)
     b5 = c(c(x, "branch5x5_1", 48, 1), "branch5x5_2", 64, 5)
     b3 = c(c(c(x, "branch3x3dbl_1", 64, 1), "branch3x3dbl_2", 96, 3), "branch3x3dbl_3", 96, 3)
-    bp = c(_pool_same(x, name, "avg", dtype), "branch_pool", pool_features, 1)
-    return _concat([b1, b5, b3, bp], name, dtype)
+    bp = c(_pool_same(x, name, "avg"), "branch_pool", pool_features, 1)
+    return _concat([b1, b5, b3, bp], name)
 
 
-def _inception_b(x, name, dtype):
+def _inception_b(x, name):
     """torchvision's InceptionB (Mixed_6a): 3x3/2 | 1x1 -> 3x3 -> 3x3/2 | max pool 3x3/2."""
-    b3 = _basic_conv(x, f"{name}.branch3x3", 384, 3, strides=2, dtype=dtype)
-    bd = _basic_conv(x, f"{name}.branch3x3dbl_1", 64, 1, dtype=dtype)
-    bd = _basic_conv(bd, f"{name}.branch3x3dbl_2", 96, 3, padding="same", dtype=dtype)
-    bd = _basic_conv(bd, f"{name}.branch3x3dbl_3", 96, 3, strides=2, dtype=dtype)
-    bp = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}.pool", dtype=dtype)(x)
-    return _concat([b3, bd, bp], name, dtype)
+    b3 = _basic_conv(x, f"{name}.branch3x3", 384, 3, strides=2)
+    bd = _basic_conv(x, f"{name}.branch3x3dbl_1", 64, 1)
+    bd = _basic_conv(bd, f"{name}.branch3x3dbl_2", 96, 3, padding="same")
+    bd = _basic_conv(bd, f"{name}.branch3x3dbl_3", 96, 3, strides=2)
+    bp = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}.pool")(x)
+    return _concat([b3, bd, bp], name)
 
 
-def _inception_c(x, name, c7, dtype):
+def _inception_c(x, name, c7):
     """FIDInceptionC: 1x1 | 1x1 -> 1x7 -> 7x1 | 1x1 -> 7x1 -> 1x7 -> 7x1 -> 1x7 | avg pool (no pad) -> 1x1."""
-    c = lambda t, sub, f, k: _basic_conv(t, f"{name}.{sub}", f, k, padding="same", dtype=dtype)  # noqa: E731
+    c = lambda t, sub, f, k: _basic_conv(t, f"{name}.{sub}", f, k, padding="same")  # noqa: E731
     b1 = c(x, "branch1x1", 192, 1)
     b7 = c(c(c(x, "branch7x7_1", c7, 1), "branch7x7_2", c7, (1, 7)), "branch7x7_3", 192, (7, 1))
     bd = c(x, "branch7x7dbl_1", c7, 1)
     for i, (filters, kernel) in enumerate(((c7, (7, 1)), (c7, (1, 7)), (c7, (7, 1)), (192, (1, 7))), start=2):
         bd = c(bd, f"branch7x7dbl_{i}", filters, kernel)
-    bp = c(_pool_same(x, name, "avg", dtype), "branch_pool", 192, 1)
-    return _concat([b1, b7, bd, bp], name, dtype)
+    bp = c(_pool_same(x, name, "avg"), "branch_pool", 192, 1)
+    return _concat([b1, b7, bd, bp], name)
 
 
-def _inception_d(x, name, dtype):
+def _inception_d(x, name):
     """torchvision's InceptionD (Mixed_7a): 1x1 -> 3x3/2 | 1x1 -> 1x7 -> 7x1 -> 3x3/2 | max pool 3x3/2."""
-    b3 = _basic_conv(x, f"{name}.branch3x3_1", 192, 1, dtype=dtype)
-    b3 = _basic_conv(b3, f"{name}.branch3x3_2", 320, 3, strides=2, dtype=dtype)
-    b7 = _basic_conv(x, f"{name}.branch7x7x3_1", 192, 1, dtype=dtype)
-    b7 = _basic_conv(b7, f"{name}.branch7x7x3_2", 192, (1, 7), padding="same", dtype=dtype)
-    b7 = _basic_conv(b7, f"{name}.branch7x7x3_3", 192, (7, 1), padding="same", dtype=dtype)
-    b7 = _basic_conv(b7, f"{name}.branch7x7x3_4", 192, 3, strides=2, dtype=dtype)
-    bp = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}.pool", dtype=dtype)(x)
-    return _concat([b3, b7, bp], name, dtype)
+    b3 = _basic_conv(x, f"{name}.branch3x3_1", 192, 1)
+    b3 = _basic_conv(b3, f"{name}.branch3x3_2", 320, 3, strides=2)
+    b7 = _basic_conv(x, f"{name}.branch7x7x3_1", 192, 1)
+    b7 = _basic_conv(b7, f"{name}.branch7x7x3_2", 192, (1, 7), padding="same")
+    b7 = _basic_conv(b7, f"{name}.branch7x7x3_3", 192, (7, 1), padding="same")
+    b7 = _basic_conv(b7, f"{name}.branch7x7x3_4", 192, 3, strides=2)
+    bp = keras.layers.MaxPooling2D(3, strides=2, name=f"{name}.pool")(x)
+    return _concat([b3, b7, bp], name)
 
 
-def _inception_e(x, name, pool, dtype):
+def _inception_e(x, name, pool):
     """FIDInceptionE_1 (pool "avg", no pad) / FIDInceptionE_2 (pool "max"): 1x1 | 1x1 -> [1x3, 3x1]
     | 1x1 -> 3x3 -> [1x3, 3x1] | pool -> 1x1."""
-    c = lambda t, sub, f, k: _basic_conv(t, f"{name}.{sub}", f, k, padding="same", dtype=dtype)  # noqa: E731
+    c = lambda t, sub, f, k: _basic_conv(t, f"{name}.{sub}", f, k, padding="same")  # noqa: E731
     b1 = c(x, "branch1x1", 320, 1)
     b3 = c(x, "branch3x3_1", 384, 1)
-    b3 = _concat([c(b3, "branch3x3_2a", 384, (1, 3)), c(b3, "branch3x3_2b", 384, (3, 1))], f"{name}.branch3x3", dtype)
+    b3 = _concat([c(b3, "branch3x3_2a", 384, (1, 3)), c(b3, "branch3x3_2b", 384, (3, 1))], f"{name}.branch3x3")
     bd = c(c(x, "branch3x3dbl_1", 448, 1), "branch3x3dbl_2", 384, 3)
     bd = _concat([c(bd, "branch3x3dbl_3a", 384, (1, 3)), c(bd, "branch3x3dbl_3b", 384, (3, 1))],
-                 f"{name}.branch3x3dbl", dtype)
-    bp = c(_pool_same(x, name, pool, dtype), "branch_pool", 192, 1)
-    return _concat([b1, b3, bd, bp], name, dtype)
+                 f"{name}.branch3x3dbl")
+    bp = c(_pool_same(x, name, pool), "branch_pool", 192, 1)
+    return _concat([b1, b3, bd, bp], name)
 
 
-def build_fid_inception(dtype=None):
+def build_fid_inception():
     """The FID Inception network on preprocessed `[N, 299, 299, 3]` inputs in [-1, 1].
 
     Layer names are pytorch-fid's module paths (`Mixed_5b.branch1x1.conv`, `...bn`, `fc`), so a
     torch state-dict key names its Keras weight. Outputs `[pool3 [N, 2048], logits [N, 1008]]`
     (`fc` with its bias; `FIDInceptionFeatures` uses `pool3 @ fc.kernel` for IS).
-
-    Args:
-        dtype: layer dtype (default the Keras float policy; "float64" for exact comparisons).
     """
-    x = inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image", dtype=dtype)
-    x = _basic_conv(x, "Conv2d_1a_3x3", 32, 3, strides=2, dtype=dtype)
-    x = _basic_conv(x, "Conv2d_2a_3x3", 32, 3, dtype=dtype)
-    x = _basic_conv(x, "Conv2d_2b_3x3", 64, 3, padding="same", dtype=dtype)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool1", dtype=dtype)(x)
-    x = _basic_conv(x, "Conv2d_3b_1x1", 80, 1, dtype=dtype)
-    x = _basic_conv(x, "Conv2d_4a_3x3", 192, 3, dtype=dtype)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool2", dtype=dtype)(x)
-    for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
-        x = _inception_a(x, name, pool_features, dtype)
-    x = _inception_b(x, "Mixed_6a", dtype)
-    for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
-        x = _inception_c(x, name, c7, dtype)
-    x = _inception_d(x, "Mixed_7a", dtype)
-    x = _inception_e(x, "Mixed_7b", "avg", dtype)
-    x = _inception_e(x, "Mixed_7c", "max", dtype)
-    pool3 = keras.layers.GlobalAveragePooling2D(name="pool3", dtype=dtype)(x)
-    logits = keras.layers.Dense(NUM_CLASSES, name="fc", dtype=dtype)(pool3)
-    return keras.Model(inputs, [pool3, logits], name="fid_inception")
+    from keras_ebm.training import dtype_policy
+
+    with dtype_policy("float32"):  # float32 whatever the global policy (a bfloat16 run's)
+        x = inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
+        x = _basic_conv(x, "Conv2d_1a_3x3", 32, 3, strides=2)
+        x = _basic_conv(x, "Conv2d_2a_3x3", 32, 3)
+        x = _basic_conv(x, "Conv2d_2b_3x3", 64, 3, padding="same")
+        x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool1")(x)
+        x = _basic_conv(x, "Conv2d_3b_1x1", 80, 1)
+        x = _basic_conv(x, "Conv2d_4a_3x3", 192, 3)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="maxpool2")(x)
+        for name, pool_features in (("Mixed_5b", 32), ("Mixed_5c", 64), ("Mixed_5d", 64)):
+            x = _inception_a(x, name, pool_features)
+        x = _inception_b(x, "Mixed_6a")
+        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+            x = _inception_c(x, name, c7)
+        x = _inception_d(x, "Mixed_7a")
+        x = _inception_e(x, "Mixed_7b", "avg")
+        x = _inception_e(x, "Mixed_7c", "max")
+        pool3 = keras.layers.GlobalAveragePooling2D(name="pool3")(x)
+        logits = keras.layers.Dense(NUM_CLASSES, name="fc")(pool3)
+        return keras.Model(inputs, [pool3, logits], name="fid_inception")
 
 
-def preprocess(images, preprocessing="tf2015", dtype=tf.float32):
+def preprocess(images, preprocessing="tf2015"):
     """uint8 (or [0, 255] float) `[N, H, W, 3]` -> the network's `[N, 299, 299, 3]` input.
 
     "tf2015": the 2015 graph's ResizeBilinear (TF1: `half_pixel_centers=False`) of the [0, 255]
     values, then (x - 128) / 128. "pytorch_fid": x / 255, bilinear resize with half-pixel centres
     (torch `F.interpolate(align_corners=False)`, no antialiasing), then 2 x - 1.
     """
-    x = tf.cast(images, dtype)
+    x = tf.cast(images, tf.float32)
     size = tf.constant([IMAGE_SIZE, IMAGE_SIZE], tf.int32)
     if preprocessing == "tf2015":
         x = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=False, half_pixel_centers=False)
-        return tf.cast((x - 128.0) * 0.0078125, dtype)  # the graph's Sub and Mul
+        return (x - 128.0) * 0.0078125  # the graph's Sub and Mul
     if preprocessing == "pytorch_fid":
         x = tf.raw_ops.ResizeBilinear(images=x / 255.0, size=size, align_corners=False, half_pixel_centers=True)
-        return tf.cast(2.0 * x - 1.0, dtype)
+        return 2.0 * x - 1.0
     raise ValueError(f"`preprocessing` must be one of {PREPROCESSING}. Received: preprocessing={preprocessing!r}")
 
 
@@ -339,12 +339,11 @@ class FIDInceptionFeatures(generative.ImageFeatures):
             feature network, and so of the cache files and results, says which.
         state_dict: a `{torch name: array}` dict to load instead of a file (tests use random
             weights; results of such a network mean nothing).
-        dtype: the network's float dtype.
     """
 
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
 
-    def __init__(self, weights=None, preprocessing="tf2015", state_dict=None, dtype="float32"):
+    def __init__(self, weights=None, preprocessing="tf2015", state_dict=None):
         if preprocessing not in PREPROCESSING:
             raise ValueError(f"`preprocessing` must be one of {PREPROCESSING}. Received: preprocessing={preprocessing!r}")
         self.preprocessing = preprocessing
@@ -354,14 +353,13 @@ class FIDInceptionFeatures(generative.ImageFeatures):
             source = fid_weights_path(weights)
             state_dict = read_state_dict(source)
         self.weights_source = source
-        self.dtype = tf.as_dtype(dtype)
-        self.model = load_state_dict(build_fid_inception(dtype=self.dtype.name), state_dict, source=source)
+        self.model = load_state_dict(build_fid_inception(), state_dict, source=source)
         self.fc_kernel = self.model.get_layer("fc").kernel
         super().__init__()
 
     def _forward_impl(self, images):
-        pool3, _ = self.model(preprocess(images, self.preprocessing, self.dtype), training=False)
-        return pool3, tf.matmul(pool3, tf.cast(self.fc_kernel, pool3.dtype))
+        pool3, _ = self.model(preprocess(images, self.preprocessing), training=False)
+        return pool3, tf.matmul(pool3, self.fc_kernel)
 
 
 def main(argv=None):
