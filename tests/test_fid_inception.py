@@ -205,3 +205,23 @@ def test_every_fid_is_labelled_with_its_network(tmp_path):
     md = (tmp_path / "report" / "report.md").read_text()
     assert "fid [fresh] (fid_inception)" in md and "fid [fresh] (keras_inception_v3)" in md
     assert "inception_score [fresh] (keras_inception_v3)" in md
+
+
+def test_gin_chooses_the_network_and_explicit_arguments_win(monkeypatch, tmp_path):
+    """eval.py calls the gin configurable `inception_features` with only the flags it was given."""
+    import gin
+
+    from keras_ebm import configurables
+
+    _no_weights_anywhere(monkeypatch, tmp_path)
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config("inception_features.network = 'keras_inception_v3'")
+    try:
+        with pytest.raises(FileNotFoundError, match="never uses random Inception weights"):
+            configurables.inception_features()
+        with pytest.raises(FileNotFoundError, match=r"feature_network='fid_inception'"):
+            configurables.inception_features(network="fid_inception")
+    finally:
+        with gin.unlock_config():
+            gin.clear_config()
