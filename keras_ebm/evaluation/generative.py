@@ -17,14 +17,19 @@ training set (`PAPER_NUM_SAMPLES`, `reference_statistics(dataset="cifar10", spli
 reference statistics are computed once and cached per data set and feature network
 (`$KERAS_EBM_CACHE/generative_stats/<dataset>_<split>__<network>__n<N>.npz`).
 
-Inception-v3: `InceptionV3Features` uses `keras.applications.InceptionV3` (2048-d pool features and
-the 1000 logits), with weights read from a local file or the Keras cache
-(`~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels.h5`). Without them it raises a
-`FileNotFoundError` that says how to provide them; it never falls back to random weights (a test
-passes a randomly initialised model explicitly, for shapes only). Caveat: the papers' IS/FID code
-(TF's 2015 Inception graph, or pytorch-fid's port of it) uses a different Inception-v3 (1008
-logits, other weights) than Keras', so numbers are comparable across keras_ebm runs and close to,
-but not identical with, published ones.
+Inception networks (`inception_features(network=...)`, gin-configurable, eval.py
+--feature_network): "fid_inception" (`fid_inception.FIDInceptionFeatures`) is the 2015 TensorFlow
+Inception graph of the papers' FID/IS code, ported by pytorch-fid, with pytorch-fid's weight file
+(`pt_inception-2015-12-05-6726825d.pth`, downloaded by the user; docs/fid.md); IS uses its 1008
+logits without the fc bias, as OpenAI's IS code. "keras_inception_v3" (`InceptionV3Features`) is
+`keras.applications.InceptionV3` (2048-d pool features and the 1000 logits), with weights read from
+a local file or the Keras cache (`~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels.h5`):
+a different network with other weights, so its FID/IS are comparable across keras_ebm runs only,
+never with published numbers; its results carry a note saying so. "auto" (default) takes the FID
+Inception when its weights are found, else Keras'. Without weights both raise a
+`FileNotFoundError` that says how to provide them; neither falls back to random weights (tests pass
+random weights explicitly). Every result names its network (`feature_network`, the results key
+`<samples>/<network>`, the report's column titles).
 
 Offline stand-in: no Inception weights can be fetched on machines without internet, so
 `ClassifierFeatures` computes the same three statistics in the feature space (penultimate layer)
