@@ -225,3 +225,8 @@ def test_gin_chooses_the_network_and_explicit_arguments_win(monkeypatch, tmp_pat
     finally:
         with gin.unlock_config():
             gin.clear_config()
+
+
+def test_unknown_preprocessing_is_refused(state_dict):
+    with pytest.raises(ValueError, match=r"preprocessing.*tf2015.*pytorch_fid.*Received: preprocessing='torch'"):
+        fi.FIDInceptionFeatures(state_dict=state_dict, preprocessing="torch")

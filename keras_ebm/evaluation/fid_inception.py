@@ -50,7 +50,6 @@ against pytorch-fid's and torch-fidelity's forward passes on random weights (rec
 """
 
 import argparse
-import hashlib
 import os
 
 import keras
@@ -189,13 +188,17 @@ def preprocess(images, preprocessing="tf2015"):
     """
     x = tf.cast(images, tf.float32)
     size = tf.constant([IMAGE_SIZE, IMAGE_SIZE], tf.int32)
-    if preprocessing == "tf2015":
+    if _checked_preprocessing(preprocessing) == "tf2015":
         x = tf.raw_ops.ResizeBilinear(images=x, size=size, align_corners=False, half_pixel_centers=False)
         return (x - 128.0) * 0.0078125  # the graph's Sub and Mul
-    if preprocessing == "pytorch_fid":
-        x = tf.raw_ops.ResizeBilinear(images=x / 255.0, size=size, align_corners=False, half_pixel_centers=True)
-        return 2.0 * x - 1.0
-    raise ValueError(f"`preprocessing` must be one of {PREPROCESSING}. Received: preprocessing={preprocessing!r}")
+    x = tf.raw_ops.ResizeBilinear(images=x / 255.0, size=size, align_corners=False, half_pixel_centers=True)
+    return 2.0 * x - 1.0
+
+
+def _checked_preprocessing(preprocessing):
+    if preprocessing not in PREPROCESSING:
+        raise ValueError(f"`preprocessing` must be one of {PREPROCESSING}. Received: preprocessing={preprocessing!r}")
+    return preprocessing
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -237,14 +240,16 @@ def load_state_dict(model, state_dict, source="state_dict"):
             + (f"{len(unknown)} key(s) have no place in the network: {unknown[:10]}" if unknown else "")
             + ("; " if unknown and missing else "")
             + (f"{len(missing)} weight(s) are missing: {missing[:10]}" if missing else "")
-            + f". Download {FID_WEIGHTS_URL} (or convert it with `{CONVERT_COMMAND.format(pth='<.pth>', npz='<.npz>')}`)."
+            + f". Download {FID_WEIGHTS_URL} (or convert it with "
+            f"`{CONVERT_COMMAND.format(pth='<.pth>', npz='<.npz>')}`)."
         )
     values = []
     for key, (var, kind) in placements.items():
         value = _to_keras(np.asarray(given[key]), kind)
         if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(f"{source}: {key} has shape {np.asarray(given[key]).shape} (torch layout); the network "
-                             f"expects {tuple(var.shape)} in Keras layout. Is this the FID Inception file {FID_WEIGHTS_FILE}?")
+            raise ValueError(f"{source}: {key} has shape {np.asarray(given[key]).shape} (torch layout); the "
+                             f"network expects {tuple(var.shape)} in Keras layout. Is this the FID Inception "
+                             f"file {FID_WEIGHTS_FILE}?")
         values.append((var, value))
     for var, value in values:
         var.assign(value.astype(var.dtype))
@@ -306,14 +311,6 @@ def fid_weights_path(weights=None):
     )
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def convert(pth_path, npz_path):
     """One-time conversion of the `.pth` to an `.npz` that evaluation reads without PyTorch; the
     state dict is checked by loading it into the network first. Returns the number of tensors."""
@@ -323,7 +320,8 @@ def convert(pth_path, npz_path):
     tmp = npz_path + ".tmp.npz"
     np.savez(tmp, **kept)
     os.replace(tmp, npz_path)
-    print(f"wrote {npz_path}: {len(kept)} tensors from {pth_path} (sha256 {sha256(pth_path)})", flush=True)
+    digest = generative.file_digest(pth_path, "sha256")
+    print(f"wrote {npz_path}: {len(kept)} tensors from {pth_path} (sha256 {digest})", flush=True)
     return len(kept)
 
 
@@ -344,9 +342,7 @@ class FIDInceptionFeatures(generative.ImageFeatures):
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
 
     def __init__(self, weights=None, preprocessing="tf2015", state_dict=None):
-        if preprocessing not in PREPROCESSING:
-            raise ValueError(f"`preprocessing` must be one of {PREPROCESSING}. Received: preprocessing={preprocessing!r}")
-        self.preprocessing = preprocessing
+        self.preprocessing = _checked_preprocessing(preprocessing)
         self.name = "fid_inception" if preprocessing == "tf2015" else "fid_inception_pytorch_fid"
         source = "state_dict"
         if state_dict is None:

@@ -200,12 +200,10 @@ def inception_weights_path(weights=None):
     )
 
 
-def _md5(path):
-    digest = hashlib.md5()
+def file_digest(path, algorithm="md5"):
+    """Hex digest of a file (`hashlib.file_digest`), e.g. to check a downloaded weights file."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 class ImageFeatures:
@@ -255,7 +253,7 @@ class InceptionV3Features(ImageFeatures):
     def __init__(self, weights=None, model=None):
         if model is None:
             path = inception_weights_path(weights)
-            if os.path.basename(path) == INCEPTION_WEIGHTS_FILE and _md5(path) != INCEPTION_WEIGHTS_MD5:
+            if os.path.basename(path) == INCEPTION_WEIGHTS_FILE and file_digest(path) != INCEPTION_WEIGHTS_MD5:
                 raise ValueError(
                     f"{path} does not have the md5 of Keras' Inception-v3 weights "
                     f"({INCEPTION_WEIGHTS_MD5}); the file is incomplete or another one. Replace it "

@@ -7,9 +7,9 @@ tables (rows = models):
 * `report.md`: one table with accuracy, ECE, OOD AUROC per set and score, robust accuracy per
   attack and epsilon, C&W noise norms, FID / IS / KID (or the classifier-feature stand-ins
   `classifier_fd` / `classifier_score` / `classifier_kd`, never called FID) per sample set, and
-  the sample-quality accuracy; each FID / IS / KID column names its Inception network
-  (`fid [fresh] (fid_inception)`: only fid_inception's numbers compare with the papers'); a second table with the number of images behind every number; the
-  plots side by side.
+  the sample-quality accuracy (each FID / IS / KID column names its Inception network,
+  `fid [fresh] (fid_inception)`: only fid_inception's numbers compare with the papers'); a second
+  table with the number of images behind every number; the plots side by side.
 * `report.json`: every run's full results, the table's columns and cells, and the counts.
 * `report_<plot>.png`: each plot kind of every run side by side (one panel per run), and
   `report_robustness.png`, the robust-accuracy curves of all runs on the same axes.
