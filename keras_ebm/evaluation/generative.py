@@ -474,14 +474,16 @@ def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=
         "reference": {k: reference[k] for k in ("dataset", "split", "num_examples")},
         "kid_subset_size": int(min(kid_subset_size, n, len(reference["features"]))),
     }
+    notes = []
     if n < PAPER_NUM_SAMPLES:
-        results["note"] = (f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
-                           "upward for fewer samples, compare only runs with the same count")
-    if getattr(feature_net, "note", None):
-        results["note"] = (results.get("note", "") + "; " if "note" in results else "") + feature_net.note
+        notes.append(f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
+                     "upward for fewer samples, compare only runs with the same count")
+    if getattr(feature_net, "note", None):  # keras_inception_v3: not the papers' network
+        notes.append(feature_net.note)
     if names["fd"] != "fid":
-        results["note"] = (results.get("note", "") + "; " if "note" in results else "") + (
-            f"distances in the feature space of {feature_net.name}, not Inception: not FID/IS/KID")
+        notes.append(f"distances in the feature space of {feature_net.name}, not Inception: not FID/IS/KID")
+    if notes:
+        results["note"] = "; ".join(notes)
     _log(f"{name}: " + ", ".join(f"{names[k]} {results[names[k]]:.4g}" for k in ("fd", "score", "kd"))
          + f" ({n} samples, {feature_net.name})")
     if output_dir:
