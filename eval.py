@@ -12,8 +12,10 @@
     python eval.py --model_dir=runs/jem --attack=pgd_l2 --epsilons=50,100,200 --attack_steps=40 \
         --defense=sgld --refine_steps=10 --eot=15 --defense_reps=5            # BPDA + EOT on JEM-10
     python eval.py --model_dir=runs/gmmc --cw --cw_targeted                     # GMMC Table 7
-    # FID / IS / KID of samples (Inception weights from the Keras cache or --inception_weights), or
-    # the classifier-feature stand-ins in the feature space of a keras_ebm run:
+    # FID / IS / KID of samples with the papers' Inception (docs/fid.md: pytorch-fid's weight file,
+    # --fid_inception_weights=pt_inception-2015-12-05-6726825d.pth or its .npz), or Keras' Inception-v3
+    # (--feature_network=keras_inception_v3, not comparable with papers), or the classifier-feature
+    # stand-ins in the feature space of a keras_ebm run:
     python eval.py --model_dir=runs/sadajem --samples=10000 --sample_from_buffer --generative \
         --feature_classifier=runs/softmax --inception_weights=none
     python eval.py --model_dir=runs/sadajem --samples_npz=x.npz --sample_quality --reference_classifier=runs/softmax
@@ -82,9 +84,18 @@ flags.DEFINE_string("samples_npz", None, "Score these samples (npz with uint8 'i
                     "--samples writes) instead of / beside the ones drawn with --samples.")
 flags.DEFINE_bool("generative", False, "FID / IS / KID of the samples (--samples or --samples_npz) against "
                   "the training split of the in-distribution set.")
-flags.DEFINE_string("inception_weights", None, "Keras Inception-v3 weights file (default: $KERAS_EBM_INCEPTION_"
-                    "WEIGHTS or the Keras cache; without them FID fails clearly). 'none': skip Inception "
-                    "(only --feature_classifier).")
+flags.DEFINE_enum("feature_network", None, ["auto", "fid_inception", "keras_inception_v3"],
+                  "Inception of FID / IS / KID (default: gin inception_features.network, 'auto'): fid_inception "
+                  "is the papers' 2015 TF graph (needs --fid_inception_weights, docs/fid.md); keras_inception_v3 is "
+                  "Keras' network, not comparable with published numbers; auto takes fid_inception when its weights "
+                  "are found, else Keras'.")
+flags.DEFINE_string("fid_inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth or its .npz "
+                    "conversion (default: $KERAS_EBM_FID_INCEPTION_WEIGHTS, the Keras and torch hub caches).")
+flags.DEFINE_enum("fid_preprocessing", None, ["tf2015", "pytorch_fid"], "fid_inception's input pipeline (default "
+                  "tf2015: the papers' TF1 resize and scaling; pytorch_fid: pytorch-fid's).")
+flags.DEFINE_string("inception_weights", None, "Keras Inception-v3 weights file (feature_network "
+                    "keras_inception_v3; default: $KERAS_EBM_INCEPTION_WEIGHTS or the Keras cache). 'none': skip "
+                    "Inception (only --feature_classifier).")
 flags.DEFINE_string("feature_classifier", None, "A train.py directory of a classifier: also report "
                     "classifier_fd / classifier_score / classifier_kd in its feature space (not FID).")
 flags.DEFINE_integer("reference_examples", None, "First N reference (training) images for the statistics "
@@ -209,9 +220,11 @@ def main(argv):
     feature_nets = []
     if FLAGS.generative:  # first: without Inception weights, fail before sampling
         if (FLAGS.inception_weights or "").lower() != "none":
-            from keras_ebm.evaluation.generative import InceptionV3Features
+            from keras_ebm import configurables
 
-            feature_nets.append(InceptionV3Features(weights=FLAGS.inception_weights))
+            given = {"network": FLAGS.feature_network, "weights": FLAGS.fid_inception_weights,
+                     "keras_weights": FLAGS.inception_weights, "preprocessing": FLAGS.fid_preprocessing}
+            feature_nets.append(configurables.inception_features(**{k: v for k, v in given.items() if v is not None}))
         if FLAGS.feature_classifier:
             from keras_ebm import restore
             from keras_ebm.evaluation.generative import ClassifierFeatures

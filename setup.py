@@ -38,5 +38,8 @@ setup(
         # keras-cv 0.9 works with Keras 3.15 but is frozen (2024) and pulls in keras-core and
         # kagglehub; keras_ebm uses Keras-3 core layers + tf.image instead (README, "Dependencies").
         "kerascv": ["keras-cv==0.9.0"],
+        # Reading pytorch-fid's FID Inception weights (.pth), or converting them once to the .npz
+        # that evaluation reads without torch (docs/fid.md). A CPU build is enough.
+        "torch": ["torch>=2.0"],
     },
 )

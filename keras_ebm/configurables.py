@@ -9,7 +9,7 @@ import gin
 import keras
 
 from keras_ebm import backbones, data, divergence, heads, optim, queues, sampling, trainers, training
-from keras_ebm.evaluation import runner
+from keras_ebm.evaluation import generative, runner
 from keras_ebm.optim import schedules
 
 
@@ -60,6 +60,9 @@ _register(trainers.GMMC, "keras_ebm.trainers")
 _register(trainers.HDGE, "keras_ebm.trainers")
 _register(trainers.CLEL, "keras_ebm.trainers")
 _register(queues.FeatureQueue, "keras_ebm")
+
+# Evaluation: the Inception network of FID / IS / KID (eval.py --generative; flags override).
+inception_features = _register(generative.inception_features, "keras_ebm.evaluation")
 
 # Runners: run_training and run_eval are decorated with @gin.configurable where they are defined
 # (they are the gin entry points that train.py / eval.py call).

@@ -1,14 +1,24 @@
 """Evaluation: metrics (accuracy, ECE, OOD AUROC/AUPR/FPR95), PNG plots, `run_eval` (runner.py),
-adversarial robustness (robustness.py), FID / IS / KID (generative.py), sample quality by
-classification (sample_quality.py), what eval.py's flags run (suite.py) and the report across runs
-(report.py, `compare_runs`)."""
+adversarial robustness (robustness.py), FID / IS / KID (generative.py; the papers' Inception network
+in fid_inception.py, imported on use), sample quality by classification (sample_quality.py), what eval.py's flags run
+(suite.py) and the report across runs (report.py, `compare_runs`)."""
 
-from keras_ebm.evaluation import classifiers, generative, metrics, plots, report, robustness, sample_quality, suite
+from keras_ebm.evaluation import (
+    classifiers,
+    generative,
+    metrics,
+    plots,
+    report,
+    robustness,
+    sample_quality,
+    suite,
+)
 from keras_ebm.evaluation.generative import (
     ClassifierFeatures,
     InceptionV3Features,
     evaluate_generative,
     frechet_distance,
+    inception_features,
     inception_score,
     kernel_inception_distance,
     reference_statistics,
@@ -49,6 +59,7 @@ __all__ = [
     "expected_calibration_error",
     "frechet_distance",
     "generative",
+    "inception_features",
     "inception_score",
     "kernel_inception_distance",
     "metrics",

@@ -17,14 +17,19 @@ training set (`PAPER_NUM_SAMPLES`, `reference_statistics(dataset="cifar10", spli
 reference statistics are computed once and cached per data set and feature network
 (`$KERAS_EBM_CACHE/generative_stats/<dataset>_<split>__<network>__n<N>.npz`).
 
-Inception-v3: `InceptionV3Features` uses `keras.applications.InceptionV3` (2048-d pool features and
-the 1000 logits), with weights read from a local file or the Keras cache
-(`~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels.h5`). Without them it raises a
-`FileNotFoundError` that says how to provide them; it never falls back to random weights (a test
-passes a randomly initialised model explicitly, for shapes only). Caveat: the papers' IS/FID code
-(TF's 2015 Inception graph, or pytorch-fid's port of it) uses a different Inception-v3 (1008
-logits, other weights) than Keras', so numbers are comparable across keras_ebm runs and close to,
-but not identical with, published ones.
+Inception networks (`inception_features(network=...)`, gin-configurable, eval.py
+--feature_network): "fid_inception" (`fid_inception.FIDInceptionFeatures`) is the 2015 TensorFlow
+Inception graph of the papers' FID/IS code, ported by pytorch-fid, with pytorch-fid's weight file
+(`pt_inception-2015-12-05-6726825d.pth`, downloaded by the user; docs/fid.md); IS uses its 1008
+logits without the fc bias, as OpenAI's IS code. "keras_inception_v3" (`InceptionV3Features`) is
+`keras.applications.InceptionV3` (2048-d pool features and the 1000 logits), with weights read from
+a local file or the Keras cache (`~/.keras/models/inception_v3_weights_tf_dim_ordering_tf_kernels.h5`):
+a different network with other weights, so its FID/IS are comparable across keras_ebm runs only,
+never with published numbers; its results carry a note saying so. "auto" (default) takes the FID
+Inception when its weights are found, else Keras'. Without weights both raise a
+`FileNotFoundError` that says how to provide them; neither falls back to random weights (tests pass
+random weights explicitly). Every result names its network (`feature_network`, the results key
+`<samples>/<network>`, the report's column titles).
 
 Offline stand-in: no Inception weights can be fetched on machines without internet, so
 `ClassifierFeatures` computes the same three statistics in the feature space (penultimate layer)
@@ -195,19 +200,44 @@ def inception_weights_path(weights=None):
     )
 
 
-def _md5(path):
-    digest = hashlib.md5()
+def file_digest(path, algorithm="md5"):
+    """Hex digest of a file (`hashlib.file_digest`), e.g. to check a downloaded weights file."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
-class InceptionV3Features:
-    """Pool features (2048) and logits (1000) of `keras.applications.InceptionV3` for uint8 images.
+class ImageFeatures:
+    """Base of the Inception feature networks: `net(uint8 [N, H, W, C])` ->
+    `{"pool": [N, d], "logits": [N, classes]}`, grey images repeated to 3 channels.
 
-    Images are resized to 299x299 (bilinear), grey images repeated to 3 channels, and scaled to
-    [-1, 1] (`keras.applications.inception_v3.preprocess_input`).
+    Subclasses set `name` (cache key and results label), `note` (added to every result, or None)
+    and `_forward_impl(uint8 images) -> (pool, logits)`, and call `super().__init__()` last.
+    """
+
+    metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
+    note = None
+
+    def __init__(self):
+        self._forward = tf.function(self._forward_impl, reduce_retracing=True)
+
+    def _forward_impl(self, images):
+        raise NotImplementedError
+
+    def __call__(self, images_uint8):
+        images = np.asarray(images_uint8)
+        if images.shape[-1] == 1:  # here, not in the traced function: its channel axis may be relaxed
+            images = np.repeat(images, 3, axis=-1)
+        pool, logits = self._forward(tf.convert_to_tensor(images, tf.uint8))
+        return {"pool": pool.numpy(), "logits": logits.numpy()}
+
+
+class InceptionV3Features(ImageFeatures):
+    """Pool features (2048) and logits (1000) of `keras.applications.InceptionV3` for uint8 images
+    (feature network "keras_inception_v3").
+
+    Not the papers' network (see `fid_inception.FIDInceptionFeatures`): its results carry a note
+    saying so. Images are resized to 299x299 (bilinear), grey images repeated to 3 channels, and
+    scaled to [-1, 1] (`keras.applications.inception_v3.preprocess_input`).
 
     Args:
         weights: path of the top-included weights file (default: `$KERAS_EBM_INCEPTION_WEIGHTS`,
@@ -216,13 +246,14 @@ class InceptionV3Features:
             pass one with random weights to check shapes; results of such a model mean nothing).
     """
 
-    name = "inception_v3_keras"
-    metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
+    name = "keras_inception_v3"
+    note = ("keras_inception_v3 is Keras' Inception-v3, not the 2015 TensorFlow Inception graph of the papers' "
+            "FID/IS code (feature_network='fid_inception'): not comparable with published FID/IS")
 
     def __init__(self, weights=None, model=None):
         if model is None:
             path = inception_weights_path(weights)
-            if os.path.basename(path) == INCEPTION_WEIGHTS_FILE and _md5(path) != INCEPTION_WEIGHTS_MD5:
+            if os.path.basename(path) == INCEPTION_WEIGHTS_FILE and file_digest(path) != INCEPTION_WEIGHTS_MD5:
                 raise ValueError(
                     f"{path} does not have the md5 of Keras' Inception-v3 weights "
                     f"({INCEPTION_WEIGHTS_MD5}); the file is incomplete or another one. Replace it "
@@ -237,7 +268,7 @@ class InceptionV3Features:
                 f"classifier_activation=None), with an 'avg_pool' layer. Received: {model.name}"
             ) from e
         self.model = keras.Model(model.inputs, [pool, model.outputs[0]], name="inception_features")
-        self._forward = tf.function(self._forward_impl, reduce_retracing=True)
+        super().__init__()
 
     def _forward_impl(self, images):
         x = tf.cast(images, tf.float32)
@@ -246,12 +277,40 @@ class InceptionV3Features:
         pool, logits = self.model(x, training=False)
         return pool, logits
 
-    def __call__(self, images_uint8):
-        images = np.asarray(images_uint8)
-        if images.shape[-1] == 1:  # here, not in the traced function: its channel axis may be relaxed
-            images = np.repeat(images, 3, axis=-1)
-        pool, logits = self._forward(tf.convert_to_tensor(images, tf.uint8))
-        return {"pool": pool.numpy(), "logits": logits.numpy()}
+
+FEATURE_NETWORKS = ("auto", "fid_inception", "keras_inception_v3")
+
+
+def inception_features(network="auto", weights=None, keras_weights=None, preprocessing="tf2015"):
+    """The Inception feature network of FID / IS / KID (gin: `inception_features.network = ...`).
+
+    Args:
+        network: "fid_inception" (the papers' 2015 TF Inception graph, `fid_inception`; needs
+            pytorch-fid's weight file), "keras_inception_v3" (Keras' network: not comparable with
+            published numbers), or "auto": the FID Inception when its weights are found
+            (`weights`, `$KERAS_EBM_FID_INCEPTION_WEIGHTS`, the caches), else Keras' when its
+            weights are found, else a `FileNotFoundError` naming both.
+        weights: the FID Inception weights (.pth or its .npz conversion).
+        keras_weights: Keras' Inception-v3 weights file.
+        preprocessing: the FID Inception's input pipeline, "tf2015" (the papers') or "pytorch_fid".
+    """
+    from keras_ebm.evaluation import fid_inception
+
+    if network not in FEATURE_NETWORKS:
+        raise ValueError(f"`network` must be one of {FEATURE_NETWORKS}. Received: network={network!r}")
+    if network == "fid_inception" or (network == "auto" and weights):
+        return fid_inception.FIDInceptionFeatures(weights=weights, preprocessing=preprocessing)
+    if network == "keras_inception_v3" or keras_weights:
+        return InceptionV3Features(weights=keras_weights)
+    try:
+        return fid_inception.FIDInceptionFeatures(preprocessing=preprocessing)
+    except FileNotFoundError as fid_error:
+        try:
+            net = InceptionV3Features()
+        except FileNotFoundError:
+            raise fid_error from None
+        _log(f"FID Inception weights not found: using {net.name}. {net.note}.")
+        return net
 
 
 class ClassifierFeatures:
@@ -415,12 +474,16 @@ def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=
         "reference": {k: reference[k] for k in ("dataset", "split", "num_examples")},
         "kid_subset_size": int(min(kid_subset_size, n, len(reference["features"]))),
     }
+    notes = []
     if n < PAPER_NUM_SAMPLES:
-        results["note"] = (f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
-                           "upward for fewer samples, compare only runs with the same count")
+        notes.append(f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
+                     "upward for fewer samples, compare only runs with the same count")
+    if getattr(feature_net, "note", None):  # keras_inception_v3: not the papers' network
+        notes.append(feature_net.note)
     if names["fd"] != "fid":
-        results["note"] = (results.get("note", "") + "; " if "note" in results else "") + (
-            f"distances in the feature space of {feature_net.name}, not Inception: not FID/IS/KID")
+        notes.append(f"distances in the feature space of {feature_net.name}, not Inception: not FID/IS/KID")
+    if notes:
+        results["note"] = "; ".join(notes)
     _log(f"{name}: " + ", ".join(f"{names[k]} {results[names[k]]:.4g}" for k in ("fd", "score", "kd"))
          + f" ({n} samples, {feature_net.name})")
     if output_dir:

@@ -7,8 +7,9 @@ tables (rows = models):
 * `report.md`: one table with accuracy, ECE, OOD AUROC per set and score, robust accuracy per
   attack and epsilon, C&W noise norms, FID / IS / KID (or the classifier-feature stand-ins
   `classifier_fd` / `classifier_score` / `classifier_kd`, never called FID) per sample set, and
-  the sample-quality accuracy; a second table with the number of images behind every number; the
-  plots side by side.
+  the sample-quality accuracy (each FID / IS / KID column names its Inception network,
+  `fid [fresh] (fid_inception)`: only fid_inception's numbers compare with the papers'); a second
+  table with the number of images behind every number; the plots side by side.
 * `report.json`: every run's full results, the table's columns and cells, and the counts.
 * `report_<plot>.png`: each plot kind of every run side by side (one panel per run), and
   `report_robustness.png`, the robust-accuracy curves of all runs on the same axes.
@@ -24,7 +25,8 @@ import numpy as np
 from keras_ebm.evaluation import plots
 from keras_ebm.evaluation import robustness as robustness_lib
 
-GENERATIVE_METRICS = ("fid", "inception_score", "kid", "classifier_fd", "classifier_score", "classifier_kd")
+INCEPTION_METRICS = ("fid", "inception_score", "kid")
+GENERATIVE_METRICS = INCEPTION_METRICS + ("classifier_fd", "classifier_score", "classifier_kd")
 
 
 def _log(msg):
@@ -114,11 +116,15 @@ def _columns(results_list, scores=None):
     gen = [r.get("generative") or {} for r in results_list]
     for name in _union(gen):
         sample_set = name.split("/")[0]
+        network = next(g[name].get("feature_network") for g in gen if name in g) or name.partition("/")[2]
         for metric in GENERATIVE_METRICS:
             if any(metric in g.get(name, {}) for g in gen):
-                title = f"{metric} [{sample_set}]"
-                if len(_union(gen)) > len({n.split('/')[0] for n in _union(gen)}):
+                if metric in INCEPTION_METRICS:  # always say which Inception: only fid_inception's match papers
+                    title = f"{metric} [{sample_set}] ({network})"
+                elif len(_union(gen)) > len({n.split('/')[0] for n in _union(gen)}):
                     title = f"{metric} [{name}]"  # the same sample set in two feature spaces
+                else:
+                    title = f"{metric} [{sample_set}]"
                 cols.append((title, lambda r, n=name, m=metric: (r.get("generative") or {}).get(n, {}).get(m)))
                 kinds[title] = "num"
     for name in _union([r.get("sample_quality") or {} for r in results_list]):
