@@ -8,6 +8,26 @@ import gin
 import keras_ebm.configurables  # noqa: F401  (registers every configurable)
 
 
+def _tolerant_existence_check(check):
+    def exists(path):
+        try:
+            return check(path)
+        except TypeError:  # gin's Python-package reader on a namespace package (gin_configs/)
+            return False
+
+    exists.keras_ebm_tolerant = True
+    return exists
+
+
+# An `include 'gin_configs/x.gin'` parsed from another working directory: gin's second file
+# reader looks the path up as a Python package and fails with a TypeError on `gin_configs`, a
+# folder without __init__.py, before the repository-root search path is tried.
+gin.config._FILE_READERS[:] = [
+    (reader, check if getattr(check, "keras_ebm_tolerant", False) else _tolerant_existence_check(check))
+    for reader, check in gin.config._FILE_READERS
+]
+
+
 def parse_gin(gin_files, gin_params):
     """Parse gin files then bindings with `skip_unknown=False` (a typo is an error, as in dopamine).
 
@@ -205,10 +225,41 @@ def config_restored_on_failure(model_dir):
         raise
 
 
-def save_config(model_dir):
-    """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back)."""
+def default_model_dir(gin_files):
+    """`runs/<config name>`: the gin files' names without `.gin`, joined by '_' (train.py's
+    --model_dir when none is given), e.g. runs/clel_large, runs/sadajem_tiny."""
+    stems = [os.path.splitext(os.path.basename(str(f)))[0] for f in gin_files]
+    return os.path.join("runs", "_".join(s for s in stems if s) or "run")
+
+
+CONFIG_FILES_HEADER = "# keras_ebm config files: "
+
+
+def config_files(model_dir):
+    """The gin files a run was trained with, as `save_config` recorded them (a list; empty when
+    the run's config.gin does not say)."""
+    path = os.path.join(model_dir, "config.gin")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        for line in f:
+            if line.startswith(CONFIG_FILES_HEADER):
+                return [p for p in line[len(CONFIG_FILES_HEADER):].strip().split(", ") if p]
+            if not line.startswith("#"):
+                break
+    return []
+
+
+def save_config(model_dir, gin_files=(), extra_bindings=""):
+    """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back), headed by
+    the names of the gin files it came from (`config_files`, report rows); `extra_bindings` (gin
+    text) are appended, overriding what precedes them (a baseline run's own trainer)."""
     os.makedirs(model_dir, exist_ok=True)
-    text = "import keras_ebm.configurables\n\n" + gin.config_str()
+    own = os.path.abspath(os.path.join(model_dir, "config.gin"))
+    if [os.path.abspath(str(f)) for f in gin_files] == [own]:  # resumed with its own config.gin
+        gin_files = config_files(model_dir)
+    header = f"{CONFIG_FILES_HEADER}{', '.join(str(f) for f in gin_files)}\n" if gin_files else ""
+    text = header + "import keras_ebm.configurables\n\n" + gin.config_str() + extra_bindings
     # Written beside and renamed into place: a kill mid-write must not leave a truncated config
     # that the rerun (check_run_config) and eval.py would read back.
     path = os.path.join(model_dir, "config.gin")

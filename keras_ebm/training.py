@@ -209,6 +209,9 @@ def run_training(
             raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
     if export and export_onnx:
         export_lib.import_tf2onnx()  # missing tf2onnx: fail now, not after training
+    check_available = getattr(train_data, "check_available", None)
+    if check_available is not None:
+        check_available()  # data neither prepared nor downloadable: fail before building a model
     keras.utils.set_random_seed(seed)
 
     model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
