@@ -296,6 +296,11 @@ def run_training(
     results = eval_runner.run_eval(model_dir=model_dir) if chief and evaluate else None
     if baseline is not None:
         _log(f"training the baseline {getattr(baseline, '__name__', baseline)} with the same budget")
+        if chief:
+            from keras_ebm import cli  # (cli imports the configurables, which import this module)
+
+            # A run folder of its own: eval.py, --compare and restore read its config.gin.
+            cli.save_baseline_config(model_dir, os.path.join(model_dir, "baseline"))
         run_training(
             os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
             checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,

@@ -96,7 +96,8 @@ flags.DEFINE_string("reference_classifier", None, "Export or train.py directory 
 # Report across runs
 flags.DEFINE_bool("compare", False, "Compare runs: python eval.py --compare runs/a runs/b ... writes report.md, "
                   "report.json and side-by-side plots to --output_dir (default ./eval_report).")
-flags.DEFINE_list("compare_names", [], "Row names of --compare (default the run directories' names).")
+flags.DEFINE_list("compare_names", [], "Row names of --compare (default: each run's trainer and config, e.g. "
+                  "'SADAJEM (quickstart)'; the run folders are the table's second column).")
 flags.DEFINE_list("compare_scores", [], "OOD scores shown as AUROC columns of --compare (default all).")
 flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS_EBM_VERBOSE=1).")
 FLAGS = flags.FLAGS
@@ -111,6 +112,12 @@ def _parse_run_gin():
     files = list(FLAGS.gin_file)
     if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
         files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
+    elif FLAGS.model_dir and not files:
+        raise FileNotFoundError(
+            f"{FLAGS.model_dir} has no config.gin, so it is not a run folder written by train.py: "
+            "eval.py reads the run's test and OOD sets (and, for attacks and samples, its trainer) "
+            "from it. Pass a train.py run folder, or name the data with --gin_file=<a config> "
+            f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}")
     with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
         gin.clear_config()
         cli.parse_gin(files, FLAGS.gin_param)
