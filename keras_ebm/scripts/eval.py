@@ -2,7 +2,7 @@
 OOD AUROC/AUPR/FPR95, plots.
 
     python eval.py --model_dir=runs/quickstart
-    python eval.py --saved_model=runs/x/export --gin_file=gin_configs/data/cifar10_local.gin
+    python eval.py --saved_model=runs/x/export --gin_file=gin_configs/data/cifar10_python.gin
     python eval.py --model_dir=runs/sadajem --samples=100 --conditional    # + sample grid (PNG, npz)
     python eval.py --model_dir=runs/clel --clel_betas=0,0.01,0.1                 # CLEL eq. 5 at other betas
     python eval.py --model_dir=runs/clel_base --samples=50000 --sample_batch_size=500 --sample_sweeps=10
