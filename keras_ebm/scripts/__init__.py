@@ -90,8 +90,12 @@ def error_message(error):
     text = str(error)
     message = getattr(error, "message", None)
     if isinstance(message, str) and "tensorflow" in type(error).__module__:
-        text = re.split(r"\n\s*\[\[|\n\t \[\[|\nSummarized data", message)[0].strip()
-        text = re.sub(r"^assertion failed: \[(.*)\]$", r"\1", text, flags=re.S)
+        # Graph mode: "Graph execution error: ... Detected at node ... assertion failed: [msg]
+        # [[{{node ...}}]]"; eager: "Expected '...' to be true. Summarized data: b'msg'".
+        found = (re.search(r"assertion failed: \[(.*?)\]\s*(?:\n\t \[\[|\Z)", message, re.S)
+                 or re.search(r"Summarized data: b'(.*?)'", message, re.S)
+                 or re.search(r"\n\n(?:.*\n\n)?(.*?)\s*(?:\n\t \[\[|\Z)", message, re.S))
+        text = (found.group(1) if found else message).strip()
     # gin appends where it called the configurable ("  In call to configurable 'run_training' (<function
     # run_training at 0x...>)"): not the user's concern.
     text = re.sub(r"\n\s*In call to configurable .*$", "", text, flags=re.M).strip()
