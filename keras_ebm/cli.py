@@ -82,6 +82,28 @@ _MACRO_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", re.M)
 _SAVED_CONFIG = re.compile(r"^(# keras_ebm config files: .*|# Macros:\n# =+)$", re.M)
 
 
+_MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+_INCLUDE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]", re.M)
+
+
+def _config_texts(gin_files):
+    """`(path, text)` of the gin files and, depth first, the files they include (resolved as
+    `parse_gin` resolves them: the working directory, then the repository root)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen, out, todo = set(), [], list(gin_files)
+    while todo:
+        path = todo.pop(0)
+        full = path if os.path.exists(path) else os.path.join(root, path)
+        if full in seen or not os.path.isfile(full):
+            continue
+        seen.add(full)
+        with open(full) as f:
+            text = f.read()
+        out.append((path, text))
+        todo = _INCLUDE.findall(text) + todo
+    return out
+
+
 def _is_saved_config(text):
     """A run's config.gin as `save_config` (or gin.config_str) wrote it."""
     return bool(_SAVED_CONFIG.search(text))
@@ -108,12 +130,11 @@ def check_unread_macros(gin_files, gin_params):
     for binding in gin_params:
         for name in _MACRO_LINE.findall(str(binding)):
             where.setdefault(name, "--gin_param")
-    for path in gin_files:
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            continue
+        used.update(_MACRO_REF.findall(str(binding)))
+    for path, text in _config_texts(gin_files):
+        # A macro read by any binding of the files counts as read, even where a later binding (a
+        # file, --gin_param run_training.train_steps = 3000) replaced that binding.
+        used.update(_MACRO_REF.findall(text))
         if _is_saved_config(text):
             allowed.update(_MACRO_LINE.findall(text))
         else:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import cli, data, scripts, training
+from keras_ebm import cli, data, training
 from keras_ebm.data import sources
 from keras_ebm.trainers import SoftmaxClassifier
 
@@ -252,6 +252,8 @@ def test_a_user_error_is_one_message_and_tensorflow_start_up_is_quiet(tmp_path):
 
 
 def test_error_message_of_a_step_assert_is_its_own_text():
+    from keras_ebm import scripts
+
     @tf.function
     def step(x):
         tf.debugging.Assert(tf.reduce_min(x) < 0, ["The x images lie in [0, 1]: map them"])
