@@ -30,7 +30,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     author="keras_ebm developers",
-    license="Apache-2.0",
+    license="Apache-2.0",  # an SPDX expression (setuptools deprecates the License :: classifiers)
     license_files=["LICENSE"],
     url=URL,
     project_urls={"Source": URL, "Issues": f"{URL}/issues"},
@@ -39,7 +39,6 @@ setup(
     classifiers=[
         "Development Status :: 3 - Alpha",
         "Intended Audience :: Science/Research",
-        "License :: OSI Approved :: Apache Software License",
         "Operating System :: OS Independent",
         "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.11",

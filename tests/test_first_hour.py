@@ -295,7 +295,7 @@ def test_package_metadata_and_console_scripts(tmp_path):
     assert re.search(r"^License(-Expression)?: Apache-2\.0$", meta, re.M) and "Home-page: https://" in meta
     summary = re.search(r"^Summary: (.*)$", meta, re.M).group(1)
     assert "JEM" in summary and "softmax baseline" in summary
-    assert "Classifier: License :: OSI Approved :: Apache Software License" in meta
+    assert "Classifier: Intended Audience :: Science/Research" in meta
     entry_points = (info / "entry_points.txt").read_text()
     assert "keras-ebm-train = keras_ebm.scripts.train:run" in entry_points
     assert "keras-ebm-eval = keras_ebm.scripts.eval:run" in entry_points
