@@ -56,7 +56,8 @@ def run_name(run_dir):
     """A run's row name, by what it is: `<trainer> (<config>)`, e.g. "SADAJEM (quickstart)",
     "SoftmaxClassifier (quickstart, baseline)". The trainer comes from training_summary.json or
     the run's config.gin (`run_training.trainer`), the config from the gin files config.gin
-    records (`cli.config_files`); None when the folder tells neither."""
+    records (`cli.config_files`); None when the folder does not tell both (a run not written by
+    train.py: the folder's name is used)."""
     import re
 
     trainer = None
@@ -76,7 +77,7 @@ def run_name(run_dir):
     stems = [os.path.splitext(os.path.basename(f))[0] for f in cli.config_files(run_dir)]
     if re.search(r"^run_training\.baseline = None$", text, re.M) and "\n# The baseline trained" in text:
         stems.append("baseline")
-    return f"{trainer} ({', '.join(stems)})" if stems else trainer
+    return f"{trainer} ({', '.join(stems)})" if stems else None  # config unknown: the folder names it
 
 
 def load_runs(paths, names=None):
