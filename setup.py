@@ -23,10 +23,32 @@ INSTALL_REQUIRES = [
 setup(
     name="keras_ebm",
     version="0.1.0",
-    description="HDGE, GMMC, SADA-JEM and CLEL energy-based image models for Keras 3 / TensorFlow",
+    description=("Hybrid discriminative-generative energy-based image models for Keras 3 / TensorFlow: "
+                 "JEM, JEM++, SADA-JEM, HDGE, GMMC, CLEL and the softmax baseline"),
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    author="keras_ebm developers",
+    license="Apache-2.0",  # an SPDX expression (setuptools deprecates the License :: classifiers)
+    license_files=["LICENSE"],
+    # No url / project_urls: the project has no public home page yet (set them when it has one).
+    keywords=["energy-based models", "JEM", "SADA-JEM", "HDGE", "GMMC", "CLEL", "keras", "tensorflow",
+              "out-of-distribution detection", "SGLD"],
+    classifiers=[
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Operating System :: OS Independent",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Topic :: Scientific/Engineering :: Image Recognition",
+    ],
     packages=find_packages(include=["keras_ebm", "keras_ebm.*"]),
+    # train.py / eval.py of a checkout are thin wrappers of the same functions.
+    entry_points={"console_scripts": [
+        "keras-ebm-train = keras_ebm.scripts.train:run",
+        "keras-ebm-eval = keras_ebm.scripts.eval:run",
+    ]},
     python_requires=">=3.11",  # keras 3.15 and scikit-learn 1.9 require 3.11 (README, Dependencies)
     install_requires=INSTALL_REQUIRES,
     extras_require={

@@ -30,6 +30,7 @@ the guard sees each step, and `fit`'s progress bar and History show the last ste
 import json
 import os
 import re
+import sys
 import time
 import weakref
 
@@ -481,6 +482,13 @@ class StopAtStep(StepCallback):
             self._saved_train_function = None
 
 
+def _stdout_is_terminal():
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
 class TrainingLog(StepCallback):
     """TensorBoard scalars, progress and console lines from the per-step logs.
 
@@ -488,7 +496,9 @@ class TrainingLog(StepCallback):
         log_dir: TensorBoard directory (None: no TensorBoard).
         every: steps between TensorBoard points / console lines (means over those steps).
         total_steps: for the progress bar and the console lines.
-        progress: show a `keras.utils.Progbar` (else a console line every `every` steps).
+        progress: show a `keras.utils.Progbar` when stdout is a terminal; otherwise (or with
+            False) a console line every `every` steps: a log file or CI output gets one line per
+            `every` steps, not the bar redrawn at every step.
     """
 
     def __init__(self, log_dir=None, every=50, total_steps=None, progress=True):
@@ -507,7 +517,7 @@ class TrainingLog(StepCallback):
     def on_train_begin(self, logs=None):
         if self.log_dir is not None and self.writer is None:
             self.writer = tf.summary.create_file_writer(self.log_dir)
-        if self.progress and self.bar is None:
+        if self.progress and self.bar is None and _stdout_is_terminal():
             names = [m.name for m in self.model.metrics]
             self.bar = keras.utils.Progbar(self.total_steps, stateful_metrics=names)
         self._t0, self._last_step = time.time(), current_step(self.model)

@@ -2,10 +2,31 @@
 
 import contextlib
 import os
+import re
 
 import gin
 
 import keras_ebm.configurables  # noqa: F401  (registers every configurable)
+
+
+def _tolerant_existence_check(check):
+    def exists(path):
+        try:
+            return check(path)
+        except TypeError:  # gin's Python-package reader on a namespace package (gin_configs/)
+            return False
+
+    exists.keras_ebm_tolerant = True
+    return exists
+
+
+# An `include 'gin_configs/x.gin'` parsed from another working directory: gin's second file
+# reader looks the path up as a Python package and fails with a TypeError on `gin_configs`, a
+# folder without __init__.py, before the repository-root search path is tried.
+gin.config._FILE_READERS[:] = [
+    (reader, check if getattr(check, "keras_ebm_tolerant", False) else _tolerant_existence_check(check))
+    for reader, check in gin.config._FILE_READERS
+]
 
 
 def parse_gin(gin_files, gin_params):
@@ -32,7 +53,7 @@ def parse_gin(gin_files, gin_params):
             f"Invalid gin configuration ({type(e).__name__}): {e}\nCheck the spelling of the "
             f"configurable/parameter against keras_ebm/configurables.py and the README.{hint}"
         ) from e
-    _check_param_macros(gin_params)
+    check_unread_macros(files, gin_params)
 
 
 def _macro_references(value, out):
@@ -48,37 +69,92 @@ def _macro_references(value, out):
     return out
 
 
-def _check_param_macros(gin_params):
-    """A macro set with --gin_param (`NAME = value`) that nothing in the config reads is a typo
-    (GLOBAL_BATCH_SIZ) or a setting this config does not have (SGLD_STEPS for softmax): gin
-    accepts it silently, so refuse it here. Macros set in files may go unused (tiny.gin serves
-    every config)."""
+@gin.configurable("optional_macros", module="keras_ebm.cli")
+def optional_macros(names=()):
+    """Macros a config file sets for the configs that read them and that others may leave unread,
+    declared in a scope of the file's own so that several files add up
+    (`tiny/optional_macros.names = ['SGLD_STEPS', ...]` in tiny.gin, which serves every config):
+    the unread-macro check (`check_unread_macros`) lets these pass in files (not in --gin_param)."""
+    return tuple(names)
+
+
+_MACRO_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=", re.M)
+_SAVED_CONFIG = re.compile(r"^(# keras_ebm config files: .*|# Macros:\n# =+)$", re.M)
+
+
+_MACRO_REF = re.compile(r"%([A-Za-z_][A-Za-z0-9_]*)")
+_INCLUDE = re.compile(r"^include\s+['\"]([^'\"]+)['\"]", re.M)
+
+
+def _config_texts(gin_files):
+    """`(path, text)` of the gin files and, depth first, the files they include (resolved as
+    `parse_gin` resolves them: the working directory, then the repository root)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen, out, todo = set(), [], list(gin_files)
+    while todo:
+        path = todo.pop(0)
+        full = path if os.path.exists(path) else os.path.join(root, path)
+        if full in seen or not os.path.isfile(full):
+            continue
+        seen.add(full)
+        with open(full) as f:
+            text = f.read()
+        out.append((path, text))
+        todo = _INCLUDE.findall(text) + todo
+    return out
+
+
+def _is_saved_config(text):
+    """A run's config.gin as `save_config` (or gin.config_str) wrote it."""
+    return bool(_SAVED_CONFIG.search(text))
+
+
+def check_unread_macros(gin_files, gin_params):
+    """A macro (`NAME = value`) that no binding of the parsed config reads is a typo (TRAIN_STEP for
+    TRAIN_STEPS: the config's own value silently stays) or a setting this config does not have
+    (SGLD_STEPS for softmax): gin accepts both without a word, so refuse them, in gin files and in
+    --gin_param alike, naming the closest macro the config reads (difflib). Exempt: the macros an
+    overlay declares optional (`optional_macros.names`, e.g. tiny.gin's trainer-specific ones),
+    and those of a run's saved config.gin (eval.py, resume: checked when it was trained)."""
     import difflib
 
-    defined = set()
-    for binding in gin_params:
-        for line in str(binding).splitlines():
-            name = line.split("=", 1)[0].strip()
-            if "=" in line and name and "." not in name and "/" not in name and name.isidentifier():
-                defined.add(name)
-    if not defined:
-        return
     used = set()
     for params in gin.config._CONFIG.values():
         _macro_references(params, used)
-    unused = sorted(defined - used)
-    if unused:
-        known = sorted(scope for scope, selector in gin.config._CONFIG if selector == "gin.macro")
-        lines = []
-        for name in unused:
-            close = difflib.get_close_matches(name, [k for k in known if k not in defined], n=1)
-            lines.append(f"  {name}" + (f" (did you mean {close[0]}?)" if close else ""))
-        raise ValueError(
-            "These macros set with --gin_param are read by nothing in the config, so they would "
-            "change nothing:\n" + "\n".join(lines) + "\nCheck the spelling against the macros "
-            "the config uses (" + ", ".join(sorted(used)) + "). Received: --gin_param "
-            + ", ".join(unused)
-        )
+    defined = sorted(scope for scope, selector in gin.config._CONFIG if selector == "gin.macro")
+    allowed = set()
+    for (_, selector), params in gin.config._CONFIG.items():  # every scope: overlays add up
+        if selector.endswith("optional_macros"):
+            allowed.update(params.get("names") or ())
+    where = {}
+    for binding in gin_params:
+        for name in _MACRO_LINE.findall(str(binding)):
+            where.setdefault(name, "--gin_param")
+        used.update(_MACRO_REF.findall(str(binding)))
+    for path, text in _config_texts(gin_files):
+        # A macro read by any binding of the files counts as read, even where a later binding (a
+        # file, --gin_param run_training.train_steps = 3000) replaced that binding.
+        used.update(_MACRO_REF.findall(text))
+        if _is_saved_config(text):
+            allowed.update(_MACRO_LINE.findall(text))
+        else:
+            for name in _MACRO_LINE.findall(text):
+                where.setdefault(name, os.path.basename(path))
+    unread = [name for name in defined if name not in used and (name not in allowed or where.get(name) == "--gin_param")]
+    if not unread:
+        return
+    lines = []
+    for name in unread:
+        close = difflib.get_close_matches(name, sorted(used), n=1)
+        origin = where.get(name, "an included gin file")
+        lines.append(f"  {name} (set in {origin})" + (f": did you mean {close[0]}?" if close else ""))
+    raise ValueError(
+        "These macros are read by nothing in the config, so they would change nothing (gin accepts "
+        "them without a word):\n" + "\n".join(lines) + "\nCheck the spelling against the macros the "
+        "config reads (" + ", ".join(sorted(used)) + "). An overlay that serves several configs may "
+        "declare the ones others leave unread: <scope>/optional_macros.names = [...] (see "
+        "gin_configs/tiny.gin). Received: " + ", ".join(unread)
+    )
 
 
 def check_model_dir(model_dir):
@@ -205,10 +281,41 @@ def config_restored_on_failure(model_dir):
         raise
 
 
-def save_config(model_dir):
-    """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back)."""
+def default_model_dir(gin_files):
+    """`runs/<config name>`: the gin files' names without `.gin`, joined by '_' (train.py's
+    --model_dir when none is given), e.g. runs/clel_large, runs/sadajem_tiny."""
+    stems = [os.path.splitext(os.path.basename(str(f)))[0] for f in gin_files]
+    return os.path.join("runs", "_".join(s for s in stems if s) or "run")
+
+
+CONFIG_FILES_HEADER = "# keras_ebm config files: "
+
+
+def config_files(model_dir):
+    """The gin files a run was trained with, as `save_config` recorded them (a list; empty when
+    the run's config.gin does not say)."""
+    path = os.path.join(model_dir, "config.gin")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        for line in f:
+            if line.startswith(CONFIG_FILES_HEADER):
+                return [p for p in line[len(CONFIG_FILES_HEADER):].strip().split(", ") if p]
+            if not line.startswith("#"):
+                break
+    return []
+
+
+def save_config(model_dir, gin_files=(), extra_bindings=""):
+    """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back), headed by
+    the names of the gin files it came from (`config_files`, report rows); `extra_bindings` (gin
+    text) are appended, overriding what precedes them (a baseline run's own trainer)."""
     os.makedirs(model_dir, exist_ok=True)
-    text = "import keras_ebm.configurables\n\n" + gin.config_str()
+    own = os.path.abspath(os.path.join(model_dir, "config.gin"))
+    if [os.path.abspath(str(f)) for f in gin_files] == [own]:  # resumed with its own config.gin
+        gin_files = config_files(model_dir)
+    header = f"{CONFIG_FILES_HEADER}{', '.join(str(f) for f in gin_files)}\n" if gin_files else ""
+    text = header + "import keras_ebm.configurables\n\n" + gin.config_str() + extra_bindings
     # Written beside and renamed into place: a kill mid-write must not leave a truncated config
     # that the rerun (check_run_config) and eval.py would read back.
     path = os.path.join(model_dir, "config.gin")
@@ -216,6 +323,24 @@ def save_config(model_dir):
     with open(staging, "w") as f:
         f.write(text)
     os.replace(staging, path)
+
+
+def save_baseline_config(model_dir, baseline_dir):
+    """Write `<baseline_dir>/config.gin` for the baseline run that `run_training.baseline` trains
+    beside the run in `model_dir` (the quickstart's `baseline/`): the parsed config with
+    `run_training.trainer` set to the baseline and no baseline of its own, so that eval.py,
+    `--compare` and `restore` read it as a run of its own. Does nothing when gin binds no
+    `run_training.baseline` (a Python caller of `run_training`)."""
+    try:
+        reference = gin.query_parameter("run_training.baseline")
+    except ValueError:
+        return None
+    if not isinstance(reference, gin.config.ConfigurableReference):
+        return None
+    extra = ("\n# The baseline trained beside the run in the parent directory: its own trainer, no "
+             f"baseline of its own.\nrun_training.trainer = {reference!r}\nrun_training.baseline = None\n")
+    save_config(baseline_dir, gin_files=config_files(model_dir), extra_bindings=extra)
+    return os.path.join(baseline_dir, "config.gin")
 
 
 def resolve_run_training():

@@ -405,9 +405,10 @@ class ServingModule(tf.Module):
         """float32 `x` as uint8, after in-graph checks that they are pixel values: finite
         whole numbers in [0, 255], and, unless `from_uint8` (the caller passed uint8), not a
         [0, 1] image (whole numbers whose largest is 1)."""
-        expected = (f"{self._expected()}: uint8, or floats or ints holding whole numbers in "
-                    "[0, 255]. Float images in [0, 1] become pixels by np.round(x * 255)")
+        expected = f"{self._expected()}: uint8, or floats or ints holding whole numbers in [0, 255]"
+        unit_fix = "Float images in [0, 1] become pixels by np.round(x * 255)"
         lo, hi = tf.reduce_min(x), tf.reduce_max(x)
+        whole = tf.reduce_all(tf.equal(x, tf.round(x)))
         # tf.function runs these stateful asserts in program order: the first failing one speaks.
         checks = [
             tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"images hold NaN or Inf; {expected}"]),
@@ -415,16 +416,23 @@ class ServingModule(tf.Module):
                 tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
                 [f"images hold values outside [0, 255]; {expected}. Received min, max:", lo, hi],
             ),
+            # Not whole numbers: the fix depends on the scale the caller used.
             tf.debugging.Assert(
-                tf.reduce_all(tf.equal(x, tf.round(x))),
-                [f"images hold values that are not whole numbers (e.g. 0.5); {expected}. Received "
-                 "min, max:", lo, hi],
+                tf.logical_or(whole, hi > 1.0),
+                [f"images hold values that are not whole numbers, all in [0, 1]: floats in [0, 1]? "
+                 f"{unit_fix}. ({expected}.) Received min, max:", lo, hi],
+            ),
+            tf.debugging.Assert(
+                tf.logical_or(whole, hi <= 1.0),
+                [f"images hold values that are not whole numbers, in [0, 255]: pixel values that "
+                 f"were resized or averaged? Round them: np.round(x) (or pass x.astype(np.uint8) "
+                 f"after rounding). ({expected}.) Received min, max:", lo, hi],
             ),
             # Whole numbers whose largest is 1: a [0, 1] image of zeros and ones, not pixel values
             # (an image of pixel values 0 and 1 only is black: `m.logits(x)` scores it as uint8).
             tf.debugging.Assert(
                 tf.logical_or(from_uint8, tf.logical_not(tf.logical_and(tf.size(x) > 0, tf.equal(hi, 1.0)))),
-                [f"images look like floats in [0, 1] (largest value 1); {expected}"],
+                [f"images look like floats in [0, 1] (largest value 1); {expected}. {unit_fix}"],
             ),
         ]
         with tf.control_dependencies(checks):

@@ -1,6 +1,17 @@
 """Report tables: markdown tables of evaluation results in the layout of the papers' tables."""
 
 
+def number(v):
+    """Every number of the reports that is not a percentage: three decimals (AUROC 0.720, FID
+    23.457), "-" when missing."""
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def percent(v):
+    """Accuracies, ECE and other rates: one decimal, in %; "-" when missing."""
+    return "-" if v is None or v != v else f"{100 * v:.1f}%"
+
+
 def comparison_table(results_by_model, extra_columns=None):
     """Markdown table of accuracy, ECE and OOD AUROCs for several eval results (same OOD sets).
 
@@ -10,16 +21,15 @@ def comparison_table(results_by_model, extra_columns=None):
     names = list(results_by_model)
     first = results_by_model[names[0]]
     extra = extra_columns or {}
+    ood_sets = sorted(first["ood"])  # by name, as run_eval and every report order them
     columns = list(extra) + ["accuracy", "ECE"] + [
-        f"AUROC {ood} [{score}]" for ood, by_score in first["ood"].items() for score in by_score
+        f"AUROC {ood} [{score}]" for ood in ood_sets for score in first["ood"][ood]
     ]
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in names:
         r = results_by_model[name]
-        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        cells = [extra[c].get(name, "-") for c in extra] + [pct(r["accuracy"]), pct(r["ece"])] + [
-            f"{r['ood'].get(ood, {}).get(score, float('nan')):.3f}"
-            for ood, by_score in first["ood"].items() for score in by_score
+        cells = [extra[c].get(name, "-") for c in extra] + [percent(r["accuracy"]), percent(r["ece"])] + [
+            number(r["ood"].get(ood, {}).get(score)) for ood in ood_sets for score in first["ood"][ood]
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

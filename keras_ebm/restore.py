@@ -19,6 +19,12 @@ def restore_trainer(model_dir, strategy=None):
     Parse `<model_dir>/config.gin` first (`keras_ebm.cli.parse_gin`).
     """
     objs = cli.resolve_run_training()
+    if "trainer" not in objs or "optimizer" not in objs:
+        raise FileNotFoundError(
+            f"No trainer to rebuild for {model_dir}: the parsed config binds no run_training.trainer"
+            f"{'' if os.path.isfile(os.path.join(model_dir, 'config.gin')) else ' (it has no config.gin)'}. "
+            "Pass a run directory written by train.py (it saves config.gin), or parse the run's "
+            "config before restoring.")
     strategy = strategy or tf.distribute.get_strategy()
     model = training.build_trainer(objs["trainer"], objs["optimizer"], strategy,
                                    encoder_optimizer=objs.get("encoder_optimizer"),

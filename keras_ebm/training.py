@@ -209,6 +209,9 @@ def run_training(
             raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
     if export and export_onnx:
         export_lib.import_tf2onnx()  # missing tf2onnx: fail now, not after training
+    check_available = getattr(train_data, "check_available", None)
+    if check_available is not None:
+        check_available()  # data neither prepared nor downloadable: fail before building a model
     keras.utils.set_random_seed(seed)
 
     model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
@@ -293,6 +296,11 @@ def run_training(
     results = eval_runner.run_eval(model_dir=model_dir) if chief and evaluate else None
     if baseline is not None:
         _log(f"training the baseline {getattr(baseline, '__name__', baseline)} with the same budget")
+        if chief:
+            from keras_ebm import cli  # (cli imports the configurables, which import this module)
+
+            # A run folder of its own: eval.py, --compare and restore read its config.gin.
+            cli.save_baseline_config(model_dir, os.path.join(model_dir, "baseline"))
         run_training(
             os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
             checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,

@@ -371,7 +371,7 @@ def test_gin_misspelt_macro():
     with pytest.raises(ValueError) as info:
         _parse("GLOBAL_BATCH_SIZ = 4")  # gin would define a new macro that nothing reads
     assert "read by nothing in the config" in str(info.value)
-    assert "GLOBAL_BATCH_SIZ (did you mean GLOBAL_BATCH_SIZE?)" in str(info.value)
+    assert "GLOBAL_BATCH_SIZ (set in --gin_param): did you mean GLOBAL_BATCH_SIZE?" in str(info.value)
     _parse("GLOBAL_BATCH_SIZE = 4")  # the real one is fine
 
 

@@ -150,10 +150,11 @@ def test_tfds_offline_fails_fast(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     start = time.time()
     with pytest.raises(FileNotFoundError) as err:
-        data.load_source("cifar10", "test", data_dir=str(tmp_path))
+        data.load_source("cifar10", "test", data_dir=str(tmp_path), download=False)
     assert time.time() - start < 5
     message = str(err.value)
-    for hint in ("cifar10_jpeg", "'npz'", "'folder'", "download=True", "KERAS_EBM_CIFAR10_JPEG"):
+    for hint in ("cifar10_jpeg", "'npz'", "'folder'", "download=True", "KERAS_EBM_CIFAR10_JPEG",
+                 "cifar10_python.gin"):
         assert hint in message
 
 

@@ -212,9 +212,9 @@ def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
     assert rep["counts"]["model_b"]["sadajem_fig5_linf images"] == 60
     assert rep["counts"]["model_b"]["fresh samples"] == 60
     md = (out / "report.md").read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| model | accuracy"))
-    assert header == "| model | " + " | ".join(columns) + " |"
-    assert "| softmax_a |" in md and "Images behind each number" in md and "not FID" in md
+    header = next(line for line in md.splitlines() if line.startswith("| model | run folder | accuracy"))
+    assert header == "| model | run folder | " + " | ".join(columns) + " |"
+    assert f"| softmax_a | {report.run_folder(str(dir_a / 'eval'))} |" in md and "Images behind each number" in md and "not FID" in md
     plots = set(rep["plots"])
     assert {"report_robustness.png", "report_reliability.png", "report_scores_log_px.png",
             "report_robustness_sadajem_fig5_linf.png", "report_fresh_confusion.png"} <= plots, plots

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -385,20 +386,26 @@ def test_float_images_that_are_not_pixel_values_are_refused(exported):
     loaded = export.load_export(exported)
     shape = (2,) + IMAGE_SHAPE
     binary = (_images(2) > 127).astype(np.float32)  # a [0, 1] image of zeros and ones
+    # Each case names its own fix: [0, 1] floats np.round(x * 255), floats already on the
+    # [0, 255] scale np.round(x), and neither for values that are not pixels at all.
+    unit, pixels = r"np\.round\(x \* 255\)", r"np\.round\(x\)"
     cases = [
-        (np.full(shape, 0.5), "not whole numbers"),
-        (np.full(shape, np.nan, np.float32), "NaN or Inf"),
-        (np.full(shape, np.inf), "NaN or Inf"),
-        (np.full(shape, 300.0), r"outside \[0, 255\]"),
-        (np.full(shape, 300, np.int64), r"outside \[0, 255\]"),
-        (-np.ones(shape, np.float32), r"outside \[0, 255\]"),
-        (binary, r"look like floats in \[0, 1\]"),
+        (np.full(shape, 0.5), "not whole numbers, all in \\[0, 1\\].*" + unit, pixels),
+        (np.full(shape, 100.5), "not whole numbers, in \\[0, 255\\].*" + pixels, unit),
+        (np.full(shape, np.nan, np.float32), "NaN or Inf", "np\\.round"),
+        (np.full(shape, np.inf), "NaN or Inf", "np\\.round"),
+        (np.full(shape, 300.0), r"outside \[0, 255\]", "np\\.round"),
+        (np.full(shape, 300, np.int64), r"outside \[0, 255\]", "np\\.round"),
+        (-np.ones(shape, np.float32), r"outside \[0, 255\]", "np\\.round"),
+        (binary, r"look like floats in \[0, 1\].*" + unit, pixels),
     ]
-    for bad, message in cases:
+    for bad, message, not_said in cases:
         for name in export.ENDPOINTS:
             for call in (getattr(loaded, name), lambda x: loaded.signatures[name](images=x)):
-                with pytest.raises(tf.errors.InvalidArgumentError, match=message + ".*np.round"):
+                with pytest.raises(tf.errors.InvalidArgumentError, match=message) as info:
                     call(bad)
+                said = info.value.message.split("Received")[0]
+                assert not re.search(not_said, said), (message, said)
     # The same zeros and ones as uint8 are pixel values (a black image): an attribute function
     # scores them; a signature cannot tell them from floats once TensorFlow converted them.
     assert loaded.logits(binary.astype(np.uint8))["logits"].shape == (2, NUM_CLASSES)

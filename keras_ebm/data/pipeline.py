@@ -220,7 +220,8 @@ def make_dataset_fn(name, split, global_batch_size, **kwargs):
 
     The name and batch size are checked now, so configuration errors surface before training.
     Once called, `fn.source_info` is the source's `SourceInfo` (`run_training` compares its class
-    count with the trainer's).
+    count with the trainer's); `fn.check_available()` fails at once when a tensorflow-datasets
+    source can be neither read nor downloaded (`run_training` calls it before building a model).
     """
     _check_name(name)
     _check_batch_size(global_batch_size, "global_batch_size")
@@ -228,13 +229,15 @@ def make_dataset_fn(name, split, global_batch_size, **kwargs):
     return _recording_source_info(
         lambda input_context: make_dataset(
             name, split, global_batch_size, input_context=input_context, **kwargs
-        )
+        ),
+        name, split, kwargs,
     )
 
 
-def _recording_source_info(build):
+def _recording_source_info(build, name, split, kwargs):
     """`fn(input_context=None)` returning `build(input_context)`, whose `fn.source_info` is the
-    dataset's `source_info` once `fn` has run (None before)."""
+    dataset's `source_info` once `fn` has run (None before), and `fn.check_available()`
+    `sources.check_available` of its source."""
 
     def dataset_fn(input_context=None):
         ds = build(input_context)
@@ -242,6 +245,7 @@ def _recording_source_info(build):
         return ds
 
     dataset_fn.source_info = None
+    dataset_fn.check_available = lambda: sources.check_available(name, split, **kwargs)
     return dataset_fn
 
 
@@ -304,7 +308,8 @@ def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwa
     return _recording_source_info(
         lambda input_context: make_two_branch_dataset(
             name, split, clf_batch_size, px_batch_size, input_context=input_context, **kwargs
-        )
+        ),
+        name, split, kwargs,
     )
 
 

@@ -2,9 +2,10 @@
 
 `load_source(name, split)` is the single entry point. Sources fall in four groups:
 
-* tensorflow-datasets: "cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd". Downloading is
-  opt-in (`download=True`); offline, tfds retries DNS for about 200 s before failing, so by default
-  only already-prepared data is read and a missing one raises `FileNotFoundError` at once.
+* tensorflow-datasets: "cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd". Data that is not
+  prepared is downloaded when the network answers a 3-second probe; offline (where tfds itself
+  retries DNS for about 200 s before failing) a missing set raises `FileNotFoundError` at once,
+  naming the offline options (`download=False`: never download).
 * the files the data sets' authors distribute, read pixel-exactly (`keras_ebm.data.official`):
   "cifar10_python" and "cifar100_python" (`cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` or
   their extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`),
@@ -359,11 +360,24 @@ _OFFLINE_HINT = (
 )
 
 
-def _network_reachable(timeout=3.0):
-    """A quick TCP probe (name lookup and connect, bounded by `timeout`) before tfds downloads."""
+_OVERLAY_HINT = (
+    "With train.py / eval.py, stack an offline data overlay on the config: "
+    "--gin_file=gin_configs/data/cifar10_python.gin (or cifar100_python.gin, svhn_mat.gin), with "
+    "the data sets' own files in $KERAS_EBM_DATA_DIR (README, 'Offline data')."
+)
+_OFFLINE_ENV = "KERAS_EBM_OFFLINE"  # set (to anything but '' / '0'): never try the network
+PROBE_TIMEOUT = 3.0
+
+
+def _network_reachable(timeout=PROBE_TIMEOUT):
+    """A quick TCP probe (name lookup and connect, bounded by `timeout`) before tfds downloads.
+    False at once when $KERAS_EBM_OFFLINE is set. Tests replace this function to simulate either
+    case."""
     import socket
     import threading
 
+    if os.environ.get(_OFFLINE_ENV, "").strip() not in ("", "0"):
+        return False
     result = []
 
     def probe():
@@ -379,30 +393,64 @@ def _network_reachable(timeout=3.0):
     return bool(result and result[0])
 
 
+def _tfds_unavailable(name, split, data_dir, download, why):
+    """The FileNotFoundError for tfds data that is not prepared and will not be downloaded."""
+    import tensorflow_datasets as tfds
+
+    where = data_dir or tfds.core.constants.DATA_DIR
+    if why == "off":
+        lead = (f"No prepared tensorflow-datasets data for '{name}' (split '{split}') under {where}, "
+                "and downloading is off (download=False). With internet, leave `download` unset "
+                "(the default downloads when the network answers) or pass `download=True`; with "
+                "prepared data elsewhere, pass `data_dir=`.")
+    else:
+        how = (f"${_OFFLINE_ENV} is set" if os.environ.get(_OFFLINE_ENV, "").strip() not in ("", "0")
+               else f"no answer from {_PROBE_HOST[0]}:{_PROBE_HOST[1]} within {PROBE_TIMEOUT:g} s")
+        lead = (f"download=True, but no network: cannot download '{name}' with tensorflow-datasets "
+                f"({how})." if download else
+                f"'{name}' (split '{split}') is not prepared under {where}, and tensorflow-datasets "
+                f"cannot download it: no network ({how}).")
+    return FileNotFoundError(
+        f"{lead} {_OFFLINE_HINT} {_OVERLAY_HINT} Received: name={name!r}, data_dir={data_dir!r}, "
+        f"download={download!r}"
+    )
+
+
+def check_available(name, split="train", *, data_dir=None, download=None, **unused_source_kwargs):
+    """Fail now, with what to do, when a tensorflow-datasets source can be neither read nor
+    downloaded (not prepared, and downloads off or no network: a probe of at most
+    `PROBE_TIMEOUT` seconds). Other sources check their files when they load, at once; this
+    lets `run_training` refuse before it builds a model."""
+    base = name[: -len(INTERP_SUFFIX)] if name.endswith(INTERP_SUFFIX) else name
+    if base not in TFDS_DATASETS:
+        return
+    import tensorflow_datasets as tfds
+
+    if tfds.builder(base, data_dir=data_dir).is_prepared():
+        return
+    if download is False:
+        raise _tfds_unavailable(base, split, data_dir, download, "off")
+    if not _network_reachable():
+        raise _tfds_unavailable(base, split, data_dir, download, "offline")
+
+
 def _tfds_source(name, split, data_dir, download, classes, max_examples, image_size, crop):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
-    if download and not builder.is_prepared():
-        if not _network_reachable():
-            # tfds would retry for minutes before failing: say at once what to do instead.
-            raise FileNotFoundError(
-                f"download=True, but no network: cannot download '{name}' with tensorflow-datasets "
-                f"(no connection to {_PROBE_HOST}). {_OFFLINE_HINT} Received: name={name!r}, "
-                f"data_dir={data_dir!r}"
-            )
-        builder.download_and_prepare()
     try:
-        # With download=False tfds fails at once when nothing is prepared (an AssertionError);
-        # checking `is_prepared()` first would also reject `tfds.testing.mock_data`.
+        # Prepared data is read without a probe. Without it tfds fails at once (an
+        # AssertionError); checking `is_prepared()` first would also reject
+        # `tfds.testing.mock_data`.
         ds = builder.as_dataset(split=split, shuffle_files=False)
     except AssertionError as e:
-        raise FileNotFoundError(
-            f"No prepared tensorflow-datasets data for '{name}' (split '{split}') under "
-            f"{data_dir or tfds.core.constants.DATA_DIR}, and downloading is off. {_OFFLINE_HINT} "
-            "With internet, pass `download=True`; with prepared data elsewhere, pass "
-            f"`data_dir=`. Received: name={name!r}, data_dir={data_dir!r}, download={download!r}"
-        ) from e
+        if download is False:
+            raise _tfds_unavailable(name, split, data_dir, download, "off") from e
+        # Offline, tfds would retry for minutes before failing: probe first, say at once what to do.
+        if not _network_reachable():
+            raise _tfds_unavailable(name, split, data_dir, download, "offline") from e
+        builder.download_and_prepare()
+        ds = builder.as_dataset(split=split, shuffle_files=False)
 
     features = builder.info.features
     if "label" in features:
@@ -820,7 +868,7 @@ def load_source(
     split="train",
     *,
     data_dir=None,
-    download=False,
+    download=None,
     local_path=None,
     classes=None,
     image_size=None,
@@ -842,8 +890,11 @@ def load_source(
         split: "train", "test" (tfds split strings for tfds sources; "all" also for "digits" and
             "photo_patches"). An "npz" with a single `x` array and the shared subsets ignore it.
         data_dir: tensorflow-datasets data directory (tfds sources).
-        download: let tfds download and prepare the data (needs internet; offline it hangs for
-            ~200 s). Off by default: missing data raises `FileNotFoundError` at once.
+        download: tfds sources that are not prepared under `data_dir`: None (default) downloads
+            and prepares them when tfds' host answers a 3-second probe, and otherwise raises
+            `FileNotFoundError` with the offline options (tfds itself would retry DNS for minutes);
+            True the same, said as an explicit request; False never downloads. The environment
+            variable KERAS_EBM_OFFLINE=1 makes the probe fail without touching the network.
         local_path: file or directory of the local sources. "cifar10_python", "cifar100_python",
             "svhn_mat": the official archive / extracted folder / `.mat` file, the npz `prepare`
             made, or a directory holding one of them; by default their official names are looked

@@ -108,12 +108,38 @@ def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=
     return _save(fig, path)
 
 
+PALETTE = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
+           "tab:blue", "tab:red", "tab:gray")
+
+
+def colors_by_name(names):
+    """`{name: colour}` chosen from the name itself (a CRC of it), so that a set (or a run) has the
+    same colour in every panel and plot that shows it, whatever order its results list it in; two
+    names that would share a colour get the next free one, in sorted order."""
+    import zlib
+
+    out, taken = {}, set()
+    for name in sorted(set(names)):
+        k = zlib.crc32(str(name).encode()) % len(PALETTE)
+        for _ in range(len(PALETTE)):
+            if PALETTE[k] not in taken:
+                break
+            k = (k + 1) % len(PALETTE)
+        out[name] = PALETTE[k]
+        taken.add(PALETTE[k])
+        if len(taken) == len(PALETTE):
+            taken.clear()
+    return out
+
+
 def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
     """Writes OOD score distributions as small multiples: one panel per OOD set.
 
     Each panel draws the in-distribution scores as a filled grey histogram and the OOD set's as a
     coloured outline (step), on a shared x-axis and common bins, with the AUROC in the panel's
-    title. No two translucent fills overlap, and no legend covers the data.
+    title. No two translucent fills overlap, and no legend covers the data. Panels are in the order
+    of the OOD sets' names and each set's colour comes from its name (`colors_by_name`), so plots
+    of several runs side by side match panel for panel.
 
     Args:
         scores_by_set: dict `name -> [N]` scores (higher = more in-distribution), including the
@@ -144,11 +170,11 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
     edges = np.linspace(lo, hi, 51)
 
     scores_in = scores_by_set[in_dist_name]
-    others = [name for name in scores_by_set if name != in_dist_name] or [None]
+    others = sorted(name for name in scores_by_set if name != in_dist_name) or [None]
     fig = _figure(figsize=(6, 0.6 + 1.7 * len(others)))
     axes = np.atleast_1d(fig.subplots(len(others), 1, sharex=True, squeeze=False)[:, 0])
-    palette = ["tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
-    for k, (ax, name) in enumerate(zip(axes, others)):
+    colors = colors_by_name([name for name in others if name is not None])
+    for ax, name in zip(axes, others):
         ax.hist(np.clip(scores_in, lo, hi), bins=edges, density=True, histtype="stepfilled",
                 color="0.75", edgecolor="0.45", lw=0.8)
         if name is None:
@@ -156,7 +182,7 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
         else:
             scores = scores_by_set[name]
             auroc = metrics_lib.ood_metrics(scores_in, scores)["auroc"]
-            color = palette[k % len(palette)]
+            color = colors[name]
             ax.hist(np.clip(scores, lo, hi), bins=edges, density=True, histtype="step", color=color, lw=1.6)
             ax.set_title(f"{name} (n={scores.size}, line) vs {in_dist_name} (n={scores_in.size}, grey): "
                          f"AUROC {auroc:.3f}", fontsize=8, loc="left", color=color)

@@ -22,6 +22,7 @@ import os
 
 import numpy as np
 
+from keras_ebm import reports
 from keras_ebm.evaluation import plots
 from keras_ebm.evaluation import robustness as robustness_lib
 
@@ -45,8 +46,45 @@ def results_path(path):
     )
 
 
+def run_folder(eval_dir):
+    """The run directory of an eval directory (`<run>/eval`), relative to the working directory
+    when it lies below it."""
+    run_dir = os.path.dirname(eval_dir) if os.path.basename(eval_dir) == "eval" else eval_dir
+    rel = os.path.relpath(run_dir)
+    return run_dir if rel.startswith("..") else rel
+
+
+def run_name(run_dir):
+    """A run's row name, by what it is: `<trainer> (<config>)`, e.g. "SADAJEM (quickstart)",
+    "SoftmaxClassifier (quickstart, baseline)". The trainer comes from training_summary.json or
+    the run's config.gin (`run_training.trainer`), the config from the gin files config.gin
+    records (`cli.config_files`); None when the folder does not tell both (a run not written by
+    train.py: the folder's name is used)."""
+    import re
+
+    trainer = None
+    summary = os.path.join(run_dir, "training_summary.json")
+    if os.path.isfile(summary):
+        with open(summary) as f:
+            trainer = json.load(f).get("trainer")
+    config = os.path.join(run_dir, "config.gin")
+    text = open(config).read() if os.path.isfile(config) else ""
+    if trainer is None:
+        found = re.findall(r"^run_training\.trainer = @(?:\S+/)?([\w.]+)", text, re.M)
+        trainer = found[-1].rsplit(".", 1)[-1] if found else None
+    if trainer is None:
+        return None
+    from keras_ebm import cli
+
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in cli.config_files(run_dir)]
+    if re.search(r"^run_training\.baseline = None$", text, re.M) and "\n# The baseline trained" in text:
+        stems.append("baseline")
+    return f"{trainer} ({', '.join(stems)})" if stems else None  # config unknown: the folder names it
+
+
 def load_runs(paths, names=None):
-    """`{name: (eval_dir, results)}`; names default to the run directories' names (made unique)."""
+    """`{name: (eval_dir, results)}`; names default to each run's trainer and config (`run_name`,
+    e.g. "SADAJEM (quickstart)"), else the run directory's name, made unique."""
     if not paths:
         raise ValueError("Pass at least one run directory to compare. Received: none")
     if names is not None and len(names) != len(paths):
@@ -59,7 +97,7 @@ def load_runs(paths, names=None):
             name = names[i]
         else:
             run_dir = os.path.dirname(eval_dir) if os.path.basename(eval_dir) == "eval" else eval_dir
-            name = os.path.basename(os.path.normpath(run_dir)) or f"run{i}"
+            name = run_name(run_dir) or os.path.basename(os.path.normpath(run_dir)) or f"run{i}"
         base, k = name, 2
         while name in runs:
             name, k = f"{base}_{k}", k + 1
@@ -77,19 +115,14 @@ def _union(keys_per_run):
     return out
 
 
-def _pct(v):
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:.1f}%"
-
-
-def _num(v):
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.4g}"
+_FORMATS = {"pct": reports.percent, "num": reports.number}  # the quickstart's comparison table's formats
 
 
 def _columns(results_list, scores=None):
     """[(column title, getter(results) -> cell text, getter -> value)]."""
     cols = [("accuracy", lambda r: r.get("accuracy")), ("ECE", lambda r: r.get("ece"))]
     kinds = {"accuracy": "pct", "ECE": "pct"}
-    ood_sets = _union([r.get("ood", {}) for r in results_list])
+    ood_sets = sorted(_union([r.get("ood", {}) for r in results_list]))  # by name, in every run's row
     for ood in ood_sets:
         for score in _union([r.get("ood", {}).get(ood, {}) for r in results_list]):
             if scores and score not in scores:
@@ -210,7 +243,8 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
     Args:
         paths: run directories (`<run>/eval/results.json`), eval directories or results.json files.
         output_dir: where the report goes.
-        names: row names (default the run directories' names).
+        names: row names (default each run's trainer and config, `run_name`; the run folders
+            are the table's second column).
         scores: optional OOD score names to keep as AUROC columns and histogram plots (default every
             score).
         title: the report's heading.
@@ -220,14 +254,14 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
         `plots` (file names), `runs` (each run's results) — also written to report.json.
     """
     runs = load_runs(list(paths), names)
+    folders = {name: run_folder(d) for name, (d, _) in runs.items()}
     os.makedirs(output_dir, exist_ok=True)
     results_list = [r for _, r in runs.values()]
     cols, kinds = _columns(results_list, scores)
     rows, cells = {}, []
     for name, (_, r) in runs.items():
         rows[name] = {title_: get(r) for title_, get in cols}
-        fmt = {"pct": _pct, "num": _num}
-        cells.append([name] + [fmt[kinds[t]](rows[name][t]) for t, _ in cols])
+        cells.append([name, folders[name]] + [_FORMATS[kinds[t]](rows[name][t]) for t, _ in cols])
     counts = {name: image_counts(r) for name, (_, r) in runs.items()}
     what = _union(counts.values())
 
@@ -249,7 +283,7 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
              "classifier_fd / classifier_score / classifier_kd are computed in the feature space of a "
              "classifier trained with keras_ebm (named in the JSON), not Inception: they rank runs measured "
              "with the same network and are not FID / IS / KID.", ""]
-    lines += _table(["model"] + [t for t, _ in cols], cells)
+    lines += _table(["model", "run folder"] + [t for t, _ in cols], cells)
     lines += ["", "Images behind each number", ""]
     lines += _table(["model"] + what, [[n] + [counts[n].get(w, "-") for w in what] for n in runs])
     if notes:
@@ -264,7 +298,7 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
         "rows": rows,
         "counts": counts,
         "plots": [os.path.basename(p) for p in written],
-        "runs": {name: {"eval_dir": d, "results": r} for name, (d, r) in runs.items()},
+        "runs": {name: {"run_folder": folders[name], "eval_dir": d, "results": r} for name, (d, r) in runs.items()},
     }
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)

@@ -575,11 +575,13 @@ def robustness_curve(results_list, path, title=None):
         raise ValueError("`results_list` must hold at least one result of evaluate_robustness.")
     fig = plots._figure(figsize=(4.5 * len(norms), 3.6))
     axes = np.atleast_1d(fig.subplots(1, len(norms)))
+    colors = plots.colors_by_name([r["name"] for r in results_list])  # one colour per series, by name
     for ax, norm in zip(axes, norms):
-        for r in (r for r in results_list if r["norm"] == norm):
+        for r in sorted((r for r in results_list if r["norm"] == norm), key=lambda r: r["name"]):
             eps = [0.0] + list(r["epsilons"])
             acc = [100 * r["clean_accuracy"]] + [100 * a for a in r["robust_accuracy"]]
-            ax.plot(eps, acc, marker="o", ms=3, label=f"{r['name']} (n={r['num_examples']})")
+            ax.plot(eps, acc, marker="o", ms=3, color=colors[r["name"]],
+                    label=f"{r['name']} (n={r['num_examples']})")
         ax.set_xlabel(f"epsilon ({'L-inf' if norm == LINF else 'L2'}, /255)")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)

@@ -136,7 +136,7 @@ def _markdown(results, in_dist_name):
     lines = [f"# Evaluation: {in_dist_name}", "", summary + f"{results['num_examples']} test images", ""]
     ood = results["ood"]
     if ood:
-        sets = list(ood)
+        sets = sorted(ood)
         score_names = list(next(iter(ood.values())))
         lines += ["OOD detection, AUROC (in-distribution positive, higher score = in-distribution)", ""]
         lines.append("| score | " + " | ".join(sets) + " |")
@@ -230,7 +230,8 @@ def run_eval(
     if in_dist is None:
         raise ValueError(
             "run_eval needs the in-distribution test set: bind run_eval.in_dist in gin, e.g. "
-            "run_eval.in_dist = {'name': 'cifar10_jpeg', 'split': 'test'}. Received: in_dist=None"
+            "run_eval.in_dist = {'name': 'cifar10', 'split': 'test'} (a train.py run folder's "
+            "config.gin binds it: pass --model_dir=<that folder>). Received: in_dist=None"
         )
     output_dir = output_dir or os.path.join(model_dir or ".", "eval")
     os.makedirs(output_dir, exist_ok=True)
@@ -281,7 +282,9 @@ def run_eval(
         )
 
     scores_by_set = {s: {in_dist_name: out_in[f"score/{s}"]} for s in score_names}
-    for ood_name, spec in (ood_sets or {}).items():
+    # In name order: results, tables and plots list the sets the same way whether the spec came
+    # from the training call (file order) or from a saved config.gin (gin writes dicts sorted).
+    for ood_name, spec in sorted((ood_sets or {}).items()):
         x_ood, _ = load_set(spec, max_examples)
         if tuple(x_ood.shape[1:]) != tuple(x.shape[1:]):
             raise ValueError(

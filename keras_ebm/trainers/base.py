@@ -314,11 +314,29 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     # first step runs); values (NaN/Inf, pixel scale, label range) by cheap asserts in the step,
     # and up front for numpy arrays given to `fit` (`check_fit_data`).
     _PIXEL_SCALE_MARGIN = 10.0  # images beyond pixel_range by 10 range-widths: 0..255 pixels
+    # [0, 1] images given to a model built for a range with a negative half ([-1, 1]): refused when
+    # a batch of at least this many images has no value below 0 (and none above 1). Mapped real
+    # images fill the negative half: it is every pixel darker than mid-grey, so a batch of 8 images
+    # without one (in any channel) is not a real image batch; [0, 1] data always is one. Ranges
+    # without a negative half (CLEL's [0, 1]) are never checked this way.
+    _UNIT_RANGE_MIN_BATCH = 8
 
     def _pixel_bounds(self):
         lo, hi = self.pixel_range
         margin = self._PIXEL_SCALE_MARGIN * (hi - lo)
         return lo - margin, hi + margin
+
+    def _checks_unit_range(self):
+        lo, hi = self.pixel_range
+        return lo < 0.0 and hi >= 1.0
+
+    def _unit_range_message(self, name):
+        lo, hi = (float(v) for v in self.pixel_range)
+        fix = "x * 2.0 - 1.0" if (lo, hi) == (-1.0, 1.0) else f"x * {hi - lo:g} + {lo:g}"
+        return (f"The {name} images lie in [0, 1], but {type(self).__name__} was built for "
+                f"pixel_range {self.pixel_range}: training would run on the wrong scale without an "
+                f"error. Map them: {name} = {fix} (uint8 images: "
+                f"keras_ebm.data.to_pixel_range({name}, {self.pixel_range}))")
 
     def _image_shape_error(self, name, shape):
         expected = tuple(self.image_shape)
@@ -385,7 +403,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                     "keras_ebm.data.to_pixel_range(x, pixel_range)."
                 ),
             )
-            with tf.control_dependencies([in_scale]):
+            checks = [in_scale]
+            if self._checks_unit_range():
+                # [0, 1] images on a [-1, 1] model (rule: `_UNIT_RANGE_MIN_BATCH`).
+                unit = tf.logical_and(
+                    tf.shape(x)[0] >= self._UNIT_RANGE_MIN_BATCH,
+                    tf.logical_and(tf.reduce_min(x) >= 0.0, tf.reduce_max(x) <= 1.0))
+                checks.append(tf.debugging.Assert(tf.logical_not(unit), [self._unit_range_message(name)]))
+            with tf.control_dependencies(checks):
                 x = tf.identity(x)
         return x
 
@@ -482,6 +507,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 "pixels passed as floats? Map uint8 images with keras_ebm.data.to_pixel_range(x, "
                 f"pixel_range). Received: x in [{lo_x:g}, {hi_x:g}]"
             )
+        if self._checks_unit_range() and len(x) >= self._UNIT_RANGE_MIN_BATCH and lo_x >= 0.0 and hi_x <= 1.0:
+            raise ValueError(f"{self._unit_range_message('x')}. Received: x in [{lo_x:g}, {hi_x:g}]")
         y = np.asarray(y)
         if self.uses_labels and (y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1)):
             raise ValueError(

@@ -1,0 +1,277 @@
+"""Evaluate an exported keras_ebm model (`keras-ebm-eval`, or `python eval.py`): accuracy, ECE,
+OOD AUROC/AUPR/FPR95, plots.
+
+    python eval.py --model_dir=runs/quickstart
+    python eval.py --saved_model=runs/x/export --gin_file=gin_configs/data/cifar10_python.gin
+    python eval.py --model_dir=runs/sadajem --samples=100 --conditional    # + sample grid (PNG, npz)
+    python eval.py --model_dir=runs/clel --clel_betas=0,0.01,0.1                 # CLEL eq. 5 at other betas
+    python eval.py --model_dir=runs/clel_base --samples=50000 --sample_batch_size=500 --sample_sweeps=10
+        # CLEL FID set, the official protocol: 10 x (reinit, strong augmentation, 60 SGLD steps)
+
+    # Robustness (the in-memory model restored from the checkpoint; --eval_examples caps the images):
+    python eval.py --model_dir=runs/sadajem --robustness=sadajem_fig5_linf --epsilons=1,2,4,8 --eval_examples=500
+    python eval.py --model_dir=runs/jem --attack=pgd_l2 --epsilons=50,100,200 --attack_steps=40 \
+        --defense=sgld --refine_steps=10 --eot=15 --defense_reps=5            # BPDA + EOT on JEM-10
+    python eval.py --model_dir=runs/gmmc --cw --cw_targeted                     # GMMC Table 7
+    # FID / IS / KID of samples with the papers' Inception (docs/fid.md: pytorch-fid's weight file,
+    # --fid_inception_weights=pt_inception-2015-12-05-6726825d.pth or its .npz), or Keras' Inception-v3
+    # (--feature_network=keras_inception_v3, not comparable with papers), or the classifier-feature
+    # stand-ins in the feature space of a keras_ebm run:
+    python eval.py --model_dir=runs/sadajem --samples=10000 --sample_from_buffer --generative \
+        --feature_classifier=runs/softmax --inception_weights=none
+    python eval.py --model_dir=runs/sadajem --samples_npz=x.npz --sample_quality --reference_classifier=runs/softmax
+    # One report across runs (markdown table, JSON, plots side by side):
+    python eval.py --compare runs/softmax runs/sadajem --output_dir=report
+
+With --model_dir, the training config (<model_dir>/config.gin) supplies the datasets; --gin_file and
+--gin_param override it. Results go to <model_dir>/eval (or --output_dir): results.json gains
+"robustness", "generative" and "sample_quality" entries, each with the number of images it used.
+The logic lives in keras_ebm.evaluation (runner, suite, report); this file maps flags to it.
+"""
+
+import os
+
+from absl import app, flags, logging
+
+from keras_ebm import scripts
+
+flags.DEFINE_string("model_dir", None, "Experiment directory written by train.py.")
+flags.DEFINE_string("saved_model", None, "Path of an export (instead of --model_dir).")
+flags.DEFINE_multi_string("gin_file", [], "Gin config files (datasets, OOD sets).")
+flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
+flags.DEFINE_string("output_dir", None, "Where to write results (default <model_dir>/eval).")
+flags.DEFINE_integer("samples", 0, "Also draw this many samples from the trained model (needs --model_dir).")
+flags.DEFINE_integer("sample_steps", None, "SGLD steps for --samples (default: the trainer's sampler); "
+                     "per sweep with --sample_sweeps.")
+flags.DEFINE_integer("sample_sweeps", None, "CLEL: run each chain as this many sweeps, each a training-style "
+                     "restart (reinit with the buffer's probability, strong augmentation) then --sample_steps "
+                     "steps (default 60): the official FID protocol, 10 sweeps (600 steps) for base, 20 for "
+                     "large. Default: plain chains.", lower_bound=1)
+flags.DEFINE_list("clel_betas", [], "CLEL: also report eq. 5 at these betas, neg_energy + beta * cosine "
+                  "(e.g. 0,0.01,0.1); the export's own 'clel' score uses the trained CLEL.ood_beta.")
+flags.DEFINE_bool("sample_from_buffer", False, "Start the chains from the replay buffer.")
+flags.DEFINE_bool("conditional", False, "Class-conditional samples, one row per class (CLEL: on the mean "
+                  "encoder latent of each class's in-distribution images, Appendix D).")
+flags.DEFINE_integer("sample_batch_size", None, "Chains run at once for --samples (default all).")
+flags.DEFINE_integer("class_latent_examples", 1000,
+                     "CLEL --conditional: labelled in-distribution images used for the class latents.")
+flags.DEFINE_integer("eval_examples", None, "Use only the first N images of every set (test set, OOD sets, "
+                     "attacked images, samples scored): quick or budgeted runs. Default: run_eval.max_examples "
+                     "for the standard evaluation, all images otherwise.", lower_bound=1)
+flags.DEFINE_bool("standard", True, "Run the standard evaluation (accuracy, ECE, OOD); --nostandard runs only "
+                  "the evaluations asked for below and keeps results.json's other entries.")
+# Robustness
+flags.DEFINE_list("robustness", [], "Paper presets of keras_ebm.evaluation.robustness.PAPER_SETTINGS: jem_linf, "
+                  "jem_l2, gmmc_table5, hdge_fig3_linf, hdge_fig3_l2, sadajem_fig5_linf, sadajem_fig5_l2.")
+flags.DEFINE_enum("attack", None, ["pgd_linf", "pgd_l2"], "A custom PGD attack (needs --epsilons).")
+flags.DEFINE_list("epsilons", [], "Epsilons in [0, 255] pixel units (override the presets' grids).")
+flags.DEFINE_integer("attack_steps", None, "PGD steps (override).")
+flags.DEFINE_float("attack_step_size", None, "PGD step size, [0, 255] units (override).")
+flags.DEFINE_float("attack_relative_step_size", None, "PGD step size as a fraction of epsilon (override).")
+flags.DEFINE_integer("attack_restarts", None, "Random restarts (override; JEM: 20).")
+flags.DEFINE_integer("attack_batch_size", 100, "Images per attack batch.")
+flags.DEFINE_enum("defense", "none", ["none", "sgld"], "sgld: attack the SGLD-refinement defence with BPDA + EOT.")
+flags.DEFINE_integer("refine_steps", 10, "--defense=sgld: refinement steps K (JEM-0/1/10).")
+flags.DEFINE_integer("eot", 15, "--defense=sgld: refined copies averaged per attack gradient (SADA-JEM: 15).")
+flags.DEFINE_integer("defense_reps", 5, "--defense=sgld: refined copies per prediction (JEM: 5; SADA-JEM: 150).")
+flags.DEFINE_enum("gradient_mode", "bpda", ["bpda", "through", "classifier"], "--defense=sgld attack gradient.")
+flags.DEFINE_bool("cw", False, "C&W L2, untargeted (GMMC Table 7).")
+flags.DEFINE_bool("cw_targeted", False, "C&W L2, targeted (GMMC Table 7).")
+flags.DEFINE_integer("cw_steps", None, "C&W Adam steps (default 100 untargeted, 1000 targeted).")
+flags.DEFINE_integer("attack_seed", 0, "Seed of the random starts and C&W targets.")
+# Samples: FID / IS / KID and sample quality
+flags.DEFINE_string("samples_npz", None, "Score these samples (npz with uint8 'images' and optional 'labels', as "
+                    "--samples writes) instead of / beside the ones drawn with --samples.")
+flags.DEFINE_bool("generative", False, "FID / IS / KID of the samples (--samples or --samples_npz) against "
+                  "the training split of the in-distribution set.")
+flags.DEFINE_enum("feature_network", None, ["auto", "fid_inception", "keras_inception_v3"],
+                  "Inception of FID / IS / KID (default: gin inception_features.network, 'auto'): fid_inception "
+                  "is the papers' 2015 TF graph (needs --fid_inception_weights, docs/fid.md); keras_inception_v3 is "
+                  "Keras' network, not comparable with published numbers; auto takes fid_inception when its weights "
+                  "are found, else Keras'.")
+flags.DEFINE_string("fid_inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth or its .npz "
+                    "conversion (default: $KERAS_EBM_FID_INCEPTION_WEIGHTS, the Keras and torch hub caches).")
+flags.DEFINE_enum("fid_preprocessing", None, ["tf2015", "pytorch_fid"], "fid_inception's input pipeline (default "
+                  "tf2015: the papers' TF1 resize and scaling; pytorch_fid: pytorch-fid's).")
+flags.DEFINE_string("inception_weights", None, "Keras Inception-v3 weights file (feature_network "
+                    "keras_inception_v3; default: $KERAS_EBM_INCEPTION_WEIGHTS or the Keras cache). 'none': skip "
+                    "Inception (only --feature_classifier).")
+flags.DEFINE_string("feature_classifier", None, "A train.py directory of a classifier: also report "
+                    "classifier_fd / classifier_score / classifier_kd in its feature space (not FID).")
+flags.DEFINE_integer("reference_examples", None, "First N reference (training) images for the statistics "
+                     "(default all; cached per data set and feature network).")
+flags.DEFINE_bool("sample_quality", False, "Classify the samples with --reference_classifier: accuracy of "
+                  "class-conditional samples, confusion matrix, best / worst samples per class.")
+flags.DEFINE_string("reference_classifier", None, "Export or train.py directory (its export) of the reference "
+                    "classifier for --sample_quality.")
+# Report across runs
+flags.DEFINE_bool("compare", False, "Compare runs: python eval.py --compare runs/a runs/b ... writes report.md, "
+                  "report.json and side-by-side plots to --output_dir (default ./eval_report).")
+flags.DEFINE_list("compare_names", [], "Row names of --compare (default: each run's trainer and config, e.g. "
+                  "'SADAJEM (quickstart)'; the run folders are the table's second column).")
+flags.DEFINE_list("compare_scores", [], "OOD scores shown as AUROC columns of --compare (default all).")
+flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS_EBM_VERBOSE=1).")
+FLAGS = flags.FLAGS
+
+
+def _parse_run_gin():
+    """Parse this run's config.gin (if any), then --gin_file and --gin_param."""
+    import gin
+
+    from keras_ebm import cli
+
+    files = list(FLAGS.gin_file)
+    if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
+        files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
+    elif FLAGS.model_dir and not files:
+        raise FileNotFoundError(
+            f"{FLAGS.model_dir} has no config.gin, so it is not a run folder written by train.py: "
+            "eval.py reads the run's test and OOD sets (and, for attacks and samples, its trainer) "
+            "from it. Pass a train.py run folder, or name the data with --gin_file=<a config> "
+            f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}")
+    with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
+        gin.clear_config()
+        cli.parse_gin(files, FLAGS.gin_param)
+
+
+def _draw_samples(model, out):
+    """--samples: draw with the trainer's sampler; returns `(name, images, labels)`."""
+    import numpy as np
+
+    from keras_ebm import cli, generation
+
+    if not model.is_generative:
+        raise app.UsageError(f"{type(model).__name__} is not a generative model: it has no sampler.")
+    name = None
+    if FLAGS.sample_sweeps:
+        if not model.conditions_on_latents:  # the sweeps protocol is CLEL's
+            raise app.UsageError(f"--sample_sweeps is CLEL's FID protocol; {type(model).__name__} has none.")
+        model.sample_sweeps = FLAGS.sample_sweeps
+        steps = FLAGS.sample_steps if FLAGS.sample_steps is not None else model.sampler.n_steps
+        kind = "conditional" if FLAGS.conditional else "buffer" if FLAGS.sample_from_buffer else "fresh"
+        name = f"{kind}_{FLAGS.sample_sweeps}x{steps}steps"
+    labelled = None
+    if FLAGS.conditional and model.conditions_on_latents:
+        from keras_ebm.data import to_pixel_range
+        from keras_ebm.evaluation.runner import load_set
+
+        x, y = load_set(cli.resolve_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
+        labelled = (to_pixel_range(x, model.pixel_range), y)
+    png = generation.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
+                                      from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional,
+                                      batch_size=FLAGS.sample_batch_size, labelled_data=labelled, name=name)
+    with np.load(png[:-len(".png")] + ".npz") as f:
+        return os.path.basename(png)[:-len(".png")], f["images"], f["labels"]
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
+    if FLAGS.compare:
+        from keras_ebm.evaluation import report
+
+        report.compare_runs(argv[1:], FLAGS.output_dir or "eval_report", names=FLAGS.compare_names or None,
+                            scores=FLAGS.compare_scores or None)
+        return
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]} (only --compare takes run directories).")
+    from keras_ebm import cli
+    from keras_ebm.evaluation import runner, suite
+
+    if not FLAGS.model_dir and not FLAGS.saved_model:
+        raise app.UsageError("Pass --model_dir (a train.py directory) or --saved_model (an export).")
+    if FLAGS.sample_sweeps and not FLAGS.samples:
+        raise app.UsageError("--sample_sweeps applies to --samples; pass --samples=N too.")
+    attacks = bool(FLAGS.robustness or FLAGS.attack or FLAGS.cw or FLAGS.cw_targeted)
+    scored = FLAGS.generative or FLAGS.sample_quality
+    if (attacks or FLAGS.samples) and not FLAGS.model_dir:
+        raise app.UsageError("Attacks and --samples need --model_dir: they use the trainer restored from its "
+                             "checkpoint (an export has no gradient and no sampler).")
+    if scored and not (FLAGS.samples or FLAGS.samples_npz):
+        raise app.UsageError("--generative / --sample_quality score samples: pass --samples=N or --samples_npz.")
+    if FLAGS.sample_quality and not FLAGS.reference_classifier:
+        raise app.UsageError("--sample_quality needs --reference_classifier (an export or a train.py directory).")
+    _parse_run_gin()
+    out = FLAGS.output_dir or os.path.join(FLAGS.model_dir or ".", "eval")
+    if FLAGS.standard:
+        extra = {"clel_betas": [float(b) for b in FLAGS.clel_betas]} if FLAGS.clel_betas else {}
+        if FLAGS.eval_examples:
+            extra["max_examples"] = FLAGS.eval_examples
+        runner.run_eval(model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, output_dir=FLAGS.output_dir,
+                        **extra)
+    if not (attacks or FLAGS.samples or scored):
+        return
+
+    model = None
+    if attacks or FLAGS.samples:
+        from keras_ebm import restore
+
+        model = restore.restore_trainer(FLAGS.model_dir)
+    in_dist = cli.resolve_parameter("run_eval.in_dist")
+    n = FLAGS.eval_examples
+    if attacks:
+        x, y = runner.load_set(in_dist, n)
+        settings = suite.pgd_settings(
+            FLAGS.robustness, FLAGS.attack, epsilons=FLAGS.epsilons, steps=FLAGS.attack_steps,
+            step_size=FLAGS.attack_step_size, relative_step_size=FLAGS.attack_relative_step_size,
+            restarts=FLAGS.attack_restarts)
+        defense = None
+        if FLAGS.defense == "sgld":
+            defense = {"refine_steps": FLAGS.refine_steps, "eot_reps": FLAGS.eot, "defense_reps": FLAGS.defense_reps,
+                       "gradient_mode": FLAGS.gradient_mode}
+        entries = suite.run_robustness(model, x, y, settings, defense=defense, batch_size=FLAGS.attack_batch_size,
+                                       seed=FLAGS.attack_seed, output_dir=out) if settings else {}
+        for targeted in [False] * FLAGS.cw + [True] * FLAGS.cw_targeted:
+            entries.update(suite.run_cw(model, x, y, targeted=targeted, steps=FLAGS.cw_steps,
+                                        batch_size=FLAGS.attack_batch_size, seed=FLAGS.attack_seed, output_dir=out))
+        runner.merge_results(out, "robustness", entries)
+
+    feature_nets = []
+    if FLAGS.generative:  # first: without Inception weights, fail before sampling
+        if (FLAGS.inception_weights or "").lower() != "none":
+            from keras_ebm import configurables
+
+            given = {"network": FLAGS.feature_network, "weights": FLAGS.fid_inception_weights,
+                     "keras_weights": FLAGS.inception_weights, "preprocessing": FLAGS.fid_preprocessing}
+            feature_nets.append(configurables.inception_features(**{k: v for k, v in given.items() if v is not None}))
+        if FLAGS.feature_classifier:
+            from keras_ebm import restore
+            from keras_ebm.evaluation.generative import ClassifierFeatures
+
+            classifier = restore.restore_run(FLAGS.feature_classifier)
+            _parse_run_gin()  # back to this run's config
+            name = f"{os.path.basename(os.path.normpath(FLAGS.feature_classifier))}_step{restore.step_of(classifier)}"
+            feature_nets.append(ClassifierFeatures(classifier, name))
+        if not feature_nets:
+            raise app.UsageError("--inception_weights=none needs --feature_classifier.")
+    samples = {}
+    if FLAGS.samples:
+        name, images, labels = _draw_samples(model, os.path.join(out, "samples"))
+        samples[name] = (images, labels)
+    if FLAGS.samples_npz:
+        import numpy as np
+
+        with np.load(FLAGS.samples_npz) as f:
+            samples[os.path.basename(FLAGS.samples_npz)[:-len(".npz")]] = (
+                f["images"], f["labels"] if "labels" in f.files else None)
+    if FLAGS.generative:
+        runner.merge_results(out, "generative", suite.run_generative(
+            samples, feature_nets, in_dist, reference_examples=FLAGS.reference_examples, max_examples=n,
+            output_dir=out))
+    if FLAGS.sample_quality:
+        import tensorflow as tf
+
+        path = FLAGS.reference_classifier
+        if os.path.isdir(os.path.join(path, "export")):
+            path = os.path.join(path, "export")
+        reference = tf.saved_model.load(path)
+        runner.merge_results(out, "sample_quality", suite.run_sample_quality(
+            samples, reference, ranking_model=model, max_examples=n, output_dir=out))
+
+
+def run():
+    """The `keras-ebm-eval` console script (and `python eval.py`)."""
+    scripts.run_main(main)
+
+
+if __name__ == "__main__":
+    run()
