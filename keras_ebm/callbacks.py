@@ -224,7 +224,7 @@ class Checkpointing(StepCallback):
         self.removed_leftovers = remove_checkpoint_leftovers(self.directory, self.manager.checkpoints)
         if self.resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            notes = self.recovery.reapply(model)
+            notes = self.recovery.apply(model)
             self.restored_from = self.manager.latest_checkpoint
             if self.verbose:
                 _log(f"resumed from {self.restored_from} at step {current_step(model)}"
@@ -386,6 +386,7 @@ class DivergenceRecovery(StepCallback):
         remedies = ckpt.recovery.snapshot()  # what earlier recoveries changed belongs to the run
         ckpt.restore(restored)
         ckpt.recovery.load(remedies)
+        ckpt.recovery.apply(model)  # the restored optimizer brought back its saved (unlowered) rate
         step = current_step(model)
         ckpt.recovery.good_step.assign(step)
         for m in model.metrics:
