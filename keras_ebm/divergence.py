@@ -39,6 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import run_settings
+
 REMEDIES = ("energy_l2", "sgld_steps", "lower_lr")
 
 
@@ -159,8 +161,8 @@ class DivergenceGuard:
                 changes.append(f"{name}: learning-rate schedule left unchanged")
             else:
                 if state is None:
-                    model.set_run_options({f"{name}.learning_rate": float(opt.learning_rate) * self.lr_factor})
-                changes.append(f"{name}: learning rate -> {float(opt.learning_rate):.3g}")
+                    model.set_run_options({f"{name}.learning_rate": run_settings.learning_rate(opt) * self.lr_factor})
+                changes.append(f"{name}: learning rate -> {run_settings.learning_rate(opt):.3g}")
         return ", ".join(changes)
 
 
@@ -275,7 +277,7 @@ class RecoveryState(tf.Module):
                 if not isinstance(schedule, ScaledSchedule):
                     opt.learning_rate = ScaledSchedule(schedule, self.lr_scale)
             else:
-                self._base["learning_rates"][name] = float(opt.learning_rate)
+                self._base["learning_rates"][name] = run_settings.learning_rate(opt)
 
     def apply(self, model):
         """Make `model` run with the recorded remedies, from the settings `attach` saw: energy L2

@@ -200,6 +200,12 @@ class TraceSetting:
         _store(obj).structure[self.name] = self.normalize(value) if self.normalize is not None else value
 
 
+def learning_rate(optimizer):
+    """An optimizer's current learning rate as a Python float (a schedule: its value now; also
+    under a distribution strategy, whose variables `float()` does not take)."""
+    return float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
+
+
 def structure_of(obj, name):
     """The structural part of `obj`'s setting `name` (e.g. `px_weight > 0`), a Python value."""
     return _store(obj).structure[name]

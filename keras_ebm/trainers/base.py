@@ -250,7 +250,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         if self.optimizer is not None:
             for prefix, opt in self.optimizers.items():
                 if not isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-                    out[f"{prefix}.learning_rate"] = float(opt.learning_rate)
+                    out[f"{prefix}.learning_rate"] = run_settings.learning_rate(opt)
         return out
 
     def set_run_options(self, options=None, **kwargs):
@@ -274,7 +274,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             owner, attr = targets[name]
             setattr(owner, attr, value)
             value = getattr(owner, attr)
-            applied[name] = float(value) if attr == "learning_rate" else value
+            applied[name] = run_settings.learning_rate(owner) if attr == "learning_rate" else value
         return applied
 
     def _run_option_target(self, name):
