@@ -128,7 +128,8 @@ def test_fit_recovers_from_divergence_in_place(tmp_path):
     # Checkpoints 0, 2, 4; at step 6 only ckpt-2 had confirm_steps=2 healthy steps after it.
     assert len(events) == 1 and events[0]["at_step"] == 6 and events[0]["restored"].endswith("ckpt-2"), events
     assert "energy L2 -> 0.1" in events[0]["change"]
-    assert model.energy_l2 == 0.1
+    # What the remedy computes (the penalty in the loss, on every path) is checked in
+    # tests/test_run_settings.py; here the recovery itself.
     # fit's own step budget ran out in the failing branch: the run stops short, healthy, resumable.
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
     assert callbacks.find(cbs, callbacks.DivergenceRecovery).recoveries == len(events)
