@@ -207,3 +207,41 @@ def test_fit_sigkilled_then_resumed_equals_an_uninterrupted_run(tmp_path):
     assert sorted(whole.files) == sorted(resumed.files)
     for k in whole.files:
         np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
+
+
+def test_the_guard_reads_each_steps_own_values_in_one_fit(tmp_path, monkeypatch):
+    # One `fit` call for the whole run: the logs the guard reads at step k are compute_losses of
+    # batch k (at the weights before step k), not running means over the call.
+    from keras_ebm.state import discard_updates
+
+    model, cbs = build(tmp_path, 6, divergence_guard=divergence.DivergenceGuard(
+        max_recoveries=0, clf_rise_factor=None, max_energy_gap=None))
+    x, y = digits_arrays(256)
+    expected, seen = {}, {}
+
+    class Expect(keras.callbacks.Callback):
+        """Before step k: compute_losses of batch k without changing any state (the step then
+        draws the same SGLD samples from the same seeds)."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            k = callbacks.current_step(self.model)
+            xb, yb = x[16 * k:16 * (k + 1)], y[16 * k:16 * (k + 1)]
+            with discard_updates():
+                b = self.model.unpack_batch((xb, yb), training=True)
+                logs = self.model.compute_losses(b, self.model.sample_negatives(b), training=True)
+            expected[k + 1] = {n: float(v) for n, v in logs.items()}
+
+    original = divergence.DivergenceMonitor.update
+
+    def spy(self, step, logs):
+        seen[step] = dict(logs)
+        return original(self, step, logs)
+
+    monkeypatch.setattr(divergence.DivergenceMonitor, "update", spy)
+    model.fit(data(), epochs=1, steps_per_epoch=6, verbose=0, callbacks=[Expect()] + cbs)
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]
+    for k in seen:
+        # The classifier batch's terms (the SGLD samples of an eager replay differ slightly).
+        for name in ("clf_loss", "clf_acc", "energy_data"):
+            np.testing.assert_allclose(seen[k][name], expected[k][name], rtol=2e-4, atol=1e-5,
+                                       err_msg=f"step {k} {name}")

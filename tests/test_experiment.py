@@ -539,3 +539,15 @@ def test_a_rerun_removes_what_killed_saves_and_exports_left(tmp_path):
     assert sorted(os.listdir(ckpt)) == listed
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".export.")]
     assert (tmp_path / "export" / "saved_model.pb").exists()
+
+
+def test_monitor_one_outlying_step_neither_fires_nor_hides_a_rise():
+    # The running level and the current loss are medians: a single spike (a hard batch) in the
+    # history does not fire the signal, and a single huge value in the baseline does not lift the
+    # level above a real rise (a mean would do both).
+    guard = divergence.DivergenceGuard(max_energy_gap=None, rise_window=10, baseline_window=100)
+    flat = [1.0] * 150
+    spike = flat[:120] + [1000.0] + flat[121:]
+    assert _replay(guard, spike) == {}
+    outlier_then_rise = [1.0] * 50 + [1000.0] + [1.0] * 59 + [3.0] * 20
+    assert 111 <= _replay(guard, outlier_then_rise)["clf_loss_rise"] <= 120
