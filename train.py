@@ -9,6 +9,8 @@ A run resumes from the last checkpoint in --model_dir.
 """
 
 import os
+import signal
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +26,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    # Ctrl-C: during training the first one saves the step and exits with 130 (see
+    # keras_ebm.callbacks.Checkpointing); a second one, or one outside training, ends the process
+    # at once (the default action: checkpoints are written atomically, never left half-written).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
     from keras_ebm import cli, distribute, training  # after absl parsed the flags: TensorFlow loads here
 
@@ -40,7 +46,12 @@ def main(argv):
         # Several machines: a lost worker ends this one at once with WorkerLostError (README,
         # "Several machines"); restart every worker with the same command to resume.
         with distribute.exit_when_worker_lost():
-            training.run_training(model_dir=FLAGS.model_dir)
+            try:
+                training.run_training(model_dir=FLAGS.model_dir)
+            except KeyboardInterrupt:
+                # Ctrl-C during training: the step was checkpointed and the resume line printed
+                # (keras_ebm.callbacks.Checkpointing); elsewhere nothing is lost since the last save.
+                sys.exit(130)
 
 
 if __name__ == "__main__":
