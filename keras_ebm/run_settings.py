@@ -92,6 +92,15 @@ SETTINGS = (
 )
 
 
+class _Constant:
+    """The value of a setting of an object built inside a traced function (no variable there)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
 class _Store:
     """Per-object values of its settings: not a trackable (kept out of checkpoints and .keras files)."""
 
@@ -144,6 +153,8 @@ class Setting:
             var = _store(obj).variables[self.name]
         except KeyError:
             raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set") from None
+        if isinstance(var, _Constant):
+            return var.value
         if tf.executing_eagerly():
             value = var.numpy()
             # float32 0.1 reads back as 0.1 (the shortest decimal that round-trips), as it was set.
@@ -162,15 +173,24 @@ class Setting:
             value = int(value)
         _check_range(self.name, value, self.minimum, self.maximum)
         store = _store(obj)
+        var = store.variables.get(self.name)
+        if (var is None or isinstance(var, _Constant)) and tf.inside_function():
+            # An object built inside a traced function (e.g. a gradient function made per call):
+            # no variable can be created there, and its values are constants of that trace anyway.
+            store.variables[self.name] = _Constant(value)
+        else:
+            self._assign(store, value)
+        if self.structure is not None:
+            store.structure[self.name] = self.structure(value)
+
+    def _assign(self, store, value):
         with tf.init_scope():
             var = store.variables.get(self.name)
-            if var is None:
+            if var is None or isinstance(var, _Constant):
                 store.variables[self.name] = tf.Variable(value, dtype=self.dtype, trainable=False,
                                                          name=self.name)
             else:
                 var.assign(tf.cast(value, self.dtype))
-        if self.structure is not None:
-            store.structure[self.name] = self.structure(value)
 
     def variable(self, obj):
         """The variable behind the setting of `obj` (tests count and compare through it)."""
