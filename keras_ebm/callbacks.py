@@ -30,7 +30,9 @@ the guard sees each step, and `fit`'s progress bar and History show the last ste
 import json
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import weakref
 
@@ -43,6 +45,17 @@ from keras_ebm import divergence
 from keras_ebm import generation
 
 DivergenceError = divergence.DivergenceError
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped training after the running step, which was checkpointed
+    (`Checkpointing(save_on_interrupt=True)`); `checkpoint` is its path. Rerun the same code (or
+    `train.py` command) to resume."""
+
+    def __init__(self, message, checkpoint=None, step=None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.step = step
 
 
 def _log(msg):
@@ -179,6 +192,16 @@ class Checkpointing(StepCallback):
         save_initial: also save the state before the first step (a run that diverges before its
             first checkpoint restarts from there; `DivergenceRecovery` with a guard sets it).
 
+    Ctrl-C (`save_on_interrupt`, default on): during `fit` the first SIGINT lets the running step
+    finish, saves it (the same atomic save as every checkpoint), prints one line saying where and
+    how to resume and raises `TrainingInterrupted` (a `KeyboardInterrupt`; `train.py` exits with
+    status 130). A second SIGINT goes to the handler that was installed before `fit` (Python's:
+    `KeyboardInterrupt` without a save; `train.py` installs the default action, which ends the
+    process at once). Only in the main thread, and not under MultiWorkerMirroredStrategy (one
+    worker's save would wait for the others' collectives): there Ctrl-C behaves as before.
+    Without this callback a `KeyboardInterrupt` ends `fit` with nothing saved since the last
+    checkpoint.
+
     Writes are TensorFlow's (data files first, then the `checkpoint` index is replaced), so a kill
     leaves the previous checkpoint readable; no step is written twice (`final_hook`), and SIGKILLs
     at random moments, during checkpoint writes and during the export never left an unreadable
@@ -186,7 +209,8 @@ class Checkpointing(StepCallback):
     (`DivergenceError`), so a diverged state is never written over a good one.
     """
 
-    def __init__(self, directory, every=500, keep=3, resume=True, save_initial=False, verbose=True):
+    def __init__(self, directory, every=500, keep=3, resume=True, save_initial=False, verbose=True,
+                 save_on_interrupt=True):
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be >= 1 step. Received: every={every}")
@@ -208,6 +232,9 @@ class Checkpointing(StepCallback):
         # skip it.
         self.final_hook = None
         self.is_final = lambda: False
+        self.save_on_interrupt = bool(save_on_interrupt)
+        self.interrupted = False
+        self._previous_sigint = None
 
     # ---------------------------------------------------------------- state
     def setup(self):
@@ -225,7 +252,7 @@ class Checkpointing(StepCallback):
         self.removed_leftovers = remove_checkpoint_leftovers(self.directory, self.manager.checkpoints)
         if self.resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            notes = self.recovery.reapply(model)
+            notes = self.recovery.apply(model)
             self.restored_from = self.manager.latest_checkpoint
             if self.verbose:
                 _log(f"resumed from {self.restored_from} at step {current_step(model)}"
@@ -287,17 +314,59 @@ class Checkpointing(StepCallback):
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
         return self.manager.latest_checkpoint
 
+    # ---------------------------------------------------------------- Ctrl-C
+    def _install_interrupt_handler(self):
+        if (not self.save_on_interrupt or self._previous_sigint is not None
+                or threading.current_thread() is not threading.main_thread()
+                or isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            return
+        self.interrupted = False
+        previous = signal.getsignal(signal.SIGINT)
+
+        def on_sigint(signum, frame):
+            # Only a flag: the step in flight finishes, then `on_train_batch_end` saves it. The
+            # next Ctrl-C goes to the previous handler (at once).
+            self.interrupted = True
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            _log("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once, without it)")
+
+        signal.signal(signal.SIGINT, on_sigint)
+        self._previous_sigint = previous if previous is not None else signal.default_int_handler
+
+    def _remove_interrupt_handler(self):
+        if self._previous_sigint is not None:
+            if signal.getsignal(signal.SIGINT) is not self._previous_sigint:
+                signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _stop_on_interrupt(self):
+        """Save the step just trained and stop with `TrainingInterrupted`."""
+        self._remove_interrupt_handler()
+        self.interrupted = False
+        step = current_step(self.model)
+        path = self.save() or self.manager.latest_checkpoint
+        message = (f"interrupted at step {step}: saved {path}; to resume, run the same command again "
+                   "(train.py with the same --model_dir, or fit with the same callbacks)")
+        _log(message)
+        raise TrainingInterrupted(message, checkpoint=path, step=step)
+
     # ---------------------------------------------------------------- callback
     def on_train_begin(self, logs=None):
         self.setup()
+        self._install_interrupt_handler()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.is_save_step(current_step(self.model)):
             self.save()
+        if self.interrupted:
+            self._stop_on_interrupt()
 
     def on_train_end(self, logs=None):
+        self._remove_interrupt_handler()
         if current_step(self.model) > 0 or not self.steps():
             self.save()
+        if self.interrupted:  # Ctrl-C during the last step: saved above
+            self._stop_on_interrupt()
 
 
 class DivergenceRecovery(StepCallback):
@@ -387,6 +456,7 @@ class DivergenceRecovery(StepCallback):
         remedies = ckpt.recovery.snapshot()  # what earlier recoveries changed belongs to the run
         ckpt.restore(restored)
         ckpt.recovery.load(remedies)
+        ckpt.recovery.apply(model)  # the restored optimizer brought back its saved (unlowered) rate
         step = current_step(model)
         ckpt.recovery.good_step.assign(step)
         for m in model.metrics:

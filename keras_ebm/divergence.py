@@ -12,7 +12,7 @@ checkpoint taken after the failure began. `DivergenceMonitor` watches every step
 | `non_finite` | any logged value is NaN / Inf | always on |
 | `magnitude` | abs(loss) or abs(any energy_*) > `threshold` | 1e8 (JEM / JEM++ code; SADA-JEM 1e5) |
 | `energy_gap` | abs(energy_gap) > `max_energy_gap` (at least 2 / energy L2 when a penalty is on) | off (the JEM-family configs set it) |
-| `clf_loss_rise` | mean clf_loss of the last `rise_window` steps > `clf_rise_factor` x the median of the `baseline_window` steps before them | x2, windows 10 / 100 |
+| `clf_loss_rise` | median clf_loss of the last `rise_window` steps > `clf_rise_factor` x the median of the `baseline_window` steps before them (one outlying step does not fire it) | x2, windows 10 / 100 |
 
 A checkpoint counts as *good* only once `confirm_steps` steps after it passed with no signal;
 `run_training` restores the newest good checkpoint, deletes the newer ones (they belong to the
@@ -39,6 +39,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import run_settings
+
 REMEDIES = ("energy_l2", "sgld_steps", "lower_lr")
 
 
@@ -57,7 +59,7 @@ class DivergenceGuard:
             onset of divergence; None turns the signal off.
         clf_rise_factor: the classifier loss's rise over its running level treated as divergence;
             None turns the signal off.
-        rise_window: steps averaged for the current classifier loss.
+        rise_window: steps whose median is the current classifier loss.
         baseline_window: steps (before the rise window) whose median is the running level; the
             signal needs at least half of them.
         confirm_steps: healthy steps after a checkpoint before it counts as good.
@@ -101,13 +103,17 @@ class DivergenceGuard:
     def monitor(self, model=None):
         """A fresh `DivergenceMonitor` with this guard's detectors (for `model`, whose energy L2
         penalty, if any, widens the energy-gap band: see `DivergenceMonitor`)."""
-        return DivergenceMonitor(self, energy_l2=float((model.energy_l2 if model is not None else 0.0) or 0.0))
+        return DivergenceMonitor(self, model=model)
 
     def apply(self, model, recovery, rng, state=None):
         """Change the run after recovery number `recovery` (1-based) restored a checkpoint.
 
         Returns a description of what changed. `state` is the run's `RecoveryState`
-        (checkpointed with the model); without one a scheduled learning rate is left alone.
+        (checkpointed with the model): the remedy is recorded there and applied through it
+        (`RecoveryState.apply`), so later rollbacks and resumes keep it. Without one the remedy
+        is applied to the model directly and a scheduled learning rate is left alone. Every
+        change goes through `model.set_run_options` and reaches the compiled step (variables it
+        reads, see `keras_ebm.run_settings`).
         """
         changes = []
         if self.reseed:
@@ -123,9 +129,12 @@ class DivergenceGuard:
     def _remedy_energy_l2(self, model, state):
         if model.energy_l2 is None:
             return f"energy L2 not applicable to {type(model).__name__}"
-        model.energy_l2 = max(float(model.energy_l2), self.energy_l2)
+        value = max(float(model.energy_l2), self.energy_l2)
         if state is not None:
-            state.energy_l2.assign(model.energy_l2)
+            state.energy_l2.assign(value)
+            state.apply(model)
+        else:
+            model.set_run_options(energy_l2=value)
         return f"energy L2 -> {model.energy_l2:g}"
 
     def _remedy_sgld_steps(self, model, state):
@@ -133,23 +142,27 @@ class DivergenceGuard:
         if sampler is None:
             return f"more SGLD steps not applicable to {type(model).__name__}"
         extra = int(round(int(sampler.n_steps) * (self.sgld_steps_factor - 1.0)))
-        sampler.n_steps = int(sampler.n_steps) + extra
         if state is not None:
             state.extra_sgld_steps.assign_add(extra)
+            state.apply(model)
+        else:
+            model.set_run_options({"sampler.n_steps": int(sampler.n_steps) + extra})
         return f"SGLD steps -> {sampler.n_steps}"
 
     def _remedy_lower_lr(self, model, state):
         changes = []
         if state is not None:
             state.lr_scale.assign(state.lr_scale * self.lr_factor)
+            state.apply(model)
         for name, opt in _optimizers(model).items():
             if isinstance(opt._learning_rate, ScaledSchedule) and state is not None:
                 changes.append(f"{name}: learning-rate schedule x {float(state.lr_scale.numpy()):.3g}")
             elif isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
                 changes.append(f"{name}: learning-rate schedule left unchanged")
             else:
-                opt.learning_rate = float(opt.learning_rate) * self.lr_factor
-                changes.append(f"{name}: learning rate -> {float(opt.learning_rate):.3g}")
+                if state is None:
+                    model.set_run_options({f"{name}.learning_rate": run_settings.learning_rate(opt) * self.lr_factor})
+                changes.append(f"{name}: learning rate -> {run_settings.learning_rate(opt):.3g}")
         return ", ".join(changes)
 
 
@@ -161,15 +174,31 @@ class DivergenceMonitor:
     the contrastive term and the penalty balance at E(x) = -1/(2 lam), E(x~) = +1/(2 lam): a
     bounded gap of 1/lam (10 at lam = 0.1) that is the penalty working, not a runaway. The
     energy-gap band is then `max(max_energy_gap, 2 / lam)`.
+
+    The band follows the coefficient the step applies: it is read from `model` (the variable the
+    compiled step reads) at every update, or fixed by `energy_l2` without a model.
+
+    `clf_loss_rise` compares medians (of the rise window and of the baseline before it), so one
+    outlying step, in either window, neither fires the signal nor hides a sustained rise.
     """
 
-    def __init__(self, guard, energy_l2=0.0):
+    def __init__(self, guard, energy_l2=0.0, model=None):
         self.guard = guard
-        self.max_energy_gap = guard.max_energy_gap
-        if self.max_energy_gap is not None and energy_l2 > 0:
-            self.max_energy_gap = max(self.max_energy_gap, 2.0 / energy_l2)
+        self.model = model
+        self.energy_l2 = float(energy_l2 or 0.0)
         self.clf_losses = collections.deque(maxlen=guard.rise_window + guard.baseline_window)
         self.fired = {}
+
+    @property
+    def max_energy_gap(self):
+        """The energy-gap band for the penalty now applied (None: the signal is off)."""
+        band = self.guard.max_energy_gap
+        lam = self.energy_l2
+        if self.model is not None and self.model.energy_l2 is not None:
+            lam = float(self.model.energy_l2)
+        if band is not None and lam > 0:
+            band = max(band, 2.0 / lam)
+        return band
 
     def update(self, step, logs):
         g = self.guard
@@ -179,14 +208,15 @@ class DivergenceMonitor:
             signals.append("non_finite")
         elif g.exploded(logs):
             signals.append("magnitude")
-        if self.max_energy_gap is not None and abs(values.get("energy_gap", 0.0)) > self.max_energy_gap:
+        band = self.max_energy_gap
+        if band is not None and abs(values.get("energy_gap", 0.0)) > band:
             signals.append("energy_gap")
         if g.clf_rise_factor is not None and "clf_loss" in values and np.isfinite(values["clf_loss"]):
             self.clf_losses.append(values["clf_loss"])
             history = list(self.clf_losses)
             baseline = history[:-g.rise_window]
             if len(baseline) >= max(g.baseline_window // 2, 1):
-                recent = float(np.mean(history[-g.rise_window:]))
+                recent = float(np.median(history[-g.rise_window:]))
                 level = float(np.median(baseline))
                 if recent > g.clf_rise_factor * level:
                     signals.append("clf_loss_rise")
@@ -235,28 +265,48 @@ class RecoveryState(tf.Module):
             getattr(self, name).assign(value)
 
     def attach(self, model):
-        """Route every scheduled learning rate of `model` through `lr_scale`."""
-        for opt in _optimizers(model).values():
+        """Route every scheduled learning rate of `model` through `lr_scale`, and remember the
+        run's settings before any remedy (the SGLD steps, the energy penalty and the constant
+        learning rates as built), which `apply` starts from."""
+        self._base = {"n_steps": None if model.sampler is None else int(model.sampler.n_steps),
+                      "energy_l2": None if model.energy_l2 is None else float(model.energy_l2),
+                      "learning_rates": {}}
+        for name, opt in _optimizers(model).items():
             schedule = opt._learning_rate
-            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule) and not isinstance(
-                schedule, ScaledSchedule
-            ):
-                opt.learning_rate = ScaledSchedule(schedule, self.lr_scale)
+            if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+                if not isinstance(schedule, ScaledSchedule):
+                    opt.learning_rate = ScaledSchedule(schedule, self.lr_scale)
+            else:
+                self._base["learning_rates"][name] = run_settings.learning_rate(opt)
+
+    def apply(self, model):
+        """Make `model` run with the recorded remedies, from the settings `attach` saw: energy L2
+        at least `energy_l2`, `extra_sgld_steps` more SGLD steps, constant learning rates times
+        `lr_scale` (schedules read `lr_scale` themselves). Idempotent: called after every restore
+        (a rollback, or a resume in a new process: the restored optimizer brings back its saved
+        rate, which a remedy made after that checkpoint must not lose) and after every remedy.
+        Goes through `model.set_run_options`, so it reaches the compiled step. Returns what was set.
+        """
+        base = getattr(self, "_base", None)
+        if base is None:
+            raise RuntimeError("RecoveryState.attach(model) must come before apply(model).")
+        options = {}
+        extra = int(self.extra_sgld_steps.numpy())
+        if extra and base["n_steps"] is not None:
+            options["sampler.n_steps"] = base["n_steps"] + extra
+        energy_l2 = float(f"{float(self.energy_l2.numpy()):.7g}")  # the float32 variable's value, as set
+        if energy_l2 > 0 and base["energy_l2"] is not None:
+            options["energy_l2"] = max(base["energy_l2"], energy_l2)
+        scale = float(self.lr_scale.numpy())
+        if scale != 1.0:
+            for name, lr in base["learning_rates"].items():
+                options[f"{name}.learning_rate"] = lr * scale
+        applied = model.set_run_options(options)
+        return [f"{k} = {v:.4g}" for k, v in applied.items()]
 
     def reapply(self, model):
-        """After a restore into a freshly built model: put back the Python-side remedies (the
-        extra SGLD steps and the energy penalty); returns what was put back."""
-        notes = []
-        extra = int(self.extra_sgld_steps.numpy())
-        sampler = model.sampler
-        if extra and sampler is not None:
-            sampler.n_steps = int(sampler.n_steps) + extra
-            notes.append(f"n_steps = {sampler.n_steps}")
-        energy_l2 = float(f"{float(self.energy_l2.numpy()):.7g}")  # the float32 variable's value, as set
-        if energy_l2 > 0 and model.energy_l2 is not None:
-            model.energy_l2 = max(float(model.energy_l2), energy_l2)
-            notes.append(f"energy_l2 = {model.energy_l2:g}")
-        return notes
+        """After a restore into a freshly built model: `apply` (kept for callers of earlier releases)."""
+        return self.apply(model)
 
 
 def _optimizers(model):

@@ -93,20 +93,29 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
     cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
         keras.callbacks.CallbackList(callbacks, model=model)
     iterator = iter(dataset)
-    # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
-    step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
-        else model.train_step
 
-    @tf.function
-    def train_one_step(iterator):
-        strategy.run(step_fn, args=(next(iterator),))
+    def make_step():
+        # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
+        step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
+            else model.train_step
 
+        @tf.function
+        def train_one_step(iterator):
+            strategy.run(step_fn, args=(next(iterator),))
+
+        return train_one_step
+
+    # Rebuilt when a graph-shaping run-time setting changed between steps (as `fit`'s train
+    # function, `EBMTrainer.make_train_function`); variables need no rebuild.
+    signature, train_one_step = model.trace_signature(), make_step()
     model.stop_training = False
     try:
         cbs.on_train_begin()
         batch = 0
         while callbacks_lib.current_step(model) < train_steps and not model.stop_training:
             cbs.on_train_batch_begin(batch)
+            if model.trace_signature() != signature:
+                signature, train_one_step = model.trace_signature(), make_step()
             train_one_step(iterator)
             cbs.on_train_batch_end(batch, {})
             batch += 1

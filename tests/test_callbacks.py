@@ -9,6 +9,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,7 +129,8 @@ def test_fit_recovers_from_divergence_in_place(tmp_path):
     # Checkpoints 0, 2, 4; at step 6 only ckpt-2 had confirm_steps=2 healthy steps after it.
     assert len(events) == 1 and events[0]["at_step"] == 6 and events[0]["restored"].endswith("ckpt-2"), events
     assert "energy L2 -> 0.1" in events[0]["change"]
-    assert model.energy_l2 == 0.1
+    # What the remedy computes (the penalty in the loss, on every path) is checked in
+    # tests/test_run_settings.py; here the recovery itself.
     # fit's own step budget ran out in the failing branch: the run stops short, healthy, resumable.
     assert all(np.all(np.isfinite(v.numpy())) for v in model.trainable_variables)
     assert callbacks.find(cbs, callbacks.DivergenceRecovery).recoveries == len(events)
@@ -206,3 +208,138 @@ def test_fit_sigkilled_then_resumed_equals_an_uninterrupted_run(tmp_path):
     assert sorted(whole.files) == sorted(resumed.files)
     for k in whole.files:
         np.testing.assert_array_equal(whole[k], resumed[k], err_msg=k)
+
+
+def test_the_guard_reads_each_steps_own_values_in_one_fit(tmp_path, monkeypatch):
+    # One `fit` call for the whole run: the logs the guard reads at step k are compute_losses of
+    # batch k (at the weights before step k), not running means over the call.
+    from keras_ebm.state import discard_updates
+
+    model, cbs = build(tmp_path, 6, divergence_guard=divergence.DivergenceGuard(
+        max_recoveries=0, clf_rise_factor=None, max_energy_gap=None))
+    x, y = digits_arrays(256)
+    expected, seen = {}, {}
+
+    class Expect(keras.callbacks.Callback):
+        """Before step k: compute_losses of batch k without changing any state (the step then
+        draws the same SGLD samples from the same seeds)."""
+
+        def on_train_batch_begin(self, batch, logs=None):
+            k = callbacks.current_step(self.model)
+            xb, yb = x[16 * k:16 * (k + 1)], y[16 * k:16 * (k + 1)]
+            with discard_updates():
+                b = self.model.unpack_batch((xb, yb), training=True)
+                logs = self.model.compute_losses(b, self.model.sample_negatives(b), training=True)
+            expected[k + 1] = {n: float(v) for n, v in logs.items()}
+
+    original = divergence.DivergenceMonitor.update
+
+    def spy(self, step, logs):
+        seen[step] = dict(logs)
+        return original(self, step, logs)
+
+    monkeypatch.setattr(divergence.DivergenceMonitor, "update", spy)
+    model.fit(data(), epochs=1, steps_per_epoch=6, verbose=0, callbacks=[Expect()] + cbs)
+    assert sorted(seen) == [1, 2, 3, 4, 5, 6]
+    for k in seen:
+        # The classifier batch's terms (the SGLD samples of an eager replay differ slightly).
+        for name in ("clf_loss", "clf_acc", "energy_data"):
+            np.testing.assert_allclose(seen[k][name], expected[k][name], rtol=2e-4, atol=1e-5,
+                                       err_msg=f"step {k} {name}")
+
+
+def test_ctrl_c_during_fit_saves_the_step_and_says_how_to_resume(tmp_path, capsys):
+    # A real SIGINT to this process, sent between steps 3 and 4: the running step finishes, is
+    # checkpointed, and fit stops with TrainingInterrupted (a KeyboardInterrupt); the handler that
+    # was there before fit is back.
+    class SendSigint(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if callbacks.current_step(self.model) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    model, cbs = build(tmp_path / "run", 100)
+    callbacks.find(cbs, callbacks.Checkpointing).every = 1000  # only the interrupt saves
+    with pytest.raises(callbacks.TrainingInterrupted) as info:
+        model.fit(data(), epochs=1, steps_per_epoch=100, verbose=0, callbacks=[SendSigint()] + cbs)
+    assert info.value.step == 4 and info.value.checkpoint.endswith("ckpt-4")
+    assert signal.getsignal(signal.SIGINT) is before
+    assert "ckpt-4.index" in checkpoint_files(tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "interrupted at step 4: saved" in out and "to resume, run the same command again" in out
+    resumed, cbs = build(tmp_path / "run", 100)
+    assert callbacks.resume(resumed, cbs) == 4
+    assert_same_state(state(model), state(resumed))
+
+
+TRAIN_ARGS = ["--gin_file=gin_configs/jem.gin", "--gin_file=gin_configs/tiny.gin",
+              "--gin_param=run_training.train_steps = 300", "--gin_param=run_training.export = False",
+              "--gin_param=run_training.checkpoint_every = 1000", "--gin_param=run_training.progress = False"]
+
+
+def _train(model_dir, env, extra=()):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={model_dir}"]
+                            + TRAIN_ARGS + list(extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_first_step(proc, model_dir, timeout=240):
+    """operative_config.gin is written after the first step: fit (and its Ctrl-C handler) runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if (model_dir / "operative_config.gin").exists():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"training did not start (returncode {proc.poll()})")
+
+
+def _final_state(model_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(model_dir / "checkpoints")))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if "save_counter" not in k}
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_train_py_checkpoints_exits_130_and_resumes_exactly(tmp_path):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    run_dir = tmp_path / "run"
+    proc = _train(run_dir, env)
+    try:
+        _wait_for_first_step(proc, run_dir)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    lines = [line for line in out.splitlines() if "interrupted at step" in line]
+    assert len(lines) == 1, out[-3000:]
+    step = int(re.search(r"interrupted at step (\d+)", lines[0]).group(1))
+    assert 0 < step < 300 and f"ckpt-{step}" in lines[0] and "run the same command again" in lines[0]
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt-{step}")
+    # The same command resumes from it and ends bit-identical to an uninterrupted run.
+    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={run_dir}"] + TRAIN_ARGS,
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={tmp_path / 'whole'}"] + TRAIN_ARGS,
+                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    resumed, whole = _final_state(run_dir), _final_state(tmp_path / "whole")
+    assert sorted(resumed) == sorted(whole)
+    for k in whole:
+        if isinstance(whole[k], np.ndarray):
+            np.testing.assert_array_equal(resumed[k], whole[k], err_msg=k)
+    # A second Ctrl-C during the (slow: 3,000 SGLD steps) step ends the process at once, killed by
+    # SIGINT, without saving that step.
+    again = tmp_path / "again"
+    proc = _train(again, env, extra=["--gin_param=SGLD_STEPS = 3000"])
+    try:
+        _wait_for_first_step(proc, again)
+        saved = tf.train.latest_checkpoint(str(again / "checkpoints"))
+        proc.send_signal(signal.SIGINT)
+        for line in proc.stdout:  # the first Ctrl-C is acknowledged...
+            if "Ctrl-C: saving a checkpoint after this step" in line:
+                break
+        proc.send_signal(signal.SIGINT)  # ...and the second one does not wait for the step
+        proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT
+    assert tf.train.latest_checkpoint(str(again / "checkpoints")) == saved

@@ -211,9 +211,18 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
         calls.append(1)
         return exploding_data_fn(input_context) if len(calls) <= 3 else data_fn(input_context)
 
+    import _remedy_scenario as scenario
+
+    energy_calls = tf.Variable(0, dtype=tf.int64, trainable=False)  # SGLD energy calls, in the graph
     guard = divergence.DivergenceGuard(max_recoveries=3, lr_factor=0.5, sgld_steps_factor=2.5, energy_l2=0.1,
                                        confirm_steps=0)
-    kwargs = dict(model_dir=str(tmp_path), trainer=jem_trainer_fn, optimizer=scheduled_adam,
+    built = []
+
+    def counting_jem():  # K = 2, energy L2 0 in "means" mode: the penalty is checkable from the logs
+        built.append(scenario.make_trainer(energy_calls))
+        return built[-1]
+
+    kwargs = dict(model_dir=str(tmp_path), trainer=counting_jem, optimizer=scheduled_adam,
                   checkpoint_every=2, log_every=2, export=False, progress=False)
     model = training.run_training(train_data=explodes_thrice, train_steps=8, divergence_guard=guard, **kwargs)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
@@ -223,13 +232,24 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
     assert "SGLD steps -> 5" in events[1]["change"] and "energy" not in events[1]["change"], events[1]
     assert "optimizer: learning-rate schedule x 0.5" in events[2]["change"], events[2]
     assert all("new random seeds" in e["change"] for e in events)
-    assert model.sampler.n_steps == 5 and model.energy_l2 == 0.1
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
-    # A new process (a freshly built trainer) resuming the run keeps every change: they are checkpointed
-    # (even though recoveries 2 and 3 restored checkpoints written before the earlier remedies).
-    resumed = training.run_training(train_data=data_fn, train_steps=10, **kwargs)
+    # A new process (a freshly built trainer) resuming the run computes with every change: they
+    # are checkpointed (even though recoveries 2 and 3 restored checkpoints written before the
+    # earlier remedies). What the resumed steps compute: the penalty in the loss (by hand from the
+    # logged mean energies), 5 SGLD energy calls per step, the halved scheduled rate.
+    records = []
+    undo = scenario.record_monitor(records, energy_calls, lambda: built[-1])
+    try:
+        resumed = training.run_training(train_data=data_fn, train_steps=10, divergence_guard=guard, **kwargs)
+    finally:
+        undo()
     assert int(resumed.optimizer.iterations.numpy()) == 10
-    assert resumed.sampler.n_steps == 5 and resumed.energy_l2 == 0.1
+    assert [r["step"] for r in records] == [9, 10], records
+    for r in records:
+        logs = r["logs"]
+        np.testing.assert_allclose(logs["loss"] - logs["clf_loss"] - logs["px_loss"],
+                                   0.1 * (logs["energy_data"] ** 2 + logs["energy_sample"] ** 2), rtol=1e-4)
+    assert records[1]["calls"] - records[0]["calls"] == 5, records
     np.testing.assert_allclose(float(resumed.optimizer.learning_rate), 0.025)
 
 
@@ -385,7 +405,7 @@ def test_remedies_are_applied_once_each_in_order():
     assert changes[1] == "new random seeds, SGLD steps -> 4"
     assert changes[2] == "new random seeds, optimizer: learning-rate schedule x 0.5"
     assert changes[3:] == ["new random seeds"] * 2  # nothing compounds after the ladder
-    assert model.energy_l2 == 0.1 and model.sampler.n_steps == 4
+    assert model.run_options()["energy_l2"] == 0.1 and model.run_options()["sampler.n_steps"] == 4
     np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.025)
     assert state.snapshot() == {"lr_scale": 0.5, "extra_sgld_steps": 2, "energy_l2": pytest.approx(0.1)}
 
@@ -519,3 +539,15 @@ def test_a_rerun_removes_what_killed_saves_and_exports_left(tmp_path):
     assert sorted(os.listdir(ckpt)) == listed
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".export.")]
     assert (tmp_path / "export" / "saved_model.pb").exists()
+
+
+def test_monitor_one_outlying_step_neither_fires_nor_hides_a_rise():
+    # The running level and the current loss are medians: a single spike (a hard batch) in the
+    # history does not fire the signal, and a single huge value in the baseline does not lift the
+    # level above a real rise (a mean would do both).
+    guard = divergence.DivergenceGuard(max_energy_gap=None, rise_window=10, baseline_window=100)
+    flat = [1.0] * 150
+    spike = flat[:120] + [1000.0] + flat[121:]
+    assert _replay(guard, spike) == {}
+    outlier_then_rise = [1.0] * 50 + [1000.0] + [1.0] * 59 + [3.0] * 20
+    assert 111 <= _replay(guard, outlier_then_rise)["clf_loss_rise"] <= 120

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import distribute
+from keras_ebm import run_settings
 
 _TOTAL_KEYS = ("total", "loss")
 
@@ -74,10 +75,13 @@ def add_weight_decay(grads, variables, weight_decay):
     momentum 0.9, whose decay goes through the momentum buffer; Keras' `weight_decay` is decoupled
     (`w -= lr * wd * w`), about 10x weaker at momentum 0.9. Scaled like the loss: the optimizer sums
     the gradients of the replicas, so each replica adds `wd / num_replicas`.
+
+    `weight_decay` may be a tensor (a trainer's run-time setting read in the step: applied always,
+    0 adds exactly 0); a Python 0 adds nothing to the graph.
     """
-    if not weight_decay:
+    if not tf.is_tensor(weight_decay) and not weight_decay:
         return list(grads)
-    wd = float(weight_decay) / distribute.num_replicas()
+    wd = weight_decay / distribute.num_replicas()
     return [g if g is None else g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
 
 
@@ -168,6 +172,10 @@ class SAMGradients:
         sync_perturbation: bool, see above.
         epsilon: float added to the gradient norm to avoid a division by zero.
 
+    `rho`, `eta` and `epsilon` are variables the compiled step reads (change them between steps;
+    no retrace); `adaptive` and `sync_perturbation` shape the graph (a change rebuilds the step).
+    See `keras_ebm.run_settings`.
+
     Call args:
         loss_fn: zero-argument callable returning a dict of scalar tensors with the total under
             `"total"` (or `"loss"`). It is called twice.
@@ -193,6 +201,12 @@ class SAMGradients:
         - [Kwon et al., 2021 (ASAM)](https://arxiv.org/abs/2102.11600)
         - [Yang, Su and Ji, 2023 (SADA-JEM)](https://arxiv.org/abs/2209.07959), Algorithm 1.
     """
+
+    rho = run_settings.Setting(minimum=0.0)
+    eta = run_settings.Setting(minimum=0.0)
+    epsilon = run_settings.Setting(minimum=0.0)
+    adaptive = run_settings.TraceSetting(bool)
+    sync_perturbation = run_settings.TraceSetting(bool)
 
     def __init__(self, rho=0.05, adaptive=False, eta=0.01, sync_perturbation=False, epsilon=1e-12):
         if not float(rho) >= 0:
@@ -232,13 +246,14 @@ class SAMGradients:
         grads = [tf.cast(g, tf.float32) for g in grads]
         if self.adaptive:
             scales = [
-                tf.abs(tf.cast(tf.convert_to_tensor(v), tf.float32)) + self.eta for v in variables
+                tf.abs(tf.cast(tf.convert_to_tensor(v), tf.float32)) + tf.cast(self.eta, tf.float32)
+                for v in variables
             ]
         else:
             scales = [None] * len(grads)
         scaled = [g if t is None else t * g for g, t in zip(grads, scales)]
         norm = tf.linalg.global_norm(scaled)
-        factor = self.rho / (norm + self.epsilon)
+        factor = tf.cast(self.rho, tf.float32) / (norm + tf.cast(self.epsilon, tf.float32))
         # ASAM: ε = ρ T (T g) / ||T g||, the SAM step taken in the rescaled weights T⁻¹w.
         return [
             factor * (s if t is None else t * s) for s, t in zip(scaled, scales)

@@ -5,7 +5,7 @@ import random
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute, resources
+from keras_ebm import distribute, resources, run_settings
 from keras_ebm.sampling.initializers import UniformInitializer
 
 
@@ -75,6 +75,10 @@ class ReplayBuffer(keras.layers.Layer):
         - [Du and Mordatch, 2019](https://arxiv.org/abs/1903.08689), replay buffer.
         - [Grathwohl et al., 2020 (JEM)](https://arxiv.org/abs/1912.03263), PCD buffer.
     """
+
+    # A variable the step reads (change it between steps, no retrace); turning it on or off (0)
+    # rebuilds the step (keras_ebm.run_settings).
+    reinit_prob = run_settings.Setting(minimum=0.0, maximum=1.0, structure=lambda v: v > 0)
 
     def __init__(
         self,
@@ -216,7 +220,7 @@ class ReplayBuffer(keras.layers.Layer):
             )
         # A sparse read: converting the Keras variable to a tensor would copy the whole buffer.
         x_buffer = tf.gather(self.buffer.value, idx)
-        if self.reinit_prob <= 0.0:
+        if not run_settings.structure_of(self, "reinit_prob"):  # 0: no fresh draws in the graph
             return x_buffer, idx
         # Fresh samples for the whole batch keep the shapes static; only a fraction is kept.
         fresh = tf.cast(

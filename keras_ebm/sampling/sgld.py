@@ -9,6 +9,7 @@ from keras_ebm.state import discard_updates
 from keras_ebm.state import get_stateless_scope
 
 from keras_ebm import distribute
+from keras_ebm import run_settings
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -82,6 +83,12 @@ class SGLDSampler:
         The final samples, same shape and dtype as `x_init`, with the gradient stopped.
         `sample_with_stats` also returns a dict of scalar diagnostics.
 
+    Run-time settings (`keras_ebm.run_settings`): `n_steps`, `step_size` and `noise_std` are
+    variables the compiled chain reads (assign them between training steps, e.g. the divergence
+    guard's "more SGLD steps"; no retrace); `grad_clip`, `x_clip`, `energy_reduction`,
+    `energy_training`, `freeze_bn_stats` and `jit_compile` shape the graph, so a change rebuilds
+    the trainer's step. The noise is drawn at every step and scaled by `noise_std` (0 adds 0).
+
     Cost: a step is one forward pass and one backward pass to the input, nothing else per step.
     The diagnostics of `sample_with_stats` are reduced once, after the loop, from the last step's
     energies and gradient (carried out of the loop); `__call__` computes none, and both give the
@@ -108,6 +115,16 @@ class SGLDSampler:
         - [Yang and Ji, 2021 (JEM++)](https://arxiv.org/abs/2109.09032)
         - [Yang, Su and Ji, 2023 (SADA-JEM)](https://arxiv.org/abs/2209.07959)
     """
+
+    n_steps = run_settings.Setting("int32", minimum=0)
+    step_size = run_settings.Setting(minimum=0.0)
+    noise_std = run_settings.Setting(minimum=0.0)
+    grad_clip = run_settings.TraceSetting()
+    x_clip = run_settings.TraceSetting()
+    energy_reduction = run_settings.TraceSetting()
+    energy_training = run_settings.TraceSetting(bool)
+    freeze_bn_stats = run_settings.TraceSetting(bool)
+    jit_compile = run_settings.TraceSetting(bool)
 
     def __init__(
         self,
@@ -226,8 +243,8 @@ class SGLDSampler:
         """The chain as a `tf.function` (XLA-compiled with `jit_compile`), cached per energy function
         and per setting read while tracing. Inside a `keras.StatelessScope` (SAM's second pass,
         `discard_updates`) the trace captures the scope's variable values, so it is not cached."""
-        key = (energy_fn, with_stats, self.freeze_bn_stats, self.energy_training, self.step_size,
-               self.noise_std, self.grad_clip, self.x_clip, self.energy_reduction)
+        # n_steps, step_size and noise_std are variables the function reads: not part of the key.
+        key = (energy_fn, with_stats, run_settings.signature(self))
         chain = self._chain_functions.get(key)
         if chain is None:
             def run_chain(x, y, seed, n_steps):
@@ -251,13 +268,13 @@ class SGLDSampler:
             if self.grad_clip is not None:
                 step_grad = tf.clip_by_value(grad, -self.grad_clip, self.grad_clip)
             x_next = x - tf.cast(self.step_size, x.dtype) * step_grad
-            if self.noise_std > 0:
-                noise = tf.random.stateless_normal(
-                    tf.shape(x),
-                    seed=tf.random.experimental.stateless_fold_in(seed, step),
-                    dtype=x.dtype,
-                )
-                x_next = x_next + tf.cast(self.noise_std, x.dtype) * noise
+            # Always drawn and scaled (a variable: noise_std may change between steps; 0 adds 0).
+            noise = tf.random.stateless_normal(
+                tf.shape(x),
+                seed=tf.random.experimental.stateless_fold_in(seed, step),
+                dtype=x.dtype,
+            )
+            x_next = x_next + tf.cast(self.noise_std, x.dtype) * noise
             if self.x_clip is not None:
                 x_next = tf.clip_by_value(x_next, self.x_clip[0], self.x_clip[1])
             return x_next, energies, grad

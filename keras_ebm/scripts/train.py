@@ -9,6 +9,9 @@ joined by '_'), --verbose (tracebacks for errors). Everything else is gin (see R
 "Configuration"). A run resumes from the last checkpoint in --model_dir.
 """
 
+import signal
+import sys
+
 from absl import flags
 
 from keras_ebm import scripts
@@ -28,6 +31,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments {argv[1:]}: pass configs with --gin_file=...")
     if not FLAGS.gin_file:
         raise app.UsageError("Pass a config: --gin_file=gin_configs/<name>.gin (e.g. quickstart.gin).")
+    # Ctrl-C: during training the first one saves the step and exits with 130 (see
+    # keras_ebm.callbacks.Checkpointing); a second one, or one outside training, ends the process
+    # at once (the default action: checkpoints are written atomically, never left half-written).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
     from keras_ebm import cli, distribute, training  # after absl parsed the flags: TensorFlow loads here
 
@@ -47,7 +54,12 @@ def main(argv):
         # Several machines: a lost worker ends this one at once with WorkerLostError (README,
         # "Several machines"); restart every worker with the same command to resume.
         with distribute.exit_when_worker_lost():
-            training.run_training(model_dir=model_dir)
+            try:
+                training.run_training(model_dir=model_dir)
+            except KeyboardInterrupt:
+                # Ctrl-C during training: the step was checkpointed and the resume line printed
+                # (keras_ebm.callbacks.Checkpointing); elsewhere nothing is lost since the last save.
+                sys.exit(130)
 
 
 def run():

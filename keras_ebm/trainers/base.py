@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
+from keras_ebm import run_settings
 from keras_ebm import scores as scores_lib
 from keras_ebm.optim.gradients import PlainGradients
 from keras_ebm.optim.gradients import add_weight_decay
@@ -92,6 +93,10 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     config_attributes = ("network", "image_shape", "num_classes", "pixel_range", "gradients",
                          "check_finite_inputs", "weight_decay", "seed")
     energy_l2 = None  # the JEM family's energy L2 coefficient (None: the trainer has no such penalty)
+    # Run-time settings (keras_ebm.run_settings): read by the compiled step from a variable, or
+    # part of the trace signature (a change rebuilds the step).
+    weight_decay = run_settings.Setting(minimum=0.0)
+    check_finite_inputs = run_settings.TraceSetting(bool)
 
     def __init__(
         self,
@@ -121,9 +126,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.pixel_range = (lo, hi)
         self.gradients = gradients if gradients is not None else PlainGradients()
         self.check_finite_inputs = bool(check_finite_inputs)
-        if weight_decay < 0:
-            raise ValueError(f"`weight_decay` must be >= 0. Received: weight_decay={weight_decay}")
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = weight_decay
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_names}
@@ -218,6 +221,112 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             )
         for key, state in zip(saved, states):
             state.assign(store[key])
+
+    # ------------------------------------------------------------------ run-time settings
+    def run_components(self):
+        """The components whose run-time settings the step reads, by the name `set_run_options`
+        uses for them (`sampler.n_steps`, `gradients.rho`, `buffer.reinit_prob`)."""
+        return {"sampler": self.sampler, "gradients": self.gradients, "buffer": self.buffer}
+
+    def trace_signature(self):
+        """Everything the traced step depends on that is not a variable: the `TraceSetting` values
+        and structural parts of the trainer and its components, which component objects are in
+        place, and the dtype policies of the trainer's layers (mixed precision). The compiled
+        functions are rebuilt when it changes (`make_train_function`); see `keras_ebm.run_settings`."""
+        parts = [run_settings.signature(self)]
+        for name, component in self.run_components().items():
+            parts.append((name, id(component), run_settings.signature(component)))
+        parts.append(tuple(layer.dtype_policy.name
+                           for layer in self._flatten_layers(include_self=True, recursive=False)))
+        return tuple(parts)
+
+    def run_options(self):
+        """Every run-time setting the step reads, `{name: value}` (names as `set_run_options` takes
+        them), with the constant learning rates of the optimizers."""
+        out = dict(run_settings.values(self))
+        for prefix, component in self.run_components().items():
+            if component is not None:
+                out.update({f"{prefix}.{k}": v for k, v in run_settings.values(component).items()})
+        if self.optimizer is not None:
+            for prefix, opt in self.optimizers.items():
+                if not isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                    out[f"{prefix}.learning_rate"] = run_settings.learning_rate(opt)
+        return out
+
+    def set_run_options(self, options=None, **kwargs):
+        """Change run-time settings between steps so that the next step computes with them.
+
+        Names: a setting of the trainer (`energy_l2`, `px_weight`, HDGE's `alpha`...), of a
+        component (`sampler.n_steps`, `sampler.step_size`, `sampler.noise_std`, `gradients.rho`,
+        `buffer.reinit_prob`) or an optimizer's constant rate (`optimizer.learning_rate`; CLEL
+        also `encoder_optimizer.learning_rate`); `run_options()` lists them with their values.
+        Variables are assigned (no retrace); a setting that shapes the graph makes the next call
+        of the compiled step rebuild it (in `fit`, across `fit` calls and in `run_training`'s
+        multi-worker loop). All names are checked before anything changes.
+
+        Returns:
+            `{name: value now in effect}`.
+        """
+        options = dict(options or {}, **kwargs)
+        targets = {name: self._run_option_target(name) for name in options}
+        applied = {}
+        for name, value in options.items():
+            owner, attr = targets[name]
+            setattr(owner, attr, value)
+            value = getattr(owner, attr)
+            applied[name] = run_settings.learning_rate(owner) if attr == "learning_rate" else value
+        return applied
+
+    def _run_option_target(self, name):
+        prefix, _, attr = str(name).rpartition(".")
+        components = self.run_components()
+        optimizers = self.optimizers if self.optimizer is not None else {}
+        if not prefix:
+            owner = self
+        elif prefix in optimizers:
+            owner = optimizers[prefix]
+            if attr != "learning_rate":
+                raise ValueError(f"Only `{prefix}.learning_rate` is a run option of an optimizer. Received: {name!r}")
+            if isinstance(owner._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                raise ValueError(
+                    f"`{prefix}` has a learning-rate schedule: a constant cannot replace it between steps. "
+                    "Scale it instead (keras_ebm.divergence.ScaledSchedule, which the divergence guard's "
+                    f"'lower_lr' remedy uses). Received: {name!r}")
+            return owner, attr
+        elif components.get(prefix) is not None:
+            owner = components[prefix]
+        else:
+            raise ValueError(f"Unknown run option {name!r} for {type(self).__name__}: choose from "
+                             f"{sorted(self.run_options())}.")
+        prop = getattr(type(owner), attr, None)
+        if attr not in run_settings.declared(type(owner)) and not (isinstance(prop, property) and prop.fset):
+            raise ValueError(f"Unknown run option {name!r} for {type(self).__name__}: choose from "
+                             f"{sorted(self.run_options())}.")
+        return owner, attr
+
+    def make_train_function(self, force=False):
+        """Keras' train function, rebuilt before a step whose `trace_signature()` differs from
+        the one it was built with (a graph-shaping setting changed between steps)."""
+        return self._checked_function("train_function", super().make_train_function, force)
+
+    def make_test_function(self, force=False):
+        return self._checked_function("test_function", super().make_test_function, force)
+
+    def _checked_function(self, attr, make, force):
+        function = getattr(self, attr)
+        if function is not None and not force:
+            return function
+        make(force=True)
+        function = getattr(self, attr)
+        signature = self.trace_signature()
+
+        def checked(*args, **kwargs):
+            if self.trace_signature() != signature:
+                return self._checked_function(attr, make, True)(*args, **kwargs)
+            return function(*args, **kwargs)
+
+        setattr(self, attr, checked)
+        return checked
 
     # ------------------------------------------------------------------ the one train_step
     def train_step(self, data):

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import distribute
+from keras_ebm import run_settings
 from keras_ebm.data.augment import simclr_augment
 from keras_ebm.ema import ModelEMA
 from keras_ebm.losses.contrastive import nt_xent_loss
@@ -101,6 +102,18 @@ class CLEL(EBMTrainer):
         "projection", "encoder", "encoder_weight_decay", "augment_chain_starts", "alpha", "beta", "ood_beta",
         "temperature", "ebm_batch_fraction", "ema_decay", "ema_start_step", "sample_sweeps",
     )
+    # Run-time settings (keras_ebm.run_settings): the objective's weights, the EMA schedule and the
+    # encoder's decay are variables the compiled step reads; the temperature (a Python number of
+    # NT-Xent), the EBM batch slice and the chain-start augmentation decide the graph (a change
+    # rebuilds the step). `ood_beta` and `sample_sweeps` are evaluation settings, read eagerly.
+    alpha = run_settings.Setting()
+    beta = run_settings.Setting()
+    temperature = run_settings.TraceSetting(float)
+    ebm_batch_fraction = run_settings.TraceSetting(float)
+    ema_decay = run_settings.Setting(minimum=0.0, maximum=1.0)
+    ema_start_step = run_settings.Setting("int64")
+    encoder_weight_decay = run_settings.Setting(minimum=0.0)
+    augment_chain_starts = run_settings.TraceSetting(bool)
 
     def __init__(
         self,
@@ -140,7 +153,7 @@ class CLEL(EBMTrainer):
         self.projection = projection
         self.encoder = encoder
         self._encoder_optimizer = _Untracked(None)  # set by `compile`
-        self.encoder_weight_decay = float(encoder_weight_decay)
+        self.encoder_weight_decay = encoder_weight_decay
         self.sampler = sampler if sampler is not None else SGLDSampler(
             n_steps=60, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=self.pixel_range,
             energy_training=True,
@@ -151,13 +164,13 @@ class CLEL(EBMTrainer):
             buffer = self.default_buffer(buffer_size, reinit_prob=reinit_prob)
         self.buffer = buffer
         self.augment_chain_starts = bool(augment_chain_starts)
-        self.alpha = float(alpha)
-        self.beta = float(beta)
+        self.alpha = alpha
+        self.beta = beta
         self.ood_beta = float(ood_beta)
         self.temperature = float(temperature)
         self.ebm_batch_fraction = float(ebm_batch_fraction)
-        self.ema_decay = float(ema_decay)
-        self.ema_start_step = int(ema_start_step)
+        self.ema_decay = ema_decay
+        self.ema_start_step = ema_start_step
         self.sample_sweeps = _check_sweeps(sample_sweeps, "sample_sweeps")
         for model in (network, projection, encoder):
             if not model.built:
@@ -450,7 +463,8 @@ class CLEL(EBMTrainer):
 
     def after_step(self, batch, negatives, logs):
         del batch, negatives, logs
-        decay = tf.where(self.optimizer.iterations < self.ema_start_step, 0.0, self.ema_decay)
+        decay = tf.where(self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64), 0.0,
+                         tf.cast(self.ema_decay, tf.float32))
         for ema in (self.ema_network, self.ema_projection, self.ema_encoder):
             ema.update(decay)
 

@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import distribute
+from keras_ebm import run_settings
 from keras_ebm.backbones.classifier import feature_extractor
 from keras_ebm.heads import mmc_head
 from keras_ebm.sampling import SGLDSampler
@@ -98,6 +99,15 @@ class GMMC(EBMTrainer):
     config_attributes = EBMTrainer.config_attributes + (
         "mode", "sampling", "latent_std", "switch_step", "ramp_steps", "sigma_batches",
     )
+    # Run-time settings (keras_ebm.run_settings): beta and the joint schedule are variables the
+    # compiled step reads (arithmetic on optimizer.iterations); the mode, the sampling scheme and
+    # latent_std decide the graph (a change rebuilds the step).
+    mode = run_settings.TraceSetting()
+    sampling = run_settings.TraceSetting()
+    latent_std = run_settings.TraceSetting(lambda v: None if v is None else float(v))
+    balance_factor = run_settings.Setting()
+    switch_step = run_settings.Setting("int64", minimum=0)
+    ramp_steps = run_settings.Setting("int64", minimum=0)
 
     def __init__(
         self,
@@ -145,10 +155,10 @@ class GMMC(EBMTrainer):
             )
         self.mode = mode
         self.sampling = sampling
-        self.latent_std = None if latent_std is None else float(latent_std)
-        self.balance_factor = float(balance)
-        self.switch_step = int(switch_step)
-        self.ramp_steps = int(ramp_steps)
+        self.latent_std = latent_std
+        self.balance_factor = balance
+        self.switch_step = switch_step
+        self.ramp_steps = ramp_steps
         if sigma_batches is not None and int(sigma_batches) < 1:
             raise ValueError(
                 f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}"
@@ -281,12 +291,14 @@ class GMMC(EBMTrainer):
         if self.mode == "discriminative":
             return tf.constant(0.0)
         if self.mode == "generative":
-            return tf.constant(self.balance_factor)
+            return tf.cast(self.balance_factor, tf.float32)
         step = self.current_step() if step is None else tf.cast(step, tf.int64)
-        # Arithmetic, not Python control flow: one trace serves the whole run.
-        since = tf.cast(step - self.switch_step + 1, tf.float32)
-        frac = tf.clip_by_value(since / float(max(self.ramp_steps, 1)), 0.0, 1.0)
-        return self.balance_factor * frac
+        # Arithmetic, not Python control flow, on variables: one trace serves the whole run, and
+        # a changed switch step, ramp or beta applies at the next step.
+        since = tf.cast(step - tf.cast(self.switch_step, tf.int64) + 1, tf.float32)
+        ramp = tf.cast(tf.maximum(tf.cast(self.ramp_steps, tf.int64), 1), tf.float32)
+        frac = tf.clip_by_value(since / ramp, 0.0, 1.0)
+        return tf.cast(self.balance_factor, tf.float32) * frac
 
     # ------------------------------------------------------------------ EBMTrainer hooks
     def sample_negatives(self, batch):

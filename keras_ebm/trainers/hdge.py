@@ -13,6 +13,7 @@ JEM's sampler and replay buffer unchanged.
 import keras
 import tensorflow as tf
 
+from keras_ebm import run_settings
 from keras_ebm.losses.hdge import SCORES, hdge_contrastive_loss, smoothed_labels
 from keras_ebm.queues import FeatureQueue
 from keras_ebm.trainers.jem import JEM
@@ -165,6 +166,14 @@ class HDGE(JEM):
         "alpha", "temperature", "score", "label_smoothing", "queue", "queue_init",
     )
 
+    # Run-time settings (keras_ebm.run_settings): alpha (stored as JEM's clf_weight) is a variable
+    # the step reads; reaching or leaving 1 (the contrastive term leaves the loss) rebuilds the
+    # step, as do the temperature, score and label smoothing (Python numbers of the loss).
+    clf_weight = run_settings.Setting(minimum=0.0, maximum=1.0, structure=lambda v: v < 1.0)
+    temperature = run_settings.TraceSetting(float)
+    score = run_settings.TraceSetting()
+    label_smoothing = run_settings.TraceSetting(float)
+
     def get_config(self):
         return {**super().get_config(), "queue_size": self.queue.size}
 
@@ -177,7 +186,11 @@ class HDGE(JEM):
     def alpha(self, value):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"`alpha` must lie in [0, 1]. Received: alpha={value}")
-        self.clf_weight = float(value)
+        self.clf_weight = value
+
+    def _contrastive_on(self):
+        """Whether the contrastive term is in the loss (alpha < 1): decides the graph."""
+        return run_settings.structure_of(self, "clf_weight")
 
     def classifier_logs(self, logits, y):
         """JEM's classifier logs plus the contrastive term; also used by `test_step`."""
@@ -208,14 +221,14 @@ class HDGE(JEM):
     def _hybrid(self, clf_loss, contrastive_loss):
         # alpha = 1 leaves the contrastive term out of the graph of the loss, so its value and
         # gradients are exactly the cross-entropy's.
-        if self.alpha == 1.0:
+        if not self._contrastive_on():
             return clf_loss
         return self.alpha * clf_loss + (1.0 - self.alpha) * contrastive_loss
 
     def compute_losses(self, batch, negatives, training=True):
         # JEM's total is alpha * clf_loss (clf_weight = alpha) plus its log q(x) terms.
         logs = super().compute_losses(batch, negatives, training=training)
-        if self.alpha < 1.0:
+        if self._contrastive_on():
             logs["loss"] = logs["loss"] + (1.0 - self.alpha) * logs["contrastive_loss"]
         return logs
 

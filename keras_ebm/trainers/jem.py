@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
+from keras_ebm import run_settings
 from keras_ebm.optim.gradients import SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.state import discard_updates
@@ -89,6 +90,15 @@ class JEM(EBMTrainer):
     config_attributes = EBMTrainer.config_attributes + (
         "clf_weight", "px_weight", "pxy_weight", "energy_l2", "energy_l2_mode", "bn_stats_from_samples",
     )
+    # Run-time settings (keras_ebm.run_settings): the loss weights and the energy L2 coefficient
+    # are variables the compiled step reads (the divergence guard's energy L2 remedy, schedules);
+    # px_weight / pxy_weight turning on or off (0) and the two flags rebuild the step.
+    clf_weight = run_settings.Setting()
+    px_weight = run_settings.Setting(minimum=0.0, structure=lambda v: v > 0)
+    pxy_weight = run_settings.Setting(minimum=0.0, structure=lambda v: v > 0)
+    energy_l2 = run_settings.Setting(minimum=0.0)
+    energy_l2_mode = run_settings.TraceSetting()
+    bn_stats_from_samples = run_settings.TraceSetting(bool)
 
     def __init__(
         self,
@@ -120,10 +130,10 @@ class JEM(EBMTrainer):
         if buffer is None and (px_weight > 0 or pxy_weight > 0):
             buffer = self.default_buffer(buffer_size, initializer, reinit_prob, class_conditional=pxy_weight > 0)
         self.buffer = buffer
-        self.clf_weight = float(clf_weight)
-        self.px_weight = float(px_weight)
-        self.pxy_weight = float(pxy_weight)
-        self.energy_l2 = float(energy_l2)
+        self.clf_weight = clf_weight
+        self.px_weight = px_weight
+        self.pxy_weight = pxy_weight
+        self.energy_l2 = energy_l2
         self.energy_l2_mode = energy_l2_mode
         self.bn_stats_from_samples = bool(bn_stats_from_samples)
 
@@ -138,15 +148,25 @@ class JEM(EBMTrainer):
         """SGLD samples, drawn when the loss first reads them (see `DeferredNegatives`)."""
         return DeferredNegatives(lambda: self._draw_negatives(batch))
 
+    def _terms(self):
+        """`(p(x) term on, p(x, y) term on)`: Python booleans the trace decides the graph with."""
+        return run_settings.structure_of(self, "px_weight"), run_settings.structure_of(self, "pxy_weight")
+
     def _draw_negatives(self, batch):
         negatives = {}
-        if self.px_weight > 0:
+        px_on, pxy_on = self._terms()
+        if (px_on or pxy_on) and self.buffer is None:
+            raise ValueError(
+                f"{type(self).__name__} was built without a replay buffer (px_weight = pxy_weight = 0), "
+                "so the p(x) terms cannot be turned on during the run: build it with the weights "
+                "positive (or pass `buffer=`). Received: a positive px_weight or pxy_weight, no buffer")
+        if px_on:
             x0, idx = self.buffer.sample(tf.shape(batch["x_px"])[0])
             x, stats = self.sampler.sample_with_stats(self._energy, x0)
             self.buffer.update(idx, x)
             negatives["x"] = x
             negatives["sgld_grad_norm"] = stats["grad_norm"]
-        if self.pxy_weight > 0:
+        if pxy_on:
             y = batch["y_px"]
             x0, idx = self.buffer.sample(tf.shape(y)[0], y=y)
             x = self.sampler(self._class_energy, x0, y)
@@ -165,7 +185,8 @@ class JEM(EBMTrainer):
         # p(x) data batch, then SGLD (reading `negatives` draws it), then the samples, then the
         # classifier batch last. With BN in train mode and PyTorch momentum 0.9 (Keras 0.1) the
         # moving statistics end ~90% the labelled batch's, ~9% the samples'.
-        sampling = self.px_weight > 0 or self.pxy_weight > 0
+        px_on, pxy_on = self._terms()
+        sampling = px_on or pxy_on
         one_loader = batch["x_px"] is batch["x"]
         logits = logits_px = None
         if sampling:
@@ -174,7 +195,7 @@ class JEM(EBMTrainer):
             if one_loader:
                 logits = logits_px
         logs, generative = {}, 0.0
-        if self.px_weight > 0:
+        if px_on:
             e_data = energy_lib.energy_from_logits(logits_px)
             e_sample = energy_lib.energy_from_logits(self._sample_logits(negatives["x"], training))
             px_loss = tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
@@ -186,7 +207,7 @@ class JEM(EBMTrainer):
                 sgld_grad_norm=negatives["sgld_grad_norm"],
             )
             generative = self.px_weight * px_loss + self._l2(e_data, e_sample)
-        if self.pxy_weight > 0:
+        if pxy_on:
             y = batch["y_px"]
             e_data_y = energy_lib.class_energy(logits_px, y)
             e_sample_y = energy_lib.class_energy(self._sample_logits(negatives["x_y"], training), y)
@@ -202,8 +223,8 @@ class JEM(EBMTrainer):
         return logs
 
     def _l2(self, e_data, e_sample):
-        if not self.energy_l2:
-            return 0.0
+        # Always in the graph, times the coefficient the step reads (0 adds exactly 0): the energy
+        # L2 remedy of the divergence guard changes it between steps without a retrace.
         if self.energy_l2_mode == "means":
             return self.energy_l2 * (tf.reduce_mean(e_data) ** 2 + tf.reduce_mean(e_sample) ** 2)
         return self.energy_l2 * (tf.reduce_mean(e_data**2) + tf.reduce_mean(e_sample**2))
