@@ -23,6 +23,7 @@ import math
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
+from tensorflow.python.ops import control_flow_v2_func_graphs
 from tensorflow_probability.python.internal import unnest
 
 from keras_ebm import distribute
@@ -96,8 +97,11 @@ class MCMCSampler(keras.layers.Layer):
 
     Distribution: build the sampler (its variables) under `strategy.scope()`, as the trainer.
     Inside a replica the seed folds in the replica id (`keras_ebm.distribute.replica_seed`), and the
-    step-size variable and diagnostics are reduced over replicas, so every replica keeps the same
-    value, the one a single device with the global batch computes.
+    step-size variable and diagnostics are reduced over replicas (one all-reduce per call), so every
+    replica keeps the same value, the one a single device with the global batch computes. Called
+    inside a `tf.while_loop` or `tf.cond` of the replica function, where tf.distribute refuses
+    collectives, each replica keeps the values of its own chains (the variables are on-read: a
+    checkpoint saves their mean).
 
     Args:
         n_steps: int, MCMC transitions per call (overridable per call).
@@ -323,7 +327,10 @@ class MCMCSampler(keras.layers.Layer):
         sums = tf.stack([tf.reduce_sum(tf.math.log(step_sizes)), tf.reduce_sum(accept), count])
         ctx = tf.distribute.get_replica_context()
         low = tf.reduce_min(accept)
-        if ctx is not None and ctx.num_replicas_in_sync > 1:
+        # A collective inside a tf.while_loop / tf.cond body of the replica function is refused by
+        # tf.distribute (merge_call); there (GMMC's noise-injected chains call the sampler once per
+        # step of a loop) each replica keeps its own chains' values, and a checkpoint saves their mean.
+        if ctx is not None and ctx.num_replicas_in_sync > 1 and not _in_control_flow_body():
             sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, sums)
             low = tf.reduce_min(ctx.all_gather(low[None], axis=0))
         count = tf.maximum(sums[2], 1.0)
@@ -590,6 +597,23 @@ def _clamp_gradient(x, clip, scale):
         return tf.identity(x), grad
 
     return identity(x)
+
+
+def _in_control_flow_body():
+    """Whether the code being traced is inside the body of a tf.while_loop or a tf.cond branch."""
+    graph = tf.compat.v1.get_default_graph()
+    while graph is not None:
+        if isinstance(graph, _CONTROL_FLOW_GRAPHS):
+            return True
+        graph = getattr(graph, "outer_graph", None)
+    return False
+
+
+_CONTROL_FLOW_GRAPHS = (
+    control_flow_v2_func_graphs.WhileBodyFuncGraph,
+    control_flow_v2_func_graphs.WhileCondFuncGraph,
+    control_flow_v2_func_graphs.CondBranchFuncGraph,
+)
 
 
 def _check_n_steps(n_steps):
