@@ -441,7 +441,8 @@ class MCMCSampler(keras.layers.Layer):
         )
 
     def _step_size_of(self, results, initial):
-        """Each chain's step size for its next transition after the loop."""
+        """Each chain's step size after the loop (dual averaging: its averaged iterate once the
+        adaptation steps end, Hoffman and Gelman, 2014, Algorithm 5, as tfp returns it)."""
         if self.adaptation is None:
             return initial
         return results.new_step_size
