@@ -425,6 +425,15 @@ class MCMCSampler(keras.layers.Layer):
         out = (accept_sum, final_step, tf.stop_gradient(grad), energies_start, energies_end)
         return tf.stop_gradient(x), out
 
+    def transition_kernel(self, target_log_prob_fn, step_size, adaptation_steps=None):
+        """The sampler's `tfp.mcmc` kernel on `target_log_prob_fn` (log densities `[batch]`) with
+        per-chain `step_size` (broadcastable to the state), wrapped in the sampler's step-size
+        adaptation for `adaptation_steps` steps when that is given and `adaptation` is set.
+        `keras_ebm.evaluation.ais` anneals with it."""
+        if adaptation_steps is None:
+            return self._kernel(target_log_prob_fn, step_size)
+        return self._adapted_kernel(target_log_prob_fn, step_size, adaptation_steps)
+
     def _adapted_kernel(self, target_log_prob, step_size, n_steps):
         kernel = self._kernel(target_log_prob, step_size)
         if self.adaptation is None:
