@@ -94,3 +94,32 @@ def test_bad_arguments_are_refused():
         ais.annealing_schedule(10, "cosine")
     betas = ais.annealing_schedule(50)
     assert betas[0] == 0 and betas[-1] == 1 and np.all(np.diff(betas) > 0)
+
+
+def test_eval_suite_runs_ais_on_a_trainer_and_the_report_shows_it(tmp_path):
+    import json
+
+    from keras_ebm.evaluation import report, runner, suite
+    from keras_ebm.trainers.jem import JEM
+
+    from helpers import tiny_network
+
+    model = JEM(tiny_network((8, 8, 1), seed=3), image_shape=(8, 8, 1), num_classes=10, buffer_size=16, seed=0)
+    images = np.random.RandomState(0).randint(0, 256, (16, 8, 8, 1)).astype(np.uint8)
+    entries = suite.run_ais(model, images, num_chains=8, num_temperatures=20, sampler="hmc", base="gaussian",
+                            dequantize=False)
+    (name, r), = entries.items()
+    assert name == "ais_hmc_gaussian" and r["num_chains"] == 8 and r["num_examples"] == 16
+    x = -1 + images.astype(np.float32) * 2 / 255
+    energies = model.energy(tf.constant(x)).numpy()
+    np.testing.assert_allclose(r["log_likelihood"], np.mean(-energies) - r["log_z"], rtol=1e-5)
+    np.testing.assert_allclose(r["bits_per_dim"], -(r["log_likelihood"] + 64 * math.log(2 / 256)) / (64 * math.log(2)),
+                               rtol=1e-6)
+    out = tmp_path / "run" / "eval"
+    runner.merge_results(str(out), "likelihood", entries)
+    saved = json.loads((out / "results.json").read_text())["likelihood"][name]
+    assert saved["log_z"] == r["log_z"] and "AIS ais_hmc_gaussian: log Z" in (out / "results.md").read_text()
+    rep = report.compare_runs([str(tmp_path / "run")], str(tmp_path / "report"))
+    assert rep["rows"]["run"][f"bits/dim [{name}]"] == r["bits_per_dim"]
+    with pytest.raises(ValueError, match="sampler"):
+        suite.run_ais(model, images, sampler="sgld")
