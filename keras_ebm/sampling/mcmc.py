@@ -28,10 +28,10 @@ from tensorflow_probability.python.internal import unnest
 
 from keras_ebm import distribute
 from keras_ebm.sampling.sgld import _per_sample_norm
+from keras_ebm.sampling.sgld import check_clamps
 from keras_ebm.state import discard_updates
 from keras_ebm.state import get_stateless_scope
 
-_REDUCTIONS = ("sum", "mean")
 _ADAPTATIONS = ("simple", "dual_averaging", None)
 
 
@@ -166,23 +166,7 @@ class MCMCSampler(keras.layers.Layer):
             )
         if not float(temperature) > 0:
             raise ValueError(f"`temperature` must be positive. Received: temperature={temperature}")
-        if grad_clip is not None and not float(grad_clip) > 0:
-            raise ValueError(
-                "`grad_clip` must be a positive float or None (no clamp). "
-                f"Received: grad_clip={grad_clip}"
-            )
-        if x_clip is not None:
-            if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
-                raise ValueError(
-                    "`x_clip` must be a (lo, hi) pair with lo < hi, or None (no box). "
-                    f"Received: x_clip={x_clip}"
-                )
-            x_clip = (float(x_clip[0]), float(x_clip[1]))
-        if energy_reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"`energy_reduction` must be one of {_REDUCTIONS}. "
-                f"Received: energy_reduction={energy_reduction}"
-            )
+        grad_clip, x_clip = check_clamps(grad_clip, x_clip, energy_reduction)
         self.initial_step_size = float(step_size)
         self.target_accept_prob = float(target_accept_prob)
         self.adaptation = adaptation
@@ -190,7 +174,7 @@ class MCMCSampler(keras.layers.Layer):
         self.num_adaptation_steps = None if num_adaptation_steps is None else int(num_adaptation_steps)
         self.persist_step_size = bool(persist_step_size)
         self.temperature = float(temperature)
-        self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.grad_clip = grad_clip
         self.x_clip = x_clip
         self.energy_reduction = energy_reduction
         self.energy_training = bool(energy_training)

@@ -134,23 +134,7 @@ class SGLDSampler:
             raise ValueError(
                 f"`noise_std` must be non-negative. Received: noise_std={noise_std}"
             )
-        if grad_clip is not None and not float(grad_clip) > 0:
-            raise ValueError(
-                "`grad_clip` must be a positive float or None (no clamp). "
-                f"Received: grad_clip={grad_clip}"
-            )
-        if x_clip is not None:
-            if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
-                raise ValueError(
-                    "`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). "
-                    f"Received: x_clip={x_clip}"
-                )
-            x_clip = (float(x_clip[0]), float(x_clip[1]))
-        if energy_reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"`energy_reduction` must be one of {_REDUCTIONS}. "
-                f"Received: energy_reduction={energy_reduction}"
-            )
+        grad_clip, x_clip = check_clamps(grad_clip, x_clip, energy_reduction)
         self.n_steps = int(n_steps)
         self.step_size = float(step_size)
         self.noise_std = float(noise_std)
@@ -340,3 +324,26 @@ def _per_sample_norm(t):
     t = tf.cast(t, tf.float32)
     flat = tf.reshape(t, [tf.shape(t)[0], -1])
     return tf.norm(flat, axis=-1)
+
+
+def check_clamps(grad_clip, x_clip, energy_reduction):
+    """`(grad_clip, x_clip)` as float / (lo, hi) floats or None, after checking them and
+    `energy_reduction` (shared by `SGLDSampler` and the samplers of `keras_ebm.sampling.mcmc`)."""
+    if grad_clip is not None and not float(grad_clip) > 0:
+        raise ValueError(
+            "`grad_clip` must be a positive float or None (no clamp). "
+            f"Received: grad_clip={grad_clip}"
+        )
+    if x_clip is not None:
+        if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
+            raise ValueError(
+                "`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). "
+                f"Received: x_clip={x_clip}"
+            )
+        x_clip = (float(x_clip[0]), float(x_clip[1]))
+    if energy_reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"`energy_reduction` must be one of {_REDUCTIONS}. "
+            f"Received: energy_reduction={energy_reduction}"
+        )
+    return None if grad_clip is None else float(grad_clip), x_clip
