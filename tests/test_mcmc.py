@@ -163,6 +163,19 @@ def test_step_size_shrinks_when_too_large_and_is_per_chain():
     assert np.median(steps[:32]) > 50 * np.median(steps[32:]), steps
 
 
+def test_mala_drift_follows_the_adapted_step_size():
+    # With adaptation_rate 1 the step size doubles or halves at every step. tfp's MALA caches the
+    # drift of the current state computed with the previous step size; MALASampler recomputes it, so
+    # every proposal is a MALA proposal of its own step size: the acceptance stays near the target
+    # (a stale drift gave 0.07) and the marginal stays N(0, I).
+    target = Gaussian(np.zeros(64), np.eye(64))
+    x0 = target.draw(1024, seed=9)
+    sampler = MALASampler(n_steps=40, step_size=0.8, adaptation_rate=1.0, seed=0)
+    x, stats = run(sampler, target.energy, x0)
+    assert stats["accept_rate"] > 0.4, stats["accept_rate"]
+    assert abs(x.var(0).mean() - 1.0) < 5 * np.sqrt(2 / (1024 * 64))
+
+
 # ------------------------------------------------------------------ SGLD's bias, MALA's correction
 def test_sgld_bias_at_a_large_step_is_visible_where_mala_has_none():
     # Unadjusted Langevin at step eps (SGLD: alpha = eps/2, noise sqrt(eps)) on N(0, I) has
@@ -359,3 +372,35 @@ def test_jem_with_mala_one_device_and_two_replicas_agree(two_device_strategy):
         np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(s1, s2, rtol=1e-5)
     assert h1["mcmc_accept_rate"][-1] > 0.99  # acceptance -> 1 as the step -> 0
+
+
+@pytest.mark.slow  # three trainers built and fitted: ~30 s
+@pytest.mark.parametrize("kind", ["mala", "hmc"])
+def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
+    # The sampler slots into GMMC (both chain modes) and CLEL as into JEM: finite logs with the
+    # acceptance and step size reported, weights moved.
+    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+    from keras_ebm.heads import build_mmc_classifier
+    from keras_ebm.trainers import CLEL, GMMC
+
+    from helpers import run_trainer_smoke_test
+
+    def sampler(x_clip=(-1.0, 1.0), **kw):
+        return SAMPLERS[kind](n_steps=2, step_size=1e-3, x_clip=x_clip, seed=0, **kw)
+
+    x, y = digits_arrays(32)
+    for mode in ("staged", "noise_injected"):
+        backbone = tiny_network((8, 8, 1), None, seed=3, widths=(8, 16), pool="average")
+        gmmc = GMMC(build_mmc_classifier(backbone, num_classes=10), image_shape=(8, 8, 1), num_classes=10,
+                    buffer_size=20, mode="generative", sampling=mode, sampler=sampler(energy_reduction="mean"))
+        history = run_trainer_smoke_test(gmmc, x, y)
+        assert 0 < history["mcmc_accept_rate"][-1] <= 1 and history["mcmc_step_size"][-1] > 0
+    clel = CLEL(build_clel_ebm("small", input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=1, head_units=8,
+                               feature_dim=8, input_mean=None),
+                build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
+                build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6,
+                                   input_mean=None),
+                image_shape=(8, 8, 3), buffer_size=20, sampler=sampler(x_clip=(0.0, 1.0)))
+    x3, y3 = digits_arrays(32, pixel_range=(0.0, 1.0), channels=3)
+    history = run_trainer_smoke_test(clel, x3, y3)
+    assert 0 < history["mcmc_accept_rate"][-1] <= 1
