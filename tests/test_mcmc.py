@@ -328,7 +328,9 @@ def test_two_replicas_run_each_half_as_one_device_does_and_pool_the_step_size(tw
     target = gaussian(64)
     x0 = target.draw(32, seed=8)
     with two_device_strategy.scope():
-        sampler = MALASampler(n_steps=20, step_size=0.1, seed=5)
+        # Near the adapted step size, so that the chains' step sizes go up and down and the
+        # replicas' means differ (from 0.1 every chain's would only grow, alike).
+        sampler = MALASampler(n_steps=20, step_size=0.8, seed=5)
 
     @tf.function
     def step(x):
@@ -341,11 +343,12 @@ def test_two_replicas_run_each_half_as_one_device_does_and_pool_the_step_size(tw
     xs = [v.numpy() for v in two_device_strategy.experimental_local_results(per_replica_x)]
     steps = [v.numpy() for v in two_device_strategy.experimental_local_results(per_replica_stats["step_size_per_chain"])]
     pooled = np.exp(np.mean(np.log(np.concatenate(steps))))
+    assert abs(np.log(np.mean(steps[0]) / np.mean(steps[1]))) > 0.01  # the pooling is visible
     for value in sampler.log_step_size.value.values:  # every replica's copy: the pooled geometric mean
         np.testing.assert_allclose(np.exp(value.numpy()), pooled, rtol=1e-5)
     # One device, replica id r: the same chains as replica r of the strategy.
     for r in (0, 1):
-        single = MALASampler(n_steps=20, step_size=0.1, seed=5)
+        single = MALASampler(n_steps=20, step_size=0.8, seed=5)
         monkeypatch.setattr(distribute, "replica_id", lambda r=r: tf.constant(r, tf.int32))
         x, stats = single.sample_with_stats(target.energy, tf.constant(x0[16 * r:16 * (r + 1)]))
         np.testing.assert_allclose(x.numpy(), xs[r], rtol=1e-5, atol=1e-5)
