@@ -109,9 +109,10 @@ def main(argv):
             "auroc_log_px": {o: s.get("log_px") for o, s in results.get("ood", {}).items()},
             "classifier_fd": generative.get("classifier_fd"),
             "classifier_score": generative.get("classifier_score"),
-            "steps": summary.get("steps"),
+            "steps": summary["last_step"] - summary["first_step"],
             "train_seconds": summary.get("seconds"),
-            "steps_per_second": summary["steps"] / summary["seconds"] if summary.get("seconds") else None,
+            "steps_per_second": (summary["last_step"] - summary["first_step"]) / summary["seconds"]
+            if summary.get("seconds") else None,
             "ais_log_z": likelihood.get("log_z"),
             "ais_log_z_stderr": likelihood.get("log_z_stderr"),
             "ais_ess": likelihood.get("ess"),
