@@ -324,6 +324,14 @@ def test_jem_trains_with_mala_logs_acceptance_and_saves_the_step_size(tmp_path):
     np.testing.assert_allclose(loaded.sampler.step_size, model.sampler.step_size, rtol=1e-6)
 
 
+def test_checkpoint_restores_the_step_size_and_the_chains_continue_alike(tmp_path):
+    from helpers import run_checkpoint_roundtrip
+
+    x, y = digits_arrays(32)
+    restored = run_checkpoint_roundtrip(lambda: _mala_jem(seed=1), x, y, tmp_path)
+    assert restored.sampler.step_size != 1e-3  # the adapted value came back, not the initial one
+
+
 def test_two_replicas_run_each_half_as_one_device_does_and_pool_the_step_size(two_device_strategy, monkeypatch):
     target = gaussian(64)
     x0 = target.draw(32, seed=8)
