@@ -85,6 +85,22 @@ def _train(name, bindings):
     return model_dir
 
 
+def _last_logged(model_dir, tags):
+    """The last value of each TensorBoard scalar `tag` the run logged (None when absent)."""
+    import glob
+
+    import tensorflow as tf
+
+    last = {}
+    for path in sorted(glob.glob(os.path.join(model_dir, "tensorboard", "events.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag in tags:
+                    last[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                                       else value.simple_value)
+    return {tag: last[tag][1] if tag in last else None for tag in tags}
+
+
 def main(argv):
     del argv
     os.makedirs(FLAGS.output_dir, exist_ok=True)
@@ -95,12 +111,16 @@ def main(argv):
         model_dir = _train(name, ROWS[name])
         with open(os.path.join(model_dir, "training_summary.json")) as f:
             summary = json.load(f)
-        _run(["eval.py", f"--model_dir={model_dir}", "--nostandard", f"--samples={FLAGS.samples}",
-              "--generative", "--inception_weights=none", f"--feature_classifier={reference}",
-              "--ais", f"--ais_chains={FLAGS.ais_chains}", f"--ais_temperatures={FLAGS.ais_temperatures}",
-              f"--eval_examples={FLAGS.eval_examples}"])
         with open(os.path.join(model_dir, "eval", "results.json")) as f:
             results = json.load(f)
+        if "likelihood" not in results:  # not evaluated yet (a rerun only collects)
+            _run(["eval.py", f"--model_dir={model_dir}", "--nostandard", f"--samples={FLAGS.samples}",
+                  "--generative", "--inception_weights=none", f"--feature_classifier={reference}",
+                  "--ais", f"--ais_chains={FLAGS.ais_chains}", f"--ais_temperatures={FLAGS.ais_temperatures}",
+                  f"--eval_examples={FLAGS.eval_examples}"])
+            with open(os.path.join(model_dir, "eval", "results.json")) as f:
+                results = json.load(f)
+        logged = _last_logged(model_dir, ("mcmc_accept_rate", "mcmc_step_size", "energy_gap"))
         generative = next(iter(results.get("generative", {}).values()), {})
         likelihood = next(iter(results.get("likelihood", {}).values()), {})
         rows[name] = {
@@ -119,6 +139,7 @@ def main(argv):
             "test_ll_nats": likelihood.get("log_likelihood"),
             "bits_per_dim": likelihood.get("bits_per_dim"),
             "wall_seconds": round(time.time() - start, 1),
+            "last_logged": logged,
         }
     lines = [
         f"SADA-JEM on digits (quickstart), {FLAGS.steps} steps, 5 gradient evaluations of the energy per "
@@ -127,8 +148,8 @@ def main(argv):
         f"temperatures on {FLAGS.eval_examples} dequantised test images. Steps/s include tracing, shared CPU.",
         "",
         "| sampler | acc | ECE | AUROC photos | AUROC interp | classifier FD | classifier score | steps/s | "
-        "log Z (s.e.) | test LL nats | bits/dim |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "log Z (s.e.) | test LL nats | bits/dim | accept (last log) | step size (last log) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def num(v, fmt):
@@ -140,7 +161,8 @@ def main(argv):
             f"{num(r['auroc_log_px'].get('photos'), '.3f')} | {num(r['auroc_log_px'].get('interp'), '.3f')} | "
             f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
             f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} ({num(r['ais_log_z_stderr'], '.2f')}) | "
-            f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} |")
+            f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} | "
+            f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |")
     table = "\n".join(lines)
     print(table)
     out = FLAGS.output or os.path.join(REPO, "benchmarks", "results", f"{device_name()}_sampler_comparison.json")
