@@ -28,8 +28,8 @@ from tensorflow_probability.python.internal import unnest
 
 from keras_ebm import distribute
 from keras_ebm.sampling.sgld import _per_sample_norm
+from keras_ebm.sampling.sgld import call_energy
 from keras_ebm.sampling.sgld import check_clamps
-from keras_ebm.state import discard_updates
 from keras_ebm.state import get_stateless_scope
 
 _ADAPTATIONS = ("simple", "dual_averaging", None)
@@ -350,17 +350,7 @@ class MCMCSampler(keras.layers.Layer):
 
         def target_log_prob(x):
             x_in = x if self.grad_clip is None else _clamp_gradient(x, self.grad_clip, scale)
-            if self.freeze_bn_stats:
-                with discard_updates():
-                    energies = energy_fn(x_in, y, training=self.energy_training)
-            else:
-                energies = energy_fn(x_in, y, training=self.energy_training)
-            energies = tf.convert_to_tensor(energies)
-            if energies.shape.rank is not None and energies.shape.rank != 1:
-                raise ValueError(
-                    "`energy_fn` must return one energy per sample, shape [batch]. "
-                    f"Received: energies.shape={energies.shape}"
-                )
+            energies = call_energy(energy_fn, x_in, y, self.energy_training, self.freeze_bn_stats)
             log_prob = -tf.cast(energies, dtype) / scale
             if self.x_clip is not None:
                 axes = tf.range(1, tf.rank(x))

@@ -279,17 +279,7 @@ class SGLDSampler:
     def _energy_and_grad(self, energy_fn, x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            if self.freeze_bn_stats:
-                with discard_updates():
-                    energies = energy_fn(x, y, training=self.energy_training)
-            else:
-                energies = energy_fn(x, y, training=self.energy_training)
-            energies = tf.convert_to_tensor(energies)
-            if energies.shape.rank is not None and energies.shape.rank != 1:
-                raise ValueError(
-                    "`energy_fn` must return one energy per sample, shape [batch]. "
-                    f"Received: energies.shape={energies.shape}"
-                )
+            energies = call_energy(energy_fn, x, y, self.energy_training, self.freeze_bn_stats)
             if self.energy_reduction == "sum":
                 total = tf.reduce_sum(energies)
             else:
@@ -347,3 +337,20 @@ def check_clamps(grad_clip, x_clip, energy_reduction):
             f"Received: energy_reduction={energy_reduction}"
         )
     return None if grad_clip is None else float(grad_clip), x_clip
+
+
+def call_energy(energy_fn, x, y, training, freeze_bn_stats):
+    """`energy_fn(x, y, training=training)` as a tensor of per-sample energies `[batch]` (checked),
+    inside `discard_updates()` with `freeze_bn_stats` (shared with `keras_ebm.sampling.mcmc`)."""
+    if freeze_bn_stats:
+        with discard_updates():
+            energies = energy_fn(x, y, training=training)
+    else:
+        energies = energy_fn(x, y, training=training)
+    energies = tf.convert_to_tensor(energies)
+    if energies.shape.rank is not None and energies.shape.rank != 1:
+        raise ValueError(
+            "`energy_fn` must return one energy per sample, shape [batch]. "
+            f"Received: energies.shape={energies.shape}"
+        )
+    return energies
