@@ -45,6 +45,8 @@ _register(data.load_arrays, "keras_ebm.data")
 
 # Sampling engine and gradient functions.
 _register(sampling.SGLDSampler, "keras_ebm.sampling")
+_register(sampling.MALASampler, "keras_ebm.sampling")
+_register(sampling.HMCSampler, "keras_ebm.sampling")
 _register(sampling.ReplayBuffer, "keras_ebm.sampling")
 _register(sampling.UniformInitializer, "keras_ebm.sampling")
 _register(sampling.informative_initializer, "keras_ebm.sampling")

@@ -170,6 +170,8 @@ def _full_eval(model_dir, model, feature_net, samples):
             progress=False))
         runner.merge_results(out, "sample_quality", suite.run_sample_quality(
             {"fresh": samples}, feature_net.classifier, ranking_model=model, output_dir=out, progress=False))
+        runner.merge_results(out, "likelihood", suite.run_ais(model, x, num_chains=4, num_temperatures=5,
+                                                              max_examples=20))
 
 
 def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
@@ -198,7 +200,8 @@ def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
     rep = report.compare_runs([str(dir_a), str(dir_b)], str(out))
     columns = ["accuracy", "ECE"] + [f"AUROC noise [{s}]" for s in ("grad_norm", "log_px", "max_softmax")] + [
         "sadajem_fig5_linf clean", "sadajem_fig5_linf eps 4", "sadajem_fig5_linf eps 16", "classifier_fd [fresh]",
-        "classifier_score [fresh]", "classifier_kd [fresh]", "sample accuracy [fresh]"]
+        "classifier_score [fresh]", "classifier_kd [fresh]", "sample accuracy [fresh]"] + [
+        f"{c} [ais_mala_uniform]" for c in ("log Z", "log Z s.e.", "test LL nats", "bits/dim")]
     assert rep["columns"] == columns
     assert list(rep["rows"]) == ["softmax_a", "model_b"]
     assert rep["rows"]["softmax_a"]["classifier_fd [fresh]"] is None
@@ -211,6 +214,8 @@ def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
     assert rep["counts"]["model_b"]["test images (accuracy, ECE, OOD in-distribution)"] == 100
     assert rep["counts"]["model_b"]["sadajem_fig5_linf images"] == 60
     assert rep["counts"]["model_b"]["fresh samples"] == 60
+    assert rep["counts"]["model_b"]["ais_mala_uniform test images (AIS chains: 4)"] == 20
+    assert rep["rows"]["softmax_a"]["bits/dim [ais_mala_uniform]"] is None
     md = (out / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model | run folder | accuracy"))
     assert header == "| model | run folder | " + " | ".join(columns) + " |"

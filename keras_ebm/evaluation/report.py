@@ -8,8 +8,9 @@ tables (rows = models):
   attack and epsilon, C&W noise norms, FID / IS / KID (or the classifier-feature stand-ins
   `classifier_fd` / `classifier_score` / `classifier_kd`, never called FID) per sample set, and
   the sample-quality accuracy (each FID / IS / KID column names its Inception network,
-  `fid [fresh] (fid_inception)`: only fid_inception's numbers compare with the papers'); a second
-  table with the number of images behind every number; the plots side by side.
+  `fid [fresh] (fid_inception)`: only fid_inception's numbers compare with the papers'), the AIS
+  log Z (with its standard error) and test log-likelihood (nats, bits/dim); a second table with
+  the number of images behind every number; the plots side by side.
 * `report.json`: every run's full results, the table's columns and cells, and the counts.
 * `report_<plot>.png`: each plot kind of every run side by side (one panel per run), and
   `report_robustness.png`, the robust-accuracy curves of all runs on the same axes.
@@ -164,6 +165,12 @@ def _columns(results_list, scores=None):
         title = f"sample accuracy [{name}]"
         cols.append((title, lambda r, n=name: (r.get("sample_quality") or {}).get(n, {}).get("accuracy")))
         kinds[title] = "pct"
+    for name in _union([r.get("likelihood") or {} for r in results_list]):
+        for key, label in (("log_z", "log Z"), ("log_z_stderr", "log Z s.e."), ("log_likelihood", "test LL nats"),
+                           ("bits_per_dim", "bits/dim")):
+            title = f"{label} [{name}]"
+            cols.append((title, lambda r, n=name, k=key: (r.get("likelihood") or {}).get(n, {}).get(k)))
+            kinds[title] = "num"
     return cols, kinds
 
 
@@ -193,6 +200,8 @@ def image_counts(results):
         counts[f"reference {ref.get('dataset')}/{ref.get('split')} ({r.get('feature_network')})"] = ref.get("num_examples")
     for name, r in (results.get("sample_quality") or {}).items():
         counts[f"{name} samples classified"] = r.get("num_samples")
+    for name, r in (results.get("likelihood") or {}).items():
+        counts[f"{name} test images (AIS chains: {r.get('num_chains')})"] = r.get("num_examples")
     return counts
 
 

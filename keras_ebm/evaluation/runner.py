@@ -70,7 +70,7 @@ def _run_export(module, images, batch_size, label, classifier=True):
 
 
 # Keys that eval.py's other evaluations add to results.json (`merge_results`); run_eval keeps them.
-EXTRA_KEYS = ("robustness", "generative", "sample_quality")
+EXTRA_KEYS = ("robustness", "generative", "sample_quality", "likelihood")
 
 
 def _pct(v):
@@ -100,6 +100,12 @@ def _extras_markdown(results):
     for name, r in (results.get("sample_quality") or {}).items():
         lines += ["", f"Sample quality {name}: accuracy under the reference classifier {_pct(r.get('accuracy'))} "
                   f"({r['num_samples']} samples)"]
+    for name, r in (results.get("likelihood") or {}).items():
+        lines += ["", f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
+                  f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
+                  f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
+                  f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). "
+                  + r["variance_note"]]
     return lines
 
 

@@ -1,10 +1,11 @@
 """The evaluations `eval.py` runs beside `run_eval`, as library functions: adversarial robustness,
-FID / IS / KID (or their classifier-feature stand-ins) and sample quality by classification.
+FID / IS / KID (or their classifier-feature stand-ins), sample quality by classification and the
+AIS test log-likelihood.
 
 Each `run_*` function takes in-memory objects (the restored trainer, uint8 images, feature
 networks), calls `robustness`, `generative` or `sample_quality`, and returns `{name: result}`;
 `runner.merge_results(output_dir, key, entries)` stores them in `<output_dir>/results.json` under
-"robustness", "generative" or "sample_quality", where `report.compare_runs` reads them. Every result
+"robustness", "generative", "sample_quality" or "likelihood", where `report.compare_runs` reads them. Every result
 holds the number of images it used (`num_examples`, `num_samples`, the reference's
 `num_examples`).
 """
@@ -13,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from keras_ebm.evaluation import ais
 from keras_ebm.evaluation import classifiers
 from keras_ebm.evaluation import generative
 from keras_ebm.evaluation import robustness
@@ -190,3 +192,58 @@ def run_sample_quality(samples_by_name, reference_classifier, ranking_model=None
         result.pop("ranked", None)
         out[name] = result
     return out
+
+
+AIS_SAMPLERS = ("mala", "hmc")
+AIS_BASES = ("uniform", "gaussian")
+
+
+def run_ais(model, images, num_chains=64, num_temperatures=1000, sampler="mala", base="uniform",
+            steps_per_temperature=1, step_size=None, max_examples=None, dequantize=True, seed=0):
+    """AIS log Z of the trainer's marginal energy E(x) (`model.energy`, inference mode) on its pixel
+    box, and the test log-likelihood of `images` (see `keras_ebm.evaluation.ais`).
+
+    Args:
+        model: the restored trainer (an export has no gradient).
+        images: uint8 test images `[N, H, W, C]`.
+        num_chains, num_temperatures, steps_per_temperature: of `ais.ais_log_partition`.
+        sampler: "mala" or "hmc" (`MALASampler` / `HMCSampler(num_leapfrog_steps=5)`), initial step
+            `step_size` (default 1e-3 in pixel units), adapted by a pilot run.
+        base: "uniform" on the pixel box (the replay buffer's initialiser) or "gaussian", a per-pixel
+            Gaussian fitted to `images`, truncated to the box (a lower-variance start).
+        max_examples: score the first N images.
+        dequantize: uniform dequantisation of the 8-bit images (bits/dim comparable across models).
+
+    Returns:
+        `{"ais_<sampler>_<base>": result}`: log Z with its standard error and ESS, the test
+        log-likelihood in nats per image and bits per dimension, and what they were computed from.
+    """
+    from keras_ebm.sampling import HMCSampler, MALASampler
+
+    if sampler not in AIS_SAMPLERS:
+        raise ValueError(f"`sampler` must be one of {AIS_SAMPLERS}. Received: sampler={sampler!r}")
+    if base not in AIS_BASES:
+        raise ValueError(f"`base` must be one of {AIS_BASES}. Received: base={base!r}")
+    images = np.asarray(images)[:max_examples] if max_examples else np.asarray(images)
+    box = classifiers.model_pixel_range(model)
+    step = 1e-3 if step_size is None else float(step_size)
+    kernel = MALASampler(step_size=step) if sampler == "mala" else HMCSampler(step_size=step, num_leapfrog_steps=5)
+    if base == "uniform":
+        base_dist = ais.UniformBase(box)
+    else:
+        from keras_ebm.data import to_pixel_range
+
+        base_dist = ais.GaussianBase.fit(np.asarray(to_pixel_range(images, box)), box=box)
+
+    def energy_fn(x):
+        return model.energy(x, training=False)
+
+    result = ais.ais_log_partition(energy_fn, base_dist, images.shape[1:], num_chains=num_chains,
+                                   num_temperatures=num_temperatures, sampler=kernel,
+                                   steps_per_temperature=steps_per_temperature, seed=seed)
+    ll = ais.test_log_likelihood(energy_fn, images, result["log_z"], result["log_z_stderr"], box=box,
+                                 dequantize=dequantize, seed=seed)
+    result.pop("log_weights")
+    result.pop("step_sizes")
+    result.update(ll, base=base, box=list(box))
+    return {f"ais_{sampler}_{base}": result}

@@ -151,23 +151,7 @@ class SGLDSampler:
             raise ValueError(
                 f"`noise_std` must be non-negative. Received: noise_std={noise_std}"
             )
-        if grad_clip is not None and not float(grad_clip) > 0:
-            raise ValueError(
-                "`grad_clip` must be a positive float or None (no clamp). "
-                f"Received: grad_clip={grad_clip}"
-            )
-        if x_clip is not None:
-            if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
-                raise ValueError(
-                    "`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). "
-                    f"Received: x_clip={x_clip}"
-                )
-            x_clip = (float(x_clip[0]), float(x_clip[1]))
-        if energy_reduction not in _REDUCTIONS:
-            raise ValueError(
-                f"`energy_reduction` must be one of {_REDUCTIONS}. "
-                f"Received: energy_reduction={energy_reduction}"
-            )
+        grad_clip, x_clip = check_clamps(grad_clip, x_clip, energy_reduction)
         self.n_steps = int(n_steps)
         self.step_size = float(step_size)
         self.noise_std = float(noise_std)
@@ -312,17 +296,7 @@ class SGLDSampler:
     def _energy_and_grad(self, energy_fn, x, y):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            if self.freeze_bn_stats:
-                with discard_updates():
-                    energies = energy_fn(x, y, training=self.energy_training)
-            else:
-                energies = energy_fn(x, y, training=self.energy_training)
-            energies = tf.convert_to_tensor(energies)
-            if energies.shape.rank is not None and energies.shape.rank != 1:
-                raise ValueError(
-                    "`energy_fn` must return one energy per sample, shape [batch]. "
-                    f"Received: energies.shape={energies.shape}"
-                )
+            energies = call_energy(energy_fn, x, y, self.energy_training, self.freeze_bn_stats)
             if self.energy_reduction == "sum":
                 total = tf.reduce_sum(energies)
             else:
@@ -357,3 +331,43 @@ def _per_sample_norm(t):
     t = tf.cast(t, tf.float32)
     flat = tf.reshape(t, [tf.shape(t)[0], -1])
     return tf.norm(flat, axis=-1)
+
+
+def check_clamps(grad_clip, x_clip, energy_reduction):
+    """`(grad_clip, x_clip)` as float / (lo, hi) floats or None, after checking them and
+    `energy_reduction` (shared by `SGLDSampler` and the samplers of `keras_ebm.sampling.mcmc`)."""
+    if grad_clip is not None and not float(grad_clip) > 0:
+        raise ValueError(
+            "`grad_clip` must be a positive float or None (no clamp). "
+            f"Received: grad_clip={grad_clip}"
+        )
+    if x_clip is not None:
+        if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
+            raise ValueError(
+                "`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). "
+                f"Received: x_clip={x_clip}"
+            )
+        x_clip = (float(x_clip[0]), float(x_clip[1]))
+    if energy_reduction not in _REDUCTIONS:
+        raise ValueError(
+            f"`energy_reduction` must be one of {_REDUCTIONS}. "
+            f"Received: energy_reduction={energy_reduction}"
+        )
+    return None if grad_clip is None else float(grad_clip), x_clip
+
+
+def call_energy(energy_fn, x, y, training, freeze_bn_stats):
+    """`energy_fn(x, y, training=training)` as a tensor of per-sample energies `[batch]` (checked),
+    inside `discard_updates()` with `freeze_bn_stats` (shared with `keras_ebm.sampling.mcmc`)."""
+    if freeze_bn_stats:
+        with discard_updates():
+            energies = energy_fn(x, y, training=training)
+    else:
+        energies = energy_fn(x, y, training=training)
+    energies = tf.convert_to_tensor(energies)
+    if energies.shape.rank is not None and energies.shape.rank != 1:
+        raise ValueError(
+            "`energy_fn` must return one energy per sample, shape [batch]. "
+            f"Received: energies.shape={energies.shape}"
+        )
+    return energies

@@ -111,6 +111,14 @@ flags.DEFINE_list("compare_names", [], "Row names of --compare (default: each ru
                   "'SADAJEM (quickstart)'; the run folders are the table's second column).")
 flags.DEFINE_list("compare_scores", [], "OOD scores shown as AUROC columns of --compare (default all).")
 flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS_EBM_VERBOSE=1).")
+# AIS test log-likelihood (keras_ebm.evaluation.ais; docs/samplers.md).
+flags.DEFINE_bool("ais", False, "AIS log Z and test log-likelihood (nats, bits/dim) of the trained model's E(x) "
+                  "on its pixel box (needs --model_dir); first --eval_examples test images.")
+flags.DEFINE_integer("ais_chains", 64, "--ais: AIS chains (the standard error shrinks as 1/sqrt(chains)).")
+flags.DEFINE_integer("ais_temperatures", 1000, "--ais: intermediate temperatures (the bias shrinks as they grow).")
+flags.DEFINE_enum("ais_sampler", "mala", ["mala", "hmc"], "--ais: transition kernel.")
+flags.DEFINE_enum("ais_base", "uniform", ["uniform", "gaussian"], "--ais: start distribution (uniform on the "
+                  "pixel box, or a Gaussian fitted to the test images).")
 FLAGS = flags.FLAGS
 
 
@@ -183,6 +191,8 @@ def main(argv):
         raise app.UsageError("--sample_sweeps applies to --samples; pass --samples=N too.")
     attacks = bool(FLAGS.robustness or FLAGS.attack or FLAGS.cw or FLAGS.cw_targeted)
     scored = FLAGS.generative or FLAGS.sample_quality
+    if FLAGS.ais and not FLAGS.model_dir:
+        raise app.UsageError("--ais needs --model_dir: it uses the trainer restored from its checkpoint.")
     if (attacks or FLAGS.samples) and not FLAGS.model_dir:
         raise app.UsageError("Attacks and --samples need --model_dir: they use the trainer restored from its "
                              "checkpoint (an export has no gradient and no sampler).")
@@ -198,11 +208,11 @@ def main(argv):
             extra["max_examples"] = FLAGS.eval_examples
         runner.run_eval(model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, output_dir=FLAGS.output_dir,
                         **extra)
-    if not (attacks or FLAGS.samples or scored):
+    if not (attacks or FLAGS.samples or scored or FLAGS.ais):
         return
 
     model = None
-    if attacks or FLAGS.samples:
+    if attacks or FLAGS.samples or FLAGS.ais:
         from keras_ebm import restore
 
         model = restore.restore_trainer(FLAGS.model_dir)
@@ -224,6 +234,12 @@ def main(argv):
             entries.update(suite.run_cw(model, x, y, targeted=targeted, steps=FLAGS.cw_steps,
                                         batch_size=FLAGS.attack_batch_size, seed=FLAGS.attack_seed, output_dir=out))
         runner.merge_results(out, "robustness", entries)
+
+    if FLAGS.ais:
+        x, _ = runner.load_set(in_dist, n)
+        runner.merge_results(out, "likelihood", suite.run_ais(
+            model, x, num_chains=FLAGS.ais_chains, num_temperatures=FLAGS.ais_temperatures,
+            sampler=FLAGS.ais_sampler, base=FLAGS.ais_base))
 
     feature_nets = []
     if FLAGS.generative:  # first: without Inception weights, fail before sampling

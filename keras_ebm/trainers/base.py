@@ -334,7 +334,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         negatives = self.sample_negatives(batch)
         logs = self.optimize(batch, negatives)
         self.after_step(batch, negatives, logs)
-        return self.update_trackers(logs)
+        return self.update_trackers({**logs, **self.sampler_logs()})
 
     def test_step(self, data):
         batch = self.unpack_batch(data, training=False)
@@ -412,6 +412,20 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             "clf_acc": clf_acc,
             "energy_data": tf.reduce_mean(energy_lib.energy_from_logits(logits)),
         }
+
+    def track_sampler_logs(self):
+        """Add trackers for what the sampler reports after each step (its `log_names`: an MCMC
+        sampler's acceptance rate and step size, `keras_ebm.sampling.mcmc`; SGLD reports none).
+        Generative trainers call it once their sampler is set."""
+        for name in getattr(self.sampler, "log_names", ()):
+            if name not in self.trackers:
+                self.trackers[name] = keras.metrics.Mean(name=name)
+
+    def sampler_logs(self):
+        """The sampler's diagnostics after the step (read from its variables), or {}."""
+        if not getattr(self.sampler, "log_names", ()):
+            return {}
+        return self.sampler.logs()
 
     def update_trackers(self, logs):
         for name, tracker in self.trackers.items():

@@ -160,6 +160,7 @@ class CLEL(EBMTrainer):
         )
         # Tracked so that the SGLD noise state enters checkpoints (as in JEM).
         self.sampler_seed_generator = self.sampler.seed_generator
+        self.track_sampler_logs()
         if buffer is None:
             buffer = self.default_buffer(buffer_size, reinit_prob=reinit_prob)
         self.buffer = buffer

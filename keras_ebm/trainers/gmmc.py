@@ -184,6 +184,7 @@ class GMMC(EBMTrainer):
         self.sampler = sampler
         # Tracked so that the sampler's RNG state is checkpointed with the trainer (as in JEM).
         self.sampler_seed_generator = self.sampler.seed_generator
+        self.track_sampler_logs()
         if buffer is None and mode != "discriminative":
             if int(buffer_size) % self.num_classes:
                 raise ValueError(

@@ -127,6 +127,7 @@ class JEM(EBMTrainer):
         # The sampler is a plain object; tracking its seed generator puts the SGLD noise state in
         # checkpoints, so a resumed run continues the noise sequence instead of replaying it.
         self.sampler_seed_generator = self.sampler.seed_generator
+        self.track_sampler_logs()
         if buffer is None and (px_weight > 0 or pxy_weight > 0):
             buffer = self.default_buffer(buffer_size, initializer, reinit_prob, class_conditional=pxy_weight > 0)
         self.buffer = buffer

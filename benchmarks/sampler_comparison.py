@@ -1,0 +1,178 @@
+"""SGLD vs MALA vs HMC for SADA-JEM on the quickstart's digits, at equal gradient evaluations.
+
+Every row is the quickstart's SADA-JEM (gin_configs/quickstart.gin: real 8x8 digits, TinyCNN with
+BN, SAM, informative buffer) trained for `--steps` steps with a different sampler, each spending 5
+forward-and-backward passes of the energy per training step:
+
+* sgld: the quickstart's proximal SGLD, K = 5 (step 1, noise 0, clamps).
+* mala: MALASampler, 4 transitions + 1 pass to start the chain; proposal = SGLD step 1 with noise
+  0.01 (step size 1e-4 at temperature 5e-5) and the clamp, Metropolis-corrected, adapted toward
+  acceptance 0.574.
+* hmc: HMCSampler, 1 transition of 4 leapfrog steps + 1 pass to start, temperature 5e-5, adapted
+  toward acceptance 0.65.
+
+plus a softmax classifier (same network, data, optimizer and steps) whose features score the
+samples. Each run goes through train.py (which evaluates accuracy, ECE and OOD AUROC against real
+photo patches and interpolated digits) and eval.py (`--samples` drawn with the run's own sampler,
+scored by the classifier-feature FD / score of the softmax run; `--ais` test log-likelihood). Steps
+per second are training steps over the training wall time, tracing included, on a shared machine.
+
+    nice python benchmarks/sampler_comparison.py --steps=300 --output_dir=/tmp/sampler_comparison
+
+Prints a markdown table and writes benchmarks/results/<device>_sampler_comparison.{json,md}.
+Digits at a few hundred steps: this shows how the samplers behave in the pipeline, not how they
+rank on CIFAR-10 at the papers' scale.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+from _common import device_name  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+flags.DEFINE_integer("steps", 300, "Training steps per run.")
+flags.DEFINE_list("rows", ["sgld", "mala", "hmc"], "Samplers to compare.")
+flags.DEFINE_string("output_dir", "/tmp/sampler_comparison", "Where the runs go.")
+flags.DEFINE_integer("samples", 256, "Samples drawn per run for the classifier-feature scores.")
+flags.DEFINE_integer("ais_chains", 32, "AIS chains.")
+flags.DEFINE_integer("ais_temperatures", 500, "AIS temperatures.")
+flags.DEFINE_integer("eval_examples", 200, "Test images for the AIS log-likelihood.")
+flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_sampler_comparison.json).")
+FLAGS = flags.FLAGS
+
+COMMON = ["run_training.baseline = None", "run_training.checkpoint_every = 100000"]
+ROWS = {
+    "sgld": [],  # the quickstart's SGLDSampler
+    "mala": [
+        "MALASampler.n_steps = 4", "MALASampler.step_size = 1e-4", "MALASampler.temperature = 5e-5",
+        "MALASampler.grad_clip = 1.0", "MALASampler.x_clip = %PIXEL_RANGE",
+        "MALASampler.energy_training = True", "MALASampler.freeze_bn_stats = True",
+        "SADAJEM.sampler = @MALASampler()",
+    ],
+    "hmc": [
+        "HMCSampler.n_steps = 1", "HMCSampler.num_leapfrog_steps = 4", "HMCSampler.step_size = 1e-3",
+        "HMCSampler.temperature = 5e-5", "HMCSampler.grad_clip = 1.0", "HMCSampler.x_clip = %PIXEL_RANGE",
+        "HMCSampler.energy_training = True", "HMCSampler.freeze_bn_stats = True",
+        "SADAJEM.sampler = @HMCSampler()",
+    ],
+    "softmax": ["run_training.trainer = @SoftmaxClassifier"],
+}
+
+
+def _run(args):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    print("$ " + " ".join(args), flush=True)
+    out = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stdout[-3000:] + out.stderr[-5000:])
+    return out.stdout + out.stderr
+
+
+def _train(name, bindings):
+    model_dir = os.path.join(FLAGS.output_dir, name)
+    params = COMMON + [f"TRAIN_STEPS = {FLAGS.steps}"] + bindings
+    if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
+        _run(["train.py", "--gin_file=gin_configs/quickstart.gin", f"--model_dir={model_dir}"]
+             + [f"--gin_param={p}" for p in params])
+    return model_dir
+
+
+def _last_logged(model_dir, tags):
+    """The last value of each TensorBoard scalar `tag` the run logged (None when absent)."""
+    import glob
+
+    import tensorflow as tf
+
+    last = {}
+    for path in sorted(glob.glob(os.path.join(model_dir, "tensorboard", "events.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag in tags:
+                    last[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
+                                       else value.simple_value)
+    return {tag: last[tag][1] if tag in last else None for tag in tags}
+
+
+def main(argv):
+    del argv
+    os.makedirs(FLAGS.output_dir, exist_ok=True)
+    reference = _train("softmax", ROWS["softmax"])
+    rows = {}
+    for name in FLAGS.rows:
+        start = time.time()
+        model_dir = _train(name, ROWS[name])
+        with open(os.path.join(model_dir, "training_summary.json")) as f:
+            summary = json.load(f)
+        with open(os.path.join(model_dir, "eval", "results.json")) as f:
+            results = json.load(f)
+        if "likelihood" not in results:  # not evaluated yet (a rerun only collects)
+            _run(["eval.py", f"--model_dir={model_dir}", "--nostandard", f"--samples={FLAGS.samples}",
+                  "--generative", "--inception_weights=none", f"--feature_classifier={reference}",
+                  "--ais", f"--ais_chains={FLAGS.ais_chains}", f"--ais_temperatures={FLAGS.ais_temperatures}",
+                  f"--eval_examples={FLAGS.eval_examples}"])
+            with open(os.path.join(model_dir, "eval", "results.json")) as f:
+                results = json.load(f)
+        logged = _last_logged(model_dir, ("mcmc_accept_rate", "mcmc_step_size", "energy_gap"))
+        generative = next(iter(results.get("generative", {}).values()), {})
+        likelihood = next(iter(results.get("likelihood", {}).values()), {})
+        rows[name] = {
+            "accuracy": results.get("accuracy"),
+            "ece": results.get("ece"),
+            "auroc_log_px": {o: s.get("log_px") for o, s in results.get("ood", {}).items()},
+            "classifier_fd": generative.get("classifier_fd"),
+            "classifier_score": generative.get("classifier_score"),
+            "steps": summary["last_step"] - summary["first_step"],
+            "train_seconds": summary.get("seconds"),
+            "steps_per_second": (summary["last_step"] - summary["first_step"]) / summary["seconds"]
+            if summary.get("seconds") else None,
+            "ais_log_z": likelihood.get("log_z"),
+            "ais_log_z_stderr": likelihood.get("log_z_stderr"),
+            "ais_ess": likelihood.get("ess"),
+            "test_ll_nats": likelihood.get("log_likelihood"),
+            "bits_per_dim": likelihood.get("bits_per_dim"),
+            "wall_seconds": round(time.time() - start, 1),
+            "last_logged": logged,
+        }
+    lines = [
+        f"SADA-JEM on digits (quickstart), {FLAGS.steps} steps, 5 gradient evaluations of the energy per "
+        f"step for every sampler; {FLAGS.samples} samples scored in the feature space of a softmax classifier "
+        f"trained alike (not Inception); AIS with {FLAGS.ais_chains} chains x {FLAGS.ais_temperatures} "
+        f"temperatures on {FLAGS.eval_examples} dequantised test images. Steps/s include tracing, shared CPU.",
+        "",
+        "| sampler | acc | ECE | AUROC photos | AUROC interp | classifier FD | classifier score | steps/s | "
+        "log Z (s.e.) | test LL nats | bits/dim | accept (last log) | step size (last log) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {num(r['accuracy'], '.3f')} | {num(r['ece'], '.3f')} | "
+            f"{num(r['auroc_log_px'].get('photos'), '.3f')} | {num(r['auroc_log_px'].get('interp'), '.3f')} | "
+            f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
+            f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} ({num(r['ais_log_z_stderr'], '.2f')}) | "
+            f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} | "
+            f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |")
+    table = "\n".join(lines)
+    print(table)
+    out = FLAGS.output or os.path.join(REPO, "benchmarks", "results", f"{device_name()}_sampler_comparison.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"steps": FLAGS.steps, "rows": rows, "settings": {k: ROWS[k] for k in FLAGS.rows}}, f, indent=2)
+    with open(out[:-len(".json")] + ".md", "w") as f:
+        f.write(table + "\n")
+    print(f"wrote {out} and {out[:-len('.json')]}.md")
+
+
+if __name__ == "__main__":
+    app.run(main)
