@@ -454,3 +454,55 @@ def test_generate_with_labels_runs_chains_on_the_class_energy():
     # From the replay buffer too (class-conditional buffer rows of the label's block).
     buffered = model.generate(10, y=tf.constant(y), n_steps=10, from_buffer=True).numpy()
     np.testing.assert_allclose(buffered, by_hand.numpy(), atol=1e-6)
+
+
+# ---------------------------------------------------------------- SAM reuses one set of samples
+def _count_chain_runs(model, runs):
+    """Wrap the trainer's sampler so that every chain *executed* (not traced) appends to `runs`:
+    a `tf.py_function` the samples depend on runs once per executed sampler call, also inside
+    SAM's second pass, whose variable updates are discarded."""
+    sample_with_stats, call = model.sampler.sample_with_stats, model.sampler.__call__
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            x = out[0] if isinstance(out, tuple) else out
+            tick = tf.py_function(lambda: runs.append(1) or 0, [], tf.int32)
+            with tf.control_dependencies([tick]):
+                x = tf.identity(x)
+            return (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
+        return wrapper
+
+    model.sampler.sample_with_stats = counted(sample_with_stats)
+    model.sampler.__call__ = counted(call)  # not used by the p(x) term; kept for completeness
+
+
+def _sadajem_two_steps(gradients, x, y):
+    """(executed chains, every network variable and the buffer) after two SADA-JEM steps."""
+    keras.utils.set_random_seed(0)
+    model = SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=40,
+                    sampler=SGLDSampler(n_steps=3, step_size=1.0, noise_std=0.01, grad_clip=1.0,
+                                        x_clip=(-1.0, 1.0), energy_training=True, seed=0),
+                    gradients=gradients, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    runs = []
+    _count_chain_runs(model, runs)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    return len(runs), [v.numpy() for v in model.network.variables] + [model.buffer.buffer.numpy()]
+
+
+def test_sadajem_sam_at_rho_zero_is_the_plain_step_bit_for_bit_with_one_chain_per_step():
+    """SADA-JEM's two SAM passes share one set of SGLD samples (sndnyang/SADAJEM train_sadajem.py):
+    with rho = 0 the second pass is at w itself, so a SAM step must equal a plain step bit for bit
+    (weights, BN statistics, buffer), and the sampler runs once per step (counted as executed)."""
+    rng = np.random.RandomState(9)
+    x = rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 16).astype("int32")
+    plain_runs, plain = _sadajem_two_steps(PlainGradients(), x, y)
+    sam_runs, sam = _sadajem_two_steps(SAMGradients(rho=0.0), x, y)
+    assert (plain_runs, sam_runs) == (2, 2)  # one chain per step, SAM or not
+    for a, b in zip(plain, sam):
+        np.testing.assert_array_equal(a, b)
+    # The comparison can fail: SAM at rho > 0 takes another step from the same samples.
+    _, other = _sadajem_two_steps(SAMGradients(rho=0.05), x, y)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, other))
