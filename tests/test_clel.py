@@ -740,3 +740,67 @@ def test_spectral_norm_vectors_are_saved_in_keras_files(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     x = np.random.RandomState(0).normal(size=(2, 6, 6, 2)).astype("float32")
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+# ---------------------------------------------------------------- the objective as numbers
+def _normalize(a):
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def test_clel_losses_are_eq3_and_eq4_written_out_in_numpy():
+    """Eq. 3 and eq. 4 (Lee et al. 2023; hankook/CLEL models/ebm.py) in NumPy on the networks'
+    outputs for the same batch, samples and SimCLR views:
+        L_EBM = mean E(x) - mean E(x~) + alpha mean(E(x)^2 + E(x~)^2) - beta mean cos(g(f/|f|), z),
+        z = sg(h(t1(x))) on the EBM's rows (the first view), E = 0.5 |f|^2;
+        L_LE = NT-Xent over the views (t1(x), t2(x)), the samples' latents g(f(x~)/|f(x~)|) as extra
+        negatives.
+    alpha, beta and the temperature are off their defaults and the EBM sees half the batch, so each
+    term, its sign, the target view and the extra negatives show in the totals. The EBM's
+    variables get no gradient from eq. 4, the encoder's none from eq. 3 (targets detached)."""
+    from keras_ebm.data.augment import simclr_augment
+
+    x, _ = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
+    x_s = np.random.RandomState(10).uniform(0, 1, (4,) + x.shape[1:]).astype("float32")  # the EBM's 4 rows
+    alpha, beta, tau = 0.7, 0.3, 0.5
+    model = make_clel(alpha=alpha, beta=beta, temperature=tau, ebm_batch_fraction=0.5)
+    # CLEL's N(0, 0.01) head makes E ~ 1e-9, which would hide the E^2 term: scale the last
+    # layer so that the energies are of order 1.
+    head = [layer for layer in model.network.layers if layer.weights][-1]
+    scale = 1.0 / np.mean(np.linalg.norm(model.network(x, training=False).numpy(), axis=-1))
+    head.kernel.assign(head.kernel * scale)
+    if head.use_bias:
+        head.bias.assign(head.bias * scale)
+    seed = tf.constant([5, 11], tf.int64)
+    batch = dict(model.unpack_batch((x, np.zeros(8, np.int32))), views_seed=seed)
+    negatives = {"x": tf.constant(x_s), "sgld_grad_norm": tf.constant(0.0)}
+    ebm_vars, enc_vars = model.ebm_variables(), model.encoder_variables()
+    with tf.GradientTape(persistent=True) as tape:
+        logs = model.compute_losses(batch, negatives, training=False)
+    for grad in tape.gradient(logs["contrastive_loss"], ebm_vars):
+        assert grad is None or not np.any(grad.numpy())
+    for grad in tape.gradient(logs["ebm_loss"], enc_vars):
+        assert grad is None or not np.any(grad.numpy())
+    assert any(g is not None and np.any(g.numpy()) for g in tape.gradient(logs["contrastive_loss"], enc_vars))
+
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    views = [simclr_augment(tf.constant(x), s, pixel_range=(0.0, 1.0)).numpy() for s in (s1, s2)]
+    assert not np.allclose(views[0], views[1])
+    h1, h2 = np.split(model.encoder(np.concatenate(views), training=False).numpy().astype(np.float64), 2)
+    n = 4  # ebm_batch_fraction 0.5 of 8
+    f = model.network(x[:n], training=False).numpy().astype(np.float64)
+    f_s = model.network(x_s, training=False).numpy().astype(np.float64)
+    e, e_s = 0.5 * np.sum(f ** 2, -1), 0.5 * np.sum(f_s ** 2, -1)
+    g = model.projection(_normalize(f).astype("float32")).numpy().astype(np.float64)
+    g_s = model.projection(_normalize(f_s).astype("float32")).numpy().astype(np.float64)
+    cosine = np.mean(np.sum(_normalize(g) * _normalize(h1[:n]), -1))
+    ebm_loss = e.mean() - e_s.mean() + alpha * np.mean(e ** 2 + e_s ** 2) - beta * cosine
+    contrastive = _nt_xent_reference(h1, h2, g_s, tau)
+    expected = {"ebm_loss": ebm_loss, "contrastive_loss": contrastive, "loss": ebm_loss + contrastive,
+                "cosine": cosine, "energy_data": e.mean(), "energy_sample": e_s.mean(),
+                "energy_gap": e_s.mean() - e.mean()}
+    for key, value in expected.items():
+        np.testing.assert_allclose(float(logs[key]), value, rtol=1e-4, atol=1e-5, err_msg=key)
+    # The terms a wrong implementation would drop or flip are visible at this tolerance.
+    assert abs(beta * cosine) > 1e-3 and abs(alpha * np.mean(e ** 2 + e_s ** 2)) > 1e-3
+    assert abs(np.mean(np.sum(_normalize(g) * _normalize(h2[:n]), -1)) - cosine) > 1e-3  # other view
+    assert abs(_nt_xent_reference(h1, h2, None, tau) - contrastive) > 1e-3  # without the samples
