@@ -804,3 +804,32 @@ def test_clel_losses_are_eq3_and_eq4_written_out_in_numpy():
     assert abs(beta * cosine) > 1e-3 and abs(alpha * np.mean(e ** 2 + e_s ** 2)) > 1e-3
     assert abs(np.mean(np.sum(_normalize(g) * _normalize(h2[:n]), -1)) - cosine) > 1e-3  # other view
     assert abs(_nt_xent_reference(h1, h2, None, tau) - contrastive) > 1e-3  # without the samples
+
+
+class _ZeroGradients(PlainGradients):
+    """The plain gradient function with every gradient replaced by zeros: an update is then the
+    weight decay alone."""
+
+    def __call__(self, loss_fn, variables):
+        grads, logs = super().__call__(loss_fn, variables)
+        return [[tf.zeros_like(v) for v in group] for group in variables], logs
+
+
+def test_clel_weight_decays_are_coupled_l2_on_their_own_network():
+    """`weight_decay` is the EBM's coupled L2 (0 by default, as hankook/CLEL's Adam has none) and
+    `encoder_weight_decay` the encoder's (PyTorch SGD's 5e-4): with the loss gradients zeroed, one
+    SGD step moves every EBM weight by exactly -lr * weight_decay * w and every encoder weight by
+    -lr_encoder * encoder_weight_decay * w (first step: the momentum buffer is empty)."""
+    x, y = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
+    model = make_clel(compile=False, weight_decay=0.5, encoder_weight_decay=0.2, gradients=_ZeroGradients(),
+                      sampler=SGLDSampler(n_steps=1, step_size=100.0, noise_std=0.001, x_clip=(0.0, 1.0)))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+    model.build_optimizers()
+    ebm_before = [v.numpy().copy() for v in model.ebm_variables()]
+    enc_before = [v.numpy().copy() for v in model.encoder_variables()]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for w, v in zip(ebm_before, model.ebm_variables()):
+        np.testing.assert_allclose(v.numpy(), w - 0.01 * 0.5 * w, rtol=1e-6, atol=1e-9, err_msg=v.path)
+    for w, v in zip(enc_before, model.encoder_variables()):
+        np.testing.assert_allclose(v.numpy(), w - 0.03 * 0.2 * w, rtol=1e-6, atol=1e-9, err_msg=v.path)
+    assert CLEL(model.network, model.projection, model.encoder, image_shape=(8, 8, 3)).weight_decay == 0.0
