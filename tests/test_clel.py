@@ -316,17 +316,57 @@ def _mirrors(variable):
     return [np.asarray(v) for v in variable.value.values]
 
 
-def test_clel_two_replicas_train_step(two_device_strategy, cifar10_npz):
-    # SN power iterations inside the SGLD while-loop, buffer writes, both optimizers and the EMA
-    # updates all run in replica context under MirroredStrategy; the mirrors must stay identical.
-    x, y = cifar_x(cifar10_npz, 8)
-    with two_device_strategy.scope():
-        model = make_clel()
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][-1])
-    assert model.optimizers["encoder_optimizer"].iterations.numpy() == 1
-    assert model.optimizers["ebm_optimizer"].iterations.numpy() == 1
-    sn = [l for l in model.network.layers if isinstance(l, SpectralNormConv2D)][0]
+def _clel_one_step(strategy, x):
+    """A CLEL whose step is deterministic given the global batch (chains from one constant image
+    without noise or augmentation, a fixed SimCLR "augmentation", synchronised encoder BN, SGD for
+    both networks), after one step under `strategy`: (history, [the update of every EBM and
+    encoder variable, the EMA EBM's weights, a spectral-norm vector], model)."""
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        image_shape = x.shape[1:]
+        encoder = build_clel_encoder(image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                                     output_dim=6, input_mean=None, synchronized_bn=True)
+        model = CLEL(tiny_ebm(image_shape=image_shape), build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6),
+                     encoder, image_shape=image_shape, buffer_size=40, reinit_prob=0.0, augment_chain_starts=False,
+                     sampler=SGLDSampler(n_steps=2, step_size=100.0, noise_std=0.0, grad_clip=100.0,
+                                         x_clip=(0.0, 1.0), energy_training=True),
+                     ema_decay=0.9, ema_start_step=0, alpha=0.5, beta=0.3, weight_decay=1.0, seed=0)
+        model.buffer.buffer.assign(tf.fill(model.buffer.buffer.shape, 0.3))
+        _scale_energies_to_order_one(model, x)
+        # SGD: steps proportional to the gradients (Adam's first step is lr * sign(g)); a small
+        # rate, since the scaled head makes the EBM's gradients large.
+        model.compile(optimizer=keras.optimizers.SGD(1e-4), encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+        model.build_optimizers()
+    before = [v.numpy() for v in model.ebm_variables() + model.encoder_variables()]
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x), np.int32))).batch(8)
+    history = model.fit(ds, epochs=1, verbose=0).history
+    sn = [layer for layer in model.network.layers if isinstance(layer, SpectralNormConv2D)][0]
+    after = [v.numpy() for v in model.ebm_variables() + model.encoder_variables()]
+    n_ebm = len(model.ebm_variables())
+    for lo, hi in ((0, n_ebm), (n_ebm, len(after))):  # both networks moved
+        assert max(np.abs(a - b).max() for a, b in zip(before[lo:hi], after[lo:hi])) > 1e-3
+    updates = [a - b for a, b in zip(after, before)]
+    return history, updates + [v.numpy() for v in model.ema_network.model.weights + [sn.sn_u]], model
+
+
+def test_clel_two_replicas_match_one_device(two_device_strategy, monkeypatch):
+    """Two replicas with half the batch each take the one-device step on the whole batch: EBM
+    terms averaged over replicas, NT-Xent over all-gathered views and sample latents,
+    synchronised encoder BN, both optimizers, the EBM's weight decay, the EMA copies and the
+    spectral-norm vectors. The SimCLR views are replaced by a fixed map of the images (the real
+    ones draw per-replica seeds, which one device cannot reproduce)."""
+    import keras_ebm.trainers.clel as clel_module
+
+    monkeypatch.setattr(clel_module, "simclr_augment", lambda x, seed, pixel_range: 0.9 * x + 0.05)
+    x, _ = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
+    h1, w1, _ = _clel_one_step(tf.distribute.get_strategy(), x)
+    h2, w2, model = _clel_one_step(two_device_strategy, x)
+    for key in ("loss", "ebm_loss", "contrastive_loss", "energy_data", "energy_sample", "cosine"):
+        np.testing.assert_allclose(h2[key][-1], h1[key][-1], rtol=1e-4, atol=1e-5, err_msg=key)
+    for i, (a, b) in enumerate(zip(w1, w2)):  # the updates of both networks, the EMA copies, SN
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * np.abs(a).max() + 1e-7, err_msg=f"variable {i}")
+    # The mirrors of the two-replica run agree too (buffer writes, SN vectors in the SGLD loop).
+    sn = [layer for layer in model.network.layers if isinstance(layer, SpectralNormConv2D)][0]
     for variable in (sn.sn_u, model.ema_network.model.weights[1], model.buffer.buffer,
                      model.encoder.trainable_variables[0]):
         first, second = _mirrors(variable)
@@ -747,6 +787,16 @@ def _normalize(a):
     return a / np.linalg.norm(a, axis=-1, keepdims=True)
 
 
+def _scale_energies_to_order_one(model, x):
+    """CLEL's N(0, 0.01) head makes E ~ 1e-9 at initialisation, which would hide the E^2 term and
+    blow up the cosine's gradient (~1 / |f|): scale the EBM's last layer so that |f| ~ 1."""
+    head = [layer for layer in model.network.layers if layer.weights][-1]
+    scale = 1.0 / np.mean(np.linalg.norm(model.network(x, training=False).numpy(), axis=-1))
+    head.kernel.assign(head.kernel * scale)
+    if head.use_bias:
+        head.bias.assign(head.bias * scale)
+
+
 def test_clel_losses_are_eq3_and_eq4_written_out_in_numpy():
     """Eq. 3 and eq. 4 (Lee et al. 2023; hankook/CLEL models/ebm.py) in NumPy on the networks'
     outputs for the same batch, samples and SimCLR views:
@@ -763,13 +813,7 @@ def test_clel_losses_are_eq3_and_eq4_written_out_in_numpy():
     x_s = np.random.RandomState(10).uniform(0, 1, (4,) + x.shape[1:]).astype("float32")  # the EBM's 4 rows
     alpha, beta, tau = 0.7, 0.3, 0.5
     model = make_clel(alpha=alpha, beta=beta, temperature=tau, ebm_batch_fraction=0.5)
-    # CLEL's N(0, 0.01) head makes E ~ 1e-9, which would hide the E^2 term: scale the last
-    # layer so that the energies are of order 1.
-    head = [layer for layer in model.network.layers if layer.weights][-1]
-    scale = 1.0 / np.mean(np.linalg.norm(model.network(x, training=False).numpy(), axis=-1))
-    head.kernel.assign(head.kernel * scale)
-    if head.use_bias:
-        head.bias.assign(head.bias * scale)
+    _scale_energies_to_order_one(model, x)
     seed = tf.constant([5, 11], tf.int64)
     batch = dict(model.unpack_batch((x, np.zeros(8, np.int32))), views_seed=seed)
     negatives = {"x": tf.constant(x_s), "sgld_grad_norm": tf.constant(0.0)}
