@@ -1,5 +1,6 @@
 """run_training: checkpoints resume with equal weights, a crash keeps the last good checkpoint."""
 
+import glob
 import json
 import os
 import re
@@ -519,3 +520,40 @@ def test_a_rerun_removes_what_killed_saves_and_exports_left(tmp_path):
     assert sorted(os.listdir(ckpt)) == listed
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".export.")]
     assert (tmp_path / "export" / "saved_model.pb").exists()
+
+
+def _tensorboard_scalars(directory):
+    """{tag: {step: value}} of every scalar in the event files under `directory`."""
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(str(directory), "**", "events.out.tfevents.*"), recursive=True)):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_tensorboard_scalars_are_the_mean_losses_of_each_logging_window(tmp_path):
+    """The TensorBoard points every `log_every` = 2 steps are the means of the two steps' losses,
+    which this test computes itself: the same network and optimizer stepped by `train_on_batch`
+    on the same batches, the cross-entropy and accuracy of each batch taken before its step."""
+    run(tmp_path, 4)
+    x, y = digits_arrays(256)
+    reference = trainer_fn()
+    reference.compile(optimizer=keras.optimizers.Adam(0.05))
+    losses, accuracies = [], []
+    for k in range(4):
+        xb, yb = x[32 * k:32 * (k + 1)], y[32 * k:32 * (k + 1)]
+        logits = reference.network(xb).numpy().astype(np.float64)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        losses.append(-np.mean(log_probs[np.arange(32), yb]))
+        accuracies.append(np.mean(np.argmax(logits, -1) == yb))
+        reference.train_on_batch(xb, yb)
+    assert abs(losses[0] - losses[1]) > 1e-2  # the steps differ: a running mean would show
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    assert sorted(scalars["loss"]) == [2, 4], scalars["loss"]
+    for step, window in ((2, slice(0, 2)), (4, slice(2, 4))):
+        np.testing.assert_allclose(scalars["loss"][step], np.mean(losses[window]), rtol=1e-4)
+        np.testing.assert_allclose(scalars["clf_loss"][step], np.mean(losses[window]), rtol=1e-4)
+        np.testing.assert_allclose(scalars["clf_acc"][step], np.mean(accuracies[window]), atol=1e-6)
+    assert all(v > 0 for v in scalars["steps_per_second"].values())
