@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import keras
 import numpy as np
 import pytest
@@ -557,3 +558,26 @@ def test_tensorboard_scalars_are_the_mean_losses_of_each_logging_window(tmp_path
         np.testing.assert_allclose(scalars["clf_loss"][step], np.mean(losses[window]), rtol=1e-4)
         np.testing.assert_allclose(scalars["clf_acc"][step], np.mean(accuracies[window]), atol=1e-6)
     assert all(v > 0 for v in scalars["steps_per_second"].values())
+
+
+def test_operative_config_holds_the_bound_values(tmp_path):
+    """operative_config.gin lists the values the run used: bindings given on the command line,
+    values from the config files, and the macros they refer to."""
+    from keras_ebm import cli
+
+    cli.parse_gin(["gin_configs/quickstart.gin", "gin_configs/tiny.gin"],
+                  ["run_training.train_steps = 1", "run_training.keep_checkpoints = 7",
+                   "SGLDSampler.step_size = 0.75"])
+    training.run_training(model_dir=str(tmp_path), progress=False, export=False)
+    text = (tmp_path / "operative_config.gin").read_text()
+
+    def bound(name):
+        match = re.search(rf"^(?:[\w.]+\.)?{re.escape(name)} = (.+)$", text, re.M)
+        assert match, f"{name} is not in the operative config:\n{text}"
+        return match.group(1).strip()
+
+    assert bound("run_training.keep_checkpoints") == "7"
+    assert bound("run_training.train_steps") == "1"
+    assert bound("SGLDSampler.step_size") == "0.75"
+    assert bound("TinyCNN.input_shape") == "%IMAGE_SHAPE" and bound("IMAGE_SHAPE") == "(8, 8, 1)"
+    assert bound("SGLDSampler.n_steps") == str(gin.query_parameter("SGLDSampler.n_steps"))
