@@ -461,20 +461,15 @@ def _count_chain_runs(model, runs):
     """Wrap the trainer's sampler so that every chain *executed* (not traced) appends to `runs`:
     a `tf.py_function` the samples depend on runs once per executed sampler call, also inside
     SAM's second pass, whose variable updates are discarded."""
-    sample_with_stats, call = model.sampler.sample_with_stats, model.sampler.__call__
+    sample_with_stats = model.sampler.sample_with_stats  # the p(x) term's chains
 
-    def counted(fn):
-        def wrapper(*args, **kwargs):
-            out = fn(*args, **kwargs)
-            x = out[0] if isinstance(out, tuple) else out
-            tick = tf.py_function(lambda: runs.append(1) or 0, [], tf.int32)
-            with tf.control_dependencies([tick]):
-                x = tf.identity(x)
-            return (x,) + tuple(out[1:]) if isinstance(out, tuple) else x
-        return wrapper
+    def counted(*args, **kwargs):
+        x, stats = sample_with_stats(*args, **kwargs)
+        tick = tf.py_function(lambda: runs.append(1) or 0, [], tf.int32)
+        with tf.control_dependencies([tick]):
+            return tf.identity(x), stats
 
-    model.sampler.sample_with_stats = counted(sample_with_stats)
-    model.sampler.__call__ = counted(call)  # not used by the p(x) term; kept for completeness
+    model.sampler.sample_with_stats = counted
 
 
 def _sadajem_two_steps(gradients, x, y):
