@@ -20,12 +20,13 @@ import tensorflow as tf
 import standins
 
 _cpus = tf.config.list_physical_devices("CPU")
+_TWO_DEVICES_ERROR = None
 try:
     tf.config.set_logical_device_configuration(
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
-except RuntimeError:  # already initialised (e.g. imported twice); the tests that need 2 skip
-    pass
+except RuntimeError as error:  # TensorFlow's devices were initialised before this file ran
+    _TWO_DEVICES_ERROR = error
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The real files; KERAS_EBM_SHARED_DATA=/nonexistent runs the tests on the stand-ins instead.
@@ -86,7 +87,14 @@ def two_device_strategy():
     # so a second strategy running a different collective (all_gather after all_reduce) aborts.
     devices = tf.config.list_logical_devices("CPU")
     if len(devices) < 2:
-        pytest.skip("needs two logical CPU devices")
+        # A failure, not a skip: a skip would hide every distribution test while the run stays green.
+        pytest.fail(
+            f"The two-replica tests need two logical CPU devices, but TensorFlow has {len(devices)}: "
+            "tests/conftest.py splits the CPU in two when it is imported, which must happen before "
+            "anything initialises TensorFlow's devices (a plugin, a sitecustomize or an earlier "
+            f"import that ran TensorFlow ops). TensorFlow said: {_TWO_DEVICES_ERROR}",
+            pytrace=False,
+        )
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
 
 

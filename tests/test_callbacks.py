@@ -343,3 +343,26 @@ def test_ctrl_c_to_train_py_checkpoints_exits_130_and_resumes_exactly(tmp_path):
         proc.kill()
     assert proc.returncode == -signal.SIGINT
     assert tf.train.latest_checkpoint(str(again / "checkpoints")) == saved
+
+
+def test_time_budget_reads_minutes_on_a_fake_clock(monkeypatch):
+    """2 minutes: not stopped at 119 s, stopped at 121 s (read as hours or seconds it would stop at
+    7,200 s or 2 s), and the budget spans later `fit` calls (it starts at the first)."""
+    now = [1000.0]
+    monkeypatch.setattr(callbacks.time, "time", lambda: now[0])
+
+    class Model:
+        stop_training = False
+
+    budget = callbacks.TimeBudget(2)
+    model = Model()
+    budget.set_model(model)
+    budget.on_train_begin()
+    for elapsed, stopped in ((1.0, False), (119.0, False)):
+        now[0] = 1000.0 + elapsed
+        budget.on_train_batch_end(0)
+        assert budget.stopped is stopped and model.stop_training is stopped, elapsed
+    budget.on_train_begin()  # a second fit call does not restart the budget
+    now[0] = 1121.0
+    budget.on_train_batch_end(0)
+    assert budget.stopped and model.stop_training

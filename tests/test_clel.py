@@ -316,17 +316,57 @@ def _mirrors(variable):
     return [np.asarray(v) for v in variable.value.values]
 
 
-def test_clel_two_replicas_train_step(two_device_strategy, cifar10_npz):
-    # SN power iterations inside the SGLD while-loop, buffer writes, both optimizers and the EMA
-    # updates all run in replica context under MirroredStrategy; the mirrors must stay identical.
-    x, y = cifar_x(cifar10_npz, 8)
-    with two_device_strategy.scope():
-        model = make_clel()
-    history = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history
-    assert np.isfinite(history["loss"][-1])
-    assert model.optimizers["encoder_optimizer"].iterations.numpy() == 1
-    assert model.optimizers["ebm_optimizer"].iterations.numpy() == 1
-    sn = [l for l in model.network.layers if isinstance(l, SpectralNormConv2D)][0]
+def _clel_one_step(strategy, x):
+    """A CLEL whose step is deterministic given the global batch (chains from one constant image
+    without noise or augmentation, a fixed SimCLR "augmentation", synchronised encoder BN, SGD for
+    both networks), after one step under `strategy`: (history, [the update of every EBM and
+    encoder variable, the EMA EBM's weights, a spectral-norm vector], model)."""
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        image_shape = x.shape[1:]
+        encoder = build_clel_encoder(image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
+                                     output_dim=6, input_mean=None, synchronized_bn=True)
+        model = CLEL(tiny_ebm(image_shape=image_shape), build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6),
+                     encoder, image_shape=image_shape, buffer_size=40, reinit_prob=0.0, augment_chain_starts=False,
+                     sampler=SGLDSampler(n_steps=2, step_size=100.0, noise_std=0.0, grad_clip=100.0,
+                                         x_clip=(0.0, 1.0), energy_training=True),
+                     ema_decay=0.9, ema_start_step=0, alpha=0.5, beta=0.3, weight_decay=1.0, seed=0)
+        model.buffer.buffer.assign(tf.fill(model.buffer.buffer.shape, 0.3))
+        _scale_energies_to_order_one(model, x)
+        # SGD: steps proportional to the gradients (Adam's first step is lr * sign(g)); a small
+        # rate, since the scaled head makes the EBM's gradients large.
+        model.compile(optimizer=keras.optimizers.SGD(1e-4), encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+        model.build_optimizers()
+    before = [v.numpy() for v in model.ebm_variables() + model.encoder_variables()]
+    ds = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x), np.int32))).batch(8)
+    history = model.fit(ds, epochs=1, verbose=0).history
+    sn = [layer for layer in model.network.layers if isinstance(layer, SpectralNormConv2D)][0]
+    after = [v.numpy() for v in model.ebm_variables() + model.encoder_variables()]
+    n_ebm = len(model.ebm_variables())
+    for lo, hi in ((0, n_ebm), (n_ebm, len(after))):  # both networks moved
+        assert max(np.abs(a - b).max() for a, b in zip(before[lo:hi], after[lo:hi])) > 1e-3
+    updates = [a - b for a, b in zip(after, before)]
+    return history, updates + [v.numpy() for v in model.ema_network.model.weights + [sn.sn_u]], model
+
+
+def test_clel_two_replicas_match_one_device(two_device_strategy, monkeypatch):
+    """Two replicas with half the batch each take the one-device step on the whole batch: EBM
+    terms averaged over replicas, NT-Xent over all-gathered views and sample latents,
+    synchronised encoder BN, both optimizers, the EBM's weight decay, the EMA copies and the
+    spectral-norm vectors. The SimCLR views are replaced by a fixed map of the images (the real
+    ones draw per-replica seeds, which one device cannot reproduce)."""
+    import keras_ebm.trainers.clel as clel_module
+
+    monkeypatch.setattr(clel_module, "simclr_augment", lambda x, seed, pixel_range: 0.9 * x + 0.05)
+    x, _ = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
+    h1, w1, _ = _clel_one_step(tf.distribute.get_strategy(), x)
+    h2, w2, model = _clel_one_step(two_device_strategy, x)
+    for key in ("loss", "ebm_loss", "contrastive_loss", "energy_data", "energy_sample", "cosine"):
+        np.testing.assert_allclose(h2[key][-1], h1[key][-1], rtol=1e-4, atol=1e-5, err_msg=key)
+    for i, (a, b) in enumerate(zip(w1, w2)):  # the updates of both networks, the EMA copies, SN
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * np.abs(a).max() + 1e-7, err_msg=f"variable {i}")
+    # The mirrors of the two-replica run agree too (buffer writes, SN vectors in the SGLD loop).
+    sn = [layer for layer in model.network.layers if isinstance(layer, SpectralNormConv2D)][0]
     for variable in (sn.sn_u, model.ema_network.model.weights[1], model.buffer.buffer,
                      model.encoder.trainable_variables[0]):
         first, second = _mirrors(variable)
@@ -740,3 +780,100 @@ def test_spectral_norm_vectors_are_saved_in_keras_files(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
     x = np.random.RandomState(0).normal(size=(2, 6, 6, 2)).astype("float32")
     np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+
+
+# ---------------------------------------------------------------- the objective as numbers
+def _normalize(a):
+    return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+
+def _scale_energies_to_order_one(model, x):
+    """CLEL's N(0, 0.01) head makes E ~ 1e-9 at initialisation, which would hide the E^2 term and
+    blow up the cosine's gradient (~1 / |f|): scale the EBM's last layer so that |f| ~ 1."""
+    head = [layer for layer in model.network.layers if layer.weights][-1]
+    scale = 1.0 / np.mean(np.linalg.norm(model.network(x, training=False).numpy(), axis=-1))
+    head.kernel.assign(head.kernel * scale)
+    if head.use_bias:
+        head.bias.assign(head.bias * scale)
+
+
+def test_clel_losses_are_eq3_and_eq4_written_out_in_numpy():
+    """Eq. 3 and eq. 4 (Lee et al. 2023; hankook/CLEL models/ebm.py) in NumPy on the networks'
+    outputs for the same batch, samples and SimCLR views:
+        L_EBM = mean E(x) - mean E(x~) + alpha mean(E(x)^2 + E(x~)^2) - beta mean cos(g(f/|f|), z),
+        z = sg(h(t1(x))) on the EBM's rows (the first view), E = 0.5 |f|^2;
+        L_LE = NT-Xent over the views (t1(x), t2(x)), the samples' latents g(f(x~)/|f(x~)|) as extra
+        negatives.
+    alpha, beta and the temperature are off their defaults and the EBM sees half the batch, so each
+    term, its sign, the target view and the extra negatives show in the totals. The EBM's
+    variables get no gradient from eq. 4, the encoder's none from eq. 3 (targets detached)."""
+    from keras_ebm.data.augment import simclr_augment
+
+    x, _ = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
+    x_s = np.random.RandomState(10).uniform(0, 1, (4,) + x.shape[1:]).astype("float32")  # the EBM's 4 rows
+    alpha, beta, tau = 0.7, 0.3, 0.5
+    model = make_clel(alpha=alpha, beta=beta, temperature=tau, ebm_batch_fraction=0.5)
+    _scale_energies_to_order_one(model, x)
+    seed = tf.constant([5, 11], tf.int64)
+    batch = dict(model.unpack_batch((x, np.zeros(8, np.int32))), views_seed=seed)
+    negatives = {"x": tf.constant(x_s), "sgld_grad_norm": tf.constant(0.0)}
+    ebm_vars, enc_vars = model.ebm_variables(), model.encoder_variables()
+    with tf.GradientTape(persistent=True) as tape:
+        logs = model.compute_losses(batch, negatives, training=False)
+    for grad in tape.gradient(logs["contrastive_loss"], ebm_vars):
+        assert grad is None or not np.any(grad.numpy())
+    for grad in tape.gradient(logs["ebm_loss"], enc_vars):
+        assert grad is None or not np.any(grad.numpy())
+    assert any(g is not None and np.any(g.numpy()) for g in tape.gradient(logs["contrastive_loss"], enc_vars))
+
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+    views = [simclr_augment(tf.constant(x), s, pixel_range=(0.0, 1.0)).numpy() for s in (s1, s2)]
+    assert not np.allclose(views[0], views[1])
+    h1, h2 = np.split(model.encoder(np.concatenate(views), training=False).numpy().astype(np.float64), 2)
+    n = 4  # ebm_batch_fraction 0.5 of 8
+    f = model.network(x[:n], training=False).numpy().astype(np.float64)
+    f_s = model.network(x_s, training=False).numpy().astype(np.float64)
+    e, e_s = 0.5 * np.sum(f ** 2, -1), 0.5 * np.sum(f_s ** 2, -1)
+    g = model.projection(_normalize(f).astype("float32")).numpy().astype(np.float64)
+    g_s = model.projection(_normalize(f_s).astype("float32")).numpy().astype(np.float64)
+    cosine = np.mean(np.sum(_normalize(g) * _normalize(h1[:n]), -1))
+    ebm_loss = e.mean() - e_s.mean() + alpha * np.mean(e ** 2 + e_s ** 2) - beta * cosine
+    contrastive = _nt_xent_reference(h1, h2, g_s, tau)
+    expected = {"ebm_loss": ebm_loss, "contrastive_loss": contrastive, "loss": ebm_loss + contrastive,
+                "cosine": cosine, "energy_data": e.mean(), "energy_sample": e_s.mean(),
+                "energy_gap": e_s.mean() - e.mean()}
+    for key, value in expected.items():
+        np.testing.assert_allclose(float(logs[key]), value, rtol=1e-4, atol=1e-5, err_msg=key)
+    # The terms a wrong implementation would drop or flip are visible at this tolerance.
+    assert abs(beta * cosine) > 1e-3 and abs(alpha * np.mean(e ** 2 + e_s ** 2)) > 1e-3
+    assert abs(np.mean(np.sum(_normalize(g) * _normalize(h2[:n]), -1)) - cosine) > 1e-3  # other view
+    assert abs(_nt_xent_reference(h1, h2, None, tau) - contrastive) > 1e-3  # without the samples
+
+
+class _ZeroGradients(PlainGradients):
+    """The plain gradient function with every gradient replaced by zeros: an update is then the
+    weight decay alone."""
+
+    def __call__(self, loss_fn, variables):
+        grads, logs = super().__call__(loss_fn, variables)
+        return [[tf.zeros_like(v) for v in group] for group in variables], logs
+
+
+def test_clel_weight_decays_are_coupled_l2_on_their_own_network():
+    """`weight_decay` is the EBM's coupled L2 (0 by default, as hankook/CLEL's Adam has none) and
+    `encoder_weight_decay` the encoder's (PyTorch SGD's 5e-4): with the loss gradients zeroed, one
+    SGD step moves every EBM weight by exactly -lr * weight_decay * w and every encoder weight by
+    -lr_encoder * encoder_weight_decay * w (first step: the momentum buffer is empty)."""
+    x, y = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
+    model = make_clel(compile=False, weight_decay=0.5, encoder_weight_decay=0.2, gradients=_ZeroGradients(),
+                      sampler=SGLDSampler(n_steps=1, step_size=100.0, noise_std=0.001, x_clip=(0.0, 1.0)))
+    model.compile(optimizer=keras.optimizers.SGD(0.01), encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+    model.build_optimizers()
+    ebm_before = [v.numpy().copy() for v in model.ebm_variables()]
+    enc_before = [v.numpy().copy() for v in model.encoder_variables()]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for w, v in zip(ebm_before, model.ebm_variables()):
+        np.testing.assert_allclose(v.numpy(), w - 0.01 * 0.5 * w, rtol=1e-6, atol=1e-9, err_msg=v.path)
+    for w, v in zip(enc_before, model.encoder_variables()):
+        np.testing.assert_allclose(v.numpy(), w - 0.03 * 0.2 * w, rtol=1e-6, atol=1e-9, err_msg=v.path)
+    assert CLEL(model.network, model.projection, model.encoder, image_shape=(8, 8, 3)).weight_decay == 0.0

@@ -1,5 +1,6 @@
 """run_training: checkpoints resume with equal weights, a crash keeps the last good checkpoint."""
 
+import glob
 import json
 import os
 import re
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import gin
 import keras
 import numpy as np
 import pytest
@@ -551,3 +553,63 @@ def test_monitor_one_outlying_step_neither_fires_nor_hides_a_rise():
     assert _replay(guard, spike) == {}
     outlier_then_rise = [1.0] * 50 + [1000.0] + [1.0] * 59 + [3.0] * 20
     assert 111 <= _replay(guard, outlier_then_rise)["clf_loss_rise"] <= 120
+
+
+def _tensorboard_scalars(directory):
+    """{tag: {step: value}} of every scalar in the event files under `directory`."""
+    scalars = {}
+    for path in sorted(glob.glob(os.path.join(str(directory), "**", "events.out.tfevents.*"), recursive=True)):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_tensorboard_scalars_are_the_mean_losses_of_each_logging_window(tmp_path):
+    """The TensorBoard points every `log_every` = 2 steps are the means of the two steps' losses,
+    which this test computes itself: the same network and optimizer stepped by `train_on_batch`
+    on the same batches, the cross-entropy and accuracy of each batch taken before its step."""
+    run(tmp_path, 4)
+    x, y = digits_arrays(256)
+    reference = trainer_fn()
+    reference.compile(optimizer=keras.optimizers.Adam(0.05))
+    losses, accuracies = [], []
+    for k in range(4):
+        xb, yb = x[32 * k:32 * (k + 1)], y[32 * k:32 * (k + 1)]
+        logits = reference.network(xb).numpy().astype(np.float64)
+        shifted = logits - logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        losses.append(-np.mean(log_probs[np.arange(32), yb]))
+        accuracies.append(np.mean(np.argmax(logits, -1) == yb))
+        reference.train_on_batch(xb, yb)
+    assert abs(losses[0] - losses[1]) > 1e-2  # the steps differ: a running mean would show
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    assert sorted(scalars["loss"]) == [2, 4], scalars["loss"]
+    for step, window in ((2, slice(0, 2)), (4, slice(2, 4))):
+        np.testing.assert_allclose(scalars["loss"][step], np.mean(losses[window]), rtol=1e-4)
+        np.testing.assert_allclose(scalars["clf_loss"][step], np.mean(losses[window]), rtol=1e-4)
+        np.testing.assert_allclose(scalars["clf_acc"][step], np.mean(accuracies[window]), atol=1e-6)
+    assert all(v > 0 for v in scalars["steps_per_second"].values())
+
+
+def test_operative_config_holds_the_bound_values(tmp_path):
+    """operative_config.gin lists the values the run used: bindings given on the command line,
+    values from the config files, and the macros they refer to."""
+    from keras_ebm import cli
+
+    cli.parse_gin(["gin_configs/quickstart.gin", "gin_configs/tiny.gin"],
+                  ["run_training.train_steps = 1", "run_training.keep_checkpoints = 7",
+                   "SGLDSampler.step_size = 0.75"])
+    training.run_training(model_dir=str(tmp_path), progress=False, export=False)
+    text = (tmp_path / "operative_config.gin").read_text()
+
+    def bound(name):
+        match = re.search(rf"^(?:[\w.]+\.)?{re.escape(name)} = (.+)$", text, re.M)
+        assert match, f"{name} is not in the operative config:\n{text}"
+        return match.group(1).strip()
+
+    assert bound("run_training.keep_checkpoints") == "7"
+    assert bound("run_training.train_steps") == "1"
+    assert bound("SGLDSampler.step_size") == "0.75"
+    assert bound("TinyCNN.input_shape") == "%IMAGE_SHAPE" and bound("IMAGE_SHAPE") == "(8, 8, 1)"
+    assert bound("SGLDSampler.n_steps") == str(gin.query_parameter("SGLDSampler.n_steps"))

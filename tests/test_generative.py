@@ -1,5 +1,6 @@
-"""FID / IS / KID against closed forms, with a tiny feature network; the Inception path only for its
-error without weights and for shapes (random weights built by the test itself)."""
+"""FID / IS / KID against closed forms, with a tiny feature network; the Inception path for its
+error without weights, shapes and values against a direct Keras call (random weights built by the
+test itself)."""
 
 import json
 import os
@@ -135,7 +136,7 @@ def test_inception_without_weights_is_a_clear_error(monkeypatch, tmp_path):
         gen.InceptionV3Features(weights="/no/such/file.h5")
 
 
-def test_inception_features_shapes_with_random_weights_built_by_the_test():
+def test_inception_features_shapes_and_values_with_random_weights_built_by_the_test():
     keras.utils.set_random_seed(0)
     model = keras.applications.InceptionV3(weights=None, classifier_activation=None)  # shapes only
     net = gen.InceptionV3Features(model=model)
@@ -144,6 +145,46 @@ def test_inception_features_shapes_with_random_weights_built_by_the_test():
     grey = net(np.zeros((1, 8, 8, 1), "uint8"))
     assert grey["pool"].shape == (1, 2048)
     assert net.metric_names["fd"] == "fid"
+    # Values: the pool features are the 'avg_pool' layer's and the logits the model's, on the images
+    # resized bilinearly to 299 and mapped by Keras' own Inception preprocessing (to [-1, 1]).
+    import tensorflow as tf
+
+    images = np.random.RandomState(8).randint(0, 256, (2, 32, 32, 3)).astype("uint8")
+    x = keras.applications.inception_v3.preprocess_input(
+        tf.image.resize(tf.cast(images, tf.float32), (299, 299), method="bilinear").numpy())
+    pool = keras.Model(model.inputs, model.get_layer("avg_pool").output)(x, training=False).numpy()
+    out = net(images)
+    # Random weights: features of about 1e-3 that differ between images by about 1% of the largest,
+    # 100 times the tolerance below.
+    top = np.abs(pool).max()
+    assert np.abs(pool[0] - pool[1]).max() > 1e-2 * top
+    np.testing.assert_allclose(out["pool"], pool, rtol=1e-4, atol=1e-4 * top)
+    logits = model(x, training=False).numpy()
+    np.testing.assert_allclose(out["logits"], logits, rtol=1e-4, atol=1e-4 * np.abs(logits).max())
+    # A grey image is its three-channel copy.
+    grey_images = images[..., :1]
+    np.testing.assert_allclose(net(grey_images)["pool"], net(np.repeat(grey_images, 3, -1))["pool"], rtol=1e-6)
+
+
+def test_feature_statistics_use_the_unbiased_covariance():
+    # FID's statistics (pytorch-fid, TTUR: np.cov) divide by N - 1; with 5 samples a biased
+    # covariance is 20% smaller.
+    features = np.random.RandomState(9).randn(5, 3)
+    mu, sigma = gen.feature_statistics(features)
+    np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(features, rowvar=False), rtol=1e-12)
+    centered = features - features.mean(axis=0)
+    np.testing.assert_allclose(sigma, centered.T @ centered / 4, rtol=1e-12)
+
+
+def test_kid_with_one_subset_of_the_full_sets_is_the_unbiased_mmd():
+    # Subsets are drawn without replacement: a subset of the whole set is a permutation of it, and
+    # the unbiased MMD^2 does not depend on the order (drawn with replacement it would repeat rows).
+    rng = np.random.RandomState(10)
+    a, b = rng.randn(30, 4), rng.randn(25, 4) + 0.3
+    mean, std = gen.kernel_inception_distance(a[:25], b, num_subsets=1, subset_size=25)
+    np.testing.assert_allclose(mean, gen.mmd2_unbiased(a[:25], b), rtol=1e-10, atol=1e-12)
+    assert std == 0.0
 
 
 def brightness_classifier(centers=(-0.6, 0.0, 0.6)):

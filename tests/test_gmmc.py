@@ -205,20 +205,28 @@ def test_after_training_reads_sigma_data_instead_of_the_training_loader(as_datas
 def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkeypatch):
     from keras_ebm import cli, restore, training
 
-    estimates = []
-    original = GMMC.after_training
+    # The spy keeps the batches the estimate reads, so that sigma can be computed here
+    # independently: sqrt(mean ||phi(x) - mu_y||^2 / dim) in NumPy on the trained features.
+    seen = []
+    original = GMMC.estimate_sigma
 
-    def spy(self, train_data):
-        estimates.append(original(self, train_data))
-        return estimates[-1]
+    def spy(self, data, max_batches=None, assign=True):
+        batches = [(np.asarray(x), np.asarray(y)) for i, (x, y) in zip(range(max_batches), data)]
+        seen.append((batches, max_batches))
+        return original(self, batches, max_batches=max_batches, assign=assign)
 
-    monkeypatch.setattr(GMMC, "after_training", spy)
+    monkeypatch.setattr(GMMC, "estimate_sigma", spy)
     cli.parse_gin(["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"],
                   ["GMMC.sigma_batches = 3", "run_training.train_steps = 2"])
     model = training.run_training(model_dir=str(tmp_path), progress=False)
-    assert len(estimates) == 1 and estimates[0] is not None
+    assert len(seen) == 1 and seen[0][1] == 3 and len(seen[0][0]) == 3
+    x = np.concatenate([b[0] for b in seen[0][0]])
+    y = np.concatenate([b[1] for b in seen[0][0]])
+    phi = feature_extractor(model.network)(x).numpy().astype(np.float64)
+    centers = model.head.centers.numpy().astype(np.float64)
+    expected = np.sqrt(np.mean(np.sum((phi - centers[y]) ** 2, axis=-1)) / phi.shape[-1])
     sigma = float(model.head.sigma.numpy())
-    np.testing.assert_allclose(sigma, estimates[0], rtol=1e-6)
+    np.testing.assert_allclose(sigma, expected, rtol=1e-5)
     assert abs(sigma - 1.0) > 1e-3  # estimated, not the initial 1.0
     loaded = export.load_export(str(tmp_path / "export"))
     names = {v.name.split(":")[0].split("/")[-1]: v for v in loaded.network_variables}

@@ -304,3 +304,200 @@ def test_keras_file_round_trip_with_a_library_backbone(tmp_path):
     trainer = SADAJEM(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=20, seed=0)
     run_trainer_smoke_test(trainer, x, y, steps=1)
     run_serialization_test(trainer, x, y, tmp_path)
+
+
+# ---------------------------------------------------------------- the loss as numbers
+def _logsumexp(a):
+    m = a.max(axis=-1, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def _jem_loss_by_hand(logits, y, logits_s=None, logits_sy=None, clf_weight=1.0, px_weight=0.0,
+                      pxy_weight=0.0, energy_l2=0.0, mode="samples"):
+    """JEM's total (eq. 7-8 with weights, optional energy L2) from logits, in float64 NumPy:
+    logits of the batch `[n, C]`, of the marginal samples and of the class-conditional samples."""
+    logits = logits.astype(np.float64)
+    rows = np.arange(len(y))
+    clf = np.mean(_logsumexp(logits) - logits[rows, y])
+
+    def l2(e_data, e_sample):
+        if mode == "means":
+            return energy_l2 * (e_data.mean() ** 2 + e_sample.mean() ** 2)
+        return energy_l2 * (np.mean(e_data ** 2) + np.mean(e_sample ** 2))
+
+    terms = {"clf_loss": clf, "loss": clf_weight * clf}
+    if px_weight:
+        e_data, e_sample = -_logsumexp(logits), -_logsumexp(logits_s.astype(np.float64))
+        terms["px_loss"] = e_data.mean() - e_sample.mean()
+        terms["loss"] += px_weight * terms["px_loss"] + l2(e_data, e_sample)
+    if pxy_weight:
+        e_data_y, e_sample_y = -logits[rows, y], -logits_sy.astype(np.float64)[rows, y]
+        terms["pxy_loss"] = e_data_y.mean() - e_sample_y.mean()
+        terms["loss"] += pxy_weight * terms["pxy_loss"] + l2(e_data_y, e_sample_y)
+    return terms
+
+
+@pytest.mark.parametrize("energy_l2,mode", [(0.0, "samples"), (0.3, "samples"), (0.3, "means")])
+def test_loss_is_the_weighted_sum_of_terms_computed_by_hand(energy_l2, mode):
+    """Every coefficient as a number: clf_weight 1.3, px_weight 0.5 (hdge_jem.gin's), pxy_weight 0.7
+    and the energy L2 penalty in both of its modes, against the terms written out in NumPy on the
+    same batch and samples (the samples far from the data, so every term is large)."""
+    rng = np.random.RandomState(6)
+    x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
+    y = np.arange(8).astype("int32") % 10
+    x_s = (3.0 * rng.randn(8, 8, 8, 1)).astype("float32")
+    x_sy = (3.0 * rng.randn(8, 8, 8, 1)).astype("float32")
+    weights = dict(clf_weight=1.3, px_weight=0.5, pxy_weight=0.7)
+    model = JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=20,
+                energy_l2=energy_l2, energy_l2_mode=mode, **weights)
+    batch = model.unpack_batch((x, y))
+    negatives = {"x": tf.constant(x_s), "x_y": tf.constant(x_sy), "sgld_grad_norm": tf.constant(0.0)}
+    logs = model.compute_losses(batch, negatives, training=True)
+    expected = _jem_loss_by_hand(model.network(x).numpy(), y, model.network(x_s).numpy(),
+                                 model.network(x_sy).numpy(), energy_l2=energy_l2, mode=mode, **weights)
+    for key, value in expected.items():
+        np.testing.assert_allclose(float(logs[key]), value, rtol=1e-5, atol=1e-6, err_msg=key)
+    # The penalty is a visible part of the total (so a dropped or mis-moded penalty fails above).
+    if energy_l2:
+        without = _jem_loss_by_hand(model.network(x).numpy(), y, model.network(x_s).numpy(),
+                                    model.network(x_sy).numpy(), **weights)
+        other = _jem_loss_by_hand(model.network(x).numpy(), y, model.network(x_s).numpy(),
+                                  model.network(x_sy).numpy(), energy_l2=energy_l2,
+                                  mode="means" if mode == "samples" else "samples", **weights)
+        assert abs(expected["loss"] - without["loss"]) > 1e-3
+        assert abs(expected["loss"] - other["loss"]) > 1e-3
+
+
+def _deterministic_jem(**kwargs):
+    """Chains that start at one constant image and run without noise: the samples of a step are a
+    function of the weights alone, so a test can draw them by hand."""
+    network = tiny_net((8, 8, 1))
+    head = network.layers[-1]
+    head.kernel.assign(10.0 * head.kernel)  # large logits: energies that differ from image to image
+    return JEM(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=30, reinit_prob=0.0,
+               initializer=ConstantInitializer(0.2), sampler=SGLDSampler(n_steps=3, step_size=0.5, noise_std=0.0),
+               seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("case", ["px_l2_samples", "px_l2_means", "pxy"])
+def test_fit_step_reports_the_loss_computed_by_hand(case):
+    """The compiled step (`fit`) computes the by-hand total: chains drawn here with the sampler on
+    E(x) = -logsumexp f(x) (p(x) term) or on E(x, y) = -f(x)[y] (p(x, y) term: chains that
+    ignore y give another pxy_loss), then the weighted terms in NumPy."""
+    rng = np.random.RandomState(7)
+    # Images of different brightness: energies that differ from image to image.
+    x = np.clip(np.linspace(-0.9, 0.9, 10)[:, None, None, None] + 0.2 * rng.randn(10, 8, 8, 1), -1, 1)
+    x = x.astype("float32")
+    y = np.arange(10).astype("int32")
+    if case == "pxy":
+        weights = dict(clf_weight=1.0, px_weight=0.0, pxy_weight=0.7, energy_l2=0.2)
+    else:
+        weights = dict(clf_weight=1.0, px_weight=0.5, pxy_weight=0.0, energy_l2=0.2,
+                       energy_l2_mode=case.rsplit("_", 1)[-1])
+    model = _deterministic_jem(**weights)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    network = model.network
+    x0 = tf.fill(x.shape, 0.2)
+    sampler = SGLDSampler(n_steps=3, step_size=0.5, noise_std=0.0)
+    logits = network(x).numpy()
+    by_hand = dict(weights)
+    mode = by_hand.pop("energy_l2_mode", "samples")
+    if case == "pxy":
+        x_sy = sampler(lambda v, labels, training: energy.class_energy(network(v), labels), x0, tf.constant(y))
+        # The class-conditional chains moved, and differently from marginal chains.
+        x_s = sampler(lambda v, labels, training: energy.energy_from_logits(network(v)), x0)
+        assert not np.allclose(x_sy.numpy(), x_s.numpy(), atol=1e-3)
+        expected = _jem_loss_by_hand(logits, y, logits_sy=network(x_sy).numpy(), mode=mode, **by_hand)
+    else:
+        x_s = sampler(lambda v, labels, training: energy.energy_from_logits(network(v)), x0)
+        expected = _jem_loss_by_hand(logits, y, logits_s=network(x_s).numpy(), mode=mode, **by_hand)
+    other_mode = dict(by_hand, energy_l2=0.0)
+    if case == "pxy":
+        other = _jem_loss_by_hand(logits, y, logits_sy=network(x_sy).numpy(), mode=mode, **other_mode)
+    else:
+        other = _jem_loss_by_hand(logits, y, logits_s=network(x_s).numpy(),
+                                  mode="means" if mode == "samples" else "samples", **by_hand)
+    assert abs(other["loss"] - expected["loss"]) > 1e-2  # the penalty (mode) is visible
+    history = model.fit(x, y, batch_size=10, epochs=1, verbose=0, shuffle=False).history
+    for key, value in expected.items():
+        np.testing.assert_allclose(history[key][-1], value, rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+# ---------------------------------------------------------------- the class-conditional path
+def test_class_energy_is_minus_the_logit_of_each_rows_label():
+    logits = np.random.RandomState(8).randn(5, 4).astype("float32")
+    y = np.array([3, 0, 2, 3, 1], "int32")
+    np.testing.assert_array_equal(energy.class_energy(tf.constant(logits), tf.constant(y)).numpy(),
+                                  -logits[np.arange(5), y])
+    np.testing.assert_allclose(energy.energy_from_logits(tf.constant(logits)).numpy(), -_logsumexp(logits),
+                               rtol=1e-6)
+
+
+def test_generate_with_labels_runs_chains_on_the_class_energy():
+    """`generate(y=...)` descends E(x, y) = -f(x)[y]: the samples equal a chain run here on that
+    energy from the same (constant) start, each sample's own class logit rises more than the
+    others, and most samples are classified as their label (chains that ignore y cannot)."""
+    model = JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=20, pxy_weight=1.0,
+                initializer=ConstantInitializer(0.0), reinit_prob=0.0,
+                sampler=SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0)))
+    y = np.arange(10).astype("int32")
+    samples = model.generate(10, y=tf.constant(y), n_steps=10).numpy()
+    x0 = tf.zeros((10, 8, 8, 1))
+    by_hand = SGLDSampler(n_steps=10, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0))(
+        lambda v, labels, training: energy.class_energy(model.network(v), labels), x0, tf.constant(y))
+    np.testing.assert_allclose(samples, by_hand.numpy(), atol=1e-6)
+    rise = model.network(samples).numpy() - model.network(x0).numpy()
+    own = rise[np.arange(10), y]
+    others = (rise.sum(axis=1) - own) / 9
+    assert np.all(own > others), (own, others)
+    assert np.mean(np.argmax(model.network(samples).numpy(), axis=1) == y) >= 0.8
+    # From the replay buffer too (class-conditional buffer rows of the label's block).
+    buffered = model.generate(10, y=tf.constant(y), n_steps=10, from_buffer=True).numpy()
+    np.testing.assert_allclose(buffered, by_hand.numpy(), atol=1e-6)
+
+
+# ---------------------------------------------------------------- SAM reuses one set of samples
+def _count_chain_runs(model, runs):
+    """Wrap the trainer's sampler so that every chain *executed* (not traced) appends to `runs`:
+    a `tf.py_function` the samples depend on runs once per executed sampler call, also inside
+    SAM's second pass, whose variable updates are discarded."""
+    sample_with_stats = model.sampler.sample_with_stats  # the p(x) term's chains
+
+    def counted(*args, **kwargs):
+        x, stats = sample_with_stats(*args, **kwargs)
+        tick = tf.py_function(lambda: runs.append(1) or 0, [], tf.int32)
+        with tf.control_dependencies([tick]):
+            return tf.identity(x), stats
+
+    model.sampler.sample_with_stats = counted
+
+
+def _sadajem_two_steps(gradients, x, y):
+    """(executed chains, every network variable and the buffer) after two SADA-JEM steps."""
+    keras.utils.set_random_seed(0)
+    model = SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=40,
+                    sampler=SGLDSampler(n_steps=3, step_size=1.0, noise_std=0.01, grad_clip=1.0,
+                                        x_clip=(-1.0, 1.0), energy_training=True, seed=0),
+                    gradients=gradients, seed=0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    runs = []
+    _count_chain_runs(model, runs)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    return len(runs), [v.numpy() for v in model.network.variables] + [model.buffer.buffer.numpy()]
+
+
+def test_sadajem_sam_at_rho_zero_is_the_plain_step_bit_for_bit_with_one_chain_per_step():
+    """SADA-JEM's two SAM passes share one set of SGLD samples (sndnyang/SADAJEM train_sadajem.py):
+    with rho = 0 the second pass is at w itself, so a SAM step must equal a plain step bit for bit
+    (weights, BN statistics, buffer), and the sampler runs once per step (counted as executed)."""
+    rng = np.random.RandomState(9)
+    x = rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
+    y = rng.randint(0, 10, 16).astype("int32")
+    plain_runs, plain = _sadajem_two_steps(PlainGradients(), x, y)
+    sam_runs, sam = _sadajem_two_steps(SAMGradients(rho=0.0), x, y)
+    assert (plain_runs, sam_runs) == (2, 2)  # one chain per step, SAM or not
+    for a, b in zip(plain, sam):
+        np.testing.assert_array_equal(a, b)
+    # The comparison can fail: SAM at rho > 0 takes another step from the same samples.
+    _, other = _sadajem_two_steps(SAMGradients(rho=0.05), x, y)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, other))

@@ -257,3 +257,75 @@ def test_cw_l2_finds_the_minimal_linear_distortion():
                           binary_search_steps=4, initial_const=1.0, progress=False)
     assert res["success_rate"] == 1.0 and res["num_attacked"] == 12 and res["steps"] == 50
     assert res["median_l2"] >= np.median(optimum) * 0.999  # binary targets: targeted == untargeted
+
+
+# ---------------------------------------------------------------- random start, restarts, confirmation
+def _pixel_threshold_classifier(threshold):
+    """Two classes; class 1 wins iff the first pixel exceeds `threshold` (label 0 everywhere)."""
+    def fn(x):
+        d = 1000.0 * (x[:, 0, 0, 0] - threshold)
+        return tf.stack([-d, d], -1)
+    return fn
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_pgd_random_start_moves_inside_the_ball_with_zero_steps(norm):
+    # steps = 0: the result is the random start itself (a classifier that is never fooled), which
+    # must lie inside the ball and the pixel range, and not at x.
+    x = np.zeros((20,) + SHAPE, np.float32)
+    y = np.zeros(20, np.int32)
+    eps = 8.0
+    x_adv, broken = rob.pgd_attack(_pixel_threshold_classifier(10.0), x, y, eps, norm=norm, steps=0,
+                                   pixel_range=RANGE, random_start=True, seed=3)
+    assert not broken.any()
+    delta = (x_adv - x).reshape(20, -1)
+    radius = eps * 2.0 / 255.0
+    size = np.abs(delta).max(-1) if norm == "linf" else np.linalg.norm(delta, axis=-1)
+    assert np.all(size <= radius + 1e-6) and np.all(size > 0)
+    if norm == "linf":
+        assert np.abs(delta).max() > 0.9 * radius  # uniform in the ball, not a tiny jitter
+    same, _ = rob.pgd_attack(_pixel_threshold_classifier(10.0), x, y, eps, norm=norm, steps=0,
+                             pixel_range=RANGE, random_start=False)
+    np.testing.assert_array_equal(same, x)
+
+
+def test_pgd_more_restarts_break_more():
+    # With no steps only the random starts can fool the classifier: the first pixel must land
+    # above 0.4 eps, which a uniform L-inf start does 30% of the time. Each restart is a new start
+    # for the images still unbroken, so 1 - 0.7^k of them break after k restarts.
+    n, eps = 200, 8.0
+    radius = eps * 2.0 / 255.0
+    x = np.zeros((n,) + SHAPE, np.float32)
+    y = np.zeros(n, np.int32)
+    fn = _pixel_threshold_classifier(0.4 * radius)
+    rates = []
+    for restarts in (1, 5):
+        _, broken = rob.pgd_attack(fn, x, y, eps, steps=0, pixel_range=RANGE, restarts=restarts, seed=1)
+        rates.append(broken.mean())
+    assert abs(rates[0] - 0.3) < 0.1 and abs(rates[1] - (1 - 0.7 ** 5)) < 0.1, rates
+
+
+class _FlakyDefense:
+    """A stochastic target whose attack-time (EOT) logits always say "fooled" but whose defended
+    prediction (`logits`, the one that judges a break) stays correct."""
+
+    stochastic = True
+
+    def __init__(self):
+        self.confirmations = 0
+
+    def logits(self, x):
+        self.confirmations += 1
+        return tf.tile(tf.constant([[5.0, 0.0]]), [tf.shape(x)[0], 1])
+
+    def gradient(self, x, y):
+        return tf.zeros_like(x), tf.tile(tf.constant([[0.0, 5.0]]), [tf.shape(x)[0], 1])
+
+
+def test_a_stochastic_defense_break_counts_only_when_the_defended_prediction_confirms_it():
+    x = np.zeros((6,) + SHAPE, np.float32)
+    y = np.zeros(6, np.int32)
+    target = _FlakyDefense()
+    x_adv, broken = rob.pgd_attack(target, x, y, 8.0, steps=3, pixel_range=RANGE, clean_correct=np.ones(6, bool))
+    assert not broken.any()
+    assert target.confirmations == 4  # one confirmation per step that proposed a break

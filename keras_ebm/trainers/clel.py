@@ -58,6 +58,9 @@ class CLEL(EBMTrainer):
             `call`'s output.
         encoder_weight_decay: L2 coefficient added to the encoder's gradients (PyTorch SGD's
             coupled weight decay, 5e-4; Keras' `weight_decay` is decoupled, hence this argument).
+        weight_decay: coupled L2 coefficient added to the EBM's gradients (f_theta and g_theta),
+            `keras_ebm.optim.add_weight_decay`. Default 0: hankook/CLEL's EBM optimizer (Adam) has
+            none; the encoder's decay is `encoder_weight_decay`.
         sampler: `SGLDSampler`; default CLEL's: 60 steps, step size 100, noise 0.001, gradient clamp
             100 (the code's `step_clip=step_size`), x clamped to [0, 1], train mode.
         buffer: a `ReplayBuffer`; default built from `buffer_size` (10,000) and `reinit_prob`
@@ -444,8 +447,9 @@ class CLEL(EBMTrainer):
 
         `self.gradients(loss_fn, [ebm_variables, encoder_variables])` differentiates the total
         loss once (plain) or twice (SAM / ASAM, one perturbation over both networks together) and
-        returns the gradients grouped per optimizer; the EBM group goes to `self.optimizer` (Adam),
-        the encoder group, plus the encoder's coupled weight decay, to `encoder_optimizer` (SGD).
+        returns the gradients grouped per optimizer; the EBM group, plus the coupled `weight_decay`
+        (0 by default), goes to `self.optimizer` (Adam), the encoder group, plus the encoder's
+        coupled `encoder_weight_decay`, to `encoder_optimizer` (SGD).
         The augmentation seed is drawn here, once, so that SAM's two passes see the same views.
         """
         ebm_vars = self.ebm_variables()
@@ -456,7 +460,9 @@ class CLEL(EBMTrainer):
         (ebm_grads, enc_grads), logs = self.gradients(
             lambda: self.compute_losses(batch, negatives, training=True), [ebm_vars, enc_vars]
         )
-        # PyTorch SGD's coupled decay on the encoder only (the EBM's Adam has none), shared helper.
+        # Coupled decay, one coefficient per network: the encoder's is PyTorch SGD's 5e-4; the
+        # EBM's Adam has none in the official code (weight_decay 0 by default).
+        ebm_grads = add_weight_decay(ebm_grads, ebm_vars, self.weight_decay)
         enc_grads = add_weight_decay(enc_grads, enc_vars, self.encoder_weight_decay)
         self.optimizer.apply(ebm_grads, ebm_vars)
         self.encoder_optimizer.apply(enc_grads, enc_vars)
