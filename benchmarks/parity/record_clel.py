@@ -33,7 +33,6 @@ injects the augmented batch, not kornia's parameter draws.
 
 import argparse
 import os
-import runpy
 import sys
 import tempfile
 
@@ -199,13 +198,8 @@ def main():
             tape.step = 0
 
         idist.auto_dataloader = lambda dataset, **kw: recording.FixedLoader(batches, on_iter=start)
-        sys.argv = argv
         with tape:
-            try:
-                runpy.run_path(argv[0], run_name="__main__")
-            except recording.StopRecording:
-                pass
-            tape.step = None
+            recording.run_official_script(argv, tape)
             if "model" not in state:
                 raise SystemExit("the official main() never reached the training loop")
             evaluate(a, state["model"], golden, tape)

@@ -28,7 +28,6 @@ The ECE is read from `make_ece_diagrams`' own print.
 
 import argparse
 import os
-import runpy
 import sys
 import tempfile
 
@@ -172,16 +171,8 @@ def main():
         lab_loader = recording.FixedLoader([lab for _, lab in data])
         official_utils.get_data = lambda args: (train_loader, lab_loader, None, None)
 
-        stdout = sys.stdout
-        sys.argv = argv
         with tape:
-            try:
-                runpy.run_path(os.path.join(root, "train_wrn.py"), run_name="__main__")
-            except recording.StopRecording:
-                pass
-            finally:
-                sys.stdout = stdout
-            tape.step = None
+            recording.run_official_script([os.path.join(root, "train_wrn.py")] + argv[1:], tape)
             evaluate(a, state["f"], golden, tape, root, auc_inputs)
         tape.to_golden(golden)
     golden.check_precision(a.precision)

@@ -347,6 +347,24 @@ class OptimizerTap:
         optimizer.step = step
 
 
+def run_official_script(argv, tape):
+    """Run the official script `argv[0]` as `__main__` with `sys.argv = argv` until `StopRecording`.
+
+    The script's own argument parser, seeding and `main()` run; `sys.stdout` (which some scripts
+    redirect into their log directory) is restored afterwards and `tape.step` reset to None.
+    """
+    import runpy  # noqa: PLC0415
+
+    stdout, sys.argv = sys.stdout, list(argv)
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except StopRecording:
+        pass
+    finally:
+        sys.stdout = stdout
+        tape.step = None
+
+
 def optimizer_state(optimizer, param_names):
     """{"<param name>/<slot>": array} for every slot of a torch optimizer (`param_names`: id -> name)."""
     out = {}
