@@ -9,6 +9,7 @@ from keras_ebm.state import discard_updates
 from keras_ebm.state import get_stateless_scope
 
 from keras_ebm import distribute
+from keras_ebm import random_draws
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -227,7 +228,8 @@ class SGLDSampler:
         and per setting read while tracing. Inside a `keras.StatelessScope` (SAM's second pass,
         `discard_updates`) the trace captures the scope's variable values, so it is not cached."""
         key = (energy_fn, with_stats, self.freeze_bn_stats, self.energy_training, self.step_size,
-               self.noise_std, self.grad_clip, self.x_clip, self.energy_reduction)
+               self.noise_std, self.grad_clip, self.x_clip, self.energy_reduction,
+               random_draws.replaying())
         chain = self._chain_functions.get(key)
         if chain is None:
             def run_chain(x, y, seed, n_steps):
@@ -252,7 +254,8 @@ class SGLDSampler:
                 step_grad = tf.clip_by_value(grad, -self.grad_clip, self.grad_clip)
             x_next = x - tf.cast(self.step_size, x.dtype) * step_grad
             if self.noise_std > 0:
-                noise = tf.random.stateless_normal(
+                noise = random_draws.normal(
+                    "sgld_noise",
                     tf.shape(x),
                     seed=tf.random.experimental.stateless_fold_in(seed, step),
                     dtype=x.dtype,
