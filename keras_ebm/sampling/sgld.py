@@ -252,7 +252,9 @@ class SGLDSampler:
             step_grad = grad
             if self.grad_clip is not None:
                 step_grad = tf.clip_by_value(grad, -self.grad_clip, self.grad_clip)
-            x_next = x - tf.cast(self.step_size, x.dtype) * step_grad
+            # tf.constant, not tf.cast: a Python float cast goes through float32 (0.01 -> 0.0099999998),
+            # which float64 chains must not inherit.
+            x_next = x - tf.constant(self.step_size, x.dtype) * step_grad
             if self.noise_std > 0:
                 noise = random_draws.normal(
                     "sgld_noise",
@@ -260,7 +262,7 @@ class SGLDSampler:
                     seed=tf.random.experimental.stateless_fold_in(seed, step),
                     dtype=x.dtype,
                 )
-                x_next = x_next + tf.cast(self.noise_std, x.dtype) * noise
+                x_next = x_next + tf.constant(self.noise_std, x.dtype) * noise
             if self.x_clip is not None:
                 x_next = tf.clip_by_value(x_next, self.x_clip[0], self.x_clip[1])
             return x_next, energies, grad

@@ -380,7 +380,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             )
             low, high = self._pixel_bounds()
             in_scale = tf.debugging.assert_less_equal(
-                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), (high - low) / 2,
+                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), tf.cast((high - low) / 2, x.dtype),
                 message=(
                     f"The {name} images lie far outside pixel_range {self.pixel_range} (beyond "
                     f"[{low:g}, {high:g}]): 0..255 pixels passed as floats? Map uint8 images with "
