@@ -32,8 +32,10 @@ JEM_DRAWS = {
 }
 
 pc.TABLE[METHOD] = {
-    "forward": "tol", "loss terms": "tol", "gradients": "tol", "weights after 3 steps": "tol",
-    "BN statistics": "n/a (the JEM recipe has no BN; see JEM++)", "sampler / buffer": "tol",
+    "forward": "tol", "loss terms": "tol", "gradients": "tol",
+    "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step",
+    "BN statistics": "n/a (the JEM recipe has no BN)",
+    "sampler / buffer": "tol; a buffer row drawn twice in one step keeps our last sample (departure)",
     "queue / centres / EMA": "n/a", "evaluation": "tol",
 }
 
