@@ -189,3 +189,21 @@ class SpectralNormConv2D(keras.layers.Conv2D):
             "n_power_iterations_at_build": self.n_power_iterations_at_build,
         })
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_ebm")
+class LeakyReLU(keras.layers.LeakyReLU):
+    """`keras.layers.LeakyReLU` whose slope is exact in float64.
+
+    TensorFlow's `LeakyRelu` kernel takes the slope as a float32 attribute (0.2 -> 0.200000003), so
+    a float64 network computes with a slope 1.5e-8 off PyTorch's `nn.LeakyReLU(0.2)` (a double):
+    enough to break float64 parity at 1e-10 (tests/test_parity_jem.py). In float64 this layer
+    computes `where(x > 0, x, slope * x)` (gradient `slope` at 0, as PyTorch) with a float64 slope; in every other dtype it is Keras'
+    layer, bit for bit.
+    """
+
+    def call(self, inputs):
+        if keras.backend.standardize_dtype(inputs.dtype) != "float64":
+            return super().call(inputs)
+        slope = tf.constant(self.negative_slope, tf.float64)
+        return tf.where(inputs > 0, inputs, inputs * slope)

@@ -22,6 +22,7 @@ import numbers
 import keras
 
 from keras_ebm.backbones.padding import conv_with_torch_padding
+from keras_ebm.layers import LeakyReLU
 
 NORMS = (None, "none", "batch")
 
@@ -166,12 +167,12 @@ def WideResNet(
             prefix = f"group{g + 1}_block{b + 1}"
             block_input = h
             h = _norm(norm, bn_momentum, bn_epsilon, f"{prefix}_norm1")(block_input)
-            h = keras.layers.LeakyReLU(negative_slope=leak, name=f"{prefix}_act1")(h)
+            h = LeakyReLU(negative_slope=leak, name=f"{prefix}_act1")(h)
             h = _conv(out_channels, 3, 1, 9 * channels, torch_init, f"{prefix}_conv1")(h)
             if dropout > 0:
                 h = keras.layers.Dropout(dropout, name=f"{prefix}_dropout")(h)
             h = _norm(norm, bn_momentum, bn_epsilon, f"{prefix}_norm2")(h)
-            h = keras.layers.LeakyReLU(negative_slope=leak, name=f"{prefix}_act2")(h)
+            h = LeakyReLU(negative_slope=leak, name=f"{prefix}_act2")(h)
             h = _conv(out_channels, 3, stride, 9 * out_channels, torch_init, f"{prefix}_conv2")(h)
             if stride != 1 or channels != out_channels:
                 # On the raw block input, not the normalised/activated one (as the reference).
@@ -183,6 +184,6 @@ def WideResNet(
             h = keras.layers.Add(name=f"{prefix}_add")([h, shortcut])
             channels = out_channels
     h = _norm(norm, bn_momentum, bn_epsilon, "final_norm")(h)
-    h = keras.layers.LeakyReLU(negative_slope=leak, name="final_act")(h)
+    h = LeakyReLU(negative_slope=leak, name="final_act")(h)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(h)
     return keras.Model(inputs, features, name=name or f"wrn_{depth}_{width}")

@@ -1,6 +1,6 @@
 """Chain initialisers p_0(x): where SGLD chains start (replay-buffer fill and re-initialisation).
 
-An initialiser is a plain object with `init(shape, seed, y=None)` returning float32 images of
+An initialiser is a plain object with `init(shape, seed, y=None, dtype=tf.float32)` returning images of
 `shape = [n, height, width, channels]` (`n` may be a scalar tensor), drawn with the stateless seed
 `seed` (an int tensor of shape [2]), optionally conditioned on int labels `y` [n].
 """
@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import random_draws
 from keras_ebm import resources
 
 
@@ -43,12 +44,10 @@ class UniformInitializer:
     def __init__(self, pixel_range=(-1.0, 1.0)):
         self.pixel_range = _check_pixel_range(pixel_range)
 
-    def init(self, shape, seed, y=None):
-        """Images U(lo, hi) of `shape`; `y` is ignored (the distribution has no classes)."""
+    def init(self, shape, seed, y=None, dtype=tf.float32):
+        """Images U(lo, hi) of `shape` and `dtype`; `y` is ignored (the distribution has no classes)."""
         lo, hi = self.pixel_range
-        return tf.random.stateless_uniform(
-            shape, seed=seed, minval=lo, maxval=hi, dtype=tf.float32
-        )
+        return random_draws.uniform("init_uniform", shape, seed=seed, minval=lo, maxval=hi, dtype=dtype)
 
     def get_config(self):
         return {"pixel_range": list(self.pixel_range)}
@@ -229,13 +228,15 @@ class InformativeInitializer:
             os.replace(tmp, cache_path)
         return cls(mean, cov, pixel_range=pixel_range, jitter=jitter)
 
-    def init(self, shape, seed, y=None):
-        """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes)."""
+    def init(self, shape, seed, y=None, dtype=tf.float32):
+        """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes),
+        computed in float32 (the factors are float32) and returned as `dtype`."""
         shape = tf.convert_to_tensor(shape, tf.int32)
         n = shape[0]
         seed = tf.cast(seed, tf.int64)
         if y is None:
-            y = tf.random.stateless_uniform(
+            y = random_draws.uniform(
+                "init_class",
                 [n],
                 seed=tf.random.experimental.stateless_fold_in(seed, 1),
                 minval=0,
@@ -243,7 +244,7 @@ class InformativeInitializer:
                 dtype=tf.int32,
             )
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        z = tf.random.stateless_normal([n, self.dim], seed=seed, dtype=tf.float32)
+        z = random_draws.normal("init_normal", [n, self.dim], seed=seed, dtype=tf.float32)
         # One matmul per class over that class's rows only: gathering a [dim, dim] factor per
         # sample would cost batch × 38 MB for CIFAR.
         positions = tf.dynamic_partition(tf.range(n), y, self.num_classes)
@@ -254,7 +255,7 @@ class InformativeInitializer:
         ]
         x = tf.dynamic_stitch(positions, x_parts)
         x = tf.clip_by_value(x, self.pixel_range[0], self.pixel_range[1])
-        return tf.reshape(x, shape)
+        return tf.cast(tf.reshape(x, shape), dtype)
 
 
 def check_gaussian_memory(num_classes, dim, accumulate):

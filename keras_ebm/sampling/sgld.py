@@ -9,6 +9,7 @@ from keras_ebm.state import discard_updates
 from keras_ebm.state import get_stateless_scope
 
 from keras_ebm import distribute
+from keras_ebm import random_draws
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -227,7 +228,8 @@ class SGLDSampler:
         and per setting read while tracing. Inside a `keras.StatelessScope` (SAM's second pass,
         `discard_updates`) the trace captures the scope's variable values, so it is not cached."""
         key = (energy_fn, with_stats, self.freeze_bn_stats, self.energy_training, self.step_size,
-               self.noise_std, self.grad_clip, self.x_clip, self.energy_reduction)
+               self.noise_std, self.grad_clip, self.x_clip, self.energy_reduction,
+               random_draws.replaying())
         chain = self._chain_functions.get(key)
         if chain is None:
             def run_chain(x, y, seed, n_steps):
@@ -250,14 +252,17 @@ class SGLDSampler:
             step_grad = grad
             if self.grad_clip is not None:
                 step_grad = tf.clip_by_value(grad, -self.grad_clip, self.grad_clip)
-            x_next = x - tf.cast(self.step_size, x.dtype) * step_grad
+            # tf.constant, not tf.cast: a Python float cast goes through float32 (0.01 -> 0.0099999998),
+            # which float64 chains must not inherit.
+            x_next = x - tf.constant(self.step_size, x.dtype) * step_grad
             if self.noise_std > 0:
-                noise = tf.random.stateless_normal(
+                noise = random_draws.normal(
+                    "sgld_noise",
                     tf.shape(x),
                     seed=tf.random.experimental.stateless_fold_in(seed, step),
                     dtype=x.dtype,
                 )
-                x_next = x_next + tf.cast(self.noise_std, x.dtype) * noise
+                x_next = x_next + tf.constant(self.noise_std, x.dtype) * noise
             if self.x_clip is not None:
                 x_next = tf.clip_by_value(x_next, self.x_clip[0], self.x_clip[1])
             return x_next, energies, grad
