@@ -10,6 +10,7 @@ docs/parity.md from them and from `TABLE` (test_parity_table.py checks the page 
 """
 
 import json
+import os
 import pathlib
 import re
 
@@ -129,6 +130,7 @@ class Comparer:
             self.failures.append(f"{kind} {name}: shape {actual.shape} != official {expected.shape}")
             return
         err = np.abs(actual - expected)
+        if os.environ.get("PARITY_DEBUG") and err.size: print(kind, name, float(err.max()), float((err/(np.abs(expected)+1e-30)).max()))
         excess = err - (atol + rtol * np.abs(expected))
         worst = float(err.max()) if err.size else 0.0
         self.worst[kind] = max(self.worst.get(kind, 0.0), worst)

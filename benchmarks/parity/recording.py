@@ -306,6 +306,16 @@ class RandomTape:
         self._patches = []
         return False
 
+    def zero_unpicked(self, draw_site, mask_name, picked):
+        """Zero the rows of every `draw_site` draw (e.g. "Tensor.uniform_@...init_random") that the
+        next `mask_name` draw (e.g. "torch.rand") does not pick (`picked(mask_draw)` -> bool rows):
+        fresh re-initialisation samples that never enter the step, stored as 0 (they compress)."""
+        for i, (step, name, site, value) in enumerate(self.draws):
+            if f"{name}@{site}".startswith(draw_site):
+                nxt = next(d for d in self.draws[i + 1:] if d[1] == mask_name)
+                rows = picked(nxt[3]).reshape((-1,) + (1,) * (value.ndim - 1))
+                self.draws[i] = (step, name, site, np.where(rows, value, 0).astype(value.dtype))
+
     def to_golden(self, golden):
         """Store the draws as `draw/<step>/<nnn>` arrays and their labels in the metadata."""
         counters, labels = {}, {}
