@@ -29,6 +29,7 @@ Kinds (`KINDS`), what draws them and what the official codes draw for them:
 | `init_class` | `InformativeInitializer.init` without y | `[B]` int | class of each fresh sample |
 | `init_normal` | `InformativeInitializer.init` (N(0, I) before the class factor) | `[B, H*W*C]` | the class Gaussian's standard-normal draw |
 | `sgld_noise` | `SGLDSampler`, one per SGLD step | `[B, H, W, C]` | `t.randn_like(x_k)` |
+| `latent_normal` | `GMMC.draw_latents` (z = mu_y + std * N(0, I); staged: once per chain call) | `[B, D]` | GMMC `t.randn(bs, centers.shape[1])` |
 
 A component that adds a draw adds its kind here and calls these functions, never
 `tf.random.stateless_*` directly, so that every method's parity test can replay it.
@@ -40,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 
 KINDS = ("buffer_index", "buffer_class", "reinit", "init_uniform", "init_class", "init_normal",
-         "sgld_noise")
+         "sgld_noise", "latent_normal")
 
 _ACTIVE = None  # the `Replay` of the enclosing `replay(...)` context, or None
 

@@ -66,7 +66,7 @@ def wrn_weight_map(network, prefix="f.", head="class_output"):
     """{official name: (keras variable, to_keras, to_official)} for a `build_classifier(WideResNet)`
     network: every weight of the network, under the name the official `state_dict()` gives it.
     `prefix` is the official attribute path of the `Wide_ResNet` ("f." in the JEM family), `head`
-    the official name of the classifier Linear ("class_output"). The parity tests use the inverse
+    the official name of the classifier Linear ("class_output"; None: no Linear head). The parity tests use the inverse
     (`to_official`) to compare our weights and optimizer slots with the official ones."""
     mapping = {}
     backbone = feature_extractor(network)
@@ -84,6 +84,8 @@ def wrn_weight_map(network, prefix="f.", head="class_output"):
                 raise ValueError(f"Unexpected weight {v.path!r} in layer {layer.name!r}.")
             to_k, to_o = (_conv_to_keras, _conv_to_official) if names is _CONV else (np.asarray, np.asarray)
             mapping[f"{official}.{names[short]}"] = (v, to_k, to_o)
+    if head is None:  # a network without a Linear classifier (GMMC's MMC head)
+        return mapping
     dense = network.get_layer("logits")
     for v in dense.weights:
         short = v.path.rsplit("/", 1)[-1]
