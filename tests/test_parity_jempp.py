@@ -25,8 +25,7 @@ from keras_ebm import convert
 from keras_ebm.backbones import WideResNet, build_classifier
 from keras_ebm.optim import TorchSGD
 from keras_ebm.optim.schedules import LinearWarmup
-from keras_ebm.sampling import InformativeInitializer, SGLDSampler
-from keras_ebm.sampling.initializers import class_gaussian_statistics
+from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import JEMPP
 
 METHOD = "JEM++"
@@ -74,10 +73,7 @@ def build_trainer(golden, unbiased=True, factor_order="chw", warmup_from_zero=Tr
     network = build_classifier(
         WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], bn_unbiased_variance=unbiased,
                    input_shape=(32, 32, 3)), n_classes)
-    mean, cov = class_gaussian_statistics(
-        (golden["init_state/class_images"], golden["init_state/class_labels"]), n_classes, (-1.0, 1.0),
-        factor_order=factor_order)
-    initializer = InformativeInitializer(mean, cov, jitter=1e-4, factor_order=factor_order, dtype=golden.precision)
+    initializer = pw.informative_initializer(golden, factor_order=factor_order)
     sampler = SGLDSampler(**{"n_steps": s["n_steps"], "step_size": s["in_steps"] * s["pyld_lr"], "noise_std": 0.0,
                              "grad_clip": s["eps"], "x_clip": (-1.0, 1.0), "energy_training": True,
                              **(sampler_kwargs or {})})

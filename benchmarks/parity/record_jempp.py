@@ -193,6 +193,7 @@ def record_eval(golden, E, eval_parser, state_dict, make_model, auc_calls, dtype
         for score_fn in ("px", "py", "pxgrad"):
             eargs = eval_parser.parse_args(["--score_fn", score_fn, "--ood_dataset", "svhn"] + extra_args)
             eargs.debug = True  # (ExpUtils.init_env sets it; OODAUC reads it for num_workers)
+            E.args = eargs  # eval_sadajem.py's OODAUC also reads its __main__'s global `args`
             loaders[:] = [[(x_eval, torch.tensor(y_test))], [(x_fake, torch.zeros(BATCH, dtype=torch.long))]]
             E.OODAUC(ef, eargs, "cpu")
             call = auc_calls.pop()

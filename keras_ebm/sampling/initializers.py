@@ -273,8 +273,7 @@ class InformativeInitializer:
         x = tf.dynamic_stitch(positions, x_parts)
         x = tf.clip_by_value(x, self.pixel_range[0], self.pixel_range[1])
         if self.factor_order == "chw":
-            x = tf.reshape(x, tf.stack([n, shape[3], shape[1], shape[2]]))
-            return tf.cast(tf.transpose(x, [0, 2, 3, 1]), dtype)
+            x = tf.transpose(tf.reshape(x, tf.stack([n, shape[3], shape[1], shape[2]])), [0, 2, 3, 1])
         return tf.cast(tf.reshape(x, shape), dtype)
 
 
