@@ -117,6 +117,8 @@ class Replay:
         static = tf.get_static_value(shape_t)
         if static is not None:
             out.set_shape(static)
+        elif shape_t.shape.rank == 1 and shape_t.shape[0] is not None:
+            out.set_shape([None] * shape_t.shape[0])  # at least the rank, inside traced steps
         return out
 
 

@@ -44,7 +44,7 @@ pc.TABLE[METHOD] = {
     "forward": "tol", "loss terms": "tol; HDGE and HDGE+JEM (our weights 0.5 = the official unit weights / 2)",
     "gradients": "tol",
     "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step; warm-up from lr 0 "
-                             "(`LinearWarmup(offset=0)`)",
+                             "(`LinearWarmup(from_zero=True)`)",
     "BN statistics": "n/a (the recorded WRN has no BN)",
     "sampler / buffer": "tol (HDGE+JEM)",
     "queue / centres / EMA": "tol; logit queue and pointer after every step",
@@ -56,7 +56,7 @@ def option(settings, name):
     return settings[settings.index(name) + 1]
 
 
-def build_trainer(golden, warmup_offset=0, temperature=None):
+def build_trainer(golden, warmup_from_zero=True, temperature=None):
     s = golden.meta["settings"]
     jem = "--pxsgld" in s
     network = build_classifier(WideResNet(depth=int(option(s, "--depth")), width=int(option(s, "--width")),
@@ -69,7 +69,7 @@ def build_trainer(golden, warmup_offset=0, temperature=None):
     trainer = HDGE(network, (32, 32, 3), 10, alpha=SCALE, queue_size=int(option(s, "--contrast_k")),
                    temperature=temperature or float(option(s, "--contrast_t")), queue_init="random_normal",
                    seed=0, **kwargs)
-    lr = LinearWarmup(float(option(s, "--lr")), int(option(s, "--warmup_iters")), offset=warmup_offset)
+    lr = LinearWarmup(float(option(s, "--lr")), int(option(s, "--warmup_iters")), from_zero=warmup_from_zero)
     trainer.compile(optimizer=TorchAdam(learning_rate=lr, epsilon=SCALE * 1e-8))
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
     convert.convert_official("hdge", golden.under("init"), trainer)
@@ -217,9 +217,9 @@ def test_hdge_parity(variant, precision):
 
 @pytest.mark.parametrize("break_", ["warmup_offset", "temperature"])
 def test_hdge_parity_fails_on_a_break(break_):
-    """The parity test sees a changed constant: the warm-up starting at lr / warmup (our default
-    offset 1), a temperature 0.11 for 0.1."""
-    build = {"warmup_offset": {"warmup_offset": 1}, "temperature": {"temperature": 0.11}}[break_]
+    """The parity test sees a changed constant: the warm-up starting at lr / warmup (our default,
+    `from_zero=False`), a temperature 0.11 for 0.1."""
+    build = {"warmup_offset": {"warmup_from_zero": False}, "temperature": {"temperature": 0.11}}[break_]
     compare = run_parity("hdge", "float64", **build)
     assert compare.failures, f"the parity test did not notice the break {break_}"
 

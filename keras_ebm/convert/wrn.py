@@ -3,7 +3,9 @@
 that the HDGE and GMMC repositories copy.
 
 Official layout (wgrathwohl/JEM train_wrn_ebm.py `CCF` around wideresnet.py `Wide_ResNet`; the same
-in sndnyang/JEMPP and sndnyang/SADAJEM):
+in sndnyang/JEMPP models/jem_models.py and sndnyang/SADAJEM models/jem_models.py for CIFAR-size
+inputs; JEM++'s default YOPO variant adds alias keys `f.layer_one.*`, `f.other_layers.*`, which
+`"jempp"` checks and drops):
 
 | official key | keras_ebm weight (`build_classifier(WideResNet(...))`) |
 |---|---|
@@ -136,7 +138,39 @@ def assign_wrn_state(state, network, prefix="f.", head="class_output", ignore=()
     return network
 
 
+def yopo_canonical(key):
+    """The canonical key of a YOPO alias key (see `_yopo_aliases`), or None for any other key."""
+    if key.startswith("f.layer_one."):
+        return "f.conv1." + key[len("f.layer_one."):]
+    if key.startswith("f.other_layers."):
+        index, rest = key[len("f.other_layers."):].split(".", 1)
+        return (f"f.layer{int(index) + 1}." if int(index) < 3 else "f.bn1.") + rest
+    return None
+
+
+def _yopo_aliases(state):
+    """JEM++'s default `--model yopo` Wide_ResNet (sndnyang/JEMPP models/wideresnet_yopo.py) holds
+    `conv1` also as `layer_one` and `layer1..3`, `bn1` also in the ModuleList `other_layers`, so its
+    state dict repeats them as `f.layer_one.*` and `f.other_layers.<0-3>.*`. Each alias is dropped
+    when its canonical key holds the same array (renamed when the canonical key is absent); an alias
+    that differs is an error."""
+    out, differ = {}, []
+    for key, value in state.items():
+        name = yopo_canonical(key)
+        if name is None:
+            out.setdefault(key, value)
+        elif name not in state:
+            out[name] = value
+        elif not np.array_equal(np.asarray(state[name]), np.asarray(value)):
+            differ.append(f"{key} != {name}")
+    if differ:
+        raise ValueError(f"YOPO alias keys differ from the weights they alias: {differ}")
+    return out
+
+
 def _convert_jem_family(state, trainer, load_buffer=True):
+    state = _yopo_aliases({k[len("model_state_dict/"):] if k.startswith("model_state_dict/") else k: v
+                           for k, v in state.items()})
     assign_wrn_state(state, trainer.network, prefix="f.", head="class_output",
                      ignore=("f.linear.", "energy_output."),
                      buffer=trainer.buffer if load_buffer else None)

@@ -229,16 +229,18 @@ class SAMGradients:
 
     def perturbation(self, grads, variables):
         """ε for first-pass gradients `grads` at `variables` (a list aligned with them)."""
-        grads = [tf.cast(g, tf.float32) for g in grads]
+        # float32 arithmetic (float16 gradients are widened), float64 when the gradients are float64.
+        dtype = tf.float64 if any(g.dtype == tf.float64 for g in grads) else tf.float32
+        grads = [tf.cast(g, dtype) for g in grads]
         if self.adaptive:
             scales = [
-                tf.abs(tf.cast(tf.convert_to_tensor(v), tf.float32)) + self.eta for v in variables
+                tf.abs(tf.cast(tf.convert_to_tensor(v), dtype)) + tf.constant(self.eta, dtype) for v in variables
             ]
         else:
             scales = [None] * len(grads)
         scaled = [g if t is None else t * g for g, t in zip(grads, scales)]
         norm = tf.linalg.global_norm(scaled)
-        factor = self.rho / (norm + self.epsilon)
+        factor = tf.constant(self.rho, dtype) / (norm + tf.constant(self.epsilon, dtype))
         # ASAM: ε = ρ T (T g) / ||T g||, the SAM step taken in the rescaled weights T⁻¹w.
         return [
             factor * (s if t is None else t * s) for s, t in zip(scaled, scales)

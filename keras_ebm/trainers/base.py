@@ -278,11 +278,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         function (plain or SAM) differentiates `logs["loss"]`.
         """
         variables = self.trainable_variables
-        grads, logs = self.gradients(
-            lambda: self.compute_losses(batch, negatives, training=True), variables
-        )
+        grads, logs = self.gradients(self.loss_closure(batch, negatives), variables)
         self.optimizer.apply(add_weight_decay(grads, variables, self.weight_decay), variables)
         return logs
+
+    def loss_closure(self, batch, negatives):
+        """The zero-argument loss function the gradient function differentiates (SAM calls it twice:
+        at w, then at w + e). Default: `compute_losses(batch, negatives, training=True)` each time."""
+        return lambda: self.compute_losses(batch, negatives, training=True)
 
     def after_step(self, batch, negatives, logs):
         """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
