@@ -169,7 +169,7 @@ COLUMNS = ("forward", "loss terms", "gradients", "weights after 3 steps", "BN st
            "sampler / buffer", "queue / centres / EMA", "evaluation")
 _COLUMN_KIND = {"forward": "forward", "loss terms": "loss", "gradients": "grad",
                 "weights after 3 steps": "weights", "BN statistics": "bn", "sampler / buffer": "samples",
-                "evaluation": "eval"}
+                "queue / centres / EMA": "weights", "evaluation": "eval"}
 
 # method -> {column: "tol" (equal within the tolerances above), "tol; <note>" (the same, with a
 # documented departure or scope note), or text (a departure, n/a)}.
