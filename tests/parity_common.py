@@ -164,6 +164,75 @@ class float_precision:
         keras.config.set_floatx(self.old)
 
 
+# ----------------------------------------------------------------------------- a step's tensors
+def option(settings, name):
+    """The value after `name` in a recorded official argv (`golden.meta["settings"]`)."""
+    return settings[settings.index(name) + 1]
+
+
+class StepTap:
+    """Catches, in an eager train_step, the loss terms (`logs`), the gradients (`grads`), the rate
+    of each update (`lr`) and the chains written to the replay buffer (`samples`, if any)."""
+
+    def __init__(self, trainer):
+        self.logs, self.grads, self.lr, self.samples = [], [], [], []
+        compute, apply = trainer.compute_losses, trainer.optimizer.apply
+
+        def compute_losses(*a, **k):
+            logs = compute(*a, **k)
+            self.logs.append(dict(logs))
+            return logs
+
+        def apply_(grads, variables=None):
+            self.grads.append([np.asarray(g) for g in grads])
+            self.lr.append(float(trainer.optimizer.learning_rate))
+            return apply(grads, variables)
+
+        trainer.compute_losses, trainer.optimizer.apply = compute_losses, apply_
+        buffer = getattr(trainer, "buffer", None)
+        if buffer is not None:
+            update = buffer.update
+
+            def update_(idx, x):
+                self.samples.append(np.asarray(x))
+                return update(idx, x)
+
+            buffer.update = update_
+
+
+def compare_first_grads(compare, golden, tap, trainer, mapping, scale=1.0):
+    """Step 0's gradients (`step/0/grad/<official name>`) against ours / `scale`."""
+    by_var = {id(v): g for v, g in zip(trainer.trainable_variables, tap.grads[0])}
+    for name, g in golden.under("step/0/grad").items():
+        variable, _, to_official = mapping[name]
+        compare("grad", name, to_official(by_var[id(variable)]) / scale, g)
+
+
+def compare_samples(compare, golden, k, name, ours):
+    """Our chains (NCHW) of step k against `step/k/state/<name>` (in full) or its probe."""
+    if f"step/{k}/state/{name}" in golden:
+        compare("samples", f"step {k} {name}", ours, golden[f"step/{k}/state/{name}"])
+    else:
+        compare("samples", f"step {k} {name}", probe(ours), golden[f"step/{k}/probe/state/{name}"])
+
+
+def compare_weights_and_adam(compare, golden, k, trainer, mapping, scale=1.0):
+    """Probes of the weights and Adam moments after step k (`step/k/probe/{param,opt}`) and the
+    Adam step count; our moments are divided by `scale` (first) and `scale**2` (second)."""
+    for name, p in golden.under(f"step/{k}/probe/param").items():
+        if name in mapping:
+            variable, _, to_official = mapping[name]
+            compare("weights", f"step {k} {name}", probe(to_official(np.asarray(variable))), p)
+    opt = trainer.optimizer
+    for name, (variable, _, to_official) in mapping.items():
+        i = opt._get_variable_index(variable)
+        for slot, ours, factor in (("exp_avg", opt._momentums[i], scale), ("exp_avg_sq", opt._velocities[i], scale**2)):
+            compare("slots", f"step {k} {name}/{slot}", probe(to_official(np.asarray(ours))) / factor,
+                    golden[f"step/{k}/probe/opt/{name}/{slot}"])
+    compare("slots", f"step {k} Adam step", int(opt.iterations),
+            golden[f"step/{k}/probe/opt/{next(iter(mapping))}/step"].reshape(()))
+
+
 # ----------------------------------------------------------------------------- the parity table
 COLUMNS = ("forward", "loss terms", "gradients", "weights after 3 steps", "BN statistics",
            "sampler / buffer", "queue / centres / EMA", "evaluation")

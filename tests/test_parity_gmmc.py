@@ -54,48 +54,23 @@ pc.TABLE[METHOD] = {
 }
 
 
-def option(settings, name):
-    return settings[settings.index(name) + 1]
-
-
 def build_trainer(golden, balance=None, step_size=1.0):
     s = golden.meta["settings"]
-    backbone = WideResNet(depth=int(option(s, "--depth")), width=int(option(s, "--width")), norm=None,
+    backbone = WideResNet(depth=int(pc.option(s, "--depth")), width=int(pc.option(s, "--width")), norm=None,
                           input_shape=(32, 32, 3))
-    network = build_mmc_classifier(backbone, num_classes=10, scale=float(option(s, "--mu_c")))
-    sampler = SGLDSampler(n_steps=int(option(s, "--n_steps")), step_size=step_size, noise_std=0.0,
+    network = build_mmc_classifier(backbone, num_classes=10, scale=float(pc.option(s, "--mu_c")))
+    sampler = SGLDSampler(n_steps=int(pc.option(s, "--n_steps")), step_size=step_size, noise_std=0.0,
                           x_clip=(-1.0, 1.0), energy_reduction="mean")
-    trainer = GMMC(network, (32, 32, 3), 10, mode="joint", switch_step=int(option(s, "--start_generative")),
-                   ramp_steps=0, balance=balance or float(option(s, "--beta")), sampler=sampler,
-                   latent_std=float(option(s, "--gamma")), buffer_size=int(option(s, "--buffer_size")),
-                   reinit_prob=float(option(s, "--reinit_freq")), seed=0)
-    trainer.compile(optimizer=TorchAdam(learning_rate=float(option(s, "--lr"))))
+    trainer = GMMC(network, (32, 32, 3), 10, mode="joint", switch_step=int(pc.option(s, "--start_generative")),
+                   ramp_steps=0, balance=balance or float(pc.option(s, "--beta")), sampler=sampler,
+                   latent_std=float(pc.option(s, "--gamma")), buffer_size=int(pc.option(s, "--buffer_size")),
+                   reinit_prob=float(pc.option(s, "--reinit_freq")), seed=0)
+    trainer.compile(optimizer=TorchAdam(learning_rate=float(pc.option(s, "--lr"))))
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
     convert.convert_official("gmmc", {**golden.under("init"), "centers": golden["init_state/centers"]}, trainer)
     trainer.buffer.buffer.assign(pc.nhwc(golden["init_state/replay_buffer_x"]))
     trainer.build_optimizers()
     return trainer
-
-
-class Tap:
-    def __init__(self, trainer):
-        self.logs, self.grads, self.samples = [], [], []
-        compute, apply, update = trainer.compute_losses, trainer.optimizer.apply, trainer.buffer.update
-
-        def compute_losses(*a, **k):
-            logs = compute(*a, **k)
-            self.logs.append(dict(logs))
-            return logs
-
-        def apply_(grads, variables=None):
-            self.grads.append([np.asarray(g) for g in grads])
-            return apply(grads, variables)
-
-        def update_(idx, x):
-            self.samples.append(np.asarray(x))
-            return update(idx, x)
-
-        trainer.compute_losses, trainer.optimizer.apply, trainer.buffer.update = compute_losses, apply_, update_
 
 
 def run_parity(precision, **build):
@@ -122,7 +97,7 @@ def run_parity(precision, **build):
         x0, y0 = pc.nhwc(golden["batch/0/x_lab"]), golden["batch/0/y_lab"]
         compare("forward", "l_p_x_given_y of the initial network (step 0)",
                 np.mean(head.center_loss(trainer.features(x0), y0)), golden["step/0/loss/l_p_x_given_y"])
-        tap = Tap(trainer)
+        tap = pc.StepTap(trainer)
         for k in range(steps):
             name = "x_p_d" if generative[k] else "x_lab"
             x, y = pc.nhwc(golden[f"batch/{k}/{name}"]), golden[f"batch/{k}/{name.replace('x', 'y', 1)}"]
@@ -134,32 +109,14 @@ def run_parity(precision, **build):
                 compare("loss", f"step {k} fp", logs["center_loss"], golden[f"step/{k}/loss/fp"])
                 compare("loss", f"step {k} fq", logs["sample_loss"], golden[f"step/{k}/loss/fq"])
                 compare("loss", f"step {k} l_p_x", logs["loss"], golden[f"step/{k}/loss/l_p_x"])
-                x_q = pc.nchw(tap.samples[-1])
-                if f"step/{k}/state/x_q" in golden:
-                    compare("samples", f"step {k} x_q", x_q, golden[f"step/{k}/state/x_q"])
-                else:
-                    compare("samples", f"step {k} x_q", pc.probe(x_q), golden[f"step/{k}/probe/state/x_q"])
+                pc.compare_samples(compare, golden, k, "x_q", pc.nchw(tap.samples[-1]))
                 np.testing.assert_array_equal(y, golden[f"step/{k}/state/y_q"])
             else:
                 compare("loss", f"step {k} l_p_x_given_y", logs["center_loss"], golden[f"step/{k}/loss/l_p_x_given_y"])
                 compare("samples", f"step {k} buffer untouched", np.asarray(trainer.buffer.buffer), buffer_before)
             if k == 0:
-                by_var = {id(v): g for v, g in zip(trainer.trainable_variables, tap.grads[0])}
-                for pname, g in golden.under("step/0/grad").items():
-                    variable, _, to_official = mapping[pname]
-                    compare("grad", pname, to_official(by_var[id(variable)]), g)
-            for pname, p in golden.under(f"step/{k}/probe/param").items():
-                if pname in mapping:
-                    variable, _, to_official = mapping[pname]
-                    compare("weights", f"step {k} {pname}", pc.probe(to_official(np.asarray(variable))), p)
-            opt = trainer.optimizer
-            for pname, (variable, _, to_official) in mapping.items():
-                i = opt._get_variable_index(variable)
-                for slot, ours in (("exp_avg", opt._momentums[i]), ("exp_avg_sq", opt._velocities[i])):
-                    compare("slots", f"step {k} {pname}/{slot}", pc.probe(to_official(np.asarray(ours))),
-                            golden[f"step/{k}/probe/opt/{pname}/{slot}"])
-            compare("slots", f"step {k} Adam step", int(opt.iterations),
-                    golden[f"step/{k}/probe/opt/{next(iter(mapping))}/step"].reshape(()))
+                pc.compare_first_grads(compare, golden, tap, trainer, mapping)
+            pc.compare_weights_and_adam(compare, golden, k, trainer, mapping)
             compare("weights", f"step {k} centres", np.asarray(head.centers), golden[f"step/{k}/state/centers"])
         compare("samples", "replay buffer after the last step", pc.nchw(np.asarray(trainer.buffer.buffer)),
                 golden[f"step/{steps - 1}/state/replay_buffer_x"])

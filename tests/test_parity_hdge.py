@@ -52,24 +52,20 @@ pc.TABLE[METHOD] = {
 }
 
 
-def option(settings, name):
-    return settings[settings.index(name) + 1]
-
-
 def build_trainer(golden, warmup_from_zero=True, temperature=None):
     s = golden.meta["settings"]
     jem = "--pxsgld" in s
-    network = build_classifier(WideResNet(depth=int(option(s, "--depth")), width=int(option(s, "--width")),
+    network = build_classifier(WideResNet(depth=int(pc.option(s, "--depth")), width=int(pc.option(s, "--width")),
                                           norm=None, input_shape=(32, 32, 3)), 10)
     kwargs = {}
     if jem:
-        kwargs = dict(px_weight=SCALE, buffer_size=int(option(s, "--buffer_size")),
-                      reinit_prob=float(option(s, "--reinit_freq")),
-                      sampler=SGLDSampler(n_steps=int(option(s, "--n_steps")), step_size=1.0, noise_std=0.01))
-    trainer = HDGE(network, (32, 32, 3), 10, alpha=SCALE, queue_size=int(option(s, "--contrast_k")),
-                   temperature=temperature or float(option(s, "--contrast_t")), queue_init="random_normal",
+        kwargs = dict(px_weight=SCALE, buffer_size=int(pc.option(s, "--buffer_size")),
+                      reinit_prob=float(pc.option(s, "--reinit_freq")),
+                      sampler=SGLDSampler(n_steps=int(pc.option(s, "--n_steps")), step_size=1.0, noise_std=0.01))
+    trainer = HDGE(network, (32, 32, 3), 10, alpha=SCALE, queue_size=int(pc.option(s, "--contrast_k")),
+                   temperature=temperature or float(pc.option(s, "--contrast_t")), queue_init="random_normal",
                    seed=0, **kwargs)
-    lr = LinearWarmup(float(option(s, "--lr")), int(option(s, "--warmup_iters")), from_zero=warmup_from_zero)
+    lr = LinearWarmup(float(pc.option(s, "--lr")), int(pc.option(s, "--warmup_iters")), from_zero=warmup_from_zero)
     trainer.compile(optimizer=TorchAdam(learning_rate=lr, epsilon=SCALE * 1e-8))
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
     convert.convert_official("hdge", golden.under("init"), trainer)
@@ -77,34 +73,6 @@ def build_trainer(golden, warmup_from_zero=True, temperature=None):
         trainer.buffer.buffer.assign(pc.nhwc(golden["init_state/replay_buffer"]))
     trainer.build_optimizers()
     return trainer
-
-
-class Tap:
-    """Catches, in an eager train_step, the loss terms, the gradients and the SGLD samples."""
-
-    def __init__(self, trainer):
-        self.logs, self.grads, self.samples, self.lr = [], [], [], []
-        compute, apply = trainer.compute_losses, trainer.optimizer.apply
-
-        def compute_losses(*a, **k):
-            logs = compute(*a, **k)
-            self.logs.append(dict(logs))
-            return logs
-
-        def apply_(grads, variables=None):
-            self.grads.append([np.asarray(g) for g in grads])
-            self.lr.append(float(trainer.optimizer.learning_rate))  # the lr of this update
-            return apply(grads, variables)
-
-        trainer.compute_losses, trainer.optimizer.apply = compute_losses, apply_
-        if trainer.buffer is not None:
-            update = trainer.buffer.update
-
-            def update_(idx, x):
-                self.samples.append(np.asarray(x))
-                return update(idx, x)
-
-            trainer.buffer.update = update_
 
 
 def run_parity(variant, precision, **build):
@@ -123,7 +91,7 @@ def run_parity(variant, precision, **build):
         ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(golden["batch/0/y_lab"], logits,
                                                                              from_logits=True))
         compare("forward", "CE of the initial network (step 0)", ce, golden["step/0/loss/l_pyxce"])
-        tap = Tap(trainer)
+        tap = pc.StepTap(trainer)
         for k in range(steps):
             x_lab, y_lab = pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]
             if jem:
@@ -141,35 +109,16 @@ def run_parity(variant, precision, **build):
                 compare("loss", f"step {k} fp", -logs["energy_data"], golden[f"step/{k}/loss/fp"])
                 compare("loss", f"step {k} fq", -logs["energy_sample"], golden[f"step/{k}/loss/fq"])
             if k == 0:
-                by_var = {id(v): g for v, g in zip(trainer.trainable_variables, tap.grads[0])}
-                for name, g in golden.under("step/0/grad").items():
-                    variable, _, to_official = mapping[name]
-                    compare("grad", name, to_official(by_var[id(variable)]) / SCALE, g)
-            for name, p in golden.under(f"step/{k}/probe/param").items():
-                if name in mapping:
-                    variable, _, to_official = mapping[name]
-                    compare("weights", f"step {k} {name}", pc.probe(to_official(np.asarray(variable))), p)
+                pc.compare_first_grads(compare, golden, tap, trainer, mapping, scale=SCALE)
+            pc.compare_weights_and_adam(compare, golden, k, trainer, mapping, scale=SCALE)
             # The queue ([C, K] in the official state dict) and its pointer, after the step.
             compare("weights", f"step {k} queue_logit", pc.probe(np.asarray(trainer.queue.queue).T),
                     golden[f"step/{k}/probe/param/queue_logit"])
             assert int(trainer.queue.pointer) == int(golden[f"step/{k}/probe/param/queue_ptr"][0]), \
                 f"step {k}: queue pointer {int(trainer.queue.pointer)} != official"
-            opt = trainer.optimizer
-            for name, (variable, _, to_official) in mapping.items():
-                i = opt._get_variable_index(variable)
-                for slot, ours, factor in (("exp_avg", opt._momentums[i], SCALE),
-                                           ("exp_avg_sq", opt._velocities[i], SCALE**2)):
-                    compare("slots", f"step {k} {name}/{slot}", pc.probe(to_official(np.asarray(ours))) / factor,
-                            golden[f"step/{k}/probe/opt/{name}/{slot}"])
-            compare("slots", f"step {k} Adam step", int(opt.iterations),
-                    golden[f"step/{k}/probe/opt/{next(iter(mapping))}/step"].reshape(()))
             compare("slots", f"step {k} lr", tap.lr[-1], golden[f"step/{k}/opt/lr"])
             if jem:
-                x_q = pc.nchw(tap.samples[-1])
-                if f"step/{k}/state/x_q" in golden:
-                    compare("samples", f"step {k} x_q", x_q, golden[f"step/{k}/state/x_q"])
-                else:
-                    compare("samples", f"step {k} x_q", pc.probe(x_q), golden[f"step/{k}/probe/state/x_q"])
+                pc.compare_samples(compare, golden, k, "x_q", pc.nchw(tap.samples[-1]))
                 idx = draws["buffer_index"][k]
                 assert len(set(idx.tolist())) == len(idx), (
                     "a buffer row drawn twice in one step (PyTorch leaves the duplicate write undefined, "
