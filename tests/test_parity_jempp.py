@@ -55,6 +55,7 @@ FLOAT32_OVERRIDES = {
     "samples": (1e-4, 6e-4), "eval": (1e-3, 6e-3),
 }
 
+pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
 pc.TABLE[METHOD] = {
     "forward": "tol", "loss terms": "tol", "gradients": "tol",
     "weights after 3 steps": "tol; weights, SGD momentum buffers and learning rate (`TorchSGD`, warm-up from 0); "
