@@ -43,8 +43,6 @@ import recording  # noqa: E402
 
 import torch  # noqa: E402
 
-from official_run import probe  # noqa: E402
-
 COMMIT = "ccccf500c6"
 EBM_LAYERS = [(8, 1), (8, 1), (16, 1), (16, 1)]
 MLP_HIDDEN = 32
@@ -175,10 +173,7 @@ def main():
                 for n, v in loc["outputs"].items():
                     if n.startswith("metrics/"):
                         golden.add(f"step/{k}/loss/{n[len('metrics/'):]}", v)
-                if k == a.steps - 1:
-                    golden.add(f"step/{k}/state/x_neg", loc["outputs"]["images/x_neg"])
-                else:
-                    golden.add(f"step/{k}/probe/state/x_neg", probe(loc["outputs"]["images/x_neg"]))
+                recording.add_full_at_last(golden, k, a.steps - 1, "x_neg", loc["outputs"]["images/x_neg"])
                 golden.add(f"step/{k}/opt/lr_ebm", np.asarray(opt1.param_groups[0]["lr"]))
                 golden.add(f"step/{k}/opt/lr_encoder", np.asarray(opt2.param_groups[0]["lr"]))
                 if k == 0:
@@ -193,13 +188,10 @@ def main():
                 # Per step: probes (README "probe/") of every weight, buffer (spectral-norm u, v,
                 # BN statistics), EMA copy and optimizer slot; the eval outputs check the final
                 # networks in full.
-                for n, v in sd.items():
-                    if not n.startswith("sampler."):
-                        golden.add(f"step/{k}/probe/param/{n}", probe(v))
-                for opt, prefix in ((opt1, "ebm"), (opt2, "encoder")):
-                    for n, v in recording.optimizer_state(opt, names).items():
-                        if n != "lr":
-                            golden.add(f"step/{k}/probe/opt/{prefix}/{n[len(prefix) + 1:]}", probe(v))
+                recording.add_step_probes(golden, k, {n: v for n, v in sd.items() if not n.startswith("sampler.")},
+                                          opt1, {id(p): n for n, p in model.ebm.named_parameters()}, prefix="ebm/")
+                recording.add_step_probes(golden, k, {}, opt2, {id(p): n for n, p in model.encoder.named_parameters()},
+                                          prefix="encoder/")
                 if last and a.precision == "float32":
                     # The final state in full (float32 file only): tests/test_convert_clel.py
                     # converts it and compares the official eval outputs, EMA and memory.

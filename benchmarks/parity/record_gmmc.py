@@ -38,8 +38,6 @@ import recording  # noqa: E402
 
 import torch  # noqa: E402
 
-from official_run import probe  # noqa: E402
-
 COMMIT = "962b52b8f3"
 
 
@@ -139,10 +137,7 @@ def main():
                     if isinstance(loc.get(n), torch.Tensor):
                         golden.add(f"step/{k}/loss/{n}", loc[n])
                 if generative[k]:
-                    if k == a.steps - 1:
-                        golden.add(f"step/{k}/state/x_q", loc["x_q"])
-                    else:
-                        golden.add(f"step/{k}/probe/state/x_q", probe(loc["x_q"]))
+                    recording.add_full_at_last(golden, k, a.steps - 1, "x_q", loc["x_q"])
                     golden.add(f"step/{k}/state/y_q", loc["y_q"])
                 if k == 0:
                     for n, p in f.named_parameters():
@@ -153,11 +148,7 @@ def main():
             def after(k):
                 # Per step: probes of every weight and Adam slot (README "probe/"; the eval features
                 # check the final weights in full).
-                for n, v in f.state_dict().items():
-                    golden.add(f"step/{k}/probe/param/{n}", probe(v))
-                for n, v in recording.optimizer_state(optim, names).items():
-                    if n != "lr":
-                        golden.add(f"step/{k}/probe/opt/{n}", probe(v))
+                recording.add_step_probes(golden, k, f.state_dict(), optim, names)
                 golden.add(f"step/{k}/state/centers", lgm.centers)
                 if k == a.steps - 1:
                     golden.add(f"step/{k}/state/replay_buffer_x", buf[0])

@@ -35,7 +35,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import recording  # noqa: E402
-from official_run import probe  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -157,20 +156,13 @@ def main():
                         if p.grad is not None:  # f.linear and energy_output are unused by the step
                             golden.add(f"step/0/grad/{n}", p.grad)
                 if "x_q" in loc and a.variant == "hdge_jem":
-                    if k == a.steps - 1:
-                        golden.add(f"step/{k}/state/x_q", loc["x_q"])
-                    else:
-                        golden.add(f"step/{k}/probe/state/x_q", probe(loc["x_q"]))
+                    recording.add_full_at_last(golden, k, a.steps - 1, "x_q", loc["x_q"])
                 golden.add(f"step/{k}/opt/lr", np.asarray(optim.param_groups[0]["lr"]))
 
             def after(k):
                 # Per step: probes of every weight and Adam slot (README "probe/"); in full only
                 # after the last step (the slots' step count in full every step).
-                for n, v in f.state_dict().items():
-                    golden.add(f"step/{k}/probe/param/{n}", probe(v))
-                for n, v in recording.optimizer_state(optim, names).items():
-                    if n != "lr":
-                        golden.add(f"step/{k}/probe/opt/{n}", probe(v))
+                recording.add_step_probes(golden, k, f.state_dict(), optim, names)
                 if k == a.steps - 1:
                     if a.variant == "hdge_jem":
                         golden.add(f"step/{k}/state/replay_buffer", buf)

@@ -387,6 +387,28 @@ def optimizer_state(optimizer, param_names):
     return out
 
 
+def add_step_probes(golden, k, state_dict, optimizer, param_names, prefix=""):
+    """`step/k/probe/param/<name>` of every `state_dict` entry and `step/k/probe/opt/<prefix><name>/<slot>`
+    of every optimizer slot: the per-step record of weights and slots (README "probe/")."""
+    from official_run import probe  # noqa: PLC0415 (official_run imports this module)
+
+    for n, v in state_dict.items():
+        golden.add(f"step/{k}/probe/param/{n}", probe(v))
+    for n, v in optimizer_state(optimizer, param_names).items():
+        if n != "lr":
+            golden.add(f"step/{k}/probe/opt/{prefix}{n}", probe(v))
+
+
+def add_full_at_last(golden, k, last, name, value):
+    """`step/k/state/<name>` in full at the last step, its probe (`step/k/probe/state/<name>`) before."""
+    from official_run import probe  # noqa: PLC0415
+
+    if k == last:
+        golden.add(f"step/{k}/state/{name}", value)
+    else:
+        golden.add(f"step/{k}/probe/state/{name}", probe(value))
+
+
 # ----------------------------------------------------------------------------- golden file
 class Golden:
     """Arrays by key plus a JSON metadata record, written as one compressed npz (see README.md)."""
