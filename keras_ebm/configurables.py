@@ -26,6 +26,8 @@ for _sched in (
     keras.optimizers.schedules.ExponentialDecay,
 ):
     _register(_sched, "keras.optimizers.schedules")
+_register(optim.TorchAdam, "keras_ebm.optim")
+_register(optim.TorchSGD, "keras_ebm.optim")
 _register(schedules.LinearWarmup, "keras_ebm.optim")
 _register(schedules.epoch_step_decay, "keras_ebm.optim")
 

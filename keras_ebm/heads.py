@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import energy as energy_lib
 from keras_ebm.backbones.classifier import build_classifier
 
 HEAD_NAME = "mmc_head"
@@ -117,8 +118,11 @@ class MaxMahalanobisHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, scale=10.0, sigma=1.0, **kwargs):
+        # Not the global policy: see "computes in float32" above (float64 under a float64 policy,
+        # `energy.wide_dtype`: the parity tests).
+        self._wide = energy_lib.wide_dtype(keras.config.floatx())
         if kwargs.get("dtype") is None:
-            kwargs["dtype"] = "float32"  # not the global policy: see "computes in float32" above
+            kwargs["dtype"] = self._wide.name
         super().__init__(**kwargs)
         if int(num_classes) < 2:
             raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
@@ -152,7 +156,7 @@ class MaxMahalanobisHead(keras.layers.Layer):
         )
 
     def call(self, features):
-        sigma = tf.cast(self.sigma, tf.float32)
+        sigma = tf.cast(self.sigma, self._wide)
         return -0.5 * self.squared_distances(features) / tf.square(sigma)
 
     def compute_output_shape(self, input_shape):
@@ -160,8 +164,8 @@ class MaxMahalanobisHead(keras.layers.Layer):
 
     def squared_distances(self, features):
         """||phi - mu_k||^2, `[batch, dim]` -> `[batch, num_classes]`, computed in float32."""
-        features = tf.cast(features, tf.float32)
-        centers = tf.cast(self.centers, tf.float32)
+        features = tf.cast(features, self._wide)
+        centers = tf.cast(self.centers, self._wide)
         sq = (
             tf.reduce_sum(tf.square(features), axis=-1, keepdims=True)
             - 2.0 * tf.matmul(features, centers, transpose_b=True)
@@ -181,9 +185,9 @@ class MaxMahalanobisHead(keras.layers.Layer):
     def center_loss(self, features, y):
         """Per-sample 0.5 ||phi - mu_y||^2 `[batch]`, float32: the energy E(x, y) of eq. 6 at
         sigma = 1 (eq. 5's centre regression loss, Pang et al. 2020)."""
-        features = tf.cast(features, tf.float32)
+        features = tf.cast(features, self._wide)
         return 0.5 * tf.reduce_sum(
-            tf.square(features - tf.cast(self.class_centers(y), tf.float32)), axis=-1
+            tf.square(features - tf.cast(self.class_centers(y), self._wide)), axis=-1
         )
 
     def estimate_sigma(self, features, y):
@@ -200,9 +204,9 @@ class MaxMahalanobisHead(keras.layers.Layer):
         Returns:
             float32 scalar tensor.
         """
-        features = tf.convert_to_tensor(features, tf.float32)
+        features = tf.cast(features, self._wide)
         sq = 2.0 * self.center_loss(features, y)
-        dim = tf.cast(tf.shape(features)[-1], tf.float32)
+        dim = tf.cast(tf.shape(features)[-1], self._wide)
         return tf.sqrt(tf.reduce_mean(sq) / dim)
 
     def set_sigma(self, sigma):
@@ -256,8 +260,9 @@ def build_mmc_classifier(
                 f"{int(num_classes) - 1}; the backbone gives {dim}. Use a wider backbone. "
                 f"Received: num_classes={num_classes}, dim={dim}"
             )
-        # float32 under mixed precision: squared distances to the centres lose too much in bf16.
-        return MaxMahalanobisHead(int(num_classes), scale=scale, sigma=sigma, name=HEAD_NAME, dtype="float32")
+        # float32 under mixed precision: squared distances to the centres lose too much in bf16
+        # (the head's default dtype; float64 under a float64 policy).
+        return MaxMahalanobisHead(int(num_classes), scale=scale, sigma=sigma, name=HEAD_NAME)
 
     return build_classifier(backbone, num_classes, input_shape=input_shape, head=head, name=name)
 

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import distribute, resources
+from keras_ebm import energy as energy_lib
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -75,6 +76,8 @@ class FeatureQueue(keras.layers.Layer):
         self.dim = int(dim)
         self.initializer = keras.initializers.get(initializer)
         self.initially_full = bool(initially_full)
+        # float32 storage, float64 under a float64 policy (`energy.wide_dtype`, the parity tests).
+        self.storage_dtype = energy_lib.wide_dtype(keras.config.floatx()).name
         resources.check_allocation(
             f"The feature queue {self.name!r} ({self.size} x {self.dim} float32)",
             resources.float32_bytes(self.size, self.dim),
@@ -88,7 +91,7 @@ class FeatureQueue(keras.layers.Layer):
             return
         self.queue = self.add_weight(
             shape=(self.size, self.dim),
-            dtype="float32",
+            dtype=self.storage_dtype,
             initializer=self.initializer,
             trainable=False,
             # `enqueue` scatters into the variable itself; autocast would hand it a cast copy.
@@ -108,7 +111,7 @@ class FeatureQueue(keras.layers.Layer):
         self.built = True
 
     def values(self):
-        """The storage `[size, dim]` float32 (all rows; mask them with `valid_mask()`)."""
+        """The storage `[size, dim]` float32 (float64 under a float64 policy; all rows; mask them with `valid_mask()`)."""
         return tf.convert_to_tensor(self.queue.value)
 
     def valid_mask(self):
@@ -121,7 +124,7 @@ class FeatureQueue(keras.layers.Layer):
 
     def enqueue(self, rows):
         """Append `rows` `[batch, dim]` (every replica's, in replica order); see the class docstring."""
-        rows = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rows), tf.float32))
+        rows = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rows), self.storage_dtype))
         if rows.shape.rank != 2 or (rows.shape[-1] is not None and rows.shape[-1] != self.dim):
             raise ValueError(
                 f"`enqueue` expects rows of shape [batch, {self.dim}]. Received: rows.shape={rows.shape}"

@@ -34,6 +34,7 @@ built (a `MirroredVariable`, assigned in cross-replica context between steps).
 shows it; a test checks that the declarations in the classes match it).
 """
 
+import keras
 import tensorflow as tf
 
 VARIABLE = "variable"
@@ -47,7 +48,7 @@ SETTINGS = (
      "the tf.while_loop bound: the 'sgld_steps' remedy and K schedules; a variable bound costs nothing"),
     ("SGLDSampler", "step_size", VARIABLE, "scales the gradient step; a number in the loop"),
     ("SGLDSampler", "noise_std", VARIABLE,
-     "scales the Langevin noise, which is always drawn (at 0 it adds exactly 0)"),
+     "scales the Langevin noise; structural at 0 (no noise drawn, as the noise-free recipes)"),
     ("SGLDSampler", "grad_clip", TRACE, "None removes the clamp from the graph"),
     ("SGLDSampler", "x_clip", TRACE, "None removes the clamp from the graph"),
     ("SGLDSampler", "energy_reduction", TRACE, "sum or mean: a different graph"),
@@ -70,6 +71,7 @@ SETTINGS = (
      "the 'energy_l2' remedy: the penalty is always computed (two reductions) and multiplied by it"),
     ("JEM", "energy_l2_mode", TRACE, "which penalty: a different graph"),
     ("JEM", "bn_stats_from_samples", TRACE, "wraps the sample forward pass in a stateless scope"),
+    ("JEM", "energy_l2_second_pass", TRACE, "whether SAM's second pass adds the penalty: a different loss closure"),
     ("HDGE", "clf_weight", VARIABLE,
      "alpha (the `alpha` property); structural at 1 (the contrastive term leaves the loss exactly)"),
     ("HDGE", "temperature", TRACE, "the loss function checks it as a Python number"),
@@ -130,14 +132,19 @@ def _check_range(name, value, minimum, maximum, exclusive_minimum=False):
 class Setting:
     """A numeric run-time setting held in a `tf.Variable` that the compiled step reads.
 
+    Float settings are stored in float64 and read, while tracing, in the run's float width
+    (`read_dtype`: float64 under `keras.config.set_floatx("float64")`, float32 otherwise), so a
+    float32 step reads the correctly rounded float32 value (as a constant would be) and a float64
+    step the exact one (the float64 parity tests need 0.01, not float32's 0.0099999998).
+
     Args:
-        dtype: "float32", "int32" or "int64".
+        dtype: "float64" (default), "float32", "int32" or "int64".
         minimum, maximum: allowed range (checked on every assignment).
         structure: optional `fn(value) -> hashable`, the part of the value that decides the graph
             (e.g. `lambda v: v > 0`); a change of it makes the compiled step stale (a retrace).
     """
 
-    def __init__(self, dtype="float32", minimum=None, maximum=None, structure=None):
+    def __init__(self, dtype="float64", minimum=None, maximum=None, structure=None):
         self.dtype = tf.as_dtype(dtype)
         self.minimum = minimum
         self.maximum = maximum
@@ -159,7 +166,8 @@ class Setting:
             value = var.numpy()
             # float32 0.1 reads back as 0.1 (the shortest decimal that round-trips), as it was set.
             return int(value) if self.dtype.is_integer else float(str(value))
-        return tf.convert_to_tensor(var)  # while tracing: read by the step at run time
+        value = tf.convert_to_tensor(var)  # while tracing: read by the step at run time
+        return value if self.dtype.is_integer else tf.cast(value, read_dtype())
 
     def __set__(self, obj, value):
         try:
@@ -190,7 +198,7 @@ class Setting:
                 store.variables[self.name] = tf.Variable(value, dtype=self.dtype, trainable=False,
                                                          name=self.name)
             else:
-                var.assign(tf.cast(value, self.dtype))
+                var.assign(tf.constant(value, self.dtype))  # not tf.cast: a Python float would pass float32
 
     def variable(self, obj):
         """The variable behind the setting of `obj` (tests count and compare through it)."""
@@ -224,6 +232,20 @@ def learning_rate(optimizer):
     """An optimizer's current learning rate as a Python float (a schedule: its value now; also
     under a distribution strategy, whose variables `float()` does not take)."""
     return float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
+
+
+def read_dtype():
+    """The dtype float settings are read in while tracing: float64 in a float64 run (floatx),
+    float32 otherwise (float32 and mixed-precision runs compute losses in float32)."""
+    return tf.float64 if keras.config.floatx() == "float64" else tf.float32
+
+
+def as_tensor(value, dtype):
+    """A setting's value (a Python number eagerly, a tensor while tracing) as a `dtype` tensor,
+    exactly: `tf.constant` for Python numbers (`tf.cast` of a Python float goes through float32)."""
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
 
 
 def structure_of(obj, name):

@@ -317,7 +317,8 @@ def test_informative_initializer_settings_are_config_and_its_statistics_travel_w
     y = np.arange(40) % 2
     init = InformativeInitializer.from_dataset((x, y), num_classes=2, pixel_range=(-1, 1), jitter=1e-3)
     config = init.get_config()
-    assert config == {"pixel_range": [-1.0, 1.0], "jitter": 1e-3, "num_classes": 2, "dim": 4}
+    assert config == {"pixel_range": [-1.0, 1.0], "jitter": 1e-3, "factor_order": "hwc", "dtype": "float32",
+                      "num_classes": 2, "dim": 4}
     blank = InformativeInitializer.from_config(config)
     assert blank.get_config() == config and not blank.get_statistics()["cholesky"].any()
     blank.set_statistics(**init.get_statistics())

@@ -24,6 +24,7 @@ plotting, checkpoint files) and lets the official step run as written. This modu
 """
 
 import contextlib
+import importlib.machinery
 import inspect
 import json
 import os
@@ -33,6 +34,10 @@ import types
 
 import numpy as np
 import torch
+
+
+sys.dont_write_bytecode = True  # never write __pycache__ into the official checkouts
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class StopRecording(Exception):
@@ -64,12 +69,112 @@ def stub_torchvision():
              "torchvision.models", "torchvision.transforms.functional"]
     mods = {n: _Anything(n) for n in names}
     for n, m in mods.items():
+        m.__spec__ = importlib.machinery.ModuleSpec(n, None)  # torch._dynamo's find_spec needs one
+    for n, m in mods.items():
         if "." in n:
             parent, child = n.rsplit(".", 1)
             setattr(mods[parent], child, m)
         sys.modules.setdefault(n, m)
     mods["torchvision.utils"].save_image = lambda *a, **k: None
     return mods["torchvision"]
+
+
+class Whatever:
+    """Accepts any call, attribute, item (get and set) and 2-way unpacking; does nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return Whatever()
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Whatever()
+
+    def __getitem__(self, key):
+        return Whatever()
+
+    def __setitem__(self, key, value):
+        pass
+
+    def __iter__(self):
+        return iter((Whatever(), Whatever()))
+
+
+class _WhateverModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return Whatever()
+
+
+def stub_modules(*names):
+    """Do-nothing stand-ins for plotting libraries the official code imports (matplotlib, seaborn, ...)."""
+    for n in names:
+        parts = n.split(".")
+        for i in range(1, len(parts) + 1):
+            sub = ".".join(parts[:i])
+            if sub not in sys.modules:
+                sys.modules[sub] = _WhateverModule(sub)
+                sys.modules[sub].__spec__ = importlib.machinery.ModuleSpec(sub, None)
+                if i > 1:
+                    setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[sub])
+
+
+def import_real_torchvision():
+    """Import the installed torchvision for its pure-Python models (e.g. `models.resnet18`).
+
+    A torchvision wheel built for another torch fails at import while registering the fake
+    (meta) kernels of its C++ operators (`operator torchvision::nms does not exist`); the models
+    never call those operators, so the meta-registration module is skipped.
+    """
+    sys.modules.setdefault("torchvision._meta_registrations", types.ModuleType("torchvision._meta_registrations"))
+    import torchvision  # noqa: PLC0415
+
+    return torchvision
+
+
+def load_cifar10(split, indices, path="/work/shared/data/cifar10_jpeg_bytes.npz"):
+    """Real CIFAR-10 images `[n, 32, 32, 3]` uint8 (JPEG-decoded with Pillow) and labels, by index."""
+    import io  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    data = np.load(path)
+    raw, offsets, labels = data[f"{split}_jpeg"], data[f"{split}_offsets"], data[f"{split}_y"]
+    images = [np.asarray(Image.open(io.BytesIO(raw[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
+              for i in indices]
+    return np.stack(images), labels[np.asarray(indices)].astype(np.int64)
+
+
+class FixedLoader:
+    """Stands in for an official DataLoader: yields the given batches in order (and `__next__`
+    cycles them, for loaders the official code wraps in an infinite `cycle`). `on_iter()` runs when
+    the official loop first asks for an iterator -- inside `main()`, after the model and optimizer
+    exist -- so a recorder can pick them from `frame_locals` and install its taps there."""
+
+    def __init__(self, batches, on_iter=None, per_epoch=None):
+        self.batches, self.on_iter, self._next = list(batches), on_iter, 0
+        self.per_epoch, self._epoch = per_epoch, 0  # per_epoch=n: each `iter()` yields the next n batches
+
+    def __len__(self):
+        return len(self.batches) if self.per_epoch is None else self.per_epoch
+
+    def __iter__(self):
+        if self.on_iter is not None:
+            on_iter, self.on_iter = self.on_iter, None
+            on_iter()
+        if self.per_epoch is None:
+            return iter(list(self.batches))
+        start, self._epoch = self._epoch, self._epoch + 1
+        return iter(self.batches[start * self.per_epoch:(start + 1) * self.per_epoch])
+
+    def __next__(self):
+        batch = self.batches[self._next % len(self.batches)]
+        self._next += 1
+        return batch
 
 
 def force_cpu():
@@ -178,6 +283,11 @@ class RandomTape:
         setattr(owner, attr, wrapper)
         self._patches.append((owner, attr, original))
 
+    def watch(self, owner, attr, name):
+        """Record the *output* of `owner.attr(...)` as one draw (e.g. a random augmentation: its
+        result is what a replay injects); the draws made inside it are not recorded one by one."""
+        self._wrap(owner, attr, name)
+
     def __enter__(self):
         for f in _TORCH_FUNCS:
             if hasattr(torch, f):
@@ -195,6 +305,16 @@ class RandomTape:
             setattr(owner, attr, original)
         self._patches = []
         return False
+
+    def zero_unpicked(self, draw_site, mask_name, picked):
+        """Zero the rows of every `draw_site` draw (e.g. "Tensor.uniform_@...init_random") that the
+        next `mask_name` draw (e.g. "torch.rand") does not pick (`picked(mask_draw)` -> bool rows):
+        fresh re-initialisation samples that never enter the step, stored as 0 (they compress)."""
+        for i, (step, name, site, value) in enumerate(self.draws):
+            if f"{name}@{site}".startswith(draw_site):
+                nxt = next(d for d in self.draws[i + 1:] if d[1] == mask_name)
+                rows = picked(nxt[3]).reshape((-1,) + (1,) * (value.ndim - 1))
+                self.draws[i] = (step, name, site, np.where(rows, value, 0).astype(value.dtype))
 
     def to_golden(self, golden):
         """Store the draws as `draw/<step>/<nnn>` arrays and their labels in the metadata."""
@@ -237,6 +357,24 @@ class OptimizerTap:
         optimizer.step = step
 
 
+def run_official_script(argv, tape):
+    """Run the official script `argv[0]` as `__main__` with `sys.argv = argv` until `StopRecording`.
+
+    The script's own argument parser, seeding and `main()` run; `sys.stdout` (which some scripts
+    redirect into their log directory) is restored afterwards and `tape.step` reset to None.
+    """
+    import runpy  # noqa: PLC0415
+
+    stdout, sys.argv = sys.stdout, list(argv)
+    try:
+        runpy.run_path(argv[0], run_name="__main__")
+    except StopRecording:
+        pass
+    finally:
+        sys.stdout = stdout
+        tape.step = None
+
+
 def optimizer_state(optimizer, param_names):
     """{"<param name>/<slot>": array} for every slot of a torch optimizer (`param_names`: id -> name)."""
     out = {}
@@ -247,6 +385,28 @@ def optimizer_state(optimizer, param_names):
         out_lr = group.get("lr")
     out["lr"] = np.asarray(out_lr)
     return out
+
+
+def add_step_probes(golden, k, state_dict, optimizer, param_names, prefix=""):
+    """`step/k/probe/param/<name>` of every `state_dict` entry and `step/k/probe/opt/<prefix><name>/<slot>`
+    of every optimizer slot: the per-step record of weights and slots (README "probe/")."""
+    from official_run import probe  # noqa: PLC0415 (official_run imports this module)
+
+    for n, v in state_dict.items():
+        golden.add(f"step/{k}/probe/param/{n}", probe(v))
+    for n, v in optimizer_state(optimizer, param_names).items():
+        if n != "lr":
+            golden.add(f"step/{k}/probe/opt/{prefix}{n}", probe(v))
+
+
+def add_full_at_last(golden, k, last, name, value):
+    """`step/k/state/<name>` in full at the last step, its probe (`step/k/probe/state/<name>`) before."""
+    from official_run import probe  # noqa: PLC0415
+
+    if k == last:
+        golden.add(f"step/{k}/state/{name}", value)
+    else:
+        golden.add(f"step/{k}/probe/state/{name}", probe(value))
 
 
 # ----------------------------------------------------------------------------- golden file
@@ -260,11 +420,20 @@ class Golden:
     def add(self, key, value):
         if key in self.arrays:
             raise KeyError(f"golden key {key!r} written twice")
+        if value is None:
+            raise ValueError(f"golden key {key!r}: value is None (a parameter without .grad?)")
         self.arrays[key] = to_numpy(value)
 
     def add_all(self, prefix, mapping):
         for k, v in mapping.items():
             self.add(f"{prefix}/{k}", v)
+
+    def check_precision(self, precision):
+        """Every floating array (bar 0-d Python numbers such as lr or an AUROC) has the run's dtype."""
+        want = np.float64 if precision == "float64" else np.float32
+        bad = [k for k, v in self.arrays.items() if v.dtype.kind == "f" and v.ndim > 0 and v.dtype != want]
+        if bad:
+            raise SystemExit(f"not {precision}: {bad[:10]}")
 
     def save(self, path, max_bytes=2_500_000):
         self.meta.setdefault("torch_version", torch.__version__)

@@ -186,6 +186,7 @@ def build_clel_encoder(
     synchronized_bn=False,
     input_mean=CIFAR10_MEAN,
     input_std=CIFAR10_STD,
+    stem_width=None,
     name="clel_encoder",
 ):
     """CLEL's latent encoder h_phi: CIFAR ResNet-18 + MLP head, images -> `[batch, output_dim]`.
@@ -203,6 +204,9 @@ def build_clel_encoder(
         synchronized_bn: use cross-replica BatchNorm (`BatchNormalization(synchronized=True)`),
             as large-batch SimCLR training does.
         input_mean, input_std: input normalisation (see `build_clel_ebm`).
+        stem_width: channels of the 3x3 stem (default `widths[0]`; CLEL's stem is always 64, so a
+            narrower first stage, as in the small parity networks, starts with a 1x1 downsample
+            shortcut like torchvision's).
         name: model name.
 
     Returns:
@@ -218,10 +222,10 @@ def build_clel_encoder(
     conv_init = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
     inputs = keras.Input(tuple(int(d) for d in input_shape))
     x = _normalize(inputs, input_mean, input_std, int(input_shape[-1]), f"{name}_normalize")
-    h = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False, kernel_initializer=conv_init,
+    channels = int(stem_width or widths[0])
+    h = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=conv_init,
                             name=f"{name}_stem")(x)
     h = keras.layers.ReLU()(_bn(f"{name}_stem_bn", synchronized_bn)(h))
-    channels = widths[0]
     for s, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
         for b in range(blocks):
             stride = 2 if (s > 0 and b == 0) else 1

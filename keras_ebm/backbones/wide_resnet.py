@@ -12,6 +12,7 @@ Zagoruyko & Komodakis 2016 (arXiv:1605.07146), in the pre-activation form of the
 
 Porting traps handled here: LeakyReLU slope 0.2 (the Keras default is 0.3),
 BatchNorm momentum 0.1 / epsilon 1e-5 (= PyTorch momentum 0.9 / eps 1e-5; Keras defaults 0.99 / 1e-3),
+PyTorch's unbiased batch variance in the moving variance (`keras_ebm.layers.BatchNormalization`),
 and PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights *and* biases (Keras defaults to
 glorot_uniform weights and zero biases).
 """
@@ -22,6 +23,7 @@ import numbers
 import keras
 
 from keras_ebm.backbones.padding import conv_with_torch_padding
+from keras_ebm.layers import BatchNormalization, LeakyReLU
 
 NORMS = (None, "none", "batch")
 
@@ -66,9 +68,10 @@ def _conv(filters, kernel_size, strides, fan_in, torch_init, name):
     return conv_with_torch_padding(dict(filters=filters, use_bias=True, **initializers), kernel_size, strides, name)
 
 
-def _norm(norm, bn_momentum, bn_epsilon, name):
+def _norm(norm, bn_momentum, bn_epsilon, name, unbiased=True):
     if norm == "batch":
-        return keras.layers.BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, name=name)
+        return BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, unbiased_moving_variance=unbiased,
+                                  name=name)
     # An Identity layer (rather than skipping) keeps layer names the same with and without norm.
     return keras.layers.Identity(name=name)
 
@@ -81,6 +84,7 @@ def WideResNet(
     leak=0.2,
     bn_momentum=0.1,
     bn_epsilon=1e-5,
+    bn_unbiased_variance=True,
     torch_init=True,
     input_shape=(None, None, 3),
     name=None,
@@ -114,6 +118,9 @@ def WideResNet(
             references' PyTorch `BatchNorm2d(momentum=0.9)`: Keras keeps `momentum * old`, PyTorch
             keeps `(1 - momentum) * old`.
         bn_epsilon: BN epsilon (PyTorch default 1e-5; Keras' default would be 1e-3).
+        bn_unbiased_variance: average the unbiased batch variance into the moving variance, as
+            PyTorch's `BatchNorm2d` (every reference) does (`keras_ebm.layers.BatchNormalization`);
+            False gives Keras' biased update.
         torch_init: PyTorch default initialisation of every conv (weights and biases
             U(+-1/sqrt(fan_in))). The references define a xavier `conv_init` but never apply it.
             `False` keeps Keras defaults (glorot_uniform, zero bias).
@@ -165,13 +172,13 @@ def WideResNet(
             stride = group_stride if b == 0 else 1
             prefix = f"group{g + 1}_block{b + 1}"
             block_input = h
-            h = _norm(norm, bn_momentum, bn_epsilon, f"{prefix}_norm1")(block_input)
-            h = keras.layers.LeakyReLU(negative_slope=leak, name=f"{prefix}_act1")(h)
+            h = _norm(norm, bn_momentum, bn_epsilon, f"{prefix}_norm1", bn_unbiased_variance)(block_input)
+            h = LeakyReLU(negative_slope=leak, name=f"{prefix}_act1")(h)
             h = _conv(out_channels, 3, 1, 9 * channels, torch_init, f"{prefix}_conv1")(h)
             if dropout > 0:
                 h = keras.layers.Dropout(dropout, name=f"{prefix}_dropout")(h)
-            h = _norm(norm, bn_momentum, bn_epsilon, f"{prefix}_norm2")(h)
-            h = keras.layers.LeakyReLU(negative_slope=leak, name=f"{prefix}_act2")(h)
+            h = _norm(norm, bn_momentum, bn_epsilon, f"{prefix}_norm2", bn_unbiased_variance)(h)
+            h = LeakyReLU(negative_slope=leak, name=f"{prefix}_act2")(h)
             h = _conv(out_channels, 3, stride, 9 * out_channels, torch_init, f"{prefix}_conv2")(h)
             if stride != 1 or channels != out_channels:
                 # On the raw block input, not the normalised/activated one (as the reference).
@@ -182,7 +189,7 @@ def WideResNet(
                 shortcut = block_input
             h = keras.layers.Add(name=f"{prefix}_add")([h, shortcut])
             channels = out_channels
-    h = _norm(norm, bn_momentum, bn_epsilon, "final_norm")(h)
-    h = keras.layers.LeakyReLU(negative_slope=leak, name="final_act")(h)
+    h = _norm(norm, bn_momentum, bn_epsilon, "final_norm", bn_unbiased_variance)(h)
+    h = LeakyReLU(negative_slope=leak, name="final_act")(h)
     features = keras.layers.GlobalAveragePooling2D(name="pool")(h)
     return keras.Model(inputs, features, name=name or f"wrn_{depth}_{width}")

@@ -32,6 +32,8 @@ differentiated.
 import keras
 import tensorflow as tf
 
+from keras_ebm.energy import wide_dtype
+
 SCORES = ("code", "logit")
 
 
@@ -83,22 +85,23 @@ def hdge_contrastive_loss(
             denominator. Default: every row counts.
 
     Returns:
-        float32 `[batch]`. With an empty (all-masked) queue the loss is exactly 0.
+        float32 `[batch]` (float64 for float64 logits). With an empty (all-masked) queue the loss is exactly 0.
     """
     _check(temperature, score, label_smoothing)
-    logits = tf.cast(logits, tf.float32)
+    dtype = wide_dtype(logits.dtype)  # float32; float64 logits stay float64
+    logits = tf.cast(logits, dtype)
     num_classes = tf.compat.dimension_value(logits.shape[-1])
     if num_classes is None:
         raise ValueError(
             f"`logits` must have a static class dimension. Received: logits.shape={logits.shape}"
         )
-    queue = tf.stop_gradient(tf.cast(queue_logits, tf.float32))
+    queue = tf.stop_gradient(tf.cast(queue_logits, dtype))
     if queue.shape.rank != 2 or queue.shape[-1] != num_classes:
         raise ValueError(
             f"`queue_logits` must have shape [K, {num_classes}] (one row of logits per stored "
             f"example). Received: queue_logits.shape={queue_logits.shape}"
         )
-    dist = smoothed_labels(labels, num_classes, label_smoothing)
+    dist = smoothed_labels(labels, num_classes, label_smoothing, dtype=dtype)
     # F.normalize semantics (divide by max(||v||, 1e-12)); an all-zero row stays zero.
     query = tf.math.l2_normalize(logits, axis=-1, epsilon=1e-24)
     keys = tf.math.l2_normalize(queue, axis=-1, epsilon=1e-24)

@@ -243,17 +243,18 @@ class SAMGradients:
 
     def perturbation(self, grads, variables):
         """ε for first-pass gradients `grads` at `variables` (a list aligned with them)."""
-        grads = [tf.cast(g, tf.float32) for g in grads]
+        # float32 arithmetic (float16 gradients are widened), float64 when the gradients are float64.
+        dtype = tf.float64 if any(g.dtype == tf.float64 for g in grads) else tf.float32
+        grads = [tf.cast(g, dtype) for g in grads]
         if self.adaptive:
             scales = [
-                tf.abs(tf.cast(tf.convert_to_tensor(v), tf.float32)) + tf.cast(self.eta, tf.float32)
-                for v in variables
+                tf.abs(tf.cast(tf.convert_to_tensor(v), dtype)) + run_settings.as_tensor(self.eta, dtype) for v in variables
             ]
         else:
             scales = [None] * len(grads)
         scaled = [g if t is None else t * g for g, t in zip(grads, scales)]
         norm = tf.linalg.global_norm(scaled)
-        factor = tf.cast(self.rho, tf.float32) / (norm + tf.cast(self.epsilon, tf.float32))
+        factor = run_settings.as_tensor(self.rho, dtype) / (norm + run_settings.as_tensor(self.epsilon, dtype))
         # ASAM: ε = ρ T (T g) / ||T g||, the SAM step taken in the rescaled weights T⁻¹w.
         return [
             factor * (s if t is None else t * s) for s, t in zip(scaled, scales)

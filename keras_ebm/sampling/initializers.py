@@ -1,6 +1,6 @@
 """Chain initialisers p_0(x): where SGLD chains start (replay-buffer fill and re-initialisation).
 
-An initialiser is a plain object with `init(shape, seed, y=None)` returning float32 images of
+An initialiser is a plain object with `init(shape, seed, y=None, dtype=tf.float32)` returning images of
 `shape = [n, height, width, channels]` (`n` may be a scalar tensor), drawn with the stateless seed
 `seed` (an int tensor of shape [2]), optionally conditioned on int labels `y` [n].
 """
@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ebm import random_draws
 from keras_ebm import resources
 
 
@@ -43,12 +44,10 @@ class UniformInitializer:
     def __init__(self, pixel_range=(-1.0, 1.0)):
         self.pixel_range = _check_pixel_range(pixel_range)
 
-    def init(self, shape, seed, y=None):
-        """Images U(lo, hi) of `shape`; `y` is ignored (the distribution has no classes)."""
+    def init(self, shape, seed, y=None, dtype=tf.float32):
+        """Images U(lo, hi) of `shape` and `dtype`; `y` is ignored (the distribution has no classes)."""
         lo, hi = self.pixel_range
-        return tf.random.stateless_uniform(
-            shape, seed=seed, minval=lo, maxval=hi, dtype=tf.float32
-        )
+        return random_draws.uniform("init_uniform", shape, seed=seed, minval=lo, maxval=hi, dtype=dtype)
 
     def get_config(self):
         return {"pixel_range": list(self.pixel_range)}
@@ -88,6 +87,15 @@ class InformativeInitializer:
         jitter: float added to the covariance diagonal before the Cholesky factorisation (JEM++
             uses 1e-4); it makes rank-deficient covariances (fewer images than pixels, constant
             pixels) factorisable.
+        factor_order: the pixel order of the flattened vectors `mean` and `cov` describe:
+            `"hwc"` (default, channels-last, keras_ebm's images) or `"chw"` (channels-first, the
+            order of the official JEM++ / SADA-JEM code, which flattens NCHW tensors). The Cholesky
+            factor of a permuted covariance is not the permuted factor, so the same standard-normal
+            draw z gives a different image in each order; `"chw"` reproduces the official samples
+            from the official draws (tests/test_parity_jempp.py). Samples are returned channels-last
+            either way.
+        dtype: `"float32"` (default) or `"float64"`, the dtype of the stored factors, of z and of
+            the sample arithmetic (float64 for float64 parity runs; it doubles the memory).
 
     Example:
 
@@ -102,7 +110,7 @@ class InformativeInitializer:
         - [Yang and Ji, 2021 (JEM++)](https://arxiv.org/abs/2109.09032), section 3.
     """
 
-    def __init__(self, mean, cov, pixel_range=(-1.0, 1.0), jitter=1e-4):
+    def __init__(self, mean, cov, pixel_range=(-1.0, 1.0), jitter=1e-4, factor_order="hwc", dtype="float32"):
         mean = np.asarray(mean, np.float64)
         cov = np.asarray(cov, np.float64)
         if mean.ndim != 2 or cov.ndim != 3 or cov.shape != mean.shape + mean.shape[-1:]:
@@ -114,10 +122,12 @@ class InformativeInitializer:
             raise ValueError(f"`jitter` must be non-negative. Received: jitter={jitter}")
         self.pixel_range = _check_pixel_range(pixel_range)
         self.jitter = float(jitter)
+        self.factor_order = _check_factor_order(factor_order)
+        self.dtype = _check_dtype(dtype)
         num_classes, dim = mean.shape
         check_gaussian_memory(num_classes, dim, accumulate=False)
-        # One class at a time into float32 factors: the peak is the covariances plus the factors.
-        cholesky = np.empty(cov.shape, np.float32)
+        # One class at a time into `dtype` factors: the peak is the covariances plus the factors.
+        cholesky = np.empty(cov.shape, self.dtype)
         eye = self.jitter * np.eye(dim)
         for c in range(num_classes):
             try:
@@ -131,28 +141,31 @@ class InformativeInitializer:
         self.set_statistics(mean, cholesky)
 
     def get_statistics(self):
-        """The fitted statistics as float32 numpy arrays: `mean` `[C, D]` and `cholesky` `[C, D, D]`
-        (the factors of the jittered covariances)."""
+        """The fitted statistics as numpy arrays (of `dtype`): `mean` `[C, D]` and `cholesky`
+        `[C, D, D]` (the factors of the jittered covariances)."""
         return {"mean": self.mean.numpy(), "cholesky": self.cholesky.numpy()}
 
     def set_statistics(self, mean, cholesky):
         """Install fitted statistics (`get_statistics()`'s arrays); the shapes set `num_classes`
         and `dim`."""
-        mean = np.asarray(mean, np.float32)
-        cholesky = np.asarray(cholesky, np.float32)
+        dtype = getattr(self, "dtype", "float32")
+        mean = np.asarray(mean, dtype)
+        cholesky = np.asarray(cholesky, dtype)
         if mean.ndim != 2 or cholesky.shape != mean.shape + mean.shape[-1:]:
             raise ValueError(
                 "`mean` must have shape [num_classes, dim] and `cholesky` [num_classes, dim, dim]. "
                 f"Received: mean.shape={mean.shape}, cholesky.shape={cholesky.shape}"
             )
         self.num_classes, self.dim = (int(d) for d in mean.shape)
-        self.mean = tf.constant(mean, tf.float32)
-        self.cholesky = tf.constant(cholesky, tf.float32)
+        self.mean = tf.constant(mean, dtype)
+        self.cholesky = tf.constant(cholesky, dtype)
 
     def get_config(self):
         return {
             "pixel_range": list(self.pixel_range),
             "jitter": self.jitter,
+            "factor_order": self.factor_order,
+            "dtype": self.dtype,
             "num_classes": self.num_classes,
             "dim": self.dim,
         }
@@ -167,15 +180,17 @@ class InformativeInitializer:
         init = cls.__new__(cls)
         init.pixel_range = _check_pixel_range(config.pop("pixel_range", (-1.0, 1.0)))
         init.jitter = float(config.pop("jitter", 1e-4))
+        init.factor_order = _check_factor_order(config.pop("factor_order", "hwc"))
+        init.dtype = _check_dtype(config.pop("dtype", "float32"))
         if config:
             raise ValueError(f"Unknown InformativeInitializer config keys. Received: {sorted(config)}")
-        init.set_statistics(np.zeros([num_classes, dim], np.float32), np.zeros([num_classes, dim, dim], np.float32))
+        init.set_statistics(np.zeros([num_classes, dim], init.dtype), np.zeros([num_classes, dim, dim], init.dtype))
         return init
 
     @classmethod
     def from_dataset(
         cls, dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), cache_path=None, jitter=1e-4,
-        source=None,
+        source=None, factor_order="hwc",
     ):
         """Fit the per-class Gaussians to labelled images (or reload them from `cache_path`).
 
@@ -188,12 +203,13 @@ class InformativeInitializer:
             pixel_range: `(lo, hi)`, the pixel range of the float images and of the samples.
             cache_path: optional `.npz` path. If the file exists the statistics are read from it
                 (the data is not touched); otherwise they are computed and written there.
-            jitter: see the class docstring.
+            jitter, factor_order: see the class docstring.
             source: optional dict describing the data (dataset, split, max_examples), stored in
                 the cache with `num_classes` and `pixel_range`; a cache written for other data or
                 another pixel range is refused instead of being reused silently.
         """
         key = {"num_classes": int(num_classes), "pixel_range": [float(v) for v in pixel_range],
+               **({"factor_order": factor_order} if factor_order != "hwc" else {}),
                **{k: v for k, v in (source or {}).items()}}
         if cache_path is not None and os.path.exists(cache_path):
             with np.load(cache_path) as cached:
@@ -212,8 +228,8 @@ class InformativeInitializer:
                         f"The cached class statistics at {cache_path} were computed for other data "
                         f"(cached vs requested: {differ}); delete the file or pass another cache_path."
                     )
-            return cls(mean, cov, pixel_range=pixel_range, jitter=jitter)
-        mean, cov = class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range)
+            return cls(mean, cov, pixel_range=pixel_range, jitter=jitter, factor_order=factor_order)
+        mean, cov = class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range, factor_order)
         # Rounded to the float32 the cache stores (in place, per class: no extra float64 copy), so
         # the run that fits the statistics and every run that reads them back (a resumed run, the
         # next run) sample the same chains: a run killed and resumed ends bit-identical to an
@@ -227,15 +243,17 @@ class InformativeInitializer:
             tmp = f"{cache_path}.{os.getpid()}.tmp.npz"  # written whole, then renamed: no half files
             np.savez(tmp, mean=mean.astype(np.float32), cov=cov.astype(np.float32), key=json.dumps(key))
             os.replace(tmp, cache_path)
-        return cls(mean, cov, pixel_range=pixel_range, jitter=jitter)
+        return cls(mean, cov, pixel_range=pixel_range, jitter=jitter, factor_order=factor_order)
 
-    def init(self, shape, seed, y=None):
-        """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes)."""
+    def init(self, shape, seed, y=None, dtype=tf.float32):
+        """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes),
+        computed in the factors' dtype (`self.dtype`) and returned as `dtype`."""
         shape = tf.convert_to_tensor(shape, tf.int32)
         n = shape[0]
         seed = tf.cast(seed, tf.int64)
         if y is None:
-            y = tf.random.stateless_uniform(
+            y = random_draws.uniform(
+                "init_class",
                 [n],
                 seed=tf.random.experimental.stateless_fold_in(seed, 1),
                 minval=0,
@@ -243,7 +261,7 @@ class InformativeInitializer:
                 dtype=tf.int32,
             )
         y = tf.cast(tf.reshape(y, [-1]), tf.int32)
-        z = tf.random.stateless_normal([n, self.dim], seed=seed, dtype=tf.float32)
+        z = random_draws.normal("init_normal", [n, self.dim], seed=seed, dtype=self.dtype)
         # One matmul per class over that class's rows only: gathering a [dim, dim] factor per
         # sample would cost batch × 38 MB for CIFAR.
         positions = tf.dynamic_partition(tf.range(n), y, self.num_classes)
@@ -254,7 +272,21 @@ class InformativeInitializer:
         ]
         x = tf.dynamic_stitch(positions, x_parts)
         x = tf.clip_by_value(x, self.pixel_range[0], self.pixel_range[1])
-        return tf.reshape(x, shape)
+        if self.factor_order == "chw":
+            x = tf.transpose(tf.reshape(x, tf.stack([n, shape[3], shape[1], shape[2]])), [0, 2, 3, 1])
+        return tf.cast(tf.reshape(x, shape), dtype)
+
+
+def _check_factor_order(factor_order):
+    if factor_order not in ("hwc", "chw"):
+        raise ValueError(f"`factor_order` must be 'hwc' or 'chw'. Received: factor_order={factor_order!r}")
+    return factor_order
+
+
+def _check_dtype(dtype):
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"`dtype` must be 'float32' or 'float64'. Received: dtype={dtype!r}")
+    return dtype
 
 
 def check_gaussian_memory(num_classes, dim, accumulate):
@@ -271,8 +303,9 @@ def check_gaussian_memory(num_classes, dim, accumulate):
     )
 
 
-def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0)):
-    """Per-class mean `[C, D]` and biased covariance `[C, D, D]` (float64) of flattened images.
+def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), factor_order="hwc"):
+    """Per-class mean `[C, D]` and biased covariance `[C, D, D]` (float64) of flattened images
+    (flattened channels-last, or channels-first with `factor_order="chw"`).
 
     Streams over the batches, accumulating sums and sums of outer products in float64. See
     `InformativeInitializer.from_dataset` for the accepted inputs. Raises if a class has no image.
@@ -290,6 +323,8 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         if images.dtype == np.uint8:
             images = images.astype(np.float64) / 255.0 * (hi - lo) + lo
+        if _check_factor_order(factor_order) == "chw":
+            images = np.transpose(images, (0, 3, 1, 2))
         flat = images.reshape(images.shape[0], -1).astype(np.float64)
         if sums is None:
             dim = flat.shape[1]

@@ -5,7 +5,7 @@ import random
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute, resources, run_settings
+from keras_ebm import distribute, random_draws, resources, run_settings
 from keras_ebm.sampling.initializers import UniformInitializer
 
 
@@ -154,11 +154,13 @@ class ReplayBuffer(keras.layers.Layer):
             self.labels = None
 
         def fill(shape, dtype=None):
-            return tf.cast(self.initializer.init(shape, fill_seed, y=self._fill_labels()), dtype or "float32")
+            dtype = tf.as_dtype(dtype or self.variable_dtype)
+            return tf.cast(self._init(shape, fill_seed, self._fill_labels(), dtype), dtype)
 
         self.buffer = self.add_weight(
             shape=(self.size,) + self.image_shape,
-            dtype="float32",
+            # float32, also under mixed_bfloat16 (the variable dtype); float64 under a float64 policy.
+            dtype=self.variable_dtype,
             initializer=fill,
             trainable=False,
             # `update` scatters into the variable itself; autocast would hand it a cast copy.
@@ -166,6 +168,13 @@ class ReplayBuffer(keras.layers.Layer):
             name="buffer",
         )
         self.built = True
+
+    def _init(self, shape, seed, y, dtype):
+        """`initializer.init` in `dtype` (float64 buffers); float32 buffers call it as before, so
+        initialisers without a `dtype` argument keep working."""
+        if tf.as_dtype(dtype) == tf.float32:
+            return self.initializer.init(shape, seed, y=y)
+        return self.initializer.init(shape, seed, y=y, dtype=dtype)
 
     def _block_labels(self):
         return tf.repeat(tf.range(self.num_classes, dtype=tf.int32), self.block_size)
@@ -207,26 +216,24 @@ class ReplayBuffer(keras.layers.Layer):
         batch_size = tf.cast(batch_size, tf.int32)
         if self.class_conditional:
             if y is None:
-                y = tf.random.stateless_uniform(
-                    [batch_size], seed=fold(seed, 0), maxval=self.num_classes, dtype=tf.int32
+                y = random_draws.uniform(
+                    "buffer_class", [batch_size], seed=fold(seed, 0), maxval=self.num_classes, dtype=tf.int32
                 )
-            offset = tf.random.stateless_uniform(
-                [batch_size], seed=fold(seed, 1), maxval=self.block_size, dtype=tf.int32
+            offset = random_draws.uniform(
+                "buffer_index", [batch_size], seed=fold(seed, 1), maxval=self.block_size, dtype=tf.int32
             )
             idx = y * self.block_size + offset
         else:
-            idx = tf.random.stateless_uniform(
-                [batch_size], seed=fold(seed, 1), maxval=self.size, dtype=tf.int32
+            idx = random_draws.uniform(
+                "buffer_index", [batch_size], seed=fold(seed, 1), maxval=self.size, dtype=tf.int32
             )
         # A sparse read: converting the Keras variable to a tensor would copy the whole buffer.
         x_buffer = tf.gather(self.buffer.value, idx)
         if not run_settings.structure_of(self, "reinit_prob"):  # 0: no fresh draws in the graph
             return x_buffer, idx
         # Fresh samples for the whole batch keep the shapes static; only a fraction is kept.
-        fresh = tf.cast(
-            self.initializer.init(tf.shape(x_buffer), fold(seed, 2), y=y), x_buffer.dtype
-        )
-        reinit = tf.random.stateless_uniform([batch_size], seed=fold(seed, 3)) < self.reinit_prob
+        fresh = tf.cast(self._init(tf.shape(x_buffer), fold(seed, 2), y, x_buffer.dtype), x_buffer.dtype)
+        reinit = random_draws.uniform("reinit", [batch_size], seed=fold(seed, 3)) < self.reinit_prob
         x0 = tf.where(reinit[:, None, None, None], fresh, x_buffer)
         return x0, idx
 

@@ -9,6 +9,7 @@ from keras_ebm.state import discard_updates
 from keras_ebm.state import get_stateless_scope
 
 from keras_ebm import distribute
+from keras_ebm import random_draws
 from keras_ebm import run_settings
 
 _REDUCTIONS = ("sum", "mean")
@@ -87,7 +88,7 @@ class SGLDSampler:
     variables the compiled chain reads (assign them between training steps, e.g. the divergence
     guard's "more SGLD steps"; no retrace); `grad_clip`, `x_clip`, `energy_reduction`,
     `energy_training`, `freeze_bn_stats` and `jit_compile` shape the graph, so a change rebuilds
-    the trainer's step. The noise is drawn at every step and scaled by `noise_std` (0 adds 0).
+    the trainer's step. The noise is scaled by `noise_std`; at 0 no noise is drawn (crossing 0 retraces).
 
     Cost: a step is one forward pass and one backward pass to the input, nothing else per step.
     The diagnostics of `sample_with_stats` are reduced once, after the loop, from the last step's
@@ -118,7 +119,7 @@ class SGLDSampler:
 
     n_steps = run_settings.Setting("int32", minimum=0)
     step_size = run_settings.Setting(minimum=0.0)
-    noise_std = run_settings.Setting(minimum=0.0)
+    noise_std = run_settings.Setting(minimum=0.0, structure=lambda v: v > 0)
     grad_clip = run_settings.TraceSetting()
     x_clip = run_settings.TraceSetting()
     energy_reduction = run_settings.TraceSetting()
@@ -227,8 +228,9 @@ class SGLDSampler:
         """The chain as a `tf.function` (XLA-compiled with `jit_compile`), cached per energy function
         and per setting read while tracing. Inside a `keras.StatelessScope` (SAM's second pass,
         `discard_updates`) the trace captures the scope's variable values, so it is not cached."""
-        # n_steps, step_size and noise_std are variables the function reads: not part of the key.
-        key = (energy_fn, with_stats, run_settings.signature(self))
+        # n_steps, step_size and noise_std are variables the function reads: not part of the key
+        # (noise_std's structural part, whether noise is drawn at all, is in the signature).
+        key = (energy_fn, with_stats, run_settings.signature(self), random_draws.replaying())
         chain = self._chain_functions.get(key)
         if chain is None:
             def run_chain(x, y, seed, n_steps):
@@ -251,14 +253,16 @@ class SGLDSampler:
             step_grad = grad
             if self.grad_clip is not None:
                 step_grad = tf.clip_by_value(grad, -self.grad_clip, self.grad_clip)
-            x_next = x - tf.cast(self.step_size, x.dtype) * step_grad
-            # Always drawn and scaled (a variable: noise_std may change between steps; 0 adds 0).
-            noise = tf.random.stateless_normal(
-                tf.shape(x),
-                seed=tf.random.experimental.stateless_fold_in(seed, step),
-                dtype=x.dtype,
-            )
-            x_next = x_next + tf.cast(self.noise_std, x.dtype) * noise
+            # Exact in float64 (run_settings.as_tensor: no detour through float32).
+            x_next = x - run_settings.as_tensor(self.step_size, x.dtype) * step_grad
+            if run_settings.structure_of(self, "noise_std"):  # noise_std > 0 (a variable otherwise)
+                noise = random_draws.normal(
+                    "sgld_noise",
+                    tf.shape(x),
+                    seed=tf.random.experimental.stateless_fold_in(seed, step),
+                    dtype=x.dtype,
+                )
+                x_next = x_next + run_settings.as_tensor(self.noise_std, x.dtype) * noise
             if self.x_clip is not None:
                 x_next = tf.clip_by_value(x_next, self.x_clip[0], self.x_clip[1])
             return x_next, energies, grad

@@ -134,8 +134,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     # ------------------------------------------------------------------ Keras plumbing
     def call(self, x, training=False):
         # float32 logits whatever the network computes in (mixed_bfloat16: energies, losses and
-        # scores stay float32).
-        return tf.cast(self.network(x, training=training), tf.float32)
+        # scores stay float32); float64 under a float64 policy (`energy_lib.wide_dtype`).
+        logits = self.network(x, training=training)
+        return tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
 
     def build(self, input_shape=None):
         if not self.network.built:
@@ -386,11 +387,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         function (plain or SAM) differentiates `logs["loss"]`.
         """
         variables = self.trainable_variables
-        grads, logs = self.gradients(
-            lambda: self.compute_losses(batch, negatives, training=True), variables
-        )
+        grads, logs = self.gradients(self.loss_closure(batch, negatives), variables)
         self.optimizer.apply(add_weight_decay(grads, variables, self.weight_decay), variables)
         return logs
+
+    def loss_closure(self, batch, negatives):
+        """The zero-argument loss function the gradient function differentiates (SAM calls it twice:
+        at w, then at w + e). Default: `compute_losses(batch, negatives, training=True)` each time."""
+        return lambda: self.compute_losses(batch, negatives, training=True)
 
     def after_step(self, batch, negatives, logs):
         """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
@@ -398,13 +402,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ shared pieces
     def classifier_logs(self, logits, y):
-        """Cross-entropy, accuracy and mean data energy of a classifier batch (in float32)."""
-        logits = tf.cast(logits, tf.float32)
+        """Cross-entropy, accuracy and mean data energy of a classifier batch (in float32; float64
+        for float64 logits)."""
+        logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
         clf_loss = tf.reduce_mean(
             keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
         )
         clf_acc = tf.reduce_mean(
-            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), logits.dtype)
         )
         return {
             "loss": clf_loss,
@@ -494,9 +499,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             raise self._image_shape_error(name, tuple(x.shape))
         if not x.dtype.is_floating:
             raise self._image_dtype_error(name, x.dtype.name)
-        # Images, chains and the replay buffer stay float32; a mixed-precision network casts its
-        # own inputs to its compute dtype.
-        x = tf.cast(x, tf.float32)
+        # Images, chains and the replay buffer stay float32 (the variable dtype; float64 under a
+        # float64 policy); a mixed-precision network casts its own inputs to its compute dtype.
+        x = tf.cast(x, self.variable_dtype)
         if self.check_finite_inputs:
             replicas = tf.distribute.get_strategy().num_replicas_in_sync if require_examples else 1
             if replicas > 1:
@@ -519,7 +524,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             )
             low, high = self._pixel_bounds()
             in_scale = tf.debugging.assert_less_equal(
-                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), (high - low) / 2,
+                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), tf.cast((high - low) / 2, x.dtype),
                 message=(
                     f"The {name} images lie far outside pixel_range {self.pixel_range} (beyond "
                     f"[{low:g}, {high:g}]): 0..255 pixels passed as floats? Map uint8 images with "

@@ -23,6 +23,8 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import distribute
+from keras_ebm import energy as energy_lib
+from keras_ebm import random_draws
 from keras_ebm import run_settings
 from keras_ebm.backbones.classifier import feature_extractor
 from keras_ebm.heads import mmc_head
@@ -224,8 +226,10 @@ class GMMC(EBMTrainer):
         """0.5 ||phi(x) - z||^2 per sample `[batch]`, float32: the energy the chains descend
         (eq. 8-9). Computed in float32 whatever the backbone's dtype policy, as the MMC head
         (under mixed_float16, squares of float16 differences overflow beyond 256)."""
-        phi = tf.cast(self.features(x, training=training), tf.float32)
-        return 0.5 * tf.reduce_sum(tf.square(phi - tf.cast(z, tf.float32)), axis=-1)
+        phi = self.features(x, training=training)
+        dtype = energy_lib.wide_dtype(phi.dtype)  # float32; float64 under a float64 policy
+        phi = tf.cast(phi, dtype)
+        return 0.5 * tf.reduce_sum(tf.square(phi - tf.cast(z, dtype)), axis=-1)
 
     def draw_latents(self, y, seed=None):
         """z = mu_y + latent_std * N(0, I), `[batch, dim]` (the seed defaults to a replica-distinct
@@ -235,8 +239,9 @@ class GMMC(EBMTrainer):
         if self.latent_std == 0.0:
             return mu
         seed = distribute.replica_seed(self.seed_generator) if seed is None else seed
-        noise = tf.random.stateless_normal(tf.shape(mu), seed=seed, dtype=mu.dtype)
-        return mu + tf.cast(std, mu.dtype) * noise
+        noise = random_draws.normal("latent_normal", tf.shape(mu), seed=seed, dtype=mu.dtype)
+        std = tf.constant(std, mu.dtype) if isinstance(std, float) else tf.cast(std, mu.dtype)
+        return mu + std * noise
 
     def _sampler_energy(self, x, z, training=False):
         # The sampler's `y` argument carries the latent target z: fixed across the steps of one
@@ -315,7 +320,12 @@ class GMMC(EBMTrainer):
             active = self.balance() > 0.0
             n_steps = tf.where(active, n_steps, 0)
         x, stats = self.sample_chains(x0, y, n_steps=n_steps)
-        self.buffer.update(idx, x)
+        written = x
+        if active is not None:
+            # Before the switch the reference code never touches the buffer: write the rows back
+            # as they were (x0 would re-initialise about reinit_prob of them).
+            written = tf.where(active, x, tf.gather(self.buffer.buffer.value, idx))
+        self.buffer.update(idx, written)
         negatives = {"x": x, "y": y, "sgld_grad_norm": stats["grad_norm"]}
         if active is not None:
             negatives["active"] = active
@@ -327,7 +337,7 @@ class GMMC(EBMTrainer):
         center_loss = tf.reduce_mean(self.head.center_loss(phi, y))
         logits = self.head(phi)
         clf_acc = tf.reduce_mean(
-            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.float32)
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), center_loss.dtype)
         )
         zero = tf.zeros_like(center_loss)
         logs = {

@@ -13,6 +13,7 @@ JEM's sampler and replay buffer unchanged.
 import keras
 import tensorflow as tf
 
+from keras_ebm import energy as energy_lib
 from keras_ebm import run_settings
 from keras_ebm.losses.hdge import SCORES, hdge_contrastive_loss, smoothed_labels
 from keras_ebm.queues import FeatureQueue
@@ -194,10 +195,11 @@ class HDGE(JEM):
 
     def classifier_logs(self, logits, y):
         """JEM's classifier logs plus the contrastive term; also used by `test_step`."""
-        logits = tf.cast(logits, tf.float32)  # the queue and the contrastive term are float32
+        # The queue and the contrastive term are float32 (float64 under a float64 policy).
+        logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
         logs = super().classifier_logs(logits, y)
         if self.label_smoothing:
-            dist = smoothed_labels(y, self.num_classes, self.label_smoothing)
+            dist = smoothed_labels(y, self.num_classes, self.label_smoothing, dtype=logits.dtype)
             logs["clf_loss"] = tf.reduce_mean(
                 keras.losses.categorical_crossentropy(dist, logits, from_logits=True)
             )

@@ -68,6 +68,11 @@ class JEM(EBMTrainer):
             authors suggest against divergence (~0.1, JEM issue #4). `energy_l2_mode="samples"`
             penalises mean E^2 over samples (default); `"means"` squares the batch means, as the
             SADA-JEM code does (`l2_coeff * (fp^2 + fq^2)`).
+        energy_l2_second_pass: with SAM (`gradients=SAMGradients(...)`), whether the second pass's
+            loss (at w + e, the gradient the optimizer applies) includes the `energy_l2` penalty.
+            True (default) differentiates the same loss twice; False is the SADA-JEM code, whose
+            second pass recomputes only `-(fp - fq)` and the cross-entropy, so the penalty shapes
+            only the perturbation (sndnyang/SADAJEM train_sadajem.py; `SADAJEM`'s default).
         bn_stats_from_samples: whether the loss's forward pass on SGLD samples (BN in train mode)
             updates BatchNorm moving statistics. True reproduces the JEM++/SADA-JEM code, whose
             evaluation-time statistics then mix data and sample statistics (about 90% the labelled
@@ -89,6 +94,7 @@ class JEM(EBMTrainer):
     )
     config_attributes = EBMTrainer.config_attributes + (
         "clf_weight", "px_weight", "pxy_weight", "energy_l2", "energy_l2_mode", "bn_stats_from_samples",
+        "energy_l2_second_pass",
     )
     # Run-time settings (keras_ebm.run_settings): the loss weights and the energy L2 coefficient
     # are variables the compiled step reads (the divergence guard's energy L2 remedy, schedules);
@@ -99,6 +105,7 @@ class JEM(EBMTrainer):
     energy_l2 = run_settings.Setting(minimum=0.0)
     energy_l2_mode = run_settings.TraceSetting()
     bn_stats_from_samples = run_settings.TraceSetting(bool)
+    energy_l2_second_pass = run_settings.TraceSetting(bool)
 
     def __init__(
         self,
@@ -116,6 +123,7 @@ class JEM(EBMTrainer):
         energy_l2=0.0,
         energy_l2_mode="samples",
         bn_stats_from_samples=True,
+        energy_l2_second_pass=True,
         **kwargs,
     ):
         super().__init__(network, image_shape, num_classes, **kwargs)
@@ -137,6 +145,7 @@ class JEM(EBMTrainer):
         self.energy_l2 = energy_l2
         self.energy_l2_mode = energy_l2_mode
         self.bn_stats_from_samples = bool(bn_stats_from_samples)
+        self.energy_l2_second_pass = bool(energy_l2_second_pass)
 
     # The energies the sampler descends; the training flag is the sampler's (explicit) choice.
     def _energy(self, x, y=None, training=False):
@@ -181,7 +190,20 @@ class JEM(EBMTrainer):
         with discard_updates():
             return self(x, training=training)
 
-    def compute_losses(self, batch, negatives, training=True):
+    def loss_closure(self, batch, negatives):
+        """`EBMTrainer.loss_closure`; without `energy_l2_second_pass`, calls after the first (SAM's
+        second pass) leave out the energy L2 penalty (traced in call order: first pass, second)."""
+        if self.energy_l2_second_pass:  # (energy_l2 is a variable: 0 leaves 0 out of both passes)
+            return super().loss_closure(batch, negatives)
+        calls = []
+
+        def loss_fn():
+            calls.append(None)
+            return self.compute_losses(batch, negatives, training=True, energy_l2=len(calls) == 1)
+
+        return loss_fn
+
+    def compute_losses(self, batch, negatives, training=True, energy_l2=True):
         # Forward passes in the official loops' order (JEM, JEM++, SADA-JEM train scripts): the
         # p(x) data batch, then SGLD (reading `negatives` draws it), then the samples, then the
         # classifier batch last. With BN in train mode and PyTorch momentum 0.9 (Keras 0.1) the
@@ -207,14 +229,14 @@ class JEM(EBMTrainer):
                 energy_gap=tf.reduce_mean(e_sample) - tf.reduce_mean(e_data),
                 sgld_grad_norm=negatives["sgld_grad_norm"],
             )
-            generative = self.px_weight * px_loss + self._l2(e_data, e_sample)
+            generative = self.px_weight * px_loss + (self._l2(e_data, e_sample) if energy_l2 else 0.0)
         if pxy_on:
             y = batch["y_px"]
             e_data_y = energy_lib.class_energy(logits_px, y)
             e_sample_y = energy_lib.class_energy(self._sample_logits(negatives["x_y"], training), y)
             pxy_loss = tf.reduce_mean(e_data_y) - tf.reduce_mean(e_sample_y)
             logs["pxy_loss"] = pxy_loss
-            generative = generative + self.pxy_weight * pxy_loss + self._l2(e_data_y, e_sample_y)
+            generative = generative + self.pxy_weight * pxy_loss + (self._l2(e_data_y, e_sample_y) if energy_l2 else 0.0)
         if logits is None:
             logits = self(batch["x"], training=training)
         clf_logs = self.classifier_logs(logits, batch["y"])
@@ -263,11 +285,12 @@ class SADAJEM(JEMPP):
     adaptive=True, eta=0.0)`). Feed it two loaders (augmented classifier batch, un-augmented p(x)
     batch) with `keras_ebm.data.make_two_branch_dataset`; use a BN backbone
     (`WideResNet(norm="batch")`). The second SAM pass reuses the same SGLD samples and does not
-    update BN moving statistics (sndnyang/SADAJEM train_sadajem.py).
+    update BN moving statistics, and leaves out the `energy_l2` penalty (`energy_l2_second_pass=False`;
+    sndnyang/SADAJEM train_sadajem.py).
     """
 
     def __init__(self, network, image_shape, num_classes, sampler=None, gradients=None,
-                 pixel_range=(-1.0, 1.0), **kwargs):
+                 pixel_range=(-1.0, 1.0), energy_l2_second_pass=False, **kwargs):
         if sampler is None:
             sampler = SGLDSampler(
                 n_steps=5, step_size=1.0, noise_std=0.0, grad_clip=1.0, x_clip=tuple(pixel_range),
@@ -275,5 +298,6 @@ class SADAJEM(JEMPP):
             )
         super().__init__(
             network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range,
-            gradients=gradients if gradients is not None else SAMGradients(rho=0.2), **kwargs,
+            gradients=gradients if gradients is not None else SAMGradients(rho=0.2),
+            energy_l2_second_pass=energy_l2_second_pass, **kwargs,
         )
