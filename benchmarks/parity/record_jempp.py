@@ -124,6 +124,45 @@ def patch_torch_load(dataset, centers, covs):
     return lambda: setattr(torch, "load", original)
 
 
+def capture_setup(T, golden, tape):
+    """Wrap the official `get_model_and_buffer` and `init_from_centers` of module `T`: record the
+    initial weights and the informative buffer; the draws after the buffer fill belong to step 0.
+    Returns the dict that receives the model ("f") and the buffer ("buffer")."""
+    held = {}
+    original_get, original_centers = T.get_model_and_buffer, T.init_from_centers
+
+    def get_model_and_buffer(*a, **k):
+        f, buffer = original_get(*a, **k)
+        held["f"] = f
+        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
+        return f, buffer
+
+    def init_from_centers(*a, **k):
+        buffer = original_centers(*a, **k)
+        held["buffer"] = buffer
+        golden.add("init_state/replay_buffer", buffer)
+        tape.step = 0
+        return buffer
+
+    T.get_model_and_buffer, T.init_from_centers = get_model_and_buffer, init_from_centers
+    return held
+
+
+def run_main(T, args, precision, tape, owner, attr, factory):
+    """Run the official `T.main(args)` with `owner.attr` (the optimizer class it builds) replaced
+    by `factory` (which installs the tap), in `precision`, until the tap stops it."""
+    original = getattr(owner, attr)
+    setattr(owner, attr, factory)
+    try:
+        with recording.float64_mode(precision == "float64"), tape:
+            try:
+                T.main(args)
+            except recording.StopRecording:
+                pass
+    finally:
+        setattr(owner, attr, original)
+
+
 def unique_state(module):
     """`state_dict()` without alias keys (a module registered twice, as the YOPO network's
     `layer_one` / `other_layers`): the first name of each tensor."""
@@ -240,23 +279,7 @@ def main():
     golden.add("init_state/class_images", stats_x)
     golden.add("init_state/class_labels", stats_y)
     tape = recording.RandomTape([opts.official])
-    held = {}
-    original_get, original_centers = T.get_model_and_buffer, T.init_from_centers
-
-    def get_model_and_buffer(*a, **k):
-        f, buffer = original_get(*a, **k)
-        held["f"] = f
-        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
-        return f, buffer
-
-    def init_from_centers(*a, **k):
-        buffer = original_centers(*a, **k)
-        held["buffer"] = buffer
-        golden.add("init_state/replay_buffer", buffer)
-        tape.step = 0
-        return buffer
-
-    T.get_model_and_buffer, T.init_from_centers = get_model_and_buffer, init_from_centers
+    held = capture_setup(T, golden, tape)
     original_sgd = torch.optim.SGD
     per_step = {}
 
@@ -282,13 +305,7 @@ def main():
         recording.OptimizerTap(opt, STEPS, before=before, after=after, tape=tape)
         return opt
 
-    torch.optim.SGD = make_sgd
-    with recording.float64_mode(opts.precision == "float64"), tape:
-        try:
-            T.main(args)
-        except recording.StopRecording:
-            pass
-    torch.optim.SGD = original_sgd
+    run_main(T, args, opts.precision, tape, torch.optim, "SGD", make_sgd)
     restore_load()
 
     for k in range(STEPS):

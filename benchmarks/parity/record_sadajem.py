@@ -87,23 +87,7 @@ def main():
     golden.add("init_state/class_images", stats_x)
     golden.add("init_state/class_labels", stats_y)
     tape = recording.RandomTape([opts.official])
-    held = {}
-    original_get, original_centers = T.get_model_and_buffer, T.init_from_centers
-
-    def get_model_and_buffer(*a, **k):
-        f, buffer = original_get(*a, **k)
-        held["f"] = f
-        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
-        return f, buffer
-
-    def init_from_centers(*a, **k):
-        buffer = original_centers(*a, **k)
-        held["buffer"] = buffer
-        golden.add("init_state/replay_buffer", buffer)
-        tape.step = 0
-        return buffer
-
-    T.get_model_and_buffer, T.init_from_centers = get_model_and_buffer, init_from_centers
+    held = jp.capture_setup(T, golden, tape)
     original_sam = T.SAM
     per_step = {}
 
@@ -143,13 +127,7 @@ def main():
         tap = recording.OptimizerTap(opt.base_optimizer, STEPS, before=before, after=after, tape=tape)
         return opt
 
-    T.SAM = make_sam
-    with recording.float64_mode(opts.precision == "float64"), tape:
-        try:
-            T.main(args)
-        except recording.StopRecording:
-            pass
-    T.SAM = original_sam
+    jp.run_main(T, args, opts.precision, tape, T, "SAM", make_sam)
     restore_load()
 
     for k in range(STEPS):
