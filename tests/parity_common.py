@@ -155,13 +155,24 @@ class float_precision:
     def __init__(self, precision):
         self.precision = precision
 
+    # Keras caches the global dtype policy the first time it is read (DTypePolicy(floatx())): a
+    # layer built inside would otherwise leave a float64 policy behind for every later test of the
+    # process. The cached policy is saved and restored with floatx.
+
     def __enter__(self):
+        from keras.src.backend.common import global_state
+
         self.old = keras.config.floatx()
+        self.old_policy = global_state.get_global_attribute("dtype_policy", None)
+        global_state.set_global_attribute("dtype_policy", None)
         keras.config.set_floatx(self.precision)
         return self
 
     def __exit__(self, *exc):
+        from keras.src.backend.common import global_state
+
         keras.config.set_floatx(self.old)
+        global_state.set_global_attribute("dtype_policy", self.old_policy)
 
 
 # ----------------------------------------------------------------------------- a step's tensors

@@ -31,6 +31,14 @@ JEM_DRAWS = {
     ("torch.randn_like", "sample_q"): "sgld_noise",
 }
 
+# float32 Adam moments: the largest difference measured in a true float32 run is 7.1e-6 (step 2,
+# 0.4% of a 1.9e-3 entry; 4e-8 on entries near 2e-7): K=2 SGLD steps of size 1 amplify float32
+# round-off from step 1 on, and moments sum three steps' gradients. Until the float32 test ran
+# in float32 (the global dtype policy cached by a float64 test made it run in float64; fixed in
+# parity_common.float_precision) the shared (1e-3, 1e-9) looked enough. atol = 1.5x the measurement.
+FLOAT32_OVERRIDES = {"slots": (1e-3, 1.1e-5)}
+pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
+
 pc.TABLE[METHOD] = {
     "forward": "tol", "loss terms": "tol", "gradients": "tol",
     "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step",
@@ -88,7 +96,7 @@ class Tap:
 def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
     """Replay the official JEM run; returns the Comparer (its failures not yet raised)."""
     golden = pc.Golden("jem", precision)
-    compare = pc.Comparer(precision)
+    compare = pc.Comparer(precision, FLOAT32_OVERRIDES if precision == "float32" else None)
     steps = golden.meta["steps"]
     draws = {}
     for k in range(steps):

@@ -82,7 +82,7 @@ def add_weight_decay(grads, variables, weight_decay):
     if not tf.is_tensor(weight_decay) and not weight_decay:
         return list(grads)
     wd = weight_decay / distribute.num_replicas()
-    return [g if g is None else g + tf.cast(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+    return [g if g is None else g + run_settings.as_tensor(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")

@@ -233,7 +233,8 @@ class ReplayBuffer(keras.layers.Layer):
             return x_buffer, idx
         # Fresh samples for the whole batch keep the shapes static; only a fraction is kept.
         fresh = tf.cast(self._init(tf.shape(x_buffer), fold(seed, 2), y, x_buffer.dtype), x_buffer.dtype)
-        reinit = random_draws.uniform("reinit", [batch_size], seed=fold(seed, 3)) < self.reinit_prob
+        u = random_draws.uniform("reinit", [batch_size], seed=fold(seed, 3))
+        reinit = u < run_settings.as_tensor(self.reinit_prob, u.dtype)
         x0 = tf.where(reinit[:, None, None, None], fresh, x_buffer)
         return x0, idx
 

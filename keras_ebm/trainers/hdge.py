@@ -225,13 +225,14 @@ class HDGE(JEM):
         # gradients are exactly the cross-entropy's.
         if not self._contrastive_on():
             return clf_loss
-        return self.alpha * clf_loss + (1.0 - self.alpha) * contrastive_loss
+        alpha = run_settings.as_tensor(self.alpha, clf_loss.dtype)
+        return alpha * clf_loss + (1.0 - alpha) * contrastive_loss
 
     def compute_losses(self, batch, negatives, training=True):
         # JEM's total is alpha * clf_loss (clf_weight = alpha) plus its log q(x) terms.
         logs = super().compute_losses(batch, negatives, training=training)
         if self._contrastive_on():
-            logs["loss"] = logs["loss"] + (1.0 - self.alpha) * logs["contrastive_loss"]
+            logs["loss"] = logs["loss"] + (1.0 - run_settings.as_tensor(self.alpha, logs["contrastive_loss"].dtype)) * logs["contrastive_loss"]
         return logs
 
     def after_step(self, batch, negatives, logs):

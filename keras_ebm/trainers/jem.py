@@ -229,28 +229,29 @@ class JEM(EBMTrainer):
                 energy_gap=tf.reduce_mean(e_sample) - tf.reduce_mean(e_data),
                 sgld_grad_norm=negatives["sgld_grad_norm"],
             )
-            generative = self.px_weight * px_loss + (self._l2(e_data, e_sample) if energy_l2 else 0.0)
+            generative = run_settings.as_tensor(self.px_weight, px_loss.dtype) * px_loss + (self._l2(e_data, e_sample) if energy_l2 else 0.0)
         if pxy_on:
             y = batch["y_px"]
             e_data_y = energy_lib.class_energy(logits_px, y)
             e_sample_y = energy_lib.class_energy(self._sample_logits(negatives["x_y"], training), y)
             pxy_loss = tf.reduce_mean(e_data_y) - tf.reduce_mean(e_sample_y)
             logs["pxy_loss"] = pxy_loss
-            generative = generative + self.pxy_weight * pxy_loss + (self._l2(e_data_y, e_sample_y) if energy_l2 else 0.0)
+            generative = generative + run_settings.as_tensor(self.pxy_weight, pxy_loss.dtype) * pxy_loss + (self._l2(e_data_y, e_sample_y) if energy_l2 else 0.0)
         if logits is None:
             logits = self(batch["x"], training=training)
         clf_logs = self.classifier_logs(logits, batch["y"])
         # With a p(x) term, energy_data is the p(x) batch's (it overrides the classifier batch's).
         logs = {**clf_logs, **logs}
-        logs["loss"] = self.clf_weight * clf_logs["clf_loss"] + generative
+        logs["loss"] = run_settings.as_tensor(self.clf_weight, clf_logs["clf_loss"].dtype) * clf_logs["clf_loss"] + generative
         return logs
 
     def _l2(self, e_data, e_sample):
         # Always in the graph, times the coefficient the step reads (0 adds exactly 0): the energy
         # L2 remedy of the divergence guard changes it between steps without a retrace.
+        coefficient = run_settings.as_tensor(self.energy_l2, e_data.dtype)
         if self.energy_l2_mode == "means":
-            return self.energy_l2 * (tf.reduce_mean(e_data) ** 2 + tf.reduce_mean(e_sample) ** 2)
-        return self.energy_l2 * (tf.reduce_mean(e_data**2) + tf.reduce_mean(e_sample**2))
+            return coefficient * (tf.reduce_mean(e_data) ** 2 + tf.reduce_mean(e_sample) ** 2)
+        return coefficient * (tf.reduce_mean(e_data**2) + tf.reduce_mean(e_sample**2))
 
     def run_chains(self, x0, y, n_steps=None):
         """`generate`'s chains: on E(x), or on E(x, y) when labels are given."""
