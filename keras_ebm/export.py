@@ -412,6 +412,13 @@ class ServingModule(tf.Module):
         # tf.function runs these stateful asserts in program order: the first failing one speaks.
         checks = [
             tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"images hold NaN or Inf; {expected}"]),
+            # Values outside [0, 255] that all lie in [-1, 1]: images on a model's [-1, 1] scale.
+            tf.debugging.Assert(
+                tf.logical_or(tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
+                              tf.logical_not(tf.logical_and(lo >= -1.0, hi <= 1.0))),
+                [f"images hold values outside [0, 255], all in [-1, 1]: images scaled to [-1, 1]? They "
+                 f"become pixels by np.round((x + 1) * 127.5). ({expected}.) Received min, max:", lo, hi],
+            ),
             tf.debugging.Assert(
                 tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
                 [f"images hold values outside [0, 255]; {expected}. Received min, max:", lo, hi],

@@ -396,7 +396,8 @@ def test_float_images_that_are_not_pixel_values_are_refused(exported):
         (np.full(shape, np.inf), "NaN or Inf", "np\\.round"),
         (np.full(shape, 300.0), r"outside \[0, 255\]", "np\\.round"),
         (np.full(shape, 300, np.int64), r"outside \[0, 255\]", "np\\.round"),
-        (-np.ones(shape, np.float32), r"outside \[0, 255\]", "np\\.round"),
+        (np.full(shape, -5.0, np.float32), r"outside \[0, 255\]", "np\\.round"),
+        (-np.ones(shape, np.float32), r"outside \[0, 255\], all in \[-1, 1\].*np\.round\(\(x \+ 1\) \* 127\.5\)", unit),
         (binary, r"look like floats in \[0, 1\].*" + unit, pixels),
     ]
     for bad, message, not_said in cases:
