@@ -259,7 +259,9 @@ def test_eval_py_robustness_generative_sample_quality_and_compare(tmp_path):
           "--attack_steps=2", "--eval_examples=20"])
     results = json.loads((sadajem / "eval" / "results.json").read_text())
     assert {"sadajem_fig5_linf", "pgd_l2"} <= set(results["robustness"]) and "generative" in results
-    _run(["eval.py", "--compare", str(softmax), str(sadajem), f"--output_dir={tmp_path / 'report'}"])
+    # Rows named explicitly (the default names are "<trainer> (<config>)", tested elsewhere).
+    _run(["eval.py", "--compare", str(softmax), str(sadajem), "--compare_names=softmax,sadajem",
+          f"--output_dir={tmp_path / 'report'}"])
     rep = json.loads((tmp_path / "report" / "report.json").read_text())
     assert rep["rows"]["softmax"]["classifier_fd [buffer]"] is None
     assert rep["rows"]["sadajem"]["classifier_fd [buffer]"] == pytest.approx(gen["classifier_fd"])
