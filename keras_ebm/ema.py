@@ -57,7 +57,7 @@ class ModelEMA(keras.layers.Layer):
 
     def update(self, decay):
         """One EMA step with `decay` in [0, 1] (a float or a scalar tensor)."""
-        decay = tf.cast(decay, tf.float32)
+        decay = tf.convert_to_tensor(decay)  # cast per weight: a float64 decay stays exact for float64 weights
         for shadow, weight in self._refs.pairs:
             value = tf.convert_to_tensor(weight)
             if id(weight) in self._refs.trainable:

@@ -30,6 +30,15 @@ Kinds (`KINDS`), what draws them and what the official codes draw for them:
 | `init_normal` | `InformativeInitializer.init` (N(0, I) before the class factor) | `[B, H*W*C]` | the class Gaussian's standard-normal draw |
 | `sgld_noise` | `SGLDSampler`, one per SGLD step | `[B, H, W, C]` | `t.randn_like(x_k)` |
 | `latent_normal` | `GMMC.draw_latents` (z = mu_y + std * N(0, I); staged: once per chain call) | `[B, D]` | GMMC `t.randn(bs, centers.shape[1])` |
+| `augment_chain_start` | `CLEL.sample_negatives` (strong augmentation of chain starts) | `[B, H, W, C]` images | CLEL `sampler.augmentation(x)` output |
+| `augment_guidance` | `CLEL.compute_losses` (the view whose latent guides the EBM, eq. 3) | `[B, H, W, C]` images | CLEL `ebm_augmentation(x_pos)` output |
+| `augment_views` | `CLEL.compute_losses`, twice (the two SimCLR views, eq. 4) | `[B, H, W, C]` images | CLEL `encoder_augmentation(cat[x, x])` output, halves |
+
+`buffer_index` is also drawn by `indices_without_replacement` (`ReplayBuffer(replacement=False)`,
+CLEL's `random.sample`). The `augment_*` kinds are drawn by `augmented(kind, images, fn)`: a replay
+returns the recorded augmented images instead of running `fn` (an augmentation makes many small
+draws, crop boxes, jitter factors, flips, whose order no two libraries share; the parity tests
+inject its output).
 
 A component that adds a draw adds its kind here and calls these functions, never
 `tf.random.stateless_*` directly, so that every method's parity test can replay it.
@@ -41,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 KINDS = ("buffer_index", "buffer_class", "reinit", "init_uniform", "init_class", "init_normal",
-         "sgld_noise", "latent_normal")
+         "sgld_noise", "latent_normal", "augment_chain_start", "augment_guidance", "augment_views")
 
 _ACTIVE = None  # the `Replay` of the enclosing `replay(...)` context, or None
 
@@ -67,6 +76,28 @@ def normal(kind, shape, seed, dtype=tf.float32):
     if _ACTIVE is None:
         return tf.random.stateless_normal(shape, seed=seed, dtype=dtype)
     return _ACTIVE.pop(kind, shape, dtype)
+
+
+def indices_without_replacement(kind, n, population, seed):
+    """`n` distinct indices of `range(population)` in random order (int32 `[n]`): the first `n` of a
+    random permutation, `top_k` of `population` uniform keys (`random.sample`'s distribution).
+    Inside `replay(...)` the next recorded int array of `kind`."""
+    _check_kind(kind)
+    if _ACTIVE is None:
+        keys = tf.random.stateless_uniform([population], seed=seed)
+        return tf.math.top_k(keys, k=n, sorted=True).indices
+    return _ACTIVE.pop(kind, [n], tf.int32)
+
+
+def augmented(kind, images, fn):
+    """`fn()`, the augmentation of `images`; inside `replay(...)` the next recorded augmented
+    images of `kind` (shape of `images`, its dtype)."""
+    _check_kind(kind)
+    if _ACTIVE is None:
+        return fn()
+    out = _ACTIVE.pop(kind, tf.shape(images), images.dtype)
+    out.set_shape(images.shape)
+    return out
 
 
 def _check_kind(kind):

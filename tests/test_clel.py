@@ -39,7 +39,9 @@ def test_spectral_norm_is_valid_right_after_build(iterations):
     # Without any (random unit u, v) sigma-hat is about 0 and often negative: a blown-up,
     # sign-flipped kernel.
     kwargs = {} if iterations is None else {"n_power_iterations_at_build": iterations}
-    lowest = 0.95 if iterations == 15 else 0.99
+    # 15 iterations in PyTorch's parametrizations order (u first): 5.4% low at worst here
+    # ((3, 3, 16, 32), seed 0), 4% with the older v-first order.
+    lowest = 0.93 if iterations == 15 else 0.99
     for shape in [(3, 3, 4, 6), (3, 3, 16, 32), (1, 1, 32, 8), (3, 3, 32, 32)]:
         kh, kw, cin, cout = shape
         for seed in range(5):

@@ -14,7 +14,7 @@ import keras
 
 from keras_ebm.backbones.padding import conv_with_torch_padding
 
-from keras_ebm.layers import SpectralNormConv2D
+from keras_ebm.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
 
 # CIFAR-10 channel statistics in [0, 1] (CLEL prepends Normalize(mean, std) to both networks).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -38,40 +38,41 @@ def _normalize(x, mean, std, channels, name):
             f"`input_mean`/`input_std` need 1 or {channels} (channels) values, or input_mean=None "
             f"for no normalisation. Received: input_mean={mean}, input_std={std}"
         )
-    return keras.layers.Normalization(
-        mean=list(mean), variance=[s * s for s in std], name=name
-    )(x)
+    # keras_ebm's Normalization: exact float64 constants (Keras' goes through float32).
+    return Normalization(mean=list(mean), variance=[s * s for s in std], name=name)(x)
 
 
-def _conv(filters, kernel_size, name, use_bias=True):
+def _conv(filters, kernel_size, name, use_bias=True, sn_update_order="u_first"):
     # CLEL: kaiming_normal(fan_in, linear gain) -> std 1 / sqrt(fan_in).
     return SpectralNormConv2D(
         filters,
         kernel_size,
         padding="same",
         use_bias=use_bias,
+        update_order=sn_update_order,
         kernel_initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "untruncated_normal"),
         name=name,
     )
 
 
-def _ebm_resnet(x, widths, blocks, slope, name):
-    h = _conv(widths[0], 3, f"{name}_stem")(x)
+def _ebm_resnet(x, widths, blocks, slope, name, order):
+    h = _conv(widths[0], 3, f"{name}_stem", sn_update_order=order)(x)
     channels = widths[0]
     for s, width in enumerate(widths):
         if s > 0:
             h = keras.layers.AveragePooling2D(2, name=f"{name}_pool{s}")(h)
         for b in range(blocks):
             prefix = f"{name}_s{s}b{b}"
-            r = keras.layers.LeakyReLU(slope)(h)
-            r = _conv(width, 3, f"{prefix}_conv1")(r)
-            r = keras.layers.LeakyReLU(slope)(r)
-            r = _conv(width, 3, f"{prefix}_conv2")(r)
+            r = LeakyReLU(slope)(h)
+            r = _conv(width, 3, f"{prefix}_conv1", sn_update_order=order)(r)
+            r = LeakyReLU(slope)(r)
+            r = _conv(width, 3, f"{prefix}_conv2", sn_update_order=order)(r)
             # 1x1 shortcut without bias only where the width changes (CLEL), identity otherwise.
-            shortcut = h if channels == width else _conv(width, 1, f"{prefix}_shortcut", use_bias=False)(h)
+            shortcut = h if channels == width else _conv(width, 1, f"{prefix}_shortcut", use_bias=False,
+                                                       sn_update_order=order)(h)
             h = keras.layers.Add()([shortcut, r])
             channels = width
-    h = keras.layers.LeakyReLU(slope)(h)
+    h = LeakyReLU(slope)(h)
     return keras.layers.GlobalAveragePooling2D(name=f"{name}_gap")(h)
 
 
@@ -86,6 +87,7 @@ def build_clel_ebm(
     negative_slope=0.2,
     input_mean=CIFAR10_MEAN,
     input_std=CIFAR10_STD,
+    sn_update_order="u_first",
     name="clel_ebm",
 ):
     """CLEL's EBM feature network f_theta (Table 2): images -> features `[batch, feature_dim]`.
@@ -110,6 +112,8 @@ def build_clel_ebm(
         negative_slope: LeakyReLU slope (CLEL 0.2; Keras' default would be 0.3).
         input_mean, input_std: per-channel (or scalar) statistics of the input normalisation
             (default CIFAR-10's, CLEL's `Normalize`); `input_mean=None` disables it.
+        sn_update_order: the spectral-norm power iteration order, "u_first" (default; CLEL's
+            `torch.nn.utils.parametrizations.spectral_norm`) or "v_first" (`SpectralNormConv2D`).
         name: model name.
 
     Returns:
@@ -134,11 +138,11 @@ def build_clel_ebm(
     features = []
     for scale in scales:
         xs = x if scale == 1 else keras.layers.AveragePooling2D(scale, name=f"{name}_down{scale}")(x)
-        features.append(_ebm_resnet(xs, widths, blocks, negative_slope, f"{name}_x{scale}"))
+        features.append(_ebm_resnet(xs, widths, blocks, negative_slope, f"{name}_x{scale}", sn_update_order))
     h = features[0] if len(features) == 1 else keras.layers.Concatenate()(features)
     dense_init = keras.initializers.RandomNormal(stddev=0.01)
     h = keras.layers.Dense(head_units, kernel_initializer=dense_init, name=f"{name}_head1")(h)
-    h = keras.layers.LeakyReLU(negative_slope)(h)
+    h = LeakyReLU(negative_slope)(h)
     outputs = keras.layers.Dense(feature_dim, kernel_initializer=dense_init, name=f"{name}_head2")(h)
     return keras.Model(inputs, outputs, name=name)
 
@@ -164,15 +168,16 @@ def build_clel_projection(feature_dim=128, hidden_units=2048, output_dim=128, ne
     init = keras.initializers.RandomNormal(stddev=0.01)
     inputs = keras.Input((int(feature_dim),))
     h = keras.layers.Dense(hidden_units, use_bias=False, kernel_initializer=init, name=f"{name}_1")(inputs)
-    h = keras.layers.LeakyReLU(negative_slope)(h)
+    h = LeakyReLU(negative_slope)(h)
     outputs = keras.layers.Dense(output_dim, use_bias=False, kernel_initializer=init, name=f"{name}_2")(h)
     return keras.Model(inputs, outputs, name=name)
 
 
-def _bn(name, synchronized, zero_gamma=False):
-    # PyTorch BN defaults: momentum 0.1 (Keras 0.9), eps 1e-5.
-    return keras.layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, synchronized=synchronized,
+def _bn(name, synchronized, zero_gamma=False, unbiased=True):
+    # PyTorch BN defaults: momentum 0.1 (Keras 0.9), eps 1e-5, unbiased batch variance in the
+    # running average (`unbiased`; False: Keras' biased update).
+    return BatchNormalization(
+        unbiased_moving_variance=unbiased, momentum=0.9, epsilon=1e-5, synchronized=synchronized,
         gamma_initializer="zeros" if zero_gamma else "ones", name=name,
     )
 
@@ -187,6 +192,7 @@ def build_clel_encoder(
     input_mean=CIFAR10_MEAN,
     input_std=CIFAR10_STD,
     stem_width=None,
+    bn_unbiased_variance=True,
     name="clel_encoder",
 ):
     """CLEL's latent encoder h_phi: CIFAR ResNet-18 + MLP head, images -> `[batch, output_dim]`.
@@ -207,12 +213,16 @@ def build_clel_encoder(
         stem_width: channels of the 3x3 stem (default `widths[0]`; CLEL's stem is always 64, so a
             narrower first stage, as in the small parity networks, starts with a 1x1 downsample
             shortcut like torchvision's).
+        bn_unbiased_variance: BatchNorm moving variances average the unbiased batch variance, as
+            PyTorch's BatchNorm (hankook/CLEL's encoder) does; False: Keras' biased update
+            (`keras_ebm.layers.BatchNormalization`).
         name: model name.
 
     Returns:
         A functional `keras.Model` `[batch, height, width, channels] -> [batch, output_dim]`.
     """
     widths = tuple(int(w) for w in widths)
+    unbiased = bool(bn_unbiased_variance)
     blocks_per_stage = tuple(int(b) for b in blocks_per_stage)
     if len(widths) != len(blocks_per_stage):
         raise ValueError(
@@ -225,25 +235,25 @@ def build_clel_encoder(
     channels = int(stem_width or widths[0])
     h = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=conv_init,
                             name=f"{name}_stem")(x)
-    h = keras.layers.ReLU()(_bn(f"{name}_stem_bn", synchronized_bn)(h))
+    h = keras.layers.ReLU()(_bn(f"{name}_stem_bn", synchronized_bn, unbiased=unbiased)(h))
     for s, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
         for b in range(blocks):
             stride = 2 if (s > 0 and b == 0) else 1
             prefix = f"{name}_s{s}b{b}"
             r = conv_with_torch_padding(dict(filters=width, use_bias=False, kernel_initializer=conv_init),
                                         3, stride, f"{prefix}_conv1")(h)
-            r = keras.layers.ReLU()(_bn(f"{prefix}_bn1", synchronized_bn)(r))
+            r = keras.layers.ReLU()(_bn(f"{prefix}_bn1", synchronized_bn, unbiased=unbiased)(r))
             r = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
                                     kernel_initializer=conv_init, name=f"{prefix}_conv2")(r)
-            r = _bn(f"{prefix}_bn2", synchronized_bn, zero_gamma=True)(r)
+            r = _bn(f"{prefix}_bn2", synchronized_bn, zero_gamma=True, unbiased=unbiased)(r)
             if stride != 1 or channels != width:
                 h = keras.layers.Conv2D(width, 1, strides=stride, use_bias=False,
                                         kernel_initializer=conv_init, name=f"{prefix}_down")(h)
-                h = _bn(f"{prefix}_down_bn", synchronized_bn)(h)
+                h = _bn(f"{prefix}_down_bn", synchronized_bn, unbiased=unbiased)(h)
             h = keras.layers.ReLU()(keras.layers.Add()([h, r]))
             channels = width
     h = keras.layers.GlobalAveragePooling2D()(h)
     h = keras.layers.Dense(head_units, use_bias=False, name=f"{name}_head1")(h)
-    h = keras.layers.ReLU()(_bn(f"{name}_head_bn", synchronized_bn)(h))
+    h = keras.layers.ReLU()(_bn(f"{name}_head_bn", synchronized_bn, unbiased=unbiased)(h))
     outputs = keras.layers.Dense(output_dim, name=f"{name}_head2")(h)
     return keras.Model(inputs, outputs, name=name)

@@ -43,7 +43,7 @@ def nt_xent_loss(z1, z2, extra_negatives=None, temperature=0.2, normalize=True):
         normalize: L2-normalise the embeddings (set False when they already are).
 
     Returns:
-        A float32 scalar, the mean loss over the 2n local views.
+        A float32 scalar (float64 for float64 embeddings), the mean loss over the 2n local views.
 
     Reference:
         Chen et al., "A Simple Framework for Contrastive Learning of Visual Representations",
@@ -52,8 +52,9 @@ def nt_xent_loss(z1, z2, extra_negatives=None, temperature=0.2, normalize=True):
     """
     if not float(temperature) > 0:
         raise ValueError(f"`temperature` must be positive. Received: temperature={temperature}")
-    z1 = tf.cast(z1, tf.float32)
-    z2 = tf.cast(z2, tf.float32)
+    dtype = tf.float64 if tf.as_dtype(z1.dtype) == tf.float64 else tf.float32  # float64 runs stay float64
+    z1 = tf.cast(z1, dtype)
+    z2 = tf.cast(z2, dtype)
     if normalize:
         z1 = tf.math.l2_normalize(z1, axis=-1)
         z2 = tf.math.l2_normalize(z2, axis=-1)
@@ -63,7 +64,7 @@ def nt_xent_loss(z1, z2, extra_negatives=None, temperature=0.2, normalize=True):
     n_all = tf.shape(z1_all)[0]
     keys = [z1_all, z2_all]
     if extra_negatives is not None:
-        neg = tf.stop_gradient(tf.cast(extra_negatives, tf.float32))
+        neg = tf.stop_gradient(tf.cast(extra_negatives, dtype))
         if normalize:
             neg = tf.math.l2_normalize(neg, axis=-1)
         keys.append(distribute.cross_replica_concat(neg))

@@ -53,6 +53,9 @@ class ReplayBuffer(keras.layers.Layer):
         class_conditional: bool, partition the buffer into `num_classes` contiguous blocks, one
             per class; `labels` holds each row's class. `size` must be divisible by `num_classes`.
         seed: optional int seeding the fill and the `keras.random.SeedGenerator` of `sample`.
+        replacement: bool. True (default): each step draws its rows independently, with
+            replacement (JEM's `torch.randint`). False: distinct rows within a replica's draw
+            (CLEL's `random.sample`; needs `batch <= size`, not for a class-conditional buffer).
 
     Call args of `sample(batch_size, y=None)`:
         batch_size: int or scalar int tensor (use `tf.shape(x)[0]`); ignored when `y` is given.
@@ -89,6 +92,7 @@ class ReplayBuffer(keras.layers.Layer):
         num_classes=None,
         class_conditional=False,
         seed=None,
+        replacement=True,
         **kwargs,
     ):
         kwargs.setdefault("trainable", False)
@@ -118,6 +122,10 @@ class ReplayBuffer(keras.layers.Layer):
                     "`size` must be divisible by `num_classes`. "
                     f"Received: size={size}, num_classes={num_classes}"
                 )
+        if not replacement and class_conditional:
+            raise ValueError("A class-conditional buffer draws its rows with replacement. "
+                             f"Received: replacement={replacement}, class_conditional={class_conditional}")
+        self.replacement = bool(replacement)
         self.size = size
         self.image_shape = image_shape
         self.initializer = initializer if initializer is not None else UniformInitializer()
@@ -223,6 +231,10 @@ class ReplayBuffer(keras.layers.Layer):
                 "buffer_index", [batch_size], seed=fold(seed, 1), maxval=self.block_size, dtype=tf.int32
             )
             idx = y * self.block_size + offset
+        elif not self.replacement:
+            tf.debugging.assert_less_equal(
+                batch_size, self.size, message="ReplayBuffer(replacement=False) needs batch <= size")
+            idx = random_draws.indices_without_replacement("buffer_index", batch_size, self.size, seed=fold(seed, 1))
         else:
             idx = random_draws.uniform(
                 "buffer_index", [batch_size], seed=fold(seed, 1), maxval=self.size, dtype=tf.int32
@@ -275,6 +287,7 @@ class ReplayBuffer(keras.layers.Layer):
                 "num_classes": self.num_classes,
                 "class_conditional": self.class_conditional,
                 "seed": self.seed,
+                "replacement": self.replacement,
             }
         )
         return config

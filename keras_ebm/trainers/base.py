@@ -4,12 +4,13 @@ A trainer is a `keras.Model` that owns a `network` (images -> logits) and the co
 (sampler, replay buffer, queue, EMA...). Its `train_step` is written once, here:
 
     batch      = self.unpack_batch(data)            # (x, y) or two loaders ((x, y), (x_px, y_px))
+    self.before_step(batch)                         # CLEL's EMA (official timing); default nothing
     negatives  = self.sample_negatives(batch)       # SGLD samples, outside the gradient tape
     logs       = self.optimize(batch, negatives)    # gradient function (plain / SAM) + optimizer.apply
     self.after_step(batch, negatives, logs)         # queue enqueue, EMA, buffer bookkeeping
     return self.update_trackers(logs)
 
-Methods override `compute_losses` (and, when needed, `sample_negatives`, `after_step` or
+Methods override `compute_losses` (and, when needed, `sample_negatives`, `before_step`, `after_step` or
 `optimize` for two optimizers), never `train_step`. The same `train_step` runs under `model.fit`, under
 tf.distribute strategies, and inside the custom loop of `keras_ebm.experiment.run_training`.
 
@@ -332,6 +333,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     # ------------------------------------------------------------------ the one train_step
     def train_step(self, data):
         batch = self.unpack_batch(data, training=True)
+        self.before_step(batch)
         negatives = self.sample_negatives(batch)
         logs = self.optimize(batch, negatives)
         self.after_step(batch, negatives, logs)
@@ -395,6 +397,10 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """The zero-argument loss function the gradient function differentiates (SAM calls it twice:
         at w, then at w + e). Default: `compute_losses(batch, negatives, training=True)` each time."""
         return lambda: self.compute_losses(batch, negatives, training=True)
+
+    def before_step(self, batch):
+        """Side effects before sampling and the update (CLEL's official EMA timing). Default: nothing."""
+        del batch
 
     def after_step(self, batch, negatives, logs):
         """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
@@ -711,10 +717,11 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """True when the trainer has a sampler (`generate` works)."""
         return self.sampler is not None
 
-    def default_buffer(self, size, initializer=None, reinit_prob=0.05, class_conditional=False):
+    def default_buffer(self, size, initializer=None, reinit_prob=0.05, class_conditional=False, replacement=True):
         """The replay buffer JEM, GMMC and CLEL build when none is given: `size` chains of the
         training image shape, started from `initializer` (default U(pixel_range)) and
-        re-initialised with `reinit_prob`, seeded from the trainer's seed."""
+        re-initialised with `reinit_prob`, seeded from the trainer's seed; rows drawn with
+        `replacement` (CLEL: without)."""
         return ReplayBuffer(
             size=int(size),
             image_shape=self.image_shape,
@@ -723,6 +730,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             num_classes=self.num_classes,
             class_conditional=class_conditional,
             seed=None if self.seed is None else self.seed + 1,
+            replacement=replacement,
         )
 
     # ------------------------------------------------------------------ generation

@@ -17,11 +17,14 @@ import keras
 import tensorflow as tf
 
 from keras_ebm import distribute
+from keras_ebm import random_draws
 from keras_ebm import run_settings
+from keras_ebm.energy import wide_dtype
 from keras_ebm.data.augment import simclr_augment
 from keras_ebm.ema import ModelEMA
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim.gradients import add_weight_decay
+from keras_ebm.optim.torch_sgd import TorchSGD
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
 
@@ -33,7 +36,20 @@ class _Untracked:
 
 
 def _energy(features):
-    return 0.5 * tf.reduce_sum(tf.square(tf.cast(features, tf.float32)), axis=-1)
+    # float32 (also for bfloat16 features); float64 in a float64 run
+    return 0.5 * tf.reduce_sum(tf.square(tf.cast(features, wide_dtype(features.dtype))), axis=-1)
+
+
+def _wide(x):
+    return tf.cast(x, wide_dtype(x.dtype))
+
+
+def _choice(*options):
+    def normalize(value):
+        if value not in options:
+            raise ValueError(f"Expected one of {options}. Received: {value!r}")
+        return value
+    return normalize
 
 
 def _check_sweeps(value, name):
@@ -73,7 +89,19 @@ class CLEL(EBMTrainer):
         ebm_batch_fraction: fraction of each (per-replica) batch used by the EBM terms and SGLD
             (CLEL large: 64 of the encoder's 256, i.e. 0.25); the encoder sees the whole batch.
         ema_decay: EMA decay per step (CLEL: 0.5 ** (64 / 20000)).
-        ema_start_step: the EMA copies the weights (decay 0) before this step (CLEL: 20000 // 64).
+        ema_start_step: the EMA copies the weights (decay 0) before this step (CLEL: 20000 // 64;
+            with `ema_timing="before_step"` the official `iteration < halflife / batch`, i.e.
+            `ceil(halflife / batch) - 1` in 0-based steps: 312 for 20000 / 64).
+        ema_timing: "before_step" (default, hankook/CLEL train.py: the EMA is updated at the start
+            of each step, with the weights that enter it) or "after_step" (with the weights the
+            step produced; the EMA then leads the official one by one step).
+        guidance_view: the view whose encoder latent z guides the EBM (eq. 3, Algorithm 1 line 5).
+            "augmented" (default; the paper and the code): a strongly augmented view of its own,
+            one more encoder pass (training mode, so its BatchNorm statistics enter the moving
+            averages first, as in the code). "first_view": the first SimCLR view of eq. 4, which
+            saves that pass (the choice of keras_ebm <= 0.x; it couples z to the contrastive pair).
+        buffer_replacement: draw buffer rows with replacement (JEM's randint); default False,
+            CLEL's `random.sample` (distinct rows per step).
         sample_sweeps: default `sweeps` of `generate` (None: plain chains). The official FID
             protocol (`test_fid.py`, Appendix B) is 10 sweeps of 60 steps (base, 600 steps) or 20
             (large, 1200 steps); `eval.py --sample_sweeps` sets it.
@@ -103,7 +131,8 @@ class CLEL(EBMTrainer):
     score_names = ("clel", "neg_energy", "cosine")
     config_attributes = EBMTrainer.config_attributes + (
         "projection", "encoder", "encoder_weight_decay", "augment_chain_starts", "alpha", "beta", "ood_beta",
-        "temperature", "ebm_batch_fraction", "ema_decay", "ema_start_step", "sample_sweeps",
+        "temperature", "ebm_batch_fraction", "ema_decay", "ema_start_step", "sample_sweeps", "ema_timing",
+        "guidance_view",
     )
     # Run-time settings (keras_ebm.run_settings): the objective's weights, the EMA schedule and the
     # encoder's decay are variables the compiled step reads; the temperature (a Python number of
@@ -117,6 +146,8 @@ class CLEL(EBMTrainer):
     ema_start_step = run_settings.Setting("int64")
     encoder_weight_decay = run_settings.Setting(minimum=0.0)
     augment_chain_starts = run_settings.TraceSetting(bool)
+    ema_timing = run_settings.TraceSetting(_choice("before_step", "after_step"))
+    guidance_view = run_settings.TraceSetting(_choice("augmented", "first_view"))
 
     def __init__(
         self,
@@ -139,6 +170,9 @@ class CLEL(EBMTrainer):
         ema_decay=0.5 ** (64 / 20000),
         ema_start_step=20000 // 64,
         sample_sweeps=None,
+        ema_timing="before_step",
+        guidance_view="augmented",
+        buffer_replacement=False,
         pixel_range=(0.0, 1.0),
         **kwargs,
     ):
@@ -165,7 +199,7 @@ class CLEL(EBMTrainer):
         self.sampler_seed_generator = self.sampler.seed_generator
         self.track_sampler_logs()
         if buffer is None:
-            buffer = self.default_buffer(buffer_size, reinit_prob=reinit_prob)
+            buffer = self.default_buffer(buffer_size, reinit_prob=reinit_prob, replacement=buffer_replacement)
         self.buffer = buffer
         self.augment_chain_starts = bool(augment_chain_starts)
         self.alpha = alpha
@@ -176,6 +210,8 @@ class CLEL(EBMTrainer):
         self.ema_decay = ema_decay
         self.ema_start_step = ema_start_step
         self.sample_sweeps = _check_sweeps(sample_sweeps, "sample_sweeps")
+        self.ema_timing = ema_timing
+        self.guidance_view = guidance_view
         for model in (network, projection, encoder):
             if not model.built:
                 raise ValueError(f"CLEL needs built networks. Received: {model.name}.built=False")
@@ -191,13 +227,14 @@ class CLEL(EBMTrainer):
         Args:
             optimizer: the EBM's optimizer (f_theta and g_theta; the paper's Adam, `run_training.optimizer`).
             encoder_optimizer: the encoder's optimizer, or a zero-argument callable building it
-                (gin: `run_training.encoder_optimizer = @encoder/keras.optimizers.SGD`). Default
-                SGD(0.03, momentum 0.9), the official code's SimCLR optimizer.
+                (gin: `run_training.encoder_optimizer = @encoder/TorchSGD`). Default
+                `TorchSGD(0.03, momentum=0.9)`, the official code's SimCLR optimizer (PyTorch's
+                momentum form).
             **kwargs: the rest of `keras.Model.compile`.
         """
         super().compile(optimizer=optimizer, **kwargs)
         if encoder_optimizer is None:
-            encoder_optimizer = keras.optimizers.SGD(0.03, momentum=0.9)
+            encoder_optimizer = TorchSGD(0.03, momentum=0.9)
         elif not isinstance(encoder_optimizer, keras.optimizers.Optimizer):
             encoder_optimizer = encoder_optimizer()
         self._encoder_optimizer = _Untracked(encoder_optimizer)
@@ -237,7 +274,8 @@ class CLEL(EBMTrainer):
     # ------------------------------------------------------------------ networks
     def latent(self, features, projection):
         """g(f / ||f||), the EBM's latent, `[batch, k]` (not normalised)."""
-        return tf.cast(projection(tf.math.l2_normalize(tf.cast(features, tf.float32), axis=-1)), tf.float32)
+        features = _wide(features)
+        return tf.cast(projection(tf.math.l2_normalize(features, axis=-1)), features.dtype)
 
     def _energy(self, x, y=None, training=False):
         return _energy(self.network(x, training=training))
@@ -254,15 +292,18 @@ class CLEL(EBMTrainer):
         del training  # the EMA networks run in inference mode
         return _energy(self.ema_network(x))
 
-    def scores(self, x, names=None):
+    def scores(self, x, names=None, encoder_x=None):
         """Eq. 5 and its two parts on the EMA networks, each `[batch]`, higher = more in-distribution.
 
         "clel": -s(x) = -(0.5 ||f||^2 - ood_beta * cos(h(x), g(f/||f||))); "neg_energy": -0.5 ||f||^2
         (beta = 0); "cosine": cos(h(x), g(f/||f||)). Any beta: neg_energy + beta * cosine.
+        `encoder_x`: the images h sees (default `x`). hankook/CLEL's `compute_ood_scores` encodes a
+        strongly augmented view, `simclr_augment(x, seed, pixel_range=(0, 1))` (a random score);
+        the default scores x itself (deterministic, the export's score).
         """
         features = self.ema_network(x)
         z = tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
-        h = tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
+        h = tf.math.l2_normalize(_wide(self.ema_encoder(x if encoder_x is None else encoder_x)), axis=-1)
         neg_energy = -_energy(features)
         cosine = tf.reduce_sum(z * h, axis=-1)
         out = {"clel": neg_energy + self.ood_beta * cosine, "neg_energy": neg_energy, "cosine": cosine}
@@ -271,7 +312,7 @@ class CLEL(EBMTrainer):
     # ------------------------------------------------------------------ generation (Appendix C-E)
     def encode(self, x):
         """Instance latents z = h(x) / ||h(x)|| of the EMA encoder, `[batch, k]` (Appendix D)."""
-        return tf.math.l2_normalize(tf.cast(self.ema_encoder(x), tf.float32), axis=-1)
+        return tf.math.l2_normalize(_wide(self.ema_encoder(x)), axis=-1)
 
     def mean_latent(self, x):
         """The shared latent of a set of instances, z_bar = sum_i z_i / ||sum_i z_i|| (Appendix D)."""
@@ -395,34 +436,44 @@ class CLEL(EBMTrainer):
         x0, idx = self.buffer.sample(tf.shape(x_data)[0])
         if self.augment_chain_starts:
             seed = distribute.replica_seed(self.seed_generator)
-            x0 = simclr_augment(x0, seed, pixel_range=self.pixel_range)
+            x0 = random_draws.augmented("augment_chain_start", x0,
+                                        lambda: simclr_augment(x0, seed, pixel_range=self.pixel_range))
         x, stats = self.sampler.sample_with_stats(self._energy, x0)
         self.buffer.update(idx, x)
         return {"x": x, "sgld_grad_norm": stats["grad_norm"]}
 
     def compute_losses(self, batch, negatives, training=True):
-        """EBM loss (eq. 3) + NT-Xent (eq. 4). The two SimCLR views use `batch["views_seed"]` when
-        present (`optimize` draws it once per step, so that both passes of SAM see the same views),
-        else a fresh draw of the trainer's seed generator."""
+        """EBM loss (eq. 3) + NT-Xent (eq. 4), in Algorithm 1's order (hankook/CLEL models/ebm.py):
+        f of the data, f of the samples, the guidance latent z of an augmented view (detached), then
+        the encoder's two SimCLR views. The views use `batch["views_seed"]` when present (`optimize`
+        draws it once per step, so that both passes of SAM see the same views), else a fresh draw
+        of the trainer's seed generator."""
         x = batch["x"]
         x_data = self._ebm_rows(x)
         views_seed = batch.get("views_seed")
         if views_seed is None:
             views_seed = distribute.replica_seed(self.seed_generator)
         seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(views_seed, num=2))
-        views = tf.concat([simclr_augment(x, seed1, pixel_range=self.pixel_range),
-                           simclr_augment(x, seed2, pixel_range=self.pixel_range)], axis=0)
-        # One encoder pass over both views: BatchNorm statistics over 2n images, as in SimCLR.
-        h1, h2 = tf.split(tf.cast(self.encoder(views, training=training), tf.float32), 2, axis=0)
+
+        def view(images, kind, seed):
+            return random_draws.augmented(
+                kind, images, lambda: simclr_augment(images, seed, pixel_range=self.pixel_range))
 
         f_data = self.network(x_data, training=training)
         f_sample = self.network(negatives["x"], training=training)
         e_data, e_sample = _energy(f_data), _energy(f_sample)
         z_data = tf.math.l2_normalize(self.latent(f_data, self.projection), axis=-1)
         z_sample = self.latent(f_sample, self.projection)
-        # Guidance target: the online encoder's latent of an augmented view, detached (the code
-        # uses a separate augmented view; the first SimCLR view saves an encoder pass).
-        target = tf.stop_gradient(tf.math.l2_normalize(h1[: tf.shape(x_data)[0]], axis=-1))
+        if self.guidance_view == "augmented":
+            # Algorithm 1 line 5: z = sg(h(t(x)) / ||h(t(x))||), its own view and encoder pass.
+            guide_seed = tf.random.experimental.stateless_fold_in(views_seed, 2)
+            h_guide = self.encoder(view(x_data, "augment_guidance", guide_seed), training=training)
+        views = tf.concat([view(x, "augment_views", seed1), view(x, "augment_views", seed2)], axis=0)
+        # One encoder pass over both views: BatchNorm statistics over 2n images, as in SimCLR.
+        h1, h2 = tf.split(_wide(self.encoder(views, training=training)), 2, axis=0)
+        if self.guidance_view == "first_view":
+            h_guide = h1[: tf.shape(x_data)[0]]
+        target = tf.stop_gradient(tf.math.l2_normalize(_wide(h_guide), axis=-1))
         cosine = tf.reduce_mean(tf.reduce_sum(z_data * target, axis=-1))
         ebm_loss = (
             tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
@@ -468,10 +519,22 @@ class CLEL(EBMTrainer):
         self.encoder_optimizer.apply(enc_grads, enc_vars)
         return logs
 
+    def before_step(self, batch):
+        del batch
+        if self.ema_timing == "before_step":
+            self._update_ema()
+
     def after_step(self, batch, negatives, logs):
         del batch, negatives, logs
-        decay = tf.where(self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64), 0.0,
-                         tf.cast(self.ema_decay, tf.float32))
+        if self.ema_timing == "after_step":
+            self._update_ema()
+
+    def _update_ema(self):
+        """EMA of both networks (trainable weights averaged, BN statistics and spectral-norm vectors
+        copied): decay 0 before `ema_start_step` optimizer steps, `ema_decay` after."""
+        decay = tf.where(self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64),
+                         tf.zeros([], run_settings.read_dtype()),
+                         run_settings.as_tensor(self.ema_decay, run_settings.read_dtype()))
         for ema in (self.ema_network, self.ema_projection, self.ema_encoder):
             ema.update(decay)
 
