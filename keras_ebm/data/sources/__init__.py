@@ -9,7 +9,8 @@ of sources (`registry.py`), one file per kind of source:
 * `official_files.py`, the files the data sets' authors distribute, read pixel-exactly
   (`keras_ebm.data.official`): "cifar10_python" and "cifar100_python" (`cifar-10-python.tar.gz` /
   `cifar-100-python.tar.gz` or their extracted folders) and "svhn_mat" (`train_32x32.mat`,
-  `test_32x32.mat`, `extra_32x32.mat`), or the npz `python -m keras_ebm.data.prepare` makes from them.
+  `test_32x32.mat`, `extra_32x32.mat`), or the npz `python -m keras_ebm.data.prepare` makes from
+  them.
 * local files: "cifar10_jpeg" (`cifar10_jpeg.py`, the JPEG-bytes archive of the shared data
   directory), "npz" (`npz.py`, any `.npz` of uint8 NHWC arrays; "dtd_npz" and "celeba_npz" name the
   shared DTD and CelebA subsets), "folder" (`folder.py`, one sub-folder per class).

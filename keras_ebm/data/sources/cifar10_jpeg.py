@@ -104,4 +104,5 @@ def cifar10_jpeg_source(name, split, *, classes=None, max_examples=None, local_p
     encoded = np.array([data[offsets[i] : offsets[i + 1]].tobytes() for i in idx], dtype=object)
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(encoded, tf.string), y))
     ds = ds.map(_decode, num_parallel_calls=tf.data.AUTOTUNE)
-    return common.SourceData(ds, len(idx), (32, 32, 3), common.kept_class_names(class_names, classes))
+    class_names = common.kept_class_names(class_names, classes)
+    return common.SourceData(ds, len(idx), (32, 32, 3), class_names)

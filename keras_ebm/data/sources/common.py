@@ -197,7 +197,8 @@ def from_arrays(
     shape = tuple(int(v) for v in x.shape[1:])
     if len(idx) < len(x):  # else idx is every row in order: no copy of the images
         x = x[idx]
-    return SourceData(dataset_from_arrays(x, y), len(idx), shape, kept_class_names(class_names, classes))
+    class_names = kept_class_names(class_names, classes)
+    return SourceData(dataset_from_arrays(x, y), len(idx), shape, class_names)
 
 
 def dataset_to_arrays(ds, max_examples=None, batch_size=1024):

@@ -1,7 +1,7 @@
 """The files the data sets' authors distribute, read pixel-exactly (`keras_ebm.data.official`):
-"cifar10_python" and "cifar100_python" (`cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` or their
-extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`), or the
-npz `python -m keras_ebm.data.prepare` makes from them."""
+"cifar10_python" and "cifar100_python" (`cifar-10-python.tar.gz` / `cifar-100-python.tar.gz` or
+their extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`),
+or the npz `python -m keras_ebm.data.prepare` makes from them."""
 
 from keras_ebm.data import official
 from keras_ebm.data.sources import common
@@ -59,8 +59,8 @@ def resolve_official_path(name, split, local_path=None, prepared=True):
                 return directory / n
     raise FileNotFoundError(
         f"The '{name}' source needs one of {names} (download it from {fmt.url}); none is in "
-        f"{', '.join(str(d) for d in dirs)}. Set the environment variable {files.DATA_DIR_ENV} to the "
-        "directory that holds it, or pass `local_path=<file or directory>`. "
+        f"{', '.join(str(d) for d in dirs)}. Set the environment variable {files.DATA_DIR_ENV} to "
+        "the directory that holds it, or pass `local_path=<file or directory>`. "
         "Received: local_path=None"
     )
 

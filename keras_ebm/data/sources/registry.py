@@ -6,13 +6,13 @@ A source is a function registered under one or more names:
 
     @sources.register_source("my_set")
     def my_set(name, split, *, classes=None, max_examples=None, scale=1):
-        \"\"\"My data set; `scale` is its own option.\"\"\"
+        '''My data set; `scale` is its own option.'''
         x, y = ...  # uint8 [N, H, W, C], int [N]
         return sources.from_arrays(x, y, class_names, classes, max_examples)
 
 It is called as `fn(name, split, classes=..., max_examples=..., **its options)` with the name it
 was registered under, and returns a `SourceData`. Its keyword parameters are its options:
-`load_source("my_set", "train", scale=2)` (or `make_dataset_fn.scale = 2` in gin) passes `scale`
+`load_source("my_set", "train", scale=2)` (`train/make_dataset_fn.scale = 2` in gin) passes `scale`
 to it; `image_size` and `channels` reach it only when it names them (else `load_source` resizes and
 converts what it returns). Options it does not name are ignored (another source's option, such as
 `data_dir`, may be passed with every name); a keyword no registered source names is a `TypeError`.
@@ -58,8 +58,7 @@ def register_source(*names, check_available=None, option_checks=None):
             neither read nor fetched (`keras_ebm.data.sources.check_available` calls it).
         option_checks: optional `{option: check(value, name)}` run for every `load_source` call
             that passes the option, with the name as requested, whatever the source, before the
-            name is looked up
-            (e.g. the tensorflow-datasets source's `crop`).
+            name is looked up (e.g. the tensorflow-datasets source's `crop`).
 
     Returns:
         The decorator, which returns the function unchanged.
@@ -74,8 +73,10 @@ def register_source(*names, check_available=None, option_checks=None):
                 f"(pass them to `from_arrays`); {fn.__name__} lacks {missing}."
             )
         options = tuple(
-            p for p in list(params)[2:]
-            if p not in ("classes", "max_examples") and params[p].kind != inspect.Parameter.VAR_KEYWORD
+            p
+            for p in list(params)[2:]
+            if p not in ("classes", "max_examples")
+            and params[p].kind != inspect.Parameter.VAR_KEYWORD
         )
         for name in names:
             if not isinstance(name, str) or not name or name.endswith(INTERP_SUFFIX):
@@ -177,9 +178,8 @@ def load_source(name, split="train", **options):
     if split_interp(name)[1]:
         return interp_lib.load_interpolated(load_source, name, source.name, split, options)
     kwargs = {k: options[k] for k in source.options if k in options}
-    data = source.load(
-        name, split, classes=options.get("classes"), max_examples=options.get("max_examples"), **kwargs
-    )
+    classes, max_examples = options.get("classes"), options.get("max_examples")
+    data = source.load(name, split, classes=classes, max_examples=max_examples, **kwargs)
     ds, shape = common.convert_images(
         data.ds, data.image_shape, options.get("image_size"), options.get("channels")
     )
