@@ -487,6 +487,14 @@ def test_a_new_source_is_one_registered_function_loaded_through_gin(toy_source_f
         data.make_dataset_fn("toys", "train", 4)
 
 
+def test_every_source_documents_its_options():
+    assert sources.source_names() == data.KNOWN_DATASETS  # the built-in ones, in their order
+    for name in sources.source_names():
+        source = sources.get_source(name)
+        undocumented = [o for o in source.options if f"{o}:" not in (source.load.__doc__ or "")]
+        assert source.load.__doc__ and not undocumented, (name, undocumented)
+
+
 def test_register_source_errors(toy_source_file):
     with pytest.raises(TypeError, match=r"`classes` and `max_examples`.*lacks \['max_examples'\]"):
         sources.register_source("bad")(lambda name, split, *, classes=None: None)
