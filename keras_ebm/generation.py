@@ -9,7 +9,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm.data.preprocess import from_pixel_range
+from keras_ebm.data.pixel_range import from_pixel_range
 from keras_ebm.evaluation import plots
 
 

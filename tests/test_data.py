@@ -1,14 +1,20 @@
 """Tests of keras_ebm.data: sources, pipelines and pixel-range conversions."""
 
 import io
+import os
+import sys
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_ebm import cli
 from keras_ebm import data
 from keras_ebm.data import sources
+from keras_ebm.data.sources import registry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_npz(path, **arrays):
@@ -425,3 +431,78 @@ def test_uniform_dequantisation_is_clels(tmp_path):
     assert abs(frac.mean() - 0.5) < 0.02 and abs(frac.var() - 1 / 12) < 0.01
     again, _ = _first_batch(data.make_dataset("npz", "test", 64, uniform_dequantize=True, seed=1, **kwargs))
     np.testing.assert_array_equal(deq, again)  # seeded: reproducible
+
+
+# ------------------------------------------------------------------------------- registry
+# The whole of a user's new data set: one function registered in one new file.
+TOY_SOURCE = '''"""A toy data set."""
+import numpy as np
+
+from keras_ebm.data import sources
+
+
+@sources.register_source("toy")
+def toy(name, split, *, classes=None, max_examples=None, toy_offset=0):
+    """Grey 8x8 images, image i all pixels i + `toy_offset`, label i % 3; 60 train, 30 test."""
+    n = 60 if split == "train" else 30
+    x = np.broadcast_to((np.arange(n) + toy_offset).astype(np.uint8)[:, None, None, None], (n, 8, 8, 1))
+    return sources.from_arrays(np.array(x), np.arange(n) % 3, ("a", "b", "c"), classes, max_examples)
+'''
+
+
+@pytest.fixture
+def toy_source_file(tmp_path, monkeypatch):
+    """toy_source.py on the import path; what it registers is forgotten after the test."""
+    (tmp_path / "toy_source.py").write_text(TOY_SOURCE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    monkeypatch.setattr(registry, "_OPTION_CHECKS", dict(registry._OPTION_CHECKS))
+    yield tmp_path / "toy_source.py"
+    sys.modules.pop("toy_source", None)
+
+
+def test_a_new_source_is_one_registered_function_loaded_through_gin(toy_source_file, tmp_path):
+    overlay = tmp_path / "toy.gin"
+    overlay.write_text(
+        "import toy_source\n"
+        "DATASET = 'toy'\n"
+        "train/make_dataset_fn.toy_offset = 100\n"
+        "run_eval.in_dist = {'name': 'toy', 'split': 'test', 'classes': [2, 0]}\n"
+        "run_eval.ood_sets = {'interp': {'name': 'toy_interp', 'split': 'test', 'interp': 'clel', 'interp_offset': 10}}\n"
+    )
+    configs = [os.path.join(REPO, "gin_configs", f) for f in ("softmax_cifar10.gin", "tiny.gin")]
+    cli.parse_gin(configs + [str(overlay)], [])
+    assert "toy" in sources.source_names()
+    train_data = cli.resolve_run_training()["train_data"]
+    x, y = next(iter(train_data()))
+    assert train_data.source_info.class_names == ("a", "b", "c") and train_data.source_info.num_examples == 60
+    index = np.round((x.numpy()[:, 0, 0, 0] + 1.0) / 2.0 * 255.0).astype(int) - 100  # pixel range (-1, 1)
+    np.testing.assert_array_equal(y.numpy(), index % 3)  # the option reached the source
+    x, y = data.load_arrays(**cli.resolve_parameter("run_eval.in_dist"))  # the evaluation path
+    np.testing.assert_array_equal(x[:, 0, 0, 0] % 3, [2 - 2 * (i % 3 == 1) for i in y])
+    np.testing.assert_array_equal(x[:, 3, 5, 0], [i for i in range(30) if i % 3 in (0, 2)])
+    x, y = data.load_arrays(**cli.resolve_parameter("run_eval.ood_sets")["interp"])
+    np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(20) + 5)  # (i + (i + 10)) / 2, CLEL's pairs
+    with pytest.raises(ValueError, match="Known names: 'cifar10', .*'photo_patches', 'toy', or any"):
+        data.make_dataset_fn("toys", "train", 4)
+
+
+def test_every_source_documents_its_options():
+    assert sources.source_names() == data.KNOWN_DATASETS  # the built-in ones, in their order
+    for name in sources.source_names():
+        source = sources.get_source(name)
+        undocumented = [o for o in source.options if f"{o}:" not in (source.load.__doc__ or "")]
+        assert source.load.__doc__ and not undocumented, (name, undocumented)
+
+
+def test_register_source_errors(toy_source_file):
+    with pytest.raises(TypeError, match=r"`classes` and `max_examples`.*lacks \['max_examples'\]"):
+        sources.register_source("bad")(lambda name, split, *, classes=None: None)
+    with pytest.raises(ValueError, match="not ending in '_interp'"):
+        sources.register_source("bad_interp")(lambda name, split, *, classes=None, max_examples=None: None)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'toy_offset'"):
+        data.load_source("digits", "train", toy_offset=1)  # nothing registered takes it yet
+    import toy_source  # noqa: F401  registers "toy"
+
+    _, info = data.load_source("digits", "train", toy_offset=1)  # another source's option: ignored
+    assert info.num_examples == 1438

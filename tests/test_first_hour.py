@@ -60,7 +60,7 @@ def test_tfds_downloads_by_default_when_the_network_answers(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     builder = _FakeBuilder()
     monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: builder)
-    monkeypatch.setattr(sources, "_network_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(sources.tfds, "_network_reachable", lambda timeout=3.0: True)
     with pytest.raises(RuntimeError, match="downloaded, then read"):
         data.load_source("cifar10", "train")
     assert builder.downloaded
@@ -73,7 +73,7 @@ def test_tfds_downloads_by_default_when_the_network_answers(monkeypatch):
 
 def test_tfds_without_network_fails_at_once_with_the_offline_overlays(monkeypatch, tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(sources, "_network_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources.tfds, "_network_reachable", lambda timeout=3.0: False)
     start = time.time()
     with pytest.raises(FileNotFoundError) as info:
         data.load_source("cifar10", "train", data_dir=str(tmp_path))
@@ -85,12 +85,12 @@ def test_tfds_without_network_fails_at_once_with_the_offline_overlays(monkeypatc
     monkeypatch.undo()
     monkeypatch.setenv("KERAS_EBM_OFFLINE", "1")
     start = time.time()
-    assert sources._network_reachable() is False and time.time() - start < 0.5
+    assert sources.tfds._network_reachable() is False and time.time() - start < 0.5
 
 
 def test_run_training_refuses_unavailable_data_before_building_a_model(monkeypatch, tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(sources, "_network_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(sources.tfds, "_network_reachable", lambda timeout=3.0: False)
 
     def trainer():
         raise AssertionError("the model was built before the data was checked")

@@ -15,7 +15,7 @@ from keras_ebm.data import official
 from keras_ebm.data import prepare
 from keras_ebm.data import sources
 
-_REAL_SEARCH_DIRS = sources.data_search_dirs
+_REAL_SEARCH_DIRS = sources.files.data_search_dirs
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def no_data_dirs(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setattr(sources, "data_search_dirs", lambda: [work, tmp_path / "keras_home" / "datasets"])
+    monkeypatch.setattr(sources.files, "data_search_dirs", lambda: [work, tmp_path / "keras_home" / "datasets"])
     return work
 
 
@@ -118,7 +118,7 @@ def test_data_dir_env_var_finds_the_official_names(tmp_path, no_data_dirs, monke
     data_dir.mkdir()
     expected, _ = standins.write_cifar_python(data_dir / "cifar-10-python.tar.gz")
     monkeypatch.setenv("KERAS_EBM_DATA_DIR", str(data_dir))
-    monkeypatch.setattr(sources, "data_search_dirs", _REAL_SEARCH_DIRS)  # the env var comes first
+    monkeypatch.setattr(sources.files, "data_search_dirs", _REAL_SEARCH_DIRS)  # the env var comes first
     x, y = data.load_arrays("cifar10_python", "test")
     np.testing.assert_array_equal(x, expected["test"][0])
     # The interpolation OOD set of the new source, as in the overlays.

@@ -10,7 +10,7 @@ Keras 3 has no random-resized-crop and its random layers own stateful generators
 
 import tensorflow as tf
 
-from keras_ebm.data.preprocess import _check_pixel_range
+from keras_ebm.data.pixel_range import check_pixel_range
 
 
 def _check_images(x, fn_name):
@@ -189,7 +189,7 @@ def simclr_augment(
         arXiv:2002.05709, Appendix A.
     """
     x = _check_images(x, "simclr_augment")
-    lo, hi = _check_pixel_range(pixel_range)
+    lo, hi = check_pixel_range(pixel_range)
     channels = x.shape[-1]
     if channels is None:
         raise ValueError(

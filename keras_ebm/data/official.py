@@ -1,8 +1,8 @@
 """Readers of the files the data sets' authors distribute: CIFAR-10/100 python version, SVHN .mat.
 
 Each reader returns numpy arrays `(x uint8 [N, 32, 32, 3], labels int64 [N], class_names)` equal,
-pixel for pixel, to the official arrays; `keras_ebm.data.sources` wraps them as the sources
-"cifar10_python", "cifar100_python" and "svhn_mat" and finds the files (see `FORMATS`).
+pixel for pixel, to the official arrays; `keras_ebm.data.sources.official_files` wraps them as the
+sources "cifar10_python", "cifar100_python" and "svhn_mat" and finds the files (see `FORMATS`).
 
 * CIFAR-10 / CIFAR-100, "CIFAR-10 python version" (https://www.cs.toronto.edu/~kriz/cifar.html):
   `cifar-10-python.tar.gz` holds `cifar-10-batches-py/data_batch_1..5`, `test_batch` and

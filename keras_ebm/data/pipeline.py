@@ -12,19 +12,11 @@ import warnings
 import tensorflow as tf
 
 from keras_ebm.data import augment as augment_lib
-from keras_ebm.data import preprocess
+from keras_ebm.data import pixel_range as pixel_range_lib
 from keras_ebm.data import sources
 
 _MAX_SHUFFLE_BUFFER = 60_000  # all of CIFAR-10 train (150 MB of uint8): a full shuffle, as JEM
 _UNKNOWN_SIZE_SHUFFLE_BUFFER = 10_000
-
-
-def _check_name(name):
-    base = name[: -len(sources.INTERP_SUFFIX)] if name.endswith(sources.INTERP_SUFFIX) else name
-    if base not in sources.KNOWN_DATASETS:
-        raise ValueError(
-            f"Unknown data set. Known names: {sources._known_names_text()}. Received: name={name!r}"
-        )
 
 
 def _check_batch_size(value, arg_name):
@@ -106,7 +98,7 @@ def make_dataset(
     seed, combined with the global seed (`tf.random.set_seed`) when one is set.
 
     Args:
-        name: a source name (see `keras_ebm.data.KNOWN_DATASETS`).
+        name: a source name (see `keras_ebm.data.sources.source_names()`).
         split: the split ("train", "test", ...).
         global_batch_size: batch size summed over replicas.
         input_context: a `tf.distribute.InputContext`; the batch is then the per-replica batch and
@@ -134,9 +126,9 @@ def make_dataset(
     Returns:
         The batched, prefetched dataset; its `source_info` attribute is the source's `SourceInfo`.
     """
-    _check_name(name)
+    sources.get_source(name)  # an unknown name fails now, listing the registered ones
     _check_batch_size(global_batch_size, "global_batch_size")
-    preprocess._check_pixel_range(pixel_range)
+    pixel_range_lib.check_pixel_range(pixel_range)
     if dequantize_noise < 0:
         raise ValueError(
             f"`dequantize_noise` must be >= 0. Received: dequantize_noise={dequantize_noise!r}"
@@ -181,7 +173,7 @@ def make_dataset(
     lo_hi = tuple(float(v) for v in pixel_range)
     if augment_fn is None and not dequantize_noise and not uniform_dequantize:
         ds = ds.map(
-            lambda x, y: (preprocess.to_pixel_range(x, lo_hi), y),
+            lambda x, y: (pixel_range_lib.to_pixel_range(x, lo_hi), y),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
@@ -201,7 +193,7 @@ def make_dataset(
                 u = tf.random.stateless_uniform(tf.shape(x), dequant_seed)
                 x = (tf.cast(x, tf.float32) + u) / 256.0 * (lo_hi[1] - lo_hi[0]) + lo_hi[0]
             else:
-                x = preprocess.to_pixel_range(x, lo_hi)
+                x = pixel_range_lib.to_pixel_range(x, lo_hi)
             if augment_fn is not None:
                 x = augment_fn(x, aug_seed)
             if dequantize_noise:
@@ -223,7 +215,7 @@ def make_dataset_fn(name, split, global_batch_size, **kwargs):
     count with the trainer's); `fn.check_available()` fails at once when a tensorflow-datasets
     source can be neither read nor downloaded (`run_training` calls it before building a model).
     """
-    _check_name(name)
+    sources.get_source(name)  # an unknown name fails now, listing the registered ones
     _check_batch_size(global_batch_size, "global_batch_size")
 
     return _recording_source_info(
@@ -301,7 +293,7 @@ def make_two_branch_dataset(
 def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwargs):
     """`fn(input_context=None)` building `make_two_branch_dataset(...)` (for
     `strategy.distribute_datasets_from_function`)."""
-    _check_name(name)
+    sources.get_source(name)  # an unknown name fails now, listing the registered ones
     _check_batch_size(clf_batch_size, "clf_batch_size")
     _check_batch_size(px_batch_size, "px_batch_size")
 
@@ -324,6 +316,6 @@ def load_arrays(name, split="test", max_examples=None, **source_kwargs):
     Returns:
         `(x uint8 [N, H, W, C], y int32 [N])`.
     """
-    _check_name(name)
+    sources.get_source(name)  # an unknown name fails now, listing the registered ones
     ds, _ = sources.load_source(name, split, max_examples=max_examples, **source_kwargs)
     return sources.dataset_to_arrays(ds)
