@@ -4,7 +4,7 @@ in fid_inception.py, imported on use), sample quality by classification (sample_
 (suite.py) and the report across runs (report.py, `compare_runs`)."""
 
 from keras_ebm.evaluation import (
-    classifiers,
+    adapters,
     generative,
     metrics,
     plots,
@@ -48,9 +48,9 @@ __all__ = [
     "InceptionV3Features",
     "RefinementDefense",
     "accuracy",
+    "adapters",
     "calibration_bins",
     "carlini_wagner_l2",
-    "classifiers",
     "classify_samples",
     "compare_runs",
     "evaluate_cw",

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm.evaluation import metrics as metrics_lib
-from keras_ebm.evaluation.classifiers import signature_images
 from keras_ebm.evaluation import plots
+from keras_ebm.evaluation.adapters import signature_images
 
 
 def _log(msg):
