@@ -69,44 +69,30 @@ def _run_export(module, images, batch_size, label, classifier=True):
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
-# Keys that eval.py's other evaluations add to results.json (`merge_results`); run_eval keeps them.
-EXTRA_KEYS = ("robustness", "generative", "sample_quality", "likelihood")
+def extra_keys():
+    """The results.json entries eval.py's other evaluations add (`merge_results`), which `run_eval`
+    keeps: the keys of the registered evaluators ("robustness", "generative", ...), in report order."""
+    from keras_ebm.evaluation import registry
+
+    return registry.result_keys()
 
 
-def _pct(v):
+def __getattr__(name):
+    if name == "EXTRA_KEYS":  # `extra_keys()`, as the constant of earlier releases
+        return extra_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def pct(v):
+    """A rate of results.md: one decimal, in %; "-" when missing."""
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _extras_markdown(results):
-    lines = []
-    robust = results.get("robustness") or {}
-    pgd = {k: r for k, r in robust.items() if "robust_accuracy" in r}
-    for name, r in pgd.items():
-        eps = r["epsilons"]
-        lines += ["", f"Robust accuracy, {name} ({r['norm']}, {r['steps']} steps, {r['num_examples']} images; "
-                  "epsilon in [0, 255] units)", "",
-                  "| clean | " + " | ".join(f"eps {e:g}" for e in eps) + " |", "|---|" + "---|" * len(eps),
-                  f"| {_pct(r['clean_accuracy'])} | " + " | ".join(_pct(a) for a in r["robust_accuracy"]) + " |"]
-    for name, r in robust.items():
-        if name not in pgd:
-            lines += ["", f"{name}: success {_pct(r.get('success_rate'))}, mean L2 {r.get('mean_l2', float('nan')):.4f}, "
-                      f"median L2 {r.get('median_l2', float('nan')):.4f} ([0, 1] units; {r.get('num_attacked')} of "
-                      f"{r.get('num_examples')} images attacked)"]
-    for name, r in (results.get("generative") or {}).items():
-        metrics = ", ".join(f"{k} {r[k]:.4g}" for k in ("fid", "inception_score", "kid", "classifier_fd",
-                                                      "classifier_score", "classifier_kd") if k in r)
-        lines += ["", f"Samples {name}: {metrics} ({r['num_samples']} samples; reference {r['reference']['dataset']}/"
-                  f"{r['reference']['split']}, {r['reference']['num_examples']} images; {r['feature_network']})"]
-    for name, r in (results.get("sample_quality") or {}).items():
-        lines += ["", f"Sample quality {name}: accuracy under the reference classifier {_pct(r.get('accuracy'))} "
-                  f"({r['num_samples']} samples)"]
-    for name, r in (results.get("likelihood") or {}).items():
-        lines += ["", f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
-                  f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
-                  f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
-                  f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). "
-                  + r["variance_note"]]
-    return lines
+    """The lines of the registered evaluators' entries (robustness, generative, ...)."""
+    from keras_ebm.evaluation import registry
+
+    return [line for cls in registry.keyed() for line in cls.markdown(results.get(cls.key) or {})]
 
 
 def merge_results(output_dir, key, entries):
@@ -116,8 +102,9 @@ def merge_results(output_dir, key, entries):
     eval.py stores its robustness, generative and sample-quality results this way, beside what
     `run_eval` wrote; `keras_ebm.evaluation.report.compare_runs` reads them back.
     """
-    if key not in EXTRA_KEYS:
-        raise ValueError(f"`key` must be one of {EXTRA_KEYS}. Received: key={key!r}")
+    keys = extra_keys()
+    if key not in keys:
+        raise ValueError(f"`key` must be one of {keys}. Received: key={key!r}")
     path = os.path.join(output_dir, "results.json")
     results = {}
     if os.path.exists(path):
@@ -317,7 +304,7 @@ def run_eval(
     if keep_extras and os.path.exists(path):  # eval.py's robustness / FID / sample-quality results
         with open(path) as f:
             previous = json.load(f)
-        results.update({k: previous[k] for k in EXTRA_KEYS if k in previous})
+        results.update({k: previous[k] for k in extra_keys() if k in previous})
     with open(path, "w") as f:
         json.dump(results, f, indent=2)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
