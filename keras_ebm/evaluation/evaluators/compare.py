@@ -12,7 +12,7 @@ from keras_ebm.evaluation import report
 class Compare(registry.Evaluator):
     export_only = True
 
-    def __init__(self, runs=(), names=None, scores=None, output_dir="eval_report"):
+    def __init__(self, runs=(), names=(), scores=(), output_dir="eval_report"):
         self.runs, self.names, self.scores, self.output_dir = runs, names, scores, output_dir
 
     def run(self, ctx):
