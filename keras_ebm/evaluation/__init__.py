@@ -17,7 +17,7 @@ from keras_ebm.evaluation import (
     sample_quality,
     suite,
 )
-from keras_ebm.evaluation import evaluators  # noqa: E402  (registers the built-in evaluators with gin)
+from keras_ebm.evaluation import evaluators  # noqa: F401  (registers the built-in evaluators with gin)
 from keras_ebm.evaluation.generative import (
     ClassifierFeatures,
     InceptionV3Features,

@@ -3,8 +3,9 @@ FID / IS / KID (or their classifier-feature stand-ins), sample quality by classi
 AIS test log-likelihood.
 
 Each `run_*` function takes in-memory objects (the restored trainer, uint8 images, feature
-networks), calls `robustness`, `generative` or `sample_quality`, and returns `{name: result}`;
-`runner.merge_results(output_dir, key, entries)` stores them in `<output_dir>/results.json` under
+networks), calls `robustness`, `generative` or `sample_quality`, and returns `{name: result}`. The
+registered evaluators (`evaluators/`, picked by eval.py's flags) call them, and
+`runner.merge_results(output_dir, key, entries)` stores the entries in `<output_dir>/results.json` under
 "robustness", "generative", "sample_quality" or "likelihood", where `report.compare_runs` reads them. Every result
 holds the number of images it used (`num_examples`, `num_samples`, the reference's
 `num_examples`).

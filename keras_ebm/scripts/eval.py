@@ -192,16 +192,18 @@ def flag_bindings():
     return out
 
 
-def _parse_run_gin(bindings=()):
-    """Parse this run's config.gin (if any), then --gin_file, --gin_param and the flags' `bindings`."""
+def _parse_run_gin(bindings=(), run_config=True):
+    """Parse this run's config.gin (if any and `run_config`), then --gin_file, --gin_param and the
+    flags' `bindings`."""
     import gin
 
     from keras_ebm import cli
 
     files = list(FLAGS.gin_file)
-    if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
-        files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
-    elif FLAGS.model_dir and not files:
+    config = os.path.join(FLAGS.model_dir, "config.gin") if run_config and FLAGS.model_dir else None
+    if config and os.path.exists(config):
+        files.insert(0, config)
+    elif config and not files:
         raise FileNotFoundError(
             f"{FLAGS.model_dir} has no config.gin, so it is not a run folder written by train.py: "
             "eval.py reads the run's test and OOD sets (and, for attacks and samples, its trainer) "
@@ -261,7 +263,7 @@ def main(argv):
         if FLAGS.compare:
             if FLAGS.output_dir:
                 bindings.append(f"compare.output_dir = {FLAGS.output_dir!r}")
-            _parse_gin_only(bindings + [f"compare.runs = {list(argv[1:])!r}"])
+            _parse_run_gin(bindings + [f"compare.runs = {list(argv[1:])!r}"], run_config=False)
             evaluation.evaluate(["compare"])
             return
         _check_flags(argv)
@@ -270,17 +272,6 @@ def main(argv):
                             output_dir=FLAGS.output_dir, reparse_config=lambda: _parse_run_gin(bindings))
     except registry.UsageError as error:
         raise app.UsageError(str(error)) from error
-
-
-def _parse_gin_only(bindings):
-    """--compare: --gin_file, --gin_param and the flags' bindings (no run config)."""
-    import gin
-
-    from keras_ebm import cli
-
-    with gin.unlock_config():
-        gin.clear_config()
-        cli.parse_gin(list(FLAGS.gin_file), list(FLAGS.gin_param) + list(bindings))
 
 
 def run():
