@@ -177,6 +177,41 @@ def _export_path(saved_model, model_dir):
     )
 
 
+def _score_names(outputs, metadata, classifier):
+    """The export's OOD scores in table order: by name; for a non-classifier (CLEL: its "logits"
+    are a latent, JEM scores of them mean nothing) its own score first and no JEM scores."""
+    names = sorted(k[len("score/"):] for k in outputs if k.startswith("score/"))
+    if classifier:
+        return names
+    first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in names]
+    return first + [s for s in names if s not in first and s not in _CLASSIFIER_SCORES]
+
+
+def _ood_entry(scores_in, scores_out):
+    """`({score: AUROC}, {score: every metric})` of one OOD set, in-distribution positive."""
+    details = {s: {k: float(v) for k, v in metrics_lib.ood_metrics(scores_in[s], scores_out[s]).items()}
+               for s in scores_in}
+    return {s: d["auroc"] for s, d in details.items()}, details
+
+
+def _write_results(results, output_dir, in_dist_name, keep_extras):
+    """results.json (with the entries of the other evaluations unless not `keep_extras`), results.md, log."""
+    path = os.path.join(output_dir, "results.json")
+    if keep_extras and os.path.exists(path):  # eval.py's robustness / FID / sample-quality results
+        with open(path) as f:
+            previous = json.load(f)
+        results.update({k: previous[k] for k in extra_keys() if k in previous})
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(_markdown(results, in_dist_name))
+    if results["classifier"]:
+        _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
+    for ood_name, by_score in results["ood"].items():
+        _log(f"OOD {ood_name}: " + "  ".join(f"AUROC[{s}]={v:.4f}" for s, v in by_score.items()))
+    _log(f"wrote {output_dir}/results.json, results.md and plots")
+
+
 @gin.configurable(module="keras_ebm.evaluation")
 def run_eval(
     model_dir=None,
@@ -250,10 +285,7 @@ def run_eval(
 
     out_in = with_betas(_run_export(module, x, batch_size, in_dist_name, classifier))
     probs = out_in["probabilities"] if classifier else None
-    score_names = sorted(k[len("score/"):] for k in out_in if k.startswith("score/"))
-    if not classifier:  # e.g. CLEL: its "logits" are a latent; JEM scores of them mean nothing
-        first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in score_names]
-        score_names = first + [s for s in score_names if s not in first and s not in _CLASSIFIER_SCORES]
+    score_names = _score_names(out_in, metadata, classifier)
 
     results = {
         "saved_model": os.path.abspath(saved_model),
@@ -274,7 +306,8 @@ def run_eval(
             title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
         )
 
-    scores_by_set = {s: {in_dist_name: out_in[f"score/{s}"]} for s in score_names}
+    scores_in = {s: out_in[f"score/{s}"] for s in score_names}
+    scores_by_set = {s: {in_dist_name: scores_in[s]} for s in score_names}
     # In name order: results, tables and plots list the sets the same way whether the spec came
     # from the training call (file order) or from a saved config.gin (gin writes dicts sorted).
     for ood_name, spec in sorted((ood_sets or {}).items()):
@@ -285,33 +318,16 @@ def run_eval(
                 f"{x.shape[1:]}: pass image_size/channels in its spec. Received: {ood_name}.shape={x_ood.shape}"
             )
         out_ood = with_betas(_run_export(module, x_ood, batch_size, ood_name, classifier))
-        results["ood"][ood_name] = {}
-        results["ood_details"][ood_name] = {}
+        scores_out = {s: out_ood[f"score/{s}"] for s in score_names}
+        results["ood"][ood_name], results["ood_details"][ood_name] = _ood_entry(scores_in, scores_out)
         results["num_ood_examples"][ood_name] = int(len(x_ood))
         for s in score_names:
-            m = metrics_lib.ood_metrics(out_in[f"score/{s}"], out_ood[f"score/{s}"])
-            results["ood"][ood_name][s] = float(m["auroc"])
-            results["ood_details"][ood_name][s] = {k: float(v) for k, v in m.items()}
-            scores_by_set[s][ood_name] = out_ood[f"score/{s}"]
+            scores_by_set[s][ood_name] = scores_out[s]
     for s in score_names:
         if len(scores_by_set[s]) > 1:
             plots.score_histograms(
                 scores_by_set[s], os.path.join(output_dir, f"scores_{s}.png"),
                 in_dist_name=in_dist_name, score_name=s,
             )
-
-    path = os.path.join(output_dir, "results.json")
-    if keep_extras and os.path.exists(path):  # eval.py's robustness / FID / sample-quality results
-        with open(path) as f:
-            previous = json.load(f)
-        results.update({k: previous[k] for k in extra_keys() if k in previous})
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(_markdown(results, in_dist_name))
-    if classifier:
-        _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
-    for ood_name, by_score in results["ood"].items():
-        _log(f"OOD {ood_name}: " + "  ".join(f"AUROC[{s}]={v:.4f}" for s, v in by_score.items()))
-    _log(f"wrote {output_dir}/results.json, results.md and plots")
+    _write_results(results, output_dir, in_dist_name, keep_extras)
     return results
