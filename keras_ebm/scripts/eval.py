@@ -271,7 +271,7 @@ def main(argv):
         evaluation.evaluate(selected_evaluators(), model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model,
                             output_dir=FLAGS.output_dir, reparse_config=lambda: _parse_run_gin(bindings))
     except registry.UsageError as error:
-        raise app.UsageError(str(error)) from error
+        raise app.UsageError(scripts.without_gin_context(str(error))) from error
 
 
 def run():
