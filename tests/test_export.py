@@ -493,7 +493,7 @@ def test_network_variables_follow_the_model_weight_order():
 def test_evaluation_feeds_format_2_and_3_signatures(exported, tmp_path):
     """Evaluation converts its uint8 images to the signature's declared dtype: float32 (format 3)
     and uint8 (exports of format 2, written before the signatures declared float32)."""
-    from keras_ebm.evaluation.classifiers import uint8_logits_fn
+    from keras_ebm.evaluation.adapters import uint8_logits_fn
 
     class Format2(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None] + list(IMAGE_SHAPE), tf.uint8, name="images")])

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_ebm.data.preprocess import to_pixel_range
 from keras_ebm.evaluation import robustness as rob
-from keras_ebm.evaluation.classifiers import ExportLogits
+from keras_ebm.evaluation.adapters import ExportLogits
 
 SHAPE = (4, 4, 3)
 RANGE = (-1.0, 1.0)

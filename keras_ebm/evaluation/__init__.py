@@ -1,18 +1,23 @@
 """Evaluation: metrics (accuracy, ECE, OOD AUROC/AUPR/FPR95), PNG plots, `run_eval` (runner.py),
 adversarial robustness (robustness.py), FID / IS / KID (generative.py; the papers' Inception network
-in fid_inception.py, imported on use), sample quality by classification (sample_quality.py), what eval.py's flags run
-(suite.py) and the report across runs (report.py, `compare_runs`)."""
+in fid_inception.py, imported on use), sample quality by classification (sample_quality.py), the
+model adapters (adapters.py: pixel range, logits functions), the library functions eval.py's
+evaluations call (suite.py), the evaluators registered by name and configured from gin
+(registry.py, `evaluate`; one file each in evaluators/) and the report across runs (report.py,
+`compare_runs`)."""
 
 from keras_ebm.evaluation import (
-    classifiers,
+    adapters,
     generative,
     metrics,
     plots,
+    registry,
     report,
     robustness,
     sample_quality,
     suite,
 )
+from keras_ebm.evaluation import evaluators  # noqa: F401  (registers the built-in evaluators with gin)
 from keras_ebm.evaluation.generative import (
     ClassifierFeatures,
     InceptionV3Features,
@@ -31,6 +36,7 @@ from keras_ebm.evaluation.metrics import (
     validate_scores,
 )
 from keras_ebm.evaluation.plots import reliability_diagram, sample_grid, score_histograms
+from keras_ebm.evaluation.registry import evaluate
 from keras_ebm.evaluation.report import compare_runs
 from keras_ebm.evaluation.robustness import (
     RefinementDefense,
@@ -48,11 +54,12 @@ __all__ = [
     "InceptionV3Features",
     "RefinementDefense",
     "accuracy",
+    "adapters",
     "calibration_bins",
     "carlini_wagner_l2",
-    "classifiers",
     "classify_samples",
     "compare_runs",
+    "evaluate",
     "evaluate_cw",
     "evaluate_generative",
     "evaluate_robustness",
@@ -67,6 +74,7 @@ __all__ = [
     "pgd_attack",
     "plots",
     "reference_statistics",
+    "registry",
     "reliability_diagram",
     "report",
     "robustness",

@@ -54,7 +54,7 @@ from scipy import linalg
 from scipy import special
 from sklearn.metrics.pairwise import polynomial_kernel
 
-from keras_ebm.evaluation import classifiers
+from keras_ebm.evaluation import adapters
 
 PAPER_NUM_SAMPLES = 50000
 INCEPTION_IMAGE_SIZE = 299
@@ -332,7 +332,7 @@ class ClassifierFeatures:
 
         if not name or not isinstance(name, str):
             raise ValueError(f"`name` must name the feature network (cache key, results). Received: name={name!r}")
-        self.pixel_range = classifiers.model_pixel_range(classifier, pixel_range)
+        self.pixel_range = adapters.model_pixel_range(classifier, pixel_range)
         self.network = getattr(classifier, "network", classifier)
         self.backbone = feature_extractor(self.network)
         self.name = f"classifier_{name}"
@@ -350,9 +350,9 @@ class ClassifierFeatures:
 
 def extract_features(feature_net, images, batch_size=100, max_examples=None, progress=True, label="features"):
     """`{"pool": [N, d], "logits": [N, classes]}` of uint8 images, in batches, with a progress bar."""
-    images = classifiers.uint8_images(images, "images", max_examples)
+    images = adapters.uint8_images(images, "images", max_examples)
     n = len(images)
-    bar = classifiers._progbar(n, f"{label} ({feature_net.name})") if progress else None
+    bar = adapters._progbar(n, f"{label} ({feature_net.name})") if progress else None
     pools, logits = [], []
     for start in range(0, n, batch_size):
         out = feature_net(images[start:start + batch_size])

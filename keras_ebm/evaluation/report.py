@@ -15,7 +15,9 @@ tables (rows = models):
 * `report_<plot>.png`: each plot kind of every run side by side (one panel per run), and
   `report_robustness.png`, the robust-accuracy curves of all runs on the same axes.
 
-A cell is "-" where a run lacks the evaluation (e.g. no FID for a classifier without a sampler).
+The columns, image counts and plots after the OOD AUROCs come from the registered evaluators
+(`registry.Evaluator.columns`, `counts`, `compare_plots`, in registration order), so a new
+evaluation brings its own. A cell is "-" where a run lacks the evaluation (e.g. no FID for a classifier without a sampler).
 """
 
 import json
@@ -25,10 +27,6 @@ import numpy as np
 
 from keras_ebm import reports
 from keras_ebm.evaluation import plots
-from keras_ebm.evaluation import robustness as robustness_lib
-
-INCEPTION_METRICS = ("fid", "inception_score", "kid")
-GENERATIVE_METRICS = INCEPTION_METRICS + ("classifier_fd", "classifier_score", "classifier_kd")
 
 
 def _log(msg):
@@ -107,7 +105,8 @@ def load_runs(paths, names=None):
     return runs
 
 
-def _union(keys_per_run):
+def union(keys_per_run):
+    """The keys of every run, each once, in the order they first appear."""
     out = []
     for keys in keys_per_run:
         for k in keys:
@@ -120,88 +119,38 @@ _FORMATS = {"pct": reports.percent, "num": reports.number}  # the quickstart's c
 
 
 def _columns(results_list, scores=None):
-    """[(column title, getter(results) -> cell text, getter -> value)]."""
+    """[(column title, getter(results) -> value)] and {title: "pct" or "num"}: accuracy, ECE, the
+    OOD AUROCs, then the columns of every registered evaluator (`Evaluator.columns`)."""
+    from keras_ebm.evaluation import registry
+
     cols = [("accuracy", lambda r: r.get("accuracy")), ("ECE", lambda r: r.get("ece"))]
     kinds = {"accuracy": "pct", "ECE": "pct"}
-    ood_sets = sorted(_union([r.get("ood", {}) for r in results_list]))  # by name, in every run's row
+    ood_sets = sorted(union([r.get("ood", {}) for r in results_list]))  # by name, in every run's row
     for ood in ood_sets:
-        for score in _union([r.get("ood", {}).get(ood, {}) for r in results_list]):
+        for score in union([r.get("ood", {}).get(ood, {}) for r in results_list]):
             if scores and score not in scores:
                 continue
             title = f"AUROC {ood} [{score}]"
             cols.append((title, lambda r, o=ood, s=score: r.get("ood", {}).get(o, {}).get(s)))
             kinds[title] = "num"
-    robust = [r.get("robustness") or {} for r in results_list]
-    for name in _union(robust):
-        entries = [rb[name] for rb in robust if name in rb]
-        if "robust_accuracy" in entries[0]:
-            title = f"{name} clean"  # the attacked subset before the attack (epsilon 0)
-            cols.append((title, lambda r, n=name: (r.get("robustness") or {}).get(n, {}).get("clean_accuracy")))
-            kinds[title] = "pct"
-            for eps in _union([e["epsilons"] for e in entries]):
-                title = f"{name} eps {eps:g}"
-                cols.append((title, lambda r, n=name, e=eps: _robust_at(r, n, e)))
-                kinds[title] = "pct"
-        else:  # C&W: the noise it needs ([0, 1] units) and how often it succeeds
-            for key in ("mean_l2", "median_l2", "success_rate"):
-                title = f"{name} {key}"
-                cols.append((title, lambda r, n=name, k=key: (r.get("robustness") or {}).get(n, {}).get(k)))
-                kinds[title] = "pct" if key == "success_rate" else "num"
-    gen = [r.get("generative") or {} for r in results_list]
-    for name in _union(gen):
-        sample_set = name.split("/")[0]
-        network = next(g[name].get("feature_network") for g in gen if name in g) or name.partition("/")[2]
-        for metric in GENERATIVE_METRICS:
-            if any(metric in g.get(name, {}) for g in gen):
-                if metric in INCEPTION_METRICS:  # always say which Inception: only fid_inception's match papers
-                    title = f"{metric} [{sample_set}] ({network})"
-                elif len(_union(gen)) > len({n.split('/')[0] for n in _union(gen)}):
-                    title = f"{metric} [{name}]"  # the same sample set in two feature spaces
-                else:
-                    title = f"{metric} [{sample_set}]"
-                cols.append((title, lambda r, n=name, m=metric: (r.get("generative") or {}).get(n, {}).get(m)))
-                kinds[title] = "num"
-    for name in _union([r.get("sample_quality") or {} for r in results_list]):
-        title = f"sample accuracy [{name}]"
-        cols.append((title, lambda r, n=name: (r.get("sample_quality") or {}).get(n, {}).get("accuracy")))
-        kinds[title] = "pct"
-    for name in _union([r.get("likelihood") or {} for r in results_list]):
-        for key, label in (("log_z", "log Z"), ("log_z_stderr", "log Z s.e."), ("log_likelihood", "test LL nats"),
-                           ("bits_per_dim", "bits/dim")):
-            title = f"{label} [{name}]"
-            cols.append((title, lambda r, n=name, k=key: (r.get("likelihood") or {}).get(n, {}).get(k)))
-            kinds[title] = "num"
+    for cls in registry.keyed():
+        for title, get, kind in cls.columns(results_list):
+            cols.append((title, get))
+            kinds[title] = kind
     return cols, kinds
-
-
-def _robust_at(results, name, eps):
-    entry = (results.get("robustness") or {}).get(name)
-    if not entry or "robust_accuracy" not in entry:
-        return None
-    for e, acc in zip(entry["epsilons"], entry["robust_accuracy"]):
-        if float(e) == float(eps):
-            return acc
-    return None
 
 
 def image_counts(results):
     """How many images each number of a run used: `{what: count}`."""
+    from keras_ebm.evaluation import registry
+
     counts = {}
     if results.get("num_examples") is not None:
         counts["test images (accuracy, ECE, OOD in-distribution)"] = results["num_examples"]
     for ood, n in (results.get("num_ood_examples") or {}).items():
         counts[f"OOD {ood} images"] = n
-    for name, r in (results.get("robustness") or {}).items():
-        counts[f"{name} images"] = r.get("num_attacked", r.get("num_examples")) if "robust_accuracy" not in r \
-            else r.get("num_examples")
-    for name, r in (results.get("generative") or {}).items():
-        counts[f"{name.split('/')[0]} samples"] = r.get("num_samples")
-        ref = r.get("reference", {})
-        counts[f"reference {ref.get('dataset')}/{ref.get('split')} ({r.get('feature_network')})"] = ref.get("num_examples")
-    for name, r in (results.get("sample_quality") or {}).items():
-        counts[f"{name} samples classified"] = r.get("num_samples")
-    for name, r in (results.get("likelihood") or {}).items():
-        counts[f"{name} test images (AIS chains: {r.get('num_chains')})"] = r.get("num_examples")
+    for cls in registry.keyed():
+        counts.update(cls.counts(results.get(cls.key) or {}))
     return counts
 
 
@@ -272,22 +221,19 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
         rows[name] = {title_: get(r) for title_, get in cols}
         cells.append([name, folders[name]] + [_FORMATS[kinds[t]](rows[name][t]) for t, _ in cols])
     counts = {name: image_counts(r) for name, (_, r) in runs.items()}
-    what = _union(counts.values())
+    what = union(counts.values())
 
     plot_files = {name: _plot_files(d) for name, (d, _) in runs.items()}
-    written = []
-    curves = [dict(e, name=f"{name}: {key}") for name, (_, r) in runs.items()
-              for key, e in (r.get("robustness") or {}).items() if "robust_accuracy" in e]
-    if curves:
-        written.append(robustness_lib.robustness_curve(curves, os.path.join(output_dir, "report_robustness.png"),
-                                                       title="robust accuracy, all runs"))
-    for kind in _union(plot_files.values()):
+    from keras_ebm.evaluation import registry
+
+    written = [path for cls in registry.keyed() for path in cls.compare_plots(runs, output_dir)]
+    for kind in union(plot_files.values()):
         if scores and kind.startswith("scores_") and kind[len("scores_"):] not in scores:
             continue  # a score the table leaves out
         have = {name: files[kind] for name, files in plot_files.items() if kind in files}
         written.append(side_by_side(have, os.path.join(output_dir, f"report_{kind}.png"), title=kind))
 
-    notes = _union([[r["notes"]] for r in results_list if r.get("notes")])
+    notes = union([[r["notes"]] for r in results_list if r.get("notes")])
     lines = [f"# {title}", "", "Rows: models; robust accuracy in %, epsilons in [0, 255] pixel units; "
              "classifier_fd / classifier_score / classifier_kd are computed in the feature space of a "
              "classifier trained with keras_ebm (named in the JSON), not Inception: they rank runs measured "

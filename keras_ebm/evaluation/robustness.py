@@ -9,9 +9,9 @@ epsilon e bounds the Euclidean norm of the perturbation measured in grey levels,
 2 / 255 for the range (-1, 1)). C&W norms are reported in [0, 1] pixel units (GMMC Table 7).
 
 What is attacked. The attacks take a `logits_fn(x_float)` and differentiate it; build one from an
-in-memory keras model with `keras_ebm.evaluation.classifiers.logits_fn(model)`. A loaded export is
+in-memory keras model with `keras_ebm.evaluation.adapters.logits_fn(model)`. A loaded export is
 refused: its signatures take pixel values 0..255 and quantise them to uint8, so no gradient flows,
-and it stores no entry point in the model's float pixel range (see `classifiers.py`). Attack the in-memory model (the trainer restored from its checkpoint)
+and it stores no entry point in the model's float pixel range (see `adapters.py`). Attack the in-memory model (the trainer restored from its checkpoint)
 instead. A `RefinementDefense` wraps a classifier with K steps of SGLD on its own energy
 (E(x) = -logsumexp f(x), `keras_ebm.energy`) before classifying (JEM's `refined_logits`, Hill et
 al.'s purification) and is attacked with BPDA + EOT.
@@ -62,8 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
-from keras_ebm.data.preprocess import to_pixel_range
-from keras_ebm.evaluation import classifiers
+from keras_ebm.evaluation import adapters
 from keras_ebm.evaluation import plots
 from keras_ebm.sampling.sgld import SGLDSampler
 
@@ -161,7 +160,7 @@ class WhiteBox:
 
     Args:
         logits_fn: differentiable `fn(x_float) -> logits` (a keras model is wrapped with
-            `classifiers.logits_fn`). Exports are refused (their signatures quantise to uint8: no gradient).
+            `adapters.logits_fn`). Exports are refused (their signatures quantise to uint8: no gradient).
     """
 
     stochastic = False
@@ -188,19 +187,19 @@ class WhiteBox:
 
 
 def _differentiable(fn):
-    if classifiers.is_export(fn):
-        fn = classifiers.ExportLogits(fn)
+    if adapters.is_export(fn):
+        fn = adapters.ExportLogits(fn)
     if not getattr(fn, "differentiable", True):
         raise ValueError(
             "This classifier is a SavedModel export: its signatures take pixel values quantised to uint8 "
             "images, which have no gradient, so it cannot be attacked white-box. Attack the in-memory model instead (the "
             "trainer restored from its checkpoint, or trainer.network, through "
-            "keras_ebm.evaluation.classifiers.logits_fn), and classify the adversarial images with "
+            "keras_ebm.evaluation.adapters.logits_fn), and classify the adversarial images with "
             "the export if the deployed model's accuracy on them is wanted."
         )
     if not callable(fn):
         raise ValueError(f"`logits_fn` must be callable. Received: {type(fn).__name__}")
-    return classifiers.logits_fn(fn)
+    return adapters.logits_fn(fn)
 
 
 def sgld_refinement(logits_fn, n_steps, step_size=1.0, noise_std=0.01, init_noise_std=0.0,
@@ -221,7 +220,7 @@ def sgld_refinement(logits_fn, n_steps, step_size=1.0, noise_std=0.01, init_nois
         x_clip: optional `(lo, hi)` clamp after every step.
         seed: seed of the sampler's noise.
     """
-    fn = classifiers.logits_fn(logits_fn)
+    fn = adapters.logits_fn(logits_fn)
     sampler = SGLDSampler(n_steps=int(n_steps), step_size=step_size, noise_std=noise_std,
                           x_clip=x_clip, energy_reduction="sum", energy_training=False,
                           freeze_bn_stats=True, seed=seed)
@@ -451,26 +450,6 @@ def pgd_attack(model, x, y, epsilon, norm=LINF, steps=40, step_size=None, pixel_
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def _prepare(images, labels, max_examples, pixel_range):
-    images = classifiers.uint8_images(images, "images", max_examples)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)[:len(images)]
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"`labels` must hold one label per image. Received: {images.shape[0]} images, {labels.shape[0]} labels"
-        )
-    return np.asarray(to_pixel_range(images, pixel_range), np.float32), labels
-
-
-def _target_pixel_range(model, pixel_range):
-    inner = getattr(model, "logits_fn", model)
-    for candidate in (model, inner, getattr(inner, "__self__", None)):
-        try:
-            return classifiers.model_pixel_range(candidate, pixel_range)
-        except (ValueError, TypeError):
-            continue
-    return classifiers.model_pixel_range(model, pixel_range)
-
-
 def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel_range=None,
                         batch_size=100, max_examples=None, seed=0, output_dir=None, name=None,
                         progress=True, **overrides):
@@ -502,8 +481,8 @@ def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel
             overrides["step_size"] = None
         settings = dataclasses.replace(settings, **overrides)
     target = _as_target(model)
-    lo, hi = _target_pixel_range(model, pixel_range)
-    x, y = _prepare(images, labels, max_examples, (lo, hi))
+    lo, hi = adapters.model_pixel_range(model, pixel_range)
+    x, y = adapters.float_images(images, labels, (lo, hi), max_examples)
     n = len(x)
     epsilons = [float(e) for e in settings.epsilons]
     name = name or f"{target.name}_{settings.norm}"
@@ -689,8 +668,8 @@ def evaluate_cw(model, images, labels, targeted=False, steps=None, pixel_range=N
         `num_examples` (images given), `num_attacked` (correctly classified), `steps`, `targeted`.
     """
     fn = _differentiable(model)
-    lo, hi = _target_pixel_range(model, pixel_range)
-    x, y = _prepare(images, labels, max_examples, (lo, hi))
+    lo, hi = adapters.model_pixel_range(model, pixel_range)
+    x, y = adapters.float_images(images, labels, (lo, hi), max_examples)
     steps = int(steps or GMMC_TABLE7_CW_STEPS["targeted" if targeted else "untargeted"])
     logits = np.concatenate([np.asarray(fn(tf.constant(x[s:s + batch_size]))) for s in range(0, len(x), batch_size)])
     num_classes = logits.shape[-1]

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm.evaluation import metrics as metrics_lib
-from keras_ebm.evaluation.classifiers import signature_images
 from keras_ebm.evaluation import plots
+from keras_ebm.evaluation.adapters import signature_images
 
 
 def _log(msg):
@@ -69,44 +69,30 @@ def _run_export(module, images, batch_size, label, classifier=True):
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
-# Keys that eval.py's other evaluations add to results.json (`merge_results`); run_eval keeps them.
-EXTRA_KEYS = ("robustness", "generative", "sample_quality", "likelihood")
+def extra_keys():
+    """The results.json entries eval.py's other evaluations add (`merge_results`), which `run_eval`
+    keeps: the keys of the registered evaluators ("robustness", "generative", ...), in report order."""
+    from keras_ebm.evaluation import registry
+
+    return registry.result_keys()
 
 
-def _pct(v):
+def __getattr__(name):
+    if name == "EXTRA_KEYS":  # `extra_keys()`, as the constant of earlier releases
+        return extra_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def pct(v):
+    """A rate of results.md: one decimal, in %; "-" when missing."""
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
 def _extras_markdown(results):
-    lines = []
-    robust = results.get("robustness") or {}
-    pgd = {k: r for k, r in robust.items() if "robust_accuracy" in r}
-    for name, r in pgd.items():
-        eps = r["epsilons"]
-        lines += ["", f"Robust accuracy, {name} ({r['norm']}, {r['steps']} steps, {r['num_examples']} images; "
-                  "epsilon in [0, 255] units)", "",
-                  "| clean | " + " | ".join(f"eps {e:g}" for e in eps) + " |", "|---|" + "---|" * len(eps),
-                  f"| {_pct(r['clean_accuracy'])} | " + " | ".join(_pct(a) for a in r["robust_accuracy"]) + " |"]
-    for name, r in robust.items():
-        if name not in pgd:
-            lines += ["", f"{name}: success {_pct(r.get('success_rate'))}, mean L2 {r.get('mean_l2', float('nan')):.4f}, "
-                      f"median L2 {r.get('median_l2', float('nan')):.4f} ([0, 1] units; {r.get('num_attacked')} of "
-                      f"{r.get('num_examples')} images attacked)"]
-    for name, r in (results.get("generative") or {}).items():
-        metrics = ", ".join(f"{k} {r[k]:.4g}" for k in ("fid", "inception_score", "kid", "classifier_fd",
-                                                      "classifier_score", "classifier_kd") if k in r)
-        lines += ["", f"Samples {name}: {metrics} ({r['num_samples']} samples; reference {r['reference']['dataset']}/"
-                  f"{r['reference']['split']}, {r['reference']['num_examples']} images; {r['feature_network']})"]
-    for name, r in (results.get("sample_quality") or {}).items():
-        lines += ["", f"Sample quality {name}: accuracy under the reference classifier {_pct(r.get('accuracy'))} "
-                  f"({r['num_samples']} samples)"]
-    for name, r in (results.get("likelihood") or {}).items():
-        lines += ["", f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
-                  f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
-                  f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
-                  f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). "
-                  + r["variance_note"]]
-    return lines
+    """The lines of the registered evaluators' entries (robustness, generative, ...)."""
+    from keras_ebm.evaluation import registry
+
+    return [line for cls in registry.keyed() for line in cls.markdown(results.get(cls.key) or {})]
 
 
 def merge_results(output_dir, key, entries):
@@ -116,8 +102,9 @@ def merge_results(output_dir, key, entries):
     eval.py stores its robustness, generative and sample-quality results this way, beside what
     `run_eval` wrote; `keras_ebm.evaluation.report.compare_runs` reads them back.
     """
-    if key not in EXTRA_KEYS:
-        raise ValueError(f"`key` must be one of {EXTRA_KEYS}. Received: key={key!r}")
+    keys = extra_keys()
+    if key not in keys:
+        raise ValueError(f"`key` must be one of {keys}. Received: key={key!r}")
     path = os.path.join(output_dir, "results.json")
     results = {}
     if os.path.exists(path):
@@ -188,6 +175,41 @@ def _export_path(saved_model, model_dir):
         f"No SavedModel at {saved_model}. Train with train.py (it exports to <model_dir>/export) "
         "or pass --saved_model=<path of an export>."
     )
+
+
+def _score_names(outputs, metadata, classifier):
+    """The export's OOD scores in table order: by name; for a non-classifier (CLEL: its "logits"
+    are a latent, JEM scores of them mean nothing) its own score first and no JEM scores."""
+    names = sorted(k[len("score/"):] for k in outputs if k.startswith("score/"))
+    if classifier:
+        return names
+    first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in names]
+    return first + [s for s in names if s not in first and s not in _CLASSIFIER_SCORES]
+
+
+def _ood_entry(scores_in, scores_out):
+    """`({score: AUROC}, {score: every metric})` of one OOD set, in-distribution positive."""
+    details = {s: {k: float(v) for k, v in metrics_lib.ood_metrics(scores_in[s], scores_out[s]).items()}
+               for s in scores_in}
+    return {s: d["auroc"] for s, d in details.items()}, details
+
+
+def _write_results(results, output_dir, in_dist_name, keep_extras):
+    """results.json (with the entries of the other evaluations unless not `keep_extras`), results.md, log."""
+    path = os.path.join(output_dir, "results.json")
+    if keep_extras and os.path.exists(path):  # eval.py's robustness / FID / sample-quality results
+        with open(path) as f:
+            previous = json.load(f)
+        results.update({k: previous[k] for k in extra_keys() if k in previous})
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(_markdown(results, in_dist_name))
+    if results["classifier"]:
+        _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
+    for ood_name, by_score in results["ood"].items():
+        _log(f"OOD {ood_name}: " + "  ".join(f"AUROC[{s}]={v:.4f}" for s, v in by_score.items()))
+    _log(f"wrote {output_dir}/results.json, results.md and plots")
 
 
 @gin.configurable(module="keras_ebm.evaluation")
@@ -263,10 +285,7 @@ def run_eval(
 
     out_in = with_betas(_run_export(module, x, batch_size, in_dist_name, classifier))
     probs = out_in["probabilities"] if classifier else None
-    score_names = sorted(k[len("score/"):] for k in out_in if k.startswith("score/"))
-    if not classifier:  # e.g. CLEL: its "logits" are a latent; JEM scores of them mean nothing
-        first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in score_names]
-        score_names = first + [s for s in score_names if s not in first and s not in _CLASSIFIER_SCORES]
+    score_names = _score_names(out_in, metadata, classifier)
 
     results = {
         "saved_model": os.path.abspath(saved_model),
@@ -287,7 +306,8 @@ def run_eval(
             title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
         )
 
-    scores_by_set = {s: {in_dist_name: out_in[f"score/{s}"]} for s in score_names}
+    scores_in = {s: out_in[f"score/{s}"] for s in score_names}
+    scores_by_set = {s: {in_dist_name: scores_in[s]} for s in score_names}
     # In name order: results, tables and plots list the sets the same way whether the spec came
     # from the training call (file order) or from a saved config.gin (gin writes dicts sorted).
     for ood_name, spec in sorted((ood_sets or {}).items()):
@@ -298,33 +318,16 @@ def run_eval(
                 f"{x.shape[1:]}: pass image_size/channels in its spec. Received: {ood_name}.shape={x_ood.shape}"
             )
         out_ood = with_betas(_run_export(module, x_ood, batch_size, ood_name, classifier))
-        results["ood"][ood_name] = {}
-        results["ood_details"][ood_name] = {}
+        scores_out = {s: out_ood[f"score/{s}"] for s in score_names}
+        results["ood"][ood_name], results["ood_details"][ood_name] = _ood_entry(scores_in, scores_out)
         results["num_ood_examples"][ood_name] = int(len(x_ood))
         for s in score_names:
-            m = metrics_lib.ood_metrics(out_in[f"score/{s}"], out_ood[f"score/{s}"])
-            results["ood"][ood_name][s] = float(m["auroc"])
-            results["ood_details"][ood_name][s] = {k: float(v) for k, v in m.items()}
-            scores_by_set[s][ood_name] = out_ood[f"score/{s}"]
+            scores_by_set[s][ood_name] = scores_out[s]
     for s in score_names:
         if len(scores_by_set[s]) > 1:
             plots.score_histograms(
                 scores_by_set[s], os.path.join(output_dir, f"scores_{s}.png"),
                 in_dist_name=in_dist_name, score_name=s,
             )
-
-    path = os.path.join(output_dir, "results.json")
-    if keep_extras and os.path.exists(path):  # eval.py's robustness / FID / sample-quality results
-        with open(path) as f:
-            previous = json.load(f)
-        results.update({k: previous[k] for k in EXTRA_KEYS if k in previous})
-    with open(path, "w") as f:
-        json.dump(results, f, indent=2)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(_markdown(results, in_dist_name))
-    if classifier:
-        _log(f"accuracy {results['accuracy']:.4f}  ECE {results['ece']:.4f}")
-    for ood_name, by_score in results["ood"].items():
-        _log(f"OOD {ood_name}: " + "  ".join(f"AUROC[{s}]={v:.4f}" for s, v in by_score.items()))
-    _log(f"wrote {output_dir}/results.json, results.md and plots")
+    _write_results(results, output_dir, in_dist_name, keep_extras)
     return results

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import special
 from sklearn import metrics as skm
 
-from keras_ebm.evaluation import classifiers
+from keras_ebm.evaluation import adapters
 from keras_ebm.evaluation import plots
 
 CIFAR10_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -94,10 +94,10 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
         `samples_per_class`, `ranked` (sample indices per criterion and class), and the written
         `files`.
     """
-    samples = classifiers.uint8_images(samples, "samples", max_examples)
+    samples = adapters.uint8_images(samples, "samples", max_examples)
     n = len(samples)
-    fn = classifiers.uint8_logits_fn(classifier, pixel_range)
-    logits = classifiers.predict_logits(fn, samples, batch_size, progress, label=f"{name}: reference classifier")
+    fn = adapters.uint8_logits_fn(classifier, pixel_range)
+    logits = adapters.predict_logits(fn, samples, batch_size, progress, label=f"{name}: reference classifier")
     k = int(num_classes or logits.shape[-1])
     predicted = np.argmax(logits, -1)
     conditional = intended_labels is not None
@@ -112,8 +112,8 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
     if ranking_model is None:
         rank_logits = logits
     else:
-        rank_fn = classifiers.uint8_logits_fn(ranking_model, ranking_pixel_range)
-        rank_logits = classifiers.predict_logits(rank_fn, samples, batch_size, progress, label=f"{name}: ranking model")
+        rank_fn = adapters.uint8_logits_fn(ranking_model, ranking_pixel_range)
+        rank_logits = adapters.predict_logits(rank_fn, samples, batch_size, progress, label=f"{name}: ranking model")
     log_px = special.logsumexp(rank_logits.astype(np.float64), axis=-1)
     p_y = special.softmax(rank_logits.astype(np.float64), axis=-1)
     p_intended = p_y[np.arange(n), np.clip(intended, 0, p_y.shape[-1] - 1)]

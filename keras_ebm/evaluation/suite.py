@@ -3,8 +3,9 @@ FID / IS / KID (or their classifier-feature stand-ins), sample quality by classi
 AIS test log-likelihood.
 
 Each `run_*` function takes in-memory objects (the restored trainer, uint8 images, feature
-networks), calls `robustness`, `generative` or `sample_quality`, and returns `{name: result}`;
-`runner.merge_results(output_dir, key, entries)` stores them in `<output_dir>/results.json` under
+networks), calls `robustness`, `generative` or `sample_quality`, and returns `{name: result}`. The
+registered evaluators (`evaluators/`, picked by eval.py's flags) call them, and
+`runner.merge_results(output_dir, key, entries)` stores the entries in `<output_dir>/results.json` under
 "robustness", "generative", "sample_quality" or "likelihood", where `report.compare_runs` reads them. Every result
 holds the number of images it used (`num_examples`, `num_samples`, the reference's
 `num_examples`).
@@ -14,8 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from keras_ebm.evaluation import adapters
 from keras_ebm.evaluation import ais
-from keras_ebm.evaluation import classifiers
 from keras_ebm.evaluation import generative
 from keras_ebm.evaluation import robustness
 from keras_ebm.evaluation import sample_quality
@@ -88,7 +89,7 @@ def run_robustness(model, images, labels, settings_by_name, defense=None, batch_
         dict name -> result of `evaluate_robustness` (with `num_examples`); defended runs are
         named `<name>_sgld<K>_<gradient_mode>`.
     """
-    pixel_range = classifiers.model_pixel_range(model)
+    pixel_range = adapters.model_pixel_range(model)
     target, suffix = model, ""
     if defense:
         defense = dict(defense)
@@ -98,7 +99,7 @@ def run_robustness(model, images, labels, settings_by_name, defense=None, batch_
         defense_reps = int(defense.pop("defense_reps", robustness.JEM_REFINE["n_chains"]))
         refine_kwargs = {key: robustness.JEM_REFINE[key] for key in ("step_size", "noise_std", "init_noise_std")}
         refine_kwargs.update(defense)
-        fn = classifiers.logits_fn(model)
+        fn = adapters.logits_fn(model)
         refine = robustness.sgld_refinement(fn, k, x_clip=pixel_range, seed=seed, **refine_kwargs)
         target = robustness.RefinementDefense(fn, refine, gradient_mode=mode, eot_reps=eot_reps,
                                               defense_reps=defense_reps)
@@ -225,7 +226,7 @@ def run_ais(model, images, num_chains=64, num_temperatures=1000, sampler="mala",
     if base not in AIS_BASES:
         raise ValueError(f"`base` must be one of {AIS_BASES}. Received: base={base!r}")
     images = np.asarray(images)[:max_examples] if max_examples else np.asarray(images)
-    box = classifiers.model_pixel_range(model)
+    box = adapters.model_pixel_range(model)
     step = 1e-3 if step_size is None else float(step_size)
     kernel = MALASampler(step_size=step) if sampler == "mala" else HMCSampler(step_size=step, num_leapfrog_steps=5)
     if base == "uniform":

@@ -96,10 +96,13 @@ def error_message(error):
                  or re.search(r"Summarized data: b'(.*?)'", message, re.S)
                  or re.search(r"\n\n(?:.*\n\n)?(.*?)\s*(?:\n\t \[\[|\Z)", message, re.S))
         text = (found.group(1) if found else message).strip()
-    # gin appends where it called the configurable ("  In call to configurable 'run_training' (<function
-    # run_training at 0x...>)"): not the user's concern.
-    text = re.sub(r"\n\s*In call to configurable .*$", "", text, flags=re.M).strip()
-    return f"{type(error).__name__}: {text}"
+    return f"{type(error).__name__}: {without_gin_context(text)}"
+
+
+def without_gin_context(text):
+    """`text` without the line gin appends to an error raised in a configurable ("  In call to
+    configurable 'run_training' (<function run_training at 0x...>)"): not the user's concern."""
+    return re.sub(r"\n\s*In call to configurable .*$", "", text, flags=re.M).strip()
 
 
 def run_main(main, verbose_flag_name="verbose"):

@@ -23,10 +23,16 @@ OOD AUROC/AUPR/FPR95, plots.
     # One report across runs (markdown table, JSON, plots side by side):
     python eval.py --compare runs/softmax runs/sadajem --output_dir=report
 
+    # Any registered evaluator, by name, configured from gin (keras_ebm.evaluation.registry):
+    python eval.py --model_dir=runs/x --gin_param='import my_evaluators' --evaluators=brightness \
+        --gin_param='brightness.max_images = 50'
+
 With --model_dir, the training config (<model_dir>/config.gin) supplies the datasets; --gin_file and
 --gin_param override it. Results go to <model_dir>/eval (or --output_dir): results.json gains
 "robustness", "generative" and "sample_quality" entries, each with the number of images it used.
-The logic lives in keras_ebm.evaluation (runner, suite, report); this file maps flags to it.
+The logic lives in keras_ebm.evaluation: the flags below pick evaluators (`evaluate.evaluators`)
+and bind their gin parameters (FLAG_BINDINGS; only flags given on the command line, after
+--gin_param), and `keras_ebm.evaluation.evaluate` runs them.
 """
 
 import os
@@ -110,6 +116,8 @@ flags.DEFINE_bool("compare", False, "Compare runs: python eval.py --compare runs
 flags.DEFINE_list("compare_names", [], "Row names of --compare (default: each run's trainer and config, e.g. "
                   "'SADAJEM (quickstart)'; the run folders are the table's second column).")
 flags.DEFINE_list("compare_scores", [], "OOD scores shown as AUROC columns of --compare (default all).")
+flags.DEFINE_list("evaluators", [], "More registered evaluators to run, by name, after those the flags above pick "
+                  "(also: gin evaluate.evaluators); their options come from gin (--gin_param=<name>.<option> = ...).")
 flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS_EBM_VERBOSE=1).")
 # AIS test log-likelihood (keras_ebm.evaluation.ais; docs/samplers.md).
 flags.DEFINE_bool("ais", False, "AIS log Z and test log-likelihood (nats, bits/dim) of the trained model's E(x) "
@@ -122,16 +130,80 @@ flags.DEFINE_enum("ais_base", "uniform", ["uniform", "gaussian"], "--ais: start 
 FLAGS = flags.FLAGS
 
 
-def _parse_run_gin():
-    """Parse this run's config.gin (if any), then --gin_file and --gin_param."""
+# Each flag binds a gin parameter (or several): flag -> parameter, or flag -> fn(value) -> {parameter: value}.
+FLAG_BINDINGS = {
+    "eval_examples": "evaluate.max_examples",
+    "clel_betas": lambda v: {"run_eval.clel_betas": [float(b) for b in v]},
+    # samples
+    "samples": "samples.num_samples",
+    "sample_steps": "samples.steps",
+    "sample_sweeps": "samples.sweeps",
+    "sample_from_buffer": "samples.from_buffer",
+    "conditional": "samples.conditional",
+    "sample_batch_size": "samples.batch_size",
+    "class_latent_examples": "samples.class_latent_examples",
+    "samples_npz": "samples.npz",
+    # robustness
+    "robustness": "robustness.presets",
+    "attack": "robustness.attack",
+    "epsilons": "robustness.epsilons",
+    "attack_steps": "robustness.steps",
+    "attack_step_size": "robustness.step_size",
+    "attack_relative_step_size": "robustness.relative_step_size",
+    "attack_restarts": "robustness.restarts",
+    "attack_batch_size": "robustness.batch_size",
+    "defense": "robustness.defense",
+    "refine_steps": "robustness.refine_steps",
+    "eot": "robustness.eot_reps",
+    "defense_reps": "robustness.defense_reps",
+    "gradient_mode": "robustness.gradient_mode",
+    "cw": "robustness.cw",
+    "cw_targeted": "robustness.cw_targeted",
+    "cw_steps": "robustness.cw_steps",
+    "attack_seed": "robustness.seed",
+    # FID / IS / KID and sample quality
+    "feature_network": "inception_features.network",
+    "fid_inception_weights": "inception_features.weights",
+    "fid_preprocessing": "inception_features.preprocessing",
+    "inception_weights": lambda v: ({"generative.inception": False} if v.lower() == "none"
+                                    else {"inception_features.keras_weights": v}),
+    "feature_classifier": "generative.feature_classifier",
+    "reference_examples": "generative.reference_examples",
+    "reference_classifier": "sample_quality.reference_classifier",
+    # AIS
+    "ais_chains": "ais.num_chains",
+    "ais_temperatures": "ais.num_temperatures",
+    "ais_sampler": "ais.sampler",
+    "ais_base": "ais.base",
+    # report across runs
+    "compare_names": "compare.names",
+    "compare_scores": "compare.scores",
+}
+
+
+def flag_bindings():
+    """Gin bindings of the flags given on the command line (`FLAG_BINDINGS`), as strings."""
+    out = []
+    for flag, target in FLAG_BINDINGS.items():
+        if FLAGS[flag].present:
+            value = FLAGS[flag].value
+            for param, v in (target(value) if callable(target) else {target: value}).items():
+                out.append(f"{param} = {v!r}")
+    return out
+
+
+def _parse_run_gin(bindings=(), run_config=True):
+    """Parse this run's config.gin (if any and `run_config`), then --gin_file, --gin_param and the
+    flags' `bindings`."""
     import gin
 
     from keras_ebm import cli
 
     files = list(FLAGS.gin_file)
-    if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
-        files.insert(0, os.path.join(FLAGS.model_dir, "config.gin"))
-    elif FLAGS.model_dir and not files:
+    config = os.path.join(FLAGS.model_dir, "config.gin") if run_config and FLAGS.model_dir else None
+    if config and os.path.exists(config):
+        files.insert(0, config)
+    elif config and not files:
         raise FileNotFoundError(
             f"{FLAGS.model_dir} has no config.gin, so it is not a run folder written by train.py: "
             "eval.py reads the run's test and OOD sets (and, for attacks and samples, its trainer) "
@@ -139,149 +211,67 @@ def _parse_run_gin():
             f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}")
     with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
         gin.clear_config()
-        cli.parse_gin(files, FLAGS.gin_param)
+        cli.parse_gin(files, list(FLAGS.gin_param) + list(bindings))
 
 
-def _draw_samples(model, out):
-    """--samples: draw with the trainer's sampler; returns `(name, images, labels)`."""
-    import numpy as np
-
-    from keras_ebm import cli, generation
-
-    if not model.is_generative:
-        raise app.UsageError(f"{type(model).__name__} is not a generative model: it has no sampler.")
-    name = None
-    if FLAGS.sample_sweeps:
-        if not model.conditions_on_latents:  # the sweeps protocol is CLEL's
-            raise app.UsageError(f"--sample_sweeps is CLEL's FID protocol; {type(model).__name__} has none.")
-        model.sample_sweeps = FLAGS.sample_sweeps
-        steps = FLAGS.sample_steps if FLAGS.sample_steps is not None else model.sampler.n_steps
-        kind = "conditional" if FLAGS.conditional else "buffer" if FLAGS.sample_from_buffer else "fresh"
-        name = f"{kind}_{FLAGS.sample_sweeps}x{steps}steps"
-    labelled = None
-    if FLAGS.conditional and model.conditions_on_latents:
-        from keras_ebm.data import to_pixel_range
-        from keras_ebm.evaluation.runner import load_set
-
-        x, y = load_set(cli.resolve_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
-        labelled = (to_pixel_range(x, model.pixel_range), y)
-    png = generation.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
-                                      from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional,
-                                      batch_size=FLAGS.sample_batch_size, labelled_data=labelled, name=name)
-    with np.load(png[:-len(".png")] + ".npz") as f:
-        return os.path.basename(png)[:-len(".png")], f["images"], f["labels"]
-
-
-def main(argv):
-    logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
-    if FLAGS.compare:
-        from keras_ebm.evaluation import report
-
-        report.compare_runs(argv[1:], FLAGS.output_dir or "eval_report", names=FLAGS.compare_names or None,
-                            scores=FLAGS.compare_scores or None)
-        return
+def _check_flags(argv):
+    """The flag combinations eval.py refuses, before anything runs."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]} (only --compare takes run directories).")
-    from keras_ebm import cli
-    from keras_ebm.evaluation import runner, suite
-
     if not FLAGS.model_dir and not FLAGS.saved_model:
         raise app.UsageError("Pass --model_dir (a train.py directory) or --saved_model (an export).")
     if FLAGS.sample_sweeps and not FLAGS.samples:
         raise app.UsageError("--sample_sweeps applies to --samples; pass --samples=N too.")
     attacks = bool(FLAGS.robustness or FLAGS.attack or FLAGS.cw or FLAGS.cw_targeted)
-    scored = FLAGS.generative or FLAGS.sample_quality
     if FLAGS.ais and not FLAGS.model_dir:
         raise app.UsageError("--ais needs --model_dir: it uses the trainer restored from its checkpoint.")
     if (attacks or FLAGS.samples) and not FLAGS.model_dir:
         raise app.UsageError("Attacks and --samples need --model_dir: they use the trainer restored from its "
                              "checkpoint (an export has no gradient and no sampler).")
-    if scored and not (FLAGS.samples or FLAGS.samples_npz):
+    if (FLAGS.generative or FLAGS.sample_quality) and not (FLAGS.samples or FLAGS.samples_npz):
         raise app.UsageError("--generative / --sample_quality score samples: pass --samples=N or --samples_npz.")
     if FLAGS.sample_quality and not FLAGS.reference_classifier:
         raise app.UsageError("--sample_quality needs --reference_classifier (an export or a train.py directory).")
-    _parse_run_gin()
-    out = FLAGS.output_dir or os.path.join(FLAGS.model_dir or ".", "eval")
-    if FLAGS.standard:
-        extra = {"clel_betas": [float(b) for b in FLAGS.clel_betas]} if FLAGS.clel_betas else {}
-        if FLAGS.eval_examples:
-            extra["max_examples"] = FLAGS.eval_examples
-        runner.run_eval(model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model, output_dir=FLAGS.output_dir,
-                        **extra)
-    if not (attacks or FLAGS.samples or scored or FLAGS.ais):
-        return
 
-    model = None
-    if attacks or FLAGS.samples or FLAGS.ais:
-        from keras_ebm import restore
 
-        model = restore.restore_trainer(FLAGS.model_dir)
-    in_dist = cli.resolve_parameter("run_eval.in_dist")
-    n = FLAGS.eval_examples
-    if attacks:
-        x, y = runner.load_set(in_dist, n)
-        settings = suite.pgd_settings(
-            FLAGS.robustness, FLAGS.attack, epsilons=FLAGS.epsilons, steps=FLAGS.attack_steps,
-            step_size=FLAGS.attack_step_size, relative_step_size=FLAGS.attack_relative_step_size,
-            restarts=FLAGS.attack_restarts)
-        defense = None
-        if FLAGS.defense == "sgld":
-            defense = {"refine_steps": FLAGS.refine_steps, "eot_reps": FLAGS.eot, "defense_reps": FLAGS.defense_reps,
-                       "gradient_mode": FLAGS.gradient_mode}
-        entries = suite.run_robustness(model, x, y, settings, defense=defense, batch_size=FLAGS.attack_batch_size,
-                                       seed=FLAGS.attack_seed, output_dir=out) if settings else {}
-        for targeted in [False] * FLAGS.cw + [True] * FLAGS.cw_targeted:
-            entries.update(suite.run_cw(model, x, y, targeted=targeted, steps=FLAGS.cw_steps,
-                                        batch_size=FLAGS.attack_batch_size, seed=FLAGS.attack_seed, output_dir=out))
-        runner.merge_results(out, "robustness", entries)
+def selected_evaluators():
+    """The evaluators the flags pick, in the order they run, then gin's `evaluate.evaluators` and
+    --evaluators (names not already picked)."""
+    import gin
 
-    if FLAGS.ais:
-        x, _ = runner.load_set(in_dist, n)
-        runner.merge_results(out, "likelihood", suite.run_ais(
-            model, x, num_chains=FLAGS.ais_chains, num_temperatures=FLAGS.ais_temperatures,
-            sampler=FLAGS.ais_sampler, base=FLAGS.ais_base))
+    picked = {"standard": FLAGS.standard,
+              "robustness": bool(FLAGS.robustness or FLAGS.attack or FLAGS.cw or FLAGS.cw_targeted),
+              "ais": FLAGS.ais, "generative": FLAGS.generative, "sample_quality": FLAGS.sample_quality,
+              "samples": bool(FLAGS.samples or FLAGS.samples_npz)}
+    names = [name for name, on in picked.items() if on]
+    try:
+        from_gin = list(gin.query_parameter("evaluate.evaluators"))
+    except ValueError:  # not bound
+        from_gin = []
+    return names + [n for n in dict.fromkeys(from_gin + list(FLAGS.evaluators)) if n not in names]
 
-    feature_nets = []
-    if FLAGS.generative:  # first: without Inception weights, fail before sampling
-        if (FLAGS.inception_weights or "").lower() != "none":
-            from keras_ebm import configurables
 
-            given = {"network": FLAGS.feature_network, "weights": FLAGS.fid_inception_weights,
-                     "keras_weights": FLAGS.inception_weights, "preprocessing": FLAGS.fid_preprocessing}
-            feature_nets.append(configurables.inception_features(**{k: v for k, v in given.items() if v is not None}))
-        if FLAGS.feature_classifier:
-            from keras_ebm import restore
-            from keras_ebm.evaluation.generative import ClassifierFeatures
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
+    from keras_ebm import evaluation
+    from keras_ebm.evaluation import registry
 
-            classifier = restore.restore_run(FLAGS.feature_classifier)
-            _parse_run_gin()  # back to this run's config
-            name = f"{os.path.basename(os.path.normpath(FLAGS.feature_classifier))}_step{restore.step_of(classifier)}"
-            feature_nets.append(ClassifierFeatures(classifier, name))
-        if not feature_nets:
-            raise app.UsageError("--inception_weights=none needs --feature_classifier.")
-    samples = {}
-    if FLAGS.samples:
-        name, images, labels = _draw_samples(model, os.path.join(out, "samples"))
-        samples[name] = (images, labels)
-    if FLAGS.samples_npz:
-        import numpy as np
-
-        with np.load(FLAGS.samples_npz) as f:
-            samples[os.path.basename(FLAGS.samples_npz)[:-len(".npz")]] = (
-                f["images"], f["labels"] if "labels" in f.files else None)
-    if FLAGS.generative:
-        runner.merge_results(out, "generative", suite.run_generative(
-            samples, feature_nets, in_dist, reference_examples=FLAGS.reference_examples, max_examples=n,
-            output_dir=out))
-    if FLAGS.sample_quality:
-        import tensorflow as tf
-
-        path = FLAGS.reference_classifier
-        if os.path.isdir(os.path.join(path, "export")):
-            path = os.path.join(path, "export")
-        reference = tf.saved_model.load(path)
-        runner.merge_results(out, "sample_quality", suite.run_sample_quality(
-            samples, reference, ranking_model=model, max_examples=n, output_dir=out))
+    bindings = flag_bindings()
+    if any(b.startswith("inception_features.") for b in bindings):
+        import keras_ebm.configurables  # noqa: F401  (registers inception_features with gin)
+    try:
+        if FLAGS.compare:
+            if FLAGS.output_dir:
+                bindings.append(f"compare.output_dir = {FLAGS.output_dir!r}")
+            _parse_run_gin(bindings + [f"compare.runs = {list(argv[1:])!r}"], run_config=False)
+            evaluation.evaluate(["compare"])
+            return
+        _check_flags(argv)
+        _parse_run_gin(bindings)
+        evaluation.evaluate(selected_evaluators(), model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model,
+                            output_dir=FLAGS.output_dir, reparse_config=lambda: _parse_run_gin(bindings))
+    except registry.UsageError as error:
+        raise app.UsageError(scripts.without_gin_context(str(error))) from error
 
 
 def run():

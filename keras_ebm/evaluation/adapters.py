@@ -1,5 +1,8 @@
-"""Adapters from keras_ebm models and exports to the two functions evaluation needs.
+"""Model adapters: what evaluation needs of a keras_ebm model or export, decided here once.
 
+* `model_pixel_range(model)`: the float pixel range `(lo, hi)` the model takes. Every evaluation
+  (attacks, AIS, classifier features, sample quality) asks this function; nothing else works it
+  out. `float_images` maps uint8 test images into that range.
 * `logits_fn(x_float)`: logits of float images in the model's `pixel_range`. White-box attacks
   (`keras_ebm.evaluation.robustness`) differentiate it with respect to `x`.
 * a uint8 classifier `fn(images_uint8) -> logits`, for scoring samples or test images
@@ -49,24 +52,47 @@ def export_pixel_range(loaded):
 
 
 def model_pixel_range(model, pixel_range=None):
-    """`pixel_range` if given, else the model's (`EBMTrainer.pixel_range`, export variable)."""
+    """The float pixel range `(lo, hi)` of `model`: `pixel_range` if given, else the model's own.
+
+    The model's own is an export's stored range, or the `pixel_range` attribute (tuple or variable)
+    of a trainer / keras model, or else that of the model an attack target or a bound method wraps
+    (`target.logits_fn`, `method.__self__`, e.g. `WhiteBox(trainer)`).
+    """
     if pixel_range is not None:
         lo, hi = (float(v) for v in pixel_range)
-    elif is_export(model):
-        lo, hi = export_pixel_range(model)
-    elif isinstance(getattr(model, "pixel_range", None), (tuple, list)):
-        lo, hi = (float(v) for v in model.pixel_range)
-    elif isinstance(getattr(model, "pixel_range", None), tf.Variable):
-        lo, hi = (float(v) for v in model.pixel_range.numpy())
     else:
-        raise ValueError(
-            "The model's pixel range is unknown: pass `pixel_range=(lo, hi)` (the float range the "
-            "network was trained on, (-1, 1) for the JEM family, (0, 1) for CLEL). "
-            f"Received: {type(model).__name__} without a `pixel_range` attribute"
-        )
+        lo, hi = _own_pixel_range(model)
     if not lo < hi:
         raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={(lo, hi)}")
     return lo, hi
+
+
+def _own_pixel_range(model):
+    inner = getattr(model, "logits_fn", model)
+    for candidate in (model, inner, getattr(inner, "__self__", None)):
+        if is_export(candidate):
+            return export_pixel_range(candidate)
+        value = getattr(candidate, "pixel_range", None)
+        if isinstance(value, (tuple, list)):
+            return tuple(float(v) for v in value)
+        if isinstance(value, tf.Variable):
+            return tuple(float(v) for v in value.numpy())
+    raise ValueError(
+        "The model's pixel range is unknown: pass `pixel_range=(lo, hi)` (the float range the "
+        "network was trained on, (-1, 1) for the JEM family, (0, 1) for CLEL). "
+        f"Received: {type(model).__name__} without a `pixel_range` attribute"
+    )
+
+
+def float_images(images, labels, pixel_range, max_examples=None):
+    """uint8 `images` (the first `max_examples`) as float32 in `pixel_range`, with their int labels."""
+    images = uint8_images(images, "images", max_examples)
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)[:len(images)]
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"`labels` must hold one label per image. Received: {images.shape[0]} images, {labels.shape[0]} labels"
+        )
+    return np.asarray(to_pixel_range(images, pixel_range), np.float32), labels
 
 
 class ExportLogits:
