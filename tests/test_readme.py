@@ -85,6 +85,15 @@ def test_readme_cites_only_what_users_have():
             assert internal not in text, f"{_rel(path)} names {internal}, which users do not have"
 
 
+def test_history_is_in_the_changelog():
+    """The README and docs/ describe what is; what changed, and what users saw before, is in
+    CHANGELOG.md."""
+    for path in DOCS:
+        text = _read(path)
+        for history in ("this release", "previous release", "(before:", "previous order"):
+            assert history not in text, f"{_rel(path)}: {history!r} reads as history (CHANGELOG.md)"
+
+
 def test_the_readme_is_short():
     assert _read(README).count("\n") <= 300
 
