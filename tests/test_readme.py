@@ -156,7 +156,8 @@ def test_the_docs_name_no_missing_file():
 # `python -m keras_ebm...` commands are checked where they stand: their flags parse, the gin files
 # they name exist and parse with their bindings (a placeholder such as <name> takes the quickstart).
 # Other commands (pip, venv, pytest, several machines, ...) need a marker comment on the line before
-# their block: `<!-- readme-commands: not run offline: <why> -->`. The quickstart block and its
+# their block: `<!-- readme-commands: not run offline: <why> -->`. train.py / eval.py commands written
+# inline (`python eval.py --model_dir=...` in a table or a sentence) are checked the same way. The quickstart block and its
 # eval / compare commands also run for real, at tiny size (slow test below).
 BLOCK = re.compile(r"(?:<!-- readme-commands: (?P<marker>[^>]*?) -->\n)?```(?:bash|sh|shell)\n(?P<body>.*?)```", re.S)
 SCRIPTS = {"train.py": "train", "eval.py": "eval", "keras-ebm-train": "train", "keras-ebm-eval": "eval"}
@@ -176,6 +177,21 @@ def readme_commands(paths=None):
                 for part in (p.strip() for p in command.split("&&")):
                     if part:
                         out.append((f"{_rel(path)}:{line + k}", part, m.group("marker")))
+    return out
+
+
+INLINE = re.compile(r"`((?:python (?:train|eval)\.py|keras-ebm-(?:train|eval)) -[^`]*)`")
+
+
+def inline_commands():
+    """[("file:line", command)] of the train.py / eval.py commands written inline (`python eval.py
+    --model_dir=...` in a table or a sentence), checked like the blocks' commands."""
+    out = []
+    for path in DOCS:
+        text = re.sub(r"```.*?```", lambda m: "\n" * m.group(0).count("\n"), _read(path), flags=re.S)
+        for m in INLINE.finditer(text):
+            command = re.sub(r"\[(--[^\]]+)\]", r"\1", " ".join(m.group(1).split()))  # [--optional] flags too
+            out.append((f"{_rel(path)}:{text[: m.start()].count(chr(10)) + 1}", command))
     return out
 
 
@@ -216,7 +232,9 @@ def test_every_readme_command_is_checked_or_marked():
 
     calls = {"train": [], "eval": []}
     unmarked = []
-    for line, command, marker in readme_commands():
+    inline = [(line, command, None) for line, command in inline_commands()]
+    assert len(inline) >= 10, inline  # the evaluation page's table of paper columns
+    for line, command, marker in readme_commands() + inline:
         call = _script_call(command)
         if call is None:
             words = shlex.split(command)
