@@ -152,13 +152,14 @@ def test_the_docs_name_no_missing_file():
 
 
 # ------------------------------------------------------------------------------ shell commands
-# Every command of the ```bash blocks of README.md and docs/ is extracted. train.py / eval.py / keras-ebm-* /
-# `python -m keras_ebm...` commands are checked where they stand: their flags parse, the gin files
+# Every command of the ```bash blocks of README.md and docs/ is extracted. train.py / eval.py /
+# keras-ebm-* / `python -m keras_ebm...` commands are checked where they stand: their flags parse, the gin files
 # they name exist and parse with their bindings (a placeholder such as <name> takes the quickstart).
 # Other commands (pip, venv, pytest, several machines, ...) need a marker comment on the line before
-# their block: `<!-- readme-commands: not run offline: <why> -->`. train.py / eval.py commands written
-# inline (`python eval.py --model_dir=...` in a table or a sentence) are checked the same way. The quickstart block and its
-# eval / compare commands also run for real, at tiny size (slow test below).
+# their block: `<!-- readme-commands: not run offline: <why> -->`. train.py / eval.py commands
+# written inline (`python eval.py --model_dir=...` in a table or a sentence) are checked the same
+# way. The quickstart block and its eval / compare commands also run for real, at tiny size (slow
+# test below).
 BLOCK = re.compile(r"(?:<!-- readme-commands: (?P<marker>[^>]*?) -->\n)?```(?:bash|sh|shell)\n(?P<body>.*?)```", re.S)
 SCRIPTS = {"train.py": "train", "eval.py": "eval", "keras-ebm-train": "train", "keras-ebm-eval": "eval"}
 
