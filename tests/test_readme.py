@@ -132,6 +132,18 @@ def test_every_link_of_the_docs_exists():
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
+def test_the_config_page_lists_every_config():
+    """docs/configuration.md names every file of gin_configs/ (`gmmc_{dis,gen}.gin` names both)."""
+    text = _read(os.path.join(REPO, "docs", "configuration.md"))
+    named = set()
+    for name in re.findall(r"`([\w/{},]+\.gin)`", text):
+        m = re.match(r"(.*)\{(.*?)\}(.*)", name)
+        named.update(m.group(1) + part + m.group(3) for part in m.group(2).split(",")) if m else named.add(name)
+    configs = {os.path.relpath(p, os.path.join(REPO, "gin_configs"))
+               for p in glob.glob(os.path.join(REPO, "gin_configs", "**", "*.gin"), recursive=True)}
+    assert not configs - named, f"configs missing from docs/configuration.md: {sorted(configs - named)}"
+
+
 # Paths the documents name on purpose although they do not exist: the error a user sees for them.
 NAMED_BUT_ABSENT = {"gin_configs/tiny_cnn.gin": "docs/reliability.md shows the error for a missing --gin_file"}
 REPO_PATH = re.compile(r"(?<![\w/.~-])((?:docs|gin_configs|benchmarks|tests|keras_ebm)/[\w./-]*[\w/])")
