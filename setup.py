@@ -63,5 +63,9 @@ setup(
         # Reading pytorch-fid's FID Inception weights (.pth), or converting them once to the .npz
         # that evaluation reads without torch (docs/fid.md). A CPU build is enough.
         "torch": ["torch>=2.0"],
+        # The documentation site (mkdocs.yml; `mkdocs build --strict` in .ci/run): pinned to the
+        # versions seen to build it without a warning.
+        "docs": ["mkdocs==1.6.1", "mkdocstrings[python]==1.0.8", "mkdocstrings-python==2.0.11",
+                 "griffelib==2.4.1"],
     },
 )

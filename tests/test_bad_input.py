@@ -1,5 +1,5 @@
-"""Bad input, tried as a new user would (issue 15): every case of the README table "Bad input: what
-you see" is a test here. Each asserts the error type and the key words of its message (what was wrong
+"""Bad input, tried as a new user would (issue 15): every case of the table "Bad input: what you
+see" (docs/reliability.md) is a test here. Each asserts the error type and the key words of its message (what was wrong
 and what to do), and, where a run directory is involved, that its config and checkpoint are left
 byte-for-byte as they were.
 
