@@ -30,11 +30,8 @@ from typing import Any
 
 from keras_ebm import export as export_lib
 from keras_ebm import reports
+from keras_ebm.callbacks import _log
 from keras_ebm.evaluation import runner as eval_runner
-
-
-def _log(msg):
-    print(f"[keras_ebm] {msg}", flush=True)
 
 
 @dataclasses.dataclass

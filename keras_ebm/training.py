@@ -337,28 +337,35 @@ def _fit(model, dataset, strategy, start, train_steps, callbacks, jit_compile):
 def _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds, **run_fields):
     """Logs the end of training, makes sure the last step was saved with the post-training
     estimates, and returns the `keras_ebm.actions.Run` the actions are given."""
-    find = lambda kind: callbacks_lib.find(callbacks.callbacks, kind)  # noqa: E731
-    budget, log, checkpointing = find(callbacks_lib.TimeBudget), find(callbacks_lib.TrainingLog), \
-        find(callbacks_lib.Checkpointing)
+    budget = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TimeBudget)
     last_step = callbacks_lib.current_step(model)
     out_of_time = budget is not None and budget.stopped and last_step < train_steps
+    recovery = callbacks_lib.find(callbacks.callbacks, callbacks_lib.DivergenceRecovery)
     run = actions_lib.Run(model_dir, model, distribute.is_chief(strategy), first_step, last_step, train_steps,
-                          "max_minutes" if out_of_time else "train_steps", seconds,
-                          find(callbacks_lib.DivergenceRecovery).recoveries, **run_fields)
+                          "max_minutes" if out_of_time else "train_steps", seconds, recovery.recoveries,
+                          **run_fields)
     if run.trained_now and run.chief:
         why = "time budget (run_training.max_minutes) used up at " if out_of_time else "trained to "
+        log = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TrainingLog)
         _log(f"{why}step {last_step}/{train_steps}: "
              + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()}))
-    if run.trained_now and checkpointing.final_hook is not None:
-        # The last step was saved before it was known to be the last (not expected): estimate
-        # now and save that step again.
-        checkpointing.final_hook()
-        checkpointing.final_hook = None
-        checkpointing.manager.save(checkpoint_number=last_step)
-        grids = find(callbacks_lib.SampleGrids)
-        if grids is not None:
-            grids.on_train_end()  # after `after_training`: what the export carries
+    if run.trained_now:
+        _save_final_step(callbacks.callbacks, last_step)
     return run
+
+
+def _save_final_step(callbacks, last_step):
+    """If the last step was saved before it was known to be the last (not expected), make the
+    post-training estimates now and save that step again (and its sample grid)."""
+    checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
+    if checkpointing.final_hook is None:
+        return
+    checkpointing.final_hook()
+    checkpointing.final_hook = None
+    checkpointing.manager.save(checkpoint_number=last_step)
+    grids = callbacks_lib.find(callbacks, callbacks_lib.SampleGrids)
+    if grids is not None:
+        grids.on_train_end()  # after `after_training`: what the export carries
 
 
 def check_data_classes(model, source_info):
