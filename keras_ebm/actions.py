@@ -11,7 +11,7 @@ earlier releases (`default_actions`):
 Giving `actions` replaces that list (the flags `export`, `export_onnx`, `evaluate` and `baseline`
 then only matter to a baseline trained by `BaselineAction` without actions of its own). In gin:
 
-    run_training.actions = [@SummaryAction(), @ExportAction(), @EvaluateAction()]
+    run_training.actions = [@SummaryAction(), @ExportAction(), @EvaluateAction(), @SampleGridAction()]
     ExportAction.onnx = True
 
 In Python, an action is any callable `action(run)`; optional attributes: `chief_only` (default
@@ -29,7 +29,7 @@ import os
 from typing import Any
 
 from keras_ebm import export as export_lib
-from keras_ebm import reports
+from keras_ebm import generation, reports
 from keras_ebm.callbacks import _log
 from keras_ebm.evaluation import runner as eval_runner
 
@@ -143,6 +143,21 @@ class EvaluateAction(Action):
         run.outputs["eval"] = eval_runner.run_eval(model_dir=run.model_dir)
 
 
+class SampleGridAction(Action):
+    """Draws samples from the trained model (`keras_ebm.generation.generate_samples`: the trainer's
+    `generate`, e.g. SGLD from fresh chains) into `<model_dir>/samples/<name>.png` and `.npz`.
+    Not in the default list (the replay buffer's grid, `samples/buffer.png`, is drawn by the
+    training callbacks); the arguments are `generate_samples`'."""
+
+    def __init__(self, num_samples=64, n_steps=None, from_buffer=False, conditional=False, name=None):
+        self.options = dict(num_samples=num_samples, n_steps=n_steps, from_buffer=from_buffer,
+                            conditional=conditional, name=name)
+
+    def __call__(self, run):
+        run.outputs["samples"] = generation.generate_samples(
+            run.model, os.path.join(run.model_dir, "samples"), **self.options)
+
+
 class BaselineAction(Action):
     """Trains `trainer` (a zero-argument builder, e.g. `@SoftmaxClassifier`) in
     `<model_dir>/baseline` with the run's data, optimizer, steps and time budget; when both runs
@@ -150,7 +165,8 @@ class BaselineAction(Action):
 
     `actions`: the baseline's own actions; by default the run's, without baseline actions (and,
     for a run configured by flags, the run's flags `export` and `evaluate`). Runs on every worker
-    (the baseline trains on all of them)."""
+    (the baseline trains on all of them). The baseline folder gets a config.gin of its own
+    (`keras_ebm.cli.save_baseline_config`) when the baseline comes from gin's `run_training.baseline`."""
 
     chief_only = False
 

@@ -72,6 +72,7 @@ inception_features = _register(generative.inception_features, "keras_ebm.evaluat
 # (they are the gin entry points that train.py / eval.py call).
 _register(divergence.DivergenceGuard, "keras_ebm.experiment")  # the gin name of earlier releases
 # After-training actions (`run_training.actions = [@SummaryAction(), @ExportAction(), ...]`).
-for _action in (actions.SummaryAction, actions.ExportAction, actions.EvaluateAction, actions.BaselineAction):
+for _action in (actions.SummaryAction, actions.ExportAction, actions.EvaluateAction, actions.SampleGridAction,
+                actions.BaselineAction):
     _register(_action, "keras_ebm.actions")
 assert runner.run_eval and training.run_training

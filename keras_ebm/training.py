@@ -205,9 +205,10 @@ def run_training(
             resume from the last checkpoint). None: TensorFlow's default (10 s). A worker whose
             process dies is usually detected sooner (its port refuses connections).
         actions: what to do after training, in order: a list of `keras_ebm.actions` objects
-            (`SummaryAction`, `ExportAction`, `EvaluateAction`, `BaselineAction`) or any callable
-            `action(run)`. None (default): built from `export`, `export_onnx`, `evaluate` and
-            `baseline` (`keras_ebm.actions.default_actions`); a list given here replaces them.
+            (`SummaryAction`, `ExportAction`, `EvaluateAction`, `SampleGridAction`,
+            `BaselineAction`) or any callable `action(run)`. None (default): built from `export`,
+            `export_onnx`, `evaluate` and `baseline` (`keras_ebm.actions.default_actions`); a list
+            given here replaces them.
 
     Returns:
         The trained model.

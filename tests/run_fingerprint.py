@@ -124,6 +124,25 @@ def _one_run(model_dir):
     }
 
 
+def environment():
+    """What bit-level float results depend on besides the code: library versions and the CPU."""
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    cpu = platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__, "cpu": cpu}
+
+
+# The parts of a fingerprint that do not depend on floating point: compared on any machine.
+EXACT_EVERYWHERE = ("files",)
+EXACT_EVERYWHERE_PER_RUN = ("summary", "config", "operative_config", "export_meta")
+
+
 def fingerprint(model_dir, model):
     """The JSON-able fingerprint of the run in `model_dir` that returned `model`."""
     return {
@@ -146,6 +165,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = os.path.join(tmp, "run")
         result = fingerprint(run_dir, run_quickstart_tiny(run_dir))
+    result["environment"] = environment()
     with open(sys.argv[1], "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)
         f.write("\n")
