@@ -195,3 +195,14 @@ def test_a_sample_grid_action_draws_from_the_trained_model(tmp_path):
     assert (tmp_path / "samples" / "fresh_1steps.png").exists()
     images = np.load(tmp_path / "samples" / "fresh_1steps.npz")["images"]
     assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
+
+
+gin.external_configurable(trainer_fn, "tiny_softmax")
+
+
+def test_a_baseline_action_from_gin(tmp_path):
+    _parse("run_training.actions = [@GinWriteFile(), @BaselineAction()]\n"
+           "BaselineAction.trainer = @tiny_softmax\n")
+    run(tmp_path)
+    assert (tmp_path / "custom.txt").exists() and (tmp_path / "baseline" / "custom.txt").exists()
+    assert (tmp_path / "baseline" / "checkpoints").exists() and not (tmp_path / "baseline" / "baseline").exists()
