@@ -8,8 +8,8 @@ earlier releases (`default_actions`):
     [SummaryAction(), ExportAction(onnx=export_onnx) if export, EvaluateAction() if evaluate,
      BaselineAction(baseline) if baseline]
 
-Giving `actions` replaces that list (the flags `export`, `export_onnx`, `evaluate` and `baseline`
-then only matter to a baseline trained by `BaselineAction` without actions of its own). In gin:
+Giving `actions` replaces that list: the flags `export`, `export_onnx`, `evaluate` and `baseline`
+are then not used. In gin:
 
     run_training.actions = [@SummaryAction(), @ExportAction(), @EvaluateAction(), @SampleGridAction()]
     ExportAction.onnx = True
