@@ -168,7 +168,7 @@ def check_model_dir(model_dir):
 
 # run_training bindings that may change between calls on one model_dir (resume longer, evaluate...).
 RUN_CONTROL = ("train_steps", "max_minutes", "evaluate", "export", "export_onnx", "progress", "log_every",
-               "checkpoint_every", "keep_checkpoints", "jit_compile", "peer_timeout_seconds")
+               "checkpoint_every", "keep_checkpoints", "jit_compile", "peer_timeout_seconds", "actions")
 
 
 def _canonical(value):

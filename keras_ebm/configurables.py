@@ -8,7 +8,7 @@ Gin files start with `import keras_ebm.configurables`. Objects are chosen by ref
 import gin
 import keras
 
-from keras_ebm import backbones, data, divergence, heads, optim, queues, sampling, trainers, training
+from keras_ebm import actions, backbones, data, divergence, heads, optim, queues, sampling, trainers, training
 from keras_ebm.evaluation import generative, runner
 from keras_ebm.optim import schedules
 
@@ -71,4 +71,8 @@ inception_features = _register(generative.inception_features, "keras_ebm.evaluat
 # Runners: run_training and run_eval are decorated with @gin.configurable where they are defined
 # (they are the gin entry points that train.py / eval.py call).
 _register(divergence.DivergenceGuard, "keras_ebm.experiment")  # the gin name of earlier releases
+# After-training actions (`run_training.actions = [@SummaryAction(), @ExportAction(), ...]`).
+for _action in (actions.SummaryAction, actions.ExportAction, actions.EvaluateAction, actions.SampleGridAction,
+                actions.BaselineAction):
+    _register(_action, "keras_ebm.actions")
 assert runner.run_eval and training.run_training

@@ -1,6 +1,12 @@
 """`run_training`: what `train.py` calls (gin-configurable), built on `model.fit` and the callbacks of
 `keras_ebm.callbacks`.
 
+A run is made of steps, each a small function: check what can fail early (`_check_before_training`),
+seed (`seed_run`), build the trainer (`build_trainer`) and its callbacks (`_build_callbacks`), resume
+(`_resume`), train (`_train`: `fit` or the multi-worker loop, `_fit`), finish (`_finish_training`),
+then the after-training actions (`keras_ebm.actions`: summary, export, evaluation, baseline), which
+a user can add, remove or override (`run_training.actions`).
+
 On one machine (one CPU/GPU, or MirroredStrategy over several GPUs) `run_training` calls
 `model.fit` with `keras_ebm.callbacks.training_callbacks(...)`: exactly what a user's own
 `model.fit(..., callbacks=...)` gets. Under MultiWorkerMirroredStrategy, where Keras 3's `fit`
@@ -30,11 +36,9 @@ import gin
 import keras
 import tensorflow as tf
 
+from keras_ebm import actions as actions_lib
 from keras_ebm import callbacks as callbacks_lib
 from keras_ebm import distribute
-from keras_ebm import export as export_lib
-from keras_ebm import reports
-from keras_ebm.evaluation import runner as eval_runner
 
 
 def _log(msg):
@@ -150,6 +154,7 @@ def run_training(
     encoder_optimizer=None,
     mixed_precision=None,
     peer_timeout_seconds=distribute.DEFAULT_PEER_TIMEOUT_SECONDS,
+    actions=None,
 ):
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
@@ -199,16 +204,54 @@ def run_training(
             (nothing saved after the failure; restart every worker with the same command to
             resume from the last checkpoint). None: TensorFlow's default (10 s). A worker whose
             process dies is usually detected sooner (its port refuses connections).
+        actions: what to do after training, in order: a list of `keras_ebm.actions` objects
+            (`SummaryAction`, `ExportAction`, `EvaluateAction`, `SampleGridAction`,
+            `BaselineAction`) or any callable `action(run)`. None (default): built from `export`,
+            `export_onnx`, `evaluate` and `baseline` (`keras_ebm.actions.default_actions`); a list
+            given here replaces them.
 
     Returns:
         The trained model.
     """
     os.makedirs(model_dir, exist_ok=True)
     strategy = strategy or distribute.make_strategy(peer_timeout_seconds=peer_timeout_seconds)
-    chief = distribute.is_chief(strategy)
-    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    from_flags = actions is None
+    actions = actions_lib.default_actions(export, export_onnx, evaluate, baseline) if from_flags else list(actions)
+    _check_before_training(strategy, max_minutes, actions, train_data)
+    seed_run(seed)
+    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
+                          encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
+    callbacks = _build_callbacks(model_dir, model, strategy, train_data, train_steps, seed=seed,
+                                 checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+                                 divergence_guard=divergence_guard, max_minutes=max_minutes,
+                                 log_every=log_every, progress=progress)
+    first_step = _resume(model_dir, model, strategy, callbacks)
+    seconds = _train(model, train_data, strategy, train_steps, callbacks, seed, jit_compile, first_step)
+    settings = dict(optimizer=optimizer, train_data=train_data, train_steps=train_steps,
+                    checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
+                    export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
+                    progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
+                    encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
+    run = _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds,
+                           settings=settings, actions=actions, from_flags=from_flags)
+    actions_lib.run_actions(actions, run)
+    return model
+
+
+def seed_run(seed):
+    """Seeds Python, NumPy, TensorFlow and Keras for the run (`keras.utils.set_random_seed`), before
+    the trainer is built; the data stream is seeded when it is built (`_distributed_data`)."""
+    keras.utils.set_random_seed(seed)
+
+
+def _is_multi_worker(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _check_before_training(strategy, max_minutes, actions, train_data):
+    """What can be refused before a model is built: the time budget, the actions, the data."""
     if max_minutes is not None:
-        if multi_worker:
+        if _is_multi_worker(strategy):
             raise ValueError(
                 "run_training.max_minutes is for one machine: the workers of a "
                 "MultiWorkerMirroredStrategy would stop at different steps and hang their collectives. "
@@ -216,32 +259,34 @@ def run_training(
             )
         if not max_minutes > 0:
             raise ValueError(f"run_training.max_minutes must be a positive number of minutes, got {max_minutes!r}.")
-    if export and export_onnx:
-        export_lib.import_tf2onnx()  # missing tf2onnx: fail now, not after training
+    actions_lib.check_actions(actions)  # e.g. a missing tf2onnx: fail now, not after training
     check_available = getattr(train_data, "check_available", None)
     if check_available is not None:
         check_available()  # data neither prepared nor downloadable: fail before building a model
-    keras.utils.set_random_seed(seed)
 
-    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
-                          encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
+
+def _build_callbacks(model_dir, model, strategy, train_data, train_steps, progress, **kwargs):
+    """`training_callbacks` for this worker, with the checkpointing's final hook: post-training
+    estimates that belong to the model (GMMC's sigma, paper section 3.1) are made right before the
+    last step is saved, so that step is written once, with them (a resumed run and the export both
+    carry them; a checkpoint rewritten in place could be torn by a kill)."""
+    chief = distribute.is_chief(strategy)
     callbacks = callbacks_lib.training_callbacks(
-        model_dir, train_steps=train_steps, checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints, divergence_guard=divergence_guard, max_minutes=max_minutes,
-        log_every=log_every, progress=progress and chief, seed=seed, restart_data=True, chief=chief,
-        checkpoint_dir=_checkpoint_dir(model_dir, strategy),
-    )
+        model_dir, train_steps=train_steps, progress=progress and chief, restart_data=True, chief=chief,
+        checkpoint_dir=_checkpoint_dir(model_dir, strategy), **kwargs)
     checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
-    recovery = callbacks_lib.find(callbacks, callbacks_lib.DivergenceRecovery)
     budget = callbacks_lib.find(callbacks, callbacks_lib.TimeBudget)
-    cb_list = keras.callbacks.CallbackList(callbacks, model=model)
-    # Post-training estimates that belong to the model (GMMC's sigma, paper section 3.1) are made
-    # right before the last step is saved, so that step is written once, with them (a resumed run
-    # and the export both carry them; a checkpoint rewritten in place could be torn by a kill).
     checkpointing.final_hook = lambda: model.after_training(train_data)
     checkpointing.is_final = lambda: (callbacks_lib.current_step(model) >= train_steps
                                       or (budget is not None and budget.check()))
-    if multi_worker and not chief:
+    return keras.callbacks.CallbackList(callbacks, model=model)  # (sets the model of each callback)
+
+
+def _resume(model_dir, model, strategy, callbacks):
+    """Restores the newest checkpoint (a non-chief worker: the chief's); returns its step."""
+    checkpointing = callbacks_lib.find(callbacks.callbacks, callbacks_lib.Checkpointing)
+    multi_worker = _is_multi_worker(strategy)
+    if multi_worker and not distribute.is_chief(strategy):
         _copy_chief_checkpoint(model_dir, checkpointing.directory)
     try:
         checkpointing.setup()  # restore first: the data stream starts at the restored step
@@ -250,82 +295,78 @@ def run_training(
             _check_workers_agree(strategy, first_step)
     except distribute.PEER_FAILURES as error:
         raise distribute.worker_lost_error(error, _latest_checkpoint([checkpointing])) from error
-    trained_now = first_step < train_steps
-    if not trained_now:
+    return first_step
+
+
+def _train(model, train_data, strategy, train_steps, callbacks, seed, jit_compile, first_step):
+    """Trains from the restored step to `train_steps` (or the time budget), starting again on a new
+    data stream after each divergence recovery; returns the seconds it took."""
+    if first_step >= train_steps:
         _log(f"already trained {first_step} >= train_steps={train_steps} steps; nothing to do")
-    train_start_time = time.time()
+    recovery = callbacks_lib.find(callbacks.callbacks, callbacks_lib.DivergenceRecovery)
+    budget = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TimeBudget)
+    start_time = time.time()
     while callbacks_lib.current_step(model) < train_steps and not (budget is not None and budget.stopped):
         start = callbacks_lib.current_step(model)
-        if recovery.recoveries:  # after a divergence recovery: a new data order
-            tf.random.set_seed(seed + start + 7919 * recovery.recoveries)
-            dataset = strategy.distribute_datasets_from_function(train_data)
-        else:  # the stream of an uninterrupted run, from the batch of step `start` on (exact resume)
-            tf.random.set_seed(seed)
-            dataset = strategy.distribute_datasets_from_function(_skip_batches(train_data, start))
+        dataset = _distributed_data(train_data, strategy, seed, start, recovery.recoveries)
         check_data_classes(model, getattr(train_data, "source_info", None))
-        if multi_worker:
-            train_loop(model, dataset, strategy, train_steps, cb_list, jit_compile=jit_compile)
-        else:
-            model.fit(dataset, epochs=1, steps_per_epoch=train_steps - start, verbose=0, shuffle=False,
-                      callbacks=callbacks)
+        _fit(model, dataset, strategy, start, train_steps, callbacks, jit_compile)
+    return time.time() - start_time
+
+
+def _distributed_data(train_data, strategy, seed, start, recoveries):
+    """The data stream from step `start` on: the stream of an uninterrupted run, from the batch of
+    step `start` on (exact resume); after a divergence recovery a new data order."""
+    if recoveries:
+        tf.random.set_seed(seed + start + 7919 * recoveries)
+        return strategy.distribute_datasets_from_function(train_data)
+    tf.random.set_seed(seed)
+    return strategy.distribute_datasets_from_function(_skip_batches(train_data, start))
+
+
+def _fit(model, dataset, strategy, start, train_steps, callbacks, jit_compile):
+    """Steps `start`..`train_steps`: `model.fit` on one machine, `train_loop` under
+    MultiWorkerMirroredStrategy (where Keras 3's fit fails, keras-team/keras#20585).
+    `callbacks`: a CallbackList."""
+    if _is_multi_worker(strategy):
+        train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=jit_compile)
+    else:
+        model.fit(dataset, epochs=1, steps_per_epoch=train_steps - start, verbose=0, shuffle=False,
+                  callbacks=callbacks.callbacks)
+
+
+def _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds, **run_fields):
+    """Logs the end of training, makes sure the last step was saved with the post-training
+    estimates, and returns the `keras_ebm.actions.Run` the actions are given."""
+    budget = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TimeBudget)
     last_step = callbacks_lib.current_step(model)
     out_of_time = budget is not None and budget.stopped and last_step < train_steps
-    log = callbacks_lib.find(callbacks, callbacks_lib.TrainingLog)
-    if trained_now and chief:
+    recovery = callbacks_lib.find(callbacks.callbacks, callbacks_lib.DivergenceRecovery)
+    run = actions_lib.Run(model_dir, model, distribute.is_chief(strategy), first_step, last_step, train_steps,
+                          "max_minutes" if out_of_time else "train_steps", seconds, recovery.recoveries,
+                          **run_fields)
+    if run.trained_now and run.chief:
         why = "time budget (run_training.max_minutes) used up at " if out_of_time else "trained to "
+        log = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TrainingLog)
         _log(f"{why}step {last_step}/{train_steps}: "
              + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()}))
-        summary = os.path.join(model_dir, "training_summary.json")
-        with open(f"{summary}.tmp-{os.getpid()}", "w") as f:  # renamed into place below (kills)
-            json.dump({
-                "trainer": type(model).__name__,
-                "first_step": first_step,
-                "last_step": last_step,
-                "train_steps": int(train_steps),
-                "stopped_by": "max_minutes" if out_of_time else "train_steps",
-                "seconds": round(time.time() - train_start_time, 1),
-                "recoveries": recovery.recoveries,
-            }, f, indent=2)
-        os.replace(f"{summary}.tmp-{os.getpid()}", summary)
-    if trained_now and checkpointing.final_hook is not None:
-        # The last step was saved before it was known to be the last (not expected): estimate
-        # now and save that step again.
-        checkpointing.final_hook()
-        checkpointing.final_hook = None
-        checkpointing.manager.save(checkpoint_number=last_step)
-        grids = callbacks_lib.find(callbacks, callbacks_lib.SampleGrids)
-        if grids is not None:
-            grids.on_train_end()  # after `after_training`: what the export carries
-    if chief and export:
-        export_dir = os.path.join(model_dir, "export")
-        export_lib.export_model(model, export_dir, image_shape=model.image_shape,
-                                pixel_range=model.pixel_range, ood_score=model.default_ood_score,
-                                onnx=export_onnx)
-        _log(f"exported SavedModel to {export_dir}")
-    results = eval_runner.run_eval(model_dir=model_dir) if chief and evaluate else None
-    if baseline is not None:
-        _log(f"training the baseline {getattr(baseline, '__name__', baseline)} with the same budget")
-        if chief:
-            from keras_ebm import cli  # (cli imports the configurables, which import this module)
+    if run.trained_now:
+        _save_final_step(callbacks.callbacks, last_step)
+    return run
 
-            # A run folder of its own: eval.py, --compare and restore read its config.gin.
-            cli.save_baseline_config(model_dir, os.path.join(model_dir, "baseline"))
-        run_training(
-            os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
-            checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
-            export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
-            progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
-            encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision,
-            baseline=None,  # explicit: gin would bind the baseline's baseline again
-        )
-        if chief and evaluate:
-            with open(os.path.join(model_dir, "baseline", "eval", "results.json")) as f:
-                base_results = json.load(f)
-            table = reports.comparison_table({type(model).__name__: results, "baseline": base_results})
-            with open(os.path.join(model_dir, "comparison.md"), "w") as f:
-                f.write(table)
-            print("\n" + table, flush=True)
-    return model
+
+def _save_final_step(callbacks, last_step):
+    """If the last step was saved before it was known to be the last (not expected), make the
+    post-training estimates now and save that step again (and its sample grid)."""
+    checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
+    if checkpointing.final_hook is None:
+        return
+    checkpointing.final_hook()
+    checkpointing.final_hook = None
+    checkpointing.manager.save(checkpoint_number=last_step)
+    grids = callbacks_lib.find(callbacks, callbacks_lib.SampleGrids)
+    if grids is not None:
+        grids.on_train_end()  # after `after_training`: what the export carries
 
 
 def check_data_classes(model, source_info):
