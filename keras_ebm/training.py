@@ -33,7 +33,7 @@ import tensorflow as tf
 from keras_ebm import callbacks as callbacks_lib
 from keras_ebm import distribute
 from keras_ebm import export as export_lib
-from keras_ebm import reports
+from keras_ebm import report_tables
 from keras_ebm.evaluation import runner as eval_runner
 
 
@@ -127,7 +127,7 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
         raise distribute.worker_lost_error(error, _latest_checkpoint(cbs.callbacks)) from error
 
 
-@gin.configurable(module="keras_ebm.experiment")  # the gin name of earlier releases: saved configs keep working
+@gin.configurable(module="keras_ebm.training")  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
 def run_training(
     model_dir,
     trainer,
@@ -306,10 +306,10 @@ def run_training(
     if baseline is not None:
         _log(f"training the baseline {getattr(baseline, '__name__', baseline)} with the same budget")
         if chief:
-            from keras_ebm import cli  # (cli imports the configurables, which import this module)
+            from keras_ebm import run_config  # (run_config imports the configurables, which import this module)
 
             # A run folder of its own: eval.py, --compare and restore read its config.gin.
-            cli.save_baseline_config(model_dir, os.path.join(model_dir, "baseline"))
+            run_config.save_baseline_config(model_dir, os.path.join(model_dir, "baseline"))
         run_training(
             os.path.join(model_dir, "baseline"), baseline, optimizer, train_data, train_steps,
             checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
@@ -321,7 +321,7 @@ def run_training(
         if chief and evaluate:
             with open(os.path.join(model_dir, "baseline", "eval", "results.json")) as f:
                 base_results = json.load(f)
-            table = reports.comparison_table({type(model).__name__: results, "baseline": base_results})
+            table = report_tables.comparison_table({type(model).__name__: results, "baseline": base_results})
             with open(os.path.join(model_dir, "comparison.md"), "w") as f:
                 f.write(table)
             print("\n" + table, flush=True)

@@ -8,7 +8,7 @@ import sys
 import gin
 import pytest
 
-from keras_ebm import cli
+from keras_ebm import run_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "gin_configs", "quickstart.gin")
@@ -17,16 +17,16 @@ QUICK = os.path.join(REPO, "gin_configs", "quickstart.gin")
 def parse(*params):
     with gin.unlock_config():
         gin.clear_config()
-        cli.parse_gin([QUICK], list(params))
+        run_config.parse_gin([QUICK], list(params))
 
 
 def test_a_different_config_is_refused_naming_the_bindings(tmp_path):
     parse()
-    cli.save_config(str(tmp_path))
+    run_config.save_config(str(tmp_path))
     saved = (tmp_path / "config.gin").read_text()
     parse("SGLD_STEPS = 7", "SAMGradients.rho = 0.05")
     with pytest.raises(ValueError) as info:
-        cli.check_run_config(str(tmp_path), [QUICK], ["SGLD_STEPS = 7", "SAMGradients.rho = 0.05"])
+        run_config.check_run_config(str(tmp_path), [QUICK], ["SGLD_STEPS = 7", "SAMGradients.rho = 0.05"])
     message = str(info.value)
     assert "SGLD_STEPS/gin.macro.value: 5 -> 7" in message
     assert "SAMGradients.rho: 0.2 -> 0.05" in message
@@ -38,15 +38,15 @@ def test_a_different_config_is_refused_naming_the_bindings(tmp_path):
 
 def test_run_control_bindings_may_change(tmp_path):
     parse()
-    cli.save_config(str(tmp_path))
+    run_config.save_config(str(tmp_path))
     params = ["run_training.train_steps = 3000", "run_training.evaluate = False", "run_training.max_minutes = 5"]
     parse(*params)
-    cli.check_run_config(str(tmp_path), [QUICK], params)  # no error
+    run_config.check_run_config(str(tmp_path), [QUICK], params)  # no error
     # The run's own config.gin resumes it as well.
     with gin.unlock_config():
         gin.clear_config()
-        cli.parse_gin([str(tmp_path / "config.gin")], [])
-    cli.check_run_config(str(tmp_path), [str(tmp_path / "config.gin")], [])
+        run_config.parse_gin([str(tmp_path / "config.gin")], [])
+    run_config.check_run_config(str(tmp_path), [str(tmp_path / "config.gin")], [])
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_train_py_writes_nothing_for_a_misspelt_data_set_or_a_conflicting_config
     assert bad.returncode != 0 and "Unknown data set" in bad.stderr and "digitz" in bad.stderr
     assert not (tmp_path / "new").exists()
     parse()
-    cli.save_config(str(tmp_path / "run"))
+    run_config.save_config(str(tmp_path / "run"))
     saved = (tmp_path / "run" / "config.gin").read_text()
     other = subprocess.run([sys.executable, "train.py", f"--gin_file={QUICK}", "--gin_param=SGLD_STEPS = 7",
                             f"--model_dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,

@@ -126,7 +126,7 @@ def _parse_run_gin():
     """Parse this run's config.gin (if any), then --gin_file and --gin_param."""
     import gin
 
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
     files = list(FLAGS.gin_file)
     if FLAGS.model_dir and os.path.exists(os.path.join(FLAGS.model_dir, "config.gin")):
@@ -139,14 +139,14 @@ def _parse_run_gin():
             f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}")
     with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
         gin.clear_config()
-        cli.parse_gin(files, FLAGS.gin_param)
+        run_config.parse_gin(files, FLAGS.gin_param)
 
 
 def _draw_samples(model, out):
     """--samples: draw with the trainer's sampler; returns `(name, images, labels)`."""
     import numpy as np
 
-    from keras_ebm import cli, generation
+    from keras_ebm import generation, run_config
 
     if not model.is_generative:
         raise app.UsageError(f"{type(model).__name__} is not a generative model: it has no sampler.")
@@ -163,7 +163,7 @@ def _draw_samples(model, out):
         from keras_ebm.data import to_pixel_range
         from keras_ebm.evaluation.runner import load_set
 
-        x, y = load_set(cli.resolve_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
+        x, y = load_set(run_config.resolve_parameter("run_eval.in_dist"), FLAGS.class_latent_examples)
         labelled = (to_pixel_range(x, model.pixel_range), y)
     png = generation.generate_samples(model, out, FLAGS.samples, n_steps=FLAGS.sample_steps,
                                       from_buffer=FLAGS.sample_from_buffer, conditional=FLAGS.conditional,
@@ -182,7 +182,7 @@ def main(argv):
         return
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments {argv[1:]} (only --compare takes run directories).")
-    from keras_ebm import cli
+    from keras_ebm import run_config
     from keras_ebm.evaluation import runner, suite
 
     if not FLAGS.model_dir and not FLAGS.saved_model:
@@ -216,7 +216,7 @@ def main(argv):
         from keras_ebm import restore
 
         model = restore.restore_trainer(FLAGS.model_dir)
-    in_dist = cli.resolve_parameter("run_eval.in_dist")
+    in_dist = run_config.resolve_parameter("run_eval.in_dist")
     n = FLAGS.eval_examples
     if attacks:
         x, y = runner.load_set(in_dist, n)

@@ -46,7 +46,7 @@ class SpectralNormConv2D(keras.layers.Conv2D):
     forward passes runs one more power iteration (hankook/CLEL models/ebm.py). This is not
     corrupting: u, v depend only on W (not on the input), and extra iterations only move them closer
     to the top singular pair of the current W. The update therefore does not need to be discarded;
-    run the energy in `keras_ebm.state.discard_updates()` if bit-exact reproducibility of u across
+    run the energy in `keras_ebm.stateless_scope.discard_updates()` if bit-exact reproducibility of u across
     different SGLD lengths matters.
 
     Distribution: u, v are mirrored variables with aggregation "none": every replica runs the same

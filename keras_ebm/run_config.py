@@ -1,4 +1,4 @@
-"""Gin parsing shared by train.py and eval.py: typos fail loudly, the config is saved with the run."""
+"""The run's gin configuration for train.py and eval.py: parsed (typos fail loudly), checked, saved."""
 
 import contextlib
 import os
@@ -69,7 +69,7 @@ def _macro_references(value, out):
     return out
 
 
-@gin.configurable("optional_macros", module="keras_ebm.cli")
+@gin.configurable("optional_macros", module="keras_ebm.run_config")
 def optional_macros(names=()):
     """Macros a config file sets for the configs that read them and that others may leave unread,
     declared in a scope of the file's own so that several files add up
