@@ -20,7 +20,7 @@ def _tolerant_existence_check(check):
     return exists
 
 
-# An `include 'gin_configs/x.gin'` parsed from another working directory: gin's second file
+# An `include 'gin_configs/tiny.gin'` parsed from another working directory: gin's second file
 # reader looks the path up as a Python package and fails with a TypeError on `gin_configs`, a
 # folder without __init__.py, before the repository-root search path is tried.
 gin.config._FILE_READERS[:] = [
