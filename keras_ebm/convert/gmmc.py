@@ -3,7 +3,7 @@
 `F` is the JEM `wideresnet.py` backbone alone (keys `f.*`, `keras_ebm.convert.wrn`'s mapping; no
 Linear head: the classifier is the MMC head). `LDALayer.centers` `[C, D]` (official `cal_center`,
 non-trainable) goes to the `MaxMahalanobisHead` centres; without it our own max-Mahalanobis
-centres stay (they are the same construction, `keras_ebm.trainers.gmmc.head.max_mahalanobis_centers`).
+centres stay (they are the same construction, `keras_ebm.trainers.gmmc.max_mahalanobis_centers`).
 
 | official key | keras_ebm (`build_mmc_classifier(WideResNet(...))`) |
 |---|---|

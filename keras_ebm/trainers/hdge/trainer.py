@@ -4,8 +4,8 @@ HDGE (Liu & Abbeel 2020, arXiv:2007.09070, eq. 14-15, Algorithm 1) minimises
 
     alpha * CE(f(x), y) + (1 - alpha) * L_contrastive(f(x), y; queue)
 
-where the queue holds the logits of the last K training examples (`keras_ebm.trainers.hdge.queue.
-FeatureQueue`) and `keras_ebm.losses.hdge.hdge_contrastive_loss` is the contrastive term.
+where the queue holds the logits of the last K training examples (`FeatureQueue`,
+queue.py) and `keras_ebm.losses.hdge.hdge_contrastive_loss` is the contrastive term.
 HDGE+JEM (eq. 17) adds JEM's SGLD log q(x) term; it is this trainer with `px_weight > 0`, using
 JEM's sampler and replay buffer unchanged.
 """
