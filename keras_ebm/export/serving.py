@@ -1,19 +1,4 @@
-"""SavedModel export of a trained keras_ebm model (classifier or EBM) for OOD detection and classification.
-
-`export_model` writes a TensorFlow SavedModel that scores images (pixel values 0..255) with nothing
-but TensorFlow:
-neither keras_ebm nor the training code is needed to load and run it,
-
-    loaded = tf.saved_model.load(export_dir)
-    loaded.serving_default(images)        # logits, probabilities, energy, ood_score
-    loaded.signatures["scores"](images=images)
-
-and `<export_dir>/assets/keras_ebm_export.json` describes it (image shape, pixel range, score names)
-for readers without TensorFlow.
-
-What is exported is only what the forward pass reads: the functions are traced first and the module
-then tracks exactly the variables those traces captured. Replay buffers, feature queues, optimizer
-slots and EMA shadows of a trainer are therefore absent even when the trainer itself is passed.
+"""`ServingModule`: the `tf.Module` an export saves, its functions and their input checks.
 
 Every function takes `images`: pixel values 0..255 `[batch, height, width, channels]` with the
 training image shape (see "Input"), and maps them into the model's `pixel_range` itself. Scores follow the papers' orientation:
@@ -45,42 +30,20 @@ attribute functions (`loaded.logits(x)`) also accept uint8 tensors directly, and
 int32/64 input with the same value checks; their traces have unknown rank and assert the shape
 inside the graph with one readable message: "expected images of shape [N, H, W, C] (pixel values
 0..255); received shape [...]". An empty batch returns empty outputs.
-
-ONNX. `export_model(..., onnx=True)` also writes `onnx/model.onnx` (tf2onnx, the converter Keras'
-own `Model.export(format="onnx")` uses): input `images` uint8 `[N, H, W, C]` (ONNX has no assertion
-op for the value checks; onnxruntime itself refuses any other dtype), outputs logits,
-probabilities (classifiers), energy, every score that needs no gradient and ood_score (when it is
-one of those). Gradient-based scores (`grad_norm`) stay TensorFlow-only.
-
-Reference: the energy convention of JEM (Grathwohl et al. 2020, arXiv:1912.03263), the gradient-norm
-score of JEM's OOD section ("approximate mass", also GMMC, arXiv:2010.03759).
 """
 
-import json
-import logging
-import os
 import re
-import shutil
-import tempfile
-import warnings
 
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
 from keras_ebm import scores as scores_lib
 from keras_ebm.data.preprocess import to_pixel_range  # pure tf ops, the one uint8 -> float map
+from keras_ebm.export.format import ENDPOINTS, FORMAT_VERSION, SIGNATURE_DTYPE
 
-METADATA_FILENAME = "keras_ebm_export.json"
-# 3: signatures declare float32 images (checked pixel values 0..255); 2: uint8 signatures.
-FORMAT_VERSION = 3
-# The dtype every signature declares for `images` (see "Input" above).
-SIGNATURE_DTYPE = tf.float32
 BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
-ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
 # Scores that need a gradient: TensorFlow-only (not in the ONNX model).
 GRADIENT_SCORES = ("grad_norm",)
-ONNX_FILENAME = "model.onnx"
-ONNX_OPSET = 17
 
 # Attribute calls accept these dtypes (besides uint8) with the value checks; any other dtype gets
 # TensorFlow's "Could not find matching concrete function".
@@ -530,204 +493,3 @@ class ServingModule(tf.Module):
         if self._classifier:
             out["probabilities"] = tf.nn.softmax(logits, axis=-1)
         return out
-
-
-def _looks_like_export(path):
-    return os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(
-        os.path.join(path, "assets", METADATA_FILENAME)
-    )
-
-
-def import_tf2onnx():
-    """tf2onnx, patched for NumPy 2 by Keras' own ONNX export (keras.src.export), or a clear error."""
-    try:
-        import tf2onnx
-    except ImportError as e:
-        raise ImportError(
-            "ONNX export needs tf2onnx, onnx and onnxruntime: pip install \"keras_ebm[onnx]\" "
-            "(or pip install tf2onnx onnx onnxruntime)."
-        ) from e
-    try:  # the same NumPy-2 patch `keras.Model.export(format="onnx")` applies
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
-    except ImportError:  # a Keras without it: tf2onnx may still work with the installed NumPy
-        pass
-    else:
-        with warnings.catch_warnings():  # "In the future `np.object` will be defined ..."
-            warnings.simplefilter("ignore", FutureWarning)
-            patch_tf2onnx()
-    return tf2onnx
-
-
-def write_onnx(module, path, opset=ONNX_OPSET):
-    """Convert the forward quantities of a `ServingModule` to an ONNX model at `path` (tf2onnx).
-
-    The ONNX model takes `images`, uint8 `[N, H, W, C]`, and returns `module.onnx_output_names`
-    (logits, probabilities for classifiers, energy, every gradient-free score, ood_score);
-    gradient-based scores (`grad_norm`) stay TensorFlow-only. Returns the output names.
-    """
-    tf2onnx = import_tf2onnx()
-    function = module.onnx_function()
-    tf2onnx_logger = logging.getLogger("tf2onnx")
-    level = tf2onnx_logger.level
-    tf2onnx_logger.setLevel(logging.ERROR)  # its INFO/WARNING lines drown the training log
-    try:
-        tf2onnx.convert.from_function(
-            function, input_signature=function.input_signature, opset=opset, output_path=os.fspath(path)
-        )
-    finally:
-        tf2onnx_logger.setLevel(level)
-    return module.onnx_output_names
-
-
-def export_model(
-    model,
-    export_dir,
-    image_shape,
-    pixel_range=(-1.0, 1.0),
-    ood_score=None,
-    extra_scores=None,
-    onnx=False,
-):
-    """Export `model` as a SavedModel scoring images, pixel values 0..255 (see `ServingModule`).
-
-    The SavedModel is written to a temporary sibling directory and renamed into place, so a crash
-    mid-export never leaves a half-written export at `export_dir`; a previous export there is
-    replaced only once the new one is complete (it briefly sits beside it as `.<name>.old-*`).
-    A non-empty `export_dir` that is not an export is refused rather than deleted. Local
-    filesystems only (directory renames).
-
-    Args:
-        model: a `keras.Model` mapping float images in `pixel_range` to logits; pass the trained
-            network or the trainer: only the variables the forward pass reads are exported.
-        export_dir: directory to write; created, or replaced if it holds an export.
-        image_shape: `(height, width, channels)` of the training images.
-        pixel_range: `(lo, hi)` range of the float images the model expects.
-        ood_score: name of the default OOD score (`"log_px"`, `"max_softmax"`, `"grad_norm"`
-            or a model or extra score name; default `model.default_ood_score`, else `"log_px"`).
-        extra_scores: optional dict name -> `fn(model, x_float)` returning `[batch]` scores.
-        onnx: also write `<export_dir>/onnx/model.onnx` (tf2onnx; `pip install "keras_ebm[onnx]"`)
-            with the forward outputs (`ServingModule.onnx_output_names`); the metadata's "onnx"
-            entry names its file, input and outputs.
-
-    Returns:
-        `export_dir`.
-    """
-    export_dir = os.fspath(export_dir)
-    target = os.path.abspath(export_dir)
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise ValueError(f"`export_dir` exists and is not a directory. Received: export_dir={export_dir}")
-    if os.path.isdir(target) and os.listdir(target) and not _looks_like_export(target):
-        raise ValueError(
-            "`export_dir` is a non-empty directory that holds no SavedModel; refusing to replace "
-            f"it. Pass a new or empty directory. Received: export_dir={export_dir}"
-        )
-    if onnx:
-        import_tf2onnx()  # fail before any work when it is not installed
-    module = ServingModule(
-        model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores
-    )
-    parent, base = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    recover_export(target)
-    staging = tempfile.mkdtemp(prefix=f".{base}.tmp-{os.getpid()}-", dir=parent)
-    old = None
-    try:
-        tf.saved_model.save(module, staging, signatures=module.signature_functions())
-        metadata = module.metadata()
-        if onnx:
-            os.makedirs(os.path.join(staging, "onnx"))
-            outputs = write_onnx(module, os.path.join(staging, "onnx", ONNX_FILENAME))
-            h, w, c = module._image_shape
-            metadata["onnx"] = {
-                "path": f"onnx/{ONNX_FILENAME}",
-                "opset": ONNX_OPSET,
-                "inputs": {"images": {"dtype": "uint8", "shape": [None, h, w, c]}},
-                "outputs": outputs,
-            }
-        os.makedirs(os.path.join(staging, "assets"), exist_ok=True)
-        with open(os.path.join(staging, "assets", METADATA_FILENAME), "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=True)
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".{base}.old-{os.getpid()}-", dir=parent)
-            os.rmdir(old)
-            os.rename(target, old)
-        # mkdtemp creates 0700 directories; an export is meant to be read by serving processes.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and os.path.exists(old) and not os.path.exists(target):
-            os.rename(old, target)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return export_dir
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def _stale_siblings(target, kind):
-    """`.<name>.<kind>-<pid>-*` siblings of `target` whose writing process is gone (killed during an
-    export). Folders without a pid (older releases) count as stale."""
-    parent, base = os.path.split(target)
-    pattern = re.compile(re.escape(f".{base}.{kind}-") + r"(?:(\d+)-)?")
-    stale = []
-    for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else []:
-        match = pattern.match(entry)
-        if match and os.path.isdir(os.path.join(parent, entry)):
-            pid = match.group(1)
-            if pid is None or (int(pid) != os.getpid() and not _pid_alive(int(pid))):
-                stale.append(os.path.join(parent, entry))
-    return stale
-
-
-def recover_export(export_dir):
-    """Repair what a killed `export_model` left beside `export_dir`: put back the previous export
-    if the kill fell between moving it aside and renaming the new one into place, and delete
-    half-written `.<name>.tmp-*` folders and leftover `.<name>.old-*` copies. Only folders of
-    processes that are no longer running are touched. Returns the paths removed or restored."""
-    target = os.path.abspath(os.fspath(export_dir))
-    touched = []
-    olds = _stale_siblings(target, "old")
-    if olds and not os.path.exists(target):
-        newest = max(olds, key=os.path.getmtime)
-        os.rename(newest, target)
-        touched.append(newest)
-        olds.remove(newest)
-    for path in olds + _stale_siblings(target, "tmp"):
-        shutil.rmtree(path, ignore_errors=True)
-        touched.append(path)
-    return touched
-
-
-def read_export_metadata(export_dir):
-    """The metadata dict of an export (plain JSON; needs no TensorFlow to read)."""
-    path = os.path.join(os.fspath(export_dir), "assets", METADATA_FILENAME)
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"No keras_ebm export metadata at {path}; was the directory written by "
-            f"`keras_ebm.export.export_model`? Received: export_dir={export_dir}"
-        )
-    with open(path) as f:
-        return json.load(f)
-
-
-def load_export(export_dir):
-    """`tf.saved_model.load(export_dir)`: the module with `logits`, `energy`, `ood_score`,
-    `scores`, `serving_default` (attributes and signatures) and the metadata variables.
-
-    Keep a reference to the returned object while calling its functions: they read its variables,
-    which TensorFlow frees with it (`load_export(d).logits(x)` fails with "referencing variables
-    which have been deleted").
-    """
-    return tf.saved_model.load(os.fspath(export_dir))
