@@ -15,10 +15,10 @@ What is exported is only what the forward pass reads: the functions are traced f
 then tracks exactly the variables those traces captured. Replay buffers, feature queues, optimizer
 slots and EMA shadows of a trainer are therefore absent even when the trainer itself is passed.
 
-The package: `serving.py` (`ServingModule`, the functions and their input checks), the writers
-`saved_model.py` (`export_model`) and `onnx_writer.py` (`write_onnx`), `format.py` (format version,
-signatures, metadata; `read_export_metadata`, `load_export`) and `cleanup.py` (`recover_export`:
-what a killed export left behind).
+The package: `serving.py` (`ServingModule` and its functions), `input_checks.py` (their checks of
+the images), the writers `saved_model.py` (`export_model`) and `onnx_writer.py` (`write_onnx`),
+`format.py` (format version, signatures, metadata; `read_export_metadata`, `load_export`) and
+`cleanup.py` (`recover_export`: what a killed export left behind).
 
 Reference: the energy convention of JEM (Grathwohl et al. 2020, arXiv:1912.03263), the gradient-norm
 score of JEM's OOD section ("approximate mass", also GMMC, arXiv:2010.03759).

@@ -9,7 +9,7 @@ import tensorflow as tf
 METADATA_FILENAME = "keras_ebm_export.json"
 # 3: signatures declare float32 images (checked pixel values 0..255); 2: uint8 signatures.
 FORMAT_VERSION = 3
-# The dtype every signature declares for `images` (see "Input" in keras_ebm.export.serving).
+# The dtype every signature declares for `images` (see keras_ebm.export.input_checks).
 SIGNATURE_DTYPE = tf.float32
 ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
 

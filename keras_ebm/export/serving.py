@@ -1,8 +1,8 @@
-"""`ServingModule`: the `tf.Module` an export saves, its functions and their input checks.
+"""`ServingModule`: the `tf.Module` an export saves and its functions.
 
 Every function takes `images`: pixel values 0..255 `[batch, height, width, channels]` with the
-training image shape (see "Input"), and maps them into the model's `pixel_range` itself. Scores follow the papers' orientation:
-**higher means more in-distribution**.
+training image shape (see `input_checks.py`), and maps them into the model's `pixel_range` itself.
+Scores follow the papers' orientation: **higher means more in-distribution**.
 
 Classifiers and other EBMs. A model is a classifier unless it sets `is_classifier = False`
 (`EBMTrainer` attribute). For a classifier the logits define JEM's EBM: energy -logsumexp(logits),
@@ -12,24 +12,6 @@ classifier (CLEL: its "logits" are a latent) is asked for its own quantities thr
 `energy`, and `model.scores(x)` gives every score; no built-in score and no `probabilities`
 are exported for it (they would be JEM quantities of a latent), and no gradient is computed.
 Format version 2 (this rule); version 1 exported the JEM quantities for every model.
-
-Input. `images` are pixel values 0..255 of the training image shape `[N, H, W, C]`: uint8, or a
-float/int array holding whole numbers in [0, 255]. Every signature declares float32
-`[None, H, W, C]` (format version 3), so `saved_model_cli show`, TensorFlow Serving and converters
-read it, and checks the values inside the graph: NaN/Inf, values outside [0, 255], values that are
-not whole numbers (0.5) and float batches that look like [0, 1] images (largest value 1) fail with
-an `InvalidArgumentError` that says what to send. Why float32 and not uint8: TensorFlow converts a
-NumPy array to a signature's declared dtype in the caller's process, before any graph runs, and a
-float array converted to uint8 is truncated and wrapped (0.5 -> 0, NaN -> 0, 300 -> 44), so a uint8
-signature would score a float image as a black one with no error. Converting to float32 loses
-nothing: uint8 arrays and float arrays alike arrive intact and are checked. (Format version 2
-declared uint8 signatures; `keras_ebm.evaluation.classifiers.signature_images` feeds either.)
-Called from Python, a signature given a wrong shape fails in TensorFlow's argument binding ("Can not
-cast TensorSpec(shape=(32, 32, 3), ...) to TensorSpec(shape=(None, 32, 32, 3), ...)"). The
-attribute functions (`loaded.logits(x)`) also accept uint8 tensors directly, and float16/32/64 and
-int32/64 input with the same value checks; their traces have unknown rank and assert the shape
-inside the graph with one readable message: "expected images of shape [N, H, W, C] (pixel values
-0..255); received shape [...]". An empty batch returns empty outputs.
 """
 
 import re
@@ -39,6 +21,7 @@ import tensorflow as tf
 from keras_ebm import energy as energy_lib
 from keras_ebm import scores as scores_lib
 from keras_ebm.data.preprocess import to_pixel_range  # pure tf ops, the one uint8 -> float map
+from keras_ebm.export import input_checks
 from keras_ebm.export.format import ENDPOINTS, FORMAT_VERSION, SIGNATURE_DTYPE
 
 BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
@@ -57,6 +40,32 @@ class _Forward:
     def __init__(self, model, extra_scores):
         self.model = model
         self.extra_scores = extra_scores
+
+
+def _checked_arguments(image_shape, pixel_range, extra_scores):
+    """`(image_shape, (lo, hi), extra_scores)` as ints, floats and a dict, or a ValueError."""
+    try:
+        shape = tuple(int(d) for d in image_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ValueError(
+            "`image_shape` must be (height, width, channels) with positive ints. "
+            f"Received: image_shape={image_shape}"
+        )
+    lo, hi = (float(v) for v in pixel_range)
+    if not lo < hi:
+        raise ValueError(
+            "`pixel_range` must be (lo, hi) with lo < hi. " f"Received: pixel_range={pixel_range}"
+        )
+    extra_scores = dict(extra_scores or {})
+    for score_name, fn in extra_scores.items():
+        if not callable(fn):
+            raise ValueError(
+                f"`extra_scores` values must be callables fn(model, x_float) -> [batch]. "
+                f"Received: extra_scores[{score_name!r}]={fn!r}"
+            )
+    return shape, (lo, hi), extra_scores
 
 
 class ServingModule(tf.Module):
@@ -79,7 +88,7 @@ class ServingModule(tf.Module):
     Functions (each a `tf.function` attribute and, in the SavedModel, a signature of the same
     name), all taking `images`: pixel values 0..255 `[batch, height, width, channels]`, declared
     float32 in the signatures; the attribute functions also take uint8, float16/64 and int32/64
-    (module docstring, "Input"):
+    (`keras_ebm.export.input_checks`):
     - `logits(images)` -> `{"logits": [batch, num_classes]}`
     - `energy(images)` -> `{"energy": [batch]}`: E(x) = -logsumexp(logits) for a classifier,
       `model.energy(x)` otherwise.
@@ -124,28 +133,7 @@ class ServingModule(tf.Module):
         name=None,
     ):
         super().__init__(name=name)
-        try:
-            shape = tuple(int(d) for d in image_shape)
-        except (TypeError, ValueError):
-            shape = ()
-        if len(shape) != 3 or min(shape) <= 0:
-            raise ValueError(
-                "`image_shape` must be (height, width, channels) with positive ints. "
-                f"Received: image_shape={image_shape}"
-            )
-        image_shape = shape
-        lo, hi = (float(v) for v in pixel_range)
-        if not lo < hi:
-            raise ValueError(
-                "`pixel_range` must be (lo, hi) with lo < hi. " f"Received: pixel_range={pixel_range}"
-            )
-        extra_scores = dict(extra_scores or {})
-        for score_name, fn in extra_scores.items():
-            if not callable(fn):
-                raise ValueError(
-                    f"`extra_scores` values must be callables fn(model, x_float) -> [batch]. "
-                    f"Received: extra_scores[{score_name!r}]={fn!r}"
-                )
+        image_shape, (lo, hi), extra_scores = _checked_arguments(image_shape, pixel_range, extra_scores)
         weights = list(getattr(model, "weights", None) or [])  # the export's variable order
         model = scores_lib.as_scorer(model)
         self._forward = _Forward(model, extra_scores)
@@ -155,44 +143,10 @@ class ServingModule(tf.Module):
         # One eager call builds the model and tells the number of classes and the names of the
         # model's own scores, before anything is traced.
         probe = tf.zeros((2,) + image_shape, tf.float32) + (lo + hi) / 2.0
-        logits = model(probe, training=False)
-        if len(logits.shape) != 2 or logits.shape[0] != 2:
-            raise ValueError(
-                "`model(x, training=False)` must return logits of shape [batch, num_classes]. "
-                f"Received: logits.shape={tuple(logits.shape)} for x.shape={tuple(probe.shape)}"
-            )
-        num_classes = int(logits.shape[-1])
-        self._classifier = bool(model.is_classifier)
-        if not self._classifier:
-            energy = model.energy(probe)
-            if tuple(energy.shape) != (2,):
-                raise ValueError(
-                    "`model.energy(x)` must return shape [batch]. Received: "
-                    f"shape={tuple(energy.shape)} for a batch of 2"
-                )
+        num_classes = self._probe_model(probe)
         if ood_score is None:
             ood_score = model.default_ood_score
-        model_scores = self._model_scores(probe)
-        score_names = list(BUILTIN_SCORES) if self._classifier else []
-        for source, names in (("scores", model_scores), ("extra_scores", extra_scores)):
-            for score_name in names:
-                if not isinstance(score_name, str) or not _SCORE_NAME.match(score_name):
-                    raise ValueError(
-                        f"Score names from `{source}` must be identifiers (letters, digits, _). "
-                        f"Received: name={score_name!r}"
-                    )
-                if score_name in score_names:
-                    raise ValueError(
-                        f"Score name {score_name!r} from `{source}` is already taken; scores "
-                        f"so far: {score_names}. Received: name={score_name!r}"
-                    )
-                score_names.append(score_name)
-        for score_name, value in self._all_extra_scores(probe).items():
-            if tuple(value.shape) != (2,):
-                raise ValueError(
-                    f"Score {score_name!r} must have shape [batch]. Received: "
-                    f"shape={tuple(value.shape)} for a batch of 2"
-                )
+        score_names = self._probe_scores(probe, extra_scores)
         if ood_score not in score_names:
             raise ValueError(
                 f"`ood_score` must be one of {score_names}. Received: ood_score={ood_score!r}"
@@ -226,21 +180,68 @@ class ServingModule(tf.Module):
         self.ood_score = self._make_function("ood_score", self._ood_score_fn)
         self.scores = self._make_function("scores", self._scores_fn)
         self.serving_default = self._make_function("serving_default", self._serving_default_fn)
+        self.network_variables = self._captured_variables(weights)
 
-        # Track exactly what the traced functions captured: anything else the model owns (replay
-        # buffer, queue, optimizer slots, EMA copies) stays out of the SavedModel.
+    def _probe_model(self, probe):
+        """Call the model (and, for a model that is not a classifier, its energy) on `probe`;
+        check the output shapes and return the number of classes."""
+        model = self._forward.model
+        logits = model(probe, training=False)
+        if len(logits.shape) != 2 or logits.shape[0] != 2:
+            raise ValueError(
+                "`model(x, training=False)` must return logits of shape [batch, num_classes]. "
+                f"Received: logits.shape={tuple(logits.shape)} for x.shape={tuple(probe.shape)}"
+            )
+        num_classes = int(logits.shape[-1])
+        self._classifier = bool(model.is_classifier)
+        if not self._classifier:
+            energy = model.energy(probe)
+            if tuple(energy.shape) != (2,):
+                raise ValueError(
+                    "`model.energy(x)` must return shape [batch]. Received: "
+                    f"shape={tuple(energy.shape)} for a batch of 2"
+                )
+        return num_classes
+
+    def _probe_scores(self, probe, extra_scores):
+        """The names of every exported score (built-ins first, then the model's, then
+        `extra_scores`), each checked to be a new identifier with values of shape [batch]."""
+        model_scores = self._model_scores(probe)
+        score_names = list(BUILTIN_SCORES) if self._classifier else []
+        for source, names in (("scores", model_scores), ("extra_scores", extra_scores)):
+            for score_name in names:
+                if not isinstance(score_name, str) or not _SCORE_NAME.match(score_name):
+                    raise ValueError(
+                        f"Score names from `{source}` must be identifiers (letters, digits, _). "
+                        f"Received: name={score_name!r}"
+                    )
+                if score_name in score_names:
+                    raise ValueError(
+                        f"Score name {score_name!r} from `{source}` is already taken; scores "
+                        f"so far: {score_names}. Received: name={score_name!r}"
+                    )
+                score_names.append(score_name)
+        for score_name, value in self._all_extra_scores(probe).items():
+            if tuple(value.shape) != (2,):
+                raise ValueError(
+                    f"Score {score_name!r} must have shape [batch]. Received: "
+                    f"shape={tuple(value.shape)} for a batch of 2"
+                )
+        return score_names
+
+    def _captured_variables(self, weights):
+        """Exactly the variables the traced functions captured: anything else the model owns
+        (replay buffer, queue, optimizer slots, EMA copies) stays out of the SavedModel. In the
+        model's own weight order (then by name): the traces list their captures in an order that
+        changes from process to process, and an export should be reproducible."""
         captured = {}
         for endpoint in ENDPOINTS:
             for variable in self.concrete_function(endpoint).variables:
                 captured.setdefault(id(variable), variable)
-        # In the model's own weight order (then by name): the traces list their captures in an
-        # order that changes from process to process, and an export should be reproducible.
         order = {}
         for weight in weights:
             order.setdefault(id(getattr(weight, "value", weight)), len(order))
-        self.network_variables = sorted(
-            captured.values(), key=lambda v: (order.get(id(v), len(order)), v.name)
-        )
+        return sorted(captured.values(), key=lambda v: (order.get(id(v), len(order)), v.name))
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -330,7 +331,7 @@ class ServingModule(tf.Module):
 
     def _make_function(self, endpoint, body):
         def core(images, from_uint8):
-            x = self._model_input(images, from_uint8)
+            x = input_checks.model_input(images, from_uint8, self._image_shape, self._pixel_range)
             # An empty batch gets an empty result: some kernels (oneDNN batch norm) fail on
             # zero-sized batches with "Incompatible shapes: [0,8,8,32] vs. [64]".
             return tf.cond(
@@ -359,77 +360,6 @@ class ServingModule(tf.Module):
 
     def _empty_outputs(self, endpoint):
         return {key: tf.zeros((0,) + tail, tf.float32) for key, tail in self._output_keys[endpoint].items()}
-
-    def _expected(self):
-        h, w, c = self._image_shape
-        return f"expected images of shape [N, {h}, {w}, {c}] (pixel values 0..255)"
-
-    def _checked_pixels(self, x, from_uint8):
-        """float32 `x` as uint8, after in-graph checks that they are pixel values: finite
-        whole numbers in [0, 255], and, unless `from_uint8` (the caller passed uint8), not a
-        [0, 1] image (whole numbers whose largest is 1)."""
-        expected = f"{self._expected()}: uint8, or floats or ints holding whole numbers in [0, 255]"
-        unit_fix = "Float images in [0, 1] become pixels by np.round(x * 255)"
-        lo, hi = tf.reduce_min(x), tf.reduce_max(x)
-        whole = tf.reduce_all(tf.equal(x, tf.round(x)))
-        # tf.function runs these stateful asserts in program order: the first failing one speaks.
-        checks = [
-            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"images hold NaN or Inf; {expected}"]),
-            # Values outside [0, 255] that all lie in [-1, 1]: images on a model's [-1, 1] scale.
-            tf.debugging.Assert(
-                tf.logical_or(tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
-                              tf.logical_not(tf.logical_and(lo >= -1.0, hi <= 1.0))),
-                [f"images hold values outside [0, 255], all in [-1, 1]: images scaled to [-1, 1]? They "
-                 f"become pixels by np.round((x + 1) * 127.5). ({expected}.) Received min, max:", lo, hi],
-            ),
-            tf.debugging.Assert(
-                tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
-                [f"images hold values outside [0, 255]; {expected}. Received min, max:", lo, hi],
-            ),
-            # Not whole numbers: the fix depends on the scale the caller used.
-            tf.debugging.Assert(
-                tf.logical_or(whole, hi > 1.0),
-                [f"images hold values that are not whole numbers, all in [0, 1]: floats in [0, 1]? "
-                 f"{unit_fix}. ({expected}.) Received min, max:", lo, hi],
-            ),
-            tf.debugging.Assert(
-                tf.logical_or(whole, hi <= 1.0),
-                [f"images hold values that are not whole numbers, in [0, 255]: pixel values that "
-                 f"were resized or averaged? Round them: np.round(x) (or pass x.astype(np.uint8) "
-                 f"after rounding). ({expected}.) Received min, max:", lo, hi],
-            ),
-            # Whole numbers whose largest is 1: a [0, 1] image of zeros and ones, not pixel values
-            # (an image of pixel values 0 and 1 only is black: `m.logits(x)` scores it as uint8).
-            tf.debugging.Assert(
-                tf.logical_or(from_uint8, tf.logical_not(tf.logical_and(tf.size(x) > 0, tf.equal(hi, 1.0)))),
-                [f"images look like floats in [0, 1] (largest value 1); {expected}. {unit_fix}"],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            return tf.cast(tf.clip_by_value(x, 0.0, 255.0), tf.uint8)
-
-    def _model_input(self, images, from_uint8):
-        """float32 `images` of any rank as the model's input: the shape asserted, the pixel
-        values checked (`_checked_pixels`), then mapped into `pixel_range`."""
-        shape = tf.shape(images)
-        # Padding lets the spatial comparison run for any rank; the rank test decides.
-        spatial = tf.concat([shape, tf.zeros([4], tf.int32)], axis=0)[1:4]
-        ok = tf.logical_and(
-            tf.equal(tf.rank(images), 4),
-            tf.reduce_all(tf.equal(spatial, tf.constant(self._image_shape, tf.int32))),
-        )
-        check = tf.debugging.Assert(ok, [f"{self._expected()}; received shape", shape], summarize=8)
-        with tf.control_dependencies([check]):
-            # The cond hides the caller's static shape: loaded functions called with a wrongly
-            # shaped array would otherwise fail shape inference (an unreadable ValueError) before
-            # the assertion above could run.
-            images = tf.cond(
-                ok,
-                lambda: tf.identity(images),
-                lambda: tf.zeros((0,) + self._image_shape, images.dtype),
-            )
-        images = tf.ensure_shape(images, (None,) + self._image_shape)
-        return to_pixel_range(self._checked_pixels(images, from_uint8), self._pixel_range)
 
     # ------------------------------------------------------------------ scores
     def _call_model(self, x):
