@@ -87,7 +87,7 @@ def collect(name, model_dir, wall_seconds=None):
 
 
 def table(rows):
-    from keras_ebm.experiment import comparison_table
+    from keras_ebm.report_tables import comparison_table
 
     return comparison_table(
         {r["method"]: {"accuracy": r["accuracy"], "ece": r["ece"], "ood": r["auroc"]} for r in rows},

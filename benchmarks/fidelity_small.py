@@ -114,13 +114,13 @@ def signal_onsets(steps, logs):
     the first step at which each signal fires, plus the official code's abs(L) > 1e3 / 1e8 marks."""
     import gin
 
-    from keras_ebm import cli
-    from keras_ebm.experiment import DivergenceGuard
+    from keras_ebm import run_config
+    from keras_ebm.divergence import DivergenceGuard
 
     with gin.unlock_config():  # collect() runs once per row in one process
         gin.clear_config()
-        cli.parse_gin(["gin_configs/jem.gin"], [])
-    guard = cli.resolve_parameter("run_training.divergence_guard")  # jem.gin's bound guard
+        run_config.parse_gin(["gin_configs/jem.gin"], [])
+    guard = run_config.resolve_parameter("run_training.divergence_guard")  # jem.gin's bound guard
     assert isinstance(guard, DivergenceGuard)
     first = {}
     monitor = guard.monitor()

@@ -171,11 +171,11 @@ class RowRunner:
         import keras
         import tensorflow as tf
 
-        from keras_ebm import cli, training
+        from keras_ebm import run_config, training
 
         gin.clear_config()
-        cli.parse_gin(files, bindings + [f"GLOBAL_BATCH_SIZE = {batch}"])
-        objs = cli.resolve_run_training()
+        run_config.parse_gin(files, bindings + [f"GLOBAL_BATCH_SIZE = {batch}"])
+        objs = run_config.resolve_run_training()
         if FLAGS.mixed_precision:
             keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
         strategy = tf.distribute.get_strategy()

@@ -29,7 +29,7 @@ import os
 from typing import Any
 
 from keras_ebm import export as export_lib
-from keras_ebm import generation, reports
+from keras_ebm import generation, report_tables
 from keras_ebm.callbacks import _log
 from keras_ebm.evaluation import runner as eval_runner
 
@@ -166,7 +166,7 @@ class BaselineAction(Action):
     `actions`: the baseline's own actions; by default the run's, without baseline actions (and,
     for a run configured by flags, the run's flags `export` and `evaluate`). Runs on every worker
     (the baseline trains on all of them). The baseline folder gets a config.gin of its own
-    (`keras_ebm.cli.save_baseline_config`) when the baseline comes from gin's `run_training.baseline`."""
+    (`keras_ebm.run_config.save_baseline_config`) when the baseline comes from gin's `run_training.baseline`."""
 
     chief_only = False
 
@@ -187,13 +187,13 @@ class BaselineAction(Action):
         return [a for a in run.actions if not isinstance(a, BaselineAction)]
 
     def __call__(self, run):
-        from keras_ebm import cli, training  # (they import the modules that import this one)
+        from keras_ebm import run_config, training  # (they import the modules that import this one)
 
         _log(f"training the baseline {getattr(self.trainer, '__name__', self.trainer)} with the same budget")
         baseline_dir = os.path.join(run.model_dir, "baseline")
         if run.chief:
             # A run folder of its own: eval.py, --compare and restore read its config.gin.
-            cli.save_baseline_config(run.model_dir, baseline_dir)
+            run_config.save_baseline_config(run.model_dir, baseline_dir)
         actions = self.baseline_actions(run)
         # baseline=None explicit: gin would bind the baseline's baseline again.
         training.run_training(baseline_dir, self.trainer, baseline=None, actions=actions, **run.settings)
@@ -206,7 +206,7 @@ class BaselineAction(Action):
         """Prints the run's and the baseline's results side by side; writes comparison.md."""
         with open(os.path.join(baseline_dir, "eval", "results.json")) as f:
             base_results = json.load(f)
-        table = reports.comparison_table({type(run.model).__name__: run.outputs["eval"],
+        table = report_tables.comparison_table({type(run.model).__name__: run.outputs["eval"],
                                           "baseline": base_results})
         with open(os.path.join(run.model_dir, "comparison.md"), "w") as f:
             f.write(table)

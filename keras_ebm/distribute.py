@@ -1,6 +1,6 @@
 """tf.distribute helpers shared by every trainer and by train.py.
 
-Conventions (see README, "Distribution"):
+Conventions (see docs/jem.md, "Distribution"):
 * Losses inside `train_step` are per-replica means. Keras 3's optimizer *sums* gradients over
   replicas, so the gradient is taken of `scale_loss(loss)` = loss / num_replicas; trackers record
   the unscaled value. One device and N replicas with the same global batch then take the same step.

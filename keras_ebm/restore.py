@@ -9,16 +9,16 @@ import os
 import tensorflow as tf
 
 from keras_ebm import callbacks as callbacks_lib
-from keras_ebm import cli
+from keras_ebm import run_config
 from keras_ebm import training
 
 
 def restore_trainer(model_dir, strategy=None):
     """Rebuild the trainer of `model_dir` from the parsed gin config and restore its last checkpoint.
 
-    Parse `<model_dir>/config.gin` first (`keras_ebm.cli.parse_gin`).
+    Parse `<model_dir>/config.gin` first (`keras_ebm.run_config.parse_gin`).
     """
-    objs = cli.resolve_run_training()
+    objs = run_config.resolve_run_training()
     if "trainer" not in objs or "optimizer" not in objs:
         raise FileNotFoundError(
             f"No trainer to rebuild for {model_dir}: the parsed config binds no run_training.trainer"
@@ -47,9 +47,9 @@ def restore_run(model_dir, gin_params=()):
     config = os.path.join(model_dir, "config.gin")
     if not os.path.isfile(config):
         raise FileNotFoundError(f"No config.gin in {model_dir}: pass a directory written by train.py.")
-    with gin.unlock_config():  # cli.parse_gin locked (finalized) the caller's config
+    with gin.unlock_config():  # run_config.parse_gin locked (finalized) the caller's config
         gin.clear_config()
-        cli.parse_gin([config], list(gin_params))
+        run_config.parse_gin([config], list(gin_params))
     return restore_trainer(model_dir)
 
 

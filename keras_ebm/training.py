@@ -131,7 +131,7 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
         raise distribute.worker_lost_error(error, _latest_checkpoint(cbs.callbacks)) from error
 
 
-@gin.configurable(module="keras_ebm.experiment")  # the gin name of earlier releases: saved configs keep working
+@gin.configurable(module="keras_ebm.training")  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
 def run_training(
     model_dir,
     trainer,
@@ -197,7 +197,7 @@ def run_training(
         mixed_precision: None (float32) or "mixed_bfloat16": the trainer's networks compute in
             bfloat16 with float32 variables (Keras dtype policy, set while the trainer is built);
             images, SGLD chains, the replay buffer, logits, energies, losses, HDGE's queue, GMMC's
-            max-Mahalanobis head and every optimizer update stay float32 (README, "Mixed precision").
+            max-Mahalanobis head and every optimizer update stay float32 (docs/training.md, "Mixed precision").
         peer_timeout_seconds: several machines (TF_CONFIG) only, and only when `strategy` is None:
             a worker from which no heartbeat came for this long counts as lost; the other workers'
             collectives are aborted and they stop with `keras_ebm.distribute.WorkerLostError`

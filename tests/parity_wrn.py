@@ -13,7 +13,7 @@ from keras_ebm.convert.wrn import wrn_weight_map, yopo_canonical
 from keras_ebm.evaluation.metrics import ood_metrics
 from keras_ebm.sampling import InformativeInitializer
 from keras_ebm.sampling.initializers import class_gaussian_statistics
-from keras_ebm.state import discard_updates
+from keras_ebm.stateless_scope import discard_updates
 
 _GAUSSIANS = {}  # (class images, labels, order) -> fitted statistics, shared by the tests of a session
 

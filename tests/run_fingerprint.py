@@ -31,13 +31,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_quickstart_tiny(model_dir, extra_params=()):
     """Train the tiny quickstart into `model_dir` as train.py does; returns the trained model."""
-    from keras_ebm import cli, training
+    from keras_ebm import run_config, training
 
     cwd = os.getcwd()
     os.chdir(REPO)
     try:
-        cli.parse_gin(CONFIGS, PARAMS + list(extra_params))
-        cli.save_config(model_dir, gin_files=CONFIGS)
+        run_config.parse_gin(CONFIGS, PARAMS + list(extra_params))
+        run_config.save_config(model_dir, gin_files=CONFIGS)
         return training.run_training(model_dir=model_dir)
     finally:
         os.chdir(cwd)

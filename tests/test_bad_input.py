@@ -4,7 +4,7 @@ and what to do), and, where a run directory is involved, that its config and che
 byte-for-byte as they were.
 
 Data layer (`keras_ebm.data`), `EBMTrainer.fit` on arrays and datasets, and the CLI (`train.py`,
-`keras_ebm.cli`). The export cases are in tests/test_export.py.
+`keras_ebm.run_config`). The export cases are in tests/test_export.py.
 """
 
 import os
@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import digits_arrays, tiny_network
-from keras_ebm import cli
+from keras_ebm import run_config
 from keras_ebm import data
 from keras_ebm.trainers import SoftmaxClassifier
 
@@ -357,7 +357,7 @@ def test_fit_batch_smaller_than_replicas(digits, two_device_strategy):
 def _parse(*params, files=TINY):
     with gin.unlock_config():
         gin.clear_config()
-        cli.parse_gin(list(files), list(params))
+        run_config.parse_gin(list(files), list(params))
 
 
 def test_gin_misspelt_parameter_or_configurable():
@@ -382,7 +382,7 @@ def test_gin_unquoted_string():
 
 def test_gin_file_missing():
     with pytest.raises(FileNotFoundError, match=r"gin config file not found: gin_configs/tiny_cnn\.gin.*gin_configs/"):
-        cli.parse_gin(["gin_configs/tiny_cnn.gin"], [])
+        run_config.parse_gin(["gin_configs/tiny_cnn.gin"], [])
 
 
 def test_model_dir_is_a_file(tmp_path):
@@ -390,7 +390,7 @@ def test_model_dir_is_a_file(tmp_path):
     path.write_text("my notes")
     _parse()
     with pytest.raises(ValueError, match=r"--model_dir must be a directory.*is a file"):
-        cli.check_run_config(str(path), TINY, [])
+        run_config.check_run_config(str(path), TINY, [])
     assert path.read_text() == "my notes"
 
 

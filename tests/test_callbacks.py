@@ -213,7 +213,7 @@ def test_fit_sigkilled_then_resumed_equals_an_uninterrupted_run(tmp_path):
 def test_the_guard_reads_each_steps_own_values_in_one_fit(tmp_path, monkeypatch):
     # One `fit` call for the whole run: the logs the guard reads at step k are compute_losses of
     # batch k (at the weights before step k), not running means over the call.
-    from keras_ebm.state import discard_updates
+    from keras_ebm.stateless_scope import discard_updates
 
     model, cbs = build(tmp_path, 6, divergence_guard=divergence.DivergenceGuard(
         max_recoveries=0, clf_rise_factor=None, max_energy_gap=None))

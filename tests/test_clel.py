@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-from keras_ebm.ema import ModelEMA
-from keras_ebm.layers import SpectralNormConv2D
+from keras_ebm.trainers.clel.ema import ModelEMA
+from keras_ebm.backbones.layers import SpectralNormConv2D
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import SGLDSampler
@@ -357,7 +357,7 @@ def test_clel_two_replicas_match_one_device(two_device_strategy, monkeypatch):
     synchronised encoder BN, both optimizers, the EBM's weight decay, the EMA copies and the
     spectral-norm vectors. The SimCLR views are replaced by a fixed map of the images (the real
     ones draw per-replica seeds, which one device cannot reproduce)."""
-    import keras_ebm.trainers.clel as clel_module
+    import keras_ebm.trainers.clel.trainer as clel_module
 
     monkeypatch.setattr(clel_module, "simclr_augment", lambda x, seed, pixel_range: 0.9 * x + 0.05)
     x, _ = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
@@ -586,7 +586,7 @@ class _SpySampler:
 def test_generate_sweeps_is_the_official_fid_protocol(monkeypatch):
     # Appendix B / test_fid.py: K sampler calls in a row, each restarting the chains as training
     # does (reinit with the buffer's probability, strong augmentation) before its n_steps steps.
-    import keras_ebm.trainers.clel as clel_lib
+    import keras_ebm.trainers.clel.trainer as clel_lib
 
     quiet = dict(sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0, x_clip=(0.0, 1.0), seed=0))
     # Without reinit and augmentation, 3 sweeps of 2 steps are one chain of 6 steps.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import cli, divergence, training
+from keras_ebm import run_config, divergence, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIGS = sorted(
@@ -30,38 +30,38 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("config", TRAIN_CONFIGS)
 def test_config_parses_and_builds_with_tiny_overlay(config):
-    cli.parse_gin([config, "gin_configs/tiny.gin"], [])
-    objs = cli.resolve_run_training()
+    run_config.parse_gin([config, "gin_configs/tiny.gin"], [])
+    objs = run_config.resolve_run_training()
     model = training.build_trainer(objs["trainer"], objs["optimizer"], tf.distribute.get_strategy(),
                                    encoder_optimizer=objs.get("encoder_optimizer"))
     assert model.image_shape == (8, 8, 1)
     assert objs["train_steps"] == 4
     # The real (non-tiny) config also parses on its own.
     gin.clear_config()
-    cli.parse_gin([config], [])
+    run_config.parse_gin([config], [])
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlays_parse(overlay):
-    cli.parse_gin(["gin_configs/softmax_cifar10.gin", overlay], [])
+    run_config.parse_gin(["gin_configs/softmax_cifar10.gin", overlay], [])
 
 
 @pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "clel" not in c and c != "gin_configs/quickstart.gin"])
 def test_cpu_budget_overlay_shrinks_the_network_and_sets_the_clock(config):
     # Every CIFAR classifier config takes the same-time overlay: WRN-10-2, batch 64, max_minutes.
-    cli.parse_gin([config, "gin_configs/data/cifar10_local.gin", "gin_configs/cpu_budget.gin"],
+    run_config.parse_gin([config, "gin_configs/data/cifar10_local.gin", "gin_configs/cpu_budget.gin"],
                   ["BUDGET_MINUTES = 3"])
-    assert cli.resolve_parameter("run_training.max_minutes") == 3
+    assert run_config.resolve_parameter("run_training.max_minutes") == 3
     assert gin.query_parameter("WideResNet.depth") == 10 and gin.query_parameter("WideResNet.width") == 2
     assert gin.query_parameter("%GLOBAL_BATCH_SIZE") == 64
 
 
 def test_config_typo_is_a_clear_error():
     with pytest.raises(ValueError, match="Invalid gin configuration"):
-        cli.parse_gin(["gin_configs/quickstart.gin"], ["run_training.trian_steps = 3"])
+        run_config.parse_gin(["gin_configs/quickstart.gin"], ["run_training.trian_steps = 3"])
     gin.clear_config()
     with pytest.raises(FileNotFoundError, match="gin config file not found"):
-        cli.parse_gin(["gin_configs/no_such_config.gin"], [])
+        run_config.parse_gin(["gin_configs/no_such_config.gin"], [])
 
 
 def _run(args, timeout=300):
@@ -128,10 +128,10 @@ def test_eval_py_draws_class_conditional_clel_samples(tmp_path):
 
 
 def test_imagenet32_overlay_resolves_its_path_macro_in_the_eval_spec():
-    cli.parse_gin(["gin_configs/clel_base.gin", "gin_configs/data/imagenet32_local.gin"],
+    run_config.parse_gin(["gin_configs/clel_base.gin", "gin_configs/data/imagenet32_local.gin"],
                   ["IMAGENET32_NPZ = '/data/in32.npz'"])
-    assert cli.resolve_parameter("run_eval.in_dist") == {"name": "npz", "split": "test", "local_path": "/data/in32.npz"}
-    assert cli.resolve_run_training()["train_steps"] == 100000
+    assert run_config.resolve_parameter("run_eval.in_dist") == {"name": "npz", "split": "test", "local_path": "/data/in32.npz"}
+    assert run_config.resolve_run_training()["train_steps"] == 100000
 
 
 @pytest.mark.slow
@@ -166,8 +166,8 @@ GUARDED = ["gin_configs/jem.gin", "gin_configs/jempp.gin", "gin_configs/sadajem.
 def test_sgld_classifier_configs_guard_the_onset_of_divergence(config):
     # JEM-style configs watch the energy gap and the classifier loss, not only |loss| > threshold
     # (which fires hundreds of steps after the failure began), with the official crash threshold.
-    cli.parse_gin([config], [])
-    guard = cli.resolve_parameter("run_training.divergence_guard")
+    run_config.parse_gin([config], [])
+    guard = run_config.resolve_parameter("run_training.divergence_guard")
     assert isinstance(guard, divergence.DivergenceGuard)
     assert guard.max_energy_gap == 10.0 and guard.clf_rise_factor == 2.0 and guard.confirm_steps == 100
     assert guard.threshold == (1e5 if "sadajem" in config else 1e8)

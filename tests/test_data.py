@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import cli
+from keras_ebm import run_config
 from keras_ebm import data
 from keras_ebm.data import sources
 from keras_ebm.data.sources import registry
@@ -471,17 +471,17 @@ def test_a_new_source_is_one_registered_function_loaded_through_gin(toy_source_f
         "run_eval.ood_sets = {'interp': {'name': 'toy_interp', 'split': 'test', 'interp': 'clel', 'interp_offset': 10}}\n"
     )
     configs = [os.path.join(REPO, "gin_configs", f) for f in ("softmax_cifar10.gin", "tiny.gin")]
-    cli.parse_gin(configs + [str(overlay)], [])
+    run_config.parse_gin(configs + [str(overlay)], [])
     assert "toy" in sources.source_names()
-    train_data = cli.resolve_run_training()["train_data"]
+    train_data = run_config.resolve_run_training()["train_data"]
     x, y = next(iter(train_data()))
     assert train_data.source_info.class_names == ("a", "b", "c") and train_data.source_info.num_examples == 60
     index = np.round((x.numpy()[:, 0, 0, 0] + 1.0) / 2.0 * 255.0).astype(int) - 100  # pixel range (-1, 1)
     np.testing.assert_array_equal(y.numpy(), index % 3)  # the option reached the source
-    x, y = data.load_arrays(**cli.resolve_parameter("run_eval.in_dist"))  # the evaluation path
+    x, y = data.load_arrays(**run_config.resolve_parameter("run_eval.in_dist"))  # the evaluation path
     np.testing.assert_array_equal(x[:, 0, 0, 0] % 3, [2 - 2 * (i % 3 == 1) for i in y])
     np.testing.assert_array_equal(x[:, 3, 5, 0], [i for i in range(30) if i % 3 in (0, 2)])
-    x, y = data.load_arrays(**cli.resolve_parameter("run_eval.ood_sets")["interp"])
+    x, y = data.load_arrays(**run_config.resolve_parameter("run_eval.ood_sets")["interp"])
     np.testing.assert_array_equal(x[:, 0, 0, 0], np.arange(20) + 5)  # (i + (i + 10)) / 2, CLEL's pairs
     with pytest.raises(ValueError, match="Known names: 'cifar10', .*'photo_patches', 'toy', or any"):
         data.make_dataset_fn("toys", "train", 4)

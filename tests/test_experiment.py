@@ -462,10 +462,10 @@ def test_jem_config_guard_fires_at_the_recorded_onset_and_not_on_a_healthy_run()
     # loss doubles around 150; |loss| never reaches 1e8 in these 300 steps) and the same recipe's
     # cross-entropy run (healthy, 1,200 steps). jem.gin's guard must fire at the onset, the old
     # |loss| > 1e8 test never does, and nothing fires on the healthy run.
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
-    cli.parse_gin(["gin_configs/jem.gin"], [])
-    guard = cli.resolve_parameter("run_training.divergence_guard")
+    run_config.parse_gin(["gin_configs/jem.gin"], [])
+    guard = run_config.resolve_parameter("run_training.divergence_guard")
     steps, logs = _recorded("jem_noguard")
     first = _first_signals(guard, steps, logs)
     assert 130 <= min(first.values()) <= 160, first
@@ -595,9 +595,9 @@ def test_tensorboard_scalars_are_the_mean_losses_of_each_logging_window(tmp_path
 def test_operative_config_holds_the_bound_values(tmp_path):
     """operative_config.gin lists the values the run used: bindings given on the command line,
     values from the config files, and the macros they refer to."""
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
-    cli.parse_gin(["gin_configs/quickstart.gin", "gin_configs/tiny.gin"],
+    run_config.parse_gin(["gin_configs/quickstart.gin", "gin_configs/tiny.gin"],
                   ["run_training.train_steps = 1", "run_training.keep_checkpoints = 7",
                    "SGLDSampler.step_size = 0.75"])
     training.run_training(model_dir=str(tmp_path), progress=False, export=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import cli, data, training
+from keras_ebm import run_config, data, training
 from keras_ebm.data import sources
 from keras_ebm.trainers import SoftmaxClassifier
 
@@ -28,13 +28,13 @@ TINY = os.path.join(REPO, "gin_configs", "tiny.gin")
 def _parse(files, params=()):
     with gin.unlock_config():
         gin.clear_config()
-        cli.parse_gin(list(files), list(params))
+        run_config.parse_gin(list(files), list(params))
 
 
 # ------------------------------------------------------------------- 0. the design's own command
 def test_model_dir_defaults_to_runs_config_name():
-    assert cli.default_model_dir(["gin_configs/clel_large.gin"]) == os.path.join("runs", "clel_large")
-    assert cli.default_model_dir(["gin_configs/sadajem.gin", "gin_configs/tiny.gin"]) == os.path.join(
+    assert run_config.default_model_dir(["gin_configs/clel_large.gin"]) == os.path.join("runs", "clel_large")
+    assert run_config.default_model_dir(["gin_configs/sadajem.gin", "gin_configs/tiny.gin"]) == os.path.join(
         "runs", "sadajem_tiny")
 
 
@@ -123,14 +123,14 @@ def test_the_design_command_starts_and_fails_fast_offline(tmp_path):
 # ----------------------------------------------------------- 1. every run folder is a complete run
 def test_the_baseline_folder_gets_its_own_config(tmp_path):
     _parse([QUICK, TINY])
-    cli.save_config(str(tmp_path), gin_files=[QUICK, TINY])
-    path = cli.save_baseline_config(str(tmp_path), str(tmp_path / "baseline"))
+    run_config.save_config(str(tmp_path), gin_files=[QUICK, TINY])
+    path = run_config.save_baseline_config(str(tmp_path), str(tmp_path / "baseline"))
     assert path == str(tmp_path / "baseline" / "config.gin")
     _parse([path])  # parses (no unread-macro error), and is a softmax run on the digits
     assert gin.query_parameter("run_training.trainer").selector.endswith("SoftmaxClassifier")
     assert gin.query_parameter("run_training.baseline") is None
-    assert cli.resolve_parameter("run_eval.in_dist") == {"name": "digits", "split": "test"}
-    assert cli.config_files(str(tmp_path / "baseline")) == [QUICK, TINY]
+    assert run_config.resolve_parameter("run_eval.in_dist") == {"name": "digits", "split": "test"}
+    assert run_config.config_files(str(tmp_path / "baseline")) == [QUICK, TINY]
     from keras_ebm.evaluation import report
 
     assert report.run_name(str(tmp_path / "baseline")) == "SoftmaxClassifier (quickstart, tiny, baseline)"
@@ -201,7 +201,7 @@ def _fake_run(root, name, trainer, ood_order, auroc):
     run = root / name
     (run / "eval").mkdir(parents=True)
     (run / "training_summary.json").write_text(json.dumps({"trainer": trainer}))
-    (run / "config.gin").write_text(f"{cli.CONFIG_FILES_HEADER}gin_configs/quickstart.gin\n")
+    (run / "config.gin").write_text(f"{run_config.CONFIG_FILES_HEADER}gin_configs/quickstart.gin\n")
     ood = {o: {"log_px": auroc[o]} for o in ood_order}
     (run / "eval" / "results.json").write_text(json.dumps(
         {"accuracy": 0.9, "ece": 0.05, "ood": ood, "num_examples": 10}))

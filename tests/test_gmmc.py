@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keras_ebm import export
 from keras_ebm.backbones import TinyCNN, feature_extractor
-from keras_ebm.heads import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
+from keras_ebm.trainers.gmmc.head import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.gmmc import GMMC
 
@@ -203,7 +203,7 @@ def test_after_training_reads_sigma_data_instead_of_the_training_loader(as_datas
 
 
 def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkeypatch):
-    from keras_ebm import cli, restore, training
+    from keras_ebm import run_config, restore, training
 
     # The spy keeps the batches the estimate reads, so that sigma can be computed here
     # independently: sqrt(mean ||phi(x) - mu_y||^2 / dim) in NumPy on the trained features.
@@ -216,7 +216,7 @@ def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkey
         return original(self, batches, max_batches=max_batches, assign=assign)
 
     monkeypatch.setattr(GMMC, "estimate_sigma", spy)
-    cli.parse_gin(["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"],
+    run_config.parse_gin(["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"],
                   ["GMMC.sigma_batches = 3", "run_training.train_steps = 2"])
     model = training.run_training(model_dir=str(tmp_path), progress=False)
     assert len(seen) == 1 and seen[0][1] == 3 and len(seen[0][0]) == 3
@@ -576,11 +576,11 @@ def test_every_gmmc_config_is_checked():
 
 @pytest.mark.parametrize("config", sorted(GMMC_CONFIGS))
 def test_gmmc_config_binds_the_papers_schedule_for_its_mode_and_data_set(config):
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
     mode, dataset = GMMC_CONFIGS[config]
-    cli.parse_gin([f"gin_configs/{config}"], [])
-    q = cli.resolve_parameter
+    run_config.parse_gin([f"gin_configs/{config}"], [])
+    q = run_config.resolve_parameter
     steps_per_epoch = TRAIN_IMAGES[dataset] // 64
     assert (steps_per_epoch, 150 * steps_per_epoch, 50 * steps_per_epoch) == SCHEDULE[dataset]
     assert q("train/make_dataset_fn.global_batch_size") == 64
@@ -612,10 +612,10 @@ def test_gmmc_config_binds_the_papers_schedule_for_its_mode_and_data_set(config)
 @pytest.mark.parametrize("old,new", [("gmmc_cifar100.gin", "gmmc_gen_cifar100.gin"),
                                      ("gmmc_svhn.gin", "gmmc_gen_svhn.gin")])
 def test_old_config_names_bind_the_same_as_the_generative_configs(old, new):
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
-    cli.parse_gin([f"gin_configs/{old}"], [])
+    run_config.parse_gin([f"gin_configs/{old}"], [])
     old_config = gin.config_str()
     gin.clear_config()
-    cli.parse_gin([f"gin_configs/{new}"], [])
+    run_config.parse_gin([f"gin_configs/{new}"], [])
     assert old_config == gin.config_str()

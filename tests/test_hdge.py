@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
-from keras_ebm.queues import FeatureQueue
+from keras_ebm.trainers.hdge.queue import FeatureQueue
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.hdge import HDGE
 from keras_ebm.trainers.softmax import SoftmaxClassifier
@@ -387,11 +387,11 @@ HDGE_ROWS = {
 def _parse(config, params=()):
     import gin
 
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
     gin.clear_config()
-    cli.parse_gin([config], list(params))
-    return cli
+    run_config.parse_gin([config], list(params))
+    return run_config
 
 
 @pytest.mark.parametrize("config", sorted(HDGE_ROWS))
@@ -403,8 +403,8 @@ def test_hdge_config_binds_the_recipe_of_its_row(config):
         header = "".join(line for line in f if line.startswith("#"))
     for text in row["header"]:
         assert text in header, f"{config}'s header does not name {text!r}"
-    cli = _parse(config)
-    q, r = gin.query_parameter, cli.resolve_parameter
+    run_config = _parse(config)
+    q, r = gin.query_parameter, run_config.resolve_parameter
 
     # Network
     assert q("WideResNet.depth") == 28 and q("WideResNet.width") == 10
@@ -441,7 +441,7 @@ def test_hdge_config_binds_the_recipe_of_its_row(config):
     # Optimizer and schedule
     opt_name = row["optimizer"]
     assert q("run_training.optimizer").selector == opt_name
-    opt = cli.resolve_run_training()["optimizer"]()
+    opt = run_config.resolve_run_training()["optimizer"]()
     assert isinstance(opt, keras.optimizers.SGD if opt_name.endswith("SGD") else keras.optimizers.Adam)
     if opt_name.endswith("SGD"):
         assert opt.momentum == row["momentum"] and opt.nesterov == row["nesterov"]
@@ -490,9 +490,9 @@ def _repo_path(path):
 def test_hdge_config_builds_the_backbone_it_names(config, bn, dropout):
     # The same bindings on a WRN-10-1: BN layers with Keras momentum 0.1 / eps 1e-5 and dropout 0.3
     # between the convolutions (hdge.gin), or neither (hdge_nobn.gin).
-    cli = _parse(_repo_path(config), ["WideResNet.depth = 10", "WideResNet.width = 1",
+    run_config = _parse(_repo_path(config), ["WideResNet.depth = 10", "WideResNet.width = 1",
                                       "WideResNet.input_shape = (8, 8, 3)"])
-    backbone = cli.resolve_parameter("build_classifier.backbone")
+    backbone = run_config.resolve_parameter("build_classifier.backbone")
     norms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
     drops = [l for l in backbone.layers if isinstance(l, keras.layers.Dropout)]
     assert len(norms) == (2 * 1 * 3 + 1 if bn else 0)

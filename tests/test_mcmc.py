@@ -391,7 +391,7 @@ def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
     # The sampler slots into GMMC (both chain modes) and CLEL as into JEM: finite logs with the
     # acceptance and step size reported, weights moved.
     from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.heads import build_mmc_classifier
+    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
     from keras_ebm.trainers import CLEL, GMMC
 
     from helpers import run_trainer_smoke_test

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import backbones, data, heads, training
+from keras_ebm import backbones, data, training
 from keras_ebm.sampling import SGLDSampler
-from keras_ebm.trainers import CLEL, GMMC, HDGE, SADAJEM, SoftmaxClassifier
+from keras_ebm.trainers import CLEL, GMMC, HDGE, SADAJEM, SoftmaxClassifier, gmmc
 
 SHAPE = (8, 8, 1)
 
@@ -40,7 +40,7 @@ TRAINERS = {
     "sadajem": (lambda: SADAJEM(classifier("batch"), image_shape=SHAPE, num_classes=10, buffer_size=40,
                                 sampler=sampler(energy_training=True, freeze_bn_stats=True)), (-1.0, 1.0)),
     "hdge": (lambda: HDGE(classifier(), image_shape=SHAPE, num_classes=10, queue_size=64), (-1.0, 1.0)),
-    "gmmc": (lambda: GMMC(heads.build_mmc_classifier(backbones.TinyCNN((8, 16), input_shape=SHAPE), num_classes=10,
+    "gmmc": (lambda: GMMC(gmmc.build_mmc_classifier(backbones.TinyCNN((8, 16), input_shape=SHAPE), num_classes=10,
                                                      input_shape=SHAPE),
                           image_shape=SHAPE, num_classes=10, buffer_size=40, sampler=sampler(energy_reduction="mean")),
              (-1.0, 1.0)),
@@ -68,7 +68,7 @@ def test_every_trainer_trains_in_mixed_bfloat16_with_float32_state(name):
         floats = [v for v in model.queue.weights if "float" in v.dtype]
         assert floats and all(v.dtype == "float32" for v in floats)
     if name == "gmmc":
-        assert heads.mmc_head(model.network).compute_dtype == "float32"
+        assert gmmc.mmc_head(model.network).compute_dtype == "float32"
     # Every variable the optimizer updates is float32.
     assert {v.dtype for v in model.trainable_variables} == {"float32"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import standins
-from keras_ebm import cli
+from keras_ebm import run_config
 from keras_ebm import data
 from keras_ebm.data import official
 from keras_ebm.data import prepare
@@ -206,13 +206,13 @@ def test_prepare_command_line(tmp_path, no_data_dirs):
      ("svhn_mat", "svhn_mat", 10)],
 )
 def test_official_overlays_rebind_every_data_set(overlay, dataset, num_classes):
-    cli.parse_gin(["gin_configs/sadajem.gin", f"gin_configs/data/{overlay}.gin"], [])
+    run_config.parse_gin(["gin_configs/sadajem.gin", f"gin_configs/data/{overlay}.gin"], [])
     import gin
 
     assert gin.query_parameter("%DATASET") == dataset
     assert gin.query_parameter("%NUM_CLASSES") == num_classes
-    assert cli.resolve_parameter("run_eval.in_dist")["name"] == dataset
-    for spec in cli.resolve_parameter("run_eval.ood_sets").values():
+    assert run_config.resolve_parameter("run_eval.in_dist")["name"] == dataset
+    for spec in run_config.resolve_parameter("run_eval.ood_sets").values():
         assert spec["name"] in (f"{dataset}_interp", "photo_patches")  # nothing else to download
 
 

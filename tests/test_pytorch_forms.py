@@ -1,16 +1,16 @@
 """PyTorch-form pieces the parity tests found necessary, checked against by-hand NumPy:
-`keras_ebm.layers.BatchNormalization(unbiased_moving_variance=True)`, `TorchSGD`,
+`keras_ebm.backbones.layers.BatchNormalization(unbiased_moving_variance=True)`, `TorchSGD`,
 `LinearWarmup(from_zero=True)` and `InformativeInitializer(factor_order="chw")`."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm.layers import BatchNormalization
+from keras_ebm.backbones.layers import BatchNormalization
 from keras_ebm.optim import TorchSGD
 from keras_ebm.optim.schedules import LinearWarmup
 from keras_ebm.sampling import InformativeInitializer
-from keras_ebm.state import discard_updates
+from keras_ebm.stateless_scope import discard_updates
 
 
 def test_unbiased_moving_variance_is_pytorchs_update():

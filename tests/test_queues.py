@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm.queues import FeatureQueue
+from keras_ebm.trainers.hdge.queue import FeatureQueue
 
 
 def rows(start, n, dim=2):

@@ -241,7 +241,7 @@ def test_every_readme_command_is_checked_or_marked():
     block says why it cannot run offline. No command may name a file a fresh clone does not have."""
     import gin
 
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
     calls = {"train": [], "eval": []}
     unmarked = []
@@ -274,7 +274,7 @@ def test_every_readme_command_is_checked_or_marked():
         if files or params:
             with gin.unlock_config():
                 gin.clear_config()
-                cli.parse_gin(files, params)
+                run_config.parse_gin(files, params)
     assert not unmarked, "commands neither checked nor marked:\n" + "\n".join(unmarked)
     # The flags of every command, parsed by the scripts' own flag definitions (no TensorFlow).
     for kind, argvs in calls.items():

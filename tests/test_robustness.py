@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm.data.preprocess import to_pixel_range
+from keras_ebm.data.pixel_range import to_pixel_range
 from keras_ebm.evaluation import robustness as rob
 from keras_ebm.evaluation.adapters import ExportLogits
 

@@ -52,7 +52,7 @@ def _train(strategy, x, y, steps=3, use_fit=True, weight_decay=0.0, momentum=0.0
     if use_fit:
         history = trainer.fit(ds, epochs=1, verbose=0, shuffle=False)
         loss = history.history["loss"][-1]
-    else:  # the custom loop of keras_ebm.experiment: strategy.run(train_step) + cross-replica reads
+    else:  # the custom loop of keras_ebm.training: strategy.run(train_step) + cross-replica reads
         with strategy.scope():  # momentum slots are variables: create them under the strategy
             trainer.optimizer.build(trainer.trainable_variables)
         dist = strategy.experimental_distribute_dataset(ds)

@@ -14,7 +14,7 @@ import keras
 
 from keras_ebm.backbones.padding import conv_with_torch_padding
 
-from keras_ebm.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
+from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
 
 # CIFAR-10 channel statistics in [0, 1] (CLEL prepends Normalize(mean, std) to both networks).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -215,7 +215,7 @@ def build_clel_encoder(
             shortcut like torchvision's).
         bn_unbiased_variance: BatchNorm moving variances average the unbiased batch variance, as
             PyTorch's BatchNorm (hankook/CLEL's encoder) does; False: Keras' biased update
-            (`keras_ebm.layers.BatchNormalization`).
+            (`keras_ebm.backbones.layers.BatchNormalization`).
         name: model name.
 
     Returns:

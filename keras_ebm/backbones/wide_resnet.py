@@ -12,7 +12,7 @@ Zagoruyko & Komodakis 2016 (arXiv:1605.07146), in the pre-activation form of the
 
 Porting traps handled here: LeakyReLU slope 0.2 (the Keras default is 0.3),
 BatchNorm momentum 0.1 / epsilon 1e-5 (= PyTorch momentum 0.9 / eps 1e-5; Keras defaults 0.99 / 1e-3),
-PyTorch's unbiased batch variance in the moving variance (`keras_ebm.layers.BatchNormalization`),
+PyTorch's unbiased batch variance in the moving variance (`keras_ebm.backbones.layers.BatchNormalization`),
 and PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights *and* biases (Keras defaults to
 glorot_uniform weights and zero biases).
 """
@@ -23,7 +23,7 @@ import numbers
 import keras
 
 from keras_ebm.backbones.padding import conv_with_torch_padding
-from keras_ebm.layers import BatchNormalization, LeakyReLU
+from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU
 
 NORMS = (None, "none", "batch")
 
@@ -119,7 +119,7 @@ def WideResNet(
             keeps `(1 - momentum) * old`.
         bn_epsilon: BN epsilon (PyTorch default 1e-5; Keras' default would be 1e-3).
         bn_unbiased_variance: average the unbiased batch variance into the moving variance, as
-            PyTorch's `BatchNorm2d` (every reference) does (`keras_ebm.layers.BatchNormalization`);
+            PyTorch's `BatchNorm2d` (every reference) does (`keras_ebm.backbones.layers.BatchNormalization`);
             False gives Keras' biased update.
         torch_init: PyTorch default initialisation of every conv (weights and biases
             U(+-1/sqrt(fan_in))). The references define a xavier `conv_init` but never apply it.

@@ -3,7 +3,7 @@
 `F` is the JEM `wideresnet.py` backbone alone (keys `f.*`, `keras_ebm.convert.wrn`'s mapping; no
 Linear head: the classifier is the MMC head). `LDALayer.centers` `[C, D]` (official `cal_center`,
 non-trainable) goes to the `MaxMahalanobisHead` centres; without it our own max-Mahalanobis
-centres stay (they are the same construction, `keras_ebm.heads.max_mahalanobis_centers`).
+centres stay (they are the same construction, `keras_ebm.trainers.gmmc.max_mahalanobis_centers`).
 
 | official key | keras_ebm (`build_mmc_classifier(WideResNet(...))`) |
 |---|---|
@@ -16,7 +16,7 @@ import numpy as np
 
 from keras_ebm.convert import register
 from keras_ebm.convert.wrn import assign_wrn_state
-from keras_ebm.heads import mmc_head
+from keras_ebm.trainers.gmmc.head import mmc_head
 
 _CENTER_KEYS = ("centers", "margin/centers", "lgm/centers")
 

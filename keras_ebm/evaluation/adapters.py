@@ -25,7 +25,7 @@ its checkpoint, `trainer.network`) and, if wanted, classify the adversarial imag
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm.data.preprocess import from_pixel_range, to_pixel_range
+from keras_ebm.data.pixel_range import from_pixel_range, to_pixel_range
 
 
 def is_export(obj):

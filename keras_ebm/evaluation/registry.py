@@ -161,9 +161,9 @@ class EvalContext:
     @property
     def in_dist(self):
         if self._in_dist is None:
-            from keras_ebm import cli
+            from keras_ebm import run_config
 
-            self._in_dist = cli.resolve_parameter("run_eval.in_dist")
+            self._in_dist = run_config.resolve_parameter("run_eval.in_dist")
         return self._in_dist
 
     def test_set(self, max_examples=None):

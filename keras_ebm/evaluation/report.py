@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from keras_ebm import reports
+from keras_ebm import report_tables
 from keras_ebm.evaluation import plots
 
 
@@ -57,7 +57,7 @@ def run_name(run_dir):
     """A run's row name, by what it is: `<trainer> (<config>)`, e.g. "SADAJEM (quickstart)",
     "SoftmaxClassifier (quickstart, baseline)". The trainer comes from training_summary.json or
     the run's config.gin (`run_training.trainer`), the config from the gin files config.gin
-    records (`cli.config_files`); None when the folder does not tell both (a run not written by
+    records (`run_config.config_files`); None when the folder does not tell both (a run not written by
     train.py: the folder's name is used)."""
     import re
 
@@ -73,9 +73,9 @@ def run_name(run_dir):
         trainer = found[-1].rsplit(".", 1)[-1] if found else None
     if trainer is None:
         return None
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
-    stems = [os.path.splitext(os.path.basename(f))[0] for f in cli.config_files(run_dir)]
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in run_config.config_files(run_dir)]
     if re.search(r"^run_training\.baseline = None$", text, re.M) and "\n# The baseline trained" in text:
         stems.append("baseline")
     return f"{trainer} ({', '.join(stems)})" if stems else None  # config unknown: the folder names it
@@ -115,7 +115,7 @@ def union(keys_per_run):
     return out
 
 
-_FORMATS = {"pct": reports.percent, "num": reports.number}  # the quickstart's comparison table's formats
+_FORMATS = {"pct": report_tables.percent, "num": report_tables.number}  # the quickstart's comparison table's formats
 
 
 def _columns(results_list, scores=None):

@@ -3,7 +3,7 @@
 Evaluation consumes the SavedModel in `<model_dir>/export` (or any `--saved_model`), never the
 training code (compare_gan's EvalTask style): what is measured is what users deploy.
 
-Reports, following the papers' conventions (PAPERS.md): accuracy; ECE with 20 equal-width bins and
+Reports, following the papers' conventions: accuracy; ECE with 20 equal-width bins and
 a reliability diagram; for every OOD set and every score of the export (log p(x) = logsumexp of the
 logits, max p(y|x), and model-specific ones), AUROC with in-distribution as the positive class (scores
 are higher for in-distribution), AUPR and FPR at 95% TPR, with score histograms. Exports of models

@@ -8,7 +8,7 @@ the sample's class-y score with the class-y scores of K earlier training example
     log q(x|y) ~ log exp(s(x, y) / tau) / (exp(s(x, y) / tau) + sum_k exp(s_k(y) / tau))
 
 where the scores are computed on L2-normalised logits and the queue holds the logits of past
-batches (Algorithm 1). This module holds the pure functions; the queue (`keras_ebm.queues.
+batches (Algorithm 1). This module holds the pure functions; the queue (`keras_ebm.trainers.hdge.
 FeatureQueue`) and its enqueue belong to the trainer (`keras_ebm.trainers.HDGE`).
 
 Two score functions:

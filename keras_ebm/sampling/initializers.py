@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import random_draws
-from keras_ebm import resources
+from keras_ebm import memory
 
 
 def _check_pixel_range(pixel_range):
@@ -290,12 +290,12 @@ def _check_dtype(dtype):
 
 
 def check_gaussian_memory(num_classes, dim, accumulate):
-    """Refuse (`keras_ebm.resources.ResourceError`) class Gaussians that would not fit: while fitting
+    """Refuse (`keras_ebm.memory.ResourceError`) class Gaussians that would not fit: while fitting
     (`accumulate`), C x D x D float64 sums of outer products then covariances (in place) and the
     float32 factors and their tensor; when loading, the float64 covariances, the factors and the
     tensor. CIFAR-10 at 32x32x3: 10 x 3072^2 x 16 bytes = 1.5 GB; CIFAR-100: 15.1 GB."""
     per_entry = 8 + 4 + 4
-    resources.check_allocation(
+    memory.check_allocation(
         f"JEM++'s informative initialisation ({num_classes} class covariances of {dim} x {dim})",
         per_entry * num_classes * dim * dim,
         "Use the uniform initialiser (drop `initializer=@informative_initializer()`), or train at a "

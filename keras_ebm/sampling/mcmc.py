@@ -30,7 +30,7 @@ from keras_ebm import distribute
 from keras_ebm.sampling.sgld import _per_sample_norm
 from keras_ebm.sampling.sgld import call_energy
 from keras_ebm.sampling.sgld import check_clamps
-from keras_ebm.state import get_stateless_scope
+from keras_ebm.stateless_scope import get_stateless_scope
 
 _ADAPTATIONS = ("simple", "dual_averaging", None)
 

@@ -5,7 +5,7 @@ import random
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute, random_draws, resources, run_settings
+from keras_ebm import distribute, memory, random_draws, run_settings
 from keras_ebm.sampling.initializers import UniformInitializer
 
 
@@ -138,11 +138,11 @@ class ReplayBuffer(keras.layers.Layer):
         # (`random` is what keras.utils.set_random_seed seeds when `seed` is None).
         self._fill_seed = seed if seed is not None else random.randint(0, 2**31 - 1)
         self.seed_generator = keras.random.SeedGenerator(seed)
-        resources.check_allocation(
+        memory.check_allocation(
             f"The replay buffer ({size} images of shape {image_shape}, float32)",
-            resources.float32_bytes(size, *image_shape) + (4 * size if self.class_conditional else 0),
+            memory.float32_bytes(size, *image_shape) + (4 * size if self.class_conditional else 0),
             "Lower the buffer size (gin: e.g. JEM.buffer_size = 10000, the papers' size).",
-            copies=resources.host_copies(),
+            copies=memory.host_copies(),
         )
         self.build()
 

@@ -5,8 +5,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from keras_ebm.state import discard_updates
-from keras_ebm.state import get_stateless_scope
+from keras_ebm.stateless_scope import discard_updates
+from keras_ebm.stateless_scope import get_stateless_scope
 
 from keras_ebm import distribute
 from keras_ebm import random_draws

@@ -197,7 +197,7 @@ def _parse_run_gin(bindings=(), run_config=True):
     flags' `bindings`."""
     import gin
 
-    from keras_ebm import cli
+    from keras_ebm import run_config
 
     files = list(FLAGS.gin_file)
     config = os.path.join(FLAGS.model_dir, "config.gin") if run_config and FLAGS.model_dir else None
@@ -211,7 +211,7 @@ def _parse_run_gin(bindings=(), run_config=True):
             f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}")
     with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
         gin.clear_config()
-        cli.parse_gin(files, list(FLAGS.gin_param) + list(bindings))
+        run_config.parse_gin(files, list(FLAGS.gin_param) + list(bindings))
 
 
 def _check_flags(argv):

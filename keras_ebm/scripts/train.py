@@ -5,8 +5,8 @@
 
 Flags: --gin_file (repeatable, later files override earlier ones), --gin_param (repeatable
 bindings, applied last), --model_dir (default runs/<config name>: the names of the gin files,
-joined by '_'), --verbose (tracebacks for errors). Everything else is gin (see README,
-"Configuration"). A run resumes from the last checkpoint in --model_dir.
+joined by '_'), --verbose (tracebacks for errors). Everything else is gin (see
+docs/configuration.md). A run resumes from the last checkpoint in --model_dir.
 """
 
 import signal
@@ -36,22 +36,22 @@ def main(argv):
     # at once (the default action: checkpoints are written atomically, never left half-written).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
-    from keras_ebm import cli, distribute, training  # after absl parsed the flags: TensorFlow loads here
+    from keras_ebm import distribute, run_config, training  # after absl parsed the flags: TensorFlow loads here
 
-    model_dir = FLAGS.model_dir or cli.default_model_dir(FLAGS.gin_file)
+    model_dir = FLAGS.model_dir or run_config.default_model_dir(FLAGS.gin_file)
     print(f"[keras_ebm] model_dir: {model_dir}"
           + ("" if FLAGS.model_dir else " (--model_dir not given: runs/<config name>)"), flush=True)
-    cli.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
+    run_config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     # Validate before writing anything: a config that disagrees with the run in model_dir, and
     # the data sets and batch sizes (checked when the dataset functions are built).
-    cli.check_run_config(model_dir, FLAGS.gin_file, FLAGS.gin_param)
-    cli.resolve_run_training()
+    run_config.check_run_config(model_dir, FLAGS.gin_file, FLAGS.gin_param)
+    run_config.resolve_run_training()
     # Errors found later (a data file that does not load, labels out of range at the first step)
     # leave config.gin as it was: removed again for a run that never checkpointed, so that a
     # corrected command is not refused as "another config".
-    with cli.config_restored_on_failure(model_dir):
-        cli.save_config(model_dir, gin_files=FLAGS.gin_file)
-        # Several machines: a lost worker ends this one at once with WorkerLostError (README,
+    with run_config.config_restored_on_failure(model_dir):
+        run_config.save_config(model_dir, gin_files=FLAGS.gin_file)
+        # Several machines: a lost worker ends this one at once with WorkerLostError (docs/training.md,
         # "Several machines"); restart every worker with the same command to resume.
         with distribute.exit_when_worker_lost():
             try:

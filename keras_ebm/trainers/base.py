@@ -1,4 +1,4 @@
-"""`EBMTrainer`: the one `train_step` every keras_ebm method shares (STYLE.md section 4.1).
+"""`EBMTrainer`: the one `train_step` every keras_ebm method shares.
 
 A trainer is a `keras.Model` that owns a `network` (images -> logits) and the components of its method
 (sampler, replay buffer, queue, EMA...). Its `train_step` is written once, here:
@@ -12,7 +12,7 @@ A trainer is a `keras.Model` that owns a `network` (images -> logits) and the co
 
 Methods override `compute_losses` (and, when needed, `sample_negatives`, `before_step`, `after_step` or
 `optimize` for two optimizers), never `train_step`. The same `train_step` runs under `model.fit`, under
-tf.distribute strategies, and inside the custom loop of `keras_ebm.experiment.run_training`.
+tf.distribute strategies, and inside the custom loop of `keras_ebm.training.run_training`.
 
 Every trainer is a registered Keras object (`keras_ebm>JEM`, ...): `get_config` / `from_config`
 hold its settings, its network(s) and components (sampler, replay buffer, queue, gradient

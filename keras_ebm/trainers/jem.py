@@ -20,7 +20,7 @@ from keras_ebm import energy as energy_lib
 from keras_ebm import run_settings
 from keras_ebm.optim.gradients import SAMGradients
 from keras_ebm.sampling import SGLDSampler
-from keras_ebm.state import discard_updates
+from keras_ebm.stateless_scope import discard_updates
 from keras_ebm.trainers.base import EBMTrainer
 
 

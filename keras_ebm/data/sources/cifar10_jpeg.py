@@ -63,8 +63,9 @@ def _read_archive(path, split):
     missing = [k for k in needed if k not in arrays]
     if missing:
         raise ValueError(
-            f"{path} is not a CIFAR-10 JPEG archive: keys {missing} are missing (see "
-            f"../shared/data/README.md for the format). Received: keys={sorted(keys)}"
+            f"{path} is not a CIFAR-10 JPEG archive: keys {missing} are missing (the format: "
+            f"<split>_jpeg, the JPEG files' bytes concatenated; <split>_offsets, where each starts, "
+            f"and the end; <split>_y, the labels). Received: keys={sorted(keys)}"
         )
     data = arrays[f"{split}_jpeg"]
     offsets = arrays[f"{split}_offsets"].astype(np.int64)

@@ -31,7 +31,7 @@ _OFFLINE_HINT = (
 _OVERLAY_HINT = (
     "With train.py / eval.py, stack an offline data overlay on the config: "
     "--gin_file=gin_configs/data/cifar10_python.gin (or cifar100_python.gin, svhn_mat.gin), with "
-    "the data sets' own files in $KERAS_EBM_DATA_DIR (README, 'Offline data')."
+    "the data sets' own files in $KERAS_EBM_DATA_DIR (docs/data.md, 'Offline data')."
 )
 _OFFLINE_ENV = "KERAS_EBM_OFFLINE"  # set (to anything but '' / '0'): never try the network
 PROBE_TIMEOUT = 3.0

@@ -3,7 +3,7 @@
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute, resources
+from keras_ebm import distribute, memory
 from keras_ebm import energy as energy_lib
 
 
@@ -78,11 +78,11 @@ class FeatureQueue(keras.layers.Layer):
         self.initially_full = bool(initially_full)
         # float32 storage, float64 under a float64 policy (`energy.wide_dtype`, the parity tests).
         self.storage_dtype = energy_lib.wide_dtype(keras.config.floatx()).name
-        resources.check_allocation(
+        memory.check_allocation(
             f"The feature queue {self.name!r} ({self.size} x {self.dim} float32)",
-            resources.float32_bytes(self.size, self.dim),
+            memory.float32_bytes(self.size, self.dim),
             "Lower the queue size (gin: e.g. HDGE.queue_size).",
-            copies=resources.host_copies(),
+            copies=memory.host_copies(),
         )
         self.build()
 

@@ -1,4 +1,4 @@
-"""Gin parsing shared by train.py and eval.py: typos fail loudly, the config is saved with the run."""
+"""The run's gin configuration for train.py and eval.py: parsed (typos fail loudly), checked, saved."""
 
 import contextlib
 import os
@@ -20,7 +20,7 @@ def _tolerant_existence_check(check):
     return exists
 
 
-# An `include 'gin_configs/x.gin'` parsed from another working directory: gin's second file
+# An `include 'gin_configs/tiny.gin'` parsed from another working directory: gin's second file
 # reader looks the path up as a Python package and fails with a TypeError on `gin_configs`, a
 # folder without __init__.py, before the repository-root search path is tried.
 gin.config._FILE_READERS[:] = [
@@ -51,7 +51,7 @@ def parse_gin(gin_files, gin_params):
             hint = " A string value needs quotes: DATASET = 'digits', not DATASET = digits."
         raise ValueError(
             f"Invalid gin configuration ({type(e).__name__}): {e}\nCheck the spelling of the "
-            f"configurable/parameter against keras_ebm/configurables.py and the README.{hint}"
+            f"configurable/parameter against keras_ebm/configurables.py and docs/configuration.md.{hint}"
         ) from e
     check_unread_macros(files, gin_params)
 
@@ -69,7 +69,7 @@ def _macro_references(value, out):
     return out
 
 
-@gin.configurable("optional_macros", module="keras_ebm.cli")
+@gin.configurable("optional_macros", module="keras_ebm.run_config")
 def optional_macros(names=()):
     """Macros a config file sets for the configs that read them and that others may leave unread,
     declared in a scope of the file's own so that several files add up

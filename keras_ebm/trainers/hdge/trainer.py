@@ -4,8 +4,8 @@ HDGE (Liu & Abbeel 2020, arXiv:2007.09070, eq. 14-15, Algorithm 1) minimises
 
     alpha * CE(f(x), y) + (1 - alpha) * L_contrastive(f(x), y; queue)
 
-where the queue holds the logits of the last K training examples (`keras_ebm.queues.
-FeatureQueue`) and `keras_ebm.losses.hdge.hdge_contrastive_loss` is the contrastive term.
+where the queue holds the logits of the last K training examples (`FeatureQueue`,
+queue.py) and `keras_ebm.losses.hdge.hdge_contrastive_loss` is the contrastive term.
 HDGE+JEM (eq. 17) adds JEM's SGLD log q(x) term; it is this trainer with `px_weight > 0`, using
 JEM's sampler and replay buffer unchanged.
 """
@@ -16,7 +16,7 @@ import tensorflow as tf
 from keras_ebm import energy as energy_lib
 from keras_ebm import run_settings
 from keras_ebm.losses.hdge import SCORES, hdge_contrastive_loss, smoothed_labels
-from keras_ebm.queues import FeatureQueue
+from keras_ebm.trainers.hdge.queue import FeatureQueue
 from keras_ebm.trainers.jem import JEM
 
 # The classifier logits travel from the loss to `after_step` under this key; trackers ignore it.

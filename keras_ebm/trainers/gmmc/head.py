@@ -276,6 +276,6 @@ def mmc_head(network):
     if not isinstance(head, MaxMahalanobisHead):
         raise ValueError(
             f"`network` has no MaxMahalanobisHead named {HEAD_NAME!r}; build it with "
-            f"`keras_ebm.heads.build_mmc_classifier`. Received: network={getattr(network, 'name', network)!r}"
+            f"`keras_ebm.trainers.gmmc.build_mmc_classifier`. Received: network={getattr(network, 'name', network)!r}"
         )
     return head

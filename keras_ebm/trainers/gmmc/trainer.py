@@ -1,6 +1,6 @@
 """GMMC: the generative max-Mahalanobis classifier (Yang, Ye, Ye, Li & Ji, arXiv:2010.03759).
 
-The network is a backbone phi and a `keras_ebm.heads.MaxMahalanobisHead` with fixed centres mu_y.
+The network is a backbone phi and a `keras_ebm.trainers.gmmc.MaxMahalanobisHead` with fixed centres mu_y.
 p(x, y) is modelled as N(phi(x); mu_y, sigma^2 I) up to the partition function, i.e. an EBM with
 energy E(x, y) = 0.5 ||phi(x) - mu_y||^2 (sigma = 1 during training, eq. 6). Three ways to train:
 
@@ -27,7 +27,7 @@ from keras_ebm import energy as energy_lib
 from keras_ebm import random_draws
 from keras_ebm import run_settings
 from keras_ebm.backbones.classifier import feature_extractor
-from keras_ebm.heads import mmc_head
+from keras_ebm.trainers.gmmc.head import mmc_head
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
 
@@ -40,7 +40,7 @@ class GMMC(EBMTrainer):
     """Generative max-Mahalanobis classifier trainer (discriminative, generative or joint).
 
     Args:
-        network: a `keras_ebm.heads.build_mmc_classifier` network (layers `backbone` and
+        network: a `keras_ebm.trainers.gmmc.build_mmc_classifier` network (layers `backbone` and
             `mmc_head`).
         image_shape, num_classes, pixel_range, gradients, seed: see `EBMTrainer`.
         mode: `"discriminative"` (eq. 5), `"generative"` (eq. 7) or `"joint"` (section 3.3).

@@ -52,7 +52,7 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
     forward passes runs one more power iteration (hankook/CLEL models/ebm.py). This is not
     corrupting: u, v depend only on W (not on the input), and extra iterations only move them closer
     to the top singular pair of the current W. The update therefore does not need to be discarded;
-    run the energy in `keras_ebm.state.discard_updates()` if bit-exact reproducibility of u across
+    run the energy in `keras_ebm.stateless_scope.discard_updates()` if bit-exact reproducibility of u across
     different SGLD lengths matters.
 
     Distribution: u, v are mirrored variables with aggregation "none": every replica runs the same

@@ -21,7 +21,7 @@ from keras_ebm import random_draws
 from keras_ebm import run_settings
 from keras_ebm.energy import wide_dtype
 from keras_ebm.data.augment import simclr_augment
-from keras_ebm.ema import ModelEMA
+from keras_ebm.trainers.clel.ema import ModelEMA
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim.gradients import add_weight_decay
 from keras_ebm.optim.torch_sgd import TorchSGD
