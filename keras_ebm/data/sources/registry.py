@@ -162,10 +162,10 @@ def load_source(name, split="train", **options):
             channels: 1 or 3 to convert grayscale <-> RGB (e.g. photo patches matching "digits").
             interp, interp_noise, interp_seed, interp_offset: the construction of "_interp" sets
                 (`keras_ebm.data.sources.interp.load_interpolated`).
-          and the source's own options, documented by its function (`data_dir`, `download`,
-          `crop`: tensorflow-datasets; `local_path`: the local files; `label_mode`:
-          "cifar100_python"; `patch_size`: "photo_patches"). Options the source does not take
-          are ignored.
+            And the source's own options, documented by its function (`data_dir`, `download`,
+            `crop`: tensorflow-datasets; `local_path`: the local files; `label_mode`:
+            "cifar100_python"; `patch_size`: "photo_patches"). Options the source does not take
+            are ignored.
 
     Returns:
         `(ds, info)`: the dataset and a `SourceInfo`.
