@@ -170,7 +170,7 @@ def test_every_constructor_argument_is_in_the_config():
 
     from keras_ebm.trainers import EBMTrainer, HDGE
 
-    carried_by_buffer = {"buffer_size", "reinit_prob", "initializer"}
+    carried_by_buffer = {"buffer_size", "reinit_prob", "initializer", "buffer_replacement"}
     for trainer in every_trainer():
         expected = set()
         for cls in type(trainer).__mro__:
