@@ -534,6 +534,7 @@ def main(argv):
     FLAGS = flags.FLAGS
     del argv
     import tensorflow as tf
+
     from _common import device_name
 
     trainers = FLAGS.trainers or list(TRAINERS)

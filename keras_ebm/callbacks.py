@@ -41,8 +41,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import divergence
-from keras_ebm import generation
+from keras_ebm import divergence, generation
 
 DivergenceError = divergence.DivergenceError
 

@@ -114,7 +114,7 @@ class Replay:
         if unknown:
             raise ValueError(f"Unknown draw kinds {sorted(unknown)}; known kinds: {KINDS}")
         self.queues = {kind: [np.asarray(a) for a in arrays] for kind, arrays in draws.items()}
-        self.used = {kind: 0 for kind in self.queues}
+        self.used = dict.fromkeys(self.queues, 0)
 
     def remaining(self):
         """{kind: number of recorded arrays not consumed yet} (a parity test checks it is all 0)."""

@@ -9,8 +9,7 @@ import os
 import tensorflow as tf
 
 from keras_ebm import callbacks as callbacks_lib
-from keras_ebm import run_config
-from keras_ebm import training
+from keras_ebm import run_config, training
 
 
 def restore_trainer(model_dir, strategy=None):

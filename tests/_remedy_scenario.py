@@ -48,9 +48,9 @@ def segment_data(segments, clean_tail=True):
 
 
 def make_trainer(calls):
+    from helpers import tiny_network
     from keras_ebm.sampling import SGLDSampler
     from keras_ebm.trainers.jem import JEM
-    from helpers import tiny_network
 
     class CountingJEM(JEM):
         def _energy(self, x, y=None, training=False):
@@ -150,7 +150,7 @@ def check(records):
     energy calls, after recovery 3 (and still after recovery 4, which restored an optimizer saved
     with the old rate) no weight moves. Before each remedy: no penalty, K calls, moving weights."""
     assert max(r["recoveries"] for r in records) == RECOVERIES, [r["recoveries"] for r in records]
-    seen = {n: 0 for n in range(RECOVERIES + 1)}
+    seen = dict.fromkeys(range(RECOVERIES + 1), 0)
     previous = None
     for r in records:
         logs = r["logs"]

@@ -206,8 +206,8 @@ def every_trainer():
     """One tiny, unbuilt instance of every trainer, in the order of `TRAINER_NAMES`: 8x8x1 images
     (CLEL: 8x8x3), 10 classes, a 20-image replay buffer."""
     from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
     from keras_ebm.trainers import CLEL, GMMC, HDGE, JEM, JEMPP, SADAJEM, SoftmaxClassifier
+    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
 
     shape = (8, 8, 1)
     yield SoftmaxClassifier(tiny_network(), image_shape=shape, num_classes=10)

@@ -22,8 +22,7 @@ PRECISIONS = ("float64", "float32")
 
 # (rtol, atol) per tensor kind and precision; with the reason for every float32 value.
 TOLERANCES = {
-    "float64": {kind: (1e-10, 1e-10) for kind in
-                ("forward", "loss", "grad", "weights", "slots", "bn", "samples", "eval")},
+    "float64": dict.fromkeys(("forward", "loss", "grad", "weights", "slots", "bn", "samples", "eval"), (1e-10, 1e-10)),
     "float32": {
         "forward": (1e-5, 1e-5),   # one forward pass: float32 round-off of ~1e3 terms per output
         "loss": (1e-4, 1e-5),      # scalars after SGLD and several forward passes

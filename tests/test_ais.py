@@ -99,10 +99,9 @@ def test_bad_arguments_are_refused():
 def test_eval_suite_runs_ais_on_a_trainer_and_the_report_shows_it(tmp_path):
     import json
 
+    from helpers import tiny_network
     from keras_ebm.evaluation import report, runner, suite
     from keras_ebm.trainers.jem import JEM
-
-    from helpers import tiny_network
 
     model = JEM(tiny_network((8, 8, 1), seed=3), image_shape=(8, 8, 1), num_classes=10, buffer_size=16, seed=0)
     images = np.random.RandomState(0).randint(0, 256, (16, 8, 8, 1)).astype(np.uint8)

@@ -18,8 +18,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import digits_arrays, tiny_network
-from keras_ebm import run_config
-from keras_ebm import data
+from keras_ebm import data, run_config
 from keras_ebm.trainers import SoftmaxClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

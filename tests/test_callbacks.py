@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import digits_arrays, tiny_network
 from keras_ebm import callbacks, divergence, training
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import JEM
-
-from helpers import digits_arrays, tiny_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

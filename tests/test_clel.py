@@ -1,21 +1,23 @@
 """CLEL: spectral-norm conv, networks, NT-Xent with extra negatives, EMA, the two-optimizer trainer."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
+)
 from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-from keras_ebm.trainers.clel.ema import ModelEMA
 from keras_ebm.backbones.layers import SpectralNormConv2D
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.clel import CLEL
-
-from helpers import (
-    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
-)
+from keras_ebm.trainers.clel.ema import ModelEMA
 
 
 # ---------------------------------------------------------------- spectral norm
@@ -394,7 +396,7 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
     # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
     # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
     # EMA copies, the spectral-norm vectors, the replay buffer and the RNG states are all restored.
-    from keras_ebm import generation, training
+    from keras_ebm import training
 
     x, y = cifar_x(cifar10_npz, 8)
 
@@ -554,7 +556,7 @@ def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     assert towards > away + 0.1, (towards, away)
 
     # FID-style batches through generation.generate_samples; class rows from labelled data.
-    from keras_ebm import generation, training
+    from keras_ebm import generation
 
     path = generation.generate_samples(model, str(tmp_path), num_samples=6, n_steps=1, conditional=True,
                                        batch_size=4, labelled_data=(x, np.arange(16) % 3))

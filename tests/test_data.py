@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run_config
-from keras_ebm import data
+from keras_ebm import data, run_config
 from keras_ebm.data import sources
 from keras_ebm.data.sources import registry
 

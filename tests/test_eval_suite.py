@@ -12,7 +12,6 @@ from keras_ebm import training
 from keras_ebm.evaluation import report, runner, suite
 from keras_ebm.evaluation.generative import ClassifierFeatures
 from keras_ebm.export import export_model
-
 from test_configs import _run
 from test_evaluation import digits_uint8, noise_uint8
 from test_experiment import data_fn

@@ -9,7 +9,6 @@ import pytest
 
 from keras_ebm import training
 from keras_ebm.evaluation.runner import run_eval
-
 from test_experiment import data_fn, trainer_fn
 
 

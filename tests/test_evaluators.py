@@ -4,14 +4,12 @@ report across runs; eval.py's flags are thin aliases of the evaluators' gin para
 
 import inspect
 import json
-import textwrap
 
 import gin
 import numpy as np
 import pytest
 
 from keras_ebm.evaluation import adapters, registry, runner
-
 from test_configs import _run
 from test_eval_suite import fixed_export  # noqa: F401  (a fixture)
 

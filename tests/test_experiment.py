@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import callbacks
-from keras_ebm import divergence, generation, training
-from keras_ebm.trainers import SoftmaxClassifier
-
 from helpers import digits_arrays, tiny_network
+from keras_ebm import callbacks, divergence, generation, training
+from keras_ebm.trainers import SoftmaxClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import TRAINER_NAMES, every_trainer, tiny_network
 from keras_ebm import export
 from keras_ebm import scores as scores_lib
-
-from helpers import TRAINER_NAMES, every_trainer, tiny_network
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 5

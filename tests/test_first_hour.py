@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run_config, data, training
+from helpers import digits_arrays, tiny_network
+from keras_ebm import data, run_config, training
 from keras_ebm.data import sources
 from keras_ebm.trainers import SoftmaxClassifier
-
-from helpers import digits_arrays, tiny_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "gin_configs", "quickstart.gin")

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (
+    ConstantInitializer,
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
+    tiny_network,
+)
 from keras_ebm import export
 from keras_ebm.backbones import TinyCNN, feature_extractor
-from keras_ebm.trainers.gmmc.head import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.gmmc import GMMC
-
-from helpers import (
-    ConstantInitializer, digits_arrays, run_checkpoint_roundtrip, run_serialization_test,
-    run_trainer_smoke_test, tiny_network,
-)
+from keras_ebm.trainers.gmmc.head import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
 
 
 def tiny_backbone(image_shape, dim=16, seed=3):
@@ -203,7 +206,7 @@ def test_after_training_reads_sigma_data_instead_of_the_training_loader(as_datas
 
 
 def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkeypatch):
-    from keras_ebm import run_config, restore, training
+    from keras_ebm import restore, run_config, training
 
     # The spy keeps the batches the estimate reads, so that sigma can be computed here
     # independently: sqrt(mean ||phi(x) - mu_y||^2 / dim) in NumPy on the trained features.
@@ -394,7 +397,7 @@ def test_joint_switches_at_switch_step_and_ramps_without_retracing():
 
 
 def test_joint_schedule_survives_checkpoint_resume(tmp_path):
-    from keras_ebm import restore, training
+    from keras_ebm import training
 
     rng = np.random.RandomState(6)
     x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
-from keras_ebm.trainers.hdge.queue import FeatureQueue
-from keras_ebm.sampling import SGLDSampler
-from keras_ebm.trainers.hdge import HDGE
-from keras_ebm.trainers.softmax import SoftmaxClassifier
-
 from helpers import (
-    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
     tiny_network,
 )
+from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
+from keras_ebm.sampling import SGLDSampler
+from keras_ebm.trainers.hdge import HDGE
+from keras_ebm.trainers.hdge.queue import FeatureQueue
+from keras_ebm.trainers.softmax import SoftmaxClassifier
 
 TAU = 0.1
 

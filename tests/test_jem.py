@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (
+    ConstantInitializer,
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
+    tiny_network,
+)
 from keras_ebm import energy
 from keras_ebm.optim import PlainGradients, SAMGradients
-from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, SGLDSampler
+from keras_ebm.sampling import InformativeInitializer, SGLDSampler
 from keras_ebm.trainers.jem import JEM, JEMPP, SADAJEM
-
-from helpers import (
-    ConstantInitializer, digits_arrays, run_checkpoint_roundtrip, run_serialization_test,
-    run_trainer_smoke_test, tiny_network,
-)
-
 
 # The JEM tests' network: two strided convolutions, global average pooling, kernels of seed 3.
 tiny_net = functools.partial(tiny_network, seed=3, widths=(16, 16), pool="average")
@@ -189,7 +191,7 @@ def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
 
 
 def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
-    from keras_ebm import generation, training
+    from keras_ebm import training
 
     rng = np.random.RandomState(5)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")

@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import ConstantInitializer, digits_arrays, tiny_network
 from keras_ebm import distribute
 from keras_ebm.sampling import HMCSampler, MALASampler, SGLDSampler
 from keras_ebm.trainers.jem import JEM
-
-from helpers import ConstantInitializer, digits_arrays, tiny_network
 
 SAMPLERS = {"mala": MALASampler, "hmc": HMCSampler}
 N_CHAINS = 512
@@ -390,11 +389,10 @@ def test_jem_with_mala_one_device_and_two_replicas_agree(two_device_strategy):
 def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
     # The sampler slots into GMMC (both chain modes) and CLEL as into JEM: finite logs with the
     # acceptance and step size reported, weights moved.
-    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
-    from keras_ebm.trainers import CLEL, GMMC
-
     from helpers import run_trainer_smoke_test
+    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+    from keras_ebm.trainers import CLEL, GMMC
+    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
 
     def sampler(x_clip=(-1.0, 1.0), **kw):
         return SAMPLERS[kind](n_steps=2, step_size=1e-3, x_clip=x_clip, seed=0, **kw)

@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 
 import standins
-from keras_ebm import run_config
-from keras_ebm import data
-from keras_ebm.data import official
-from keras_ebm.data import prepare
-from keras_ebm.data import sources
+from keras_ebm import data, run_config
+from keras_ebm.data import official, prepare, sources
 
 _REAL_SEARCH_DIRS = sources.files.data_search_dirs
 

@@ -24,10 +24,10 @@ import parity_common as pc
 from keras_ebm import convert, random_draws
 from keras_ebm.backbones import WideResNet
 from keras_ebm.convert.wrn import wrn_weight_map
-from keras_ebm.trainers.gmmc.head import build_mmc_classifier, mmc_head
 from keras_ebm.optim import TorchAdam
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import GMMC
+from keras_ebm.trainers.gmmc.head import build_mmc_classifier, mmc_head
 
 METHOD = "GMMC"
 GMMC_DRAWS = {

@@ -8,10 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm.distribute import replica_id
-from keras_ebm.sampling import InformativeInitializer
-from keras_ebm.sampling import ReplayBuffer
-from keras_ebm.sampling import UniformInitializer
-from keras_ebm.sampling import class_gaussian_statistics
+from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, UniformInitializer, class_gaussian_statistics
 
 SHAPE = (2, 2, 1)
 

@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm.distribute import replica_id
-from keras_ebm.optim import PlainGradients
-from keras_ebm.optim import SAMGradients
+from keras_ebm.optim import PlainGradients, SAMGradients
 
 RNG = np.random.RandomState(0)
 X = RNG.randn(8, 3).astype("float32")

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import energy
-from keras_ebm.trainers import SoftmaxClassifier
-
 from helpers import (
-    digits_arrays, every_trainer, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    digits_arrays,
+    every_trainer,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
     tiny_network,
 )
+from keras_ebm import energy
+from keras_ebm.trainers import SoftmaxClassifier
 
 
 def make_trainer(**kwargs):
@@ -168,7 +171,7 @@ def test_every_constructor_argument_is_in_the_config():
     **kwargs reach), except the buffer shorthands that the serialized `buffer` carries."""
     import inspect
 
-    from keras_ebm.trainers import EBMTrainer, HDGE
+    from keras_ebm.trainers import HDGE, EBMTrainer
 
     carried_by_buffer = {"buffer_size", "reinit_prob", "initializer"}
     for trainer in every_trainer():

@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import recording  # noqa: E402
+import recording  # noqa: E402  isort: skip  (imported before torch, as it was)
 
 import torch  # noqa: E402
 

@@ -51,7 +51,6 @@ def main():
     opts = ap.parse_args()
     out = opts.out or os.path.join(HERE, "..", "..", "tests", "data", "parity", f"sadajem_{opts.precision}.npz")
     parser, auc_calls = jp.setup(opts, "train_sadajem.py")
-    import torch
 
     save_dir = tempfile.mkdtemp(prefix="record_sadajem_")
     argv = ["--dataset", "cifar10", "--depth", "10", "--width", "1", "--norm", "batch", "--model", "wrn",

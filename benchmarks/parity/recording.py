@@ -35,7 +35,6 @@ import types
 import numpy as np
 import torch
 
-
 sys.dont_write_bytecode = True  # never write __pycache__ into the official checkouts
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

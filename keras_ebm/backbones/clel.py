@@ -12,9 +12,8 @@
 
 import keras
 
-from keras_ebm.backbones.padding import conv_with_torch_padding
-
 from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
+from keras_ebm.backbones.padding import conv_with_torch_padding
 
 # CIFAR-10 channel statistics in [0, 1] (CLEL prepends Normalize(mean, std) to both networks).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)

@@ -22,8 +22,8 @@ import numbers
 
 import keras
 
-from keras_ebm.backbones.padding import conv_with_torch_padding
 from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU
+from keras_ebm.backbones.padding import conv_with_torch_padding
 
 NORMS = (None, "none", "batch")
 

@@ -26,7 +26,6 @@ import pathlib
 import pickle
 import tarfile
 import zlib
-from typing import Tuple
 
 import numpy as np
 
@@ -46,8 +45,8 @@ class OfficialFormat:
         prepared: the file name `python -m keras_ebm.data.prepare` writes (searched first).
     """
 
-    names: Tuple[str, ...]
-    splits: Tuple[str, ...]
+    names: tuple[str, ...]
+    splits: tuple[str, ...]
     url: str
     prepared: str
 

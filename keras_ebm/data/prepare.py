@@ -20,8 +20,7 @@ import pathlib
 import sys
 import time
 
-from keras_ebm.data import official
-from keras_ebm.data import sources
+from keras_ebm.data import official, sources
 
 
 def prepare(name, path=None, output=None, splits=None, log=print):

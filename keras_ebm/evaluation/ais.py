@@ -42,9 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_ebm.sampling.mcmc import MALASampler
-from keras_ebm.sampling.mcmc import MCMCSampler
-from keras_ebm.sampling.mcmc import _innermost
+from keras_ebm.sampling.mcmc import MALASampler, MCMCSampler, _innermost
 
 SCHEDULES = ("sigmoid", "linear")
 VARIANCE_NOTE = (

@@ -50,8 +50,7 @@ import re
 import keras
 import numpy as np
 import tensorflow as tf
-from scipy import linalg
-from scipy import special
+from scipy import linalg, special
 from sklearn.metrics.pairwise import polynomial_kernel
 
 from keras_ebm.evaluation import adapters

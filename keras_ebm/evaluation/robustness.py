@@ -62,8 +62,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
-from keras_ebm.evaluation import adapters
-from keras_ebm.evaluation import plots
+from keras_ebm.evaluation import adapters, plots
 from keras_ebm.sampling.sgld import SGLDSampler
 
 LINF = "linf"

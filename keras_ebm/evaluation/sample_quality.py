@@ -20,8 +20,7 @@ import numpy as np
 from scipy import special
 from sklearn import metrics as skm
 
-from keras_ebm.evaluation import adapters
-from keras_ebm.evaluation import plots
+from keras_ebm.evaluation import adapters, plots
 
 CIFAR10_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

@@ -15,11 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_ebm.evaluation import adapters
-from keras_ebm.evaluation import ais
-from keras_ebm.evaluation import generative
-from keras_ebm.evaluation import robustness
-from keras_ebm.evaluation import sample_quality
+from keras_ebm.evaluation import adapters, ais, generative, robustness, sample_quality
 
 # eval.py --attack names: the norm of a custom PGD grid.
 ATTACKS = {"pgd_linf": robustness.LINF, "pgd_l2": robustness.L2}

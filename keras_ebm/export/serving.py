@@ -158,7 +158,7 @@ class ServingModule(tf.Module):
             "logits": {"logits": (num_classes,)},
             "energy": {"energy": ()},
             "ood_score": {"ood_score": ()},
-            "scores": {n: () for n in score_names},
+            "scores": dict.fromkeys(score_names, ()),
             "serving_default": {
                 "logits": (num_classes,),
                 "energy": (),

@@ -17,8 +17,7 @@ one perturbation over the variables of all groups together, see `SAMGradients`).
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
-from keras_ebm import run_settings
+from keras_ebm import distribute, run_settings
 
 _TOTAL_KEYS = ("total", "loss")
 

@@ -12,8 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import random_draws
-from keras_ebm import memory
+from keras_ebm import memory, random_draws
 
 
 def _check_pixel_range(pixel_range):

@@ -27,9 +27,7 @@ from tensorflow.python.ops import control_flow_v2_func_graphs
 from tensorflow_probability.python.internal import unnest
 
 from keras_ebm import distribute
-from keras_ebm.sampling.sgld import _per_sample_norm
-from keras_ebm.sampling.sgld import call_energy
-from keras_ebm.sampling.sgld import check_clamps
+from keras_ebm.sampling.sgld import _per_sample_norm, call_energy, check_clamps
 from keras_ebm.stateless_scope import get_stateless_scope
 
 _ADAPTATIONS = ("simple", "dual_averaging", None)

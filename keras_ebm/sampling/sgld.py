@@ -5,12 +5,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from keras_ebm.stateless_scope import discard_updates
-from keras_ebm.stateless_scope import get_stateless_scope
-
-from keras_ebm import distribute
-from keras_ebm import random_draws
-from keras_ebm import run_settings
+from keras_ebm import distribute, random_draws, run_settings
+from keras_ebm.stateless_scope import discard_updates, get_stateless_scope
 
 _REDUCTIONS = ("sum", "mean")
 

@@ -27,10 +27,8 @@ import tensorflow as tf
 from keras_ebm import energy as energy_lib
 from keras_ebm import run_settings
 from keras_ebm import scores as scores_lib
-from keras_ebm.optim.gradients import PlainGradients
-from keras_ebm.optim.gradients import add_weight_decay
-from keras_ebm.sampling import ReplayBuffer
-from keras_ebm.sampling import UniformInitializer
+from keras_ebm.optim.gradients import PlainGradients, add_weight_decay
+from keras_ebm.sampling import ReplayBuffer, UniformInitializer
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")

@@ -4,8 +4,7 @@ not bit-identical with, the canonical pixels; the official files are "cifar10_py
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm.data.sources import common
-from keras_ebm.data.sources import files
+from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
 
 # (environment variable, file name in the shared data directory)

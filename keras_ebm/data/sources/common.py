@@ -2,7 +2,7 @@
 filter, convert and materialise `(uint8 image, int32 label)` datasets."""
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -29,10 +29,10 @@ class SourceInfo:
 
     name: str
     split: str
-    num_examples: Optional[int]
-    image_shape: Tuple[int, int, int]
+    num_examples: int | None
+    image_shape: tuple[int, int, int]
     num_classes: int
-    class_names: Tuple[str, ...]
+    class_names: tuple[str, ...]
     has_labels: bool = True
     single_split: bool = False
 
@@ -52,9 +52,9 @@ class SourceData:
     """
 
     ds: tf.data.Dataset
-    num_examples: Optional[int]
-    image_shape: Tuple[Optional[int], Optional[int], int]
-    class_names: Tuple[str, ...]
+    num_examples: int | None
+    image_shape: tuple[int | None, int | None, int]
+    class_names: tuple[str, ...]
     has_labels: bool = True
     single_split: bool = False
 

@@ -5,8 +5,7 @@ import dataclasses
 
 import numpy as np
 
-from keras_ebm.data.sources import common
-from keras_ebm.data.sources import files
+from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
 
 # name -> (environment variable, file name in the shared data directory)

@@ -4,8 +4,7 @@ their extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `e
 or the npz `python -m keras_ebm.data.prepare` makes from them."""
 
 from keras_ebm.data import official
-from keras_ebm.data.sources import common
-from keras_ebm.data.sources import files
+from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
 
 OFFICIAL_DATASETS = tuple(official.FORMATS)

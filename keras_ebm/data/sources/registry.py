@@ -21,7 +21,7 @@ converts what it returns). Options it does not name are ignored (another source'
 
 import dataclasses
 import inspect
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources import interp as interp_lib
@@ -40,13 +40,13 @@ class Source:
 
     name: str
     load: Callable[..., common.SourceData]
-    options: Tuple[str, ...]
-    check_available: Optional[Callable[..., None]] = None
+    options: tuple[str, ...]
+    check_available: Callable[..., None] | None = None
 
 
-_SOURCES: Dict[str, Source] = {}
+_SOURCES: dict[str, Source] = {}
 # option name -> check(value, requested name), run whatever the source (see `register_source`)
-_OPTION_CHECKS: Dict[str, Callable[[object, str], None]] = {}
+_OPTION_CHECKS: dict[str, Callable[[object, str], None]] = {}
 
 
 def register_source(*names, check_available=None, option_checks=None):

@@ -5,9 +5,7 @@ gin (eval.py flag): `ais.num_chains` (--ais_chains), `num_temperatures` (--ais_t
 `sampler` (--ais_sampler), `base` (--ais_base).
 """
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
-from keras_ebm.evaluation import suite
+from keras_ebm.evaluation import registry, report, suite
 
 
 @registry.register("ais")

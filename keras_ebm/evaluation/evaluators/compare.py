@@ -4,8 +4,7 @@ gin (eval.py flag): `compare.runs` (the run directories after --compare), `names
 (--compare_names), `scores` (--compare_scores), `output_dir` (--output_dir).
 """
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
+from keras_ebm.evaluation import registry, report
 
 
 @registry.register("compare")

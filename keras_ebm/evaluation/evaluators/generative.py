@@ -10,9 +10,7 @@ The samples come from the "samples" evaluator.
 
 import os
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
-from keras_ebm.evaluation import suite
+from keras_ebm.evaluation import registry, report, suite
 
 INCEPTION_METRICS = ("fid", "inception_score", "kid")
 GENERATIVE_METRICS = INCEPTION_METRICS + ("classifier_fd", "classifier_score", "classifier_kd")

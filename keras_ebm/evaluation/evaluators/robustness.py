@@ -10,11 +10,8 @@ gin (eval.py flag): `robustness.presets` (--robustness), `attack` (--attack), `e
 
 import os
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
+from keras_ebm.evaluation import registry, report, runner, suite
 from keras_ebm.evaluation import robustness as robustness_lib
-from keras_ebm.evaluation import runner
-from keras_ebm.evaluation import suite
 
 
 @registry.register("robustness")

@@ -8,10 +8,7 @@ restored trainer, when there is one, ranks them.
 
 import os
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
-from keras_ebm.evaluation import runner
-from keras_ebm.evaluation import suite
+from keras_ebm.evaluation import registry, report, runner, suite
 
 
 @registry.register("sample_quality")

@@ -4,8 +4,7 @@ Its options are `run_eval`'s gin parameters (`run_eval.in_dist`, `run_eval.ood_s
 `run_eval.clel_betas`, ...); the context's `max_examples`, when set, replaces `run_eval.max_examples`.
 """
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import runner
+from keras_ebm.evaluation import registry, runner
 
 
 @registry.register("standard")

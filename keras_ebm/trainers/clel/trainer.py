@@ -16,17 +16,15 @@ MAE variants (Table 5) use other objectives and are not implemented.
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
-from keras_ebm import random_draws
-from keras_ebm import run_settings
-from keras_ebm.energy import wide_dtype
+from keras_ebm import distribute, random_draws, run_settings
 from keras_ebm.data.augment import simclr_augment
-from keras_ebm.trainers.clel.ema import ModelEMA
+from keras_ebm.energy import wide_dtype
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim.gradients import add_weight_decay
 from keras_ebm.optim.torch_sgd import TorchSGD
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
+from keras_ebm.trainers.clel.ema import ModelEMA
 
 
 class _Untracked:

@@ -22,14 +22,12 @@ Sampling (eq. 8-10), from a class-conditional replay buffer (Algorithm 1, Table 
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
+from keras_ebm import distribute, random_draws, run_settings
 from keras_ebm import energy as energy_lib
-from keras_ebm import random_draws
-from keras_ebm import run_settings
 from keras_ebm.backbones.classifier import feature_extractor
-from keras_ebm.trainers.gmmc.head import mmc_head
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
+from keras_ebm.trainers.gmmc.head import mmc_head
 
 MODES = ("discriminative", "generative", "joint")
 SAMPLINGS = ("staged", "noise_injected")
