@@ -347,7 +347,7 @@ def state_summary(state):
     for k in state:
         if "iterations" in k:
             kinds["step"] += 1
-        elif k.startswith("optimizer") or k.startswith("encoder_optimizer"):
+        elif k.startswith(("optimizer", "encoder_optimizer")):
             kinds["optimizer"] += 1
         elif "buffer" in k:
             kinds["buffer"] += 1
@@ -405,8 +405,11 @@ def trial(trainer, model_dir, kinds, rng, ref_seconds, log, ref_dir):
         k["export"] = export_health(model_dir)
         k["files"] = other_files(model_dir, ref_dir)
         k["corrupt"] = bool(k["checkpoints"]["unreadable"]) or k["export"]["complete"] is False
+        export_state = ("complete" if k["export"]["complete"]
+                        else ("absent" if not k["export"]["visible"] else "HALF-WRITTEN"))
         log(f"    killed ({kind}) after {k['after_s']} s: latest={k['checkpoints']['latest']} "
-            f"unreadable={k['checkpoints']['unreadable']} export={'complete' if k['export']['complete'] else ('absent' if not k['export']['visible'] else 'HALF-WRITTEN')}"
+            f"unreadable={k['checkpoints']['unreadable']} "
+            f"export={export_state}"
             f"{' litter=' + str(k['export']['litter']) if k['export']['litter'] else ''}"
             f"{' unlisted=' + str(k['checkpoints']['unlisted']) if k['checkpoints']['unlisted'] else ''}"
             f"{' stale=' + str(k['checkpoints']['stale']) if k['checkpoints']['stale'] else ''}"
@@ -493,7 +496,7 @@ def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2
         row["details"].append(detail)
         if attempts > 4 * n_kills:
             break
-    row["litter"] = sorted(set(n.split("-")[0] for n in row["litter"]))
+    row["litter"] = sorted({n.split("-")[0] for n in row["litter"]})
     return row
 
 
@@ -505,7 +508,8 @@ def markdown_table(rows):
         moments = ", ".join(f"{k} {v}" for k, v in sorted(r["kill_kinds"].items()))
         lines.append(f"| {r['trainer']} | {r['kills']} | {r['trials']} | {r['resumed']}/{r['trials']} | "
                      f"{r['equal']}/{r['trials']} | {r['corrupt']} | {r['max_abs_diff_vs_reference']:.3g} | "
-                     f"{ {True: 'yes', None: 'not checked'}.get(r['deterministic'], 'no (%s)' % r['max_abs_diff'])} | {moments} |")
+                     f"{ {True: 'yes', None: 'not checked'}.get(r['deterministic'], 'no ({})'.format(r['max_abs_diff']))} | "
+                     f"{moments} |")
     total = {k: sum(r[k] for r in rows) for k in ("kills", "trials", "resumed", "equal", "corrupt")}
     lines.append(f"| **all** | **{total['kills']}** | {total['trials']} | {total['resumed']}/{total['trials']} | "
                  f"{total['equal']}/{total['trials']} | {total['corrupt']} | "

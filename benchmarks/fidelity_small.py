@@ -28,7 +28,7 @@ recoveries of the guard and what each changed.
 Caveat to state with every number: the local CIFAR-10 is JPEG (quality 75) copies of the images,
 not the canonical binaries; these are 1-2 epoch CPU runs, which check stability and fidelity to the
 official code's behaviour, not the papers' headline numbers.
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import json
 import os

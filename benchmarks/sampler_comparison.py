@@ -160,7 +160,8 @@ def main(argv):
             f"| {name} | {num(r['accuracy'], '.3f')} | {num(r['ece'], '.3f')} | "
             f"{num(r['auroc_log_px'].get('photos'), '.3f')} | {num(r['auroc_log_px'].get('interp'), '.3f')} | "
             f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
-            f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} ({num(r['ais_log_z_stderr'], '.2f')}) | "
+            f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} "
+            f"({num(r['ais_log_z_stderr'], '.2f')}) | "
             f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} | "
             f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |")
     table = "\n".join(lines)

@@ -25,7 +25,7 @@ trainer, SAM included), so it is checkpointed and rolled back with the optimizer
 Every step's logs are that step's values: the trainers' trackers are reset before every step
 (`begin_step`) and read after it in cross-replica context (summed over replicas; `step_logs`), so
 the guard sees each step, and `fit`'s progress bar and History show the last step's values.
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import json
 import os

@@ -31,7 +31,7 @@ the SGLD steps and half the learning rate: nothing is halved again). Default ord
 What each recovery changed is checkpointed (`RecoveryState`), so a run resumed in a new process
 keeps it, and logged (console, TensorBoard `divergence/recoveries`, `divergence_events.jsonl` with
 the signals that fired, their values and the change).
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import collections
 

@@ -42,7 +42,7 @@ inject its output).
 
 A component that adds a draw adds its kind here and calls these functions, never
 `tf.random.stateless_*` directly, so that every method's parity test can replay it.
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import contextlib
 

@@ -10,7 +10,7 @@ treats in-distribution as the positive class). For a classifier with logits f(x)
 | `grad_norm` | -\\|\\| d log p(x) / dx \\|\\|_2 per sample, x the float image in the model's pixel range | JEM section 5.2 "approximate mass"; GMMC (Yang et al. 2021) section 4.3 |
 
 Trainers with scores of their own override `EBMTrainer.scores` (CLEL: eq. 5 and its two parts).
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import tensorflow as tf
 

@@ -549,8 +549,9 @@ def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     # -beta * cos(z(x), t) ends more aligned with t than descending on -beta * cos(z(x), -t).
     model.sampler = SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(0.0, 1.0), seed=0)
     target = model.encode(x[:8])
-    cos = lambda s: tf.reduce_sum(tf.math.l2_normalize(  # noqa: E731
-        model.latent(model.ema_network(s), model.ema_projection), -1) * target, -1).numpy().mean()
+    def cos(s):
+        return tf.reduce_sum(tf.math.l2_normalize(
+            model.latent(model.ema_network(s), model.ema_projection), -1) * target, -1).numpy().mean()
     towards = cos(model.generate(8, latents=target, beta=100.0))
     away = cos(model.generate(8, latents=-target, beta=100.0))
     assert towards > away + 0.1, (towards, away)

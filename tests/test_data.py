@@ -467,7 +467,8 @@ def test_a_new_source_is_one_registered_function_loaded_through_gin(toy_source_f
         "DATASET = 'toy'\n"
         "train/make_dataset_fn.toy_offset = 100\n"
         "run_eval.in_dist = {'name': 'toy', 'split': 'test', 'classes': [2, 0]}\n"
-        "run_eval.ood_sets = {'interp': {'name': 'toy_interp', 'split': 'test', 'interp': 'clel', 'interp_offset': 10}}\n"
+        "run_eval.ood_sets = {'interp': {'name': 'toy_interp', 'split': 'test', "
+        "'interp': 'clel', 'interp_offset': 10}}\n"
     )
     configs = [os.path.join(REPO, "gin_configs", f) for f in ("softmax_cifar10.gin", "tiny.gin")]
     run_config.parse_gin(configs + [str(overlay)], [])

@@ -53,7 +53,7 @@ def _spec(root, file):
     return {"name": "npz", "split": "test", "local_path": str(root / file)}
 
 
-def test_a_toy_evaluator_runs_from_gin_and_reports(fixed_export, tmp_path, monkeypatch):
+def test_a_toy_evaluator_runs_from_gin_and_reports(fixed_export, tmp_path, monkeypatch):  # noqa: F811  (the fixture)
     root, _ = fixed_export
     (tmp_path / "toy_brightness_inproc.py").write_text(TOY_MODULE.format(name="brightness_inproc"))
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -86,7 +86,7 @@ def test_a_toy_evaluator_runs_from_gin_and_reports(fixed_export, tmp_path, monke
     assert "brightness_inproc" not in runner.EXTRA_KEYS
 
 
-def test_a_toy_evaluator_runs_from_eval_py_and_the_compare_report(fixed_export, tmp_path, monkeypatch):
+def test_a_toy_evaluator_runs_from_eval_py_and_the_compare_report(fixed_export, tmp_path, monkeypatch):  # noqa: F811
     root, _ = fixed_export
     (tmp_path / "toy_brightness.py").write_text(TOY_MODULE.format(name="brightness"))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:" + __import__("os").environ.get("PYTHONPATH", ""))

@@ -417,8 +417,8 @@ def _replay(guard, clf_losses, gaps=None):
         logs = {"loss": loss, "clf_loss": loss}
         if gaps is not None:
             logs["energy_gap"] = gaps[step - 1]
-        for signal in monitor.update(step, logs):
-            fired.setdefault(signal, step)
+        for fired_signal in monitor.update(step, logs):
+            fired.setdefault(fired_signal, step)
     return fired
 
 
@@ -449,8 +449,8 @@ def _recorded(row):
 def _first_signals(guard, steps, logs):
     monitor, first = guard.monitor(), {}
     for step, log in zip(steps, logs):
-        for signal in monitor.update(step, log):
-            first.setdefault(signal, step)
+        for fired_signal in monitor.update(step, log):
+            first.setdefault(fired_signal, step)
     return first
 
 

@@ -371,7 +371,8 @@ def test_empty_batch_gives_empty_outputs(exported):
     empty = np.zeros((0,) + IMAGE_SHAPE, np.uint8)
     widths = {"logits": (0, NUM_CLASSES), "probabilities": (0, NUM_CLASSES)}
     for name in export.ENDPOINTS:
-        for call in (lambda: getattr(loaded, name)(empty), lambda: loaded.signatures[name](images=empty)):
+        # noqa B023: each lambda is called within its iteration of `name`.
+        for call in (lambda: getattr(loaded, name)(empty), lambda: loaded.signatures[name](images=empty)):  # noqa: B023
             out = call()
             assert out, name
             for key, value in out.items():
@@ -401,7 +402,8 @@ def test_float_images_that_are_not_pixel_values_are_refused(exported):
     ]
     for bad, message, not_said in cases:
         for name in export.ENDPOINTS:
-            for call in (getattr(loaded, name), lambda x: loaded.signatures[name](images=x)):
+            # noqa B023: each lambda is called within its iteration of `name`.
+            for call in (getattr(loaded, name), lambda x: loaded.signatures[name](images=x)):  # noqa: B023
                 with pytest.raises(tf.errors.InvalidArgumentError, match=message) as info:
                     call(bad)
                 said = info.value.message.split("Received")[0]

@@ -1,5 +1,6 @@
 """Kill-and-resume fuzzing, bounded (the full run: benchmarks/fault_injection.py, docs/benchmarks.md "Kill and
-resume"): train.py on real CIFAR-10 images (tiny networks; conftest's stand-in without the archive) is SIGKILLed during a checkpoint write,
+resume"): train.py on real CIFAR-10 images (tiny networks; conftest's
+stand-in without the archive) is SIGKILLed during a checkpoint write,
 during its export, and during the write of its last checkpoint, rerun, and must end bit-identical
 to an uninterrupted run (every checkpoint variable, the export's variables), with no unreadable
 checkpoint and no half-written export after any kill. Two trainers: softmax, and GMMC (replay

@@ -109,7 +109,7 @@ def test_hdge_loss_alpha_limits():
     ce_fn = lambda l: keras.losses.sparse_categorical_crossentropy(LABELS, l, from_logits=True)  # noqa: E731
     hdge_fn = lambda l, a: hdge_loss(l, LABELS, QUEUE, alpha=a, queue_mask=MASK)  # noqa: E731
     con = hdge_contrastive_loss(logits, LABELS, QUEUE, queue_mask=MASK).numpy()
-    for alpha, want in ((1.0, ce_fn), (0.0, None), (0.3, None)):
+    for alpha, _want in ((1.0, ce_fn), (0.0, None), (0.3, None)):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(logits)
             got = hdge_fn(logits, alpha)

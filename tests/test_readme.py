@@ -278,9 +278,9 @@ def test_every_readme_command_is_checked_or_marked():
     assert not unmarked, "commands neither checked nor marked:\n" + "\n".join(unmarked)
     # The flags of every command, parsed by the scripts' own flag definitions (no TensorFlow).
     for kind, argvs in calls.items():
-        code = ("import sys, json\nfrom absl import flags\nimport keras_ebm.scripts.%s\n"
+        code = (f"import sys, json\nfrom absl import flags\nimport keras_ebm.scripts.{kind}\n"
                 "for argv in json.load(sys.stdin):\n    flags.FLAGS.unparse_flags()\n"
-                "    flags.FLAGS(['%s.py'] + argv)\n" % (kind, kind))
+                f"    flags.FLAGS(['{kind}.py'] + argv)\n")
         out = subprocess.run([sys.executable, "-c", code], input=json.dumps(argvs), cwd=REPO, capture_output=True,
                              text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
         assert out.returncode == 0, out.stderr[-3000:]

@@ -44,7 +44,7 @@ def _package_files():
 
 def _repository_names():
     names = set()
-    for folder, dirs, files in os.walk(REPO):
+    for _folder, dirs, files in os.walk(REPO):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "runs")]
         names.update(files)
     return names

@@ -142,7 +142,7 @@ def main():
         x = torch.tensor(x.transpose(0, 3, 1, 2) / 255.0, dtype=torch.get_default_dtype())
         y = torch.tensor(y)
         batches = [(x[k * a.batch:(k + 1) * a.batch], y[k * a.batch:(k + 1) * a.batch]) for k in range(a.steps)]
-        for k, (xb, yb) in enumerate(batches):
+        for k, (xb, _yb) in enumerate(batches):
             golden.add(f"batch/{k}/x_pos", xb)
         tape = recording.RandomTape([root])
         resnet, get_mlp = architectures.ResNet, architectures.get_mlp
@@ -157,7 +157,7 @@ def main():
 
         def start():
             loc = recording.frame_locals("main")
-            model, (opt1, opt2), (sch1, sch2) = loc["model"], loc["optimizers"], loc["schedulers"]
+            model, (opt1, opt2), (_sch1, _sch2) = loc["model"], loc["optimizers"], loc["schedulers"]
             state["model"] = model
             sd = model.state_dict()
             golden.add_all("init", {k: v for k, v in sd.items() if k.startswith(("ebm.", "encoder."))})

@@ -142,7 +142,7 @@ def main():
             f, optim, buf = loc["f"], loc["optim"], loc["replay_buffer"]
             state.update(f=f, optim=optim, buffer=buf)
             names = {id(p): n for n, p in f.named_parameters()}
-            golden.add_all("init", {k: v for k, v in f.state_dict().items()})
+            golden.add_all("init", dict(f.state_dict().items()))
             if a.variant == "hdge_jem":  # HDGE alone never samples
                 golden.add("init_state/replay_buffer", buf)
 
@@ -170,7 +170,7 @@ def main():
             recording.OptimizerTap(optim, a.steps, before=before, after=after, tape=tape)
             tape.step = 0
 
-        for k, ((xp, yp), (xl, yl)) in enumerate(data):
+        for k, ((xp, _yp), (xl, yl)) in enumerate(data):
             if a.variant == "hdge_jem":  # HDGE alone reads x_p_d from the loader but never uses it
                 golden.add(f"batch/{k}/x_p_d", xp)
             golden.add(f"batch/{k}/x_lab", xl)

@@ -77,7 +77,7 @@ def main():
     def get_model_and_buffer(*a, **k):
         f, buffer = original_get(*a, **k)
         held["f"], held["buffer"] = f, buffer
-        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
+        golden.add_all("init", dict(f.state_dict().items()))
         golden.add("init_state/replay_buffer", buffer)
         tape.step = 0
         return f, buffer
@@ -126,7 +126,7 @@ def main():
     by_step = {}
     for step, name, site, value in tape.draws:
         by_step.setdefault(step, []).append([step, name, site, value])
-    for step, draws in by_step.items():
+    for _step, draws in by_step.items():
         for i, (_, name, site, value) in enumerate(draws):
             if name == "Tensor.uniform_" and site.endswith("init_random"):
                 nxt = draws[i + 1]

@@ -134,7 +134,7 @@ def capture_setup(T, golden, tape):
     def get_model_and_buffer(*a, **k):
         f, buffer = original_get(*a, **k)
         held["f"] = f
-        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
+        golden.add_all("init", dict(f.state_dict().items()))
         return f, buffer
 
     def init_from_centers(*a, **k):
@@ -181,7 +181,7 @@ def store_draws(golden, tape, reinit_freq, fresh_fn):
     by_step = {}
     for step, name, site, value in tape.draws:
         by_step.setdefault(step, []).append([step, name, site, value])
-    for step, draws in by_step.items():
+    for _step, draws in by_step.items():
         for i, (_, name, site, value) in enumerate(draws):
             if name != "torch.rand" or not site.endswith("sample_p_0"):
                 continue

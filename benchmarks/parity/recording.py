@@ -255,7 +255,8 @@ class RandomTape:
         for info in inspect.stack()[2:]:
             path = os.path.realpath(info.filename)
             if any(path.startswith(r + os.sep) for r in self.roots):
-                return f"{os.path.relpath(path, next(r for r in self.roots if path.startswith(r + os.sep)))}:{info.lineno}:{info.function}"
+                root = next(r for r in self.roots if path.startswith(r + os.sep))
+                return f"{os.path.relpath(path, root)}:{info.lineno}:{info.function}"
         return "outside"
 
     def _record(self, name, value):

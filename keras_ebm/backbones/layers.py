@@ -2,7 +2,8 @@
 
 `SpectralNormConv2D`: a `Conv2D` whose kernel is *parametrised* as W / sigma(W) (Miyato et al. 2018),
 as `torch.nn.utils.parametrizations.spectral_norm` does. `keras.layers.SpectralNormalization` is not
-a substitute (keras/src/layers/normalization/spectral_normalization.py): it overwrites the wrapped kernel with W / sigma on every training call
+a substitute (keras/src/layers/normalization/spectral_normalization.py):
+it overwrites the wrapped kernel with W / sigma on every training call
 and treats sigma as a constant, so 60 SGLD forward passes re-normalise the kernel 60 times and the
 gradient ignores sigma.
 """
@@ -214,7 +215,8 @@ class LeakyReLU(keras.layers.LeakyReLU):
     TensorFlow's `LeakyRelu` kernel takes the slope as a float32 attribute (0.2 -> 0.200000003), so
     a float64 network computes with a slope 1.5e-8 off PyTorch's `nn.LeakyReLU(0.2)` (a double):
     enough to break float64 parity at 1e-10 (tests/test_parity_jem.py). In float64 this layer
-    computes `where(x > 0, x, slope * x)` (gradient `slope` at 0, as PyTorch) with a float64 slope; in every other dtype it is Keras'
+    computes `where(x > 0, x, slope * x)` (gradient `slope` at 0,
+    as PyTorch) with a float64 slope; in every other dtype it is Keras'
     layer, bit for bit.
     """
 

@@ -1,4 +1,5 @@
-"""WideResNet as used by JEM, HDGE, GMMC, JEM++ and SADA-JEM (wgrathwohl/JEM wideresnet.py, copied by the HDGE, GMMC, JEMPP and SADAJEM repositories).
+"""WideResNet as used by JEM, HDGE, GMMC, JEM++ and SADA-JEM (wgrathwohl/JEM wideresnet.py,
+copied by the HDGE, GMMC, JEMPP and SADAJEM repositories).
 
 Zagoruyko & Komodakis 2016 (arXiv:1605.07146), in the pre-activation form of the JEM code:
 
@@ -95,7 +96,8 @@ def WideResNet(
     exactly a global average pool. This port uses `GlobalAveragePooling2D` instead, so the network
     accepts any input size, odd ones included (stride-2 convolutions pad 1 on every side as PyTorch,
     `keras_ebm.backbones.padding`, giving ceil(size / 2)),
-    and never silently drops rows on non-square inputs (the CelebA `Resize(32)` trap of the official evaluation scripts).
+    and never silently drops rows on non-square inputs (the
+    CelebA `Resize(32)` trap of the official evaluation scripts).
 
     Parameter counts (WRN-28-10, 32x32x3, `build_classifier(..., num_classes=10)` on top):
     without BN the backbone has 36,464,928 parameters and the classifier 36,471,338. The reference

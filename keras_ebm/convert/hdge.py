@@ -11,7 +11,7 @@
 
 Build the trainer with the official depth, width, norm, number of classes and `queue_size=K`
 (`contrast_k`). `load_queue=False` leaves our queue as it is (e.g. to evaluate only).
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import numpy as np
 

@@ -15,7 +15,8 @@ Exports (`keras_ebm.export`): every signature takes pixel values 0..255 (declare
 export format 3, uint8 before), checks and quantises them to uint8 and maps them into the pixel
 range inside the graph, and the restored module holds no float entry point in the model's pixel
 range (the float model is not saved, only the variables the traces captured). No gradient flows
-through that quantisation, so an export cannot be attacked white-box. `ExportLogits` wraps an export as a float `logits_fn` that
+through that quantisation, so an export cannot be attacked white-box.
+`ExportLogits` wraps an export as a float `logits_fn` that
 quantises its input to uint8 first; it is marked `differentiable = False` and the attacks refuse
 it with a message saying what to do instead: attack the in-memory model (the trainer restored from
 its checkpoint, `trainer.network`) and, if wanted, classify the adversarial images with the export

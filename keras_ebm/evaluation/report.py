@@ -17,7 +17,8 @@ tables (rows = models):
 
 The columns, image counts and plots after the OOD AUROCs come from the registered evaluators
 (`registry.Evaluator.columns`, `counts`, `compare_plots`, in registration order), so a new
-evaluation brings its own. A cell is "-" where a run lacks the evaluation (e.g. no FID for a classifier without a sampler).
+evaluation brings its own. A cell is "-" where a run lacks the
+evaluation (e.g. no FID for a classifier without a sampler).
 """
 
 import json

@@ -11,7 +11,8 @@ epsilon e bounds the Euclidean norm of the perturbation measured in grey levels,
 What is attacked. The attacks take a `logits_fn(x_float)` and differentiate it; build one from an
 in-memory keras model with `keras_ebm.evaluation.adapters.logits_fn(model)`. A loaded export is
 refused: its signatures take pixel values 0..255 and quantise them to uint8, so no gradient flows,
-and it stores no entry point in the model's float pixel range (see `adapters.py`). Attack the in-memory model (the trainer restored from its checkpoint)
+and it stores no entry point in the model's float pixel range (see `adapters.py`).
+Attack the in-memory model (the trainer restored from its checkpoint)
 instead. A `RefinementDefense` wraps a classifier with K steps of SGLD on its own energy
 (E(x) = -logsumexp f(x), `keras_ebm.energy`) before classifying (JEM's `refined_logits`, Hill et
 al.'s purification) and is attacked with BPDA + EOT.
@@ -191,7 +192,8 @@ def _differentiable(fn):
     if not getattr(fn, "differentiable", True):
         raise ValueError(
             "This classifier is a SavedModel export: its signatures take pixel values quantised to uint8 "
-            "images, which have no gradient, so it cannot be attacked white-box. Attack the in-memory model instead (the "
+            "images, which have no gradient, so it cannot be attacked white-box. "
+            "Attack the in-memory model instead (the "
             "trainer restored from its checkpoint, or trainer.network, through "
             "keras_ebm.evaluation.adapters.logits_fn), and classify the adversarial images with "
             "the export if the deployed model's accuracy on them is wanted."

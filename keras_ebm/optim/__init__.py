@@ -1,4 +1,5 @@
-"""Gradient functions for the trainers (plain gradients, SAM / ASAM) and the PyTorch-form optimizers `TorchAdam`, `TorchSGD`."""
+"""Gradient functions for the trainers (plain gradients, SAM / ASAM) and the PyTorch-form
+optimizers `TorchAdam`, `TorchSGD`."""
 
 from keras_ebm.optim.gradients import PlainGradients, SAMGradients, add_weight_decay
 from keras_ebm.optim.torch_adam import TorchAdam

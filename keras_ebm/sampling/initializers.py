@@ -209,7 +209,7 @@ class InformativeInitializer:
         """
         key = {"num_classes": int(num_classes), "pixel_range": [float(v) for v in pixel_range],
                **({"factor_order": factor_order} if factor_order != "hwc" else {}),
-               **{k: v for k, v in (source or {}).items()}}
+               **dict((source or {}).items())}
         if cache_path is not None and os.path.exists(cache_path):
             with np.load(cache_path) as cached:
                 mean, cov = cached["mean"], cached["cov"]

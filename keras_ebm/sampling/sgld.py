@@ -187,7 +187,8 @@ class SGLDSampler:
         Returns:
             `(x, stats)`: `x` as from `__call__`; `stats` a dict of float32 scalars:
             `grad_norm`, the mean over samples of the L2 norm of the gradient of the reduced
-            energy (the one the step uses, before the clamp) at the last step; `energy_start`, the mean per-sample energy of `x_init`;
+            energy (the one the step uses, before the clamp) at the
+            last step; `energy_start`, the mean per-sample energy of `x_init`;
             `energy_end`, the mean per-sample energy at the input of the last step (no extra
             forward pass is spent on the final samples). All three are 0 when `n_steps` is 0.
         """

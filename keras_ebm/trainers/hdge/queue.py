@@ -111,7 +111,8 @@ class FeatureQueue(keras.layers.Layer):
         self.built = True
 
     def values(self):
-        """The storage `[size, dim]` float32 (float64 under a float64 policy; all rows; mask them with `valid_mask()`)."""
+        """The storage `[size, dim]` float32 (float64 under a float64 policy; all rows; mask them with
+        `valid_mask()`)."""
         return tf.convert_to_tensor(self.queue.value)
 
     def valid_mask(self):
