@@ -53,7 +53,9 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # The test extra includes the ONNX converter and runtime: the export tests round-trip through them.
-        "test": ["pytest>=8", "pytest-xdist>=3", "tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.17"],
+        # ruff: the linter and formatter CI runs (.ci/run) and .pre-commit-config.yaml pins (same version).
+        "test": ["pytest>=8", "pytest-xdist>=3", "tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.17",
+                 "ruff==0.17.6"],
         # ONNX export (`export_model(..., onnx=True)`, run_training.export_onnx): tf2onnx, the
         # converter Keras' own `Model.export(format="onnx")` uses on TensorFlow, and onnxruntime.
         "onnx": ["tf2onnx>=1.17", "onnx>=1.14", "onnxruntime>=1.17"],
