@@ -21,6 +21,11 @@ function) as nested Keras objects, so `trainer.save("model.keras")` and
 compiled with the same optimizer(s) when it was compiled (see `EBMTrainer.get_config`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
@@ -29,6 +34,12 @@ from keras_ebm import run_settings
 from keras_ebm import scores as scores_lib
 from keras_ebm.optim.gradients import PlainGradients, add_weight_decay
 from keras_ebm.sampling import ReplayBuffer, UniformInitializer
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from keras_ebm.optim.gradients import SAMGradients
+    from keras_ebm.sampling.initializers import InformativeInitializer
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -99,16 +110,16 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     def __init__(
         self,
-        network,
-        image_shape,
-        num_classes,
-        pixel_range=(-1.0, 1.0),
-        gradients=None,
-        check_finite_inputs=True,
-        weight_decay=0.0,
-        seed=None,
-        **kwargs,
-    ):
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        gradients: PlainGradients | SAMGradients | None = None,
+        check_finite_inputs: bool = True,
+        weight_decay: float = 0.0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3:
@@ -131,23 +142,23 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_names}
 
     # ------------------------------------------------------------------ Keras plumbing
-    def call(self, x, training=False):
+    def call(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         # float32 logits whatever the network computes in (mixed_bfloat16: energies, losses and
         # scores stay float32); float64 under a float64 policy (`energy_lib.wide_dtype`).
         logits = self.network(x, training=training)
         return tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if not self.network.built:
             self.network.build((None,) + self.image_shape)
         self.built = True
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         return list(self.trackers.values())
 
     # ------------------------------------------------------------------ serialization
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Every constructor argument: the `config_attributes` of the class (nested Keras objects
         serialized), the sampler and replay buffer of a generative trainer, and the Keras model's
         name, trainable flag and dtype policy (see the class docstring)."""
@@ -162,7 +173,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> EBMTrainer:
         """`cls(**config)` with the nested Keras objects (networks, sampler, buffer...) rebuilt."""
         config = {
             key: keras.saving.deserialize_keras_object(value)
@@ -171,22 +182,22 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         }
         return cls(**config)
 
-    def get_build_config(self):
+    def get_build_config(self) -> dict[str, Any]:
         # Always present, so that loading builds the trainer (and its optimizers) before the
         # weights are read, even if it was saved without ever being called.
         return {"input_shape": [None] + list(self.image_shape)}
 
-    def build_from_config(self, config):
+    def build_from_config(self, config: dict[str, Any]) -> None:
         del config
         self.build()
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict[str, Any] | None:
         config = super().get_compile_config()
         if config:  # whether the saved file holds optimizer slots (a trainer compiled but not trained has none)
             config["optimizers_built"] = all(o.built for o in self.optimizers.values())
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict[str, Any]) -> None:
         """Compile with the saved compile arguments (CLEL: both optimizers) and, when the saved
         optimizers were built, build them on their variables, so that their saved slots load."""
         config = dict(config)
@@ -203,12 +214,12 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     def _seed_states(self):
         return [v for v in self.variables if "seed_generator_state" in v.path]
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         super().save_own_variables(store)
         for i, state in enumerate(self._seed_states()):
             store[f"{self._SEED_STATE_PREFIX}{i}"] = state
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         keys = list(store.keys())
         saved = sorted((k for k in keys if k.startswith(self._SEED_STATE_PREFIX)),
                        key=lambda k: int(k[len(self._SEED_STATE_PREFIX):]))
@@ -223,12 +234,12 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             state.assign(store[key])
 
     # ------------------------------------------------------------------ run-time settings
-    def run_components(self):
+    def run_components(self) -> dict[str, Any]:
         """The components whose run-time settings the step reads, by the name `set_run_options`
         uses for them (`sampler.n_steps`, `gradients.rho`, `buffer.reinit_prob`)."""
         return {"sampler": self.sampler, "gradients": self.gradients, "buffer": self.buffer}
 
-    def trace_signature(self):
+    def trace_signature(self) -> tuple:
         """Everything the traced step depends on that is not a variable: the `TraceSetting` values
         and structural parts of the trainer and its components, which component objects are in
         place, and the dtype policies of the trainer's layers (mixed precision). The compiled
@@ -240,7 +251,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                            for layer in self._flatten_layers(include_self=True, recursive=False)))
         return tuple(parts)
 
-    def run_options(self):
+    def run_options(self) -> dict[str, Any]:
         """Every run-time setting the step reads, `{name: value}` (names as `set_run_options` takes
         them), with the constant learning rates of the optimizers."""
         out = dict(run_settings.values(self))
@@ -253,7 +264,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                     out[f"{prefix}.learning_rate"] = run_settings.learning_rate(opt)
         return out
 
-    def set_run_options(self, options=None, **kwargs):
+    def set_run_options(self, options: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         """Change run-time settings between steps so that the next step computes with them.
 
         Names: a setting of the trainer (`energy_l2`, `px_weight`, HDGE's `alpha`...), of a
@@ -304,12 +315,12 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                              f"{sorted(self.run_options())}.")
         return owner, attr
 
-    def make_train_function(self, force=False):
+    def make_train_function(self, force: bool = False) -> Callable[..., Any]:
         """Keras' train function, rebuilt before a step whose `trace_signature()` differs from
         the one it was built with (a graph-shaping setting changed between steps)."""
         return self._checked_function("train_function", super().make_train_function, force)
 
-    def make_test_function(self, force=False):
+    def make_test_function(self, force: bool = False) -> Callable[..., Any]:
         return self._checked_function("test_function", super().make_test_function, force)
 
     def _checked_function(self, attr, make, force):
@@ -329,7 +340,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         return checked
 
     # ------------------------------------------------------------------ the one train_step
-    def train_step(self, data):
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=True)
         self.before_step(batch)
         negatives = self.sample_negatives(batch)
@@ -337,13 +348,13 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.after_step(batch, negatives, logs)
         return self.update_trackers({**logs, **self.sampler_logs()})
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=False)
         logits = self(batch["x"], training=False)
         return self.update_trackers(self.classifier_logs(logits, batch["y"]))
 
     # ------------------------------------------------------------------ hooks
-    def unpack_batch(self, data, training=False):
+    def unpack_batch(self, data: Any, training: bool = False) -> dict[str, tf.Tensor]:
         """Normalise a batch to a dict: `x`, `y` (classifier branch) and `x_px`, `y_px` (p(x) branch).
 
         Accepts `(x, y)`, a dict with those keys, or the two-loader form `((x, y), (x_px, y_px))` of
@@ -372,15 +383,15 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             batch["x_px"], batch["y_px"] = batch["x"], batch["y"]
         return batch
 
-    def sample_negatives(self, batch):
+    def sample_negatives(self, batch: dict[str, tf.Tensor]) -> Any:
         """Samples from the model (SGLD); None for a purely discriminative trainer."""
         return None
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True) -> dict[str, tf.Tensor]:
         """Return a dict of scalars with key "loss" (the total) and the `tracked_names`."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute_losses().")
 
-    def optimize(self, batch, negatives):
+    def optimize(self, batch: dict[str, tf.Tensor], negatives: Any) -> dict[str, tf.Tensor]:
         """One optimisation step of every trainable variable with `self.optimizer`.
 
         CLEL (two networks, two optimizers) overrides this; everything else shares it. The gradient
@@ -391,21 +402,21 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.optimizer.apply(add_weight_decay(grads, variables, self.weight_decay), variables)
         return logs
 
-    def loss_closure(self, batch, negatives):
+    def loss_closure(self, batch: dict[str, tf.Tensor], negatives: Any) -> Callable[[], dict[str, tf.Tensor]]:
         """The zero-argument loss function the gradient function differentiates (SAM calls it twice:
         at w, then at w + e). Default: `compute_losses(batch, negatives, training=True)` each time."""
         return lambda: self.compute_losses(batch, negatives, training=True)
 
-    def before_step(self, batch):
+    def before_step(self, batch: dict[str, tf.Tensor]) -> None:
         """Side effects before sampling and the update (CLEL's official EMA timing). Default: nothing."""
         del batch
 
-    def after_step(self, batch, negatives, logs):
+    def after_step(self, batch: dict[str, tf.Tensor], negatives: Any, logs: dict[str, tf.Tensor]) -> None:
         """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
         del batch, negatives, logs
 
     # ------------------------------------------------------------------ shared pieces
-    def classifier_logs(self, logits, y):
+    def classifier_logs(self, logits: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """Cross-entropy, accuracy and mean data energy of a classifier batch (in float32; float64
         for float64 logits)."""
         logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
@@ -422,7 +433,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             "energy_data": tf.reduce_mean(energy_lib.energy_from_logits(logits)),
         }
 
-    def track_sampler_logs(self):
+    def track_sampler_logs(self) -> None:
         """Add trackers for what the sampler reports after each step (its `log_names`: an MCMC
         sampler's acceptance rate and step size, `keras_ebm.sampling.mcmc`; SGLD reports none).
         Generative trainers call it once their sampler is set."""
@@ -430,13 +441,13 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             if name not in self.trackers:
                 self.trackers[name] = keras.metrics.Mean(name=name)
 
-    def sampler_logs(self):
+    def sampler_logs(self) -> dict[str, tf.Tensor]:
         """The sampler's diagnostics after the step (read from its variables), or {}."""
         if not getattr(self.sampler, "log_names", ()):
             return {}
         return self.sampler.logs()
 
-    def update_trackers(self, logs):
+    def update_trackers(self, logs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self.trackers.items():
             if name in logs:
                 tracker.update_state(logs[name])
@@ -588,7 +599,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 y = tf.identity(y)
         return y
 
-    def check_fit_data(self, x, y=None, batch_size=None):
+    def check_fit_data(self, x: Any, y: Any = None, batch_size: int | None = None) -> None:
         """The checks `fit` runs on its data before anything is traced (cheap: a min/max pass).
 
         A `tf.data.Dataset` must not be empty (its cardinality is known); numpy arrays or eager
@@ -678,7 +689,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                     f"{last} example(s). Received: batch_size={batch_size}, len(x)={len(x)}"
                 )
 
-    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, *args: Any, **kwargs: Any) -> keras.callbacks.History:
         """`keras.Model.fit`, after `check_fit_data` (clear errors for empty, mis-shaped, 0..255,
         NaN or mislabelled data before anything is traced)."""
         self.check_fit_data(x, y, batch_size)
@@ -694,11 +705,11 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ run hooks
     @property
-    def optimizers(self):
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
         """The trainer's optimizers by name, as checkpoints name them (CLEL: two)."""
         return {"optimizer": self.optimizer}
 
-    def build_optimizers(self):
+    def build_optimizers(self) -> None:
         """Build every optimizer on its variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
             raise ValueError(f"Compile {type(self).__name__} first: `model.compile(optimizer=...)`. "
@@ -706,16 +717,16 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
-    def after_training(self, train_data):
+    def after_training(self, train_data: Any) -> None:
         """Post-training estimates that belong to the model (GMMC's sigma). Default: nothing."""
         del train_data
 
     @property
-    def is_generative(self):
+    def is_generative(self) -> bool:
         """True when the trainer has a sampler (`generate` works)."""
         return self.sampler is not None
 
-    def default_buffer(self, size, initializer=None, reinit_prob=0.05, class_conditional=False, replacement=True):
+    def default_buffer(self, size: int, initializer: UniformInitializer | InformativeInitializer | None = None, reinit_prob: float = 0.05, class_conditional: bool = False, replacement: bool = True) -> ReplayBuffer:
         """The replay buffer JEM, GMMC and CLEL build when none is given: `size` chains of the
         training image shape, started from `initializer` (default U(pixel_range)) and
         re-initialised with `reinit_prob`, seeded from the trainer's seed; rows drawn with
@@ -732,7 +743,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         )
 
     # ------------------------------------------------------------------ generation
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, **chain_kwargs):
+    def generate(self, num_samples: int, y: TensorLike | None = None, n_steps: int | None = None, from_buffer: bool = False, **chain_kwargs: Any) -> tf.Tensor:
         """Draw samples: fresh chains from the initialiser (default) or from the replay buffer.
 
         Args:
@@ -762,11 +773,11 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         with self.sampler.frozen():
             return self.run_chains(x0, y, n_steps=n_steps, **chain_kwargs)
 
-    def generation_labels(self, num_samples, y, seed):
+    def generation_labels(self, num_samples: int, y: TensorLike | None, seed: tf.Tensor) -> tf.Tensor | None:
         """The labels of `generate`'s chains: `y` as int32, or None (GMMC draws random classes)."""
         del num_samples, seed
         return None if y is None else tf.cast(tf.reshape(y, [-1]), tf.int32)
 
-    def run_chains(self, x0, y, n_steps=None):
+    def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None) -> tf.Tensor:
         """Run the sampler from `x0` (labels `y` or None) for `generate`; returns the samples."""
         raise NotImplementedError(f"{type(self).__name__} must implement run_chains() to generate.")

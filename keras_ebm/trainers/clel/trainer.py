@@ -13,6 +13,11 @@ NT-Xent (eq. 4); any network mapping images to `[batch, k]` can serve as h, but 
 MAE variants (Table 5) use other objectives and are not implemented.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
@@ -25,6 +30,11 @@ from keras_ebm.optim.torch_sgd import TorchSGD
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
 from keras_ebm.trainers.clel.ema import ModelEMA
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from keras_ebm.sampling import ReplayBuffer, SGLDSampler
 
 
 class _Untracked:
@@ -149,31 +159,31 @@ class CLEL(EBMTrainer):
 
     def __init__(
         self,
-        network,
-        projection,
-        encoder,
-        image_shape,
-        num_classes=None,
-        encoder_weight_decay=5e-4,
-        sampler=None,
-        buffer=None,
-        buffer_size=10000,
-        reinit_prob=0.001,
-        augment_chain_starts=True,
-        alpha=1.0,
-        beta=0.01,
-        ood_beta=0.1,
-        temperature=0.2,
-        ebm_batch_fraction=1.0,
-        ema_decay=0.5 ** (64 / 20000),
-        ema_start_step=20000 // 64,
-        sample_sweeps=None,
-        ema_timing="before_step",
-        guidance_view="augmented",
-        buffer_replacement=False,
-        pixel_range=(0.0, 1.0),
-        **kwargs,
-    ):
+        network: keras.Model,
+        projection: keras.Model,
+        encoder: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int | None = None,
+        encoder_weight_decay: float = 5e-4,
+        sampler: SGLDSampler | None = None,
+        buffer: ReplayBuffer | None = None,
+        buffer_size: int = 10000,
+        reinit_prob: float = 0.001,
+        augment_chain_starts: bool = True,
+        alpha: float = 1.0,
+        beta: float = 0.01,
+        ood_beta: float = 0.1,
+        temperature: float = 0.2,
+        ebm_batch_fraction: float = 1.0,
+        ema_decay: float = 0.5 ** (64 / 20000),
+        ema_start_step: int = 20000 // 64,
+        sample_sweeps: int | None = None,
+        ema_timing: str = "before_step",
+        guidance_view: str = "augmented",
+        buffer_replacement: bool = False,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+        **kwargs: Any,
+    ) -> None:
         latent_dim = int(projection.outputs[0].shape[-1]) if hasattr(projection, "outputs") else 128
         super().__init__(
             network, image_shape, num_classes if num_classes is not None else latent_dim,
@@ -219,7 +229,7 @@ class CLEL(EBMTrainer):
         self.class_latents = None  # [num_classes, k] after `set_class_latents` (not checkpointed)
 
     # ------------------------------------------------------------------ optimizers
-    def compile(self, optimizer="adam", encoder_optimizer=None, **kwargs):
+    def compile(self, optimizer: str | keras.optimizers.Optimizer = "adam", encoder_optimizer: str | keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
         """`keras.Model.compile` with CLEL's second optimizer.
 
         Args:
@@ -237,7 +247,7 @@ class CLEL(EBMTrainer):
             encoder_optimizer = encoder_optimizer()
         self._encoder_optimizer = _Untracked(encoder_optimizer)
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict[str, Any] | None:
         """`keras.Model`'s compile config plus the encoder's optimizer."""
         config = super().get_compile_config()
         if config and self._encoder_optimizer.value is not None:
@@ -245,23 +255,23 @@ class CLEL(EBMTrainer):
         return config
 
     @property
-    def encoder_optimizer(self):
+    def encoder_optimizer(self) -> keras.optimizers.Optimizer | None:
         """The encoder's optimizer (from `compile`)."""
         if self._encoder_optimizer.value is None:
             raise ValueError("Compile CLEL first: `model.compile(optimizer=..., encoder_optimizer=...)`.")
         return self._encoder_optimizer.value
 
     @property
-    def optimizers(self):
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
         return {"ebm_optimizer": self.optimizer, "encoder_optimizer": self.encoder_optimizer}
 
-    def ebm_variables(self):
+    def ebm_variables(self) -> list[tf.Variable]:
         return self.network.trainable_variables + self.projection.trainable_variables
 
-    def encoder_variables(self):
+    def encoder_variables(self) -> list[tf.Variable]:
         return self.encoder.trainable_variables
 
-    def build_optimizers(self):
+    def build_optimizers(self) -> None:
         """Build both optimizers on their variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
             raise ValueError("Compile the trainer first (the EBM optimizer comes from `compile`). "
@@ -270,7 +280,7 @@ class CLEL(EBMTrainer):
         self.encoder_optimizer.build(self.encoder_variables())
 
     # ------------------------------------------------------------------ networks
-    def latent(self, features, projection):
+    def latent(self, features: tf.Tensor, projection: keras.Model) -> tf.Tensor:
         """g(f / ||f||), the EBM's latent, `[batch, k]` (not normalised)."""
         features = _wide(features)
         return tf.cast(projection(tf.math.l2_normalize(features, axis=-1)), features.dtype)
@@ -278,19 +288,19 @@ class CLEL(EBMTrainer):
     def _energy(self, x, y=None, training=False):
         return _energy(self.network(x, training=training))
 
-    def call(self, x, training=False):
+    def call(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         features = self.ema_network(x)
         return tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         self.built = True
 
-    def energy(self, x, training=False):
+    def energy(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         """E(x) = 0.5 ||f(x)||^2 of the EMA EBM, the marginal energy (section 2.2), shape [batch]."""
         del training  # the EMA networks run in inference mode
         return _energy(self.ema_network(x))
 
-    def scores(self, x, names=None, encoder_x=None):
+    def scores(self, x: TensorLike, names: Sequence[str] | None = None, encoder_x: TensorLike | None = None) -> dict[str, tf.Tensor]:
         """Eq. 5 and its two parts on the EMA networks, each `[batch]`, higher = more in-distribution.
 
         "clel": -s(x) = -(0.5 ||f||^2 - ood_beta * cos(h(x), g(f/||f||))); "neg_energy": -0.5 ||f||^2
@@ -308,15 +318,15 @@ class CLEL(EBMTrainer):
         return out if names is None else {n: out[n] for n in names}
 
     # ------------------------------------------------------------------ generation (Appendix C-E)
-    def encode(self, x):
+    def encode(self, x: TensorLike) -> tf.Tensor:
         """Instance latents z = h(x) / ||h(x)|| of the EMA encoder, `[batch, k]` (Appendix D)."""
         return tf.math.l2_normalize(_wide(self.ema_encoder(x)), axis=-1)
 
-    def mean_latent(self, x):
+    def mean_latent(self, x: TensorLike) -> tf.Tensor:
         """The shared latent of a set of instances, z_bar = sum_i z_i / ||sum_i z_i|| (Appendix D)."""
         return tf.math.l2_normalize(tf.reduce_sum(self.encode(x), axis=0), axis=-1)
 
-    def set_class_latents(self, x, y, num_classes=None):
+    def set_class_latents(self, x: TensorLike, y: TensorLike, num_classes: int | None = None) -> tf.Tensor:
         """Store one z_bar_y per class from labelled images (Appendix D); `generate(y=...)` uses them.
 
         CLEL is trained without labels; class-conditional sampling conditions p(x | z_bar_y) on the
@@ -333,7 +343,7 @@ class CLEL(EBMTrainer):
         self.class_latents = tf.math.l2_normalize(sums, axis=-1)
         return self.class_latents
 
-    def conditional_energy(self, x, latents, training=False, beta=None):
+    def conditional_energy(self, x: TensorLike, latents: tf.Tensor, training: bool = False, beta: float | None = None) -> tf.Tensor:
         """E(x | z_bar_1..z_bar_A) = 0.5 ||f(x)||^2 - beta * sum_a cos(g(f/||f||), z_bar_a) on the EMA networks.
 
         Eq. 6 (compositional sampling); with one latent per sample, the joint energy E(x, z) of
@@ -354,8 +364,8 @@ class CLEL(EBMTrainer):
         similarity = tf.reduce_sum(z[:, None, :] * latents, axis=[1, 2])
         return _energy(features) - beta * similarity
 
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, latents=None, beta=None,
-                 sweeps=None):
+    def generate(self, num_samples: int, y: TensorLike | None = None, n_steps: int | None = None, from_buffer: bool = False, latents: TensorLike | None = None, beta: float | None = None,
+                 sweeps: int | None = None) -> tf.Tensor:
         """Draw samples with the EMA EBM (the networks the paper evaluates with `use_ema`).
 
         Args:
@@ -390,7 +400,7 @@ class CLEL(EBMTrainer):
         return super().generate(num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents,
                                 beta=beta, sweeps=sweeps)
 
-    def run_chains(self, x0, y, n_steps=None, latents=None, beta=None, sweeps=None):
+    def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None, latents: TensorLike | None = None, beta: float | None = None, sweeps: int | None = None) -> tf.Tensor:
         """`generate`'s chains on the EMA EBM: marginal, or conditioned on `latents`; plain or in
         training-style sweeps."""
         del y  # CLEL conditions on latents (`generate` maps labels to class latents)
@@ -429,7 +439,7 @@ class CLEL(EBMTrainer):
         rows = tf.maximum(1, tf.cast(tf.math.ceil(tf.cast(n, tf.float32) * self.ebm_batch_fraction), tf.int32))
         return x[:rows]
 
-    def sample_negatives(self, batch):
+    def sample_negatives(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         x_data = self._ebm_rows(batch["x"])
         x0, idx = self.buffer.sample(tf.shape(x_data)[0])
         if self.augment_chain_starts:
@@ -440,7 +450,7 @@ class CLEL(EBMTrainer):
         self.buffer.update(idx, x)
         return {"x": x, "sgld_grad_norm": stats["grad_norm"]}
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
         """EBM loss (eq. 3) + NT-Xent (eq. 4), in Algorithm 1's order (hankook/CLEL models/ebm.py):
         f of the data, f of the samples, the guidance latent z of an augmented view (detached), then
         the encoder's two SimCLR views. The views use `batch["views_seed"]` when present (`optimize`
@@ -491,7 +501,7 @@ class CLEL(EBMTrainer):
             "sgld_grad_norm": negatives["sgld_grad_norm"],
         }
 
-    def optimize(self, batch, negatives):
+    def optimize(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """One step of both optimizers through the trainer's gradient function (`gradients`).
 
         `self.gradients(loss_fn, [ebm_variables, encoder_variables])` differentiates the total
@@ -517,12 +527,12 @@ class CLEL(EBMTrainer):
         self.encoder_optimizer.apply(enc_grads, enc_vars)
         return logs
 
-    def before_step(self, batch):
+    def before_step(self, batch: dict[str, tf.Tensor]) -> None:
         del batch
         if self.ema_timing == "before_step":
             self._update_ema()
 
-    def after_step(self, batch, negatives, logs):
+    def after_step(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], logs: dict[str, tf.Tensor]) -> None:
         del batch, negatives, logs
         if self.ema_timing == "after_step":
             self._update_ema()
@@ -536,7 +546,7 @@ class CLEL(EBMTrainer):
         for ema in (self.ema_network, self.ema_projection, self.ema_encoder):
             ema.update(decay)
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=False)
         energies = _energy(self.ema_network(batch["x"]))
         return self.update_trackers({"energy_data": tf.reduce_mean(energies)})

@@ -10,6 +10,10 @@ HDGE+JEM (eq. 17) adds JEM's SGLD log q(x) term; it is this trainer with `px_wei
 JEM's sampler and replay buffer unchanged.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
@@ -18,6 +22,9 @@ from keras_ebm import run_settings
 from keras_ebm.losses.hdge import SCORES, hdge_contrastive_loss, smoothed_labels
 from keras_ebm.trainers.hdge.queue import FeatureQueue
 from keras_ebm.trainers.jem import JEM
+
+if TYPE_CHECKING:
+    from keras_ebm.trainers.hdge.queue import FeatureQueue
 
 # The classifier logits travel from the loss to `after_step` under this key; trackers ignore it.
 _LOGITS_KEY = "_hdge_logits"
@@ -91,20 +98,20 @@ class HDGE(JEM):
 
     def __init__(
         self,
-        network,
-        image_shape,
-        num_classes,
-        alpha=0.5,
-        temperature=0.1,
-        queue_size=65536,
-        score="code",
-        label_smoothing=0.0,
-        queue=None,
-        queue_init="empty",
-        px_weight=0.0,
-        pxy_weight=0.0,
-        **kwargs,
-    ):
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        alpha: float = 0.5,
+        temperature: float = 0.1,
+        queue_size: int = 65536,
+        score: str = "code",
+        label_smoothing: float = 0.0,
+        queue: FeatureQueue | None = None,
+        queue_init: str = "empty",
+        px_weight: float = 0.0,
+        pxy_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         if "clf_weight" in kwargs:
             raise ValueError(
                 "HDGE weights the cross-entropy with `alpha` (and the contrastive term with "
@@ -175,16 +182,16 @@ class HDGE(JEM):
     score = run_settings.TraceSetting()
     label_smoothing = run_settings.TraceSetting(float)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "queue_size": self.queue.size}
 
     @property
-    def alpha(self):
+    def alpha(self) -> float:
         """Weight of log q(y|x); it is JEM's `clf_weight`, so the two cannot disagree."""
         return self.clf_weight
 
     @alpha.setter
-    def alpha(self, value):
+    def alpha(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"`alpha` must lie in [0, 1]. Received: alpha={value}")
         self.clf_weight = value
@@ -193,7 +200,7 @@ class HDGE(JEM):
         """Whether the contrastive term is in the loss (alpha < 1): decides the graph."""
         return run_settings.structure_of(self, "clf_weight")
 
-    def classifier_logs(self, logits, y):
+    def classifier_logs(self, logits: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """JEM's classifier logs plus the contrastive term; also used by `test_step`."""
         # The queue and the contrastive term are float32 (float64 under a float64 policy).
         logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
@@ -228,14 +235,14 @@ class HDGE(JEM):
         alpha = run_settings.as_tensor(self.alpha, clf_loss.dtype)
         return alpha * clf_loss + (1.0 - alpha) * contrastive_loss
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True) -> dict[str, tf.Tensor]:
         # JEM's total is alpha * clf_loss (clf_weight = alpha) plus its log q(x) terms.
         logs = super().compute_losses(batch, negatives, training=training)
         if self._contrastive_on():
             logs["loss"] = logs["loss"] + (1.0 - run_settings.as_tensor(self.alpha, logs["contrastive_loss"].dtype)) * logs["contrastive_loss"]
         return logs
 
-    def after_step(self, batch, negatives, logs):
+    def after_step(self, batch: dict[str, tf.Tensor], negatives: Any, logs: dict[str, tf.Tensor]) -> None:
         super().after_step(batch, negatives, logs)
         # After the loss has read the queue (Algorithm 1: enqueue the current minibatch last).
         self.queue.enqueue(logs.pop(_LOGITS_KEY))
