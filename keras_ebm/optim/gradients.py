@@ -14,6 +14,11 @@ gradient, they do not change what is computed (one backward pass of the one tota
 one perturbation over the variables of all groups together, see `SAMGradients`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -67,7 +72,7 @@ def _dense_or_zeros(grads, variables):
     ]
 
 
-def add_weight_decay(grads, variables, weight_decay):
+def add_weight_decay(grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable], weight_decay: float | tf.Tensor) -> list[tf.Tensor | None]:
     """Coupled L2 weight decay, PyTorch `SGD(weight_decay=wd)` style: `g + wd * w` before the optimizer.
 
     The official JEM++, SADA-JEM and CLEL code (and the softmax baselines) use PyTorch SGD with
@@ -107,7 +112,7 @@ class PlainGradients:
     ```
     """
 
-    def __call__(self, loss_fn, variables):
+    def __call__(self, loss_fn: Callable[[], dict[str, tf.Tensor]], variables: Sequence[Any]) -> tuple[list[Any], dict[str, tf.Tensor]]:
         variables, sizes = _flatten(variables)
         with tf.GradientTape() as tape:
             losses = loss_fn()
@@ -115,11 +120,11 @@ class PlainGradients:
         grads = tape.gradient(total, variables)
         return _nest(grads, sizes), losses
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> PlainGradients:
         return cls(**config)
 
 
@@ -207,7 +212,7 @@ class SAMGradients:
     adaptive = run_settings.TraceSetting(bool)
     sync_perturbation = run_settings.TraceSetting(bool)
 
-    def __init__(self, rho=0.05, adaptive=False, eta=0.01, sync_perturbation=False, epsilon=1e-12):
+    def __init__(self, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01, sync_perturbation: bool = False, epsilon: float = 1e-12) -> None:
         if not float(rho) >= 0:
             raise ValueError(f"`rho` must be non-negative. Received: rho={rho}")
         if not float(eta) >= 0:
@@ -218,7 +223,7 @@ class SAMGradients:
         self.sync_perturbation = bool(sync_perturbation)
         self.epsilon = float(epsilon)
 
-    def __call__(self, loss_fn, variables):
+    def __call__(self, loss_fn: Callable[[], dict[str, tf.Tensor]], variables: Sequence[Any]) -> tuple[list[Any], dict[str, tf.Tensor]]:
         variables, sizes = _flatten(variables)
         with tf.GradientTape() as tape:
             losses = loss_fn()
@@ -240,7 +245,7 @@ class SAMGradients:
                 second_total = distribute.scale_loss(_total(loss_fn()))
         return _nest(tape.gradient(second_total, perturbed), sizes), losses
 
-    def perturbation(self, grads, variables):
+    def perturbation(self, grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable]) -> list[tf.Tensor | None]:
         """ε for first-pass gradients `grads` at `variables` (a list aligned with them)."""
         # float32 arithmetic (float16 gradients are widened), float64 when the gradients are float64.
         dtype = tf.float64 if any(g.dtype == tf.float64 for g in grads) else tf.float32
@@ -259,7 +264,7 @@ class SAMGradients:
             factor * (s if t is None else t * s) for s, t in zip(scaled, scales)
         ]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "rho": self.rho,
             "adaptive": self.adaptive,
@@ -269,5 +274,5 @@ class SAMGradients:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> SAMGradients:
         return cls(**config)

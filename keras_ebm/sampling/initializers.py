@@ -5,14 +5,21 @@ An initialiser is a plain object with `init(shape, seed, y=None, dtype=tf.float3
 `seed` (an int tensor of shape [2]), optionally conditioned on int labels `y` [n].
 """
 
+from __future__ import annotations
+
 import json
 import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm import memory, random_draws
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
 
 
 def _check_pixel_range(pixel_range):
@@ -40,19 +47,19 @@ class UniformInitializer:
     ```
     """
 
-    def __init__(self, pixel_range=(-1.0, 1.0)):
+    def __init__(self, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         self.pixel_range = _check_pixel_range(pixel_range)
 
-    def init(self, shape, seed, y=None, dtype=tf.float32):
+    def init(self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32) -> tf.Tensor:
         """Images U(lo, hi) of `shape` and `dtype`; `y` is ignored (the distribution has no classes)."""
         lo, hi = self.pixel_range
         return random_draws.uniform("init_uniform", shape, seed=seed, minval=lo, maxval=hi, dtype=dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"pixel_range": list(self.pixel_range)}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> UniformInitializer:
         return cls(**config)
 
 
@@ -109,7 +116,7 @@ class InformativeInitializer:
         - [Yang and Ji, 2021 (JEM++)](https://arxiv.org/abs/2109.09032), section 3.
     """
 
-    def __init__(self, mean, cov, pixel_range=(-1.0, 1.0), jitter=1e-4, factor_order="hwc", dtype="float32"):
+    def __init__(self, mean: TensorLike, cov: TensorLike, pixel_range: tuple[float, float] = (-1.0, 1.0), jitter: float = 1e-4, factor_order: str = "hwc", dtype: str = "float32") -> None:
         mean = np.asarray(mean, np.float64)
         cov = np.asarray(cov, np.float64)
         if mean.ndim != 2 or cov.ndim != 3 or cov.shape != mean.shape + mean.shape[-1:]:
@@ -139,12 +146,12 @@ class InformativeInitializer:
                 ) from error
         self.set_statistics(mean, cholesky)
 
-    def get_statistics(self):
+    def get_statistics(self) -> dict[str, np.ndarray]:
         """The fitted statistics as numpy arrays (of `dtype`): `mean` `[C, D]` and `cholesky`
         `[C, D, D]` (the factors of the jittered covariances)."""
         return {"mean": self.mean.numpy(), "cholesky": self.cholesky.numpy()}
 
-    def set_statistics(self, mean, cholesky):
+    def set_statistics(self, mean: TensorLike, cholesky: TensorLike) -> None:
         """Install fitted statistics (`get_statistics()`'s arrays); the shapes set `num_classes`
         and `dim`."""
         dtype = getattr(self, "dtype", "float32")
@@ -159,7 +166,7 @@ class InformativeInitializer:
         self.mean = tf.constant(mean, dtype)
         self.cholesky = tf.constant(cholesky, dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "pixel_range": list(self.pixel_range),
             "jitter": self.jitter,
@@ -170,7 +177,7 @@ class InformativeInitializer:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> InformativeInitializer:
         """An initialiser with the settings of `config` and zero statistics (see the class
         docstring: the statistics come back with `set_statistics`, which loading a `.keras` file
         does)."""
@@ -188,9 +195,9 @@ class InformativeInitializer:
 
     @classmethod
     def from_dataset(
-        cls, dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), cache_path=None, jitter=1e-4,
-        source=None, factor_order="hwc",
-    ):
+        cls, dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]], num_classes: int, pixel_range: tuple[float, float] = (-1.0, 1.0), cache_path: str | None = None, jitter: float = 1e-4,
+        source: Mapping[str, Any] | None = None, factor_order: str = "hwc",
+    ) -> InformativeInitializer:
         """Fit the per-class Gaussians to labelled images (or reload them from `cache_path`).
 
         Args:
@@ -244,7 +251,7 @@ class InformativeInitializer:
             os.replace(tmp, cache_path)
         return cls(mean, cov, pixel_range=pixel_range, jitter=jitter, factor_order=factor_order)
 
-    def init(self, shape, seed, y=None, dtype=tf.float32):
+    def init(self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32) -> tf.Tensor:
         """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes),
         computed in the factors' dtype (`self.dtype`) and returned as `dtype`."""
         shape = tf.convert_to_tensor(shape, tf.int32)
@@ -288,7 +295,7 @@ def _check_dtype(dtype):
     return dtype
 
 
-def check_gaussian_memory(num_classes, dim, accumulate):
+def check_gaussian_memory(num_classes: int, dim: int, accumulate: bool) -> None:
     """Refuse (`keras_ebm.memory.ResourceError`) class Gaussians that would not fit: while fitting
     (`accumulate`), C x D x D float64 sums of outer products then covariances (in place) and the
     float32 factors and their tensor; when loading, the float64 covariances, the factors and the
@@ -302,7 +309,7 @@ def check_gaussian_memory(num_classes, dim, accumulate):
     )
 
 
-def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), factor_order="hwc"):
+def class_gaussian_statistics(dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]], num_classes: int, pixel_range: tuple[float, float] = (-1.0, 1.0), factor_order: str = "hwc") -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean `[C, D]` and biased covariance `[C, D, D]` (float64) of flattened images
     (flattened channels-last, or channels-first with `factor_order="chw"`).
 
@@ -354,7 +361,7 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
     return mean, outer
 
 
-def default_cache_path(dataset, split, num_classes, pixel_range, max_examples=None):
+def default_cache_path(dataset: str, split: str, num_classes: int, pixel_range: tuple[float, float], max_examples: int | None = None) -> str:
     """Where `informative_initializer(cache_path="auto")` caches the class statistics:
     `$KERAS_EBM_CACHE` (default `~/.cache/keras_ebm`)/class_gaussians/<data and range>.npz."""
     root = os.environ.get("KERAS_EBM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ebm"))
@@ -364,15 +371,15 @@ def default_cache_path(dataset, split, num_classes, pixel_range, max_examples=No
 
 
 def informative_initializer(
-    dataset="cifar10",
-    split="train",
-    num_classes=10,
-    pixel_range=(-1.0, 1.0),
-    cache_path="auto",
-    max_examples=None,
-    jitter=1e-4,
-    **source_kwargs,
-):
+    dataset: str = "cifar10",
+    split: str = "train",
+    num_classes: int = 10,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    cache_path: str | None = "auto",
+    max_examples: int | None = None,
+    jitter: float = 1e-4,
+    **source_kwargs: Any,
+) -> InformativeInitializer:
     """JEM++'s informative initialiser fitted on a keras_ebm data source (gin entry point).
 
     Loads `dataset`/`split` as uint8 arrays with `keras_ebm.data.load_arrays` (unless `cache_path`

@@ -1,12 +1,18 @@
 """`ReplayBuffer`: the persistent chains of PCD-style SGLD (JEM, JEM++, SADA-JEM, GMMC, CLEL)."""
 
+from __future__ import annotations
+
 import random
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
 
 from keras_ebm import distribute, memory, random_draws, run_settings
 from keras_ebm.sampling.initializers import UniformInitializer
+
+if TYPE_CHECKING:
+    from keras_ebm.sampling.initializers import InformativeInitializer, UniformInitializer
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -85,16 +91,16 @@ class ReplayBuffer(keras.layers.Layer):
 
     def __init__(
         self,
-        size=10000,
-        image_shape=(32, 32, 3),
-        initializer=None,
-        reinit_prob=0.05,
-        num_classes=None,
-        class_conditional=False,
-        seed=None,
-        replacement=True,
-        **kwargs,
-    ):
+        size: int = 10000,
+        image_shape: tuple[int, int, int] = (32, 32, 3),
+        initializer: UniformInitializer | InformativeInitializer | None = None,
+        reinit_prob: float = 0.05,
+        num_classes: int | None = None,
+        class_conditional: bool = False,
+        seed: int | None = None,
+        replacement: bool = True,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         size = int(size)
@@ -146,7 +152,7 @@ class ReplayBuffer(keras.layers.Layer):
         )
         self.build()
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if self.built:
             return
         fill_seed = tf.constant([self._fill_seed, 0], tf.int64)
@@ -199,7 +205,7 @@ class ReplayBuffer(keras.layers.Layer):
             return None
         return tf.cast(tf.range(self.size, dtype=tf.int64) * int(num_classes) // self.size, tf.int32)
 
-    def labels_of(self, idx):
+    def labels_of(self, idx: tf.Tensor) -> tf.Tensor:
         """The class of buffer rows `idx` in a class-conditional buffer (`idx // block_size`)."""
         if not self.class_conditional:
             raise ValueError(
@@ -208,7 +214,7 @@ class ReplayBuffer(keras.layers.Layer):
             )
         return tf.cast(idx, tf.int32) // self.block_size
 
-    def sample(self, batch_size, y=None):
+    def sample(self, batch_size: int, y: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Draw chain starts `(x0, idx)`; see the class docstring for the arguments."""
         seed = distribute.replica_seed(self.seed_generator)
         fold = tf.random.experimental.stateless_fold_in
@@ -250,7 +256,7 @@ class ReplayBuffer(keras.layers.Layer):
         x0 = tf.where(reinit[:, None, None, None], fresh, x_buffer)
         return x0, idx
 
-    def update(self, idx, x):
+    def update(self, idx: tf.Tensor, x: tf.Tensor) -> Any:
         """Write states `x` `[batch, height, width, channels]` at buffer rows `idx` `[batch]`.
 
         Call it in replica context (inside `strategy.run`, e.g. in `train_step`) or without a
@@ -276,7 +282,7 @@ class ReplayBuffer(keras.layers.Layer):
         x = tf.gather(x, tf.gather(last, idx))
         return self.buffer.value.scatter_update(tf.IndexedSlices(x, idx))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
@@ -293,7 +299,7 @@ class ReplayBuffer(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> ReplayBuffer:
         config = dict(config)
         init_config = config.pop("initializer", None)
         if init_config is None:
@@ -313,13 +319,13 @@ class ReplayBuffer(keras.layers.Layer):
     # A data-fitted initialiser's statistics travel with the buffer's weights (`.keras` files).
     _STATISTICS_PREFIX = "initializer_"
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         super().save_own_variables(store)
         get_statistics = getattr(self.initializer, "get_statistics", None)
         for key, value in (get_statistics() if get_statistics else {}).items():
             store[self._STATISTICS_PREFIX + key] = value
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         keys = list(store.keys())
         statistics = {k[len(self._STATISTICS_PREFIX):]: store[k] for k in keys
                       if k.startswith(self._STATISTICS_PREFIX)}

@@ -1,6 +1,10 @@
 """`SGLDSampler`: stochastic gradient Langevin dynamics that descends an energy function."""
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -125,17 +129,17 @@ class SGLDSampler:
 
     def __init__(
         self,
-        n_steps=20,
-        step_size=1.0,
-        noise_std=0.01,
-        grad_clip=None,
-        x_clip=None,
-        energy_reduction="sum",
-        energy_training=False,
-        freeze_bn_stats=False,
-        seed=None,
-        jit_compile=False,
-    ):
+        n_steps: int = 20,
+        step_size: float = 1.0,
+        noise_std: float = 0.01,
+        grad_clip: float | None = None,
+        x_clip: tuple[float, float] | None = None,
+        energy_reduction: str = "sum",
+        energy_training: bool = False,
+        freeze_bn_stats: bool = False,
+        seed: int | None = None,
+        jit_compile: bool = False,
+    ) -> None:
         if int(n_steps) < 0:
             raise ValueError(
                 f"`n_steps` must be a non-negative integer. Received: n_steps={n_steps}"
@@ -163,12 +167,12 @@ class SGLDSampler:
         # (energy_fn, settings of the trace) -> tf.function of the chain; see `_chain_function`.
         self._chain_functions = {}
 
-    def __call__(self, energy_fn, x_init, y=None, n_steps=None):
+    def __call__(self, energy_fn: Callable[..., tf.Tensor], x_init: tf.Tensor, y: tf.Tensor | None = None, n_steps: int | tf.Tensor | None = None) -> tf.Tensor:
         x, _ = self._sample(energy_fn, x_init, y, n_steps, with_stats=False)
         return x
 
     @contextlib.contextmanager
-    def frozen(self):
+    def frozen(self) -> Iterator[None]:
         """Within this context the chains change no variable of the energy function: BatchNorm
         moving statistics and spectral-norm power-iteration vectors updated by a train-mode
         forward pass are discarded (as `freeze_bn_stats=True`). Generation from a trained model
@@ -181,7 +185,7 @@ class SGLDSampler:
         finally:
             self.freeze_bn_stats = previous
 
-    def sample_with_stats(self, energy_fn, x_init, y=None, n_steps=None):
+    def sample_with_stats(self, energy_fn: Callable[..., tf.Tensor], x_init: tf.Tensor, y: tf.Tensor | None = None, n_steps: int | tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Run the chains and also return diagnostics.
 
         Returns:
@@ -309,7 +313,7 @@ class SGLDSampler:
             grad = tf.cast(grad, x.dtype)
         return energies, grad
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "n_steps": self.n_steps,
             "step_size": self.step_size,
@@ -324,7 +328,7 @@ class SGLDSampler:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> SGLDSampler:
         return cls(**config)
 
 
@@ -334,7 +338,7 @@ def _per_sample_norm(t):
     return tf.norm(flat, axis=-1)
 
 
-def check_clamps(grad_clip, x_clip, energy_reduction):
+def check_clamps(grad_clip: float | None, x_clip: tuple[float, float] | None, energy_reduction: str) -> tuple[float | None, tuple[float, float] | None]:
     """`(grad_clip, x_clip)` as float / (lo, hi) floats or None, after checking them and
     `energy_reduction` (shared by `SGLDSampler` and the samplers of `keras_ebm.sampling.mcmc`)."""
     if grad_clip is not None and not float(grad_clip) > 0:
@@ -357,7 +361,7 @@ def check_clamps(grad_clip, x_clip, energy_reduction):
     return None if grad_clip is None else float(grad_clip), x_clip
 
 
-def call_energy(energy_fn, x, y, training, freeze_bn_stats):
+def call_energy(energy_fn: Callable[..., tf.Tensor], x: tf.Tensor, y: tf.Tensor | None, training: bool, freeze_bn_stats: bool) -> tf.Tensor:
     """`energy_fn(x, y, training=training)` as a tensor of per-sample energies `[batch]` (checked),
     inside `discard_updates()` with `freeze_bn_stats` (shared with `keras_ebm.sampling.mcmc`)."""
     if freeze_bn_stats:
