@@ -8,9 +8,17 @@ and inside a `tf.function` train step under `tf.distribute` (pass
 Keras 3 has no random-resized-crop and its random layers own stateful generators.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
 
 from keras_ebm.data.pixel_range import check_pixel_range
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def _check_images(x, fn_name):
@@ -39,7 +47,7 @@ def _random_flip(x, seed):
     return tf.where(flip, tf.reverse(x, axis=[2]), x)
 
 
-def pad_crop_flip(x, seed, pad=4, flip=True, pad_mode="REFLECT"):
+def pad_crop_flip(x: tf.Tensor, seed: tf.Tensor, pad: int = 4, flip: bool = True, pad_mode: str = "REFLECT") -> tf.Tensor:
     """Pad, crop back to the original size at a random offset, and flip horizontally.
 
     JEM's / SADA-JEM's CIFAR augmentation (`RandomCrop(32, padding=4, padding_mode="reflect")` +
@@ -151,16 +159,16 @@ def _color_jitter(u, seed, strength, channels):
 
 
 def simclr_augment(
-    x,
-    seed,
-    pixel_range=(-1.0, 1.0),
-    crop_scale=(0.08, 1.0),
-    aspect_ratio=(3.0 / 4.0, 4.0 / 3.0),
-    jitter_strength=0.5,
-    jitter_prob=0.8,
-    grayscale_prob=0.2,
-    flip=True,
-):
+    x: tf.Tensor,
+    seed: tf.Tensor,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    jitter_strength: float = 0.5,
+    jitter_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+    flip: bool = True,
+) -> tf.Tensor:
     """SimCLR's "strong" augmentation, per sample: resized crop, colour jitter, grayscale, flip.
 
     CLEL's encoder/sampler augmentation (kornia `RandomResizedCrop(scale=(0.08, 1))`,
@@ -220,7 +228,7 @@ def simclr_augment(
 AUGMENTATIONS = ("pad_crop_flip", "pad_crop", "simclr", "none")
 
 
-def augment_fn(name, pixel_range=(-1.0, 1.0), **kwargs):
+def augment_fn(name: str | None, pixel_range: tuple[float, float] = (-1.0, 1.0), **kwargs: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """An augmentation `fn(x, seed) -> x` by name.
 
     Args:

@@ -19,6 +19,8 @@ sources "cifar10_python", "cifar100_python" and "svhn_mat" and finds the files (
   reads them too).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import io
 import os
@@ -26,8 +28,13 @@ import pathlib
 import pickle
 import tarfile
 import zlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -158,7 +165,7 @@ def _read_members(path, members):
     return found
 
 
-def read_cifar_python(path, name, split):
+def read_cifar_python(path: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One split of CIFAR-10 ("cifar10_python") or CIFAR-100 ("cifar100_python"), python version.
 
     Args:
@@ -200,7 +207,7 @@ def read_cifar_python(path, name, split):
     return np.ascontiguousarray(np.concatenate(xs)), labels
 
 
-def read_svhn_mat(path):
+def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
     """One SVHN cropped-digits file (`train_32x32.mat`, `test_32x32.mat` or `extra_32x32.mat`).
 
     Returns:
@@ -232,7 +239,7 @@ def read_svhn_mat(path):
     return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), {"fine": (labels, names)}
 
 
-def read_prepared(path, name, split):
+def read_prepared(path: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
     """One split of an npz `write_prepared` wrote for the source `name` (as `read_official_all`)."""
     with np.load(path, allow_pickle=False) as f:
         made_from = str(f[_PREPARED_MARKER]) if _PREPARED_MARKER in f.files else None
@@ -264,7 +271,7 @@ def _prepared_keys(split):
     }
 
 
-def read_official_all(path, name, split):
+def read_official_all(path: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
     """`(x, {label_mode: (labels, class_names)})` of `split` of the official source `name` read from
     `path`: its archive, folder or `.mat` file, or the npz `write_prepared` made from them."""
     path = pathlib.Path(path)
@@ -275,7 +282,7 @@ def read_official_all(path, name, split):
     return read_cifar_python(path, name, split)
 
 
-def read_official(path, name, split, label_mode="fine"):
+def read_official(path: str | os.PathLike, name: str, split: str, label_mode: str = "fine") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`(x uint8 [N, 32, 32, 3], labels int64 [N], class_names)` of `split`, one label mode."""
     x, labels = read_official_all(path, name, split)
     if label_mode not in labels:
@@ -286,7 +293,7 @@ def read_official(path, name, split, label_mode="fine"):
     return (x,) + labels[label_mode]
 
 
-def write_prepared(output, name, splits, read_split, log=print):
+def write_prepared(output: str | os.PathLike, name: str, splits: Sequence[str], read_split: Callable[[str], tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]], log: Callable[[str], Any] = print) -> dict[str, int]:
     """Write the splits of the official source `name` into one uncompressed npz, atomically.
 
     Args:

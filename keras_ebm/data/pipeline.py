@@ -7,13 +7,22 @@ two independently shuffled loaders of SADA-JEM (augmented classifier batch, plai
 `load_arrays` returns numpy arrays for evaluation.
 """
 
+from __future__ import annotations
+
 import warnings
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
 from keras_ebm.data import augment as augment_lib
 from keras_ebm.data import pixel_range as pixel_range_lib
 from keras_ebm.data import sources
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    import numpy as np
 
 _MAX_SHUFFLE_BUFFER = 60_000  # all of CIFAR-10 train (150 MB of uint8): a full shuffle, as JEM
 _UNKNOWN_SIZE_SHUFFLE_BUFFER = 10_000
@@ -71,24 +80,24 @@ def _resolve_augment(augment, pixel_range):
 
 
 def make_dataset(
-    name,
-    split,
-    global_batch_size,
+    name: str,
+    split: str,
+    global_batch_size: int,
     *,
-    input_context=None,
-    pixel_range=(-1.0, 1.0),
-    augment=None,
-    shuffle=None,
-    repeat=None,
-    drop_remainder=None,
-    dequantize_noise=0.0,
-    uniform_dequantize=False,
-    seed=0,
-    shuffle_buffer=None,
-    cache=False,
-    require_labels=True,
-    **source_kwargs,
-):
+    input_context: tf.distribute.InputContext | None = None,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    augment: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    shuffle: bool | None = None,
+    repeat: bool | None = None,
+    drop_remainder: bool | None = None,
+    dequantize_noise: float = 0.0,
+    uniform_dequantize: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int | None = None,
+    cache: bool = False,
+    require_labels: bool = True,
+    **source_kwargs: Any,
+) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of `(x float32 [b, H, W, C] in pixel_range, y int32 [b])`.
 
     Order of operations: load (`load_source`) -> shard (several input pipelines) -> cache ->
@@ -206,7 +215,7 @@ def make_dataset(
     return ds
 
 
-def make_dataset_fn(name, split, global_batch_size, **kwargs):
+def make_dataset_fn(name: str, split: str, global_batch_size: int, **kwargs: Any) -> Callable[..., tf.data.Dataset]:
     """`fn(input_context=None)` building `make_dataset(...)`, for
     `strategy.distribute_datasets_from_function` (which calls it once per input pipeline).
 
@@ -242,17 +251,17 @@ def _recording_source_info(build, name, split, kwargs):
 
 
 def make_two_branch_dataset(
-    name,
-    split,
-    clf_batch_size,
-    px_batch_size,
+    name: str,
+    split: str,
+    clf_batch_size: int,
+    px_batch_size: int,
     *,
-    clf_augment="pad_crop_flip",
-    px_augment=None,
-    input_context=None,
-    seed=0,
-    **kwargs,
-):
+    clf_augment: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = "pad_crop_flip",
+    px_augment: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> tf.data.Dataset:
     """Two independently shuffled loaders zipped: `((x_clf, y_clf), (x_px, y_px))`.
 
     SADA-JEM trains the classifier on augmented batches (`clf_batch_size`, pad-crop-flip) and
@@ -290,7 +299,7 @@ def make_two_branch_dataset(
     return ds
 
 
-def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwargs):
+def make_two_branch_dataset_fn(name: str, split: str, clf_batch_size: int, px_batch_size: int, **kwargs: Any) -> Callable[..., tf.data.Dataset]:
     """`fn(input_context=None)` building `make_two_branch_dataset(...)` (for
     `strategy.distribute_datasets_from_function`)."""
     sources.get_source(name)  # an unknown name fails now, listing the registered ones
@@ -305,7 +314,7 @@ def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwa
     )
 
 
-def load_arrays(name, split="test", max_examples=None, **source_kwargs):
+def load_arrays(name: str, split: str = "test", max_examples: int | None = None, **source_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """A whole split as numpy arrays, for evaluation.
 
     Args:

@@ -15,15 +15,23 @@ the generic "npz" source (`local_path=`).
 By default the npz is written beside the file it was made from, where the source finds it first.
 """
 
+from __future__ import annotations
+
 import argparse
 import pathlib
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from keras_ebm.data import official, sources
 
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
-def prepare(name, path=None, output=None, splits=None, log=print):
+
+def prepare(name: str, path: str | os.PathLike | None = None, output: str | os.PathLike | None = None, splits: Sequence[str] | None = None, log: Callable[[str], Any] = print) -> pathlib.Path:
     """Read the official source `name` and write its splits into one npz.
 
     Args:
@@ -67,7 +75,7 @@ def prepare(name, path=None, output=None, splits=None, log=print):
     return output
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keras_ebm.data.prepare",
         description="Convert an official data set download into the npz keras_ebm loads fastest.",

@@ -1,11 +1,19 @@
 """The "cifar10_jpeg" source: CIFAR-10 from the project's JPEG-bytes archive (quality 75: close to,
 not bit-identical with, the canonical pixels; the official files are "cifar10_python")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
 
 # (environment variable, file name in the shared data directory)
 DEFAULT_FILE = ("KERAS_EBM_CIFAR10_JPEG", "cifar10_jpeg_bytes.npz")
@@ -84,7 +92,7 @@ def _decode(jpeg, label):
 
 
 @register_source("cifar10_jpeg")
-def cifar10_jpeg_source(name, split, *, classes=None, max_examples=None, local_path=None):
+def cifar10_jpeg_source(name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None, local_path: str | os.PathLike | None = None) -> common.SourceData:
     """CIFAR-10 "train" / "test" from an npz of JPEG bytes (`<split>_jpeg` concatenated bytes,
     `<split>_offsets`, `<split>_y`, optional `class_names`), decoded as Pillow decodes them.
 

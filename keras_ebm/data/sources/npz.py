@@ -1,12 +1,19 @@
 """The "npz" source: any `.npz` of uint8 NHWC images; "dtd_npz" and "celeba_npz" name the shared DTD
 and CelebA subsets (`dtd_subset_32.npz`, `celeba_subset_32.npz`)."""
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
 
 # name -> (environment variable, file name in the shared data directory)
 DEFAULT_FILES = {
@@ -97,7 +104,7 @@ def _class_names(path, y_key, arrays, labels, label_free_celeba):
 
 
 @register_source("npz", *DEFAULT_FILES)
-def npz_source(name, split, *, classes=None, max_examples=None, local_path=None):
+def npz_source(name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None, local_path: str | os.PathLike | None = None) -> common.SourceData:
     """An `.npz` with uint8 images `x_<split>` [N, H, W, C] (or [N, H, W]) and integer labels
     `y_<split>`, or a single `x` (and optional `y`) that every split reads; optional
     `class_names`. A file without labels is a label-free OOD set (`SourceInfo.has_labels`).

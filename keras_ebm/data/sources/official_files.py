@@ -3,9 +3,18 @@
 their extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`),
 or the npz `python -m keras_ebm.data.prepare` makes from them."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from keras_ebm.data import official
 from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    import pathlib
+    from collections.abc import Sequence
 
 OFFICIAL_DATASETS = tuple(official.FORMATS)
 
@@ -35,7 +44,7 @@ def _given_official_path(name, split, local_path, names, fmt):
     return path
 
 
-def resolve_official_path(name, split, local_path=None, prepared=True):
+def resolve_official_path(name: str, split: str, local_path: str | os.PathLike | None = None, prepared: bool = True) -> pathlib.Path:
     """The file or folder the official source `name` reads `split` from.
 
     `local_path` may be the file itself (an archive, an extracted folder, a `.mat` file, the
@@ -74,8 +83,8 @@ def _check_label_mode(label_mode, name):
 
 @register_source(*OFFICIAL_DATASETS, option_checks={"label_mode": _check_label_mode})
 def official_source(
-    name, split, *, classes=None, max_examples=None, local_path=None, label_mode="fine"
-):
+    name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None, local_path: str | os.PathLike | None = None, label_mode: str = "fine"
+) -> common.SourceData:
     """An official download, pixel-exact with the canonical arrays.
 
     Options:

@@ -19,12 +19,21 @@ converts what it returns). Options it does not name are ignored (another source'
 `name + "_interp"` is then the interpolation OOD set of the new source as of every other one.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import inspect
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources import interp as interp_lib
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    import tensorflow as tf
 
 INTERP_SUFFIX = "_interp"
 # Taken by `load_source` itself: every source gets `classes` and `max_examples`, and those of
@@ -49,7 +58,7 @@ _SOURCES: dict[str, Source] = {}
 _OPTION_CHECKS: dict[str, Callable[[object, str], None]] = {}
 
 
-def register_source(*names, check_available=None, option_checks=None):
+def register_source(*names: str, check_available: Callable[..., None] | None = None, option_checks: Mapping[str, Callable[[object, str], None]] | None = None) -> Callable[[Callable[..., common.SourceData]], Callable[..., common.SourceData]]:
     """Decorator: register a source function under `names` (see this module's docstring).
 
     Args:
@@ -91,18 +100,18 @@ def register_source(*names, check_available=None, option_checks=None):
     return register
 
 
-def source_names():
+def source_names() -> tuple[str, ...]:
     """The registered source names, in registration order."""
     return tuple(_SOURCES)
 
 
-def known_names_text():
+def known_names_text() -> str:
     return (
         ", ".join(repr(n) for n in _SOURCES) + f", or any of these followed by '{INTERP_SUFFIX}'"
     )
 
 
-def split_interp(name):
+def split_interp(name: str) -> tuple[str, bool]:
     """`(base name, is an interpolation set)`: "x_interp" is the interpolation set of the
     registered source "x"."""
     if name.endswith(INTERP_SUFFIX) and name[: -len(INTERP_SUFFIX)] in _SOURCES:
@@ -110,7 +119,7 @@ def split_interp(name):
     return name, False
 
 
-def get_source(name):
+def get_source(name: str) -> Source:
     """The `Source` registered as `name` ("_interp" stripped); ValueError naming every
     registered name for an unknown one."""
     base, _ = split_interp(name)
@@ -143,7 +152,7 @@ def _check_options(name, options):
     return options
 
 
-def load_source(name, split="train", **options):
+def load_source(name: str, split: str = "train", **options: Any) -> tuple[tf.data.Dataset, common.SourceInfo]:
     """Load a data set as an unbatched `tf.data.Dataset` of `(image uint8 [H, W, C], label int32)`.
 
     Args:
@@ -196,7 +205,7 @@ def load_source(name, split="train", **options):
     return ds, info
 
 
-def check_available(name, split="train", **options):
+def check_available(name: str, split: str = "train", **options: Any) -> None:
     """Fail now, with what to do, when the data of source `name` can be neither read nor fetched
     (the source's own `check_available`: tensorflow-datasets sources probe the network for at
     most `PROBE_TIMEOUT` seconds when their data is not prepared). Other sources check their

@@ -5,12 +5,19 @@ tfds itself retries DNS for about 200 s before failing) a missing set raises `Fi
 once, naming the offline options (`download=False`: never download).
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd")
 
@@ -98,7 +105,7 @@ def _refusal(name, split, data_dir, download):
     return None
 
 
-def check_available(name, split="train", *, data_dir=None, download=None, **unused_options):
+def check_available(name: str, split: str = "train", *, data_dir: str | None = None, download: bool | None = None, **unused_options: Any) -> None:
     """Fail now when `name` is not prepared under `data_dir` and cannot be downloaded."""
     import tensorflow_datasets as tfds
 
@@ -161,16 +168,16 @@ def _num_examples(builder, split, classes, max_examples):
     *TFDS_DATASETS, check_available=check_available, option_checks={"crop": _check_crop}
 )
 def tfds_source(
-    name,
-    split,
+    name: str,
+    split: str,
     *,
-    classes=None,
-    max_examples=None,
-    data_dir=None,
-    download=None,
-    image_size=None,
-    crop="center",
-):
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    crop: str = "center",
+) -> common.SourceData:
     """A tensorflow-datasets set; "celeb_a" is a one-class set (label 0, "face").
 
     Options:
