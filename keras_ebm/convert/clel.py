@@ -15,9 +15,19 @@ normalisation (checked). The official EBM latent is g(f); ours is g(f / ||f||) -
 direction (g is bias-free and positively homogeneous), so every cosine and score agrees.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.convert import register
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from keras_ebm.trainers.clel import CLEL
 
 
 def _conv(w):
@@ -183,7 +193,7 @@ def _sub(state, prefix):
 
 
 @register("clel")
-def convert_clel(state, trainer, part=None):
+def convert_clel(state: Mapping[str, Any], trainer: CLEL, part: str | None = None) -> CLEL:
     """Assign a hankook/CLEL `JointModel` state dict to a built `keras_ebm.trainers.CLEL`.
 
     Args:

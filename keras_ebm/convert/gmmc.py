@@ -12,17 +12,27 @@ centres stay (they are the same construction, `keras_ebm.trainers.gmmc.max_mahal
 | `replay_buffer` | not converted: the official buffer is an `(x, y)` pair; assign `trainer.buffer.buffer` yourself |
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.convert import register
 from keras_ebm.convert.wrn import assign_wrn_state
 from keras_ebm.trainers.gmmc.head import mmc_head
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from keras_ebm.trainers.gmmc import GMMC
+
 _CENTER_KEYS = ("centers", "margin/centers", "lgm/centers")
 
 
 @register("gmmc")
-def convert_gmmc(state, trainer, load_centers=True):
+def convert_gmmc(state: Mapping[str, Any], trainer: GMMC, load_centers: bool = True) -> GMMC:
     state = {k[len("model_state_dict/"):] if k.startswith("model_state_dict/") else k: v for k, v in state.items()}
     centers = next((state[k] for k in _CENTER_KEYS if k in state), None)
     rest = {k: v for k, v in state.items()

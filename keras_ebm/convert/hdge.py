@@ -13,16 +13,26 @@ Build the trainer with the official depth, width, norm, number of classes and `q
 (`contrast_k`). `load_queue=False` leaves our queue as it is (e.g. to evaluate only).
 """  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.convert import register
 from keras_ebm.convert.wrn import assign_wrn_state
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from keras_ebm.trainers.hdge import HDGE
+
 _QUEUE_KEYS = ("queue_logit", "queue_ptr")
 
 
 @register("hdge")
-def convert_hdge(state, trainer, load_buffer=True, load_queue=True):
+def convert_hdge(state: Mapping[str, Any], trainer: HDGE, load_buffer: bool = True, load_queue: bool = True) -> HDGE:
     state = {k[len("model_state_dict/"):] if k.startswith("model_state_dict/") else k: v for k, v in state.items()}
     buffer = getattr(trainer, "buffer", None) if load_buffer else None
     assign_wrn_state({k: v for k, v in state.items() if k not in _QUEUE_KEYS}, trainer.network,

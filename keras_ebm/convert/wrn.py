@@ -27,10 +27,22 @@ default). The architecture itself must match: build the trainer with the officia
 norm and number of classes (`WideResNet(depth, width, norm="batch" or None)`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.backbones.classifier import feature_extractor
 from keras_ebm.convert import register
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+    import keras
+
+    from keras_ebm.sampling import ReplayBuffer
 
 _CONV = {"kernel": "weight", "bias": "bias"}
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -64,7 +76,7 @@ def _dense_to_keras(a):
     return a.T if a.ndim == 2 else a
 
 
-def wrn_weight_map(network, prefix="f.", head="class_output"):
+def wrn_weight_map(network: keras.Model, prefix: str = "f.", head: str | None = "class_output") -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]]:
     """{official name: (keras variable, to_keras, to_official)} for a `build_classifier(WideResNet)`
     network: every weight of the network, under the name the official `state_dict()` gives it.
     `prefix` is the official attribute path of the `Wide_ResNet` ("f." in the JEM family), `head`
@@ -95,7 +107,7 @@ def wrn_weight_map(network, prefix="f.", head="class_output"):
     return mapping
 
 
-def assign_wrn_state(state, network, prefix="f.", head="class_output", ignore=(), buffer=None):
+def assign_wrn_state(state: Mapping[str, Any], network: keras.Model, prefix: str = "f.", head: str | None = "class_output", ignore: Sequence[str] = (), buffer: ReplayBuffer | None = None) -> keras.Model:
     """Assign an official WideResNet state dict ({name: array}) to `network`.
 
     `ignore`: name prefixes of official weights that the official forward does not use.
@@ -138,7 +150,7 @@ def assign_wrn_state(state, network, prefix="f.", head="class_output", ignore=()
     return network
 
 
-def yopo_canonical(key):
+def yopo_canonical(key: str) -> str | None:
     """The canonical key of a YOPO alias key (see `_yopo_aliases`), or None for any other key."""
     if key.startswith("f.layer_one."):
         return "f.conv1." + key[len("f.layer_one."):]

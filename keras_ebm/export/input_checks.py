@@ -19,17 +19,19 @@ inside the graph with one readable message: "expected images of shape [N, H, W, 
 0..255); received shape [...]". An empty batch returns empty outputs.
 """
 
+from __future__ import annotations
+
 import tensorflow as tf
 
 from keras_ebm.data.pixel_range import to_pixel_range  # pure tf ops, the one uint8 -> float map
 
 
-def expected_images(image_shape):
+def expected_images(image_shape: tuple[int, int, int]) -> str:
     """What the functions take, for their error messages."""
     h, w, c = image_shape
     return f"expected images of shape [N, {h}, {w}, {c}] (pixel values 0..255)"
 
-def checked_pixels(x, from_uint8, image_shape):
+def checked_pixels(x: tf.Tensor, from_uint8: bool, image_shape: tuple[int, int, int]) -> tf.Tensor:
     """float32 `x` as uint8, after in-graph checks that they are pixel values: finite
     whole numbers in [0, 255], and, unless `from_uint8` (the caller passed uint8), not a
     [0, 1] image (whole numbers whose largest is 1)."""
@@ -73,7 +75,7 @@ def checked_pixels(x, from_uint8, image_shape):
     with tf.control_dependencies(checks):
         return tf.cast(tf.clip_by_value(x, 0.0, 255.0), tf.uint8)
 
-def model_input(images, from_uint8, image_shape, pixel_range):
+def model_input(images: tf.Tensor, from_uint8: bool, image_shape: tuple[int, int, int], pixel_range: tuple[float, float]) -> tf.Tensor:
     """float32 `images` of any rank as the model's input: the shape asserted, the pixel
     values checked (`checked_pixels`), then mapped into `pixel_range`."""
     shape = tf.shape(images)

@@ -14,7 +14,10 @@ are exported for it (they would be JEM quantities of a latent), and no gradient 
 Format version 2 (this rule); version 1 exported the JEM quantities for every model.
 """
 
+from __future__ import annotations
+
 import re
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -23,6 +26,12 @@ from keras_ebm import scores as scores_lib
 from keras_ebm.data.pixel_range import to_pixel_range  # pure tf ops, the one uint8 -> float map
 from keras_ebm.export import input_checks
 from keras_ebm.export.format import ENDPOINTS, FORMAT_VERSION, SIGNATURE_DTYPE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    import keras
 
 BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
 # Scores that need a gradient: TensorFlow-only (not in the ONNX model).
@@ -125,13 +134,13 @@ class ServingModule(tf.Module):
 
     def __init__(
         self,
-        model,
-        image_shape,
-        pixel_range=(-1.0, 1.0),
-        ood_score=None,
-        extra_scores=None,
-        name=None,
-    ):
+        model: keras.Model,
+        image_shape: tuple[int, int, int],
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        ood_score: str | None = None,
+        extra_scores: Mapping[str, Callable[[keras.Model, tf.Tensor], tf.Tensor]] | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
         image_shape, (lo, hi), extra_scores = _checked_arguments(image_shape, pixel_range, extra_scores)
         weights = list(getattr(model, "weights", None) or [])  # the export's variable order
@@ -245,20 +254,20 @@ class ServingModule(tf.Module):
 
     # ------------------------------------------------------------------ public helpers
     @property
-    def score_name_list(self):
+    def score_name_list(self) -> list[str]:
         """Names of all exported scores, built-ins first."""
         return list(self._score_names)
 
-    def concrete_function(self, endpoint):
+    def concrete_function(self, endpoint: str) -> tf.types.experimental.ConcreteFunction:
         """The float32 `[None, H, W, C]` concrete function of `endpoint`, exported as its signature."""
         return getattr(self, endpoint).get_concrete_function(self._input_spec(SIGNATURE_DTYPE))
 
-    def signature_functions(self):
+    def signature_functions(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Dict endpoint name -> concrete function, for `tf.saved_model.save(signatures=...)`."""
         return {endpoint: self.concrete_function(endpoint) for endpoint in ENDPOINTS}
 
     @property
-    def onnx_output_names(self):
+    def onnx_output_names(self) -> list[str]:
         """Outputs of the ONNX model: logits, probabilities (classifiers), energy, every score
         that needs no gradient, and ood_score when the default score is one of them."""
         names = ["logits"] + (["probabilities"] if self._classifier else []) + ["energy"]
@@ -267,7 +276,7 @@ class ServingModule(tf.Module):
             names.append("ood_score")
         return names
 
-    def onnx_function(self):
+    def onnx_function(self) -> tf.types.experimental.PolymorphicFunction:
         """A `tf.function` of uint8 `[None, H, W, C]` images returning `onnx_output_names`: the
         forward quantities only, without the in-graph shape assertions (ONNX has no ops for them;
         onnxruntime checks the declared input shape and dtype itself)."""
@@ -288,7 +297,7 @@ class ServingModule(tf.Module):
 
         return tf.function(forward, input_signature=[self._input_spec(tf.uint8, declared=True)])
 
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:
         """The JSON-serialisable description written beside the SavedModel."""
         h, w, c = self._image_shape
         input_spec = {"images": {"dtype": SIGNATURE_DTYPE.name, "shape": [None, h, w, c],
