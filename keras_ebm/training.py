@@ -27,10 +27,13 @@ Model directory layout:
     training_summary.json    steps, time, what stopped the run, divergence recoveries
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 import gin
 import keras
@@ -39,6 +42,13 @@ import tensorflow as tf
 from keras_ebm import actions as actions_lib
 from keras_ebm import callbacks as callbacks_lib
 from keras_ebm import distribute
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from keras_ebm import divergence
+    from keras_ebm.data.sources.common import SourceInfo
+    from keras_ebm.trainers.base import EBMTrainer
 
 
 def _log(msg):
@@ -49,7 +59,7 @@ PRECISIONS = (None, "float32", "mixed_bfloat16")
 
 
 @contextlib.contextmanager
-def dtype_policy(mixed_precision):
+def dtype_policy(mixed_precision: str | None) -> Iterator[None]:
     """Build Keras layers under `mixed_precision` (None / "float32" / "mixed_bfloat16"); the
     global policy is restored afterwards (the layers keep theirs)."""
     if mixed_precision not in PRECISIONS:
@@ -66,8 +76,8 @@ def dtype_policy(mixed_precision):
         keras.mixed_precision.set_dtype_policy(previous)
 
 
-def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optimizer=None,
-                  mixed_precision=None):
+def build_trainer(trainer: Callable[[], EBMTrainer], optimizer: Callable[[], keras.optimizers.Optimizer], strategy: tf.distribute.Strategy, jit_compile: bool = False, encoder_optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
+                  mixed_precision: str | None = None) -> EBMTrainer:
     """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
 
     `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
@@ -86,7 +96,7 @@ def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optim
     return model
 
 
-def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=False):
+def train_loop(model: EBMTrainer, dataset: Callable[..., tf.data.Dataset], strategy: tf.distribute.Strategy, train_steps: int, callbacks: keras.callbacks.CallbackList, jit_compile: bool = False) -> None:
     """The custom loop for MultiWorkerMirroredStrategy: `train_step` under `strategy.run`, driving
     `callbacks` (a `keras.callbacks.CallbackList` or a list) as `fit` would, until the run's step
     reaches `train_steps` or a callback sets `model.stop_training`.
@@ -133,29 +143,29 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
 
 @gin.configurable(module="keras_ebm.training")  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
 def run_training(
-    model_dir,
-    trainer,
-    optimizer,
-    train_data,
-    train_steps,
-    checkpoint_every=500,
-    log_every=50,
-    keep_checkpoints=3,
-    export=True,
-    export_onnx=False,
-    evaluate=False,
-    jit_compile=False,
-    strategy=None,
-    progress=True,
-    divergence_guard=None,
-    baseline=None,
-    seed=0,
-    max_minutes=None,
-    encoder_optimizer=None,
-    mixed_precision=None,
-    peer_timeout_seconds=distribute.DEFAULT_PEER_TIMEOUT_SECONDS,
-    actions=None,
-):
+    model_dir: str | os.PathLike,
+    trainer: Callable[[], EBMTrainer],
+    optimizer: Callable[[], keras.optimizers.Optimizer],
+    train_data: Callable[..., tf.data.Dataset],
+    train_steps: int,
+    checkpoint_every: int = 500,
+    log_every: int = 50,
+    keep_checkpoints: int = 3,
+    export: bool = True,
+    export_onnx: bool = False,
+    evaluate: bool = False,
+    jit_compile: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
+    progress: bool = True,
+    divergence_guard: divergence.DivergenceGuard | None = None,
+    baseline: Callable[[], EBMTrainer] | None = None,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    encoder_optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
+    mixed_precision: str | None = None,
+    peer_timeout_seconds: float = distribute.DEFAULT_PEER_TIMEOUT_SECONDS,
+    actions: Sequence[actions_lib.Action] | None = None,
+) -> EBMTrainer:
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
     Args:
@@ -238,7 +248,7 @@ def run_training(
     return model
 
 
-def seed_run(seed):
+def seed_run(seed: int) -> None:
     """Seeds Python, NumPy, TensorFlow and Keras for the run (`keras.utils.set_random_seed`), before
     the trainer is built; the data stream is seeded when it is built (`_distributed_data`)."""
     keras.utils.set_random_seed(seed)
@@ -369,7 +379,7 @@ def _save_final_step(callbacks, last_step):
         grids.on_train_end()  # after `after_training`: what the export carries
 
 
-def check_data_classes(model, source_info):
+def check_data_classes(model: EBMTrainer, source_info: SourceInfo | None) -> None:
     """Refuses training data whose class count differs from the trainer's `num_classes`.
 
     More classes in the data than in the trainer would put labels out of range; fewer would leave
