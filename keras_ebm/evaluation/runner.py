@@ -14,8 +14,11 @@ their scores are the model's own (CLEL: "clel" = eq. 5 at the trained `ood_beta`
 OOD tables) and PNG plots.
 """
 
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING
 
 import gin
 import numpy as np
@@ -25,12 +28,16 @@ from keras_ebm.evaluation import metrics as metrics_lib
 from keras_ebm.evaluation import plots
 from keras_ebm.evaluation.adapters import signature_images
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
 
 def _log(msg):
     print(f"[keras_ebm.eval] {msg}", flush=True)
 
 
-def load_set(spec, max_examples):
+def load_set(spec: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]], max_examples: int | None) -> tuple[np.ndarray, np.ndarray]:
     """A data spec is a callable returning (x, y) uint8 arrays, or kwargs of keras_ebm.data.load_arrays."""
     if callable(spec):
         x, y = spec()
@@ -69,7 +76,7 @@ def _run_export(module, images, batch_size, label, classifier=True):
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
-def extra_keys():
+def extra_keys() -> list[str]:
     """The results.json entries eval.py's other evaluations add (`merge_results`), which `run_eval`
     keeps: the keys of the registered evaluators ("robustness", "generative", ...), in report order."""
     from keras_ebm.evaluation import registry
@@ -83,7 +90,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def pct(v):
+def pct(v: float | None) -> str:
     """A rate of results.md: one decimal, in %; "-" when missing."""
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -95,7 +102,7 @@ def _extras_markdown(results):
     return [line for cls in registry.keyed() for line in cls.markdown(results.get(cls.key) or {})]
 
 
-def merge_results(output_dir, key, entries):
+def merge_results(output_dir: str | os.PathLike, key: str, entries: Mapping[str, Any]) -> dict[str, Any]:
     """Adds `entries` (name -> result dict) under `key` of `<output_dir>/results.json` (created if
     missing) and rewrites results.md; returns the merged results.
 
@@ -214,18 +221,18 @@ def _write_results(results, output_dir, in_dist_name, keep_extras):
 
 @gin.configurable(module="keras_ebm.evaluation")
 def run_eval(
-    model_dir=None,
-    saved_model=None,
-    in_dist=None,
-    ood_sets=None,
-    in_dist_name="test",
-    batch_size=256,
-    max_examples=None,
-    output_dir=None,
-    notes="",
-    clel_betas=None,
-    keep_extras=True,
-):
+    model_dir: str | os.PathLike | None = None,
+    saved_model: str | os.PathLike | None = None,
+    in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    ood_sets: Mapping[str, Any] | None = None,
+    in_dist_name: str = "test",
+    batch_size: int = 256,
+    max_examples: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    notes: str = "",
+    clel_betas: Sequence[float] | None = None,
+    keep_extras: bool = True,
+) -> dict[str, Any]:
     """Evaluate a SavedModel export on a labelled in-distribution set and OOD sets.
 
     Args:

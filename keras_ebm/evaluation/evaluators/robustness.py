@@ -8,19 +8,26 @@ gin (eval.py flag): `robustness.presets` (--robustness), `attack` (--attack), `e
 `cw_targeted`, `cw_steps`, `seed` (--attack_seed).
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 from keras_ebm.evaluation import registry, report, runner, suite
 from keras_ebm.evaluation import robustness as robustness_lib
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 
 @registry.register("robustness")
 class Robustness(registry.Evaluator):
     key = "robustness"
 
-    def __init__(self, presets=(), attack=None, epsilons=(), steps=None, step_size=None, relative_step_size=None,
-                 restarts=None, batch_size=100, defense="none", refine_steps=10, eot_reps=15, defense_reps=5,
-                 gradient_mode="bpda", cw=False, cw_targeted=False, cw_steps=None, seed=0):
+    def __init__(self, presets: Sequence[str] = (), attack: str | None = None, epsilons: Sequence[float] = (), steps: int | None = None, step_size: float | None = None, relative_step_size: float | None = None,
+                 restarts: int | None = None, batch_size: int = 100, defense: str = "none", refine_steps: int = 10, eot_reps: int = 15, defense_reps: int = 5,
+                 gradient_mode: str = "bpda", cw: bool = False, cw_targeted: bool = False, cw_steps: int | None = None, seed: int = 0) -> None:
         self.presets, self.attack, self.epsilons = presets, attack, epsilons
         self.steps, self.step_size, self.relative_step_size, self.restarts = steps, step_size, relative_step_size, restarts
         self.batch_size, self.defense, self.refine_steps = batch_size, defense, refine_steps
@@ -28,10 +35,10 @@ class Robustness(registry.Evaluator):
         self.cw, self.cw_targeted, self.cw_steps, self.seed = cw, cw_targeted, cw_steps, seed
 
     @property
-    def needs_model(self):
+    def needs_model(self) -> bool:
         return True
 
-    def run(self, ctx):
+    def run(self, ctx: registry.EvalContext) -> dict[str, Any] | None:
         x, y = ctx.test_set()
         settings = suite.pgd_settings(
             self.presets, self.attack, epsilons=self.epsilons, steps=self.steps, step_size=self.step_size,
@@ -48,7 +55,7 @@ class Robustness(registry.Evaluator):
         return entries
 
     @classmethod
-    def markdown(cls, entries):
+    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
         pct = runner.pct
         lines = []
         pgd = {k: r for k, r in entries.items() if "robust_accuracy" in r}
@@ -66,7 +73,7 @@ class Robustness(registry.Evaluator):
         return lines
 
     @classmethod
-    def columns(cls, results_list):
+    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
         robust = [r.get("robustness") or {} for r in results_list]
         cols = []
         for name in report.union(robust):
@@ -83,12 +90,12 @@ class Robustness(registry.Evaluator):
         return cols
 
     @classmethod
-    def counts(cls, entries):
+    def counts(cls, entries: Mapping[str, Any]) -> dict[str, int]:
         return {f"{name} images": r.get("num_examples") if "robust_accuracy" in r
                 else r.get("num_attacked", r.get("num_examples")) for name, r in entries.items()}
 
     @classmethod
-    def compare_plots(cls, runs, output_dir):
+    def compare_plots(cls, runs: Mapping[str, tuple[str, Mapping[str, Any]]], output_dir: str | os.PathLike) -> list[str]:
         curves = [dict(e, name=f"{name}: {key}") for name, (_, r) in runs.items()
                   for key, e in (r.get("robustness") or {}).items() if "robust_accuracy" in e]
         if not curves:
