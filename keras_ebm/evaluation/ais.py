@@ -36,13 +36,22 @@ Reference:
     - [Theis, van den Oord and Bethge, 2016](https://arxiv.org/abs/1511.01844) (dequantisation)
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
 from keras_ebm.sampling.mcmc import MALASampler, MCMCSampler, _innermost
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tensorflow.types.experimental import TensorLike
 
 SCHEDULES = ("sigmoid", "linear")
 VARIANCE_NOTE = (
@@ -56,16 +65,16 @@ VARIANCE_NOTE = (
 class UniformBase:
     """U(lo, hi)^d: the replay buffer's default initialiser; log q = -d log(hi - lo) on the box."""
 
-    def __init__(self, box=(-1.0, 1.0)):
+    def __init__(self, box: tuple[float, float] = (-1.0, 1.0)) -> None:
         self.box = (float(box[0]), float(box[1]))
         if not self.box[0] < self.box[1]:
             raise ValueError(f"`box` must be (lo, hi) with lo < hi. Received: box={box}")
 
-    def log_prob(self, x):
+    def log_prob(self, x: tf.Tensor) -> tf.Tensor:
         d = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
         return tf.fill(tf.shape(x)[:1], -d * math.log(self.box[1] - self.box[0]))
 
-    def sample(self, shape, seed):
+    def sample(self, shape: Sequence[int], seed: tf.Tensor) -> tf.Tensor:
         return tf.random.stateless_uniform(shape, seed, minval=self.box[0], maxval=self.box[1])
 
 
@@ -73,7 +82,7 @@ class GaussianBase:
     """A diagonal Gaussian N(mean, std^2) per pixel, truncated to `box` when given (then its log
     density includes the truncation's normaliser). `GaussianBase.fit(x, box)` fits it to data."""
 
-    def __init__(self, mean, std, box=None):
+    def __init__(self, mean: TensorLike, std: TensorLike, box: tuple[float, float] | None = None) -> None:
         self.mean = tf.constant(np.asarray(mean, np.float32))
         self.std = tf.constant(np.asarray(std, np.float32))
         self.box = None if box is None else (float(box[0]), float(box[1]))
@@ -83,20 +92,20 @@ class GaussianBase:
             self._dist = tfp.distributions.TruncatedNormal(self.mean, self.std, self.box[0], self.box[1])
 
     @classmethod
-    def fit(cls, x, box=None, min_std=0.05):
+    def fit(cls, x: np.ndarray, box: tuple[float, float] | None = None, min_std: float = 0.05) -> GaussianBase:
         """Per-pixel mean and standard deviation (at least `min_std`) of images `x` `[N, ...]`."""
         x = np.asarray(x, np.float64)
         return cls(x.mean(0), np.maximum(x.std(0), min_std), box=box)
 
-    def log_prob(self, x):
+    def log_prob(self, x: tf.Tensor) -> tf.Tensor:
         lp = self._dist.log_prob(x)
         return tf.reduce_sum(tf.reshape(lp, [tf.shape(x)[0], -1]), axis=-1)
 
-    def sample(self, shape, seed):
+    def sample(self, shape: Sequence[int], seed: tf.Tensor) -> tf.Tensor:
         return self._dist.sample(shape[:1], seed=tf.cast(seed, tf.int32))
 
 
-def annealing_schedule(num_temperatures, schedule="sigmoid", sharpness=4.0):
+def annealing_schedule(num_temperatures: int, schedule: str = "sigmoid", sharpness: float = 4.0) -> np.ndarray:
     """β_0 = 0 < ... < β_K = 1 (K = `num_temperatures`): "linear", or "sigmoid" (denser at both
     ends, Grosse et al., 2013; Wu et al., 2017) with the given sharpness."""
     k = int(num_temperatures)
@@ -111,9 +120,9 @@ def annealing_schedule(num_temperatures, schedule="sigmoid", sharpness=4.0):
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def ais_log_partition(energy_fn, base, event_shape, num_chains=64, num_temperatures=200, sampler=None,
-                      steps_per_temperature=1, schedule="sigmoid", adapt_step_size=True, pilot_chains=None,
-                      seed=0, return_samples=False):
+def ais_log_partition(energy_fn: Callable[[tf.Tensor], tf.Tensor], base: UniformBase | GaussianBase, event_shape: Sequence[int], num_chains: int = 64, num_temperatures: int = 200, sampler: MCMCSampler | None = None,
+                      steps_per_temperature: int = 1, schedule: str = "sigmoid", adapt_step_size: bool = True, pilot_chains: int | None = None,
+                      seed: int = 0, return_samples: bool = False) -> dict[str, Any]:
     """Estimate log Z = log ∫ exp(-E(x)) dx by AIS from `base` (see the module docstring).
 
     Args:
@@ -187,7 +196,7 @@ def ais_log_partition(energy_fn, base, event_shape, num_chains=64, num_temperatu
     return result
 
 
-def log_mean_exp_with_stderr(log_w):
+def log_mean_exp_with_stderr(log_w: np.ndarray) -> tuple[float, float, float]:
     """`(log mean exp(log_w), its delta-method standard error, effective sample size)`."""
     log_w = np.asarray(log_w, np.float64)
     n = len(log_w)
@@ -261,8 +270,8 @@ def _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, step_si
     return log_w, x, used.stack(), accept_sum / tf.cast(num_k, tf.float32), None
 
 
-def test_log_likelihood(energy_fn, images, log_z, log_z_stderr=0.0, box=(-1.0, 1.0), dequantize=True,
-                        levels=256, batch_size=256, seed=0):
+def test_log_likelihood(energy_fn: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray, log_z: float, log_z_stderr: float = 0.0, box: tuple[float, float] = (-1.0, 1.0), dequantize: bool = True,
+                        levels: int = 256, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
     """Mean test log-likelihood log p(x) = -E(x) - log Z (see the module docstring).
 
     Args:

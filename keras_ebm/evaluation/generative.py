@@ -42,10 +42,13 @@ Inception graph from TF-Hub at run time; keras-cv/keras-hub have no FID; clean-f
 torch-fidelity are PyTorch. The metrics are a few lines on top of scipy and scikit-learn.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import re
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -54,6 +57,12 @@ from scipy import linalg, special
 from sklearn.metrics.pairwise import polynomial_kernel
 
 from keras_ebm.evaluation import adapters
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from tensorflow.types.experimental import TensorLike
 
 PAPER_NUM_SAMPLES = 50000
 INCEPTION_IMAGE_SIZE = 299
@@ -70,7 +79,7 @@ def _log(msg):
 
 
 # ---------------------------------------------------------------------------------- metrics
-def feature_statistics(features):
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean `[d]` and covariance `[d, d]` (float64, unbiased) of `[N, d]` features."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
@@ -78,7 +87,7 @@ def feature_statistics(features):
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     ||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^(1/2)). When the product is
@@ -107,12 +116,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def frechet_distance_from_features(features1, features2):
+def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     """`frechet_distance` of the Gaussians fitted to two `[N, d]` feature sets."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
-def inception_score(probs, splits=10):
+def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) per split; returns `(mean, std)` over the splits.
 
     Args:
@@ -132,7 +141,7 @@ def inception_score(probs, splits=10):
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def mmd2_unbiased(features1, features2, degree=3, gamma=None, coef0=1.0):
+def mmd2_unbiased(features1: np.ndarray, features2: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> float:
     """Unbiased MMD^2 with the polynomial kernel (gamma <x, y> + coef0)^degree (gamma default 1/d)."""
     x = np.asarray(features1, np.float64)
     y = np.asarray(features2, np.float64)
@@ -149,8 +158,8 @@ def mmd2_unbiased(features1, features2, degree=3, gamma=None, coef0=1.0):
     )
 
 
-def kernel_inception_distance(features1, features2, num_subsets=100, subset_size=1000, degree=3,
-                              gamma=None, coef0=1.0, seed=0):
+def kernel_inception_distance(features1: np.ndarray, features2: np.ndarray, num_subsets: int = 100, subset_size: int = 1000, degree: int = 3,
+                              gamma: float | None = None, coef0: float = 1.0, seed: int = 0) -> tuple[float, float]:
     """KID: mean and std of `mmd2_unbiased` over random subsets drawn without replacement.
 
     `subset_size` is capped by the smaller set. Returns `(mean, std)`.
@@ -168,7 +177,7 @@ def kernel_inception_distance(features1, features2, num_subsets=100, subset_size
 
 
 # ---------------------------------------------------------------------------------- networks
-def keras_cache_dir():
+def keras_cache_dir() -> str:
     """Keras' cache root: `$KERAS_HOME`, else `~/.keras` (`/tmp/.keras` if home is read-only)."""
     if "KERAS_HOME" in os.environ:
         return os.environ["KERAS_HOME"]
@@ -176,7 +185,7 @@ def keras_cache_dir():
     return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
 
 
-def inception_weights_path(weights=None):
+def inception_weights_path(weights: str | os.PathLike | None = None) -> str:
     """The local Inception-v3 weights file: `weights`, `$KERAS_EBM_INCEPTION_WEIGHTS`, or the
     Keras cache. Raises `FileNotFoundError` saying how to provide the file; never downloads."""
     cached = os.path.join(keras_cache_dir(), "models", INCEPTION_WEIGHTS_FILE)
@@ -199,7 +208,7 @@ def inception_weights_path(weights=None):
     )
 
 
-def file_digest(path, algorithm="md5"):
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
     """Hex digest of a file (`hashlib.file_digest`), e.g. to check a downloaded weights file."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
@@ -216,13 +225,13 @@ class ImageFeatures:
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
     note = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._forward = tf.function(self._forward_impl, reduce_retracing=True)
 
     def _forward_impl(self, images):
         raise NotImplementedError
 
-    def __call__(self, images_uint8):
+    def __call__(self, images_uint8: TensorLike) -> dict[str, np.ndarray]:
         images = np.asarray(images_uint8)
         if images.shape[-1] == 1:  # here, not in the traced function: its channel axis may be relaxed
             images = np.repeat(images, 3, axis=-1)
@@ -249,7 +258,7 @@ class InceptionV3Features(ImageFeatures):
     note = ("keras_inception_v3 is Keras' Inception-v3, not the 2015 TensorFlow Inception graph of the papers' "
             "FID/IS code (feature_network='fid_inception'): not comparable with published FID/IS")
 
-    def __init__(self, weights=None, model=None):
+    def __init__(self, weights: str | os.PathLike | None = None, model: keras.Model | None = None) -> None:
         if model is None:
             path = inception_weights_path(weights)
             if os.path.basename(path) == INCEPTION_WEIGHTS_FILE and file_digest(path) != INCEPTION_WEIGHTS_MD5:
@@ -280,7 +289,7 @@ class InceptionV3Features(ImageFeatures):
 FEATURE_NETWORKS = ("auto", "fid_inception", "keras_inception_v3")
 
 
-def inception_features(network="auto", weights=None, keras_weights=None, preprocessing="tf2015"):
+def inception_features(network: str = "auto", weights: str | os.PathLike | None = None, keras_weights: str | os.PathLike | None = None, preprocessing: str = "tf2015") -> ImageFeatures:
     """The Inception feature network of FID / IS / KID (gin: `inception_features.network = ...`).
 
     Args:
@@ -326,7 +335,7 @@ class ClassifierFeatures:
 
     metric_names = {"fd": "classifier_fd", "score": "classifier_score", "kd": "classifier_kd"}
 
-    def __init__(self, classifier, name, pixel_range=None):
+    def __init__(self, classifier: Any, name: str, pixel_range: tuple[float, float] | None = None) -> None:
         from keras_ebm.backbones.classifier import feature_extractor
 
         if not name or not isinstance(name, str):
@@ -342,12 +351,12 @@ class ClassifierFeatures:
         x = tf.cast(images, tf.float32) * ((hi - lo) / 255.0) + lo
         return self.backbone(x, training=False), self.network(x, training=False)
 
-    def __call__(self, images_uint8):
+    def __call__(self, images_uint8: TensorLike) -> dict[str, np.ndarray]:
         pool, logits = self._forward(tf.convert_to_tensor(images_uint8, tf.uint8))
         return {"pool": np.asarray(pool, np.float32), "logits": np.asarray(logits, np.float32)}
 
 
-def extract_features(feature_net, images, batch_size=100, max_examples=None, progress=True, label="features"):
+def extract_features(feature_net: ImageFeatures | ClassifierFeatures, images: np.ndarray, batch_size: int = 100, max_examples: int | None = None, progress: bool = True, label: str = "features") -> dict[str, np.ndarray]:
     """`{"pool": [N, d], "logits": [N, classes]}` of uint8 images, in batches, with a progress bar."""
     images = adapters.uint8_images(images, "images", max_examples)
     n = len(images)
@@ -367,7 +376,7 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text))
 
 
-def reference_cache_path(dataset, split, feature_name, num_examples=None, cache_dir=None):
+def reference_cache_path(dataset: str, split: str, feature_name: str, num_examples: int | None = None, cache_dir: str | os.PathLike | None = None) -> str:
     """`<cache_dir>/<dataset>_<split>__<feature network>__n<N or all>.npz`;
     `cache_dir` defaults to `$KERAS_EBM_CACHE/generative_stats` (`~/.cache/keras_ebm/...`)."""
     if cache_dir is None:
@@ -377,9 +386,9 @@ def reference_cache_path(dataset, split, feature_name, num_examples=None, cache_
     return os.path.join(cache_dir, f"{_slug(dataset)}_{_slug(split)}__{_slug(feature_name)}__{count}.npz")
 
 
-def reference_statistics(feature_net, dataset="cifar10", split="train", images=None, max_examples=None,
-                         cache_dir=None, use_cache=True, kid_features=10000, batch_size=100, progress=True,
-                         seed=0, **source_kwargs):
+def reference_statistics(feature_net: ImageFeatures | ClassifierFeatures, dataset: str = "cifar10", split: str = "train", images: np.ndarray | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None, max_examples: int | None = None,
+                         cache_dir: str | os.PathLike | None = None, use_cache: bool = True, kid_features: int = 10000, batch_size: int = 100, progress: bool = True,
+                         seed: int = 0, **source_kwargs: Any) -> dict[str, Any]:
     """Feature statistics of a reference set, computed once and cached per data set + network.
 
     Args:
@@ -431,8 +440,8 @@ def reference_statistics(feature_net, dataset="cifar10", split="train", images=N
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=100, kid_subset_size=1000,
-                        batch_size=100, max_examples=None, progress=True, seed=0, output_dir=None, name="samples"):
+def evaluate_generative(samples: np.ndarray, feature_net: ImageFeatures | ClassifierFeatures, reference: Mapping[str, Any], splits: int = 10, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                        batch_size: int = 100, max_examples: int | None = None, progress: bool = True, seed: int = 0, output_dir: str | os.PathLike | None = None, name: str = "samples") -> dict[str, Any]:
     """FD, score (IS) and KD of uint8 samples in `feature_net`'s space against `reference`.
 
     Args:

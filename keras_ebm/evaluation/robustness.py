@@ -54,9 +54,12 @@ refinement (one `tf.stop_gradient` here), and the closed-form tests need the exa
 a PGD step is a few lines on top of `tf.GradientTape`, so no dependency is added for it.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -65,6 +68,10 @@ import tensorflow as tf
 from keras_ebm import energy as energy_lib
 from keras_ebm.evaluation import adapters, plots
 from keras_ebm.sampling.sgld import SGLDSampler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 LINF = "linf"
 L2 = "l2"
@@ -101,13 +108,13 @@ class PGDSettings:
         if any(float(e) < 0 for e in self.epsilons) or not len(self.epsilons):
             raise ValueError(f"`epsilons` must be non-negative. Received: epsilons={self.epsilons}")
 
-    def step_for(self, epsilon):
+    def step_for(self, epsilon: float) -> float:
         """The step size ([0, 255] units) used at `epsilon`."""
         if self.step_size is not None:
             return float(self.step_size)
         return float(self.relative_step_size) * float(epsilon)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -166,14 +173,14 @@ class WhiteBox:
     stochastic = False
     name = "pgd"
 
-    def __init__(self, logits_fn):
+    def __init__(self, logits_fn: Callable[[tf.Tensor], tf.Tensor]) -> None:
         self.logits_fn = _differentiable(logits_fn)
         self._gradient = tf.function(self._gradient_impl, reduce_retracing=True)
 
-    def logits(self, x):
+    def logits(self, x: tf.Tensor) -> tf.Tensor:
         return self.logits_fn(x)
 
-    def gradient(self, x, y):
+    def gradient(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """`(d CE / dx, logits at x)`; the gradient is 0 where the logits ignore x."""
         return self._gradient(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32))
 
@@ -203,8 +210,8 @@ def _differentiable(fn):
     return adapters.logits_fn(fn)
 
 
-def sgld_refinement(logits_fn, n_steps, step_size=1.0, noise_std=0.01, init_noise_std=0.0,
-                    x_clip=None, seed=None):
+def sgld_refinement(logits_fn: Callable[[tf.Tensor], tf.Tensor], n_steps: int, step_size: float = 1.0, noise_std: float = 0.01, init_noise_std: float = 0.0,
+                    x_clip: tuple[float, float] | None = None, seed: int | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
     """`refine(x)`: K steps of SGLD on the classifier's own energy, with `SGLDSampler`.
 
     x <- x - step_size * dE/dx + noise_std * N(0, I), E(x) = -logsumexp f(x) summed over the batch
@@ -268,8 +275,8 @@ class RefinementDefense:
 
     stochastic = True
 
-    def __init__(self, logits_fn, refine_fn, gradient_mode="bpda", eot_reps=15, defense_reps=150,
-                 chunk_size=1000):
+    def __init__(self, logits_fn: Callable[[tf.Tensor], tf.Tensor], refine_fn: Callable[[tf.Tensor], tf.Tensor], gradient_mode: str = "bpda", eot_reps: int = 15, defense_reps: int = 150,
+                 chunk_size: int = 1000) -> None:
         if gradient_mode not in ("bpda", "through", "classifier"):
             raise ValueError(
                 "`gradient_mode` must be 'bpda', 'through' or 'classifier'. "
@@ -290,7 +297,7 @@ class RefinementDefense:
     def _refined_logits_impl(self, x):
         return tf.cast(self.logits_fn(self.refine_fn(x)), tf.float32)
 
-    def logits(self, x):
+    def logits(self, x: tf.Tensor) -> tf.Tensor:
         """Logits averaged over `defense_reps` refinements of each image."""
         x = tf.convert_to_tensor(x, tf.float32)
         n = int(x.shape[0])
@@ -304,7 +311,7 @@ class RefinementDefense:
             done += reps
         return total / float(self.defense_reps)
 
-    def gradient(self, x, y):
+    def gradient(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return self._gradient(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32))
 
     def _gradient_impl(self, x, y):
@@ -370,8 +377,8 @@ def _step(x, grad, alpha, norm):
     return x + alpha * grad / _expand(_per_sample_norm(grad) + _TINY, x)
 
 
-def pgd_attack(model, x, y, epsilon, norm=LINF, steps=40, step_size=None, pixel_range=(-1.0, 1.0),
-               random_start=True, restarts=1, seed=0, clean_correct=None):
+def pgd_attack(model: WhiteBox | RefinementDefense, x: np.ndarray, y: np.ndarray, epsilon: float, norm: str = LINF, steps: int = 40, step_size: float | None = None, pixel_range: tuple[float, float] = (-1.0, 1.0),
+               random_start: bool = True, restarts: int = 1, seed: int = 0, clean_correct: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Untargeted PGD on one batch; epsilon and step size in [0, 255] pixel units.
 
     Maximises the cross-entropy of the true label: x <- Proj(x + a * sign(g)) (L-inf) or
@@ -451,9 +458,9 @@ def pgd_attack(model, x, y, epsilon, norm=LINF, steps=40, step_size=None, pixel_
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel_range=None,
-                        batch_size=100, max_examples=None, seed=0, output_dir=None, name=None,
-                        progress=True, **overrides):
+def evaluate_robustness(model: Any, images: np.ndarray, labels: np.ndarray, settings: PGDSettings = SADAJEM_FIG5_LINF, pixel_range: tuple[float, float] | None = None,
+                        batch_size: int = 100, max_examples: int | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None, name: str | None = None,
+                        progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Robust accuracy of a classifier (or a defended one) over an epsilon grid.
 
     Args:
@@ -535,7 +542,7 @@ def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel
     return results
 
 
-def write_results(results, output_dir):
+def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike) -> tuple[str, str]:
     """Writes `robustness_<name>.json` and the curve `robustness_<name>.png`; returns both paths."""
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"robustness_{results['name']}.json")
@@ -545,7 +552,7 @@ def write_results(results, output_dir):
     return json_path, png_path
 
 
-def robustness_curve(results_list, path, title=None):
+def robustness_curve(results_list: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None) -> str:
     """Robust accuracy (%) against epsilon for one or more `evaluate_robustness` results (PNG).
 
     Results of different norms go to separate panels, L-inf left (as the papers' figures).
@@ -572,8 +579,8 @@ def robustness_curve(results_list, path, title=None):
 
 
 # ---------------------------------------------------------------------------------- C&W L2
-def carlini_wagner_l2(model, x, y, pixel_range=(-1.0, 1.0), targets=None, steps=100,
-                      binary_search_steps=9, learning_rate=0.01, initial_const=1e-3, confidence=0.0):
+def carlini_wagner_l2(model: Any, x: np.ndarray, y: np.ndarray, pixel_range: tuple[float, float] = (-1.0, 1.0), targets: np.ndarray | None = None, steps: int = 100,
+                      binary_search_steps: int = 9, learning_rate: float = 0.01, initial_const: float = 1e-3, confidence: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Carlini and Wagner's L2 attack (2017) on one batch.
 
     Minimises ||x' - x||_2^2 + c * f(x') over x' = lo + (hi - lo) * (tanh(w) + 1) / 2 with Adam,
@@ -655,8 +662,8 @@ def carlini_wagner_l2(model, x, y, pixel_range=(-1.0, 1.0), targets=None, steps=
     return (lo + (hi - lo) * best_x).astype(np.float32), success, l2
 
 
-def evaluate_cw(model, images, labels, targeted=False, steps=None, pixel_range=None, batch_size=100,
-                max_examples=None, seed=0, output_dir=None, name=None, progress=True, **cw_kwargs):
+def evaluate_cw(model: Any, images: np.ndarray, labels: np.ndarray, targeted: bool = False, steps: int | None = None, pixel_range: tuple[float, float] | None = None, batch_size: int = 100,
+                max_examples: int | None = None, seed: int = 0, output_dir: str | os.PathLike | None = None, name: str | None = None, progress: bool = True, **cw_kwargs: Any) -> dict[str, Any]:
     """C&W L2 over a test set: success rate and the mean / median noise norm of the successes.
 
     GMMC sec. 4.4, Table 7: untargeted (100 iterations) and targeted (1000 iterations) C&W; almost
