@@ -10,10 +10,17 @@
   BatchNorm and a 2-layer MLP head (Linear-BN-ReLU-Linear), the SimCLR encoder of CLEL.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 
 from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
 from keras_ebm.backbones.padding import conv_with_torch_padding
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # CIFAR-10 channel statistics in [0, 1] (CLEL prepends Normalize(mean, std) to both networks).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -76,19 +83,19 @@ def _ebm_resnet(x, widths, blocks, slope, name, order):
 
 
 def build_clel_ebm(
-    size="base",
-    input_shape=(32, 32, 3),
-    widths=None,
-    blocks_per_stage=None,
-    scales=None,
-    head_units=2048,
-    feature_dim=128,
-    negative_slope=0.2,
-    input_mean=CIFAR10_MEAN,
-    input_std=CIFAR10_STD,
-    sn_update_order="u_first",
-    name="clel_ebm",
-):
+    size: str = "base",
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    widths: Sequence[int] | None = None,
+    blocks_per_stage: Sequence[int] | None = None,
+    scales: Sequence[int] | None = None,
+    head_units: int = 2048,
+    feature_dim: int = 128,
+    negative_slope: float = 0.2,
+    input_mean: float | Sequence[float] | None = CIFAR10_MEAN,
+    input_std: float | Sequence[float] | None = CIFAR10_STD,
+    sn_update_order: str = "u_first",
+    name: str = "clel_ebm",
+) -> keras.Model:
     """CLEL's EBM feature network f_theta (Table 2): images -> features `[batch, feature_dim]`.
 
     Pre-activation residual blocks (LeakyReLU -> conv3x3 -> LeakyReLU -> conv3x3, plus an identity
@@ -146,8 +153,8 @@ def build_clel_ebm(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_clel_projection(feature_dim=128, hidden_units=2048, output_dim=128, negative_slope=0.2,
-                          name="clel_projection"):
+def build_clel_projection(feature_dim: int = 128, hidden_units: int = 2048, output_dim: int = 128, negative_slope: float = 0.2,
+                          name: str = "clel_projection") -> keras.Model:
     """CLEL's projection g_theta: a bias-free 2-layer MLP with LeakyReLU, `g(u) = W2 lrelu(W1 u)`.
 
     Without biases and with a positively homogeneous activation, g(c u) = c g(u) for every c > 0,
@@ -182,18 +189,18 @@ def _bn(name, synchronized, zero_gamma=False, unbiased=True):
 
 
 def build_clel_encoder(
-    input_shape=(32, 32, 3),
-    widths=(64, 128, 256, 512),
-    blocks_per_stage=(2, 2, 2, 2),
-    head_units=2048,
-    output_dim=128,
-    synchronized_bn=False,
-    input_mean=CIFAR10_MEAN,
-    input_std=CIFAR10_STD,
-    stem_width=None,
-    bn_unbiased_variance=True,
-    name="clel_encoder",
-):
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    widths: Sequence[int] = (64, 128, 256, 512),
+    blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+    head_units: int = 2048,
+    output_dim: int = 128,
+    synchronized_bn: bool = False,
+    input_mean: float | Sequence[float] | None = CIFAR10_MEAN,
+    input_std: float | Sequence[float] | None = CIFAR10_STD,
+    stem_width: int | None = None,
+    bn_unbiased_variance: bool = True,
+    name: str = "clel_encoder",
+) -> keras.Model:
     """CLEL's latent encoder h_phi: CIFAR ResNet-18 + MLP head, images -> `[batch, output_dim]`.
 
     torchvision's ResNet-18 with a 3x3 stride-1 stem (no bias) and no max-pool, BasicBlocks with

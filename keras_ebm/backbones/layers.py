@@ -8,9 +8,17 @@ and treats sigma as a constant, so 60 SGLD forward passes re-normalise the kerne
 gradient ignores sigma.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 
 def _l2_normalize(t, eps=1e-12):
@@ -84,9 +92,9 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
     """
 
     def __init__(
-        self, filters, kernel_size, power_iterations=1, eps=1e-12, n_power_iterations_at_build=None,
-        update_order="u_first", **kwargs,
-    ):
+        self, filters: int, kernel_size: int | tuple[int, int], power_iterations: int = 1, eps: float = 1e-12, n_power_iterations_at_build: int | None = None,
+        update_order: str = "u_first", **kwargs: Any,
+    ) -> None:
         if update_order not in ("u_first", "v_first"):
             raise ValueError(f"`update_order` must be 'u_first' or 'v_first'. Received: update_order={update_order!r}")
         if int(power_iterations) < 1:
@@ -111,7 +119,7 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
         self.eps = float(eps)
         self.update_order = update_order
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         super().build(input_shape)
         rows = int(self.filters)
         cols = 1
@@ -162,7 +170,7 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
         # [out, kh * kw * in], the orientation of PyTorch's weight.flatten(1).
         return tf.transpose(tf.reshape(kernel, [-1, self.filters]))
 
-    def spectral_norm(self, training=False):
+    def spectral_norm(self, training: bool = False) -> tf.Tensor:
         """sigma(W) (a scalar tensor, differentiable in W); power iteration when `training`."""
         kernel = tf.convert_to_tensor(self.kernel)
         w = self._weight_matrix(kernel)
@@ -176,11 +184,11 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
         v = tf.stop_gradient(v)
         return tf.tensordot(u, tf.linalg.matvec(w, v), axes=1)
 
-    def normalized_kernel(self, training=False):
+    def normalized_kernel(self, training: bool = False) -> tf.Tensor:
         """W / sigma(W), shape `[kh, kw, in, out]`."""
         return self.kernel / self.spectral_norm(training=training)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         kernel = self.normalized_kernel(training=bool(training))
         outputs = self.convolution_op(inputs, tf.cast(kernel, inputs.dtype))
         if self.use_bias:
@@ -191,13 +199,13 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
 
     # `Conv2D` saves only its kernel and bias in `.keras` files; the power-iteration vectors u, v
     # are state too (inference uses them as stored), so every variable is saved, in Layer order.
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         keras.layers.Layer.save_own_variables(self, store)
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         keras.layers.Layer.load_own_variables(self, store)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({
             "power_iterations": self.power_iterations,
@@ -220,7 +228,7 @@ class LeakyReLU(keras.layers.LeakyReLU):
     layer, bit for bit.
     """
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         if keras.backend.standardize_dtype(inputs.dtype) != "float64":
             return super().call(inputs)
         slope = tf.constant(self.negative_slope, tf.float64)
@@ -241,7 +249,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Keras' layer, bit for bit. Masks are not supported with the unbiased update.
     """
 
-    def __init__(self, unbiased_moving_variance=False, **kwargs):
+    def __init__(self, unbiased_moving_variance: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.unbiased_moving_variance = bool(unbiased_moving_variance)
 
@@ -250,7 +258,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._batch_variance = variance  # read by `call` in the same trace
         return mean, variance
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None, mask: tf.Tensor | None = None) -> tf.Tensor:
         if not (self.unbiased_moving_variance and training and self.trainable) or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         if mask is not None:
@@ -275,7 +283,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             self.moving_variance.dtype))
         return outputs
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["unbiased_moving_variance"] = self.unbiased_moving_variance
         return config
@@ -291,7 +299,7 @@ class Normalization(keras.layers.Normalization):
     same float32 constants as Keras' layer (float64 -> float32 rounds as Python float -> float32).
     """
 
-    def __init__(self, mean=None, variance=None, **kwargs):
+    def __init__(self, mean: Sequence[float] | None = None, variance: Sequence[float] | None = None, **kwargs: Any) -> None:
         if mean is not None:
             mean = np.asarray(mean, np.float64)
         if variance is not None:

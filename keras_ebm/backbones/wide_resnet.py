@@ -18,6 +18,8 @@ and PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights *and* bias
 glorot_uniform weights and zero biases).
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 
@@ -29,7 +31,7 @@ from keras_ebm.backbones.padding import conv_with_torch_padding
 NORMS = (None, "none", "batch")
 
 
-def torch_kernel_initializer():
+def torch_kernel_initializer() -> keras.initializers.Initializer:
     """PyTorch's default conv/linear weight init as a Keras initializer.
 
     PyTorch uses kaiming_uniform(a=sqrt(5)), i.e. U(-b, b) with b = sqrt(6 / ((1 + 5) * fan_in))
@@ -39,7 +41,7 @@ def torch_kernel_initializer():
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
-def torch_bias_initializer(fan_in):
+def torch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
     """PyTorch's default conv/linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
     Keras initializers only see the bias shape `[filters]`, not the fan-in of the layer, so the
@@ -78,18 +80,18 @@ def _norm(norm, bn_momentum, bn_epsilon, name, unbiased=True):
 
 
 def WideResNet(
-    depth=28,
-    width=10,
-    norm=None,
-    dropout=0.0,
-    leak=0.2,
-    bn_momentum=0.1,
-    bn_epsilon=1e-5,
-    bn_unbiased_variance=True,
-    torch_init=True,
-    input_shape=(None, None, 3),
-    name=None,
-):
+    depth: int = 28,
+    width: int = 10,
+    norm: str | None = None,
+    dropout: float = 0.0,
+    leak: float = 0.2,
+    bn_momentum: float = 0.1,
+    bn_epsilon: float = 1e-5,
+    bn_unbiased_variance: bool = True,
+    torch_init: bool = True,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """The JEM-family WideResNet feature extractor: images -> `[batch, 64 * width]` features.
 
     The reference ends with a fixed 8x8 average pool, which on its 32x32 inputs (8x8 final maps) is

@@ -49,14 +49,22 @@ against pytorch-fid's and torch-fidelity's forward passes on random weights (rec
 `benchmarks/parity/record_fid_inception.py`).
 """
 
+from __future__ import annotations
+
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm.evaluation import generative
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from tensorflow.types.experimental import TensorLike
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
@@ -148,7 +156,7 @@ def _inception_e(x, name, pool):
     return _concat([b1, b3, bd, bp], name)
 
 
-def build_fid_inception():
+def build_fid_inception() -> keras.Model:
     """The FID Inception network on preprocessed `[N, 299, 299, 3]` inputs in [-1, 1].
 
     Layer names are pytorch-fid's module paths (`Mixed_5b.branch1x1.conv`, `...bn`, `fc`), so a
@@ -179,7 +187,7 @@ def build_fid_inception():
         return keras.Model(inputs, [pool3, logits], name="fid_inception")
 
 
-def preprocess(images, preprocessing="tf2015"):
+def preprocess(images: TensorLike, preprocessing: str = "tf2015") -> tf.Tensor:
     """uint8 (or [0, 255] float) `[N, H, W, 3]` -> the network's `[N, 299, 299, 3]` input.
 
     "tf2015": the 2015 graph's ResizeBilinear (TF1: `half_pixel_centers=False`) of the [0, 255]
@@ -226,7 +234,7 @@ def _to_keras(value, kind):
     return value
 
 
-def load_state_dict(model, state_dict, source="state_dict"):
+def load_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray], source: str = "state_dict") -> keras.Model:
     """Places pytorch-fid's state dict (`{name: array}`, torch layouts) into `build_fid_inception`'s
     weights. Every key must find its weight and every weight its key (BatchNorm's
     `num_batches_tracked` counters are skipped); otherwise a `ValueError` names the keys."""
@@ -256,7 +264,7 @@ def load_state_dict(model, state_dict, source="state_dict"):
     return model
 
 
-def read_state_dict(path):
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """`{name: NumPy array}` of a `.pth` torch state dict (needs PyTorch) or its `.npz` conversion."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No FID Inception weights file at {path!r}. Download {FID_WEIGHTS_URL}.")
@@ -277,7 +285,7 @@ def read_state_dict(path):
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def fid_weights_path(weights=None):
+def fid_weights_path(weights: str | os.PathLike | None = None) -> str:
     """The FID Inception weights: `weights`, `$KERAS_EBM_FID_INCEPTION_WEIGHTS`, the Keras cache
     (`<~/.keras>/models/pt_inception-2015-12-05-6726825d.{npz,pth}`), or torch hub's cache, where
     pytorch-fid downloads it (`$TORCH_HOME` or `~/.cache/torch`, `hub/checkpoints/`). Raises
@@ -311,7 +319,7 @@ def fid_weights_path(weights=None):
     )
 
 
-def convert(pth_path, npz_path):
+def convert(pth_path: str, npz_path: str) -> int:
     """One-time conversion of the `.pth` to an `.npz` that evaluation reads without PyTorch; the
     state dict is checked by loading it into the network first. Returns the number of tensors."""
     state = read_state_dict(pth_path)
@@ -341,7 +349,7 @@ class FIDInceptionFeatures(generative.ImageFeatures):
 
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
 
-    def __init__(self, weights=None, preprocessing="tf2015", state_dict=None):
+    def __init__(self, weights: str | os.PathLike | None = None, preprocessing: str = "tf2015", state_dict: Mapping[str, np.ndarray] | None = None) -> None:
         self.preprocessing = _checked_preprocessing(preprocessing)
         self.name = "fid_inception" if preprocessing == "tf2015" else "fid_inception_pytorch_fid"
         source = "state_dict"
@@ -358,7 +366,7 @@ class FIDInceptionFeatures(generative.ImageFeatures):
         return pool3, tf.matmul(pool3, self.fc_kernel)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m keras_ebm.evaluation.fid_inception",
         description=f"Convert pytorch-fid's FID Inception weights ({FID_WEIGHTS_URL}) to an .npz that keras_ebm "

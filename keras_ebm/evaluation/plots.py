@@ -6,13 +6,19 @@ switch the backend of a user's notebook, and figures are not kept alive in pyplo
 Every function returns the path it wrote; parent directories are created.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from keras_ebm.evaluation import metrics as metrics_lib
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 
 def _figure(**kwargs):
@@ -33,7 +39,7 @@ def _sparse_threshold(total, num_bins):
     return max(5, int(np.ceil(0.1 * total / num_bins)))
 
 
-def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=None):
+def reliability_diagram(probs: np.ndarray, labels: np.ndarray, path: str | os.PathLike, num_bins: int = 20, title: str | None = None, min_count: int | None = None) -> str:
     """Writes a reliability diagram: per-bin accuracy against confidence, with the bin counts.
 
     Top panel: accuracy bars of the equal-width confidence bins, shaded by how many images each
@@ -112,7 +118,7 @@ PALETTE = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "ta
            "tab:blue", "tab:red", "tab:gray")
 
 
-def colors_by_name(names):
+def colors_by_name(names: Iterable[str]) -> dict[str, str]:
     """`{name: colour}` chosen from the name itself (a CRC of it), so that a set (or a run) has the
     same colour in every panel and plot that shows it, whatever order its results list it in; two
     names that would share a colour get the next free one, in sorted order."""
@@ -132,7 +138,7 @@ def colors_by_name(names):
     return out
 
 
-def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
+def score_histograms(scores_by_set: Mapping[str, np.ndarray], path: str | os.PathLike, in_dist_name: str, score_name: str, title: str | None = None) -> str:
     """Writes OOD score distributions as small multiples: one panel per OOD set.
 
     Each panel draws the in-distribution scores as a filled grey histogram and the OOD set's as a
@@ -194,7 +200,7 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
     return _save(fig, path)
 
 
-def sample_grid(images, path, nrow=None, title=None):
+def sample_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None, title: str | None = None) -> str:
     """Writes a grid of uint8 images `[N, H, W, C]` (C = 1 or 3) with 2-pixel white borders.
 
     Args:

@@ -13,14 +13,21 @@ The reference classifier and the ranking model may be exports (their `logits` si
 keras models / trainers, or float `logits_fn`s with a `pixel_range`.
 """
 
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import special
 from sklearn import metrics as skm
 
 from keras_ebm.evaluation import adapters, plots
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 CIFAR10_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -29,7 +36,7 @@ def _log(msg):
     print(f"[keras_ebm.sample_quality] {msg}", flush=True)
 
 
-def confusion_matrix_plot(matrix, path, class_names=None, title=None):
+def confusion_matrix_plot(matrix: np.ndarray, path: str | os.PathLike, class_names: Sequence[str] | None = None, title: str | None = None) -> str:
     """Writes a row-normalised confusion matrix (rows: intended class, columns: predicted) as PNG."""
     matrix = np.asarray(matrix, np.float64)
     k = matrix.shape[0]
@@ -61,9 +68,9 @@ def _grid_by_class(images, index_by_class, top_k, path, title):
     return plots.sample_grid(np.stack(rows), path, nrow=top_k, title=title)
 
 
-def classify_samples(samples, intended_labels, classifier, pixel_range=None, num_classes=None, class_names=None,
-                     ranking_model=None, ranking_pixel_range=None, top_k=10, batch_size=256, max_examples=None,
-                     output_dir=None, name="samples", progress=True):
+def classify_samples(samples: np.ndarray, intended_labels: np.ndarray | None, classifier: Any, pixel_range: tuple[float, float] | None = None, num_classes: int | None = None, class_names: Sequence[str] | None = None,
+                     ranking_model: Any = None, ranking_pixel_range: tuple[float, float] | None = None, top_k: int = 10, batch_size: int = 256, max_examples: int | None = None,
+                     output_dir: str | os.PathLike | None = None, name: str = "samples", progress: bool = True) -> dict[str, Any]:
     """Accuracy and confusion matrix of class-conditional samples under a reference classifier, and
     their best / worst samples per class by p(x) and p(y|x).
 
