@@ -9,34 +9,42 @@ Conventions (see docs/jem.md, "Distribution"):
   mirrored `keras.random.SeedGenerator` advances identically on every replica.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import re
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
-def num_replicas():
+    import keras
+
+
+def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def scale_loss(loss):
+def scale_loss(loss: tf.Tensor) -> tf.Tensor:
     """Divide a per-replica mean loss by the number of replicas in sync (gradients are summed)."""
     n = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if n == 1 else loss / tf.cast(n, loss.dtype)
 
 
-def replica_id():
+def replica_id() -> tf.Tensor:
     ctx = tf.distribute.get_replica_context()
     if ctx is None:
         return tf.constant(0, tf.int32)
     return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
 
 
-def cross_replica_concat(tensor, axis=0):
+def cross_replica_concat(tensor: tf.Tensor, axis: int = 0) -> tf.Tensor:
     """Concatenate `tensor` from every replica along `axis` (identity without a strategy).
 
     Every replica gets the same global tensor, ordered by replica id (SimCLR's
@@ -48,7 +56,7 @@ def cross_replica_concat(tensor, axis=0):
     return ctx.all_gather(tf.stop_gradient(tensor), axis=axis)
 
 
-def replica_seed(seed_generator):
+def replica_seed(seed_generator: keras.random.SeedGenerator) -> tf.Tensor:
     """A stateless seed [2] that differs per replica: fold the replica id into the generator's draw."""
     seed = tf.convert_to_tensor(seed_generator.next())
     return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id())
@@ -72,7 +80,7 @@ PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
                  tf.errors.FailedPreconditionError, tf.errors.AbortedError)
 
 
-def make_strategy(devices=None, peer_timeout_seconds=DEFAULT_PEER_TIMEOUT_SECONDS):
+def make_strategy(devices: Sequence[str] | None = None, peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS) -> tf.distribute.Strategy:
     """The strategy train.py uses.
 
     * TF_CONFIG naming several tasks ("worker" and optional "chief"): MultiWorkerMirroredStrategy.
@@ -116,7 +124,7 @@ def _configure_peer_timeout(cluster, seconds):
         coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(1000 * seconds))
 
 
-def worker_lost_error(error, checkpoint=None):
+def worker_lost_error(error: BaseException, checkpoint: str | None = None) -> WorkerLostError:
     """The `WorkerLostError` (cause: `error`) a multi-worker loop raises when a peer is lost."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(error, "message", None) or str(error))
     if "aborted by:" in text:  # the reason, not the graph node that was running
@@ -135,7 +143,7 @@ def worker_lost_error(error, checkpoint=None):
 
 
 @contextlib.contextmanager
-def exit_when_worker_lost(exit_code=1):
+def exit_when_worker_lost(exit_code: int = 1) -> Iterator[None]:
     """For the main function of a training script (train.py uses it): on `WorkerLostError`, print
     the traceback and end the process at once (`os._exit`), skipping TensorFlow's teardown, which
     can wait on the lost peer (2-5 s usually; once 62 s here with a frozen peer). Nothing is being
@@ -150,13 +158,13 @@ def exit_when_worker_lost(exit_code=1):
         os._exit(exit_code)
 
 
-def gather_from_workers(strategy, value):
+def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list[int]:
     """`value` (a scalar int) of every replica of `strategy`, in replica order (one collective)."""
     per_replica = strategy.run(lambda: tf.constant(value, tf.int64)[None])
     return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the worker that writes checkpoints, summaries and exports."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:

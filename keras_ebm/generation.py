@@ -4,7 +4,10 @@
 grid and an npz of uint8 images; `save_buffer_grid` shows the replay buffer as it is.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
@@ -12,12 +15,15 @@ import tensorflow as tf
 from keras_ebm.data.pixel_range import from_pixel_range
 from keras_ebm.evaluation import plots
 
+if TYPE_CHECKING:
+    from keras_ebm.trainers.base import EBMTrainer
+
 
 def _log(msg):
     print(f"[keras_ebm] {msg}", flush=True)
 
 
-def save_buffer_grid(model, path, num_images=64):
+def save_buffer_grid(model: EBMTrainer, path: str | os.PathLike, num_images: int = 64) -> str:
     """A look at the chains before reading numbers: replay-buffer rows as a PNG grid.
 
     The rows are spread evenly over the buffer, so a class-partitioned buffer (GMMC, JEM with
@@ -31,8 +37,8 @@ def save_buffer_grid(model, path, num_images=64):
                              title=f"replay buffer ({len(rows)} of {model.buffer.size})")
 
 
-def generate_samples(model, output_dir, num_samples=64, n_steps=None, from_buffer=False,
-                     conditional=False, name=None, batch_size=None, labelled_data=None):
+def generate_samples(model: EBMTrainer, output_dir: str | os.PathLike, num_samples: int = 64, n_steps: int | None = None, from_buffer: bool = False,
+                     conditional: bool = False, name: str | None = None, batch_size: int | None = None, labelled_data: tuple[np.ndarray, np.ndarray] | None = None) -> str:
     """Draw samples with `model.generate` and write a PNG grid and an npz (uint8 NHWC, labels).
 
     For FID, draw many samples in batches (`batch_size`) and feed the npz's `images` (uint8, the

@@ -1,18 +1,26 @@
 """Report tables: markdown tables of evaluation results in the layout of the papers' tables."""
 
+from __future__ import annotations
 
-def number(v):
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+
+def number(v: float | None) -> str:
     """Every number of the reports that is not a percentage: three decimals (AUROC 0.720, FID
     23.457), "-" when missing."""
     return "-" if v is None or v != v else f"{v:.3f}"
 
 
-def percent(v):
+def percent(v: float | None) -> str:
     """Accuracies, ECE and other rates: one decimal, in %; "-" when missing."""
     return "-" if v is None or v != v else f"{100 * v:.1f}%"
 
 
-def comparison_table(results_by_model, extra_columns=None):
+def comparison_table(results_by_model: Mapping[str, Mapping[str, Any]], extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
     """Markdown table of accuracy, ECE and OOD AUROCs for several eval results (same OOD sets).
 
     `extra_columns`: optional dict column name -> {model name: cell text}, shown after the model

@@ -34,8 +34,16 @@ built (a `MirroredVariable`, assigned in cross-replica context between steps).
 shows it; a test checks that the declarations in the classes match it).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+    from typing import Any
 
 VARIABLE = "variable"
 TRACE = "trace"
@@ -144,7 +152,7 @@ class Setting:
             (e.g. `lambda v: v > 0`); a change of it makes the compiled step stale (a retrace).
     """
 
-    def __init__(self, dtype="float64", minimum=None, maximum=None, structure=None):
+    def __init__(self, dtype: str = "float64", minimum: float | None = None, maximum: float | None = None, structure: Callable[[Any], Hashable] | None = None) -> None:
         self.dtype = tf.as_dtype(dtype)
         self.minimum = minimum
         self.maximum = maximum
@@ -200,7 +208,7 @@ class Setting:
             else:
                 var.assign(tf.constant(value, self.dtype))  # not tf.cast: a Python float would pass float32
 
-    def variable(self, obj):
+    def variable(self, obj: object) -> tf.Variable:
         """The variable behind the setting of `obj` (tests count and compare through it)."""
         return _store(obj).variables[self.name]
 
@@ -210,7 +218,7 @@ class TraceSetting:
     rebuilt (see `EBMTrainer.trace_signature`). `normalize` maps an assigned value to the stored
     one (and may raise ValueError); stored values must be hashable."""
 
-    def __init__(self, normalize=None):
+    def __init__(self, normalize: Callable[[Any], Hashable] | None = None) -> None:
         self.normalize = normalize
 
     def __set_name__(self, owner, name):
@@ -228,19 +236,19 @@ class TraceSetting:
         _store(obj).structure[self.name] = self.normalize(value) if self.normalize is not None else value
 
 
-def learning_rate(optimizer):
+def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     """An optimizer's current learning rate as a Python float (a schedule: its value now; also
     under a distribution strategy, whose variables `float()` does not take)."""
     return float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
 
 
-def read_dtype():
+def read_dtype() -> tf.DType:
     """The dtype float settings are read in while tracing: float64 in a float64 run (floatx),
     float32 otherwise (float32 and mixed-precision runs compute losses in float32)."""
     return tf.float64 if keras.config.floatx() == "float64" else tf.float32
 
 
-def as_tensor(value, dtype):
+def as_tensor(value: float | int | tf.Tensor, dtype: tf.DType | str) -> tf.Tensor:
     """A setting's value (a Python number eagerly, a tensor while tracing) as a `dtype` tensor,
     exactly: `tf.constant` for Python numbers (`tf.cast` of a Python float goes through float32)."""
     if isinstance(value, (int, float)):
@@ -248,12 +256,12 @@ def as_tensor(value, dtype):
     return tf.cast(value, dtype)
 
 
-def structure_of(obj, name):
+def structure_of(obj: object, name: str) -> Hashable:
     """The structural part of `obj`'s setting `name` (e.g. `px_weight > 0`), a Python value."""
     return _store(obj).structure[name]
 
 
-def signature(obj):
+def signature(obj: object) -> tuple | None:
     """What the traces of `obj` depend on among its settings: every `TraceSetting` value and the
     structural part of every `Setting` (hashable; equal signatures share a trace)."""
     if obj is None:
@@ -261,7 +269,7 @@ def signature(obj):
     return tuple(sorted(_store(obj).structure.items(), key=lambda kv: kv[0]))
 
 
-def declared(cls):
+def declared(cls: type) -> dict[str, Setting | TraceSetting]:
     """`{name: Setting or TraceSetting}` declared on `cls` and its bases."""
     out = {}
     for klass in reversed(cls.__mro__):
@@ -271,6 +279,6 @@ def declared(cls):
     return out
 
 
-def values(obj):
+def values(obj: object) -> dict[str, Any]:
     """`{name: current value}` of every setting declared on `obj`'s class."""
     return {name: getattr(obj, name) for name in declared(type(obj))}

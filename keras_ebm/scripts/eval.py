@@ -35,6 +35,8 @@ and bind their gin parameters (FLAG_BINDINGS; only flags given on the command li
 --gin_param), and `keras_ebm.evaluation.evaluate` runs them.
 """
 
+from __future__ import annotations
+
 import os
 
 from absl import app, flags, logging
@@ -181,7 +183,7 @@ FLAG_BINDINGS = {
 }
 
 
-def flag_bindings():
+def flag_bindings() -> list[str]:
     """Gin bindings of the flags given on the command line (`FLAG_BINDINGS`), as strings."""
     out = []
     for flag, target in FLAG_BINDINGS.items():
@@ -234,7 +236,7 @@ def _check_flags(argv):
         raise app.UsageError("--sample_quality needs --reference_classifier (an export or a train.py directory).")
 
 
-def selected_evaluators():
+def selected_evaluators() -> list[str]:
     """The evaluators the flags pick, in the order they run, then gin's `evaluate.evaluators` and
     --evaluators (names not already picked)."""
     import gin
@@ -251,7 +253,7 @@ def selected_evaluators():
     return names + [n for n in dict.fromkeys(from_gin + list(FLAGS.evaluators)) if n not in names]
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
     from keras_ebm import evaluation
     from keras_ebm.evaluation import registry
@@ -274,7 +276,7 @@ def main(argv):
         raise app.UsageError(scripts.without_gin_context(str(error))) from error
 
 
-def run():
+def run() -> None:
     """The `keras-ebm-eval` console script (and `python eval.py`)."""
     scripts.run_main(main)
 

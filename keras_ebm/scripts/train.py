@@ -9,6 +9,8 @@ joined by '_'), --verbose (tracebacks for errors). Everything else is gin (see
 docs/configuration.md). A run resumes from the last checkpoint in --model_dir.
 """
 
+from __future__ import annotations
+
 import signal
 import sys
 
@@ -24,7 +26,7 @@ flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     from absl import app, logging
 
     if len(argv) > 1:
@@ -62,7 +64,7 @@ def main(argv):
                 sys.exit(130)
 
 
-def run():
+def run() -> None:
     """The `keras-ebm-train` console script (and `python train.py`)."""
     scripts.run_main(main)
 
