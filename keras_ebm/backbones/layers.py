@@ -38,10 +38,10 @@ class SpectralNormConv2D(keras.layers.Conv2D):
         u <- normalize(W v);  v <- normalize(W^T u)      (power_iterations times, training only)
         sigma = u^T W v                                  (u, v held constant: stop_gradient)
 
-in the order of `torch.nn.utils.parametrizations.spectral_norm` (`update_order="u_first"`, the
-default; hankook/CLEL uses it). The older `torch.nn.utils.spectral_norm` updates v first
-(`update_order="v_first"`); unconverged, the two give slightly different sigma (sigma = ||W^T u||
-against ||W v||), a 1e-4 relative difference in CLEL's energies after a few steps.
+    in the order of `torch.nn.utils.parametrizations.spectral_norm` (`update_order="u_first"`, the
+    default; hankook/CLEL uses it). The older `torch.nn.utils.spectral_norm` updates v first
+    (`update_order="v_first"`); unconverged, the two give slightly different sigma (sigma = ||W^T u||
+    against ||W v||), a 1e-4 relative difference in CLEL's energies after a few steps.
 
     so the gradient with respect to W flows through sigma (d sigma / dW = u v^T) as in
     `torch.nn.utils.parametrizations.spectral_norm`. In inference mode (`training=False`) the stored
