@@ -107,15 +107,19 @@ class SummaryAction(Action):
         path = os.path.join(run.model_dir, "training_summary.json")
         staging = f"{path}.tmp-{os.getpid()}"  # renamed into place: a kill leaves no torn file
         with open(staging, "w") as f:
-            json.dump({
-                "trainer": type(run.model).__name__,
-                "first_step": run.first_step,
-                "last_step": run.last_step,
-                "train_steps": int(run.train_steps),
-                "stopped_by": run.stopped_by,
-                "seconds": round(run.seconds, 1),
-                "recoveries": run.recoveries,
-            }, f, indent=2)
+            json.dump(
+                {
+                    "trainer": type(run.model).__name__,
+                    "first_step": run.first_step,
+                    "last_step": run.last_step,
+                    "train_steps": int(run.train_steps),
+                    "stopped_by": run.stopped_by,
+                    "seconds": round(run.seconds, 1),
+                    "recoveries": run.recoveries,
+                },
+                f,
+                indent=2,
+            )
         os.replace(staging, path)
 
 
@@ -133,9 +137,14 @@ class ExportAction(Action):
     def __call__(self, run: Run) -> None:
         model = run.model
         export_dir = os.path.join(run.model_dir, "export")
-        export_lib.export_model(model, export_dir, image_shape=model.image_shape,
-                                pixel_range=model.pixel_range, ood_score=model.default_ood_score,
-                                onnx=self.onnx)
+        export_lib.export_model(
+            model,
+            export_dir,
+            image_shape=model.image_shape,
+            pixel_range=model.pixel_range,
+            ood_score=model.default_ood_score,
+            onnx=self.onnx,
+        )
         _log(f"exported SavedModel to {export_dir}")
 
     def __repr__(self):
@@ -156,13 +165,22 @@ class SampleGridAction(Action):
     Not in the default list (the replay buffer's grid, `samples/buffer.png`, is drawn by the
     training callbacks); the arguments are `generate_samples`'."""
 
-    def __init__(self, num_samples: int = 64, n_steps: int | None = None, from_buffer: bool = False, conditional: bool = False, name: str | None = None) -> None:
-        self.options = dict(num_samples=num_samples, n_steps=n_steps, from_buffer=from_buffer,
-                            conditional=conditional, name=name)
+    def __init__(
+        self,
+        num_samples: int = 64,
+        n_steps: int | None = None,
+        from_buffer: bool = False,
+        conditional: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.options = dict(
+            num_samples=num_samples, n_steps=n_steps, from_buffer=from_buffer, conditional=conditional, name=name
+        )
 
     def __call__(self, run: Run) -> None:
         run.outputs["samples"] = generation.generate_samples(
-            run.model, os.path.join(run.model_dir, "samples"), **self.options)
+            run.model, os.path.join(run.model_dir, "samples"), **self.options
+        )
 
 
 class BaselineAction(Action):
@@ -204,8 +222,7 @@ class BaselineAction(Action):
         actions = self.baseline_actions(run)
         # baseline=None explicit: gin would bind the baseline's baseline again.
         training.run_training(baseline_dir, self.trainer, baseline=None, actions=actions, **run.settings)
-        evaluated = (run.settings["evaluate"] if actions is None
-                     else any(isinstance(a, EvaluateAction) for a in actions))
+        evaluated = run.settings["evaluate"] if actions is None else any(isinstance(a, EvaluateAction) for a in actions)
         if run.chief and evaluated and "eval" in run.outputs:
             self.compare(run, baseline_dir)
 
@@ -213,8 +230,9 @@ class BaselineAction(Action):
         """Prints the run's and the baseline's results side by side; writes comparison.md."""
         with open(os.path.join(baseline_dir, "eval", "results.json")) as f:
             base_results = json.load(f)
-        table = report_tables.comparison_table({type(run.model).__name__: run.outputs["eval"],
-                                          "baseline": base_results})
+        table = report_tables.comparison_table(
+            {type(run.model).__name__: run.outputs["eval"], "baseline": base_results}
+        )
         with open(os.path.join(run.model_dir, "comparison.md"), "w") as f:
             f.write(table)
         print("\n" + table, flush=True)
@@ -223,7 +241,12 @@ class BaselineAction(Action):
         return f"BaselineAction({getattr(self.trainer, '__name__', self.trainer)!r})"
 
 
-def default_actions(export: bool = True, export_onnx: bool = False, evaluate: bool = False, baseline: Callable[[], EBMTrainer] | None = None) -> list[Action]:
+def default_actions(
+    export: bool = True,
+    export_onnx: bool = False,
+    evaluate: bool = False,
+    baseline: Callable[[], EBMTrainer] | None = None,
+) -> list[Action]:
     """The actions `run_training`'s flags stand for (its `actions=None`), in the order they run."""
     actions = [SummaryAction()]
     if export:

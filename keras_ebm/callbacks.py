@@ -217,8 +217,16 @@ class Checkpointing(StepCallback):
     (`DivergenceError`), so a diverged state is never written over a good one.
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int = 500, keep: int = 3, resume: bool = True, save_initial: bool = False, verbose: bool = True,
-                 save_on_interrupt: bool = True) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int = 500,
+        keep: int = 3,
+        resume: bool = True,
+        save_initial: bool = False,
+        verbose: bool = True,
+        save_on_interrupt: bool = True,
+    ) -> None:
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be >= 1 step. Received: every={every}")
@@ -263,8 +271,10 @@ class Checkpointing(StepCallback):
             notes = self.recovery.apply(model)
             self.restored_from = self.manager.latest_checkpoint
             if self.verbose:
-                _log(f"resumed from {self.restored_from} at step {current_step(model)}"
-                     + (f" (divergence recoveries: {', '.join(notes)})" if notes else ""))
+                _log(
+                    f"resumed from {self.restored_from} at step {current_step(model)}"
+                    + (f" (divergence recoveries: {', '.join(notes)})" if notes else "")
+                )
         elif self.save_initial:
             self.save()  # step 0
         return self.restored_from
@@ -287,7 +297,8 @@ class Checkpointing(StepCallback):
         if not variables_finite(self.model):
             raise DivergenceError(
                 f"not saving step {step}: the trainer holds NaN/Inf variables. The last good checkpoint "
-                f"is kept ({self.manager.latest_checkpoint}); see keras_ebm.callbacks.DivergenceRecovery.")
+                f"is kept ({self.manager.latest_checkpoint}); see keras_ebm.callbacks.DivergenceRecovery."
+            )
         path = self.manager.save(checkpoint_number=step)
         for fn in self.after_save:
             fn(path, step)
@@ -313,8 +324,12 @@ class Checkpointing(StepCallback):
         # them. (update_checkpoint_state rewrites the path list it is given in place: pass a copy.)
         stamps = [os.path.getmtime(p + ".index") for p in keep]
         tf.compat.v1.train.update_checkpoint_state(
-            self.directory, keep[-1], all_model_checkpoint_paths=list(keep),
-            all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=min(stamps) - 1.0)
+            self.directory,
+            keep[-1],
+            all_model_checkpoint_paths=list(keep),
+            all_model_checkpoint_timestamps=stamps,
+            last_preserved_timestamp=min(stamps) - 1.0,
+        )
         for path in paths:
             if path not in keep:
                 for f in tf.io.gfile.glob(path + ".*"):
@@ -324,9 +339,12 @@ class Checkpointing(StepCallback):
 
     # ---------------------------------------------------------------- Ctrl-C
     def _install_interrupt_handler(self):
-        if (not self.save_on_interrupt or self._previous_sigint is not None
-                or threading.current_thread() is not threading.main_thread()
-                or isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        if (
+            not self.save_on_interrupt
+            or self._previous_sigint is not None
+            or threading.current_thread() is not threading.main_thread()
+            or isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        ):
             return
         self.interrupted = False
         previous = signal.getsignal(signal.SIGINT)
@@ -353,8 +371,10 @@ class Checkpointing(StepCallback):
         self.interrupted = False
         step = current_step(self.model)
         path = self.save() or self.manager.latest_checkpoint
-        message = (f"interrupted at step {step}: saved {path}; to resume, run the same command again "
-                   "(train.py with the same --model_dir, or fit with the same callbacks)")
+        message = (
+            f"interrupted at step {step}: saved {path}; to resume, run the same command again "
+            "(train.py with the same --model_dir, or fit with the same callbacks)"
+        )
         _log(message)
         raise TrainingInterrupted(message, checkpoint=path, step=step)
 
@@ -395,7 +415,15 @@ class DivergenceRecovery(StepCallback):
     next remedy (`DivergenceGuard.apply`); what it changed is in the checkpointed `RecoveryState`.
     """
 
-    def __init__(self, checkpointing: Checkpointing, guard: divergence.DivergenceGuard | None = None, log_dir: str | os.PathLike | None = None, seed: int = 0, restart_data: bool = False, verbose: bool = True) -> None:
+    def __init__(
+        self,
+        checkpointing: Checkpointing,
+        guard: divergence.DivergenceGuard | None = None,
+        log_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        restart_data: bool = False,
+        verbose: bool = True,
+    ) -> None:
         super().__init__()
         self.checkpointing = checkpointing
         self.guard = guard
@@ -458,8 +486,9 @@ class DivergenceRecovery(StepCallback):
             ) from error
         restored = ckpt.roll_back(good_step)
         if restored is None:
-            raise DivergenceError(f"{error}\nNo checkpoint at or before the last good step {good_step} "
-                                  "is left to recover from.") from error
+            raise DivergenceError(
+                f"{error}\nNo checkpoint at or before the last good step {good_step} is left to recover from."
+            ) from error
         self.recoveries += 1
         remedies = ckpt.recovery.snapshot()  # what earlier recoveries changed belongs to the run
         ckpt.restore(restored)
@@ -471,11 +500,20 @@ class DivergenceRecovery(StepCallback):
             m.reset_state()
         change = guard.apply(model, self.recoveries, self.rng, state=ckpt.recovery)
         self.monitor = guard.monitor(model)
-        event = {"recovery": self.recoveries, "fired": error.signals, "at_step": error.step,
-                 "values": error.values, "restored": restored, "step": step, "change": change}
+        event = {
+            "recovery": self.recoveries,
+            "fired": error.signals,
+            "at_step": error.step,
+            "values": error.values,
+            "restored": restored,
+            "step": step,
+            "change": change,
+        }
         if self.verbose:
-            _log(f"divergence recovery {self.recoveries}/{guard.max_recoveries}: {event['fired']} at step "
-                 f"{event['at_step']}; restored the last good checkpoint {restored} (step {step}); {change}")
+            _log(
+                f"divergence recovery {self.recoveries}/{guard.max_recoveries}: {event['fired']} at step "
+                f"{event['at_step']}; restored the last good checkpoint {restored} (step {step}); {change}"
+            )
         if self.log_dir is not None:
             os.makedirs(self.log_dir, exist_ok=True)
             with open(os.path.join(self.log_dir, "divergence_events.jsonl"), "a") as f:
@@ -579,7 +617,13 @@ class TrainingLog(StepCallback):
             `every` steps, not the bar redrawn at every step.
     """
 
-    def __init__(self, log_dir: str | os.PathLike | None = None, every: int = 50, total_steps: int | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        log_dir: str | os.PathLike | None = None,
+        every: int = 50,
+        total_steps: int | None = None,
+        progress: bool = True,
+    ) -> None:
         super().__init__()
         self.log_dir = log_dir
         self.every = int(every)
@@ -655,7 +699,13 @@ class SampleGrids(keras.callbacks.Callback):
     `every` steps) and as a TensorBoard image: a look at the chains before reading numbers.
     Does nothing for a trainer without a buffer."""
 
-    def __init__(self, directory: str | os.PathLike, every: int | None = None, log_dir: str | os.PathLike | None = None, num_images: int = 64) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int | None = None,
+        log_dir: str | os.PathLike | None = None,
+        num_images: int = 64,
+    ) -> None:
         super().__init__()
         self.directory = directory
         self.every = every
@@ -685,10 +735,22 @@ class SampleGrids(keras.callbacks.Callback):
         self._write("buffer.png")
 
 
-def training_callbacks(model_dir: str | os.PathLike, train_steps: int | None = None, checkpoint_every: int = 500, keep_checkpoints: int = 3,
-                       divergence_guard: divergence.DivergenceGuard | None = None, max_minutes: float | None = None, log_every: int = 50, progress: bool = False,
-                       sample_grids: bool = True, operative_config: bool = True, checkpoint_dir: str | os.PathLike | None = None, seed: int = 0,
-                       restart_data: bool = False, chief: bool = True) -> list[keras.callbacks.Callback]:
+def training_callbacks(
+    model_dir: str | os.PathLike,
+    train_steps: int | None = None,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 3,
+    divergence_guard: divergence.DivergenceGuard | None = None,
+    max_minutes: float | None = None,
+    log_every: int = 50,
+    progress: bool = False,
+    sample_grids: bool = True,
+    operative_config: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    restart_data: bool = False,
+    chief: bool = True,
+) -> list[keras.callbacks.Callback]:
     """The callbacks of a keras_ebm run in `model_dir`, in the order they must run.
 
     Layout: `checkpoints/`, `tensorboard/`, `samples/`, `operative_config.gin`,
@@ -703,21 +765,37 @@ def training_callbacks(model_dir: str | os.PathLike, train_steps: int | None = N
         (SampleGrids), (OperativeConfig)]. The guard comes first so that a step is checked before
         it is saved.
     """
-    checkpointing = Checkpointing(checkpoint_dir or os.path.join(model_dir, "checkpoints"),
-                                  every=checkpoint_every, keep=keep_checkpoints, verbose=chief)
-    callbacks = [DivergenceRecovery(checkpointing, divergence_guard, log_dir=model_dir if chief else None,
-                                    seed=seed, restart_data=restart_data, verbose=chief),
-                 checkpointing]
+    checkpointing = Checkpointing(
+        checkpoint_dir or os.path.join(model_dir, "checkpoints"),
+        every=checkpoint_every,
+        keep=keep_checkpoints,
+        verbose=chief,
+    )
+    callbacks = [
+        DivergenceRecovery(
+            checkpointing,
+            divergence_guard,
+            log_dir=model_dir if chief else None,
+            seed=seed,
+            restart_data=restart_data,
+            verbose=chief,
+        ),
+        checkpointing,
+    ]
     if train_steps is not None:
         callbacks.append(StopAtStep(train_steps))
     if max_minutes is not None:
         callbacks.append(TimeBudget(max_minutes))
     if chief:
-        callbacks.append(TrainingLog(os.path.join(model_dir, "tensorboard"), every=log_every,
-                                     total_steps=train_steps, progress=progress))
+        callbacks.append(
+            TrainingLog(
+                os.path.join(model_dir, "tensorboard"), every=log_every, total_steps=train_steps, progress=progress
+            )
+        )
         if sample_grids:
-            callbacks.append(SampleGrids(os.path.join(model_dir, "samples"),
-                                         log_dir=os.path.join(model_dir, "tensorboard")))
+            callbacks.append(
+                SampleGrids(os.path.join(model_dir, "samples"), log_dir=os.path.join(model_dir, "tensorboard"))
+            )
         if operative_config:
             callbacks.append(OperativeConfig(os.path.join(model_dir, "operative_config.gin")))
     return callbacks

@@ -76,11 +76,17 @@ class WorkerLostError(RuntimeError):
 # missing heartbeats or a refused connection abort the collectives (UnavailableError); a collective
 # timeout raises DeadlineExceededError; a peer restarted mid-run gives FailedPreconditionError or
 # AbortedError (collective_all_reduce_strategy.py lists the same kinds for its health check).
-PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                 tf.errors.FailedPreconditionError, tf.errors.AbortedError)
+PEER_FAILURES = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.FailedPreconditionError,
+    tf.errors.AbortedError,
+)
 
 
-def make_strategy(devices: Sequence[str] | None = None, peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS) -> tf.distribute.Strategy:
+def make_strategy(
+    devices: Sequence[str] | None = None, peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS
+) -> tf.distribute.Strategy:
     """The strategy train.py uses.
 
     * TF_CONFIG naming several tasks ("worker" and optional "chief"): MultiWorkerMirroredStrategy.
@@ -110,18 +116,26 @@ def _configure_peer_timeout(cluster, seconds):
     leader and jobs as its own `configure_coordination_service` call in TF 2.21, which it skips
     once one is configured) with a heartbeat timeout of `seconds`."""
     if not seconds > 0:
-        raise ValueError(f"peer_timeout_seconds must be a positive number of seconds (or None for "
-                         f"TensorFlow's default). Received: {seconds!r}")
+        raise ValueError(
+            f"peer_timeout_seconds must be a positive number of seconds (or None for "
+            f"TensorFlow's default). Received: {seconds!r}"
+        )
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.eager import context
 
     spec = tf.train.ClusterSpec(cluster)
-    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
-            for job in ("chief", "worker") if job in spec.jobs]
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in spec.jobs
+    ]
     context.context().configure_coordination_service(
-        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
-        coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(1000 * seconds))
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=int(1000 * seconds),
+    )
 
 
 def worker_lost_error(error: BaseException, checkpoint: str | None = None) -> WorkerLostError:
@@ -130,8 +144,11 @@ def worker_lost_error(error: BaseException, checkpoint: str | None = None) -> Wo
     if "aborted by:" in text:  # the reason, not the graph node that was running
         text = text.split("aborted by:", 1)[1]
     reason = " ".join(line.strip() for line in text.strip().splitlines()[:2] if line.strip())[:400]
-    where = (f"the last checkpoint is {checkpoint}" if checkpoint
-             else "no checkpoint had been written yet (the run starts over)")
+    where = (
+        f"the last checkpoint is {checkpoint}"
+        if checkpoint
+        else "no checkpoint had been written yet (the run starts over)"
+    )
     message = (
         f"a peer worker stopped responding, so the collectives of this worker were aborted "
         f"({type(error).__name__}: {reason}). Training cannot "

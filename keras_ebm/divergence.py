@@ -81,9 +81,21 @@ class DivergenceGuard:
         reseed: draw new random seeds at every recovery.
     """
 
-    def __init__(self, max_recoveries: int = 4, threshold: float = 1e8, max_energy_gap: float | None = None, clf_rise_factor: float | None = 2.0,
-                 rise_window: int = 10, baseline_window: int = 100, confirm_steps: int = 100, remedies: Sequence[str] = REMEDIES,
-                 energy_l2: float = 0.1, sgld_steps_factor: float = 2.0, lr_factor: float = 0.5, reseed: bool = True) -> None:
+    def __init__(
+        self,
+        max_recoveries: int = 4,
+        threshold: float = 1e8,
+        max_energy_gap: float | None = None,
+        clf_rise_factor: float | None = 2.0,
+        rise_window: int = 10,
+        baseline_window: int = 100,
+        confirm_steps: int = 100,
+        remedies: Sequence[str] = REMEDIES,
+        energy_l2: float = 0.1,
+        sgld_steps_factor: float = 2.0,
+        lr_factor: float = 0.5,
+        reseed: bool = True,
+    ) -> None:
         if max_recoveries < 0:
             raise ValueError(f"`max_recoveries` must be >= 0. Received: max_recoveries={max_recoveries}")
         unknown = [r for r in remedies if r not in REMEDIES]
@@ -114,7 +126,9 @@ class DivergenceGuard:
         penalty, if any, widens the energy-gap band: see `DivergenceMonitor`)."""
         return DivergenceMonitor(self, model=model)
 
-    def apply(self, model: EBMTrainer, recovery: int, rng: np.random.Generator, state: RecoveryState | None = None) -> str:
+    def apply(
+        self, model: EBMTrainer, recovery: int, rng: np.random.Generator, state: RecoveryState | None = None
+    ) -> str:
         """Change the run after recovery number `recovery` (1-based) restored a checkpoint.
 
         Returns a description of what changed. `state` is the run's `RecoveryState`
@@ -223,9 +237,9 @@ class DivergenceMonitor:
         if g.clf_rise_factor is not None and "clf_loss" in values and np.isfinite(values["clf_loss"]):
             self.clf_losses.append(values["clf_loss"])
             history = list(self.clf_losses)
-            baseline = history[:-g.rise_window]
+            baseline = history[: -g.rise_window]
             if len(baseline) >= max(g.baseline_window // 2, 1):
-                recent = float(np.median(history[-g.rise_window:]))
+                recent = float(np.median(history[-g.rise_window :]))
                 level = float(np.median(baseline))
                 if recent > g.clf_rise_factor * level:
                     signals.append("clf_loss_rise")
@@ -248,8 +262,10 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return self.schedule(step) * keras.ops.cast(self.scale, "float32")
 
     def get_config(self) -> dict[str, Any]:
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
-                "scale": float(keras.ops.convert_to_numpy(self.scale))}
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "scale": float(keras.ops.convert_to_numpy(self.scale)),
+        }
 
 
 class RecoveryState(tf.Module):
@@ -266,8 +282,11 @@ class RecoveryState(tf.Module):
 
     def snapshot(self) -> dict[str, Any]:
         """The remedies as Python values (a restore of an older checkpoint must not undo them)."""
-        return {"lr_scale": float(self.lr_scale.numpy()), "extra_sgld_steps": int(self.extra_sgld_steps.numpy()),
-                "energy_l2": float(self.energy_l2.numpy())}
+        return {
+            "lr_scale": float(self.lr_scale.numpy()),
+            "extra_sgld_steps": int(self.extra_sgld_steps.numpy()),
+            "energy_l2": float(self.energy_l2.numpy()),
+        }
 
     def load(self, values: Mapping[str, Any]) -> None:
         for name, value in values.items():
@@ -277,9 +296,11 @@ class RecoveryState(tf.Module):
         """Route every scheduled learning rate of `model` through `lr_scale`, and remember the
         run's settings before any remedy (the SGLD steps, the energy penalty and the constant
         learning rates as built), which `apply` starts from."""
-        self._base = {"n_steps": None if model.sampler is None else int(model.sampler.n_steps),
-                      "energy_l2": None if model.energy_l2 is None else float(model.energy_l2),
-                      "learning_rates": {}}
+        self._base = {
+            "n_steps": None if model.sampler is None else int(model.sampler.n_steps),
+            "energy_l2": None if model.energy_l2 is None else float(model.energy_l2),
+            "learning_rates": {},
+        }
         for name, opt in _optimizers(model).items():
             schedule = opt._learning_rate
             if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):

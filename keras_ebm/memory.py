@@ -26,8 +26,18 @@ ENV_LIMIT = "KERAS_EBM_MEMORY_LIMIT"
 # Leave room for everything else a step needs (network, activations, the data pipeline).
 DEFAULT_FRACTION = 0.8
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 class ResourceError(MemoryError):
@@ -46,7 +56,7 @@ def format_bytes(n: int | float) -> str:
 
 
 def parse_bytes(text: str | None) -> int | None:
-    """"2GiB", "500 MB", "1e9" -> bytes (int); "none"/"" -> None."""
+    """ "2GiB", "500 MB", "1e9" -> bytes (int); "none"/"" -> None."""
     text = str(text).strip().lower()
     if text in ("", "none", "off", "0"):
         return None
@@ -96,8 +106,14 @@ def available_memory() -> tuple[int | None, str | None]:
     if ENV_LIMIT in os.environ:
         limit = parse_bytes(os.environ[ENV_LIMIT])
         return (limit, f"{ENV_LIMIT}={os.environ[ENV_LIMIT]}") if limit is not None else (None, None)
-    found = [(v, name) for v, name in ((_meminfo_available(), "MemAvailable in /proc/meminfo"),
-                                       (_cgroup_available(), "the cgroup memory limit")) if v is not None]
+    found = [
+        (v, name)
+        for v, name in (
+            (_meminfo_available(), "MemAvailable in /proc/meminfo"),
+            (_cgroup_available(), "the cgroup memory limit"),
+        )
+        if v is not None
+    ]
     return min(found) if found else (None, None)
 
 

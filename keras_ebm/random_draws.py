@@ -55,8 +55,19 @@ import tensorflow as tf
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
-KINDS = ("buffer_index", "buffer_class", "reinit", "init_uniform", "init_class", "init_normal",
-         "sgld_noise", "latent_normal", "augment_chain_start", "augment_guidance", "augment_views")
+KINDS = (
+    "buffer_index",
+    "buffer_class",
+    "reinit",
+    "init_uniform",
+    "init_class",
+    "init_normal",
+    "sgld_noise",
+    "latent_normal",
+    "augment_chain_start",
+    "augment_guidance",
+    "augment_views",
+)
 
 _ACTIVE = None  # the `Replay` of the enclosing `replay(...)` context, or None
 
@@ -66,7 +77,14 @@ def replaying() -> Replay | None:
     return _ACTIVE
 
 
-def uniform(kind: str, shape: Sequence[int] | tf.Tensor, seed: tf.Tensor, minval: float | tf.Tensor = 0, maxval: float | tf.Tensor | None = None, dtype: tf.DType = tf.float32) -> tf.Tensor:
+def uniform(
+    kind: str,
+    shape: Sequence[int] | tf.Tensor,
+    seed: tf.Tensor,
+    minval: float | tf.Tensor = 0,
+    maxval: float | tf.Tensor | None = None,
+    dtype: tf.DType = tf.float32,
+) -> tf.Tensor:
     """`tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)`, or the next recorded
     array of `kind` inside `replay(...)`."""
     _check_kind(kind)
@@ -84,7 +102,9 @@ def normal(kind: str, shape: Sequence[int] | tf.Tensor, seed: tf.Tensor, dtype: 
     return _ACTIVE.pop(kind, shape, dtype)
 
 
-def indices_without_replacement(kind: str, n: int | tf.Tensor, population: int | tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def indices_without_replacement(
+    kind: str, n: int | tf.Tensor, population: int | tf.Tensor, seed: tf.Tensor
+) -> tf.Tensor:
     """`n` distinct indices of `range(population)` in random order (int32 `[n]`): the first `n` of a
     random permutation, `top_k` of `population` uniform keys (`random.sample`'s distribution).
     Inside `replay(...)` the next recorded int array of `kind`."""
@@ -108,8 +128,7 @@ def augmented(kind: str, images: tf.Tensor, fn: Callable[[], tf.Tensor]) -> tf.T
 
 def _check_kind(kind):
     if kind not in KINDS:
-        raise ValueError(f"Unknown draw kind {kind!r}: add it to keras_ebm.random_draws.KINDS. "
-                         f"Known kinds: {KINDS}")
+        raise ValueError(f"Unknown draw kind {kind!r}: add it to keras_ebm.random_draws.KINDS. Known kinds: {KINDS}")
 
 
 class Replay:

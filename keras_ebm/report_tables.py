@@ -20,7 +20,9 @@ def percent(v: float | None) -> str:
     return "-" if v is None or v != v else f"{100 * v:.1f}%"
 
 
-def comparison_table(results_by_model: Mapping[str, Mapping[str, Any]], extra_columns: Mapping[str, Mapping[str, str]] | None = None) -> str:
+def comparison_table(
+    results_by_model: Mapping[str, Mapping[str, Any]], extra_columns: Mapping[str, Mapping[str, str]] | None = None
+) -> str:
     """Markdown table of accuracy, ECE and OOD AUROCs for several eval results (same OOD sets).
 
     `extra_columns`: optional dict column name -> {model name: cell text}, shown after the model
@@ -30,14 +32,18 @@ def comparison_table(results_by_model: Mapping[str, Mapping[str, Any]], extra_co
     first = results_by_model[names[0]]
     extra = extra_columns or {}
     ood_sets = sorted(first["ood"])  # by name, as run_eval and every report order them
-    columns = list(extra) + ["accuracy", "ECE"] + [
-        f"AUROC {ood} [{score}]" for ood in ood_sets for score in first["ood"][ood]
-    ]
+    columns = (
+        list(extra)
+        + ["accuracy", "ECE"]
+        + [f"AUROC {ood} [{score}]" for ood in ood_sets for score in first["ood"][ood]]
+    )
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for name in names:
         r = results_by_model[name]
-        cells = [extra[c].get(name, "-") for c in extra] + [percent(r["accuracy"]), percent(r["ece"])] + [
-            number(r["ood"].get(ood, {}).get(score)) for ood in ood_sets for score in first["ood"][ood]
-        ]
+        cells = (
+            [extra[c].get(name, "-") for c in extra]
+            + [percent(r["accuracy"]), percent(r["ece"])]
+            + [number(r["ood"].get(ood, {}).get(score)) for ood in ood_sets for score in first["ood"][ood]]
+        )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

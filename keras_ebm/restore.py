@@ -31,11 +31,16 @@ def restore_trainer(model_dir: str | os.PathLike, strategy: tf.distribute.Strate
             f"No trainer to rebuild for {model_dir}: the parsed config binds no run_training.trainer"
             f"{'' if os.path.isfile(os.path.join(model_dir, 'config.gin')) else ' (it has no config.gin)'}. "
             "Pass a run directory written by train.py (it saves config.gin), or parse the run's "
-            "config before restoring.")
+            "config before restoring."
+        )
     strategy = strategy or tf.distribute.get_strategy()
-    model = training.build_trainer(objs["trainer"], objs["optimizer"], strategy,
-                                   encoder_optimizer=objs.get("encoder_optimizer"),
-                                   mixed_precision=objs.get("mixed_precision"))
+    model = training.build_trainer(
+        objs["trainer"],
+        objs["optimizer"],
+        strategy,
+        encoder_optimizer=objs.get("encoder_optimizer"),
+        mixed_precision=objs.get("mixed_precision"),
+    )
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"No checkpoint in {model_dir}/checkpoints: train with train.py first.")

@@ -147,7 +147,9 @@ def check_unread_macros(gin_files: Sequence[str], gin_params: Sequence[str]) -> 
         else:
             for name in _MACRO_LINE.findall(text):
                 where.setdefault(name, os.path.basename(path))
-    unread = [name for name in defined if name not in used and (name not in allowed or where.get(name) == "--gin_param")]
+    unread = [
+        name for name in defined if name not in used and (name not in allowed or where.get(name) == "--gin_param")
+    ]
     if not unread:
         return
     lines = []
@@ -174,8 +176,20 @@ def check_model_dir(model_dir: str | os.PathLike) -> None:
 
 
 # run_training bindings that may change between calls on one model_dir (resume longer, evaluate...).
-RUN_CONTROL = ("train_steps", "max_minutes", "evaluate", "export", "export_onnx", "progress", "log_every",
-               "checkpoint_every", "keep_checkpoints", "jit_compile", "peer_timeout_seconds", "actions")
+RUN_CONTROL = (
+    "train_steps",
+    "max_minutes",
+    "evaluate",
+    "export",
+    "export_onnx",
+    "progress",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "jit_compile",
+    "peer_timeout_seconds",
+    "actions",
+)
 
 
 def _canonical(value):
@@ -231,7 +245,8 @@ def check_run_config(model_dir: str | os.PathLike, gin_files: Sequence[str], gin
             f"{lines}\nNothing was written. To train the new config, use a new --model_dir (or delete "
             f"this one). To resume this run, give it its own config: python train.py "
             f"--gin_file={path} --model_dir={model_dir} (run-control bindings such as "
-            f"run_training.train_steps may change: {', '.join(RUN_CONTROL)}).")
+            f"run_training.train_steps may change: {', '.join(RUN_CONTROL)})."
+        )
 
 
 def _checkpoint_index(model_dir):
@@ -246,8 +261,11 @@ def _only_initial_checkpoint(index):
     """The checkpoint index lists nothing but the step-0 checkpoint (saved before any step)."""
     if index is None:
         return True
-    paths = [line.split(":", 1)[1].strip().strip('"') for line in index.decode().splitlines()
-             if line.startswith("all_model_checkpoint_paths")]
+    paths = [
+        line.split(":", 1)[1].strip().strip('"')
+        for line in index.decode().splitlines()
+        if line.startswith("all_model_checkpoint_paths")
+    ]
     return all(p.endswith("-0") for p in paths)
 
 
@@ -307,7 +325,7 @@ def config_files(model_dir: str | os.PathLike) -> list[str]:
     with open(path) as f:
         for line in f:
             if line.startswith(CONFIG_FILES_HEADER):
-                return [p for p in line[len(CONFIG_FILES_HEADER):].strip().split(", ") if p]
+                return [p for p in line[len(CONFIG_FILES_HEADER) :].strip().split(", ") if p]
             if not line.startswith("#"):
                 break
     return []
@@ -344,8 +362,10 @@ def save_baseline_config(model_dir: str | os.PathLike, baseline_dir: str | os.Pa
         return None
     if not isinstance(reference, gin.config.ConfigurableReference):
         return None
-    extra = ("\n# The baseline trained beside the run in the parent directory: its own trainer, no "
-             f"baseline of its own.\nrun_training.trainer = {reference!r}\nrun_training.baseline = None\n")
+    extra = (
+        "\n# The baseline trained beside the run in the parent directory: its own trainer, no "
+        f"baseline of its own.\nrun_training.trainer = {reference!r}\nrun_training.baseline = None\n"
+    )
     save_config(baseline_dir, gin_files=config_files(model_dir), extra_bindings=extra)
     return os.path.join(baseline_dir, "config.gin")
 

@@ -52,11 +52,19 @@ TRACE = "trace"
 # cost nothing); "trace": a Python value the trace reads (a change forces one retrace). A variable
 # with a structural part retraces only when that part changes.
 SETTINGS = (
-    ("SGLDSampler", "n_steps", VARIABLE,
-     "the tf.while_loop bound: the 'sgld_steps' remedy and K schedules; a variable bound costs nothing"),
+    (
+        "SGLDSampler",
+        "n_steps",
+        VARIABLE,
+        "the tf.while_loop bound: the 'sgld_steps' remedy and K schedules; a variable bound costs nothing",
+    ),
     ("SGLDSampler", "step_size", VARIABLE, "scales the gradient step; a number in the loop"),
-    ("SGLDSampler", "noise_std", VARIABLE,
-     "scales the Langevin noise; structural at 0 (no noise drawn, as the noise-free recipes)"),
+    (
+        "SGLDSampler",
+        "noise_std",
+        VARIABLE,
+        "scales the Langevin noise; structural at 0 (no noise drawn, as the noise-free recipes)",
+    ),
     ("SGLDSampler", "grad_clip", TRACE, "None removes the clamp from the graph"),
     ("SGLDSampler", "x_clip", TRACE, "None removes the clamp from the graph"),
     ("SGLDSampler", "energy_reduction", TRACE, "sum or mean: a different graph"),
@@ -68,20 +76,27 @@ SETTINGS = (
     ("SAMGradients", "epsilon", VARIABLE, "added to the gradient norm; a number"),
     ("SAMGradients", "adaptive", TRACE, "SAM or ASAM: a different graph"),
     ("SAMGradients", "sync_perturbation", TRACE, "adds an all-reduce to the graph"),
-    ("ReplayBuffer", "reinit_prob", VARIABLE,
-     "the restart probability; structural at 0 (no fresh draws at all)"),
+    ("ReplayBuffer", "reinit_prob", VARIABLE, "the restart probability; structural at 0 (no fresh draws at all)"),
     ("EBMTrainer", "weight_decay", VARIABLE, "coupled L2 added to the gradients (at 0 it adds exactly 0)"),
     ("EBMTrainer", "check_finite_inputs", TRACE, "adds or removes the input asserts"),
     ("JEM", "clf_weight", VARIABLE, "weight of log p(y|x); a number"),
     ("JEM", "px_weight", VARIABLE, "weight of log p(x); structural at 0 (no SGLD chain, no sample forward)"),
     ("JEM", "pxy_weight", VARIABLE, "weight of log p(x, y); structural at 0 (no class-conditional chain)"),
-    ("JEM", "energy_l2", VARIABLE,
-     "the 'energy_l2' remedy: the penalty is always computed (two reductions) and multiplied by it"),
+    (
+        "JEM",
+        "energy_l2",
+        VARIABLE,
+        "the 'energy_l2' remedy: the penalty is always computed (two reductions) and multiplied by it",
+    ),
     ("JEM", "energy_l2_mode", TRACE, "which penalty: a different graph"),
     ("JEM", "bn_stats_from_samples", TRACE, "wraps the sample forward pass in a stateless scope"),
     ("JEM", "energy_l2_second_pass", TRACE, "whether SAM's second pass adds the penalty: a different loss closure"),
-    ("HDGE", "clf_weight", VARIABLE,
-     "alpha (the `alpha` property); structural at 1 (the contrastive term leaves the loss exactly)"),
+    (
+        "HDGE",
+        "clf_weight",
+        VARIABLE,
+        "alpha (the `alpha` property); structural at 1 (the contrastive term leaves the loss exactly)",
+    ),
     ("HDGE", "temperature", TRACE, "the loss function checks it as a Python number"),
     ("HDGE", "score", TRACE, "which contrastive score: a different graph"),
     ("HDGE", "label_smoothing", TRACE, "0 removes the smoothed targets from the graph"),
@@ -152,7 +167,13 @@ class Setting:
             (e.g. `lambda v: v > 0`); a change of it makes the compiled step stale (a retrace).
     """
 
-    def __init__(self, dtype: str = "float64", minimum: float | None = None, maximum: float | None = None, structure: Callable[[Any], Hashable] | None = None) -> None:
+    def __init__(
+        self,
+        dtype: str = "float64",
+        minimum: float | None = None,
+        maximum: float | None = None,
+        structure: Callable[[Any], Hashable] | None = None,
+    ) -> None:
         self.dtype = tf.as_dtype(dtype)
         self.minimum = minimum
         self.maximum = maximum
@@ -181,8 +202,9 @@ class Setting:
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f"`{self.name}` takes a number (set between steps), not {value!r}. "
-                            f"Received: {self.name}={value!r}") from None
+            raise TypeError(
+                f"`{self.name}` takes a number (set between steps), not {value!r}. Received: {self.name}={value!r}"
+            ) from None
         if self.dtype.is_integer:
             if value != int(value):
                 raise ValueError(f"`{self.name}` must be an integer. Received: {self.name}={value}")
@@ -203,8 +225,7 @@ class Setting:
         with tf.init_scope():
             var = store.variables.get(self.name)
             if var is None or isinstance(var, _Constant):
-                store.variables[self.name] = tf.Variable(value, dtype=self.dtype, trainable=False,
-                                                         name=self.name)
+                store.variables[self.name] = tf.Variable(value, dtype=self.dtype, trainable=False, name=self.name)
             else:
                 var.assign(tf.constant(value, self.dtype))  # not tf.cast: a Python float would pass float32
 

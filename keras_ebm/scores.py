@@ -63,7 +63,12 @@ def grad_norm(logits_fn: Callable[[tf.Tensor], tf.Tensor], x: TensorLike) -> tf.
     return logits_and_grad_norm(logits_fn, x)[1]
 
 
-def classifier_scores(logits_fn: Callable[[tf.Tensor], tf.Tensor], x: TensorLike, names: Sequence[str] | None = None, return_logits: bool = False) -> dict[str, tf.Tensor] | tuple[tf.Tensor, dict[str, tf.Tensor]]:
+def classifier_scores(
+    logits_fn: Callable[[tf.Tensor], tf.Tensor],
+    x: TensorLike,
+    names: Sequence[str] | None = None,
+    return_logits: bool = False,
+) -> dict[str, tf.Tensor] | tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """The scores `names` (default all of `CLASSIFIER_SCORES`) of images `x`, `{name: [batch]}`.
 
     One forward pass serves every score (with the backward pass of `grad_norm` when asked).
@@ -79,8 +84,11 @@ def classifier_scores(logits_fn: Callable[[tf.Tensor], tf.Tensor], x: TensorLike
         logits, norm = logits_fn(x), None
     out = {}
     for name in names:
-        out[name] = {"log_px": lambda: log_px(logits), "max_softmax": lambda: max_softmax(logits),
-                     "grad_norm": lambda: norm}[name]()
+        out[name] = {
+            "log_px": lambda: log_px(logits),
+            "max_softmax": lambda: max_softmax(logits),
+            "grad_norm": lambda: norm,
+        }[name]()
     return (logits, out) if return_logits else out
 
 

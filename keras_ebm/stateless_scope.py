@@ -14,6 +14,7 @@ import keras
 try:  # Keras keeps the getter private; without it nesting falls back to a plain scope.
     from keras.src.backend.common.stateless_scope import get_stateless_scope
 except ImportError:  # pragma: no cover
+
     def get_stateless_scope():
         return None
 

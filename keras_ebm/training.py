@@ -66,7 +66,8 @@ def dtype_policy(mixed_precision: str | None) -> Iterator[None]:
         raise ValueError(
             f"run_training.mixed_precision must be one of {PRECISIONS}: bfloat16 needs no loss scaling "
             "and keeps float32's range; float16 would need loss scaling, which keras_ebm does not "
-            f"apply. Received: mixed_precision={mixed_precision!r}")
+            f"apply. Received: mixed_precision={mixed_precision!r}"
+        )
     previous = keras.mixed_precision.dtype_policy()
     if mixed_precision is not None:
         keras.mixed_precision.set_dtype_policy(mixed_precision)
@@ -76,8 +77,14 @@ def dtype_policy(mixed_precision: str | None) -> Iterator[None]:
         keras.mixed_precision.set_dtype_policy(previous)
 
 
-def build_trainer(trainer: Callable[[], EBMTrainer], optimizer: Callable[[], keras.optimizers.Optimizer], strategy: tf.distribute.Strategy, jit_compile: bool = False, encoder_optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
-                  mixed_precision: str | None = None) -> EBMTrainer:
+def build_trainer(
+    trainer: Callable[[], EBMTrainer],
+    optimizer: Callable[[], keras.optimizers.Optimizer],
+    strategy: tf.distribute.Strategy,
+    jit_compile: bool = False,
+    encoder_optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
+    mixed_precision: str | None = None,
+) -> EBMTrainer:
     """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
 
     `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
@@ -96,7 +103,14 @@ def build_trainer(trainer: Callable[[], EBMTrainer], optimizer: Callable[[], ker
     return model
 
 
-def train_loop(model: EBMTrainer, dataset: Callable[..., tf.data.Dataset], strategy: tf.distribute.Strategy, train_steps: int, callbacks: keras.callbacks.CallbackList, jit_compile: bool = False) -> None:
+def train_loop(
+    model: EBMTrainer,
+    dataset: Callable[..., tf.data.Dataset],
+    strategy: tf.distribute.Strategy,
+    train_steps: int,
+    callbacks: keras.callbacks.CallbackList,
+    jit_compile: bool = False,
+) -> None:
     """The custom loop for MultiWorkerMirroredStrategy: `train_step` under `strategy.run`, driving
     `callbacks` (a `keras.callbacks.CallbackList` or a list) as `fit` would, until the run's step
     reaches `train_steps` or a callback sets `model.stop_training`.
@@ -104,14 +118,18 @@ def train_loop(model: EBMTrainer, dataset: Callable[..., tf.data.Dataset], strat
     When a peer worker is lost, TensorFlow aborts the collectives and this raises
     `keras_ebm.distribute.WorkerLostError` (the TensorFlow error is its `__cause__`) without
     saving anything more."""
-    cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
-        keras.callbacks.CallbackList(callbacks, model=model)
+    cbs = (
+        callbacks
+        if isinstance(callbacks, keras.callbacks.CallbackList)
+        else keras.callbacks.CallbackList(callbacks, model=model)
+    )
     iterator = iter(dataset)
 
     def make_step():
         # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
-        step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
-            else model.train_step
+        step_fn = (
+            tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile else model.train_step
+        )
 
         @tf.function
         def train_one_step(iterator):
@@ -141,7 +159,9 @@ def train_loop(model: EBMTrainer, dataset: Callable[..., tf.data.Dataset], strat
         raise distribute.worker_lost_error(error, _latest_checkpoint(cbs.callbacks)) from error
 
 
-@gin.configurable(module="keras_ebm.training")  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
+@gin.configurable(
+    module="keras_ebm.training"
+)  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
 def run_training(
     model_dir: str | os.PathLike,
     trainer: Callable[[], EBMTrainer],
@@ -229,21 +249,60 @@ def run_training(
     actions = actions_lib.default_actions(export, export_onnx, evaluate, baseline) if from_flags else list(actions)
     _check_before_training(strategy, max_minutes, actions, train_data)
     seed_run(seed)
-    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
-                          encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
-    callbacks = _build_callbacks(model_dir, model, strategy, train_data, train_steps, seed=seed,
-                                 checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                                 divergence_guard=divergence_guard, max_minutes=max_minutes,
-                                 log_every=log_every, progress=progress)
+    model = build_trainer(
+        trainer,
+        optimizer,
+        strategy,
+        jit_compile=jit_compile,
+        encoder_optimizer=encoder_optimizer,
+        mixed_precision=mixed_precision,
+    )
+    callbacks = _build_callbacks(
+        model_dir,
+        model,
+        strategy,
+        train_data,
+        train_steps,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        divergence_guard=divergence_guard,
+        max_minutes=max_minutes,
+        log_every=log_every,
+        progress=progress,
+    )
     first_step = _resume(model_dir, model, strategy, callbacks)
     seconds = _train(model, train_data, strategy, train_steps, callbacks, seed, jit_compile, first_step)
-    settings = dict(optimizer=optimizer, train_data=train_data, train_steps=train_steps,
-                    checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
-                    export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
-                    progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
-                    encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
-    run = _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds,
-                           settings=settings, actions=actions, from_flags=from_flags)
+    settings = dict(
+        optimizer=optimizer,
+        train_data=train_data,
+        train_steps=train_steps,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        keep_checkpoints=keep_checkpoints,
+        export=export,
+        evaluate=evaluate,
+        jit_compile=jit_compile,
+        strategy=strategy,
+        progress=progress,
+        divergence_guard=divergence_guard,
+        seed=seed,
+        max_minutes=max_minutes,
+        encoder_optimizer=encoder_optimizer,
+        mixed_precision=mixed_precision,
+    )
+    run = _finish_training(
+        model_dir,
+        model,
+        strategy,
+        callbacks,
+        first_step,
+        train_steps,
+        seconds,
+        settings=settings,
+        actions=actions,
+        from_flags=from_flags,
+    )
     actions_lib.run_actions(actions, run)
     return model
 
@@ -282,13 +341,20 @@ def _build_callbacks(model_dir, model, strategy, train_data, train_steps, progre
     carry them; a checkpoint rewritten in place could be torn by a kill)."""
     chief = distribute.is_chief(strategy)
     callbacks = callbacks_lib.training_callbacks(
-        model_dir, train_steps=train_steps, progress=progress and chief, restart_data=True, chief=chief,
-        checkpoint_dir=_checkpoint_dir(model_dir, strategy), **kwargs)
+        model_dir,
+        train_steps=train_steps,
+        progress=progress and chief,
+        restart_data=True,
+        chief=chief,
+        checkpoint_dir=_checkpoint_dir(model_dir, strategy),
+        **kwargs,
+    )
     checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
     budget = callbacks_lib.find(callbacks, callbacks_lib.TimeBudget)
     checkpointing.final_hook = lambda: model.after_training(train_data)
-    checkpointing.is_final = lambda: (callbacks_lib.current_step(model) >= train_steps
-                                      or (budget is not None and budget.check()))
+    checkpointing.is_final = lambda: (
+        callbacks_lib.current_step(model) >= train_steps or (budget is not None and budget.check())
+    )
     return keras.callbacks.CallbackList(callbacks, model=model)  # (sets the model of each callback)
 
 
@@ -341,8 +407,14 @@ def _fit(model, dataset, strategy, start, train_steps, callbacks, jit_compile):
     if _is_multi_worker(strategy):
         train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=jit_compile)
     else:
-        model.fit(dataset, epochs=1, steps_per_epoch=train_steps - start, verbose=0, shuffle=False,
-                  callbacks=callbacks.callbacks)
+        model.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=train_steps - start,
+            verbose=0,
+            shuffle=False,
+            callbacks=callbacks.callbacks,
+        )
 
 
 def _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds, **run_fields):
@@ -352,14 +424,25 @@ def _finish_training(model_dir, model, strategy, callbacks, first_step, train_st
     last_step = callbacks_lib.current_step(model)
     out_of_time = budget is not None and budget.stopped and last_step < train_steps
     recovery = callbacks_lib.find(callbacks.callbacks, callbacks_lib.DivergenceRecovery)
-    run = actions_lib.Run(model_dir, model, distribute.is_chief(strategy), first_step, last_step, train_steps,
-                          "max_minutes" if out_of_time else "train_steps", seconds, recovery.recoveries,
-                          **run_fields)
+    run = actions_lib.Run(
+        model_dir,
+        model,
+        distribute.is_chief(strategy),
+        first_step,
+        last_step,
+        train_steps,
+        "max_minutes" if out_of_time else "train_steps",
+        seconds,
+        recovery.recoveries,
+        **run_fields,
+    )
     if run.trained_now and run.chief:
         why = "time budget (run_training.max_minutes) used up at " if out_of_time else "trained to "
         log = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TrainingLog)
-        _log(f"{why}step {last_step}/{train_steps}: "
-             + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()}))
+        _log(
+            f"{why}step {last_step}/{train_steps}: "
+            + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()})
+        )
     if run.trained_now:
         _save_final_step(callbacks.callbacks, last_step)
     return run
@@ -400,8 +483,10 @@ def check_data_classes(model: EBMTrainer, source_info: SourceInfo | None) -> Non
     names = list(source_info.class_names)
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     if data_classes < num_classes:
-        why = (f"{num_classes - data_classes} of its logits would never be a target, and the energy "
-               "-logsumexp(logits) would sum over classes that are not in the data")
+        why = (
+            f"{num_classes - data_classes} of its logits would never be a target, and the energy "
+            "-logsumexp(logits) would sum over classes that are not in the data"
+        )
     else:
         why = f"labels {num_classes}..{data_classes - 1} would be out of range"
     raise ValueError(
@@ -446,8 +531,12 @@ def _copy_chief_checkpoint(model_dir, scratch_dir):
     path = os.path.join(scratch_dir, os.path.basename(chief_latest))
     stamp = tf.io.gfile.stat(path + ".index").mtime_nsec / 1e9  # (gs:// paths too)
     tf.compat.v1.train.update_checkpoint_state(
-        scratch_dir, path, all_model_checkpoint_paths=[path], all_model_checkpoint_timestamps=[stamp],
-        last_preserved_timestamp=stamp - 1.0)
+        scratch_dir,
+        path,
+        all_model_checkpoint_paths=[path],
+        all_model_checkpoint_timestamps=[stamp],
+        last_preserved_timestamp=stamp - 1.0,
+    )
 
 
 def _check_workers_agree(strategy, step):
@@ -458,7 +547,8 @@ def _check_workers_agree(strategy, step):
             f"the workers restored different steps ({steps}, in worker order): their checkpoints "
             "disagree. Give every worker the same shared model_dir (the non-chief workers restore the "
             "chief's newest checkpoint from model_dir/checkpoints), or copy the chief's newest "
-            "checkpoint into each worker's model_dir/.workers/worker_<i>/ and restart them all.")
+            "checkpoint into each worker's model_dir/.workers/worker_<i>/ and restart them all."
+        )
 
 
 def _checkpoint_dir(model_dir, strategy):

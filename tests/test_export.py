@@ -39,9 +39,7 @@ class TinyTrainer(keras.Model, scores_lib.Scorer):
     def __init__(self, network, **kwargs):
         super().__init__(**kwargs)
         self.network = network
-        self.buffer = self.add_weight(
-            shape=BUFFER_SHAPE, initializer="ones", trainable=False, name="replay_buffer"
-        )
+        self.buffer = self.add_weight(shape=BUFFER_SHAPE, initializer="ones", trainable=False, name="replay_buffer")
         self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
 
     def call(self, x, training=False):
@@ -212,7 +210,10 @@ def test_metadata_json_round_trip(exported):
     assert meta["signatures"]["scores"]["outputs"] == sorted(meta["score_names"])
     assert meta["format_version"] == 3
     assert meta["signatures"]["logits"]["inputs"]["images"] == {
-        "dtype": "float32", "shape": [None, 8, 8, 3], "values": "whole numbers in [0, 255] (pixel values)"}
+        "dtype": "float32",
+        "shape": [None, 8, 8, 3],
+        "values": "whole numbers in [0, 255] (pixel values)",
+    }
     loaded = export.load_export(exported)
     assert sorted(loaded.signatures) == sorted(export.ENDPOINTS)
     with pytest.raises(ValueError, match="No keras_ebm export metadata"):
@@ -279,7 +280,6 @@ def test_in_process_module_matches_keras_default_score():
         module.logits(tf.zeros((1, 4, 4, 3), tf.uint8))
 
 
-
 class TinyEBM(keras.Model, scores_lib.Scorer):
     """A model that is not a classifier: its own energy and scores (as CLEL's trainer)."""
 
@@ -306,7 +306,7 @@ def test_non_classifier_exports_its_own_energy_and_scores_only():
     module = export.ServingModule(TinyEBM(net), IMAGE_SHAPE, pixel_range=PIXEL_RANGE)
     images = _images(3, seed=8)
     logits = net(_float(images), training=False).numpy()
-    energy = 0.5 * (logits ** 2).sum(-1)
+    energy = 0.5 * (logits**2).sum(-1)
     assert module.score_name_list == ["neg_energy"]  # no JEM scores of a non-classifier's outputs
     assert module.metadata()["classifier"] is False and module.metadata()["ood_score"] == "neg_energy"
     np.testing.assert_allclose(module.energy(tf.constant(images))["energy"], energy, rtol=1e-5, atol=1e-5)
@@ -430,6 +430,7 @@ def test_leftovers_of_a_killed_export_are_cleaned_up(tmp_path):
     net = _network(seed=5)
     export.export_model(net, str(export_dir), IMAGE_SHAPE)
     images = _images(2)
+
     def logits():
         loaded = export.load_export(str(export_dir))  # kept alive while its function runs
         return loaded.logits(images)["logits"].numpy()

@@ -95,5 +95,10 @@ def test_stale_names_are_found(tmp_path):
         'OUT = "results.md"\n'
     )
     found = [entry.split(": ", 1)[1] for entry in stale_references([str(module)])]
-    assert found == ["STYLE.md", "gin_configs/nowhere.gin", "trainers/missing.py", "../shared/data/README.md",
-                     "other.gin"]
+    assert found == [
+        "STYLE.md",
+        "gin_configs/nowhere.gin",
+        "trainers/missing.py",
+        "../shared/data/README.md",
+        "other.gin",
+    ]

@@ -94,7 +94,7 @@ def test_coupled_weight_decay_is_pytorch_sgd_and_replicas_agree(two_device_strat
     net = make_trainer().network
     buf = [np.zeros_like(w.numpy()) for w in net.trainable_weights]
     for i in range(3):
-        xb, yb = x[32 * i:32 * (i + 1)], y[32 * i:32 * (i + 1)]
+        xb, yb = x[32 * i : 32 * (i + 1)], y[32 * i : 32 * (i + 1)]
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(yb, net(xb), from_logits=True))
         grads = tape.gradient(loss, net.trainable_weights)

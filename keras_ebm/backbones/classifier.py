@@ -14,7 +14,14 @@ if TYPE_CHECKING:
 BACKBONE_NAME = "backbone"
 
 
-def build_classifier(backbone: keras.Model, num_classes: int, input_shape: tuple[int | None, int | None, int] | None = None, torch_init: bool = True, head: Callable[[int], keras.layers.Layer] | None = None, name: str = "classifier") -> keras.Model:
+def build_classifier(
+    backbone: keras.Model,
+    num_classes: int,
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    torch_init: bool = True,
+    head: Callable[[int], keras.layers.Layer] | None = None,
+    name: str = "classifier",
+) -> keras.Model:
     """Images -> logits `[batch, num_classes]`: a backbone and a Dense head (JEM's `class_output`).
 
     The logits model is what trainers take as `network`; the energy is read from its logits

@@ -92,15 +92,20 @@ class SpectralNormConv2D(keras.layers.Conv2D):
     """
 
     def __init__(
-        self, filters: int, kernel_size: int | tuple[int, int], power_iterations: int = 1, eps: float = 1e-12, n_power_iterations_at_build: int | None = None,
-        update_order: str = "u_first", **kwargs: Any,
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        power_iterations: int = 1,
+        eps: float = 1e-12,
+        n_power_iterations_at_build: int | None = None,
+        update_order: str = "u_first",
+        **kwargs: Any,
     ) -> None:
         if update_order not in ("u_first", "v_first"):
             raise ValueError(f"`update_order` must be 'u_first' or 'v_first'. Received: update_order={update_order!r}")
         if int(power_iterations) < 1:
             raise ValueError(
-                "`power_iterations` must be an integer >= 1. "
-                f"Received: power_iterations={power_iterations}"
+                f"`power_iterations` must be an integer >= 1. Received: power_iterations={power_iterations}"
             )
         if n_power_iterations_at_build is not None and int(n_power_iterations_at_build) < 0:
             raise ValueError(
@@ -115,7 +120,8 @@ class SpectralNormConv2D(keras.layers.Conv2D):
         super().__init__(filters, kernel_size, **kwargs)
         self.power_iterations = int(power_iterations)
         self.n_power_iterations_at_build = (
-            None if n_power_iterations_at_build is None else int(n_power_iterations_at_build))
+            None if n_power_iterations_at_build is None else int(n_power_iterations_at_build)
+        )
         self.eps = float(eps)
         self.update_order = update_order
 
@@ -207,12 +213,14 @@ class SpectralNormConv2D(keras.layers.Conv2D):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({
-            "power_iterations": self.power_iterations,
-            "eps": self.eps,
-            "n_power_iterations_at_build": self.n_power_iterations_at_build,
-            "update_order": self.update_order,
-        })
+        config.update(
+            {
+                "power_iterations": self.power_iterations,
+                "eps": self.eps,
+                "n_power_iterations_at_build": self.n_power_iterations_at_build,
+                "update_order": self.update_order,
+            }
+        )
         return config
 
 
@@ -278,9 +286,12 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 n = n * ctx.num_replicas_in_sync
         unbiased = variance * n / (n - 1.0)
         # Replaces the biased update Keras just made (its moving average, the unbiased batch term).
-        self.moving_variance.assign(tf.cast(
-            tf.cast(moving_variance, variance.dtype) * self.momentum + unbiased * (1.0 - self.momentum),
-            self.moving_variance.dtype))
+        self.moving_variance.assign(
+            tf.cast(
+                tf.cast(moving_variance, variance.dtype) * self.momentum + unbiased * (1.0 - self.momentum),
+                self.moving_variance.dtype,
+            )
+        )
         return outputs
 
     def get_config(self) -> dict[str, Any]:
@@ -299,7 +310,9 @@ class Normalization(keras.layers.Normalization):
     same float32 constants as Keras' layer (float64 -> float32 rounds as Python float -> float32).
     """
 
-    def __init__(self, mean: Sequence[float] | None = None, variance: Sequence[float] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, mean: Sequence[float] | None = None, variance: Sequence[float] | None = None, **kwargs: Any
+    ) -> None:
         if mean is not None:
             mean = np.asarray(mean, np.float64)
         if variance is not None:

@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
-def conv_with_torch_padding(conv_kwargs: dict[str, Any], kernel_size: int, strides: int, name: str) -> Callable[[tf.Tensor], tf.Tensor]:
+def conv_with_torch_padding(
+    conv_kwargs: dict[str, Any], kernel_size: int, strides: int, name: str
+) -> Callable[[tf.Tensor], tf.Tensor]:
     """A callable `h -> conv(pad(h))` padding `kernel_size // 2` on every side like PyTorch.
 
     Stride-1 convolutions (and 1x1 kernels, which PyTorch does not pad) keep Keras' "same", which

@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-def TinyCNN(channels: Sequence[int] = (16, 32), norm: str | None = None, leak: float = 0.2, input_shape: tuple[int | None, int | None, int] = (None, None, 3), name: str = "tiny_cnn") -> keras.Model:
+def TinyCNN(
+    channels: Sequence[int] = (16, 32),
+    norm: str | None = None,
+    leak: float = 0.2,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    name: str = "tiny_cnn",
+) -> keras.Model:
     """Stride-2 3x3 convolutions with LeakyReLU, then global average pooling.
 
     Each convolution ("same" padding, stride 2) maps a size s to ceil(s / 2), so any input size

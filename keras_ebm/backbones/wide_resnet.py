@@ -73,8 +73,9 @@ def _conv(filters, kernel_size, strides, fan_in, torch_init, name):
 
 def _norm(norm, bn_momentum, bn_epsilon, name, unbiased=True):
     if norm == "batch":
-        return BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, unbiased_moving_variance=unbiased,
-                                  name=name)
+        return BatchNormalization(
+            momentum=bn_momentum, epsilon=bn_epsilon, unbiased_moving_variance=unbiased, name=name
+        )
     # An Identity layer (rather than skipping) keeps layer names the same with and without norm.
     return keras.layers.Identity(name=name)
 
@@ -186,9 +187,7 @@ def WideResNet(
             h = _conv(out_channels, 3, stride, 9 * out_channels, torch_init, f"{prefix}_conv2")(h)
             if stride != 1 or channels != out_channels:
                 # On the raw block input, not the normalised/activated one (as the reference).
-                shortcut = _conv(out_channels, 1, stride, channels, torch_init, f"{prefix}_shortcut")(
-                    block_input
-                )
+                shortcut = _conv(out_channels, 1, stride, channels, torch_init, f"{prefix}_shortcut")(block_input)
             else:
                 shortcut = block_input
             h = keras.layers.Add(name=f"{prefix}_add")([h, shortcut])

@@ -67,7 +67,8 @@ def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> di
     except ImportError as e:
         raise ImportError(
             f"Reading {path} needs PyTorch (a CPU build is enough: `pip install torch`). "
-            "Without it, pass convert_official a dict of NumPy arrays instead.") from e
+            "Without it, pass convert_official a dict of NumPy arrays instead."
+        ) from e
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if key is not None:
         obj = obj[key]

@@ -139,9 +139,7 @@ def make_dataset(
     _check_batch_size(global_batch_size, "global_batch_size")
     pixel_range_lib.check_pixel_range(pixel_range)
     if dequantize_noise < 0:
-        raise ValueError(
-            f"`dequantize_noise` must be >= 0. Received: dequantize_noise={dequantize_noise!r}"
-        )
+        raise ValueError(f"`dequantize_noise` must be >= 0. Received: dequantize_noise={dequantize_noise!r}")
     augment_fn = _resolve_augment(augment, pixel_range)
     train = _is_train(split)
     shuffle = train if shuffle is None else shuffle
@@ -171,9 +169,7 @@ def make_dataset(
     if cache:
         ds = ds.cache()
     if shuffle:
-        buffer = shuffle_buffer or min(
-            info.num_examples or _UNKNOWN_SIZE_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER
-        )
+        buffer = shuffle_buffer or min(info.num_examples or _UNKNOWN_SIZE_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER)
         ds = ds.shuffle(max(int(buffer), 1), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
@@ -194,9 +190,7 @@ def make_dataset(
         def transform(batch, batch_seed):
             x, y = batch
             batch_seed = tf.random.experimental.stateless_fold_in(batch_seed, pipeline_id)
-            aug_seed, noise_seed = tf.unstack(
-                tf.random.experimental.stateless_split(batch_seed, num=2)
-            )
+            aug_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=2))
             if uniform_dequantize:
                 dequant_seed = tf.random.experimental.stateless_fold_in(batch_seed, 3)
                 u = tf.random.stateless_uniform(tf.shape(x), dequant_seed)
@@ -228,10 +222,10 @@ def make_dataset_fn(name: str, split: str, global_batch_size: int, **kwargs: Any
     _check_batch_size(global_batch_size, "global_batch_size")
 
     return _recording_source_info(
-        lambda input_context: make_dataset(
-            name, split, global_batch_size, input_context=input_context, **kwargs
-        ),
-        name, split, kwargs,
+        lambda input_context: make_dataset(name, split, global_batch_size, input_context=input_context, **kwargs),
+        name,
+        split,
+        kwargs,
     )
 
 
@@ -287,19 +281,31 @@ def make_two_branch_dataset(
     _check_batch_size(clf_batch_size, "clf_batch_size")
     _check_batch_size(px_batch_size, "px_batch_size")
     clf = make_dataset(
-        name, split, clf_batch_size, input_context=input_context, augment=clf_augment,
-        seed=seed, **kwargs,
+        name,
+        split,
+        clf_batch_size,
+        input_context=input_context,
+        augment=clf_augment,
+        seed=seed,
+        **kwargs,
     )
     px = make_dataset(
-        name, split, px_batch_size, input_context=input_context, augment=px_augment,
-        seed=seed + 1, **kwargs,
+        name,
+        split,
+        px_batch_size,
+        input_context=input_context,
+        augment=px_augment,
+        seed=seed + 1,
+        **kwargs,
     )
     ds = tf.data.Dataset.zip((clf, px)).prefetch(tf.data.AUTOTUNE)
     ds.source_info = clf.source_info
     return ds
 
 
-def make_two_branch_dataset_fn(name: str, split: str, clf_batch_size: int, px_batch_size: int, **kwargs: Any) -> Callable[..., tf.data.Dataset]:
+def make_two_branch_dataset_fn(
+    name: str, split: str, clf_batch_size: int, px_batch_size: int, **kwargs: Any
+) -> Callable[..., tf.data.Dataset]:
     """`fn(input_context=None)` building `make_two_branch_dataset(...)` (for
     `strategy.distribute_datasets_from_function`)."""
     sources.get_source(name)  # an unknown name fails now, listing the registered ones
@@ -310,11 +316,15 @@ def make_two_branch_dataset_fn(name: str, split: str, clf_batch_size: int, px_ba
         lambda input_context: make_two_branch_dataset(
             name, split, clf_batch_size, px_batch_size, input_context=input_context, **kwargs
         ),
-        name, split, kwargs,
+        name,
+        split,
+        kwargs,
     )
 
 
-def load_arrays(name: str, split: str = "test", max_examples: int | None = None, **source_kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(
+    name: str, split: str = "test", max_examples: int | None = None, **source_kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """A whole split as numpy arrays, for evaluation.
 
     Args:

@@ -31,7 +31,13 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def prepare(name: str, path: str | os.PathLike | None = None, output: str | os.PathLike | None = None, splits: Sequence[str] | None = None, log: Callable[[str], Any] = print) -> pathlib.Path:
+def prepare(
+    name: str,
+    path: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    splits: Sequence[str] | None = None,
+    log: Callable[[str], Any] = print,
+) -> pathlib.Path:
     """Read the official source `name` and write its splits into one npz.
 
     Args:
@@ -86,12 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the official archive, folder or .mat file, or the directory holding it (default: "
         "$KERAS_EBM_DATA_DIR, then the working directory, ~/.keras/datasets, ../shared/data)",
     )
-    parser.add_argument(
-        "--output", help="the npz to write (default: <source>.npz beside the input)"
-    )
-    parser.add_argument(
-        "--splits", default="train,test", help="comma-separated splits (SVHN also has 'extra')"
-    )
+    parser.add_argument("--output", help="the npz to write (default: <source>.npz beside the input)")
+    parser.add_argument("--splits", default="train,test", help="comma-separated splits (SVHN also has 'extra')")
     args = parser.parse_args(argv)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     try:

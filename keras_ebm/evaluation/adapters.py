@@ -95,10 +95,12 @@ def _own_pixel_range(model):
     )
 
 
-def float_images(images: np.ndarray, labels: np.ndarray, pixel_range: tuple[float, float], max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def float_images(
+    images: np.ndarray, labels: np.ndarray, pixel_range: tuple[float, float], max_examples: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 `images` (the first `max_examples`) as float32 in `pixel_range`, with their int labels."""
     images = uint8_images(images, "images", max_examples)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)[:len(images)]
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)[: len(images)]
     if labels.shape[0] != images.shape[0]:
         raise ValueError(
             f"`labels` must hold one label per image. Received: {images.shape[0]} images, {labels.shape[0]} labels"
@@ -167,7 +169,9 @@ def logits_fn(model: Any, training: bool = False) -> Callable[[tf.Tensor], tf.Te
     return fn
 
 
-def uint8_logits_fn(classifier: Any, pixel_range: tuple[float, float] | None = None) -> Callable[[np.ndarray], tf.Tensor]:
+def uint8_logits_fn(
+    classifier: Any, pixel_range: tuple[float, float] | None = None
+) -> Callable[[np.ndarray], tf.Tensor]:
     """`fn(images_uint8) -> logits` for an export, a keras model or a float `logits_fn`.
 
     Args:
@@ -194,10 +198,12 @@ def uint8_images(images: TensorLike, name: str = "images", max_examples: int | N
             "keras_ebm.data.from_pixel_range; models get them mapped to their pixel range). "
             f"Received: dtype={images.dtype}, shape={images.shape}"
         )
-    return images[:int(max_examples)] if max_examples else images
+    return images[: int(max_examples)] if max_examples else images
 
 
-def predict_logits(fn: Callable[[Any], Any], images: np.ndarray, batch_size: int = 256, progress: bool = False, label: str = "logits") -> np.ndarray:
+def predict_logits(
+    fn: Callable[[Any], Any], images: np.ndarray, batch_size: int = 256, progress: bool = False, label: str = "logits"
+) -> np.ndarray:
     """Logits of `images` (numpy, any leading size) in batches, as a float32 numpy array.
 
     Args:
@@ -212,7 +218,7 @@ def predict_logits(fn: Callable[[Any], Any], images: np.ndarray, batch_size: int
     bar = _progbar(n, label) if progress else None
     out = []
     for start in range(0, n, batch_size):
-        out.append(np.asarray(fn(images[start:start + batch_size]), np.float32))
+        out.append(np.asarray(fn(images[start : start + batch_size]), np.float32))
         if bar is not None:
             bar.update(min(start + batch_size, n))
     if not out:

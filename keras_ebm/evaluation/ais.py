@@ -120,9 +120,20 @@ def annealing_schedule(num_temperatures: int, schedule: str = "sigmoid", sharpne
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def ais_log_partition(energy_fn: Callable[[tf.Tensor], tf.Tensor], base: UniformBase | GaussianBase, event_shape: Sequence[int], num_chains: int = 64, num_temperatures: int = 200, sampler: MCMCSampler | None = None,
-                      steps_per_temperature: int = 1, schedule: str = "sigmoid", adapt_step_size: bool = True, pilot_chains: int | None = None,
-                      seed: int = 0, return_samples: bool = False) -> dict[str, Any]:
+def ais_log_partition(
+    energy_fn: Callable[[tf.Tensor], tf.Tensor],
+    base: UniformBase | GaussianBase,
+    event_shape: Sequence[int],
+    num_chains: int = 64,
+    num_temperatures: int = 200,
+    sampler: MCMCSampler | None = None,
+    steps_per_temperature: int = 1,
+    schedule: str = "sigmoid",
+    adapt_step_size: bool = True,
+    pilot_chains: int | None = None,
+    seed: int = 0,
+    return_samples: bool = False,
+) -> dict[str, Any]:
     """Estimate log Z = log ∫ exp(-E(x)) dx by AIS from `base` (see the module docstring).
 
     Args:
@@ -150,8 +161,10 @@ def ais_log_partition(energy_fn: Callable[[tf.Tensor], tf.Tensor], base: Uniform
     """
     sampler = sampler if sampler is not None else MALASampler(step_size=0.01)
     if not isinstance(sampler, MCMCSampler):
-        raise ValueError("`sampler` must be a MALASampler or HMCSampler (AIS needs Metropolis-corrected "
-                         f"transitions). Received: {type(sampler).__name__}")
+        raise ValueError(
+            "`sampler` must be a MALASampler or HMCSampler (AIS needs Metropolis-corrected "
+            f"transitions). Received: {type(sampler).__name__}"
+        )
     if int(num_chains) < 2:
         raise ValueError(f"`num_chains` must be at least 2 (for a standard error). Received: {num_chains}")
     if int(steps_per_temperature) < 1:
@@ -212,8 +225,9 @@ def log_mean_exp_with_stderr(log_w: np.ndarray) -> tuple[float, float, float]:
 def _anneal(energy_fn, base, box, sampler, betas, event_shape, n, steps, step_sizes, adapt, seed):
     """One anneal of `n` chains as a `tf.function`: `(log weights, final states, step size per
     temperature, mean acceptance, None)`."""
-    run = tf.function(lambda s, sd: _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, s,
-                                                  adapt, sd, box=box))
+    run = tf.function(
+        lambda s, sd: _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, s, adapt, sd, box=box)
+    )
     return run(step_sizes, seed)
 
 
@@ -252,7 +266,8 @@ def _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, step_si
             return i + 1, x, results, accept + a
 
         _, x, results, accept = tf.while_loop(
-            lambda i, *_: i < steps, transition, (tf.constant(0), x, results, tf.zeros([n])))
+            lambda i, *_: i < steps, transition, (tf.constant(0), x, results, tf.zeros([n]))
+        )
         if adapt:
             chain_step = tf.reshape(results.new_step_size, tf.shape(chain_step))
         used = used.write(k, tf.exp(tf.reduce_mean(tf.math.log(tf.reshape(step, [-1]) * tf.ones([n])))))
@@ -263,15 +278,25 @@ def _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, step_si
     chain_step = per_chain * step_sizes[0]
     used = tf.TensorArray(tf.float32, size=num_k)
     _, x, log_w, _, _, accept_sum, used = tf.while_loop(
-        lambda k, *_: k < num_k, body,
+        lambda k, *_: k < num_k,
+        body,
         (tf.constant(0), x0, tf.zeros([n]), lp0, chain_step, tf.constant(0.0), used),
         parallel_iterations=1,
     )
     return log_w, x, used.stack(), accept_sum / tf.cast(num_k, tf.float32), None
 
 
-def test_log_likelihood(energy_fn: Callable[[tf.Tensor], tf.Tensor], images: np.ndarray, log_z: float, log_z_stderr: float = 0.0, box: tuple[float, float] = (-1.0, 1.0), dequantize: bool = True,
-                        levels: int = 256, batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
+def test_log_likelihood(
+    energy_fn: Callable[[tf.Tensor], tf.Tensor],
+    images: np.ndarray,
+    log_z: float,
+    log_z_stderr: float = 0.0,
+    box: tuple[float, float] = (-1.0, 1.0),
+    dequantize: bool = True,
+    levels: int = 256,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Mean test log-likelihood log p(x) = -E(x) - log Z (see the module docstring).
 
     Args:
@@ -299,8 +324,9 @@ def test_log_likelihood(energy_fn: Callable[[tf.Tensor], tf.Tensor], images: np.
     else:
         x, dequantize = images.astype(np.float32), False
     d = int(np.prod(x.shape[1:]))
-    energies = np.concatenate([
-        np.asarray(energy_fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)])
+    energies = np.concatenate(
+        [np.asarray(energy_fn(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
+    )
     log_p = -energies.astype(np.float64) - log_z
     # The density on the 0..levels scale: p(x) ((hi - lo) / levels)^d.
     log_p_levels = log_p + d * math.log((hi - lo) / levels)

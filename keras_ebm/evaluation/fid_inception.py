@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
-FID_WEIGHTS_NPZ = FID_WEIGHTS_FILE[:-len(".pth")] + ".npz"
+FID_WEIGHTS_NPZ = FID_WEIGHTS_FILE[: -len(".pth")] + ".npz"
 WEIGHTS_ENV = "KERAS_EBM_FID_INCEPTION_WEIGHTS"
 IMAGE_SIZE = 299
 NUM_CLASSES = 1008
@@ -81,8 +81,7 @@ _IGNORED_SUFFIX = ".num_batches_tracked"  # BatchNorm's update counter: not a we
 def _basic_conv(x, name, filters, kernel, strides=1, padding="valid"):
     """torchvision's BasicConv2d: conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU. Torch's symmetric
     padding (k - 1) / 2 of every stride-1 conv here is Keras' "same"; padding 0 is "valid"."""
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
-                            name=f"{name}.conv")(x)
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=f"{name}.conv")(x)
     x = keras.layers.BatchNormalization(epsilon=1e-3, name=f"{name}.bn")(x)
     return keras.layers.ReLU(name=f"{name}.relu")(x)
 
@@ -150,8 +149,7 @@ def _inception_e(x, name, pool):
     b3 = c(x, "branch3x3_1", 384, 1)
     b3 = _concat([c(b3, "branch3x3_2a", 384, (1, 3)), c(b3, "branch3x3_2b", 384, (3, 1))], f"{name}.branch3x3")
     bd = c(c(x, "branch3x3dbl_1", 448, 1), "branch3x3dbl_2", 384, 3)
-    bd = _concat([c(bd, "branch3x3dbl_3a", 384, (1, 3)), c(bd, "branch3x3dbl_3b", 384, (3, 1))],
-                 f"{name}.branch3x3dbl")
+    bd = _concat([c(bd, "branch3x3dbl_3a", 384, (1, 3)), c(bd, "branch3x3dbl_3b", 384, (3, 1))], f"{name}.branch3x3dbl")
     bp = c(_pool_same(x, name, pool), "branch_pool", 192, 1)
     return _concat([b1, b3, bd, bp], name)
 
@@ -217,8 +215,12 @@ def _placements(model):
         if isinstance(layer, keras.layers.Conv2D):
             out[f"{layer.name}.weight"] = (layer.kernel, "conv")
         elif isinstance(layer, keras.layers.BatchNormalization):
-            for torch_name, var in (("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.moving_mean),
-                                    ("running_var", layer.moving_variance)):
+            for torch_name, var in (
+                ("weight", layer.gamma),
+                ("bias", layer.beta),
+                ("running_mean", layer.moving_mean),
+                ("running_var", layer.moving_variance),
+            ):
                 out[f"{layer.name}.{torch_name}"] = (var, "vector")
         elif isinstance(layer, keras.layers.Dense):
             out[f"{layer.name}.weight"] = (layer.kernel, "dense")
@@ -234,7 +236,9 @@ def _to_keras(value, kind):
     return value
 
 
-def load_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray], source: str = "state_dict") -> keras.Model:
+def load_state_dict(
+    model: keras.Model, state_dict: Mapping[str, np.ndarray], source: str = "state_dict"
+) -> keras.Model:
     """Places pytorch-fid's state dict (`{name: array}`, torch layouts) into `build_fid_inception`'s
     weights. Every key must find its weight and every weight its key (BatchNorm's
     `num_batches_tracked` counters are skipped); otherwise a `ValueError` names the keys."""
@@ -255,9 +259,11 @@ def load_state_dict(model: keras.Model, state_dict: Mapping[str, np.ndarray], so
     for key, (var, kind) in placements.items():
         value = _to_keras(np.asarray(given[key]), kind)
         if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(f"{source}: {key} has shape {np.asarray(given[key]).shape} (torch layout); the "
-                             f"network expects {tuple(var.shape)} in Keras layout. Is this the FID Inception "
-                             f"file {FID_WEIGHTS_FILE}?")
+            raise ValueError(
+                f"{source}: {key} has shape {np.asarray(given[key]).shape} (torch layout); the "
+                f"network expects {tuple(var.shape)} in Keras layout. Is this the FID Inception "
+                f"file {FID_WEIGHTS_FILE}?"
+            )
         values.append((var, value))
     for var, value in values:
         var.assign(value.astype(var.dtype))
@@ -292,8 +298,11 @@ def fid_weights_path(weights: str | os.PathLike | None = None) -> str:
     `FileNotFoundError` naming the URL and the options; never downloads."""
     models = os.path.join(generative.keras_cache_dir(), "models")
     torch_home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
-    cached = [os.path.join(models, FID_WEIGHTS_NPZ), os.path.join(models, FID_WEIGHTS_FILE),
-              os.path.join(torch_home, "hub", "checkpoints", FID_WEIGHTS_FILE)]
+    cached = [
+        os.path.join(models, FID_WEIGHTS_NPZ),
+        os.path.join(models, FID_WEIGHTS_FILE),
+        os.path.join(torch_home, "hub", "checkpoints", FID_WEIGHTS_FILE),
+    ]
     if weights:
         if os.path.isfile(weights):
             return weights
@@ -349,7 +358,12 @@ class FIDInceptionFeatures(generative.ImageFeatures):
 
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
 
-    def __init__(self, weights: str | os.PathLike | None = None, preprocessing: str = "tf2015", state_dict: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        preprocessing: str = "tf2015",
+        state_dict: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.preprocessing = _checked_preprocessing(preprocessing)
         self.name = "fid_inception" if preprocessing == "tf2015" else "fid_inception_pytorch_fid"
         source = "state_dict"
@@ -370,7 +384,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m keras_ebm.evaluation.fid_inception",
         description=f"Convert pytorch-fid's FID Inception weights ({FID_WEIGHTS_URL}) to an .npz that keras_ebm "
-                    "reads without PyTorch (this command needs torch).")
+        "reads without PyTorch (this command needs torch).",
+    )
     parser.add_argument("--convert", nargs=2, metavar=("IN_PTH", "OUT_NPZ"), required=True)
     args = parser.parse_args(argv)
     convert(*args.convert)

@@ -78,7 +78,9 @@ class Evaluator:
         return []
 
     @classmethod
-    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+    def columns(
+        cls, results_list: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
         """`[(title, getter(results) -> value, "pct" or "num")]` of the report across runs."""
         return []
 
@@ -88,7 +90,9 @@ class Evaluator:
         return {}
 
     @classmethod
-    def compare_plots(cls, runs: Mapping[str, tuple[str, Mapping[str, Any]]], output_dir: str | os.PathLike) -> list[str]:
+    def compare_plots(
+        cls, runs: Mapping[str, tuple[str, Mapping[str, Any]]], output_dir: str | os.PathLike
+    ) -> list[str]:
         """Plots of the report across runs (`runs`: `{name: (eval_dir, results)}`); returns paths."""
         return []
 
@@ -126,8 +130,10 @@ def get(name: str) -> type[Evaluator]:
     """The registered evaluator class `name`."""
     _builtins()
     if name not in _EVALUATORS:
-        raise UsageError(f"Unknown evaluator {name!r}; registered: {', '.join(_EVALUATORS)}. Register one with "
-                         "keras_ebm.evaluation.registry.register (and import its module, e.g. --gin_param='import m').")
+        raise UsageError(
+            f"Unknown evaluator {name!r}; registered: {', '.join(_EVALUATORS)}. Register one with "
+            "keras_ebm.evaluation.registry.register (and import its module, e.g. --gin_param='import m')."
+        )
     return _EVALUATORS[name]
 
 
@@ -157,8 +163,16 @@ class EvalContext:
         evaluators: the evaluator instances of the run (the "samples" one supplies `samples`).
     """
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, saved_model: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None, max_examples: int | None = None, in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
-                 reparse_config: Callable[[], None] | None = None, evaluators: Sequence[Evaluator] = ()) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        saved_model: str | os.PathLike | None = None,
+        output_dir: str | os.PathLike | None = None,
+        max_examples: int | None = None,
+        in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+        reparse_config: Callable[[], None] | None = None,
+        evaluators: Sequence[Evaluator] = (),
+    ) -> None:
         self.model_dir = model_dir
         self.saved_model = saved_model
         self.output_dir = output_dir or os.path.join(model_dir or ".", "eval")
@@ -193,8 +207,10 @@ class EvalContext:
         """The trainer restored from `<model_dir>`'s last checkpoint (restored on first use)."""
         if self._model is None:
             if not self.model_dir:
-                raise UsageError("This evaluation needs model_dir: it uses the trainer restored from its checkpoint "
-                                 "(an export has no gradient and no sampler).")
+                raise UsageError(
+                    "This evaluation needs model_dir: it uses the trainer restored from its checkpoint "
+                    "(an export has no gradient and no sampler)."
+                )
             from keras_ebm import restore
 
             self._model = restore.restore_trainer(self.model_dir)
@@ -214,8 +230,15 @@ class EvalContext:
 
 
 @gin.configurable(module="keras_ebm.evaluation")
-def evaluate(evaluators: Sequence[str] = ("standard",), model_dir: str | os.PathLike | None = None, saved_model: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None, max_examples: int | None = None,
-             in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None, reparse_config: Callable[[], None] | None = None) -> dict[str, dict[str, Any] | None]:
+def evaluate(
+    evaluators: Sequence[str] = ("standard",),
+    model_dir: str | os.PathLike | None = None,
+    saved_model: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    max_examples: int | None = None,
+    in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    reparse_config: Callable[[], None] | None = None,
+) -> dict[str, dict[str, Any] | None]:
     """Runs the registered evaluators `evaluators` (names) in order; what eval.py calls.
 
     Every evaluator is created first (gin binds its options), then run on one `EvalContext` (see
@@ -227,8 +250,15 @@ def evaluate(evaluators: Sequence[str] = ("standard",), model_dir: str | os.Path
         `{evaluator name: what its run returned}`.
     """
     created = [get(name)() for name in evaluators]
-    ctx = EvalContext(model_dir=model_dir, saved_model=saved_model, output_dir=output_dir,
-                      max_examples=max_examples, in_dist=in_dist, reparse_config=reparse_config, evaluators=created)
+    ctx = EvalContext(
+        model_dir=model_dir,
+        saved_model=saved_model,
+        output_dir=output_dir,
+        max_examples=max_examples,
+        in_dist=in_dist,
+        reparse_config=reparse_config,
+        evaluators=created,
+    )
     wants_model = any(e.needs_model for e in created)
     out = {}
     for evaluator in created:

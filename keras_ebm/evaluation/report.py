@@ -89,7 +89,9 @@ def run_name(run_dir: str | os.PathLike) -> str | None:
     return f"{trainer} ({', '.join(stems)})" if stems else None  # config unknown: the folder names it
 
 
-def load_runs(paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+def load_runs(
+    paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
     """`{name: (eval_dir, results)}`; names default to each run's trainer and config (`run_name`,
     e.g. "SADAJEM (quickstart)"), else the run directory's name, made unique."""
     if not paths:
@@ -177,7 +179,7 @@ def _plot_files(eval_dir):
             continue
         for file in sorted(os.listdir(folder)):
             if file.endswith(".png"):
-                kind = (f"samples_{file[:-4]}" if sub else file[:-4])
+                kind = f"samples_{file[:-4]}" if sub else file[:-4]
                 found[kind] = os.path.join(folder, file)
     return found
 
@@ -203,7 +205,13 @@ def side_by_side(paths_by_run: Mapping[str, str], path: str | os.PathLike, title
     return plots._save(fig, path)
 
 
-def compare_runs(paths: Sequence[str | os.PathLike], output_dir: str | os.PathLike, names: Sequence[str] | None = None, scores: Sequence[str] | None = None, title: str = "Comparison") -> dict[str, Any]:
+def compare_runs(
+    paths: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
+    title: str = "Comparison",
+) -> dict[str, Any]:
     """Writes report.md, report.json and the side-by-side plots for the runs at `paths`.
 
     Args:
@@ -236,16 +244,21 @@ def compare_runs(paths: Sequence[str | os.PathLike], output_dir: str | os.PathLi
 
     written = [path for cls in registry.keyed() for path in cls.compare_plots(runs, output_dir)]
     for kind in union(plot_files.values()):
-        if scores and kind.startswith("scores_") and kind[len("scores_"):] not in scores:
+        if scores and kind.startswith("scores_") and kind[len("scores_") :] not in scores:
             continue  # a score the table leaves out
         have = {name: files[kind] for name, files in plot_files.items() if kind in files}
         written.append(side_by_side(have, os.path.join(output_dir, f"report_{kind}.png"), title=kind))
 
     notes = union([[r["notes"]] for r in results_list if r.get("notes")])
-    lines = [f"# {title}", "", "Rows: models; robust accuracy in %, epsilons in [0, 255] pixel units; "
-             "classifier_fd / classifier_score / classifier_kd are computed in the feature space of a "
-             "classifier trained with keras_ebm (named in the JSON), not Inception: they rank runs measured "
-             "with the same network and are not FID / IS / KID.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Rows: models; robust accuracy in %, epsilons in [0, 255] pixel units; "
+        "classifier_fd / classifier_score / classifier_kd are computed in the feature space of a "
+        "classifier trained with keras_ebm (named in the JSON), not Inception: they rank runs measured "
+        "with the same network and are not FID / IS / KID.",
+        "",
+    ]
     lines += _table(["model", "run folder"] + [t for t, _ in cols], cells)
     lines += ["", "Images behind each number", ""]
     lines += _table(["model"] + what, [[n] + [counts[n].get(w, "-") for w in what] for n in runs])
@@ -265,6 +278,5 @@ def compare_runs(paths: Sequence[str | os.PathLike], output_dir: str | os.PathLi
     }
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    _log(f"wrote {output_dir}/report.md, report.json and {len(written)} plots ({len(runs)} runs, "
-         f"{len(cols)} columns)")
+    _log(f"wrote {output_dir}/report.md, report.json and {len(written)} plots ({len(runs)} runs, {len(cols)} columns)")
     return report

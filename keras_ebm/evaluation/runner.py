@@ -37,7 +37,9 @@ def _log(msg):
     print(f"[keras_ebm.eval] {msg}", flush=True)
 
 
-def load_set(spec: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]], max_examples: int | None) -> tuple[np.ndarray, np.ndarray]:
+def load_set(
+    spec: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]], max_examples: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A data spec is a callable returning (x, y) uint8 arrays, or kwargs of keras_ebm.data.load_arrays."""
     if callable(spec):
         x, y = spec()
@@ -65,7 +67,7 @@ def _run_export(module, images, batch_size, label, classifier=True):
     outputs = {}
     n = len(images)
     for start in range(0, n, batch_size):
-        batch = signature_images(scores_fn, images[start:start + batch_size])
+        batch = signature_images(scores_fn, images[start : start + batch_size])
         out = dict(serve(images=batch)) if classifier else {}
         out.update({f"score/{k}": v for k, v in scores_fn(images=batch).items()})
         for k, v in out.items():
@@ -131,7 +133,8 @@ def _markdown(results, in_dist_name):
         return "\n".join([f"# Evaluation: {in_dist_name}"] + _extras_markdown(results)) + "\n"
     summary = (
         f"Accuracy {100 * results['accuracy']:.2f}% · ECE {100 * results['ece']:.2f}% (20 bins) · "
-        if results["classifier"] else "Not a classifier (no accuracy/ECE) · "
+        if results["classifier"]
+        else "Not a classifier (no accuracy/ECE) · "
     )
     lines = [f"# Evaluation: {in_dist_name}", "", summary + f"{results['num_examples']} test images", ""]
     ood = results["ood"]
@@ -187,7 +190,7 @@ def _export_path(saved_model, model_dir):
 def _score_names(outputs, metadata, classifier):
     """The export's OOD scores in table order: by name; for a non-classifier (CLEL: its "logits"
     are a latent, JEM scores of them mean nothing) its own score first and no JEM scores."""
-    names = sorted(k[len("score/"):] for k in outputs if k.startswith("score/"))
+    names = sorted(k[len("score/") :] for k in outputs if k.startswith("score/"))
     if classifier:
         return names
     first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in names]
@@ -196,8 +199,9 @@ def _score_names(outputs, metadata, classifier):
 
 def _ood_entry(scores_in, scores_out):
     """`({score: AUROC}, {score: every metric})` of one OOD set, in-distribution positive."""
-    details = {s: {k: float(v) for k, v in metrics_lib.ood_metrics(scores_in[s], scores_out[s]).items()}
-               for s in scores_in}
+    details = {
+        s: {k: float(v) for k, v in metrics_lib.ood_metrics(scores_in[s], scores_out[s]).items()} for s in scores_in
+    }
     return {s: d["auroc"] for s, d in details.items()}, details
 
 
@@ -309,7 +313,10 @@ def run_eval(
     }
     if classifier:
         plots.reliability_diagram(
-            probs, y, os.path.join(output_dir, "reliability.png"), num_bins=20,
+            probs,
+            y,
+            os.path.join(output_dir, "reliability.png"),
+            num_bins=20,
             title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
         )
 
@@ -333,8 +340,10 @@ def run_eval(
     for s in score_names:
         if len(scores_by_set[s]) > 1:
             plots.score_histograms(
-                scores_by_set[s], os.path.join(output_dir, f"scores_{s}.png"),
-                in_dist_name=in_dist_name, score_name=s,
+                scores_by_set[s],
+                os.path.join(output_dir, f"scores_{s}.png"),
+                in_dist_name=in_dist_name,
+                score_name=s,
             )
     _write_results(results, output_dir, in_dist_name, keep_extras)
     return results

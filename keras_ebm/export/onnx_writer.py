@@ -29,7 +29,7 @@ def import_tf2onnx() -> ModuleType:
         import tf2onnx
     except ImportError as e:
         raise ImportError(
-            "ONNX export needs tf2onnx, onnx and onnxruntime: pip install \"keras_ebm[onnx]\" "
+            'ONNX export needs tf2onnx, onnx and onnxruntime: pip install "keras_ebm[onnx]" '
             "(or pip install tf2onnx onnx onnxruntime)."
         ) from e
     try:  # the same NumPy-2 patch `keras.Model.export(format="onnx")` applies

@@ -65,9 +65,7 @@ def export_model(
         )
     if onnx:
         import_tf2onnx()  # fail before any work when it is not installed
-    module = ServingModule(
-        model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores
-    )
+    module = ServingModule(model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores)
     parent, base = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     recover_export(target)

@@ -59,14 +59,11 @@ def _checked_arguments(image_shape, pixel_range, extra_scores):
         shape = ()
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(
-            "`image_shape` must be (height, width, channels) with positive ints. "
-            f"Received: image_shape={image_shape}"
+            f"`image_shape` must be (height, width, channels) with positive ints. Received: image_shape={image_shape}"
         )
     lo, hi = (float(v) for v in pixel_range)
     if not lo < hi:
-        raise ValueError(
-            "`pixel_range` must be (lo, hi) with lo < hi. " f"Received: pixel_range={pixel_range}"
-        )
+        raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={pixel_range}")
     extra_scores = dict(extra_scores or {})
     for score_name, fn in extra_scores.items():
         if not callable(fn):
@@ -157,9 +154,7 @@ class ServingModule(tf.Module):
             ood_score = model.default_ood_score
         score_names = self._probe_scores(probe, extra_scores)
         if ood_score not in score_names:
-            raise ValueError(
-                f"`ood_score` must be one of {score_names}. Received: ood_score={ood_score!r}"
-            )
+            raise ValueError(f"`ood_score` must be one of {score_names}. Received: ood_score={ood_score!r}")
         self._num_classes = num_classes
         self._ood_score = ood_score
         self._score_names = tuple(score_names)
@@ -300,8 +295,13 @@ class ServingModule(tf.Module):
     def metadata(self) -> dict[str, Any]:
         """The JSON-serialisable description written beside the SavedModel."""
         h, w, c = self._image_shape
-        input_spec = {"images": {"dtype": SIGNATURE_DTYPE.name, "shape": [None, h, w, c],
-                                 "values": "whole numbers in [0, 255] (pixel values)"}}
+        input_spec = {
+            "images": {
+                "dtype": SIGNATURE_DTYPE.name,
+                "shape": [None, h, w, c],
+                "values": "whole numbers in [0, 255] (pixel values)",
+            }
+        }
         return {
             "format": "keras_ebm.export",
             "format_version": FORMAT_VERSION,
@@ -328,8 +328,10 @@ class ServingModule(tf.Module):
         if self._classifier:
             return "E(x) = -logsumexp(logits) = -log p(x) - log Z (lower = more probable)"
         doc = (self._forward.model.energy.__doc__ or "").strip().splitlines()
-        return (f"{type(self._forward.model).__name__}.energy: {doc[0] if doc else 'the model energy'} "
-                "(lower = more probable)")
+        return (
+            f"{type(self._forward.model).__name__}.energy: {doc[0] if doc else 'the model energy'} "
+            "(lower = more probable)"
+        )
 
     # ------------------------------------------------------------------ tracing
     def _input_spec(self, dtype=SIGNATURE_DTYPE, declared=True):
@@ -384,8 +386,7 @@ class ServingModule(tf.Module):
         scores = model.scores(x, names)
         if not isinstance(scores, dict):
             raise ValueError(
-                "`model.scores(x, names)` must return a dict name -> [batch] tensor. "
-                f"Received: {type(scores).__name__}"
+                f"`model.scores(x, names)` must return a dict name -> [batch] tensor. Received: {type(scores).__name__}"
             )
         return dict(scores)
 

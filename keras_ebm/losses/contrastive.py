@@ -17,7 +17,13 @@ def _gather(tensor):
     return ctx.all_gather(tensor, axis=0)
 
 
-def nt_xent_loss(z1: tf.Tensor, z2: tf.Tensor, extra_negatives: tf.Tensor | None = None, temperature: float = 0.2, normalize: bool = True) -> tf.Tensor:
+def nt_xent_loss(
+    z1: tf.Tensor,
+    z2: tf.Tensor,
+    extra_negatives: tf.Tensor | None = None,
+    temperature: float = 0.2,
+    normalize: bool = True,
+) -> tf.Tensor:
     """NT-Xent over two views, with the views of every replica and extra negatives as candidates.
 
     For the 2n local views `q` (rows of `z1` then `z2`), the candidates are the 2N views gathered

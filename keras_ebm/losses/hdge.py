@@ -45,12 +45,12 @@ def _check(temperature, score, label_smoothing):
     if not float(temperature) > 0:
         raise ValueError(f"`temperature` must be positive. Received: temperature={temperature}")
     if not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(
-            f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}"
-        )
+        raise ValueError(f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}")
 
 
-def smoothed_labels(labels: tf.Tensor, num_classes: int, label_smoothing: float = 0.0, dtype: tf.DType | str = tf.float32) -> tf.Tensor:
+def smoothed_labels(
+    labels: tf.Tensor, num_classes: int, label_smoothing: float = 0.0, dtype: tf.DType | str = tf.float32
+) -> tf.Tensor:
     """One-hot labels `[batch, num_classes]`, smoothed as Keras does: (1 - s) * onehot + s / C."""
     dist = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), num_classes, dtype=dtype)
     if label_smoothing:
@@ -94,9 +94,7 @@ def hdge_contrastive_loss(
     logits = tf.cast(logits, dtype)
     num_classes = tf.compat.dimension_value(logits.shape[-1])
     if num_classes is None:
-        raise ValueError(
-            f"`logits` must have a static class dimension. Received: logits.shape={logits.shape}"
-        )
+        raise ValueError(f"`logits` must have a static class dimension. Received: logits.shape={logits.shape}")
     queue = tf.stop_gradient(tf.cast(queue_logits, dtype))
     if queue.shape.rank != 2 or queue.shape[-1] != num_classes:
         raise ValueError(
@@ -172,14 +170,17 @@ def hdge_loss(
         dist = smoothed_labels(labels, logits.shape[-1], label_smoothing)
         ce = keras.losses.categorical_crossentropy(dist, logits, from_logits=True)
     else:
-        ce = keras.losses.sparse_categorical_crossentropy(
-            tf.reshape(labels, [-1]), logits, from_logits=True
-        )
+        ce = keras.losses.sparse_categorical_crossentropy(tf.reshape(labels, [-1]), logits, from_logits=True)
     if alpha == 1.0:
         return ce
     contrastive = hdge_contrastive_loss(
-        logits, labels, queue_logits, temperature=temperature, score=score,
-        label_smoothing=label_smoothing, queue_mask=queue_mask,
+        logits,
+        labels,
+        queue_logits,
+        temperature=temperature,
+        score=score,
+        label_smoothing=label_smoothing,
+        queue_mask=queue_mask,
     )
     if alpha == 0.0:
         return contrastive

@@ -33,7 +33,12 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     rate); a `LearningRateSchedule` keeps its own dtype.
     """
 
-    def __init__(self, schedule: float | keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int, from_zero: bool = False) -> None:
+    def __init__(
+        self,
+        schedule: float | keras.optimizers.schedules.LearningRateSchedule,
+        warmup_steps: int,
+        from_zero: bool = False,
+    ) -> None:
         if warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be >= 0. Received: warmup_steps={warmup_steps}")
         self.schedule = schedule
@@ -68,8 +73,14 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(schedule, config["warmup_steps"], config.get("from_zero", False))
 
 
-def epoch_step_decay(initial_learning_rate: float, decay_epochs: Sequence[int], decay_factor: float, steps_per_epoch: int, warmup_steps: int = 0,
-                     warmup_from_zero: bool = False) -> keras.optimizers.schedules.LearningRateSchedule:
+def epoch_step_decay(
+    initial_learning_rate: float,
+    decay_epochs: Sequence[int],
+    decay_factor: float,
+    steps_per_epoch: int,
+    warmup_steps: int = 0,
+    warmup_from_zero: bool = False,
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """Step decay: multiply the rate by `decay_factor` at each epoch in `decay_epochs`.
 
     Args:

@@ -31,7 +31,13 @@ class TorchSGD(keras.optimizers.SGD):
     """`keras.optimizers.SGD` with PyTorch's momentum buffer (module docstring); slot `momentums`
     holds PyTorch's `momentum_buffer`."""
 
-    def __init__(self, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01, momentum: float = 0.0, name: str = "torch_sgd", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01,
+        momentum: float = 0.0,
+        name: str = "torch_sgd",
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("nesterov"):
             raise ValueError("TorchSGD does not support nesterov. Received: nesterov=True")
         super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)

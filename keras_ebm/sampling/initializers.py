@@ -24,10 +24,7 @@ if TYPE_CHECKING:
 
 def _check_pixel_range(pixel_range):
     if len(pixel_range) != 2 or not float(pixel_range[0]) < float(pixel_range[1]):
-        raise ValueError(
-            "`pixel_range` must be a (lo, hi) pair with lo < hi. "
-            f"Received: pixel_range={pixel_range}"
-        )
+        raise ValueError(f"`pixel_range` must be a (lo, hi) pair with lo < hi. Received: pixel_range={pixel_range}")
     return float(pixel_range[0]), float(pixel_range[1])
 
 
@@ -50,7 +47,9 @@ class UniformInitializer:
     def __init__(self, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         self.pixel_range = _check_pixel_range(pixel_range)
 
-    def init(self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32) -> tf.Tensor:
+    def init(
+        self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32
+    ) -> tf.Tensor:
         """Images U(lo, hi) of `shape` and `dtype`; `y` is ignored (the distribution has no classes)."""
         lo, hi = self.pixel_range
         return random_draws.uniform("init_uniform", shape, seed=seed, minval=lo, maxval=hi, dtype=dtype)
@@ -116,7 +115,15 @@ class InformativeInitializer:
         - [Yang and Ji, 2021 (JEM++)](https://arxiv.org/abs/2109.09032), section 3.
     """
 
-    def __init__(self, mean: TensorLike, cov: TensorLike, pixel_range: tuple[float, float] = (-1.0, 1.0), jitter: float = 1e-4, factor_order: str = "hwc", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        mean: TensorLike,
+        cov: TensorLike,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        jitter: float = 1e-4,
+        factor_order: str = "hwc",
+        dtype: str = "float32",
+    ) -> None:
         mean = np.asarray(mean, np.float64)
         cov = np.asarray(cov, np.float64)
         if mean.ndim != 2 or cov.ndim != 3 or cov.shape != mean.shape + mean.shape[-1:]:
@@ -195,8 +202,14 @@ class InformativeInitializer:
 
     @classmethod
     def from_dataset(
-        cls, dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]], num_classes: int, pixel_range: tuple[float, float] = (-1.0, 1.0), cache_path: str | None = None, jitter: float = 1e-4,
-        source: Mapping[str, Any] | None = None, factor_order: str = "hwc",
+        cls,
+        dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]],
+        num_classes: int,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        cache_path: str | None = None,
+        jitter: float = 1e-4,
+        source: Mapping[str, Any] | None = None,
+        factor_order: str = "hwc",
     ) -> InformativeInitializer:
         """Fit the per-class Gaussians to labelled images (or reload them from `cache_path`).
 
@@ -214,9 +227,12 @@ class InformativeInitializer:
                 the cache with `num_classes` and `pixel_range`; a cache written for other data or
                 another pixel range is refused instead of being reused silently.
         """
-        key = {"num_classes": int(num_classes), "pixel_range": [float(v) for v in pixel_range],
-               **({"factor_order": factor_order} if factor_order != "hwc" else {}),
-               **dict((source or {}).items())}
+        key = {
+            "num_classes": int(num_classes),
+            "pixel_range": [float(v) for v in pixel_range],
+            **({"factor_order": factor_order} if factor_order != "hwc" else {}),
+            **dict((source or {}).items()),
+        }
         if cache_path is not None and os.path.exists(cache_path):
             with np.load(cache_path) as cached:
                 mean, cov = cached["mean"], cached["cov"]
@@ -251,7 +267,9 @@ class InformativeInitializer:
             os.replace(tmp, cache_path)
         return cls(mean, cov, pixel_range=pixel_range, jitter=jitter, factor_order=factor_order)
 
-    def init(self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32) -> tf.Tensor:
+    def init(
+        self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32
+    ) -> tf.Tensor:
         """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes),
         computed in the factors' dtype (`self.dtype`) and returned as `dtype`."""
         shape = tf.convert_to_tensor(shape, tf.int32)
@@ -273,8 +291,7 @@ class InformativeInitializer:
         positions = tf.dynamic_partition(tf.range(n), y, self.num_classes)
         z_parts = tf.dynamic_partition(z, y, self.num_classes)
         x_parts = [
-            self.mean[c] + tf.matmul(z_parts[c], self.cholesky[c], transpose_b=True)
-            for c in range(self.num_classes)
+            self.mean[c] + tf.matmul(z_parts[c], self.cholesky[c], transpose_b=True) for c in range(self.num_classes)
         ]
         x = tf.dynamic_stitch(positions, x_parts)
         x = tf.clip_by_value(x, self.pixel_range[0], self.pixel_range[1])
@@ -309,7 +326,12 @@ def check_gaussian_memory(num_classes: int, dim: int, accumulate: bool) -> None:
     )
 
 
-def class_gaussian_statistics(dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]], num_classes: int, pixel_range: tuple[float, float] = (-1.0, 1.0), factor_order: str = "hwc") -> tuple[np.ndarray, np.ndarray]:
+def class_gaussian_statistics(
+    dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]],
+    num_classes: int,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    factor_order: str = "hwc",
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean `[C, D]` and biased covariance `[C, D, D]` (float64) of flattened images
     (flattened channels-last, or channels-first with `factor_order="chw"`).
 
@@ -317,8 +339,10 @@ def class_gaussian_statistics(dataset_or_arrays: tuple[np.ndarray, np.ndarray] |
     `InformativeInitializer.from_dataset` for the accepted inputs. Raises if a class has no image.
     """
     lo, hi = _check_pixel_range(pixel_range)
-    if isinstance(dataset_or_arrays, tuple) and len(dataset_or_arrays) == 2 and isinstance(
-        dataset_or_arrays[0], np.ndarray
+    if (
+        isinstance(dataset_or_arrays, tuple)
+        and len(dataset_or_arrays) == 2
+        and isinstance(dataset_or_arrays[0], np.ndarray)
     ):
         batches = [dataset_or_arrays]
     else:
@@ -361,7 +385,9 @@ def class_gaussian_statistics(dataset_or_arrays: tuple[np.ndarray, np.ndarray] |
     return mean, outer
 
 
-def default_cache_path(dataset: str, split: str, num_classes: int, pixel_range: tuple[float, float], max_examples: int | None = None) -> str:
+def default_cache_path(
+    dataset: str, split: str, num_classes: int, pixel_range: tuple[float, float], max_examples: int | None = None
+) -> str:
     """Where `informative_initializer(cache_path="auto")` caches the class statistics:
     `$KERAS_EBM_CACHE` (default `~/.cache/keras_ebm`)/class_gaussians/<data and range>.npz."""
     root = os.environ.get("KERAS_EBM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ebm"))
@@ -406,6 +432,10 @@ def informative_initializer(
 
         data = load_arrays(dataset, split, max_examples=max_examples, **source_kwargs)
     return InformativeInitializer.from_dataset(
-        data, num_classes=num_classes, pixel_range=pixel_range, cache_path=cache_path, jitter=jitter,
+        data,
+        num_classes=num_classes,
+        pixel_range=pixel_range,
+        cache_path=cache_path,
+        jitter=jitter,
         source={"dataset": dataset, "split": split, "max_examples": max_examples},
     )

@@ -183,11 +183,19 @@ class MCMCSampler(keras.layers.Layer):
         self.freeze_bn_stats = bool(freeze_bn_stats)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+
         # Written by `train_step` (the cross-replica means): replica-local copies (on-read) that
         # every replica sets to the same reduced value, so no merge_call is needed.
         def on_read(value, name, dtype="float32"):
-            return keras.Variable(value, dtype=dtype, trainable=False, name=name, autocast=False,
-                                  synchronization="on_read", aggregation="mean")
+            return keras.Variable(
+                value,
+                dtype=dtype,
+                trainable=False,
+                name=name,
+                autocast=False,
+                synchronization="on_read",
+                aggregation="mean",
+            )
 
         self.n_steps_variable = keras.Variable(int(n_steps), dtype="int32", trainable=False, name="n_steps")
         self.log_step_size = on_read(math.log(float(step_size)), "log_step_size")
@@ -236,13 +244,25 @@ class MCMCSampler(keras.layers.Layer):
         return 1 + n_steps * self.gradient_evaluations_per_step if n_steps else 0
 
     # ------------------------------------------------------------------ interface of SGLDSampler
-    def __call__(self, energy_fn: Callable[..., tf.Tensor], x_init: tf.Tensor, y: tf.Tensor | None = None, n_steps: int | tf.Tensor | None = None) -> tf.Tensor:
+    def __call__(
+        self,
+        energy_fn: Callable[..., tf.Tensor],
+        x_init: tf.Tensor,
+        y: tf.Tensor | None = None,
+        n_steps: int | tf.Tensor | None = None,
+    ) -> tf.Tensor:
         # A `keras.layers.Layer` only so that its variables are tracked and saved with the trainer;
         # it is called like `SGLDSampler`, not like a layer.
         x, _ = self._sample(energy_fn, x_init, y, n_steps)
         return x
 
-    def sample_with_stats(self, energy_fn: Callable[..., tf.Tensor], x_init: tf.Tensor, y: tf.Tensor | None = None, n_steps: int | tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    def sample_with_stats(
+        self,
+        energy_fn: Callable[..., tf.Tensor],
+        x_init: tf.Tensor,
+        y: tf.Tensor | None = None,
+        n_steps: int | tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Run the chains; return `(x, stats)` (see the class docstring for the keys)."""
         return self._sample(energy_fn, x_init, y, n_steps)
 
@@ -328,11 +348,22 @@ class MCMCSampler(keras.layers.Layer):
     def _chain_function(self, energy_fn):
         """The chain as a `tf.function` for eager calls, cached per energy function and per setting
         read while tracing (not inside a `keras.StatelessScope`, whose values the trace captures)."""
-        key = (energy_fn, self.freeze_bn_stats, self.energy_training, self.temperature,
-               self.grad_clip, self.x_clip, self.energy_reduction, self.target_accept_prob,
-               self.adaptation, self.adaptation_rate, self.num_adaptation_steps)
+        key = (
+            energy_fn,
+            self.freeze_bn_stats,
+            self.energy_training,
+            self.temperature,
+            self.grad_clip,
+            self.x_clip,
+            self.energy_reduction,
+            self.target_accept_prob,
+            self.adaptation,
+            self.adaptation_rate,
+            self.num_adaptation_steps,
+        )
         chain = self._chain_functions.get(key)
         if chain is None:
+
             def run_chain(x, y, seed, n_steps, step0):
                 return self._chain(energy_fn, x, y, seed, n_steps, step0)
 
@@ -379,9 +410,7 @@ class MCMCSampler(keras.layers.Layer):
         energies_start = -tf.cast(_innermost(results, "target_log_prob"), tf.float32) * tf.cast(scale, tf.float32)
 
         def body(step, x, results, accept_sum):
-            x, results = kernel.one_step(
-                x, results, seed=tf.random.experimental.stateless_fold_in(seed, step)
-            )
+            x, results = kernel.one_step(x, results, seed=tf.random.experimental.stateless_fold_in(seed, step))
             log_accept = tf.cast(_innermost(results, "log_accept_ratio"), tf.float32)
             # NaN (both ends outside the box cannot happen: the start is clamped inside) counts as 0.
             accept = tf.where(tf.math.is_nan(log_accept), 0.0, tf.exp(tf.minimum(log_accept, 0.0)))
@@ -401,7 +430,12 @@ class MCMCSampler(keras.layers.Layer):
         out = (accept_sum, final_step, tf.stop_gradient(grad), energies_start, energies_end)
         return tf.stop_gradient(x), out
 
-    def transition_kernel(self, target_log_prob_fn: Callable[[tf.Tensor], tf.Tensor], step_size: float | tf.Tensor, adaptation_steps: int | tf.Tensor | None = None) -> tfp.mcmc.TransitionKernel:
+    def transition_kernel(
+        self,
+        target_log_prob_fn: Callable[[tf.Tensor], tf.Tensor],
+        step_size: float | tf.Tensor,
+        adaptation_steps: int | tf.Tensor | None = None,
+    ) -> tfp.mcmc.TransitionKernel:
         """The sampler's `tfp.mcmc` kernel on `target_log_prob_fn` (log densities `[batch]`) with
         per-chain `step_size` (broadcastable to the state), wrapped in the sampler's step-size
         adaptation for `adaptation_steps` steps when that is given and `adaptation` is set.
@@ -414,15 +448,18 @@ class MCMCSampler(keras.layers.Layer):
         kernel = self._kernel(target_log_prob, step_size)
         if self.adaptation is None:
             return kernel
-        adapt_steps = n_steps if self.num_adaptation_steps is None else tf.minimum(
-            n_steps, self.num_adaptation_steps)
+        adapt_steps = n_steps if self.num_adaptation_steps is None else tf.minimum(n_steps, self.num_adaptation_steps)
         if self.adaptation == "simple":
             return tfp.mcmc.SimpleStepSizeAdaptation(
-                kernel, num_adaptation_steps=adapt_steps, target_accept_prob=self.target_accept_prob,
+                kernel,
+                num_adaptation_steps=adapt_steps,
+                target_accept_prob=self.target_accept_prob,
                 adaptation_rate=self.adaptation_rate,
             )
         return tfp.mcmc.DualAveragingStepSizeAdaptation(
-            kernel, num_adaptation_steps=adapt_steps, target_accept_prob=self.target_accept_prob,
+            kernel,
+            num_adaptation_steps=adapt_steps,
+            target_accept_prob=self.target_accept_prob,
         )
 
     def _step_size_of(self, results, initial):
@@ -514,7 +551,9 @@ class HMCSampler(MCMCSampler):
 
     def _kernel(self, target_log_prob, step_size):
         return tfp.mcmc.HamiltonianMonteCarlo(
-            target_log_prob, step_size=step_size, num_leapfrog_steps=self.num_leapfrog_steps,
+            target_log_prob,
+            step_size=step_size,
+            num_leapfrog_steps=self.num_leapfrog_steps,
             store_parameters_in_results=True,  # the adaptation sets the step size in the results
         )
 
@@ -544,9 +583,7 @@ class _LangevinStepSizeInResults(tfp.mcmc.TransitionKernel):
         return True
 
     def _mala(self, step_size):
-        return tfp.mcmc.MetropolisAdjustedLangevinAlgorithm(
-            self._parameters["target_log_prob_fn"], step_size=step_size
-        )
+        return tfp.mcmc.MetropolisAdjustedLangevinAlgorithm(self._parameters["target_log_prob_fn"], step_size=step_size)
 
     def one_step(self, current_state, previous_kernel_results, seed=None):
         step_size = previous_kernel_results.step_size

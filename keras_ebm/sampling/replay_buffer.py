@@ -108,19 +108,13 @@ class ReplayBuffer(keras.layers.Layer):
         if size < 1:
             raise ValueError(f"`size` must be a positive integer. Received: size={size}")
         if len(image_shape) != 3:
-            raise ValueError(
-                "`image_shape` must be (height, width, channels). "
-                f"Received: image_shape={image_shape}"
-            )
+            raise ValueError(f"`image_shape` must be (height, width, channels). Received: image_shape={image_shape}")
         if not 0.0 <= float(reinit_prob) <= 1.0:
-            raise ValueError(
-                f"`reinit_prob` must lie in [0, 1]. Received: reinit_prob={reinit_prob}"
-            )
+            raise ValueError(f"`reinit_prob` must lie in [0, 1]. Received: reinit_prob={reinit_prob}")
         if class_conditional:
             if num_classes is None or int(num_classes) < 1:
                 raise ValueError(
-                    "A class-conditional buffer needs a positive `num_classes`. "
-                    f"Received: num_classes={num_classes}"
+                    f"A class-conditional buffer needs a positive `num_classes`. Received: num_classes={num_classes}"
                 )
             if size % int(num_classes):
                 raise ValueError(
@@ -129,8 +123,10 @@ class ReplayBuffer(keras.layers.Layer):
                     f"Received: size={size}, num_classes={num_classes}"
                 )
         if not replacement and class_conditional:
-            raise ValueError("A class-conditional buffer draws its rows with replacement. "
-                             f"Received: replacement={replacement}, class_conditional={class_conditional}")
+            raise ValueError(
+                "A class-conditional buffer draws its rows with replacement. "
+                f"Received: replacement={replacement}, class_conditional={class_conditional}"
+            )
         self.replacement = bool(replacement)
         self.size = size
         self.image_shape = image_shape
@@ -209,8 +205,7 @@ class ReplayBuffer(keras.layers.Layer):
         """The class of buffer rows `idx` in a class-conditional buffer (`idx // block_size`)."""
         if not self.class_conditional:
             raise ValueError(
-                "`labels_of` needs a class-conditional buffer. "
-                f"Received: class_conditional={self.class_conditional}"
+                f"`labels_of` needs a class-conditional buffer. Received: class_conditional={self.class_conditional}"
             )
         return tf.cast(idx, tf.int32) // self.block_size
 
@@ -239,7 +234,8 @@ class ReplayBuffer(keras.layers.Layer):
             idx = y * self.block_size + offset
         elif not self.replacement:
             tf.debugging.assert_less_equal(
-                batch_size, self.size, message="ReplayBuffer(replacement=False) needs batch <= size")
+                batch_size, self.size, message="ReplayBuffer(replacement=False) needs batch <= size"
+            )
             idx = random_draws.indices_without_replacement("buffer_index", batch_size, self.size, seed=fold(seed, 1))
         else:
             idx = random_draws.uniform(
@@ -327,8 +323,9 @@ class ReplayBuffer(keras.layers.Layer):
 
     def load_own_variables(self, store: dict[str, Any]) -> None:
         keys = list(store.keys())
-        statistics = {k[len(self._STATISTICS_PREFIX):]: store[k] for k in keys
-                      if k.startswith(self._STATISTICS_PREFIX)}
+        statistics = {
+            k[len(self._STATISTICS_PREFIX) :]: store[k] for k in keys if k.startswith(self._STATISTICS_PREFIX)
+        }
         super().load_own_variables({k: store[k] for k in keys if not k.startswith(self._STATISTICS_PREFIX)})
         if statistics:
             self.initializer.set_statistics(**statistics)

@@ -62,8 +62,11 @@ def import_tensorflow_quietly() -> None:
             os.dup2(saved, 2)
             os.close(saved)
         captured.seek(0)
-        kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                if line.strip() and not _STARTUP_NOISE.match(line)]
+        kept = [
+            line
+            for line in captured.read().decode(errors="replace").splitlines()
+            if line.strip() and not _STARTUP_NOISE.match(line)
+        ]
     if kept:
         print("\n".join(kept), file=sys.stderr, flush=True)
 
@@ -76,8 +79,7 @@ def verbose(flag_value: bool = False) -> bool:
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the command, config, data or input was wrong (the library's own
     checks raise these with what to do), printed as one message."""
-    types = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-             MemoryError]
+    types = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, MemoryError]
     try:
         from keras_ebm import distribute, divergence
 
@@ -99,9 +101,11 @@ def error_message(error: BaseException) -> str:
     if isinstance(message, str) and "tensorflow" in type(error).__module__:
         # Graph mode: "Graph execution error: ... Detected at node ... assertion failed: [msg]
         # [[{{node ...}}]]"; eager: "Expected '...' to be true. Summarized data: b'msg'".
-        found = (re.search(r"assertion failed: \[(.*?)\]\s*(?:\n\t \[\[|\Z)", message, re.S)
-                 or re.search(r"Summarized data: b'(.*?)'", message, re.S)
-                 or re.search(r"\n\n(?:.*\n\n)?(.*?)\s*(?:\n\t \[\[|\Z)", message, re.S))
+        found = (
+            re.search(r"assertion failed: \[(.*?)\]\s*(?:\n\t \[\[|\Z)", message, re.S)
+            or re.search(r"Summarized data: b'(.*?)'", message, re.S)
+            or re.search(r"\n\n(?:.*\n\n)?(.*?)\s*(?:\n\t \[\[|\Z)", message, re.S)
+        )
         text = (found.group(1) if found else message).strip()
     return f"{type(error).__name__}: {without_gin_context(text)}"
 
@@ -145,12 +149,17 @@ def _run_main(main, verbose_flag_name):
         except app.UsageError:
             raise  # absl prints these with the usage line
         except user_error_types() as error:
-            want_traceback = verbose(getattr(flags.FLAGS, verbose_flag_name, False)
-                                     if flags.FLAGS.is_parsed() else False)
+            want_traceback = verbose(
+                getattr(flags.FLAGS, verbose_flag_name, False) if flags.FLAGS.is_parsed() else False
+            )
             if want_traceback:
                 raise
-            print(f"\n{error_message(error)}\n\n(This is the whole error; for the traceback add "
-                  f"--verbose or set {VERBOSE_ENV}=1.)", file=sys.stderr, flush=True)
+            print(
+                f"\n{error_message(error)}\n\n(This is the whole error; for the traceback add "
+                f"--verbose or set {VERBOSE_ENV}=1.)",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)
 
     app.run(wrapped)

@@ -100,8 +100,16 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     sampler = None  # the SGLD sampler of a generative trainer
     buffer = None  # its replay buffer
     # Constructor arguments kept as attributes of the same name: `get_config` reads them.
-    config_attributes = ("network", "image_shape", "num_classes", "pixel_range", "gradients",
-                         "check_finite_inputs", "weight_decay", "seed")
+    config_attributes = (
+        "network",
+        "image_shape",
+        "num_classes",
+        "pixel_range",
+        "gradients",
+        "check_finite_inputs",
+        "weight_decay",
+        "seed",
+    )
     energy_l2 = None  # the JEM family's energy L2 coefficient (None: the trainer has no such penalty)
     # Run-time settings (keras_ebm.run_settings): read by the compiled step from a variable, or
     # part of the trace signature (a change rebuilds the step).
@@ -123,10 +131,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3:
-            raise ValueError(
-                "`image_shape` must be (height, width, channels). "
-                f"Received: image_shape={image_shape}"
-            )
+            raise ValueError(f"`image_shape` must be (height, width, channels). Received: image_shape={image_shape}")
         lo, hi = (float(v) for v in pixel_range)
         if not lo < hi:
             raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={pixel_range}")
@@ -162,8 +167,11 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """Every constructor argument: the `config_attributes` of the class (nested Keras objects
         serialized), the sampler and replay buffer of a generative trainer, and the Keras model's
         name, trainable flag and dtype policy (see the class docstring)."""
-        config = {"name": self.name, "trainable": self.trainable,
-                  "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
         names = self.config_attributes + (("sampler", "buffer") if self.is_generative else ())
         for name in names:
             value = getattr(self, name)
@@ -177,7 +185,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """`cls(**config)` with the nested Keras objects (networks, sampler, buffer...) rebuilt."""
         config = {
             key: keras.saving.deserialize_keras_object(value)
-            if isinstance(value, dict) and "class_name" in value else value
+            if isinstance(value, dict) and "class_name" in value
+            else value
             for key, value in config.items()
         }
         return cls(**config)
@@ -221,8 +230,10 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     def load_own_variables(self, store: dict[str, Any]) -> None:
         keys = list(store.keys())
-        saved = sorted((k for k in keys if k.startswith(self._SEED_STATE_PREFIX)),
-                       key=lambda k: int(k[len(self._SEED_STATE_PREFIX):]))
+        saved = sorted(
+            (k for k in keys if k.startswith(self._SEED_STATE_PREFIX)),
+            key=lambda k: int(k[len(self._SEED_STATE_PREFIX) :]),
+        )
         super().load_own_variables({k: store[k] for k in keys if not k.startswith(self._SEED_STATE_PREFIX)})
         states = self._seed_states()
         if saved and len(saved) != len(states):
@@ -247,8 +258,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         parts = [run_settings.signature(self)]
         for name, component in self.run_components().items():
             parts.append((name, id(component), run_settings.signature(component)))
-        parts.append(tuple(layer.dtype_policy.name
-                           for layer in self._flatten_layers(include_self=True, recursive=False)))
+        parts.append(
+            tuple(layer.dtype_policy.name for layer in self._flatten_layers(include_self=True, recursive=False))
+        )
         return tuple(parts)
 
     def run_options(self) -> dict[str, Any]:
@@ -302,17 +314,20 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 raise ValueError(
                     f"`{prefix}` has a learning-rate schedule: a constant cannot replace it between steps. "
                     "Scale it instead (keras_ebm.divergence.ScaledSchedule, which the divergence guard's "
-                    f"'lower_lr' remedy uses). Received: {name!r}")
+                    f"'lower_lr' remedy uses). Received: {name!r}"
+                )
             return owner, attr
         elif components.get(prefix) is not None:
             owner = components[prefix]
         else:
-            raise ValueError(f"Unknown run option {name!r} for {type(self).__name__}: choose from "
-                             f"{sorted(self.run_options())}.")
+            raise ValueError(
+                f"Unknown run option {name!r} for {type(self).__name__}: choose from {sorted(self.run_options())}."
+            )
         prop = getattr(type(owner), attr, None)
         if attr not in run_settings.declared(type(owner)) and not (isinstance(prop, property) and prop.fset):
-            raise ValueError(f"Unknown run option {name!r} for {type(self).__name__}: choose from "
-                             f"{sorted(self.run_options())}.")
+            raise ValueError(
+                f"Unknown run option {name!r} for {type(self).__name__}: choose from {sorted(self.run_options())}."
+            )
         return owner, attr
 
     def make_train_function(self, force: bool = False) -> Callable[..., Any]:
@@ -387,7 +402,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """Samples from the model (SGLD); None for a purely discriminative trainer."""
         return None
 
-    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True) -> dict[str, tf.Tensor]:
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True
+    ) -> dict[str, tf.Tensor]:
         """Return a dict of scalars with key "loss" (the total) and the `tracked_names`."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute_losses().")
 
@@ -420,12 +437,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """Cross-entropy, accuracy and mean data energy of a classifier batch (in float32; float64
         for float64 logits)."""
         logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
-        clf_loss = tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        )
-        clf_acc = tf.reduce_mean(
-            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), logits.dtype)
-        )
+        clf_loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        clf_acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), logits.dtype))
         return {
             "loss": clf_loss,
             "clf_loss": clf_loss,
@@ -476,21 +489,27 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     def _unit_range_message(self, name):
         lo, hi = (float(v) for v in self.pixel_range)
         fix = "x * 2.0 - 1.0" if (lo, hi) == (-1.0, 1.0) else f"x * {hi - lo:g} + {lo:g}"
-        return (f"The {name} images lie in [0, 1], but {type(self).__name__} was built for "
-                f"pixel_range {self.pixel_range}: training would run on the wrong scale without an "
-                f"error. Map them: {name} = {fix} (uint8 images: "
-                f"keras_ebm.data.to_pixel_range({name}, {self.pixel_range}))")
+        return (
+            f"The {name} images lie in [0, 1], but {type(self).__name__} was built for "
+            f"pixel_range {self.pixel_range}: training would run on the wrong scale without an "
+            f"error. Map them: {name} = {fix} (uint8 images: "
+            f"keras_ebm.data.to_pixel_range({name}, {self.pixel_range}))"
+        )
 
     def _image_shape_error(self, name, shape):
         expected = tuple(self.image_shape)
         hint = "Check the dataset's image_size/channels or the trainer's image_shape."
         if len(shape) == 3 and expected[-1] == 1 and tuple(shape[1:]) == expected[:2]:
-            hint = (f"Grayscale images [N, H, W] need a channel axis: pass {name}[..., None] "
-                    "(numpy) or tf.expand_dims(x, -1).")
+            hint = (
+                f"Grayscale images [N, H, W] need a channel axis: pass {name}[..., None] "
+                "(numpy) or tf.expand_dims(x, -1)."
+            )
         elif len(shape) == 4 and tuple(shape[1:3]) == expected[:2] and shape[3] != expected[2]:
-            hint = (f"The images have {shape[3]} channel(s), the trainer {expected[2]}: convert them "
-                    "(keras_ebm.data sources take `channels=`) or build the trainer for "
-                    f"image_shape={expected[:2] + (shape[3],)}.")
+            hint = (
+                f"The images have {shape[3]} channel(s), the trainer {expected[2]}: convert them "
+                "(keras_ebm.data sources take `channels=`) or build the trainer for "
+                f"image_shape={expected[:2] + (shape[3],)}."
+            )
         elif len(shape) == 4 and tuple(shape[1:3]) == (expected[2], expected[0]) and shape[3] == expected[1]:
             hint = "The images look channels-first [N, C, H, W]: transpose them to [N, H, W, C]."
         return ValueError(
@@ -539,7 +558,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             )
             low, high = self._pixel_bounds()
             in_scale = tf.debugging.assert_less_equal(
-                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), tf.cast((high - low) / 2, x.dtype),
+                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)),
+                tf.cast((high - low) / 2, x.dtype),
                 message=(
                     f"The {name} images lie far outside pixel_range {self.pixel_range} (beyond "
                     f"[{low:g}, {high:g}]): 0..255 pixels passed as floats? Map uint8 images with "
@@ -551,7 +571,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 # [0, 1] images on a [-1, 1] model (rule: `_UNIT_RANGE_MIN_BATCH`).
                 unit = tf.logical_and(
                     tf.shape(x)[0] >= self._UNIT_RANGE_MIN_BATCH,
-                    tf.logical_and(tf.reduce_min(x) >= 0.0, tf.reduce_max(x) <= 1.0))
+                    tf.logical_and(tf.reduce_min(x) >= 0.0, tf.reduce_max(x) <= 1.0),
+                )
                 checks.append(tf.debugging.Assert(tf.logical_not(unit), [self._unit_range_message(name)]))
             with tf.control_dependencies(checks):
                 x = tf.identity(x)
@@ -580,10 +601,16 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         y = tf.reshape(y, [-1])
         checks = []
         if self.check_finite_inputs and y.dtype.is_floating:
-            checks.append(tf.debugging.assert_equal(
-                y, tf.round(y),
-                message=(f"The {name} labels are floats that are not whole numbers: labels are "
-                         "class ids 0..num_classes-1 (one-hot or soft labels: pass their argmax).")))
+            checks.append(
+                tf.debugging.assert_equal(
+                    y,
+                    tf.round(y),
+                    message=(
+                        f"The {name} labels are floats that are not whole numbers: labels are "
+                        "class ids 0..num_classes-1 (one-hot or soft labels: pass their argmax)."
+                    ),
+                )
+            )
         y = tf.cast(y, tf.int32)
         if self.check_finite_inputs:
             message = (
@@ -659,8 +686,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 f"{y.shape}. One-hot labels: pass np.argmax(y, axis=-1). Received: y.shape={y.shape}"
             )
         y = y.reshape(-1) if self.uses_labels else np.zeros(len(y), np.int32)  # CLEL ignores labels
-        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
-                or y.dtype == bool):
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
             raise ValueError(f"`y` must hold integer class labels. Received: y.dtype={y.dtype}")
         if len(y) and np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
             raise ValueError(
@@ -689,7 +715,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                     f"{last} example(s). Received: batch_size={batch_size}, len(x)={len(x)}"
                 )
 
-    def fit(self, x: Any = None, y: Any = None, batch_size: int | None = None, *args: Any, **kwargs: Any) -> keras.callbacks.History:
+    def fit(
+        self, x: Any = None, y: Any = None, batch_size: int | None = None, *args: Any, **kwargs: Any
+    ) -> keras.callbacks.History:
         """`keras.Model.fit`, after `check_fit_data` (clear errors for empty, mis-shaped, 0..255,
         NaN or mislabelled data before anything is traced)."""
         self.check_fit_data(x, y, batch_size)
@@ -712,8 +740,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     def build_optimizers(self) -> None:
         """Build every optimizer on its variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
-            raise ValueError(f"Compile {type(self).__name__} first: `model.compile(optimizer=...)`. "
-                             "Received: optimizer=None")
+            raise ValueError(
+                f"Compile {type(self).__name__} first: `model.compile(optimizer=...)`. Received: optimizer=None"
+            )
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
@@ -726,7 +755,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         """True when the trainer has a sampler (`generate` works)."""
         return self.sampler is not None
 
-    def default_buffer(self, size: int, initializer: UniformInitializer | InformativeInitializer | None = None, reinit_prob: float = 0.05, class_conditional: bool = False, replacement: bool = True) -> ReplayBuffer:
+    def default_buffer(
+        self,
+        size: int,
+        initializer: UniformInitializer | InformativeInitializer | None = None,
+        reinit_prob: float = 0.05,
+        class_conditional: bool = False,
+        replacement: bool = True,
+    ) -> ReplayBuffer:
         """The replay buffer JEM, GMMC and CLEL build when none is given: `size` chains of the
         training image shape, started from `initializer` (default U(pixel_range)) and
         re-initialised with `reinit_prob`, seeded from the trainer's seed; rows drawn with
@@ -743,7 +779,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         )
 
     # ------------------------------------------------------------------ generation
-    def generate(self, num_samples: int, y: TensorLike | None = None, n_steps: int | None = None, from_buffer: bool = False, **chain_kwargs: Any) -> tf.Tensor:
+    def generate(
+        self,
+        num_samples: int,
+        y: TensorLike | None = None,
+        n_steps: int | None = None,
+        from_buffer: bool = False,
+        **chain_kwargs: Any,
+    ) -> tf.Tensor:
         """Draw samples: fresh chains from the initialiser (default) or from the replay buffer.
 
         Args:

@@ -28,6 +28,8 @@ class SoftmaxClassifier(EBMTrainer):
         trainer.fit(keras_ebm.data.make_dataset("cifar10", "train", 128), steps_per_epoch=100)
     """
 
-    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True) -> dict[str, tf.Tensor]:
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True
+    ) -> dict[str, tf.Tensor]:
         logits = self(batch["x"], training=training)
         return self.classifier_logs(logits, batch["y"])

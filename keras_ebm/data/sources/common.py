@@ -74,8 +74,7 @@ def normalize_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | 
             size = ()
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(
-            "`image_size` must be a positive int or a pair (height, width). "
-            f"Received: image_size={image_size!r}"
+            f"`image_size` must be a positive int or a pair (height, width). Received: image_size={image_size!r}"
         )
     return size
 
@@ -104,7 +103,9 @@ def kept_class_names(class_names: Sequence[str], classes: Sequence[int] | None) 
     return tuple(class_names) if classes is None else tuple(class_names[c] for c in classes)
 
 
-def select_numpy(y: np.ndarray, classes: Sequence[int] | None, max_examples: int | None) -> tuple[np.ndarray, np.ndarray]:
+def select_numpy(
+    y: np.ndarray, classes: Sequence[int] | None, max_examples: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the kept examples and their (remapped) labels."""
     idx = np.arange(len(y))
     if classes is not None:
@@ -144,13 +145,16 @@ def resize_uint8(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     return to_uint8(tf.image.resize(image, size, method="bilinear", antialias=True))
 
 
-def convert_images(ds: tf.data.Dataset, image_shape: tuple[int | None, int | None, int], image_size: tuple[int, int] | None, channels: int | None) -> tuple[tf.data.Dataset, tuple[int | None, int | None, int]]:
+def convert_images(
+    ds: tf.data.Dataset,
+    image_shape: tuple[int | None, int | None, int],
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+) -> tuple[tf.data.Dataset, tuple[int | None, int | None, int]]:
     """Resize to `image_size` and convert to `channels`; returns (ds, new image_shape)."""
     h, w, c = image_shape
     if channels is not None and channels not in (1, 3):
-        raise ValueError(
-            f"`channels` must be 1 (grayscale) or 3 (RGB). Received: channels={channels!r}"
-        )
+        raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB). Received: channels={channels!r}")
     out_c = c if channels is None else channels
     if c != out_c and c not in (1, 3):
         raise ValueError(
@@ -160,8 +164,7 @@ def convert_images(ds: tf.data.Dataset, image_shape: tuple[int | None, int | Non
     out_size = image_size if image_size is not None else (h, w)
     if out_size[0] is None or out_size[1] is None:
         raise ValueError(
-            "This source has images of varying size; pass `image_size` (e.g. 32). "
-            f"Received: image_size={image_size!r}"
+            f"This source has images of varying size; pass `image_size` (e.g. 32). Received: image_size={image_size!r}"
         )
     resize = (h, w) != tuple(out_size)
 
@@ -203,7 +206,9 @@ def from_arrays(
     return SourceData(dataset_from_arrays(x, y), len(idx), shape, class_names)
 
 
-def dataset_to_arrays(ds: tf.data.Dataset, max_examples: int | None = None, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def dataset_to_arrays(
+    ds: tf.data.Dataset, max_examples: int | None = None, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Materialise an unbatched `(image, label)` dataset: numpy `(x [N, H, W, C], y int32 [N])`."""
     if max_examples is not None:
         ds = ds.take(max_examples)

@@ -15,7 +15,9 @@ if TYPE_CHECKING:
 
 
 @register_source("digits")
-def digits_source(name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None) -> common.SourceData:
+def digits_source(
+    name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None
+) -> common.SourceData:
     """scikit-learn's 1,797 8x8 digits (counts 0..16 spread over 0..255), 10 classes; "train" is
     a fixed 80% of them, "test" the rest, "all" every image in order."""
     from sklearn.datasets import load_digits

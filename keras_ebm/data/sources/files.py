@@ -49,17 +49,16 @@ def given_path(name: str, local_path: str | os.PathLike, what: str) -> pathlib.P
     return path
 
 
-def resolve_local_path(name: str, local_path: str | os.PathLike | None, default_file: tuple[str, str] | None = None) -> pathlib.Path:
+def resolve_local_path(
+    name: str, local_path: str | os.PathLike | None, default_file: tuple[str, str] | None = None
+) -> pathlib.Path:
     """The file the local source `name` reads: `local_path` when given, else its
     `default_file = (environment variable, file name)`: the file the variable names, then the file
     name in `data_search_dirs()`."""
     if local_path is not None:
         return given_path(name, local_path, "an existing file")
     if default_file is None:
-        raise ValueError(
-            f"The '{name}' source reads a local file: pass `local_path=<path>`. "
-            "Received: local_path=None"
-        )
+        raise ValueError(f"The '{name}' source reads a local file: pass `local_path=<path>`. Received: local_path=None")
     env, filename = default_file
     candidates = [pathlib.Path(os.environ[env])] if os.environ.get(env) else []
     candidates += [d / filename for d in data_search_dirs()]
@@ -84,7 +83,9 @@ def _npz_error(path, name, what):
     )
 
 
-def load_npz_arrays(path: str | os.PathLike, name: str, keys: Sequence[str]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+def load_npz_arrays(
+    path: str | os.PathLike, name: str, keys: Sequence[str]
+) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
     """`({key: array}, all keys)`: the existing `keys` of the npz at `path`, with one clear error
     for a directory, a truncated or corrupt archive, or object (pickled) arrays."""
     import zipfile

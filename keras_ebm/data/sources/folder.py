@@ -54,9 +54,7 @@ def _class_folders(split, local_path):
     if split and (root / split).is_dir():
         root = root / split
     class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = sorted(
-        p for d in class_dirs for p in (root / d).iterdir() if p.suffix.lower() in _IMAGE_EXTENSIONS
-    )
+    files = sorted(p for d in class_dirs for p in (root / d).iterdir() if p.suffix.lower() in _IMAGE_EXTENSIONS)
     if not class_dirs or not files:
         raise ValueError(
             f"{root} must contain one sub-folder per class holding images "
@@ -68,7 +66,14 @@ def _class_folders(split, local_path):
 
 @register_source("folder")
 def folder_source(
-    name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None, local_path: str | os.PathLike | None = None, image_size: int | tuple[int, int] | None = None, channels: int | None = None
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    local_path: str | os.PathLike | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
 ) -> common.SourceData:
     """The images of `local_path` (or of its sub-folder `split`, when there is one), labelled by
     sub-folder in sorted order, read in sorted order and centre-cropped to the aspect ratio of

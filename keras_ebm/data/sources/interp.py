@@ -22,7 +22,9 @@ DEFAULTS = {"interp": "jem", "interp_noise": 0.0, "interp_seed": 0, "interp_offs
 OPTIONS = tuple(DEFAULTS)
 
 
-def interpolate_images(x: np.ndarray, y: np.ndarray, method: str = "jem", offset: int = 100, noise: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def interpolate_images(
+    x: np.ndarray, y: np.ndarray, method: str = "jem", offset: int = 100, noise: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The "interp" OOD construction: averages of two images of the same set.
 
     * "jem" (JEM `eval_wrn_ebm.py`): shuffle the set with `seed`, cut it into batches of
@@ -70,7 +72,13 @@ def interpolate_images(x: np.ndarray, y: np.ndarray, method: str = "jem", offset
     return np.clip(np.round(out), 0, 255).astype(np.uint8), labels
 
 
-def load_interpolated(load_source: Callable[..., tuple[tf.data.Dataset, common.SourceInfo]], name: str, base: str, split: str, options: dict[str, Any]) -> tuple[tf.data.Dataset, common.SourceInfo]:
+def load_interpolated(
+    load_source: Callable[..., tuple[tf.data.Dataset, common.SourceInfo]],
+    name: str,
+    base: str,
+    split: str,
+    options: dict[str, Any],
+) -> tuple[tf.data.Dataset, common.SourceInfo]:
     """`(ds, info)` of the "_interp" set `name` of the source `base`: the whole `split` of `base`
     loaded with `options` (all but `max_examples` and these), interpolated, then cut to
     `max_examples`.

@@ -25,10 +25,7 @@ def _find_in_directory(name, path, names, fmt, local_path):
         return inside[0]
     if name != "svhn_mat":
         return path  # the extracted batches folder itself (checked when read)
-    raise FileNotFoundError(
-        f"{path} holds none of {names} (from {fmt.url}). "
-        f"Received: local_path={str(local_path)!r}"
-    )
+    raise FileNotFoundError(f"{path} holds none of {names} (from {fmt.url}). Received: local_path={str(local_path)!r}")
 
 
 def _given_official_path(name, split, local_path, names, fmt):
@@ -44,7 +41,9 @@ def _given_official_path(name, split, local_path, names, fmt):
     return path
 
 
-def resolve_official_path(name: str, split: str, local_path: str | os.PathLike | None = None, prepared: bool = True) -> pathlib.Path:
+def resolve_official_path(
+    name: str, split: str, local_path: str | os.PathLike | None = None, prepared: bool = True
+) -> pathlib.Path:
     """The file or folder the official source `name` reads `split` from.
 
     `local_path` may be the file itself (an archive, an extracted folder, a `.mat` file, the
@@ -54,9 +53,7 @@ def resolve_official_path(name: str, split: str, local_path: str | os.PathLike |
     """
     fmt = official.FORMATS[name]
     if split not in fmt.splits:
-        raise ValueError(
-            f"The '{name}' source has the splits {list(fmt.splits)}. Received: split={split!r}"
-        )
+        raise ValueError(f"The '{name}' source has the splits {list(fmt.splits)}. Received: split={split!r}")
     names = ([fmt.prepared] if prepared else []) + [n.format(split=split) for n in fmt.names]
     if local_path is not None:
         return _given_official_path(name, split, local_path, names, fmt)
@@ -83,7 +80,13 @@ def _check_label_mode(label_mode, name):
 
 @register_source(*OFFICIAL_DATASETS, option_checks={"label_mode": _check_label_mode})
 def official_source(
-    name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None, local_path: str | os.PathLike | None = None, label_mode: str = "fine"
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    local_path: str | os.PathLike | None = None,
+    label_mode: str = "fine",
 ) -> common.SourceData:
     """An official download, pixel-exact with the canonical arrays.
 

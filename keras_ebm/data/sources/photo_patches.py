@@ -34,7 +34,14 @@ def photo_patches(patch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_source("photo_patches")
-def photo_patches_source(name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None, patch_size: int = 32) -> common.SourceData:
+def photo_patches_source(
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    patch_size: int = 32,
+) -> common.SourceData:
     """The patches of `photo_patches`, labelled by photo; "train" a fixed 80% of them, "test"
     the rest, "all" every patch in raster order.
 

@@ -58,7 +58,11 @@ _SOURCES: dict[str, Source] = {}
 _OPTION_CHECKS: dict[str, Callable[[object, str], None]] = {}
 
 
-def register_source(*names: str, check_available: Callable[..., None] | None = None, option_checks: Mapping[str, Callable[[object, str], None]] | None = None) -> Callable[[Callable[..., common.SourceData]], Callable[..., common.SourceData]]:
+def register_source(
+    *names: str,
+    check_available: Callable[..., None] | None = None,
+    option_checks: Mapping[str, Callable[[object, str], None]] | None = None,
+) -> Callable[[Callable[..., common.SourceData]], Callable[..., common.SourceData]]:
     """Decorator: register a source function under `names` (see this module's docstring).
 
     Args:
@@ -84,8 +88,7 @@ def register_source(*names: str, check_available: Callable[..., None] | None = N
         options = tuple(
             p
             for p in list(params)[2:]
-            if p not in ("classes", "max_examples")
-            and params[p].kind != inspect.Parameter.VAR_KEYWORD
+            if p not in ("classes", "max_examples") and params[p].kind != inspect.Parameter.VAR_KEYWORD
         )
         for name in names:
             if not isinstance(name, str) or not name or name.endswith(INTERP_SUFFIX):
@@ -106,9 +109,7 @@ def source_names() -> tuple[str, ...]:
 
 
 def known_names_text() -> str:
-    return (
-        ", ".join(repr(n) for n in _SOURCES) + f", or any of these followed by '{INTERP_SUFFIX}'"
-    )
+    return ", ".join(repr(n) for n in _SOURCES) + f", or any of these followed by '{INTERP_SUFFIX}'"
 
 
 def split_interp(name: str) -> tuple[str, bool]:
@@ -124,9 +125,7 @@ def get_source(name: str) -> Source:
     registered name for an unknown one."""
     base, _ = split_interp(name)
     if base not in _SOURCES:
-        raise ValueError(
-            f"Unknown data set. Known names: {known_names_text()}. Received: name={name!r}"
-        )
+        raise ValueError(f"Unknown data set. Known names: {known_names_text()}. Received: name={name!r}")
     return _SOURCES[base]
 
 
@@ -189,9 +188,7 @@ def load_source(name: str, split: str = "train", **options: Any) -> tuple[tf.dat
     kwargs = {k: options[k] for k in source.options if k in options}
     classes, max_examples = options.get("classes"), options.get("max_examples")
     data = source.load(name, split, classes=classes, max_examples=max_examples, **kwargs)
-    ds, shape = common.convert_images(
-        data.ds, data.image_shape, options.get("image_size"), options.get("channels")
-    )
+    ds, shape = common.convert_images(data.ds, data.image_shape, options.get("image_size"), options.get("channels"))
     info = common.SourceInfo(
         name=name,
         split=split,

@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class AIS(registry.Evaluator):
     key = "likelihood"
 
-    def __init__(self, num_chains: int = 64, num_temperatures: int = 1000, sampler: str = "mala", base: str = "uniform") -> None:
+    def __init__(
+        self, num_chains: int = 64, num_temperatures: int = 1000, sampler: str = "mala", base: str = "uniform"
+    ) -> None:
         self.num_chains, self.num_temperatures, self.sampler, self.base = num_chains, num_temperatures, sampler, base
 
     @property
@@ -29,25 +31,47 @@ class AIS(registry.Evaluator):
 
     def run(self, ctx: registry.EvalContext) -> dict[str, Any]:
         x, _ = ctx.test_set()
-        return suite.run_ais(ctx.model, x, num_chains=self.num_chains, num_temperatures=self.num_temperatures,
-                             sampler=self.sampler, base=self.base)
+        return suite.run_ais(
+            ctx.model,
+            x,
+            num_chains=self.num_chains,
+            num_temperatures=self.num_temperatures,
+            sampler=self.sampler,
+            base=self.base,
+        )
 
     @classmethod
     def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        return [line for name, r in entries.items() for line in (
-            "", f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
+        return [
+            line
+            for name, r in entries.items()
+            for line in (
+                "",
+                f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
                 f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
                 f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
-                f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). " + r["variance_note"])]
+                f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). " + r["variance_note"],
+            )
+        ]
 
     @classmethod
-    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
-        return [(f"{label} [{name}]", lambda r, n=name, k=key: (r.get("likelihood") or {}).get(n, {}).get(k), "num")
-                for name in report.union([r.get("likelihood") or {} for r in results_list])
-                for key, label in (("log_z", "log Z"), ("log_z_stderr", "log Z s.e."),
-                                   ("log_likelihood", "test LL nats"), ("bits_per_dim", "bits/dim"))]
+    def columns(
+        cls, results_list: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+        return [
+            (f"{label} [{name}]", lambda r, n=name, k=key: (r.get("likelihood") or {}).get(n, {}).get(k), "num")
+            for name in report.union([r.get("likelihood") or {} for r in results_list])
+            for key, label in (
+                ("log_z", "log Z"),
+                ("log_z_stderr", "log Z s.e."),
+                ("log_likelihood", "test LL nats"),
+                ("bits_per_dim", "bits/dim"),
+            )
+        ]
 
     @classmethod
     def counts(cls, entries: Mapping[str, Any]) -> dict[str, int]:
-        return {f"{name} test images (AIS chains: {r.get('num_chains')})": r.get("num_examples")
-                for name, r in entries.items()}
+        return {
+            f"{name} test images (AIS chains: {r.get('num_chains')})": r.get("num_examples")
+            for name, r in entries.items()
+        }

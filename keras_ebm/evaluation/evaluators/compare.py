@@ -20,9 +20,19 @@ if TYPE_CHECKING:
 class Compare(registry.Evaluator):
     export_only = True
 
-    def __init__(self, runs: Sequence[str | os.PathLike] = (), names: Sequence[str] = (), scores: Sequence[str] = (), output_dir: str | os.PathLike = "eval_report") -> None:
+    def __init__(
+        self,
+        runs: Sequence[str | os.PathLike] = (),
+        names: Sequence[str] = (),
+        scores: Sequence[str] = (),
+        output_dir: str | os.PathLike = "eval_report",
+    ) -> None:
         self.runs, self.names, self.scores, self.output_dir = runs, names, scores, output_dir
 
     def run(self, ctx: registry.EvalContext) -> dict[str, Any]:
-        return report.compare_runs(list(self.runs), self.output_dir, names=list(self.names or ()) or None,
-                                   scores=list(self.scores or ()) or None)
+        return report.compare_runs(
+            list(self.runs),
+            self.output_dir,
+            names=list(self.names or ()) or None,
+            scores=list(self.scores or ()) or None,
+        )

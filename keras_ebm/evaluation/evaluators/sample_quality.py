@@ -29,27 +29,46 @@ class SampleQuality(registry.Evaluator):
         import tensorflow as tf
 
         if not self.reference_classifier:
-            raise registry.UsageError("--sample_quality needs --reference_classifier (an export or a train.py "
-                                      "directory).")
+            raise registry.UsageError(
+                "--sample_quality needs --reference_classifier (an export or a train.py directory)."
+            )
         samples = ctx.samples
         path = self.reference_classifier
         if os.path.isdir(os.path.join(path, "export")):
             path = os.path.join(path, "export")
         reference = tf.saved_model.load(path)
-        return suite.run_sample_quality(samples, reference, ranking_model=ctx.model if ctx.restored else None,
-                                        max_examples=ctx.max_examples, output_dir=ctx.output_dir)
+        return suite.run_sample_quality(
+            samples,
+            reference,
+            ranking_model=ctx.model if ctx.restored else None,
+            max_examples=ctx.max_examples,
+            output_dir=ctx.output_dir,
+        )
 
     @classmethod
     def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        return [line for name, r in entries.items() for line in (
-            "", f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
-                f"({r['num_samples']} samples)")]
+        return [
+            line
+            for name, r in entries.items()
+            for line in (
+                "",
+                f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
+                f"({r['num_samples']} samples)",
+            )
+        ]
 
     @classmethod
-    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
-        return [(f"sample accuracy [{name}]",
-                 lambda r, n=name: (r.get("sample_quality") or {}).get(n, {}).get("accuracy"), "pct")
-                for name in report.union([r.get("sample_quality") or {} for r in results_list])]
+    def columns(
+        cls, results_list: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+        return [
+            (
+                f"sample accuracy [{name}]",
+                lambda r, n=name: (r.get("sample_quality") or {}).get(n, {}).get("accuracy"),
+                "pct",
+            )
+            for name in report.union([r.get("sample_quality") or {} for r in results_list])
+        ]
 
     @classmethod
     def counts(cls, entries: Mapping[str, Any]) -> dict[str, int]:

@@ -18,8 +18,17 @@ from keras_ebm.evaluation import registry
 
 @registry.register("samples")
 class Samples(registry.Evaluator):
-    def __init__(self, num_samples: int = 0, steps: int | None = None, sweeps: int | None = None, from_buffer: bool = False, conditional: bool = False,
-                 batch_size: int | None = None, class_latent_examples: int = 1000, npz: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        num_samples: int = 0,
+        steps: int | None = None,
+        sweeps: int | None = None,
+        from_buffer: bool = False,
+        conditional: bool = False,
+        batch_size: int | None = None,
+        class_latent_examples: int = 1000,
+        npz: str | os.PathLike | None = None,
+    ) -> None:
         self.num_samples, self.steps, self.sweeps = num_samples, steps, sweeps
         self.from_buffer, self.conditional, self.batch_size = from_buffer, conditional, batch_size
         self.class_latent_examples, self.npz = class_latent_examples, npz
@@ -39,8 +48,10 @@ class Samples(registry.Evaluator):
             samples[name] = (images, labels)
         if self.npz:
             with np.load(self.npz) as f:
-                samples[os.path.basename(self.npz)[:-len(".npz")]] = (
-                    f["images"], f["labels"] if "labels" in f.files else None)
+                samples[os.path.basename(self.npz)[: -len(".npz")]] = (
+                    f["images"],
+                    f["labels"] if "labels" in f.files else None,
+                )
         return samples
 
     def draw(self, ctx: registry.EvalContext) -> tuple[str, np.ndarray, np.ndarray | None]:
@@ -64,9 +75,16 @@ class Samples(registry.Evaluator):
 
             x, y = ctx.test_set(self.class_latent_examples)
             labelled = (to_pixel_range(x, model.pixel_range), y)
-        png = generation.generate_samples(model, os.path.join(ctx.output_dir, "samples"), self.num_samples,
-                                          n_steps=self.steps, from_buffer=self.from_buffer,
-                                          conditional=self.conditional, batch_size=self.batch_size,
-                                          labelled_data=labelled, name=name)
-        with np.load(png[:-len(".png")] + ".npz") as f:
-            return os.path.basename(png)[:-len(".png")], f["images"], f["labels"]
+        png = generation.generate_samples(
+            model,
+            os.path.join(ctx.output_dir, "samples"),
+            self.num_samples,
+            n_steps=self.steps,
+            from_buffer=self.from_buffer,
+            conditional=self.conditional,
+            batch_size=self.batch_size,
+            labelled_data=labelled,
+            name=name,
+        )
+        with np.load(png[: -len(".png")] + ".npz") as f:
+            return os.path.basename(png)[: -len(".png")], f["images"], f["labels"]

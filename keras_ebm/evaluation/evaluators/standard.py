@@ -22,5 +22,4 @@ class Standard(registry.Evaluator):
 
     def run(self, ctx: registry.EvalContext) -> dict[str, Any]:
         extra = {"max_examples": ctx.max_examples} if ctx.max_examples else {}
-        return runner.run_eval(model_dir=ctx.model_dir, saved_model=ctx.saved_model, output_dir=ctx.output_dir,
-                               **extra)
+        return runner.run_eval(model_dir=ctx.model_dir, saved_model=ctx.saved_model, output_dir=ctx.output_dir, **extra)

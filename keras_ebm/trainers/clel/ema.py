@@ -43,8 +43,7 @@ class ModelEMA(keras.layers.Layer):
         super().__init__(name=name, **kwargs)
         if not model.built:
             raise ValueError(
-                "`ModelEMA` needs a built model (call it once or build it). "
-                f"Received: model.built={model.built}"
+                f"`ModelEMA` needs a built model (call it once or build it). Received: model.built={model.built}"
             )
         self.model = keras.models.clone_model(model)
         self.model.set_weights(model.get_weights())

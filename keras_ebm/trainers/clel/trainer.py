@@ -57,6 +57,7 @@ def _choice(*options):
         if value not in options:
             raise ValueError(f"Expected one of {options}. Received: {value!r}")
         return value
+
     return normalize
 
 
@@ -129,8 +130,14 @@ class CLEL(EBMTrainer):
     """
 
     tracked_names = (
-        "loss", "ebm_loss", "contrastive_loss", "energy_data", "energy_sample", "energy_gap",
-        "cosine", "sgld_grad_norm",
+        "loss",
+        "ebm_loss",
+        "contrastive_loss",
+        "energy_data",
+        "energy_sample",
+        "energy_gap",
+        "cosine",
+        "sgld_grad_norm",
     )
     default_ood_score = "clel"
     is_classifier = False  # `call` returns a latent, not class logits (see keras_ebm.export)
@@ -138,8 +145,19 @@ class CLEL(EBMTrainer):
     uses_labels = False  # unsupervised: batch labels are ignored, so fit does not range-check them
     score_names = ("clel", "neg_energy", "cosine")
     config_attributes = EBMTrainer.config_attributes + (
-        "projection", "encoder", "encoder_weight_decay", "augment_chain_starts", "alpha", "beta", "ood_beta",
-        "temperature", "ebm_batch_fraction", "ema_decay", "ema_start_step", "sample_sweeps", "ema_timing",
+        "projection",
+        "encoder",
+        "encoder_weight_decay",
+        "augment_chain_starts",
+        "alpha",
+        "beta",
+        "ood_beta",
+        "temperature",
+        "ebm_batch_fraction",
+        "ema_decay",
+        "ema_start_step",
+        "sample_sweeps",
+        "ema_timing",
         "guidance_view",
     )
     # Run-time settings (keras_ebm.run_settings): the objective's weights, the EMA schedule and the
@@ -186,8 +204,11 @@ class CLEL(EBMTrainer):
     ) -> None:
         latent_dim = int(projection.outputs[0].shape[-1]) if hasattr(projection, "outputs") else 128
         super().__init__(
-            network, image_shape, num_classes if num_classes is not None else latent_dim,
-            pixel_range=pixel_range, **kwargs,
+            network,
+            image_shape,
+            num_classes if num_classes is not None else latent_dim,
+            pixel_range=pixel_range,
+            **kwargs,
         )
         if not 0.0 < float(ebm_batch_fraction) <= 1.0:
             raise ValueError(
@@ -199,9 +220,17 @@ class CLEL(EBMTrainer):
         self.encoder = encoder
         self._encoder_optimizer = _Untracked(None)  # set by `compile`
         self.encoder_weight_decay = encoder_weight_decay
-        self.sampler = sampler if sampler is not None else SGLDSampler(
-            n_steps=60, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=self.pixel_range,
-            energy_training=True,
+        self.sampler = (
+            sampler
+            if sampler is not None
+            else SGLDSampler(
+                n_steps=60,
+                step_size=100.0,
+                noise_std=0.001,
+                grad_clip=100.0,
+                x_clip=self.pixel_range,
+                energy_training=True,
+            )
         )
         # Tracked so that the SGLD noise state enters checkpoints (as in JEM).
         self.sampler_seed_generator = self.sampler.seed_generator
@@ -229,7 +258,12 @@ class CLEL(EBMTrainer):
         self.class_latents = None  # [num_classes, k] after `set_class_latents` (not checkpointed)
 
     # ------------------------------------------------------------------ optimizers
-    def compile(self, optimizer: str | keras.optimizers.Optimizer = "adam", encoder_optimizer: str | keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
+    def compile(
+        self,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        encoder_optimizer: str | keras.optimizers.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         """`keras.Model.compile` with CLEL's second optimizer.
 
         Args:
@@ -274,8 +308,9 @@ class CLEL(EBMTrainer):
     def build_optimizers(self) -> None:
         """Build both optimizers on their variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
-            raise ValueError("Compile the trainer first (the EBM optimizer comes from `compile`). "
-                             "Received: optimizer=None")
+            raise ValueError(
+                "Compile the trainer first (the EBM optimizer comes from `compile`). Received: optimizer=None"
+            )
         self.optimizer.build(self.ebm_variables())
         self.encoder_optimizer.build(self.encoder_variables())
 
@@ -300,7 +335,9 @@ class CLEL(EBMTrainer):
         del training  # the EMA networks run in inference mode
         return _energy(self.ema_network(x))
 
-    def scores(self, x: TensorLike, names: Sequence[str] | None = None, encoder_x: TensorLike | None = None) -> dict[str, tf.Tensor]:
+    def scores(
+        self, x: TensorLike, names: Sequence[str] | None = None, encoder_x: TensorLike | None = None
+    ) -> dict[str, tf.Tensor]:
         """Eq. 5 and its two parts on the EMA networks, each `[batch]`, higher = more in-distribution.
 
         "clel": -s(x) = -(0.5 ||f||^2 - ood_beta * cos(h(x), g(f/||f||))); "neg_energy": -0.5 ||f||^2
@@ -338,12 +375,16 @@ class CLEL(EBMTrainer):
         z = self.encode(x)
         sums = tf.math.unsorted_segment_sum(z, y, num_classes)
         if bool(tf.reduce_any(tf.math.bincount(y, minlength=num_classes) == 0)):
-            raise ValueError(f"set_class_latents needs images of every class 0..{num_classes - 1}. "
-                             f"Received: labels {sorted(set(y.numpy().tolist()))}")
+            raise ValueError(
+                f"set_class_latents needs images of every class 0..{num_classes - 1}. "
+                f"Received: labels {sorted(set(y.numpy().tolist()))}"
+            )
         self.class_latents = tf.math.l2_normalize(sums, axis=-1)
         return self.class_latents
 
-    def conditional_energy(self, x: TensorLike, latents: tf.Tensor, training: bool = False, beta: float | None = None) -> tf.Tensor:
+    def conditional_energy(
+        self, x: TensorLike, latents: tf.Tensor, training: bool = False, beta: float | None = None
+    ) -> tf.Tensor:
         """E(x | z_bar_1..z_bar_A) = 0.5 ||f(x)||^2 - beta * sum_a cos(g(f/||f||), z_bar_a) on the EMA networks.
 
         Eq. 6 (compositional sampling); with one latent per sample, the joint energy E(x, z) of
@@ -364,8 +405,16 @@ class CLEL(EBMTrainer):
         similarity = tf.reduce_sum(z[:, None, :] * latents, axis=[1, 2])
         return _energy(features) - beta * similarity
 
-    def generate(self, num_samples: int, y: TensorLike | None = None, n_steps: int | None = None, from_buffer: bool = False, latents: TensorLike | None = None, beta: float | None = None,
-                 sweeps: int | None = None) -> tf.Tensor:
+    def generate(
+        self,
+        num_samples: int,
+        y: TensorLike | None = None,
+        n_steps: int | None = None,
+        from_buffer: bool = False,
+        latents: TensorLike | None = None,
+        beta: float | None = None,
+        sweeps: int | None = None,
+    ) -> tf.Tensor:
         """Draw samples with the EMA EBM (the networks the paper evaluates with `use_ema`).
 
         Args:
@@ -395,22 +444,35 @@ class CLEL(EBMTrainer):
                 raise ValueError(
                     "CLEL is unsupervised: class-conditional sampling needs class latents. Call "
                     "`model.set_class_latents(x, y)` with labelled images first (Appendix D). "
-                    "Received: y without class latents")
+                    "Received: y without class latents"
+                )
             latents = tf.gather(self.class_latents, tf.cast(y, tf.int32))
-        return super().generate(num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents,
-                                beta=beta, sweeps=sweeps)
+        return super().generate(
+            num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents, beta=beta, sweeps=sweeps
+        )
 
-    def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None, latents: TensorLike | None = None, beta: float | None = None, sweeps: int | None = None) -> tf.Tensor:
+    def run_chains(
+        self,
+        x0: tf.Tensor,
+        y: tf.Tensor | None,
+        n_steps: int | None = None,
+        latents: TensorLike | None = None,
+        beta: float | None = None,
+        sweeps: int | None = None,
+    ) -> tf.Tensor:
         """`generate`'s chains on the EMA EBM: marginal, or conditioned on `latents`; plain or in
         training-style sweeps."""
         del y  # CLEL conditions on latents (`generate` maps labels to class latents)
         sweeps = self.sample_sweeps if sweeps is None else _check_sweeps(sweeps, "sweeps")
         if latents is None:
+
             def energy_fn(x, _, training=False):
                 return _energy(self.ema_network(x))
         else:
+
             def energy_fn(x, z, training=False):
                 return self.conditional_energy(x, z, beta=beta)
+
         if sweeps is None:
             return self.sampler(energy_fn, x0, latents, n_steps=n_steps)
         x = x0
@@ -444,13 +506,16 @@ class CLEL(EBMTrainer):
         x0, idx = self.buffer.sample(tf.shape(x_data)[0])
         if self.augment_chain_starts:
             seed = distribute.replica_seed(self.seed_generator)
-            x0 = random_draws.augmented("augment_chain_start", x0,
-                                        lambda: simclr_augment(x0, seed, pixel_range=self.pixel_range))
+            x0 = random_draws.augmented(
+                "augment_chain_start", x0, lambda: simclr_augment(x0, seed, pixel_range=self.pixel_range)
+            )
         x, stats = self.sampler.sample_with_stats(self._energy, x0)
         self.buffer.update(idx, x)
         return {"x": x, "sgld_grad_norm": stats["grad_norm"]}
 
-    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True
+    ) -> dict[str, tf.Tensor]:
         """EBM loss (eq. 3) + NT-Xent (eq. 4), in Algorithm 1's order (hankook/CLEL models/ebm.py):
         f of the data, f of the samples, the guidance latent z of an augmented view (detached), then
         the encoder's two SimCLR views. The views use `batch["views_seed"]` when present (`optimize`
@@ -465,7 +530,8 @@ class CLEL(EBMTrainer):
 
         def view(images, kind, seed):
             return random_draws.augmented(
-                kind, images, lambda: simclr_augment(images, seed, pixel_range=self.pixel_range))
+                kind, images, lambda: simclr_augment(images, seed, pixel_range=self.pixel_range)
+            )
 
         f_data = self.network(x_data, training=training)
         f_sample = self.network(negatives["x"], training=training)
@@ -484,12 +550,12 @@ class CLEL(EBMTrainer):
         target = tf.stop_gradient(tf.math.l2_normalize(_wide(h_guide), axis=-1))
         cosine = tf.reduce_mean(tf.reduce_sum(z_data * target, axis=-1))
         ebm_loss = (
-            tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
+            tf.reduce_mean(e_data)
+            - tf.reduce_mean(e_sample)
             + self.alpha * tf.reduce_mean(tf.square(e_data) + tf.square(e_sample))
             - self.beta * cosine
         )
-        contrastive = nt_xent_loss(h1, h2, extra_negatives=tf.stop_gradient(z_sample),
-                                   temperature=self.temperature)
+        contrastive = nt_xent_loss(h1, h2, extra_negatives=tf.stop_gradient(z_sample), temperature=self.temperature)
         return {
             "loss": ebm_loss + contrastive,
             "ebm_loss": ebm_loss,
@@ -532,7 +598,9 @@ class CLEL(EBMTrainer):
         if self.ema_timing == "before_step":
             self._update_ema()
 
-    def after_step(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], logs: dict[str, tf.Tensor]) -> None:
+    def after_step(
+        self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], logs: dict[str, tf.Tensor]
+    ) -> None:
         del batch, negatives, logs
         if self.ema_timing == "after_step":
             self._update_ema()
@@ -540,9 +608,11 @@ class CLEL(EBMTrainer):
     def _update_ema(self):
         """EMA of both networks (trainable weights averaged, BN statistics and spectral-norm vectors
         copied): decay 0 before `ema_start_step` optimizer steps, `ema_decay` after."""
-        decay = tf.where(self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64),
-                         tf.zeros([], run_settings.read_dtype()),
-                         run_settings.as_tensor(self.ema_decay, run_settings.read_dtype()))
+        decay = tf.where(
+            self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64),
+            tf.zeros([], run_settings.read_dtype()),
+            run_settings.as_tensor(self.ema_decay, run_settings.read_dtype()),
+        )
         for ema in (self.ema_network, self.ema_projection, self.ema_encoder):
             ema.update(decay)
 

@@ -52,9 +52,7 @@ def max_mahalanobis_centers(num_classes: int, dim: int, scale: float = 10.0) -> 
     """
     num_classes, dim = int(num_classes), int(dim)
     if num_classes < 2:
-        raise ValueError(
-            f"Max-Mahalanobis centres need at least 2 classes. Received: num_classes={num_classes}"
-        )
+        raise ValueError(f"Max-Mahalanobis centres need at least 2 classes. Received: num_classes={num_classes}")
     if dim < 1:
         raise ValueError(f"`dim` must be a positive integer. Received: dim={dim}")
     if num_classes > dim + 1:
@@ -142,8 +140,7 @@ class MaxMahalanobisHead(keras.layers.Layer):
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(
-                "MaxMahalanobisHead needs a known feature dimension. "
-                f"Received: input_shape={tuple(input_shape)}"
+                f"MaxMahalanobisHead needs a known feature dimension. Received: input_shape={tuple(input_shape)}"
             )
         centers = max_mahalanobis_centers(self.num_classes, int(dim), self.scale)
         self.centers = self.add_weight(
@@ -190,9 +187,7 @@ class MaxMahalanobisHead(keras.layers.Layer):
         """Per-sample 0.5 ||phi - mu_y||^2 `[batch]`, float32: the energy E(x, y) of eq. 6 at
         sigma = 1 (eq. 5's centre regression loss, Pang et al. 2020)."""
         features = tf.cast(features, self._wide)
-        return 0.5 * tf.reduce_sum(
-            tf.square(features - tf.cast(self.class_centers(y), self._wide)), axis=-1
-        )
+        return 0.5 * tf.reduce_sum(tf.square(features - tf.cast(self.class_centers(y), self._wide)), axis=-1)
 
     def estimate_sigma(self, features: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Maximum-likelihood sigma of N(mu_y, sigma^2 I) for features of known classes.
@@ -221,14 +216,17 @@ class MaxMahalanobisHead(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {"num_classes": self.num_classes, "scale": self.scale, "sigma": self.initial_sigma}
-        )
+        config.update({"num_classes": self.num_classes, "scale": self.scale, "sigma": self.initial_sigma})
         return config
 
 
 def build_mmc_classifier(
-    backbone: keras.Model, num_classes: int, input_shape: tuple[int, int, int] | None = None, scale: float = 10.0, sigma: float = 1.0, name: str = "mmc_classifier"
+    backbone: keras.Model,
+    num_classes: int,
+    input_shape: tuple[int, int, int] | None = None,
+    scale: float = 10.0,
+    sigma: float = 1.0,
+    name: str = "mmc_classifier",
 ) -> keras.Model:
     """Images -> MMC logits `[batch, num_classes]`: a backbone and a `MaxMahalanobisHead`.
 

@@ -104,11 +104,22 @@ class GMMC(EBMTrainer):
     """
 
     tracked_names = (
-        "loss", "clf_acc", "center_loss", "sample_loss", "energy_gap", "balance", "sgld_grad_norm",
+        "loss",
+        "clf_acc",
+        "center_loss",
+        "sample_loss",
+        "energy_gap",
+        "balance",
+        "sgld_grad_norm",
     )
     default_ood_score = "log_px"
     config_attributes = EBMTrainer.config_attributes + (
-        "mode", "sampling", "latent_std", "switch_step", "ramp_steps", "sigma_batches",
+        "mode",
+        "sampling",
+        "latent_std",
+        "switch_step",
+        "ramp_steps",
+        "sigma_batches",
     )
     # Run-time settings (keras_ebm.run_settings): beta and the joint schedule are variables the
     # compiled step reads (arithmetic on optimizer.iterations); the mode, the sampling scheme and
@@ -148,8 +159,7 @@ class GMMC(EBMTrainer):
             raise ValueError(f"`sampling` must be one of {SAMPLINGS}. Received: sampling={sampling!r}")
         if latent_std is not None and float(latent_std) < 0:
             raise ValueError(
-                "`latent_std` must be >= 0, or None to use the head's sigma. "
-                f"Received: latent_std={latent_std}"
+                f"`latent_std` must be >= 0, or None to use the head's sigma. Received: latent_std={latent_std}"
             )
         if float(balance) < 0:
             raise ValueError(f"`balance` must be >= 0. Received: balance={balance}")
@@ -171,13 +181,9 @@ class GMMC(EBMTrainer):
         self.switch_step = switch_step
         self.ramp_steps = ramp_steps
         if sigma_batches is not None and int(sigma_batches) < 1:
-            raise ValueError(
-                f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}"
-            )
+            raise ValueError(f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}")
         self.sigma_batches = None if sigma_batches is None else int(sigma_batches)
-        if sigma_data is not None and not (
-            isinstance(sigma_data, tf.data.Dataset) or callable(sigma_data)
-        ):
+        if sigma_data is not None and not (isinstance(sigma_data, tf.data.Dataset) or callable(sigma_data)):
             raise ValueError(
                 "`sigma_data` must be a tf.data.Dataset, a dataset function fn(input_context=None) "
                 f"or None. Received: sigma_data={sigma_data!r}"
@@ -189,7 +195,10 @@ class GMMC(EBMTrainer):
         self._sigma_data_fn = sigma_data
         if sampler is None:
             sampler = SGLDSampler(
-                n_steps=20, step_size=1.0, noise_std=0.0, x_clip=tuple(self.pixel_range),
+                n_steps=20,
+                step_size=1.0,
+                noise_std=0.0,
+                x_clip=tuple(self.pixel_range),
                 energy_reduction="mean",
             )
         self.sampler = sampler
@@ -263,7 +272,9 @@ class GMMC(EBMTrainer):
             energies = energies / tf.cast(distribute.num_replicas(), energies.dtype)
         return energies
 
-    def sample_chains(self, x_init: tf.Tensor, y: tf.Tensor, n_steps: int | tf.Tensor | None = None) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
+    def sample_chains(
+        self, x_init: tf.Tensor, y: tf.Tensor, n_steps: int | tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Run GMMC's class-conditional chains from `x_init` for labels `y`.
 
         Staged: one z per chain for the whole call. Noise-injected: a new z at every step; the
@@ -340,7 +351,9 @@ class GMMC(EBMTrainer):
             negatives["active"] = active
         return negatives
 
-    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True) -> dict[str, tf.Tensor]:
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True
+    ) -> dict[str, tf.Tensor]:
         x, y = batch["x"], batch["y"]
         phi = self.features(x, training=training)
         center_loss = tf.reduce_mean(self.head.center_loss(phi, y))
@@ -386,14 +399,21 @@ class GMMC(EBMTrainer):
         phi = self.features(batch["x"], training=False)
         center_loss = tf.reduce_mean(self.head.center_loss(phi, batch["y"]))
         pred = tf.argmax(self.head(phi), axis=-1, output_type=tf.int32)
-        return self.update_trackers({
-            "loss": center_loss,
-            "center_loss": center_loss,
-            "clf_acc": tf.reduce_mean(tf.cast(tf.equal(pred, batch["y"]), tf.float32)),
-        })
+        return self.update_trackers(
+            {
+                "loss": center_loss,
+                "center_loss": center_loss,
+                "clf_acc": tf.reduce_mean(tf.cast(tf.equal(pred, batch["y"]), tf.float32)),
+            }
+        )
 
     # ------------------------------------------------------------------ after training
-    def estimate_sigma(self, data: tuple[TensorLike, TensorLike] | Iterable[tuple[TensorLike, TensorLike]], max_batches: int | None = None, assign: bool = True) -> float:
+    def estimate_sigma(
+        self,
+        data: tuple[TensorLike, TensorLike] | Iterable[tuple[TensorLike, TensorLike]],
+        max_batches: int | None = None,
+        assign: bool = True,
+    ) -> float:
         """Estimate the head's sigma from labelled training data (section 3.1), after training.
 
         sigma^2 = mean ||phi(x) - mu_y||^2 / dim over the data (features in inference mode), the
@@ -413,12 +433,13 @@ class GMMC(EBMTrainer):
             batches = [data]
         else:
             batches = data
-        if max_batches is None and isinstance(data, tf.data.Dataset) and (
-            data.cardinality() == tf.data.INFINITE_CARDINALITY
+        if (
+            max_batches is None
+            and isinstance(data, tf.data.Dataset)
+            and (data.cardinality() == tf.data.INFINITE_CARDINALITY)
         ):
             raise ValueError(
-                "`data` is an infinite dataset: pass `max_batches` (or a finite dataset). "
-                "Received: max_batches=None"
+                "`data` is an infinite dataset: pass `max_batches` (or a finite dataset). Received: max_batches=None"
             )
         total, count, dim = 0.0, 0, None
         for i, batch in enumerate(batches):
@@ -427,8 +448,8 @@ class GMMC(EBMTrainer):
             x, y = batch[0], batch[1]
             x = tf.cast(tf.convert_to_tensor(x), tf.float32)
             for start in range(0, int(x.shape[0]), 256):
-                phi = self.features(x[start:start + 256], training=False)
-                sq = 2.0 * self.head.center_loss(phi, tf.convert_to_tensor(y)[start:start + 256])
+                phi = self.features(x[start : start + 256], training=False)
+                sq = 2.0 * self.head.center_loss(phi, tf.convert_to_tensor(y)[start : start + 256])
                 total += float(tf.reduce_sum(sq))
                 count += int(phi.shape[0])
                 dim = int(phi.shape[-1])
@@ -462,8 +483,7 @@ class GMMC(EBMTrainer):
     def generation_labels(self, num_samples: int, y: TensorLike | None, seed: tf.Tensor) -> tf.Tensor:
         """Class-conditional samples (section 3.2): `y`, or uniformly random classes."""
         if y is None:
-            y = tf.random.stateless_uniform([num_samples], seed=seed, minval=0, maxval=self.num_classes,
-                                            dtype=tf.int32)
+            y = tf.random.stateless_uniform([num_samples], seed=seed, minval=0, maxval=self.num_classes, dtype=tf.int32)
         return tf.cast(tf.reshape(y, [-1]), tf.int32)
 
     def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None) -> tf.Tensor:

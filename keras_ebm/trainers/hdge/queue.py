@@ -69,7 +69,15 @@ class FeatureQueue(keras.layers.Layer):
           Algorithm 1.
     """
 
-    def __init__(self, size: int, dim: int, initializer: str | keras.initializers.Initializer = "zeros", initially_full: bool = False, name: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        initializer: str | keras.initializers.Initializer = "zeros",
+        initially_full: bool = False,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(name=name, **kwargs)
         if int(size) < 1:
@@ -102,9 +110,7 @@ class FeatureQueue(keras.layers.Layer):
             autocast=False,
             name="queue",
         )
-        self.pointer = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="pointer"
-        )
+        self.pointer = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="pointer")
         self.count = self.add_weight(
             shape=(),
             dtype="int32",
@@ -131,9 +137,7 @@ class FeatureQueue(keras.layers.Layer):
         """Append `rows` `[batch, dim]` (every replica's, in replica order); see the class docstring."""
         rows = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rows), self.storage_dtype))
         if rows.shape.rank != 2 or (rows.shape[-1] is not None and rows.shape[-1] != self.dim):
-            raise ValueError(
-                f"`enqueue` expects rows of shape [batch, {self.dim}]. Received: rows.shape={rows.shape}"
-            )
+            raise ValueError(f"`enqueue` expects rows of shape [batch, {self.dim}]. Received: rows.shape={rows.shape}")
         if tf.distribute.get_replica_context() is None:
             raise RuntimeError(
                 "FeatureQueue.enqueue must run in replica context (inside strategy.run or "
@@ -145,7 +149,7 @@ class FeatureQueue(keras.layers.Layer):
         # Only the last `size` rows of an oversized batch survive; writing just those keeps the
         # scatter free of duplicate indices (whose order a scatter does not define).
         kept = tf.minimum(n, self.size)
-        rows = rows[n - kept:]
+        rows = rows[n - kept :]
         pointer = tf.convert_to_tensor(self.pointer.value)
         idx = (pointer + (n - kept) + tf.range(kept, dtype=tf.int32)) % self.size
         self.queue.value.scatter_update(tf.IndexedSlices(rows, idx))

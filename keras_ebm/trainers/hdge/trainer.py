@@ -124,13 +124,9 @@ class HDGE(JEM):
         if score not in SCORES:
             raise ValueError(f"`score` must be one of {SCORES}. Received: score={score!r}")
         if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(
-                f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}"
-            )
+            raise ValueError(f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}")
         if queue_init not in QUEUE_INITS:
-            raise ValueError(
-                f"`queue_init` must be one of {QUEUE_INITS}. Received: queue_init={queue_init!r}"
-            )
+            raise ValueError(f"`queue_init` must be one of {QUEUE_INITS}. Received: queue_init={queue_init!r}")
         # The reported metrics depend on which JEM terms are on; the base class builds its
         # trackers from `tracked_names` in its constructor, so this must be set first.
         names = ["loss", "clf_loss", "contrastive_loss", "clf_acc", "queue_fill"]
@@ -140,8 +136,13 @@ class HDGE(JEM):
             names += ["pxy_loss"]
         self.tracked_names = tuple(names)
         super().__init__(
-            network, image_shape, num_classes, clf_weight=float(alpha), px_weight=px_weight,
-            pxy_weight=pxy_weight, **kwargs,
+            network,
+            image_shape,
+            num_classes,
+            clf_weight=float(alpha),
+            px_weight=px_weight,
+            pxy_weight=pxy_weight,
+            **kwargs,
         )
         self.temperature = float(temperature)
         self.score = score
@@ -151,9 +152,7 @@ class HDGE(JEM):
             if queue_init == "empty":
                 initializer = "zeros"
             else:  # torch.randn, as the official code's queue
-                initializer = keras.initializers.RandomNormal(
-                    stddev=1.0, seed=None if seed is None else seed + 2
-                )
+                initializer = keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else seed + 2)
             queue = FeatureQueue(
                 size=queue_size,
                 dim=self.num_classes,
@@ -171,7 +170,12 @@ class HDGE(JEM):
 
     # JEM's arguments without clf_weight, which is alpha here.
     config_attributes = tuple(name for name in JEM.config_attributes if name != "clf_weight") + (
-        "alpha", "temperature", "score", "label_smoothing", "queue", "queue_init",
+        "alpha",
+        "temperature",
+        "score",
+        "label_smoothing",
+        "queue",
+        "queue_init",
     )
 
     # Run-time settings (keras_ebm.run_settings): alpha (stored as JEM's clf_weight) is a variable
@@ -207,9 +211,7 @@ class HDGE(JEM):
         logs = super().classifier_logs(logits, y)
         if self.label_smoothing:
             dist = smoothed_labels(y, self.num_classes, self.label_smoothing, dtype=logits.dtype)
-            logs["clf_loss"] = tf.reduce_mean(
-                keras.losses.categorical_crossentropy(dist, logits, from_logits=True)
-            )
+            logs["clf_loss"] = tf.reduce_mean(keras.losses.categorical_crossentropy(dist, logits, from_logits=True))
         contrastive = tf.reduce_mean(
             hdge_contrastive_loss(
                 logits,
@@ -235,11 +237,16 @@ class HDGE(JEM):
         alpha = run_settings.as_tensor(self.alpha, clf_loss.dtype)
         return alpha * clf_loss + (1.0 - alpha) * contrastive_loss
 
-    def compute_losses(self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True) -> dict[str, tf.Tensor]:
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True
+    ) -> dict[str, tf.Tensor]:
         # JEM's total is alpha * clf_loss (clf_weight = alpha) plus its log q(x) terms.
         logs = super().compute_losses(batch, negatives, training=training)
         if self._contrastive_on():
-            logs["loss"] = logs["loss"] + (1.0 - run_settings.as_tensor(self.alpha, logs["contrastive_loss"].dtype)) * logs["contrastive_loss"]
+            logs["loss"] = (
+                logs["loss"]
+                + (1.0 - run_settings.as_tensor(self.alpha, logs["contrastive_loss"].dtype)) * logs["contrastive_loss"]
+            )
         return logs
 
     def after_step(self, batch: dict[str, tf.Tensor], negatives: Any, logs: dict[str, tf.Tensor]) -> None:
