@@ -33,8 +33,8 @@ from _common import device_name  # noqa: E402  (benchmarks/ is on sys.path as th
 # name -> method config (paper settings; the overlay changes only network, batch, warmup, budget)
 METHODS = {
     "softmax": "gin_configs/softmax_cifar10.gin",
-    "hdge": "gin_configs/hdge_nobn.gin",      # the no-BN Adam recipe (HDGE Tables 2-4) the recorded study ran
-    "hdge_bn": "gin_configs/hdge.gin",        # Table 1's WRN + BN, SGD recipe
+    "hdge": "gin_configs/hdge_nobn.gin",  # the no-BN Adam recipe (HDGE Tables 2-4) the recorded study ran
+    "hdge_bn": "gin_configs/hdge.gin",  # Table 1's WRN + BN, SGD recipe
     "gmmc_dis": "gin_configs/gmmc_dis.gin",
     "gmmc_gen": "gin_configs/gmmc_gen.gin",
     "sadajem": "gin_configs/sadajem.gin",
@@ -43,8 +43,9 @@ METHODS = {
     "hdge_jem": "gin_configs/hdge_jem.gin",
 }
 
-flags.DEFINE_list("methods", ["softmax", "hdge", "gmmc_dis", "gmmc_gen", "sadajem"],
-                  f"Rows to run, from {sorted(METHODS)}.")
+flags.DEFINE_list(
+    "methods", ["softmax", "hdge", "gmmc_dis", "gmmc_gen", "sadajem"], f"Rows to run, from {sorted(METHODS)}."
+)
 flags.DEFINE_float("minutes", 10.0, "Training budget per method (export and evaluation not counted).")
 flags.DEFINE_string("output_dir", "runs/cifar10_budget_study", "Where each method's model_dir goes.")
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_cifar10_budget.json).")
@@ -54,9 +55,15 @@ FLAGS = flags.FLAGS
 
 
 def run_method(name, model_dir):
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--model_dir={model_dir}",
-           f"--gin_file={METHODS[name]}", "--gin_file=gin_configs/data/cifar10_local.gin",
-           "--gin_file=gin_configs/cpu_budget.gin", f"--gin_param=BUDGET_MINUTES = {FLAGS.minutes}"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        f"--model_dir={model_dir}",
+        f"--gin_file={METHODS[name]}",
+        "--gin_file=gin_configs/data/cifar10_local.gin",
+        "--gin_file=gin_configs/cpu_budget.gin",
+        f"--gin_param=BUDGET_MINUTES = {FLAGS.minutes}",
+    ]
     cmd += [f"--gin_param={p}" for p in FLAGS.gin_param]
     print(f"\n=== {name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.time()
@@ -91,8 +98,10 @@ def table(rows):
 
     return comparison_table(
         {r["method"]: {"accuracy": r["accuracy"], "ece": r["ece"], "ood": r["auroc"]} for r in rows},
-        extra_columns={"steps": {r["method"]: str(r["steps"]) for r in rows},
-                       "s/step": {r["method"]: f"{r['s_per_step']:.3f}" for r in rows}},
+        extra_columns={
+            "steps": {r["method"]: str(r["steps"]) for r in rows},
+            "s/step": {r["method"]: f"{r['s_per_step']:.3f}" for r in rows},
+        },
     )
 
 
@@ -106,8 +115,10 @@ def main(argv):
         model_dir = os.path.join(FLAGS.output_dir, name)
         done = os.path.join(model_dir, "eval", "results.json")
         if not FLAGS.resume and os.path.isdir(model_dir):
-            raise app.UsageError(f"{model_dir} exists: pass --resume to keep its result, or remove it "
-                                 "(train.py would resume its checkpoint with a fresh budget).")
+            raise app.UsageError(
+                f"{model_dir} exists: pass --resume to keep its result, or remove it "
+                "(train.py would resume its checkpoint with a fresh budget)."
+            )
         rows.append(collect(name, model_dir) if os.path.exists(done) else run_method(name, model_dir))
     out = {
         "device": device_name(),
@@ -115,7 +126,7 @@ def main(argv):
         "overlay": "gin_configs/data/cifar10_local.gin + gin_configs/cpu_budget.gin",
         "extra_bindings": FLAGS.gin_param,
         "data_caveat": "CIFAR-10 from JPEG (quality 75) copies, not the canonical binaries; DTD is a "
-                       "10-category, 1,200-image subset; celeba32 is a small CelebA subset.",
+        "10-category, 1,200-image subset; celeba32 is a small CelebA subset.",
         "rows": rows,
     }
     print("\n" + table(rows), flush=True)

@@ -72,8 +72,10 @@ TRAINERS = {
     "jem": ("jem.gin", TWO_LOADERS),
     "sadajem": ("sadajem.gin", TWO_LOADERS),
     "hdge": ("hdge.gin", ONE_LOADER),
-    "gmmc_gen": ("gmmc_gen.gin", ONE_LOADER + [
-        f"sigma/make_dataset_fn.max_examples = {MAX_EXAMPLES}", "GMMC.sigma_batches = 4"]),
+    "gmmc_gen": (
+        "gmmc_gen.gin",
+        ONE_LOADER + [f"sigma/make_dataset_fn.max_examples = {MAX_EXAMPLES}", "GMMC.sigma_batches = 4"],
+    ),
     "clel_small": ("clel_small.gin", ONE_LOADER + ["CLEL.ema_start_step = 2"]),  # EMA from step 2
 }
 
@@ -83,10 +85,13 @@ POLL = 0.0005  # seconds between looks at the model directory
 
 def train_command(trainer, model_dir):
     config, extra = TRAINERS[trainer]
-    cmd = [sys.executable, os.path.join(REPO, "train.py"),
-           f"--gin_file={os.path.join(REPO, 'gin_configs', config)}",
-           f"--gin_file={os.path.join(REPO, 'gin_configs', 'tiny.gin')}",
-           f"--model_dir={model_dir}"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        f"--gin_file={os.path.join(REPO, 'gin_configs', config)}",
+        f"--gin_file={os.path.join(REPO, 'gin_configs', 'tiny.gin')}",
+        f"--model_dir={model_dir}",
+    ]
     return cmd + [f"--gin_param={b}" for b in COMMON + list(extra)]
 
 
@@ -97,8 +102,9 @@ def _env():
 
 
 def launch(trainer, model_dir, log):
-    return subprocess.Popen(train_command(trainer, model_dir), cwd=REPO, env=_env(),
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        train_command(trainer, model_dir), cwd=REPO, env=_env(), stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def run_to_end(trainer, model_dir, log_path, timeout=600):
@@ -183,8 +189,9 @@ def kill_at(proc, model_dir, kind, rng, ref_seconds):
         def trigger():
             if not seen and set(_staging(model_dir, ".export.tmp-*")) - before:
                 seen.append(time.time())
-            return bool(seen) and (time.time() - seen[0] >= extra
-                                   or bool(set(_staging(model_dir, ".export.old-*")) - before))
+            return bool(seen) and (
+                time.time() - seen[0] >= extra or bool(set(_staging(model_dir, ".export.old-*")) - before)
+            )
     else:
         raise ValueError(f"unknown kill kind {kind!r}")
     while proc.poll() is None:
@@ -205,8 +212,11 @@ def read_checkpoint(prefix):
     import tensorflow as tf
 
     reader = tf.train.load_checkpoint(prefix)
-    return {k: reader.get_tensor(k) for k in sorted(reader.get_variable_to_shape_map())
-            if k != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+    return {
+        k: reader.get_tensor(k)
+        for k in sorted(reader.get_variable_to_shape_map())
+        if k != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
 
 
 def listed_checkpoints(model_dir):
@@ -227,8 +237,13 @@ def checkpoint_health(model_dir):
     try:
         paths, latest = listed_checkpoints(model_dir)
     except Exception as e:  # an unparsable state file is corruption too
-        return {"listed": [], "unreadable": [f"checkpoint state file: {type(e).__name__}: {e}"],
-                "stale": [], "unlisted": [], "latest": None}
+        return {
+            "listed": [],
+            "unreadable": [f"checkpoint state file: {type(e).__name__}: {e}"],
+            "stale": [],
+            "unlisted": [],
+            "latest": None,
+        }
     unreadable, stale = [], []
     for p in sorted(set(paths) | ({latest} if latest else set())):
         if p != latest and not os.path.exists(p + ".index"):
@@ -242,10 +257,18 @@ def checkpoint_health(model_dir):
             unreadable.append(f"{os.path.basename(p)}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
     directory = os.path.join(model_dir, "checkpoints")
     listed = {os.path.basename(p) for p in paths}
-    unlisted = sorted(n for n in (os.listdir(directory) if os.path.isdir(directory) else [])
-                      if n != "checkpoint" and n.split(".")[0] not in listed)
-    return {"listed": sorted(listed), "unreadable": unreadable, "stale": stale, "unlisted": unlisted,
-            "latest": os.path.basename(latest) if latest else None}
+    unlisted = sorted(
+        n
+        for n in (os.listdir(directory) if os.path.isdir(directory) else [])
+        if n != "checkpoint" and n.split(".")[0] not in listed
+    )
+    return {
+        "listed": sorted(listed),
+        "unreadable": unreadable,
+        "stale": stale,
+        "unlisted": unlisted,
+        "latest": os.path.basename(latest) if latest else None,
+    }
 
 
 def export_health(model_dir):
@@ -342,12 +365,11 @@ def other_files(model_dir, ref_dir):
 
 def state_summary(state):
     """How many checkpoint variables of each kind were compared."""
-    kinds = {"step": 0, "optimizer": 0, "buffer": 0, "queue": 0, "ema": 0, "rng": 0, "recovery": 0,
-             "model": 0}
+    kinds = {"step": 0, "optimizer": 0, "buffer": 0, "queue": 0, "ema": 0, "rng": 0, "recovery": 0, "model": 0}
     for k in state:
         if "iterations" in k:
             kinds["step"] += 1
-        elif k.startswith("optimizer") or k.startswith("encoder_optimizer"):
+        elif k.startswith(("optimizer", "encoder_optimizer")):
             kinds["optimizer"] += 1
         elif "buffer" in k:
             kinds["buffer"] += 1
@@ -405,37 +427,62 @@ def trial(trainer, model_dir, kinds, rng, ref_seconds, log, ref_dir):
         k["export"] = export_health(model_dir)
         k["files"] = other_files(model_dir, ref_dir)
         k["corrupt"] = bool(k["checkpoints"]["unreadable"]) or k["export"]["complete"] is False
-        log(f"    killed ({kind}) after {k['after_s']} s: latest={k['checkpoints']['latest']} "
-            f"unreadable={k['checkpoints']['unreadable']} export={'complete' if k['export']['complete'] else ('absent' if not k['export']['visible'] else 'HALF-WRITTEN')}"
+        export_state = (
+            "complete" if k["export"]["complete"] else ("absent" if not k["export"]["visible"] else "HALF-WRITTEN")
+        )
+        log(
+            f"    killed ({kind}) after {k['after_s']} s: latest={k['checkpoints']['latest']} "
+            f"unreadable={k['checkpoints']['unreadable']} "
+            f"export={export_state}"
             f"{' litter=' + str(k['export']['litter']) if k['export']['litter'] else ''}"
             f"{' unlisted=' + str(k['checkpoints']['unlisted']) if k['checkpoints']['unlisted'] else ''}"
             f"{' stale=' + str(k['checkpoints']['stale']) if k['checkpoints']['stale'] else ''}"
-            f"{' FILES: ' + str(k['files']) if k['files'] else ''}")
+            f"{' FILES: ' + str(k['files']) if k['files'] else ''}"
+        )
         kills.append(k)
     rc, _, out = run_to_end(trainer, model_dir, log_path)
-    resumed = [line.split("[keras_ebm] ")[-1] for line in out.splitlines()
-               if "resumed from" in line or "nothing to do" in line]
+    resumed = [
+        line.split("[keras_ebm] ")[-1] for line in out.splitlines() if "resumed from" in line or "nothing to do" in line
+    ]
     result = {"kills": kills, "final_rc": rc, "resumes": resumed}
     if rc != 0:
         result["error"] = out[-2000:]
     return result
 
 
-def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2, kinds=KINDS,
-                reference_runs=2, schedule=None):
+def run_trainer(
+    trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2, kinds=KINDS, reference_runs=2, schedule=None
+):
     """Reference runs plus kill trials until `n_kills` kills were sent; the row of the table.
 
     Each trial kills 1 to `max_kills_per_trial` runs in a row, its moments taken in turn from a
     shuffled `kinds`; `schedule` (a list of lists of kinds, one per trial) fixes the trials instead."""
     log(f"[fault_injection] {trainer}: reference runs")
     (ref_state, ref_export), ref_seconds, det = reference(trainer, workdir, reference_runs)
-    log(f"[fault_injection] {trainer}: uninterrupted run {ref_seconds:.1f} s; two runs bit-identical: "
-        f"{det['deterministic']} (max |diff| {det['max_abs_diff']})")
-    row = {"trainer": trainer, "reference_seconds": round(ref_seconds, 1), **det,
-           "compared": state_summary(ref_state), "export_variables": len(ref_export),
-           "kills": 0, "trials": 0, "resumed": 0, "equal": 0, "corrupt": 0, "max_abs_diff_vs_reference": 0.0,
-           "kill_kinds": {}, "litter": [], "unlisted_checkpoint_files": 0, "stale_checkpoint_entries": 0,
-           "damaged_files": [], "failures": [], "details": []}
+    log(
+        f"[fault_injection] {trainer}: uninterrupted run {ref_seconds:.1f} s; two runs bit-identical: "
+        f"{det['deterministic']} (max |diff| {det['max_abs_diff']})"
+    )
+    row = {
+        "trainer": trainer,
+        "reference_seconds": round(ref_seconds, 1),
+        **det,
+        "compared": state_summary(ref_state),
+        "export_variables": len(ref_export),
+        "kills": 0,
+        "trials": 0,
+        "resumed": 0,
+        "equal": 0,
+        "corrupt": 0,
+        "max_abs_diff_vs_reference": 0.0,
+        "kill_kinds": {},
+        "litter": [],
+        "unlisted_checkpoint_files": 0,
+        "stale_checkpoint_entries": 0,
+        "damaged_files": [],
+        "failures": [],
+        "details": [],
+    }
     kind_cycle = list(kinds)
     rng.shuffle(kind_cycle)
     i = attempts = 0
@@ -466,8 +513,7 @@ def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2
             row["unlisted_checkpoint_files"] += len(k["checkpoints"]["unlisted"])
             row["stale_checkpoint_entries"] += len(k["checkpoints"]["stale"])
             row["damaged_files"] += k["files"]
-        detail = {"trial": attempts, "kills": t["kills"], "final_rc": t["final_rc"],
-                  "resumes": t.get("resumes")}
+        detail = {"trial": attempts, "kills": t["kills"], "final_rc": t["final_rc"], "resumes": t.get("resumes")}
         if t["final_rc"] == 0:
             row["resumed"] += 1
             state, export = final_state(model_dir)
@@ -475,8 +521,10 @@ def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2
             row["equal"] += int(eq)
             row["max_abs_diff_vs_reference"] = max(row["max_abs_diff_vs_reference"], diff)
             detail.update(equal=eq, max_abs_diff=diff, differ=differ[:10])
-            log(f"    resumed to the end: {'EQUAL' if eq else 'DIFFERENT'} (max |diff| {diff:.3g})"
-                f"{'' if eq else ' ' + str(differ[:5])}")
+            log(
+                f"    resumed to the end: {'EQUAL' if eq else 'DIFFERENT'} (max |diff| {diff:.3g})"
+                f"{'' if eq else ' ' + str(differ[:5])}"
+            )
             if not eq:
                 row["failures"].append(f"trial {detail['trial']}: differs from the reference in {differ[:5]}")
             files = other_files(model_dir, os.path.join(workdir, f"{trainer}_ref0"))
@@ -488,28 +536,37 @@ def run_trainer(trainer, n_kills, rng, workdir, log=print, max_kills_per_trial=2
             log(f"    the rerun FAILED (exit {t['final_rc']}):\n{(t.get('error') or '')[-1500:]}")
         for k in t["kills"]:
             if k["corrupt"]:
-                row["failures"].append(f"trial {detail['trial']}: corrupt after a {k['kind']} kill: "
-                                       f"{k['checkpoints']['unreadable']} {k['export']['problem']}")
+                row["failures"].append(
+                    f"trial {detail['trial']}: corrupt after a {k['kind']} kill: "
+                    f"{k['checkpoints']['unreadable']} {k['export']['problem']}"
+                )
         row["details"].append(detail)
         if attempts > 4 * n_kills:
             break
-    row["litter"] = sorted(set(n.split("-")[0] for n in row["litter"]))
+    row["litter"] = sorted({n.split("-")[0] for n in row["litter"]})
     return row
 
 
 def markdown_table(rows):
-    lines = ["| trainer | kills | trials | resumed | equal | corrupt | max abs diff | two clean runs identical | "
-             "kill moments |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| trainer | kills | trials | resumed | equal | corrupt | max abs diff | two clean runs identical | "
+        "kill moments |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         moments = ", ".join(f"{k} {v}" for k, v in sorted(r["kill_kinds"].items()))
-        lines.append(f"| {r['trainer']} | {r['kills']} | {r['trials']} | {r['resumed']}/{r['trials']} | "
-                     f"{r['equal']}/{r['trials']} | {r['corrupt']} | {r['max_abs_diff_vs_reference']:.3g} | "
-                     f"{ {True: 'yes', None: 'not checked'}.get(r['deterministic'], 'no (%s)' % r['max_abs_diff'])} | {moments} |")
+        lines.append(
+            f"| {r['trainer']} | {r['kills']} | {r['trials']} | {r['resumed']}/{r['trials']} | "
+            f"{r['equal']}/{r['trials']} | {r['corrupt']} | {r['max_abs_diff_vs_reference']:.3g} | "
+            f"{ {True: 'yes', None: 'not checked'}.get(r['deterministic'], 'no ({})'.format(r['max_abs_diff'])) } | "
+            f"{moments} |"
+        )
     total = {k: sum(r[k] for r in rows) for k in ("kills", "trials", "resumed", "equal", "corrupt")}
-    lines.append(f"| **all** | **{total['kills']}** | {total['trials']} | {total['resumed']}/{total['trials']} | "
-                 f"{total['equal']}/{total['trials']} | {total['corrupt']} | "
-                 f"{max((r['max_abs_diff_vs_reference'] for r in rows), default=0.0):.3g} | | |")
+    lines.append(
+        f"| **all** | **{total['kills']}** | {total['trials']} | {total['resumed']}/{total['trials']} | "
+        f"{total['equal']}/{total['trials']} | {total['corrupt']} | "
+        f"{max((r['max_abs_diff_vs_reference'] for r in rows), default=0.0):.3g} | | |"
+    )
     return "\n".join(lines)
 
 
@@ -534,6 +591,7 @@ def main(argv):
     FLAGS = flags.FLAGS
     del argv
     import tensorflow as tf
+
     from _common import device_name
 
     trainers = FLAGS.trainers or list(TRAINERS)
@@ -541,26 +599,48 @@ def main(argv):
     if unknown:
         raise ValueError(f"unknown trainers {unknown}; known: {sorted(TRAINERS)}")
     t0 = time.time()
-    rows = run(trainers, FLAGS.kills, seed=FLAGS.seed, workdir=FLAGS.workdir, keep=FLAGS.workdir is not None,
-               kinds=FLAGS.kinds or KINDS)
+    rows = run(
+        trainers,
+        FLAGS.kills,
+        seed=FLAGS.seed,
+        workdir=FLAGS.workdir,
+        keep=FLAGS.workdir is not None,
+        kinds=FLAGS.kinds or KINDS,
+    )
     table = markdown_table(rows)
     device = device_name()
-    print(f"\nDevice: {device}  TF {tf.__version__}  {TRAIN_STEPS} steps, checkpoint every {CHECKPOINT_EVERY}, "
-          f"seed {FLAGS.seed}, {time.time() - t0:.0f} s\n")
+    print(
+        f"\nDevice: {device}  TF {tf.__version__}  {TRAIN_STEPS} steps, checkpoint every {CHECKPOINT_EVERY}, "
+        f"seed {FLAGS.seed}, {time.time() - t0:.0f} s\n"
+    )
     print(table)
     out = FLAGS.output or os.path.join(HERE, "results", f"{device}_fault_injection.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"device": device, "tensorflow": tf.__version__, "train_steps": TRAIN_STEPS,
-                   "checkpoint_every": CHECKPOINT_EVERY, "max_examples": MAX_EXAMPLES, "seed": FLAGS.seed,
-                   "kills_per_trainer": FLAGS.kills, "seconds": round(time.time() - t0), "rows": rows},
-                  f, indent=2, default=str)
+        json.dump(
+            {
+                "device": device,
+                "tensorflow": tf.__version__,
+                "train_steps": TRAIN_STEPS,
+                "checkpoint_every": CHECKPOINT_EVERY,
+                "max_examples": MAX_EXAMPLES,
+                "seed": FLAGS.seed,
+                "kills_per_trainer": FLAGS.kills,
+                "seconds": round(time.time() - t0),
+                "rows": rows,
+            },
+            f,
+            indent=2,
+            default=str,
+        )
     with open(os.path.splitext(out)[0] + ".md", "w") as f:
-        f.write(f"Kill-and-resume fuzzing of train.py (`benchmarks/fault_injection.py --kills={FLAGS.kills} "
-                f"--seed={FLAGS.seed}`), {device}, TF {tf.__version__}: tiny networks (gin_configs/tiny.gin) on "
-                f"{MAX_EXAMPLES} real CIFAR-10 training images (JPEG copy), {TRAIN_STEPS} steps, a checkpoint "
-                f"every {CHECKPOINT_EVERY}. `equal`: every variable of the final checkpoint and of the export "
-                f"bit-identical to an uninterrupted run's.\n\n{table}\n")
+        f.write(
+            f"Kill-and-resume fuzzing of train.py (`benchmarks/fault_injection.py --kills={FLAGS.kills} "
+            f"--seed={FLAGS.seed}`), {device}, TF {tf.__version__}: tiny networks (gin_configs/tiny.gin) on "
+            f"{MAX_EXAMPLES} real CIFAR-10 training images (JPEG copy), {TRAIN_STEPS} steps, a checkpoint "
+            f"every {CHECKPOINT_EVERY}. `equal`: every variable of the final checkpoint and of the export "
+            f"bit-identical to an uninterrupted run's.\n\n{table}\n"
+        )
     print(f"\nwrote {out}")
 
 
@@ -569,8 +649,9 @@ if __name__ == "__main__":
 
     flags.DEFINE_list("trainers", [], f"Trainers to fuzz (default all: {', '.join(TRAINERS)}).")
     flags.DEFINE_integer("kills", 9, "SIGKILLs per trainer.")
-    flags.DEFINE_list("kinds", [], f"Kill moments to cycle through (default {','.join(KINDS)}; also "
-                      "checkpoint_rewrite).")
+    flags.DEFINE_list(
+        "kinds", [], f"Kill moments to cycle through (default {','.join(KINDS)}; also checkpoint_rewrite)."
+    )
     flags.DEFINE_integer("seed", 0, "Seed of the kill schedule.")
     flags.DEFINE_string("workdir", None, "Keep the runs here (default: a temporary directory, deleted).")
     flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_fault_injection.json).")

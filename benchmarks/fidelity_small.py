@@ -28,7 +28,7 @@ recoveries of the guard and what each changed.
 Caveat to state with every number: the local CIFAR-10 is JPEG (quality 75) copies of the images,
 not the canonical binaries; these are 1-2 epoch CPU runs, which check stability and fidelity to the
 official code's behaviour, not the papers' headline numbers.
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
 
 import json
 import os
@@ -54,25 +54,46 @@ _COMMON = [
 ]
 _JEM_SMALL = ["SGLD_STEPS = 5"]
 ROWS = {
-    "ce": dict(config="gin_configs/jem.gin", steps=1200,
-               params=_JEM_SMALL + ["JEM.px_weight = 0.0", "run_training.divergence_guard = None"],
-               official={"accuracy": 0.34, "ece": 0.05, "note": "1,200 iterations, 0.25 s/iteration"}),
-    "jem_noguard": dict(config="gin_configs/jem.gin", steps=1200,
-                        params=_JEM_SMALL + ["run_training.divergence_guard = None"],
-                        official={"note": "unstable from ~100-150; abs(L) > 1e3 at ~204, > 1e8 at ~265 "
-                                          "(crash at 267 / 264, seeds 1 / 2); 11% accuracy, ECE 0.89; "
-                                          "1.37 s/iteration"}),
-    "jem_guard": dict(config="gin_configs/jem.gin", steps=1200, params=_JEM_SMALL,
-                      official={"note": "the official code has no recovery: it stops at abs(L) > 1e8"}),
-    "sadajem": dict(config="gin_configs/sadajem.gin", steps=591,
-                    params=["GLOBAL_BATCH_SIZE = 128", "PX_BATCH_SIZE = 64"],
-                    official={"accuracy": 0.425, "ece": 0.113,
-                              "note": "591 iterations, 2.9 s/iteration, largest p(x) loss 1.37"}),
-    "sadajem_ce": dict(config="gin_configs/sadajem.gin", steps=600,
-                       params=["GLOBAL_BATCH_SIZE = 128", "PX_BATCH_SIZE = 64", "SADAJEM.px_weight = 0.0",
-                               "SADAJEM.gradients = @PlainGradients()",
-                               "run_training.divergence_guard = None"],
-                       official={"accuracy": 0.54, "ece": 0.041, "note": "600 iterations, 0.49 s/iteration"}),
+    "ce": dict(
+        config="gin_configs/jem.gin",
+        steps=1200,
+        params=_JEM_SMALL + ["JEM.px_weight = 0.0", "run_training.divergence_guard = None"],
+        official={"accuracy": 0.34, "ece": 0.05, "note": "1,200 iterations, 0.25 s/iteration"},
+    ),
+    "jem_noguard": dict(
+        config="gin_configs/jem.gin",
+        steps=1200,
+        params=_JEM_SMALL + ["run_training.divergence_guard = None"],
+        official={
+            "note": "unstable from ~100-150; abs(L) > 1e3 at ~204, > 1e8 at ~265 "
+            "(crash at 267 / 264, seeds 1 / 2); 11% accuracy, ECE 0.89; "
+            "1.37 s/iteration"
+        },
+    ),
+    "jem_guard": dict(
+        config="gin_configs/jem.gin",
+        steps=1200,
+        params=_JEM_SMALL,
+        official={"note": "the official code has no recovery: it stops at abs(L) > 1e8"},
+    ),
+    "sadajem": dict(
+        config="gin_configs/sadajem.gin",
+        steps=591,
+        params=["GLOBAL_BATCH_SIZE = 128", "PX_BATCH_SIZE = 64"],
+        official={"accuracy": 0.425, "ece": 0.113, "note": "591 iterations, 2.9 s/iteration, largest p(x) loss 1.37"},
+    ),
+    "sadajem_ce": dict(
+        config="gin_configs/sadajem.gin",
+        steps=600,
+        params=[
+            "GLOBAL_BATCH_SIZE = 128",
+            "PX_BATCH_SIZE = 64",
+            "SADAJEM.px_weight = 0.0",
+            "SADAJEM.gradients = @PlainGradients()",
+            "run_training.divergence_guard = None",
+        ],
+        official={"accuracy": 0.54, "ece": 0.041, "note": "600 iterations, 0.49 s/iteration"},
+    ),
 }
 
 flags.DEFINE_list("rows", list(ROWS), f"Rows to run, from {list(ROWS)}.")
@@ -80,8 +101,12 @@ flags.DEFINE_string("output_dir", "runs/fidelity_small", "Where each row's model
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_fidelity_small.json).")
 flags.DEFINE_bool("resume", False, "Keep finished rows instead of retraining them.")
 flags.DEFINE_integer("seed", 0, "run_training.seed of every row.")
-flags.DEFINE_string("mixed_precision", None, "run_training.mixed_precision of every row (e.g. mixed_bfloat16); "
-                    "record such runs with --output and --output_dir of their own.")
+flags.DEFINE_string(
+    "mixed_precision",
+    None,
+    "run_training.mixed_precision of every row (e.g. mixed_bfloat16); "
+    "record such runs with --output and --output_dir of their own.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -101,8 +126,7 @@ def read_scalars(model_dir):
     return out
 
 
-def trajectory(scalars, keys=("loss", "clf_loss", "clf_acc", "px_loss", "energy_data", "energy_sample",
-                               "energy_gap")):
+def trajectory(scalars, keys=("loss", "clf_loss", "clf_acc", "px_loss", "energy_data", "energy_sample", "energy_gap")):
     """Per-step logs `[{key: value}]` in step order (the last write of a step wins: after a
     divergence recovery the restored steps are trained again)."""
     steps = sorted(set().union(*(scalars.get(k, {}).keys() for k in keys)))
@@ -144,10 +168,15 @@ def windows(steps, logs, key="clf_acc", width=50):
 
 def run_row(name, model_dir):
     row = ROWS[name]
-    cmd = [sys.executable, os.path.join(ROOT, "train.py"), f"--model_dir={model_dir}",
-           f"--gin_file={row['config']}"] + [f"--gin_file={f}" for f in _OVERLAY]
-    params = _COMMON + row["params"] + [f"run_training.train_steps = {row['steps']}",
-                                        f"run_training.seed = {FLAGS.seed}"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "train.py"),
+        f"--model_dir={model_dir}",
+        f"--gin_file={row['config']}",
+    ] + [f"--gin_file={f}" for f in _OVERLAY]
+    params = (
+        _COMMON + row["params"] + [f"run_training.train_steps = {row['steps']}", f"run_training.seed = {FLAGS.seed}"]
+    )
     if FLAGS.mixed_precision:
         params.append(f"run_training.mixed_precision = '{FLAGS.mixed_precision}'")
     cmd += [f"--gin_param={p}" for p in params]
@@ -165,16 +194,26 @@ def collect(name, model_dir):
         status = json.load(f)
     scalars = read_scalars(model_dir)
     steps, logs = trajectory(scalars)
-    out = {"row": name, "config": row["config"], "bindings": row["params"], "train_steps": row["steps"],
-           "official": row["official"], "returncode": status["returncode"],
-           "wall_seconds": status["wall_seconds"], "last_logged_step": steps[-1] if steps else 0}
+    out = {
+        "row": name,
+        "config": row["config"],
+        "bindings": row["params"],
+        "train_steps": row["steps"],
+        "official": row["official"],
+        "returncode": status["returncode"],
+        "wall_seconds": status["wall_seconds"],
+        "last_logged_step": steps[-1] if steps else 0,
+    }
     summary_path = os.path.join(model_dir, "training_summary.json")
     if os.path.exists(summary_path):
         with open(summary_path) as f:
             summary = json.load(f)
-        out.update(steps=summary["last_step"], train_seconds=summary["seconds"],
-                   s_per_step=round(summary["seconds"] / max(summary["last_step"] - summary["first_step"], 1), 3),
-                   recoveries=summary["recoveries"])
+        out.update(
+            steps=summary["last_step"],
+            train_seconds=summary["seconds"],
+            s_per_step=round(summary["seconds"] / max(summary["last_step"] - summary["first_step"], 1), 3),
+            recoveries=summary["recoveries"],
+        )
     results_path = os.path.join(model_dir, "eval", "results.json")
     if os.path.exists(results_path):
         with open(results_path) as f:
@@ -206,19 +245,27 @@ def fmt(v, pct=False):
 
 
 def table(rows):
-    lines = ["| row | steps | s/step | test acc. | ECE | official acc. / ECE | signals (first step) | recoveries |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | steps | s/step | test acc. | ECE | official acc. / ECE | signals (first step) | recoveries |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         off = r["official"]
-        official = (f"{fmt(off.get('accuracy'), True)} / {fmt(off.get('ece'))}" if "accuracy" in off
-                    else off["note"])
+        official = f"{fmt(off.get('accuracy'), True)} / {fmt(off.get('ece'))}" if "accuracy" in off else off["note"]
         signals = ", ".join(f"{k} @ {v}" for k, v in sorted(r["signal_onsets"].items(), key=lambda kv: kv[1])) or (
-            "live guard (see recoveries)" if r.get("guarded") else "none")
+            "live guard (see recoveries)" if r.get("guarded") else "none"
+        )
         events = r.get("divergence_events", [])
-        rec = "; ".join(f"{e.get('fired')} at step {e.get('at_step')}, restored step {e['step']}: {e['change']}"
-                        for e in events) or "0"
-        lines.append(f"| {r['row']} | {r.get('steps', r['last_logged_step'])} | {fmt(r.get('s_per_step'))} | "
-                     f"{fmt(r.get('accuracy'), True)} | {fmt(r.get('ece'))} | {official} | {signals} | {rec} |")
+        rec = (
+            "; ".join(
+                f"{e.get('fired')} at step {e.get('at_step')}, restored step {e['step']}: {e['change']}" for e in events
+            )
+            or "0"
+        )
+        lines.append(
+            f"| {r['row']} | {r.get('steps', r['last_logged_step'])} | {fmt(r.get('s_per_step'))} | "
+            f"{fmt(r.get('accuracy'), True)} | {fmt(r.get('ece'))} | {official} | {signals} | {rec} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -247,7 +294,7 @@ def main(argv):
             "seed": FLAGS.seed,
             "mixed_precision": FLAGS.mixed_precision,
             "data_caveat": "CIFAR-10 from JPEG (quality 75) copies, not the canonical binaries; test "
-                           "accuracy and ECE (20 bins) on the 10,000 test images.",
+            "accuracy and ECE (20 bins) on the 10,000 test images.",
             "rows": ordered,
         }
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -52,15 +52,24 @@ COMMON = ["run_training.baseline = None", "run_training.checkpoint_every = 10000
 ROWS = {
     "sgld": [],  # the quickstart's SGLDSampler
     "mala": [
-        "MALASampler.n_steps = 4", "MALASampler.step_size = 1e-4", "MALASampler.temperature = 5e-5",
-        "MALASampler.grad_clip = 1.0", "MALASampler.x_clip = %PIXEL_RANGE",
-        "MALASampler.energy_training = True", "MALASampler.freeze_bn_stats = True",
+        "MALASampler.n_steps = 4",
+        "MALASampler.step_size = 1e-4",
+        "MALASampler.temperature = 5e-5",
+        "MALASampler.grad_clip = 1.0",
+        "MALASampler.x_clip = %PIXEL_RANGE",
+        "MALASampler.energy_training = True",
+        "MALASampler.freeze_bn_stats = True",
         "SADAJEM.sampler = @MALASampler()",
     ],
     "hmc": [
-        "HMCSampler.n_steps = 1", "HMCSampler.num_leapfrog_steps = 4", "HMCSampler.step_size = 1e-3",
-        "HMCSampler.temperature = 5e-5", "HMCSampler.grad_clip = 1.0", "HMCSampler.x_clip = %PIXEL_RANGE",
-        "HMCSampler.energy_training = True", "HMCSampler.freeze_bn_stats = True",
+        "HMCSampler.n_steps = 1",
+        "HMCSampler.num_leapfrog_steps = 4",
+        "HMCSampler.step_size = 1e-3",
+        "HMCSampler.temperature = 5e-5",
+        "HMCSampler.grad_clip = 1.0",
+        "HMCSampler.x_clip = %PIXEL_RANGE",
+        "HMCSampler.energy_training = True",
+        "HMCSampler.freeze_bn_stats = True",
         "SADAJEM.sampler = @HMCSampler()",
     ],
     "softmax": ["run_training.trainer = @SoftmaxClassifier"],
@@ -80,8 +89,10 @@ def _train(name, bindings):
     model_dir = os.path.join(FLAGS.output_dir, name)
     params = COMMON + [f"TRAIN_STEPS = {FLAGS.steps}"] + bindings
     if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
-        _run(["train.py", "--gin_file=gin_configs/quickstart.gin", f"--model_dir={model_dir}"]
-             + [f"--gin_param={p}" for p in params])
+        _run(
+            ["train.py", "--gin_file=gin_configs/quickstart.gin", f"--model_dir={model_dir}"]
+            + [f"--gin_param={p}" for p in params]
+        )
     return model_dir
 
 
@@ -96,8 +107,10 @@ def _last_logged(model_dir, tags):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.tag in tags:
-                    last[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
-                                       else value.simple_value)
+                    last[value.tag] = (
+                        event.step,
+                        float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value,
+                    )
     return {tag: last[tag][1] if tag in last else None for tag in tags}
 
 
@@ -114,10 +127,21 @@ def main(argv):
         with open(os.path.join(model_dir, "eval", "results.json")) as f:
             results = json.load(f)
         if "likelihood" not in results:  # not evaluated yet (a rerun only collects)
-            _run(["eval.py", f"--model_dir={model_dir}", "--nostandard", f"--samples={FLAGS.samples}",
-                  "--generative", "--inception_weights=none", f"--feature_classifier={reference}",
-                  "--ais", f"--ais_chains={FLAGS.ais_chains}", f"--ais_temperatures={FLAGS.ais_temperatures}",
-                  f"--eval_examples={FLAGS.eval_examples}"])
+            _run(
+                [
+                    "eval.py",
+                    f"--model_dir={model_dir}",
+                    "--nostandard",
+                    f"--samples={FLAGS.samples}",
+                    "--generative",
+                    "--inception_weights=none",
+                    f"--feature_classifier={reference}",
+                    "--ais",
+                    f"--ais_chains={FLAGS.ais_chains}",
+                    f"--ais_temperatures={FLAGS.ais_temperatures}",
+                    f"--eval_examples={FLAGS.eval_examples}",
+                ]
+            )
             with open(os.path.join(model_dir, "eval", "results.json")) as f:
                 results = json.load(f)
         logged = _last_logged(model_dir, ("mcmc_accept_rate", "mcmc_step_size", "energy_gap"))
@@ -132,7 +156,8 @@ def main(argv):
             "steps": summary["last_step"] - summary["first_step"],
             "train_seconds": summary.get("seconds"),
             "steps_per_second": (summary["last_step"] - summary["first_step"]) / summary["seconds"]
-            if summary.get("seconds") else None,
+            if summary.get("seconds")
+            else None,
             "ais_log_z": likelihood.get("log_z"),
             "ais_log_z_stderr": likelihood.get("log_z_stderr"),
             "ais_ess": likelihood.get("ess"),
@@ -160,18 +185,20 @@ def main(argv):
             f"| {name} | {num(r['accuracy'], '.3f')} | {num(r['ece'], '.3f')} | "
             f"{num(r['auroc_log_px'].get('photos'), '.3f')} | {num(r['auroc_log_px'].get('interp'), '.3f')} | "
             f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
-            f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} ({num(r['ais_log_z_stderr'], '.2f')}) | "
+            f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} "
+            f"({num(r['ais_log_z_stderr'], '.2f')}) | "
             f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} | "
-            f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |")
+            f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |"
+        )
     table = "\n".join(lines)
     print(table)
     out = FLAGS.output or os.path.join(REPO, "benchmarks", "results", f"{device_name()}_sampler_comparison.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"steps": FLAGS.steps, "rows": rows, "settings": {k: ROWS[k] for k in FLAGS.rows}}, f, indent=2)
-    with open(out[:-len(".json")] + ".md", "w") as f:
+    with open(out[: -len(".json")] + ".md", "w") as f:
         f.write(table + "\n")
-    print(f"wrote {out} and {out[:-len('.json')]}.md")
+    print(f"wrote {out} and {out[: -len('.json')]}.md")
 
 
 if __name__ == "__main__":

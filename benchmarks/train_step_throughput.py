@@ -45,10 +45,13 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps per row (tracing).")
 flags.DEFINE_bool("jit_compile", False, "Compile train steps with XLA.")
 flags.DEFINE_string("mixed_precision", None, "Keras dtype policy, e.g. mixed_float16 or mixed_bfloat16.")
 flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>.json).")
-flags.DEFINE_bool("isolate", False, "Run each row in its own process, so that on CPU the peak RSS is "
-                  "the row's own.")
-flags.DEFINE_bool("interleave", True, "With --isolate, time the rows' steps in turns (all row "
-                  "processes alive at once); --nointerleave runs the rows one after the other.")
+flags.DEFINE_bool("isolate", False, "Run each row in its own process, so that on CPU the peak RSS is the row's own.")
+flags.DEFINE_bool(
+    "interleave",
+    True,
+    "With --isolate, time the rows' steps in turns (all row "
+    "processes alive at once); --nointerleave runs the rows one after the other.",
+)
 flags.DEFINE_bool("worker", False, "Internal: serve one row's timed steps to the parent (--isolate).")
 FLAGS = flags.FLAGS
 
@@ -62,50 +65,80 @@ CIFAR_LOCAL = ["DATASET = 'cifar10_jpeg'"]
 ROWS = {
     "softmax_wrn16_4_b64": (SOFTMAX, CIFAR_LOCAL + ["WideResNet.depth = 16", "WideResNet.width = 4"], 64),
     "softmax_wrn28_10_b16": (SOFTMAX, CIFAR_LOCAL, 16),
-    "softmax_tiny_b64": (SOFTMAX, CIFAR_LOCAL + ["build_classifier.backbone = @TinyCNN()",
-                                              "TinyCNN.input_shape = %IMAGE_SHAPE"], 64),
+    "softmax_tiny_b64": (
+        SOFTMAX,
+        CIFAR_LOCAL + ["build_classifier.backbone = @TinyCNN()", "TinyCNN.input_shape = %IMAGE_SHAPE"],
+        64,
+    ),
     # The softmax step with the JEM configs' optimizer (Adam, no weight decay): same network, batch
     # and optimizer as the JEM rows, the baseline of their "x same-optimizer softmax" column.
-    "softmax_adam_wrn16_4_b64": (SOFTMAX, CIFAR_LOCAL + [
-        "WideResNet.depth = 16", "WideResNet.width = 4", "run_training.optimizer = @keras.optimizers.Adam",
-        "keras.optimizers.Adam.learning_rate = 1e-4", "SoftmaxClassifier.weight_decay = 0.0"], 64),
+    "softmax_adam_wrn16_4_b64": (
+        SOFTMAX,
+        CIFAR_LOCAL
+        + [
+            "WideResNet.depth = 16",
+            "WideResNet.width = 4",
+            "run_training.optimizer = @keras.optimizers.Adam",
+            "keras.optimizers.Adam.learning_rate = 1e-4",
+            "SoftmaxClassifier.weight_decay = 0.0",
+        ],
+        64,
+    ),
 }
 WRN16_4 = ["WideResNet.depth = 16", "WideResNet.width = 4"]
 ONE_BRANCH_64 = ["PX_BATCH_SIZE = 64"]
-ROWS.update({
-    # JEM family at the softmax row's backbone and batch (classifier batch 64, p(x) batch 64).
-    "jem_k1_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 1"], 64),
-    "jem_k5_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 5"], 64),
-    "jem_k20_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 20"], 64),
-    "sadajem_k5_wrn16_4_b64": (["gin_configs/sadajem.gin"], CIFAR_LOCAL + WRN16_4 + ONE_BRANCH_64 + [
-        "informative_initializer.max_examples = 5000"], 64),
-    # JEM++ at K=5: SADA-JEM without SAM (BN, train-mode proximal SGLD, informative init), so
-    # jem_k5 -> jempp_k5 -> sadajem_k5 splits SADA-JEM's cost into BN/sampling mode and SAM.
-    "jempp_k5_wrn16_4_b64": (["gin_configs/jempp.gin"], CIFAR_LOCAL + WRN16_4 + [
-        "SGLD_STEPS = 5", "informative_initializer.max_examples = 5000"], 64),
-    # GMMC generative step at JEM's K (GMMC paper: less work than JEM per step).
-    "gmmc_gen_k20_wrn16_4_b64": (["gin_configs/gmmc_gen.gin"], CIFAR_LOCAL + WRN16_4 + [
-        "SGLD_STEPS = 20", "BUFFER_SIZE = 10000"], 64),
-    "gmmc_gen_k5_wrn16_4_b64": (["gin_configs/gmmc_gen.gin"], CIFAR_LOCAL + WRN16_4 + [
-        "SGLD_STEPS = 5", "BUFFER_SIZE = 10000"], 64),
-})
+ROWS.update(
+    {
+        # JEM family at the softmax row's backbone and batch (classifier batch 64, p(x) batch 64).
+        "jem_k1_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 1"], 64),
+        "jem_k5_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 5"], 64),
+        "jem_k20_wrn16_4_b64": (["gin_configs/jem.gin"], CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 20"], 64),
+        "sadajem_k5_wrn16_4_b64": (
+            ["gin_configs/sadajem.gin"],
+            CIFAR_LOCAL + WRN16_4 + ONE_BRANCH_64 + ["informative_initializer.max_examples = 5000"],
+            64,
+        ),
+        # JEM++ at K=5: SADA-JEM without SAM (BN, train-mode proximal SGLD, informative init), so
+        # jem_k5 -> jempp_k5 -> sadajem_k5 splits SADA-JEM's cost into BN/sampling mode and SAM.
+        "jempp_k5_wrn16_4_b64": (
+            ["gin_configs/jempp.gin"],
+            CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 5", "informative_initializer.max_examples = 5000"],
+            64,
+        ),
+        # GMMC generative step at JEM's K (GMMC paper: less work than JEM per step).
+        "gmmc_gen_k20_wrn16_4_b64": (
+            ["gin_configs/gmmc_gen.gin"],
+            CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 20", "BUFFER_SIZE = 10000"],
+            64,
+        ),
+        "gmmc_gen_k5_wrn16_4_b64": (
+            ["gin_configs/gmmc_gen.gin"],
+            CIFAR_LOCAL + WRN16_4 + ["SGLD_STEPS = 5", "BUFFER_SIZE = 10000"],
+            64,
+        ),
+    }
+)
 # HDGE at the softmax row's backbone (both WRN without BN) and batch: the queue's cost is the only
 # difference (a K x C read in the loss and a K x C scatter after the step).
-ROWS.update({
-    f"hdge_k{k}_wrn16_4_b64": (["gin_configs/hdge_nobn.gin"], CIFAR_LOCAL + WRN16_4 + [f"QUEUE_SIZE = {k}"], 64)
-    for k in (256, 8192, 65536)
-})
+ROWS.update(
+    {
+        f"hdge_k{k}_wrn16_4_b64": (["gin_configs/hdge_nobn.gin"], CIFAR_LOCAL + WRN16_4 + [f"QUEUE_SIZE = {k}"], 64)
+        for k in (256, 8192, 65536)
+    }
+)
 # CLEL at the configs' own networks (EBM small/base/large, ResNet-18 encoder), 60 SGLD steps. The
 # batch is the EBM's; clel_large's encoder sees 4x as many images (its config's 256 vs 64).
 # On a 2-core CPU one step takes minutes: run these rows with --steps=1 --warmup=1.
-ROWS.update({
-    "clel_small_b16": (["gin_configs/clel_small.gin"], CIFAR_LOCAL, 16),
-    "clel_base_b16": (["gin_configs/clel_base.gin"], CIFAR_LOCAL, 16),
-    "clel_large_b16_enc64": (["gin_configs/clel_large.gin"], CIFAR_LOCAL, 64),
-    "clel_small_b64": (["gin_configs/clel_small.gin"], CIFAR_LOCAL, 64),
-    "clel_base_b64": (["gin_configs/clel_base.gin"], CIFAR_LOCAL, 64),
-    "clel_large_b64_enc256": (["gin_configs/clel_large.gin"], CIFAR_LOCAL, 256),
-})
+ROWS.update(
+    {
+        "clel_small_b16": (["gin_configs/clel_small.gin"], CIFAR_LOCAL, 16),
+        "clel_base_b16": (["gin_configs/clel_base.gin"], CIFAR_LOCAL, 16),
+        "clel_large_b16_enc64": (["gin_configs/clel_large.gin"], CIFAR_LOCAL, 64),
+        "clel_small_b64": (["gin_configs/clel_small.gin"], CIFAR_LOCAL, 64),
+        "clel_base_b64": (["gin_configs/clel_base.gin"], CIFAR_LOCAL, 64),
+        "clel_large_b64_enc256": (["gin_configs/clel_large.gin"], CIFAR_LOCAL, 256),
+    }
+)
 # row -> softmax row it is compared with (same backbone and classifier batch)
 BASELINE_OF = {name: "softmax_wrn16_4_b64" for name in ROWS if name.startswith(("jem", "sadajem", "gmmc", "hdge"))}
 # row -> softmax row with the row's own optimizer (JEM and JEM++ configs: Adam, no weight decay)
@@ -114,8 +147,15 @@ SAME_OPTIMIZER_BASELINE_OF = {name: "softmax_adam_wrn16_4_b64" for name in ROWS 
 # JEM with two loaders: K SGLD passes + classifier batch + p(x) data batch + samples = K + 3;
 # SADA-JEM adds SAM's second pass over the three loss batches: K + 6.
 # GMMC (one loader): K SGLD passes + data batch + samples = K + 2.
-PASSES = {"jem_k1_wrn16_4_b64": 4, "jem_k5_wrn16_4_b64": 8, "jem_k20_wrn16_4_b64": 23, "sadajem_k5_wrn16_4_b64": 11,
-          "gmmc_gen_k20_wrn16_4_b64": 22, "gmmc_gen_k5_wrn16_4_b64": 7, "jempp_k5_wrn16_4_b64": 8}
+PASSES = {
+    "jem_k1_wrn16_4_b64": 4,
+    "jem_k5_wrn16_4_b64": 8,
+    "jem_k20_wrn16_4_b64": 23,
+    "sadajem_k5_wrn16_4_b64": 11,
+    "gmmc_gen_k20_wrn16_4_b64": 22,
+    "gmmc_gen_k5_wrn16_4_b64": 7,
+    "jempp_k5_wrn16_4_b64": 8,
+}
 # HDGE: one forward+backward pass, like softmax (the queue adds a K x C matrix product).
 PASSES.update({name: 1 for name in ROWS if name.startswith("hdge")})
 
@@ -179,8 +219,13 @@ class RowRunner:
         if FLAGS.mixed_precision:
             keras.mixed_precision.set_dtype_policy(FLAGS.mixed_precision)
         strategy = tf.distribute.get_strategy()
-        model = training.build_trainer(objs["trainer"], objs["optimizer"], strategy, FLAGS.jit_compile,
-                                       encoder_optimizer=objs.get("encoder_optimizer"))
+        model = training.build_trainer(
+            objs["trainer"],
+            objs["optimizer"],
+            strategy,
+            FLAGS.jit_compile,
+            encoder_optimizer=objs.get("encoder_optimizer"),
+        )
         self.data = iter(objs["train_data"](None).take(1).cache().repeat())
         self.train_step = tf.function(model.train_step, jit_compile=FLAGS.jit_compile)
         self.name, self.files, self.bindings, self.batch, self.model = name, files, bindings, batch, model
@@ -207,7 +252,9 @@ class RowRunner:
         keras.mixed_precision.set_dtype_policy("float32")
         median = sorted(self.times)[len(self.times) // 2]
         return {
-            "row": self.name, "batch": self.batch, "median_s_per_step": median,
+            "row": self.name,
+            "batch": self.batch,
+            "median_s_per_step": median,
             "s_per_step": self.times,
             # CPU seconds of the process (all its threads) per step: on a CPU shared with other work
             # it moves much less than wall time, so its ratios are the steadier ones there.
@@ -219,7 +266,8 @@ class RowRunner:
             "peak_memory_mb": peak_memory_mb(),
             # every trained network (CLEL: EBM + projection + encoder; the EMA copies are not trained)
             "params": int(sum(int(tf.size(w)) for w in self.model.trainable_weights)),
-            "gin_files": self.files, "bindings": self.bindings,
+            "gin_files": self.files,
+            "bindings": self.bindings,
         }
 
 
@@ -245,8 +293,14 @@ def serve_row(name):
 
 
 def _worker_args(name):
-    args = [sys.executable, os.path.abspath(__file__), f"--rows={name}", f"--steps={FLAGS.steps}",
-            f"--warmup={FLAGS.warmup}", f"--jit_compile={FLAGS.jit_compile}"]
+    args = [
+        sys.executable,
+        os.path.abspath(__file__),
+        f"--rows={name}",
+        f"--steps={FLAGS.steps}",
+        f"--warmup={FLAGS.warmup}",
+        f"--jit_compile={FLAGS.jit_compile}",
+    ]
     if FLAGS.mixed_precision:
         args.append(f"--mixed_precision={FLAGS.mixed_precision}")
     return args
@@ -255,7 +309,7 @@ def _worker_args(name):
 def _read_protocol(proc, tag):
     for line in proc.stdout:
         if line.startswith("@@" + tag):
-            return line[len(tag) + 2:].strip()
+            return line[len(tag) + 2 :].strip()
     raise RuntimeError(f"row process exited before '{tag}' (exit code {proc.wait()})")
 
 
@@ -267,8 +321,9 @@ def run_interleaved(names):
     try:
         for name in names:
             print(f"[benchmark] {name}: building and warming up ...", flush=True)
-            procs[name] = subprocess.Popen(_worker_args(name) + ["--worker"], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, text=True)
+            procs[name] = subprocess.Popen(
+                _worker_args(name) + ["--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            )
             _read_protocol(procs[name], "ready")
         for i in range(FLAGS.steps):
             for name in names:
@@ -305,16 +360,19 @@ def markdown_table(results):
     def num(value, fmt):
         return format(value, fmt) if value is not None else "-"
 
-    lines = ["| row | batch | s/step (median) | CPU s/step | images/s | step peak MB | process peak MB | params | "
-             "x baseline step | x same-optimizer softmax | same, CPU time | ideal (passes) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| row | batch | s/step (median) | CPU s/step | images/s | step peak MB | process peak MB | params | "
+        "x baseline step | x same-optimizer softmax | same, CPU time | ideal (passes) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         lines.append(
             f"| {r['row']} | {r['batch']} | {r['median_s_per_step']:.4f} | {r['median_cpu_s_per_step']:.3f} | "
             f"{r['images_per_s']:.1f} | {num(r.get('step_peak_memory_mb'), '.0f')} | {r['peak_memory_mb']:.0f} | "
             f"{r['params']:,} | {num(r['ratio_to_baseline'], '.2f')} | "
             f"{num(r.get('ratio_to_same_optimizer_softmax'), '.2f')} | "
-            f"{num(r.get('cpu_ratio_to_same_optimizer_softmax'), '.2f')} | {r['ideal_ratio'] or '-'} |")
+            f"{num(r.get('cpu_ratio_to_same_optimizer_softmax'), '.2f')} | {r['ideal_ratio'] or '-'} |"
+        )
     return "\n".join(lines)
 
 
@@ -338,8 +396,11 @@ def main(argv):
             files, bindings, batch = ROWS[name]
             print(f"[benchmark] {name} ...", flush=True)
             results.append(run_isolated(name) if FLAGS.isolate else run_row(name, files, bindings, batch))
-            print(f"[benchmark] {name}: {results[-1]['median_s_per_step']:.4f} s/step, "
-                  f"{results[-1]['images_per_s']:.1f} images/s", flush=True)
+            print(
+                f"[benchmark] {name}: {results[-1]['median_s_per_step']:.4f} s/step, "
+                f"{results[-1]['images_per_s']:.1f} images/s",
+                flush=True,
+            )
     by_name = {r["row"]: r for r in results}
     for r in results:
         base = by_name.get(BASELINE_OF.get(r["row"]))
@@ -347,19 +408,34 @@ def main(argv):
         same = by_name.get(SAME_OPTIMIZER_BASELINE_OF.get(r["row"]))
         r["ratio_to_same_optimizer_softmax"] = (r["median_s_per_step"] / same["median_s_per_step"]) if same else None
         r["cpu_ratio_to_same_optimizer_softmax"] = (
-            r["median_cpu_s_per_step"] / same["median_cpu_s_per_step"] if same else None)
+            r["median_cpu_s_per_step"] / same["median_cpu_s_per_step"] if same else None
+        )
         r["ideal_ratio"] = PASSES.get(r["row"])
     device = device_name()
     mode = "isolated, interleaved" if interleaved else ("isolated" if FLAGS.isolate else "one process")
-    print(f"\nDevice: {device}  TF {tf.__version__}  jit_compile={FLAGS.jit_compile}  "
-          f"policy={FLAGS.mixed_precision or 'float32'}  steps={FLAGS.steps}  warmup={FLAGS.warmup}  rows: {mode}\n")
+    print(
+        f"\nDevice: {device}  TF {tf.__version__}  jit_compile={FLAGS.jit_compile}  "
+        f"policy={FLAGS.mixed_precision or 'float32'}  steps={FLAGS.steps}  warmup={FLAGS.warmup}  rows: {mode}\n"
+    )
     print(markdown_table(results))
     out = FLAGS.output or os.path.join(os.path.dirname(__file__), "results", f"{device}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"device": device, "tensorflow": tf.__version__, "jit_compile": FLAGS.jit_compile,
-                   "mixed_precision": FLAGS.mixed_precision, "steps": FLAGS.steps, "warmup": FLAGS.warmup,
-                   "isolate": FLAGS.isolate, "interleaved": interleaved, "rows": results}, f, indent=2)
+        json.dump(
+            {
+                "device": device,
+                "tensorflow": tf.__version__,
+                "jit_compile": FLAGS.jit_compile,
+                "mixed_precision": FLAGS.mixed_precision,
+                "steps": FLAGS.steps,
+                "warmup": FLAGS.warmup,
+                "isolate": FLAGS.isolate,
+                "interleaved": interleaved,
+                "rows": results,
+            },
+            f,
+            indent=2,
+        )
     print(f"\nwrote {out}")
 
 

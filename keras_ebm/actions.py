@@ -23,15 +23,22 @@ In the spirit of the "actions" of TensorFlow Model Garden's orbit trainers (expo
 checkpoint) that run after training steps.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keras_ebm import export as export_lib
 from keras_ebm import generation, report_tables
 from keras_ebm.callbacks import _log
 from keras_ebm.evaluation import runner as eval_runner
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+
+    from keras_ebm.trainers.base import EBMTrainer
 
 
 @dataclasses.dataclass
@@ -70,7 +77,7 @@ class Run:
     outputs: dict = dataclasses.field(default_factory=dict)
 
     @property
-    def trained_now(self):
+    def trained_now(self) -> bool:
         """This call trained at least one step (False when the run had already reached train_steps)."""
         return self.first_step < self.train_steps
 
@@ -80,10 +87,10 @@ class Action:
 
     chief_only = True  # on several machines: run by the chief only
 
-    def check(self):
+    def check(self) -> None:
         """Called before training starts: raise here what would otherwise fail after training."""
 
-    def __call__(self, run):
+    def __call__(self, run: Run) -> None:
         raise NotImplementedError
 
     def __repr__(self):
@@ -94,21 +101,25 @@ class SummaryAction(Action):
     """Writes `training_summary.json` (trainer, steps, stopped_by, seconds, recoveries) when this
     call trained."""
 
-    def __call__(self, run):
+    def __call__(self, run: Run) -> None:
         if not run.trained_now:
             return
         path = os.path.join(run.model_dir, "training_summary.json")
         staging = f"{path}.tmp-{os.getpid()}"  # renamed into place: a kill leaves no torn file
         with open(staging, "w") as f:
-            json.dump({
-                "trainer": type(run.model).__name__,
-                "first_step": run.first_step,
-                "last_step": run.last_step,
-                "train_steps": int(run.train_steps),
-                "stopped_by": run.stopped_by,
-                "seconds": round(run.seconds, 1),
-                "recoveries": run.recoveries,
-            }, f, indent=2)
+            json.dump(
+                {
+                    "trainer": type(run.model).__name__,
+                    "first_step": run.first_step,
+                    "last_step": run.last_step,
+                    "train_steps": int(run.train_steps),
+                    "stopped_by": run.stopped_by,
+                    "seconds": round(run.seconds, 1),
+                    "recoveries": run.recoveries,
+                },
+                f,
+                indent=2,
+            )
         os.replace(staging, path)
 
 
@@ -116,19 +127,24 @@ class ExportAction(Action):
     """Writes the SavedModel to `<model_dir>/export` (`keras_ebm.export.export_model`); with
     `onnx=True` also `export/onnx/model.onnx` (needs tf2onnx: checked before training)."""
 
-    def __init__(self, onnx=False):
+    def __init__(self, onnx: bool = False) -> None:
         self.onnx = bool(onnx)
 
-    def check(self):
+    def check(self) -> None:
         if self.onnx:
             export_lib.import_tf2onnx()  # missing tf2onnx: fail now, not after training
 
-    def __call__(self, run):
+    def __call__(self, run: Run) -> None:
         model = run.model
         export_dir = os.path.join(run.model_dir, "export")
-        export_lib.export_model(model, export_dir, image_shape=model.image_shape,
-                                pixel_range=model.pixel_range, ood_score=model.default_ood_score,
-                                onnx=self.onnx)
+        export_lib.export_model(
+            model,
+            export_dir,
+            image_shape=model.image_shape,
+            pixel_range=model.pixel_range,
+            ood_score=model.default_ood_score,
+            onnx=self.onnx,
+        )
         _log(f"exported SavedModel to {export_dir}")
 
     def __repr__(self):
@@ -139,7 +155,7 @@ class EvaluateAction(Action):
     """Runs `keras_ebm.evaluation.run_eval(model_dir=...)` (configured by gin's `run_eval`);
     the results go to `run.outputs["eval"]`."""
 
-    def __call__(self, run):
+    def __call__(self, run: Run) -> None:
         run.outputs["eval"] = eval_runner.run_eval(model_dir=run.model_dir)
 
 
@@ -149,13 +165,22 @@ class SampleGridAction(Action):
     Not in the default list (the replay buffer's grid, `samples/buffer.png`, is drawn by the
     training callbacks); the arguments are `generate_samples`'."""
 
-    def __init__(self, num_samples=64, n_steps=None, from_buffer=False, conditional=False, name=None):
-        self.options = dict(num_samples=num_samples, n_steps=n_steps, from_buffer=from_buffer,
-                            conditional=conditional, name=name)
+    def __init__(
+        self,
+        num_samples: int = 64,
+        n_steps: int | None = None,
+        from_buffer: bool = False,
+        conditional: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.options = dict(
+            num_samples=num_samples, n_steps=n_steps, from_buffer=from_buffer, conditional=conditional, name=name
+        )
 
-    def __call__(self, run):
+    def __call__(self, run: Run) -> None:
         run.outputs["samples"] = generation.generate_samples(
-            run.model, os.path.join(run.model_dir, "samples"), **self.options)
+            run.model, os.path.join(run.model_dir, "samples"), **self.options
+        )
 
 
 class BaselineAction(Action):
@@ -170,15 +195,15 @@ class BaselineAction(Action):
 
     chief_only = False
 
-    def __init__(self, trainer, actions=None):
+    def __init__(self, trainer: Callable[[], EBMTrainer], actions: Sequence[Action] | None = None) -> None:
         self.trainer = trainer
         self.actions = None if actions is None else list(actions)
 
-    def check(self):
+    def check(self) -> None:
         for action in self.actions or ():
             _check(action)
 
-    def baseline_actions(self, run):
+    def baseline_actions(self, run: Run) -> list[Action] | None:
         """The actions the baseline run gets (None: built from the flags in `run.settings`)."""
         if self.actions is not None:
             return self.actions
@@ -186,7 +211,7 @@ class BaselineAction(Action):
             return None
         return [a for a in run.actions if not isinstance(a, BaselineAction)]
 
-    def __call__(self, run):
+    def __call__(self, run: Run) -> None:
         from keras_ebm import run_config, training  # (they import the modules that import this one)
 
         _log(f"training the baseline {getattr(self.trainer, '__name__', self.trainer)} with the same budget")
@@ -197,17 +222,17 @@ class BaselineAction(Action):
         actions = self.baseline_actions(run)
         # baseline=None explicit: gin would bind the baseline's baseline again.
         training.run_training(baseline_dir, self.trainer, baseline=None, actions=actions, **run.settings)
-        evaluated = (run.settings["evaluate"] if actions is None
-                     else any(isinstance(a, EvaluateAction) for a in actions))
+        evaluated = run.settings["evaluate"] if actions is None else any(isinstance(a, EvaluateAction) for a in actions)
         if run.chief and evaluated and "eval" in run.outputs:
             self.compare(run, baseline_dir)
 
-    def compare(self, run, baseline_dir):
+    def compare(self, run: Run, baseline_dir: str | os.PathLike) -> None:
         """Prints the run's and the baseline's results side by side; writes comparison.md."""
         with open(os.path.join(baseline_dir, "eval", "results.json")) as f:
             base_results = json.load(f)
-        table = report_tables.comparison_table({type(run.model).__name__: run.outputs["eval"],
-                                          "baseline": base_results})
+        table = report_tables.comparison_table(
+            {type(run.model).__name__: run.outputs["eval"], "baseline": base_results}
+        )
         with open(os.path.join(run.model_dir, "comparison.md"), "w") as f:
             f.write(table)
         print("\n" + table, flush=True)
@@ -216,7 +241,12 @@ class BaselineAction(Action):
         return f"BaselineAction({getattr(self.trainer, '__name__', self.trainer)!r})"
 
 
-def default_actions(export=True, export_onnx=False, evaluate=False, baseline=None):
+def default_actions(
+    export: bool = True,
+    export_onnx: bool = False,
+    evaluate: bool = False,
+    baseline: Callable[[], EBMTrainer] | None = None,
+) -> list[Action]:
     """The actions `run_training`'s flags stand for (its `actions=None`), in the order they run."""
     actions = [SummaryAction()]
     if export:
@@ -234,13 +264,13 @@ def _check(action):
         check()
 
 
-def check_actions(actions):
+def check_actions(actions: Iterable[Action]) -> None:
     """Calls every action's `check()` (before training)."""
     for action in actions:
         _check(action)
 
 
-def run_actions(actions, run):
+def run_actions(actions: Iterable[Action], run: Run) -> None:
     """Calls the actions in order; on a non-chief worker only those with `chief_only = False`."""
     for action in actions:
         if run.chief or not getattr(action, "chief_only", True):

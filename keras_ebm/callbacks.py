@@ -25,7 +25,9 @@ trainer, SAM included), so it is checkpointed and rolled back with the optimizer
 Every step's logs are that step's values: the trainers' trackers are reset before every step
 (`begin_step`) and read after it in cross-replica context (summed over replicas; `step_logs`), so
 the guard sees each step, and `fit`'s progress bar and History show the last step's values.
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
+
+from __future__ import annotations
 
 import json
 import os
@@ -35,14 +37,20 @@ import sys
 import threading
 import time
 import weakref
+from typing import TYPE_CHECKING
 
 import gin
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import divergence
-from keras_ebm import generation
+from keras_ebm import divergence, generation
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
+    from keras_ebm.trainers.base import EBMTrainer
 
 DivergenceError = divergence.DivergenceError
 
@@ -52,7 +60,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     (`Checkpointing(save_on_interrupt=True)`); `checkpoint` is its path. Rerun the same code (or
     `train.py` command) to resume."""
 
-    def __init__(self, message, checkpoint=None, step=None):
+    def __init__(self, message: str, checkpoint: str | None = None, step: int | None = None) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
         self.step = step
@@ -62,7 +70,7 @@ def _log(msg):
     print(f"[keras_ebm] {msg}", flush=True)
 
 
-def current_step(model):
+def current_step(model: EBMTrainer) -> int:
     """The run's step: the number of train steps applied (`model.optimizer.iterations`)."""
     return int(model.optimizer.iterations.numpy())
 
@@ -72,7 +80,7 @@ _STEP_LOGS = weakref.WeakKeyDictionary()
 _RESET_FOR = weakref.WeakKeyDictionary()
 
 
-def begin_step(model):
+def begin_step(model: EBMTrainer) -> None:
     """Reset the trainer's trackers before a step (once per step, whichever callback asks first)."""
     step = current_step(model)
     if _RESET_FOR.get(model) != step:
@@ -81,12 +89,12 @@ def begin_step(model):
         _RESET_FOR[model] = step
 
 
-def ran_a_step(model):
+def ran_a_step(model: EBMTrainer) -> bool:
     """False when the batch that just ended trained nothing (`StopAtStep` on a finished run)."""
     return _RESET_FOR.get(model) != current_step(model)
 
 
-def step_logs(model):
+def step_logs(model: EBMTrainer) -> dict[str, float]:
     """This step's logs `{name: float}` from the trainer's trackers (reset by `begin_step`), read
     once per step in cross-replica context (SyncOnRead totals are summed over replicas)."""
     step = current_step(model)
@@ -98,7 +106,7 @@ def step_logs(model):
     return logs
 
 
-def forget_step_logs(model):
+def forget_step_logs(model: EBMTrainer) -> None:
     """Drop the cached logs and resets (after a rollback the same step numbers come again)."""
     _STEP_LOGS.pop(model, None)
     _RESET_FOR.pop(model, None)
@@ -107,7 +115,7 @@ def forget_step_logs(model):
 class StepCallback(keras.callbacks.Callback):
     """Base of the keras_ebm callbacks: resets the trainer's trackers before each step."""
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         begin_step(self.model)
 
 
@@ -116,7 +124,7 @@ _CHECKPOINT_FILE = re.compile(r"^(ckpt-\d+)(\.index|\.data-\d+-of-\d+)$")
 _CHECKPOINT_STAGING = re.compile(r"^ckpt-\d+_temp$")
 
 
-def remove_checkpoint_leftovers(directory, listed):
+def remove_checkpoint_leftovers(directory: str | os.PathLike, listed: Sequence[str]) -> list[str]:
     """Delete what a kill during a save leaves in `directory`: TensorFlow's `ckpt-N_temp` staging
     folders and `ckpt-N.index` / `.data-*` files of checkpoints the state file does not list (never
     read: a resume reads the listed ones; the step is saved again anyway). Returns the names removed.
@@ -139,7 +147,7 @@ def remove_checkpoint_leftovers(directory, listed):
     return removed
 
 
-def make_checkpoint(model, recovery=None):
+def make_checkpoint(model: EBMTrainer, recovery: divergence.RecoveryState | None = None) -> tf.train.Checkpoint:
     """A `tf.train.Checkpoint` of the trainer (all its tracked variables), its optimizer(s), its RNG
     states and, when given, the divergence guard's `RecoveryState`."""
     kwargs = {"model": model}
@@ -153,7 +161,7 @@ def make_checkpoint(model, recovery=None):
     return tf.train.Checkpoint(**kwargs)
 
 
-def checkpoint_step(path):
+def checkpoint_step(path: str) -> int:
     """The step number of a checkpoint path (`.../ckpt-<step>`)."""
     return int(path.rsplit("-", 1)[1])
 
@@ -163,16 +171,16 @@ def _variables_finite(variables):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
 
 
-def float_variables(model):
+def float_variables(model: EBMTrainer) -> list[keras.Variable]:
     """Every floating-point variable of the trainer: weights, BN statistics, buffer, queue, EMA."""
     return [v for v in model.variables if keras.backend.is_float_dtype(v.dtype)]
 
 
-def variables_finite(model):
+def variables_finite(model: EBMTrainer) -> bool:
     return bool(_variables_finite(float_variables(model)))
 
 
-def ensure_built(model):
+def ensure_built(model: EBMTrainer) -> None:
     """Build the trainer and its optimizer(s), which checkpoint restoration needs first."""
     if not model.built:
         model(tf.zeros((1,) + tuple(model.image_shape), tf.float32))
@@ -209,8 +217,16 @@ class Checkpointing(StepCallback):
     (`DivergenceError`), so a diverged state is never written over a good one.
     """
 
-    def __init__(self, directory, every=500, keep=3, resume=True, save_initial=False, verbose=True,
-                 save_on_interrupt=True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int = 500,
+        keep: int = 3,
+        resume: bool = True,
+        save_initial: bool = False,
+        verbose: bool = True,
+        save_on_interrupt: bool = True,
+    ) -> None:
         super().__init__()
         if every < 1:
             raise ValueError(f"`every` must be >= 1 step. Received: every={every}")
@@ -237,7 +253,7 @@ class Checkpointing(StepCallback):
         self._previous_sigint = None
 
     # ---------------------------------------------------------------- state
-    def setup(self):
+    def setup(self) -> str | None:
         """Build the checkpoint and restore the newest one; idempotent (a second `fit` call, or
         `run_training` calling it before `fit` to position the data at the restored step)."""
         if self.checkpoint is not None:
@@ -255,20 +271,22 @@ class Checkpointing(StepCallback):
             notes = self.recovery.apply(model)
             self.restored_from = self.manager.latest_checkpoint
             if self.verbose:
-                _log(f"resumed from {self.restored_from} at step {current_step(model)}"
-                     + (f" (divergence recoveries: {', '.join(notes)})" if notes else ""))
+                _log(
+                    f"resumed from {self.restored_from} at step {current_step(model)}"
+                    + (f" (divergence recoveries: {', '.join(notes)})" if notes else "")
+                )
         elif self.save_initial:
             self.save()  # step 0
         return self.restored_from
 
-    def steps(self):
+    def steps(self) -> list[int]:
         """Steps of the checkpoints on disk, oldest first."""
         return [checkpoint_step(p) for p in self.manager.checkpoints]
 
-    def is_save_step(self, step):
+    def is_save_step(self, step: int) -> bool:
         return step % self.every == 0
 
-    def save(self):
+    def save(self) -> str | None:
         """Save the current step (no-op when it is already saved); returns the path."""
         step = current_step(self.model)
         if step in self.steps():
@@ -279,18 +297,19 @@ class Checkpointing(StepCallback):
         if not variables_finite(self.model):
             raise DivergenceError(
                 f"not saving step {step}: the trainer holds NaN/Inf variables. The last good checkpoint "
-                f"is kept ({self.manager.latest_checkpoint}); see keras_ebm.callbacks.DivergenceRecovery.")
+                f"is kept ({self.manager.latest_checkpoint}); see keras_ebm.callbacks.DivergenceRecovery."
+            )
         path = self.manager.save(checkpoint_number=step)
         for fn in self.after_save:
             fn(path, step)
         return path
 
-    def restore(self, path):
+    def restore(self, path: str) -> None:
         """Restore `path` into the live trainer (the recovery remedies are the caller's to keep)."""
         self.checkpoint.restore(path).assert_existing_objects_matched()
         forget_step_logs(self.model)
 
-    def roll_back(self, good_step):
+    def roll_back(self, good_step: int) -> str | None:
         """Delete the checkpoints newer than `good_step` (the diverging branch) and return the path
         of the newest one left (None when there is none)."""
         paths = list(self.manager.checkpoints)
@@ -305,8 +324,12 @@ class Checkpointing(StepCallback):
         # them. (update_checkpoint_state rewrites the path list it is given in place: pass a copy.)
         stamps = [os.path.getmtime(p + ".index") for p in keep]
         tf.compat.v1.train.update_checkpoint_state(
-            self.directory, keep[-1], all_model_checkpoint_paths=list(keep),
-            all_model_checkpoint_timestamps=stamps, last_preserved_timestamp=min(stamps) - 1.0)
+            self.directory,
+            keep[-1],
+            all_model_checkpoint_paths=list(keep),
+            all_model_checkpoint_timestamps=stamps,
+            last_preserved_timestamp=min(stamps) - 1.0,
+        )
         for path in paths:
             if path not in keep:
                 for f in tf.io.gfile.glob(path + ".*"):
@@ -316,9 +339,12 @@ class Checkpointing(StepCallback):
 
     # ---------------------------------------------------------------- Ctrl-C
     def _install_interrupt_handler(self):
-        if (not self.save_on_interrupt or self._previous_sigint is not None
-                or threading.current_thread() is not threading.main_thread()
-                or isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        if (
+            not self.save_on_interrupt
+            or self._previous_sigint is not None
+            or threading.current_thread() is not threading.main_thread()
+            or isinstance(self.model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        ):
             return
         self.interrupted = False
         previous = signal.getsignal(signal.SIGINT)
@@ -345,23 +371,25 @@ class Checkpointing(StepCallback):
         self.interrupted = False
         step = current_step(self.model)
         path = self.save() or self.manager.latest_checkpoint
-        message = (f"interrupted at step {step}: saved {path}; to resume, run the same command again "
-                   "(train.py with the same --model_dir, or fit with the same callbacks)")
+        message = (
+            f"interrupted at step {step}: saved {path}; to resume, run the same command again "
+            "(train.py with the same --model_dir, or fit with the same callbacks)"
+        )
         _log(message)
         raise TrainingInterrupted(message, checkpoint=path, step=step)
 
     # ---------------------------------------------------------------- callback
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.setup()
         self._install_interrupt_handler()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if self.is_save_step(current_step(self.model)):
             self.save()
         if self.interrupted:
             self._stop_on_interrupt()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._remove_interrupt_handler()
         if current_step(self.model) > 0 or not self.steps():
             self.save()
@@ -387,7 +415,15 @@ class DivergenceRecovery(StepCallback):
     next remedy (`DivergenceGuard.apply`); what it changed is in the checkpointed `RecoveryState`.
     """
 
-    def __init__(self, checkpointing, guard=None, log_dir=None, seed=0, restart_data=False, verbose=True):
+    def __init__(
+        self,
+        checkpointing: Checkpointing,
+        guard: divergence.DivergenceGuard | None = None,
+        log_dir: str | os.PathLike | None = None,
+        seed: int = 0,
+        restart_data: bool = False,
+        verbose: bool = True,
+    ) -> None:
         super().__init__()
         self.checkpointing = checkpointing
         self.guard = guard
@@ -404,7 +440,7 @@ class DivergenceRecovery(StepCallback):
         checkpointing.after_save.append(self._mark_good)
 
     @property
-    def confirm_steps(self):
+    def confirm_steps(self) -> int:
         return self.guard.confirm_steps if self.guard is not None else 0
 
     def _mark_good(self, path=None, step=None):
@@ -415,12 +451,12 @@ class DivergenceRecovery(StepCallback):
         if good and max(good) > int(recovery.good_step.numpy()):
             recovery.good_step.assign(max(good))
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self.checkpointing.setup()
         if self.monitor is None and self.guard is not None:
             self.monitor = self.guard.monitor(self.model)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if not ran_a_step(self.model):
             return
         step = current_step(self.model)
@@ -450,8 +486,9 @@ class DivergenceRecovery(StepCallback):
             ) from error
         restored = ckpt.roll_back(good_step)
         if restored is None:
-            raise DivergenceError(f"{error}\nNo checkpoint at or before the last good step {good_step} "
-                                  "is left to recover from.") from error
+            raise DivergenceError(
+                f"{error}\nNo checkpoint at or before the last good step {good_step} is left to recover from."
+            ) from error
         self.recoveries += 1
         remedies = ckpt.recovery.snapshot()  # what earlier recoveries changed belongs to the run
         ckpt.restore(restored)
@@ -463,11 +500,20 @@ class DivergenceRecovery(StepCallback):
             m.reset_state()
         change = guard.apply(model, self.recoveries, self.rng, state=ckpt.recovery)
         self.monitor = guard.monitor(model)
-        event = {"recovery": self.recoveries, "fired": error.signals, "at_step": error.step,
-                 "values": error.values, "restored": restored, "step": step, "change": change}
+        event = {
+            "recovery": self.recoveries,
+            "fired": error.signals,
+            "at_step": error.step,
+            "values": error.values,
+            "restored": restored,
+            "step": step,
+            "change": change,
+        }
         if self.verbose:
-            _log(f"divergence recovery {self.recoveries}/{guard.max_recoveries}: {event['fired']} at step "
-                 f"{event['at_step']}; restored the last good checkpoint {restored} (step {step}); {change}")
+            _log(
+                f"divergence recovery {self.recoveries}/{guard.max_recoveries}: {event['fired']} at step "
+                f"{event['at_step']}; restored the last good checkpoint {restored} (step {step}); {change}"
+            )
         if self.log_dir is not None:
             os.makedirs(self.log_dir, exist_ok=True)
             with open(os.path.join(self.log_dir, "divergence_events.jsonl"), "a") as f:
@@ -499,7 +545,7 @@ class TimeBudget(StepCallback):
     MultiWorkerMirroredStrategy could stop at different steps and hang their collectives.
     """
 
-    def __init__(self, max_minutes):
+    def __init__(self, max_minutes: float) -> None:
         super().__init__()
         if max_minutes is None or not max_minutes > 0:
             raise ValueError(f"`max_minutes` must be a positive number of minutes. Received: {max_minutes!r}")
@@ -507,18 +553,18 @@ class TimeBudget(StepCallback):
         self.deadline = None
         self.stopped = False
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.deadline is None:
             self.deadline = time.time() + 60.0 * self.max_minutes
 
-    def check(self):
+    def check(self) -> bool:
         """True once the budget is used up (then training stops at the end of this step)."""
         if not self.stopped and self.deadline is not None and time.time() > self.deadline:
             self.stopped = True
             self.model.stop_training = True
         return self.stopped
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self.check()
 
 
@@ -530,23 +576,23 @@ class StopAtStep(StepCallback):
     a no-op for that call).
     """
 
-    def __init__(self, train_steps):
+    def __init__(self, train_steps: int) -> None:
         super().__init__()
         self.train_steps = int(train_steps)
         self._saved_train_function = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if current_step(self.model) >= self.train_steps:
             _log(f"already trained {current_step(self.model)} >= {self.train_steps} steps; nothing to do")
             self._saved_train_function = self.model.train_function
             self.model.train_function = lambda iterator: {}
             self.model.stop_training = True
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if current_step(self.model) >= self.train_steps:
             self.model.stop_training = True
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self._saved_train_function is not None:
             self.model.train_function = self._saved_train_function
             self._saved_train_function = None
@@ -571,7 +617,13 @@ class TrainingLog(StepCallback):
             `every` steps, not the bar redrawn at every step.
     """
 
-    def __init__(self, log_dir=None, every=50, total_steps=None, progress=True):
+    def __init__(
+        self,
+        log_dir: str | os.PathLike | None = None,
+        every: int = 50,
+        total_steps: int | None = None,
+        progress: bool = True,
+    ) -> None:
         super().__init__()
         self.log_dir = log_dir
         self.every = int(every)
@@ -584,7 +636,7 @@ class TrainingLog(StepCallback):
         self._t0 = None
         self._last_step = None
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.log_dir is not None and self.writer is None:
             self.writer = tf.summary.create_file_writer(self.log_dir)
         if self.progress and self.bar is None and _stdout_is_terminal():
@@ -592,7 +644,7 @@ class TrainingLog(StepCallback):
             self.bar = keras.utils.Progbar(self.total_steps, stateful_metrics=names)
         self._t0, self._last_step = time.time(), current_step(self.model)
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if not ran_a_step(self.model):
             return
         step = current_step(self.model)
@@ -606,7 +658,7 @@ class TrainingLog(StepCallback):
         if self.bar is not None:
             self.bar.update(step, values=list(self.logs.items()))
 
-    def flush(self, step):
+    def flush(self, step: int) -> None:
         rate = (step - self._last_step) / max(time.time() - self._t0, 1e-9)
         self._t0, self._last_step = time.time(), step
         if self.writer is not None:
@@ -619,7 +671,7 @@ class TrainingLog(StepCallback):
             _log(f"step {step}{total} " + " ".join(f"{k}={v:.4g}" for k, v in self.logs.items()))
         self.window = []
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.writer is not None:
             self.writer.flush()
 
@@ -627,12 +679,12 @@ class TrainingLog(StepCallback):
 class OperativeConfig(keras.callbacks.Callback):
     """Write `gin.operative_config_str()` (the bindings actually used) after the first step."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         super().__init__()
         self.path = path
         self.written = False
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if not self.written:
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             staging = f"{self.path}.tmp-{os.getpid()}"  # renamed into place: never truncated by a kill
@@ -647,7 +699,13 @@ class SampleGrids(keras.callbacks.Callback):
     `every` steps) and as a TensorBoard image: a look at the chains before reading numbers.
     Does nothing for a trainer without a buffer."""
 
-    def __init__(self, directory, every=None, log_dir=None, num_images=64):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        every: int | None = None,
+        log_dir: str | os.PathLike | None = None,
+        num_images: int = 64,
+    ) -> None:
         super().__init__()
         self.directory = directory
         self.every = every
@@ -668,19 +726,31 @@ class SampleGrids(keras.callbacks.Callback):
                 tf.summary.image("samples/replay_buffer", image)
         return path
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         step = current_step(self.model)
         if self.every and step % self.every == 0:
             self._write(f"buffer_{step}.png")
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._write("buffer.png")
 
 
-def training_callbacks(model_dir, train_steps=None, checkpoint_every=500, keep_checkpoints=3,
-                       divergence_guard=None, max_minutes=None, log_every=50, progress=False,
-                       sample_grids=True, operative_config=True, checkpoint_dir=None, seed=0,
-                       restart_data=False, chief=True):
+def training_callbacks(
+    model_dir: str | os.PathLike,
+    train_steps: int | None = None,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 3,
+    divergence_guard: divergence.DivergenceGuard | None = None,
+    max_minutes: float | None = None,
+    log_every: int = 50,
+    progress: bool = False,
+    sample_grids: bool = True,
+    operative_config: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    restart_data: bool = False,
+    chief: bool = True,
+) -> list[keras.callbacks.Callback]:
     """The callbacks of a keras_ebm run in `model_dir`, in the order they must run.
 
     Layout: `checkpoints/`, `tensorboard/`, `samples/`, `operative_config.gin`,
@@ -695,27 +765,43 @@ def training_callbacks(model_dir, train_steps=None, checkpoint_every=500, keep_c
         (SampleGrids), (OperativeConfig)]. The guard comes first so that a step is checked before
         it is saved.
     """
-    checkpointing = Checkpointing(checkpoint_dir or os.path.join(model_dir, "checkpoints"),
-                                  every=checkpoint_every, keep=keep_checkpoints, verbose=chief)
-    callbacks = [DivergenceRecovery(checkpointing, divergence_guard, log_dir=model_dir if chief else None,
-                                    seed=seed, restart_data=restart_data, verbose=chief),
-                 checkpointing]
+    checkpointing = Checkpointing(
+        checkpoint_dir or os.path.join(model_dir, "checkpoints"),
+        every=checkpoint_every,
+        keep=keep_checkpoints,
+        verbose=chief,
+    )
+    callbacks = [
+        DivergenceRecovery(
+            checkpointing,
+            divergence_guard,
+            log_dir=model_dir if chief else None,
+            seed=seed,
+            restart_data=restart_data,
+            verbose=chief,
+        ),
+        checkpointing,
+    ]
     if train_steps is not None:
         callbacks.append(StopAtStep(train_steps))
     if max_minutes is not None:
         callbacks.append(TimeBudget(max_minutes))
     if chief:
-        callbacks.append(TrainingLog(os.path.join(model_dir, "tensorboard"), every=log_every,
-                                     total_steps=train_steps, progress=progress))
+        callbacks.append(
+            TrainingLog(
+                os.path.join(model_dir, "tensorboard"), every=log_every, total_steps=train_steps, progress=progress
+            )
+        )
         if sample_grids:
-            callbacks.append(SampleGrids(os.path.join(model_dir, "samples"),
-                                         log_dir=os.path.join(model_dir, "tensorboard")))
+            callbacks.append(
+                SampleGrids(os.path.join(model_dir, "samples"), log_dir=os.path.join(model_dir, "tensorboard"))
+            )
         if operative_config:
             callbacks.append(OperativeConfig(os.path.join(model_dir, "operative_config.gin")))
     return callbacks
 
 
-def resume(model, callbacks):
+def resume(model: EBMTrainer, callbacks: Sequence[keras.callbacks.Callback]) -> int:
     """Restore the newest checkpoint of the run now, before `fit`; returns the step restored to
     (0 for a new run). Use it to position the data: `fit(ds.skip(step), ...)` (or a data seed
     derived from the step) makes the resumed run see the batches an uninterrupted run would."""
@@ -728,6 +814,6 @@ def resume(model, callbacks):
     return current_step(model)
 
 
-def find(callbacks, kind):
+def find(callbacks: Iterable[keras.callbacks.Callback], kind: type) -> keras.callbacks.Callback | None:
     """The first callback of type `kind` in `callbacks` (None when there is none)."""
     return next((c for c in callbacks if isinstance(c, kind)), None)

@@ -37,8 +37,9 @@ class _AliasingRegistry(selector_map.SelectorMap):
         found = super().matching_selectors(partial_selector)
         if found:
             return found
-        return sorted({new for old, new in GIN_ALIASES.items()
-                       if old == partial_selector or old.endswith("." + partial_selector)})
+        return sorted(
+            {new for old, new in GIN_ALIASES.items() if old == partial_selector or old.endswith("." + partial_selector)}
+        )
 
 
 # Every lookup of a selector in gin (bindings, references, query_parameter) goes through the
@@ -108,7 +109,12 @@ _register(divergence.DivergenceGuard, "keras_ebm.divergence")
 # (they are the gin entry points that train.py / eval.py call), as is `optional_macros` in
 # keras_ebm.run_config (which parses every config).
 # After-training actions (`run_training.actions = [@SummaryAction(), @ExportAction(), ...]`).
-for _action in (actions.SummaryAction, actions.ExportAction, actions.EvaluateAction, actions.SampleGridAction,
-                actions.BaselineAction):
+for _action in (
+    actions.SummaryAction,
+    actions.ExportAction,
+    actions.EvaluateAction,
+    actions.SampleGridAction,
+    actions.BaselineAction,
+):
     _register(_action, "keras_ebm.actions")
 assert runner.run_eval and training.run_training

@@ -9,34 +9,42 @@ Conventions (see docs/jem.md, "Distribution"):
   mirrored `keras.random.SeedGenerator` advances identically on every replica.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import re
 import sys
 import traceback
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
-def num_replicas():
+    import keras
+
+
+def num_replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def scale_loss(loss):
+def scale_loss(loss: tf.Tensor) -> tf.Tensor:
     """Divide a per-replica mean loss by the number of replicas in sync (gradients are summed)."""
     n = tf.distribute.get_strategy().num_replicas_in_sync
     return loss if n == 1 else loss / tf.cast(n, loss.dtype)
 
 
-def replica_id():
+def replica_id() -> tf.Tensor:
     ctx = tf.distribute.get_replica_context()
     if ctx is None:
         return tf.constant(0, tf.int32)
     return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
 
 
-def cross_replica_concat(tensor, axis=0):
+def cross_replica_concat(tensor: tf.Tensor, axis: int = 0) -> tf.Tensor:
     """Concatenate `tensor` from every replica along `axis` (identity without a strategy).
 
     Every replica gets the same global tensor, ordered by replica id (SimCLR's
@@ -48,7 +56,7 @@ def cross_replica_concat(tensor, axis=0):
     return ctx.all_gather(tf.stop_gradient(tensor), axis=axis)
 
 
-def replica_seed(seed_generator):
+def replica_seed(seed_generator: keras.random.SeedGenerator) -> tf.Tensor:
     """A stateless seed [2] that differs per replica: fold the replica id into the generator's draw."""
     seed = tf.convert_to_tensor(seed_generator.next())
     return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id())
@@ -68,11 +76,17 @@ class WorkerLostError(RuntimeError):
 # missing heartbeats or a refused connection abort the collectives (UnavailableError); a collective
 # timeout raises DeadlineExceededError; a peer restarted mid-run gives FailedPreconditionError or
 # AbortedError (collective_all_reduce_strategy.py lists the same kinds for its health check).
-PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                 tf.errors.FailedPreconditionError, tf.errors.AbortedError)
+PEER_FAILURES = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.FailedPreconditionError,
+    tf.errors.AbortedError,
+)
 
 
-def make_strategy(devices=None, peer_timeout_seconds=DEFAULT_PEER_TIMEOUT_SECONDS):
+def make_strategy(
+    devices: Sequence[str] | None = None, peer_timeout_seconds: float = DEFAULT_PEER_TIMEOUT_SECONDS
+) -> tf.distribute.Strategy:
     """The strategy train.py uses.
 
     * TF_CONFIG naming several tasks ("worker" and optional "chief"): MultiWorkerMirroredStrategy.
@@ -102,28 +116,39 @@ def _configure_peer_timeout(cluster, seconds):
     leader and jobs as its own `configure_coordination_service` call in TF 2.21, which it skips
     once one is configured) with a heartbeat timeout of `seconds`."""
     if not seconds > 0:
-        raise ValueError(f"peer_timeout_seconds must be a positive number of seconds (or None for "
-                         f"TensorFlow's default). Received: {seconds!r}")
+        raise ValueError(
+            f"peer_timeout_seconds must be a positive number of seconds (or None for "
+            f"TensorFlow's default). Received: {seconds!r}"
+        )
     from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.distribute import multi_worker_util
     from tensorflow.python.eager import context
 
     spec = tf.train.ClusterSpec(cluster)
-    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
-            for job in ("chief", "worker") if job in spec.jobs]
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in spec.jobs
+    ]
     context.context().configure_coordination_service(
-        service_type="standalone", service_leader=multi_worker_util.coordination_leader(spec),
-        coordinated_jobs=jobs, heartbeat_timeout_in_ms=int(1000 * seconds))
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs,
+        heartbeat_timeout_in_ms=int(1000 * seconds),
+    )
 
 
-def worker_lost_error(error, checkpoint=None):
+def worker_lost_error(error: BaseException, checkpoint: str | None = None) -> WorkerLostError:
     """The `WorkerLostError` (cause: `error`) a multi-worker loop raises when a peer is lost."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", getattr(error, "message", None) or str(error))
     if "aborted by:" in text:  # the reason, not the graph node that was running
         text = text.split("aborted by:", 1)[1]
     reason = " ".join(line.strip() for line in text.strip().splitlines()[:2] if line.strip())[:400]
-    where = (f"the last checkpoint is {checkpoint}" if checkpoint
-             else "no checkpoint had been written yet (the run starts over)")
+    where = (
+        f"the last checkpoint is {checkpoint}"
+        if checkpoint
+        else "no checkpoint had been written yet (the run starts over)"
+    )
     message = (
         f"a peer worker stopped responding, so the collectives of this worker were aborted "
         f"({type(error).__name__}: {reason}). Training cannot "
@@ -135,7 +160,7 @@ def worker_lost_error(error, checkpoint=None):
 
 
 @contextlib.contextmanager
-def exit_when_worker_lost(exit_code=1):
+def exit_when_worker_lost(exit_code: int = 1) -> Iterator[None]:
     """For the main function of a training script (train.py uses it): on `WorkerLostError`, print
     the traceback and end the process at once (`os._exit`), skipping TensorFlow's teardown, which
     can wait on the lost peer (2-5 s usually; once 62 s here with a frozen peer). Nothing is being
@@ -150,13 +175,13 @@ def exit_when_worker_lost(exit_code=1):
         os._exit(exit_code)
 
 
-def gather_from_workers(strategy, value):
+def gather_from_workers(strategy: tf.distribute.Strategy, value: int) -> list[int]:
     """`value` (a scalar int) of every replica of `strategy`, in replica order (one collective)."""
     per_replica = strategy.run(lambda: tf.constant(value, tf.int64)[None])
     return [int(v) for v in strategy.gather(per_replica, axis=0).numpy()]
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the worker that writes checkpoints, summaries and exports."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:

@@ -31,15 +31,24 @@ the SGLD steps and half the learning rate: nothing is halved again). Default ord
 What each recovery changed is checkpointed (`RecoveryState`), so a run resumed in a new process
 keeps it, and logged (console, TensorBoard `divergence/recoveries`, `divergence_events.jsonl` with
 the signals that fired, their values and the change).
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
+
+from __future__ import annotations
 
 import collections
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm import run_settings
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any
+
+    from keras_ebm.trainers.base import EBMTrainer
 
 REMEDIES = ("energy_l2", "sgld_steps", "lower_lr")
 
@@ -72,9 +81,21 @@ class DivergenceGuard:
         reseed: draw new random seeds at every recovery.
     """
 
-    def __init__(self, max_recoveries=4, threshold=1e8, max_energy_gap=None, clf_rise_factor=2.0,
-                 rise_window=10, baseline_window=100, confirm_steps=100, remedies=REMEDIES,
-                 energy_l2=0.1, sgld_steps_factor=2.0, lr_factor=0.5, reseed=True):
+    def __init__(
+        self,
+        max_recoveries: int = 4,
+        threshold: float = 1e8,
+        max_energy_gap: float | None = None,
+        clf_rise_factor: float | None = 2.0,
+        rise_window: int = 10,
+        baseline_window: int = 100,
+        confirm_steps: int = 100,
+        remedies: Sequence[str] = REMEDIES,
+        energy_l2: float = 0.1,
+        sgld_steps_factor: float = 2.0,
+        lr_factor: float = 0.5,
+        reseed: bool = True,
+    ) -> None:
         if max_recoveries < 0:
             raise ValueError(f"`max_recoveries` must be >= 0. Received: max_recoveries={max_recoveries}")
         unknown = [r for r in remedies if r not in REMEDIES]
@@ -95,17 +116,19 @@ class DivergenceGuard:
         self.lr_factor = float(lr_factor)
         self.reseed = bool(reseed)
 
-    def exploded(self, logs):
+    def exploded(self, logs: Mapping[str, Any]) -> bool:
         """abs(loss) or abs(energy) above `threshold` (the official codes' crash test)."""
         watched = [v for k, v in logs.items() if k == "loss" or k.startswith("energy")]
         return any(np.any(np.abs(v) > self.threshold) for v in watched)
 
-    def monitor(self, model=None):
+    def monitor(self, model: EBMTrainer | None = None) -> DivergenceMonitor:
         """A fresh `DivergenceMonitor` with this guard's detectors (for `model`, whose energy L2
         penalty, if any, widens the energy-gap band: see `DivergenceMonitor`)."""
         return DivergenceMonitor(self, model=model)
 
-    def apply(self, model, recovery, rng, state=None):
+    def apply(
+        self, model: EBMTrainer, recovery: int, rng: np.random.Generator, state: RecoveryState | None = None
+    ) -> str:
         """Change the run after recovery number `recovery` (1-based) restored a checkpoint.
 
         Returns a description of what changed. `state` is the run's `RecoveryState`
@@ -182,7 +205,7 @@ class DivergenceMonitor:
     outlying step, in either window, neither fires the signal nor hides a sustained rise.
     """
 
-    def __init__(self, guard, energy_l2=0.0, model=None):
+    def __init__(self, guard: DivergenceGuard, energy_l2: float = 0.0, model: EBMTrainer | None = None) -> None:
         self.guard = guard
         self.model = model
         self.energy_l2 = float(energy_l2 or 0.0)
@@ -190,7 +213,7 @@ class DivergenceMonitor:
         self.fired = {}
 
     @property
-    def max_energy_gap(self):
+    def max_energy_gap(self) -> float | None:
         """The energy-gap band for the penalty now applied (None: the signal is off)."""
         band = self.guard.max_energy_gap
         lam = self.energy_l2
@@ -200,7 +223,7 @@ class DivergenceMonitor:
             band = max(band, 2.0 / lam)
         return band
 
-    def update(self, step, logs):
+    def update(self, step: int, logs: Mapping[str, Any]) -> list[str]:
         g = self.guard
         signals = []
         values = {k: float(np.mean(v)) for k, v in logs.items()}
@@ -214,9 +237,9 @@ class DivergenceMonitor:
         if g.clf_rise_factor is not None and "clf_loss" in values and np.isfinite(values["clf_loss"]):
             self.clf_losses.append(values["clf_loss"])
             history = list(self.clf_losses)
-            baseline = history[:-g.rise_window]
+            baseline = history[: -g.rise_window]
             if len(baseline) >= max(g.baseline_window // 2, 1):
-                recent = float(np.median(history[-g.rise_window:]))
+                recent = float(np.median(history[-g.rise_window :]))
                 level = float(np.median(baseline))
                 if recent > g.clf_rise_factor * level:
                     signals.append("clf_loss_rise")
@@ -231,16 +254,18 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
     """`schedule(step) * scale`, with `scale` a variable: how the divergence guard lowers a
     scheduled learning rate without retracing, and how the lowered rate survives a resume."""
 
-    def __init__(self, schedule, scale):
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, scale: tf.Variable) -> None:
         self.schedule = schedule
         self.scale = scale
 
-    def __call__(self, step):
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
         return self.schedule(step) * keras.ops.cast(self.scale, "float32")
 
-    def get_config(self):
-        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
-                "scale": float(keras.ops.convert_to_numpy(self.scale))}
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "scale": float(keras.ops.convert_to_numpy(self.scale)),
+        }
 
 
 class RecoveryState(tf.Module):
@@ -248,29 +273,34 @@ class RecoveryState(tf.Module):
     beside the model (`recovery` in the checkpoint) so a run resumed in a new process keeps the
     lowered rate, the extra SGLD steps and the energy penalty."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(name="recovery")
         self.lr_scale = tf.Variable(1.0, trainable=False, name="lr_scale")
         self.extra_sgld_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="extra_sgld_steps")
         self.energy_l2 = tf.Variable(0.0, trainable=False, name="energy_l2")
         self.good_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_step")
 
-    def snapshot(self):
+    def snapshot(self) -> dict[str, Any]:
         """The remedies as Python values (a restore of an older checkpoint must not undo them)."""
-        return {"lr_scale": float(self.lr_scale.numpy()), "extra_sgld_steps": int(self.extra_sgld_steps.numpy()),
-                "energy_l2": float(self.energy_l2.numpy())}
+        return {
+            "lr_scale": float(self.lr_scale.numpy()),
+            "extra_sgld_steps": int(self.extra_sgld_steps.numpy()),
+            "energy_l2": float(self.energy_l2.numpy()),
+        }
 
-    def load(self, values):
+    def load(self, values: Mapping[str, Any]) -> None:
         for name, value in values.items():
             getattr(self, name).assign(value)
 
-    def attach(self, model):
+    def attach(self, model: EBMTrainer) -> None:
         """Route every scheduled learning rate of `model` through `lr_scale`, and remember the
         run's settings before any remedy (the SGLD steps, the energy penalty and the constant
         learning rates as built), which `apply` starts from."""
-        self._base = {"n_steps": None if model.sampler is None else int(model.sampler.n_steps),
-                      "energy_l2": None if model.energy_l2 is None else float(model.energy_l2),
-                      "learning_rates": {}}
+        self._base = {
+            "n_steps": None if model.sampler is None else int(model.sampler.n_steps),
+            "energy_l2": None if model.energy_l2 is None else float(model.energy_l2),
+            "learning_rates": {},
+        }
         for name, opt in _optimizers(model).items():
             schedule = opt._learning_rate
             if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
@@ -279,7 +309,7 @@ class RecoveryState(tf.Module):
             else:
                 self._base["learning_rates"][name] = run_settings.learning_rate(opt)
 
-    def apply(self, model):
+    def apply(self, model: EBMTrainer) -> list[str]:
         """Make `model` run with the recorded remedies, from the settings `attach` saw: energy L2
         at least `energy_l2`, `extra_sgld_steps` more SGLD steps, constant learning rates times
         `lr_scale` (schedules read `lr_scale` themselves). Idempotent: called after every restore
@@ -304,7 +334,7 @@ class RecoveryState(tf.Module):
         applied = model.set_run_options(options)
         return [f"{k} = {v:.4g}" for k, v in applied.items()]
 
-    def reapply(self, model):
+    def reapply(self, model: EBMTrainer) -> list[str]:
         """After a restore into a freshly built model: `apply` (kept for callers of earlier releases)."""
         return self.apply(model)
 

@@ -14,6 +14,8 @@ the check). Where none of them is known the check passes. Variables of a distrib
 whose replicas are CPU devices are held once per replica in host memory, and are counted so.
 """
 
+from __future__ import annotations
+
 import math
 import os
 import re
@@ -24,15 +26,25 @@ ENV_LIMIT = "KERAS_EBM_MEMORY_LIMIT"
 # Leave room for everything else a step needs (network, activations, the data pipeline).
 DEFAULT_FRACTION = 0.8
 
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 class ResourceError(MemoryError):
     """A configuration whose state would not fit in memory (raised before allocating it)."""
 
 
-def format_bytes(n):
+def format_bytes(n: int | float) -> str:
     """`12288000000` -> "12.3 GB (11.4 GiB)"."""
     n = float(n)
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -43,8 +55,8 @@ def format_bytes(n):
     return f"{int(n)} bytes"
 
 
-def parse_bytes(text):
-    """"2GiB", "500 MB", "1e9" -> bytes (int); "none"/"" -> None."""
+def parse_bytes(text: str | None) -> int | None:
+    """ "2GiB", "500 MB", "1e9" -> bytes (int); "none"/"" -> None."""
     text = str(text).strip().lower()
     if text in ("", "none", "off", "0"):
         return None
@@ -88,18 +100,24 @@ def _cgroup_available():
     return None
 
 
-def available_memory():
+def available_memory() -> tuple[int | None, str | None]:
     """(bytes, where that number comes from), or (None, None) when nothing is known or the check
     is disabled (`KERAS_EBM_MEMORY_LIMIT=none`)."""
     if ENV_LIMIT in os.environ:
         limit = parse_bytes(os.environ[ENV_LIMIT])
         return (limit, f"{ENV_LIMIT}={os.environ[ENV_LIMIT]}") if limit is not None else (None, None)
-    found = [(v, name) for v, name in ((_meminfo_available(), "MemAvailable in /proc/meminfo"),
-                                       (_cgroup_available(), "the cgroup memory limit")) if v is not None]
+    found = [
+        (v, name)
+        for v, name in (
+            (_meminfo_available(), "MemAvailable in /proc/meminfo"),
+            (_cgroup_available(), "the cgroup memory limit"),
+        )
+        if v is not None
+    ]
     return min(found) if found else (None, None)
 
 
-def host_copies():
+def host_copies() -> int:
     """How many copies of a variable created now live in host memory: the number of replicas when
     the current strategy's replicas are CPU devices, else 1 (one per accelerator)."""
     strategy = tf.distribute.get_strategy()
@@ -112,7 +130,7 @@ def host_copies():
     return 1
 
 
-def check_allocation(what, nbytes, fix, copies=1, fraction=DEFAULT_FRACTION):
+def check_allocation(what: str, nbytes: int, fix: str, copies: int = 1, fraction: float = DEFAULT_FRACTION) -> int:
     """Raise `ResourceError` if `copies * nbytes` exceeds `fraction` of the available memory.
 
     Args:
@@ -136,5 +154,5 @@ def check_allocation(what, nbytes, fix, copies=1, fraction=DEFAULT_FRACTION):
     return total
 
 
-def float32_bytes(*shape):
+def float32_bytes(*shape: int) -> int:
     return 4 * math.prod(int(d) for d in shape)

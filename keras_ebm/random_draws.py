@@ -42,25 +42,49 @@ inject its output).
 
 A component that adds a draw adds its kind here and calls these functions, never
 `tf.random.stateless_*` directly, so that every method's parity test can replay it.
-"""
+"""  # noqa: E501  (Markdown table rows: a table row cannot wrap)
+
+from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
-KINDS = ("buffer_index", "buffer_class", "reinit", "init_uniform", "init_class", "init_normal",
-         "sgld_noise", "latent_normal", "augment_chain_start", "augment_guidance", "augment_views")
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+
+KINDS = (
+    "buffer_index",
+    "buffer_class",
+    "reinit",
+    "init_uniform",
+    "init_class",
+    "init_normal",
+    "sgld_noise",
+    "latent_normal",
+    "augment_chain_start",
+    "augment_guidance",
+    "augment_views",
+)
 
 _ACTIVE = None  # the `Replay` of the enclosing `replay(...)` context, or None
 
 
-def replaying():
+def replaying() -> Replay | None:
     """The active `Replay` (an object usable as a cache key), or None outside `replay(...)`."""
     return _ACTIVE
 
 
-def uniform(kind, shape, seed, minval=0, maxval=None, dtype=tf.float32):
+def uniform(
+    kind: str,
+    shape: Sequence[int] | tf.Tensor,
+    seed: tf.Tensor,
+    minval: float | tf.Tensor = 0,
+    maxval: float | tf.Tensor | None = None,
+    dtype: tf.DType = tf.float32,
+) -> tf.Tensor:
     """`tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)`, or the next recorded
     array of `kind` inside `replay(...)`."""
     _check_kind(kind)
@@ -69,7 +93,7 @@ def uniform(kind, shape, seed, minval=0, maxval=None, dtype=tf.float32):
     return _ACTIVE.pop(kind, shape, dtype)
 
 
-def normal(kind, shape, seed, dtype=tf.float32):
+def normal(kind: str, shape: Sequence[int] | tf.Tensor, seed: tf.Tensor, dtype: tf.DType = tf.float32) -> tf.Tensor:
     """`tf.random.stateless_normal(shape, seed, dtype=dtype)`, or the next recorded array of
     `kind` inside `replay(...)`."""
     _check_kind(kind)
@@ -78,7 +102,9 @@ def normal(kind, shape, seed, dtype=tf.float32):
     return _ACTIVE.pop(kind, shape, dtype)
 
 
-def indices_without_replacement(kind, n, population, seed):
+def indices_without_replacement(
+    kind: str, n: int | tf.Tensor, population: int | tf.Tensor, seed: tf.Tensor
+) -> tf.Tensor:
     """`n` distinct indices of `range(population)` in random order (int32 `[n]`): the first `n` of a
     random permutation, `top_k` of `population` uniform keys (`random.sample`'s distribution).
     Inside `replay(...)` the next recorded int array of `kind`."""
@@ -89,7 +115,7 @@ def indices_without_replacement(kind, n, population, seed):
     return _ACTIVE.pop(kind, [n], tf.int32)
 
 
-def augmented(kind, images, fn):
+def augmented(kind: str, images: tf.Tensor, fn: Callable[[], tf.Tensor]) -> tf.Tensor:
     """`fn()`, the augmentation of `images`; inside `replay(...)` the next recorded augmented
     images of `kind` (shape of `images`, its dtype)."""
     _check_kind(kind)
@@ -102,21 +128,20 @@ def augmented(kind, images, fn):
 
 def _check_kind(kind):
     if kind not in KINDS:
-        raise ValueError(f"Unknown draw kind {kind!r}: add it to keras_ebm.random_draws.KINDS. "
-                         f"Known kinds: {KINDS}")
+        raise ValueError(f"Unknown draw kind {kind!r}: add it to keras_ebm.random_draws.KINDS. Known kinds: {KINDS}")
 
 
 class Replay:
     """Recorded draws by kind, consumed in order (see the module docstring)."""
 
-    def __init__(self, draws):
+    def __init__(self, draws: Mapping[str, Sequence[np.ndarray]]) -> None:
         unknown = set(draws) - set(KINDS)
         if unknown:
             raise ValueError(f"Unknown draw kinds {sorted(unknown)}; known kinds: {KINDS}")
         self.queues = {kind: [np.asarray(a) for a in arrays] for kind, arrays in draws.items()}
-        self.used = {kind: 0 for kind in self.queues}
+        self.used = dict.fromkeys(self.queues, 0)
 
-    def remaining(self):
+    def remaining(self) -> dict[str, int]:
         """{kind: number of recorded arrays not consumed yet} (a parity test checks it is all 0)."""
         return {kind: len(q) - self.used[kind] for kind, q in self.queues.items()}
 
@@ -137,7 +162,7 @@ class Replay:
         self.used[kind] = n + 1
         return value
 
-    def pop(self, kind, shape, dtype):
+    def pop(self, kind: str, shape: Sequence[int] | tf.Tensor, dtype: tf.DType) -> tf.Tensor:
         dtype = tf.as_dtype(dtype)
         shape_t = tf.convert_to_tensor(shape, tf.int32)
 
@@ -154,7 +179,7 @@ class Replay:
 
 
 @contextlib.contextmanager
-def replay(draws):
+def replay(draws: Mapping[str, Sequence[np.ndarray]]) -> Iterator[Replay]:
     """Within this context every draw of the seam returns the recorded arrays `draws` ({kind: [arrays]}).
 
     Yields the `Replay`, whose `remaining()` tells which recorded draws were not consumed.

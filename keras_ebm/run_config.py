@@ -1,12 +1,19 @@
 """The run's gin configuration for train.py and eval.py: parsed (typos fail loudly), checked, saved."""
 
+from __future__ import annotations
+
 import contextlib
 import os
 import re
+from typing import TYPE_CHECKING
 
 import gin
 
 import keras_ebm.configurables  # noqa: F401  (registers every configurable)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any
 
 
 def _tolerant_existence_check(check):
@@ -29,7 +36,7 @@ gin.config._FILE_READERS[:] = [
 ]
 
 
-def parse_gin(gin_files, gin_params):
+def parse_gin(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """Parse gin files then bindings with `skip_unknown=False` (a typo is an error, as in dopamine).
 
     Relative `include` paths resolve against the working directory and the repository root.
@@ -70,7 +77,7 @@ def _macro_references(value, out):
 
 
 @gin.configurable("optional_macros", module="keras_ebm.run_config")
-def optional_macros(names=()):
+def optional_macros(names: Sequence[str] = ()) -> tuple[str, ...]:
     """Macros a config file sets for the configs that read them and that others may leave unread,
     declared in a scope of the file's own so that several files add up
     (`tiny/optional_macros.names = ['SGLD_STEPS', ...]` in tiny.gin, which serves every config):
@@ -109,7 +116,7 @@ def _is_saved_config(text):
     return bool(_SAVED_CONFIG.search(text))
 
 
-def check_unread_macros(gin_files, gin_params):
+def check_unread_macros(gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """A macro (`NAME = value`) that no binding of the parsed config reads is a typo (TRAIN_STEP for
     TRAIN_STEPS: the config's own value silently stays) or a setting this config does not have
     (SGLD_STEPS for softmax): gin accepts both without a word, so refuse them, in gin files and in
@@ -140,7 +147,9 @@ def check_unread_macros(gin_files, gin_params):
         else:
             for name in _MACRO_LINE.findall(text):
                 where.setdefault(name, os.path.basename(path))
-    unread = [name for name in defined if name not in used and (name not in allowed or where.get(name) == "--gin_param")]
+    unread = [
+        name for name in defined if name not in used and (name not in allowed or where.get(name) == "--gin_param")
+    ]
     if not unread:
         return
     lines = []
@@ -157,7 +166,7 @@ def check_unread_macros(gin_files, gin_params):
     )
 
 
-def check_model_dir(model_dir):
+def check_model_dir(model_dir: str | os.PathLike) -> None:
     """--model_dir must be a directory (or not exist yet): refuse a file before anything runs."""
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ValueError(
@@ -167,8 +176,20 @@ def check_model_dir(model_dir):
 
 
 # run_training bindings that may change between calls on one model_dir (resume longer, evaluate...).
-RUN_CONTROL = ("train_steps", "max_minutes", "evaluate", "export", "export_onnx", "progress", "log_every",
-               "checkpoint_every", "keep_checkpoints", "jit_compile", "peer_timeout_seconds", "actions")
+RUN_CONTROL = (
+    "train_steps",
+    "max_minutes",
+    "evaluate",
+    "export",
+    "export_onnx",
+    "progress",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "jit_compile",
+    "peer_timeout_seconds",
+    "actions",
+)
 
 
 def _canonical(value):
@@ -181,7 +202,7 @@ def _canonical(value):
     return repr(value)
 
 
-def config_bindings():
+def config_bindings() -> dict[str, str]:
     """Every parsed binding (macros included) as `{"scope/selector.param": canonical repr}`."""
     out = {}
     for (scope, selector), params in gin.config._CONFIG.items():
@@ -190,7 +211,7 @@ def config_bindings():
     return out
 
 
-def check_run_config(model_dir, gin_files, gin_params):
+def check_run_config(model_dir: str | os.PathLike, gin_files: Sequence[str], gin_params: Sequence[str]) -> None:
     """Refuse, before anything is written, to train into a run whose `config.gin` says otherwise.
 
     `<model_dir>/config.gin` is the config of the run's checkpoints (eval.py reads it back):
@@ -224,7 +245,8 @@ def check_run_config(model_dir, gin_files, gin_params):
             f"{lines}\nNothing was written. To train the new config, use a new --model_dir (or delete "
             f"this one). To resume this run, give it its own config: python train.py "
             f"--gin_file={path} --model_dir={model_dir} (run-control bindings such as "
-            f"run_training.train_steps may change: {', '.join(RUN_CONTROL)}).")
+            f"run_training.train_steps may change: {', '.join(RUN_CONTROL)})."
+        )
 
 
 def _checkpoint_index(model_dir):
@@ -239,13 +261,16 @@ def _only_initial_checkpoint(index):
     """The checkpoint index lists nothing but the step-0 checkpoint (saved before any step)."""
     if index is None:
         return True
-    paths = [line.split(":", 1)[1].strip().strip('"') for line in index.decode().splitlines()
-             if line.startswith("all_model_checkpoint_paths")]
+    paths = [
+        line.split(":", 1)[1].strip().strip('"')
+        for line in index.decode().splitlines()
+        if line.startswith("all_model_checkpoint_paths")
+    ]
     return all(p.endswith("-0") for p in paths)
 
 
 @contextlib.contextmanager
-def config_restored_on_failure(model_dir):
+def config_restored_on_failure(model_dir: str | os.PathLike) -> Iterator[None]:
     """If the body raises before it trained a step, leave `model_dir` as it was: the previous
     `config.gin` is put back (or the new one removed), and what this call created for a run with
     no checkpoint (the step-0 checkpoint, or the whole directory) is removed, so that a corrected
@@ -281,7 +306,7 @@ def config_restored_on_failure(model_dir):
         raise
 
 
-def default_model_dir(gin_files):
+def default_model_dir(gin_files: Sequence[str]) -> str:
     """`runs/<config name>`: the gin files' names without `.gin`, joined by '_' (train.py's
     --model_dir when none is given), e.g. runs/clel_large, runs/sadajem_tiny."""
     stems = [os.path.splitext(os.path.basename(str(f)))[0] for f in gin_files]
@@ -291,7 +316,7 @@ def default_model_dir(gin_files):
 CONFIG_FILES_HEADER = "# keras_ebm config files: "
 
 
-def config_files(model_dir):
+def config_files(model_dir: str | os.PathLike) -> list[str]:
     """The gin files a run was trained with, as `save_config` recorded them (a list; empty when
     the run's config.gin does not say)."""
     path = os.path.join(model_dir, "config.gin")
@@ -300,13 +325,13 @@ def config_files(model_dir):
     with open(path) as f:
         for line in f:
             if line.startswith(CONFIG_FILES_HEADER):
-                return [p for p in line[len(CONFIG_FILES_HEADER):].strip().split(", ") if p]
+                return [p for p in line[len(CONFIG_FILES_HEADER) :].strip().split(", ") if p]
             if not line.startswith("#"):
                 break
     return []
 
 
-def save_config(model_dir, gin_files=(), extra_bindings=""):
+def save_config(model_dir: str | os.PathLike, gin_files: Sequence[str] = (), extra_bindings: str = "") -> None:
     """Write every parsed binding to `<model_dir>/config.gin` (eval.py reads it back), headed by
     the names of the gin files it came from (`config_files`, report rows); `extra_bindings` (gin
     text) are appended, overriding what precedes them (a baseline run's own trainer)."""
@@ -325,7 +350,7 @@ def save_config(model_dir, gin_files=(), extra_bindings=""):
     os.replace(staging, path)
 
 
-def save_baseline_config(model_dir, baseline_dir):
+def save_baseline_config(model_dir: str | os.PathLike, baseline_dir: str | os.PathLike) -> str | None:
     """Write `<baseline_dir>/config.gin` for the baseline run that `run_training.baseline` trains
     beside the run in `model_dir` (the quickstart's `baseline/`): the parsed config with
     `run_training.trainer` set to the baseline and no baseline of its own, so that eval.py,
@@ -337,13 +362,15 @@ def save_baseline_config(model_dir, baseline_dir):
         return None
     if not isinstance(reference, gin.config.ConfigurableReference):
         return None
-    extra = ("\n# The baseline trained beside the run in the parent directory: its own trainer, no "
-             f"baseline of its own.\nrun_training.trainer = {reference!r}\nrun_training.baseline = None\n")
+    extra = (
+        "\n# The baseline trained beside the run in the parent directory: its own trainer, no "
+        f"baseline of its own.\nrun_training.trainer = {reference!r}\nrun_training.baseline = None\n"
+    )
     save_config(baseline_dir, gin_files=config_files(model_dir), extra_bindings=extra)
     return os.path.join(baseline_dir, "config.gin")
 
 
-def resolve_run_training():
+def resolve_run_training() -> dict[str, Any]:
     """The objects `run_training` would receive from the parsed gin config (benchmarks, tests).
 
     Returns a dict with `trainer` and `optimizer` (zero-argument builders) and `train_data`
@@ -359,7 +386,7 @@ def resolve_run_training():
     return out
 
 
-def resolve_parameter(binding_key):
+def resolve_parameter(binding_key: str) -> Any:
     """`gin.query_parameter(binding_key)` with references and macros inside dicts, lists and tuples
     evaluated, as gin does when it calls the configurable (e.g. `run_eval.in_dist` with a %MACRO)."""
     return _resolve(gin.query_parameter(binding_key))

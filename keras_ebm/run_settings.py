@@ -34,8 +34,16 @@ built (a `MirroredVariable`, assigned in cross-replica context between steps).
 shows it; a test checks that the declarations in the classes match it).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+    from typing import Any
 
 VARIABLE = "variable"
 TRACE = "trace"
@@ -44,11 +52,19 @@ TRACE = "trace"
 # cost nothing); "trace": a Python value the trace reads (a change forces one retrace). A variable
 # with a structural part retraces only when that part changes.
 SETTINGS = (
-    ("SGLDSampler", "n_steps", VARIABLE,
-     "the tf.while_loop bound: the 'sgld_steps' remedy and K schedules; a variable bound costs nothing"),
+    (
+        "SGLDSampler",
+        "n_steps",
+        VARIABLE,
+        "the tf.while_loop bound: the 'sgld_steps' remedy and K schedules; a variable bound costs nothing",
+    ),
     ("SGLDSampler", "step_size", VARIABLE, "scales the gradient step; a number in the loop"),
-    ("SGLDSampler", "noise_std", VARIABLE,
-     "scales the Langevin noise; structural at 0 (no noise drawn, as the noise-free recipes)"),
+    (
+        "SGLDSampler",
+        "noise_std",
+        VARIABLE,
+        "scales the Langevin noise; structural at 0 (no noise drawn, as the noise-free recipes)",
+    ),
     ("SGLDSampler", "grad_clip", TRACE, "None removes the clamp from the graph"),
     ("SGLDSampler", "x_clip", TRACE, "None removes the clamp from the graph"),
     ("SGLDSampler", "energy_reduction", TRACE, "sum or mean: a different graph"),
@@ -60,20 +76,27 @@ SETTINGS = (
     ("SAMGradients", "epsilon", VARIABLE, "added to the gradient norm; a number"),
     ("SAMGradients", "adaptive", TRACE, "SAM or ASAM: a different graph"),
     ("SAMGradients", "sync_perturbation", TRACE, "adds an all-reduce to the graph"),
-    ("ReplayBuffer", "reinit_prob", VARIABLE,
-     "the restart probability; structural at 0 (no fresh draws at all)"),
+    ("ReplayBuffer", "reinit_prob", VARIABLE, "the restart probability; structural at 0 (no fresh draws at all)"),
     ("EBMTrainer", "weight_decay", VARIABLE, "coupled L2 added to the gradients (at 0 it adds exactly 0)"),
     ("EBMTrainer", "check_finite_inputs", TRACE, "adds or removes the input asserts"),
     ("JEM", "clf_weight", VARIABLE, "weight of log p(y|x); a number"),
     ("JEM", "px_weight", VARIABLE, "weight of log p(x); structural at 0 (no SGLD chain, no sample forward)"),
     ("JEM", "pxy_weight", VARIABLE, "weight of log p(x, y); structural at 0 (no class-conditional chain)"),
-    ("JEM", "energy_l2", VARIABLE,
-     "the 'energy_l2' remedy: the penalty is always computed (two reductions) and multiplied by it"),
+    (
+        "JEM",
+        "energy_l2",
+        VARIABLE,
+        "the 'energy_l2' remedy: the penalty is always computed (two reductions) and multiplied by it",
+    ),
     ("JEM", "energy_l2_mode", TRACE, "which penalty: a different graph"),
     ("JEM", "bn_stats_from_samples", TRACE, "wraps the sample forward pass in a stateless scope"),
     ("JEM", "energy_l2_second_pass", TRACE, "whether SAM's second pass adds the penalty: a different loss closure"),
-    ("HDGE", "clf_weight", VARIABLE,
-     "alpha (the `alpha` property); structural at 1 (the contrastive term leaves the loss exactly)"),
+    (
+        "HDGE",
+        "clf_weight",
+        VARIABLE,
+        "alpha (the `alpha` property); structural at 1 (the contrastive term leaves the loss exactly)",
+    ),
     ("HDGE", "temperature", TRACE, "the loss function checks it as a Python number"),
     ("HDGE", "score", TRACE, "which contrastive score: a different graph"),
     ("HDGE", "label_smoothing", TRACE, "0 removes the smoothed targets from the graph"),
@@ -144,7 +167,13 @@ class Setting:
             (e.g. `lambda v: v > 0`); a change of it makes the compiled step stale (a retrace).
     """
 
-    def __init__(self, dtype="float64", minimum=None, maximum=None, structure=None):
+    def __init__(
+        self,
+        dtype: str = "float64",
+        minimum: float | None = None,
+        maximum: float | None = None,
+        structure: Callable[[Any], Hashable] | None = None,
+    ) -> None:
         self.dtype = tf.as_dtype(dtype)
         self.minimum = minimum
         self.maximum = maximum
@@ -173,8 +202,9 @@ class Setting:
         try:
             value = float(value)
         except (TypeError, ValueError):
-            raise TypeError(f"`{self.name}` takes a number (set between steps), not {value!r}. "
-                            f"Received: {self.name}={value!r}") from None
+            raise TypeError(
+                f"`{self.name}` takes a number (set between steps), not {value!r}. Received: {self.name}={value!r}"
+            ) from None
         if self.dtype.is_integer:
             if value != int(value):
                 raise ValueError(f"`{self.name}` must be an integer. Received: {self.name}={value}")
@@ -195,12 +225,11 @@ class Setting:
         with tf.init_scope():
             var = store.variables.get(self.name)
             if var is None or isinstance(var, _Constant):
-                store.variables[self.name] = tf.Variable(value, dtype=self.dtype, trainable=False,
-                                                         name=self.name)
+                store.variables[self.name] = tf.Variable(value, dtype=self.dtype, trainable=False, name=self.name)
             else:
                 var.assign(tf.constant(value, self.dtype))  # not tf.cast: a Python float would pass float32
 
-    def variable(self, obj):
+    def variable(self, obj: object) -> tf.Variable:
         """The variable behind the setting of `obj` (tests count and compare through it)."""
         return _store(obj).variables[self.name]
 
@@ -210,7 +239,7 @@ class TraceSetting:
     rebuilt (see `EBMTrainer.trace_signature`). `normalize` maps an assigned value to the stored
     one (and may raise ValueError); stored values must be hashable."""
 
-    def __init__(self, normalize=None):
+    def __init__(self, normalize: Callable[[Any], Hashable] | None = None) -> None:
         self.normalize = normalize
 
     def __set_name__(self, owner, name):
@@ -228,19 +257,19 @@ class TraceSetting:
         _store(obj).structure[self.name] = self.normalize(value) if self.normalize is not None else value
 
 
-def learning_rate(optimizer):
+def learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
     """An optimizer's current learning rate as a Python float (a schedule: its value now; also
     under a distribution strategy, whose variables `float()` does not take)."""
     return float(tf.convert_to_tensor(optimizer.learning_rate).numpy())
 
 
-def read_dtype():
+def read_dtype() -> tf.DType:
     """The dtype float settings are read in while tracing: float64 in a float64 run (floatx),
     float32 otherwise (float32 and mixed-precision runs compute losses in float32)."""
     return tf.float64 if keras.config.floatx() == "float64" else tf.float32
 
 
-def as_tensor(value, dtype):
+def as_tensor(value: float | int | tf.Tensor, dtype: tf.DType | str) -> tf.Tensor:
     """A setting's value (a Python number eagerly, a tensor while tracing) as a `dtype` tensor,
     exactly: `tf.constant` for Python numbers (`tf.cast` of a Python float goes through float32)."""
     if isinstance(value, (int, float)):
@@ -248,12 +277,12 @@ def as_tensor(value, dtype):
     return tf.cast(value, dtype)
 
 
-def structure_of(obj, name):
+def structure_of(obj: object, name: str) -> Hashable:
     """The structural part of `obj`'s setting `name` (e.g. `px_weight > 0`), a Python value."""
     return _store(obj).structure[name]
 
 
-def signature(obj):
+def signature(obj: object) -> tuple | None:
     """What the traces of `obj` depend on among its settings: every `TraceSetting` value and the
     structural part of every `Setting` (hashable; equal signatures share a trace)."""
     if obj is None:
@@ -261,7 +290,7 @@ def signature(obj):
     return tuple(sorted(_store(obj).structure.items(), key=lambda kv: kv[0]))
 
 
-def declared(cls):
+def declared(cls: type) -> dict[str, Setting | TraceSetting]:
     """`{name: Setting or TraceSetting}` declared on `cls` and its bases."""
     out = {}
     for klass in reversed(cls.__mro__):
@@ -271,6 +300,6 @@ def declared(cls):
     return out
 
 
-def values(obj):
+def values(obj: object) -> dict[str, Any]:
     """`{name: current value}` of every setting declared on `obj`'s class."""
     return {name: getattr(obj, name) for name in declared(type(obj))}

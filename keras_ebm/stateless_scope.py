@@ -7,16 +7,19 @@ inherits the values of an enclosing one, so it nests inside SAM's second pass (w
 loss at perturbed weights inside its own StatelessScope) without hiding the perturbed weights.
 """
 
+from __future__ import annotations
+
 import keras
 
 try:  # Keras keeps the getter private; without it nesting falls back to a plain scope.
     from keras.src.backend.common.stateless_scope import get_stateless_scope
 except ImportError:  # pragma: no cover
+
     def get_stateless_scope():
         return None
 
 
-def discard_updates():
+def discard_updates() -> keras.StatelessScope:
     """A `keras.StatelessScope` that discards assignments and sees any enclosing scope's values."""
     scope = keras.StatelessScope()
     outer = get_stateless_scope()

@@ -27,10 +27,13 @@ Model directory layout:
     training_summary.json    steps, time, what stopped the run, divergence recoveries
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import time
+from typing import TYPE_CHECKING
 
 import gin
 import keras
@@ -39,6 +42,13 @@ import tensorflow as tf
 from keras_ebm import actions as actions_lib
 from keras_ebm import callbacks as callbacks_lib
 from keras_ebm import distribute
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from keras_ebm import divergence
+    from keras_ebm.data.sources.common import SourceInfo
+    from keras_ebm.trainers.base import EBMTrainer
 
 
 def _log(msg):
@@ -49,14 +59,15 @@ PRECISIONS = (None, "float32", "mixed_bfloat16")
 
 
 @contextlib.contextmanager
-def dtype_policy(mixed_precision):
+def dtype_policy(mixed_precision: str | None) -> Iterator[None]:
     """Build Keras layers under `mixed_precision` (None / "float32" / "mixed_bfloat16"); the
     global policy is restored afterwards (the layers keep theirs)."""
     if mixed_precision not in PRECISIONS:
         raise ValueError(
             f"run_training.mixed_precision must be one of {PRECISIONS}: bfloat16 needs no loss scaling "
             "and keeps float32's range; float16 would need loss scaling, which keras_ebm does not "
-            f"apply. Received: mixed_precision={mixed_precision!r}")
+            f"apply. Received: mixed_precision={mixed_precision!r}"
+        )
     previous = keras.mixed_precision.dtype_policy()
     if mixed_precision is not None:
         keras.mixed_precision.set_dtype_policy(mixed_precision)
@@ -66,8 +77,14 @@ def dtype_policy(mixed_precision):
         keras.mixed_precision.set_dtype_policy(previous)
 
 
-def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optimizer=None,
-                  mixed_precision=None):
+def build_trainer(
+    trainer: Callable[[], EBMTrainer],
+    optimizer: Callable[[], keras.optimizers.Optimizer],
+    strategy: tf.distribute.Strategy,
+    jit_compile: bool = False,
+    encoder_optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
+    mixed_precision: str | None = None,
+) -> EBMTrainer:
     """Build `trainer()` and its optimizer(s) under `strategy.scope()`, ready for `train_step`.
 
     `trainer` is a zero-argument callable (a gin reference such as `@SoftmaxClassifier`) and
@@ -86,7 +103,14 @@ def build_trainer(trainer, optimizer, strategy, jit_compile=False, encoder_optim
     return model
 
 
-def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=False):
+def train_loop(
+    model: EBMTrainer,
+    dataset: Callable[..., tf.data.Dataset],
+    strategy: tf.distribute.Strategy,
+    train_steps: int,
+    callbacks: keras.callbacks.CallbackList,
+    jit_compile: bool = False,
+) -> None:
     """The custom loop for MultiWorkerMirroredStrategy: `train_step` under `strategy.run`, driving
     `callbacks` (a `keras.callbacks.CallbackList` or a list) as `fit` would, until the run's step
     reaches `train_steps` or a callback sets `model.stop_training`.
@@ -94,14 +118,18 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
     When a peer worker is lost, TensorFlow aborts the collectives and this raises
     `keras_ebm.distribute.WorkerLostError` (the TensorFlow error is its `__cause__`) without
     saving anything more."""
-    cbs = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else \
-        keras.callbacks.CallbackList(callbacks, model=model)
+    cbs = (
+        callbacks
+        if isinstance(callbacks, keras.callbacks.CallbackList)
+        else keras.callbacks.CallbackList(callbacks, model=model)
+    )
     iterator = iter(dataset)
 
     def make_step():
         # XLA compiles the per-replica step (as Keras' own fit does); the iterator stays outside it.
-        step_fn = tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile \
-            else model.train_step
+        step_fn = (
+            tf.function(model.train_step, jit_compile=True, reduce_retracing=True) if jit_compile else model.train_step
+        )
 
         @tf.function
         def train_one_step(iterator):
@@ -131,31 +159,33 @@ def train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=Fal
         raise distribute.worker_lost_error(error, _latest_checkpoint(cbs.callbacks)) from error
 
 
-@gin.configurable(module="keras_ebm.training")  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
+@gin.configurable(
+    module="keras_ebm.training"
+)  # its gin name of earlier releases is an alias (configurables.GIN_ALIASES)
 def run_training(
-    model_dir,
-    trainer,
-    optimizer,
-    train_data,
-    train_steps,
-    checkpoint_every=500,
-    log_every=50,
-    keep_checkpoints=3,
-    export=True,
-    export_onnx=False,
-    evaluate=False,
-    jit_compile=False,
-    strategy=None,
-    progress=True,
-    divergence_guard=None,
-    baseline=None,
-    seed=0,
-    max_minutes=None,
-    encoder_optimizer=None,
-    mixed_precision=None,
-    peer_timeout_seconds=distribute.DEFAULT_PEER_TIMEOUT_SECONDS,
-    actions=None,
-):
+    model_dir: str | os.PathLike,
+    trainer: Callable[[], EBMTrainer],
+    optimizer: Callable[[], keras.optimizers.Optimizer],
+    train_data: Callable[..., tf.data.Dataset],
+    train_steps: int,
+    checkpoint_every: int = 500,
+    log_every: int = 50,
+    keep_checkpoints: int = 3,
+    export: bool = True,
+    export_onnx: bool = False,
+    evaluate: bool = False,
+    jit_compile: bool = False,
+    strategy: tf.distribute.Strategy | None = None,
+    progress: bool = True,
+    divergence_guard: divergence.DivergenceGuard | None = None,
+    baseline: Callable[[], EBMTrainer] | None = None,
+    seed: int = 0,
+    max_minutes: float | None = None,
+    encoder_optimizer: Callable[[], keras.optimizers.Optimizer] | None = None,
+    mixed_precision: str | None = None,
+    peer_timeout_seconds: float = distribute.DEFAULT_PEER_TIMEOUT_SECONDS,
+    actions: Sequence[actions_lib.Action] | None = None,
+) -> EBMTrainer:
     """Train `trainer()` for `train_steps` steps in `model_dir`, resuming from its last checkpoint.
 
     Args:
@@ -219,26 +249,65 @@ def run_training(
     actions = actions_lib.default_actions(export, export_onnx, evaluate, baseline) if from_flags else list(actions)
     _check_before_training(strategy, max_minutes, actions, train_data)
     seed_run(seed)
-    model = build_trainer(trainer, optimizer, strategy, jit_compile=jit_compile,
-                          encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
-    callbacks = _build_callbacks(model_dir, model, strategy, train_data, train_steps, seed=seed,
-                                 checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
-                                 divergence_guard=divergence_guard, max_minutes=max_minutes,
-                                 log_every=log_every, progress=progress)
+    model = build_trainer(
+        trainer,
+        optimizer,
+        strategy,
+        jit_compile=jit_compile,
+        encoder_optimizer=encoder_optimizer,
+        mixed_precision=mixed_precision,
+    )
+    callbacks = _build_callbacks(
+        model_dir,
+        model,
+        strategy,
+        train_data,
+        train_steps,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        divergence_guard=divergence_guard,
+        max_minutes=max_minutes,
+        log_every=log_every,
+        progress=progress,
+    )
     first_step = _resume(model_dir, model, strategy, callbacks)
     seconds = _train(model, train_data, strategy, train_steps, callbacks, seed, jit_compile, first_step)
-    settings = dict(optimizer=optimizer, train_data=train_data, train_steps=train_steps,
-                    checkpoint_every=checkpoint_every, log_every=log_every, keep_checkpoints=keep_checkpoints,
-                    export=export, evaluate=evaluate, jit_compile=jit_compile, strategy=strategy,
-                    progress=progress, divergence_guard=divergence_guard, seed=seed, max_minutes=max_minutes,
-                    encoder_optimizer=encoder_optimizer, mixed_precision=mixed_precision)
-    run = _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds,
-                           settings=settings, actions=actions, from_flags=from_flags)
+    settings = dict(
+        optimizer=optimizer,
+        train_data=train_data,
+        train_steps=train_steps,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        keep_checkpoints=keep_checkpoints,
+        export=export,
+        evaluate=evaluate,
+        jit_compile=jit_compile,
+        strategy=strategy,
+        progress=progress,
+        divergence_guard=divergence_guard,
+        seed=seed,
+        max_minutes=max_minutes,
+        encoder_optimizer=encoder_optimizer,
+        mixed_precision=mixed_precision,
+    )
+    run = _finish_training(
+        model_dir,
+        model,
+        strategy,
+        callbacks,
+        first_step,
+        train_steps,
+        seconds,
+        settings=settings,
+        actions=actions,
+        from_flags=from_flags,
+    )
     actions_lib.run_actions(actions, run)
     return model
 
 
-def seed_run(seed):
+def seed_run(seed: int) -> None:
     """Seeds Python, NumPy, TensorFlow and Keras for the run (`keras.utils.set_random_seed`), before
     the trainer is built; the data stream is seeded when it is built (`_distributed_data`)."""
     keras.utils.set_random_seed(seed)
@@ -272,13 +341,20 @@ def _build_callbacks(model_dir, model, strategy, train_data, train_steps, progre
     carry them; a checkpoint rewritten in place could be torn by a kill)."""
     chief = distribute.is_chief(strategy)
     callbacks = callbacks_lib.training_callbacks(
-        model_dir, train_steps=train_steps, progress=progress and chief, restart_data=True, chief=chief,
-        checkpoint_dir=_checkpoint_dir(model_dir, strategy), **kwargs)
+        model_dir,
+        train_steps=train_steps,
+        progress=progress and chief,
+        restart_data=True,
+        chief=chief,
+        checkpoint_dir=_checkpoint_dir(model_dir, strategy),
+        **kwargs,
+    )
     checkpointing = callbacks_lib.find(callbacks, callbacks_lib.Checkpointing)
     budget = callbacks_lib.find(callbacks, callbacks_lib.TimeBudget)
     checkpointing.final_hook = lambda: model.after_training(train_data)
-    checkpointing.is_final = lambda: (callbacks_lib.current_step(model) >= train_steps
-                                      or (budget is not None and budget.check()))
+    checkpointing.is_final = lambda: (
+        callbacks_lib.current_step(model) >= train_steps or (budget is not None and budget.check())
+    )
     return keras.callbacks.CallbackList(callbacks, model=model)  # (sets the model of each callback)
 
 
@@ -331,8 +407,14 @@ def _fit(model, dataset, strategy, start, train_steps, callbacks, jit_compile):
     if _is_multi_worker(strategy):
         train_loop(model, dataset, strategy, train_steps, callbacks, jit_compile=jit_compile)
     else:
-        model.fit(dataset, epochs=1, steps_per_epoch=train_steps - start, verbose=0, shuffle=False,
-                  callbacks=callbacks.callbacks)
+        model.fit(
+            dataset,
+            epochs=1,
+            steps_per_epoch=train_steps - start,
+            verbose=0,
+            shuffle=False,
+            callbacks=callbacks.callbacks,
+        )
 
 
 def _finish_training(model_dir, model, strategy, callbacks, first_step, train_steps, seconds, **run_fields):
@@ -342,14 +424,25 @@ def _finish_training(model_dir, model, strategy, callbacks, first_step, train_st
     last_step = callbacks_lib.current_step(model)
     out_of_time = budget is not None and budget.stopped and last_step < train_steps
     recovery = callbacks_lib.find(callbacks.callbacks, callbacks_lib.DivergenceRecovery)
-    run = actions_lib.Run(model_dir, model, distribute.is_chief(strategy), first_step, last_step, train_steps,
-                          "max_minutes" if out_of_time else "train_steps", seconds, recovery.recoveries,
-                          **run_fields)
+    run = actions_lib.Run(
+        model_dir,
+        model,
+        distribute.is_chief(strategy),
+        first_step,
+        last_step,
+        train_steps,
+        "max_minutes" if out_of_time else "train_steps",
+        seconds,
+        recovery.recoveries,
+        **run_fields,
+    )
     if run.trained_now and run.chief:
         why = "time budget (run_training.max_minutes) used up at " if out_of_time else "trained to "
         log = callbacks_lib.find(callbacks.callbacks, callbacks_lib.TrainingLog)
-        _log(f"{why}step {last_step}/{train_steps}: "
-             + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()}))
+        _log(
+            f"{why}step {last_step}/{train_steps}: "
+            + json.dumps({k: round(v, 5) for k, v in (log.logs if log else {}).items()})
+        )
     if run.trained_now:
         _save_final_step(callbacks.callbacks, last_step)
     return run
@@ -369,7 +462,7 @@ def _save_final_step(callbacks, last_step):
         grids.on_train_end()  # after `after_training`: what the export carries
 
 
-def check_data_classes(model, source_info):
+def check_data_classes(model: EBMTrainer, source_info: SourceInfo | None) -> None:
     """Refuses training data whose class count differs from the trainer's `num_classes`.
 
     More classes in the data than in the trainer would put labels out of range; fewer would leave
@@ -390,8 +483,10 @@ def check_data_classes(model, source_info):
     names = list(source_info.class_names)
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     if data_classes < num_classes:
-        why = (f"{num_classes - data_classes} of its logits would never be a target, and the energy "
-               "-logsumexp(logits) would sum over classes that are not in the data")
+        why = (
+            f"{num_classes - data_classes} of its logits would never be a target, and the energy "
+            "-logsumexp(logits) would sum over classes that are not in the data"
+        )
     else:
         why = f"labels {num_classes}..{data_classes - 1} would be out of range"
     raise ValueError(
@@ -436,8 +531,12 @@ def _copy_chief_checkpoint(model_dir, scratch_dir):
     path = os.path.join(scratch_dir, os.path.basename(chief_latest))
     stamp = tf.io.gfile.stat(path + ".index").mtime_nsec / 1e9  # (gs:// paths too)
     tf.compat.v1.train.update_checkpoint_state(
-        scratch_dir, path, all_model_checkpoint_paths=[path], all_model_checkpoint_timestamps=[stamp],
-        last_preserved_timestamp=stamp - 1.0)
+        scratch_dir,
+        path,
+        all_model_checkpoint_paths=[path],
+        all_model_checkpoint_timestamps=[stamp],
+        last_preserved_timestamp=stamp - 1.0,
+    )
 
 
 def _check_workers_agree(strategy, step):
@@ -448,7 +547,8 @@ def _check_workers_agree(strategy, step):
             f"the workers restored different steps ({steps}, in worker order): their checkpoints "
             "disagree. Give every worker the same shared model_dir (the non-chief workers restore the "
             "chief's newest checkpoint from model_dir/checkpoints), or copy the chief's newest "
-            "checkpoint into each worker's model_dir/.workers/worker_<i>/ and restart them all.")
+            "checkpoint into each worker's model_dir/.workers/worker_<i>/ and restart them all."
+        )
 
 
 def _checkpoint_dir(model_dir, strategy):

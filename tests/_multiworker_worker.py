@@ -48,9 +48,16 @@ def train(model_dir, strategy=None, steps=4, checkpoint_every=2, step_delay_ms=0
     from test_experiment import trainer_fn
 
     return training.run_training(
-        model_dir=model_dir, trainer=trainer_fn, optimizer=lambda: keras.optimizers.SGD(0.1, momentum=0.9),
-        train_data=functools.partial(sharded_data_fn, step_delay_ms=step_delay_ms), train_steps=steps,
-        checkpoint_every=checkpoint_every, log_every=2, export=False, progress=False, strategy=strategy,
+        model_dir=model_dir,
+        trainer=trainer_fn,
+        optimizer=lambda: keras.optimizers.SGD(0.1, momentum=0.9),
+        train_data=functools.partial(sharded_data_fn, step_delay_ms=step_delay_ms),
+        train_steps=steps,
+        checkpoint_every=checkpoint_every,
+        log_every=2,
+        export=False,
+        progress=False,
+        strategy=strategy,
     )
 
 
@@ -74,13 +81,18 @@ def main(argv=None):
     from keras_ebm import callbacks, distribute
 
     # The first TF work in the process, as MultiWorkerMirroredStrategy requires.
-    strategy = distribute.make_strategy(**({} if args.peer_timeout_seconds is None else
-                                           {"peer_timeout_seconds": args.peer_timeout_seconds}))
+    strategy = distribute.make_strategy(
+        **({} if args.peer_timeout_seconds is None else {"peer_timeout_seconds": args.peer_timeout_seconds})
+    )
     with distribute.exit_when_worker_lost():  # as train.py
-        model = train(args.model_dir, strategy, steps=args.steps, checkpoint_every=args.checkpoint_every,
-                      step_delay_ms=args.step_delay_ms)
-    np.savez(args.out_path, **state(model), step=callbacks.current_step(model),
-             replicas=strategy.num_replicas_in_sync)
+        model = train(
+            args.model_dir,
+            strategy,
+            steps=args.steps,
+            checkpoint_every=args.checkpoint_every,
+            step_delay_ms=args.step_delay_ms,
+        )
+    np.savez(args.out_path, **state(model), step=callbacks.current_step(model), replicas=strategy.num_replicas_in_sync)
 
 
 if __name__ == "__main__":

@@ -48,26 +48,40 @@ def segment_data(segments, clean_tail=True):
 
 
 def make_trainer(calls):
+    from helpers import tiny_network
     from keras_ebm.sampling import SGLDSampler
     from keras_ebm.trainers.jem import JEM
-    from helpers import tiny_network
 
     class CountingJEM(JEM):
         def _energy(self, x, y=None, training=False):
             calls.assign_add(1)  # one per SGLD step, inside the compiled chain
             return super()._energy(x, y, training=training)
 
-    return CountingJEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
-                       energy_l2=0.0, energy_l2_mode="means", check_finite_inputs=False,
-                       sampler=SGLDSampler(n_steps=K, step_size=1.0, noise_std=0.01, seed=0))
+    return CountingJEM(
+        tiny_network(),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=64,
+        seed=0,
+        energy_l2=0.0,
+        energy_l2_mode="means",
+        check_finite_inputs=False,
+        sampler=SGLDSampler(n_steps=K, step_size=1.0, noise_std=0.01, seed=0),
+    )
 
 
 def guard():
     from keras_ebm import divergence
 
-    return divergence.DivergenceGuard(max_recoveries=RECOVERIES, confirm_steps=0, clf_rise_factor=None,
-                                      max_energy_gap=None, energy_l2=ENERGY_L2, sgld_steps_factor=2.0,
-                                      lr_factor=0.0)
+    return divergence.DivergenceGuard(
+        max_recoveries=RECOVERIES,
+        confirm_steps=0,
+        clf_rise_factor=None,
+        max_energy_gap=None,
+        energy_l2=ENERGY_L2,
+        sgld_steps_factor=2.0,
+        lr_factor=0.0,
+    )
 
 
 def record_monitor(records, calls, model_ref):
@@ -83,9 +97,15 @@ def record_monitor(records, calls, model_ref):
 
     def update(self, step, logs):
         model = model_ref()
-        records.append({"recoveries": monitors.index(self), "step": int(step),
-                        "logs": {k: float(v) for k, v in logs.items()}, "calls": int(calls.numpy()),
-                        "kernel": model.network.trainable_weights[0].numpy().ravel()[:8].tolist()})
+        records.append(
+            {
+                "recoveries": monitors.index(self),
+                "step": int(step),
+                "logs": {k: float(v) for k, v in logs.items()},
+                "calls": int(calls.numpy()),
+                "kernel": model.network.trainable_weights[0].numpy().ravel()[:8].tolist(),
+            }
+        )
         return original_update(self, step, logs)
 
     divergence.DivergenceMonitor.__init__, divergence.DivergenceMonitor.update = init, update
@@ -119,23 +139,43 @@ def run(path, model_dir, strategy=None):
                 holder["model"] = make_trainer(calls)
                 return holder["model"]
 
-            training.run_training(model_dir=model_dir, trainer=trainer, optimizer=optimizer,
-                                  train_data=train_data, train_steps=TRAIN_STEPS, checkpoint_every=1000,
-                                  log_every=1000, export=False, progress=False, divergence_guard=guard(),
-                                  strategy=strategy)
+            training.run_training(
+                model_dir=model_dir,
+                trainer=trainer,
+                optimizer=optimizer,
+                train_data=train_data,
+                train_steps=TRAIN_STEPS,
+                checkpoint_every=1000,
+                log_every=1000,
+                export=False,
+                progress=False,
+                divergence_guard=guard(),
+                strategy=strategy,
+            )
             return records
         keras.utils.set_random_seed(0)
-        model = holder["model"] = training.build_trainer(lambda: make_trainer(calls), optimizer,
-                                                         tf.distribute.get_strategy())
-        cbs = callbacks.training_callbacks(model_dir, train_steps=TRAIN_STEPS, checkpoint_every=1000,
-                                           divergence_guard=guard(), sample_grids=False,
-                                           operative_config=False)
+        model = holder["model"] = training.build_trainer(
+            lambda: make_trainer(calls), optimizer, tf.distribute.get_strategy()
+        )
+        cbs = callbacks.training_callbacks(
+            model_dir,
+            train_steps=TRAIN_STEPS,
+            checkpoint_every=1000,
+            divergence_guard=guard(),
+            sample_grids=False,
+            operative_config=False,
+        )
         if path == "fit_one":
             model.fit(segment_data(RECOVERIES), epochs=1, steps_per_epoch=100, verbose=0, callbacks=cbs)
         elif path == "fit_calls":
             for _ in range(RECOVERIES):
-                model.fit(segment_data(1, clean_tail=False), epochs=1, steps_per_epoch=GOOD_STEPS + 1,
-                          verbose=0, callbacks=cbs)
+                model.fit(
+                    segment_data(1, clean_tail=False),
+                    epochs=1,
+                    steps_per_epoch=GOOD_STEPS + 1,
+                    verbose=0,
+                    callbacks=cbs,
+                )
             model.fit(segment_data(0), epochs=1, steps_per_epoch=TRAIN_STEPS, verbose=0, callbacks=cbs)
         else:
             raise ValueError(path)
@@ -150,7 +190,7 @@ def check(records):
     energy calls, after recovery 3 (and still after recovery 4, which restored an optimizer saved
     with the old rate) no weight moves. Before each remedy: no penalty, K calls, moving weights."""
     assert max(r["recoveries"] for r in records) == RECOVERIES, [r["recoveries"] for r in records]
-    seen = {n: 0 for n in range(RECOVERIES + 1)}
+    seen = dict.fromkeys(range(RECOVERIES + 1), 0)
     previous = None
     for r in records:
         logs = r["logs"]
@@ -162,8 +202,13 @@ def check(records):
             np.testing.assert_allclose(penalty, by_hand, rtol=1e-4, atol=2e-5, err_msg=str(r))
             if n >= 1:
                 assert by_hand > 0.1, r
-        if previous is not None and previous["recoveries"] == n and r["step"] == previous["step"] + 1 and finite \
-                and all(np.isfinite(v) for v in previous["logs"].values()):
+        if (
+            previous is not None
+            and previous["recoveries"] == n
+            and r["step"] == previous["step"] + 1
+            and finite
+            and all(np.isfinite(v) for v in previous["logs"].values())
+        ):
             assert r["calls"] - previous["calls"] == (2 * K if n >= 2 else K), (previous, r)
             moved = np.abs(np.subtract(r["kernel"], previous["kernel"])).max()
             if n >= 3:

@@ -22,9 +22,7 @@ import standins
 _cpus = tf.config.list_physical_devices("CPU")
 _TWO_DEVICES_ERROR = None
 try:
-    tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
-    )
+    tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError as error:  # TensorFlow's devices were initialised before this file ran
     _TWO_DEVICES_ERROR = error
 
@@ -41,8 +39,10 @@ def pytest_report_header(config):
     found = [n for n in standins.SHARED_FILES if (SHARED_DATA / n).exists()]
     if len(found) == len(standins.SHARED_FILES):
         return f"data: the real files of {SHARED_DATA}"
-    return (f"data: {SHARED_DATA} lacks {sorted(set(standins.SHARED_FILES) - set(found))}; those tests use "
-            "generated stand-ins in the same formats (tests/standins.py)")
+    return (
+        f"data: {SHARED_DATA} lacks {sorted(set(standins.SHARED_FILES) - set(found))}; those tests use "
+        "generated stand-ins in the same formats (tests/standins.py)"
+    )
 
 
 @pytest.fixture(scope="session")

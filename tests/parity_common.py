@@ -22,17 +22,16 @@ PRECISIONS = ("float64", "float32")
 
 # (rtol, atol) per tensor kind and precision; with the reason for every float32 value.
 TOLERANCES = {
-    "float64": {kind: (1e-10, 1e-10) for kind in
-                ("forward", "loss", "grad", "weights", "slots", "bn", "samples", "eval")},
+    "float64": dict.fromkeys(("forward", "loss", "grad", "weights", "slots", "bn", "samples", "eval"), (1e-10, 1e-10)),
     "float32": {
-        "forward": (1e-5, 1e-5),   # one forward pass: float32 round-off of ~1e3 terms per output
-        "loss": (1e-4, 1e-5),      # scalars after SGLD and several forward passes
-        "grad": (1e-3, 1e-6),      # backward sums over the batch; relative error of tiny entries grows
-        "weights": (1e-4, 1e-5),   # Adam steps of lr 1e-3: |update| <= lr, errors ~1e-7
-        "slots": (1e-3, 1e-9),     # Adam moments inherit the gradients' relative error
-        "bn": (1e-4, 1e-5),        # batch means/variances of float32 activations
-        "samples": (1e-4, 1e-5),   # SGLD: K input-gradient steps of size 1 add their round-off
-        "eval": (1e-4, 1e-5),      # logits and scores (the grad-norm score is a backward pass)
+        "forward": (1e-5, 1e-5),  # one forward pass: float32 round-off of ~1e3 terms per output
+        "loss": (1e-4, 1e-5),  # scalars after SGLD and several forward passes
+        "grad": (1e-3, 1e-6),  # backward sums over the batch; relative error of tiny entries grows
+        "weights": (1e-4, 1e-5),  # Adam steps of lr 1e-3: |update| <= lr, errors ~1e-7
+        "slots": (1e-3, 1e-9),  # Adam moments inherit the gradients' relative error
+        "bn": (1e-4, 1e-5),  # batch means/variances of float32 activations
+        "samples": (1e-4, 1e-5),  # SGLD: K input-gradient steps of size 1 add their round-off
+        "eval": (1e-4, 1e-5),  # logits and scores (the grad-norm score is a backward pass)
     },
 }
 FLOAT32_REASONS = {
@@ -73,7 +72,7 @@ class Golden:
     def under(self, prefix):
         """{rest: array} of every key starting with `prefix/`."""
         p = prefix.rstrip("/") + "/"
-        return {k[len(p):]: v for k, v in self.arrays.items() if k.startswith(p)}
+        return {k[len(p) :]: v for k, v in self.arrays.items() if k.startswith(p)}
 
     def draws(self, step, kinds):
         """The recorded draws of `step` as `{our kind: [arrays]}` (NHWC), mapping each official
@@ -139,13 +138,15 @@ class Comparer:
             i = int(np.argmax(excess))
             self.failures.append(
                 f"{kind} {name}: max |diff| {worst:.3g} (rtol {rtol:g}, atol {atol:g}); at flat index "
-                f"{i}: ours {actual.reshape(-1)[i]!r}, official {expected.reshape(-1)[i]!r}")
+                f"{i}: ours {actual.reshape(-1)[i]!r}, official {expected.reshape(-1)[i]!r}"
+            )
 
     def check(self):
         if self.failures:
-            raise AssertionError(f"{len(self.failures)} tensors differ from the official code "
-                                 f"({self.precision}):\n  " + "\n  ".join(self.failures[:40])
-                                 + f"\nworst |diff| per kind: {self.worst}")
+            raise AssertionError(
+                f"{len(self.failures)} tensors differ from the official code "
+                f"({self.precision}):\n  " + "\n  ".join(self.failures[:40]) + f"\nworst |diff| per kind: {self.worst}"
+            )
 
 
 class float_precision:
@@ -238,18 +239,41 @@ def compare_weights_and_adam(compare, golden, k, trainer, mapping, scale=1.0):
     for name, (variable, _, to_official) in mapping.items():
         i = opt._get_variable_index(variable)
         for slot, ours, factor in (("exp_avg", opt._momentums[i], scale), ("exp_avg_sq", opt._velocities[i], scale**2)):
-            compare("slots", f"step {k} {name}/{slot}", probe(to_official(np.asarray(ours))) / factor,
-                    golden[f"step/{k}/probe/opt/{name}/{slot}"])
-    compare("slots", f"step {k} Adam step", int(opt.iterations),
-            golden[f"step/{k}/probe/opt/{next(iter(mapping))}/step"].reshape(()))
+            compare(
+                "slots",
+                f"step {k} {name}/{slot}",
+                probe(to_official(np.asarray(ours))) / factor,
+                golden[f"step/{k}/probe/opt/{name}/{slot}"],
+            )
+    compare(
+        "slots",
+        f"step {k} Adam step",
+        int(opt.iterations),
+        golden[f"step/{k}/probe/opt/{next(iter(mapping))}/step"].reshape(()),
+    )
 
 
 # ----------------------------------------------------------------------------- the parity table
-COLUMNS = ("forward", "loss terms", "gradients", "weights after 3 steps", "BN statistics",
-           "sampler / buffer", "queue / centres / EMA", "evaluation")
-_COLUMN_KIND = {"forward": "forward", "loss terms": "loss", "gradients": "grad",
-                "weights after 3 steps": "weights", "BN statistics": "bn", "sampler / buffer": "samples",
-                "queue / centres / EMA": "weights", "evaluation": "eval"}
+COLUMNS = (
+    "forward",
+    "loss terms",
+    "gradients",
+    "weights after 3 steps",
+    "BN statistics",
+    "sampler / buffer",
+    "queue / centres / EMA",
+    "evaluation",
+)
+_COLUMN_KIND = {
+    "forward": "forward",
+    "loss terms": "loss",
+    "gradients": "grad",
+    "weights after 3 steps": "weights",
+    "BN statistics": "bn",
+    "sampler / buffer": "samples",
+    "queue / centres / EMA": "weights",
+    "evaluation": "eval",
+}
 
 # method -> {column: "tol" (equal within the tolerances above), "tol; <note>" (the same, with a
 # documented departure or scope note), or text (a departure, n/a)}.
@@ -279,7 +303,7 @@ def render_table():
         for column in COLUMNS:
             cell = row.get(column, "n/a")
             if cell == "tol" or cell.startswith("tol; "):
-                cell = _tol_text(_COLUMN_KIND[column], method) + cell[len("tol"):]
+                cell = _tol_text(_COLUMN_KIND[column], method) + cell[len("tol") :]
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -78,11 +78,19 @@ def informative_initializer(golden, factor_order="chw"):
     key = (images.tobytes(), labels.tobytes(), factor_order)
     if key not in _GAUSSIANS:
         mean, cov = class_gaussian_statistics((images, labels), n_classes, (-1.0, 1.0), factor_order=factor_order)
-        _GAUSSIANS[key] = InformativeInitializer(mean, cov, jitter=1e-4, factor_order=factor_order,
-                                                 dtype="float64").get_statistics()
-    init = InformativeInitializer.from_config({"pixel_range": [-1.0, 1.0], "jitter": 1e-4, "factor_order": factor_order,
-                                               "dtype": golden.precision, "num_classes": n_classes,
-                                               "dim": int(images[0].size)})
+        _GAUSSIANS[key] = InformativeInitializer(
+            mean, cov, jitter=1e-4, factor_order=factor_order, dtype="float64"
+        ).get_statistics()
+    init = InformativeInitializer.from_config(
+        {
+            "pixel_range": [-1.0, 1.0],
+            "jitter": 1e-4,
+            "factor_order": factor_order,
+            "dtype": golden.precision,
+            "num_classes": n_classes,
+            "dim": int(images[0].size),
+        }
+    )
     init.set_statistics(**_GAUSSIANS[key])
     return init
 
@@ -107,8 +115,13 @@ def replay(trainer, golden, draws, compare, losses, slots, weight_decay=0.0, bat
     steps = golden.meta["steps"]
     mapping = wrn_weight_map(trainer.network)
     # The YOPO network's first names of shared modules are aliases (f.layer_one, f.other_layers).
-    mapping.update({alias: mapping[canonical] for alias in _official_names(golden)
-                    if (canonical := yopo_canonical(alias)) in mapping})
+    mapping.update(
+        {
+            alias: mapping[canonical]
+            for alias in _official_names(golden)
+            if (canonical := yopo_canonical(alias)) in mapping
+        }
+    )
     init = {name: np.asarray(v) for name, (v, _, _) in mapping.items()}  # (for the weight decay)
     with random_draws.replay(draws) as replayed:
         tap = Tap(trainer)
@@ -117,8 +130,10 @@ def replay(trainer, golden, draws, compare, losses, slots, weight_decay=0.0, bat
         outs = []
         for k in range(steps):
             if batches is None:
-                batch = ((pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]),
-                         (pc.nhwc(golden[f"batch/{k}/x_p_d"]), golden[f"batch/{k}/y_p_d"]))
+                batch = (
+                    (pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]),
+                    (pc.nhwc(golden[f"batch/{k}/x_p_d"]), golden[f"batch/{k}/y_p_d"]),
+                )
             else:
                 batch = batches(k)
             out = tap.step(batch)
@@ -142,8 +157,9 @@ def replay(trainer, golden, draws, compare, losses, slots, weight_decay=0.0, bat
             for key, official in golden.under(f"step/{k}/probe/opt").items():
                 name, slot = key.rsplit("/", 1)
                 variable, _, to_official = mapping[name]
-                compare("slots", f"step {k} {key}", pc.probe(to_official(np.asarray(slots[slot](opt, variable)))),
-                        official)
+                compare(
+                    "slots", f"step {k} {key}", pc.probe(to_official(np.asarray(slots[slot](opt, variable)))), official
+                )
             schedule = opt._learning_rate
             lr = schedule(k) if callable(schedule) else schedule
             compare("slots", f"step {k} learning rate", np.asarray(lr), golden[f"step/{k}/opt/lr"])

@@ -119,8 +119,9 @@ def _one_run(model_dir):
         "operative_config": _sha(_operative_config(model_dir).encode()),
         "scalars": _scalars(os.path.join(model_dir, "tensorboard")),
         "export_scores": _export_scores(os.path.join(model_dir, "export")),
-        "export_meta": _sha(_text(os.path.join(model_dir, "export", "assets", "keras_ebm_export.json"),
-                                  model_dir).encode()),
+        "export_meta": _sha(
+            _text(os.path.join(model_dir, "export", "assets", "keras_ebm_export.json"), model_dir).encode()
+        ),
     }
 
 
@@ -150,8 +151,11 @@ def fingerprint(model_dir, model):
         "run": _one_run(model_dir),
         "baseline": _one_run(os.path.join(model_dir, "baseline")),
         "comparison": _text(os.path.join(model_dir, "comparison.md"), model_dir),
-        "images": {rel: _sha(open(os.path.join(model_dir, rel), "rb").read())
-                   for rel in _files(model_dir) if rel.endswith(".png")},
+        "images": {
+            rel: _sha(open(os.path.join(model_dir, rel), "rb").read())
+            for rel in _files(model_dir)
+            if rel.endswith(".png")
+        },
         "model": {
             "class": type(model).__name__,
             "weights": [f"{w.path}={_array_sha(w.numpy())}" for w in model.weights],

@@ -18,10 +18,19 @@ import tarfile
 
 import numpy as np
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                   "truck")
-DTD_CLASSES = ("banded", "blotchy", "braided", "bubbly", "bumpy", "chequered", "cobwebbed", "cracked",
-               "crosshatched", "crystalline")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DTD_CLASSES = (
+    "banded",
+    "blotchy",
+    "braided",
+    "bubbly",
+    "bumpy",
+    "chequered",
+    "cobwebbed",
+    "cracked",
+    "crosshatched",
+    "crystalline",
+)
 SHARED_FILES = ("cifar10_jpeg_bytes.npz", "dtd_subset_32.npz", "celeba_subset_32.npz")
 
 
@@ -38,8 +47,13 @@ def synthetic_images(labels, size=32, seed=0, num_classes=10):
         wave = np.sin(2 * np.pi * freq * (grid @ [np.cos(angle), np.sin(angle)]) + rng.uniform(0, 2 * np.pi))
         centre = rng.uniform(0.2, 0.8, 2)
         blob = np.exp(-np.sum((grid - centre) ** 2, -1) / 0.02)
-        image = (128.0 + 50.0 * palette[c] + rng.uniform(40, 70) * wave[..., None] * palette[c]
-                 + rng.uniform(-60, 60) * blob[..., None] + rng.normal(0, 6, (size, size, 3)))
+        image = (
+            128.0
+            + 50.0 * palette[c]
+            + rng.uniform(40, 70) * wave[..., None] * palette[c]
+            + rng.uniform(-60, 60) * blob[..., None]
+            + rng.normal(0, 6, (size, size, 3))
+        )
         out[i] = np.clip(np.round(image), 0, 255)
     return out
 
@@ -58,8 +72,7 @@ def _add_member(tar, name, raw):
     tar.addfile(info, io.BytesIO(raw))
 
 
-def write_cifar_python(path, name="cifar10_python", sizes=(("train", 50), ("test", 20)), seed=0,
-                       folder=False):
+def write_cifar_python(path, name="cifar10_python", sizes=(("train", 50), ("test", 20)), seed=0, folder=False):
     """A tiny CIFAR-10 ("cifar10_python") or CIFAR-100 ("cifar100_python") python-version archive.
 
     Laid out as the official files: cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
@@ -85,18 +98,24 @@ def write_cifar_python(path, name="cifar10_python", sizes=(("train", 50), ("test
         if split == "test" or cifar100:
             chunks = [(split if cifar100 else "test_batch", np.arange(n))]
         for member, idx in chunks:
-            batch = {b"batch_label": member.encode(), b"data": data[idx],
-                     b"filenames": [f"img_{i}.png".encode() for i in idx]}
+            batch = {
+                b"batch_label": member.encode(),
+                b"data": data[idx],
+                b"filenames": [f"img_{i}.png".encode() for i in idx],
+            }
             if cifar100:
-                batch.update({b"fine_labels": [int(v) for v in fine[idx]],
-                              b"coarse_labels": [int(v) for v in coarse[idx]]})
+                batch.update(
+                    {b"fine_labels": [int(v) for v in fine[idx]], b"coarse_labels": [int(v) for v in coarse[idx]]}
+                )
             else:
                 batch[b"labels"] = [int(v) for v in fine[idx]]
             members[member] = _pickle_batch(batch)
     if cifar100:
         names = {"fine": tuple(f"fine_{i}" for i in range(100)), "coarse": tuple(f"coarse_{i}" for i in range(20))}
-        meta = {b"fine_label_names": [n.encode() for n in names["fine"]],
-                b"coarse_label_names": [n.encode() for n in names["coarse"]]}
+        meta = {
+            b"fine_label_names": [n.encode() for n in names["fine"]],
+            b"coarse_label_names": [n.encode() for n in names["coarse"]],
+        }
         members["meta"] = _pickle_batch(meta)
     else:
         names = {"fine": CIFAR10_CLASSES}
@@ -158,8 +177,9 @@ def write_dtd_subset(path, per_class=12, seed=0):
     # Textures: the stripes of other "classes" than CIFAR's, so they differ from the in-distribution set.
     x = synthetic_images((y + 3) % 10, seed=seed + 7)
     paths = np.array([f"images/{DTD_CLASSES[c]}/{DTD_CLASSES[c]}_{i:04d}.jpg" for i, c in enumerate(y)])
-    np.savez(path, x=x, y=y, path=paths, class_names=np.array(DTD_CLASSES),
-             orig_size_wh=np.full((len(y), 2), 640, np.int32))
+    np.savez(
+        path, x=x, y=y, path=paths, class_names=np.array(DTD_CLASSES), orig_size_wh=np.full((len(y), 2), 640, np.int32)
+    )
 
 
 def write_celeba_subset(path, n=32, seed=0):

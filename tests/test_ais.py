@@ -24,8 +24,9 @@ BASE = ais.GaussianBase(np.zeros(DIM), np.full(DIM, 1.5))  # deliberately unlike
 
 
 def test_log_z_of_a_64d_gaussian_within_0p1_nats():
-    r = ais.ais_log_partition(gaussian_energy, BASE, (DIM,), num_chains=256, num_temperatures=1000,
-                              sampler=MALASampler(step_size=0.5), seed=0)
+    r = ais.ais_log_partition(
+        gaussian_energy, BASE, (DIM,), num_chains=256, num_temperatures=1000, sampler=MALASampler(step_size=0.5), seed=0
+    )
     assert abs(r["log_z"] - TRUE_LOG_Z) < 0.1, (r["log_z"], TRUE_LOG_Z, r["log_z_stderr"])
     assert 0 < r["log_z_stderr"] < 0.1 and r["ess"] > 50
     assert abs(r["mean_accept_rate"] - 0.574) < 0.1  # the pilot's step sizes hit the target
@@ -37,8 +38,15 @@ def test_estimate_improves_as_temperatures_increase():
     # does the error of log-mean-exp.
     gaps, errors = [], []
     for k in (10, 100, 400):
-        r = ais.ais_log_partition(gaussian_energy, BASE, (DIM,), num_chains=128, num_temperatures=k,
-                                  sampler=MALASampler(step_size=0.5), seed=1)
+        r = ais.ais_log_partition(
+            gaussian_energy,
+            BASE,
+            (DIM,),
+            num_chains=128,
+            num_temperatures=k,
+            sampler=MALASampler(step_size=0.5),
+            seed=1,
+        )
         gaps.append(TRUE_LOG_Z - np.mean(r["log_weights"]))
         errors.append(abs(r["log_z"] - TRUE_LOG_Z))
     assert gaps[0] > gaps[1] > gaps[2] > 0, gaps
@@ -51,8 +59,15 @@ def test_hmc_transitions_and_a_uniform_base_on_a_box():
     d, var = 8, 0.25
     true = d * (0.5 * math.log(2 * math.pi * var) + math.log(math.erf(1 / math.sqrt(2 * var))))
     energy = lambda x: 0.5 * tf.reduce_sum(x**2, axis=-1) / var  # noqa: E731
-    r = ais.ais_log_partition(energy, ais.UniformBase((-1.0, 1.0)), (d,), num_chains=128, num_temperatures=200,
-                              sampler=HMCSampler(step_size=0.2, num_leapfrog_steps=3), seed=2)
+    r = ais.ais_log_partition(
+        energy,
+        ais.UniformBase((-1.0, 1.0)),
+        (d,),
+        num_chains=128,
+        num_temperatures=200,
+        sampler=HMCSampler(step_size=0.2, num_leapfrog_steps=3),
+        seed=2,
+    )
     assert abs(r["log_z"] - true) < max(0.1, 4 * r["log_z_stderr"]), (r["log_z"], true)
     assert r["gradient_evaluations"] == 200 * (1 + 3)
 
@@ -99,22 +114,23 @@ def test_bad_arguments_are_refused():
 def test_eval_suite_runs_ais_on_a_trainer_and_the_report_shows_it(tmp_path):
     import json
 
+    from helpers import tiny_network
     from keras_ebm.evaluation import report, runner, suite
     from keras_ebm.trainers.jem import JEM
 
-    from helpers import tiny_network
-
     model = JEM(tiny_network((8, 8, 1), seed=3), image_shape=(8, 8, 1), num_classes=10, buffer_size=16, seed=0)
     images = np.random.RandomState(0).randint(0, 256, (16, 8, 8, 1)).astype(np.uint8)
-    entries = suite.run_ais(model, images, num_chains=8, num_temperatures=20, sampler="hmc", base="gaussian",
-                            dequantize=False)
-    (name, r), = entries.items()
+    entries = suite.run_ais(
+        model, images, num_chains=8, num_temperatures=20, sampler="hmc", base="gaussian", dequantize=False
+    )
+    ((name, r),) = entries.items()
     assert name == "ais_hmc_gaussian" and r["num_chains"] == 8 and r["num_examples"] == 16
     x = -1 + images.astype(np.float32) * 2 / 255
     energies = model.energy(tf.constant(x)).numpy()
     np.testing.assert_allclose(r["log_likelihood"], np.mean(-energies) - r["log_z"], rtol=1e-5)
-    np.testing.assert_allclose(r["bits_per_dim"], -(r["log_likelihood"] + 64 * math.log(2 / 256)) / (64 * math.log(2)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        r["bits_per_dim"], -(r["log_likelihood"] + 64 * math.log(2 / 256)) / (64 * math.log(2)), rtol=1e-6
+    )
     out = tmp_path / "run" / "eval"
     runner.merge_results(str(out), "likelihood", entries)
     saved = json.loads((out / "results.json").read_text())["likelihood"][name]

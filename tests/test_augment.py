@@ -37,9 +37,7 @@ def test_pad_crop_flip_outputs_are_crops_of_the_reflect_padded_image():
             for dx in range(5)
             for flipped in (False, True)
         ]
-        matches = [
-            key for key, crop in crops if np.array_equal(out[i], crop[:, ::-1] if key[2] else crop)
-        ]
+        matches = [key for key, crop in crops if np.array_equal(out[i], crop[:, ::-1] if key[2] else crop)]
         assert matches, f"sample {i} is not a (flipped) crop of its padded image"
         offsets.add(matches[0])
     assert len(offsets) > 1  # offsets and flips are drawn per sample
@@ -98,8 +96,13 @@ def test_simclr_deterministic():
 def test_simclr_identity_when_everything_is_off():
     x = _images()
     out = data.simclr_augment(
-        x, SEED, crop_scale=(1.0, 1.0), aspect_ratio=(1.0, 1.0), jitter_strength=0.0,
-        grayscale_prob=0.0, flip=False,
+        x,
+        SEED,
+        crop_scale=(1.0, 1.0),
+        aspect_ratio=(1.0, 1.0),
+        jitter_strength=0.0,
+        grayscale_prob=0.0,
+        flip=False,
     )
     np.testing.assert_allclose(out.numpy(), x.numpy(), atol=1e-5)
 
@@ -107,8 +110,13 @@ def test_simclr_identity_when_everything_is_off():
 def test_simclr_grayscale_always():
     x = _images(pixel_range=(0.0, 1.0))
     out = data.simclr_augment(
-        x, SEED, pixel_range=(0.0, 1.0), crop_scale=None, jitter_strength=0.0,
-        grayscale_prob=1.0, flip=False,
+        x,
+        SEED,
+        pixel_range=(0.0, 1.0),
+        crop_scale=None,
+        jitter_strength=0.0,
+        grayscale_prob=1.0,
+        flip=False,
     ).numpy()
     np.testing.assert_allclose(out[..., 0], out[..., 1])
     np.testing.assert_allclose(out[..., 0], out[..., 2])
@@ -120,7 +128,12 @@ def test_simclr_grayscale_always():
 def test_simclr_jitter_only_changes_colours_per_sample():
     x = _same_image_batch(pixel_range=(0.0, 1.0))
     out = data.simclr_augment(
-        x, SEED, pixel_range=(0.0, 1.0), crop_scale=None, jitter_prob=1.0, grayscale_prob=0.0,
+        x,
+        SEED,
+        pixel_range=(0.0, 1.0),
+        crop_scale=None,
+        jitter_prob=1.0,
+        grayscale_prob=0.0,
         flip=False,
     ).numpy()
     means = out.mean(axis=(1, 2))
@@ -173,8 +186,6 @@ def test_augment_fn_names():
     x = _images()
     np.testing.assert_array_equal(data.augment_fn("none")(x, SEED).numpy(), x.numpy())
     np.testing.assert_array_equal(data.augment_fn(None)(x, SEED).numpy(), x.numpy())
-    np.testing.assert_array_equal(
-        data.augment_fn("pad_crop", pad=0)(x, SEED).numpy(), x.numpy()
-    )  # no flip
+    np.testing.assert_array_equal(data.augment_fn("pad_crop", pad=0)(x, SEED).numpy(), x.numpy())  # no flip
     with pytest.raises(ValueError, match="Unknown augmentation"):
         data.augment_fn("mixup")

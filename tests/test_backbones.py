@@ -202,8 +202,7 @@ def test_wrn_stride2_conv_pads_like_pytorch(size):
 def test_clel_encoder_stride2_conv_pads_like_pytorch():
     from keras_ebm.backbones import build_clel_encoder
 
-    net = build_clel_encoder(input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
-                             output_dim=4)
+    net = build_clel_encoder(input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=4)
     conv = net.get_layer("clel_encoder_s1b0_conv1")
     inp = keras.Model(net.input, conv.input)
     out = keras.Model(net.input, conv.output)

@@ -18,8 +18,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import digits_arrays, tiny_network
-from keras_ebm import run_config
-from keras_ebm import data
+from keras_ebm import data, run_config
 from keras_ebm.trainers import SoftmaxClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,8 +222,11 @@ def test_image_folder_with_mixed_sizes_is_resized(tmp_path):
 # ======================================================================== batches, replicas
 def test_global_batch_smaller_than_replicas():
     context = tf.distribute.InputContext(num_input_pipelines=1, input_pipeline_id=0, num_replicas_in_sync=2)
-    with pytest.raises(ValueError, match=r"global batch size 1 must be a multiple of the number of replicas "
-                                         r"\(2.*at least one example\)\. Use a batch size of 2, or fewer devices"):
+    with pytest.raises(
+        ValueError,
+        match=r"global batch size 1 must be a multiple of the number of replicas "
+        r"\(2.*at least one example\)\. Use a batch size of 2, or fewer devices",
+    ):
         data.make_dataset("digits", "train", 1, input_context=context)
     with pytest.raises(ValueError, match=r"global batch size 3 must be a multiple.*Use a batch size of 2 or 4"):
         data.make_dataset("digits", "train", 3, input_context=context)
@@ -339,14 +341,19 @@ def test_fit_empty_data(trainer, digits):
 def test_fit_batch_smaller_than_replicas(digits, two_device_strategy):
     x, y = digits
     trainer = _trainer(two_device_strategy)
-    with pytest.raises(ValueError, match=r"With 2 replicas every batch needs at least 2 examples, but batch_size has 1"):
+    with pytest.raises(
+        ValueError, match=r"With 2 replicas every batch needs at least 2 examples, but batch_size has 1"
+    ):
         _fit(trainer, x[:4], y[:4], batch_size=1)
     with pytest.raises(ValueError, match=r"but the last batch has 1 \(5 examples in batches of 4\).*drop the last 1"):
         _fit(trainer, x[:5], y[:5], batch_size=4)
     # A tf.data pipeline's batch sizes are not static: the step itself refuses an empty replica
     # batch (before: "LeakyReluGrad ... must have the same size and shape" in the backward pass).
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"A replica got an empty x batch: the last batch "
-                       r"of the dataset has fewer examples than the 2 replicas. Batch it with drop_remainder=True"):
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=r"A replica got an empty x batch: the last batch "
+        r"of the dataset has fewer examples than the 2 replicas. Batch it with drop_remainder=True",
+    ):
         _fit_dataset(trainer, x[:5], y[:5], batch=4)
     before = [w.numpy() for w in trainer.network.weights]
     _fit(trainer, x[:4], y[:4], batch_size=2)  # even batches still train, with identical replicas
@@ -361,7 +368,9 @@ def _parse(*params, files=TINY):
 
 
 def test_gin_misspelt_parameter_or_configurable():
-    with pytest.raises(ValueError, match=r"(?s)'run_training' doesn't have a parameter named 'trian_steps'.*Check the spelling"):
+    with pytest.raises(
+        ValueError, match=r"(?s)'run_training' doesn't have a parameter named 'trian_steps'.*Check the spelling"
+    ):
         _parse("run_training.trian_steps = 3")
     with pytest.raises(ValueError, match=r"(?s)No configurable matching 'run_trainin'.*Check the spelling"):
         _parse("run_trainin.train_steps = 3")
@@ -397,15 +406,23 @@ def test_model_dir_is_a_file(tmp_path):
 def _train_py(model_dir, *params):
     """python train.py with the tiny softmax config, in a subprocess."""
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, "train.py"] + [f"--gin_file={f}" for f in TINY] + [
-        f"--gin_param={p}" for p in params] + [f"--model_dir={model_dir}"]
+    cmd = (
+        [sys.executable, "train.py"]
+        + [f"--gin_file={f}" for f in TINY]
+        + [f"--gin_param={p}" for p in params]
+        + [f"--model_dir={model_dir}"]
+    )
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_train_py_label_free_npz_into_a_new_model_dir(tmp_path):
     path = _npz(tmp_path / "faces.npz", x=_images(40))
-    run = _train_py(tmp_path / "run", "DATASET = 'npz'", f"train/make_dataset_fn.local_path = '{path}'",
-                    "run_training.export = False")
+    run = _train_py(
+        tmp_path / "run",
+        "DATASET = 'npz'",
+        f"train/make_dataset_fn.local_path = '{path}'",
+        "run_training.export = False",
+    )
     assert run.returncode != 0
     assert "no labels ('y')" in run.stderr and "OOD / evaluation set" in run.stderr
     assert not (tmp_path / "run").exists()  # nothing left: a corrected command starts clean
@@ -416,9 +433,10 @@ def test_train_py_more_classes_in_the_config_than_in_the_data(tmp_path):
     what to set; nothing is left in the new model_dir."""
     run = _train_py(tmp_path / "run", "NUM_CLASSES = 20", "run_training.export = False")
     assert run.returncode != 0
-    assert ("ValueError: The training data ('digits', split 'train') has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, "
-            "8, 9), but SoftmaxClassifier has num_classes=20: 10 of its logits would never be a target"
-            in run.stderr), run.stderr[-2000:]
+    assert (
+        "ValueError: The training data ('digits', split 'train') has 10 classes (0, 1, 2, 3, 4, 5, 6, 7, "
+        "8, 9), but SoftmaxClassifier has num_classes=20: 10 of its logits would never be a target" in run.stderr
+    ), run.stderr[-2000:]
     assert "NUM_CLASSES in the gin configs) to 10" in run.stderr
     assert not (tmp_path / "run").exists()
 
@@ -461,11 +479,19 @@ def test_failed_resume_leaves_config_and_checkpoints_unchanged(tmp_path, monkeyp
     path = str(tmp_path / "digits.npz")
     x, y = data.load_arrays("digits", "train", max_examples=64)
     np.savez(path, x_train=x, y_train=y)
-    params = ["DATASET = 'npz'", f"train/make_dataset_fn.local_path = '{path}'", "run_training.export = False",
-              "run_training.progress = False"]
+    params = [
+        "DATASET = 'npz'",
+        f"train/make_dataset_fn.local_path = '{path}'",
+        "run_training.export = False",
+        "run_training.progress = False",
+    ]
     model_dir = str(tmp_path / "run")
-    argv = ["train.py"] + [f"--gin_file={f}" for f in TINY] + [f"--gin_param={p}" for p in params] + [
-        f"--model_dir={model_dir}"]
+    argv = (
+        ["train.py"]
+        + [f"--gin_file={f}" for f in TINY]
+        + [f"--gin_param={p}" for p in params]
+        + [f"--model_dir={model_dir}"]
+    )
 
     def main(steps):
         flags.FLAGS.unparse_flags()

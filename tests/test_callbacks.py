@@ -21,18 +21,23 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import digits_arrays, tiny_network
 from keras_ebm import callbacks, divergence, training
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import JEM
-
-from helpers import digits_arrays, tiny_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def jem_fn():
-    return JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
-               sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0))
+    return JEM(
+        tiny_network(),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=64,
+        seed=0,
+        sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
+    )
 
 
 def data(start=0, explode_at=None):
@@ -47,8 +52,9 @@ def data(start=0, explode_at=None):
 def build(model_dir, train_steps, **kwargs):
     keras.utils.set_random_seed(0)
     model = training.build_trainer(jem_fn, lambda: keras.optimizers.Adam(0.01), tf.distribute.get_strategy())
-    cbs = callbacks.training_callbacks(str(model_dir), train_steps=train_steps, checkpoint_every=2,
-                                       progress=False, **kwargs)
+    cbs = callbacks.training_callbacks(
+        str(model_dir), train_steps=train_steps, checkpoint_every=2, progress=False, **kwargs
+    )
     return model, cbs
 
 
@@ -187,14 +193,27 @@ def test_fit_sigkilled_then_resumed_equals_an_uninterrupted_run(tmp_path):
     script.write_text(FIT_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     steps = 40
-    subprocess.run([sys.executable, str(script), str(tmp_path / "whole"), str(steps), str(tmp_path / "whole.npz")],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "whole"), str(steps), str(tmp_path / "whole.npz")],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(script), str(run_dir), str(steps), str(tmp_path / "run.npz")],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir), str(steps), str(tmp_path / "run.npz")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").exists() else None
+        latest = (
+            tf.train.latest_checkpoint(str(run_dir / "checkpoints")) if (run_dir / "checkpoints").exists() else None
+        )
         if latest and callbacks.checkpoint_step(latest) >= 10:
             break
         time.sleep(0.05)
@@ -202,8 +221,14 @@ def test_fit_sigkilled_then_resumed_equals_an_uninterrupted_run(tmp_path):
     proc.wait(timeout=30)
     killed_at = callbacks.checkpoint_step(tf.train.latest_checkpoint(str(run_dir / "checkpoints")))
     assert 10 <= killed_at < steps
-    subprocess.run([sys.executable, str(script), str(run_dir), str(steps), str(tmp_path / "run.npz")],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, str(script), str(run_dir), str(steps), str(tmp_path / "run.npz")],
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     whole, resumed = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "run.npz")
     assert sorted(whole.files) == sorted(resumed.files)
     for k in whole.files:
@@ -215,8 +240,11 @@ def test_the_guard_reads_each_steps_own_values_in_one_fit(tmp_path, monkeypatch)
     # batch k (at the weights before step k), not running means over the call.
     from keras_ebm.stateless_scope import discard_updates
 
-    model, cbs = build(tmp_path, 6, divergence_guard=divergence.DivergenceGuard(
-        max_recoveries=0, clf_rise_factor=None, max_energy_gap=None))
+    model, cbs = build(
+        tmp_path,
+        6,
+        divergence_guard=divergence.DivergenceGuard(max_recoveries=0, clf_rise_factor=None, max_energy_gap=None),
+    )
     x, y = digits_arrays(256)
     expected, seen = {}, {}
 
@@ -226,7 +254,7 @@ def test_the_guard_reads_each_steps_own_values_in_one_fit(tmp_path, monkeypatch)
 
         def on_train_batch_begin(self, batch, logs=None):
             k = callbacks.current_step(self.model)
-            xb, yb = x[16 * k:16 * (k + 1)], y[16 * k:16 * (k + 1)]
+            xb, yb = x[16 * k : 16 * (k + 1)], y[16 * k : 16 * (k + 1)]
             with discard_updates():
                 b = self.model.unpack_batch((xb, yb), training=True)
                 logs = self.model.compute_losses(b, self.model.sample_negatives(b), training=True)
@@ -244,8 +272,9 @@ def test_the_guard_reads_each_steps_own_values_in_one_fit(tmp_path, monkeypatch)
     for k in seen:
         # The classifier batch's terms (the SGLD samples of an eager replay differ slightly).
         for name in ("clf_loss", "clf_acc", "energy_data"):
-            np.testing.assert_allclose(seen[k][name], expected[k][name], rtol=2e-4, atol=1e-5,
-                                       err_msg=f"step {k} {name}")
+            np.testing.assert_allclose(
+                seen[k][name], expected[k][name], rtol=2e-4, atol=1e-5, err_msg=f"step {k} {name}"
+            )
 
 
 def test_ctrl_c_during_fit_saves_the_step_and_says_how_to_resume(tmp_path, capsys):
@@ -272,15 +301,25 @@ def test_ctrl_c_during_fit_saves_the_step_and_says_how_to_resume(tmp_path, capsy
     assert_same_state(state(model), state(resumed))
 
 
-TRAIN_ARGS = ["--gin_file=gin_configs/jem.gin", "--gin_file=gin_configs/tiny.gin",
-              "--gin_param=run_training.train_steps = 300", "--gin_param=run_training.export = False",
-              "--gin_param=run_training.checkpoint_every = 1000", "--gin_param=run_training.progress = False"]
+TRAIN_ARGS = [
+    "--gin_file=gin_configs/jem.gin",
+    "--gin_file=gin_configs/tiny.gin",
+    "--gin_param=run_training.train_steps = 300",
+    "--gin_param=run_training.export = False",
+    "--gin_param=run_training.checkpoint_every = 1000",
+    "--gin_param=run_training.progress = False",
+]
 
 
 def _train(model_dir, env, extra=()):
-    return subprocess.Popen([sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={model_dir}"]
-                            + TRAIN_ARGS + list(extra), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={model_dir}"] + TRAIN_ARGS + list(extra),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_first_step(proc, model_dir, timeout=240):
@@ -300,8 +339,12 @@ def _final_state(model_dir):
 
 @pytest.mark.slow
 def test_ctrl_c_to_train_py_checkpoints_exits_130_and_resumes_exactly(tmp_path):
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
     run_dir = tmp_path / "run"
     proc = _train(run_dir, env)
     try:
@@ -317,10 +360,22 @@ def test_ctrl_c_to_train_py_checkpoints_exits_130_and_resumes_exactly(tmp_path):
     assert 0 < step < 300 and f"ckpt-{step}" in lines[0] and "run the same command again" in lines[0]
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt-{step}")
     # The same command resumes from it and ends bit-identical to an uninterrupted run.
-    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={run_dir}"] + TRAIN_ARGS,
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run([sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={tmp_path / 'whole'}"] + TRAIN_ARGS,
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={run_dir}"] + TRAIN_ARGS,
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={tmp_path / 'whole'}"] + TRAIN_ARGS,
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     resumed, whole = _final_state(run_dir), _final_state(tmp_path / "whole")
     assert sorted(resumed) == sorted(whole)
     for k in whole:

@@ -1,21 +1,23 @@
 """CLEL: spectral-norm conv, networks, NT-Xent with extra negatives, EMA, the two-optimizer trainer."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
+)
 from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-from keras_ebm.trainers.clel.ema import ModelEMA
 from keras_ebm.backbones.layers import SpectralNormConv2D
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim import PlainGradients, SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.clel import CLEL
-
-from helpers import (
-    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
-)
+from keras_ebm.trainers.clel.ema import ModelEMA
 
 
 # ---------------------------------------------------------------- spectral norm
@@ -128,8 +130,15 @@ def test_spectral_norm_gradient_flows_through_sigma():
 
 # ---------------------------------------------------------------- networks
 def tiny_ebm(size="small", image_shape=(16, 16, 3), blocks=1):
-    return build_clel_ebm(size, input_shape=image_shape, widths=(4, 8), blocks_per_stage=blocks,
-                          head_units=16, feature_dim=8, input_mean=None)
+    return build_clel_ebm(
+        size,
+        input_shape=image_shape,
+        widths=(4, 8),
+        blocks_per_stage=blocks,
+        head_units=16,
+        feature_dim=8,
+        input_mean=None,
+    )
 
 
 def test_ebm_sizes_shapes_and_sn_everywhere():
@@ -151,8 +160,9 @@ def test_projection_is_positively_homogeneous():
 
 
 def test_encoder_shape_and_zero_init_residual():
-    enc = build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
-                             output_dim=5, synchronized_bn=True)
+    enc = build_clel_encoder(
+        (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=5, synchronized_bn=True
+    )
     assert enc(tf.zeros((2, 8, 8, 3)), training=True).shape == (2, 5)
     bn2 = [l for l in enc.layers if l.name.endswith("_bn2")]
     assert bn2 and all(np.all(l.gamma.numpy() == 0) for l in bn2)
@@ -187,8 +197,9 @@ def test_nt_xent_hand_computed_and_extra_negatives():
     assert with_neg > loss
     rng = np.random.default_rng(0)
     a, b, n = (rng.normal(size=(3, 6)).astype(np.float32) for _ in range(3))
-    np.testing.assert_allclose(float(nt_xent_loss(a, b, n, temperature=0.2)),
-                               _nt_xent_reference(a, b, n, 0.2), rtol=1e-5)
+    np.testing.assert_allclose(
+        float(nt_xent_loss(a, b, n, temperature=0.2)), _nt_xent_reference(a, b, n, 0.2), rtol=1e-5
+    )
 
 
 def test_nt_xent_two_replicas_match_one_device(two_device_strategy):
@@ -202,8 +213,9 @@ def test_nt_xent_two_replicas_match_one_device(two_device_strategy):
         i = tf.distribute.get_replica_context().replica_id_in_sync_group
         start = tf.cast(i, tf.int32)
         rows = tf.range(4) + 4 * start
-        return nt_xent_loss(tf.gather(a, rows), tf.gather(b, rows),
-                            tf.gather(neg, tf.range(2) + 2 * start), temperature=0.2)
+        return nt_xent_loss(
+            tf.gather(a, rows), tf.gather(b, rows), tf.gather(neg, tf.range(2) + 2 * start), temperature=0.2
+        )
 
     @tf.function
     def run():
@@ -250,19 +262,32 @@ def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
     # Tiny widths; "base" and "large" keep their 2 blocks per stage, "large" its three scales.
     ebm = tiny_ebm(size, image_shape=image_shape, blocks=1 if size == "small" else 2)
     projection = build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6)
-    encoder = build_clel_encoder(image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
-                                 output_dim=6, input_mean=None)
+    encoder = build_clel_encoder(
+        image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
+    )
     defaults = dict(
-        sampler=SGLDSampler(n_steps=3, step_size=100.0, noise_std=0.001, grad_clip=100.0,
-                            x_clip=(0.0, 1.0), energy_training=True, seed=0),
-        buffer_size=40, ema_decay=0.9, ema_start_step=0, seed=0,
+        sampler=SGLDSampler(
+            n_steps=3,
+            step_size=100.0,
+            noise_std=0.001,
+            grad_clip=100.0,
+            x_clip=(0.0, 1.0),
+            energy_training=True,
+            seed=0,
+        ),
+        buffer_size=40,
+        ema_decay=0.9,
+        ema_start_step=0,
+        seed=0,
     )
     defaults.update(kwargs)
     model = CLEL(ebm, projection, encoder, image_shape=image_shape, **defaults)
     if not compile:  # run_training compiles and builds the optimizers
         return model
-    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
-                  encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
+        encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9),
+    )
     model.build_optimizers()
     return model
 
@@ -306,8 +331,13 @@ def test_clel_fit_on_real_cifar10_steps_both_optimizers(size, cifar10_npz, tmp_p
     from keras_ebm import export as export_lib
 
     export_dir = str(tmp_path / "export")
-    export_lib.export_model(model, export_dir, image_shape=model.image_shape,
-                            pixel_range=model.pixel_range, ood_score=model.default_ood_score)
+    export_lib.export_model(
+        model,
+        export_dir,
+        image_shape=model.image_shape,
+        pixel_range=model.pixel_range,
+        ood_score=model.default_ood_score,
+    )
     loaded = tf.saved_model.load(export_dir)
     images = tf.cast(tf.round(tf.constant(x[:4]) * 255.0), tf.uint8)
     expected = model.scores(tf.cast(images, tf.float32) / 255.0)["clel"].numpy()
@@ -326,13 +356,33 @@ def _clel_one_step(strategy, x):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         image_shape = x.shape[1:]
-        encoder = build_clel_encoder(image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
-                                     output_dim=6, input_mean=None, synchronized_bn=True)
-        model = CLEL(tiny_ebm(image_shape=image_shape), build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6),
-                     encoder, image_shape=image_shape, buffer_size=40, reinit_prob=0.0, augment_chain_starts=False,
-                     sampler=SGLDSampler(n_steps=2, step_size=100.0, noise_std=0.0, grad_clip=100.0,
-                                         x_clip=(0.0, 1.0), energy_training=True),
-                     ema_decay=0.9, ema_start_step=0, alpha=0.5, beta=0.3, weight_decay=1.0, seed=0)
+        encoder = build_clel_encoder(
+            image_shape,
+            widths=(4, 8),
+            blocks_per_stage=(1, 1),
+            head_units=8,
+            output_dim=6,
+            input_mean=None,
+            synchronized_bn=True,
+        )
+        model = CLEL(
+            tiny_ebm(image_shape=image_shape),
+            build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6),
+            encoder,
+            image_shape=image_shape,
+            buffer_size=40,
+            reinit_prob=0.0,
+            augment_chain_starts=False,
+            sampler=SGLDSampler(
+                n_steps=2, step_size=100.0, noise_std=0.0, grad_clip=100.0, x_clip=(0.0, 1.0), energy_training=True
+            ),
+            ema_decay=0.9,
+            ema_start_step=0,
+            alpha=0.5,
+            beta=0.3,
+            weight_decay=1.0,
+            seed=0,
+        )
         model.buffer.buffer.assign(tf.fill(model.buffer.buffer.shape, 0.3))
         _scale_energies_to_order_one(model, x)
         # SGD: steps proportional to the gradients (Adam's first step is lr * sign(g)); a small
@@ -369,8 +419,12 @@ def test_clel_two_replicas_match_one_device(two_device_strategy, monkeypatch):
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-3 * np.abs(a).max() + 1e-7, err_msg=f"variable {i}")
     # The mirrors of the two-replica run agree too (buffer writes, SN vectors in the SGLD loop).
     sn = [layer for layer in model.network.layers if isinstance(layer, SpectralNormConv2D)][0]
-    for variable in (sn.sn_u, model.ema_network.model.weights[1], model.buffer.buffer,
-                     model.encoder.trainable_variables[0]):
+    for variable in (
+        sn.sn_u,
+        model.ema_network.model.weights[1],
+        model.buffer.buffer,
+        model.encoder.trainable_variables[0],
+    ):
         first, second = _mirrors(variable)
         np.testing.assert_allclose(first, second, rtol=1e-6, atol=1e-7)
 
@@ -379,10 +433,14 @@ def _clel_state(model):
     """Every variable a resumed CLEL run needs, by owner: weights, EMA copies, SN vectors, buffer,
     both optimizers (iterations, Adam moments, SGD momentum), seed-generator states."""
     state = {
-        "network": model.network.weights, "projection": model.projection.weights,
-        "encoder": model.encoder.weights, "ema_network": model.ema_network.weights,
-        "ema_projection": model.ema_projection.weights, "ema_encoder": model.ema_encoder.weights,
-        "buffer": [model.buffer.buffer], "ebm_optimizer": model.optimizer.variables,
+        "network": model.network.weights,
+        "projection": model.projection.weights,
+        "encoder": model.encoder.weights,
+        "ema_network": model.ema_network.weights,
+        "ema_projection": model.ema_projection.weights,
+        "ema_encoder": model.ema_encoder.weights,
+        "buffer": [model.buffer.buffer],
+        "ebm_optimizer": model.optimizer.variables,
         "encoder_optimizer": model.encoder_optimizer.variables,
         "seeds": [model.seed_generator.state, model.sampler.seed_generator.state],
     }
@@ -394,7 +452,7 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
     # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
     # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
     # EMA copies, the spectral-norm vectors, the replay buffer and the RNG states are all restored.
-    from keras_ebm import generation, training
+    from keras_ebm import training
 
     x, y = cifar_x(cifar10_npz, 8)
 
@@ -404,11 +462,15 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
     def run(model_dir, steps):
         return training.run_training(
             model_dir=str(model_dir),
-            trainer=lambda: make_clel(compile=False, size=size,
-                                      ebm_batch_fraction=0.25 if size == "large" else 1.0),
+            trainer=lambda: make_clel(compile=False, size=size, ebm_batch_fraction=0.25 if size == "large" else 1.0),
             optimizer=lambda: keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
-            train_data=data_fn, train_steps=steps, checkpoint_every=2, log_every=2, export=False,
-            progress=False, strategy=tf.distribute.get_strategy(),
+            train_data=data_fn,
+            train_steps=steps,
+            checkpoint_every=2,
+            log_every=2,
+            export=False,
+            progress=False,
+            strategy=tf.distribute.get_strategy(),
         )
 
     straight = _clel_state(run(tmp_path / "straight", 4))
@@ -434,8 +496,11 @@ def test_clel_ema_burn_in_copies_then_decays_variable_by_variable(cifar10_npz):
     x, y = cifar_x(cifar10_npz, 8)
     decay, start = 0.7, 3
     model = make_clel(ema_decay=decay, ema_start_step=start)
-    pairs = ((model.ema_network, model.network), (model.ema_projection, model.projection),
-             (model.ema_encoder, model.encoder))
+    pairs = (
+        (model.ema_network, model.network),
+        (model.ema_projection, model.projection),
+        (model.ema_encoder, model.encoder),
+    )
     prev = None
     for step in range(1, start + 3):
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
@@ -452,8 +517,9 @@ def test_clel_ema_burn_in_copies_then_decays_variable_by_variable(cifar10_npz):
                     np.testing.assert_array_equal(shadow, value, err_msg=f"step {step} {weight.path}")
                 else:
                     expected = decay * prev[k][i] + (1.0 - decay) * value
-                    np.testing.assert_allclose(shadow, expected, rtol=1e-6, atol=1e-7,
-                                               err_msg=f"step {step} {weight.path}")
+                    np.testing.assert_allclose(
+                        shadow, expected, rtol=1e-6, atol=1e-7, err_msg=f"step {step} {weight.path}"
+                    )
                     moved = moved or not np.allclose(shadow, value)
         assert moved == (step >= start)  # after the burn-in the averages lag the weights
         prev = shadows
@@ -537,8 +603,12 @@ def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     model = make_clel()
     with pytest.raises(ValueError, match="set_class_latents"):
         model.generate(2, y=tf.constant([0, 1]))
-    for kwargs in ({}, {"from_buffer": True}, {"latents": model.encode(x[:3])},
-                   {"latents": tf.stack([model.encode(x[:3]), model.encode(x[3:6])], axis=1)}):
+    for kwargs in (
+        {},
+        {"from_buffer": True},
+        {"latents": model.encode(x[:3])},
+        {"latents": tf.stack([model.encode(x[:3]), model.encode(x[3:6])], axis=1)},
+    ):
         samples = model.generate(3, n_steps=2, **kwargs).numpy()
         assert samples.shape == (3, 8, 8, 3) and np.isfinite(samples).all()
         assert samples.min() >= 0.0 and samples.max() <= 1.0, kwargs
@@ -547,17 +617,32 @@ def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     # -beta * cos(z(x), t) ends more aligned with t than descending on -beta * cos(z(x), -t).
     model.sampler = SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(0.0, 1.0), seed=0)
     target = model.encode(x[:8])
-    cos = lambda s: tf.reduce_sum(tf.math.l2_normalize(  # noqa: E731
-        model.latent(model.ema_network(s), model.ema_projection), -1) * target, -1).numpy().mean()
+
+    def cos(s):
+        return (
+            tf.reduce_sum(
+                tf.math.l2_normalize(model.latent(model.ema_network(s), model.ema_projection), -1) * target, -1
+            )
+            .numpy()
+            .mean()
+        )
+
     towards = cos(model.generate(8, latents=target, beta=100.0))
     away = cos(model.generate(8, latents=-target, beta=100.0))
     assert towards > away + 0.1, (towards, away)
 
     # FID-style batches through generation.generate_samples; class rows from labelled data.
-    from keras_ebm import generation, training
+    from keras_ebm import generation
 
-    path = generation.generate_samples(model, str(tmp_path), num_samples=6, n_steps=1, conditional=True,
-                                       batch_size=4, labelled_data=(x, np.arange(16) % 3))
+    path = generation.generate_samples(
+        model,
+        str(tmp_path),
+        num_samples=6,
+        n_steps=1,
+        conditional=True,
+        batch_size=4,
+        labelled_data=(x, np.arange(16) % 3),
+    )
     saved = np.load(tmp_path / "conditional_1steps.npz")
     assert saved["images"].shape == (6, 8, 8, 3) and saved["images"].dtype == np.uint8
     np.testing.assert_array_equal(saved["labels"], [0, 0, 1, 1, 2, 2])
@@ -636,8 +721,10 @@ def test_generate_sweeps_is_the_official_fid_protocol(monkeypatch):
 
 
 def _compile_clel(model):
-    model.compile(optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
-                  encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
+        encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9),
+    )
     return model
 
 
@@ -647,8 +734,13 @@ def test_clel_smoke_checkpoint_and_keras_file_round_trips(size, tmp_path):
     # copies, the spectral-norm vectors, the buffer, the RNG states and both optimizers (the
     # encoder's in the compile config), so the loaded trainer's next step is the saved one's.
     x, y = digits_arrays(64, pixel_range=(0.0, 1.0), channels=3)
-    kwargs = dict(size=size, compile=False, ebm_batch_fraction=0.25 if size == "large" else 1.0,
-                  gradients=SAMGradients(rho=0.05) if size == "large" else None, sample_sweeps=2)
+    kwargs = dict(
+        size=size,
+        compile=False,
+        ebm_batch_fraction=0.25 if size == "large" else 1.0,
+        gradients=SAMGradients(rho=0.05) if size == "large" else None,
+        sample_sweeps=2,
+    )
     trainer = _compile_clel(make_clel(**kwargs))
     run_trainer_smoke_test(trainer, x, y)
     run_checkpoint_roundtrip(lambda: make_clel(**kwargs), x, y, tmp_path / "checkpoint", compile_fn=_compile_clel)
@@ -709,16 +801,25 @@ def test_clel_export_energy_and_scores_are_clels_not_jems(cifar10_npz, tmp_path)
 
     # Evaluation reports eq. 5, its parts and any beta from the same export (no retraining).
     noise = np.random.RandomState(0).randint(0, 256, images.shape).astype(np.uint8)
-    results = run_eval(saved_model=export_dir, in_dist=lambda: (images, y), ood_sets={"noise": lambda: (noise, y)},
-                       output_dir=str(tmp_path / "eval"), clel_betas=[0.0, 0.1])
+    results = run_eval(
+        saved_model=export_dir,
+        in_dist=lambda: (images, y),
+        ood_sets={"noise": lambda: (noise, y)},
+        output_dir=str(tmp_path / "eval"),
+        clel_betas=[0.0, 0.1],
+    )
     assert results["accuracy"] is None
     by_score = results["ood"]["noise"]
     assert set(by_score) == {"clel", "neg_energy", "cosine", "clel_beta0", "clel_beta0.1"}
     assert by_score["clel_beta0"] == pytest.approx(by_score["neg_energy"], abs=1e-6)
     assert by_score["clel_beta0.1"] == pytest.approx(by_score["clel"], abs=1e-3)
     with pytest.raises(ValueError, match="neg_energy"):
-        run_eval(saved_model=export_lib.export_model(model.network, str(tmp_path / "clf"), model.image_shape),
-                 in_dist=lambda: (images, y), output_dir=str(tmp_path / "eval2"), clel_betas=[0.1])
+        run_eval(
+            saved_model=export_lib.export_model(model.network, str(tmp_path / "clf"), model.image_shape),
+            in_dist=lambda: (images, y),
+            output_dir=str(tmp_path / "eval2"),
+            clel_betas=[0.1],
+        )
 
 
 @pytest.mark.slow
@@ -732,15 +833,28 @@ def test_eval_py_clel_betas_and_fid_protocol_sweeps(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
 
     def run(args):
-        out = subprocess.run([sys.executable] + args, cwd=repo, env=env, capture_output=True, text=True,
-                             timeout=600)
+        out = subprocess.run([sys.executable] + args, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, out.stdout[-3000:] + "\n" + out.stderr[-5000:]
 
     model_dir = tmp_path / "run"
-    run(["train.py", "--gin_file=gin_configs/clel_small.gin", "--gin_file=gin_configs/tiny.gin",
-         f"--model_dir={model_dir}"])
-    run(["eval.py", f"--model_dir={model_dir}", "--clel_betas=0,0.01", "--samples=4", "--sample_sweeps=2",
-         "--sample_steps=1"])
+    run(
+        [
+            "train.py",
+            "--gin_file=gin_configs/clel_small.gin",
+            "--gin_file=gin_configs/tiny.gin",
+            f"--model_dir={model_dir}",
+        ]
+    )
+    run(
+        [
+            "eval.py",
+            f"--model_dir={model_dir}",
+            "--clel_betas=0,0.01",
+            "--samples=4",
+            "--sample_sweeps=2",
+            "--sample_steps=1",
+        ]
+    )
     results = json.loads((model_dir / "eval" / "results.json").read_text())
     for by_score in results["ood"].values():
         assert {"clel", "neg_energy", "cosine", "clel_beta0", "clel_beta0.01"} <= set(by_score)
@@ -758,8 +872,15 @@ def test_synchronized_bn_encoder_two_replicas_match_one_device_on_the_global_bat
     def build(strategy):
         with strategy.scope():
             keras.utils.set_random_seed(0)
-            return build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
-                                      output_dim=6, input_mean=None, synchronized_bn=True)
+            return build_clel_encoder(
+                (8, 8, 3),
+                widths=(4, 8),
+                blocks_per_stage=(1, 1),
+                head_units=8,
+                output_dim=6,
+                input_mean=None,
+                synchronized_bn=True,
+            )
 
     single = build(tf.distribute.get_strategy())(x, training=True).numpy()
     encoder = build(two_device_strategy)
@@ -835,19 +956,25 @@ def test_clel_losses_are_eq3_and_eq4_written_out_in_numpy():
     n = 4  # ebm_batch_fraction 0.5 of 8
     f = model.network(x[:n], training=False).numpy().astype(np.float64)
     f_s = model.network(x_s, training=False).numpy().astype(np.float64)
-    e, e_s = 0.5 * np.sum(f ** 2, -1), 0.5 * np.sum(f_s ** 2, -1)
+    e, e_s = 0.5 * np.sum(f**2, -1), 0.5 * np.sum(f_s**2, -1)
     g = model.projection(_normalize(f).astype("float32")).numpy().astype(np.float64)
     g_s = model.projection(_normalize(f_s).astype("float32")).numpy().astype(np.float64)
     cosine = np.mean(np.sum(_normalize(g) * _normalize(h1[:n]), -1))
-    ebm_loss = e.mean() - e_s.mean() + alpha * np.mean(e ** 2 + e_s ** 2) - beta * cosine
+    ebm_loss = e.mean() - e_s.mean() + alpha * np.mean(e**2 + e_s**2) - beta * cosine
     contrastive = _nt_xent_reference(h1, h2, g_s, tau)
-    expected = {"ebm_loss": ebm_loss, "contrastive_loss": contrastive, "loss": ebm_loss + contrastive,
-                "cosine": cosine, "energy_data": e.mean(), "energy_sample": e_s.mean(),
-                "energy_gap": e_s.mean() - e.mean()}
+    expected = {
+        "ebm_loss": ebm_loss,
+        "contrastive_loss": contrastive,
+        "loss": ebm_loss + contrastive,
+        "cosine": cosine,
+        "energy_data": e.mean(),
+        "energy_sample": e_s.mean(),
+        "energy_gap": e_s.mean() - e.mean(),
+    }
     for key, value in expected.items():
         np.testing.assert_allclose(float(logs[key]), value, rtol=1e-4, atol=1e-5, err_msg=key)
     # The terms a wrong implementation would drop or flip are visible at this tolerance.
-    assert abs(beta * cosine) > 1e-3 and abs(alpha * np.mean(e ** 2 + e_s ** 2)) > 1e-3
+    assert abs(beta * cosine) > 1e-3 and abs(alpha * np.mean(e**2 + e_s**2)) > 1e-3
     assert abs(np.mean(np.sum(_normalize(g) * _normalize(h2[:n]), -1)) - cosine) > 1e-3  # other view
     assert abs(_nt_xent_reference(h1, h2, None, tau) - contrastive) > 1e-3  # without the samples
 
@@ -867,8 +994,13 @@ def test_clel_weight_decays_are_coupled_l2_on_their_own_network():
     SGD step moves every EBM weight by exactly -lr * weight_decay * w and every encoder weight by
     -lr_encoder * encoder_weight_decay * w (first step: the momentum buffer is empty)."""
     x, y = digits_arrays(8, pixel_range=(0.0, 1.0), channels=3)
-    model = make_clel(compile=False, weight_decay=0.5, encoder_weight_decay=0.2, gradients=_ZeroGradients(),
-                      sampler=SGLDSampler(n_steps=1, step_size=100.0, noise_std=0.001, x_clip=(0.0, 1.0)))
+    model = make_clel(
+        compile=False,
+        weight_decay=0.5,
+        encoder_weight_decay=0.2,
+        gradients=_ZeroGradients(),
+        sampler=SGLDSampler(n_steps=1, step_size=100.0, noise_std=0.001, x_clip=(0.0, 1.0)),
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.01), encoder_optimizer=keras.optimizers.SGD(0.03, momentum=0.9))
     model.build_optimizers()
     ebm_before = [v.numpy().copy() for v in model.ebm_variables()]

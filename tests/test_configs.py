@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run_config, divergence, training
+from keras_ebm import divergence, run_config, training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_CONFIGS = sorted(
@@ -32,8 +32,12 @@ def test_there_are_configs():
 def test_config_parses_and_builds_with_tiny_overlay(config):
     run_config.parse_gin([config, "gin_configs/tiny.gin"], [])
     objs = run_config.resolve_run_training()
-    model = training.build_trainer(objs["trainer"], objs["optimizer"], tf.distribute.get_strategy(),
-                                   encoder_optimizer=objs.get("encoder_optimizer"))
+    model = training.build_trainer(
+        objs["trainer"],
+        objs["optimizer"],
+        tf.distribute.get_strategy(),
+        encoder_optimizer=objs.get("encoder_optimizer"),
+    )
     assert model.image_shape == (8, 8, 1)
     assert objs["train_steps"] == 4
     # The real (non-tiny) config also parses on its own.
@@ -49,8 +53,9 @@ def test_overlays_parse(overlay):
 @pytest.mark.parametrize("config", [c for c in TRAIN_CONFIGS if "clel" not in c and c != "gin_configs/quickstart.gin"])
 def test_cpu_budget_overlay_shrinks_the_network_and_sets_the_clock(config):
     # Every CIFAR classifier config takes the same-time overlay: WRN-10-2, batch 64, max_minutes.
-    run_config.parse_gin([config, "gin_configs/data/cifar10_local.gin", "gin_configs/cpu_budget.gin"],
-                  ["BUDGET_MINUTES = 3"])
+    run_config.parse_gin(
+        [config, "gin_configs/data/cifar10_local.gin", "gin_configs/cpu_budget.gin"], ["BUDGET_MINUTES = 3"]
+    )
     assert run_config.resolve_parameter("run_training.max_minutes") == 3
     assert gin.query_parameter("WideResNet.depth") == 10 and gin.query_parameter("WideResNet.width") == 2
     assert gin.query_parameter("%GLOBAL_BATCH_SIZE") == 64
@@ -66,8 +71,7 @@ def test_config_typo_is_a_clear_error():
 
 def _run(args, timeout=300):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    out = subprocess.run([sys.executable] + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + "\n" + out.stderr[-5000:]
     return out.stdout + out.stderr
 
@@ -101,8 +105,14 @@ def test_train_export_eval_end_to_end(config, tmp_path):
 @pytest.mark.slow
 def test_eval_py_draws_samples_from_a_sadajem_run(tmp_path):
     model_dir = tmp_path / "run"
-    _run(["train.py", "--gin_file=gin_configs/sadajem.gin", "--gin_file=gin_configs/tiny.gin",
-          f"--model_dir={model_dir}"])
+    _run(
+        [
+            "train.py",
+            "--gin_file=gin_configs/sadajem.gin",
+            "--gin_file=gin_configs/tiny.gin",
+            f"--model_dir={model_dir}",
+        ]
+    )
     assert (model_dir / "samples" / "buffer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _run(["eval.py", f"--model_dir={model_dir}", "--samples=20", "--conditional", "--sample_steps=2"])
     samples = np.load(model_dir / "eval" / "samples" / "conditional_2steps.npz")
@@ -111,16 +121,30 @@ def test_eval_py_draws_samples_from_a_sadajem_run(tmp_path):
     assert (model_dir / "eval" / "samples" / "conditional_2steps.png").exists()
 
 
-
 @pytest.mark.slow
 def test_eval_py_draws_class_conditional_clel_samples(tmp_path):
     # CLEL is unsupervised: --conditional builds each class's latent from labelled in-distribution
     # images (Appendix D), then samples in batches (--sample_batch_size) as for an FID set.
     model_dir = tmp_path / "run"
-    _run(["train.py", "--gin_file=gin_configs/clel_large.gin", "--gin_file=gin_configs/tiny.gin",
-          f"--model_dir={model_dir}"])
-    _run(["eval.py", f"--model_dir={model_dir}", "--samples=10", "--conditional", "--sample_steps=2",
-          "--sample_batch_size=4", "--class_latent_examples=200"])
+    _run(
+        [
+            "train.py",
+            "--gin_file=gin_configs/clel_large.gin",
+            "--gin_file=gin_configs/tiny.gin",
+            f"--model_dir={model_dir}",
+        ]
+    )
+    _run(
+        [
+            "eval.py",
+            f"--model_dir={model_dir}",
+            "--samples=10",
+            "--conditional",
+            "--sample_steps=2",
+            "--sample_batch_size=4",
+            "--class_latent_examples=200",
+        ]
+    )
     samples = np.load(model_dir / "eval" / "samples" / "conditional_2steps.npz")
     assert samples["images"].shape == (10, 8, 8, 1) and samples["images"].dtype == np.uint8
     np.testing.assert_array_equal(samples["labels"], np.arange(10))
@@ -128,9 +152,14 @@ def test_eval_py_draws_class_conditional_clel_samples(tmp_path):
 
 
 def test_imagenet32_overlay_resolves_its_path_macro_in_the_eval_spec():
-    run_config.parse_gin(["gin_configs/clel_base.gin", "gin_configs/data/imagenet32_local.gin"],
-                  ["IMAGENET32_NPZ = '/data/in32.npz'"])
-    assert run_config.resolve_parameter("run_eval.in_dist") == {"name": "npz", "split": "test", "local_path": "/data/in32.npz"}
+    run_config.parse_gin(
+        ["gin_configs/clel_base.gin", "gin_configs/data/imagenet32_local.gin"], ["IMAGENET32_NPZ = '/data/in32.npz'"]
+    )
+    assert run_config.resolve_parameter("run_eval.in_dist") == {
+        "name": "npz",
+        "split": "test",
+        "local_path": "/data/in32.npz",
+    }
     assert run_config.resolve_run_training()["train_steps"] == 100000
 
 
@@ -141,10 +170,18 @@ def test_same_time_study_script_on_real_cifar10(shared_data_dir, tmp_path, monke
     # (on the stand-ins of tests/standins.py where ../shared/data is missing).
     monkeypatch.setenv("KERAS_EBM_DATA_DIR", str(shared_data_dir))
     out = tmp_path / "study.json"
-    _run(["benchmarks/cifar10_budget_study.py", "--methods=softmax,hdge", "--minutes=0.05",
-          f"--output_dir={tmp_path / 'runs'}", f"--output={out}",
-          "--gin_param=run_eval.max_examples = 128", "--gin_param=run_training.train_steps = 300"],
-         timeout=600)
+    _run(
+        [
+            "benchmarks/cifar10_budget_study.py",
+            "--methods=softmax,hdge",
+            "--minutes=0.05",
+            f"--output_dir={tmp_path / 'runs'}",
+            f"--output={out}",
+            "--gin_param=run_eval.max_examples = 128",
+            "--gin_param=run_training.train_steps = 300",
+        ],
+        timeout=600,
+    )
     study = json.loads(out.read_text())
     assert [r["method"] for r in study["rows"]] == ["softmax", "hdge"]
     for row in study["rows"]:
@@ -157,9 +194,16 @@ def test_same_time_study_script_on_real_cifar10(shared_data_dir, tmp_path, monke
     assert "| softmax |" in (tmp_path / "study.md").read_text()
 
 
-GUARDED = ["gin_configs/jem.gin", "gin_configs/jempp.gin", "gin_configs/sadajem.gin", "gin_configs/sadajem_k10.gin",
-           "gin_configs/sadajem_k20.gin", "gin_configs/sadajem_asam.gin", "gin_configs/sadajem_cifar100.gin",
-           "gin_configs/hdge_jem.gin"]
+GUARDED = [
+    "gin_configs/jem.gin",
+    "gin_configs/jempp.gin",
+    "gin_configs/sadajem.gin",
+    "gin_configs/sadajem_k10.gin",
+    "gin_configs/sadajem_k20.gin",
+    "gin_configs/sadajem_asam.gin",
+    "gin_configs/sadajem_cifar100.gin",
+    "gin_configs/hdge_jem.gin",
+]
 
 
 @pytest.mark.parametrize("config", GUARDED)

@@ -25,7 +25,7 @@ def _last_state(golden):
     meta = json.loads(str(golden["meta/json"]))
     last = meta["steps"] - 1
     prefix = f"step/{last}/param/"
-    state = {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in golden.items() if k.startswith(prefix)}
     state["sampler.memory"] = golden[f"step/{last}/state/memory"]
     return state
 
@@ -36,10 +36,10 @@ def _trainer(golden):
     hidden = meta["architecture"]["mlp_hidden"]
     network = build_clel_ebm(widths=(w0, w1, w2, w3), blocks_per_stage=1, head_units=hidden, feature_dim=16)
     projection = build_clel_projection(16, hidden, 16)
-    encoder = build_clel_encoder(widths=(16, 16, 16, 16), blocks_per_stage=(1, 1, 1, 1), head_units=hidden,
-                                 output_dim=16, stem_width=64)
-    return CLEL(network, projection, encoder, image_shape=(32, 32, 3),
-                buffer_size=golden["init_state/memory"].shape[0])
+    encoder = build_clel_encoder(
+        widths=(16, 16, 16, 16), blocks_per_stage=(1, 1, 1, 1), head_units=hidden, output_dim=16, stem_width=64
+    )
+    return CLEL(network, projection, encoder, image_shape=(32, 32, 3), buffer_size=golden["init_state/memory"].shape[0])
 
 
 def _unit(v):
@@ -52,23 +52,24 @@ def test_converted_clel_matches_official_forward(golden):
     x = np.transpose(golden["eval/x"], (0, 2, 3, 1))
     f = np.asarray(trainer.network(x, training=False))
     np.testing.assert_allclose(f, golden["eval/ebm_f"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(0.5 * (f ** 2).sum(-1), golden["eval/energy"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(0.5 * (f**2).sum(-1), golden["eval/energy"], rtol=1e-5, atol=1e-5)
     # Our latent is g(f / ||f||), the official one g(f): same direction (g is positively homogeneous).
     z = np.asarray(trainer.latent(f, trainer.projection))
     np.testing.assert_allclose(_unit(z), _unit(golden["eval/ebm_z"]), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(trainer.encoder(x, training=False)), golden["eval/encoder_y"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(trainer.encoder(x, training=False)), golden["eval/encoder_y"], rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_allclose(np.asarray(trainer.ema_network(x)), golden["eval/ema_ebm_f"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(trainer.ema_encoder(x)), golden["eval/ema_encoder_y"],
-                               rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(trainer.buffer.buffer),
-                               np.transpose(_last_state(golden)["sampler.memory"], (0, 2, 3, 1)))
+    np.testing.assert_allclose(np.asarray(trainer.ema_encoder(x)), golden["eval/ema_encoder_y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(trainer.buffer.buffer), np.transpose(_last_state(golden)["sampler.memory"], (0, 2, 3, 1))
+    )
 
 
 def test_converted_initial_weights_are_the_official_ones(golden):
     # Spectral-norm vectors: PyTorch flattens v as (in, kh, kw), we as (kh, kw, in).
     trainer = _trainer(golden)
-    init = {k[len("init/"):]: v for k, v in golden.items() if k.startswith("init/")}
+    init = {k[len("init/") :]: v for k, v in golden.items() if k.startswith("init/")}
     convert_official("clel", init, trainer)
     layer = trainer.network.get_layer(f"{trainer.network.name}_x1_s2b0_conv2")
     key = "ebm.stages.2.1.conv2.parametrizations.weight"

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run_config
-from keras_ebm import data
+from keras_ebm import data, run_config
 from keras_ebm.data import sources
 from keras_ebm.data.sources import registry
 
@@ -80,7 +79,11 @@ def test_cifar10_jpeg_matches_pillow(cifar10_npz):
 @pytest.mark.parametrize("pixel_range", [(-1.0, 1.0), (0.0, 1.0)])
 def test_cifar10_make_dataset_pixel_range(cifar10_npz, pixel_range):
     ds = data.make_dataset(
-        "cifar10_jpeg", "test", 64, pixel_range=pixel_range, local_path=cifar10_npz,
+        "cifar10_jpeg",
+        "test",
+        64,
+        pixel_range=pixel_range,
+        local_path=cifar10_npz,
         max_examples=100,
     )
     batches = list(ds)
@@ -131,9 +134,7 @@ def test_tfds_mock_cifar10(tmp_path):
         x, y = sources.dataset_to_arrays(ds)
         assert x.shape == (12, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
         assert 0 <= y.min() and y.max() < 10
-        ds = data.make_dataset(
-            "cifar10", "train", 4, data_dir=str(tmp_path), augment="pad_crop_flip"
-        )
+        ds = data.make_dataset("cifar10", "train", 4, data_dir=str(tmp_path), augment="pad_crop_flip")
         xb, yb = _first_batch(ds)
         assert xb.shape == (4, 32, 32, 3) and yb.shape == (4,)
         assert -1.0 <= xb.min() and xb.max() <= 1.0
@@ -159,8 +160,7 @@ def test_tfds_offline_fails_fast(tmp_path):
         data.load_source("cifar10", "test", data_dir=str(tmp_path), download=False)
     assert time.time() - start < 5
     message = str(err.value)
-    for hint in ("cifar10_jpeg", "'npz'", "'folder'", "download=True", "KERAS_EBM_CIFAR10_JPEG",
-                 "cifar10_python.gin"):
+    for hint in ("cifar10_jpeg", "'npz'", "'folder'", "download=True", "KERAS_EBM_CIFAR10_JPEG", "cifar10_python.gin"):
         assert hint in message
 
 
@@ -192,9 +192,7 @@ def test_unknown_name():
 def test_npz_source_splits_and_classes(tmp_path):
     x_train, x_test = _random_images(20, seed=1), _random_images(6, seed=2)
     y_train, y_test = np.arange(20) % 4, np.array([3, 1, 0, 3, 2, 1])
-    path = _write_npz(
-        tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test
-    )
+    path = _write_npz(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
 
     x, y = data.load_arrays("npz", "test", local_path=path)
     np.testing.assert_array_equal(x, x_test)
@@ -278,6 +276,7 @@ def test_digits_split():
     assert x_tr.shape == (1438, 8, 8, 1) and x_te.shape == (359, 8, 8, 1)
     assert x_tr.dtype == np.uint8 and x_all.max() == 255 and x_all.min() == 0
     assert set(np.unique(y_tr)) == set(range(10))
+
     # train + test is a partition of the whole set (the rows, as multisets, coincide).
     def rows(x, y):
         return sorted(a.tobytes() + bytes([b]) for a, b in zip(x, y))
@@ -314,9 +313,7 @@ def test_interp_constructions_match_numpy(tmp_path):
     expected = np.round((batches[1] + batches[0]) / 2).astype(np.uint8)
     np.testing.assert_array_equal(x_jem, expected)
 
-    x_noisy, _ = data.load_arrays(
-        "npz_interp", "test", local_path=path, interp="jem", interp_seed=5, interp_noise=0.03
-    )
+    x_noisy, _ = data.load_arrays("npz_interp", "test", local_path=path, interp="jem", interp_seed=5, interp_noise=0.03)
     diff = x_noisy.astype(float) - expected
     assert x_noisy.dtype == np.uint8 and 2.0 < diff.std() < 6.0  # 0.03 * 127.5 ~ 3.8 levels
 
@@ -342,9 +339,7 @@ def test_input_context_sharding(tmp_path):
     path = _id_npz(tmp_path)
     seen = []
     for i in range(2):
-        ctx = tf.distribute.InputContext(
-            num_input_pipelines=2, input_pipeline_id=i, num_replicas_in_sync=2
-        )
+        ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=i, num_replicas_in_sync=2)
         ds = data.make_dataset("npz", "train", 8, input_context=ctx, local_path=path, repeat=False)
         ids = []
         for x, y in ds:
@@ -387,9 +382,7 @@ def test_train_defaults_and_determinism(tmp_path):
 
 def test_make_dataset_custom_augment_and_errors(tmp_path):
     path = _id_npz(tmp_path)
-    ds = data.make_dataset(
-        "npz", "test", 8, local_path=path, augment=lambda x, seed: x * 0.0 + 0.5
-    )
+    ds = data.make_dataset("npz", "test", 8, local_path=path, augment=lambda x, seed: x * 0.0 + 0.5)
     x, _ = _first_batch(ds)
     np.testing.assert_array_equal(x, 0.5)
     with pytest.raises(ValueError, match="augment"):
@@ -408,9 +401,7 @@ def test_two_branch_dataset(tmp_path):
     assert x_px.shape == (4, 8, 8, 1) and y_px.shape == (4,)
     # The p(x) branch is not augmented: its first pixel still encodes its label.
     np.testing.assert_array_equal(data.from_pixel_range(x_px).numpy()[:, 0, 0, 0], y_px.numpy())
-    ctx = tf.distribute.InputContext(
-        num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2
-    )
+    ctx = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=1, num_replicas_in_sync=2)
     fn = data.make_two_branch_dataset_fn("npz", "train", 8, 4, local_path=path)
     (x_clf, _), (x_px, _) = next(iter(fn(ctx)))
     assert x_clf.shape[0] == 4 and x_px.shape[0] == 2
@@ -468,7 +459,8 @@ def test_a_new_source_is_one_registered_function_loaded_through_gin(toy_source_f
         "DATASET = 'toy'\n"
         "train/make_dataset_fn.toy_offset = 100\n"
         "run_eval.in_dist = {'name': 'toy', 'split': 'test', 'classes': [2, 0]}\n"
-        "run_eval.ood_sets = {'interp': {'name': 'toy_interp', 'split': 'test', 'interp': 'clel', 'interp_offset': 10}}\n"
+        "run_eval.ood_sets = {'interp': {'name': 'toy_interp', 'split': 'test', "
+        "'interp': 'clel', 'interp_offset': 10}}\n"
     )
     configs = [os.path.join(REPO, "gin_configs", f) for f in ("softmax_cifar10.gin", "tiny.gin")]
     run_config.parse_gin(configs + [str(overlay)], [])

@@ -12,7 +12,6 @@ from keras_ebm import training
 from keras_ebm.evaluation import report, runner, suite
 from keras_ebm.evaluation.generative import ClassifierFeatures
 from keras_ebm.export import export_model
-
 from test_configs import _run
 from test_evaluation import digits_uint8, noise_uint8
 from test_experiment import data_fn
@@ -88,8 +87,10 @@ def fixed_export(tmp_path_factory):
         "log_px": hand_auroc(special.logsumexp(logits_in, -1), special.logsumexp(logits_out, -1)),
         "max_softmax": hand_auroc(conf, special.softmax(logits_out, -1).max(-1)),
     }
-    for s_in, s_out in ((special.logsumexp(logits_in, -1), special.logsumexp(logits_out, -1)),
-                        (conf, special.softmax(logits_out, -1).max(-1))):
+    for s_in, s_out in (
+        (special.logsumexp(logits_in, -1), special.logsumexp(logits_out, -1)),
+        (conf, special.softmax(logits_out, -1).max(-1)),
+    ):
         assert np.min(np.abs(s_in[:, None] - s_out[None, :])) > 1e-5
     return root, expected
 
@@ -107,9 +108,11 @@ def _check_exact(results, expected):
 def test_run_eval_matches_hand_computed_accuracy_ece_auroc(fixed_export, tmp_path):
     root, expected = fixed_export
     results = runner.run_eval(
-        saved_model=str(root / "export"), output_dir=str(tmp_path),
+        saved_model=str(root / "export"),
+        output_dir=str(tmp_path),
         in_dist={"name": "npz", "split": "test", "local_path": str(root / "test.npz")},
-        ood_sets={"ood": {"name": "npz", "split": "test", "local_path": str(root / "ood.npz")}})
+        ood_sets={"ood": {"name": "npz", "split": "test", "local_path": str(root / "ood.npz")}},
+    )
     _check_exact(results, expected)
     assert 0.3 < expected["accuracy"] < 0.9 and expected["ece"] > 0.01  # a non-trivial case
     for png in ("reliability.png", "scores_log_px.png"):
@@ -119,9 +122,15 @@ def test_run_eval_matches_hand_computed_accuracy_ece_auroc(fixed_export, tmp_pat
 def test_eval_py_matches_hand_computed_values(fixed_export, tmp_path):
     root, expected = fixed_export
     spec = lambda f: f"{{'name': 'npz', 'split': 'test', 'local_path': '{root / f}'}}"  # noqa: E731
-    _run(["eval.py", f"--saved_model={root / 'export'}", f"--output_dir={tmp_path}",
-          f"--gin_param=run_eval.in_dist = {spec('test.npz')}",
-          f"--gin_param=run_eval.ood_sets = {{'ood': {spec('ood.npz')}}}"])
+    _run(
+        [
+            "eval.py",
+            f"--saved_model={root / 'export'}",
+            f"--output_dir={tmp_path}",
+            f"--gin_param=run_eval.in_dist = {spec('test.npz')}",
+            f"--gin_param=run_eval.ood_sets = {{'ood': {spec('ood.npz')}}}",
+        ]
+    )
     _check_exact(json.loads((tmp_path / "results.json").read_text()), expected)
 
 
@@ -151,27 +160,58 @@ def _tiny_run(root, name, steps):
     model_dir = root / name
     keras.utils.set_random_seed(steps)
     model = training.run_training(
-        model_dir=str(model_dir), trainer=trainer_fn, optimizer=lambda: keras.optimizers.Adam(0.01),
-        train_data=data_fn, train_steps=steps, checkpoint_every=steps, log_every=steps, export=True, progress=False)
+        model_dir=str(model_dir),
+        trainer=trainer_fn,
+        optimizer=lambda: keras.optimizers.Adam(0.01),
+        train_data=data_fn,
+        train_steps=steps,
+        checkpoint_every=steps,
+        log_every=steps,
+        export=True,
+        progress=False,
+    )
     return model_dir, model
 
 
 def _full_eval(model_dir, model, feature_net, samples):
     out = str(model_dir / "eval")
-    runner.run_eval(model_dir=str(model_dir), in_dist=digits_uint8, in_dist_name="digits",
-                    ood_sets={"noise": noise_uint8}, max_examples=100)
+    runner.run_eval(
+        model_dir=str(model_dir),
+        in_dist=digits_uint8,
+        in_dist_name="digits",
+        ood_sets={"noise": noise_uint8},
+        max_examples=100,
+    )
     x, y = digits_uint8()
     settings = suite.pgd_settings(["sadajem_fig5_linf"], epsilons=[4, 16], steps=3)
-    runner.merge_results(out, "robustness", suite.run_robustness(
-        model, x, y, settings, batch_size=50, max_examples=60, output_dir=out, progress=False))
+    runner.merge_results(
+        out,
+        "robustness",
+        suite.run_robustness(model, x, y, settings, batch_size=50, max_examples=60, output_dir=out, progress=False),
+    )
     if samples is not None:
-        runner.merge_results(out, "generative", suite.run_generative(
-            {"fresh": samples[0]}, [feature_net], digits_uint8, reference_split="test", output_dir=out,
-            progress=False))
-        runner.merge_results(out, "sample_quality", suite.run_sample_quality(
-            {"fresh": samples}, feature_net.classifier, ranking_model=model, output_dir=out, progress=False))
-        runner.merge_results(out, "likelihood", suite.run_ais(model, x, num_chains=4, num_temperatures=5,
-                                                              max_examples=20))
+        runner.merge_results(
+            out,
+            "generative",
+            suite.run_generative(
+                {"fresh": samples[0]},
+                [feature_net],
+                digits_uint8,
+                reference_split="test",
+                output_dir=out,
+                progress=False,
+            ),
+        )
+        runner.merge_results(
+            out,
+            "sample_quality",
+            suite.run_sample_quality(
+                {"fresh": samples}, feature_net.classifier, ranking_model=model, output_dir=out, progress=False
+            ),
+        )
+        runner.merge_results(
+            out, "likelihood", suite.run_ais(model, x, num_chains=4, num_temperatures=5, max_examples=20)
+        )
 
 
 def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
@@ -191,24 +231,42 @@ def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
     assert results_b["generative"]["fresh/classifier_softmax_a"]["num_samples"] == 60
     assert results_b["sample_quality"]["fresh"]["num_samples"] == 60
     # run_eval again keeps what eval.py's other evaluations merged in.
-    runner.run_eval(model_dir=str(dir_b), in_dist=digits_uint8, in_dist_name="digits",
-                    ood_sets={"noise": noise_uint8}, max_examples=100)
+    runner.run_eval(
+        model_dir=str(dir_b),
+        in_dist=digits_uint8,
+        in_dist_name="digits",
+        ood_sets={"noise": noise_uint8},
+        max_examples=100,
+    )
     assert set(runner.EXTRA_KEYS) <= set(json.loads((dir_b / "eval" / "results.json").read_text()))
     assert "Robust accuracy" in (dir_b / "eval" / "results.md").read_text()
 
     out = tmp_path / "report"
     rep = report.compare_runs([str(dir_a), str(dir_b)], str(out))
-    columns = ["accuracy", "ECE"] + [f"AUROC noise [{s}]" for s in ("grad_norm", "log_px", "max_softmax")] + [
-        "sadajem_fig5_linf clean", "sadajem_fig5_linf eps 4", "sadajem_fig5_linf eps 16", "classifier_fd [fresh]",
-        "classifier_score [fresh]", "classifier_kd [fresh]", "sample accuracy [fresh]"] + [
-        f"{c} [ais_mala_uniform]" for c in ("log Z", "log Z s.e.", "test LL nats", "bits/dim")]
+    columns = (
+        ["accuracy", "ECE"]
+        + [f"AUROC noise [{s}]" for s in ("grad_norm", "log_px", "max_softmax")]
+        + [
+            "sadajem_fig5_linf clean",
+            "sadajem_fig5_linf eps 4",
+            "sadajem_fig5_linf eps 16",
+            "classifier_fd [fresh]",
+            "classifier_score [fresh]",
+            "classifier_kd [fresh]",
+            "sample accuracy [fresh]",
+        ]
+        + [f"{c} [ais_mala_uniform]" for c in ("log Z", "log Z s.e.", "test LL nats", "bits/dim")]
+    )
     assert rep["columns"] == columns
     assert list(rep["rows"]) == ["softmax_a", "model_b"]
     assert rep["rows"]["softmax_a"]["classifier_fd [fresh]"] is None
     assert rep["rows"]["model_b"]["classifier_fd [fresh]"] == pytest.approx(
-        results_b["generative"]["fresh/classifier_softmax_a"]["classifier_fd"])
-    assert rep["rows"]["model_b"]["sadajem_fig5_linf eps 16"] == results_b["robustness"]["sadajem_fig5_linf"][
-        "robust_accuracy"][1]
+        results_b["generative"]["fresh/classifier_softmax_a"]["classifier_fd"]
+    )
+    assert (
+        rep["rows"]["model_b"]["sadajem_fig5_linf eps 16"]
+        == results_b["robustness"]["sadajem_fig5_linf"]["robust_accuracy"][1]
+    )
     for name in rep["rows"]:
         assert rep["rows"][name]["accuracy"] is not None and rep["rows"][name]["sadajem_fig5_linf eps 4"] is not None
     assert rep["counts"]["model_b"]["test images (accuracy, ECE, OOD in-distribution)"] == 100
@@ -219,10 +277,19 @@ def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
     md = (out / "report.md").read_text()
     header = next(line for line in md.splitlines() if line.startswith("| model | run folder | accuracy"))
     assert header == "| model | run folder | " + " | ".join(columns) + " |"
-    assert f"| softmax_a | {report.run_folder(str(dir_a / 'eval'))} |" in md and "Images behind each number" in md and "not FID" in md
+    assert (
+        f"| softmax_a | {report.run_folder(str(dir_a / 'eval'))} |" in md
+        and "Images behind each number" in md
+        and "not FID" in md
+    )
     plots = set(rep["plots"])
-    assert {"report_robustness.png", "report_reliability.png", "report_scores_log_px.png",
-            "report_robustness_sadajem_fig5_linf.png", "report_fresh_confusion.png"} <= plots, plots
+    assert {
+        "report_robustness.png",
+        "report_reliability.png",
+        "report_scores_log_px.png",
+        "report_robustness_sadajem_fig5_linf.png",
+        "report_fresh_confusion.png",
+    } <= plots, plots
     for png in plots:
         assert (out / png).read_bytes()[:8] == PNG
         assert f"]({png})" in md
@@ -240,28 +307,62 @@ def test_compare_needs_results(tmp_path):
 def test_eval_py_robustness_generative_sample_quality_and_compare(tmp_path):
     softmax, sadajem = tmp_path / "softmax", tmp_path / "sadajem"
     for config, model_dir in (("softmax_cifar10", softmax), ("sadajem", sadajem)):
-        _run(["train.py", f"--gin_file=gin_configs/{config}.gin", "--gin_file=gin_configs/tiny.gin",
-              f"--model_dir={model_dir}"])
+        _run(
+            [
+                "train.py",
+                f"--gin_file=gin_configs/{config}.gin",
+                "--gin_file=gin_configs/tiny.gin",
+                f"--model_dir={model_dir}",
+            ]
+        )
     common = ["--robustness=sadajem_fig5_linf", "--epsilons=2,8", "--attack_steps=2", "--eval_examples=40"]
     log = _run(["eval.py", f"--model_dir={softmax}"] + common)
     assert "robust accuracy" in log
-    _run(["eval.py", f"--model_dir={sadajem}", "--samples=20", "--sample_from_buffer", "--generative",
-          f"--feature_classifier={softmax}", "--inception_weights=none", "--sample_quality",
-          f"--reference_classifier={softmax}"] + common)
+    _run(
+        [
+            "eval.py",
+            f"--model_dir={sadajem}",
+            "--samples=20",
+            "--sample_from_buffer",
+            "--generative",
+            f"--feature_classifier={softmax}",
+            "--inception_weights=none",
+            "--sample_quality",
+            f"--reference_classifier={softmax}",
+        ]
+        + common
+    )
     results = json.loads((sadajem / "eval" / "results.json").read_text())
     assert results["num_examples"] == 40 and results["robustness"]["sadajem_fig5_linf"]["num_examples"] == 40
-    (key, gen), = results["generative"].items()
+    ((key, gen),) = results["generative"].items()
     assert key.startswith("buffer/classifier_softmax_step") and gen["num_samples"] == 20
     assert "fid" not in gen and np.isfinite(gen["classifier_fd"])
     assert results["sample_quality"]["buffer"]["num_samples"] == 20
     # Attacks without the standard evaluation keep results.json's other entries.
-    _run(["eval.py", f"--model_dir={sadajem}", "--nostandard", "--attack=pgd_l2", "--epsilons=50",
-          "--attack_steps=2", "--eval_examples=20"])
+    _run(
+        [
+            "eval.py",
+            f"--model_dir={sadajem}",
+            "--nostandard",
+            "--attack=pgd_l2",
+            "--epsilons=50",
+            "--attack_steps=2",
+            "--eval_examples=20",
+        ]
+    )
     results = json.loads((sadajem / "eval" / "results.json").read_text())
     assert {"sadajem_fig5_linf", "pgd_l2"} <= set(results["robustness"]) and "generative" in results
     # Rows named explicitly (the default names are "<trainer> (<config>)", tested elsewhere).
-    _run(["eval.py", "--compare", str(softmax), str(sadajem), "--compare_names=softmax,sadajem",
-          f"--output_dir={tmp_path / 'report'}"])
+    _run(
+        [
+            "eval.py",
+            "--compare",
+            str(softmax),
+            str(sadajem),
+            "--compare_names=softmax,sadajem",
+            f"--output_dir={tmp_path / 'report'}",
+        ]
+    )
     rep = json.loads((tmp_path / "report" / "report.json").read_text())
     assert rep["rows"]["softmax"]["classifier_fd [buffer]"] is None
     assert rep["rows"]["sadajem"]["classifier_fd [buffer]"] == pytest.approx(gen["classifier_fd"])

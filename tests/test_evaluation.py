@@ -9,7 +9,6 @@ import pytest
 
 from keras_ebm import training
 from keras_ebm.evaluation.runner import run_eval
-
 from test_experiment import data_fn, trainer_fn
 
 
@@ -30,15 +29,23 @@ def noise_uint8():
 def trained_dir(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run")
     training.run_training(
-        model_dir=str(model_dir), trainer=trainer_fn, optimizer=lambda: keras.optimizers.Adam(0.01),
-        train_data=data_fn, train_steps=30, checkpoint_every=30, log_every=30, export=True, progress=False,
+        model_dir=str(model_dir),
+        trainer=trainer_fn,
+        optimizer=lambda: keras.optimizers.Adam(0.01),
+        train_data=data_fn,
+        train_steps=30,
+        checkpoint_every=30,
+        log_every=30,
+        export=True,
+        progress=False,
     )
     return model_dir
 
 
 def test_run_eval_writes_results_tables_and_plots(trained_dir):
-    results = run_eval(model_dir=str(trained_dir), in_dist=digits_uint8, in_dist_name="digits",
-                       ood_sets={"noise": noise_uint8})
+    results = run_eval(
+        model_dir=str(trained_dir), in_dist=digits_uint8, in_dist_name="digits", ood_sets={"noise": noise_uint8}
+    )
     out = trained_dir / "eval"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["accuracy"] == pytest.approx(results["accuracy"])

@@ -4,19 +4,17 @@ report across runs; eval.py's flags are thin aliases of the evaluators' gin para
 
 import inspect
 import json
-import textwrap
 
 import gin
 import numpy as np
 import pytest
 
 from keras_ebm.evaluation import adapters, registry, runner
-
 from test_configs import _run
 from test_eval_suite import fixed_export  # noqa: F401  (a fixture)
 
 # A new evaluation: this one file, nothing else (eval.py, runner.py, report.py untouched).
-TOY_MODULE = '''
+TOY_MODULE = """
 import numpy as np
 
 from keras_ebm.evaluation import registry
@@ -48,34 +46,38 @@ class Brightness(registry.Evaluator):
     @classmethod
     def counts(cls, entries):
         return {{f"{{n}} images (brightness)": r["num_examples"] for n, r in entries.items()}}
-'''
+"""
 
 
 def _spec(root, file):
     return {"name": "npz", "split": "test", "local_path": str(root / file)}
 
 
-def test_a_toy_evaluator_runs_from_gin_and_reports(fixed_export, tmp_path, monkeypatch):
+def test_a_toy_evaluator_runs_from_gin_and_reports(fixed_export, tmp_path, monkeypatch):  # noqa: F811  (the fixture)
     root, _ = fixed_export
     (tmp_path / "toy_brightness_inproc.py").write_text(TOY_MODULE.format(name="brightness_inproc"))
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         with gin.unlock_config():
             gin.clear_config()
-            gin.parse_config([
-                "import toy_brightness_inproc",
-                "evaluate.evaluators = ['standard', 'brightness_inproc']",
-                "brightness_inproc.max_images = 30",
-                "brightness_inproc.label = 'first30'",
-                f"run_eval.in_dist = {_spec(root, 'test.npz')!r}",
-            ])
+            gin.parse_config(
+                [
+                    "import toy_brightness_inproc",
+                    "evaluate.evaluators = ['standard', 'brightness_inproc']",
+                    "brightness_inproc.max_images = 30",
+                    "brightness_inproc.label = 'first30'",
+                    f"run_eval.in_dist = {_spec(root, 'test.npz')!r}",
+                ]
+            )
             out = tmp_path / "eval"
             results = registry.evaluate(saved_model=str(root / "export"), output_dir=str(out))
         assert set(results) == {"standard", "brightness_inproc"}
         x = np.load(root / "test.npz")["x"]
         on_disk = json.loads((out / "results.json").read_text())
-        assert on_disk["brightness_inproc"]["first30"] == {"brightness": pytest.approx(float(np.mean(x[:30]))),
-                                                          "num_examples": 30}
+        assert on_disk["brightness_inproc"]["first30"] == {
+            "brightness": pytest.approx(float(np.mean(x[:30]))),
+            "num_examples": 30,
+        }
         assert on_disk["num_examples"] == 80  # the standard evaluation ran too, first
         assert "brightness_inproc" in runner.EXTRA_KEYS
         assert "Brightness first30:" in (out / "results.md").read_text()
@@ -88,23 +90,40 @@ def test_a_toy_evaluator_runs_from_gin_and_reports(fixed_export, tmp_path, monke
     assert "brightness_inproc" not in runner.EXTRA_KEYS
 
 
-def test_a_toy_evaluator_runs_from_eval_py_and_the_compare_report(fixed_export, tmp_path, monkeypatch):
+def test_a_toy_evaluator_runs_from_eval_py_and_the_compare_report(fixed_export, tmp_path, monkeypatch):  # noqa: F811
     root, _ = fixed_export
     (tmp_path / "toy_brightness.py").write_text(TOY_MODULE.format(name="brightness"))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:" + __import__("os").environ.get("PYTHONPATH", ""))
     out = tmp_path / "run" / "eval"
     data = [f"--gin_param=run_eval.in_dist = {_spec(root, 'test.npz')!r}"]
-    log = _run(["eval.py", f"--saved_model={root / 'export'}", f"--output_dir={out}", "--nostandard",
-                "--gin_param=import toy_brightness", "--evaluators=brightness", "--eval_examples=40",
-                "--gin_param=brightness.label = 'capped'"] + data)
+    log = _run(
+        [
+            "eval.py",
+            f"--saved_model={root / 'export'}",
+            f"--output_dir={out}",
+            "--nostandard",
+            "--gin_param=import toy_brightness",
+            "--evaluators=brightness",
+            "--eval_examples=40",
+            "--gin_param=brightness.label = 'capped'",
+        ]
+        + data
+    )
     results = json.loads((out / "results.json").read_text())
     assert list(results) == ["brightness"], log  # --nostandard: only the evaluator asked for
     x = np.load(root / "test.npz")["x"]
     assert results["brightness"]["capped"]["num_examples"] == 40  # --eval_examples reaches it
     assert results["brightness"]["capped"]["brightness"] == pytest.approx(float(np.mean(x[:40])))
     report_dir = tmp_path / "report"
-    _run(["eval.py", "--compare", str(tmp_path / "run"), "--gin_param=import toy_brightness",
-          f"--output_dir={report_dir}"])
+    _run(
+        [
+            "eval.py",
+            "--compare",
+            str(tmp_path / "run"),
+            "--gin_param=import toy_brightness",
+            f"--output_dir={report_dir}",
+        ]
+    )
     rep = json.loads((report_dir / "report.json").read_text())
     assert "brightness [capped]" in rep["columns"]
     (row,) = rep["rows"].values()
@@ -132,14 +151,17 @@ def test_every_flag_binds_an_evaluator_parameter_with_the_flags_default():
         targets = target(default if default is not None else "x") if callable(target) else {target: default}
         for param in targets:
             configurable, name = param.rsplit(".", 1)
-            fn = registry.get(configurable) if configurable in registry.names() else \
-                gin.config._REGISTRY.get_match(configurable).wrapped
+            fn = (
+                registry.get(configurable)
+                if configurable in registry.names()
+                else gin.config._REGISTRY.get_match(configurable).wrapped
+            )
             signature = inspect.signature(fn)
             assert name in signature.parameters, (flag, param)
             if callable(target) or configurable not in registry.names():
                 continue  # the old code passed these only when given
             bound = signature.parameters[name].default
-            norm = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else v)  # noqa: E731
+            norm = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
             assert norm(bound) == norm(default), (flag, param, bound, default)
 
 
@@ -150,11 +172,28 @@ def test_flags_given_become_gin_bindings_others_bind_nothing():
         flags.FLAGS(["eval.py", "--model_dir=x"])
         assert eval_script.flag_bindings() == []
         flags.FLAGS.unparse_flags()
-        flags.FLAGS(["eval.py", "--model_dir=x", "--epsilons=1,2", "--eot=3", "--inception_weights=NONE",
-                     "--clel_betas=0,0.1", "--cw", "--eval_examples=7"])
-        assert sorted(eval_script.flag_bindings()) == sorted([
-            "robustness.epsilons = ['1', '2']", "robustness.eot_reps = 3", "generative.inception = False",
-            "run_eval.clel_betas = [0.0, 0.1]", "robustness.cw = True", "evaluate.max_examples = 7"])
+        flags.FLAGS(
+            [
+                "eval.py",
+                "--model_dir=x",
+                "--epsilons=1,2",
+                "--eot=3",
+                "--inception_weights=NONE",
+                "--clel_betas=0,0.1",
+                "--cw",
+                "--eval_examples=7",
+            ]
+        )
+        assert sorted(eval_script.flag_bindings()) == sorted(
+            [
+                "robustness.epsilons = ['1', '2']",
+                "robustness.eot_reps = 3",
+                "generative.inception = False",
+                "run_eval.clel_betas = [0.0, 0.1]",
+                "robustness.cw = True",
+                "evaluate.max_examples = 7",
+            ]
+        )
         with gin.unlock_config():
             gin.clear_config()
             gin.parse_config(["evaluate.evaluators = ['ais', 'robustness']"])

@@ -15,11 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import callbacks
-from keras_ebm import divergence, generation, training
-from keras_ebm.trainers import SoftmaxClassifier
-
 from helpers import digits_arrays, tiny_network
+from keras_ebm import callbacks, divergence, generation, training
+from keras_ebm.trainers import SoftmaxClassifier
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,8 +41,15 @@ def trainer_fn(**kwargs):
 def run(model_dir, steps, data=data_fn, trainer=trainer_fn, **kwargs):
     kwargs.setdefault("export", False)
     return training.run_training(
-        model_dir=str(model_dir), trainer=trainer, optimizer=lambda: keras.optimizers.Adam(0.05),
-        train_data=data, train_steps=steps, checkpoint_every=2, log_every=2, progress=False, **kwargs,
+        model_dir=str(model_dir),
+        trainer=trainer,
+        optimizer=lambda: keras.optimizers.Adam(0.05),
+        train_data=data,
+        train_steps=steps,
+        checkpoint_every=2,
+        log_every=2,
+        progress=False,
+        **kwargs,
     )
 
 
@@ -114,10 +119,17 @@ def test_max_minutes_must_be_positive(tmp_path, bad):
 def test_train_py_killed_then_resumed(tmp_path):
     model_dir = tmp_path / "run"
     # SADA-JEM at tiny size: weights, SAM/SGD state, replay buffer and seeds all go through the kill.
-    cmd = [sys.executable, "train.py", "--gin_file=gin_configs/sadajem.gin", "--gin_file=gin_configs/tiny.gin",
-           f"--model_dir={model_dir}", "--gin_param=run_training.train_steps=100000",
-           "--gin_param=run_training.checkpoint_every=5", "--gin_param=run_training.evaluate=False",
-           "--gin_param=run_training.export=False"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "--gin_file=gin_configs/sadajem.gin",
+        "--gin_file=gin_configs/tiny.gin",
+        f"--model_dir={model_dir}",
+        "--gin_param=run_training.train_steps=100000",
+        "--gin_param=run_training.checkpoint_every=5",
+        "--gin_param=run_training.evaluate=False",
+        "--gin_param=run_training.export=False",
+    ]
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     ckpt_dir = model_dir / "checkpoints"
@@ -133,10 +145,18 @@ def test_train_py_killed_then_resumed(tmp_path):
     assert latest, "no checkpoint was written before the kill"
     saved_step = int(latest.rsplit("-", 1)[1])
     out = subprocess.run(
-        cmd[:-4] + [f"--gin_param=run_training.train_steps={saved_step + 5}",
-                    "--gin_param=run_training.evaluate=False", "--gin_param=run_training.export=False",
-                    "--gin_param=run_training.checkpoint_every=5"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        cmd[:-4]
+        + [
+            f"--gin_param=run_training.train_steps={saved_step + 5}",
+            "--gin_param=run_training.evaluate=False",
+            "--gin_param=run_training.export=False",
+            "--gin_param=run_training.checkpoint_every=5",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = out.stdout + out.stderr
@@ -191,9 +211,15 @@ def jem_trainer_fn():
     from keras_ebm.sampling import SGLDSampler
     from keras_ebm.trainers.jem import JEM
 
-    return JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
-               sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
-               check_finite_inputs=False)
+    return JEM(
+        tiny_network(),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=64,
+        seed=0,
+        sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
+        check_finite_inputs=False,
+    )
 
 
 def scheduled_adam():
@@ -216,16 +242,24 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
     import _remedy_scenario as scenario
 
     energy_calls = tf.Variable(0, dtype=tf.int64, trainable=False)  # SGLD energy calls, in the graph
-    guard = divergence.DivergenceGuard(max_recoveries=3, lr_factor=0.5, sgld_steps_factor=2.5, energy_l2=0.1,
-                                       confirm_steps=0)
+    guard = divergence.DivergenceGuard(
+        max_recoveries=3, lr_factor=0.5, sgld_steps_factor=2.5, energy_l2=0.1, confirm_steps=0
+    )
     built = []
 
     def counting_jem():  # K = 2, energy L2 0 in "means" mode: the penalty is checkable from the logs
         built.append(scenario.make_trainer(energy_calls))
         return built[-1]
 
-    kwargs = dict(model_dir=str(tmp_path), trainer=counting_jem, optimizer=scheduled_adam,
-                  checkpoint_every=2, log_every=2, export=False, progress=False)
+    kwargs = dict(
+        model_dir=str(tmp_path),
+        trainer=counting_jem,
+        optimizer=scheduled_adam,
+        checkpoint_every=2,
+        log_every=2,
+        export=False,
+        progress=False,
+    )
     model = training.run_training(train_data=explodes_thrice, train_steps=8, divergence_guard=guard, **kwargs)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 3, events
@@ -249,8 +283,11 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
     assert [r["step"] for r in records] == [9, 10], records
     for r in records:
         logs = r["logs"]
-        np.testing.assert_allclose(logs["loss"] - logs["clf_loss"] - logs["px_loss"],
-                                   0.1 * (logs["energy_data"] ** 2 + logs["energy_sample"] ** 2), rtol=1e-4)
+        np.testing.assert_allclose(
+            logs["loss"] - logs["clf_loss"] - logs["px_loss"],
+            0.1 * (logs["energy_data"] ** 2 + logs["energy_sample"] ** 2),
+            rtol=1e-4,
+        )
     assert records[1]["calls"] - records[0]["calls"] == 5, records
     np.testing.assert_allclose(float(resumed.optimizer.learning_rate), 0.025)
 
@@ -266,9 +303,17 @@ def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp
     guard = divergence.DivergenceGuard(max_recoveries=1, lr_factor=1.0, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
     model = training.run_training(
-        model_dir=str(tmp_path), trainer=unchecked, optimizer=lambda: keras.optimizers.Adam(0.05),
-        train_data=explodes_at_once, train_steps=4, checkpoint_every=100, log_every=1, export=False,
-        progress=False, divergence_guard=guard)
+        model_dir=str(tmp_path),
+        trainer=unchecked,
+        optimizer=lambda: keras.optimizers.Adam(0.05),
+        train_data=explodes_at_once,
+        train_steps=4,
+        checkpoint_every=100,
+        log_every=1,
+        export=False,
+        progress=False,
+        divergence_guard=guard,
+    )
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["restored"].endswith("ckpt-0"), events
     assert int(model.optimizer.iterations.numpy()) == 4
@@ -304,12 +349,27 @@ def test_jit_compile_reaches_the_train_function(tmp_path, monkeypatch):
             def init(self, shape, seed, y=None):
                 return tf.fill(shape, 0.1)
 
-        return JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
-                   reinit_prob=1.0, sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0),
-                   initializer=Constant())
+        return JEM(
+            tiny_network(),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=64,
+            seed=0,
+            reinit_prob=1.0,
+            sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0),
+            initializer=Constant(),
+        )
 
-    kwargs = dict(trainer=deterministic_jem, optimizer=lambda: keras.optimizers.SGD(0.05), train_data=data_fn,
-                  train_steps=2, checkpoint_every=2, log_every=2, export=False, progress=False)
+    kwargs = dict(
+        trainer=deterministic_jem,
+        optimizer=lambda: keras.optimizers.SGD(0.05),
+        train_data=data_fn,
+        train_steps=2,
+        checkpoint_every=2,
+        log_every=2,
+        export=False,
+        progress=False,
+    )
     plain = training.run_training(model_dir=str(tmp_path / "plain"), **kwargs)
     monkeypatch.setattr(tf, "function", recording_function)
     xla = training.run_training(model_dir=str(tmp_path / "xla"), jit_compile=True, **kwargs)
@@ -343,8 +403,9 @@ def test_buffer_grid_shows_every_class_block(tmp_path, monkeypatch):
     from keras_ebm.evaluation import plots
     from keras_ebm.trainers.jem import JEM
 
-    model = JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=100, px_weight=0.0,
-                pxy_weight=1.0)  # class-partitioned buffer: 10 contiguous blocks of 10 rows
+    model = JEM(
+        tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=100, px_weight=0.0, pxy_weight=1.0
+    )  # class-partitioned buffer: 10 contiguous blocks of 10 rows
     assert model.buffer.class_conditional
     block = np.repeat(np.linspace(-0.9, 0.9, 10), 10).astype("float32")  # row value = its class
     model.buffer.buffer.assign(np.broadcast_to(block[:, None, None, None], (100, 8, 8, 1)))
@@ -419,8 +480,8 @@ def _replay(guard, clf_losses, gaps=None):
         logs = {"loss": loss, "clf_loss": loss}
         if gaps is not None:
             logs["energy_gap"] = gaps[step - 1]
-        for signal in monitor.update(step, logs):
-            fired.setdefault(signal, step)
+        for fired_signal in monitor.update(step, logs):
+            fired.setdefault(fired_signal, step)
     return fired
 
 
@@ -451,8 +512,8 @@ def _recorded(row):
 def _first_signals(guard, steps, logs):
     monitor, first = guard.monitor(), {}
     for step, log in zip(steps, logs):
-        for signal in monitor.update(step, log):
-            first.setdefault(signal, step)
+        for fired_signal in monitor.update(step, log):
+            first.setdefault(fired_signal, step)
     return first
 
 
@@ -575,7 +636,7 @@ def test_tensorboard_scalars_are_the_mean_losses_of_each_logging_window(tmp_path
     reference.compile(optimizer=keras.optimizers.Adam(0.05))
     losses, accuracies = [], []
     for k in range(4):
-        xb, yb = x[32 * k:32 * (k + 1)], y[32 * k:32 * (k + 1)]
+        xb, yb = x[32 * k : 32 * (k + 1)], y[32 * k : 32 * (k + 1)]
         logits = reference.network(xb).numpy().astype(np.float64)
         shifted = logits - logits.max(-1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -597,9 +658,10 @@ def test_operative_config_holds_the_bound_values(tmp_path):
     values from the config files, and the macros they refer to."""
     from keras_ebm import run_config
 
-    run_config.parse_gin(["gin_configs/quickstart.gin", "gin_configs/tiny.gin"],
-                  ["run_training.train_steps = 1", "run_training.keep_checkpoints = 7",
-                   "SGLDSampler.step_size = 0.75"])
+    run_config.parse_gin(
+        ["gin_configs/quickstart.gin", "gin_configs/tiny.gin"],
+        ["run_training.train_steps = 1", "run_training.keep_checkpoints = 7", "SGLDSampler.step_size = 0.75"],
+    )
     training.run_training(model_dir=str(tmp_path), progress=False, export=False)
     text = (tmp_path / "operative_config.gin").read_text()
 

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import TRAINER_NAMES, every_trainer, tiny_network
 from keras_ebm import export
 from keras_ebm import scores as scores_lib
-
-from helpers import TRAINER_NAMES, every_trainer, tiny_network
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 5
@@ -40,9 +39,7 @@ class TinyTrainer(keras.Model, scores_lib.Scorer):
     def __init__(self, network, **kwargs):
         super().__init__(**kwargs)
         self.network = network
-        self.buffer = self.add_weight(
-            shape=BUFFER_SHAPE, initializer="ones", trainable=False, name="replay_buffer"
-        )
+        self.buffer = self.add_weight(shape=BUFFER_SHAPE, initializer="ones", trainable=False, name="replay_buffer")
         self.steps = self.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False, name="steps")
 
     def call(self, x, training=False):
@@ -213,7 +210,10 @@ def test_metadata_json_round_trip(exported):
     assert meta["signatures"]["scores"]["outputs"] == sorted(meta["score_names"])
     assert meta["format_version"] == 3
     assert meta["signatures"]["logits"]["inputs"]["images"] == {
-        "dtype": "float32", "shape": [None, 8, 8, 3], "values": "whole numbers in [0, 255] (pixel values)"}
+        "dtype": "float32",
+        "shape": [None, 8, 8, 3],
+        "values": "whole numbers in [0, 255] (pixel values)",
+    }
     loaded = export.load_export(exported)
     assert sorted(loaded.signatures) == sorted(export.ENDPOINTS)
     with pytest.raises(ValueError, match="No keras_ebm export metadata"):
@@ -280,7 +280,6 @@ def test_in_process_module_matches_keras_default_score():
         module.logits(tf.zeros((1, 4, 4, 3), tf.uint8))
 
 
-
 class TinyEBM(keras.Model, scores_lib.Scorer):
     """A model that is not a classifier: its own energy and scores (as CLEL's trainer)."""
 
@@ -307,7 +306,7 @@ def test_non_classifier_exports_its_own_energy_and_scores_only():
     module = export.ServingModule(TinyEBM(net), IMAGE_SHAPE, pixel_range=PIXEL_RANGE)
     images = _images(3, seed=8)
     logits = net(_float(images), training=False).numpy()
-    energy = 0.5 * (logits ** 2).sum(-1)
+    energy = 0.5 * (logits**2).sum(-1)
     assert module.score_name_list == ["neg_energy"]  # no JEM scores of a non-classifier's outputs
     assert module.metadata()["classifier"] is False and module.metadata()["ood_score"] == "neg_energy"
     np.testing.assert_allclose(module.energy(tf.constant(images))["energy"], energy, rtol=1e-5, atol=1e-5)
@@ -372,7 +371,8 @@ def test_empty_batch_gives_empty_outputs(exported):
     empty = np.zeros((0,) + IMAGE_SHAPE, np.uint8)
     widths = {"logits": (0, NUM_CLASSES), "probabilities": (0, NUM_CLASSES)}
     for name in export.ENDPOINTS:
-        for call in (lambda: getattr(loaded, name)(empty), lambda: loaded.signatures[name](images=empty)):
+        # noqa B023: each lambda is called within its iteration of `name`.
+        for call in (lambda: getattr(loaded, name)(empty), lambda: loaded.signatures[name](images=empty)):  # noqa: B023
             out = call()
             assert out, name
             for key, value in out.items():
@@ -402,7 +402,8 @@ def test_float_images_that_are_not_pixel_values_are_refused(exported):
     ]
     for bad, message, not_said in cases:
         for name in export.ENDPOINTS:
-            for call in (getattr(loaded, name), lambda x: loaded.signatures[name](images=x)):
+            # noqa B023: each lambda is called within its iteration of `name`.
+            for call in (getattr(loaded, name), lambda x: loaded.signatures[name](images=x)):  # noqa: B023
                 with pytest.raises(tf.errors.InvalidArgumentError, match=message) as info:
                     call(bad)
                 said = info.value.message.split("Received")[0]
@@ -429,6 +430,7 @@ def test_leftovers_of_a_killed_export_are_cleaned_up(tmp_path):
     net = _network(seed=5)
     export.export_model(net, str(export_dir), IMAGE_SHAPE)
     images = _images(2)
+
     def logits():
         loaded = export.load_export(str(export_dir))  # kept alive while its function runs
         return loaded.logits(images)["logits"].numpy()

@@ -76,11 +76,13 @@ def test_pool3_and_is_logits_match_the_recorded_torch_forward(nets, golden, imag
         out = net(images[batch])
         assert out["pool"].shape == (len(images[batch]), 2048) and out["logits"].shape == (len(images[batch]), 1008)
         np.testing.assert_allclose(out["pool"], golden[f"{batch}_{ref}_pool3"], rtol=0, atol=TOL, err_msg=batch)
-        np.testing.assert_allclose(out["logits"], golden[f"{batch}_{ref}_logits_unbiased"], rtol=0, atol=TOL,
-                                   err_msg=batch)
+        np.testing.assert_allclose(
+            out["logits"], golden[f"{batch}_{ref}_logits_unbiased"], rtol=0, atol=TOL, err_msg=batch
+        )
         bias = net.model.get_layer("fc").bias.numpy()  # the fc layer's output, as recorded
-        np.testing.assert_allclose(out["logits"] + bias, golden[f"{batch}_{ref}_logits"], rtol=0, atol=TOL,
-                                   err_msg=batch)
+        np.testing.assert_allclose(
+            out["logits"] + bias, golden[f"{batch}_{ref}_logits"], rtol=0, atol=TOL, err_msg=batch
+        )
     # The two pipelines differ (resize grid and scaling), by far more than the tolerance.
     assert np.abs(golden["small_pytorch_fid_pool3"] - golden["small_torch_fidelity_pool3"]).max() > 100 * TOL
 
@@ -193,8 +195,9 @@ def test_every_fid_is_labelled_with_its_network(tmp_path):
     runs = []
     for net in (_FakeNet("fid_inception", None), _FakeNet("keras_inception_v3", gen.InceptionV3Features.note)):
         ref = gen.reference_statistics(net, dataset="noise", images=ref_images, use_cache=False, progress=False)
-        res = gen.evaluate_generative(ref_images[:40], net, ref, splits=2, kid_subsets=2, kid_subset_size=20,
-                                      progress=False, name="fresh")
+        res = gen.evaluate_generative(
+            ref_images[:40], net, ref, splits=2, kid_subsets=2, kid_subset_size=20, progress=False, name="fresh"
+        )
         assert res["feature_network"] == net.name and "fid" in res
         assert ("not comparable with published FID/IS" in res["note"]) == (net.name == "keras_inception_v3")
         run = tmp_path / net.name / "eval"

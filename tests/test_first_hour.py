@@ -14,11 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import run_config, data, training
+from helpers import digits_arrays, tiny_network
+from keras_ebm import data, run_config, training
 from keras_ebm.data import sources
 from keras_ebm.trainers import SoftmaxClassifier
-
-from helpers import digits_arrays, tiny_network
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = os.path.join(REPO, "gin_configs", "quickstart.gin")
@@ -35,7 +34,8 @@ def _parse(files, params=()):
 def test_model_dir_defaults_to_runs_config_name():
     assert run_config.default_model_dir(["gin_configs/clel_large.gin"]) == os.path.join("runs", "clel_large")
     assert run_config.default_model_dir(["gin_configs/sadajem.gin", "gin_configs/tiny.gin"]) == os.path.join(
-        "runs", "sadajem_tiny")
+        "runs", "sadajem_tiny"
+    )
 
 
 class _FakeBuilder:
@@ -97,8 +97,9 @@ def test_run_training_refuses_unavailable_data_before_building_a_model(monkeypat
 
     fn = data.make_dataset_fn("cifar10", "train", 8, data_dir=str(tmp_path / "tfds"))
     with pytest.raises(FileNotFoundError, match="cannot download it"):
-        training.run_training(str(tmp_path / "run"), trainer, lambda: keras.optimizers.Adam(), fn, 2,
-                              progress=False, export=False)
+        training.run_training(
+            str(tmp_path / "run"), trainer, lambda: keras.optimizers.Adam(), fn, 2, progress=False, export=False
+        )
 
 
 @pytest.mark.slow
@@ -110,8 +111,14 @@ def test_the_design_command_starts_and_fails_fast_offline(tmp_path):
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("KERAS_EBM_VERBOSE", None)
     start = time.time()
-    out = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), "--gin_file=gin_configs/clel_large.gin"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "train.py"), "--gin_file=gin_configs/clel_large.gin"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     assert out.stdout.splitlines()[0].startswith("[keras_ebm] model_dir: runs/clel_large")
     assert "--gin_file=gin_configs/data/cifar10_python.gin" in out.stderr
@@ -165,8 +172,10 @@ def test_a_saved_run_config_with_unread_macros_still_parses(tmp_path):
     """config.gin of a run trained before the check (softmax + tiny: SGLD_STEPS unread, no
     optional_macros binding) is read back by eval.py and resume."""
     old = tmp_path / "config.gin"
-    old.write_text("import keras_ebm.configurables\n\n# Macros:\n# " + "=" * 78 + "\nSGLD_STEPS = 2\n"
-                   "TRAIN_STEPS = 4\n\nrun_training.train_steps = %TRAIN_STEPS\n")
+    old.write_text(
+        "import keras_ebm.configurables\n\n# Macros:\n# " + "=" * 78 + "\nSGLD_STEPS = 2\n"
+        "TRAIN_STEPS = 4\n\nrun_training.train_steps = %TRAIN_STEPS\n"
+    )
     _parse([str(old)])
 
 
@@ -203,8 +212,9 @@ def _fake_run(root, name, trainer, ood_order, auroc):
     (run / "training_summary.json").write_text(json.dumps({"trainer": trainer}))
     (run / "config.gin").write_text(f"{run_config.CONFIG_FILES_HEADER}gin_configs/quickstart.gin\n")
     ood = {o: {"log_px": auroc[o]} for o in ood_order}
-    (run / "eval" / "results.json").write_text(json.dumps(
-        {"accuracy": 0.9, "ece": 0.05, "ood": ood, "num_examples": 10}))
+    (run / "eval" / "results.json").write_text(
+        json.dumps({"accuracy": 0.9, "ece": 0.05, "ood": ood, "num_examples": 10})
+    )
     return str(run)
 
 
@@ -239,8 +249,14 @@ def test_a_user_error_is_one_message_and_tensorflow_start_up_is_quiet(tmp_path):
     env = dict(os.environ)
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("KERAS_EBM_VERBOSE", None)
-    cmd = [sys.executable, "train.py", f"--gin_file={QUICK}", f"--gin_file={TINY}", "--gin_param=DATASET = 'digitz'",
-           f"--model_dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"--gin_file={QUICK}",
+        f"--gin_file={TINY}",
+        "--gin_param=DATASET = 'digitz'",
+        f"--model_dir={tmp_path / 'run'}",
+    ]
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "ValueError: Unknown data set" in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
@@ -263,9 +279,11 @@ def test_error_message_of_a_step_assert_is_its_own_text():
         with pytest.raises(tf.errors.InvalidArgumentError) as info:
             run(tf.ones(3))
         assert scripts.error_message(info.value) == "InvalidArgumentError: The x images lie in [0, 1]: map them"
-    noise = ("I0000 00:00:1796516530.493378    8394 port.cc:153] oneDNN custom operations are on.",
-             "E0000 00:00:1796516535.299046    8394 cuda_platform.cc:52] failed call to cuInit: INTERNAL",
-             "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR")
+    noise = (
+        "I0000 00:00:1796516530.493378    8394 port.cc:153] oneDNN custom operations are on.",
+        "E0000 00:00:1796516535.299046    8394 cuda_platform.cc:52] failed call to cuInit: INTERNAL",
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    )
     assert all(scripts._STARTUP_NOISE.match(line) for line in noise)
     assert not scripts._STARTUP_NOISE.match("E0000 00:00:1 1 some_op.cc:1] a real error")
 
@@ -276,9 +294,16 @@ def test_training_off_a_terminal_logs_lines_not_a_progress_bar(tmp_path, capsys)
     def data_fn(input_context=None):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16, drop_remainder=True)
 
-    training.run_training(str(tmp_path), lambda: SoftmaxClassifier(tiny_network(), image_shape=(8, 8, 1),
-                                                                    num_classes=10),
-                          lambda: keras.optimizers.Adam(1e-3), data_fn, 4, log_every=2, progress=True, export=False)
+    training.run_training(
+        str(tmp_path),
+        lambda: SoftmaxClassifier(tiny_network(), image_shape=(8, 8, 1), num_classes=10),
+        lambda: keras.optimizers.Adam(1e-3),
+        data_fn,
+        4,
+        log_every=2,
+        progress=True,
+        export=False,
+    )
     out = capsys.readouterr().out
     assert re.search(r"\[keras_ebm\] step 2/4 loss=", out) and re.search(r"\[keras_ebm\] step 4/4 ", out), out
     assert "━" not in out and "\r" not in out  # no Progbar redraws
@@ -286,8 +311,13 @@ def test_training_off_a_terminal_logs_lines_not_a_progress_bar(tmp_path, capsys)
 
 # ----------------------------------------------------------------- 7. package metadata, commands
 def test_package_metadata_and_console_scripts(tmp_path):
-    out = subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     info = tmp_path / "keras_ebm.egg-info"
     meta = (info / "PKG-INFO").read_text()
@@ -302,13 +332,20 @@ def test_package_metadata_and_console_scripts(tmp_path):
     assert "keras-ebm-eval = keras_ebm.scripts.eval:run" in entry_points
     assert "Apache License" in open(os.path.join(REPO, "LICENSE")).read()
     for module, flag in (("keras_ebm.scripts.train", "--model_dir"), ("keras_ebm.scripts.eval", "--compare")):
-        helped = subprocess.run([sys.executable, "-c", f"import sys; sys.argv[0] = 'keras-ebm'; "
-                                 f"from {module} import run; run()", "--help"], cwd=str(tmp_path), capture_output=True,
-                                text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+        helped = subprocess.run(
+            [sys.executable, "-c", f"import sys; sys.argv[0] = 'keras-ebm'; from {module} import run; run()", "--help"],
+            cwd=str(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=REPO),
+        )
         # (absl's --help exits with status 1)
         assert flag in helped.stdout and "--gin_file" in helped.stdout, helped.stderr[-2000:]
     for wrapper in ("train.py", "eval.py"):
-        helped = subprocess.run([sys.executable, wrapper, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        helped = subprocess.run(
+            [sys.executable, wrapper, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
         assert "  --gin_file:" in helped.stdout and "--[no]verbose" in helped.stdout, helped.stderr[-2000:]
 
 

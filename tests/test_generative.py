@@ -84,7 +84,7 @@ def test_kid_is_unbiased_with_a_linear_kernel():
     # Exact identity for the linear kernel.
     x, y = rng.randn(7, d), rng.randn(9, d)
     sx, sy = x.sum(0), y.sum(0)
-    exact = ((sx @ sx - np.sum(x * x)) / (7 * 6) + (sy @ sy - np.sum(y * y)) / (9 * 8) - 2 * (x.mean(0) @ y.mean(0)))
+    exact = (sx @ sx - np.sum(x * x)) / (7 * 6) + (sy @ sy - np.sum(y * y)) / (9 * 8) - 2 * (x.mean(0) @ y.mean(0))
     assert gen.mmd2_unbiased(x, y, **kernel) == pytest.approx(exact)
     # KID with the default cubic kernel of two samples of one distribution: about 0.
     a, b = rng.randn(600, 8), rng.randn(600, 8)
@@ -102,23 +102,40 @@ def tiny_features():
 def test_classifier_feature_metrics_and_reference_cache(tiny_features, tmp_path):
     rng = np.random.RandomState(6)
     ref_images = rng.randint(0, 256, (300, 8, 8, 1)).astype("uint8")
-    ref = gen.reference_statistics(tiny_features, dataset="noise8", split="train", images=ref_images,
-                                   cache_dir=str(tmp_path), progress=False, kid_features=200)
+    ref = gen.reference_statistics(
+        tiny_features,
+        dataset="noise8",
+        split="train",
+        images=ref_images,
+        cache_dir=str(tmp_path),
+        progress=False,
+        kid_features=200,
+    )
     assert os.path.basename(ref["path"]) == "noise8_train__classifier_tiny_test__nall.npz"
     assert ref["num_examples"] == 300 and ref["features"].shape == (200, 16)
     # The second call reads the cache: no images and an unknown data set name would fail otherwise.
     again = gen.reference_statistics(tiny_features, dataset="noise8", split="train", cache_dir=str(tmp_path))
     np.testing.assert_allclose(again["mu"], ref["mu"])
 
-    same = gen.evaluate_generative(ref_images, tiny_features, ref, splits=5, kid_subsets=5, kid_subset_size=100,
-                                   progress=False, output_dir=str(tmp_path), name="same")
+    same = gen.evaluate_generative(
+        ref_images,
+        tiny_features,
+        ref,
+        splits=5,
+        kid_subsets=5,
+        kid_subset_size=100,
+        progress=False,
+        output_dir=str(tmp_path),
+        name="same",
+    )
     assert same["classifier_fd"] == pytest.approx(0.0, abs=1e-6)
     assert not any(k in same for k in ("fid", "inception_score", "kid"))
     assert "not FID" in same["note"] and same["num_samples"] == 300
     assert json.loads((tmp_path / "generative_same.json").read_text())["feature_network"] == "classifier_tiny_test"
     dark = (ref_images // 4).astype("uint8")
-    other = gen.evaluate_generative(dark, tiny_features, ref, splits=5, kid_subsets=5, kid_subset_size=100,
-                                    progress=False, max_examples=200)
+    other = gen.evaluate_generative(
+        dark, tiny_features, ref, splits=5, kid_subsets=5, kid_subset_size=100, progress=False, max_examples=200
+    )
     assert other["classifier_fd"] > 1e-3 and other["num_samples"] == 200
     assert other["classifier_kd"] > 0
     probs = special.softmax(tiny_features(dark[:200])["logits"], -1)
@@ -151,7 +168,8 @@ def test_inception_features_shapes_and_values_with_random_weights_built_by_the_t
 
     images = np.random.RandomState(8).randint(0, 256, (2, 32, 32, 3)).astype("uint8")
     x = keras.applications.inception_v3.preprocess_input(
-        tf.image.resize(tf.cast(images, tf.float32), (299, 299), method="bilinear").numpy())
+        tf.image.resize(tf.cast(images, tf.float32), (299, 299), method="bilinear").numpy()
+    )
     pool = keras.Model(model.inputs, model.get_layer("avg_pool").output)(x, training=False).numpy()
     out = net(images)
     # Random weights: features of about 1e-3 that differ between images by about 1% of the largest,
@@ -213,8 +231,17 @@ def test_sample_quality_confusion_accuracy_and_rankings(tmp_path):
             images.append(np.full((8, 8, 1), levels[lv] + jitter, np.uint8))
     images, intended = np.stack(images), np.array(intended)
     fn = brightness_classifier()
-    res = sq.classify_samples(images, intended, fn, pixel_range=(-1.0, 1.0), class_names=("dark", "mid", "light"),
-                              top_k=3, output_dir=str(tmp_path), name="toy", progress=False)
+    res = sq.classify_samples(
+        images,
+        intended,
+        fn,
+        pixel_range=(-1.0, 1.0),
+        class_names=("dark", "mid", "light"),
+        top_k=3,
+        output_dir=str(tmp_path),
+        name="toy",
+        progress=False,
+    )
     np.testing.assert_allclose(res["confusion_matrix_normalized"], [[1, 0, 0], [0, 0.5, 0.5], [0, 0, 1]])
     assert res["confusion_matrix"] == [[8, 0, 0], [0, 5, 5], [0, 0, 6]]
     assert res["accuracy"] == pytest.approx((8 + 5 + 6) / 24)
@@ -235,7 +262,14 @@ def test_sample_quality_confusion_accuracy_and_rankings(tmp_path):
     assert on_disk["accuracy"] == pytest.approx(res["accuracy"])
 
     # Unconditional samples: grouped by the prediction, no accuracy; a ranking model of its own.
-    unc = sq.classify_samples(images, None, fn, pixel_range=(-1.0, 1.0), ranking_model=brightness_classifier((0.6, 0.0, -0.6)),
-                              ranking_pixel_range=(-1.0, 1.0), progress=False)
+    unc = sq.classify_samples(
+        images,
+        None,
+        fn,
+        pixel_range=(-1.0, 1.0),
+        ranking_model=brightness_classifier((0.6, 0.0, -0.6)),
+        ranking_pixel_range=(-1.0, 1.0),
+        progress=False,
+    )
     assert unc["accuracy"] is None and unc["samples_per_class"] == [8, 5, 11]
     assert unc["ranking"] == "ranking_model"

@@ -10,16 +10,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (
+    ConstantInitializer,
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
+    tiny_network,
+)
 from keras_ebm import export
 from keras_ebm.backbones import TinyCNN, feature_extractor
-from keras_ebm.trainers.gmmc.head import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.gmmc import GMMC
-
-from helpers import (
-    ConstantInitializer, digits_arrays, run_checkpoint_roundtrip, run_serialization_test,
-    run_trainer_smoke_test, tiny_network,
-)
+from keras_ebm.trainers.gmmc.head import MaxMahalanobisHead, build_mmc_classifier, max_mahalanobis_centers, mmc_head
 
 
 def tiny_backbone(image_shape, dim=16, seed=3):
@@ -32,8 +35,9 @@ def tiny_gmmc(image_shape=(8, 8, 1), mode="generative", n_steps=2, buffer_size=2
     sampler = kwargs.pop("sampler", None) or SGLDSampler(
         n_steps=n_steps, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0), energy_reduction="mean"
     )
-    return GMMC(network, image_shape=image_shape, num_classes=10, mode=mode, sampler=sampler,
-                buffer_size=buffer_size, **kwargs)
+    return GMMC(
+        network, image_shape=image_shape, num_classes=10, mode=mode, sampler=sampler, buffer_size=buffer_size, **kwargs
+    )
 
 
 def _gram(mu):
@@ -121,8 +125,11 @@ def test_head_computes_in_float32_under_mixed_float16(mixed_float16_policy):
     mu = head.centers.numpy().astype(np.float64)
     sq = ((features.numpy().astype(np.float64)[:, None] - mu[None]) ** 2).sum(-1)
     np.testing.assert_allclose(logits.numpy(), -0.5 * sq, rtol=1e-5)
-    for out in (head.squared_distances(features), head.center_loss(features, tf.constant([0, 1, 2])),
-                head.log_px(features)):
+    for out in (
+        head.squared_distances(features),
+        head.center_loss(features, tf.constant([0, 1, 2])),
+        head.log_px(features),
+    ):
         assert out.dtype == tf.float32 and np.all(np.isfinite(out.numpy()))
     # In a network: the backbone computes in float16, the head (and so the logits) in float32.
     network = build_mmc_classifier(tiny_backbone((8, 8, 1)), num_classes=10)
@@ -203,7 +210,7 @@ def test_after_training_reads_sigma_data_instead_of_the_training_loader(as_datas
 
 
 def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkeypatch):
-    from keras_ebm import run_config, restore, training
+    from keras_ebm import restore, run_config, training
 
     # The spy keeps the batches the estimate reads, so that sigma can be computed here
     # independently: sqrt(mean ||phi(x) - mu_y||^2 / dim) in NumPy on the trained features.
@@ -216,8 +223,9 @@ def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkey
         return original(self, batches, max_batches=max_batches, assign=assign)
 
     monkeypatch.setattr(GMMC, "estimate_sigma", spy)
-    run_config.parse_gin(["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"],
-                  ["GMMC.sigma_batches = 3", "run_training.train_steps = 2"])
+    run_config.parse_gin(
+        ["gin_configs/gmmc_gen.gin", "gin_configs/tiny.gin"], ["GMMC.sigma_batches = 3", "run_training.train_steps = 2"]
+    )
     model = training.run_training(model_dir=str(tmp_path), progress=False)
     assert len(seen) == 1 and seen[0][1] == 3 and len(seen[0][0]) == 3
     x = np.concatenate([b[0] for b in seen[0][0]])
@@ -234,8 +242,9 @@ def test_run_training_estimates_sigma_and_the_export_carries_it(tmp_path, monkey
     # The exported logits use it: -0.5 ||phi - mu||^2 / sigma^2.
     images = np.random.RandomState(8).randint(0, 256, (4, 8, 8, 1)).astype("uint8")
     x = images.astype("float32") / 255.0 * 2.0 - 1.0
-    np.testing.assert_allclose(loaded.logits(tf.constant(images))["logits"], model.network(x).numpy(),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        loaded.logits(tf.constant(images))["logits"], model.network(x).numpy(), rtol=1e-4, atol=1e-4
+    )
     # The final checkpoint holds it too (eval.py --samples and resumes restore it).
     restored = restore.restore_trainer(str(tmp_path))
     assert float(restored.head.sigma.numpy()) == sigma
@@ -299,13 +308,19 @@ def _cifar(path, n=128):
 def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
     x, y = _cifar(cifar10_npz)
     network = build_mmc_classifier(TinyCNN((8, 16), input_shape=(32, 32, 3)), num_classes=10)
-    model = GMMC(network, image_shape=(32, 32, 3), num_classes=10, mode=mode, buffer_size=100,
-                 switch_step=2, seed=0,
-                 sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"))
+    model = GMMC(
+        network,
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        mode=mode,
+        buffer_size=100,
+        switch_step=2,
+        seed=0,
+        sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"),
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     per_step = _PerStepLogs()
-    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False,
-                        callbacks=[per_step]).history
+    history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False, callbacks=[per_step]).history
     for key, values in history.items():
         assert np.all(np.isfinite(values)), (key, values)
     steps = per_step.values()
@@ -319,8 +334,9 @@ def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
         buf = model.buffer.buffer.numpy()
         assert buf.min() >= -1.0 and buf.max() <= 1.0  # x clamped to the pixel range
     if mode == "generative":
-        np.testing.assert_allclose(history["loss"][-1],
-                                   history["center_loss"][-1] - 0.5 * history["sample_loss"][-1], rtol=1e-5)
+        np.testing.assert_allclose(
+            history["loss"][-1], history["center_loss"][-1] - 0.5 * history["sample_loss"][-1], rtol=1e-5
+        )
     if mode == "joint":
         # Optimizer steps 0 and 1 (< switch_step=2) are discriminative, steps 2..7 generative.
         for i, entry in enumerate(steps):
@@ -331,8 +347,9 @@ def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
             else:
                 assert entry["balance"] == pytest.approx(0.5, rel=1e-5), (i, entry)
                 assert entry["sample_loss"] > 0.0 and entry["sgld_grad_norm"] > 0.0, (i, entry)
-                assert entry["loss"] == pytest.approx(entry["center_loss"] - 0.5 * entry["sample_loss"],
-                                                      rel=1e-3, abs=1e-3), (i, entry)
+                assert entry["loss"] == pytest.approx(
+                    entry["center_loss"] - 0.5 * entry["sample_loss"], rel=1e-3, abs=1e-3
+                ), (i, entry)
 
 
 class _PerStepLogs(keras.callbacks.Callback):
@@ -383,8 +400,7 @@ def test_joint_switches_at_switch_step_and_ramps_without_retracing():
         assert entry["loss"] == pytest.approx(entry["center_loss"], rel=1e-6)
     for entry in logs[2:]:
         assert entry["sample_loss"] > 0.0 and entry["sgld_grad_norm"] > 0.0
-        assert entry["loss"] == pytest.approx(entry["center_loss"] - entry["balance"] * entry["sample_loss"],
-                                              rel=1e-5)
+        assert entry["loss"] == pytest.approx(entry["center_loss"] - entry["balance"] * entry["sample_loss"], rel=1e-5)
     assert step_fn.experimental_get_tracing_count() == 1
     assert int(model.optimizer.iterations.numpy()) == 5
     assert not np.allclose(buffer_before, model.buffer.buffer.numpy())
@@ -394,7 +410,7 @@ def test_joint_switches_at_switch_step_and_ramps_without_retracing():
 
 
 def test_joint_schedule_survives_checkpoint_resume(tmp_path):
-    from keras_ebm import restore, training
+    from keras_ebm import training
 
     rng = np.random.RandomState(6)
     x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
@@ -403,9 +419,15 @@ def test_joint_schedule_survives_checkpoint_resume(tmp_path):
     def data(ctx=None):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
 
-    kwargs = dict(trainer=lambda: tiny_gmmc(mode="joint", switch_step=3, seed=1),
-                  optimizer=lambda: keras.optimizers.Adam(1e-3), train_data=data, checkpoint_every=1,
-                  log_every=1, export=False, progress=False)
+    kwargs = dict(
+        trainer=lambda: tiny_gmmc(mode="joint", switch_step=3, seed=1),
+        optimizer=lambda: keras.optimizers.Adam(1e-3),
+        train_data=data,
+        checkpoint_every=1,
+        log_every=1,
+        export=False,
+        progress=False,
+    )
     first = training.run_training(model_dir=str(tmp_path), train_steps=2, **kwargs)
     assert float(first.balance()) == 0.0
     resumed = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
@@ -426,8 +448,9 @@ def test_discriminative_loss_is_the_centre_regression_loss():
     np.testing.assert_allclose(logs["loss"], (0.5 * ((phi - mu) ** 2).sum(-1)).mean(), rtol=1e-5)
     # No softmax cross-entropy: the loss does not move when sigma (the logits' scale) changes.
     model.head.set_sigma(0.1)
-    np.testing.assert_allclose(model.compute_losses(model.unpack_batch((x, y)), {}, training=False)["loss"],
-                               logs["loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        model.compute_losses(model.unpack_batch((x, y)), {}, training=False)["loss"], logs["loss"], rtol=1e-6
+    )
 
 
 def test_invalid_arguments_are_clear_errors():
@@ -440,14 +463,17 @@ def test_invalid_arguments_are_clear_errors():
         GMMC(net, image_shape=(8, 8, 1), num_classes=10)
 
 
-@pytest.mark.parametrize("mode,sampling", [("discriminative", "staged"), ("generative", "staged"),
-                                           ("joint", "staged"), ("generative", "noise_injected")])
+@pytest.mark.parametrize(
+    "mode,sampling",
+    [("discriminative", "staged"), ("generative", "staged"), ("joint", "staged"), ("generative", "noise_injected")],
+)
 def test_smoke_checkpoint_and_keras_file_round_trips(mode, sampling, tmp_path):
     x, y = digits_arrays(64)
 
     def make():
-        return tiny_gmmc(mode=mode, sampling=sampling, switch_step=1, ramp_steps=2, latent_std=0.01,
-                         sigma_batches=2, seed=0)
+        return tiny_gmmc(
+            mode=mode, sampling=sampling, switch_step=1, ramp_steps=2, latent_std=0.01, sigma_batches=2, seed=0
+        )
 
     trainer = make()
     run_trainer_smoke_test(trainer, x, y)
@@ -462,8 +488,14 @@ def test_smoke_checkpoint_and_keras_file_round_trips(mode, sampling, tmp_path):
 def test_keras_file_round_trip_with_a_library_backbone(tmp_path):
     x, y = digits_arrays(32)
     network = build_mmc_classifier(TinyCNN((8, 16), input_shape=(8, 8, 1)), num_classes=10)
-    trainer = GMMC(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=20, seed=0,
-                   sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"))
+    trainer = GMMC(
+        network,
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=20,
+        seed=0,
+        sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"),
+    )
     run_trainer_smoke_test(trainer, x, y, steps=1)
     run_serialization_test(trainer, x, y, tmp_path)
 
@@ -479,8 +511,15 @@ def test_one_device_and_two_replicas_agree(two_device_strategy, mode):
             # One buffer row per class and a constant fill: every chain start is a function of its
             # label only, so it cannot depend on which replica drew which row; latent_std 0 and
             # reinit 0 remove the remaining randomness.
-            model = tiny_gmmc(mode=mode, buffer_size=10, reinit_prob=0.0, latent_std=0.0,
-                              initializer=ConstantInitializer(), switch_step=1, seed=0)
+            model = tiny_gmmc(
+                mode=mode,
+                buffer_size=10,
+                reinit_prob=0.0,
+                latent_std=0.0,
+                initializer=ConstantInitializer(),
+                switch_step=1,
+                seed=0,
+            )
             model.compile(optimizer=keras.optimizers.SGD(0.05))
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
         history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
@@ -501,8 +540,13 @@ def test_export_and_reload_with_sigma_and_scores(tmp_path):
     model.head.set_sigma(2.0)
     images = np.random.RandomState(4).randint(0, 256, (5, 8, 8, 1)).astype("uint8")
     x = images.astype("float32") / 255.0 * 2.0 - 1.0
-    export_dir = export.export_model(model, str(tmp_path / "export"), image_shape=(8, 8, 1),
-                                     pixel_range=(-1.0, 1.0), ood_score=model.default_ood_score)
+    export_dir = export.export_model(
+        model,
+        str(tmp_path / "export"),
+        image_shape=(8, 8, 1),
+        pixel_range=(-1.0, 1.0),
+        ood_score=model.default_ood_score,
+    )
     loaded = export.load_export(export_dir)
     scores = loaded.scores(tf.constant(images))
     assert {"log_px", "max_softmax", "grad_norm"} <= set(scores)
@@ -551,8 +595,7 @@ NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn_cropped": 10}
 AUGMENT = {"cifar10": "pad_crop_flip", "cifar100": "pad_crop_flip", "svhn_cropped": "pad_crop"}
 EVAL_NAME = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn_cropped": "svhn"}
 # The numbers written in the configs' comments: (steps per epoch, 150 epochs, epoch 50).
-SCHEDULE = {"cifar10": (781, 117150, 39050), "cifar100": (781, 117150, 39050),
-            "svhn_cropped": (1144, 171600, 57200)}
+SCHEDULE = {"cifar10": (781, 117150, 39050), "cifar100": (781, 117150, 39050), "svhn_cropped": (1144, 171600, 57200)}
 # config -> (mode, data set); every gin_configs/gmmc_*.gin must be listed (checked below).
 GMMC_CONFIGS = {
     "gmmc_dis.gin": ("discriminative", "cifar10"),
@@ -609,8 +652,9 @@ def test_gmmc_config_binds_the_papers_schedule_for_its_mode_and_data_set(config)
     assert dataset not in {spec["name"] for spec in q("run_eval.ood_sets").values()}
 
 
-@pytest.mark.parametrize("old,new", [("gmmc_cifar100.gin", "gmmc_gen_cifar100.gin"),
-                                     ("gmmc_svhn.gin", "gmmc_gen_svhn.gin")])
+@pytest.mark.parametrize(
+    "old,new", [("gmmc_cifar100.gin", "gmmc_gen_cifar100.gin"), ("gmmc_svhn.gin", "gmmc_gen_svhn.gin")]
+)
 def test_old_config_names_bind_the_same_as_the_generative_configs(old, new):
     from keras_ebm import run_config
 

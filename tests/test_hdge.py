@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
-from keras_ebm.trainers.hdge.queue import FeatureQueue
-from keras_ebm.sampling import SGLDSampler
-from keras_ebm.trainers.hdge import HDGE
-from keras_ebm.trainers.softmax import SoftmaxClassifier
-
 from helpers import (
-    digits_arrays, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
     tiny_network,
 )
+from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
+from keras_ebm.sampling import SGLDSampler
+from keras_ebm.trainers.hdge import HDGE
+from keras_ebm.trainers.hdge.queue import FeatureQueue
+from keras_ebm.trainers.softmax import SoftmaxClassifier
 
 TAU = 0.1
 
@@ -30,12 +32,14 @@ MASK = np.array([True, True, True, False])  # the last slot is "unfilled"
 # Normalised logit at the label, p_y: 4/5, 2/2, -4/5, -2/2.
 P_Y = np.array([0.8, 1.0, -0.8, -1.0])
 # Unit queue rows at each sample's label, q_k[y_n] (row n, column k).
-Q_Y = np.array([
-    [0.0, 1.0, 0.0, 2 / 3],   # y = 1
-    [0.8, 0.0, -1.0, 2 / 3],  # y = 2
-    [0.6, 0.0, 0.0, 1 / 3],   # y = 0
-    [0.0, 1.0, 0.0, 2 / 3],   # y = 1
-])
+Q_Y = np.array(
+    [
+        [0.0, 1.0, 0.0, 2 / 3],  # y = 1
+        [0.8, 0.0, -1.0, 2 / 3],  # y = 2
+        [0.6, 0.0, 0.0, 1 / 3],  # y = 0
+        [0.0, 1.0, 0.0, 2 / 3],  # y = 1
+    ]
+)
 
 
 def _lse(v, axis=-1):
@@ -58,18 +62,19 @@ def test_contrastive_loss_matches_hand_computation(score, masked):
         pos, neg = np.log(np.exp(P_Y) + 2.0), np.log(np.exp(Q_Y) + 2.0)
     mask = MASK if masked else np.ones(4, bool)
     expected = _infonce(pos, neg, mask)
-    got = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score,
-                                queue_mask=MASK if masked else None)
+    got = hdge_contrastive_loss(
+        LOGITS, LABELS, QUEUE, temperature=TAU, score=score, queue_mask=MASK if masked else None
+    )
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
     if score == "logit" and masked:
         # Sample 1 fully by hand: p_y = 1, negatives 0.8, 0, -1 ->
         # log(e^10 + e^8 + e^0 + e^-10) - 10 = log(1 + e^-2 + e^-10 + e^-20) = 0.126968...
-        np.testing.assert_allclose(got.numpy()[1], np.log(1 + np.exp(-2) + np.exp(-10) + np.exp(-20)),
-                                   rtol=1e-5)
+        np.testing.assert_allclose(got.numpy()[1], np.log(1 + np.exp(-2) + np.exp(-10) + np.exp(-20)), rtol=1e-5)
         np.testing.assert_allclose(got.numpy()[1], 0.126968, atol=2e-6)
     # The masked slot matters: including it changes every loss.
-    other = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score,
-                                  queue_mask=np.ones(4, bool) if masked else MASK)
+    other = hdge_contrastive_loss(
+        LOGITS, LABELS, QUEUE, temperature=TAU, score=score, queue_mask=np.ones(4, bool) if masked else MASK
+    )
     assert np.all(np.abs(other.numpy() - got.numpy()) > 1e-4)
 
 
@@ -87,8 +92,7 @@ def test_label_smoothing_matches_the_direct_einsum_form(score):
         pos = np.sum(dist * p, axis=1)
         neg = dist @ q.T
     expected = _infonce(pos, neg, MASK)
-    got = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score,
-                                label_smoothing=s, queue_mask=MASK)
+    got = hdge_contrastive_loss(LOGITS, LABELS, QUEUE, temperature=TAU, score=score, label_smoothing=s, queue_mask=MASK)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -96,8 +100,7 @@ def test_empty_queue_gives_zero_loss_and_gradient():
     logits = tf.constant(LOGITS)
     with tf.GradientTape() as tape:
         tape.watch(logits)
-        loss = hdge_contrastive_loss(logits, LABELS, np.zeros((4, 3), "float32"),
-                                     queue_mask=np.zeros(4, bool))
+        loss = hdge_contrastive_loss(logits, LABELS, np.zeros((4, 3), "float32"), queue_mask=np.zeros(4, bool))
     np.testing.assert_array_equal(loss.numpy(), np.zeros(4))
     np.testing.assert_array_equal(tape.gradient(loss, logits).numpy(), np.zeros((4, 3)))
 
@@ -107,15 +110,14 @@ def test_hdge_loss_alpha_limits():
     ce_fn = lambda l: keras.losses.sparse_categorical_crossentropy(LABELS, l, from_logits=True)  # noqa: E731
     hdge_fn = lambda l, a: hdge_loss(l, LABELS, QUEUE, alpha=a, queue_mask=MASK)  # noqa: E731
     con = hdge_contrastive_loss(logits, LABELS, QUEUE, queue_mask=MASK).numpy()
-    for alpha, want in ((1.0, ce_fn), (0.0, None), (0.3, None)):
+    for alpha, _want in ((1.0, ce_fn), (0.0, None), (0.3, None)):
         with tf.GradientTape(persistent=True) as tape:
             tape.watch(logits)
             got = hdge_fn(logits, alpha)
             ref = ce_fn(logits)
         if alpha == 1.0:  # exactly the cross-entropy, value and gradient
             np.testing.assert_array_equal(got.numpy(), ref.numpy())
-            np.testing.assert_array_equal(tape.gradient(got, logits).numpy(),
-                                          tape.gradient(ref, logits).numpy())
+            np.testing.assert_array_equal(tape.gradient(got, logits).numpy(), tape.gradient(ref, logits).numpy())
         else:
             np.testing.assert_allclose(got.numpy(), alpha * ref.numpy() + (1 - alpha) * con, rtol=1e-6)
     with pytest.raises(ValueError, match="Received: alpha=1.5"):
@@ -161,8 +163,7 @@ def test_alpha_one_is_exactly_cross_entropy_loss_and_gradients():
     hdge.alpha = 0.25
     assert hdge.clf_weight == 0.25  # alpha is the cross-entropy weight of JEM's total
     logs = hdge.compute_losses(batch, None)
-    np.testing.assert_allclose(logs["loss"], 0.25 * logs["clf_loss"] + 0.75 * logs["contrastive_loss"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(logs["loss"], 0.25 * logs["clf_loss"] + 0.75 * logs["contrastive_loss"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
@@ -175,14 +176,31 @@ def test_trainer_loss_is_the_pure_hdge_loss(alpha, label_smoothing, score):
     rng = np.random.RandomState(2)
     x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 8).astype("int32")
-    model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, alpha=alpha, queue_size=16,
-                 label_smoothing=label_smoothing, score=score, temperature=0.5)
+    model = HDGE(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        alpha=alpha,
+        queue_size=16,
+        label_smoothing=label_smoothing,
+        score=score,
+        temperature=0.5,
+    )
     _prefill(model.queue, rng.normal(size=(12, 10)))
     batch = model.unpack_batch((x, y))
     logs = model.compute_losses(batch, model.sample_negatives(batch))
-    expected = tf.reduce_mean(hdge_loss(model(x), y, model.queue.values(), alpha=alpha, temperature=0.5,
-                                        score=score, label_smoothing=label_smoothing,
-                                        queue_mask=model.queue.valid_mask()))
+    expected = tf.reduce_mean(
+        hdge_loss(
+            model(x),
+            y,
+            model.queue.values(),
+            alpha=alpha,
+            temperature=0.5,
+            score=score,
+            label_smoothing=label_smoothing,
+            queue_mask=model.queue.valid_mask(),
+        )
+    )
     np.testing.assert_allclose(logs["loss"].numpy(), expected.numpy(), rtol=1e-5)
     if label_smoothing:  # the smoothed cross-entropy, not the plain one, is what the trainer reports
         plain = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True))
@@ -208,8 +226,9 @@ def test_train_step_reads_the_queue_then_enqueues_the_raw_logits():
     assert second["contrastive_loss"][0] > 0.0
     np.testing.assert_allclose(second["queue_fill"][0], 8 / 12)
     # 12 is not a multiple of 8: the second batch filled slots 8..11 and wrapped to 0..3.
-    np.testing.assert_allclose(model.queue.values().numpy()[[8, 9, 10, 11, 0, 1, 2, 3]],
-                               model(x[8:]).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.queue.values().numpy()[[8, 9, 10, 11, 0, 1, 2, 3]], model(x[8:]).numpy(), rtol=1e-5, atol=1e-6
+    )
     assert int(model.queue.pointer.numpy()) == 4
 
 
@@ -237,8 +256,7 @@ def test_one_device_and_two_replicas_agree(two_device_strategy):
     for strategy in (tf.distribute.get_strategy(), two_device_strategy):
         with strategy.scope():
             # queue 40, global batch 16: 30 prefilled rows, the first step fills it, later ones wrap.
-            model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=40,
-                         seed=0)
+            model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=40, seed=0)
             model.compile(optimizer=keras.optimizers.SGD(0.5))
             _prefill(model.queue, prefill)
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
@@ -276,9 +294,16 @@ def test_fit_on_real_cifar10_fills_the_queue(cifar10_npz):
 
 def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
     x, y = cifar_batch(cifar10_npz, 64)
-    model = HDGE(tiny_net((32, 32, 3)), image_shape=(32, 32, 3), num_classes=10, queue_size=50,
-                 px_weight=1.0, buffer_size=64, sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01),
-                 seed=0)
+    model = HDGE(
+        tiny_net((32, 32, 3)),
+        image_shape=(32, 32, 3),
+        num_classes=10,
+        queue_size=50,
+        px_weight=1.0,
+        buffer_size=64,
+        sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01),
+        seed=0,
+    )
     assert {"px_loss", "energy_gap", "sgld_grad_norm"} <= set(model.tracked_names)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     buffer_before = model.buffer.buffer.numpy().copy()
@@ -291,7 +316,8 @@ def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
     batch = model.unpack_batch((x[:32], y[:32]))
     logs = model.compute_losses(batch, model.sample_negatives(batch), training=False)
     np.testing.assert_allclose(
-        logs["loss"], 0.5 * logs["clf_loss"] + 0.5 * logs["contrastive_loss"] + logs["px_loss"], rtol=1e-5)
+        logs["loss"], 0.5 * logs["clf_loss"] + 0.5 * logs["contrastive_loss"] + logs["px_loss"], rtol=1e-5
+    )
 
 
 def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
@@ -310,8 +336,13 @@ def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
         return training.run_training(
             model_dir=str(model_dir),
             trainer=lambda: HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=20),
-            optimizer=lambda: keras.optimizers.Adam(1e-2), train_data=data_fn, train_steps=steps,
-            checkpoint_every=2, log_every=2, export=False, progress=False,
+            optimizer=lambda: keras.optimizers.Adam(1e-2),
+            train_data=data_fn,
+            train_steps=steps,
+            checkpoint_every=2,
+            log_every=2,
+            export=False,
+            progress=False,
         )
 
     straight = run(tmp_path / "straight", 4)
@@ -330,11 +361,29 @@ def _hdge(variant):
     if variant == "hdge":
         return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=24, seed=0)
     if variant == "hdge_code_queue":  # the official code's random initial queue, smoothing, eq. 15 score
-        return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, alpha=0.3, queue_size=20,
-                    queue_init="random_normal", label_smoothing=0.1, score="logit", temperature=0.5, seed=1)
-    return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=24, px_weight=0.5,
-                pxy_weight=0.5, buffer_size=20, sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01),
-                seed=2)
+        return HDGE(
+            tiny_net((8, 8, 1)),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            alpha=0.3,
+            queue_size=20,
+            queue_init="random_normal",
+            label_smoothing=0.1,
+            score="logit",
+            temperature=0.5,
+            seed=1,
+        )
+    return HDGE(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        queue_size=24,
+        px_weight=0.5,
+        pxy_weight=0.5,
+        buffer_size=20,
+        sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01),
+        seed=2,
+    )
 
 
 @pytest.mark.parametrize("variant", ["hdge", "hdge_code_queue", "hdge_jem"])
@@ -358,29 +407,61 @@ def test_smoke_checkpoint_and_keras_file_round_trips(variant, tmp_path):
 
 CIFAR_TRAIN = 50000
 EPOCHS = 200
-_BN_SGD = dict(norm="batch", bn_momentum=0.1, bn_epsilon=1e-5, dropout=0.3, optimizer="keras.optimizers.SGD",
-               momentum=0.9, nesterov=False, decay_epochs=(60, 120, 160), decay_factor=0.2, warmup=0,
-               batch=256, code_lr=0.1, code_weight_decay=5e-4, guard=None, px_weight=0.0)
-_NOBN_ADAM = dict(norm=None, dropout=0.0, optimizer="keras.optimizers.Adam", decay_epochs=(160, 180),
-                  decay_factor=0.3, warmup=1000, batch=64, code_lr=1e-4, code_weight_decay=0.0,
-                  guard=None, px_weight=0.0)
+_BN_SGD = dict(
+    norm="batch",
+    bn_momentum=0.1,
+    bn_epsilon=1e-5,
+    dropout=0.3,
+    optimizer="keras.optimizers.SGD",
+    momentum=0.9,
+    nesterov=False,
+    decay_epochs=(60, 120, 160),
+    decay_factor=0.2,
+    warmup=0,
+    batch=256,
+    code_lr=0.1,
+    code_weight_decay=5e-4,
+    guard=None,
+    px_weight=0.0,
+)
+_NOBN_ADAM = dict(
+    norm=None,
+    dropout=0.0,
+    optimizer="keras.optimizers.Adam",
+    decay_epochs=(160, 180),
+    decay_factor=0.3,
+    warmup=1000,
+    batch=64,
+    code_lr=1e-4,
+    code_weight_decay=0.0,
+    guard=None,
+    px_weight=0.0,
+)
 HDGE_ROWS = {
     "gin_configs/hdge.gin": dict(
-        _BN_SGD, header=("Table 1", "HDGE (ours)", "96.7"), alpha=0.5, dataset="cifar10", classes=10),
+        _BN_SGD, header=("Table 1", "HDGE (ours)", "96.7"), alpha=0.5, dataset="cifar10", classes=10
+    ),
     "gin_configs/hdge_cifar100.gin": dict(
-        _BN_SGD, header=("Table 1", "CIFAR100", "80.9"), alpha=0.5, dataset="cifar100", classes=100),
+        _BN_SGD, header=("Table 1", "CIFAR100", "80.9"), alpha=0.5, dataset="cifar100", classes=100
+    ),
     "gin_configs/hdge_pxy_only.gin": dict(
-        _BN_SGD, header=("Table 1", "HDGE (log q(x|y) only)", "96.4"), alpha=0.0, dataset="cifar10",
-        classes=10),
+        _BN_SGD, header=("Table 1", "HDGE (log q(x|y) only)", "96.4"), alpha=0.0, dataset="cifar10", classes=10
+    ),
     "gin_configs/hdge_nobn.gin": dict(
-        _NOBN_ADAM, header=("Table 2", "Table 4", "94.6", "without BN"), alpha=0.5, dataset="cifar10",
-        classes=10),
+        _NOBN_ADAM, header=("Table 2", "Table 4", "94.6", "without BN"), alpha=0.5, dataset="cifar10", classes=10
+    ),
     "gin_configs/hdge_nobn_cifar100.gin": dict(
-        _NOBN_ADAM, header=("Figure 2", "4.62", "74.5", "without BN"), alpha=0.5, dataset="cifar100",
-        classes=100),
+        _NOBN_ADAM, header=("Figure 2", "4.62", "74.5", "without BN"), alpha=0.5, dataset="cifar100", classes=100
+    ),
     "gin_configs/hdge_jem.gin": dict(
-        _NOBN_ADAM, header=("Table 4", "HDGE+JEM", "94.4", "without BN"), alpha=0.5, dataset="cifar10",
-        classes=10, px_weight=0.5, guard=1e8),
+        _NOBN_ADAM,
+        header=("Table 4", "HDGE+JEM", "94.4", "without BN"),
+        alpha=0.5,
+        dataset="cifar10",
+        classes=10,
+        px_weight=0.5,
+        guard=1e8,
+    ),
 }
 
 
@@ -485,13 +566,15 @@ def _repo_path(path):
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
 
 
-@pytest.mark.parametrize("config, bn, dropout", [("gin_configs/hdge.gin", True, 0.3),
-                                                 ("gin_configs/hdge_nobn.gin", False, 0.0)])
+@pytest.mark.parametrize(
+    "config, bn, dropout", [("gin_configs/hdge.gin", True, 0.3), ("gin_configs/hdge_nobn.gin", False, 0.0)]
+)
 def test_hdge_config_builds_the_backbone_it_names(config, bn, dropout):
     # The same bindings on a WRN-10-1: BN layers with Keras momentum 0.1 / eps 1e-5 and dropout 0.3
     # between the convolutions (hdge.gin), or neither (hdge_nobn.gin).
-    run_config = _parse(_repo_path(config), ["WideResNet.depth = 10", "WideResNet.width = 1",
-                                      "WideResNet.input_shape = (8, 8, 3)"])
+    run_config = _parse(
+        _repo_path(config), ["WideResNet.depth = 10", "WideResNet.width = 1", "WideResNet.input_shape = (8, 8, 3)"]
+    )
     backbone = run_config.resolve_parameter("build_classifier.backbone")
     norms = [l for l in backbone.layers if isinstance(l, keras.layers.BatchNormalization)]
     drops = [l for l in backbone.layers if isinstance(l, keras.layers.Dropout)]

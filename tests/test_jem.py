@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import (
+    ConstantInitializer,
+    digits_arrays,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
+    tiny_network,
+)
 from keras_ebm import energy
 from keras_ebm.optim import PlainGradients, SAMGradients
-from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, SGLDSampler
+from keras_ebm.sampling import InformativeInitializer, SGLDSampler
 from keras_ebm.trainers.jem import JEM, JEMPP, SADAJEM
-
-from helpers import (
-    ConstantInitializer, digits_arrays, run_checkpoint_roundtrip, run_serialization_test,
-    run_trainer_smoke_test, tiny_network,
-)
-
 
 # The JEM tests' network: two strided convolutions, global average pooling, kernels of seed 3.
 tiny_net = functools.partial(tiny_network, seed=3, widths=(16, 16), pool="average")
@@ -34,13 +36,20 @@ def cifar_batch(path, n=128):
 def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_npz, method):
     x, y = cifar_batch(cifar10_npz, 256)
     if method == "jem":
-        model = JEM(tiny_net((32, 32, 3)), image_shape=(32, 32, 3), num_classes=10, buffer_size=256,
-                    sampler=SGLDSampler(n_steps=5, step_size=1.0, noise_std=0.01, seed=0), seed=0)
+        model = JEM(
+            tiny_net((32, 32, 3)),
+            image_shape=(32, 32, 3),
+            num_classes=10,
+            buffer_size=256,
+            sampler=SGLDSampler(n_steps=5, step_size=1.0, noise_std=0.01, seed=0),
+            seed=0,
+        )
     else:  # BN, proximal SGLD in train mode, SAM (the class defaults), uniform chain starts.
         # With informative init the Gaussian chain starts are already close to the data and the gap
         # stays flat (about -0.015) over these 24 steps (measured), so it cannot show a direction.
-        model = SADAJEM(tiny_net((32, 32, 3), norm=True), image_shape=(32, 32, 3), num_classes=10,
-                        buffer_size=250, seed=0)
+        model = SADAJEM(
+            tiny_net((32, 32, 3), norm=True), image_shape=(32, 32, 3), num_classes=10, buffer_size=250, seed=0
+        )
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     buffer_before = model.buffer.buffer.numpy().copy()
     gaps = []
@@ -52,14 +61,20 @@ def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_npz, method):
     assert gaps[-1] > gaps[0], gaps
     assert not np.allclose(buffer_before, model.buffer.buffer.numpy())  # chains were written back
     assert any(w is model.buffer.buffer for w in model.non_trainable_weights) or any(
-        w.path == model.buffer.buffer.path for w in model.non_trainable_weights)
+        w.path == model.buffer.buffer.path for w in model.non_trainable_weights
+    )
 
 
 def test_px_loss_is_data_minus_sample_energy():
     x = np.random.RandomState(0).uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = np.arange(8) % 10
-    model = JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=16,
-                sampler=SGLDSampler(n_steps=1, noise_std=0.0))
+    model = JEM(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=16,
+        sampler=SGLDSampler(n_steps=1, noise_std=0.0),
+    )
     batch = model.unpack_batch((x, y))
     negatives = model.sample_negatives(batch)
     logs = model.compute_losses(batch, negatives, training=False)
@@ -75,8 +90,16 @@ def test_px_loss_is_data_minus_sample_energy():
 
 def _jem_for_equivalence():
     sampler = SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0)
-    return JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, sampler=sampler,
-               buffer_size=64, reinit_prob=0.0, initializer=ConstantInitializer(), seed=0)
+    return JEM(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        sampler=sampler,
+        buffer_size=64,
+        reinit_prob=0.0,
+        initializer=ConstantInitializer(),
+        seed=0,
+    )
 
 
 @pytest.mark.parametrize("gradients", ["plain", "sam"])
@@ -106,8 +129,9 @@ def test_sadajem_two_loaders_bn_sam_step():
     x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 32).astype("int32")
     init = InformativeInitializer.from_dataset((x, y), num_classes=10, pixel_range=(-1, 1))
-    model = SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10,
-                    buffer_size=40, initializer=init, seed=0)
+    model = SADAJEM(
+        tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=40, initializer=init, seed=0
+    )
     assert isinstance(model.gradients, SAMGradients) and model.sampler.grad_clip == 1.0
     assert model.sampler.energy_training and model.sampler.n_steps == 5
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
@@ -125,8 +149,14 @@ def test_sadajem_two_loaders_bn_sam_step():
 def test_pxy_term_uses_class_conditional_chains():
     x = np.random.RandomState(3).uniform(-1, 1, (10, 8, 8, 1)).astype("float32")
     y = np.arange(10).astype("int32")
-    model = JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=20,
-                pxy_weight=1.0, sampler=SGLDSampler(n_steps=1, noise_std=0.0))
+    model = JEM(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=20,
+        pxy_weight=1.0,
+        sampler=SGLDSampler(n_steps=1, noise_std=0.0),
+    )
     assert model.buffer.class_conditional
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(x, y, batch_size=10, epochs=1, verbose=0).history
@@ -165,10 +195,16 @@ def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
     rng = np.random.RandomState(4)
     x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 8).astype("int32")
-    model = JEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=16,
-                sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
-                gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients(),
-                bn_stats_from_samples=False, initializer=ConstantInitializer(3.0))
+    model = JEM(
+        tiny_net((8, 8, 1), norm=True),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=16,
+        sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
+        gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients(),
+        bn_stats_from_samples=False,
+        initializer=ConstantInitializer(3.0),
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: only BN statistics can move
     reference = keras.models.clone_model(model.network)
     reference.set_weights(model.network.get_weights())
@@ -189,7 +225,7 @@ def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
 
 
 def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
-    from keras_ebm import generation, training
+    from keras_ebm import training
 
     rng = np.random.RandomState(5)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
@@ -199,11 +235,24 @@ def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16, drop_remainder=True)
 
     def trainer():
-        return JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=32,
-                   sampler=SGLDSampler(n_steps=2, seed=1), seed=2)
+        return JEM(
+            tiny_net((8, 8, 1)),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=32,
+            sampler=SGLDSampler(n_steps=2, seed=1),
+            seed=2,
+        )
 
-    kwargs = dict(trainer=trainer, optimizer=lambda: keras.optimizers.Adam(1e-3), train_data=data,
-                  checkpoint_every=2, log_every=2, export=False, progress=False)
+    kwargs = dict(
+        trainer=trainer,
+        optimizer=lambda: keras.optimizers.Adam(1e-3),
+        train_data=data,
+        checkpoint_every=2,
+        log_every=2,
+        export=False,
+        progress=False,
+    )
     first = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
     resumed = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
     assert len(first.variables) == len(resumed.variables)
@@ -213,8 +262,9 @@ def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
     assert sum("seed_generator_state" in p for p in paths) == 3, paths
     for a, b in zip(first.variables, resumed.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=b.path)
-    assert not np.array_equal(first.sampler.seed_generator.state.numpy(),
-                              trainer().sampler.seed_generator.state.numpy())
+    assert not np.array_equal(
+        first.sampler.seed_generator.state.numpy(), trainer().sampler.seed_generator.state.numpy()
+    )
 
 
 def _official_bn_order(momentum, sequence, mean=0.0, var=1.0):
@@ -246,14 +296,21 @@ def test_bn_moving_statistics_follow_the_official_order(two_device_strategy, rep
         inputs = keras.Input((2, 2, 1))
         h = keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, name="bn")(inputs)
         logits = keras.layers.Dense(10)(keras.layers.Flatten()(h))
-        model = JEM(keras.Model(inputs, logits), image_shape=(2, 2, 1), num_classes=10, buffer_size=8,
-                    sampler=SGLDSampler(n_steps=k, step_size=0.0, noise_std=0.0, energy_training=True),
-                    reinit_prob=0.0, initializer=ConstantInitializer(0.0),
-                    gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients())
+        model = JEM(
+            keras.Model(inputs, logits),
+            image_shape=(2, 2, 1),
+            num_classes=10,
+            buffer_size=8,
+            sampler=SGLDSampler(n_steps=k, step_size=0.0, noise_std=0.0, energy_training=True),
+            reinit_prob=0.0,
+            initializer=ConstantInitializer(0.0),
+            gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients(),
+        )
         model.compile(optimizer=keras.optimizers.SGD(0.0))
         model(tf.zeros((1, 2, 2, 1)))  # built before fit: a two-loader batch is not a model input
-    data = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((x, y)).batch(4),
-                                tf.data.Dataset.from_tensor_slices((x_px, y)).batch(4)))
+    data = tf.data.Dataset.zip(
+        (tf.data.Dataset.from_tensor_slices((x, y)).batch(4), tf.data.Dataset.from_tensor_slices((x_px, y)).batch(4))
+    )
     model.fit(data, epochs=1, verbose=0)
     bn = model.network.get_layer("bn")
     expected = _official_bn_order(momentum, [(3.0, 4.0)] + [(0.0, 0.0)] * (k + 1) + [(5.0, 1.0)])
@@ -265,19 +322,46 @@ def test_bn_moving_statistics_follow_the_official_order(two_device_strategy, rep
 def _jem_family(method, x, y):
     """A tiny trainer of each configuration the round trips cover (digits, 8x8x1)."""
     if method == "jem":
-        return JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=32, seed=0,
-                   sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0))
+        return JEM(
+            tiny_net((8, 8, 1)),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=32,
+            seed=0,
+            sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
+        )
     if method == "jem_pxy":  # class-conditional buffer, energy penalty on the means, frozen BN samples
-        return JEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=30,
-                   pxy_weight=0.5, energy_l2=0.1, energy_l2_mode="means", bn_stats_from_samples=False,
-                   sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
-                   weight_decay=1e-4, seed=1)
+        return JEM(
+            tiny_net((8, 8, 1), norm=True),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=30,
+            pxy_weight=0.5,
+            energy_l2=0.1,
+            energy_l2_mode="means",
+            bn_stats_from_samples=False,
+            sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
+            weight_decay=1e-4,
+            seed=1,
+        )
     if method == "jempp":  # informative initialisation: the fitted statistics travel in the .keras file
         init = InformativeInitializer.from_dataset((x, y), num_classes=10, pixel_range=(-1, 1))
-        return JEMPP(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=30,
-                     initializer=init, seed=2)
-    return SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=32,
-                   gradients=SAMGradients(rho=2.0, adaptive=True, eta=0.0), seed=3)
+        return JEMPP(
+            tiny_net((8, 8, 1), norm=True),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=30,
+            initializer=init,
+            seed=2,
+        )
+    return SADAJEM(
+        tiny_net((8, 8, 1), norm=True),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=32,
+        gradients=SAMGradients(rho=2.0, adaptive=True, eta=0.0),
+        seed=3,
+    )
 
 
 @pytest.mark.parametrize("method", ["jem", "jem_pxy", "jempp", "sadajem"])
@@ -312,8 +396,17 @@ def _logsumexp(a):
     return (m + np.log(np.exp(a - m).sum(axis=-1, keepdims=True)))[..., 0]
 
 
-def _jem_loss_by_hand(logits, y, logits_s=None, logits_sy=None, clf_weight=1.0, px_weight=0.0,
-                      pxy_weight=0.0, energy_l2=0.0, mode="samples"):
+def _jem_loss_by_hand(
+    logits,
+    y,
+    logits_s=None,
+    logits_sy=None,
+    clf_weight=1.0,
+    px_weight=0.0,
+    pxy_weight=0.0,
+    energy_l2=0.0,
+    mode="samples",
+):
     """JEM's total (eq. 7-8 with weights, optional energy L2) from logits, in float64 NumPy:
     logits of the batch `[n, C]`, of the marginal samples and of the class-conditional samples."""
     logits = logits.astype(np.float64)
@@ -323,7 +416,7 @@ def _jem_loss_by_hand(logits, y, logits_s=None, logits_sy=None, clf_weight=1.0, 
     def l2(e_data, e_sample):
         if mode == "means":
             return energy_l2 * (e_data.mean() ** 2 + e_sample.mean() ** 2)
-        return energy_l2 * (np.mean(e_data ** 2) + np.mean(e_sample ** 2))
+        return energy_l2 * (np.mean(e_data**2) + np.mean(e_sample**2))
 
     terms = {"clf_loss": clf, "loss": clf_weight * clf}
     if px_weight:
@@ -348,22 +441,43 @@ def test_loss_is_the_weighted_sum_of_terms_computed_by_hand(energy_l2, mode):
     x_s = (3.0 * rng.randn(8, 8, 8, 1)).astype("float32")
     x_sy = (3.0 * rng.randn(8, 8, 8, 1)).astype("float32")
     weights = dict(clf_weight=1.3, px_weight=0.5, pxy_weight=0.7)
-    model = JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=20,
-                energy_l2=energy_l2, energy_l2_mode=mode, **weights)
+    model = JEM(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=20,
+        energy_l2=energy_l2,
+        energy_l2_mode=mode,
+        **weights,
+    )
     batch = model.unpack_batch((x, y))
     negatives = {"x": tf.constant(x_s), "x_y": tf.constant(x_sy), "sgld_grad_norm": tf.constant(0.0)}
     logs = model.compute_losses(batch, negatives, training=True)
-    expected = _jem_loss_by_hand(model.network(x).numpy(), y, model.network(x_s).numpy(),
-                                 model.network(x_sy).numpy(), energy_l2=energy_l2, mode=mode, **weights)
+    expected = _jem_loss_by_hand(
+        model.network(x).numpy(),
+        y,
+        model.network(x_s).numpy(),
+        model.network(x_sy).numpy(),
+        energy_l2=energy_l2,
+        mode=mode,
+        **weights,
+    )
     for key, value in expected.items():
         np.testing.assert_allclose(float(logs[key]), value, rtol=1e-5, atol=1e-6, err_msg=key)
     # The penalty is a visible part of the total (so a dropped or mis-moded penalty fails above).
     if energy_l2:
-        without = _jem_loss_by_hand(model.network(x).numpy(), y, model.network(x_s).numpy(),
-                                    model.network(x_sy).numpy(), **weights)
-        other = _jem_loss_by_hand(model.network(x).numpy(), y, model.network(x_s).numpy(),
-                                  model.network(x_sy).numpy(), energy_l2=energy_l2,
-                                  mode="means" if mode == "samples" else "samples", **weights)
+        without = _jem_loss_by_hand(
+            model.network(x).numpy(), y, model.network(x_s).numpy(), model.network(x_sy).numpy(), **weights
+        )
+        other = _jem_loss_by_hand(
+            model.network(x).numpy(),
+            y,
+            model.network(x_s).numpy(),
+            model.network(x_sy).numpy(),
+            energy_l2=energy_l2,
+            mode="means" if mode == "samples" else "samples",
+            **weights,
+        )
         assert abs(expected["loss"] - without["loss"]) > 1e-3
         assert abs(expected["loss"] - other["loss"]) > 1e-3
 
@@ -374,9 +488,17 @@ def _deterministic_jem(**kwargs):
     network = tiny_net((8, 8, 1))
     head = network.layers[-1]
     head.kernel.assign(10.0 * head.kernel)  # large logits: energies that differ from image to image
-    return JEM(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=30, reinit_prob=0.0,
-               initializer=ConstantInitializer(0.2), sampler=SGLDSampler(n_steps=3, step_size=0.5, noise_std=0.0),
-               seed=0, **kwargs)
+    return JEM(
+        network,
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=30,
+        reinit_prob=0.0,
+        initializer=ConstantInitializer(0.2),
+        sampler=SGLDSampler(n_steps=3, step_size=0.5, noise_std=0.0),
+        seed=0,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("case", ["px_l2_samples", "px_l2_means", "pxy"])
@@ -392,8 +514,9 @@ def test_fit_step_reports_the_loss_computed_by_hand(case):
     if case == "pxy":
         weights = dict(clf_weight=1.0, px_weight=0.0, pxy_weight=0.7, energy_l2=0.2)
     else:
-        weights = dict(clf_weight=1.0, px_weight=0.5, pxy_weight=0.0, energy_l2=0.2,
-                       energy_l2_mode=case.rsplit("_", 1)[-1])
+        weights = dict(
+            clf_weight=1.0, px_weight=0.5, pxy_weight=0.0, energy_l2=0.2, energy_l2_mode=case.rsplit("_", 1)[-1]
+        )
     model = _deterministic_jem(**weights)
     model.compile(optimizer=keras.optimizers.SGD(0.0))
     network = model.network
@@ -415,8 +538,9 @@ def test_fit_step_reports_the_loss_computed_by_hand(case):
     if case == "pxy":
         other = _jem_loss_by_hand(logits, y, logits_sy=network(x_sy).numpy(), mode=mode, **other_mode)
     else:
-        other = _jem_loss_by_hand(logits, y, logits_s=network(x_s).numpy(),
-                                  mode="means" if mode == "samples" else "samples", **by_hand)
+        other = _jem_loss_by_hand(
+            logits, y, logits_s=network(x_s).numpy(), mode="means" if mode == "samples" else "samples", **by_hand
+        )
     assert abs(other["loss"] - expected["loss"]) > 1e-2  # the penalty (mode) is visible
     history = model.fit(x, y, batch_size=10, epochs=1, verbose=0, shuffle=False).history
     for key, value in expected.items():
@@ -427,24 +551,32 @@ def test_fit_step_reports_the_loss_computed_by_hand(case):
 def test_class_energy_is_minus_the_logit_of_each_rows_label():
     logits = np.random.RandomState(8).randn(5, 4).astype("float32")
     y = np.array([3, 0, 2, 3, 1], "int32")
-    np.testing.assert_array_equal(energy.class_energy(tf.constant(logits), tf.constant(y)).numpy(),
-                                  -logits[np.arange(5), y])
-    np.testing.assert_allclose(energy.energy_from_logits(tf.constant(logits)).numpy(), -_logsumexp(logits),
-                               rtol=1e-6)
+    np.testing.assert_array_equal(
+        energy.class_energy(tf.constant(logits), tf.constant(y)).numpy(), -logits[np.arange(5), y]
+    )
+    np.testing.assert_allclose(energy.energy_from_logits(tf.constant(logits)).numpy(), -_logsumexp(logits), rtol=1e-6)
 
 
 def test_generate_with_labels_runs_chains_on_the_class_energy():
     """`generate(y=...)` descends E(x, y) = -f(x)[y]: the samples equal a chain run here on that
     energy from the same (constant) start, each sample's own class logit rises more than the
     others, and most samples are classified as their label (chains that ignore y cannot)."""
-    model = JEM(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=20, pxy_weight=1.0,
-                initializer=ConstantInitializer(0.0), reinit_prob=0.0,
-                sampler=SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0)))
+    model = JEM(
+        tiny_net((8, 8, 1)),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=20,
+        pxy_weight=1.0,
+        initializer=ConstantInitializer(0.0),
+        reinit_prob=0.0,
+        sampler=SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0)),
+    )
     y = np.arange(10).astype("int32")
     samples = model.generate(10, y=tf.constant(y), n_steps=10).numpy()
     x0 = tf.zeros((10, 8, 8, 1))
     by_hand = SGLDSampler(n_steps=10, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0))(
-        lambda v, labels, training: energy.class_energy(model.network(v), labels), x0, tf.constant(y))
+        lambda v, labels, training: energy.class_energy(model.network(v), labels), x0, tf.constant(y)
+    )
     np.testing.assert_allclose(samples, by_hand.numpy(), atol=1e-6)
     rise = model.network(samples).numpy() - model.network(x0).numpy()
     own = rise[np.arange(10), y]
@@ -475,10 +607,17 @@ def _count_chain_runs(model, runs):
 def _sadajem_two_steps(gradients, x, y):
     """(executed chains, every network variable and the buffer) after two SADA-JEM steps."""
     keras.utils.set_random_seed(0)
-    model = SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=40,
-                    sampler=SGLDSampler(n_steps=3, step_size=1.0, noise_std=0.01, grad_clip=1.0,
-                                        x_clip=(-1.0, 1.0), energy_training=True, seed=0),
-                    gradients=gradients, seed=0)
+    model = SADAJEM(
+        tiny_net((8, 8, 1), norm=True),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=40,
+        sampler=SGLDSampler(
+            n_steps=3, step_size=1.0, noise_std=0.01, grad_clip=1.0, x_clip=(-1.0, 1.0), energy_training=True, seed=0
+        ),
+        gradients=gradients,
+        seed=0,
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     runs = []
     _count_chain_runs(model, runs)

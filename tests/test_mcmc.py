@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import ConstantInitializer, digits_arrays, tiny_network
 from keras_ebm import distribute
 from keras_ebm.sampling import HMCSampler, MALASampler, SGLDSampler
 from keras_ebm.trainers.jem import JEM
-
-from helpers import ConstantInitializer, digits_arrays, tiny_network
 
 SAMPLERS = {"mala": MALASampler, "hmc": HMCSampler}
 N_CHAINS = 512
@@ -294,17 +293,32 @@ def test_validation_and_config_round_trip():
         MALASampler().n_steps = -1
     with pytest.raises(ValueError, match="one energy per sample"):
         MALASampler(n_steps=1)(lambda x, y, training: tf.zeros([2, 2]), tf.zeros([2, 3]))
-    sampler = HMCSampler(n_steps=3, step_size=0.1, num_leapfrog_steps=4, x_clip=(-1, 1), grad_clip=1.0,
-                         temperature=0.5, adaptation="dual_averaging", seed=2)
+    sampler = HMCSampler(
+        n_steps=3,
+        step_size=0.1,
+        num_leapfrog_steps=4,
+        x_clip=(-1, 1),
+        grad_clip=1.0,
+        temperature=0.5,
+        adaptation="dual_averaging",
+        seed=2,
+    )
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(sampler))
     assert type(clone) is HMCSampler and clone.get_config() == sampler.get_config()
 
 
 # ------------------------------------------------------------------ trainers and tf.distribute
 def _mala_jem(step_size=1e-3, seed=0, initializer=None):
-    return JEM(tiny_network((8, 8, 1), seed=3), image_shape=(8, 8, 1), num_classes=10, buffer_size=64,
-               reinit_prob=0.0, initializer=initializer, seed=0,
-               sampler=MALASampler(n_steps=2, step_size=step_size, x_clip=(-1, 1), seed=seed))
+    return JEM(
+        tiny_network((8, 8, 1), seed=3),
+        image_shape=(8, 8, 1),
+        num_classes=10,
+        buffer_size=64,
+        reinit_prob=0.0,
+        initializer=initializer,
+        seed=0,
+        sampler=MALASampler(n_steps=2, step_size=step_size, x_clip=(-1, 1), seed=seed),
+    )
 
 
 def test_jem_trains_with_mala_logs_acceptance_and_saves_the_step_size(tmp_path):
@@ -342,14 +356,16 @@ def test_two_replicas_run_each_half_as_one_device_does_and_pool_the_step_size(tw
 
     @tf.function
     def step(x):
-        return two_device_strategy.run(lambda x: sampler.sample_with_stats(target.energy, x),
-                                       args=(x,))
+        return two_device_strategy.run(lambda x: sampler.sample_with_stats(target.energy, x), args=(x,))
 
     ds = two_device_strategy.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensors(x0), tf.distribute.InputOptions(experimental_fetch_to_device=False))
+        tf.data.Dataset.from_tensors(x0), tf.distribute.InputOptions(experimental_fetch_to_device=False)
+    )
     per_replica_x, per_replica_stats = step(next(iter(ds)))
     xs = [v.numpy() for v in two_device_strategy.experimental_local_results(per_replica_x)]
-    steps = [v.numpy() for v in two_device_strategy.experimental_local_results(per_replica_stats["step_size_per_chain"])]
+    steps = [
+        v.numpy() for v in two_device_strategy.experimental_local_results(per_replica_stats["step_size_per_chain"])
+    ]
     pooled = np.exp(np.mean(np.log(np.concatenate(steps))))
     assert abs(np.log(np.mean(steps[0]) / np.mean(steps[1]))) > 0.01  # the pooling is visible
     for value in sampler.log_step_size.value.values:  # every replica's copy: the pooled geometric mean
@@ -358,7 +374,7 @@ def test_two_replicas_run_each_half_as_one_device_does_and_pool_the_step_size(tw
     for r in (0, 1):
         single = MALASampler(n_steps=20, step_size=0.8, seed=5)
         monkeypatch.setattr(distribute, "replica_id", lambda r=r: tf.constant(r, tf.int32))
-        x, stats = single.sample_with_stats(target.energy, tf.constant(x0[16 * r:16 * (r + 1)]))
+        x, stats = single.sample_with_stats(target.energy, tf.constant(x0[16 * r : 16 * (r + 1)]))
         np.testing.assert_allclose(x.numpy(), xs[r], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(stats["step_size_per_chain"].numpy(), steps[r], rtol=1e-5)
 
@@ -390,11 +406,10 @@ def test_jem_with_mala_one_device_and_two_replicas_agree(two_device_strategy):
 def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
     # The sampler slots into GMMC (both chain modes) and CLEL as into JEM: finite logs with the
     # acceptance and step size reported, weights moved.
-    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
-    from keras_ebm.trainers import CLEL, GMMC
-
     from helpers import run_trainer_smoke_test
+    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+    from keras_ebm.trainers import CLEL, GMMC
+    from keras_ebm.trainers.gmmc.head import build_mmc_classifier
 
     def sampler(x_clip=(-1.0, 1.0), **kw):
         return SAMPLERS[kind](n_steps=2, step_size=1e-3, x_clip=x_clip, seed=0, **kw)
@@ -402,16 +417,35 @@ def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
     x, y = digits_arrays(32)
     for mode in ("staged", "noise_injected"):
         backbone = tiny_network((8, 8, 1), None, seed=3, widths=(8, 16), pool="average")
-        gmmc = GMMC(build_mmc_classifier(backbone, num_classes=10), image_shape=(8, 8, 1), num_classes=10,
-                    buffer_size=20, mode="generative", sampling=mode, sampler=sampler(energy_reduction="mean"))
+        gmmc = GMMC(
+            build_mmc_classifier(backbone, num_classes=10),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=20,
+            mode="generative",
+            sampling=mode,
+            sampler=sampler(energy_reduction="mean"),
+        )
         history = run_trainer_smoke_test(gmmc, x, y)
         assert 0 < history["mcmc_accept_rate"][-1] <= 1 and history["mcmc_step_size"][-1] > 0
-    clel = CLEL(build_clel_ebm("small", input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=1, head_units=8,
-                               feature_dim=8, input_mean=None),
-                build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
-                build_clel_encoder((8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6,
-                                   input_mean=None),
-                image_shape=(8, 8, 3), buffer_size=20, sampler=sampler(x_clip=(0.0, 1.0)))
+    clel = CLEL(
+        build_clel_ebm(
+            "small",
+            input_shape=(8, 8, 3),
+            widths=(4, 8),
+            blocks_per_stage=1,
+            head_units=8,
+            feature_dim=8,
+            input_mean=None,
+        ),
+        build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
+        build_clel_encoder(
+            (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
+        ),
+        image_shape=(8, 8, 3),
+        buffer_size=20,
+        sampler=sampler(x_clip=(0.0, 1.0)),
+    )
     x3, y3 = digits_arrays(32, pixel_range=(0.0, 1.0), channels=3)
     history = run_trainer_smoke_test(clel, x3, y3)
     assert 0 < history["mcmc_accept_rate"][-1] <= 1

@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm import memory
-from keras_ebm.trainers.hdge.queue import FeatureQueue
 from keras_ebm.sampling.initializers import InformativeInitializer, class_gaussian_statistics
 from keras_ebm.sampling.replay_buffer import ReplayBuffer
+from keras_ebm.trainers.hdge.queue import FeatureQueue
 
 
 def test_parse_and_format_bytes():

@@ -107,11 +107,16 @@ def test_plots_write_pngs(tmp_path):
     labels = rng.randint(0, 5, 200)
     paths = [
         plots.reliability_diagram(probs, labels, str(tmp_path / "rel.png"), title="test"),
-        plots.score_histograms({"in": rng.randn(100) + 2, "ood": rng.randn(80), "ood2": rng.randn(30) - 1},
-                               str(tmp_path / "sub" / "h.png"), in_dist_name="in", score_name="log_px"),
+        plots.score_histograms(
+            {"in": rng.randn(100) + 2, "ood": rng.randn(80), "ood2": rng.randn(30) - 1},
+            str(tmp_path / "sub" / "h.png"),
+            in_dist_name="in",
+            score_name="log_px",
+        ),
         plots.sample_grid(rng.randint(0, 255, (10, 8, 8, 1)).astype("uint8"), str(tmp_path / "g1.png")),
-        plots.sample_grid(rng.randint(0, 255, (4, 32, 32, 3)).astype("uint8"), str(tmp_path / "g3.png"),
-                          nrow=2, title="samples"),
+        plots.sample_grid(
+            rng.randint(0, 255, (4, 32, 32, 3)).astype("uint8"), str(tmp_path / "g3.png"), nrow=2, title="samples"
+        ),
     ]
     assert paths[1] == str(tmp_path / "sub" / "h.png")
     for p in paths:

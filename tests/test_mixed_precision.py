@@ -16,8 +16,9 @@ SHAPE = (8, 8, 1)
 
 
 def classifier(norm=None):
-    return backbones.build_classifier(backbones.TinyCNN((8, 16), norm=norm, input_shape=SHAPE), num_classes=10,
-                                      input_shape=SHAPE)
+    return backbones.build_classifier(
+        backbones.TinyCNN((8, 16), norm=norm, input_shape=SHAPE), num_classes=10, input_shape=SHAPE
+    )
 
 
 def sampler(**kwargs):
@@ -25,25 +26,55 @@ def sampler(**kwargs):
 
 
 def clel():
-    ebm = backbones.build_clel_ebm("small", input_shape=SHAPE, widths=(4, 8), blocks_per_stage=1, head_units=8,
-                                   feature_dim=8, input_mean=None)
+    ebm = backbones.build_clel_ebm(
+        "small", input_shape=SHAPE, widths=(4, 8), blocks_per_stage=1, head_units=8, feature_dim=8, input_mean=None
+    )
     projection = backbones.build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6)
-    encoder = backbones.build_clel_encoder(input_shape=SHAPE, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8,
-                                           output_dim=6, input_mean=None)
-    return CLEL(ebm, projection, encoder, image_shape=SHAPE, buffer_size=32, ema_start_step=0,
-                sampler=SGLDSampler(n_steps=2, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=(0.0, 1.0),
-                                    energy_training=True, seed=0))
+    encoder = backbones.build_clel_encoder(
+        input_shape=SHAPE, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
+    )
+    return CLEL(
+        ebm,
+        projection,
+        encoder,
+        image_shape=SHAPE,
+        buffer_size=32,
+        ema_start_step=0,
+        sampler=SGLDSampler(
+            n_steps=2,
+            step_size=100.0,
+            noise_std=0.001,
+            grad_clip=100.0,
+            x_clip=(0.0, 1.0),
+            energy_training=True,
+            seed=0,
+        ),
+    )
 
 
 TRAINERS = {
     "softmax": (lambda: SoftmaxClassifier(classifier(), image_shape=SHAPE, num_classes=10), (-1.0, 1.0)),
-    "sadajem": (lambda: SADAJEM(classifier("batch"), image_shape=SHAPE, num_classes=10, buffer_size=40,
-                                sampler=sampler(energy_training=True, freeze_bn_stats=True)), (-1.0, 1.0)),
+    "sadajem": (
+        lambda: SADAJEM(
+            classifier("batch"),
+            image_shape=SHAPE,
+            num_classes=10,
+            buffer_size=40,
+            sampler=sampler(energy_training=True, freeze_bn_stats=True),
+        ),
+        (-1.0, 1.0),
+    ),
     "hdge": (lambda: HDGE(classifier(), image_shape=SHAPE, num_classes=10, queue_size=64), (-1.0, 1.0)),
-    "gmmc": (lambda: GMMC(gmmc.build_mmc_classifier(backbones.TinyCNN((8, 16), input_shape=SHAPE), num_classes=10,
-                                                     input_shape=SHAPE),
-                          image_shape=SHAPE, num_classes=10, buffer_size=40, sampler=sampler(energy_reduction="mean")),
-             (-1.0, 1.0)),
+    "gmmc": (
+        lambda: GMMC(
+            gmmc.build_mmc_classifier(backbones.TinyCNN((8, 16), input_shape=SHAPE), num_classes=10, input_shape=SHAPE),
+            image_shape=SHAPE,
+            num_classes=10,
+            buffer_size=40,
+            sampler=sampler(energy_reduction="mean"),
+        ),
+        (-1.0, 1.0),
+    ),
     "clel": (clel, (0.0, 1.0)),
 }
 
@@ -51,8 +82,9 @@ TRAINERS = {
 @pytest.mark.parametrize("name", sorted(TRAINERS))
 def test_every_trainer_trains_in_mixed_bfloat16_with_float32_state(name):
     build, pixel_range = TRAINERS[name]
-    model = training.build_trainer(build, lambda: keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(),
-                                   mixed_precision="mixed_bfloat16")
+    model = training.build_trainer(
+        build, lambda: keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(), mixed_precision="mixed_bfloat16"
+    )
     assert keras.mixed_precision.dtype_policy().name == "float32"  # the global policy is restored
     assert any(layer.compute_dtype == "bfloat16" for layer in model.network.layers if layer.weights)
     ds = data.make_dataset("digits", "train", global_batch_size=16, pixel_range=pixel_range)
@@ -86,16 +118,17 @@ def test_sgld_closed_form_through_a_bfloat16_layer():
 
     def energy(x, y, training):
         h = tf.cast(layer(tf.reshape(x, [tf.shape(x)[0], -1])), tf.float32)
-        return 0.5 * tf.reduce_sum(h ** 2, axis=-1)
+        return 0.5 * tf.reduce_sum(h**2, axis=-1)
 
     x = tf.constant(np.random.RandomState(0).randn(4, 6).astype("float32"))
     out = SGLDSampler(n_steps=5, step_size=0.2, noise_std=0.0)(energy, x)
     assert out.dtype == tf.float32
-    np.testing.assert_allclose(out.numpy(), 0.8 ** 5 * x.numpy(), rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(out.numpy(), 0.8**5 * x.numpy(), rtol=2e-2, atol=2e-3)
     # The same chain in float32 is exact to 1e-5: the tolerance above is bf16's, not the sampler's.
     exact = SGLDSampler(n_steps=5, step_size=0.2, noise_std=0.0)(
-        lambda v, y, training: 0.5 * tf.reduce_sum(tf.reshape(v, [tf.shape(v)[0], -1]) ** 2, axis=-1), x)
-    np.testing.assert_allclose(exact.numpy(), 0.8 ** 5 * x.numpy(), rtol=1e-5)
+        lambda v, y, training: 0.5 * tf.reduce_sum(tf.reshape(v, [tf.shape(v)[0], -1]) ** 2, axis=-1), x
+    )
+    np.testing.assert_allclose(exact.numpy(), 0.8**5 * x.numpy(), rtol=1e-5)
 
 
 def test_float16_is_refused_with_the_reason():
@@ -120,8 +153,11 @@ def test_losses_in_mixed_bfloat16_match_float32_on_the_same_weights_and_batch(na
     models = []
     for precision in (None, "mixed_bfloat16"):
         keras.utils.set_random_seed(0)
-        models.append(training.build_trainer(build, lambda: keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(),
-                                             mixed_precision=precision))
+        models.append(
+            training.build_trainer(
+                build, lambda: keras.optimizers.Adam(1e-3), tf.distribute.get_strategy(), mixed_precision=precision
+            )
+        )
     f32, bf16 = models
     assert len(f32.variables) == len(bf16.variables)
     for a, b in zip(f32.variables, bf16.variables):

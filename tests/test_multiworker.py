@@ -43,13 +43,29 @@ def start_workers(ports, model_dir, out_prefix, args=()):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
     for i in range(len(ports)):
-        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
-                   PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "_multiworker_worker.py"), str(model_dir),
-             f"{out_prefix}{i}.npz", *args],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            KERAS_BACKEND="tensorflow",
+            TF_CPP_MIN_LOG_LEVEL="3",
+            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(HERE, "_multiworker_worker.py"),
+                    str(model_dir),
+                    f"{out_prefix}{i}.npz",
+                    *args,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -100,8 +116,16 @@ def test_two_workers_agree(tmp_path):
 PEER_TIMEOUT = 10  # run_training.peer_timeout_seconds of the workers below
 STEPS, EVERY = 24, 4
 # 250 ms per batch (a sleep inside tf.data): the run lasts long enough to be killed mid-way.
-LOST_WORKER_ARGS = ["--steps", str(STEPS), "--checkpoint_every", str(EVERY), "--step_delay_ms", "250",
-                    "--peer_timeout_seconds", str(PEER_TIMEOUT)]
+LOST_WORKER_ARGS = [
+    "--steps",
+    str(STEPS),
+    "--checkpoint_every",
+    str(EVERY),
+    "--step_delay_ms",
+    "250",
+    "--peer_timeout_seconds",
+    str(PEER_TIMEOUT),
+]
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +144,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0], ids=["worker1_killed", "chief_killed"])
-def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exactly(
-        tmp_path, uninterrupted, victim):
+def test_lost_worker_stops_the_other_in_bounded_time_and_a_restart_resumes_exactly(tmp_path, uninterrupted, victim):
     import tensorflow as tf
 
     survivor = 1 - victim
@@ -200,9 +223,12 @@ def test_the_loop_turns_a_lost_peer_into_worker_lost_error_and_saves_nothing_mor
         def on_train_batch_end(self, batch, logs=None):
             if callbacks.current_step(self.model) == self.at:
                 raise tf.errors.UnavailableError(
-                    None, None, "Collective ops is aborted by: Error reported from /job:worker/task:1: "
+                    None,
+                    None,
+                    "Collective ops is aborted by: Error reported from /job:worker/task:1: "
                     "The following tasks are unhealthy (stopped sending heartbeats):\n"
-                    "/job:worker/replica:0/task:1\nThe tasks have crashed.")
+                    "/job:worker/replica:0/task:1\nThe tasks have crashed.",
+                )
 
     strategy = tf.distribute.get_strategy()
     model = training.build_trainer(trainer_fn, lambda: keras.optimizers.SGD(0.1), strategy)
@@ -223,19 +249,26 @@ def test_the_loop_turns_a_lost_peer_into_worker_lost_error_and_saves_nothing_mor
 def test_peer_timeout_must_be_positive(monkeypatch):
     from keras_ebm import distribute
 
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                                                "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}}),
+    )
     with pytest.raises(ValueError, match="peer_timeout_seconds must be a positive number"):
         distribute.make_strategy(peer_timeout_seconds=0)
 
 
 def test_exit_when_worker_lost_ends_the_process_at_once_with_the_traceback():
-    code = ("import atexit\nfrom keras_ebm import distribute\natexit.register(print, 'atexit ran')\n"
-            "with distribute.exit_when_worker_lost():\n    raise distribute.WorkerLostError('peer gone')\n")
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
-               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "import atexit\nfrom keras_ebm import distribute\natexit.register(print, 'atexit ran')\n"
+        "with distribute.exit_when_worker_lost():\n    raise distribute.WorkerLostError('peer gone')\n"
+    )
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "WorkerLostError: peer gone" in out.stderr
     assert "atexit ran" not in out.stdout  # os._exit: no interpreter teardown

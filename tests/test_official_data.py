@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 
 import standins
-from keras_ebm import run_config
-from keras_ebm import data
-from keras_ebm.data import official
-from keras_ebm.data import prepare
-from keras_ebm.data import sources
+from keras_ebm import data, run_config
+from keras_ebm.data import official, prepare, sources
 
 _REAL_SEARCH_DIRS = sources.files.data_search_dirs
 
@@ -108,8 +105,14 @@ def test_data_dir_env_var_finds_the_official_names(tmp_path, no_data_dirs, monke
     with pytest.raises(FileNotFoundError) as err:
         data.load_source("cifar10_python", "test")
     message = str(err.value)
-    for hint in ("cifar-10-python.tar.gz", "cifar-10-batches-py", "KERAS_EBM_DATA_DIR", "local_path",
-                 official.CIFAR_URL, str(no_data_dirs)):
+    for hint in (
+        "cifar-10-python.tar.gz",
+        "cifar-10-batches-py",
+        "KERAS_EBM_DATA_DIR",
+        "local_path",
+        official.CIFAR_URL,
+        str(no_data_dirs),
+    ):
         assert hint in message, hint
     with pytest.raises(FileNotFoundError, match="ufldl.stanford.edu/housenumbers"):
         data.load_source("svhn_mat", "test")
@@ -180,9 +183,18 @@ def test_prepare_command_line(tmp_path, no_data_dirs):
     out = tmp_path / "out" / "svhn.npz"
     out.parent.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "keras_ebm.data.prepare", "svhn_mat", f"--path={tmp_path}",
-         f"--output={out}", "--splits=test"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "keras_ebm.data.prepare",
+            "svhn_mat",
+            f"--path={tmp_path}",
+            f"--output={out}",
+            "--splits=test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test: 15 images" in result.stdout and str(out) in result.stdout
@@ -194,7 +206,9 @@ def test_prepare_command_line(tmp_path, no_data_dirs):
     # A missing input is a one-line error naming what to download, not a traceback.
     missing = subprocess.run(
         [sys.executable, "-m", "keras_ebm.data.prepare", "cifar10_python", f"--path={tmp_path}"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert missing.returncode == 1 and "error:" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -202,8 +216,11 @@ def test_prepare_command_line(tmp_path, no_data_dirs):
 # ---------------------------------------------------------------------------------- overlays
 @pytest.mark.parametrize(
     "overlay, dataset, num_classes",
-    [("cifar10_python", "cifar10_python", 10), ("cifar100_python", "cifar100_python", 100),
-     ("svhn_mat", "svhn_mat", 10)],
+    [
+        ("cifar10_python", "cifar10_python", 10),
+        ("cifar100_python", "cifar100_python", 100),
+        ("svhn_mat", "svhn_mat", 10),
+    ],
 )
 def test_official_overlays_rebind_every_data_set(overlay, dataset, num_classes):
     run_config.parse_gin(["gin_configs/sadajem.gin", f"gin_configs/data/{overlay}.gin"], [])

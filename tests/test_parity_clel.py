@@ -38,8 +38,13 @@ from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.clel import CLEL
 
 METHOD = "CLEL"
-LOSSES = {"loss": "loss", "e_pos": "energy_data", "e_neg": "energy_sample", "s_pos": "cosine",
-          "latent_loss": "contrastive_loss"}
+LOSSES = {
+    "loss": "loss",
+    "e_pos": "energy_data",
+    "e_neg": "energy_sample",
+    "s_pos": "cosine",
+    "latent_loss": "contrastive_loss",
+}
 
 # Float32 tolerances of this test. The encoder's backward (NT-Xent at temperature 0.2 through
 # BatchNorm over 4 and 8 images) loses float32 precision on small entries, and momentum SGD's
@@ -49,7 +54,10 @@ LOSSES = {"loss": "loss", "e_pos": "energy_data", "e_neg": "energy_sample", "s_p
 # operation order, by grad 1.7e-5, slots 1.2e-3, weights 3.6e-5, BN 4.7e-5, eval 4.1e-5 (the
 # float64 file agrees to 1e-12). Bounds ~1.5x the measured ones.
 FLOAT32_OVERRIDES = {
-    "grad": (1e-3, 4e-5), "slots": (1e-3, 2e-3), "weights": (1e-4, 6e-5), "bn": (1e-4, 7e-5),
+    "grad": (1e-3, 4e-5),
+    "slots": (1e-3, 2e-3),
+    "weights": (1e-4, 6e-5),
+    "bn": (1e-4, 7e-5),
     "eval": (1e-4, 6e-5),
 }
 pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
@@ -83,26 +91,59 @@ class TorchCosine(keras.optimizers.schedules.LearningRateSchedule):
         return tf.constant(self.lr, dtype) * 0.5 * (1.0 + tf.cos(tf.constant(math.pi, dtype) * step / self.t_max))
 
 
-def build_trainer(golden, guidance_view="augmented", ema_timing="before_step", encoder_sgd=TorchSGD,
-                  bn_unbiased=True, sn_order="u_first"):
+def build_trainer(
+    golden,
+    guidance_view="augmented",
+    ema_timing="before_step",
+    encoder_sgd=TorchSGD,
+    bn_unbiased=True,
+    sn_order="u_first",
+):
     s, arch = settings(golden), golden.meta["architecture"]
     widths = tuple(w for w, _ in arch["ebm_layers"])
     hidden, dim = arch["mlp_hidden"], int(s["encoder.out_dim"])
     batch, halflife = int(s["data.batch_size"]), float(s["ema.halflife"])
-    network = build_clel_ebm(widths=widths, blocks_per_stage=1, head_units=hidden, feature_dim=dim,
-                             sn_update_order=sn_order)
+    network = build_clel_ebm(
+        widths=widths, blocks_per_stage=1, head_units=hidden, feature_dim=dim, sn_update_order=sn_order
+    )
     projection = build_clel_projection(dim, hidden, dim)
-    encoder = build_clel_encoder(widths=(16, 16, 16, 16), blocks_per_stage=(1, 1, 1, 1), head_units=hidden,
-                                 output_dim=dim, stem_width=64, bn_unbiased_variance=bn_unbiased)
-    sampler = SGLDSampler(n_steps=int(s["sampler.num_steps"]), step_size=100.0, noise_std=0.001, grad_clip=100.0,
-                          x_clip=(0.0, 1.0), energy_training=True)
-    trainer = CLEL(network, projection, encoder, image_shape=(32, 32, 3), sampler=sampler,
-                   buffer_size=int(s["sampler.memory_size"]), reinit_prob=float(s["sampler.memory_init"]),
-                   alpha=1.0, beta=0.01, temperature=0.2, ema_decay=0.5 ** (batch / halflife),
-                   ema_start_step=math.ceil(halflife / batch) - 1, ema_timing=ema_timing,
-                   guidance_view=guidance_view, seed=0)
-    trainer.compile(optimizer=TorchAdam(LinearWarmup(1e-4, 2000), beta_1=0.0, beta_2=0.999),
-                    encoder_optimizer=encoder_sgd(TorchCosine(0.03, int(s["num_iterations"])), momentum=0.9))
+    encoder = build_clel_encoder(
+        widths=(16, 16, 16, 16),
+        blocks_per_stage=(1, 1, 1, 1),
+        head_units=hidden,
+        output_dim=dim,
+        stem_width=64,
+        bn_unbiased_variance=bn_unbiased,
+    )
+    sampler = SGLDSampler(
+        n_steps=int(s["sampler.num_steps"]),
+        step_size=100.0,
+        noise_std=0.001,
+        grad_clip=100.0,
+        x_clip=(0.0, 1.0),
+        energy_training=True,
+    )
+    trainer = CLEL(
+        network,
+        projection,
+        encoder,
+        image_shape=(32, 32, 3),
+        sampler=sampler,
+        buffer_size=int(s["sampler.memory_size"]),
+        reinit_prob=float(s["sampler.memory_init"]),
+        alpha=1.0,
+        beta=0.01,
+        temperature=0.2,
+        ema_decay=0.5 ** (batch / halflife),
+        ema_start_step=math.ceil(halflife / batch) - 1,
+        ema_timing=ema_timing,
+        guidance_view=guidance_view,
+        seed=0,
+    )
+    trainer.compile(
+        optimizer=TorchAdam(LinearWarmup(1e-4, 2000), beta_1=0.0, beta_2=0.999),
+        encoder_optimizer=encoder_sgd(TorchCosine(0.03, int(s["num_iterations"])), momentum=0.9),
+    )
     convert.convert_official("clel", golden.under("init"), trainer)
     trainer.buffer.buffer.assign(pc.nhwc(golden["init_state/memory"]))
     trainer.build_optimizers()
@@ -149,8 +190,14 @@ def _permutation(index, shape):
 
 
 def _all_weights(trainer):
-    models = (trainer.network, trainer.projection, trainer.encoder,
-              trainer.ema_network.model, trainer.ema_projection.model, trainer.ema_encoder.model)
+    models = (
+        trainer.network,
+        trainer.projection,
+        trainer.encoder,
+        trainer.ema_network.model,
+        trainer.ema_projection.model,
+        trainer.ema_encoder.model,
+    )
     return [w for m in models for w in m.weights]
 
 
@@ -235,14 +282,20 @@ def run_parity(precision, compute=None, **build):
             compare("loss", f"step {k} lr_encoder", encoder_tap.lr[-1], golden[f"step/{k}/opt/lr_encoder"])
             pc.compare_samples(compare, golden, k, "x_neg", pc.nchw(tap.samples[-1]))
             if k == 0:
-                for variables, grads, names in ((trainer.ebm_variables(), tap.grads[0], ebm_names),
-                                                (trainer.encoder_variables(), encoder_tap.grads[0], enc_names)):
+                for variables, grads, names in (
+                    (trainer.ebm_variables(), tap.grads[0], ebm_names),
+                    (trainer.encoder_variables(), encoder_tap.grads[0], enc_names),
+                ):
                     for variable, g in zip(variables, grads):
                         name = names[id(variable)]
                         compare("grad", name, layout[name][1](g), golden[f"step/0/grad/{name}"])
             compare_state(compare, golden, k, trainer, layout)
-        compare("samples", "replay buffer after the last step", pc.nchw(np.asarray(trainer.buffer.buffer)),
-                golden[f"step/{steps - 1}/state/memory"])
+        compare(
+            "samples",
+            "replay buffer after the last step",
+            pc.nchw(np.asarray(trainer.buffer.buffer)),
+            golden[f"step/{steps - 1}/state/memory"],
+        )
         if any(replay.remaining().values()):
             compare.failures.append(f"unused official draws {replay.remaining()}")
         compare_eval(compare, golden, trainer, eval_view)
@@ -286,8 +339,9 @@ def compare_eval(compare, golden, trainer, eval_view):
 
     f = trainer.ema_network(x)
     compare("eval", "ema_ebm_f", f, golden["eval/ema_ebm_f"])
-    compare("eval", "ema_ebm_z (direction)", unit(trainer.latent(f, trainer.ema_projection)),
-            unit(golden["eval/ema_ebm_z"]))
+    compare(
+        "eval", "ema_ebm_z (direction)", unit(trainer.latent(f, trainer.ema_projection)), unit(golden["eval/ema_ebm_z"])
+    )
     compare("eval", "ema_encoder_y", trainer.ema_encoder(x), golden["eval/ema_encoder_y"])
     f = trainer.network(x, training=False)
     compare("eval", "ebm_f", f, golden["eval/ebm_f"])
@@ -309,13 +363,20 @@ def test_clel_parity(precision):
 
 
 # One break in the default suite, the others (15-30 s each) in the slow one.
-@pytest.mark.parametrize("break_", ["first_view"] + [pytest.param(b, marks=pytest.mark.slow)
-                                                     for b in ("after_step", "keras_sgd", "biased_bn", "v_first")])
+@pytest.mark.parametrize(
+    "break_",
+    ["first_view"]
+    + [pytest.param(b, marks=pytest.mark.slow) for b in ("after_step", "keras_sgd", "biased_bn", "v_first")],
+)
 def test_clel_parity_fails_on_a_break(break_):
     """The parity test sees: the first SimCLR view as guidance view, the EMA after the update,
     Keras' SGD momentum under the cosine rate, Keras' biased BN moving variance, the older
     spectral-norm power iteration order (v first)."""
-    build = {"first_view": {"guidance_view": "first_view"}, "after_step": {"ema_timing": "after_step"},
-             "keras_sgd": {"encoder_sgd": keras.optimizers.SGD}, "biased_bn": {"bn_unbiased": False},
-             "v_first": {"sn_order": "v_first"}}[break_]
+    build = {
+        "first_view": {"guidance_view": "first_view"},
+        "after_step": {"ema_timing": "after_step"},
+        "keras_sgd": {"encoder_sgd": keras.optimizers.SGD},
+        "biased_bn": {"bn_unbiased": False},
+        "v_first": {"sn_order": "v_first"},
+    }[break_]
     assert run_parity("float64", **build).failures, f"the parity test did not notice the break {break_}"

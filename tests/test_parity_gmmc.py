@@ -24,10 +24,10 @@ import parity_common as pc
 from keras_ebm import convert, random_draws
 from keras_ebm.backbones import WideResNet
 from keras_ebm.convert.wrn import wrn_weight_map
-from keras_ebm.trainers.gmmc.head import build_mmc_classifier, mmc_head
 from keras_ebm.optim import TorchAdam
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import GMMC
+from keras_ebm.trainers.gmmc.head import build_mmc_classifier, mmc_head
 
 METHOD = "GMMC"
 GMMC_DRAWS = {
@@ -46,7 +46,9 @@ FLOAT32_SLOTS = (1e-3, 1e-7)
 pc.OVERRIDES[METHOD] = {"float32": {"slots": FLOAT32_SLOTS}}
 
 pc.TABLE[METHOD] = {
-    "forward": "tol", "loss terms": "tol; joint: step 0 discriminative, steps 1-2 generative", "gradients": "tol",
+    "forward": "tol",
+    "loss terms": "tol; joint: step 0 discriminative, steps 1-2 generative",
+    "gradients": "tol",
     "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step",
     "BN statistics": "n/a (the recorded WRN has no BN)",
     "sampler / buffer": "tol; staged class-conditional chains, buffer untouched before the switch",
@@ -57,15 +59,31 @@ pc.TABLE[METHOD] = {
 
 def build_trainer(golden, balance=None, step_size=1.0):
     s = golden.meta["settings"]
-    backbone = WideResNet(depth=int(pc.option(s, "--depth")), width=int(pc.option(s, "--width")), norm=None,
-                          input_shape=(32, 32, 3))
+    backbone = WideResNet(
+        depth=int(pc.option(s, "--depth")), width=int(pc.option(s, "--width")), norm=None, input_shape=(32, 32, 3)
+    )
     network = build_mmc_classifier(backbone, num_classes=10, scale=float(pc.option(s, "--mu_c")))
-    sampler = SGLDSampler(n_steps=int(pc.option(s, "--n_steps")), step_size=step_size, noise_std=0.0,
-                          x_clip=(-1.0, 1.0), energy_reduction="mean")
-    trainer = GMMC(network, (32, 32, 3), 10, mode="joint", switch_step=int(pc.option(s, "--start_generative")),
-                   ramp_steps=0, balance=balance or float(pc.option(s, "--beta")), sampler=sampler,
-                   latent_std=float(pc.option(s, "--gamma")), buffer_size=int(pc.option(s, "--buffer_size")),
-                   reinit_prob=float(pc.option(s, "--reinit_freq")), seed=0)
+    sampler = SGLDSampler(
+        n_steps=int(pc.option(s, "--n_steps")),
+        step_size=step_size,
+        noise_std=0.0,
+        x_clip=(-1.0, 1.0),
+        energy_reduction="mean",
+    )
+    trainer = GMMC(
+        network,
+        (32, 32, 3),
+        10,
+        mode="joint",
+        switch_step=int(pc.option(s, "--start_generative")),
+        ramp_steps=0,
+        balance=balance or float(pc.option(s, "--beta")),
+        sampler=sampler,
+        latent_std=float(pc.option(s, "--gamma")),
+        buffer_size=int(pc.option(s, "--buffer_size")),
+        reinit_prob=float(pc.option(s, "--reinit_freq")),
+        seed=0,
+    )
     trainer.compile(optimizer=TorchAdam(learning_rate=float(pc.option(s, "--lr"))))
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
     convert.convert_official("gmmc", {**golden.under("init"), "centers": golden["init_state/centers"]}, trainer)
@@ -85,8 +103,12 @@ def run_parity(precision, **build):
         if not generative[k]:  # placeholders for the discriminative step (module docstring)
             assert not recorded, "the official discriminative step drew"
             n, dim = len(golden[f"batch/{k}/y_lab"]), golden["init_state/centers"].shape[1]
-            recorded = {"buffer_index": [np.zeros(n, np.int32)], "init_uniform": [np.zeros((n, 32, 32, 3))],
-                        "reinit": [np.zeros(n)], "latent_normal": [np.zeros((n, dim))]}
+            recorded = {
+                "buffer_index": [np.zeros(n, np.int32)],
+                "init_uniform": [np.zeros((n, 32, 32, 3))],
+                "reinit": [np.zeros(n)],
+                "latent_normal": [np.zeros((n, dim))],
+            }
         for kind, arrays in recorded.items():
             draws.setdefault(kind, []).extend(arrays)
     with pc.float_precision(precision):
@@ -96,8 +118,12 @@ def run_parity(precision, **build):
         head = mmc_head(trainer.network)
         compare("forward", "centres (converted)", np.asarray(head.centers), golden["init_state/centers"])
         x0, y0 = pc.nhwc(golden["batch/0/x_lab"]), golden["batch/0/y_lab"]
-        compare("forward", "l_p_x_given_y of the initial network (step 0)",
-                np.mean(head.center_loss(trainer.features(x0), y0)), golden["step/0/loss/l_p_x_given_y"])
+        compare(
+            "forward",
+            "l_p_x_given_y of the initial network (step 0)",
+            np.mean(head.center_loss(trainer.features(x0), y0)),
+            golden["step/0/loss/l_p_x_given_y"],
+        )
         tap = pc.StepTap(trainer)
         for k in range(steps):
             name = "x_p_d" if generative[k] else "x_lab"
@@ -119,8 +145,12 @@ def run_parity(precision, **build):
                 pc.compare_first_grads(compare, golden, tap, trainer, mapping)
             pc.compare_weights_and_adam(compare, golden, k, trainer, mapping)
             compare("weights", f"step {k} centres", np.asarray(head.centers), golden[f"step/{k}/state/centers"])
-        compare("samples", "replay buffer after the last step", pc.nchw(np.asarray(trainer.buffer.buffer)),
-                golden[f"step/{steps - 1}/state/replay_buffer_x"])
+        compare(
+            "samples",
+            "replay buffer after the last step",
+            pc.nchw(np.asarray(trainer.buffer.buffer)),
+            golden[f"step/{steps - 1}/state/replay_buffer_x"],
+        )
         assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
         # Evaluation: the official features, LDALayer logits and P_X, lda_eval_classification.
         x, y = pc.nhwc(golden["eval/x"]), golden["eval/y"]

@@ -41,10 +41,11 @@ HDGE_DRAWS = {
 SCALE = 0.5  # our loss = SCALE * official loss (module docstring)
 
 pc.TABLE[METHOD] = {
-    "forward": "tol", "loss terms": "tol; HDGE and HDGE+JEM (our weights 0.5 = the official unit weights / 2)",
+    "forward": "tol",
+    "loss terms": "tol; HDGE and HDGE+JEM (our weights 0.5 = the official unit weights / 2)",
     "gradients": "tol",
     "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step; warm-up from lr 0 "
-                             "(`LinearWarmup(from_zero=True)`)",
+    "(`LinearWarmup(from_zero=True)`)",
     "BN statistics": "n/a (the recorded WRN has no BN)",
     "sampler / buffer": "tol (HDGE+JEM)",
     "queue / centres / EMA": "tol; logit queue and pointer after every step",
@@ -55,16 +56,31 @@ pc.TABLE[METHOD] = {
 def build_trainer(golden, warmup_from_zero=True, temperature=None):
     s = golden.meta["settings"]
     jem = "--pxsgld" in s
-    network = build_classifier(WideResNet(depth=int(pc.option(s, "--depth")), width=int(pc.option(s, "--width")),
-                                          norm=None, input_shape=(32, 32, 3)), 10)
+    network = build_classifier(
+        WideResNet(
+            depth=int(pc.option(s, "--depth")), width=int(pc.option(s, "--width")), norm=None, input_shape=(32, 32, 3)
+        ),
+        10,
+    )
     kwargs = {}
     if jem:
-        kwargs = dict(px_weight=SCALE, buffer_size=int(pc.option(s, "--buffer_size")),
-                      reinit_prob=float(pc.option(s, "--reinit_freq")),
-                      sampler=SGLDSampler(n_steps=int(pc.option(s, "--n_steps")), step_size=1.0, noise_std=0.01))
-    trainer = HDGE(network, (32, 32, 3), 10, alpha=SCALE, queue_size=int(pc.option(s, "--contrast_k")),
-                   temperature=temperature or float(pc.option(s, "--contrast_t")), queue_init="random_normal",
-                   seed=0, **kwargs)
+        kwargs = dict(
+            px_weight=SCALE,
+            buffer_size=int(pc.option(s, "--buffer_size")),
+            reinit_prob=float(pc.option(s, "--reinit_freq")),
+            sampler=SGLDSampler(n_steps=int(pc.option(s, "--n_steps")), step_size=1.0, noise_std=0.01),
+        )
+    trainer = HDGE(
+        network,
+        (32, 32, 3),
+        10,
+        alpha=SCALE,
+        queue_size=int(pc.option(s, "--contrast_k")),
+        temperature=temperature or float(pc.option(s, "--contrast_t")),
+        queue_init="random_normal",
+        seed=0,
+        **kwargs,
+    )
     lr = LinearWarmup(float(pc.option(s, "--lr")), int(pc.option(s, "--warmup_iters")), from_zero=warmup_from_zero)
     trainer.compile(optimizer=TorchAdam(learning_rate=lr, epsilon=SCALE * 1e-8))
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
@@ -88,8 +104,9 @@ def run_parity(variant, precision, **build):
     with pc.float_precision(precision), random_draws.replay(draws) as replay:
         mapping = wrn_weight_map(trainer.network)
         logits = trainer(pc.nhwc(golden["batch/0/x_lab"]), training=False)
-        ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(golden["batch/0/y_lab"], logits,
-                                                                             from_logits=True))
+        ce = tf.reduce_mean(
+            tf.keras.losses.sparse_categorical_crossentropy(golden["batch/0/y_lab"], logits, from_logits=True)
+        )
         compare("forward", "CE of the initial network (step 0)", ce, golden["step/0/loss/l_pyxce"])
         tap = pc.StepTap(trainer)
         for k in range(steps):
@@ -112,20 +129,30 @@ def run_parity(variant, precision, **build):
                 pc.compare_first_grads(compare, golden, tap, trainer, mapping, scale=SCALE)
             pc.compare_weights_and_adam(compare, golden, k, trainer, mapping, scale=SCALE)
             # The queue ([C, K] in the official state dict) and its pointer, after the step.
-            compare("weights", f"step {k} queue_logit", pc.probe(np.asarray(trainer.queue.queue).T),
-                    golden[f"step/{k}/probe/param/queue_logit"])
-            assert int(trainer.queue.pointer) == int(golden[f"step/{k}/probe/param/queue_ptr"][0]), \
+            compare(
+                "weights",
+                f"step {k} queue_logit",
+                pc.probe(np.asarray(trainer.queue.queue).T),
+                golden[f"step/{k}/probe/param/queue_logit"],
+            )
+            assert int(trainer.queue.pointer) == int(golden[f"step/{k}/probe/param/queue_ptr"][0]), (
                 f"step {k}: queue pointer {int(trainer.queue.pointer)} != official"
+            )
             compare("slots", f"step {k} lr", tap.lr[-1], golden[f"step/{k}/opt/lr"])
             if jem:
                 pc.compare_samples(compare, golden, k, "x_q", pc.nchw(tap.samples[-1]))
                 idx = draws["buffer_index"][k]
                 assert len(set(idx.tolist())) == len(idx), (
                     "a buffer row drawn twice in one step (PyTorch leaves the duplicate write undefined, "
-                    "docs/parity.md JEM): record with another seed")
+                    "docs/parity.md JEM): record with another seed"
+                )
         if jem:
-            compare("samples", "replay buffer after the last step", pc.nchw(np.asarray(trainer.buffer.buffer)),
-                    golden[f"step/{steps - 1}/state/replay_buffer"])
+            compare(
+                "samples",
+                "replay buffer after the last step",
+                pc.nchw(np.asarray(trainer.buffer.buffer)),
+                golden[f"step/{steps - 1}/state/replay_buffer"],
+            )
         assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
         evaluate(trainer, golden, compare)
     return compare
@@ -137,13 +164,18 @@ def evaluate(trainer, golden, compare):
     logits = trainer(x, training=False)
     compare("eval", "logits", logits, golden["eval/logits"])
     s_in, s_ood = trainer.scores(x), trainer.scores(x_ood)
-    ours = {"px": lambda s: s["log_px"], "py": lambda s: s["max_softmax"],
-            "pxgrad": lambda s: -np.log(-np.asarray(s["grad_norm"]))}  # official: -log ||grad||
+    ours = {
+        "px": lambda s: s["log_px"],
+        "py": lambda s: s["max_softmax"],
+        "pxgrad": lambda s: -np.log(-np.asarray(s["grad_norm"])),
+    }  # official: -log ||grad||
     queue, k = trainer.queue.values(), trainer.queue.size
 
     def pxsim(images):  # official: -(contrastive CE - log K) of each image with its label (eval: no enqueue)
-        return -(hdge_contrastive_loss(trainer(images, training=False), y, queue,
-                                       temperature=trainer.temperature) - np.log(k))
+        return -(
+            hdge_contrastive_loss(trainer(images, training=False), y, queue, temperature=trainer.temperature)
+            - np.log(k)
+        )
 
     scores = {name: (fn(s_in), fn(s_ood)) for name, fn in ours.items()}
     scores["pxsim"] = (pxsim(x), pxsim(x_ood))

@@ -40,23 +40,37 @@ FLOAT32_OVERRIDES = {"slots": (1e-3, 1.1e-5)}
 pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
 
 pc.TABLE[METHOD] = {
-    "forward": "tol", "loss terms": "tol", "gradients": "tol",
+    "forward": "tol",
+    "loss terms": "tol",
+    "gradients": "tol",
     "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step",
     "BN statistics": "n/a (the JEM recipe has no BN)",
     "sampler / buffer": "tol; a buffer row drawn twice in one step keeps our last sample (departure)",
-    "queue / centres / EMA": "n/a", "evaluation": "tol",
+    "queue / centres / EMA": "n/a",
+    "evaluation": "tol",
 }
 
 
 def build_trainer(golden, sampler_kwargs=None, optimizer=None):
     s = golden.meta["settings"]
     network = build_classifier(
-        WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], input_shape=(32, 32, 3)), 10)
-    sampler = SGLDSampler(**{"n_steps": s["n_steps"], "step_size": s["sgld_lr"],
-                             "noise_std": s["sgld_std"], **(sampler_kwargs or {})})
-    trainer = JEM(network, (32, 32, 3), 10, sampler=sampler, buffer_size=s["buffer_size"],
-                  reinit_prob=s["reinit_freq"], clf_weight=s["p_y_given_x_weight"],
-                  px_weight=s["p_x_weight"], pxy_weight=s["p_x_y_weight"], seed=0)
+        WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], input_shape=(32, 32, 3)), 10
+    )
+    sampler = SGLDSampler(
+        **{"n_steps": s["n_steps"], "step_size": s["sgld_lr"], "noise_std": s["sgld_std"], **(sampler_kwargs or {})}
+    )
+    trainer = JEM(
+        network,
+        (32, 32, 3),
+        10,
+        sampler=sampler,
+        buffer_size=s["buffer_size"],
+        reinit_prob=s["reinit_freq"],
+        clf_weight=s["p_y_given_x_weight"],
+        px_weight=s["p_x_weight"],
+        pxy_weight=s["p_x_y_weight"],
+        seed=0,
+    )
     trainer.compile(optimizer=optimizer or TorchAdam(learning_rate=s["lr"]))
     trainer(tf.zeros((1, 32, 32, 3), keras_dtype()))
     convert.convert_official("jem", golden.under("init"), trainer, load_buffer=False)
@@ -67,6 +81,7 @@ def build_trainer(golden, sampler_kwargs=None, optimizer=None):
 
 def keras_dtype():
     import keras
+
     return keras.config.floatx()
 
 
@@ -114,8 +129,10 @@ def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
         diverged = set()
         order = step_order or range(steps)
         for k in order:
-            batch = ((pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]),
-                     (pc.nhwc(golden[f"batch/{k}/x_p_d"]), golden[f"batch/{k}/y_p_d"]))
+            batch = (
+                (pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]),
+                (pc.nhwc(golden[f"batch/{k}/x_p_d"]), golden[f"batch/{k}/y_p_d"]),
+            )
             trainer.train_step(batch)
             logs = tap.logs[-1]
             compare("loss", f"step {k} l_p_x", logs["px_loss"], golden[f"step/{k}/loss/l_p_x"])
@@ -139,7 +156,9 @@ def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
                 for slot, ours in (("exp_avg", opt._momentums[i]), ("exp_avg_sq", opt._velocities[i])):
                     key = f"step/{k}/probe/opt/{name}/{slot}"
                     compare("slots", f"step {k} {name}/{slot}", pc.probe(to_official(np.asarray(ours))), golden[key])
-            compare("slots", f"step {k} Adam step", int(opt.iterations), golden[f"step/{k}/opt/{next(iter(mapping))}/step"])
+            compare(
+                "slots", f"step {k} Adam step", int(opt.iterations), golden[f"step/{k}/opt/{next(iter(mapping))}/step"]
+            )
             x_q = pc.nchw(tap.samples[-1])
             if f"step/{k}/state/x_q" in golden:
                 compare("samples", f"step {k} x_q", x_q, golden[f"step/{k}/state/x_q"])
@@ -164,8 +183,10 @@ def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
             keep = ~np.isin(rows, list(diverged))
             compare("samples", f"step {k} replay buffer", ours_buffer[keep], official_buffer[keep])
             later = {int(r) for j in range(k + 1, steps) for r in draws["buffer_index"][j]}
-            assert not diverged & later, ("a row written twice is read again by a later step: the "
-                                          "duplicate-write departure would propagate; record another run")
+            assert not diverged & later, (
+                "a row written twice is read again by a later step: the "
+                "duplicate-write departure would propagate; record another run"
+            )
         assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
         # Evaluation: the official eval_wrn_ebm.py on a fixed test batch with the final weights.
         x_eval, x_ood = pc.nhwc(golden["eval/x"]), pc.nhwc(golden["eval/x_ood"])

@@ -51,37 +51,73 @@ SGD_SLOTS = {"momentum_buffer": lambda opt, v: opt.momentums[opt._get_variable_i
 # 4.1e-5, BN 1.9e-5, momentum 4.1e-4, samples 3.6e-4 at step 2, eval 3.8e-3 on the grad-norm
 # score), so these are the official run's errors; bounds are ~1.5x the measured ones.
 FLOAT32_OVERRIDES = {
-    "grad": (1e-3, 4e-5), "weights": (1e-4, 6e-5), "bn": (1e-4, 3e-5), "slots": (1e-3, 6e-4),
-    "samples": (1e-4, 6e-4), "eval": (1e-3, 6e-3),
+    "grad": (1e-3, 4e-5),
+    "weights": (1e-4, 6e-5),
+    "bn": (1e-4, 3e-5),
+    "slots": (1e-3, 6e-4),
+    "samples": (1e-4, 6e-4),
+    "eval": (1e-3, 6e-3),
 }
 
 pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
 pc.TABLE[METHOD] = {
-    "forward": "tol", "loss terms": "tol", "gradients": "tol",
+    "forward": "tol",
+    "loss terms": "tol",
+    "gradients": "tol",
     "weights after 3 steps": "tol; weights, SGD momentum buffers and learning rate (`TorchSGD`, warm-up from 0); "
-                             "f32 bounds of the official run's own round-off (docs/parity.md)",
+    "f32 bounds of the official run's own round-off (docs/parity.md)",
     "BN statistics": "tol; PyTorch's unbiased moving variance (`WideResNet(bn_unbiased_variance=True)`)",
-    "sampler / buffer": "tol; informative init replayed with `factor_order=\"chw\"` (float64 only: "
-                        "the official float32 Cholesky adds 1.5e-3 of round-off, so the float32 run has no reinit)",
-    "queue / centres / EMA": "n/a", "evaluation": "tol",
+    "sampler / buffer": 'tol; informative init replayed with `factor_order="chw"` (float64 only: '
+    "the official float32 Cholesky adds 1.5e-3 of round-off, so the float32 run has no reinit)",
+    "queue / centres / EMA": "n/a",
+    "evaluation": "tol",
 }
 
 
-def build_trainer(golden, unbiased=True, factor_order="chw", warmup_from_zero=True, sampler_kwargs=None,
-                  optimizer=None, **trainer_kwargs):
+def build_trainer(
+    golden,
+    unbiased=True,
+    factor_order="chw",
+    warmup_from_zero=True,
+    sampler_kwargs=None,
+    optimizer=None,
+    **trainer_kwargs,
+):
     s = golden.meta["settings"]
     n_classes = s["n_classes"]
     network = build_classifier(
-        WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], bn_unbiased_variance=unbiased,
-                   input_shape=(32, 32, 3)), n_classes)
+        WideResNet(
+            depth=s["depth"], width=s["width"], norm=s["norm"], bn_unbiased_variance=unbiased, input_shape=(32, 32, 3)
+        ),
+        n_classes,
+    )
     initializer = pw.informative_initializer(golden, factor_order=factor_order)
-    sampler = SGLDSampler(**{"n_steps": s["n_steps"], "step_size": s["in_steps"] * s["pyld_lr"], "noise_std": 0.0,
-                             "grad_clip": s["eps"], "x_clip": (-1.0, 1.0), "energy_training": True,
-                             **(sampler_kwargs or {})})
-    trainer = JEMPP(network, (32, 32, 3), n_classes, sampler=sampler, buffer_size=s["buffer_size"],
-                    reinit_prob=s["reinit_freq"], initializer=initializer, clf_weight=s["p_y_given_x_weight"],
-                    px_weight=s["p_x_weight"], pxy_weight=s["p_x_y_weight"], weight_decay=s["weight_decay"],
-                    seed=0, **trainer_kwargs)
+    sampler = SGLDSampler(
+        **{
+            "n_steps": s["n_steps"],
+            "step_size": s["in_steps"] * s["pyld_lr"],
+            "noise_std": 0.0,
+            "grad_clip": s["eps"],
+            "x_clip": (-1.0, 1.0),
+            "energy_training": True,
+            **(sampler_kwargs or {}),
+        }
+    )
+    trainer = JEMPP(
+        network,
+        (32, 32, 3),
+        n_classes,
+        sampler=sampler,
+        buffer_size=s["buffer_size"],
+        reinit_prob=s["reinit_freq"],
+        initializer=initializer,
+        clf_weight=s["p_y_given_x_weight"],
+        px_weight=s["p_x_weight"],
+        pxy_weight=s["p_x_y_weight"],
+        weight_decay=s["weight_decay"],
+        seed=0,
+        **trainer_kwargs,
+    )
     lr = LinearWarmup(s["lr"], s["warmup_iters"], from_zero=warmup_from_zero)
     trainer.compile(optimizer=optimizer or TorchSGD(learning_rate=lr, momentum=0.9))
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
@@ -97,13 +133,16 @@ def run_parity(precision, **build_kwargs):
     if golden.meta["settings"]["reinit_freq"] == 0:
         # The float32 recording runs without re-initialisation (record_jempp.py `reinit_freq`): the
         # official loop still draws fresh samples and a mask that select nothing; our buffer draws neither.
-        kinds = {key: (None if kind in ("init_class", "init_normal", "reinit") else kind) for key, kind in kinds.items()}
+        kinds = {
+            key: (None if kind in ("init_class", "init_normal", "reinit") else kind) for key, kind in kinds.items()
+        }
     draws = pw.step_draws(golden, kinds)
     with pc.float_precision(precision):
         trainer = build_trainer(golden, **build_kwargs)
         pw.compare_forward(trainer, golden, compare)
-        pw.replay(trainer, golden, draws, compare, LOSSES, SGD_SLOTS,
-                  weight_decay=golden.meta["settings"]["weight_decay"])
+        pw.replay(
+            trainer, golden, draws, compare, LOSSES, SGD_SLOTS, weight_decay=golden.meta["settings"]["weight_decay"]
+        )
         pw.compare_eval(trainer, golden, compare)
     return compare
 

@@ -42,8 +42,12 @@ def losses(s):
         "ce_loss": lambda logs: logs["clf_loss"],
         "loss": lambda logs: logs["loss"],
     }
-    second = {"L": lambda logs: logs["loss"], "fp": lambda logs: -logs["energy_data"],
-              "fq": lambda logs: -logs["energy_sample"], "ce_loss": lambda logs: logs["clf_loss"]}
+    second = {
+        "L": lambda logs: logs["loss"],
+        "fp": lambda logs: -logs["energy_data"],
+        "fq": lambda logs: -logs["energy_sample"],
+        "ce_loss": lambda logs: logs["clf_loss"],
+    }
     return first, second
 
 
@@ -54,39 +58,66 @@ def losses(s):
 # float32 replay (loss 1.0e-3, grad 3.9e-3, weights 4.1e-3, BN 2.7e-3, momentum 4.1e-2, samples
 # 4.6e-3, eval 0.13 on the grad-norm score); bounds ~1.5x. Float64 is this method's parity check.
 FLOAT32_OVERRIDES = {
-    "loss": (1e-4, 2e-3), "grad": (1e-3, 6e-3), "weights": (1e-4, 7e-3), "bn": (1e-4, 4e-3),
-    "slots": (1e-3, 7e-2), "samples": (1e-4, 7e-3), "eval": (1e-3, 0.2),
+    "loss": (1e-4, 2e-3),
+    "grad": (1e-3, 6e-3),
+    "weights": (1e-4, 7e-3),
+    "bn": (1e-4, 4e-3),
+    "slots": (1e-3, 7e-2),
+    "samples": (1e-4, 7e-3),
+    "eval": (1e-3, 0.2),
 }
 
 pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
 pc.TABLE[METHOD] = {
-    "forward": "tol", "loss terms": "tol; both SAM passes (the L2 term in the first only, as the code)",
+    "forward": "tol",
+    "loss terms": "tol; both SAM passes (the L2 term in the first only, as the code)",
     "gradients": "tol; first pass and the applied second-pass gradients (ASAM)",
     "weights after 3 steps": "tol; weights, SGD momentum buffers, learning rate; f32: ASAM rho 2 in f64, SAM "
-                             "rho 0.2 in f32, bounds of the official f32 run's own round-off (docs/parity.md)",
+    "rho 0.2 in f32, bounds of the official f32 run's own round-off (docs/parity.md)",
     "BN statistics": "tol; updated in the first SAM pass only",
     "sampler / buffer": "tol; informative init in float64 (as JEM++); data noise added to the p(x) batch",
     "queue / centres / EMA": "n/a",
     "evaluation": "tol; the official grad-norm score differentiates only each batch's first sample "
-                  "(`f(x_k)[0].sum()`): compared there, its AUROC not compared (departure)",
+    "(`f(x_k)[0].sum()`): compared there, its AUROC not compared (departure)",
 }
 
 
 def build_trainer(golden, sam=None, energy_l2_second_pass=False, **jempp_kwargs):
     s = golden.meta["settings"]
     network = build_classifier(
-        WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], input_shape=(32, 32, 3)), s["n_classes"])
+        WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], input_shape=(32, 32, 3)), s["n_classes"]
+    )
     initializer = pw.informative_initializer(golden, factor_order="chw")
-    sampler = SGLDSampler(n_steps=s["n_steps"], step_size=s["sgld_lr"], noise_std=s["sgld_std"], grad_clip=1.0,
-                          x_clip=(-1.0, 1.0), energy_training=True)
+    sampler = SGLDSampler(
+        n_steps=s["n_steps"],
+        step_size=s["sgld_lr"],
+        noise_std=s["sgld_std"],
+        grad_clip=1.0,
+        x_clip=(-1.0, 1.0),
+        energy_training=True,
+    )
     gradients = sam or SAMGradients(rho=s["rho"], adaptive=s["rho"] >= 0.5, eta=0.0)  # train_sadajem.py's choice
-    trainer = SADAJEM(network, (32, 32, 3), s["n_classes"], sampler=sampler, gradients=gradients,
-                      buffer_size=s["buffer_size"], reinit_prob=s["reinit_freq"], initializer=initializer,
-                      clf_weight=s["pyx"], px_weight=s["px"], energy_l2=s["l2_coeff"], energy_l2_mode="means",
-                      energy_l2_second_pass=energy_l2_second_pass, weight_decay=s["weight_decay"], seed=0,
-                      **jempp_kwargs)
-    trainer.compile(optimizer=TorchSGD(learning_rate=LinearWarmup(s["lr"], s["warmup_iters"], from_zero=True),
-                                       momentum=0.9))
+    trainer = SADAJEM(
+        network,
+        (32, 32, 3),
+        s["n_classes"],
+        sampler=sampler,
+        gradients=gradients,
+        buffer_size=s["buffer_size"],
+        reinit_prob=s["reinit_freq"],
+        initializer=initializer,
+        clf_weight=s["pyx"],
+        px_weight=s["px"],
+        energy_l2=s["l2_coeff"],
+        energy_l2_mode="means",
+        energy_l2_second_pass=energy_l2_second_pass,
+        weight_decay=s["weight_decay"],
+        seed=0,
+        **jempp_kwargs,
+    )
+    trainer.compile(
+        optimizer=TorchSGD(learning_rate=LinearWarmup(s["lr"], s["warmup_iters"], from_zero=True), momentum=0.9)
+    )
     trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
     pw.load_official_state(trainer, golden, "sadajem")
     return trainer
@@ -99,19 +130,26 @@ def run_parity(precision, **build_kwargs):
     compare = pc.Comparer(precision, FLOAT32_OVERRIDES if precision == "float32" else None)
     kinds = SADAJEM_DRAWS
     if s["reinit_freq"] == 0:  # float32 recording: no re-initialisation (see test_parity_jempp.py)
-        kinds = {key: (None if kind in ("init_class", "init_normal", "reinit") else kind) for key, kind in kinds.items()}
+        kinds = {
+            key: (None if kind in ("init_class", "init_normal", "reinit") else kind) for key, kind in kinds.items()
+        }
     draws = pw.step_draws(golden, kinds)
     labels = golden.meta["draws"]
-    noise = [golden[key] for key in sorted(labels) if labels[key].startswith("torch.randn_like@")
-             and labels[key].endswith(":main")]
+    noise = [
+        golden[key]
+        for key in sorted(labels)
+        if labels[key].startswith("torch.randn_like@") and labels[key].endswith(":main")
+    ]
     dtype = np.dtype(precision)
 
     def batch(k):
         # The official loop adds N(0, sigma^2) to the p(x) batch (x_p_d += sigma * randn_like); in
         # keras_ebm that is the input pipeline's `dequantize_noise` (make_two_branch_dataset).
         x_px = golden[f"batch/{k}/x_p_d"] + dtype.type(s["sigma"]) * noise[k]
-        return ((pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]),
-                (pc.nhwc(x_px.astype(dtype)), golden[f"batch/{k}/y_p_d"]))
+        return (
+            (pc.nhwc(golden[f"batch/{k}/x_lab"]), golden[f"batch/{k}/y_lab"]),
+            (pc.nhwc(x_px.astype(dtype)), golden[f"batch/{k}/y_p_d"]),
+        )
 
     first, second = losses(s)
     with pc.float_precision(precision):
@@ -123,10 +161,20 @@ def run_parity(precision, **build_kwargs):
             def perturb(grads, variables):
                 tap.out["first_grads"] = list(grads)
                 return perturbation(grads, variables)
+
             trainer.gradients.perturbation = perturb
 
-        outs = pw.replay(trainer, golden, draws, compare, first, jpp.SGD_SLOTS, weight_decay=s["weight_decay"],
-                         batches=batch, tap_hook=tap_first_pass)
+        outs = pw.replay(
+            trainer,
+            golden,
+            draws,
+            compare,
+            first,
+            jpp.SGD_SLOTS,
+            weight_decay=s["weight_decay"],
+            batches=batch,
+            tap_hook=tap_first_pass,
+        )
         for k, out in enumerate(outs):
             for name, ours in second.items():
                 compare("loss", f"step {k} second pass {name}", ours(out["logs"][1]), golden[f"step/{k}/loss2/{name}"])

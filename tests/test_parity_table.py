@@ -14,5 +14,5 @@ def test_parity_table_is_current():
             importlib.import_module(path.stem)
     text = (ROOT / "docs" / "parity.md").read_text()
     assert pc.table_in(text) == pc.render_table(), (
-        "docs/parity.md's parity table is out of date: run "
-        "`PYTHONPATH=.:tests python benchmarks/parity/table.py`")
+        "docs/parity.md's parity table is out of date: run `PYTHONPATH=.:tests python benchmarks/parity/table.py`"
+    )

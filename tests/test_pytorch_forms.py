@@ -22,7 +22,9 @@ def test_unbiased_moving_variance_is_pytorchs_update():
         out = bn(x, training=True)
         np.testing.assert_allclose(bn.moving_variance.numpy(), expected, rtol=1e-5)
         # Normalisation uses the biased batch variance either way (as PyTorch).
-        np.testing.assert_allclose(out.numpy(), (x - x.reshape(-1, 2).mean(0)) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            out.numpy(), (x - x.reshape(-1, 2).mean(0)) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5
+        )
     keras_bn = keras.layers.BatchNormalization(momentum=0.1, epsilon=1e-5)
     ours = BatchNormalization(momentum=0.1, epsilon=1e-5)
     np.testing.assert_array_equal(keras_bn(x, training=True).numpy(), ours(x, training=True).numpy())
@@ -61,6 +63,7 @@ def test_chw_factor_order_samples_the_channels_first_gaussian():
     images = rng.uniform(-1, 1, (6, h, w, c))
     labels = np.array([0, 0, 0, 1, 1, 1])
     from keras_ebm.sampling.initializers import class_gaussian_statistics
+
     mean, cov = class_gaussian_statistics((images, labels), 2, (-1, 1), factor_order="chw")
     flat = np.transpose(images[:3], (0, 3, 1, 2)).reshape(3, -1)
     np.testing.assert_allclose(mean[0], flat.mean(0))
@@ -68,6 +71,7 @@ def test_chw_factor_order_samples_the_channels_first_gaussian():
     init = InformativeInitializer(mean, cov, jitter=1e-2, pixel_range=(-10, 10), factor_order="chw", dtype="float64")
     z = rng.normal(size=(2, h * w * c))
     from keras_ebm import random_draws
+
     with random_draws.replay({"init_normal": [z]}):
         x = init.init([2, h, w, c], seed=tf.constant([0, 0]), y=tf.constant([0, 1]), dtype=tf.float64).numpy()
     for i, y in enumerate((0, 1)):

@@ -44,8 +44,9 @@ def test_fifo_wraparound_and_partial_batches(graph):
 
 
 def test_initially_full_random_queue_and_validation():
-    queue = FeatureQueue(size=6, dim=3, initializer=keras.initializers.RandomNormal(stddev=1.0, seed=1),
-                         initially_full=True)
+    queue = FeatureQueue(
+        size=6, dim=3, initializer=keras.initializers.RandomNormal(stddev=1.0, seed=1), initially_full=True
+    )
     assert queue.valid_mask().numpy().all() and queue.fill_fraction().numpy() == 1.0
     assert np.std(queue.values().numpy()) > 0.5  # the code's randn queue, not zeros
     with pytest.raises(ValueError, match="Received: rows.shape"):
@@ -102,8 +103,11 @@ def test_two_replicas_enqueue_the_gathered_rows_and_stay_identical(two_device_st
     step(tf.constant(0.0))  # global rows 0..5 -> slots 0..5
     step(tf.constant(6.0))  # global rows 6..11 -> slots 6, 0, 1, 2, 3, 4
     expected = np.array([7, 8, 9, 10, 11, 5, 6], "float32")
-    for var, want in ((queue.queue, np.repeat(expected[:, None], 2, axis=1)),
-                      (queue.pointer, 12 % 7), (queue.count, 7)):
+    for var, want in (
+        (queue.queue, np.repeat(expected[:, None], 2, axis=1)),
+        (queue.pointer, 12 % 7),
+        (queue.count, 7),
+    ):
         copies = [v.numpy() for v in strategy.experimental_local_results(var.value)]
         assert len(copies) == 2
         for copy in copies:

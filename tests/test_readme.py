@@ -60,20 +60,22 @@ def test_every_method_has_an_example():
 
 
 # The softmax example runs in the default suite; the four EBMs (20-30 s each, twice) in the slow one.
-@pytest.mark.parametrize("name", [n if n == "softmax" else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(examples())])
+@pytest.mark.parametrize(
+    "name", [n if n == "softmax" else pytest.param(n, marks=pytest.mark.slow) for n in sorted(examples())]
+)
 def test_readme_example_runs_and_resumes(name, tmp_path):
     script = tmp_path / f"{name}.py"
     script.write_text(examples()[name])
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="3")
-    first = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=600)
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), TF_CPP_MIN_LOG_LEVEL="3")
+    first = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     runs = os.listdir(tmp_path / "runs")
     assert len(runs) == 1 and os.listdir(tmp_path / "runs" / runs[0] / "checkpoints")
-    again = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "resumed from" in again.stdout and "nothing to do" in again.stdout, again.stdout[-2000:]
 
@@ -139,8 +141,10 @@ def test_the_config_page_lists_every_config():
     for name in re.findall(r"`([\w/{},]+\.gin)`", text):
         m = re.match(r"(.*)\{(.*?)\}(.*)", name)
         named.update(m.group(1) + part + m.group(3) for part in m.group(2).split(",")) if m else named.add(name)
-    configs = {os.path.relpath(p, os.path.join(REPO, "gin_configs"))
-               for p in glob.glob(os.path.join(REPO, "gin_configs", "**", "*.gin"), recursive=True)}
+    configs = {
+        os.path.relpath(p, os.path.join(REPO, "gin_configs"))
+        for p in glob.glob(os.path.join(REPO, "gin_configs", "**", "*.gin"), recursive=True)
+    }
     assert not configs - named, f"configs missing from docs/configuration.md: {sorted(configs - named)}"
 
 
@@ -155,7 +159,7 @@ def test_the_docs_name_no_missing_file():
     missing = []
     for path in DOCS:
         for m in REPO_PATH.finditer(_read(path)):
-            name, after = m.group(1), m.string[m.end(1): m.end(1) + 2]
+            name, after = m.group(1), m.string[m.end(1) : m.end(1) + 2]
             if re.match(r"\.?[{<*]", after) or name in NAMED_BUT_ABSENT:
                 continue  # a pattern, or an absent path named on purpose
             if not os.path.exists(os.path.join(REPO, name)):
@@ -254,8 +258,13 @@ def test_every_readme_command_is_checked_or_marked():
             if words[0] == "export" and all("=" in w for w in words[1:]):
                 continue  # an environment variable for the commands after it
             if words[:3] == ["python", "-m", "keras_ebm.data.prepare"]:
-                out = subprocess.run([sys.executable, "-m", "keras_ebm.data.prepare", "--help"], cwd=REPO,
-                                     capture_output=True, text=True, timeout=120)
+                out = subprocess.run(
+                    [sys.executable, "-m", "keras_ebm.data.prepare", "--help"],
+                    cwd=REPO,
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
                 assert out.returncode == 0 and words[3] in out.stdout, (line, out.stderr[-2000:])
                 continue
             if marker is None:
@@ -278,11 +287,20 @@ def test_every_readme_command_is_checked_or_marked():
     assert not unmarked, "commands neither checked nor marked:\n" + "\n".join(unmarked)
     # The flags of every command, parsed by the scripts' own flag definitions (no TensorFlow).
     for kind, argvs in calls.items():
-        code = ("import sys, json\nfrom absl import flags\nimport keras_ebm.scripts.%s\n"
-                "for argv in json.load(sys.stdin):\n    flags.FLAGS.unparse_flags()\n"
-                "    flags.FLAGS(['%s.py'] + argv)\n" % (kind, kind))
-        out = subprocess.run([sys.executable, "-c", code], input=json.dumps(argvs), cwd=REPO, capture_output=True,
-                             text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO))
+        code = (
+            f"import sys, json\nfrom absl import flags\nimport keras_ebm.scripts.{kind}\n"
+            "for argv in json.load(sys.stdin):\n    flags.FLAGS.unparse_flags()\n"
+            f"    flags.FLAGS(['{kind}.py'] + argv)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            input=json.dumps(argvs),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, PYTHONPATH=REPO),
+        )
         assert out.returncode == 0, out.stderr[-3000:]
 
 
@@ -293,7 +311,7 @@ def test_readme_points_at_no_undistributed_overlay():
     for hint in re.findall(r"offline: add (--gin_file=[\w/.]+)", text):
         assert hint == "--gin_file=gin_configs/data/cifar10_python.gin", hint
     assert "tfds, online" not in text
-    assert 'train/make_dataset_fn.download = False' in text  # the binding that controls downloads
+    assert "train/make_dataset_fn.download = False" in text  # the binding that controls downloads
 
 
 @pytest.mark.slow
@@ -311,8 +329,14 @@ def test_quickstart_block_and_its_eval_commands_run(tmp_path):
         kind, argv = call
         if kind == "train":
             argv = argv + ["--gin_file=gin_configs/tiny.gin", "--gin_param=run_training.evaluate = True"]
-        out = subprocess.run([sys.executable, os.path.join(REPO, f"{kind}.py")] + argv, cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=600)
+        out = subprocess.run(
+            [sys.executable, os.path.join(REPO, f"{kind}.py")] + argv,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert out.returncode == 0, (line, command, out.stdout[-3000:], out.stderr[-3000:])
         assert "cuInit" not in out.stderr and "oneDNN" not in out.stderr, out.stderr[:2000]
         ran.append(kind)

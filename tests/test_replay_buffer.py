@@ -8,10 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm.distribute import replica_id
-from keras_ebm.sampling import InformativeInitializer
-from keras_ebm.sampling import ReplayBuffer
-from keras_ebm.sampling import UniformInitializer
-from keras_ebm.sampling import class_gaussian_statistics
+from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, UniformInitializer, class_gaussian_statistics
 
 SHAPE = (2, 2, 1)
 
@@ -48,9 +45,7 @@ def test_no_reinit_returns_buffer_rows():
 
 
 def test_class_blocks_are_respected():
-    buffer = ReplayBuffer(
-        size=40, image_shape=SHAPE, num_classes=4, class_conditional=True, reinit_prob=0.0, seed=2
-    )
+    buffer = ReplayBuffer(size=40, image_shape=SHAPE, num_classes=4, class_conditional=True, reinit_prob=0.0, seed=2)
     np.testing.assert_array_equal(buffer.labels.numpy(), np.repeat(np.arange(4), 10))
     y = tf.constant(np.random.RandomState(0).randint(0, 4, size=500), tf.int32)
     _, idx = buffer.sample(None, y=y)
@@ -94,9 +89,7 @@ class _Holder(keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.dense = keras.layers.Dense(2)
-        self.replay = ReplayBuffer(
-            size=12, image_shape=SHAPE, num_classes=3, class_conditional=True, seed=5
-        )
+        self.replay = ReplayBuffer(size=12, image_shape=SHAPE, num_classes=3, class_conditional=True, seed=5)
 
     def call(self, x):
         return self.dense(x)
@@ -151,9 +144,7 @@ def test_mirrors_stay_identical_and_keep_every_replica_write(two_device_strategy
 
 
 def test_config_round_trip():
-    buffer = ReplayBuffer(
-        size=8, image_shape=SHAPE, initializer=UniformInitializer((0, 1)), reinit_prob=0.1, seed=1
-    )
+    buffer = ReplayBuffer(size=8, image_shape=SHAPE, initializer=UniformInitializer((0, 1)), reinit_prob=0.1, seed=1)
     config = buffer.get_config()
     assert ReplayBuffer.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="divisible"):
@@ -163,13 +154,14 @@ def test_config_round_trip():
 
 
 def test_buffer_is_a_registered_keras_object_and_the_earlier_config_format_loads():
-    buffer = ReplayBuffer(size=6, image_shape=SHAPE, reinit_prob=0.2, num_classes=3, class_conditional=True,
-                          seed=2)
+    buffer = ReplayBuffer(size=6, image_shape=SHAPE, reinit_prob=0.2, num_classes=3, class_conditional=True, seed=2)
     assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(buffer)).get_config() == (
-        buffer.get_config())
+        buffer.get_config()
+    )
     # Configs written before the initialiser was a nested Keras object still load.
-    old = dict(buffer.get_config(), initializer={"class_name": "UniformInitializer",
-                                                 "config": {"pixel_range": [0.0, 1.0]}})
+    old = dict(
+        buffer.get_config(), initializer={"class_name": "UniformInitializer", "config": {"pixel_range": [0.0, 1.0]}}
+    )
     assert ReplayBuffer.from_config(old).initializer.pixel_range == (0.0, 1.0)
     with pytest.raises(ValueError, match="built from data"):
         ReplayBuffer.from_config(dict(old, initializer={"class_name": "InformativeInitializer", "config": None}))
@@ -194,9 +186,7 @@ def _gaussian_data(n_per_class=3000, seed=0):
 def test_informative_statistics_and_samples_match_the_data(tmp_path):
     x, y, _, _ = _gaussian_data()
     cache = str(tmp_path / "stats" / "gauss.npz")
-    init = InformativeInitializer.from_dataset(
-        (x, y), num_classes=2, pixel_range=(-10, 10), cache_path=cache
-    )
+    init = InformativeInitializer.from_dataset((x, y), num_classes=2, pixel_range=(-10, 10), cache_path=cache)
     assert os.path.exists(cache)
     flat = x.reshape(len(x), -1).astype(np.float64)
     data_mean = [flat[y == c].mean(0) for c in range(2)]
@@ -211,9 +201,7 @@ def test_informative_statistics_and_samples_match_the_data(tmp_path):
     np.testing.assert_allclose(np.cov(samples, rowvar=False), data_cov[1], atol=0.03)
 
     # Cache reuse: the data is not touched again (None would fail if it were read).
-    reloaded = InformativeInitializer.from_dataset(
-        None, num_classes=2, pixel_range=(-10, 10), cache_path=cache
-    )
+    reloaded = InformativeInitializer.from_dataset(None, num_classes=2, pixel_range=(-10, 10), cache_path=cache)
     # Exactly the statistics the fitting run used (float32, as cached): a resumed run samples the
     # chains an uninterrupted one does.
     np.testing.assert_array_equal(reloaded.cholesky.numpy(), init.cholesky.numpy())
@@ -260,17 +248,13 @@ def test_statistics_from_a_dataset_of_uint8_batches():
     mean, cov = class_gaussian_statistics(dataset, num_classes=2, pixel_range=(-1, 1))
     scaled = images.reshape(64, -1) / 255.0 * 2 - 1
     np.testing.assert_allclose(mean[1], scaled[labels == 1].mean(0), atol=1e-6)
-    np.testing.assert_allclose(
-        cov[0], np.cov(scaled[labels == 0], rowvar=False, bias=True), atol=1e-6
-    )
+    np.testing.assert_allclose(cov[0], np.cov(scaled[labels == 0], rowvar=False, bias=True), atol=1e-6)
 
 
 def test_class_conditional_buffer_with_informative_init():
     x, y, means, _ = _gaussian_data(n_per_class=200)
     init = InformativeInitializer.from_dataset((x, y), num_classes=2, pixel_range=(-10, 10))
-    buffer = ReplayBuffer(
-        size=200, image_shape=(4, 4, 1), initializer=init, num_classes=2, class_conditional=True
-    )
+    buffer = ReplayBuffer(size=200, image_shape=(4, 4, 1), initializer=init, num_classes=2, class_conditional=True)
     rows = buffer.buffer.numpy().reshape(200, -1)
     # Class blocks: rows 0-99 from class 0, 100-199 from class 1 (means at least 2 apart;
     # 0.5 is ~4 standard errors of a 100-row mean).
@@ -317,14 +301,21 @@ def test_informative_initializer_settings_are_config_and_its_statistics_travel_w
     y = np.arange(40) % 2
     init = InformativeInitializer.from_dataset((x, y), num_classes=2, pixel_range=(-1, 1), jitter=1e-3)
     config = init.get_config()
-    assert config == {"pixel_range": [-1.0, 1.0], "jitter": 1e-3, "factor_order": "hwc", "dtype": "float32",
-                      "num_classes": 2, "dim": 4}
+    assert config == {
+        "pixel_range": [-1.0, 1.0],
+        "jitter": 1e-3,
+        "factor_order": "hwc",
+        "dtype": "float32",
+        "num_classes": 2,
+        "dim": 4,
+    }
     blank = InformativeInitializer.from_config(config)
     assert blank.get_config() == config and not blank.get_statistics()["cholesky"].any()
     blank.set_statistics(**init.get_statistics())
     seed = tf.constant([3, 4])
-    np.testing.assert_array_equal(blank.init([5] + list(SHAPE), seed).numpy(),
-                                  init.init([5] + list(SHAPE), seed).numpy())
+    np.testing.assert_array_equal(
+        blank.init([5] + list(SHAPE), seed).numpy(), init.init([5] + list(SHAPE), seed).numpy()
+    )
 
     class Holder(keras.Model):
         def __init__(self, buffer=None, **kwargs):

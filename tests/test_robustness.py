@@ -41,7 +41,7 @@ def linear_problem(n=200, seed=0):
     to255 = 255.0 / (RANGE[1] - RANGE[0])
     margins = {
         "linf": np.abs(d) / np.abs(w).sum() * to255,
-        "l2": np.abs(d) / np.sqrt((w ** 2).sum()) * to255,
+        "l2": np.abs(d) / np.sqrt((w**2).sum()) * to255,
     }
     return images, labels, x, logits_fn, margins
 
@@ -53,8 +53,18 @@ def test_pgd_linear_reaches_closed_form_epsilon(norm, settings):
     epsilons = [float(np.percentile(m, q)) for q in (20, 50, 80)]
     # JEM's L-inf rule (40 steps of eps / 30) travels 1.33 eps, less than the 2 eps a coordinate
     # started at the far face of the ball needs; a step of eps / 10 reaches every corner.
-    res = rob.evaluate_robustness(logits_fn, images, labels, settings, pixel_range=RANGE, batch_size=64,
-                                  epsilons=epsilons, restarts=1, relative_step_size=0.1, progress=False)
+    res = rob.evaluate_robustness(
+        logits_fn,
+        images,
+        labels,
+        settings,
+        pixel_range=RANGE,
+        batch_size=64,
+        epsilons=epsilons,
+        restarts=1,
+        relative_step_size=0.1,
+        progress=False,
+    )
     assert res["clean_accuracy"] == 1.0 and res["num_examples"] == len(images)
     for eps, acc in zip(epsilons, res["robust_accuracy"]):
         predicted = np.mean(m >= eps)  # the optimal attack flips exactly the images with margin < eps
@@ -62,8 +72,9 @@ def test_pgd_linear_reaches_closed_form_epsilon(norm, settings):
 
     # Image by image, away from the boundary: broken iff the closed-form epsilon is below the attack's.
     eps = epsilons[1]
-    x_adv, broken = rob.pgd_attack(logits_fn, x, labels, eps, norm=norm, steps=settings.steps,
-                                   step_size=eps / 10, pixel_range=RANGE)
+    x_adv, broken = rob.pgd_attack(
+        logits_fn, x, labels, eps, norm=norm, steps=settings.steps, step_size=eps / 10, pixel_range=RANGE
+    )
     clear = np.abs(m / eps - 1) > 0.02
     np.testing.assert_array_equal(broken[clear], (m < eps)[clear])
     flipped = np.argmax(np.asarray(logits_fn(tf.constant(x_adv))), -1) != labels
@@ -76,8 +87,7 @@ def test_pgd_too_small_epsilon_unit_error_would_fail():
     """The epsilon is in [0, 255] units: the same number read as model units would flip everything."""
     images, labels, x, logits_fn, margins = linear_problem(n=64)
     eps = float(np.median(margins["linf"]))
-    _, broken = rob.pgd_attack(logits_fn, x, labels, eps, norm="linf", steps=20, step_size=eps / 5,
-                               pixel_range=RANGE)
+    _, broken = rob.pgd_attack(logits_fn, x, labels, eps, norm="linf", steps=20, step_size=eps / 5, pixel_range=RANGE)
     assert 0.3 < broken.mean() < 0.7
 
 
@@ -89,23 +99,38 @@ def test_input_blind_classifier_keeps_clean_accuracy():
     def blind(x):
         return tf.tile(tf.constant([[2.0, 0.0, -1.0]]), [tf.shape(x)[0], 1])
 
-    res = rob.evaluate_robustness(blind, images, labels, rob.SADAJEM_FIG5_LINF, pixel_range=RANGE,
-                                  batch_size=25, epsilons=(4, 30, 255), progress=False)
+    res = rob.evaluate_robustness(
+        blind,
+        images,
+        labels,
+        rob.SADAJEM_FIG5_LINF,
+        pixel_range=RANGE,
+        batch_size=25,
+        epsilons=(4, 30, 255),
+        progress=False,
+    )
     assert res["clean_accuracy"] == pytest.approx(0.4)
     assert res["robust_accuracy"] == pytest.approx([0.4, 0.4, 0.4])
-    res2 = rob.evaluate_robustness(blind, images, labels, rob.JEM_L2, pixel_range=RANGE,
-                                   epsilons=(500,), restarts=2, progress=False)
+    res2 = rob.evaluate_robustness(
+        blind, images, labels, rob.JEM_L2, pixel_range=RANGE, epsilons=(500,), restarts=2, progress=False
+    )
     assert res2["robust_accuracy"] == pytest.approx([0.4])
 
 
-@pytest.mark.parametrize("norm,eps,pixel_range", [("linf", 8, (-1.0, 1.0)), ("linf", 16, (0.0, 1.0)),
-                                                  ("l2", 100, (-1.0, 1.0)), ("l2", 300, (0.0, 1.0))])
+@pytest.mark.parametrize(
+    "norm,eps,pixel_range",
+    [("linf", 8, (-1.0, 1.0)), ("linf", 16, (0.0, 1.0)), ("l2", 100, (-1.0, 1.0)), ("l2", 300, (0.0, 1.0))],
+)
 def test_perturbation_stays_in_ball_and_pixel_range(norm, eps, pixel_range):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input(SHAPE), keras.layers.Conv2D(8, 3, activation="tanh"), keras.layers.Flatten(),
-        keras.layers.Dense(5),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input(SHAPE),
+            keras.layers.Conv2D(8, 3, activation="tanh"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(5),
+        ]
+    )
     rng = np.random.RandomState(2)
     images = rng.randint(0, 256, (16,) + SHAPE).astype("uint8")
     images[:4] = 0  # at the pixel range's edges, where the box binds
@@ -114,8 +139,17 @@ def test_perturbation_stays_in_ball_and_pixel_range(norm, eps, pixel_range):
     y = rng.randint(0, 5, 16)
     lo, hi = pixel_range
     eps_model = eps / 255 * (hi - lo)
-    x_adv, _ = rob.pgd_attack(model, x, y, eps, norm=norm, steps=10, step_size=eps / 2,
-                              pixel_range=pixel_range, clean_correct=np.ones(16, bool))
+    x_adv, _ = rob.pgd_attack(
+        model,
+        x,
+        y,
+        eps,
+        norm=norm,
+        steps=10,
+        step_size=eps / 2,
+        pixel_range=pixel_range,
+        clean_correct=np.ones(16, bool),
+    )
     delta = (x_adv - x).reshape(16, -1)
     assert x_adv.min() >= lo and x_adv.max() <= hi
     if norm == "linf":
@@ -132,8 +166,9 @@ def test_perturbation_stays_in_ball_and_pixel_range(norm, eps, pixel_range):
         return tf.stack([15.0 + s, -s], -1)
 
     interior = np.asarray(to_pixel_range(rng.randint(100, 156, (4,) + SHAPE).astype("uint8"), pixel_range))
-    x_adv, broken = rob.pgd_attack(unbreakable, interior, np.zeros(4), eps, norm=norm, steps=5,
-                                   step_size=eps / 2, pixel_range=pixel_range)
+    x_adv, broken = rob.pgd_attack(
+        unbreakable, interior, np.zeros(4), eps, norm=norm, steps=5, step_size=eps / 2, pixel_range=pixel_range
+    )
     assert not broken.any()
     delta = (x_adv - interior).reshape(4, -1)
     if norm == "linf":
@@ -159,10 +194,12 @@ def test_bpda_breaks_a_non_differentiable_refinement_that_defeats_plain_pgd():
     plain = rob.RefinementDefense(logits_fn, refine, gradient_mode="through", eot_reps=2, defense_reps=4)
     bpda = rob.RefinementDefense(logits_fn, refine, gradient_mode="bpda", eot_reps=2, defense_reps=4)
     settings = rob.SADAJEM_FIG5_LINF
-    res_plain = rob.evaluate_robustness(plain, images, labels, settings, pixel_range=RANGE, epsilons=(eps,),
-                                        steps=10, step_size=eps / 4, progress=False)
-    res_bpda = rob.evaluate_robustness(bpda, images, labels, settings, pixel_range=RANGE, epsilons=(eps,),
-                                       steps=10, step_size=eps / 4, progress=False)
+    res_plain = rob.evaluate_robustness(
+        plain, images, labels, settings, pixel_range=RANGE, epsilons=(eps,), steps=10, step_size=eps / 4, progress=False
+    )
+    res_bpda = rob.evaluate_robustness(
+        bpda, images, labels, settings, pixel_range=RANGE, epsilons=(eps,), steps=10, step_size=eps / 4, progress=False
+    )
     assert res_plain["clean_accuracy"] == 1.0 and res_bpda["clean_accuracy"] == 1.0
     assert res_plain["robust_accuracy"] == [1.0]  # zero gradient: the random start alone breaks nothing
     assert res_bpda["robust_accuracy"] == [0.0]
@@ -194,8 +231,9 @@ def test_eot_averages_the_stated_number_of_refinements():
         r = tf.cast(tf.range(tf.shape(xt)[0]) // n, tf.float32)
         return xt + offset * tf.reshape(r, [-1, 1, 1, 1])
 
-    defense = rob.RefinementDefense(logits_fn, refine, gradient_mode="bpda", eot_reps=reps,
-                                    defense_reps=defense_reps, chunk_size=2 * n)
+    defense = rob.RefinementDefense(
+        logits_fn, refine, gradient_mode="bpda", eot_reps=reps, defense_reps=defense_reps, chunk_size=2 * n
+    )
     grad, logits = defense.gradient(tf.constant(x), tf.constant(labels))
     assert int(seen.numpy()) == reps * n
     d0 = np.asarray(logits_fn(tf.constant(x)))[:, 1] * 2
@@ -215,7 +253,9 @@ def test_export_is_refused_with_a_clear_message():
         def __init__(self):
             super().__init__()
             self.pixel_range = tf.Variable([-1.0, 1.0])
-            self.signatures = {"logits": lambda images: {"logits": tf.one_hot(tf.cast(images[:, 0, 0, 0] > 127, tf.int32), 2)}}
+            self.signatures = {
+                "logits": lambda images: {"logits": tf.one_hot(tf.cast(images[:, 0, 0, 0] > 127, tf.int32), 2)}
+            }
 
     fake = FakeExport()
     images = np.full((2,) + SHAPE, 200, np.uint8)
@@ -229,8 +269,18 @@ def test_export_is_refused_with_a_clear_message():
 
 def test_results_json_and_curve(tmp_path):
     images, labels, _, logits_fn, margins = linear_problem(n=20)
-    res = rob.evaluate_robustness(logits_fn, images, labels, rob.GMMC_TABLE5, pixel_range=RANGE, max_examples=10,
-                                  steps=5, output_dir=str(tmp_path), name="lin", progress=False)
+    res = rob.evaluate_robustness(
+        logits_fn,
+        images,
+        labels,
+        rob.GMMC_TABLE5,
+        pixel_range=RANGE,
+        max_examples=10,
+        steps=5,
+        output_dir=str(tmp_path),
+        name="lin",
+        progress=False,
+    )
     on_disk = json.loads((tmp_path / "robustness_lin.json").read_text())
     assert on_disk["num_examples"] == 10 and on_disk["epsilons"] == [1.0, 2.0, 4.0, 8.0]
     assert on_disk["step_sizes"] == pytest.approx([e / 30 for e in (1, 2, 4, 8)])
@@ -241,8 +291,9 @@ def test_results_json_and_curve(tmp_path):
 
 def test_cw_l2_finds_the_minimal_linear_distortion():
     images, labels, x, logits_fn, margins = linear_problem(n=12, seed=5)
-    x_adv, success, l2 = rob.carlini_wagner_l2(logits_fn, x, labels, RANGE, steps=100, binary_search_steps=8,
-                                               learning_rate=0.01, initial_const=1.0)
+    x_adv, success, l2 = rob.carlini_wagner_l2(
+        logits_fn, x, labels, RANGE, steps=100, binary_search_steps=8, learning_rate=0.01, initial_const=1.0
+    )
     assert success.all()
     optimum = margins["l2"] / 255.0  # [0, 1] pixel units
     ratio = l2 / optimum
@@ -253,8 +304,17 @@ def test_cw_l2_finds_the_minimal_linear_distortion():
     flipped = np.argmax(np.asarray(logits_fn(tf.constant(x_adv))), -1) != labels
     assert flipped.all()
 
-    res = rob.evaluate_cw(logits_fn, images, labels, targeted=True, steps=50, pixel_range=RANGE,
-                          binary_search_steps=4, initial_const=1.0, progress=False)
+    res = rob.evaluate_cw(
+        logits_fn,
+        images,
+        labels,
+        targeted=True,
+        steps=50,
+        pixel_range=RANGE,
+        binary_search_steps=4,
+        initial_const=1.0,
+        progress=False,
+    )
     assert res["success_rate"] == 1.0 and res["num_attacked"] == 12 and res["steps"] == 50
     assert res["median_l2"] >= np.median(optimum) * 0.999  # binary targets: targeted == untargeted
 
@@ -262,9 +322,11 @@ def test_cw_l2_finds_the_minimal_linear_distortion():
 # ---------------------------------------------------------------- random start, restarts, confirmation
 def _pixel_threshold_classifier(threshold):
     """Two classes; class 1 wins iff the first pixel exceeds `threshold` (label 0 everywhere)."""
+
     def fn(x):
         d = 1000.0 * (x[:, 0, 0, 0] - threshold)
         return tf.stack([-d, d], -1)
+
     return fn
 
 
@@ -275,8 +337,9 @@ def test_pgd_random_start_moves_inside_the_ball_with_zero_steps(norm):
     x = np.zeros((20,) + SHAPE, np.float32)
     y = np.zeros(20, np.int32)
     eps = 8.0
-    x_adv, broken = rob.pgd_attack(_pixel_threshold_classifier(10.0), x, y, eps, norm=norm, steps=0,
-                                   pixel_range=RANGE, random_start=True, seed=3)
+    x_adv, broken = rob.pgd_attack(
+        _pixel_threshold_classifier(10.0), x, y, eps, norm=norm, steps=0, pixel_range=RANGE, random_start=True, seed=3
+    )
     assert not broken.any()
     delta = (x_adv - x).reshape(20, -1)
     radius = eps * 2.0 / 255.0
@@ -284,8 +347,9 @@ def test_pgd_random_start_moves_inside_the_ball_with_zero_steps(norm):
     assert np.all(size <= radius + 1e-6) and np.all(size > 0)
     if norm == "linf":
         assert np.abs(delta).max() > 0.9 * radius  # uniform in the ball, not a tiny jitter
-    same, _ = rob.pgd_attack(_pixel_threshold_classifier(10.0), x, y, eps, norm=norm, steps=0,
-                             pixel_range=RANGE, random_start=False)
+    same, _ = rob.pgd_attack(
+        _pixel_threshold_classifier(10.0), x, y, eps, norm=norm, steps=0, pixel_range=RANGE, random_start=False
+    )
     np.testing.assert_array_equal(same, x)
 
 
@@ -302,7 +366,7 @@ def test_pgd_more_restarts_break_more():
     for restarts in (1, 5):
         _, broken = rob.pgd_attack(fn, x, y, eps, steps=0, pixel_range=RANGE, restarts=restarts, seed=1)
         rates.append(broken.mean())
-    assert abs(rates[0] - 0.3) < 0.1 and abs(rates[1] - (1 - 0.7 ** 5)) < 0.1, rates
+    assert abs(rates[0] - 0.3) < 0.1 and abs(rates[1] - (1 - 0.7**5)) < 0.1, rates
 
 
 class _FlakyDefense:

@@ -58,17 +58,39 @@ def test_run_control_bindings_may_change(tmp_path):
 @pytest.mark.slow
 def test_train_py_writes_nothing_for_a_misspelt_data_set_or_a_conflicting_config(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
-    bad = subprocess.run([sys.executable, "train.py", f"--gin_file={QUICK}", "--gin_param=DATASET = 'digitz'",
-                          f"--model_dir={tmp_path / 'new'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"--gin_file={QUICK}",
+            "--gin_param=DATASET = 'digitz'",
+            f"--model_dir={tmp_path / 'new'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "Unknown data set" in bad.stderr and "digitz" in bad.stderr
     assert not (tmp_path / "new").exists()
     parse()
     run_config.save_config(str(tmp_path / "run"))
     saved = (tmp_path / "run" / "config.gin").read_text()
-    other = subprocess.run([sys.executable, "train.py", f"--gin_file={QUICK}", "--gin_param=SGLD_STEPS = 7",
-                            f"--model_dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+    other = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"--gin_file={QUICK}",
+            "--gin_param=SGLD_STEPS = 7",
+            f"--model_dir={tmp_path / 'run'}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert other.returncode != 0 and "SGLD_STEPS/gin.macro.value: 5 -> 7" in other.stderr
     assert (tmp_path / "run" / "config.gin").read_text() == saved
     assert sorted(os.listdir(tmp_path / "run")) == ["config.gin"]

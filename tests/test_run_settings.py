@@ -28,11 +28,22 @@ def test_remedies_reach_the_compiled_step(tmp_path, path):
 
 def test_remedies_reach_the_multiworker_loop(tmp_path):
     out = tmp_path / "records.json"
-    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3", TF_CONFIG="",
-               PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        KERAS_BACKEND="tensorflow",
+        TF_CPP_MIN_LOG_LEVEL="3",
+        TF_CONFIG="",
+        PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]),
+    )
     env.pop("TF_CONFIG")
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "_remedy_scenario.py"), str(tmp_path / "run"), str(out)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "_remedy_scenario.py"), str(tmp_path / "run"), str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     scenario.check(json.loads(out.read_text()))
 

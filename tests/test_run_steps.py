@@ -54,9 +54,16 @@ def trainer_fn():
 def run(model_dir, **kwargs):
     """Two steps of a tiny softmax classifier; run_training's flags at their defaults (export=True)."""
     kwargs.setdefault("trainer", trainer_fn)
-    return training.run_training(model_dir=str(model_dir), optimizer=lambda: keras.optimizers.Adam(0.05),
-                                 train_data=data_fn, train_steps=2, checkpoint_every=2, log_every=2,
-                                 progress=False, **kwargs)
+    return training.run_training(
+        model_dir=str(model_dir),
+        optimizer=lambda: keras.optimizers.Adam(0.05),
+        train_data=data_fn,
+        train_steps=2,
+        checkpoint_every=2,
+        log_every=2,
+        progress=False,
+        **kwargs,
+    )
 
 
 class WriteFile(actions_lib.Action):
@@ -131,9 +138,19 @@ def test_checks_run_before_training_and_non_chief_workers_run_only_shared_action
         def __call__(self, run):
             calls.append("shared")
 
-    worker = actions_lib.Run(model_dir=str(tmp_path), model=None, chief=False, first_step=0, last_step=2,
-                             train_steps=2, stopped_by="train_steps", seconds=0.0, recoveries=0,
-                             settings={}, actions=[])
+    worker = actions_lib.Run(
+        model_dir=str(tmp_path),
+        model=None,
+        chief=False,
+        first_step=0,
+        last_step=2,
+        train_steps=2,
+        stopped_by="train_steps",
+        seconds=0.0,
+        recoveries=0,
+        settings={},
+        actions=[],
+    )
     actions_lib.run_actions([lambda r: calls.append("chief only"), Shared()], worker)
     assert calls == ["shared"]
 
@@ -161,21 +178,26 @@ def _parse(bindings):
 
 def test_actions_from_gin_add_remove_and_override(tmp_path, monkeypatch):
     # Add: the user's action after the summary; remove: no ExportAction although export is True.
-    _parse("run_training.export = True\n"
-           "run_training.actions = [@SummaryAction(), @GinWriteFile()]\n"
-           "GinWriteFile.name = 'from_gin.txt'\n")
+    _parse(
+        "run_training.export = True\n"
+        "run_training.actions = [@SummaryAction(), @GinWriteFile()]\n"
+        "GinWriteFile.name = 'from_gin.txt'\n"
+    )
     run(tmp_path / "a")
     assert (tmp_path / "a" / "from_gin.txt").read_text() == "SoftmaxClassifier 2 []"
     assert (tmp_path / "a" / "training_summary.json").exists()
     assert not (tmp_path / "a" / "export").exists()
-    assert "run_training.actions = [@SummaryAction(), @GinWriteFile()]" in \
-        (tmp_path / "a" / "operative_config.gin").read_text()
+    assert (
+        "run_training.actions = [@SummaryAction(), @GinWriteFile()]"
+        in (tmp_path / "a" / "operative_config.gin").read_text()
+    )
     # Override: an action's own setting bound in gin (a spy stands in for the ONNX export).
     gin.clear_config()
     _parse("run_training.actions = [@ExportAction()]\nExportAction.onnx = True\n")
     exported = []
-    monkeypatch.setattr(actions_lib.export_lib, "export_model",
-                        lambda model, export_dir, **kw: exported.append(kw["onnx"]))
+    monkeypatch.setattr(
+        actions_lib.export_lib, "export_model", lambda model, export_dir, **kw: exported.append(kw["onnx"])
+    )
     run(tmp_path / "b")
     assert exported == [True]
     assert not (tmp_path / "b" / "training_summary.json").exists()
@@ -186,11 +208,18 @@ def test_a_sample_grid_action_draws_from_the_trained_model(tmp_path):
     from keras_ebm.trainers.jem import JEM
 
     def jem():
-        return JEM(tiny_network(), image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0,
-                   sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0))
+        return JEM(
+            tiny_network(),
+            image_shape=(8, 8, 1),
+            num_classes=10,
+            buffer_size=64,
+            seed=0,
+            sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
+        )
 
-    _parse("run_training.actions = [@SampleGridAction()]\n"
-           "SampleGridAction.num_samples = 4\nSampleGridAction.n_steps = 1\n")
+    _parse(
+        "run_training.actions = [@SampleGridAction()]\nSampleGridAction.num_samples = 4\nSampleGridAction.n_steps = 1\n"
+    )
     run(tmp_path, trainer=jem)
     assert (tmp_path / "samples" / "fresh_1steps.png").exists()
     images = np.load(tmp_path / "samples" / "fresh_1steps.npz")["images"]
@@ -201,8 +230,7 @@ gin.external_configurable(trainer_fn, "tiny_softmax")
 
 
 def test_a_baseline_action_from_gin(tmp_path):
-    _parse("run_training.actions = [@GinWriteFile(), @BaselineAction()]\n"
-           "BaselineAction.trainer = @tiny_softmax\n")
+    _parse("run_training.actions = [@GinWriteFile(), @BaselineAction()]\nBaselineAction.trainer = @tiny_softmax\n")
     run(tmp_path)
     assert (tmp_path / "custom.txt").exists() and (tmp_path / "baseline" / "custom.txt").exists()
     assert (tmp_path / "baseline" / "checkpoints").exists() and not (tmp_path / "baseline" / "baseline").exists()

@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 
 from keras_ebm.distribute import replica_id
-from keras_ebm.optim import PlainGradients
-from keras_ebm.optim import SAMGradients
+from keras_ebm.optim import PlainGradients, SAMGradients
 
 RNG = np.random.RandomState(0)
 X = RNG.randn(8, 3).astype("float32")
@@ -15,9 +14,7 @@ T = RNG.randn(8, 1).astype("float32")
 
 
 def _linear(seed=0):
-    model = keras.Sequential(
-        [keras.Input((3,)), keras.layers.Dense(1, use_bias=False)], name=f"linear_{seed}"
-    )
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)], name=f"linear_{seed}")
     model.layers[0].kernel.assign(np.array([[0.5], [-1.0], [2.0]], "float32"))
     return model
 
@@ -46,9 +43,7 @@ def test_sam_perturbation_and_second_pass_are_closed_form():
     sam = SAMGradients(rho=rho)
     g = _mse_grad(X, T, w)
     e = rho * g / np.linalg.norm(g)
-    np.testing.assert_allclose(
-        sam.perturbation([tf.constant(g)], model.trainable_variables)[0].numpy(), e, rtol=1e-6
-    )
+    np.testing.assert_allclose(sam.perturbation([tf.constant(g)], model.trainable_variables)[0].numpy(), e, rtol=1e-6)
 
     grads, losses = tf.function(lambda: sam(_loss_fn(model, X, T), model.trainable_variables))()
     np.testing.assert_allclose(grads[0].numpy(), _mse_grad(X, T, w + e), rtol=1e-5)
@@ -91,9 +86,7 @@ def test_second_pass_does_not_touch_bn_moving_stats():
     grads, _ = tf.function(lambda: SAMGradients(rho=0.5)(loss_fn, model.trainable_variables))()
     reference(X, training=True)  # one plain training forward
     np.testing.assert_allclose(bn.moving_mean.numpy(), bn_ref.moving_mean.numpy(), rtol=1e-6)
-    np.testing.assert_allclose(
-        bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(), rtol=1e-6
-    )
+    np.testing.assert_allclose(bn.moving_variance.numpy(), bn_ref.moving_variance.numpy(), rtol=1e-6)
     assert not np.allclose(bn.moving_mean.numpy(), 0.0)  # the first pass did update them
     for before, v in zip(trainable, model.trainable_variables):
         np.testing.assert_array_equal(v.numpy(), before)
@@ -158,9 +151,7 @@ def test_unused_variable_gets_no_gradient_like_plain():
     assert sam_grads[-1] is None and plain_grads[-1] is None
     w = model.layers[0].kernel.numpy()
     g = _mse_grad(X, T, w)
-    np.testing.assert_allclose(
-        sam_grads[0].numpy(), _mse_grad(X, T, w + 0.1 * g / np.linalg.norm(g)), rtol=1e-5
-    )
+    np.testing.assert_allclose(sam_grads[0].numpy(), _mse_grad(X, T, w + 0.1 * g / np.linalg.norm(g)), rtol=1e-5)
 
 
 def _two_layer():

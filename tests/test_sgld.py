@@ -47,13 +47,12 @@ def test_gradient_clamp_is_elementwise():
     x = tf.constant([[3.0, -0.05, -2.0, 0.5]])
     sampler = SGLDSampler(n_steps=1, step_size=1.0, noise_std=0.0, grad_clip=0.1)
     # dE/dx = x, clamped to [-0.1, 0.1].
-    np.testing.assert_allclose(
-        sampler(quadratic_energy, x).numpy(), [[2.9, 0.0, -1.9, 0.4]], rtol=1e-6, atol=1e-7
-    )
+    np.testing.assert_allclose(sampler(quadratic_energy, x).numpy(), [[2.9, 0.0, -1.9, 0.4]], rtol=1e-6, atol=1e-7)
 
 
 def test_x_clamp_after_every_step():
     x = tf.constant([[3.0, -3.0, 0.2]])
+
     # The step pushes x away from 0 (step_size < 0 is not allowed, so use E = -0.5||x||^2).
     def expanding_energy(x, y, training):
         return -quadratic_energy(x, y, training)
@@ -111,15 +110,9 @@ def test_inside_tf_function_with_tensor_steps_and_stats():
     np.testing.assert_allclose(out.numpy(), 0.75**3 * x.numpy(), rtol=1e-5)
     x_np = x.numpy().reshape(x.shape[0], -1)
     # grad_norm: at the last step's input x_2 = 0.75^2 x, where the gradient is x_2 itself.
-    np.testing.assert_allclose(
-        stats["grad_norm"].numpy(), np.mean(np.linalg.norm(0.75**2 * x_np, axis=1)), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        stats["energy_start"].numpy(), np.mean(0.5 * (x_np**2).sum(1)), rtol=1e-5
-    )
-    np.testing.assert_allclose(
-        stats["energy_end"].numpy(), np.mean(0.5 * ((0.75**2 * x_np) ** 2).sum(1)), rtol=1e-5
-    )
+    np.testing.assert_allclose(stats["grad_norm"].numpy(), np.mean(np.linalg.norm(0.75**2 * x_np, axis=1)), rtol=1e-5)
+    np.testing.assert_allclose(stats["energy_start"].numpy(), np.mean(0.5 * (x_np**2).sum(1)), rtol=1e-5)
+    np.testing.assert_allclose(stats["energy_end"].numpy(), np.mean(0.5 * ((0.75**2 * x_np) ** 2).sum(1)), rtol=1e-5)
     # Same trace, other step count.
     out, _ = run(x, tf.constant(1))
     np.testing.assert_allclose(out.numpy(), 0.75 * x.numpy(), rtol=1e-5)
@@ -234,9 +227,7 @@ def test_freeze_bn_stats_in_graph_mode(freeze):
     def energy_fn(x, y, training):
         return -tf.reduce_logsumexp(model(x, training=training), axis=-1)
 
-    sampler = SGLDSampler(
-        n_steps=3, step_size=0.1, noise_std=0.0, energy_training=True, freeze_bn_stats=freeze
-    )
+    sampler = SGLDSampler(n_steps=3, step_size=0.1, noise_std=0.0, energy_training=True, freeze_bn_stats=freeze)
     x = tf.random.normal([6, 2, 2, 1], seed=1)
     out = tf.function(lambda x: sampler(energy_fn, x))(x)
     assert not np.allclose(out.numpy(), x.numpy())  # gradients flowed through the BN model

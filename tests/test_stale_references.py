@@ -44,7 +44,7 @@ def _package_files():
 
 def _repository_names():
     names = set()
-    for folder, dirs, files in os.walk(REPO):
+    for _folder, dirs, files in os.walk(REPO):
         dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "runs")]
         names.update(files)
     return names
@@ -95,5 +95,10 @@ def test_stale_names_are_found(tmp_path):
         'OUT = "results.md"\n'
     )
     found = [entry.split(": ", 1)[1] for entry in stale_references([str(module)])]
-    assert found == ["STYLE.md", "gin_configs/nowhere.gin", "trainers/missing.py", "../shared/data/README.md",
-                     "other.gin"]
+    assert found == [
+        "STYLE.md",
+        "gin_configs/nowhere.gin",
+        "trainers/missing.py",
+        "../shared/data/README.md",
+        "other.gin",
+    ]

@@ -8,13 +8,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ebm import energy
-from keras_ebm.trainers import SoftmaxClassifier
-
 from helpers import (
-    digits_arrays, every_trainer, run_checkpoint_roundtrip, run_serialization_test, run_trainer_smoke_test,
+    digits_arrays,
+    every_trainer,
+    run_checkpoint_roundtrip,
+    run_serialization_test,
+    run_trainer_smoke_test,
     tiny_network,
 )
+from keras_ebm import energy
+from keras_ebm.trainers import SoftmaxClassifier
 
 
 def make_trainer(**kwargs):
@@ -91,7 +94,7 @@ def test_coupled_weight_decay_is_pytorch_sgd_and_replicas_agree(two_device_strat
     net = make_trainer().network
     buf = [np.zeros_like(w.numpy()) for w in net.trainable_weights]
     for i in range(3):
-        xb, yb = x[32 * i:32 * (i + 1)], y[32 * i:32 * (i + 1)]
+        xb, yb = x[32 * i : 32 * (i + 1)], y[32 * i : 32 * (i + 1)]
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(yb, net(xb), from_logits=True))
         grads = tape.gradient(loss, net.trainable_weights)
@@ -168,7 +171,7 @@ def test_every_constructor_argument_is_in_the_config():
     **kwargs reach), except the buffer shorthands that the serialized `buffer` carries."""
     import inspect
 
-    from keras_ebm.trainers import EBMTrainer, HDGE
+    from keras_ebm.trainers import HDGE, EBMTrainer
 
     carried_by_buffer = {"buffer_size", "reinit_prob", "initializer", "buffer_replacement"}
     for trainer in every_trainer():

@@ -51,6 +51,7 @@ def official_parser(script_path):
 
 def stub_modules(auc_calls):
     import torch._dynamo  # noqa: F401  (imported before the stubs: it inspects every module's __spec__)
+
     recording.stub_torchvision()
     tqdm = types.ModuleType("tqdm")
     tqdm.tqdm = lambda it=None, *a, **k: it
@@ -61,7 +62,7 @@ def stub_modules(auc_calls):
     def roc_auc_score(labels, scores):
         labels, scores = np.asarray(labels), np.asarray(scores)
         pos, neg = scores[labels == 1], scores[labels == 0]
-        auc = (np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
+        auc = np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :])
         auc_calls.append({"labels": labels, "scores": scores, "auc": auc})
         return auc
 
@@ -73,8 +74,10 @@ def stub_modules(auc_calls):
 
 def _decode(jpeg, offsets, rows):
     from PIL import Image
-    return np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-                     for i in rows])
+
+    return np.stack(
+        [np.asarray(Image.open(io.BytesIO(jpeg[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in rows]
+    )
 
 
 def to_official(x_uint8, dtype):
@@ -88,7 +91,7 @@ def fixed_images(split, start, n):
     """`n` CIFAR-10 images (uint8 NHWC) and labels of `split` ("train"/"test") from row `start`."""
     d = np.load(CIFAR)
     rows = range(start, start + n)
-    return _decode(d[f"{split}_jpeg"], d[f"{split}_offsets"], rows), d[f"{split}_y"][start:start + n].astype(np.int64)
+    return _decode(d[f"{split}_jpeg"], d[f"{split}_offsets"], rows), d[f"{split}_y"][start : start + n].astype(np.int64)
 
 
 def dtd_images(n):

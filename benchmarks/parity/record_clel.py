@@ -39,7 +39,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import recording  # noqa: E402
+import recording  # noqa: E402  isort: skip  (imported before torch, as it was)
 
 import torch  # noqa: E402
 
@@ -55,17 +55,31 @@ def parse():
     p.add_argument("--precision", choices=["float64", "float32"], default="float64")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=1, help="seeds torch, NumPy and random (seed 1: 3 chain re-inits in 3 steps)")
+    p.add_argument(
+        "--seed", type=int, default=1, help="seeds torch, NumPy and random (seed 1: 3 chain re-inits in 3 steps)"
+    )
     p.add_argument("--out", default=None)
     return p.parse_args()
 
 
 def overrides(a, log_dir):
-    return [f"logdir={log_dir}", "encoder.name=resnet18_tiny", "encoder.out_dim=16", "ebm.name=resnet_small",
-            "ebm.projection_layers=[16,32,16]", f"data.batch_size={a.batch}", "data.num_workers=0",
-            "sampler.num_steps=2", "sampler.memory_size=12", "sampler.memory_init=0.25",
-            f"ema.halflife={2 * a.batch}", "num_iterations=100", "log_freq=1", "val_freq=100000",
-            "save_freq=100000"]
+    return [
+        f"logdir={log_dir}",
+        "encoder.name=resnet18_tiny",
+        "encoder.out_dim=16",
+        "ebm.name=resnet_small",
+        "ebm.projection_layers=[16,32,16]",
+        f"data.batch_size={a.batch}",
+        "data.num_workers=0",
+        "sampler.num_steps=2",
+        "sampler.memory_size=12",
+        "sampler.memory_init=0.25",
+        f"ema.halflife={2 * a.batch}",
+        "num_iterations=100",
+        "log_freq=1",
+        "val_freq=100000",
+        "save_freq=100000",
+    ]
 
 
 def tiny_resnet(torchvision):
@@ -99,12 +113,22 @@ def main():
     argv = [os.path.join(root, "train.py"), os.path.join(root, "configs/cifar10.yaml")] + overrides(a, log_dir)
     import kornia  # noqa: PLC0415
 
-    golden = recording.Golden(repo="hankook/CLEL", commit=COMMIT, recorder="benchmarks/parity/record_clel.py",
-                              precision=a.precision, steps=a.steps, settings=argv[1:], seed=a.seed,
-                              kornia_version=kornia.__version__,
-                              architecture={"ebm_layers": EBM_LAYERS, "mlp_hidden": MLP_HIDDEN,
-                                            "encoder": f"torchvision ResNet(BasicBlock, [1,1,1,1]), stages "
-                                                       f"{ENCODER_WIDTH} wide, CLEL's 64-channel 3x3 stem"})
+    golden = recording.Golden(
+        repo="hankook/CLEL",
+        commit=COMMIT,
+        recorder="benchmarks/parity/record_clel.py",
+        precision=a.precision,
+        steps=a.steps,
+        settings=argv[1:],
+        seed=a.seed,
+        kornia_version=kornia.__version__,
+        architecture={
+            "ebm_layers": EBM_LAYERS,
+            "mlp_hidden": MLP_HIDDEN,
+            "encoder": f"torchvision ResNet(BasicBlock, [1,1,1,1]), stages "
+            f"{ENCODER_WIDTH} wide, CLEL's 64-channel 3x3 stem",
+        },
+    )
     golden.meta["notes"] = [
         "train.py runs as __main__ (runpy) with configs/cifar10.yaml + overrides (settings); its main(), "
         "optimizers, schedulers, EMA and ignite Engine with the official handlers",
@@ -141,23 +165,28 @@ def main():
         x, y = recording.load_cifar10("train", range(a.steps * a.batch))
         x = torch.tensor(x.transpose(0, 3, 1, 2) / 255.0, dtype=torch.get_default_dtype())
         y = torch.tensor(y)
-        batches = [(x[k * a.batch:(k + 1) * a.batch], y[k * a.batch:(k + 1) * a.batch]) for k in range(a.steps)]
-        for k, (xb, yb) in enumerate(batches):
+        batches = [(x[k * a.batch : (k + 1) * a.batch], y[k * a.batch : (k + 1) * a.batch]) for k in range(a.steps)]
+        for k, (xb, _yb) in enumerate(batches):
             golden.add(f"batch/{k}/x_pos", xb)
         tape = recording.RandomTape([root])
         resnet, get_mlp = architectures.ResNet, architectures.get_mlp
         architectures.ResNet = lambda layers, **kw: resnet(EBM_LAYERS, **kw)
         architectures.get_mlp = lambda dims, **kw: get_mlp([MLP_HIDDEN if d == 2048 else d for d in dims], **kw)
         datasets.get_dataset = lambda name, root: dict(
-            train=batches, test=batches, num_classes=10, input_shape=(3, 32, 32),
-            mean=[0.4914, 0.4822, 0.4465], std=[0.2470, 0.2435, 0.2616])
+            train=batches,
+            test=batches,
+            num_classes=10,
+            input_shape=(3, 32, 32),
+            mean=[0.4914, 0.4822, 0.4465],
+            std=[0.2470, 0.2435, 0.2616],
+        )
         official_utils.FIDEvaluation = lambda *args: official_utils.Evaluation("fid", "min")
         official_utils.NNEvaluation = lambda *args: official_utils.Evaluation("nn", "max")
         state = {}
 
         def start():
             loc = recording.frame_locals("main")
-            model, (opt1, opt2), (sch1, sch2) = loc["model"], loc["optimizers"], loc["schedulers"]
+            model, (opt1, opt2), (_sch1, _sch2) = loc["model"], loc["optimizers"], loc["schedulers"]
             state["model"] = model
             sd = model.state_dict()
             golden.add_all("init", {k: v for k, v in sd.items() if k.startswith(("ebm.", "encoder."))})
@@ -172,7 +201,7 @@ def main():
                 loc = recording.frame_locals("training_step")
                 for n, v in loc["outputs"].items():
                     if n.startswith("metrics/"):
-                        golden.add(f"step/{k}/loss/{n[len('metrics/'):]}", v)
+                        golden.add(f"step/{k}/loss/{n[len('metrics/') :]}", v)
                 recording.add_full_at_last(golden, k, a.steps - 1, "x_neg", loc["outputs"]["images/x_neg"])
                 golden.add(f"step/{k}/opt/lr_ebm", np.asarray(opt1.param_groups[0]["lr"]))
                 golden.add(f"step/{k}/opt/lr_encoder", np.asarray(opt2.param_groups[0]["lr"]))
@@ -188,10 +217,17 @@ def main():
                 # Per step: probes (README "probe/") of every weight, buffer (spectral-norm u, v,
                 # BN statistics), EMA copy and optimizer slot; the eval outputs check the final
                 # networks in full.
-                recording.add_step_probes(golden, k, {n: v for n, v in sd.items() if not n.startswith("sampler.")},
-                                          opt1, {id(p): n for n, p in model.ebm.named_parameters()}, prefix="ebm/")
-                recording.add_step_probes(golden, k, {}, opt2, {id(p): n for n, p in model.encoder.named_parameters()},
-                                          prefix="encoder/")
+                recording.add_step_probes(
+                    golden,
+                    k,
+                    {n: v for n, v in sd.items() if not n.startswith("sampler.")},
+                    opt1,
+                    {id(p): n for n, p in model.ebm.named_parameters()},
+                    prefix="ebm/",
+                )
+                recording.add_step_probes(
+                    golden, k, {}, opt2, {id(p): n for n, p in model.encoder.named_parameters()}, prefix="encoder/"
+                )
                 if last and a.precision == "float32":
                     # The final state in full (float32 file only): tests/test_convert_clel.py
                     # converts it and compares the official eval outputs, EMA and memory.

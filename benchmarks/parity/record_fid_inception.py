@@ -176,7 +176,8 @@ def main():
         path = os.path.join(tmp, "random.pth")
         torch.save(state, path)
         fidelity = fe_module.FeatureExtractorInceptionV3(
-            "inception-v3-compat", ["2048", "logits_unbiased", "logits"], feature_extractor_weights_path=path).eval()
+            "inception-v3-compat", ["2048", "logits_unbiased", "logits"], feature_extractor_weights_path=path
+        ).eval()
     assert sorted(fidelity.state_dict()) == names, "torch-fidelity's and pytorch-fid's state dicts differ"
 
     record, image_sha256 = {}, {}
@@ -194,19 +195,36 @@ def main():
             record[f"{batch}_torch_fidelity_pool3"] = f_pool.numpy()
             record[f"{batch}_torch_fidelity_logits_unbiased"] = f_unbiased.numpy()
             record[f"{batch}_torch_fidelity_logits"] = f_logits.numpy()
-            print(batch, images.shape, "pool3 mean/std/max", float(pool.mean()), float(pool.std()), float(pool.max()),
-                  "logits std", float(record[f"{batch}_pytorch_fid_logits"].std()))
+            print(
+                batch,
+                images.shape,
+                "pool3 mean/std/max",
+                float(pool.mean()),
+                float(pool.std()),
+                float(pool.max()),
+                "logits std",
+                float(record[f"{batch}_pytorch_fid_logits"].std()),
+            )
     meta = {
-        "seed": SEED, "recipe": RECIPE, "fid_weights_url": fid_url,
-        "pytorch_fid": metadata.version("pytorch-fid"), "torch_fidelity": metadata.version("torch-fidelity"),
-        "torchvision": tv_version, "torch": torch.__version__,
-        "recorder": "benchmarks/parity/record_fid_inception.py", "image_sha256": image_sha256,
+        "seed": SEED,
+        "recipe": RECIPE,
+        "fid_weights_url": fid_url,
+        "pytorch_fid": metadata.version("pytorch-fid"),
+        "torch_fidelity": metadata.version("torch-fidelity"),
+        "torchvision": tv_version,
+        "torch": torch.__version__,
+        "recorder": "benchmarks/parity/record_fid_inception.py",
+        "image_sha256": image_sha256,
     }
     import json
 
     np.savez_compressed(
-        OUT, meta=json.dumps(meta), names=np.array(names), shapes=np.array(
-            [",".join(map(str, captured[n])) for n in names]), **record)
+        OUT,
+        meta=json.dumps(meta),
+        names=np.array(names),
+        shapes=np.array([",".join(map(str, captured[n])) for n in names]),
+        **record,
+    )
     print(f"wrote {os.path.normpath(OUT)} ({os.path.getsize(OUT) / 1e3:.0f} kB), {len(names)} tensors")
 
 

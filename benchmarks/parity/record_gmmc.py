@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import recording  # noqa: E402
+import recording  # noqa: E402  isort: skip  (imported before torch, as it was)
 
 import torch  # noqa: E402
 
@@ -54,11 +54,46 @@ def parse():
 
 
 def official_argv(a, root, log_dir):
-    argv = [os.path.join(root, "train_gmmc.py"), "--dataset", "cifar10", "--depth", "10", "--width", "1",
-            "--batch_size", str(a.batch), "--buffer_size", "20", "--reinit_freq", "0.25", "--n_steps", "2",
-            "--sgld_lr", "1", "--gamma", "0.001", "--beta", "0.5", "--method", "mmc", "--mu_c", "10",
-            "--lr", "1e-4", "--optimizer", "adam", "--print_every", "1", "--log_dir", log_dir,
-            "--gpu-id", "0", "--class_cond_p_x_sample", "--n_epochs", "100"]
+    argv = [
+        os.path.join(root, "train_gmmc.py"),
+        "--dataset",
+        "cifar10",
+        "--depth",
+        "10",
+        "--width",
+        "1",
+        "--batch_size",
+        str(a.batch),
+        "--buffer_size",
+        "20",
+        "--reinit_freq",
+        "0.25",
+        "--n_steps",
+        "2",
+        "--sgld_lr",
+        "1",
+        "--gamma",
+        "0.001",
+        "--beta",
+        "0.5",
+        "--method",
+        "mmc",
+        "--mu_c",
+        "10",
+        "--lr",
+        "1e-4",
+        "--optimizer",
+        "adam",
+        "--print_every",
+        "1",
+        "--log_dir",
+        log_dir,
+        "--gpu-id",
+        "0",
+        "--class_cond_p_x_sample",
+        "--n_epochs",
+        "100",
+    ]
     if a.mode == "gen":
         argv += ["--generative", "--start_generative", "0"]
     elif a.mode == "joint":
@@ -72,7 +107,11 @@ def scaled(x):
 
 def main():
     a = parse()
-    out = os.path.abspath(a.out) if a.out else os.path.join(recording.REPO, f"tests/data/parity/gmmc_{a.mode}_{a.precision}.npz")
+    out = (
+        os.path.abspath(a.out)
+        if a.out
+        else os.path.join(recording.REPO, f"tests/data/parity/gmmc_{a.mode}_{a.precision}.npz")
+    )
     root = os.path.realpath(a.official)
     recording.stub_torchvision()
     recording.stub_modules("tensorboardX")
@@ -81,9 +120,16 @@ def main():
     os.chdir(root)  # ExpUtils.copy_script_to_folder copies "utils.py" etc. from the working directory
     log_dir = tempfile.mkdtemp(prefix="gmmc_parity_")
     argv = official_argv(a, root, log_dir)
-    golden = recording.Golden(repo="sndnyang/GMMC", commit=COMMIT, recorder="benchmarks/parity/record_gmmc.py",
-                              precision=a.precision, steps=a.steps, settings=argv[1:], mode=a.mode,
-                              numpy_seed=a.seed)
+    golden = recording.Golden(
+        repo="sndnyang/GMMC",
+        commit=COMMIT,
+        recorder="benchmarks/parity/record_gmmc.py",
+        precision=a.precision,
+        steps=a.steps,
+        settings=argv[1:],
+        mode=a.mode,
+        numpy_seed=a.seed,
+    )
     golden.meta["notes"] = [
         "train_gmmc.py runs as __main__ (runpy): its parser and main() (torch seeded by main's seed = 1); "
         "utils.get_data replaced by fixed batches (no augmentation, no sigma noise)",
@@ -102,8 +148,8 @@ def main():
         x, y = recording.load_cifar10("train", range(2 * a.steps * a.batch))
         x, y = scaled(x), torch.tensor(y)
         b = a.batch
-        train = [(x[2 * k * b:(2 * k + 1) * b], y[2 * k * b:(2 * k + 1) * b]) for k in range(a.steps)]
-        labeled = [(x[(2 * k + 1) * b:(2 * k + 2) * b], y[(2 * k + 1) * b:(2 * k + 2) * b]) for k in range(a.steps)]
+        train = [(x[2 * k * b : (2 * k + 1) * b], y[2 * k * b : (2 * k + 1) * b]) for k in range(a.steps)]
+        labeled = [(x[(2 * k + 1) * b : (2 * k + 2) * b], y[(2 * k + 1) * b : (2 * k + 2) * b]) for k in range(a.steps)]
         generative = {k: a.mode == "gen" or (a.mode == "joint" and k >= 1) for k in range(a.steps)}
         for k in range(a.steps):
             if generative[k]:

@@ -34,7 +34,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import recording  # noqa: E402
+import recording  # noqa: E402  isort: skip  (imported before torch, as it was)
 
 import torch  # noqa: E402
 
@@ -61,13 +61,49 @@ def parse():
 
 
 def official_argv(a, log_dir):
-    argv = ["train_wrn.py", "--dataset", "cifar10", "--depth", "10", "--width", "1",
-            "--batch_size", str(a.batch), "--sgld_batch_size", str(a.batch),
-            "--buffer_size", "10", "--reinit_freq", "0.25", "--n_steps", "2",
-            "--contrast_k", str(4 * a.batch), "--contrast_t", "0.1",
-            "--lr", "1e-4", "--warmup_iters", "2", "--optimizer", "adam",
-            "--pyxce", "1", "--pxycontrast", "1", "--seed", str(a.seed), "--workers", "0",
-            "--print_every", "1", "--log_dir", log_dir, "--id", "parity"]
+    argv = [
+        "train_wrn.py",
+        "--dataset",
+        "cifar10",
+        "--depth",
+        "10",
+        "--width",
+        "1",
+        "--batch_size",
+        str(a.batch),
+        "--sgld_batch_size",
+        str(a.batch),
+        "--buffer_size",
+        "10",
+        "--reinit_freq",
+        "0.25",
+        "--n_steps",
+        "2",
+        "--contrast_k",
+        str(4 * a.batch),
+        "--contrast_t",
+        "0.1",
+        "--lr",
+        "1e-4",
+        "--warmup_iters",
+        "2",
+        "--optimizer",
+        "adam",
+        "--pyxce",
+        "1",
+        "--pxycontrast",
+        "1",
+        "--seed",
+        str(a.seed),
+        "--workers",
+        "0",
+        "--print_every",
+        "1",
+        "--log_dir",
+        log_dir,
+        "--id",
+        "parity",
+    ]
     if a.variant == "hdge_jem":
         argv += ["--pxsgld", "1"]
     if a.norm != "none":
@@ -90,7 +126,11 @@ def batches(a, n):
 
 def main():
     a = parse()
-    out = os.path.abspath(a.out) if a.out else os.path.join(recording.REPO, f"tests/data/parity/{a.variant}_{a.precision}.npz")
+    out = (
+        os.path.abspath(a.out)
+        if a.out
+        else os.path.join(recording.REPO, f"tests/data/parity/{a.variant}_{a.precision}.npz")
+    )
     root = os.path.realpath(a.official)
     recording.stub_torchvision()
     recording.stub_modules("matplotlib", "matplotlib.pyplot", "pylab", "seaborn")
@@ -110,8 +150,15 @@ def main():
     sys.path.insert(0, root)
     log_dir = tempfile.mkdtemp(prefix="hdge_parity_")
     argv = official_argv(a, log_dir)
-    golden = recording.Golden(repo="lhao499/HDGE", commit=COMMIT, recorder="benchmarks/parity/record_hdge.py",
-                              precision=a.precision, steps=a.steps, settings=argv[1:], variant=a.variant)
+    golden = recording.Golden(
+        repo="lhao499/HDGE",
+        commit=COMMIT,
+        recorder="benchmarks/parity/record_hdge.py",
+        precision=a.precision,
+        steps=a.steps,
+        settings=argv[1:],
+        variant=a.variant,
+    )
     golden.meta["notes"] = [
         "train_wrn.py runs as __main__ (runpy) with its own parser, set_seed and main(); get_data replaced by "
         "fixed batches (no augmentation, no sigma noise: the batch keys are exactly the step's inputs)",
@@ -142,7 +189,7 @@ def main():
             f, optim, buf = loc["f"], loc["optim"], loc["replay_buffer"]
             state.update(f=f, optim=optim, buffer=buf)
             names = {id(p): n for n, p in f.named_parameters()}
-            golden.add_all("init", {k: v for k, v in f.state_dict().items()})
+            golden.add_all("init", dict(f.state_dict().items()))
             if a.variant == "hdge_jem":  # HDGE alone never samples
                 golden.add("init_state/replay_buffer", buf)
 
@@ -170,7 +217,7 @@ def main():
             recording.OptimizerTap(optim, a.steps, before=before, after=after, tape=tape)
             tape.step = 0
 
-        for k, ((xp, yp), (xl, yl)) in enumerate(data):
+        for k, ((xp, _yp), (xl, yl)) in enumerate(data):
             if a.variant == "hdge_jem":  # HDGE alone reads x_p_d from the loader but never uses it
                 golden.add(f"batch/{k}/x_p_d", xp)
             golden.add(f"batch/{k}/x_lab", xl)
@@ -220,9 +267,18 @@ def evaluate(a, f, golden, tape, root, auc_inputs):
     with torch.no_grad():
         golden.add("eval/logits", f.classify(x))
     tape.step = "eval"
-    args = argparse.Namespace(sigma=0.0, batch_size=len(x), workers=0, ood_dataset="svhn", n_steps=0,
-                              pxycontrast=1, n_classes=10, smoothing=0.0, dataset="cifar_test",
-                              log_dir=tempfile.mkdtemp(prefix="hdge_eval_"))
+    args = argparse.Namespace(
+        sigma=0.0,
+        batch_size=len(x),
+        workers=0,
+        ood_dataset="svhn",
+        n_steps=0,
+        pxycontrast=1,
+        n_classes=10,
+        smoothing=0.0,
+        dataset="cifar_test",
+        log_dir=tempfile.mkdtemp(prefix="hdge_eval_"),
+    )
     for score_fn in ("px", "py", "pxgrad", "pxsim"):
         args.score_fn = score_fn
         auc_inputs.clear()

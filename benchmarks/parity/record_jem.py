@@ -44,9 +44,30 @@ def main():
 
     parser = official_run.official_parser(os.path.join(opts.official, "train_wrn_ebm.py"))
     save_dir = tempfile.mkdtemp(prefix="record_jem_")
-    argv = ["--depth", "10", "--width", "1", "--batch_size", str(BATCH), "--buffer_size", "20",
-            "--n_steps", "2", "--reinit_freq", "0.25", "--lr", "1e-3", "--n_epochs", "1",
-            "--save_dir", save_dir, "--print_every", "1", "--sgld_std", "0.01"]
+    argv = [
+        "--depth",
+        "10",
+        "--width",
+        "1",
+        "--batch_size",
+        str(BATCH),
+        "--buffer_size",
+        "20",
+        "--n_steps",
+        "2",
+        "--reinit_freq",
+        "0.25",
+        "--lr",
+        "1e-3",
+        "--n_epochs",
+        "1",
+        "--save_dir",
+        save_dir,
+        "--print_every",
+        "1",
+        "--sgld_std",
+        "0.01",
+    ]
     if opts.norm:
         argv += ["--norm", opts.norm]
     args = parser.parse_args(argv)
@@ -57,19 +78,37 @@ def main():
 
     # Fixed batches: x_p_d from dload_train, (x_lab, y_lab) from dload_train_labeled.
     x_u8, y_all = official_run.fixed_images("train", 0, 2 * BATCH * STEPS)
-    batches_px = [(torch.tensor(official_run.to_official(x_u8[i * BATCH:(i + 1) * BATCH], dtype)),
-                   torch.tensor(y_all[i * BATCH:(i + 1) * BATCH])) for i in range(STEPS)]
+    batches_px = [
+        (
+            torch.tensor(official_run.to_official(x_u8[i * BATCH : (i + 1) * BATCH], dtype)),
+            torch.tensor(y_all[i * BATCH : (i + 1) * BATCH]),
+        )
+        for i in range(STEPS)
+    ]
     off = BATCH * STEPS
-    batches_lab = [(torch.tensor(official_run.to_official(x_u8[off + i * BATCH:off + (i + 1) * BATCH], dtype)),
-                    torch.tensor(y_all[off + i * BATCH:off + (i + 1) * BATCH])) for i in range(STEPS)]
+    batches_lab = [
+        (
+            torch.tensor(official_run.to_official(x_u8[off + i * BATCH : off + (i + 1) * BATCH], dtype)),
+            torch.tensor(y_all[off + i * BATCH : off + (i + 1) * BATCH]),
+        )
+        for i in range(STEPS)
+    ]
     T.get_data = lambda a: (list(batches_px), iter(batches_lab), [], [])
     T.checkpoint = lambda *a, **k: None
 
-    golden = recording.Golden(repo=REPO, commit=COMMIT, recorder="benchmarks/parity/record_jem.py",
-                              precision=opts.precision, steps=STEPS, settings=vars(args),
-                              notes=("init_uniform rows not chosen by the reinit mask are stored as 0 "
-                                     "(they do not enter the step); probe/ keys hold <= 256 evenly "
-                                     "spaced entries of the flattened tensor"))
+    golden = recording.Golden(
+        repo=REPO,
+        commit=COMMIT,
+        recorder="benchmarks/parity/record_jem.py",
+        precision=opts.precision,
+        steps=STEPS,
+        settings=vars(args),
+        notes=(
+            "init_uniform rows not chosen by the reinit mask are stored as 0 "
+            "(they do not enter the step); probe/ keys hold <= 256 evenly "
+            "spaced entries of the flattened tensor"
+        ),
+    )
     tape = recording.RandomTape([opts.official])
     held = {}
     original_get = T.get_model_and_buffer
@@ -77,7 +116,7 @@ def main():
     def get_model_and_buffer(*a, **k):
         f, buffer = original_get(*a, **k)
         held["f"], held["buffer"] = f, buffer
-        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
+        golden.add_all("init", dict(f.state_dict().items()))
         golden.add("init_state/replay_buffer", buffer)
         tape.step = 0
         return f, buffer
@@ -126,7 +165,7 @@ def main():
     by_step = {}
     for step, name, site, value in tape.draws:
         by_step.setdefault(step, []).append([step, name, site, value])
-    for step, draws in by_step.items():
+    for _step, draws in by_step.items():
         for i, (_, name, site, value) in enumerate(draws):
             if name == "Tensor.uniform_" and site.endswith("init_random"):
                 nxt = draws[i + 1]
@@ -137,8 +176,9 @@ def main():
     tape.to_golden(golden)
     last = STEPS - 1
     for k in range(STEPS):
-        golden.add(f"step/{k}/state/x_q", per_step[k]["x_q"]) if k == last else \
-            golden.add(f"step/{k}/probe/state/x_q", official_run.probe(per_step[k]["x_q"]))
+        golden.add(f"step/{k}/state/x_q", per_step[k]["x_q"]) if k == last else golden.add(
+            f"step/{k}/probe/state/x_q", official_run.probe(per_step[k]["x_q"])
+        )
         for n, v in per_step[k]["param"].items():  # (the eval logits check the final weights in full)
             golden.add(f"step/{k}/probe/param/{n}", official_run.probe(v))
         for n, v in per_step[k]["opt"].items():
@@ -150,6 +190,7 @@ def main():
 
     # Official evaluation (eval_wrn_ebm.py) on a fixed test batch with the final weights.
     import eval_wrn_ebm as E
+
     eval_parser = official_run.official_parser(os.path.join(opts.official, "eval_wrn_ebm.py"))
     x_test, y_test = official_run.fixed_images("test", 0, BATCH)
     x_ood = official_run.dtd_images(BATCH)
@@ -165,9 +206,10 @@ def main():
         loaders = []
         E.DataLoader = lambda dset, **k: loaders.pop(0)
         for score_fn in ("px", "py", "pxgrad"):
-            eargs = eval_parser.parse_args(["--score_fn", score_fn, "--ood_dataset", "svhn",
-                                            "--depth", "10", "--width", "1"]
-                                           + (["--norm", opts.norm] if opts.norm else []))
+            eargs = eval_parser.parse_args(
+                ["--score_fn", score_fn, "--ood_dataset", "svhn", "--depth", "10", "--width", "1"]
+                + (["--norm", opts.norm] if opts.norm else [])
+            )
             loaders[:] = [[(x_eval, torch.tensor(y_test))], [(x_fake, torch.zeros(BATCH, dtype=torch.long))]]
             E.OODAUC(ef, eargs, "cpu")
             call = auc_calls.pop()

@@ -76,17 +76,21 @@ def setup(opts, script):
 def fixed_batches(dtype, n_batches, with_index=False):
     """(p(x) batches, labelled batches, class-statistics images) from the first two classes."""
     import torch
+
     total = 2 * BATCH * n_batches + N_CLASSES * CLASS_IMAGES
     x_u8, y_all = two_class_images("train", total)
 
     def batch(lo):
-        out = (torch.tensor(official_run.to_official(x_u8[lo:lo + BATCH], dtype)), torch.tensor(y_all[lo:lo + BATCH]))
+        out = (
+            torch.tensor(official_run.to_official(x_u8[lo : lo + BATCH], dtype)),
+            torch.tensor(y_all[lo : lo + BATCH]),
+        )
         return out + (torch.arange(lo, lo + BATCH),) if with_index else out
 
     px = [batch(i * BATCH) for i in range(n_batches)]
     off = BATCH * n_batches
     lab = [batch(off + i * BATCH) for i in range(n_batches)]
-    stats_x, stats_y = x_u8[2 * off:], y_all[2 * off:]
+    stats_x, stats_y = x_u8[2 * off :], y_all[2 * off :]
     return px, lab, (stats_x, stats_y)
 
 
@@ -94,6 +98,7 @@ def class_gaussians(stats_x, stats_y, dtype):
     """Per-class mean and biased covariance of channels-first flattened images, as the official
     `category_mean` computes them (`sub.t() @ sub / len(imc)`)."""
     import torch as t
+
     im = t.tensor(official_run.to_official(stats_x, dtype))
     targ = t.tensor(stats_y)
     size = int(np.prod(im.shape[1:]))
@@ -110,6 +115,7 @@ def class_gaussians(stats_x, stats_y, dtype):
 
 def patch_torch_load(dataset, centers, covs):
     import torch
+
     original = torch.load
 
     def load(path, *a, **k):
@@ -134,7 +140,7 @@ def capture_setup(T, golden, tape):
     def get_model_and_buffer(*a, **k):
         f, buffer = original_get(*a, **k)
         held["f"] = f
-        golden.add_all("init", {n: v for n, v in f.state_dict().items()})
+        golden.add_all("init", dict(f.state_dict().items()))
         return f, buffer
 
     def init_from_centers(*a, **k):
@@ -181,14 +187,14 @@ def store_draws(golden, tape, reinit_freq, fresh_fn):
     by_step = {}
     for step, name, site, value in tape.draws:
         by_step.setdefault(step, []).append([step, name, site, value])
-    for step, draws in by_step.items():
+    for _step, draws in by_step.items():
         for i, (_, name, site, value) in enumerate(draws):
             if name != "torch.rand" or not site.endswith("sample_p_0"):
                 continue
             mask = value < reinit_freq
             # The B class draws and B Gaussian draws of init_random precede the mask, in sample order.
             fresh = [j for j in range(i) if draws[j][2].endswith(":" + fresh_fn) and draws[j][1] != "np.random.randint"]
-            fresh = fresh[-len(mask):]
+            fresh = fresh[-len(mask) :]
             for row, j in enumerate(fresh):
                 if not mask[row]:
                     draws[j][3] = np.zeros_like(draws[j][3])
@@ -215,6 +221,7 @@ def store_steps(golden, per_step, steps):
 def record_eval(golden, E, eval_parser, state_dict, make_model, auc_calls, dtype, precision, extra_args):
     """The official OODAUC (px / py / pxgrad) and logits on a fixed test batch, model in eval mode."""
     import torch
+
     x_test, y_test = official_run.fixed_images("test", 0, BATCH)
     x_ood = official_run.dtd_images(BATCH)
     x_eval = torch.tensor(official_run.to_official(x_test, dtype))
@@ -252,16 +259,49 @@ def main():
     import torch
 
     save_dir = tempfile.mkdtemp(prefix="record_jempp_")
-    argv = ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "yopo", "--batch_size", str(BATCH),
-            "--buffer_size", "20", "--n_steps", "2", "--in_steps", "5", "--pyld_lr", "0.2",
-            "--reinit_freq", str(reinit_freq(opts.precision)), "--optimizer", "sgd", "--lr", "0.1", "--warmup_iters", "2",
-            "--n_epochs", "1", "--save_dir", save_dir, "--dir_path", save_dir, "--print_every", "1000"]
+    argv = [
+        "--depth",
+        "10",
+        "--width",
+        "1",
+        "--norm",
+        "batch",
+        "--model",
+        "yopo",
+        "--batch_size",
+        str(BATCH),
+        "--buffer_size",
+        "20",
+        "--n_steps",
+        "2",
+        "--in_steps",
+        "5",
+        "--pyld_lr",
+        "0.2",
+        "--reinit_freq",
+        str(reinit_freq(opts.precision)),
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--warmup_iters",
+        "2",
+        "--n_epochs",
+        "1",
+        "--save_dir",
+        save_dir,
+        "--dir_path",
+        save_dir,
+        "--print_every",
+        "1000",
+    ]
     args = parser.parse_args(argv)
     args.n_classes = N_CLASSES
     args.pid = "record"
     dtype = np.float64 if opts.precision == "float64" else np.float32
 
     import train_jempp as T
+
     T.args = args  # sample_p_0 reads the module-level `args` its __main__ sets
 
     batches_px, batches_lab, (stats_x, stats_y) = fixed_batches(dtype, STEPS)
@@ -270,12 +310,20 @@ def main():
     centers, covs = class_gaussians(stats_x, stats_y, dtype)
     restore_load = patch_torch_load(args.dataset, centers, covs)
 
-    golden = recording.Golden(repo=REPO, commit=COMMIT, recorder="benchmarks/parity/record_jempp.py",
-                              precision=opts.precision, steps=STEPS, settings=vars(args),
-                              notes=("2 classes; class Gaussians fitted (category_mean's formulas) to "
-                                     "init_state/class_images; fresh informative samples of rows the "
-                                     "reinit mask does not pick are stored as 0; probe/ keys hold <= 256 "
-                                     "evenly spaced entries of the flattened tensor"))
+    golden = recording.Golden(
+        repo=REPO,
+        commit=COMMIT,
+        recorder="benchmarks/parity/record_jempp.py",
+        precision=opts.precision,
+        steps=STEPS,
+        settings=vars(args),
+        notes=(
+            "2 classes; class Gaussians fitted (category_mean's formulas) to "
+            "init_state/class_images; fresh informative samples of rows the "
+            "reinit mask does not pick are stored as 0; probe/ keys hold <= 256 "
+            "evenly spaced entries of the flattened tensor"
+        ),
+    )
     golden.add("init_state/class_images", stats_x)
     golden.add("init_state/class_labels", stats_y)
     tape = recording.RandomTape([opts.official])
@@ -317,11 +365,19 @@ def main():
     store_steps(golden, per_step, STEPS)
 
     import eval_jempp as E
+
     eval_parser = official_run.official_parser(os.path.join(opts.official, "eval_jempp.py"))
-    record_eval(golden, E, eval_parser, held["f"].state_dict(),
-                lambda: E.CCF(args.depth, args.width, args.norm, n_classes=N_CLASSES, model=args.model),
-                auc_calls, dtype, opts.precision,
-                ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "yopo"])
+    record_eval(
+        golden,
+        E,
+        eval_parser,
+        held["f"].state_dict(),
+        lambda: E.CCF(args.depth, args.width, args.norm, n_classes=N_CLASSES, model=args.model),
+        auc_calls,
+        dtype,
+        opts.precision,
+        ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "yopo"],
+    )
     golden.save(out, max_bytes=int(os.environ.get("PARITY_MAX_BYTES", 4_500_000)))
 
 

@@ -51,15 +51,53 @@ def main():
     opts = ap.parse_args()
     out = opts.out or os.path.join(HERE, "..", "..", "tests", "data", "parity", f"sadajem_{opts.precision}.npz")
     parser, auc_calls = jp.setup(opts, "train_sadajem.py")
-    import torch
 
     save_dir = tempfile.mkdtemp(prefix="record_sadajem_")
-    argv = ["--dataset", "cifar10", "--depth", "10", "--width", "1", "--norm", "batch", "--model", "wrn",
-            "--batch_size", str(BATCH), "--buffer_size", "20", "--n_steps", "2", "--sgld_lr", "1",
-            "--sgld_std", "0", "--reinit_freq", str(jp.reinit_freq(opts.precision)), "--optimizer", "sgd",
-            "--lr", "0.1", "--warmup_iters", "2", "--sigma", "0.03", "--l2_coeff", "0.1", "--n_epochs", "1",
-            "--rho", "2" if opts.precision == "float64" else "0.2",
-            "--save_dir", save_dir, "--dir_path", save_dir, "--print_every", "1000", "--no_fid"]
+    argv = [
+        "--dataset",
+        "cifar10",
+        "--depth",
+        "10",
+        "--width",
+        "1",
+        "--norm",
+        "batch",
+        "--model",
+        "wrn",
+        "--batch_size",
+        str(BATCH),
+        "--buffer_size",
+        "20",
+        "--n_steps",
+        "2",
+        "--sgld_lr",
+        "1",
+        "--sgld_std",
+        "0",
+        "--reinit_freq",
+        str(jp.reinit_freq(opts.precision)),
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+        "--warmup_iters",
+        "2",
+        "--sigma",
+        "0.03",
+        "--l2_coeff",
+        "0.1",
+        "--n_epochs",
+        "1",
+        "--rho",
+        "2" if opts.precision == "float64" else "0.2",
+        "--save_dir",
+        save_dir,
+        "--dir_path",
+        save_dir,
+        "--print_every",
+        "1000",
+        "--no_fid",
+    ]
     args = parser.parse_args(argv)
     args.n_classes = N_CLASSES
     args.pid = "record"
@@ -68,6 +106,7 @@ def main():
     dtype = np.float64 if opts.precision == "float64" else np.float32
 
     import train_sadajem as T
+
     T.args = args  # main reads the module-level `args` its __main__ sets
 
     batches_px, batches_lab, (stats_x, stats_y) = jp.fixed_batches(dtype, STEPS, with_index=True)
@@ -77,13 +116,21 @@ def main():
     centers, covs = jp.class_gaussians(stats_x, stats_y, dtype)
     restore_load = jp.patch_torch_load(args.dataset, centers, covs)
 
-    golden = recording.Golden(repo=REPO, commit=COMMIT, recorder="benchmarks/parity/record_sadajem.py",
-                              precision=opts.precision, steps=STEPS, settings=vars(args),
-                              notes=("2 classes; class Gaussians fitted (category_mean's formulas) to "
-                                     "init_state/class_images; batch/k/x_p_d is the batch before the "
-                                     "data noise (draw at main); fresh informative samples of rows the "
-                                     "reinit mask does not pick are stored as 0; probe/ keys hold <= 256 "
-                                     "evenly spaced entries of the flattened tensor"))
+    golden = recording.Golden(
+        repo=REPO,
+        commit=COMMIT,
+        recorder="benchmarks/parity/record_sadajem.py",
+        precision=opts.precision,
+        steps=STEPS,
+        settings=vars(args),
+        notes=(
+            "2 classes; class Gaussians fitted (category_mean's formulas) to "
+            "init_state/class_images; batch/k/x_p_d is the batch before the "
+            "data noise (draw at main); fresh informative samples of rows the "
+            "reinit mask does not pick are stored as 0; probe/ keys hold <= 256 "
+            "evenly spaced entries of the flattened tensor"
+        ),
+    )
     golden.add("init_state/class_images", stats_x)
     golden.add("init_state/class_labels", stats_y)
     tape = recording.RandomTape([opts.official])
@@ -139,11 +186,19 @@ def main():
     jp.store_steps(golden, per_step, STEPS)
 
     import eval_sadajem as E
+
     eval_parser = official_run.official_parser(os.path.join(opts.official, "eval_sadajem.py"))
-    jp.record_eval(golden, E, eval_parser, held["f"].state_dict(),
-                   lambda: E.CCF(args.depth, args.width, args.norm, n_classes=N_CLASSES, model=args.model),
-                   auc_calls, dtype, opts.precision,
-                   ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "wrn", "--sigma", "0"])
+    jp.record_eval(
+        golden,
+        E,
+        eval_parser,
+        held["f"].state_dict(),
+        lambda: E.CCF(args.depth, args.width, args.norm, n_classes=N_CLASSES, model=args.model),
+        auc_calls,
+        dtype,
+        opts.precision,
+        ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "wrn", "--sigma", "0"],
+    )
     golden.save(out, max_bytes=int(os.environ.get("PARITY_MAX_BYTES", 4_500_000)))
 
 

@@ -35,7 +35,6 @@ import types
 import numpy as np
 import torch
 
-
 sys.dont_write_bytecode = True  # never write __pycache__ into the official checkouts
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -65,8 +64,14 @@ class _Anything(types.ModuleType):
 
 def stub_torchvision():
     """Put a permissive `torchvision` (transforms, datasets, utils, models) in `sys.modules`."""
-    names = ["torchvision", "torchvision.transforms", "torchvision.datasets", "torchvision.utils",
-             "torchvision.models", "torchvision.transforms.functional"]
+    names = [
+        "torchvision",
+        "torchvision.transforms",
+        "torchvision.datasets",
+        "torchvision.utils",
+        "torchvision.models",
+        "torchvision.transforms.functional",
+    ]
     mods = {n: _Anything(n) for n in names}
     for n, m in mods.items():
         m.__spec__ = importlib.machinery.ModuleSpec(n, None)  # torch._dynamo's find_spec needs one
@@ -120,7 +125,7 @@ def stub_modules(*names):
                 sys.modules[sub] = _WhateverModule(sub)
                 sys.modules[sub].__spec__ = importlib.machinery.ModuleSpec(sub, None)
                 if i > 1:
-                    setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[sub])
+                    setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], sys.modules[sub])
 
 
 def import_real_torchvision():
@@ -144,8 +149,9 @@ def load_cifar10(split, indices, path="/work/shared/data/cifar10_jpeg_bytes.npz"
 
     data = np.load(path)
     raw, offsets, labels = data[f"{split}_jpeg"], data[f"{split}_offsets"], data[f"{split}_y"]
-    images = [np.asarray(Image.open(io.BytesIO(raw[offsets[i]:offsets[i + 1]].tobytes())).convert("RGB"))
-              for i in indices]
+    images = [
+        np.asarray(Image.open(io.BytesIO(raw[offsets[i] : offsets[i + 1]].tobytes())).convert("RGB")) for i in indices
+    ]
     return np.stack(images), labels[np.asarray(indices)].astype(np.int64)
 
 
@@ -169,7 +175,7 @@ class FixedLoader:
         if self.per_epoch is None:
             return iter(list(self.batches))
         start, self._epoch = self._epoch, self._epoch + 1
-        return iter(self.batches[start * self.per_epoch:(start + 1) * self.per_epoch])
+        return iter(self.batches[start * self.per_epoch : (start + 1) * self.per_epoch])
 
     def __next__(self):
         batch = self.batches[self._next % len(self.batches)]
@@ -225,12 +231,42 @@ def frame_locals(function_name, depth_limit=50):
 
 
 # ----------------------------------------------------------------------------- random tape
-_TORCH_FUNCS = ("randn", "rand", "randint", "randn_like", "rand_like", "randint_like", "randperm",
-                "normal", "bernoulli", "multinomial", "poisson")
-_TENSOR_METHODS = ("uniform_", "normal_", "random_", "bernoulli_", "exponential_", "geometric_",
-                   "log_normal_", "cauchy_")
-_NUMPY_FUNCS = ("rand", "randn", "randint", "random", "choice", "permutation", "shuffle", "uniform",
-                "normal", "beta", "binomial")
+_TORCH_FUNCS = (
+    "randn",
+    "rand",
+    "randint",
+    "randn_like",
+    "rand_like",
+    "randint_like",
+    "randperm",
+    "normal",
+    "bernoulli",
+    "multinomial",
+    "poisson",
+)
+_TENSOR_METHODS = (
+    "uniform_",
+    "normal_",
+    "random_",
+    "bernoulli_",
+    "exponential_",
+    "geometric_",
+    "log_normal_",
+    "cauchy_",
+)
+_NUMPY_FUNCS = (
+    "rand",
+    "randn",
+    "randint",
+    "random",
+    "choice",
+    "permutation",
+    "shuffle",
+    "uniform",
+    "normal",
+    "beta",
+    "binomial",
+)
 _RANDOM_FUNCS = ("random", "randint", "choice", "shuffle", "sample", "uniform", "gauss", "randrange")
 
 
@@ -256,7 +292,8 @@ class RandomTape:
         for info in inspect.stack()[2:]:
             path = os.path.realpath(info.filename)
             if any(path.startswith(r + os.sep) for r in self.roots):
-                return f"{os.path.relpath(path, next(r for r in self.roots if path.startswith(r + os.sep)))}:{info.lineno}:{info.function}"
+                root = next(r for r in self.roots if path.startswith(r + os.sep))
+                return f"{os.path.relpath(path, root)}:{info.lineno}:{info.function}"
         return "outside"
 
     def _record(self, name, value):
@@ -312,7 +349,7 @@ class RandomTape:
         fresh re-initialisation samples that never enter the step, stored as 0 (they compress)."""
         for i, (step, name, site, value) in enumerate(self.draws):
             if f"{name}@{site}".startswith(draw_site):
-                nxt = next(d for d in self.draws[i + 1:] if d[1] == mask_name)
+                nxt = next(d for d in self.draws[i + 1 :] if d[1] == mask_name)
                 rows = picked(nxt[3]).reshape((-1,) + (1,) * (value.ndim - 1))
                 self.draws[i] = (step, name, site, np.where(rows, value, 0).astype(value.dtype))
 
@@ -444,6 +481,8 @@ class Golden:
         size = os.path.getsize(path)
         print(f"wrote {path}: {len(arrays)} arrays, {size / 1e6:.2f} MB")
         if size > max_bytes:
-            raise SystemExit(f"{path} is {size / 1e6:.2f} MB, over the {max_bytes / 1e6:.1f} MB budget: "
-                             "use a smaller network, batch or buffer")
+            raise SystemExit(
+                f"{path} is {size / 1e6:.2f} MB, over the {max_bytes / 1e6:.1f} MB budget: "
+                "use a smaller network, batch or buffer"
+            )
         return path

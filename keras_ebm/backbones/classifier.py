@@ -1,13 +1,27 @@
 """`build_classifier`: a backbone plus a linear head, the logits network every trainer uses."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 
 from keras_ebm.backbones.wide_resnet import torch_bias_initializer, torch_kernel_initializer
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 BACKBONE_NAME = "backbone"
 
 
-def build_classifier(backbone, num_classes, input_shape=None, torch_init=True, head=None, name="classifier"):
+def build_classifier(
+    backbone: keras.Model,
+    num_classes: int,
+    input_shape: tuple[int | None, int | None, int] | None = None,
+    torch_init: bool = True,
+    head: Callable[[int], keras.layers.Layer] | None = None,
+    name: str = "classifier",
+) -> keras.Model:
     """Images -> logits `[batch, num_classes]`: a backbone and a Dense head (JEM's `class_output`).
 
     The logits model is what trainers take as `network`; the energy is read from its logits
@@ -74,7 +88,7 @@ def build_classifier(backbone, num_classes, input_shape=None, torch_init=True, h
     return keras.Model(inputs, logits, name=name)
 
 
-def feature_extractor(classifier):
+def feature_extractor(classifier: keras.Model) -> keras.Model:
     """The feature model `images -> [batch, dim]` inside a `build_classifier` model (shared weights)."""
     try:
         return classifier.get_layer(BACKBONE_NAME)

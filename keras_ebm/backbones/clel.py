@@ -10,11 +10,17 @@
   BatchNorm and a 2-layer MLP head (Linear-BN-ReLU-Linear), the SimCLR encoder of CLEL.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 
+from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
 from keras_ebm.backbones.padding import conv_with_torch_padding
 
-from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU, Normalization, SpectralNormConv2D
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # CIFAR-10 channel statistics in [0, 1] (CLEL prepends Normalize(mean, std) to both networks).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -68,8 +74,11 @@ def _ebm_resnet(x, widths, blocks, slope, name, order):
             r = LeakyReLU(slope)(r)
             r = _conv(width, 3, f"{prefix}_conv2", sn_update_order=order)(r)
             # 1x1 shortcut without bias only where the width changes (CLEL), identity otherwise.
-            shortcut = h if channels == width else _conv(width, 1, f"{prefix}_shortcut", use_bias=False,
-                                                       sn_update_order=order)(h)
+            shortcut = (
+                h
+                if channels == width
+                else _conv(width, 1, f"{prefix}_shortcut", use_bias=False, sn_update_order=order)(h)
+            )
             h = keras.layers.Add()([shortcut, r])
             channels = width
     h = LeakyReLU(slope)(h)
@@ -77,19 +86,19 @@ def _ebm_resnet(x, widths, blocks, slope, name, order):
 
 
 def build_clel_ebm(
-    size="base",
-    input_shape=(32, 32, 3),
-    widths=None,
-    blocks_per_stage=None,
-    scales=None,
-    head_units=2048,
-    feature_dim=128,
-    negative_slope=0.2,
-    input_mean=CIFAR10_MEAN,
-    input_std=CIFAR10_STD,
-    sn_update_order="u_first",
-    name="clel_ebm",
-):
+    size: str = "base",
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    widths: Sequence[int] | None = None,
+    blocks_per_stage: Sequence[int] | None = None,
+    scales: Sequence[int] | None = None,
+    head_units: int = 2048,
+    feature_dim: int = 128,
+    negative_slope: float = 0.2,
+    input_mean: float | Sequence[float] | None = CIFAR10_MEAN,
+    input_std: float | Sequence[float] | None = CIFAR10_STD,
+    sn_update_order: str = "u_first",
+    name: str = "clel_ebm",
+) -> keras.Model:
     """CLEL's EBM feature network f_theta (Table 2): images -> features `[batch, feature_dim]`.
 
     Pre-activation residual blocks (LeakyReLU -> conv3x3 -> LeakyReLU -> conv3x3, plus an identity
@@ -147,8 +156,13 @@ def build_clel_ebm(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_clel_projection(feature_dim=128, hidden_units=2048, output_dim=128, negative_slope=0.2,
-                          name="clel_projection"):
+def build_clel_projection(
+    feature_dim: int = 128,
+    hidden_units: int = 2048,
+    output_dim: int = 128,
+    negative_slope: float = 0.2,
+    name: str = "clel_projection",
+) -> keras.Model:
     """CLEL's projection g_theta: a bias-free 2-layer MLP with LeakyReLU, `g(u) = W2 lrelu(W1 u)`.
 
     Without biases and with a positively homogeneous activation, g(c u) = c g(u) for every c > 0,
@@ -177,24 +191,28 @@ def _bn(name, synchronized, zero_gamma=False, unbiased=True):
     # PyTorch BN defaults: momentum 0.1 (Keras 0.9), eps 1e-5, unbiased batch variance in the
     # running average (`unbiased`; False: Keras' biased update).
     return BatchNormalization(
-        unbiased_moving_variance=unbiased, momentum=0.9, epsilon=1e-5, synchronized=synchronized,
-        gamma_initializer="zeros" if zero_gamma else "ones", name=name,
+        unbiased_moving_variance=unbiased,
+        momentum=0.9,
+        epsilon=1e-5,
+        synchronized=synchronized,
+        gamma_initializer="zeros" if zero_gamma else "ones",
+        name=name,
     )
 
 
 def build_clel_encoder(
-    input_shape=(32, 32, 3),
-    widths=(64, 128, 256, 512),
-    blocks_per_stage=(2, 2, 2, 2),
-    head_units=2048,
-    output_dim=128,
-    synchronized_bn=False,
-    input_mean=CIFAR10_MEAN,
-    input_std=CIFAR10_STD,
-    stem_width=None,
-    bn_unbiased_variance=True,
-    name="clel_encoder",
-):
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    widths: Sequence[int] = (64, 128, 256, 512),
+    blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+    head_units: int = 2048,
+    output_dim: int = 128,
+    synchronized_bn: bool = False,
+    input_mean: float | Sequence[float] | None = CIFAR10_MEAN,
+    input_std: float | Sequence[float] | None = CIFAR10_STD,
+    stem_width: int | None = None,
+    bn_unbiased_variance: bool = True,
+    name: str = "clel_encoder",
+) -> keras.Model:
     """CLEL's latent encoder h_phi: CIFAR ResNet-18 + MLP head, images -> `[batch, output_dim]`.
 
     torchvision's ResNet-18 with a 3x3 stride-1 stem (no bias) and no max-pool, BasicBlocks with
@@ -233,22 +251,26 @@ def build_clel_encoder(
     inputs = keras.Input(tuple(int(d) for d in input_shape))
     x = _normalize(inputs, input_mean, input_std, int(input_shape[-1]), f"{name}_normalize")
     channels = int(stem_width or widths[0])
-    h = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False, kernel_initializer=conv_init,
-                            name=f"{name}_stem")(x)
+    h = keras.layers.Conv2D(
+        channels, 3, padding="same", use_bias=False, kernel_initializer=conv_init, name=f"{name}_stem"
+    )(x)
     h = keras.layers.ReLU()(_bn(f"{name}_stem_bn", synchronized_bn, unbiased=unbiased)(h))
     for s, (width, blocks) in enumerate(zip(widths, blocks_per_stage)):
         for b in range(blocks):
             stride = 2 if (s > 0 and b == 0) else 1
             prefix = f"{name}_s{s}b{b}"
-            r = conv_with_torch_padding(dict(filters=width, use_bias=False, kernel_initializer=conv_init),
-                                        3, stride, f"{prefix}_conv1")(h)
+            r = conv_with_torch_padding(
+                dict(filters=width, use_bias=False, kernel_initializer=conv_init), 3, stride, f"{prefix}_conv1"
+            )(h)
             r = keras.layers.ReLU()(_bn(f"{prefix}_bn1", synchronized_bn, unbiased=unbiased)(r))
-            r = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                    kernel_initializer=conv_init, name=f"{prefix}_conv2")(r)
+            r = keras.layers.Conv2D(
+                width, 3, padding="same", use_bias=False, kernel_initializer=conv_init, name=f"{prefix}_conv2"
+            )(r)
             r = _bn(f"{prefix}_bn2", synchronized_bn, zero_gamma=True, unbiased=unbiased)(r)
             if stride != 1 or channels != width:
-                h = keras.layers.Conv2D(width, 1, strides=stride, use_bias=False,
-                                        kernel_initializer=conv_init, name=f"{prefix}_down")(h)
+                h = keras.layers.Conv2D(
+                    width, 1, strides=stride, use_bias=False, kernel_initializer=conv_init, name=f"{prefix}_down"
+                )(h)
                 h = _bn(f"{prefix}_down_bn", synchronized_bn, unbiased=unbiased)(h)
             h = keras.layers.ReLU()(keras.layers.Add()([h, r]))
             channels = width

@@ -2,14 +2,23 @@
 
 `SpectralNormConv2D`: a `Conv2D` whose kernel is *parametrised* as W / sigma(W) (Miyato et al. 2018),
 as `torch.nn.utils.parametrizations.spectral_norm` does. `keras.layers.SpectralNormalization` is not
-a substitute (keras/src/layers/normalization/spectral_normalization.py): it overwrites the wrapped kernel with W / sigma on every training call
+a substitute (keras/src/layers/normalization/spectral_normalization.py):
+it overwrites the wrapped kernel with W / sigma on every training call
 and treats sigma as a constant, so 60 SGLD forward passes re-normalise the kernel 60 times and the
 gradient ignores sigma.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 
 def _l2_normalize(t, eps=1e-12):
@@ -29,10 +38,10 @@ class SpectralNormConv2D(keras.layers.Conv2D):
         u <- normalize(W v);  v <- normalize(W^T u)      (power_iterations times, training only)
         sigma = u^T W v                                  (u, v held constant: stop_gradient)
 
-in the order of `torch.nn.utils.parametrizations.spectral_norm` (`update_order="u_first"`, the
-default; hankook/CLEL uses it). The older `torch.nn.utils.spectral_norm` updates v first
-(`update_order="v_first"`); unconverged, the two give slightly different sigma (sigma = ||W^T u||
-against ||W v||), a 1e-4 relative difference in CLEL's energies after a few steps.
+    in the order of `torch.nn.utils.parametrizations.spectral_norm` (`update_order="u_first"`, the
+    default; hankook/CLEL uses it). The older `torch.nn.utils.spectral_norm` updates v first
+    (`update_order="v_first"`); unconverged, the two give slightly different sigma (sigma = ||W^T u||
+    against ||W v||), a 1e-4 relative difference in CLEL's energies after a few steps.
 
     so the gradient with respect to W flows through sigma (d sigma / dW = u v^T) as in
     `torch.nn.utils.parametrizations.spectral_norm`. In inference mode (`training=False`) the stored
@@ -83,15 +92,20 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
     """
 
     def __init__(
-        self, filters, kernel_size, power_iterations=1, eps=1e-12, n_power_iterations_at_build=None,
-        update_order="u_first", **kwargs,
-    ):
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        power_iterations: int = 1,
+        eps: float = 1e-12,
+        n_power_iterations_at_build: int | None = None,
+        update_order: str = "u_first",
+        **kwargs: Any,
+    ) -> None:
         if update_order not in ("u_first", "v_first"):
             raise ValueError(f"`update_order` must be 'u_first' or 'v_first'. Received: update_order={update_order!r}")
         if int(power_iterations) < 1:
             raise ValueError(
-                "`power_iterations` must be an integer >= 1. "
-                f"Received: power_iterations={power_iterations}"
+                f"`power_iterations` must be an integer >= 1. Received: power_iterations={power_iterations}"
             )
         if n_power_iterations_at_build is not None and int(n_power_iterations_at_build) < 0:
             raise ValueError(
@@ -106,11 +120,12 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
         super().__init__(filters, kernel_size, **kwargs)
         self.power_iterations = int(power_iterations)
         self.n_power_iterations_at_build = (
-            None if n_power_iterations_at_build is None else int(n_power_iterations_at_build))
+            None if n_power_iterations_at_build is None else int(n_power_iterations_at_build)
+        )
         self.eps = float(eps)
         self.update_order = update_order
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         super().build(input_shape)
         rows = int(self.filters)
         cols = 1
@@ -161,7 +176,7 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
         # [out, kh * kw * in], the orientation of PyTorch's weight.flatten(1).
         return tf.transpose(tf.reshape(kernel, [-1, self.filters]))
 
-    def spectral_norm(self, training=False):
+    def spectral_norm(self, training: bool = False) -> tf.Tensor:
         """sigma(W) (a scalar tensor, differentiable in W); power iteration when `training`."""
         kernel = tf.convert_to_tensor(self.kernel)
         w = self._weight_matrix(kernel)
@@ -175,11 +190,11 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
         v = tf.stop_gradient(v)
         return tf.tensordot(u, tf.linalg.matvec(w, v), axes=1)
 
-    def normalized_kernel(self, training=False):
+    def normalized_kernel(self, training: bool = False) -> tf.Tensor:
         """W / sigma(W), shape `[kh, kw, in, out]`."""
         return self.kernel / self.spectral_norm(training=training)
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         kernel = self.normalized_kernel(training=bool(training))
         outputs = self.convolution_op(inputs, tf.cast(kernel, inputs.dtype))
         if self.use_bias:
@@ -190,20 +205,22 @@ against ||W v||), a 1e-4 relative difference in CLEL's energies after a few step
 
     # `Conv2D` saves only its kernel and bias in `.keras` files; the power-iteration vectors u, v
     # are state too (inference uses them as stored), so every variable is saved, in Layer order.
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         keras.layers.Layer.save_own_variables(self, store)
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         keras.layers.Layer.load_own_variables(self, store)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({
-            "power_iterations": self.power_iterations,
-            "eps": self.eps,
-            "n_power_iterations_at_build": self.n_power_iterations_at_build,
-            "update_order": self.update_order,
-        })
+        config.update(
+            {
+                "power_iterations": self.power_iterations,
+                "eps": self.eps,
+                "n_power_iterations_at_build": self.n_power_iterations_at_build,
+                "update_order": self.update_order,
+            }
+        )
         return config
 
 
@@ -214,11 +231,12 @@ class LeakyReLU(keras.layers.LeakyReLU):
     TensorFlow's `LeakyRelu` kernel takes the slope as a float32 attribute (0.2 -> 0.200000003), so
     a float64 network computes with a slope 1.5e-8 off PyTorch's `nn.LeakyReLU(0.2)` (a double):
     enough to break float64 parity at 1e-10 (tests/test_parity_jem.py). In float64 this layer
-    computes `where(x > 0, x, slope * x)` (gradient `slope` at 0, as PyTorch) with a float64 slope; in every other dtype it is Keras'
+    computes `where(x > 0, x, slope * x)` (gradient `slope` at 0,
+    as PyTorch) with a float64 slope; in every other dtype it is Keras'
     layer, bit for bit.
     """
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         if keras.backend.standardize_dtype(inputs.dtype) != "float64":
             return super().call(inputs)
         slope = tf.constant(self.negative_slope, tf.float64)
@@ -239,7 +257,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     Keras' layer, bit for bit. Masks are not supported with the unbiased update.
     """
 
-    def __init__(self, unbiased_moving_variance=False, **kwargs):
+    def __init__(self, unbiased_moving_variance: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.unbiased_moving_variance = bool(unbiased_moving_variance)
 
@@ -248,7 +266,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
         self._batch_variance = variance  # read by `call` in the same trace
         return mean, variance
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs: tf.Tensor, training: bool | None = None, mask: tf.Tensor | None = None) -> tf.Tensor:
         if not (self.unbiased_moving_variance and training and self.trainable) or self.renorm:
             return super().call(inputs, training=training, mask=mask)
         if mask is not None:
@@ -268,12 +286,15 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 n = n * ctx.num_replicas_in_sync
         unbiased = variance * n / (n - 1.0)
         # Replaces the biased update Keras just made (its moving average, the unbiased batch term).
-        self.moving_variance.assign(tf.cast(
-            tf.cast(moving_variance, variance.dtype) * self.momentum + unbiased * (1.0 - self.momentum),
-            self.moving_variance.dtype))
+        self.moving_variance.assign(
+            tf.cast(
+                tf.cast(moving_variance, variance.dtype) * self.momentum + unbiased * (1.0 - self.momentum),
+                self.moving_variance.dtype,
+            )
+        )
         return outputs
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["unbiased_moving_variance"] = self.unbiased_moving_variance
         return config
@@ -289,7 +310,9 @@ class Normalization(keras.layers.Normalization):
     same float32 constants as Keras' layer (float64 -> float32 rounds as Python float -> float32).
     """
 
-    def __init__(self, mean=None, variance=None, **kwargs):
+    def __init__(
+        self, mean: Sequence[float] | None = None, variance: Sequence[float] | None = None, **kwargs: Any
+    ) -> None:
         if mean is not None:
             mean = np.asarray(mean, np.float64)
         if variance is not None:

@@ -10,10 +10,22 @@ explicitly (`ZeroPadding2D(k // 2)` then a "valid" convolution), which gives PyT
 `floor((n + 2p - k) / s) + 1` (= ceil(n / 2) for k = 3, s = 2) and PyTorch's alignment.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-def conv_with_torch_padding(conv_kwargs, kernel_size, strides, name):
+    import tensorflow as tf
+
+
+def conv_with_torch_padding(
+    conv_kwargs: dict[str, Any], kernel_size: int, strides: int, name: str
+) -> Callable[[tf.Tensor], tf.Tensor]:
     """A callable `h -> conv(pad(h))` padding `kernel_size // 2` on every side like PyTorch.
 
     Stride-1 convolutions (and 1x1 kernels, which PyTorch does not pad) keep Keras' "same", which

@@ -1,11 +1,24 @@
 """A tiny CNN for tests, the quickstart and CPU smoke runs (any input size, any channel count)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 
 from keras_ebm.backbones.wide_resnet import _validate_norm
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def TinyCNN(channels=(16, 32), norm=None, leak=0.2, input_shape=(None, None, 3), name="tiny_cnn"):
+
+def TinyCNN(
+    channels: Sequence[int] = (16, 32),
+    norm: str | None = None,
+    leak: float = 0.2,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    name: str = "tiny_cnn",
+) -> keras.Model:
     """Stride-2 3x3 convolutions with LeakyReLU, then global average pooling.
 
     Each convolution ("same" padding, stride 2) maps a size s to ceil(s / 2), so any input size

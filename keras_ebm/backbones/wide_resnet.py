@@ -1,4 +1,5 @@
-"""WideResNet as used by JEM, HDGE, GMMC, JEM++ and SADA-JEM (wgrathwohl/JEM wideresnet.py, copied by the HDGE, GMMC, JEMPP and SADAJEM repositories).
+"""WideResNet as used by JEM, HDGE, GMMC, JEM++ and SADA-JEM (wgrathwohl/JEM wideresnet.py,
+copied by the HDGE, GMMC, JEMPP and SADAJEM repositories).
 
 Zagoruyko & Komodakis 2016 (arXiv:1605.07146), in the pre-activation form of the JEM code:
 
@@ -17,18 +18,20 @@ and PyTorch's default initialisation, U(+-1/sqrt(fan_in)) for weights *and* bias
 glorot_uniform weights and zero biases).
 """
 
+from __future__ import annotations
+
 import math
 import numbers
 
 import keras
 
-from keras_ebm.backbones.padding import conv_with_torch_padding
 from keras_ebm.backbones.layers import BatchNormalization, LeakyReLU
+from keras_ebm.backbones.padding import conv_with_torch_padding
 
 NORMS = (None, "none", "batch")
 
 
-def torch_kernel_initializer():
+def torch_kernel_initializer() -> keras.initializers.Initializer:
     """PyTorch's default conv/linear weight init as a Keras initializer.
 
     PyTorch uses kaiming_uniform(a=sqrt(5)), i.e. U(-b, b) with b = sqrt(6 / ((1 + 5) * fan_in))
@@ -38,7 +41,7 @@ def torch_kernel_initializer():
     return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
-def torch_bias_initializer(fan_in):
+def torch_bias_initializer(fan_in: int) -> keras.initializers.Initializer:
     """PyTorch's default conv/linear bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
     Keras initializers only see the bias shape `[filters]`, not the fan-in of the layer, so the
@@ -70,32 +73,34 @@ def _conv(filters, kernel_size, strides, fan_in, torch_init, name):
 
 def _norm(norm, bn_momentum, bn_epsilon, name, unbiased=True):
     if norm == "batch":
-        return BatchNormalization(momentum=bn_momentum, epsilon=bn_epsilon, unbiased_moving_variance=unbiased,
-                                  name=name)
+        return BatchNormalization(
+            momentum=bn_momentum, epsilon=bn_epsilon, unbiased_moving_variance=unbiased, name=name
+        )
     # An Identity layer (rather than skipping) keeps layer names the same with and without norm.
     return keras.layers.Identity(name=name)
 
 
 def WideResNet(
-    depth=28,
-    width=10,
-    norm=None,
-    dropout=0.0,
-    leak=0.2,
-    bn_momentum=0.1,
-    bn_epsilon=1e-5,
-    bn_unbiased_variance=True,
-    torch_init=True,
-    input_shape=(None, None, 3),
-    name=None,
-):
+    depth: int = 28,
+    width: int = 10,
+    norm: str | None = None,
+    dropout: float = 0.0,
+    leak: float = 0.2,
+    bn_momentum: float = 0.1,
+    bn_epsilon: float = 1e-5,
+    bn_unbiased_variance: bool = True,
+    torch_init: bool = True,
+    input_shape: tuple[int | None, int | None, int] = (None, None, 3),
+    name: str | None = None,
+) -> keras.Model:
     """The JEM-family WideResNet feature extractor: images -> `[batch, 64 * width]` features.
 
     The reference ends with a fixed 8x8 average pool, which on its 32x32 inputs (8x8 final maps) is
     exactly a global average pool. This port uses `GlobalAveragePooling2D` instead, so the network
     accepts any input size, odd ones included (stride-2 convolutions pad 1 on every side as PyTorch,
     `keras_ebm.backbones.padding`, giving ceil(size / 2)),
-    and never silently drops rows on non-square inputs (the CelebA `Resize(32)` trap of the official evaluation scripts).
+    and never silently drops rows on non-square inputs (the
+    CelebA `Resize(32)` trap of the official evaluation scripts).
 
     Parameter counts (WRN-28-10, 32x32x3, `build_classifier(..., num_classes=10)` on top):
     without BN the backbone has 36,464,928 parameters and the classifier 36,471,338. The reference
@@ -182,9 +187,7 @@ def WideResNet(
             h = _conv(out_channels, 3, stride, 9 * out_channels, torch_init, f"{prefix}_conv2")(h)
             if stride != 1 or channels != out_channels:
                 # On the raw block input, not the normalised/activated one (as the reference).
-                shortcut = _conv(out_channels, 1, stride, channels, torch_init, f"{prefix}_shortcut")(
-                    block_input
-                )
+                shortcut = _conv(out_channels, 1, stride, channels, torch_init, f"{prefix}_shortcut")(block_input)
             else:
                 shortcut = block_input
             h = keras.layers.Add(name=f"{prefix}_add")([h, shortcut])

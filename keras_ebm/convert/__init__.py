@@ -13,15 +13,25 @@ built keras_ebm trainer of the matching architecture, assigns every weight, and 
 Submodules are imported here automatically, so adding a codebase touches only its own file.
 """
 
+from __future__ import annotations
+
 import importlib
 import pkgutil
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    import keras
 
 _CONVERTERS = {}
 
 
-def register(method):
+def register(method: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register `fn(state_dict, trainer, **options)` as the converter of `method`."""
 
     def decorator(fn):
@@ -33,12 +43,12 @@ def register(method):
     return decorator
 
 
-def methods():
+def methods() -> tuple[str, ...]:
     """The names `convert_official` accepts."""
     return tuple(sorted(_CONVERTERS))
 
 
-def convert_official(method, state_dict, trainer, **options):
+def convert_official(method: str, state_dict: Mapping[str, Any], trainer: keras.Model, **options: Any) -> keras.Model:
     """Assign an official PyTorch state dict (name -> array or tensor) to `trainer`; returns it."""
     if method not in _CONVERTERS:
         raise ValueError(f"No converter for {method!r}: choose one of {methods()}.")
@@ -46,7 +56,7 @@ def convert_official(method, state_dict, trainer, **options):
     return _CONVERTERS[method](arrays, trainer, **options)
 
 
-def load_torch_state_dict(path, key=None):
+def load_torch_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
     """Read a `.pt` / `.pth` file into {name: NumPy array} (needs torch: `pip install torch`).
 
     Official checkpoints nest the weights (`{"model_state_dict": ..., "replay_buffer": ...}`);
@@ -57,7 +67,8 @@ def load_torch_state_dict(path, key=None):
     except ImportError as e:
         raise ImportError(
             f"Reading {path} needs PyTorch (a CPU build is enough: `pip install torch`). "
-            "Without it, pass convert_official a dict of NumPy arrays instead.") from e
+            "Without it, pass convert_official a dict of NumPy arrays instead."
+        ) from e
     obj = torch.load(path, map_location="cpu", weights_only=False)
     if key is not None:
         obj = obj[key]

@@ -15,9 +15,19 @@ normalisation (checked). The official EBM latent is g(f); ours is g(f / ||f||) -
 direction (g is bias-free and positively homogeneous), so every cosine and score agrees.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.convert import register
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from keras_ebm.trainers.clel import CLEL
 
 
 def _conv(w):
@@ -50,16 +60,19 @@ class _Assigner:
             return
         value = np.asarray(value)
         if tuple(variable.shape) != value.shape:
-            self.errors.append(f"{self.what}{key} has shape {value.shape}, "
-                               f"{variable.path} needs {tuple(variable.shape)}")
+            self.errors.append(
+                f"{self.what}{key} has shape {value.shape}, {variable.path} needs {tuple(variable.shape)}"
+            )
             return
         variable.assign(value.astype(variable.dtype))
         self.assigned.add(id(variable))
 
     def layer(self, name):
         if name not in self.layers:
-            self.errors.append(f"{self.model.name} has no layer {name!r} for {self.what}* "
-                               f"(its architecture differs from the official one)")
+            self.errors.append(
+                f"{self.model.name} has no layer {name!r} for {self.what}* "
+                f"(its architecture differs from the official one)"
+            )
             return None
         return self.layers[name]
 
@@ -71,7 +84,10 @@ class _Assigner:
             w = self.take(f"{key}.parametrizations.weight.original")
             if w is not None:
                 self.assign(layer.kernel, _conv(w), key)
-                u, v = self.take(f"{key}.parametrizations.weight.0._u"), self.take(f"{key}.parametrizations.weight.0._v")
+                u, v = (
+                    self.take(f"{key}.parametrizations.weight.0._u"),
+                    self.take(f"{key}.parametrizations.weight.0._v"),
+                )
                 self.assign(layer.sn_u, u, f"{key} _u")
                 if v is not None:
                     self.assign(layer.sn_v, _sn_v(v, w.shape), f"{key} _v")
@@ -96,8 +112,12 @@ class _Assigner:
         layer = self.layer(name)
         if layer is None:
             return
-        for src, dst in (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
-                         ("running_var", "moving_variance")):
+        for src, dst in (
+            ("weight", "gamma"),
+            ("bias", "beta"),
+            ("running_mean", "moving_mean"),
+            ("running_var", "moving_variance"),
+        ):
             self.assign(getattr(layer, dst), self.take(f"{key}.{src}"), f"{key}.{src}")
         self.used.add(f"{key}.num_batches_tracked")
 
@@ -107,20 +127,27 @@ class _Assigner:
         if mean is None or std is None:
             return
         if layer is None:
-            self.errors.append(f"the official network normalises its input ({self.what}{key}) but "
-                               f"{self.model.name} has no {name!r} layer (build it with input_mean/input_std)")
+            self.errors.append(
+                f"the official network normalises its input ({self.what}{key}) but "
+                f"{self.model.name} has no {name!r} layer (build it with input_mean/input_std)"
+            )
             return
         ours_mean = np.asarray(layer.mean).reshape(-1)
         ours_std = np.sqrt(np.asarray(layer.variance).reshape(-1))
         if not (np.allclose(ours_mean, mean, atol=1e-6) and np.allclose(ours_std, std, atol=1e-6)):
-            self.errors.append(f"{self.what}{key} is mean={mean.tolist()}, std={std.tolist()}; "
-                               f"{self.model.name} normalises with mean={ours_mean.tolist()}, std={ours_std.tolist()}")
+            self.errors.append(
+                f"{self.what}{key} is mean={mean.tolist()}, std={std.tolist()}; "
+                f"{self.model.name} normalises with mean={ours_mean.tolist()}, std={ours_std.tolist()}"
+            )
 
     def finish(self):
         left = sorted(set(self.state) - self.used)
         unset = [w.path for w in self.model.weights if id(w) not in self.assigned]
-        return self.errors, [f"unplaced official key {self.what + k!r}" for k in left], \
-            [f"Keras weight {p} ({self.what}*) left unset" for p in unset]
+        return (
+            self.errors,
+            [f"unplaced official key {self.what + k!r}" for k in left],
+            [f"Keras weight {p} ({self.what}*) left unset" for p in unset],
+        )
 
 
 def _scales(state):
@@ -147,8 +174,11 @@ def _ebm(state, network, projection, what):
                     net.conv(f"{key}.shortcut", f"{layer}_shortcut", spectral=True, bias=False)
     net.dense("head.0", f"{name}_head1")
     net.dense("head.2", f"{name}_head2")
-    proj = _Assigner({k[len("projection."):]: v for k, v in state.items() if k.startswith("projection.")},
-                     projection, f"{what}projection.")
+    proj = _Assigner(
+        {k[len("projection.") :]: v for k, v in state.items() if k.startswith("projection.")},
+        projection,
+        f"{what}projection.",
+    )
     proj.dense("0", f"{projection.name}_1")
     proj.dense("2", f"{projection.name}_2")
     return [net.finish(), proj.finish()]
@@ -160,7 +190,7 @@ def _encoder(state, encoder, what):
     enc.normalize("conv1.0", f"{name}_normalize")
     enc.conv("conv1.1", f"{name}_stem", bias=False)
     enc.bn("bn1", f"{name}_stem_bn")
-    stage_ids = sorted({int(k.split(".")[0][len("layer"):]) for k in state if k.startswith("layer")})
+    stage_ids = sorted({int(k.split(".")[0][len("layer") :]) for k in state if k.startswith("layer")})
     for s in stage_ids:
         blocks = sorted({int(k.split(".")[1]) for k in state if k.startswith(f"layer{s}.")})
         for b in blocks:
@@ -179,11 +209,11 @@ def _encoder(state, encoder, what):
 
 
 def _sub(state, prefix):
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 @register("clel")
-def convert_clel(state, trainer, part=None):
+def convert_clel(state: Mapping[str, Any], trainer: CLEL, part: str | None = None) -> CLEL:
     """Assign a hankook/CLEL `JointModel` state dict to a built `keras_ebm.trainers.CLEL`.
 
     Args:
@@ -218,13 +248,17 @@ def convert_clel(state, trainer, part=None):
         memory = np.transpose(np.asarray(state["sampler.memory"]), (0, 2, 3, 1))
         images = trainer.buffer.buffer
         if tuple(images.shape) != memory.shape:
-            leftovers.append(f"sampler.memory has {memory.shape[0]} images of {memory.shape[1:]} (NHWC); "
-                             f"the trainer's buffer holds {tuple(images.shape)}")
+            leftovers.append(
+                f"sampler.memory has {memory.shape[0]} images of {memory.shape[1:]} (NHWC); "
+                f"the trainer's buffer holds {tuple(images.shape)}"
+            )
         else:
             images.assign(memory.astype(images.dtype))
     if not reports:
-        raise ValueError("No CLEL weights found: expected keys starting with 'ebm.' or 'encoder.' "
-                         f"(or pass part='ebm' / 'encoder'). Received keys like {sorted(state)[:5]}")
+        raise ValueError(
+            "No CLEL weights found: expected keys starting with 'ebm.' or 'encoder.' "
+            f"(or pass part='ebm' / 'encoder'). Received keys like {sorted(state)[:5]}"
+        )
     problems = leftovers + [m for errors, left, unset in reports for m in errors + left + unset]
     if problems:
         raise ValueError("Could not convert the CLEL state dict:\n  " + "\n  ".join(problems))

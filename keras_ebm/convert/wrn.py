@@ -27,10 +27,22 @@ default). The architecture itself must match: build the trainer with the officia
 norm and number of classes (`WideResNet(depth, width, norm="batch" or None)`).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.backbones.classifier import feature_extractor
 from keras_ebm.convert import register
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+    import keras
+
+    from keras_ebm.sampling import ReplayBuffer
 
 _CONV = {"kernel": "weight", "bias": "bias"}
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -43,10 +55,11 @@ def _official_layer(name, prefix):
     if name == "final_norm":
         return f"{prefix}bn1"
     if name.startswith("group") and "_block" in name:
-        group, rest = name[len("group"):].split("_block", 1)
+        group, rest = name[len("group") :].split("_block", 1)
         block, part = rest.split("_", 1)
-        official = {"norm1": "bn1", "norm2": "bn2", "conv1": "conv1", "conv2": "conv2",
-                    "shortcut": "shortcut.0"}.get(part)
+        official = {"norm1": "bn1", "norm2": "bn2", "conv1": "conv1", "conv2": "conv2", "shortcut": "shortcut.0"}.get(
+            part
+        )
         if official is not None:
             return f"{prefix}layer{group}.{int(block) - 1}.{official}"
     return None
@@ -64,7 +77,9 @@ def _dense_to_keras(a):
     return a.T if a.ndim == 2 else a
 
 
-def wrn_weight_map(network, prefix="f.", head="class_output"):
+def wrn_weight_map(
+    network: keras.Model, prefix: str = "f.", head: str | None = "class_output"
+) -> dict[str, tuple[Any, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]]:
     """{official name: (keras variable, to_keras, to_official)} for a `build_classifier(WideResNet)`
     network: every weight of the network, under the name the official `state_dict()` gives it.
     `prefix` is the official attribute path of the `Wide_ResNet` ("f." in the JEM family), `head`
@@ -76,8 +91,10 @@ def wrn_weight_map(network, prefix="f.", head="class_output"):
         official = _official_layer(layer.name, prefix)
         if official is None:
             if layer.weights:
-                raise ValueError(f"The backbone layer {layer.name!r} has weights but no official "
-                                 "WideResNet counterpart: is this a keras_ebm WideResNet?")
+                raise ValueError(
+                    f"The backbone layer {layer.name!r} has weights but no official "
+                    "WideResNet counterpart: is this a keras_ebm WideResNet?"
+                )
             continue
         names = _BN if "norm" in layer.name else _CONV
         for v in layer.weights:
@@ -95,7 +112,14 @@ def wrn_weight_map(network, prefix="f.", head="class_output"):
     return mapping
 
 
-def assign_wrn_state(state, network, prefix="f.", head="class_output", ignore=(), buffer=None):
+def assign_wrn_state(
+    state: Mapping[str, Any],
+    network: keras.Model,
+    prefix: str = "f.",
+    head: str | None = "class_output",
+    ignore: Sequence[str] = (),
+    buffer: ReplayBuffer | None = None,
+) -> keras.Model:
     """Assign an official WideResNet state dict ({name: array}) to `network`.
 
     `ignore`: name prefixes of official weights that the official forward does not use.
@@ -103,26 +127,44 @@ def assign_wrn_state(state, network, prefix="f.", head="class_output", ignore=()
     Raises ValueError naming every key it cannot place, every network weight left unset and
     every shape that differs.
     """
-    state = {k[len("model_state_dict/"):] if k.startswith("model_state_dict/") else k: np.asarray(v)
-             for k, v in state.items()}
+    state = {
+        k[len("model_state_dict/") :] if k.startswith("model_state_dict/") else k: np.asarray(v)
+        for k, v in state.items()
+    }
     mapping = wrn_weight_map(network, prefix=prefix, head=head)
-    unplaced = sorted(k for k in state if k not in mapping and not k.endswith("num_batches_tracked")
-                      and not any(k.startswith(p) for p in ignore) and k != "replay_buffer")
+    unplaced = sorted(
+        k
+        for k in state
+        if k not in mapping
+        and not k.endswith("num_batches_tracked")
+        and not any(k.startswith(p) for p in ignore)
+        and k != "replay_buffer"
+    )
     unset = sorted(k for k in mapping if k not in state)
     if unplaced or unset:
         raise ValueError(
             "The official state dict does not match the keras_ebm network: "
-            + (f"keys it cannot place {unplaced} (a different architecture: norm='batch' weights "
-               "into a network without BN, or another codebase's layout?); " if unplaced else "")
-            + (f"network weights it does not set {unset} (build the network with the official "
-               "depth, width, norm and number of classes)" if unset else "")
+            + (
+                f"keys it cannot place {unplaced} (a different architecture: norm='batch' weights "
+                "into a network without BN, or another codebase's layout?); "
+                if unplaced
+                else ""
+            )
+            + (
+                f"network weights it does not set {unset} (build the network with the official "
+                "depth, width, norm and number of classes)"
+                if unset
+                else ""
+            )
         )
     shapes = []
     for name, (variable, to_keras, _) in mapping.items():
         value = to_keras(state[name])
         if tuple(value.shape) != tuple(variable.shape):
-            shapes.append(f"{name}: official {tuple(state[name].shape)} -> {tuple(value.shape)}, "
-                          f"keras {variable.path} {tuple(variable.shape)}")
+            shapes.append(
+                f"{name}: official {tuple(state[name].shape)} -> {tuple(value.shape)}, "
+                f"keras {variable.path} {tuple(variable.shape)}"
+            )
     if shapes:
         raise ValueError("Shapes differ (depth, width or number of classes differ?): " + "; ".join(shapes))
     for name, (variable, to_keras, _) in mapping.items():
@@ -133,17 +175,18 @@ def assign_wrn_state(state, network, prefix="f.", head="class_output", ignore=()
             raise ValueError(
                 f"The checkpoint's replay buffer has {x.shape[0]} images of shape {x.shape[1:]}; the "
                 f"trainer's {tuple(buffer.buffer.shape)}: build the trainer with "
-                f"buffer_size={x.shape[0]}, or drop 'replay_buffer' from the state dict.")
+                f"buffer_size={x.shape[0]}, or drop 'replay_buffer' from the state dict."
+            )
         buffer.buffer.assign(x.astype(buffer.buffer.dtype))
     return network
 
 
-def yopo_canonical(key):
+def yopo_canonical(key: str) -> str | None:
     """The canonical key of a YOPO alias key (see `_yopo_aliases`), or None for any other key."""
     if key.startswith("f.layer_one."):
-        return "f.conv1." + key[len("f.layer_one."):]
+        return "f.conv1." + key[len("f.layer_one.") :]
     if key.startswith("f.other_layers."):
-        index, rest = key[len("f.other_layers."):].split(".", 1)
+        index, rest = key[len("f.other_layers.") :].split(".", 1)
         return (f"f.layer{int(index) + 1}." if int(index) < 3 else "f.bn1.") + rest
     return None
 
@@ -169,11 +212,17 @@ def _yopo_aliases(state):
 
 
 def _convert_jem_family(state, trainer, load_buffer=True):
-    state = _yopo_aliases({k[len("model_state_dict/"):] if k.startswith("model_state_dict/") else k: v
-                           for k, v in state.items()})
-    assign_wrn_state(state, trainer.network, prefix="f.", head="class_output",
-                     ignore=("f.linear.", "energy_output."),
-                     buffer=trainer.buffer if load_buffer else None)
+    state = _yopo_aliases(
+        {k[len("model_state_dict/") :] if k.startswith("model_state_dict/") else k: v for k, v in state.items()}
+    )
+    assign_wrn_state(
+        state,
+        trainer.network,
+        prefix="f.",
+        head="class_output",
+        ignore=("f.linear.", "energy_output."),
+        buffer=trainer.buffer if load_buffer else None,
+    )
     return trainer
 
 

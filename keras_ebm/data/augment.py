@@ -8,9 +8,17 @@ and inside a `tf.function` train step under `tf.distribute` (pass
 Keras 3 has no random-resized-crop and its random layers own stateful generators.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
 
 from keras_ebm.data.pixel_range import check_pixel_range
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 
 def _check_images(x, fn_name):
@@ -39,7 +47,9 @@ def _random_flip(x, seed):
     return tf.where(flip, tf.reverse(x, axis=[2]), x)
 
 
-def pad_crop_flip(x, seed, pad=4, flip=True, pad_mode="REFLECT"):
+def pad_crop_flip(
+    x: tf.Tensor, seed: tf.Tensor, pad: int = 4, flip: bool = True, pad_mode: str = "REFLECT"
+) -> tf.Tensor:
     """Pad, crop back to the original size at a random offset, and flip horizontally.
 
     JEM's / SADA-JEM's CIFAR augmentation (`RandomCrop(32, padding=4, padding_mode="reflect")` +
@@ -60,10 +70,7 @@ def pad_crop_flip(x, seed, pad=4, flip=True, pad_mode="REFLECT"):
     if pad < 0:
         raise ValueError(f"`pad` must be >= 0. Received: pad={pad}")
     if pad_mode.upper() not in ("REFLECT", "SYMMETRIC", "CONSTANT"):
-        raise ValueError(
-            "`pad_mode` must be 'REFLECT', 'SYMMETRIC' or 'CONSTANT'. "
-            f"Received: pad_mode={pad_mode!r}"
-        )
+        raise ValueError(f"`pad_mode` must be 'REFLECT', 'SYMMETRIC' or 'CONSTANT'. Received: pad_mode={pad_mode!r}")
     limit = pad if pad_mode.upper() == "REFLECT" else pad - 1
     small = [d for d in x.shape[1:3] if d is not None and d <= limit]
     if pad_mode.upper() != "CONSTANT" and small:
@@ -76,9 +83,7 @@ def pad_crop_flip(x, seed, pad=4, flip=True, pad_mode="REFLECT"):
         shape = tf.shape(x)
         batch, height, width = shape[0], shape[1], shape[2]
         padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode=pad_mode.upper())
-        offsets = tf.random.stateless_uniform(
-            [batch, 2], crop_seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32
-        )
+        offsets = tf.random.stateless_uniform([batch, 2], crop_seed, minval=0, maxval=2 * pad + 1, dtype=tf.int32)
         # Gathering rows, then columns, per sample is an exact integer crop (no interpolation).
         rows = offsets[:, :1] + tf.range(height)[None, :]
         cols = offsets[:, 1:] + tf.range(width)[None, :]
@@ -112,9 +117,7 @@ def _random_resized_crop(x, seed, crop_scale, aspect_ratio):
         return tf.reshape(box, [4])
 
     boxes = tf.map_fn(sample_box, seeds, fn_output_signature=tf.TensorSpec([4], tf.float32))
-    out = tf.image.crop_and_resize(
-        x, boxes, tf.range(batch), tf.stack([height, width]), method="bilinear"
-    )
+    out = tf.image.crop_and_resize(x, boxes, tf.range(batch), tf.stack([height, width]), method="bilinear")
     return tf.ensure_shape(tf.cast(out, x.dtype), x.shape)
 
 
@@ -151,16 +154,16 @@ def _color_jitter(u, seed, strength, channels):
 
 
 def simclr_augment(
-    x,
-    seed,
-    pixel_range=(-1.0, 1.0),
-    crop_scale=(0.08, 1.0),
-    aspect_ratio=(3.0 / 4.0, 4.0 / 3.0),
-    jitter_strength=0.5,
-    jitter_prob=0.8,
-    grayscale_prob=0.2,
-    flip=True,
-):
+    x: tf.Tensor,
+    seed: tf.Tensor,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    crop_scale: tuple[float, float] = (0.08, 1.0),
+    aspect_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    jitter_strength: float = 0.5,
+    jitter_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+    flip: bool = True,
+) -> tf.Tensor:
     """SimCLR's "strong" augmentation, per sample: resized crop, colour jitter, grayscale, flip.
 
     CLEL's encoder/sampler augmentation (kornia `RandomResizedCrop(scale=(0.08, 1))`,
@@ -192,9 +195,7 @@ def simclr_augment(
     lo, hi = check_pixel_range(pixel_range)
     channels = x.shape[-1]
     if channels is None:
-        raise ValueError(
-            f"`simclr_augment` needs a static number of channels. Received: x.shape={x.shape}"
-        )
+        raise ValueError(f"`simclr_augment` needs a static number of channels. Received: x.shape={x.shape}")
     crop_seed, jitter_seed, jitter_mask_seed, gray_seed, flip_seed = _split_seed(seed, 5)
     batch = tf.shape(x)[0]
     dtype = x.dtype
@@ -220,7 +221,9 @@ def simclr_augment(
 AUGMENTATIONS = ("pad_crop_flip", "pad_crop", "simclr", "none")
 
 
-def augment_fn(name, pixel_range=(-1.0, 1.0), **kwargs):
+def augment_fn(
+    name: str | None, pixel_range: tuple[float, float] = (-1.0, 1.0), **kwargs: Any
+) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """An augmentation `fn(x, seed) -> x` by name.
 
     Args:

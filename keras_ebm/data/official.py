@@ -19,6 +19,8 @@ sources "cifar10_python", "cifar100_python" and "svhn_mat" and finds the files (
   reads them too).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import io
 import os
@@ -26,9 +28,13 @@ import pathlib
 import pickle
 import tarfile
 import zlib
-from typing import Tuple
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -46,8 +52,8 @@ class OfficialFormat:
         prepared: the file name `python -m keras_ebm.data.prepare` writes (searched first).
     """
 
-    names: Tuple[str, ...]
-    splits: Tuple[str, ...]
+    names: tuple[str, ...]
+    splits: tuple[str, ...]
     url: str
     prepared: str
 
@@ -65,9 +71,7 @@ FORMATS = {
         CIFAR_URL,
         "cifar100_python.npz",
     ),
-    "svhn_mat": OfficialFormat(
-        ("{split}_32x32.mat",), ("train", "test", "extra"), SVHN_URL, "svhn_mat.npz"
-    ),
+    "svhn_mat": OfficialFormat(("{split}_32x32.mat",), ("train", "test", "extra"), SVHN_URL, "svhn_mat.npz"),
 }
 
 # name -> (batch files of each split, meta file, label key, class-name key) per label mode
@@ -159,7 +163,7 @@ def _read_members(path, members):
     return found
 
 
-def read_cifar_python(path, name, split):
+def read_cifar_python(path: str | os.PathLike, name: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One split of CIFAR-10 ("cifar10_python") or CIFAR-100 ("cifar100_python"), python version.
 
     Args:
@@ -186,9 +190,7 @@ def read_cifar_python(path, name, split):
             raise ValueError(f"{where} has no {missing} entries. Received: keys={sorted(batch)}")
         data = np.asarray(batch["data"])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise ValueError(
-                f"'data' in {where} must be uint8 [N, 3072]. Received: {data.dtype} {data.shape}"
-            )
+            raise ValueError(f"'data' in {where} must be uint8 [N, 3072]. Received: {data.dtype} {data.shape}")
         # Rows are [R(1024) G(1024) B(1024)], each channel row-major: CHW -> HWC.
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         for m in modes:
@@ -201,7 +203,7 @@ def read_cifar_python(path, name, split):
     return np.ascontiguousarray(np.concatenate(xs)), labels
 
 
-def read_svhn_mat(path):
+def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
     """One SVHN cropped-digits file (`train_32x32.mat`, `test_32x32.mat` or `extra_32x32.mat`).
 
     Returns:
@@ -213,9 +215,7 @@ def read_svhn_mat(path):
     try:
         mat = scipy_io.loadmat(str(path), variable_names=["X", "y"])
     except Exception as e:  # scipy raises several types for a wrong file
-        raise ValueError(
-            f"{path} is not an SVHN .mat file (Format 2, cropped digits, from {SVHN_URL}): {e}"
-        ) from e
+        raise ValueError(f"{path} is not an SVHN .mat file (Format 2, cropped digits, from {SVHN_URL}): {e}") from e
     if "X" not in mat or "y" not in mat:
         found = sorted(k for k in mat if not k.startswith("__"))
         raise ValueError(
@@ -233,7 +233,9 @@ def read_svhn_mat(path):
     return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), {"fine": (labels, names)}
 
 
-def read_prepared(path, name, split):
+def read_prepared(
+    path: str | os.PathLike, name: str, split: str
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
     """One split of an npz `write_prepared` wrote for the source `name` (as `read_official_all`)."""
     with np.load(path, allow_pickle=False) as f:
         made_from = str(f[_PREPARED_MARKER]) if _PREPARED_MARKER in f.files else None
@@ -265,7 +267,9 @@ def _prepared_keys(split):
     }
 
 
-def read_official_all(path, name, split):
+def read_official_all(
+    path: str | os.PathLike, name: str, split: str
+) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]:
     """`(x, {label_mode: (labels, class_names)})` of `split` of the official source `name` read from
     `path`: its archive, folder or `.mat` file, or the npz `write_prepared` made from them."""
     path = pathlib.Path(path)
@@ -276,18 +280,25 @@ def read_official_all(path, name, split):
     return read_cifar_python(path, name, split)
 
 
-def read_official(path, name, split, label_mode="fine"):
+def read_official(
+    path: str | os.PathLike, name: str, split: str, label_mode: str = "fine"
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`(x uint8 [N, 32, 32, 3], labels int64 [N], class_names)` of `split`, one label mode."""
     x, labels = read_official_all(path, name, split)
     if label_mode not in labels:
         raise ValueError(
-            f"The '{name}' source has the label modes {sorted(labels)}. "
-            f"Received: label_mode={label_mode!r}"
+            f"The '{name}' source has the label modes {sorted(labels)}. Received: label_mode={label_mode!r}"
         )
     return (x,) + labels[label_mode]
 
 
-def write_prepared(output, name, splits, read_split, log=print):
+def write_prepared(
+    output: str | os.PathLike,
+    name: str,
+    splits: Sequence[str],
+    read_split: Callable[[str], tuple[np.ndarray, dict[str, tuple[np.ndarray, list[str]]]]],
+    log: Callable[[str], Any] = print,
+) -> dict[str, int]:
     """Write the splits of the official source `name` into one uncompressed npz, atomically.
 
     Args:

@@ -7,13 +7,22 @@ two independently shuffled loaders of SADA-JEM (augmented classifier batch, plai
 `load_arrays` returns numpy arrays for evaluation.
 """
 
+from __future__ import annotations
+
 import warnings
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
 from keras_ebm.data import augment as augment_lib
 from keras_ebm.data import pixel_range as pixel_range_lib
 from keras_ebm.data import sources
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    import numpy as np
 
 _MAX_SHUFFLE_BUFFER = 60_000  # all of CIFAR-10 train (150 MB of uint8): a full shuffle, as JEM
 _UNKNOWN_SIZE_SHUFFLE_BUFFER = 10_000
@@ -71,24 +80,24 @@ def _resolve_augment(augment, pixel_range):
 
 
 def make_dataset(
-    name,
-    split,
-    global_batch_size,
+    name: str,
+    split: str,
+    global_batch_size: int,
     *,
-    input_context=None,
-    pixel_range=(-1.0, 1.0),
-    augment=None,
-    shuffle=None,
-    repeat=None,
-    drop_remainder=None,
-    dequantize_noise=0.0,
-    uniform_dequantize=False,
-    seed=0,
-    shuffle_buffer=None,
-    cache=False,
-    require_labels=True,
-    **source_kwargs,
-):
+    input_context: tf.distribute.InputContext | None = None,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    augment: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    shuffle: bool | None = None,
+    repeat: bool | None = None,
+    drop_remainder: bool | None = None,
+    dequantize_noise: float = 0.0,
+    uniform_dequantize: bool = False,
+    seed: int = 0,
+    shuffle_buffer: int | None = None,
+    cache: bool = False,
+    require_labels: bool = True,
+    **source_kwargs: Any,
+) -> tf.data.Dataset:
     """A batched `tf.data.Dataset` of `(x float32 [b, H, W, C] in pixel_range, y int32 [b])`.
 
     Order of operations: load (`load_source`) -> shard (several input pipelines) -> cache ->
@@ -130,9 +139,7 @@ def make_dataset(
     _check_batch_size(global_batch_size, "global_batch_size")
     pixel_range_lib.check_pixel_range(pixel_range)
     if dequantize_noise < 0:
-        raise ValueError(
-            f"`dequantize_noise` must be >= 0. Received: dequantize_noise={dequantize_noise!r}"
-        )
+        raise ValueError(f"`dequantize_noise` must be >= 0. Received: dequantize_noise={dequantize_noise!r}")
     augment_fn = _resolve_augment(augment, pixel_range)
     train = _is_train(split)
     shuffle = train if shuffle is None else shuffle
@@ -162,9 +169,7 @@ def make_dataset(
     if cache:
         ds = ds.cache()
     if shuffle:
-        buffer = shuffle_buffer or min(
-            info.num_examples or _UNKNOWN_SIZE_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER
-        )
+        buffer = shuffle_buffer or min(info.num_examples or _UNKNOWN_SIZE_SHUFFLE_BUFFER, _MAX_SHUFFLE_BUFFER)
         ds = ds.shuffle(max(int(buffer), 1), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
@@ -185,9 +190,7 @@ def make_dataset(
         def transform(batch, batch_seed):
             x, y = batch
             batch_seed = tf.random.experimental.stateless_fold_in(batch_seed, pipeline_id)
-            aug_seed, noise_seed = tf.unstack(
-                tf.random.experimental.stateless_split(batch_seed, num=2)
-            )
+            aug_seed, noise_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=2))
             if uniform_dequantize:
                 dequant_seed = tf.random.experimental.stateless_fold_in(batch_seed, 3)
                 u = tf.random.stateless_uniform(tf.shape(x), dequant_seed)
@@ -206,7 +209,7 @@ def make_dataset(
     return ds
 
 
-def make_dataset_fn(name, split, global_batch_size, **kwargs):
+def make_dataset_fn(name: str, split: str, global_batch_size: int, **kwargs: Any) -> Callable[..., tf.data.Dataset]:
     """`fn(input_context=None)` building `make_dataset(...)`, for
     `strategy.distribute_datasets_from_function` (which calls it once per input pipeline).
 
@@ -219,10 +222,10 @@ def make_dataset_fn(name, split, global_batch_size, **kwargs):
     _check_batch_size(global_batch_size, "global_batch_size")
 
     return _recording_source_info(
-        lambda input_context: make_dataset(
-            name, split, global_batch_size, input_context=input_context, **kwargs
-        ),
-        name, split, kwargs,
+        lambda input_context: make_dataset(name, split, global_batch_size, input_context=input_context, **kwargs),
+        name,
+        split,
+        kwargs,
     )
 
 
@@ -242,17 +245,17 @@ def _recording_source_info(build, name, split, kwargs):
 
 
 def make_two_branch_dataset(
-    name,
-    split,
-    clf_batch_size,
-    px_batch_size,
+    name: str,
+    split: str,
+    clf_batch_size: int,
+    px_batch_size: int,
     *,
-    clf_augment="pad_crop_flip",
-    px_augment=None,
-    input_context=None,
-    seed=0,
-    **kwargs,
-):
+    clf_augment: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = "pad_crop_flip",
+    px_augment: str | Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+    input_context: tf.distribute.InputContext | None = None,
+    seed: int = 0,
+    **kwargs: Any,
+) -> tf.data.Dataset:
     """Two independently shuffled loaders zipped: `((x_clf, y_clf), (x_px, y_px))`.
 
     SADA-JEM trains the classifier on augmented batches (`clf_batch_size`, pad-crop-flip) and
@@ -278,19 +281,31 @@ def make_two_branch_dataset(
     _check_batch_size(clf_batch_size, "clf_batch_size")
     _check_batch_size(px_batch_size, "px_batch_size")
     clf = make_dataset(
-        name, split, clf_batch_size, input_context=input_context, augment=clf_augment,
-        seed=seed, **kwargs,
+        name,
+        split,
+        clf_batch_size,
+        input_context=input_context,
+        augment=clf_augment,
+        seed=seed,
+        **kwargs,
     )
     px = make_dataset(
-        name, split, px_batch_size, input_context=input_context, augment=px_augment,
-        seed=seed + 1, **kwargs,
+        name,
+        split,
+        px_batch_size,
+        input_context=input_context,
+        augment=px_augment,
+        seed=seed + 1,
+        **kwargs,
     )
     ds = tf.data.Dataset.zip((clf, px)).prefetch(tf.data.AUTOTUNE)
     ds.source_info = clf.source_info
     return ds
 
 
-def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwargs):
+def make_two_branch_dataset_fn(
+    name: str, split: str, clf_batch_size: int, px_batch_size: int, **kwargs: Any
+) -> Callable[..., tf.data.Dataset]:
     """`fn(input_context=None)` building `make_two_branch_dataset(...)` (for
     `strategy.distribute_datasets_from_function`)."""
     sources.get_source(name)  # an unknown name fails now, listing the registered ones
@@ -301,11 +316,15 @@ def make_two_branch_dataset_fn(name, split, clf_batch_size, px_batch_size, **kwa
         lambda input_context: make_two_branch_dataset(
             name, split, clf_batch_size, px_batch_size, input_context=input_context, **kwargs
         ),
-        name, split, kwargs,
+        name,
+        split,
+        kwargs,
     )
 
 
-def load_arrays(name, split="test", max_examples=None, **source_kwargs):
+def load_arrays(
+    name: str, split: str = "test", max_examples: int | None = None, **source_kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
     """A whole split as numpy arrays, for evaluation.
 
     Args:

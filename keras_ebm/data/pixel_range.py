@@ -3,10 +3,19 @@
 Pure TensorFlow ops, so the export can put them inside a SavedModel signature.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def check_pixel_range(pixel_range):
+    from tensorflow.types.experimental import TensorLike
+
+
+def check_pixel_range(pixel_range: Sequence[float]) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in pixel_range)
     except (TypeError, ValueError):
@@ -31,7 +40,7 @@ def _check_rank(x, fn_name):
         )
 
 
-def to_pixel_range(images_uint8, pixel_range=(-1.0, 1.0)):
+def to_pixel_range(images_uint8: TensorLike, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> tf.Tensor:
     """Map uint8 images in [0, 255] to float32 in `pixel_range`.
 
     `x / 255 * (high - low) + low`, so (-1, 1) is JEM's `Normalize(.5, .5)` and (0, 1) is
@@ -52,7 +61,7 @@ def to_pixel_range(images_uint8, pixel_range=(-1.0, 1.0)):
     return x * ((hi - lo) / 255.0) + lo
 
 
-def from_pixel_range(x, pixel_range=(-1.0, 1.0)):
+def from_pixel_range(x: TensorLike, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> tf.Tensor:
     """Inverse of `to_pixel_range`: float images in `pixel_range` to uint8 (clipped, rounded).
 
     Args:

@@ -15,16 +15,29 @@ the generic "npz" source (`local_path=`).
 By default the npz is written beside the file it was made from, where the source finds it first.
 """
 
+from __future__ import annotations
+
 import argparse
 import pathlib
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from keras_ebm.data import official
-from keras_ebm.data import sources
+from keras_ebm.data import official, sources
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 
-def prepare(name, path=None, output=None, splits=None, log=print):
+def prepare(
+    name: str,
+    path: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+    splits: Sequence[str] | None = None,
+    log: Callable[[str], Any] = print,
+) -> pathlib.Path:
     """Read the official source `name` and write its splits into one npz.
 
     Args:
@@ -68,7 +81,7 @@ def prepare(name, path=None, output=None, splits=None, log=print):
     return output
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keras_ebm.data.prepare",
         description="Convert an official data set download into the npz keras_ebm loads fastest.",
@@ -79,12 +92,8 @@ def main(argv=None):
         help="the official archive, folder or .mat file, or the directory holding it (default: "
         "$KERAS_EBM_DATA_DIR, then the working directory, ~/.keras/datasets, ../shared/data)",
     )
-    parser.add_argument(
-        "--output", help="the npz to write (default: <source>.npz beside the input)"
-    )
-    parser.add_argument(
-        "--splits", default="train,test", help="comma-separated splits (SVHN also has 'extra')"
-    )
+    parser.add_argument("--output", help="the npz to write (default: <source>.npz beside the input)")
+    parser.add_argument("--splits", default="train,test", help="comma-separated splits (SVHN also has 'extra')")
     args = parser.parse_args(argv)
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     try:

@@ -17,7 +17,9 @@ from keras_ebm.evaluation import (
     sample_quality,
     suite,
 )
-from keras_ebm.evaluation import evaluators  # noqa: F401  (registers the built-in evaluators with gin)
+
+# Registers the built-in evaluators with gin, after the modules they use (not sorted into the block above).
+from keras_ebm.evaluation import evaluators  # noqa: F401  isort: skip
 from keras_ebm.evaluation.generative import (
     ClassifierFeatures,
     InceptionV3Features,

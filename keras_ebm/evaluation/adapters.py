@@ -15,20 +15,31 @@ Exports (`keras_ebm.export`): every signature takes pixel values 0..255 (declare
 export format 3, uint8 before), checks and quantises them to uint8 and maps them into the pixel
 range inside the graph, and the restored module holds no float entry point in the model's pixel
 range (the float model is not saved, only the variables the traces captured). No gradient flows
-through that quantisation, so an export cannot be attacked white-box. `ExportLogits` wraps an export as a float `logits_fn` that
+through that quantisation, so an export cannot be attacked white-box.
+`ExportLogits` wraps an export as a float `logits_fn` that
 quantises its input to uint8 first; it is marked `differentiable = False` and the attacks refuse
 it with a message saying what to do instead: attack the in-memory model (the trainer restored from
 its checkpoint, `trainer.network`) and, if wanted, classify the adversarial images with the export
 (`predict_logits`), which measures how the attack transfers to what is deployed.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm.data.pixel_range import from_pixel_range, to_pixel_range
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
-def is_export(obj):
+    from tensorflow.types.experimental import TensorLike
+
+
+def is_export(obj: Any) -> bool:
     """True for a restored keras_ebm export (`tf.saved_model.load`) with a `logits` signature."""
     signatures = getattr(obj, "signatures", None)
     try:
@@ -37,7 +48,7 @@ def is_export(obj):
         return False
 
 
-def signature_images(signature, images):
+def signature_images(signature: Any, images: np.ndarray) -> tf.Tensor:
     """uint8 `images` as the declared input of a loaded export's signature: float32 (whole
     numbers 0..255) for exports of format version 3, uint8 for version 2. Both are exact."""
     images = tf.convert_to_tensor(images, tf.uint8)
@@ -45,13 +56,13 @@ def signature_images(signature, images):
     return images if structured is None else tf.cast(images, structured[1]["images"].dtype)
 
 
-def export_pixel_range(loaded):
+def export_pixel_range(loaded: Any) -> tuple[float, float]:
     """The `(lo, hi)` pixel range stored in an export."""
     lo, hi = (float(v) for v in np.asarray(loaded.pixel_range.numpy()).reshape(-1))
     return lo, hi
 
 
-def model_pixel_range(model, pixel_range=None):
+def model_pixel_range(model: Any, pixel_range: tuple[float, float] | None = None) -> tuple[float, float]:
     """The float pixel range `(lo, hi)` of `model`: `pixel_range` if given, else the model's own.
 
     The model's own is an export's stored range, or the `pixel_range` attribute (tuple or variable)
@@ -84,10 +95,12 @@ def _own_pixel_range(model):
     )
 
 
-def float_images(images, labels, pixel_range, max_examples=None):
+def float_images(
+    images: np.ndarray, labels: np.ndarray, pixel_range: tuple[float, float], max_examples: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """uint8 `images` (the first `max_examples`) as float32 in `pixel_range`, with their int labels."""
     images = uint8_images(images, "images", max_examples)
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)[:len(images)]
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)[: len(images)]
     if labels.shape[0] != images.shape[0]:
         raise ValueError(
             f"`labels` must hold one label per image. Received: {images.shape[0]} images, {labels.shape[0]} labels"
@@ -108,7 +121,7 @@ class ExportLogits:
 
     differentiable = False
 
-    def __init__(self, loaded):
+    def __init__(self, loaded: Any) -> None:
         if not is_export(loaded):
             raise ValueError(
                 "`loaded` must be a keras_ebm export restored with tf.saved_model.load (it has a "
@@ -118,12 +131,12 @@ class ExportLogits:
         self.pixel_range = export_pixel_range(loaded)
         self._signature = loaded.signatures["logits"]
 
-    def __call__(self, x):
+    def __call__(self, x: TensorLike) -> tf.Tensor:
         images = from_pixel_range(tf.convert_to_tensor(x, tf.float32), self.pixel_range)
         return self._signature(images=signature_images(self._signature, images))["logits"]
 
 
-def logits_fn(model, training=False):
+def logits_fn(model: Any, training: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
     """A float-input `logits_fn(x)` of an in-memory model, a callable, or an export.
 
     Args:
@@ -156,7 +169,9 @@ def logits_fn(model, training=False):
     return fn
 
 
-def uint8_logits_fn(classifier, pixel_range=None):
+def uint8_logits_fn(
+    classifier: Any, pixel_range: tuple[float, float] | None = None
+) -> Callable[[np.ndarray], tf.Tensor]:
     """`fn(images_uint8) -> logits` for an export, a keras model or a float `logits_fn`.
 
     Args:
@@ -174,7 +189,7 @@ def uint8_logits_fn(classifier, pixel_range=None):
     return lambda images: fn(to_pixel_range(tf.convert_to_tensor(images), lo_hi))
 
 
-def uint8_images(images, name="images", max_examples=None):
+def uint8_images(images: TensorLike, name: str = "images", max_examples: int | None = None) -> np.ndarray:
     """`images` as a non-empty uint8 `[N, H, W, C]` array, cut to the first `max_examples`."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
@@ -183,10 +198,12 @@ def uint8_images(images, name="images", max_examples=None):
             "keras_ebm.data.from_pixel_range; models get them mapped to their pixel range). "
             f"Received: dtype={images.dtype}, shape={images.shape}"
         )
-    return images[:int(max_examples)] if max_examples else images
+    return images[: int(max_examples)] if max_examples else images
 
 
-def predict_logits(fn, images, batch_size=256, progress=False, label="logits"):
+def predict_logits(
+    fn: Callable[[Any], Any], images: np.ndarray, batch_size: int = 256, progress: bool = False, label: str = "logits"
+) -> np.ndarray:
     """Logits of `images` (numpy, any leading size) in batches, as a float32 numpy array.
 
     Args:
@@ -201,7 +218,7 @@ def predict_logits(fn, images, batch_size=256, progress=False, label="logits"):
     bar = _progbar(n, label) if progress else None
     out = []
     for start in range(0, n, batch_size):
-        out.append(np.asarray(fn(images[start:start + batch_size]), np.float32))
+        out.append(np.asarray(fn(images[start : start + batch_size]), np.float32))
         if bar is not None:
             bar.update(min(start + batch_size, n))
     if not out:

@@ -36,15 +36,22 @@ Reference:
     - [Theis, van den Oord and Bethge, 2016](https://arxiv.org/abs/1511.01844) (dequantisation)
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_ebm.sampling.mcmc import MALASampler
-from keras_ebm.sampling.mcmc import MCMCSampler
-from keras_ebm.sampling.mcmc import _innermost
+from keras_ebm.sampling.mcmc import MALASampler, MCMCSampler, _innermost
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    from tensorflow.types.experimental import TensorLike
 
 SCHEDULES = ("sigmoid", "linear")
 VARIANCE_NOTE = (
@@ -58,16 +65,16 @@ VARIANCE_NOTE = (
 class UniformBase:
     """U(lo, hi)^d: the replay buffer's default initialiser; log q = -d log(hi - lo) on the box."""
 
-    def __init__(self, box=(-1.0, 1.0)):
+    def __init__(self, box: tuple[float, float] = (-1.0, 1.0)) -> None:
         self.box = (float(box[0]), float(box[1]))
         if not self.box[0] < self.box[1]:
             raise ValueError(f"`box` must be (lo, hi) with lo < hi. Received: box={box}")
 
-    def log_prob(self, x):
+    def log_prob(self, x: tf.Tensor) -> tf.Tensor:
         d = tf.cast(tf.reduce_prod(tf.shape(x)[1:]), x.dtype)
         return tf.fill(tf.shape(x)[:1], -d * math.log(self.box[1] - self.box[0]))
 
-    def sample(self, shape, seed):
+    def sample(self, shape: Sequence[int], seed: tf.Tensor) -> tf.Tensor:
         return tf.random.stateless_uniform(shape, seed, minval=self.box[0], maxval=self.box[1])
 
 
@@ -75,7 +82,7 @@ class GaussianBase:
     """A diagonal Gaussian N(mean, std^2) per pixel, truncated to `box` when given (then its log
     density includes the truncation's normaliser). `GaussianBase.fit(x, box)` fits it to data."""
 
-    def __init__(self, mean, std, box=None):
+    def __init__(self, mean: TensorLike, std: TensorLike, box: tuple[float, float] | None = None) -> None:
         self.mean = tf.constant(np.asarray(mean, np.float32))
         self.std = tf.constant(np.asarray(std, np.float32))
         self.box = None if box is None else (float(box[0]), float(box[1]))
@@ -85,20 +92,20 @@ class GaussianBase:
             self._dist = tfp.distributions.TruncatedNormal(self.mean, self.std, self.box[0], self.box[1])
 
     @classmethod
-    def fit(cls, x, box=None, min_std=0.05):
+    def fit(cls, x: np.ndarray, box: tuple[float, float] | None = None, min_std: float = 0.05) -> GaussianBase:
         """Per-pixel mean and standard deviation (at least `min_std`) of images `x` `[N, ...]`."""
         x = np.asarray(x, np.float64)
         return cls(x.mean(0), np.maximum(x.std(0), min_std), box=box)
 
-    def log_prob(self, x):
+    def log_prob(self, x: tf.Tensor) -> tf.Tensor:
         lp = self._dist.log_prob(x)
         return tf.reduce_sum(tf.reshape(lp, [tf.shape(x)[0], -1]), axis=-1)
 
-    def sample(self, shape, seed):
+    def sample(self, shape: Sequence[int], seed: tf.Tensor) -> tf.Tensor:
         return self._dist.sample(shape[:1], seed=tf.cast(seed, tf.int32))
 
 
-def annealing_schedule(num_temperatures, schedule="sigmoid", sharpness=4.0):
+def annealing_schedule(num_temperatures: int, schedule: str = "sigmoid", sharpness: float = 4.0) -> np.ndarray:
     """β_0 = 0 < ... < β_K = 1 (K = `num_temperatures`): "linear", or "sigmoid" (denser at both
     ends, Grosse et al., 2013; Wu et al., 2017) with the given sharpness."""
     k = int(num_temperatures)
@@ -113,9 +120,20 @@ def annealing_schedule(num_temperatures, schedule="sigmoid", sharpness=4.0):
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def ais_log_partition(energy_fn, base, event_shape, num_chains=64, num_temperatures=200, sampler=None,
-                      steps_per_temperature=1, schedule="sigmoid", adapt_step_size=True, pilot_chains=None,
-                      seed=0, return_samples=False):
+def ais_log_partition(
+    energy_fn: Callable[[tf.Tensor], tf.Tensor],
+    base: UniformBase | GaussianBase,
+    event_shape: Sequence[int],
+    num_chains: int = 64,
+    num_temperatures: int = 200,
+    sampler: MCMCSampler | None = None,
+    steps_per_temperature: int = 1,
+    schedule: str = "sigmoid",
+    adapt_step_size: bool = True,
+    pilot_chains: int | None = None,
+    seed: int = 0,
+    return_samples: bool = False,
+) -> dict[str, Any]:
     """Estimate log Z = log ∫ exp(-E(x)) dx by AIS from `base` (see the module docstring).
 
     Args:
@@ -143,8 +161,10 @@ def ais_log_partition(energy_fn, base, event_shape, num_chains=64, num_temperatu
     """
     sampler = sampler if sampler is not None else MALASampler(step_size=0.01)
     if not isinstance(sampler, MCMCSampler):
-        raise ValueError("`sampler` must be a MALASampler or HMCSampler (AIS needs Metropolis-corrected "
-                         f"transitions). Received: {type(sampler).__name__}")
+        raise ValueError(
+            "`sampler` must be a MALASampler or HMCSampler (AIS needs Metropolis-corrected "
+            f"transitions). Received: {type(sampler).__name__}"
+        )
     if int(num_chains) < 2:
         raise ValueError(f"`num_chains` must be at least 2 (for a standard error). Received: {num_chains}")
     if int(steps_per_temperature) < 1:
@@ -189,7 +209,7 @@ def ais_log_partition(energy_fn, base, event_shape, num_chains=64, num_temperatu
     return result
 
 
-def log_mean_exp_with_stderr(log_w):
+def log_mean_exp_with_stderr(log_w: np.ndarray) -> tuple[float, float, float]:
     """`(log mean exp(log_w), its delta-method standard error, effective sample size)`."""
     log_w = np.asarray(log_w, np.float64)
     n = len(log_w)
@@ -205,8 +225,9 @@ def log_mean_exp_with_stderr(log_w):
 def _anneal(energy_fn, base, box, sampler, betas, event_shape, n, steps, step_sizes, adapt, seed):
     """One anneal of `n` chains as a `tf.function`: `(log weights, final states, step size per
     temperature, mean acceptance, None)`."""
-    run = tf.function(lambda s, sd: _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, s,
-                                                  adapt, sd, box=box))
+    run = tf.function(
+        lambda s, sd: _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, s, adapt, sd, box=box)
+    )
     return run(step_sizes, seed)
 
 
@@ -245,7 +266,8 @@ def _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, step_si
             return i + 1, x, results, accept + a
 
         _, x, results, accept = tf.while_loop(
-            lambda i, *_: i < steps, transition, (tf.constant(0), x, results, tf.zeros([n])))
+            lambda i, *_: i < steps, transition, (tf.constant(0), x, results, tf.zeros([n]))
+        )
         if adapt:
             chain_step = tf.reshape(results.new_step_size, tf.shape(chain_step))
         used = used.write(k, tf.exp(tf.reduce_mean(tf.math.log(tf.reshape(step, [-1]) * tf.ones([n])))))
@@ -256,15 +278,25 @@ def _anneal_body(energy_fn, base, sampler, betas, event_shape, n, steps, step_si
     chain_step = per_chain * step_sizes[0]
     used = tf.TensorArray(tf.float32, size=num_k)
     _, x, log_w, _, _, accept_sum, used = tf.while_loop(
-        lambda k, *_: k < num_k, body,
+        lambda k, *_: k < num_k,
+        body,
         (tf.constant(0), x0, tf.zeros([n]), lp0, chain_step, tf.constant(0.0), used),
         parallel_iterations=1,
     )
     return log_w, x, used.stack(), accept_sum / tf.cast(num_k, tf.float32), None
 
 
-def test_log_likelihood(energy_fn, images, log_z, log_z_stderr=0.0, box=(-1.0, 1.0), dequantize=True,
-                        levels=256, batch_size=256, seed=0):
+def test_log_likelihood(
+    energy_fn: Callable[[tf.Tensor], tf.Tensor],
+    images: np.ndarray,
+    log_z: float,
+    log_z_stderr: float = 0.0,
+    box: tuple[float, float] = (-1.0, 1.0),
+    dequantize: bool = True,
+    levels: int = 256,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Mean test log-likelihood log p(x) = -E(x) - log Z (see the module docstring).
 
     Args:
@@ -292,8 +324,9 @@ def test_log_likelihood(energy_fn, images, log_z, log_z_stderr=0.0, box=(-1.0, 1
     else:
         x, dequantize = images.astype(np.float32), False
     d = int(np.prod(x.shape[1:]))
-    energies = np.concatenate([
-        np.asarray(energy_fn(tf.constant(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)])
+    energies = np.concatenate(
+        [np.asarray(energy_fn(tf.constant(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)]
+    )
     log_p = -energies.astype(np.float64) - log_z
     # The density on the 0..levels scale: p(x) ((hi - lo) / levels)^d.
     log_p_levels = log_p + d * math.log((hi - lo) / levels)

@@ -49,8 +49,11 @@ against pytorch-fid's and torch-fidelity's forward passes on random weights (rec
 `benchmarks/parity/record_fid_inception.py`).
 """
 
+from __future__ import annotations
+
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -58,9 +61,14 @@ import tensorflow as tf
 
 from keras_ebm.evaluation import generative
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from tensorflow.types.experimental import TensorLike
+
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + FID_WEIGHTS_FILE
-FID_WEIGHTS_NPZ = FID_WEIGHTS_FILE[:-len(".pth")] + ".npz"
+FID_WEIGHTS_NPZ = FID_WEIGHTS_FILE[: -len(".pth")] + ".npz"
 WEIGHTS_ENV = "KERAS_EBM_FID_INCEPTION_WEIGHTS"
 IMAGE_SIZE = 299
 NUM_CLASSES = 1008
@@ -73,8 +81,7 @@ _IGNORED_SUFFIX = ".num_batches_tracked"  # BatchNorm's update counter: not a we
 def _basic_conv(x, name, filters, kernel, strides=1, padding="valid"):
     """torchvision's BasicConv2d: conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU. Torch's symmetric
     padding (k - 1) / 2 of every stride-1 conv here is Keras' "same"; padding 0 is "valid"."""
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
-                            name=f"{name}.conv")(x)
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=f"{name}.conv")(x)
     x = keras.layers.BatchNormalization(epsilon=1e-3, name=f"{name}.bn")(x)
     return keras.layers.ReLU(name=f"{name}.relu")(x)
 
@@ -142,13 +149,12 @@ def _inception_e(x, name, pool):
     b3 = c(x, "branch3x3_1", 384, 1)
     b3 = _concat([c(b3, "branch3x3_2a", 384, (1, 3)), c(b3, "branch3x3_2b", 384, (3, 1))], f"{name}.branch3x3")
     bd = c(c(x, "branch3x3dbl_1", 448, 1), "branch3x3dbl_2", 384, 3)
-    bd = _concat([c(bd, "branch3x3dbl_3a", 384, (1, 3)), c(bd, "branch3x3dbl_3b", 384, (3, 1))],
-                 f"{name}.branch3x3dbl")
+    bd = _concat([c(bd, "branch3x3dbl_3a", 384, (1, 3)), c(bd, "branch3x3dbl_3b", 384, (3, 1))], f"{name}.branch3x3dbl")
     bp = c(_pool_same(x, name, pool), "branch_pool", 192, 1)
     return _concat([b1, b3, bd, bp], name)
 
 
-def build_fid_inception():
+def build_fid_inception() -> keras.Model:
     """The FID Inception network on preprocessed `[N, 299, 299, 3]` inputs in [-1, 1].
 
     Layer names are pytorch-fid's module paths (`Mixed_5b.branch1x1.conv`, `...bn`, `fc`), so a
@@ -179,7 +185,7 @@ def build_fid_inception():
         return keras.Model(inputs, [pool3, logits], name="fid_inception")
 
 
-def preprocess(images, preprocessing="tf2015"):
+def preprocess(images: TensorLike, preprocessing: str = "tf2015") -> tf.Tensor:
     """uint8 (or [0, 255] float) `[N, H, W, 3]` -> the network's `[N, 299, 299, 3]` input.
 
     "tf2015": the 2015 graph's ResizeBilinear (TF1: `half_pixel_centers=False`) of the [0, 255]
@@ -209,8 +215,12 @@ def _placements(model):
         if isinstance(layer, keras.layers.Conv2D):
             out[f"{layer.name}.weight"] = (layer.kernel, "conv")
         elif isinstance(layer, keras.layers.BatchNormalization):
-            for torch_name, var in (("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.moving_mean),
-                                    ("running_var", layer.moving_variance)):
+            for torch_name, var in (
+                ("weight", layer.gamma),
+                ("bias", layer.beta),
+                ("running_mean", layer.moving_mean),
+                ("running_var", layer.moving_variance),
+            ):
                 out[f"{layer.name}.{torch_name}"] = (var, "vector")
         elif isinstance(layer, keras.layers.Dense):
             out[f"{layer.name}.weight"] = (layer.kernel, "dense")
@@ -226,7 +236,9 @@ def _to_keras(value, kind):
     return value
 
 
-def load_state_dict(model, state_dict, source="state_dict"):
+def load_state_dict(
+    model: keras.Model, state_dict: Mapping[str, np.ndarray], source: str = "state_dict"
+) -> keras.Model:
     """Places pytorch-fid's state dict (`{name: array}`, torch layouts) into `build_fid_inception`'s
     weights. Every key must find its weight and every weight its key (BatchNorm's
     `num_batches_tracked` counters are skipped); otherwise a `ValueError` names the keys."""
@@ -247,16 +259,18 @@ def load_state_dict(model, state_dict, source="state_dict"):
     for key, (var, kind) in placements.items():
         value = _to_keras(np.asarray(given[key]), kind)
         if tuple(value.shape) != tuple(var.shape):
-            raise ValueError(f"{source}: {key} has shape {np.asarray(given[key]).shape} (torch layout); the "
-                             f"network expects {tuple(var.shape)} in Keras layout. Is this the FID Inception "
-                             f"file {FID_WEIGHTS_FILE}?")
+            raise ValueError(
+                f"{source}: {key} has shape {np.asarray(given[key]).shape} (torch layout); the "
+                f"network expects {tuple(var.shape)} in Keras layout. Is this the FID Inception "
+                f"file {FID_WEIGHTS_FILE}?"
+            )
         values.append((var, value))
     for var, value in values:
         var.assign(value.astype(var.dtype))
     return model
 
 
-def read_state_dict(path):
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """`{name: NumPy array}` of a `.pth` torch state dict (needs PyTorch) or its `.npz` conversion."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No FID Inception weights file at {path!r}. Download {FID_WEIGHTS_URL}.")
@@ -277,15 +291,18 @@ def read_state_dict(path):
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def fid_weights_path(weights=None):
+def fid_weights_path(weights: str | os.PathLike | None = None) -> str:
     """The FID Inception weights: `weights`, `$KERAS_EBM_FID_INCEPTION_WEIGHTS`, the Keras cache
     (`<~/.keras>/models/pt_inception-2015-12-05-6726825d.{npz,pth}`), or torch hub's cache, where
     pytorch-fid downloads it (`$TORCH_HOME` or `~/.cache/torch`, `hub/checkpoints/`). Raises
     `FileNotFoundError` naming the URL and the options; never downloads."""
     models = os.path.join(generative.keras_cache_dir(), "models")
     torch_home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
-    cached = [os.path.join(models, FID_WEIGHTS_NPZ), os.path.join(models, FID_WEIGHTS_FILE),
-              os.path.join(torch_home, "hub", "checkpoints", FID_WEIGHTS_FILE)]
+    cached = [
+        os.path.join(models, FID_WEIGHTS_NPZ),
+        os.path.join(models, FID_WEIGHTS_FILE),
+        os.path.join(torch_home, "hub", "checkpoints", FID_WEIGHTS_FILE),
+    ]
     if weights:
         if os.path.isfile(weights):
             return weights
@@ -311,7 +328,7 @@ def fid_weights_path(weights=None):
     )
 
 
-def convert(pth_path, npz_path):
+def convert(pth_path: str, npz_path: str) -> int:
     """One-time conversion of the `.pth` to an `.npz` that evaluation reads without PyTorch; the
     state dict is checked by loading it into the network first. Returns the number of tensors."""
     state = read_state_dict(pth_path)
@@ -341,7 +358,12 @@ class FIDInceptionFeatures(generative.ImageFeatures):
 
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
 
-    def __init__(self, weights=None, preprocessing="tf2015", state_dict=None):
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        preprocessing: str = "tf2015",
+        state_dict: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         self.preprocessing = _checked_preprocessing(preprocessing)
         self.name = "fid_inception" if preprocessing == "tf2015" else "fid_inception_pytorch_fid"
         source = "state_dict"
@@ -358,11 +380,12 @@ class FIDInceptionFeatures(generative.ImageFeatures):
         return pool3, tf.matmul(pool3, self.fc_kernel)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m keras_ebm.evaluation.fid_inception",
         description=f"Convert pytorch-fid's FID Inception weights ({FID_WEIGHTS_URL}) to an .npz that keras_ebm "
-                    "reads without PyTorch (this command needs torch).")
+        "reads without PyTorch (this command needs torch).",
+    )
     parser.add_argument("--convert", nargs=2, metavar=("IN_PTH", "OUT_NPZ"), required=True)
     args = parser.parse_args(argv)
     convert(*args.convert)

@@ -42,19 +42,27 @@ Inception graph from TF-Hub at run time; keras-cv/keras-hub have no FID; clean-f
 torch-fidelity are PyTorch. The metrics are a few lines on top of scipy and scikit-learn.
 """
 
+from __future__ import annotations
+
 import hashlib
 import json
 import os
 import re
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
-from scipy import linalg
-from scipy import special
+from scipy import linalg, special
 from sklearn.metrics.pairwise import polynomial_kernel
 
 from keras_ebm.evaluation import adapters
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    from tensorflow.types.experimental import TensorLike
 
 PAPER_NUM_SAMPLES = 50000
 INCEPTION_IMAGE_SIZE = 299
@@ -71,7 +79,7 @@ def _log(msg):
 
 
 # ---------------------------------------------------------------------------------- metrics
-def feature_statistics(features):
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean `[d]` and covariance `[d, d]` (float64, unbiased) of `[N, d]` features."""
     features = np.asarray(features, np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
@@ -79,7 +87,9 @@ def feature_statistics(features):
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2).
 
     ||mu1 - mu2||^2 + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^(1/2)). When the product is
@@ -108,12 +118,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
-def frechet_distance_from_features(features1, features2):
+def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     """`frechet_distance` of the Gaussians fitted to two `[N, d]` feature sets."""
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
-def inception_score(probs, splits=10):
+def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     """exp(E_x KL(p(y|x) || p(y))) per split; returns `(mean, std)` over the splits.
 
     Args:
@@ -133,7 +143,9 @@ def inception_score(probs, splits=10):
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def mmd2_unbiased(features1, features2, degree=3, gamma=None, coef0=1.0):
+def mmd2_unbiased(
+    features1: np.ndarray, features2: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> float:
     """Unbiased MMD^2 with the polynomial kernel (gamma <x, y> + coef0)^degree (gamma default 1/d)."""
     x = np.asarray(features1, np.float64)
     y = np.asarray(features2, np.float64)
@@ -144,14 +156,20 @@ def mmd2_unbiased(features1, features2, degree=3, gamma=None, coef0=1.0):
     kyy = polynomial_kernel(y, y, degree=degree, gamma=gamma, coef0=coef0)
     kxy = polynomial_kernel(x, y, degree=degree, gamma=gamma, coef0=coef0)
     return float(
-        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-        - 2 * kxy.mean()
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2 * kxy.mean()
     )
 
 
-def kernel_inception_distance(features1, features2, num_subsets=100, subset_size=1000, degree=3,
-                              gamma=None, coef0=1.0, seed=0):
+def kernel_inception_distance(
+    features1: np.ndarray,
+    features2: np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: float | None = None,
+    coef0: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID: mean and std of `mmd2_unbiased` over random subsets drawn without replacement.
 
     `subset_size` is capped by the smaller set. Returns `(mean, std)`.
@@ -161,15 +179,20 @@ def kernel_inception_distance(features1, features2, num_subsets=100, subset_size
     size = min(int(subset_size), len(x), len(y))
     rng = np.random.RandomState(seed)
     values = [
-        mmd2_unbiased(x[rng.choice(len(x), size, replace=False)], y[rng.choice(len(y), size, replace=False)],
-                      degree=degree, gamma=gamma, coef0=coef0)
+        mmd2_unbiased(
+            x[rng.choice(len(x), size, replace=False)],
+            y[rng.choice(len(y), size, replace=False)],
+            degree=degree,
+            gamma=gamma,
+            coef0=coef0,
+        )
         for _ in range(int(num_subsets))
     ]
     return float(np.mean(values)), float(np.std(values))
 
 
 # ---------------------------------------------------------------------------------- networks
-def keras_cache_dir():
+def keras_cache_dir() -> str:
     """Keras' cache root: `$KERAS_HOME`, else `~/.keras` (`/tmp/.keras` if home is read-only)."""
     if "KERAS_HOME" in os.environ:
         return os.environ["KERAS_HOME"]
@@ -177,7 +200,7 @@ def keras_cache_dir():
     return os.path.join(home if os.access(home, os.W_OK) else "/tmp", ".keras")
 
 
-def inception_weights_path(weights=None):
+def inception_weights_path(weights: str | os.PathLike | None = None) -> str:
     """The local Inception-v3 weights file: `weights`, `$KERAS_EBM_INCEPTION_WEIGHTS`, or the
     Keras cache. Raises `FileNotFoundError` saying how to provide the file; never downloads."""
     cached = os.path.join(keras_cache_dir(), "models", INCEPTION_WEIGHTS_FILE)
@@ -200,7 +223,7 @@ def inception_weights_path(weights=None):
     )
 
 
-def file_digest(path, algorithm="md5"):
+def file_digest(path: str | os.PathLike, algorithm: str = "md5") -> str:
     """Hex digest of a file (`hashlib.file_digest`), e.g. to check a downloaded weights file."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, algorithm).hexdigest()
@@ -217,13 +240,13 @@ class ImageFeatures:
     metric_names = {"fd": "fid", "score": "inception_score", "kd": "kid"}
     note = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._forward = tf.function(self._forward_impl, reduce_retracing=True)
 
     def _forward_impl(self, images):
         raise NotImplementedError
 
-    def __call__(self, images_uint8):
+    def __call__(self, images_uint8: TensorLike) -> dict[str, np.ndarray]:
         images = np.asarray(images_uint8)
         if images.shape[-1] == 1:  # here, not in the traced function: its channel axis may be relaxed
             images = np.repeat(images, 3, axis=-1)
@@ -247,10 +270,12 @@ class InceptionV3Features(ImageFeatures):
     """
 
     name = "keras_inception_v3"
-    note = ("keras_inception_v3 is Keras' Inception-v3, not the 2015 TensorFlow Inception graph of the papers' "
-            "FID/IS code (feature_network='fid_inception'): not comparable with published FID/IS")
+    note = (
+        "keras_inception_v3 is Keras' Inception-v3, not the 2015 TensorFlow Inception graph of the papers' "
+        "FID/IS code (feature_network='fid_inception'): not comparable with published FID/IS"
+    )
 
-    def __init__(self, weights=None, model=None):
+    def __init__(self, weights: str | os.PathLike | None = None, model: keras.Model | None = None) -> None:
         if model is None:
             path = inception_weights_path(weights)
             if os.path.basename(path) == INCEPTION_WEIGHTS_FILE and file_digest(path) != INCEPTION_WEIGHTS_MD5:
@@ -281,7 +306,12 @@ class InceptionV3Features(ImageFeatures):
 FEATURE_NETWORKS = ("auto", "fid_inception", "keras_inception_v3")
 
 
-def inception_features(network="auto", weights=None, keras_weights=None, preprocessing="tf2015"):
+def inception_features(
+    network: str = "auto",
+    weights: str | os.PathLike | None = None,
+    keras_weights: str | os.PathLike | None = None,
+    preprocessing: str = "tf2015",
+) -> ImageFeatures:
     """The Inception feature network of FID / IS / KID (gin: `inception_features.network = ...`).
 
     Args:
@@ -327,7 +357,7 @@ class ClassifierFeatures:
 
     metric_names = {"fd": "classifier_fd", "score": "classifier_score", "kd": "classifier_kd"}
 
-    def __init__(self, classifier, name, pixel_range=None):
+    def __init__(self, classifier: Any, name: str, pixel_range: tuple[float, float] | None = None) -> None:
         from keras_ebm.backbones.classifier import feature_extractor
 
         if not name or not isinstance(name, str):
@@ -343,19 +373,26 @@ class ClassifierFeatures:
         x = tf.cast(images, tf.float32) * ((hi - lo) / 255.0) + lo
         return self.backbone(x, training=False), self.network(x, training=False)
 
-    def __call__(self, images_uint8):
+    def __call__(self, images_uint8: TensorLike) -> dict[str, np.ndarray]:
         pool, logits = self._forward(tf.convert_to_tensor(images_uint8, tf.uint8))
         return {"pool": np.asarray(pool, np.float32), "logits": np.asarray(logits, np.float32)}
 
 
-def extract_features(feature_net, images, batch_size=100, max_examples=None, progress=True, label="features"):
+def extract_features(
+    feature_net: ImageFeatures | ClassifierFeatures,
+    images: np.ndarray,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    progress: bool = True,
+    label: str = "features",
+) -> dict[str, np.ndarray]:
     """`{"pool": [N, d], "logits": [N, classes]}` of uint8 images, in batches, with a progress bar."""
     images = adapters.uint8_images(images, "images", max_examples)
     n = len(images)
     bar = adapters._progbar(n, f"{label} ({feature_net.name})") if progress else None
     pools, logits = [], []
     for start in range(0, n, batch_size):
-        out = feature_net(images[start:start + batch_size])
+        out = feature_net(images[start : start + batch_size])
         pools.append(out["pool"])
         logits.append(out["logits"])
         if bar is not None:
@@ -368,7 +405,13 @@ def _slug(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(text))
 
 
-def reference_cache_path(dataset, split, feature_name, num_examples=None, cache_dir=None):
+def reference_cache_path(
+    dataset: str,
+    split: str,
+    feature_name: str,
+    num_examples: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> str:
     """`<cache_dir>/<dataset>_<split>__<feature network>__n<N or all>.npz`;
     `cache_dir` defaults to `$KERAS_EBM_CACHE/generative_stats` (`~/.cache/keras_ebm/...`)."""
     if cache_dir is None:
@@ -378,9 +421,20 @@ def reference_cache_path(dataset, split, feature_name, num_examples=None, cache_
     return os.path.join(cache_dir, f"{_slug(dataset)}_{_slug(split)}__{_slug(feature_name)}__{count}.npz")
 
 
-def reference_statistics(feature_net, dataset="cifar10", split="train", images=None, max_examples=None,
-                         cache_dir=None, use_cache=True, kid_features=10000, batch_size=100, progress=True,
-                         seed=0, **source_kwargs):
+def reference_statistics(
+    feature_net: ImageFeatures | ClassifierFeatures,
+    dataset: str = "cifar10",
+    split: str = "train",
+    images: np.ndarray | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    max_examples: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    kid_features: int = 10000,
+    batch_size: int = 100,
+    progress: bool = True,
+    seed: int = 0,
+    **source_kwargs: Any,
+) -> dict[str, Any]:
     """Feature statistics of a reference set, computed once and cached per data set + network.
 
     Args:
@@ -415,13 +469,23 @@ def reference_statistics(feature_net, dataset="cifar10", split="train", images=N
         images = images()
         if isinstance(images, tuple):
             images = images[0]
-    feats = extract_features(feature_net, images, batch_size=batch_size, max_examples=max_examples,
-                             progress=progress, label=f"reference {dataset}/{split}")["pool"]
+    feats = extract_features(
+        feature_net,
+        images,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        progress=progress,
+        label=f"reference {dataset}/{split}",
+    )["pool"]
     mu, sigma = feature_statistics(feats)
     rng = np.random.RandomState(seed)
     keep = feats if len(feats) <= kid_features else feats[np.sort(rng.choice(len(feats), kid_features, replace=False))]
-    meta = {"dataset": str(dataset), "split": str(split), "feature_network": feature_net.name,
-            "num_examples": int(len(feats))}
+    meta = {
+        "dataset": str(dataset),
+        "split": str(split),
+        "feature_network": feature_net.name,
+        "num_examples": int(len(feats)),
+    }
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp.npz"
@@ -432,8 +496,20 @@ def reference_statistics(feature_net, dataset="cifar10", split="train", images=N
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=100, kid_subset_size=1000,
-                        batch_size=100, max_examples=None, progress=True, seed=0, output_dir=None, name="samples"):
+def evaluate_generative(
+    samples: np.ndarray,
+    feature_net: ImageFeatures | ClassifierFeatures,
+    reference: Mapping[str, Any],
+    splits: int = 10,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    name: str = "samples",
+) -> dict[str, Any]:
     """FD, score (IS) and KD of uint8 samples in `feature_net`'s space against `reference`.
 
     Args:
@@ -453,14 +529,16 @@ def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=
             f"The reference statistics were computed with {reference['feature_network']!r} but the "
             f"samples with {feature_net.name!r}: the distance is only defined in one feature space."
         )
-    feats = extract_features(feature_net, samples, batch_size=batch_size, max_examples=max_examples,
-                             progress=progress, label=name)
+    feats = extract_features(
+        feature_net, samples, batch_size=batch_size, max_examples=max_examples, progress=progress, label=name
+    )
     n = len(feats["pool"])
     fd = frechet_distance(*feature_statistics(feats["pool"]), reference["mu"], reference["sigma"])
     probs = special.softmax(np.asarray(feats["logits"], np.float64), axis=-1)
     score, score_std = inception_score(probs, splits=min(int(splits), n))
-    kd, kd_std = kernel_inception_distance(feats["pool"], reference["features"], num_subsets=kid_subsets,
-                                           subset_size=kid_subset_size, seed=seed)
+    kd, kd_std = kernel_inception_distance(
+        feats["pool"], reference["features"], num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
+    )
     names = feature_net.metric_names
     results = {
         "name": name,
@@ -476,16 +554,21 @@ def evaluate_generative(samples, feature_net, reference, splits=10, kid_subsets=
     }
     notes = []
     if n < PAPER_NUM_SAMPLES:
-        notes.append(f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
-                     "upward for fewer samples, compare only runs with the same count")
+        notes.append(
+            f"{n} samples (papers: {PAPER_NUM_SAMPLES}); the Frechet distance is biased "
+            "upward for fewer samples, compare only runs with the same count"
+        )
     if getattr(feature_net, "note", None):  # keras_inception_v3: not the papers' network
         notes.append(feature_net.note)
     if names["fd"] != "fid":
         notes.append(f"distances in the feature space of {feature_net.name}, not Inception: not FID/IS/KID")
     if notes:
         results["note"] = "; ".join(notes)
-    _log(f"{name}: " + ", ".join(f"{names[k]} {results[names[k]]:.4g}" for k in ("fd", "score", "kd"))
-         + f" ({n} samples, {feature_net.name})")
+    _log(
+        f"{name}: "
+        + ", ".join(f"{names[k]} {results[names[k]]:.4g}" for k in ("fd", "score", "kd"))
+        + f" ({n} samples, {feature_net.name})"
+    )
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, f"generative_{_slug(name)}.json"), "w") as f:

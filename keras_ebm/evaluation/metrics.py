@@ -8,8 +8,15 @@
   AUROC/AUPR, as in every reference's `roc_auc_score(in=1, out=0)` call.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 from sklearn import metrics as skm
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
 
 
 def _as_labels(labels, n, name="labels"):
@@ -34,14 +41,14 @@ def _as_predictions(values, name):
     return values
 
 
-def accuracy(logits_or_probs, labels):
+def accuracy(logits_or_probs: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy (argmax over the last axis) of `[N, C]` logits or probabilities vs int labels `[N]`."""
     predictions = _as_predictions(logits_or_probs, "logits_or_probs")
     labels = _as_labels(labels, predictions.shape[0])
     return float(np.mean(np.argmax(predictions, axis=-1) == labels))
 
 
-def calibration_bins(probs, labels, num_bins=20):
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, num_bins: int = 20) -> dict[str, np.ndarray]:
     """Per-bin accuracy, mean confidence and count over equal-width bins of the max probability.
 
     Bin b covers (b / num_bins, (b + 1) / num_bins], right-closed like the reference `ECELoss`;
@@ -82,7 +89,7 @@ def calibration_bins(probs, labels, num_bins=20):
     }
 
 
-def expected_calibration_error(probs, labels, num_bins=20):
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, num_bins: int = 20) -> float:
     """ECE = sum_b (n_b / N) * |accuracy_b - confidence_b| over equal-width max-probability bins.
 
     `tfp.stats.expected_calibration_error` computes the same statistic (equal-width bins on the
@@ -104,7 +111,7 @@ def expected_calibration_error(probs, labels, num_bins=20):
     return float(np.sum(weights * np.abs(bins["accuracy"] - bins["confidence"])))
 
 
-def validate_scores(scores, name="scores"):
+def validate_scores(scores: TensorLike, name: str = "scores") -> np.ndarray:
     """Scores as a flat float64 array; raises on an empty array or NaN (infinities are kept)."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if scores.size == 0:
@@ -118,7 +125,7 @@ def validate_scores(scores, name="scores"):
     return scores
 
 
-def ood_metrics(scores_in, scores_out):
+def ood_metrics(scores_in: TensorLike, scores_out: TensorLike) -> dict[str, float]:
     """AUROC, AUPR (in- and out-positive) and FPR at 95% TPR of an OOD score.
 
     In-distribution is the positive class and higher scores mean "more in-distribution", so an

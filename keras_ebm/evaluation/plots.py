@@ -6,13 +6,19 @@ switch the backend of a user's notebook, and figures are not kept alive in pyplo
 Every function returns the path it wrote; parent directories are created.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from keras_ebm.evaluation import metrics as metrics_lib
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 
 def _figure(**kwargs):
@@ -33,7 +39,14 @@ def _sparse_threshold(total, num_bins):
     return max(5, int(np.ceil(0.1 * total / num_bins)))
 
 
-def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=None):
+def reliability_diagram(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    path: str | os.PathLike,
+    num_bins: int = 20,
+    title: str | None = None,
+    min_count: int | None = None,
+) -> str:
     """Writes a reliability diagram: per-bin accuracy against confidence, with the bin counts.
 
     Top panel: accuracy bars of the equal-width confidence bins, shaded by how many images each
@@ -76,15 +89,15 @@ def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=
     for i in np.flatnonzero(dense):
         ax.bar(centers[i], bins["accuracy"][i], width=width, color=colors[i], edgecolor="black", lw=0.6)
     for i in np.flatnonzero(sparse):
-        ax.bar(centers[i], bins["accuracy"][i], width=width, fill=False, edgecolor="gray", lw=0.8,
-               hatch="///", ls="--")
+        ax.bar(centers[i], bins["accuracy"][i], width=width, fill=False, edgecolor="gray", lw=0.8, hatch="///", ls="--")
     filled = count > 0
     ax.plot(centers[filled], bins["confidence"][filled], ls="none", marker="_", ms=9, mew=2, color="tab:red")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.set_xlim(0, 1)
-    ax.set_title((f"{title}\n" if title else "") + f"ECE = {100 * ece:.2f}% ({num_bins} bins, {total} images)",
-                 fontsize=9)
+    ax.set_title(
+        (f"{title}\n" if title else "") + f"ECE = {100 * ece:.2f}% ({num_bins} bins, {total} images)", fontsize=9
+    )
 
     ax_count.bar(centers[dense], count[dense], width=width, color="gray", edgecolor="black", lw=0.6)
     ax_count.bar(centers[sparse], count[sparse], width=width, fill=False, edgecolor="gray", hatch="///", ls="--")
@@ -92,8 +105,9 @@ def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=
     top = max(count.max(), 1.0)
     ax_count.set_ylim(0.5, top * 8)
     for i in np.flatnonzero(filled):
-        ax_count.text(centers[i], count[i] * 1.15, f"{int(count[i])}", ha="center", va="bottom", fontsize=5.5,
-                      rotation=90)
+        ax_count.text(
+            centers[i], count[i] * 1.15, f"{int(count[i])}", ha="center", va="bottom", fontsize=5.5, rotation=90
+        )
     ax_count.set_xlabel("confidence (max p(y|x))")
     ax_count.set_ylabel("images (log)")
     ax_count.set_xlim(0, 1)
@@ -108,11 +122,21 @@ def reliability_diagram(probs, labels, path, num_bins=20, title=None, min_count=
     return _save(fig, path)
 
 
-PALETTE = ("tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-           "tab:blue", "tab:red", "tab:gray")
+PALETTE = (
+    "tab:orange",
+    "tab:green",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+    "tab:cyan",
+    "tab:blue",
+    "tab:red",
+    "tab:gray",
+)
 
 
-def colors_by_name(names):
+def colors_by_name(names: Iterable[str]) -> dict[str, str]:
     """`{name: colour}` chosen from the name itself (a CRC of it), so that a set (or a run) has the
     same colour in every panel and plot that shows it, whatever order its results list it in; two
     names that would share a colour get the next free one, in sorted order."""
@@ -132,7 +156,13 @@ def colors_by_name(names):
     return out
 
 
-def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
+def score_histograms(
+    scores_by_set: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    in_dist_name: str,
+    score_name: str,
+    title: str | None = None,
+) -> str:
     """Writes OOD score distributions as small multiples: one panel per OOD set.
 
     Each panel draws the in-distribution scores as a filled grey histogram and the OOD set's as a
@@ -175,8 +205,15 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
     axes = np.atleast_1d(fig.subplots(len(others), 1, sharex=True, squeeze=False)[:, 0])
     colors = colors_by_name([name for name in others if name is not None])
     for ax, name in zip(axes, others):
-        ax.hist(np.clip(scores_in, lo, hi), bins=edges, density=True, histtype="stepfilled",
-                color="0.75", edgecolor="0.45", lw=0.8)
+        ax.hist(
+            np.clip(scores_in, lo, hi),
+            bins=edges,
+            density=True,
+            histtype="stepfilled",
+            color="0.75",
+            edgecolor="0.45",
+            lw=0.8,
+        )
         if name is None:
             ax.set_title(f"{in_dist_name} (in-distribution, n={scores_in.size})", fontsize=8, loc="left")
         else:
@@ -184,8 +221,12 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
             auroc = metrics_lib.ood_metrics(scores_in, scores)["auroc"]
             color = colors[name]
             ax.hist(np.clip(scores, lo, hi), bins=edges, density=True, histtype="step", color=color, lw=1.6)
-            ax.set_title(f"{name} (n={scores.size}, line) vs {in_dist_name} (n={scores_in.size}, grey): "
-                         f"AUROC {auroc:.3f}", fontsize=8, loc="left", color=color)
+            ax.set_title(
+                f"{name} (n={scores.size}, line) vs {in_dist_name} (n={scores_in.size}, grey): AUROC {auroc:.3f}",
+                fontsize=8,
+                loc="left",
+                color=color,
+            )
         ax.set_ylabel("density", fontsize=8)
         ax.tick_params(labelsize=7)
     axes[-1].set_xlabel(f"{score_name} (higher = more in-distribution)")
@@ -194,7 +235,7 @@ def score_histograms(scores_by_set, path, in_dist_name, score_name, title=None):
     return _save(fig, path)
 
 
-def sample_grid(images, path, nrow=None, title=None):
+def sample_grid(images: np.ndarray, path: str | os.PathLike, nrow: int | None = None, title: str | None = None) -> str:
     """Writes a grid of uint8 images `[N, H, W, C]` (C = 1 or 3) with 2-pixel white borders.
 
     Args:
@@ -209,9 +250,7 @@ def sample_grid(images, path, nrow=None, title=None):
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.shape[0] == 0:
-        raise ValueError(
-            f"`images` must be a non-empty [N, H, W, 1 or 3] array. Received: images.shape={images.shape}"
-        )
+        raise ValueError(f"`images` must be a non-empty [N, H, W, 1 or 3] array. Received: images.shape={images.shape}")
     if images.dtype != np.uint8:
         raise ValueError(
             "`images` must be uint8 in [0, 255] (use keras_ebm.data.from_pixel_range). "
@@ -227,7 +266,7 @@ def sample_grid(images, path, nrow=None, title=None):
     for i in range(n):
         r, col = divmod(i, ncol)
         top, left = pad + r * (h + pad), pad + col * (w + pad)
-        grid[top:top + h, left:left + w] = images[i]
+        grid[top : top + h, left : left + w] = images[i]
 
     # Upscale small grids (8x8 or 32x32 images) so the PNG is viewable; nearest keeps pixels sharp.
     scale = max(1.0, 256.0 / max(grid.shape[:2]))

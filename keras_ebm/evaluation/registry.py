@@ -27,9 +27,20 @@ a new evaluation is one new file:
 and `python eval.py --model_dir=runs/x --gin_param='import my_evaluators' --evaluators=brightness`.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import gin
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+    import numpy as np
+
+    from keras_ebm.trainers.base import EBMTrainer
 
 GIN_MODULE = "keras_ebm.evaluation.evaluators"
 _EVALUATORS = {}
@@ -53,36 +64,40 @@ class Evaluator:
     export_only = False  # reads nothing but the export (the trainer, if any needs it, is restored after)
 
     @property
-    def needs_model(self):
+    def needs_model(self) -> bool:
         """True when `run` uses the trainer restored from the checkpoint (`ctx.model`)."""
         return False
 
-    def run(self, ctx):
+    def run(self, ctx: EvalContext) -> dict[str, Any] | None:
         """Evaluate; returns `{name: result}` to merge under `key`, or None."""
         raise NotImplementedError
 
     @classmethod
-    def markdown(cls, entries):
+    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
         """results.md lines of this evaluator's entries."""
         return []
 
     @classmethod
-    def columns(cls, results_list):
+    def columns(
+        cls, results_list: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
         """`[(title, getter(results) -> value, "pct" or "num")]` of the report across runs."""
         return []
 
     @classmethod
-    def counts(cls, entries):
+    def counts(cls, entries: Mapping[str, Any]) -> dict[str, int]:
         """`{what: number of images}` behind this evaluator's numbers, for the report."""
         return {}
 
     @classmethod
-    def compare_plots(cls, runs, output_dir):
+    def compare_plots(
+        cls, runs: Mapping[str, tuple[str, Mapping[str, Any]]], output_dir: str | os.PathLike
+    ) -> list[str]:
         """Plots of the report across runs (`runs`: `{name: (eval_dir, results)}`); returns paths."""
         return []
 
 
-def register(name):
+def register(name: str) -> Callable[[type[Evaluator]], type[Evaluator]]:
     """Class decorator: registers an `Evaluator` subclass under `name`, gin-configurable as `name`."""
 
     def decorate(cls):
@@ -96,7 +111,7 @@ def register(name):
     return decorate
 
 
-def unregister(name):
+def unregister(name: str) -> None:
     """Removes `name` from the registry (tests; gin keeps the configurable)."""
     _EVALUATORS.pop(name)
 
@@ -105,28 +120,30 @@ def _builtins():
     from keras_ebm.evaluation import evaluators  # noqa: F401  (registers the built-in evaluators)
 
 
-def names():
+def names() -> tuple[str, ...]:
     """Every registered evaluator's name, in registration order (the order of the reports)."""
     _builtins()
     return tuple(_EVALUATORS)
 
 
-def get(name):
+def get(name: str) -> type[Evaluator]:
     """The registered evaluator class `name`."""
     _builtins()
     if name not in _EVALUATORS:
-        raise UsageError(f"Unknown evaluator {name!r}; registered: {', '.join(_EVALUATORS)}. Register one with "
-                         "keras_ebm.evaluation.registry.register (and import its module, e.g. --gin_param='import m').")
+        raise UsageError(
+            f"Unknown evaluator {name!r}; registered: {', '.join(_EVALUATORS)}. Register one with "
+            "keras_ebm.evaluation.registry.register (and import its module, e.g. --gin_param='import m')."
+        )
     return _EVALUATORS[name]
 
 
-def keyed():
+def keyed() -> list[type[Evaluator]]:
     """The registered evaluator classes that add an entry to results.json, in registration order."""
     _builtins()
     return [cls for cls in _EVALUATORS.values() if cls.key]
 
 
-def result_keys():
+def result_keys() -> list[str]:
     """The results.json entries evaluators add beside `run_eval`'s ("robustness", ...)."""
     return tuple(cls.key for cls in keyed())
 
@@ -146,8 +163,16 @@ class EvalContext:
         evaluators: the evaluator instances of the run (the "samples" one supplies `samples`).
     """
 
-    def __init__(self, model_dir=None, saved_model=None, output_dir=None, max_examples=None, in_dist=None,
-                 reparse_config=None, evaluators=()):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        saved_model: str | os.PathLike | None = None,
+        output_dir: str | os.PathLike | None = None,
+        max_examples: int | None = None,
+        in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+        reparse_config: Callable[[], None] | None = None,
+        evaluators: Sequence[Evaluator] = (),
+    ) -> None:
         self.model_dir = model_dir
         self.saved_model = saved_model
         self.output_dir = output_dir or os.path.join(model_dir or ".", "eval")
@@ -159,14 +184,14 @@ class EvalContext:
         self._samples = None
 
     @property
-    def in_dist(self):
+    def in_dist(self) -> Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]]:
         if self._in_dist is None:
             from keras_ebm import run_config
 
             self._in_dist = run_config.resolve_parameter("run_eval.in_dist")
         return self._in_dist
 
-    def test_set(self, max_examples=None):
+    def test_set(self, max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """`(uint8 images, labels)` of the in-distribution set, the first `max_examples` (default
         the context's)."""
         from keras_ebm.evaluation import runner
@@ -174,37 +199,46 @@ class EvalContext:
         return runner.load_set(self.in_dist, self.max_examples if max_examples is None else max_examples)
 
     @property
-    def restored(self):
+    def restored(self) -> bool:
         return self._model is not None
 
     @property
-    def model(self):
+    def model(self) -> EBMTrainer:
         """The trainer restored from `<model_dir>`'s last checkpoint (restored on first use)."""
         if self._model is None:
             if not self.model_dir:
-                raise UsageError("This evaluation needs model_dir: it uses the trainer restored from its checkpoint "
-                                 "(an export has no gradient and no sampler).")
+                raise UsageError(
+                    "This evaluation needs model_dir: it uses the trainer restored from its checkpoint "
+                    "(an export has no gradient and no sampler)."
+                )
             from keras_ebm import restore
 
             self._model = restore.restore_trainer(self.model_dir)
         return self._model
 
     @property
-    def samples(self):
+    def samples(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """`{name: (uint8 images, labels or None)}` from the run's "samples" evaluator (drawn once)."""
         if self._samples is None:
             source = next((e for e in self.evaluators if e.name == "samples"), None) or get("samples")()
             self._samples = source.collect(self)
         return self._samples
 
-    def reparse_config(self):
+    def reparse_config(self) -> None:
         if self._reparse_config is not None:
             self._reparse_config()
 
 
 @gin.configurable(module="keras_ebm.evaluation")
-def evaluate(evaluators=("standard",), model_dir=None, saved_model=None, output_dir=None, max_examples=None,
-             in_dist=None, reparse_config=None):
+def evaluate(
+    evaluators: Sequence[str] = ("standard",),
+    model_dir: str | os.PathLike | None = None,
+    saved_model: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    max_examples: int | None = None,
+    in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    reparse_config: Callable[[], None] | None = None,
+) -> dict[str, dict[str, Any] | None]:
     """Runs the registered evaluators `evaluators` (names) in order; what eval.py calls.
 
     Every evaluator is created first (gin binds its options), then run on one `EvalContext` (see
@@ -216,8 +250,15 @@ def evaluate(evaluators=("standard",), model_dir=None, saved_model=None, output_
         `{evaluator name: what its run returned}`.
     """
     created = [get(name)() for name in evaluators]
-    ctx = EvalContext(model_dir=model_dir, saved_model=saved_model, output_dir=output_dir,
-                      max_examples=max_examples, in_dist=in_dist, reparse_config=reparse_config, evaluators=created)
+    ctx = EvalContext(
+        model_dir=model_dir,
+        saved_model=saved_model,
+        output_dir=output_dir,
+        max_examples=max_examples,
+        in_dist=in_dist,
+        reparse_config=reparse_config,
+        evaluators=created,
+    )
     wants_model = any(e.needs_model for e in created)
     out = {}
     for evaluator in created:

@@ -17,23 +17,31 @@ tables (rows = models):
 
 The columns, image counts and plots after the OOD AUROCs come from the registered evaluators
 (`registry.Evaluator.columns`, `counts`, `compare_plots`, in registration order), so a new
-evaluation brings its own. A cell is "-" where a run lacks the evaluation (e.g. no FID for a classifier without a sampler).
+evaluation brings its own. A cell is "-" where a run lacks the
+evaluation (e.g. no FID for a classifier without a sampler).
 """
+
+from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from keras_ebm import report_tables
 from keras_ebm.evaluation import plots
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any
+
 
 def _log(msg):
     print(f"[keras_ebm.report] {msg}", flush=True)
 
 
-def results_path(path):
+def results_path(path: str | os.PathLike) -> str:
     """The results.json of a run directory, its eval directory, or the file itself."""
     candidates = [path, os.path.join(path, "results.json"), os.path.join(path, "eval", "results.json")]
     for candidate in candidates:
@@ -45,7 +53,7 @@ def results_path(path):
     )
 
 
-def run_folder(eval_dir):
+def run_folder(eval_dir: str | os.PathLike) -> str:
     """The run directory of an eval directory (`<run>/eval`), relative to the working directory
     when it lies below it."""
     run_dir = os.path.dirname(eval_dir) if os.path.basename(eval_dir) == "eval" else eval_dir
@@ -53,7 +61,7 @@ def run_folder(eval_dir):
     return run_dir if rel.startswith("..") else rel
 
 
-def run_name(run_dir):
+def run_name(run_dir: str | os.PathLike) -> str | None:
     """A run's row name, by what it is: `<trainer> (<config>)`, e.g. "SADAJEM (quickstart)",
     "SoftmaxClassifier (quickstart, baseline)". The trainer comes from training_summary.json or
     the run's config.gin (`run_training.trainer`), the config from the gin files config.gin
@@ -81,7 +89,9 @@ def run_name(run_dir):
     return f"{trainer} ({', '.join(stems)})" if stems else None  # config unknown: the folder names it
 
 
-def load_runs(paths, names=None):
+def load_runs(
+    paths: Sequence[str | os.PathLike], names: Sequence[str] | None = None
+) -> dict[str, tuple[str, dict[str, Any]]]:
     """`{name: (eval_dir, results)}`; names default to each run's trainer and config (`run_name`,
     e.g. "SADAJEM (quickstart)"), else the run directory's name, made unique."""
     if not paths:
@@ -105,7 +115,7 @@ def load_runs(paths, names=None):
     return runs
 
 
-def union(keys_per_run):
+def union(keys_per_run: Iterable[Iterable[str]]) -> list[str]:
     """The keys of every run, each once, in the order they first appear."""
     out = []
     for keys in keys_per_run:
@@ -140,7 +150,7 @@ def _columns(results_list, scores=None):
     return cols, kinds
 
 
-def image_counts(results):
+def image_counts(results: Mapping[str, Any]) -> dict[str, int]:
     """How many images each number of a run used: `{what: count}`."""
     from keras_ebm.evaluation import registry
 
@@ -169,12 +179,12 @@ def _plot_files(eval_dir):
             continue
         for file in sorted(os.listdir(folder)):
             if file.endswith(".png"):
-                kind = (f"samples_{file[:-4]}" if sub else file[:-4])
+                kind = f"samples_{file[:-4]}" if sub else file[:-4]
                 found[kind] = os.path.join(folder, file)
     return found
 
 
-def side_by_side(paths_by_run, path, title=None):
+def side_by_side(paths_by_run: Mapping[str, str], path: str | os.PathLike, title: str | None = None) -> str:
     """One figure, one panel per run, each showing that run's PNG (`{run name: png path}`)."""
     from matplotlib.image import imread
 
@@ -195,7 +205,13 @@ def side_by_side(paths_by_run, path, title=None):
     return plots._save(fig, path)
 
 
-def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison"):
+def compare_runs(
+    paths: Sequence[str | os.PathLike],
+    output_dir: str | os.PathLike,
+    names: Sequence[str] | None = None,
+    scores: Sequence[str] | None = None,
+    title: str = "Comparison",
+) -> dict[str, Any]:
     """Writes report.md, report.json and the side-by-side plots for the runs at `paths`.
 
     Args:
@@ -228,16 +244,21 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
 
     written = [path for cls in registry.keyed() for path in cls.compare_plots(runs, output_dir)]
     for kind in union(plot_files.values()):
-        if scores and kind.startswith("scores_") and kind[len("scores_"):] not in scores:
+        if scores and kind.startswith("scores_") and kind[len("scores_") :] not in scores:
             continue  # a score the table leaves out
         have = {name: files[kind] for name, files in plot_files.items() if kind in files}
         written.append(side_by_side(have, os.path.join(output_dir, f"report_{kind}.png"), title=kind))
 
     notes = union([[r["notes"]] for r in results_list if r.get("notes")])
-    lines = [f"# {title}", "", "Rows: models; robust accuracy in %, epsilons in [0, 255] pixel units; "
-             "classifier_fd / classifier_score / classifier_kd are computed in the feature space of a "
-             "classifier trained with keras_ebm (named in the JSON), not Inception: they rank runs measured "
-             "with the same network and are not FID / IS / KID.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        "Rows: models; robust accuracy in %, epsilons in [0, 255] pixel units; "
+        "classifier_fd / classifier_score / classifier_kd are computed in the feature space of a "
+        "classifier trained with keras_ebm (named in the JSON), not Inception: they rank runs measured "
+        "with the same network and are not FID / IS / KID.",
+        "",
+    ]
     lines += _table(["model", "run folder"] + [t for t, _ in cols], cells)
     lines += ["", "Images behind each number", ""]
     lines += _table(["model"] + what, [[n] + [counts[n].get(w, "-") for w in what] for n in runs])
@@ -257,6 +278,5 @@ def compare_runs(paths, output_dir, names=None, scores=None, title="Comparison")
     }
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(report, f, indent=2)
-    _log(f"wrote {output_dir}/report.md, report.json and {len(written)} plots ({len(runs)} runs, "
-         f"{len(cols)} columns)")
+    _log(f"wrote {output_dir}/report.md, report.json and {len(written)} plots ({len(runs)} runs, {len(cols)} columns)")
     return report

@@ -11,7 +11,8 @@ epsilon e bounds the Euclidean norm of the perturbation measured in grey levels,
 What is attacked. The attacks take a `logits_fn(x_float)` and differentiate it; build one from an
 in-memory keras model with `keras_ebm.evaluation.adapters.logits_fn(model)`. A loaded export is
 refused: its signatures take pixel values 0..255 and quantise them to uint8, so no gradient flows,
-and it stores no entry point in the model's float pixel range (see `adapters.py`). Attack the in-memory model (the trainer restored from its checkpoint)
+and it stores no entry point in the model's float pixel range (see `adapters.py`).
+Attack the in-memory model (the trainer restored from its checkpoint)
 instead. A `RefinementDefense` wraps a classifier with K steps of SGLD on its own energy
 (E(x) = -logsumexp f(x), `keras_ebm.energy`) before classifying (JEM's `refined_logits`, Hill et
 al.'s purification) and is attacked with BPDA + EOT.
@@ -53,18 +54,24 @@ refinement (one `tf.stop_gradient` here), and the closed-form tests need the exa
 a PGD step is a few lines on top of `tf.GradientTape`, so no dependency is added for it.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
-from keras_ebm.evaluation import adapters
-from keras_ebm.evaluation import plots
+from keras_ebm.evaluation import adapters, plots
 from keras_ebm.sampling.sgld import SGLDSampler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 LINF = "linf"
 L2 = "l2"
@@ -97,46 +104,92 @@ class PGDSettings:
                 f"of epsilon). Received: step_size={self.step_size}, relative_step_size={self.relative_step_size}"
             )
         if int(self.steps) < 0 or int(self.restarts) < 1:
-            raise ValueError(f"`steps` >= 0 and `restarts` >= 1. Received: steps={self.steps}, restarts={self.restarts}")
+            raise ValueError(
+                f"`steps` >= 0 and `restarts` >= 1. Received: steps={self.steps}, restarts={self.restarts}"
+            )
         if any(float(e) < 0 for e in self.epsilons) or not len(self.epsilons):
             raise ValueError(f"`epsilons` must be non-negative. Received: epsilons={self.epsilons}")
 
-    def step_for(self, epsilon):
+    def step_for(self, epsilon: float) -> float:
         """The step size ([0, 255] units) used at `epsilon`."""
         if self.step_size is not None:
             return float(self.step_size)
         return float(self.relative_step_size) * float(epsilon)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # JEM attack_model.py: foolbox 2 defaults stepsize/epsilon 0.01/0.3 (L-inf PGD), 0.05/0.3 (L2 BIM),
 # 40 iterations, random start, 20 restarts. Grid: the HDGE/JEM figure axes.
-JEM_LINF = PGDSettings(LINF, (1, 2, 4, 8, 12, 16, 22, 30), steps=40, relative_step_size=1 / 30,
-                       restarts=20, source="JEM attack_model.py (foolbox 2 RandomStartPGD, 40 it., 20 restarts)")
-JEM_L2 = PGDSettings(L2, (50, 100, 150, 200, 250, 300, 350, 400, 450, 500), steps=40, relative_step_size=1 / 6,
-                     restarts=20, source="JEM attack_model.py (foolbox 2 L2BasicIterative, 40 it., 20 restarts)")
+JEM_LINF = PGDSettings(
+    LINF,
+    (1, 2, 4, 8, 12, 16, 22, 30),
+    steps=40,
+    relative_step_size=1 / 30,
+    restarts=20,
+    source="JEM attack_model.py (foolbox 2 RandomStartPGD, 40 it., 20 restarts)",
+)
+JEM_L2 = PGDSettings(
+    L2,
+    (50, 100, 150, 200, 250, 300, 350, 400, 450, 500),
+    steps=40,
+    relative_step_size=1 / 6,
+    restarts=20,
+    source="JEM attack_model.py (foolbox 2 L2BasicIterative, 40 it., 20 restarts)",
+)
 # JEM's refinement steps (JEM-0, JEM-1, JEM-10) and chains per image.
 JEM_REFINE_STEPS = (0, 1, 10)
 # In the range (-1, 1): RefinementDefense(defense_reps=n_chains) and sgld_refinement(the rest).
 JEM_REFINE = {"n_chains": 5, "init_noise_std": 0.03, "step_size": 1.0, "noise_std": 0.01}
 # GMMC sec. 4.4, Table 5: PGD-40, L-inf, JEM's step rule; grid inferred (see module docstring).
-GMMC_TABLE5 = PGDSettings(LINF, (1, 2, 4, 8), steps=40, relative_step_size=1 / 30, restarts=1,
-                          source="GMMC sec. 4.4 Table 5 (PGD-40; epsilons inferred, check the PDF)")
+GMMC_TABLE5 = PGDSettings(
+    LINF,
+    (1, 2, 4, 8),
+    steps=40,
+    relative_step_size=1 / 30,
+    restarts=1,
+    source="GMMC sec. 4.4 Table 5 (PGD-40; epsilons inferred, check the PDF)",
+)
 # HDGE sec. 4.4, Figure 3: the axes' ranges; steps as JEM.
-HDGE_FIG3_LINF = PGDSettings(LINF, (1, 6, 11, 16, 21, 26, 31), steps=40, relative_step_size=1 / 30,
-                             source="HDGE sec. 4.4 Figure 3a axis (eps 1..31), JEM steps")
-HDGE_FIG3_L2 = PGDSettings(L2, (50, 100, 150, 200, 250, 300, 350, 400, 450, 500), steps=40,
-                           relative_step_size=1 / 6, source="HDGE sec. 4.4 Figure 3b axis (eps 0..500), JEM steps")
+HDGE_FIG3_LINF = PGDSettings(
+    LINF,
+    (1, 6, 11, 16, 21, 26, 31),
+    steps=40,
+    relative_step_size=1 / 30,
+    source="HDGE sec. 4.4 Figure 3a axis (eps 1..31), JEM steps",
+)
+HDGE_FIG3_L2 = PGDSettings(
+    L2,
+    (50, 100, 150, 200, 250, 300, 350, 400, 450, 500),
+    steps=40,
+    relative_step_size=1 / 6,
+    source="HDGE sec. 4.4 Figure 3b axis (eps 0..500), JEM steps",
+)
 # SADA-JEM sec. 4.4, Figure 5: bpda_eot_attack_jem.json + scripts/bpda_attack.sh.
-SADAJEM_FIG5_LINF = PGDSettings(LINF, (1, 2, 4, 8, 12, 16, 22, 30), steps=50, step_size=2.0,
-                                source="SADA-JEM sec. 4.4 Figure 5a (bpda_eot_attack.py: 50 steps of 2)")
-SADAJEM_FIG5_L2 = PGDSettings(L2, (50, 100, 150, 200, 250, 300, 350, 400, 450, 500), steps=50, step_size=2.0,
-                              source="SADA-JEM Figure 5b: L2 grid not published; HDGE/JEM axis, SADA-JEM steps")
+SADAJEM_FIG5_LINF = PGDSettings(
+    LINF,
+    (1, 2, 4, 8, 12, 16, 22, 30),
+    steps=50,
+    step_size=2.0,
+    source="SADA-JEM sec. 4.4 Figure 5a (bpda_eot_attack.py: 50 steps of 2)",
+)
+SADAJEM_FIG5_L2 = PGDSettings(
+    L2,
+    (50, 100, 150, 200, 250, 300, 350, 400, 450, 500),
+    steps=50,
+    step_size=2.0,
+    source="SADA-JEM Figure 5b: L2 grid not published; HDGE/JEM axis, SADA-JEM steps",
+)
 # SADA-JEM / Hill et al. BPDA + EOT: chains per attack gradient, chains per confirmed break.
-SADAJEM_EOT = {"eot_reps": 15, "defense_reps": 150, "langevin_step_size": 1.0, "langevin_noise_std": 0.01,
-               "num_examples": 1000, "batch_size": 10}
+SADAJEM_EOT = {
+    "eot_reps": 15,
+    "defense_reps": 150,
+    "langevin_step_size": 1.0,
+    "langevin_noise_std": 0.01,
+    "num_examples": 1000,
+    "batch_size": 10,
+}
 PAPER_SETTINGS = {
     "jem_linf": JEM_LINF,
     "jem_l2": JEM_L2,
@@ -166,14 +219,14 @@ class WhiteBox:
     stochastic = False
     name = "pgd"
 
-    def __init__(self, logits_fn):
+    def __init__(self, logits_fn: Callable[[tf.Tensor], tf.Tensor]) -> None:
         self.logits_fn = _differentiable(logits_fn)
         self._gradient = tf.function(self._gradient_impl, reduce_retracing=True)
 
-    def logits(self, x):
+    def logits(self, x: tf.Tensor) -> tf.Tensor:
         return self.logits_fn(x)
 
-    def gradient(self, x, y):
+    def gradient(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """`(d CE / dx, logits at x)`; the gradient is 0 where the logits ignore x."""
         return self._gradient(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32))
 
@@ -192,7 +245,8 @@ def _differentiable(fn):
     if not getattr(fn, "differentiable", True):
         raise ValueError(
             "This classifier is a SavedModel export: its signatures take pixel values quantised to uint8 "
-            "images, which have no gradient, so it cannot be attacked white-box. Attack the in-memory model instead (the "
+            "images, which have no gradient, so it cannot be attacked white-box. "
+            "Attack the in-memory model instead (the "
             "trainer restored from its checkpoint, or trainer.network, through "
             "keras_ebm.evaluation.adapters.logits_fn), and classify the adversarial images with "
             "the export if the deployed model's accuracy on them is wanted."
@@ -202,8 +256,15 @@ def _differentiable(fn):
     return adapters.logits_fn(fn)
 
 
-def sgld_refinement(logits_fn, n_steps, step_size=1.0, noise_std=0.01, init_noise_std=0.0,
-                    x_clip=None, seed=None):
+def sgld_refinement(
+    logits_fn: Callable[[tf.Tensor], tf.Tensor],
+    n_steps: int,
+    step_size: float = 1.0,
+    noise_std: float = 0.01,
+    init_noise_std: float = 0.0,
+    x_clip: tuple[float, float] | None = None,
+    seed: int | None = None,
+) -> Callable[[tf.Tensor], tf.Tensor]:
     """`refine(x)`: K steps of SGLD on the classifier's own energy, with `SGLDSampler`.
 
     x <- x - step_size * dE/dx + noise_std * N(0, I), E(x) = -logsumexp f(x) summed over the batch
@@ -221,9 +282,16 @@ def sgld_refinement(logits_fn, n_steps, step_size=1.0, noise_std=0.01, init_nois
         seed: seed of the sampler's noise.
     """
     fn = adapters.logits_fn(logits_fn)
-    sampler = SGLDSampler(n_steps=int(n_steps), step_size=step_size, noise_std=noise_std,
-                          x_clip=x_clip, energy_reduction="sum", energy_training=False,
-                          freeze_bn_stats=True, seed=seed)
+    sampler = SGLDSampler(
+        n_steps=int(n_steps),
+        step_size=step_size,
+        noise_std=noise_std,
+        x_clip=x_clip,
+        energy_reduction="sum",
+        energy_training=False,
+        freeze_bn_stats=True,
+        seed=seed,
+    )
     noise_seed = keras.random.SeedGenerator(None if seed is None else int(seed) + 1)
 
     def energy_fn(x, y, training=False):
@@ -267,12 +335,18 @@ class RefinementDefense:
 
     stochastic = True
 
-    def __init__(self, logits_fn, refine_fn, gradient_mode="bpda", eot_reps=15, defense_reps=150,
-                 chunk_size=1000):
+    def __init__(
+        self,
+        logits_fn: Callable[[tf.Tensor], tf.Tensor],
+        refine_fn: Callable[[tf.Tensor], tf.Tensor],
+        gradient_mode: str = "bpda",
+        eot_reps: int = 15,
+        defense_reps: int = 150,
+        chunk_size: int = 1000,
+    ) -> None:
         if gradient_mode not in ("bpda", "through", "classifier"):
             raise ValueError(
-                "`gradient_mode` must be 'bpda', 'through' or 'classifier'. "
-                f"Received: gradient_mode={gradient_mode!r}"
+                f"`gradient_mode` must be 'bpda', 'through' or 'classifier'. Received: gradient_mode={gradient_mode!r}"
             )
         if int(eot_reps) < 1 or int(defense_reps) < 1:
             raise ValueError(f"`eot_reps` and `defense_reps` must be >= 1. Received: {eot_reps}, {defense_reps}")
@@ -282,14 +356,16 @@ class RefinementDefense:
         self.eot_reps = int(eot_reps)
         self.defense_reps = int(defense_reps)
         self.chunk_size = int(chunk_size)
-        self.name = {"bpda": "bpda_eot", "through": "pgd_through_refinement", "classifier": "pgd_classifier"}[gradient_mode]
+        self.name = {"bpda": "bpda_eot", "through": "pgd_through_refinement", "classifier": "pgd_classifier"}[
+            gradient_mode
+        ]
         self._gradient = tf.function(self._gradient_impl, reduce_retracing=True)
         self._refined_logits = tf.function(self._refined_logits_impl, reduce_retracing=True)
 
     def _refined_logits_impl(self, x):
         return tf.cast(self.logits_fn(self.refine_fn(x)), tf.float32)
 
-    def logits(self, x):
+    def logits(self, x: tf.Tensor) -> tf.Tensor:
         """Logits averaged over `defense_reps` refinements of each image."""
         x = tf.convert_to_tensor(x, tf.float32)
         n = int(x.shape[0])
@@ -303,7 +379,7 @@ class RefinementDefense:
             done += reps
         return total / float(self.defense_reps)
 
-    def gradient(self, x, y):
+    def gradient(self, x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return self._gradient(tf.convert_to_tensor(x, tf.float32), tf.convert_to_tensor(y, tf.int32))
 
     def _gradient_impl(self, x, y):
@@ -369,8 +445,20 @@ def _step(x, grad, alpha, norm):
     return x + alpha * grad / _expand(_per_sample_norm(grad) + _TINY, x)
 
 
-def pgd_attack(model, x, y, epsilon, norm=LINF, steps=40, step_size=None, pixel_range=(-1.0, 1.0),
-               random_start=True, restarts=1, seed=0, clean_correct=None):
+def pgd_attack(
+    model: WhiteBox | RefinementDefense,
+    x: np.ndarray,
+    y: np.ndarray,
+    epsilon: float,
+    norm: str = LINF,
+    steps: int = 40,
+    step_size: float | None = None,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    random_start: bool = True,
+    restarts: int = 1,
+    seed: int = 0,
+    clean_correct: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Untargeted PGD on one batch; epsilon and step size in [0, 255] pixel units.
 
     Maximises the cross-entropy of the true label: x <- Proj(x + a * sign(g)) (L-inf) or
@@ -450,9 +538,20 @@ def pgd_attack(model, x, y, epsilon, norm=LINF, steps=40, step_size=None, pixel_
 
 
 # ---------------------------------------------------------------------------------- evaluation
-def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel_range=None,
-                        batch_size=100, max_examples=None, seed=0, output_dir=None, name=None,
-                        progress=True, **overrides):
+def evaluate_robustness(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    settings: PGDSettings = SADAJEM_FIG5_LINF,
+    pixel_range: tuple[float, float] | None = None,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Robust accuracy of a classifier (or a defended one) over an epsilon grid.
 
     Args:
@@ -477,7 +576,11 @@ def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel
     if overrides:
         if "step_size" in overrides and "relative_step_size" not in overrides:
             overrides["relative_step_size"] = None
-        if "relative_step_size" in overrides and overrides["relative_step_size"] is not None and "step_size" not in overrides:
+        if (
+            "relative_step_size" in overrides
+            and overrides["relative_step_size"] is not None
+            and "step_size" not in overrides
+        ):
             overrides["step_size"] = None
         settings = dataclasses.replace(settings, **overrides)
     target = _as_target(model)
@@ -486,22 +589,34 @@ def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel
     n = len(x)
     epsilons = [float(e) for e in settings.epsilons]
     name = name or f"{target.name}_{settings.norm}"
-    clean = np.concatenate([
-        np.argmax(np.asarray(target.logits(tf.constant(x[s:s + batch_size]))), -1) == y[s:s + batch_size]
-        for s in range(0, n, batch_size)
-    ])
-    _log(f"{name}: {n} images, clean accuracy {clean.mean():.4f}, epsilons {epsilons} (/255), "
-         f"{settings.steps} steps, {settings.restarts} restart(s)")
+    clean = np.concatenate(
+        [
+            np.argmax(np.asarray(target.logits(tf.constant(x[s : s + batch_size]))), -1) == y[s : s + batch_size]
+            for s in range(0, n, batch_size)
+        ]
+    )
+    _log(
+        f"{name}: {n} images, clean accuracy {clean.mean():.4f}, epsilons {epsilons} (/255), "
+        f"{settings.steps} steps, {settings.restarts} restart(s)"
+    )
     bar = keras.utils.Progbar(len(epsilons) * n, unit_name="image") if progress else None
     robust, done = [], 0
     for eps in epsilons:
         survived = 0
         for s in range(0, n, batch_size):
             _, broken = pgd_attack(
-                target, x[s:s + batch_size], y[s:s + batch_size], eps, norm=settings.norm,
-                steps=settings.steps, step_size=settings.step_for(eps), pixel_range=(lo, hi),
-                random_start=settings.random_start, restarts=settings.restarts,
-                seed=seed + s, clean_correct=clean[s:s + batch_size],
+                target,
+                x[s : s + batch_size],
+                y[s : s + batch_size],
+                eps,
+                norm=settings.norm,
+                steps=settings.steps,
+                step_size=settings.step_for(eps),
+                pixel_range=(lo, hi),
+                random_start=settings.random_start,
+                restarts=settings.restarts,
+                seed=seed + s,
+                clean_correct=clean[s : s + batch_size],
             )
             survived += int(np.sum(~broken))
             done += len(broken)
@@ -527,14 +642,13 @@ def evaluate_robustness(model, images, labels, settings=SADAJEM_FIG5_LINF, pixel
         "settings_source": settings.source,
     }
     if isinstance(target, RefinementDefense):
-        results.update(eot_reps=target.eot_reps, defense_reps=target.defense_reps,
-                       gradient_mode=target.gradient_mode)
+        results.update(eot_reps=target.eot_reps, defense_reps=target.defense_reps, gradient_mode=target.gradient_mode)
     if output_dir:
         write_results(results, output_dir)
     return results
 
 
-def write_results(results, output_dir):
+def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike) -> tuple[str, str]:
     """Writes `robustness_<name>.json` and the curve `robustness_<name>.png`; returns both paths."""
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"robustness_{results['name']}.json")
@@ -544,7 +658,9 @@ def write_results(results, output_dir):
     return json_path, png_path
 
 
-def robustness_curve(results_list, path, title=None):
+def robustness_curve(
+    results_list: Sequence[Mapping[str, Any]], path: str | os.PathLike, title: str | None = None
+) -> str:
     """Robust accuracy (%) against epsilon for one or more `evaluate_robustness` results (PNG).
 
     Results of different norms go to separate panels, L-inf left (as the papers' figures).
@@ -559,8 +675,7 @@ def robustness_curve(results_list, path, title=None):
         for r in sorted((r for r in results_list if r["norm"] == norm), key=lambda r: r["name"]):
             eps = [0.0] + list(r["epsilons"])
             acc = [100 * r["clean_accuracy"]] + [100 * a for a in r["robust_accuracy"]]
-            ax.plot(eps, acc, marker="o", ms=3, color=colors[r["name"]],
-                    label=f"{r['name']} (n={r['num_examples']})")
+            ax.plot(eps, acc, marker="o", ms=3, color=colors[r["name"]], label=f"{r['name']} (n={r['num_examples']})")
         ax.set_xlabel(f"epsilon ({'L-inf' if norm == LINF else 'L2'}, /255)")
         ax.set_ylabel("accuracy (%)")
         ax.set_ylim(0, 100)
@@ -571,8 +686,18 @@ def robustness_curve(results_list, path, title=None):
 
 
 # ---------------------------------------------------------------------------------- C&W L2
-def carlini_wagner_l2(model, x, y, pixel_range=(-1.0, 1.0), targets=None, steps=100,
-                      binary_search_steps=9, learning_rate=0.01, initial_const=1e-3, confidence=0.0):
+def carlini_wagner_l2(
+    model: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    targets: np.ndarray | None = None,
+    steps: int = 100,
+    binary_search_steps: int = 9,
+    learning_rate: float = 0.01,
+    initial_const: float = 1e-3,
+    confidence: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Carlini and Wagner's L2 attack (2017) on one batch.
 
     Minimises ||x' - x||_2^2 + c * f(x') over x' = lo + (hi - lo) * (tanh(w) + 1) / 2 with Adam,
@@ -654,8 +779,21 @@ def carlini_wagner_l2(model, x, y, pixel_range=(-1.0, 1.0), targets=None, steps=
     return (lo + (hi - lo) * best_x).astype(np.float32), success, l2
 
 
-def evaluate_cw(model, images, labels, targeted=False, steps=None, pixel_range=None, batch_size=100,
-                max_examples=None, seed=0, output_dir=None, name=None, progress=True, **cw_kwargs):
+def evaluate_cw(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    targeted: bool = False,
+    steps: int | None = None,
+    pixel_range: tuple[float, float] | None = None,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    progress: bool = True,
+    **cw_kwargs: Any,
+) -> dict[str, Any]:
     """C&W L2 over a test set: success rate and the mean / median noise norm of the successes.
 
     GMMC sec. 4.4, Table 7: untargeted (100 iterations) and targeted (1000 iterations) C&W; almost
@@ -671,7 +809,7 @@ def evaluate_cw(model, images, labels, targeted=False, steps=None, pixel_range=N
     lo, hi = adapters.model_pixel_range(model, pixel_range)
     x, y = adapters.float_images(images, labels, (lo, hi), max_examples)
     steps = int(steps or GMMC_TABLE7_CW_STEPS["targeted" if targeted else "untargeted"])
-    logits = np.concatenate([np.asarray(fn(tf.constant(x[s:s + batch_size]))) for s in range(0, len(x), batch_size)])
+    logits = np.concatenate([np.asarray(fn(tf.constant(x[s : s + batch_size]))) for s in range(0, len(x), batch_size)])
     num_classes = logits.shape[-1]
     correct = np.argmax(logits, -1) == y
     xa, ya = x[correct], y[correct]
@@ -681,8 +819,13 @@ def evaluate_cw(model, images, labels, targeted=False, steps=None, pixel_range=N
     norms, success = [], []
     for s in range(0, len(xa), batch_size):
         _, ok, l2 = carlini_wagner_l2(
-            fn, xa[s:s + batch_size], ya[s:s + batch_size], (lo, hi),
-            targets=None if targets is None else targets[s:s + batch_size], steps=steps, **cw_kwargs,
+            fn,
+            xa[s : s + batch_size],
+            ya[s : s + batch_size],
+            (lo, hi),
+            targets=None if targets is None else targets[s : s + batch_size],
+            steps=steps,
+            **cw_kwargs,
         )
         norms.append(l2)
         success.append(ok)
@@ -708,8 +851,10 @@ def evaluate_cw(model, images, labels, targeted=False, steps=None, pixel_range=N
         "seed": int(seed),
         "cw_kwargs": {k: float(v) for k, v in cw_kwargs.items()},
     }
-    _log(f"{name}: {results['num_attacked']} images attacked, success {results['success_rate']:.4f}, "
-         f"mean L2 {results['mean_l2']:.4f}, median {results['median_l2']:.4f} ([0, 1] units)")
+    _log(
+        f"{name}: {results['num_attacked']} images attacked, success {results['success_rate']:.4f}, "
+        f"mean L2 {results['mean_l2']:.4f}, median {results['median_l2']:.4f} ([0, 1] units)"
+    )
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         with open(os.path.join(output_dir, f"robustness_{name}.json"), "w") as f:

@@ -14,8 +14,11 @@ their scores are the model's own (CLEL: "clel" = eq. 5 at the trained `ood_beta`
 OOD tables) and PNG plots.
 """
 
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING
 
 import gin
 import numpy as np
@@ -25,12 +28,18 @@ from keras_ebm.evaluation import metrics as metrics_lib
 from keras_ebm.evaluation import plots
 from keras_ebm.evaluation.adapters import signature_images
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
 
 def _log(msg):
     print(f"[keras_ebm.eval] {msg}", flush=True)
 
 
-def load_set(spec, max_examples):
+def load_set(
+    spec: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]], max_examples: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """A data spec is a callable returning (x, y) uint8 arrays, or kwargs of keras_ebm.data.load_arrays."""
     if callable(spec):
         x, y = spec()
@@ -58,7 +67,7 @@ def _run_export(module, images, batch_size, label, classifier=True):
     outputs = {}
     n = len(images)
     for start in range(0, n, batch_size):
-        batch = signature_images(scores_fn, images[start:start + batch_size])
+        batch = signature_images(scores_fn, images[start : start + batch_size])
         out = dict(serve(images=batch)) if classifier else {}
         out.update({f"score/{k}": v for k, v in scores_fn(images=batch).items()})
         for k, v in out.items():
@@ -69,7 +78,7 @@ def _run_export(module, images, batch_size, label, classifier=True):
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
-def extra_keys():
+def extra_keys() -> list[str]:
     """The results.json entries eval.py's other evaluations add (`merge_results`), which `run_eval`
     keeps: the keys of the registered evaluators ("robustness", "generative", ...), in report order."""
     from keras_ebm.evaluation import registry
@@ -83,7 +92,7 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def pct(v):
+def pct(v: float | None) -> str:
     """A rate of results.md: one decimal, in %; "-" when missing."""
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -95,7 +104,7 @@ def _extras_markdown(results):
     return [line for cls in registry.keyed() for line in cls.markdown(results.get(cls.key) or {})]
 
 
-def merge_results(output_dir, key, entries):
+def merge_results(output_dir: str | os.PathLike, key: str, entries: Mapping[str, Any]) -> dict[str, Any]:
     """Adds `entries` (name -> result dict) under `key` of `<output_dir>/results.json` (created if
     missing) and rewrites results.md; returns the merged results.
 
@@ -124,7 +133,8 @@ def _markdown(results, in_dist_name):
         return "\n".join([f"# Evaluation: {in_dist_name}"] + _extras_markdown(results)) + "\n"
     summary = (
         f"Accuracy {100 * results['accuracy']:.2f}% · ECE {100 * results['ece']:.2f}% (20 bins) · "
-        if results["classifier"] else "Not a classifier (no accuracy/ECE) · "
+        if results["classifier"]
+        else "Not a classifier (no accuracy/ECE) · "
     )
     lines = [f"# Evaluation: {in_dist_name}", "", summary + f"{results['num_examples']} test images", ""]
     ood = results["ood"]
@@ -180,7 +190,7 @@ def _export_path(saved_model, model_dir):
 def _score_names(outputs, metadata, classifier):
     """The export's OOD scores in table order: by name; for a non-classifier (CLEL: its "logits"
     are a latent, JEM scores of them mean nothing) its own score first and no JEM scores."""
-    names = sorted(k[len("score/"):] for k in outputs if k.startswith("score/"))
+    names = sorted(k[len("score/") :] for k in outputs if k.startswith("score/"))
     if classifier:
         return names
     first = [metadata["ood_score"]] + [s for s in ("neg_energy", "cosine") if s in names]
@@ -189,8 +199,9 @@ def _score_names(outputs, metadata, classifier):
 
 def _ood_entry(scores_in, scores_out):
     """`({score: AUROC}, {score: every metric})` of one OOD set, in-distribution positive."""
-    details = {s: {k: float(v) for k, v in metrics_lib.ood_metrics(scores_in[s], scores_out[s]).items()}
-               for s in scores_in}
+    details = {
+        s: {k: float(v) for k, v in metrics_lib.ood_metrics(scores_in[s], scores_out[s]).items()} for s in scores_in
+    }
     return {s: d["auroc"] for s, d in details.items()}, details
 
 
@@ -214,18 +225,18 @@ def _write_results(results, output_dir, in_dist_name, keep_extras):
 
 @gin.configurable(module="keras_ebm.evaluation")
 def run_eval(
-    model_dir=None,
-    saved_model=None,
-    in_dist=None,
-    ood_sets=None,
-    in_dist_name="test",
-    batch_size=256,
-    max_examples=None,
-    output_dir=None,
-    notes="",
-    clel_betas=None,
-    keep_extras=True,
-):
+    model_dir: str | os.PathLike | None = None,
+    saved_model: str | os.PathLike | None = None,
+    in_dist: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
+    ood_sets: Mapping[str, Any] | None = None,
+    in_dist_name: str = "test",
+    batch_size: int = 256,
+    max_examples: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    notes: str = "",
+    clel_betas: Sequence[float] | None = None,
+    keep_extras: bool = True,
+) -> dict[str, Any]:
     """Evaluate a SavedModel export on a labelled in-distribution set and OOD sets.
 
     Args:
@@ -302,7 +313,10 @@ def run_eval(
     }
     if classifier:
         plots.reliability_diagram(
-            probs, y, os.path.join(output_dir, "reliability.png"), num_bins=20,
+            probs,
+            y,
+            os.path.join(output_dir, "reliability.png"),
+            num_bins=20,
             title=f"{in_dist_name}: accuracy {100 * results['accuracy']:.1f}%",
         )
 
@@ -326,8 +340,10 @@ def run_eval(
     for s in score_names:
         if len(scores_by_set[s]) > 1:
             plots.score_histograms(
-                scores_by_set[s], os.path.join(output_dir, f"scores_{s}.png"),
-                in_dist_name=in_dist_name, score_name=s,
+                scores_by_set[s],
+                os.path.join(output_dir, f"scores_{s}.png"),
+                in_dist_name=in_dist_name,
+                score_name=s,
             )
     _write_results(results, output_dir, in_dist_name, keep_extras)
     return results

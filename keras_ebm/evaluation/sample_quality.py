@@ -13,15 +13,21 @@ The reference classifier and the ranking model may be exports (their `logits` si
 keras models / trainers, or float `logits_fn`s with a `pixel_range`.
 """
 
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import special
 from sklearn import metrics as skm
 
-from keras_ebm.evaluation import adapters
-from keras_ebm.evaluation import plots
+from keras_ebm.evaluation import adapters, plots
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 CIFAR10_CLASSES = ("plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -30,7 +36,9 @@ def _log(msg):
     print(f"[keras_ebm.sample_quality] {msg}", flush=True)
 
 
-def confusion_matrix_plot(matrix, path, class_names=None, title=None):
+def confusion_matrix_plot(
+    matrix: np.ndarray, path: str | os.PathLike, class_names: Sequence[str] | None = None, title: str | None = None
+) -> str:
     """Writes a row-normalised confusion matrix (rows: intended class, columns: predicted) as PNG."""
     matrix = np.asarray(matrix, np.float64)
     k = matrix.shape[0]
@@ -42,8 +50,15 @@ def confusion_matrix_plot(matrix, path, class_names=None, title=None):
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if matrix[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if matrix[i, j] > 0.5 else "black",
+                )
     ax.set_xticks(range(k), names, rotation=90 if k > 10 or max(map(len, names)) > 4 else 0, fontsize=7)
     ax.set_yticks(range(k), names, fontsize=7)
     ax.set_xlabel("predicted by the reference classifier")
@@ -62,9 +77,22 @@ def _grid_by_class(images, index_by_class, top_k, path, title):
     return plots.sample_grid(np.stack(rows), path, nrow=top_k, title=title)
 
 
-def classify_samples(samples, intended_labels, classifier, pixel_range=None, num_classes=None, class_names=None,
-                     ranking_model=None, ranking_pixel_range=None, top_k=10, batch_size=256, max_examples=None,
-                     output_dir=None, name="samples", progress=True):
+def classify_samples(
+    samples: np.ndarray,
+    intended_labels: np.ndarray | None,
+    classifier: Any,
+    pixel_range: tuple[float, float] | None = None,
+    num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
+    ranking_model: Any = None,
+    ranking_pixel_range: tuple[float, float] | None = None,
+    top_k: int = 10,
+    batch_size: int = 256,
+    max_examples: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    name: str = "samples",
+    progress: bool = True,
+) -> dict[str, Any]:
     """Accuracy and confusion matrix of class-conditional samples under a reference classifier, and
     their best / worst samples per class by p(x) and p(y|x).
 
@@ -104,7 +132,7 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
     if conditional:
         intended = np.asarray(intended_labels).astype(np.int64).reshape(-1)
         if max_examples:
-            intended = intended[:int(max_examples)]
+            intended = intended[: int(max_examples)]
         if intended.shape[0] != n:
             raise ValueError(f"`intended_labels` must hold one label per sample ({n}). Received: {intended.shape}")
     else:
@@ -127,7 +155,9 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
         "num_classes": k,
         "conditional": bool(conditional),
         "accuracy": float(np.mean(predicted == intended)) if conditional else None,
-        "per_class_accuracy": [float(normalized[c, c]) if per_class_n[c] else None for c in range(k)] if conditional else None,
+        "per_class_accuracy": [float(normalized[c, c]) if per_class_n[c] else None for c in range(k)]
+        if conditional
+        else None,
         "samples_per_class": per_class_n.tolist(),
         "confusion_matrix": counts.tolist(),
         "confusion_matrix_normalized": normalized.tolist(),
@@ -136,8 +166,10 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
         "files": {},
     }
     criteria = {
-        "px_highest": (log_px, True), "px_lowest": (log_px, False),
-        "pyx_highest": (p_intended, True), "pyx_lowest": (p_intended, False),
+        "px_highest": (log_px, True),
+        "px_lowest": (log_px, False),
+        "pyx_highest": (p_intended, True),
+        "pyx_lowest": (p_intended, False),
     }
     for key, (score, highest) in criteria.items():
         by_class = []
@@ -149,12 +181,14 @@ def classify_samples(samples, intended_labels, classifier, pixel_range=None, num
         if output_dir:
             label = {"px": "p(x)", "pyx": "p(y|x)"}[key.split("_")[0]]
             title = f"{name}: {'highest' if highest else 'lowest'} {label} per class (rows)"
-            results["files"][key] = _grid_by_class(samples, by_class, top_k,
-                                                   os.path.join(output_dir, f"{name}_{key}.png"), title)
+            results["files"][key] = _grid_by_class(
+                samples, by_class, top_k, os.path.join(output_dir, f"{name}_{key}.png"), title
+            )
     if output_dir:
         title = f"{name}: accuracy {100 * results['accuracy']:.1f}% ({n} samples)" if conditional else None
         results["files"]["confusion"] = confusion_matrix_plot(
-            normalized, os.path.join(output_dir, f"{name}_confusion.png"), class_names, title)
+            normalized, os.path.join(output_dir, f"{name}_confusion.png"), class_names, title
+        )
         with open(os.path.join(output_dir, f"sample_quality_{name}.json"), "w") as f:
             json.dump(results, f, indent=2)
     if conditional:

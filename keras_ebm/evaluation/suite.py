@@ -11,22 +11,37 @@ holds the number of images it used (`num_examples`, `num_samples`, the reference
 `num_examples`).
 """
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from keras_ebm.evaluation import adapters
-from keras_ebm.evaluation import ais
-from keras_ebm.evaluation import generative
-from keras_ebm.evaluation import robustness
-from keras_ebm.evaluation import sample_quality
+from keras_ebm.evaluation import adapters, ais, generative, robustness, sample_quality
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
+    import keras
+
+    from keras_ebm.trainers.base import EBMTrainer
 
 # eval.py --attack names: the norm of a custom PGD grid.
 ATTACKS = {"pgd_linf": robustness.LINF, "pgd_l2": robustness.L2}
 
 
-def pgd_settings(presets=(), attack=None, epsilons=None, steps=None, step_size=None, relative_step_size=None,
-                 restarts=None):
+def pgd_settings(
+    presets: Sequence[str] = (),
+    attack: str | None = None,
+    epsilons: Sequence[float] | None = None,
+    steps: int | None = None,
+    step_size: float | None = None,
+    relative_step_size: float | None = None,
+    restarts: int | None = None,
+) -> dict[str, robustness.PGDSettings]:
     """`{name: PGDSettings}` of paper presets and/or one custom attack, with overrides.
 
     Args:
@@ -48,8 +63,10 @@ def pgd_settings(presets=(), attack=None, epsilons=None, steps=None, step_size=N
     if restarts is not None:
         overrides["restarts"] = int(restarts)
     if step_size is not None and relative_step_size is not None:
-        raise ValueError("Pass at most one of `step_size` and `relative_step_size`. "
-                         f"Received: step_size={step_size}, relative_step_size={relative_step_size}")
+        raise ValueError(
+            "Pass at most one of `step_size` and `relative_step_size`. "
+            f"Received: step_size={step_size}, relative_step_size={relative_step_size}"
+        )
     if step_size is not None:
         overrides.update(step_size=float(step_size), relative_step_size=None)
     if relative_step_size is not None:
@@ -70,8 +87,18 @@ def pgd_settings(presets=(), attack=None, epsilons=None, steps=None, step_size=N
     return out
 
 
-def run_robustness(model, images, labels, settings_by_name, defense=None, batch_size=100, max_examples=None,
-                   seed=0, output_dir=None, progress=True):
+def run_robustness(
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    settings_by_name: Mapping[str, robustness.PGDSettings],
+    defense: Mapping[str, Any] | None = None,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
     """Robust accuracy of `model` for every `PGDSettings` of `settings_by_name`.
 
     Args:
@@ -101,27 +128,61 @@ def run_robustness(model, images, labels, settings_by_name, defense=None, batch_
         refine_kwargs.update(defense)
         fn = adapters.logits_fn(model)
         refine = robustness.sgld_refinement(fn, k, x_clip=pixel_range, seed=seed, **refine_kwargs)
-        target = robustness.RefinementDefense(fn, refine, gradient_mode=mode, eot_reps=eot_reps,
-                                              defense_reps=defense_reps)
+        target = robustness.RefinementDefense(
+            fn, refine, gradient_mode=mode, eot_reps=eot_reps, defense_reps=defense_reps
+        )
         suffix = f"_sgld{k}_{mode}"
     out = {}
     for name, settings in settings_by_name.items():
         out[name + suffix] = robustness.evaluate_robustness(
-            target, images, labels, settings, pixel_range=pixel_range, batch_size=batch_size,
-            max_examples=max_examples, seed=seed, output_dir=output_dir, name=name + suffix, progress=progress)
+            target,
+            images,
+            labels,
+            settings,
+            pixel_range=pixel_range,
+            batch_size=batch_size,
+            max_examples=max_examples,
+            seed=seed,
+            output_dir=output_dir,
+            name=name + suffix,
+            progress=progress,
+        )
     return out
 
 
-def run_cw(model, images, labels, targeted=False, steps=None, batch_size=100, max_examples=None, seed=0,
-           output_dir=None, progress=True, **cw_kwargs):
+def run_cw(
+    model: keras.Model,
+    images: np.ndarray,
+    labels: np.ndarray,
+    targeted: bool = False,
+    steps: int | None = None,
+    batch_size: int = 100,
+    max_examples: int | None = None,
+    seed: int = 0,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **cw_kwargs: Any,
+) -> dict[str, dict[str, Any]]:
     """C&W L2 (GMMC Table 7) as `{name: result}`; see `robustness.evaluate_cw`."""
-    result = robustness.evaluate_cw(model, images, labels, targeted=targeted, steps=steps, batch_size=batch_size,
-                                    max_examples=max_examples, seed=seed, output_dir=output_dir,
-                                    progress=progress, **cw_kwargs)
+    result = robustness.evaluate_cw(
+        model,
+        images,
+        labels,
+        targeted=targeted,
+        steps=steps,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        seed=seed,
+        output_dir=output_dir,
+        progress=progress,
+        **cw_kwargs,
+    )
     return {result["name"]: result}
 
 
-def reference_source(spec, split="train"):
+def reference_source(
+    spec: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]], split: str = "train"
+) -> tuple[str, str, dict[str, Any]]:
     """`(dataset, split, kwargs)` for `generative.reference_statistics` from a `run_eval.in_dist`
     spec: its source name and its local-file arguments, with the training split (the papers'
     reference set). A callable spec gives `("custom", split, {"images": spec})`."""
@@ -134,9 +195,18 @@ def reference_source(spec, split="train"):
     return name, split, spec
 
 
-def run_generative(samples_by_name, feature_nets, reference_spec, reference_split="train",
-                   reference_examples=None, max_examples=None, cache_dir=None, batch_size=100, output_dir=None,
-                   progress=True):
+def run_generative(
+    samples_by_name: Mapping[str, Any],
+    feature_nets: Sequence[generative.InceptionV3Features | generative.ClassifierFeatures],
+    reference_spec: Mapping[str, Any] | Callable[[], tuple[np.ndarray, np.ndarray]],
+    reference_split: str = "train",
+    reference_examples: int | None = None,
+    max_examples: int | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    batch_size: int = 100,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
     """FD / score / KD of every sample set in every feature space.
 
     Args:
@@ -156,21 +226,42 @@ def run_generative(samples_by_name, feature_nets, reference_spec, reference_spli
     dataset, split, kwargs = reference_source(reference_spec, reference_split)
     out = {}
     for feature_net in feature_nets:
-        reference = generative.reference_statistics(feature_net, dataset=dataset, split=split,
-                                                    max_examples=reference_examples, cache_dir=cache_dir,
-                                                    use_cache=dataset != "custom",  # a callable has no name
-                                                    batch_size=batch_size, progress=progress, **kwargs)
+        reference = generative.reference_statistics(
+            feature_net,
+            dataset=dataset,
+            split=split,
+            max_examples=reference_examples,
+            cache_dir=cache_dir,
+            use_cache=dataset != "custom",  # a callable has no name
+            batch_size=batch_size,
+            progress=progress,
+            **kwargs,
+        )
         for name, samples in samples_by_name.items():
             images = samples[0] if isinstance(samples, tuple) else samples
             key = f"{name}/{feature_net.name}"
-            out[key] = generative.evaluate_generative(images, feature_net, reference, batch_size=batch_size,
-                                                      max_examples=max_examples, progress=progress,
-                                                      output_dir=output_dir, name=key.replace("/", "__"))
+            out[key] = generative.evaluate_generative(
+                images,
+                feature_net,
+                reference,
+                batch_size=batch_size,
+                max_examples=max_examples,
+                progress=progress,
+                output_dir=output_dir,
+                name=key.replace("/", "__"),
+            )
     return out
 
 
-def run_sample_quality(samples_by_name, reference_classifier, ranking_model=None, class_names=None,
-                       max_examples=None, output_dir=None, progress=True):
+def run_sample_quality(
+    samples_by_name: Mapping[str, tuple[np.ndarray, np.ndarray | None]],
+    reference_classifier: Any,
+    ranking_model: Any = None,
+    class_names: Sequence[str] | None = None,
+    max_examples: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
     """Samples classified by a reference classifier (CLEL Figure 3c; SADA-JEM Appendix E).
 
     Args:
@@ -187,9 +278,17 @@ def run_sample_quality(samples_by_name, reference_classifier, ranking_model=None
     out = {}
     for name, (images, labels) in samples_by_name.items():
         labels = None if labels is None or len(np.asarray(labels)) == 0 else labels
-        result = sample_quality.classify_samples(images, labels, reference_classifier, ranking_model=ranking_model,
-                                                 class_names=class_names, max_examples=max_examples,
-                                                 output_dir=output_dir, name=name, progress=progress)
+        result = sample_quality.classify_samples(
+            images,
+            labels,
+            reference_classifier,
+            ranking_model=ranking_model,
+            class_names=class_names,
+            max_examples=max_examples,
+            output_dir=output_dir,
+            name=name,
+            progress=progress,
+        )
         result.pop("ranked", None)
         out[name] = result
     return out
@@ -199,8 +298,19 @@ AIS_SAMPLERS = ("mala", "hmc")
 AIS_BASES = ("uniform", "gaussian")
 
 
-def run_ais(model, images, num_chains=64, num_temperatures=1000, sampler="mala", base="uniform",
-            steps_per_temperature=1, step_size=None, max_examples=None, dequantize=True, seed=0):
+def run_ais(
+    model: EBMTrainer,
+    images: np.ndarray,
+    num_chains: int = 64,
+    num_temperatures: int = 1000,
+    sampler: str = "mala",
+    base: str = "uniform",
+    steps_per_temperature: int = 1,
+    step_size: float | None = None,
+    max_examples: int | None = None,
+    dequantize: bool = True,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """AIS log Z of the trainer's marginal energy E(x) (`model.energy`, inference mode) on its pixel
     box, and the test log-likelihood of `images` (see `keras_ebm.evaluation.ais`).
 
@@ -239,11 +349,19 @@ def run_ais(model, images, num_chains=64, num_temperatures=1000, sampler="mala",
     def energy_fn(x):
         return model.energy(x, training=False)
 
-    result = ais.ais_log_partition(energy_fn, base_dist, images.shape[1:], num_chains=num_chains,
-                                   num_temperatures=num_temperatures, sampler=kernel,
-                                   steps_per_temperature=steps_per_temperature, seed=seed)
-    ll = ais.test_log_likelihood(energy_fn, images, result["log_z"], result["log_z_stderr"], box=box,
-                                 dequantize=dequantize, seed=seed)
+    result = ais.ais_log_partition(
+        energy_fn,
+        base_dist,
+        images.shape[1:],
+        num_chains=num_chains,
+        num_temperatures=num_temperatures,
+        sampler=kernel,
+        steps_per_temperature=steps_per_temperature,
+        seed=seed,
+    )
+    ll = ais.test_log_likelihood(
+        energy_fn, images, result["log_z"], result["log_z_stderr"], box=box, dequantize=dequantize, seed=seed
+    )
     result.pop("log_weights")
     result.pop("step_sizes")
     result.update(ll, base=base, box=list(box))

@@ -1,5 +1,7 @@
 """Stale-export cleanup: what an `export_model` killed mid-way left beside its export directory."""
 
+from __future__ import annotations
+
 import os
 import re
 import shutil
@@ -30,7 +32,7 @@ def _stale_siblings(target, kind):
     return stale
 
 
-def recover_export(export_dir):
+def recover_export(export_dir: str | os.PathLike) -> list[str]:
     """Repair what a killed `export_model` left beside `export_dir`: put back the previous export
     if the kill fell between moving it aside and renaming the new one into place, and delete
     half-written `.<name>.tmp-*` folders and leftover `.<name>.old-*` copies. Only folders of

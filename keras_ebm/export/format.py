@@ -1,10 +1,16 @@
 """The export format: its version, the signatures every export has, and the metadata file beside
 them (plain JSON, readable without TensorFlow)."""
 
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from typing import Any
 
 METADATA_FILENAME = "keras_ebm_export.json"
 # 3: signatures declare float32 images (checked pixel values 0..255); 2: uint8 signatures.
@@ -14,14 +20,14 @@ SIGNATURE_DTYPE = tf.float32
 ENDPOINTS = ("logits", "energy", "ood_score", "scores", "serving_default")
 
 
-def looks_like_export(path):
+def looks_like_export(path: str | os.PathLike) -> bool:
     """`path` holds a SavedModel or the metadata of an export."""
     return os.path.isfile(os.path.join(path, "saved_model.pb")) or os.path.isfile(
         os.path.join(path, "assets", METADATA_FILENAME)
     )
 
 
-def read_export_metadata(export_dir):
+def read_export_metadata(export_dir: str | os.PathLike) -> dict[str, Any]:
     """The metadata dict of an export (plain JSON; needs no TensorFlow to read)."""
     path = os.path.join(os.fspath(export_dir), "assets", METADATA_FILENAME)
     if not os.path.isfile(path):
@@ -33,7 +39,7 @@ def read_export_metadata(export_dir):
         return json.load(f)
 
 
-def load_export(export_dir):
+def load_export(export_dir: str | os.PathLike) -> Any:
     """`tf.saved_model.load(export_dir)`: the module with `logits`, `energy`, `ood_score`,
     `scores`, `serving_default` (attributes and signatures) and the metadata variables.
 

@@ -19,17 +19,20 @@ inside the graph with one readable message: "expected images of shape [N, H, W, 
 0..255); received shape [...]". An empty batch returns empty outputs.
 """
 
+from __future__ import annotations
+
 import tensorflow as tf
 
 from keras_ebm.data.pixel_range import to_pixel_range  # pure tf ops, the one uint8 -> float map
 
 
-def expected_images(image_shape):
+def expected_images(image_shape: tuple[int, int, int]) -> str:
     """What the functions take, for their error messages."""
     h, w, c = image_shape
     return f"expected images of shape [N, {h}, {w}, {c}] (pixel values 0..255)"
 
-def checked_pixels(x, from_uint8, image_shape):
+
+def checked_pixels(x: tf.Tensor, from_uint8: bool, image_shape: tuple[int, int, int]) -> tf.Tensor:
     """float32 `x` as uint8, after in-graph checks that they are pixel values: finite
     whole numbers in [0, 255], and, unless `from_uint8` (the caller passed uint8), not a
     [0, 1] image (whole numbers whose largest is 1)."""
@@ -42,10 +45,15 @@ def checked_pixels(x, from_uint8, image_shape):
         tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(x)), [f"images hold NaN or Inf; {expected}"]),
         # Values outside [0, 255] that all lie in [-1, 1]: images on a model's [-1, 1] scale.
         tf.debugging.Assert(
-            tf.logical_or(tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
-                          tf.logical_not(tf.logical_and(lo >= -1.0, hi <= 1.0))),
-            [f"images hold values outside [0, 255], all in [-1, 1]: images scaled to [-1, 1]? They "
-             f"become pixels by np.round((x + 1) * 127.5). ({expected}.) Received min, max:", lo, hi],
+            tf.logical_or(
+                tf.reduce_all(tf.logical_and(x >= 0, x <= 255)), tf.logical_not(tf.logical_and(lo >= -1.0, hi <= 1.0))
+            ),
+            [
+                f"images hold values outside [0, 255], all in [-1, 1]: images scaled to [-1, 1]? They "
+                f"become pixels by np.round((x + 1) * 127.5). ({expected}.) Received min, max:",
+                lo,
+                hi,
+            ],
         ),
         tf.debugging.Assert(
             tf.reduce_all(tf.logical_and(x >= 0, x <= 255)),
@@ -54,14 +62,22 @@ def checked_pixels(x, from_uint8, image_shape):
         # Not whole numbers: the fix depends on the scale the caller used.
         tf.debugging.Assert(
             tf.logical_or(whole, hi > 1.0),
-            [f"images hold values that are not whole numbers, all in [0, 1]: floats in [0, 1]? "
-             f"{unit_fix}. ({expected}.) Received min, max:", lo, hi],
+            [
+                f"images hold values that are not whole numbers, all in [0, 1]: floats in [0, 1]? "
+                f"{unit_fix}. ({expected}.) Received min, max:",
+                lo,
+                hi,
+            ],
         ),
         tf.debugging.Assert(
             tf.logical_or(whole, hi <= 1.0),
-            [f"images hold values that are not whole numbers, in [0, 255]: pixel values that "
-             f"were resized or averaged? Round them: np.round(x) (or pass x.astype(np.uint8) "
-             f"after rounding). ({expected}.) Received min, max:", lo, hi],
+            [
+                f"images hold values that are not whole numbers, in [0, 255]: pixel values that "
+                f"were resized or averaged? Round them: np.round(x) (or pass x.astype(np.uint8) "
+                f"after rounding). ({expected}.) Received min, max:",
+                lo,
+                hi,
+            ],
         ),
         # Whole numbers whose largest is 1: a [0, 1] image of zeros and ones, not pixel values
         # (an image of pixel values 0 and 1 only is black: `m.logits(x)` scores it as uint8).
@@ -73,7 +89,10 @@ def checked_pixels(x, from_uint8, image_shape):
     with tf.control_dependencies(checks):
         return tf.cast(tf.clip_by_value(x, 0.0, 255.0), tf.uint8)
 
-def model_input(images, from_uint8, image_shape, pixel_range):
+
+def model_input(
+    images: tf.Tensor, from_uint8: bool, image_shape: tuple[int, int, int], pixel_range: tuple[float, float]
+) -> tf.Tensor:
     """float32 `images` of any rank as the model's input: the shape asserted, the pixel
     values checked (`checked_pixels`), then mapped into `pixel_range`."""
     shape = tf.shape(images)

@@ -7,21 +7,29 @@ probabilities (classifiers), energy, every score that needs no gradient and ood_
 one of those). Gradient-based scores (`grad_norm`) stay TensorFlow-only.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import warnings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from keras_ebm.export.serving import ServingModule
 
 ONNX_FILENAME = "model.onnx"
 ONNX_OPSET = 17
 
 
-def import_tf2onnx():
+def import_tf2onnx() -> ModuleType:
     """tf2onnx, patched for NumPy 2 by Keras' own ONNX export (keras.src.export), or a clear error."""
     try:
         import tf2onnx
     except ImportError as e:
         raise ImportError(
-            "ONNX export needs tf2onnx, onnx and onnxruntime: pip install \"keras_ebm[onnx]\" "
+            'ONNX export needs tf2onnx, onnx and onnxruntime: pip install "keras_ebm[onnx]" '
             "(or pip install tf2onnx onnx onnxruntime)."
         ) from e
     try:  # the same NumPy-2 patch `keras.Model.export(format="onnx")` applies
@@ -35,7 +43,7 @@ def import_tf2onnx():
     return tf2onnx
 
 
-def write_onnx(module, path, opset=ONNX_OPSET):
+def write_onnx(module: ServingModule, path: str | os.PathLike, opset: int = ONNX_OPSET) -> list[str]:
     """Convert the forward quantities of a `ServingModule` to an ONNX model at `path` (tf2onnx).
 
     The ONNX model takes `images`, uint8 `[N, H, W, C]`, and returns `module.onnx_output_names`

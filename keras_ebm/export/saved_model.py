@@ -1,9 +1,12 @@
 """The SavedModel writer: `export_model` writes an export whole or not at all."""
 
+from __future__ import annotations
+
 import json
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -12,16 +15,21 @@ from keras_ebm.export.format import METADATA_FILENAME, looks_like_export
 from keras_ebm.export.onnx_writer import ONNX_FILENAME, ONNX_OPSET, import_tf2onnx, write_onnx
 from keras_ebm.export.serving import ServingModule
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import keras
+
 
 def export_model(
-    model,
-    export_dir,
-    image_shape,
-    pixel_range=(-1.0, 1.0),
-    ood_score=None,
-    extra_scores=None,
-    onnx=False,
-):
+    model: keras.Model,
+    export_dir: str | os.PathLike,
+    image_shape: tuple[int, int, int],
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    ood_score: str | None = None,
+    extra_scores: Mapping[str, Callable[[keras.Model, tf.Tensor], tf.Tensor]] | None = None,
+    onnx: bool = False,
+) -> str:
     """Export `model` as a SavedModel scoring images, pixel values 0..255 (see `ServingModule`).
 
     The SavedModel is written to a temporary sibling directory and renamed into place, so a crash
@@ -57,9 +65,7 @@ def export_model(
         )
     if onnx:
         import_tf2onnx()  # fail before any work when it is not installed
-    module = ServingModule(
-        model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores
-    )
+    module = ServingModule(model, image_shape, pixel_range=pixel_range, ood_score=ood_score, extra_scores=extra_scores)
     parent, base = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     recover_export(target)

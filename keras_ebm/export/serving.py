@@ -14,7 +14,10 @@ are exported for it (they would be JEM quantities of a latent), and no gradient 
 Format version 2 (this rule); version 1 exported the JEM quantities for every model.
 """
 
+from __future__ import annotations
+
 import re
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
@@ -23,6 +26,12 @@ from keras_ebm import scores as scores_lib
 from keras_ebm.data.pixel_range import to_pixel_range  # pure tf ops, the one uint8 -> float map
 from keras_ebm.export import input_checks
 from keras_ebm.export.format import ENDPOINTS, FORMAT_VERSION, SIGNATURE_DTYPE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import Any
+
+    import keras
 
 BUILTIN_SCORES = scores_lib.CLASSIFIER_SCORES
 # Scores that need a gradient: TensorFlow-only (not in the ONNX model).
@@ -50,14 +59,11 @@ def _checked_arguments(image_shape, pixel_range, extra_scores):
         shape = ()
     if len(shape) != 3 or min(shape) <= 0:
         raise ValueError(
-            "`image_shape` must be (height, width, channels) with positive ints. "
-            f"Received: image_shape={image_shape}"
+            f"`image_shape` must be (height, width, channels) with positive ints. Received: image_shape={image_shape}"
         )
     lo, hi = (float(v) for v in pixel_range)
     if not lo < hi:
-        raise ValueError(
-            "`pixel_range` must be (lo, hi) with lo < hi. " f"Received: pixel_range={pixel_range}"
-        )
+        raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={pixel_range}")
     extra_scores = dict(extra_scores or {})
     for score_name, fn in extra_scores.items():
         if not callable(fn):
@@ -125,13 +131,13 @@ class ServingModule(tf.Module):
 
     def __init__(
         self,
-        model,
-        image_shape,
-        pixel_range=(-1.0, 1.0),
-        ood_score=None,
-        extra_scores=None,
-        name=None,
-    ):
+        model: keras.Model,
+        image_shape: tuple[int, int, int],
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        ood_score: str | None = None,
+        extra_scores: Mapping[str, Callable[[keras.Model, tf.Tensor], tf.Tensor]] | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name)
         image_shape, (lo, hi), extra_scores = _checked_arguments(image_shape, pixel_range, extra_scores)
         weights = list(getattr(model, "weights", None) or [])  # the export's variable order
@@ -148,9 +154,7 @@ class ServingModule(tf.Module):
             ood_score = model.default_ood_score
         score_names = self._probe_scores(probe, extra_scores)
         if ood_score not in score_names:
-            raise ValueError(
-                f"`ood_score` must be one of {score_names}. Received: ood_score={ood_score!r}"
-            )
+            raise ValueError(f"`ood_score` must be one of {score_names}. Received: ood_score={ood_score!r}")
         self._num_classes = num_classes
         self._ood_score = ood_score
         self._score_names = tuple(score_names)
@@ -158,7 +162,7 @@ class ServingModule(tf.Module):
             "logits": {"logits": (num_classes,)},
             "energy": {"energy": ()},
             "ood_score": {"ood_score": ()},
-            "scores": {n: () for n in score_names},
+            "scores": dict.fromkeys(score_names, ()),
             "serving_default": {
                 "logits": (num_classes,),
                 "energy": (),
@@ -245,20 +249,20 @@ class ServingModule(tf.Module):
 
     # ------------------------------------------------------------------ public helpers
     @property
-    def score_name_list(self):
+    def score_name_list(self) -> list[str]:
         """Names of all exported scores, built-ins first."""
         return list(self._score_names)
 
-    def concrete_function(self, endpoint):
+    def concrete_function(self, endpoint: str) -> tf.types.experimental.ConcreteFunction:
         """The float32 `[None, H, W, C]` concrete function of `endpoint`, exported as its signature."""
         return getattr(self, endpoint).get_concrete_function(self._input_spec(SIGNATURE_DTYPE))
 
-    def signature_functions(self):
+    def signature_functions(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """Dict endpoint name -> concrete function, for `tf.saved_model.save(signatures=...)`."""
         return {endpoint: self.concrete_function(endpoint) for endpoint in ENDPOINTS}
 
     @property
-    def onnx_output_names(self):
+    def onnx_output_names(self) -> list[str]:
         """Outputs of the ONNX model: logits, probabilities (classifiers), energy, every score
         that needs no gradient, and ood_score when the default score is one of them."""
         names = ["logits"] + (["probabilities"] if self._classifier else []) + ["energy"]
@@ -267,7 +271,7 @@ class ServingModule(tf.Module):
             names.append("ood_score")
         return names
 
-    def onnx_function(self):
+    def onnx_function(self) -> tf.types.experimental.PolymorphicFunction:
         """A `tf.function` of uint8 `[None, H, W, C]` images returning `onnx_output_names`: the
         forward quantities only, without the in-graph shape assertions (ONNX has no ops for them;
         onnxruntime checks the declared input shape and dtype itself)."""
@@ -288,11 +292,16 @@ class ServingModule(tf.Module):
 
         return tf.function(forward, input_signature=[self._input_spec(tf.uint8, declared=True)])
 
-    def metadata(self):
+    def metadata(self) -> dict[str, Any]:
         """The JSON-serialisable description written beside the SavedModel."""
         h, w, c = self._image_shape
-        input_spec = {"images": {"dtype": SIGNATURE_DTYPE.name, "shape": [None, h, w, c],
-                                 "values": "whole numbers in [0, 255] (pixel values)"}}
+        input_spec = {
+            "images": {
+                "dtype": SIGNATURE_DTYPE.name,
+                "shape": [None, h, w, c],
+                "values": "whole numbers in [0, 255] (pixel values)",
+            }
+        }
         return {
             "format": "keras_ebm.export",
             "format_version": FORMAT_VERSION,
@@ -319,8 +328,10 @@ class ServingModule(tf.Module):
         if self._classifier:
             return "E(x) = -logsumexp(logits) = -log p(x) - log Z (lower = more probable)"
         doc = (self._forward.model.energy.__doc__ or "").strip().splitlines()
-        return (f"{type(self._forward.model).__name__}.energy: {doc[0] if doc else 'the model energy'} "
-                "(lower = more probable)")
+        return (
+            f"{type(self._forward.model).__name__}.energy: {doc[0] if doc else 'the model energy'} "
+            "(lower = more probable)"
+        )
 
     # ------------------------------------------------------------------ tracing
     def _input_spec(self, dtype=SIGNATURE_DTYPE, declared=True):
@@ -375,8 +386,7 @@ class ServingModule(tf.Module):
         scores = model.scores(x, names)
         if not isinstance(scores, dict):
             raise ValueError(
-                "`model.scores(x, names)` must return a dict name -> [batch] tensor. "
-                f"Received: {type(scores).__name__}"
+                f"`model.scores(x, names)` must return a dict name -> [batch] tensor. Received: {type(scores).__name__}"
             )
         return dict(scores)
 

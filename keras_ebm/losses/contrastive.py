@@ -1,5 +1,7 @@
 """NT-Xent (SimCLR's normalised-temperature cross-entropy) with extra negatives (CLEL eq. 4)."""
 
+from __future__ import annotations
+
 import tensorflow as tf
 
 from keras_ebm import distribute
@@ -15,7 +17,13 @@ def _gather(tensor):
     return ctx.all_gather(tensor, axis=0)
 
 
-def nt_xent_loss(z1, z2, extra_negatives=None, temperature=0.2, normalize=True):
+def nt_xent_loss(
+    z1: tf.Tensor,
+    z2: tf.Tensor,
+    extra_negatives: tf.Tensor | None = None,
+    temperature: float = 0.2,
+    normalize: bool = True,
+) -> tf.Tensor:
     """NT-Xent over two views, with the views of every replica and extra negatives as candidates.
 
     For the 2n local views `q` (rows of `z1` then `z2`), the candidates are the 2N views gathered

@@ -29,6 +29,8 @@ The queue entries carry no gradient (they come from earlier steps), so only s(x,
 differentiated.
 """
 
+from __future__ import annotations
+
 import keras
 import tensorflow as tf
 
@@ -43,12 +45,12 @@ def _check(temperature, score, label_smoothing):
     if not float(temperature) > 0:
         raise ValueError(f"`temperature` must be positive. Received: temperature={temperature}")
     if not 0.0 <= float(label_smoothing) < 1.0:
-        raise ValueError(
-            f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}"
-        )
+        raise ValueError(f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}")
 
 
-def smoothed_labels(labels, num_classes, label_smoothing=0.0, dtype=tf.float32):
+def smoothed_labels(
+    labels: tf.Tensor, num_classes: int, label_smoothing: float = 0.0, dtype: tf.DType | str = tf.float32
+) -> tf.Tensor:
     """One-hot labels `[batch, num_classes]`, smoothed as Keras does: (1 - s) * onehot + s / C."""
     dist = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), num_classes, dtype=dtype)
     if label_smoothing:
@@ -57,14 +59,14 @@ def smoothed_labels(labels, num_classes, label_smoothing=0.0, dtype=tf.float32):
 
 
 def hdge_contrastive_loss(
-    logits,
-    labels,
-    queue_logits,
-    temperature=0.1,
-    score="code",
-    label_smoothing=0.0,
-    queue_mask=None,
-):
+    logits: tf.Tensor,
+    labels: tf.Tensor,
+    queue_logits: tf.Tensor,
+    temperature: float = 0.1,
+    score: str = "code",
+    label_smoothing: float = 0.0,
+    queue_mask: tf.Tensor | None = None,
+) -> tf.Tensor:
     """Per-example contrastive estimate of -log q(x|y) (HDGE eq. 13/15, Algorithm 1).
 
     The loss of example n is the cross-entropy of the (1 + K)-way softmax over
@@ -92,9 +94,7 @@ def hdge_contrastive_loss(
     logits = tf.cast(logits, dtype)
     num_classes = tf.compat.dimension_value(logits.shape[-1])
     if num_classes is None:
-        raise ValueError(
-            f"`logits` must have a static class dimension. Received: logits.shape={logits.shape}"
-        )
+        raise ValueError(f"`logits` must have a static class dimension. Received: logits.shape={logits.shape}")
     queue = tf.stop_gradient(tf.cast(queue_logits, dtype))
     if queue.shape.rank != 2 or queue.shape[-1] != num_classes:
         raise ValueError(
@@ -140,15 +140,15 @@ def _masked_lse_scores(keys, labels, label_smoothing, num_classes):
 
 
 def hdge_loss(
-    logits,
-    labels,
-    queue_logits,
-    alpha=0.5,
-    temperature=0.1,
-    score="code",
-    label_smoothing=0.0,
-    queue_mask=None,
-):
+    logits: tf.Tensor,
+    labels: tf.Tensor,
+    queue_logits: tf.Tensor,
+    alpha: float = 0.5,
+    temperature: float = 0.1,
+    score: str = "code",
+    label_smoothing: float = 0.0,
+    queue_mask: tf.Tensor | None = None,
+) -> tf.Tensor:
     """Per-example HDGE objective alpha * CE + (1 - alpha) * contrastive (eq. 14-15).
 
     `alpha = 1` is exactly the (label-smoothed) cross-entropy: the contrastive term is not
@@ -170,14 +170,17 @@ def hdge_loss(
         dist = smoothed_labels(labels, logits.shape[-1], label_smoothing)
         ce = keras.losses.categorical_crossentropy(dist, logits, from_logits=True)
     else:
-        ce = keras.losses.sparse_categorical_crossentropy(
-            tf.reshape(labels, [-1]), logits, from_logits=True
-        )
+        ce = keras.losses.sparse_categorical_crossentropy(tf.reshape(labels, [-1]), logits, from_logits=True)
     if alpha == 1.0:
         return ce
     contrastive = hdge_contrastive_loss(
-        logits, labels, queue_logits, temperature=temperature, score=score,
-        label_smoothing=label_smoothing, queue_mask=queue_mask,
+        logits,
+        labels,
+        queue_logits,
+        temperature=temperature,
+        score=score,
+        label_smoothing=label_smoothing,
+        queue_mask=queue_mask,
     )
     if alpha == 0.0:
         return contrastive

@@ -1,8 +1,7 @@
-"""Gradient functions for the trainers (plain gradients, SAM / ASAM) and the PyTorch-form optimizers `TorchAdam`, `TorchSGD`."""
+"""Gradient functions for the trainers (plain gradients, SAM / ASAM) and the PyTorch-form
+optimizers `TorchAdam`, `TorchSGD`."""
 
-from keras_ebm.optim.gradients import PlainGradients
-from keras_ebm.optim.gradients import add_weight_decay
-from keras_ebm.optim.gradients import SAMGradients
+from keras_ebm.optim.gradients import PlainGradients, SAMGradients, add_weight_decay
 from keras_ebm.optim.torch_adam import TorchAdam
 from keras_ebm.optim.torch_sgd import TorchSGD
 

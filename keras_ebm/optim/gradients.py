@@ -14,11 +14,15 @@ gradient, they do not change what is computed (one backward pass of the one tota
 one perturbation over the variables of all groups together, see `SAMGradients`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
-from keras_ebm import run_settings
+from keras_ebm import distribute, run_settings
 
 _TOTAL_KEYS = ("total", "loss")
 
@@ -55,7 +59,7 @@ def _nest(flat, sizes):
         return flat
     nested, start = [], 0
     for size in sizes:
-        nested.append(flat[start:start + size])
+        nested.append(flat[start : start + size])
         start += size
     return nested
 
@@ -68,7 +72,9 @@ def _dense_or_zeros(grads, variables):
     ]
 
 
-def add_weight_decay(grads, variables, weight_decay):
+def add_weight_decay(
+    grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable], weight_decay: float | tf.Tensor
+) -> list[tf.Tensor | None]:
     """Coupled L2 weight decay, PyTorch `SGD(weight_decay=wd)` style: `g + wd * w` before the optimizer.
 
     The official JEM++, SADA-JEM and CLEL code (and the softmax baselines) use PyTorch SGD with
@@ -82,7 +88,10 @@ def add_weight_decay(grads, variables, weight_decay):
     if not tf.is_tensor(weight_decay) and not weight_decay:
         return list(grads)
     wd = weight_decay / distribute.num_replicas()
-    return [g if g is None else g + run_settings.as_tensor(wd, g.dtype) * tf.cast(v, g.dtype) for g, v in zip(grads, variables)]
+    return [
+        g if g is None else g + run_settings.as_tensor(wd, g.dtype) * tf.cast(v, g.dtype)
+        for g, v in zip(grads, variables)
+    ]
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -108,7 +117,9 @@ class PlainGradients:
     ```
     """
 
-    def __call__(self, loss_fn, variables):
+    def __call__(
+        self, loss_fn: Callable[[], dict[str, tf.Tensor]], variables: Sequence[Any]
+    ) -> tuple[list[Any], dict[str, tf.Tensor]]:
         variables, sizes = _flatten(variables)
         with tf.GradientTape() as tape:
             losses = loss_fn()
@@ -116,11 +127,11 @@ class PlainGradients:
         grads = tape.gradient(total, variables)
         return _nest(grads, sizes), losses
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> PlainGradients:
         return cls(**config)
 
 
@@ -208,7 +219,14 @@ class SAMGradients:
     adaptive = run_settings.TraceSetting(bool)
     sync_perturbation = run_settings.TraceSetting(bool)
 
-    def __init__(self, rho=0.05, adaptive=False, eta=0.01, sync_perturbation=False, epsilon=1e-12):
+    def __init__(
+        self,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        eta: float = 0.01,
+        sync_perturbation: bool = False,
+        epsilon: float = 1e-12,
+    ) -> None:
         if not float(rho) >= 0:
             raise ValueError(f"`rho` must be non-negative. Received: rho={rho}")
         if not float(eta) >= 0:
@@ -219,7 +237,9 @@ class SAMGradients:
         self.sync_perturbation = bool(sync_perturbation)
         self.epsilon = float(epsilon)
 
-    def __call__(self, loss_fn, variables):
+    def __call__(
+        self, loss_fn: Callable[[], dict[str, tf.Tensor]], variables: Sequence[Any]
+    ) -> tuple[list[Any], dict[str, tf.Tensor]]:
         variables, sizes = _flatten(variables)
         with tf.GradientTape() as tape:
             losses = loss_fn()
@@ -231,24 +251,24 @@ class SAMGradients:
                 grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         perturbation = self.perturbation(grads, variables)
 
-        perturbed = [
-            tf.convert_to_tensor(v) + tf.cast(e, v.dtype)
-            for v, e in zip(variables, perturbation)
-        ]
+        perturbed = [tf.convert_to_tensor(v) + tf.cast(e, v.dtype) for v, e in zip(variables, perturbation)]
         with tf.GradientTape() as tape:
             tape.watch(perturbed)
             with keras.StatelessScope(state_mapping=list(zip(variables, perturbed))):
                 second_total = distribute.scale_loss(_total(loss_fn()))
         return _nest(tape.gradient(second_total, perturbed), sizes), losses
 
-    def perturbation(self, grads, variables):
+    def perturbation(
+        self, grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable]
+    ) -> list[tf.Tensor | None]:
         """ε for first-pass gradients `grads` at `variables` (a list aligned with them)."""
         # float32 arithmetic (float16 gradients are widened), float64 when the gradients are float64.
         dtype = tf.float64 if any(g.dtype == tf.float64 for g in grads) else tf.float32
         grads = [tf.cast(g, dtype) for g in grads]
         if self.adaptive:
             scales = [
-                tf.abs(tf.cast(tf.convert_to_tensor(v), dtype)) + run_settings.as_tensor(self.eta, dtype) for v in variables
+                tf.abs(tf.cast(tf.convert_to_tensor(v), dtype)) + run_settings.as_tensor(self.eta, dtype)
+                for v in variables
             ]
         else:
             scales = [None] * len(grads)
@@ -256,11 +276,9 @@ class SAMGradients:
         norm = tf.linalg.global_norm(scaled)
         factor = run_settings.as_tensor(self.rho, dtype) / (norm + run_settings.as_tensor(self.epsilon, dtype))
         # ASAM: ε = ρ T (T g) / ||T g||, the SAM step taken in the rescaled weights T⁻¹w.
-        return [
-            factor * (s if t is None else t * s) for s, t in zip(scaled, scales)
-        ]
+        return [factor * (s if t is None else t * s) for s, t in zip(scaled, scales)]
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "rho": self.rho,
             "adaptive": self.adaptive,
@@ -270,5 +288,5 @@ class SAMGradients:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> SAMGradients:
         return cls(**config)

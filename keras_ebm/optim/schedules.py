@@ -5,7 +5,15 @@
   60/120/180; GMMC x0.3 at 30/50/80), built on Keras's PiecewiseConstantDecay.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import keras
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -25,7 +33,12 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
     rate); a `LearningRateSchedule` keeps its own dtype.
     """
 
-    def __init__(self, schedule, warmup_steps, from_zero=False):
+    def __init__(
+        self,
+        schedule: float | keras.optimizers.schedules.LearningRateSchedule,
+        warmup_steps: int,
+        from_zero: bool = False,
+    ) -> None:
         if warmup_steps < 0:
             raise ValueError(f"`warmup_steps` must be >= 0. Received: warmup_steps={warmup_steps}")
         self.schedule = schedule
@@ -37,7 +50,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
             return self.schedule(step)
         return keras.ops.convert_to_tensor(self.schedule, dtype=keras.config.floatx())
 
-    def __call__(self, step):
+    def __call__(self, step: int | tf.Tensor) -> tf.Tensor:
         base = self._base(keras.ops.cast(step, "float32"))
         if self.warmup_steps == 0:
             return base
@@ -46,22 +59,28 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         ramp = keras.ops.minimum(1.0, done / float(self.warmup_steps))
         return base * ramp
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         schedule = self.schedule
         if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
             schedule = keras.saving.serialize_keras_object(schedule)
         return {"schedule": schedule, "warmup_steps": self.warmup_steps, "from_zero": self.from_zero}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> LinearWarmup:
         schedule = config["schedule"]
         if isinstance(schedule, dict):
             schedule = keras.saving.deserialize_keras_object(schedule)
         return cls(schedule, config["warmup_steps"], config.get("from_zero", False))
 
 
-def epoch_step_decay(initial_learning_rate, decay_epochs, decay_factor, steps_per_epoch, warmup_steps=0,
-                     warmup_from_zero=False):
+def epoch_step_decay(
+    initial_learning_rate: float,
+    decay_epochs: Sequence[int],
+    decay_factor: float,
+    steps_per_epoch: int,
+    warmup_steps: int = 0,
+    warmup_from_zero: bool = False,
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """Step decay: multiply the rate by `decay_factor` at each epoch in `decay_epochs`.
 
     Args:

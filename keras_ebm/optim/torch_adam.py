@@ -18,8 +18,15 @@ deep network's early layers) the Keras step is visibly smaller. The parity tests
 exactly; everything else (moments, amsgrad off, variables and their names) is Keras' `Adam`.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 from keras import ops
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -27,14 +34,22 @@ class TorchAdam(keras.optimizers.Adam):
     """`keras.optimizers.Adam` with epsilon added after the bias correction, as PyTorch (module
     docstring). Default `epsilon=1e-8` (PyTorch's). `amsgrad` is not supported."""
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-8, name="torch_adam",
-                 **kwargs):
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        name: str = "torch_adam",
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("amsgrad"):
             raise ValueError("TorchAdam does not support amsgrad. Received: amsgrad=True")
-        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon,
-                         name=name, **kwargs)
+        super().__init__(
+            learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2, epsilon=epsilon, name=name, **kwargs
+        )
 
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: tf.Tensor, variable: keras.Variable, learning_rate: tf.Tensor) -> None:
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(gradient, dtype)
@@ -47,5 +62,7 @@ class TorchAdam(keras.optimizers.Adam):
         v = self._velocities[self._get_variable_index(variable)]
         self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
         self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
-        denom = ops.add(ops.divide(ops.sqrt(v), ops.sqrt(bias_correction2)), ops.convert_to_tensor(self.epsilon, dtype=dtype))
+        denom = ops.add(
+            ops.divide(ops.sqrt(v), ops.sqrt(bias_correction2)), ops.convert_to_tensor(self.epsilon, dtype=dtype)
+        )
         self.assign_sub(variable, ops.multiply(lr / bias_correction1, ops.divide(m, denom)))

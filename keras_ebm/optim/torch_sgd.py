@@ -15,8 +15,15 @@ official updates. Weight decay stays coupled and outside (`EBMTrainer(weight_dec
 `weight_decay`); `nesterov` is not supported.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 from keras import ops
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -24,12 +31,18 @@ class TorchSGD(keras.optimizers.SGD):
     """`keras.optimizers.SGD` with PyTorch's momentum buffer (module docstring); slot `momentums`
     holds PyTorch's `momentum_buffer`."""
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, name="torch_sgd", **kwargs):
+    def __init__(
+        self,
+        learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = 0.01,
+        momentum: float = 0.0,
+        name: str = "torch_sgd",
+        **kwargs: Any,
+    ) -> None:
         if kwargs.get("nesterov"):
             raise ValueError("TorchSGD does not support nesterov. Received: nesterov=True")
         super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
 
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: tf.Tensor, variable: keras.Variable, learning_rate: tf.Tensor) -> None:
         dtype = variable.dtype
         lr = ops.cast(learning_rate, dtype)
         gradient = ops.cast(gradient, dtype)

@@ -5,23 +5,26 @@ An initialiser is a plain object with `init(shape, seed, y=None, dtype=tf.float3
 `seed` (an int tensor of shape [2]), optionally conditioned on int labels `y` [n].
 """
 
+from __future__ import annotations
+
 import json
 import os
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm import random_draws
-from keras_ebm import memory
+from keras_ebm import memory, random_draws
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
 
 
 def _check_pixel_range(pixel_range):
     if len(pixel_range) != 2 or not float(pixel_range[0]) < float(pixel_range[1]):
-        raise ValueError(
-            "`pixel_range` must be a (lo, hi) pair with lo < hi. "
-            f"Received: pixel_range={pixel_range}"
-        )
+        raise ValueError(f"`pixel_range` must be a (lo, hi) pair with lo < hi. Received: pixel_range={pixel_range}")
     return float(pixel_range[0]), float(pixel_range[1])
 
 
@@ -41,19 +44,21 @@ class UniformInitializer:
     ```
     """
 
-    def __init__(self, pixel_range=(-1.0, 1.0)):
+    def __init__(self, pixel_range: tuple[float, float] = (-1.0, 1.0)) -> None:
         self.pixel_range = _check_pixel_range(pixel_range)
 
-    def init(self, shape, seed, y=None, dtype=tf.float32):
+    def init(
+        self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32
+    ) -> tf.Tensor:
         """Images U(lo, hi) of `shape` and `dtype`; `y` is ignored (the distribution has no classes)."""
         lo, hi = self.pixel_range
         return random_draws.uniform("init_uniform", shape, seed=seed, minval=lo, maxval=hi, dtype=dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"pixel_range": list(self.pixel_range)}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> UniformInitializer:
         return cls(**config)
 
 
@@ -110,7 +115,15 @@ class InformativeInitializer:
         - [Yang and Ji, 2021 (JEM++)](https://arxiv.org/abs/2109.09032), section 3.
     """
 
-    def __init__(self, mean, cov, pixel_range=(-1.0, 1.0), jitter=1e-4, factor_order="hwc", dtype="float32"):
+    def __init__(
+        self,
+        mean: TensorLike,
+        cov: TensorLike,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        jitter: float = 1e-4,
+        factor_order: str = "hwc",
+        dtype: str = "float32",
+    ) -> None:
         mean = np.asarray(mean, np.float64)
         cov = np.asarray(cov, np.float64)
         if mean.ndim != 2 or cov.ndim != 3 or cov.shape != mean.shape + mean.shape[-1:]:
@@ -140,12 +153,12 @@ class InformativeInitializer:
                 ) from error
         self.set_statistics(mean, cholesky)
 
-    def get_statistics(self):
+    def get_statistics(self) -> dict[str, np.ndarray]:
         """The fitted statistics as numpy arrays (of `dtype`): `mean` `[C, D]` and `cholesky`
         `[C, D, D]` (the factors of the jittered covariances)."""
         return {"mean": self.mean.numpy(), "cholesky": self.cholesky.numpy()}
 
-    def set_statistics(self, mean, cholesky):
+    def set_statistics(self, mean: TensorLike, cholesky: TensorLike) -> None:
         """Install fitted statistics (`get_statistics()`'s arrays); the shapes set `num_classes`
         and `dim`."""
         dtype = getattr(self, "dtype", "float32")
@@ -160,7 +173,7 @@ class InformativeInitializer:
         self.mean = tf.constant(mean, dtype)
         self.cholesky = tf.constant(cholesky, dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "pixel_range": list(self.pixel_range),
             "jitter": self.jitter,
@@ -171,7 +184,7 @@ class InformativeInitializer:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> InformativeInitializer:
         """An initialiser with the settings of `config` and zero statistics (see the class
         docstring: the statistics come back with `set_statistics`, which loading a `.keras` file
         does)."""
@@ -189,9 +202,15 @@ class InformativeInitializer:
 
     @classmethod
     def from_dataset(
-        cls, dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), cache_path=None, jitter=1e-4,
-        source=None, factor_order="hwc",
-    ):
+        cls,
+        dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]],
+        num_classes: int,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        cache_path: str | None = None,
+        jitter: float = 1e-4,
+        source: Mapping[str, Any] | None = None,
+        factor_order: str = "hwc",
+    ) -> InformativeInitializer:
         """Fit the per-class Gaussians to labelled images (or reload them from `cache_path`).
 
         Args:
@@ -208,9 +227,12 @@ class InformativeInitializer:
                 the cache with `num_classes` and `pixel_range`; a cache written for other data or
                 another pixel range is refused instead of being reused silently.
         """
-        key = {"num_classes": int(num_classes), "pixel_range": [float(v) for v in pixel_range],
-               **({"factor_order": factor_order} if factor_order != "hwc" else {}),
-               **{k: v for k, v in (source or {}).items()}}
+        key = {
+            "num_classes": int(num_classes),
+            "pixel_range": [float(v) for v in pixel_range],
+            **({"factor_order": factor_order} if factor_order != "hwc" else {}),
+            **dict((source or {}).items()),
+        }
         if cache_path is not None and os.path.exists(cache_path):
             with np.load(cache_path) as cached:
                 mean, cov = cached["mean"], cached["cov"]
@@ -245,7 +267,9 @@ class InformativeInitializer:
             os.replace(tmp, cache_path)
         return cls(mean, cov, pixel_range=pixel_range, jitter=jitter, factor_order=factor_order)
 
-    def init(self, shape, seed, y=None, dtype=tf.float32):
+    def init(
+        self, shape: tuple[int, ...], seed: tf.Tensor, y: tf.Tensor | None = None, dtype: tf.DType | str = tf.float32
+    ) -> tf.Tensor:
         """Samples `[n, height, width, channels]` from the class Gaussians of `y` (or random classes),
         computed in the factors' dtype (`self.dtype`) and returned as `dtype`."""
         shape = tf.convert_to_tensor(shape, tf.int32)
@@ -267,8 +291,7 @@ class InformativeInitializer:
         positions = tf.dynamic_partition(tf.range(n), y, self.num_classes)
         z_parts = tf.dynamic_partition(z, y, self.num_classes)
         x_parts = [
-            self.mean[c] + tf.matmul(z_parts[c], self.cholesky[c], transpose_b=True)
-            for c in range(self.num_classes)
+            self.mean[c] + tf.matmul(z_parts[c], self.cholesky[c], transpose_b=True) for c in range(self.num_classes)
         ]
         x = tf.dynamic_stitch(positions, x_parts)
         x = tf.clip_by_value(x, self.pixel_range[0], self.pixel_range[1])
@@ -289,7 +312,7 @@ def _check_dtype(dtype):
     return dtype
 
 
-def check_gaussian_memory(num_classes, dim, accumulate):
+def check_gaussian_memory(num_classes: int, dim: int, accumulate: bool) -> None:
     """Refuse (`keras_ebm.memory.ResourceError`) class Gaussians that would not fit: while fitting
     (`accumulate`), C x D x D float64 sums of outer products then covariances (in place) and the
     float32 factors and their tensor; when loading, the float64 covariances, the factors and the
@@ -303,7 +326,12 @@ def check_gaussian_memory(num_classes, dim, accumulate):
     )
 
 
-def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0, 1.0), factor_order="hwc"):
+def class_gaussian_statistics(
+    dataset_or_arrays: tuple[np.ndarray, np.ndarray] | Iterable[tuple[TensorLike, TensorLike]],
+    num_classes: int,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    factor_order: str = "hwc",
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean `[C, D]` and biased covariance `[C, D, D]` (float64) of flattened images
     (flattened channels-last, or channels-first with `factor_order="chw"`).
 
@@ -311,8 +339,10 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
     `InformativeInitializer.from_dataset` for the accepted inputs. Raises if a class has no image.
     """
     lo, hi = _check_pixel_range(pixel_range)
-    if isinstance(dataset_or_arrays, tuple) and len(dataset_or_arrays) == 2 and isinstance(
-        dataset_or_arrays[0], np.ndarray
+    if (
+        isinstance(dataset_or_arrays, tuple)
+        and len(dataset_or_arrays) == 2
+        and isinstance(dataset_or_arrays[0], np.ndarray)
     ):
         batches = [dataset_or_arrays]
     else:
@@ -355,7 +385,9 @@ def class_gaussian_statistics(dataset_or_arrays, num_classes, pixel_range=(-1.0,
     return mean, outer
 
 
-def default_cache_path(dataset, split, num_classes, pixel_range, max_examples=None):
+def default_cache_path(
+    dataset: str, split: str, num_classes: int, pixel_range: tuple[float, float], max_examples: int | None = None
+) -> str:
     """Where `informative_initializer(cache_path="auto")` caches the class statistics:
     `$KERAS_EBM_CACHE` (default `~/.cache/keras_ebm`)/class_gaussians/<data and range>.npz."""
     root = os.environ.get("KERAS_EBM_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "keras_ebm"))
@@ -365,15 +397,15 @@ def default_cache_path(dataset, split, num_classes, pixel_range, max_examples=No
 
 
 def informative_initializer(
-    dataset="cifar10",
-    split="train",
-    num_classes=10,
-    pixel_range=(-1.0, 1.0),
-    cache_path="auto",
-    max_examples=None,
-    jitter=1e-4,
-    **source_kwargs,
-):
+    dataset: str = "cifar10",
+    split: str = "train",
+    num_classes: int = 10,
+    pixel_range: tuple[float, float] = (-1.0, 1.0),
+    cache_path: str | None = "auto",
+    max_examples: int | None = None,
+    jitter: float = 1e-4,
+    **source_kwargs: Any,
+) -> InformativeInitializer:
     """JEM++'s informative initialiser fitted on a keras_ebm data source (gin entry point).
 
     Loads `dataset`/`split` as uint8 arrays with `keras_ebm.data.load_arrays` (unless `cache_path`
@@ -400,6 +432,10 @@ def informative_initializer(
 
         data = load_arrays(dataset, split, max_examples=max_examples, **source_kwargs)
     return InformativeInitializer.from_dataset(
-        data, num_classes=num_classes, pixel_range=pixel_range, cache_path=cache_path, jitter=jitter,
+        data,
+        num_classes=num_classes,
+        pixel_range=pixel_range,
+        cache_path=cache_path,
+        jitter=jitter,
         source={"dataset": dataset, "split": split, "max_examples": max_examples},
     )

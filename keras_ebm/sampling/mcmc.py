@@ -16,9 +16,13 @@ call interface, BatchNorm handling, clamps, seeds and reduction of `SGLDSampler`
 gin config swaps one for the other (`JEM.sampler = @MALASampler()`).
 """
 
+from __future__ import annotations
+
 import collections
 import contextlib
 import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -27,9 +31,7 @@ from tensorflow.python.ops import control_flow_v2_func_graphs
 from tensorflow_probability.python.internal import unnest
 
 from keras_ebm import distribute
-from keras_ebm.sampling.sgld import _per_sample_norm
-from keras_ebm.sampling.sgld import call_energy
-from keras_ebm.sampling.sgld import check_clamps
+from keras_ebm.sampling.sgld import _per_sample_norm, call_energy, check_clamps
 from keras_ebm.stateless_scope import get_stateless_scope
 
 _ADAPTATIONS = ("simple", "dual_averaging", None)
@@ -128,22 +130,22 @@ class MCMCSampler(keras.layers.Layer):
 
     def __init__(
         self,
-        n_steps=20,
-        step_size=0.01,
-        target_accept_prob=None,
-        adaptation="simple",
-        adaptation_rate=0.03,
-        num_adaptation_steps=None,
-        persist_step_size=True,
-        temperature=1.0,
-        grad_clip=None,
-        x_clip=None,
-        energy_reduction="sum",
-        energy_training=False,
-        freeze_bn_stats=False,
-        seed=None,
-        **kwargs,
-    ):
+        n_steps: int = 20,
+        step_size: float = 0.01,
+        target_accept_prob: float | None = None,
+        adaptation: str | None = "simple",
+        adaptation_rate: float = 0.03,
+        num_adaptation_steps: int | None = None,
+        persist_step_size: bool = True,
+        temperature: float = 1.0,
+        grad_clip: float | None = None,
+        x_clip: tuple[float, float] | None = None,
+        energy_reduction: str = "sum",
+        energy_training: bool = False,
+        freeze_bn_stats: bool = False,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         if target_accept_prob is None:
@@ -181,11 +183,19 @@ class MCMCSampler(keras.layers.Layer):
         self.freeze_bn_stats = bool(freeze_bn_stats)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+
         # Written by `train_step` (the cross-replica means): replica-local copies (on-read) that
         # every replica sets to the same reduced value, so no merge_call is needed.
         def on_read(value, name, dtype="float32"):
-            return keras.Variable(value, dtype=dtype, trainable=False, name=name, autocast=False,
-                                  synchronization="on_read", aggregation="mean")
+            return keras.Variable(
+                value,
+                dtype=dtype,
+                trainable=False,
+                name=name,
+                autocast=False,
+                synchronization="on_read",
+                aggregation="mean",
+            )
 
         self.n_steps_variable = keras.Variable(int(n_steps), dtype="int32", trainable=False, name="n_steps")
         self.log_step_size = on_read(math.log(float(step_size)), "log_step_size")
@@ -198,19 +208,19 @@ class MCMCSampler(keras.layers.Layer):
 
     # ------------------------------------------------------------------ run-time settings
     @property
-    def n_steps(self):
+    def n_steps(self) -> int | tf.Tensor:
         """Transitions per call: a Python int eagerly, the variable's value inside a trace."""
         if tf.executing_eagerly():
             return int(self.n_steps_variable.numpy())
         return self.n_steps_variable.value
 
     @n_steps.setter
-    def n_steps(self, value):
+    def n_steps(self, value: int) -> None:
         _check_n_steps(value)
         self.n_steps_variable.assign(int(value))
 
     @property
-    def step_size(self):
+    def step_size(self) -> float | tf.Tensor:
         """The step size each call starts its chains at (adapted across calls with
         `persist_step_size`): a float eagerly, a tensor inside a trace."""
         if tf.executing_eagerly():
@@ -218,34 +228,46 @@ class MCMCSampler(keras.layers.Layer):
         return tf.exp(self.log_step_size.value)
 
     @step_size.setter
-    def step_size(self, value):
+    def step_size(self, value: float) -> None:
         if not float(value) > 0:
             raise ValueError(f"`step_size` must be positive. Received: step_size={value}")
         self.log_step_size.assign(math.log(float(value)))
 
     @property
-    def gradient_evaluations_per_step(self):
+    def gradient_evaluations_per_step(self) -> int:
         """Forward-and-backward passes of the energy per transition (MALA 1, HMC its leapfrogs)."""
         return 1
 
-    def gradient_evaluations(self, n_steps=None):
+    def gradient_evaluations(self, n_steps: int | None = None) -> int:
         """Passes per call of `n_steps` transitions: one to start the chain plus the transitions'."""
         n_steps = self.n_steps if n_steps is None else int(n_steps)
         return 1 + n_steps * self.gradient_evaluations_per_step if n_steps else 0
 
     # ------------------------------------------------------------------ interface of SGLDSampler
-    def __call__(self, energy_fn, x_init, y=None, n_steps=None):
+    def __call__(
+        self,
+        energy_fn: Callable[..., tf.Tensor],
+        x_init: tf.Tensor,
+        y: tf.Tensor | None = None,
+        n_steps: int | tf.Tensor | None = None,
+    ) -> tf.Tensor:
         # A `keras.layers.Layer` only so that its variables are tracked and saved with the trainer;
         # it is called like `SGLDSampler`, not like a layer.
         x, _ = self._sample(energy_fn, x_init, y, n_steps)
         return x
 
-    def sample_with_stats(self, energy_fn, x_init, y=None, n_steps=None):
+    def sample_with_stats(
+        self,
+        energy_fn: Callable[..., tf.Tensor],
+        x_init: tf.Tensor,
+        y: tf.Tensor | None = None,
+        n_steps: int | tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Run the chains; return `(x, stats)` (see the class docstring for the keys)."""
         return self._sample(energy_fn, x_init, y, n_steps)
 
     @contextlib.contextmanager
-    def frozen(self):
+    def frozen(self) -> Iterator[None]:
         """Within this context the chains change no variable: neither the energy function's
         (as `freeze_bn_stats=True`) nor the sampler's step size and diagnostics."""
         previous = self.freeze_bn_stats, self._frozen
@@ -255,7 +277,7 @@ class MCMCSampler(keras.layers.Layer):
         finally:
             self.freeze_bn_stats, self._frozen = previous
 
-    def logs(self):
+    def logs(self) -> dict[str, tf.Tensor]:
         """The last call's diagnostics as the trainer reports them (read after the step)."""
         return {
             "mcmc_accept_rate": self.last_accept_rate.value,
@@ -326,11 +348,22 @@ class MCMCSampler(keras.layers.Layer):
     def _chain_function(self, energy_fn):
         """The chain as a `tf.function` for eager calls, cached per energy function and per setting
         read while tracing (not inside a `keras.StatelessScope`, whose values the trace captures)."""
-        key = (energy_fn, self.freeze_bn_stats, self.energy_training, self.temperature,
-               self.grad_clip, self.x_clip, self.energy_reduction, self.target_accept_prob,
-               self.adaptation, self.adaptation_rate, self.num_adaptation_steps)
+        key = (
+            energy_fn,
+            self.freeze_bn_stats,
+            self.energy_training,
+            self.temperature,
+            self.grad_clip,
+            self.x_clip,
+            self.energy_reduction,
+            self.target_accept_prob,
+            self.adaptation,
+            self.adaptation_rate,
+            self.num_adaptation_steps,
+        )
         chain = self._chain_functions.get(key)
         if chain is None:
+
             def run_chain(x, y, seed, n_steps, step0):
                 return self._chain(energy_fn, x, y, seed, n_steps, step0)
 
@@ -377,9 +410,7 @@ class MCMCSampler(keras.layers.Layer):
         energies_start = -tf.cast(_innermost(results, "target_log_prob"), tf.float32) * tf.cast(scale, tf.float32)
 
         def body(step, x, results, accept_sum):
-            x, results = kernel.one_step(
-                x, results, seed=tf.random.experimental.stateless_fold_in(seed, step)
-            )
+            x, results = kernel.one_step(x, results, seed=tf.random.experimental.stateless_fold_in(seed, step))
             log_accept = tf.cast(_innermost(results, "log_accept_ratio"), tf.float32)
             # NaN (both ends outside the box cannot happen: the start is clamped inside) counts as 0.
             accept = tf.where(tf.math.is_nan(log_accept), 0.0, tf.exp(tf.minimum(log_accept, 0.0)))
@@ -399,7 +430,12 @@ class MCMCSampler(keras.layers.Layer):
         out = (accept_sum, final_step, tf.stop_gradient(grad), energies_start, energies_end)
         return tf.stop_gradient(x), out
 
-    def transition_kernel(self, target_log_prob_fn, step_size, adaptation_steps=None):
+    def transition_kernel(
+        self,
+        target_log_prob_fn: Callable[[tf.Tensor], tf.Tensor],
+        step_size: float | tf.Tensor,
+        adaptation_steps: int | tf.Tensor | None = None,
+    ) -> tfp.mcmc.TransitionKernel:
         """The sampler's `tfp.mcmc` kernel on `target_log_prob_fn` (log densities `[batch]`) with
         per-chain `step_size` (broadcastable to the state), wrapped in the sampler's step-size
         adaptation for `adaptation_steps` steps when that is given and `adaptation` is set.
@@ -412,15 +448,18 @@ class MCMCSampler(keras.layers.Layer):
         kernel = self._kernel(target_log_prob, step_size)
         if self.adaptation is None:
             return kernel
-        adapt_steps = n_steps if self.num_adaptation_steps is None else tf.minimum(
-            n_steps, self.num_adaptation_steps)
+        adapt_steps = n_steps if self.num_adaptation_steps is None else tf.minimum(n_steps, self.num_adaptation_steps)
         if self.adaptation == "simple":
             return tfp.mcmc.SimpleStepSizeAdaptation(
-                kernel, num_adaptation_steps=adapt_steps, target_accept_prob=self.target_accept_prob,
+                kernel,
+                num_adaptation_steps=adapt_steps,
+                target_accept_prob=self.target_accept_prob,
                 adaptation_rate=self.adaptation_rate,
             )
         return tfp.mcmc.DualAveragingStepSizeAdaptation(
-            kernel, num_adaptation_steps=adapt_steps, target_accept_prob=self.target_accept_prob,
+            kernel,
+            num_adaptation_steps=adapt_steps,
+            target_accept_prob=self.target_accept_prob,
         )
 
     def _step_size_of(self, results, initial):
@@ -434,7 +473,7 @@ class MCMCSampler(keras.layers.Layer):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ serialization
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             n_steps=int(self.n_steps_variable.numpy()),
@@ -498,7 +537,7 @@ class HMCSampler(MCMCSampler):
         num_leapfrog_steps: int, leapfrog steps L per transition.
     """
 
-    def __init__(self, n_steps=4, step_size=0.01, num_leapfrog_steps=5, **kwargs):
+    def __init__(self, n_steps: int = 4, step_size: float = 0.01, num_leapfrog_steps: int = 5, **kwargs: Any) -> None:
         if int(num_leapfrog_steps) < 1:
             raise ValueError(
                 f"`num_leapfrog_steps` must be a positive integer. Received: num_leapfrog_steps={num_leapfrog_steps}"
@@ -507,16 +546,18 @@ class HMCSampler(MCMCSampler):
         super().__init__(n_steps=n_steps, step_size=step_size, **kwargs)
 
     @property
-    def gradient_evaluations_per_step(self):
+    def gradient_evaluations_per_step(self) -> int:
         return self.num_leapfrog_steps
 
     def _kernel(self, target_log_prob, step_size):
         return tfp.mcmc.HamiltonianMonteCarlo(
-            target_log_prob, step_size=step_size, num_leapfrog_steps=self.num_leapfrog_steps,
+            target_log_prob,
+            step_size=step_size,
+            num_leapfrog_steps=self.num_leapfrog_steps,
             store_parameters_in_results=True,  # the adaptation sets the step size in the results
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "num_leapfrog_steps": self.num_leapfrog_steps}
 
 
@@ -542,9 +583,7 @@ class _LangevinStepSizeInResults(tfp.mcmc.TransitionKernel):
         return True
 
     def _mala(self, step_size):
-        return tfp.mcmc.MetropolisAdjustedLangevinAlgorithm(
-            self._parameters["target_log_prob_fn"], step_size=step_size
-        )
+        return tfp.mcmc.MetropolisAdjustedLangevinAlgorithm(self._parameters["target_log_prob_fn"], step_size=step_size)
 
     def one_step(self, current_state, previous_kernel_results, seed=None):
         step_size = previous_kernel_results.step_size

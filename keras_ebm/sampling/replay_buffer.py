@@ -1,12 +1,18 @@
 """`ReplayBuffer`: the persistent chains of PCD-style SGLD (JEM, JEM++, SADA-JEM, GMMC, CLEL)."""
 
+from __future__ import annotations
+
 import random
+from typing import TYPE_CHECKING, Any
 
 import keras
 import tensorflow as tf
 
 from keras_ebm import distribute, memory, random_draws, run_settings
 from keras_ebm.sampling.initializers import UniformInitializer
+
+if TYPE_CHECKING:
+    from keras_ebm.sampling.initializers import InformativeInitializer, UniformInitializer
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -85,16 +91,16 @@ class ReplayBuffer(keras.layers.Layer):
 
     def __init__(
         self,
-        size=10000,
-        image_shape=(32, 32, 3),
-        initializer=None,
-        reinit_prob=0.05,
-        num_classes=None,
-        class_conditional=False,
-        seed=None,
-        replacement=True,
-        **kwargs,
-    ):
+        size: int = 10000,
+        image_shape: tuple[int, int, int] = (32, 32, 3),
+        initializer: UniformInitializer | InformativeInitializer | None = None,
+        reinit_prob: float = 0.05,
+        num_classes: int | None = None,
+        class_conditional: bool = False,
+        seed: int | None = None,
+        replacement: bool = True,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
         size = int(size)
@@ -102,19 +108,13 @@ class ReplayBuffer(keras.layers.Layer):
         if size < 1:
             raise ValueError(f"`size` must be a positive integer. Received: size={size}")
         if len(image_shape) != 3:
-            raise ValueError(
-                "`image_shape` must be (height, width, channels). "
-                f"Received: image_shape={image_shape}"
-            )
+            raise ValueError(f"`image_shape` must be (height, width, channels). Received: image_shape={image_shape}")
         if not 0.0 <= float(reinit_prob) <= 1.0:
-            raise ValueError(
-                f"`reinit_prob` must lie in [0, 1]. Received: reinit_prob={reinit_prob}"
-            )
+            raise ValueError(f"`reinit_prob` must lie in [0, 1]. Received: reinit_prob={reinit_prob}")
         if class_conditional:
             if num_classes is None or int(num_classes) < 1:
                 raise ValueError(
-                    "A class-conditional buffer needs a positive `num_classes`. "
-                    f"Received: num_classes={num_classes}"
+                    f"A class-conditional buffer needs a positive `num_classes`. Received: num_classes={num_classes}"
                 )
             if size % int(num_classes):
                 raise ValueError(
@@ -123,8 +123,10 @@ class ReplayBuffer(keras.layers.Layer):
                     f"Received: size={size}, num_classes={num_classes}"
                 )
         if not replacement and class_conditional:
-            raise ValueError("A class-conditional buffer draws its rows with replacement. "
-                             f"Received: replacement={replacement}, class_conditional={class_conditional}")
+            raise ValueError(
+                "A class-conditional buffer draws its rows with replacement. "
+                f"Received: replacement={replacement}, class_conditional={class_conditional}"
+            )
         self.replacement = bool(replacement)
         self.size = size
         self.image_shape = image_shape
@@ -146,7 +148,7 @@ class ReplayBuffer(keras.layers.Layer):
         )
         self.build()
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if self.built:
             return
         fill_seed = tf.constant([self._fill_seed, 0], tf.int64)
@@ -199,16 +201,15 @@ class ReplayBuffer(keras.layers.Layer):
             return None
         return tf.cast(tf.range(self.size, dtype=tf.int64) * int(num_classes) // self.size, tf.int32)
 
-    def labels_of(self, idx):
+    def labels_of(self, idx: tf.Tensor) -> tf.Tensor:
         """The class of buffer rows `idx` in a class-conditional buffer (`idx // block_size`)."""
         if not self.class_conditional:
             raise ValueError(
-                "`labels_of` needs a class-conditional buffer. "
-                f"Received: class_conditional={self.class_conditional}"
+                f"`labels_of` needs a class-conditional buffer. Received: class_conditional={self.class_conditional}"
             )
         return tf.cast(idx, tf.int32) // self.block_size
 
-    def sample(self, batch_size, y=None):
+    def sample(self, batch_size: int, y: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """Draw chain starts `(x0, idx)`; see the class docstring for the arguments."""
         seed = distribute.replica_seed(self.seed_generator)
         fold = tf.random.experimental.stateless_fold_in
@@ -233,7 +234,8 @@ class ReplayBuffer(keras.layers.Layer):
             idx = y * self.block_size + offset
         elif not self.replacement:
             tf.debugging.assert_less_equal(
-                batch_size, self.size, message="ReplayBuffer(replacement=False) needs batch <= size")
+                batch_size, self.size, message="ReplayBuffer(replacement=False) needs batch <= size"
+            )
             idx = random_draws.indices_without_replacement("buffer_index", batch_size, self.size, seed=fold(seed, 1))
         else:
             idx = random_draws.uniform(
@@ -250,7 +252,7 @@ class ReplayBuffer(keras.layers.Layer):
         x0 = tf.where(reinit[:, None, None, None], fresh, x_buffer)
         return x0, idx
 
-    def update(self, idx, x):
+    def update(self, idx: tf.Tensor, x: tf.Tensor) -> Any:
         """Write states `x` `[batch, height, width, channels]` at buffer rows `idx` `[batch]`.
 
         Call it in replica context (inside `strategy.run`, e.g. in `train_step`) or without a
@@ -276,7 +278,7 @@ class ReplayBuffer(keras.layers.Layer):
         x = tf.gather(x, tf.gather(last, idx))
         return self.buffer.value.scatter_update(tf.IndexedSlices(x, idx))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
@@ -293,7 +295,7 @@ class ReplayBuffer(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> ReplayBuffer:
         config = dict(config)
         init_config = config.pop("initializer", None)
         if init_config is None:
@@ -313,16 +315,17 @@ class ReplayBuffer(keras.layers.Layer):
     # A data-fitted initialiser's statistics travel with the buffer's weights (`.keras` files).
     _STATISTICS_PREFIX = "initializer_"
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         super().save_own_variables(store)
         get_statistics = getattr(self.initializer, "get_statistics", None)
         for key, value in (get_statistics() if get_statistics else {}).items():
             store[self._STATISTICS_PREFIX + key] = value
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         keys = list(store.keys())
-        statistics = {k[len(self._STATISTICS_PREFIX):]: store[k] for k in keys
-                      if k.startswith(self._STATISTICS_PREFIX)}
+        statistics = {
+            k[len(self._STATISTICS_PREFIX) :]: store[k] for k in keys if k.startswith(self._STATISTICS_PREFIX)
+        }
         super().load_own_variables({k: store[k] for k in keys if not k.startswith(self._STATISTICS_PREFIX)})
         if statistics:
             self.initializer.set_statistics(**statistics)

@@ -1,16 +1,16 @@
 """`SGLDSampler`: stochastic gradient Langevin dynamics that descends an energy function."""
 
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 import tensorflow as tf
 
-from keras_ebm.stateless_scope import discard_updates
-from keras_ebm.stateless_scope import get_stateless_scope
-
-from keras_ebm import distribute
-from keras_ebm import random_draws
-from keras_ebm import run_settings
+from keras_ebm import distribute, random_draws, run_settings
+from keras_ebm.stateless_scope import discard_updates, get_stateless_scope
 
 _REDUCTIONS = ("sum", "mean")
 
@@ -129,29 +129,23 @@ class SGLDSampler:
 
     def __init__(
         self,
-        n_steps=20,
-        step_size=1.0,
-        noise_std=0.01,
-        grad_clip=None,
-        x_clip=None,
-        energy_reduction="sum",
-        energy_training=False,
-        freeze_bn_stats=False,
-        seed=None,
-        jit_compile=False,
-    ):
+        n_steps: int = 20,
+        step_size: float = 1.0,
+        noise_std: float = 0.01,
+        grad_clip: float | None = None,
+        x_clip: tuple[float, float] | None = None,
+        energy_reduction: str = "sum",
+        energy_training: bool = False,
+        freeze_bn_stats: bool = False,
+        seed: int | None = None,
+        jit_compile: bool = False,
+    ) -> None:
         if int(n_steps) < 0:
-            raise ValueError(
-                f"`n_steps` must be a non-negative integer. Received: n_steps={n_steps}"
-            )
+            raise ValueError(f"`n_steps` must be a non-negative integer. Received: n_steps={n_steps}")
         if float(step_size) < 0:
-            raise ValueError(
-                f"`step_size` must be non-negative. Received: step_size={step_size}"
-            )
+            raise ValueError(f"`step_size` must be non-negative. Received: step_size={step_size}")
         if float(noise_std) < 0:
-            raise ValueError(
-                f"`noise_std` must be non-negative. Received: noise_std={noise_std}"
-            )
+            raise ValueError(f"`noise_std` must be non-negative. Received: noise_std={noise_std}")
         grad_clip, x_clip = check_clamps(grad_clip, x_clip, energy_reduction)
         self.n_steps = int(n_steps)
         self.step_size = float(step_size)
@@ -167,12 +161,18 @@ class SGLDSampler:
         # (energy_fn, settings of the trace) -> tf.function of the chain; see `_chain_function`.
         self._chain_functions = {}
 
-    def __call__(self, energy_fn, x_init, y=None, n_steps=None):
+    def __call__(
+        self,
+        energy_fn: Callable[..., tf.Tensor],
+        x_init: tf.Tensor,
+        y: tf.Tensor | None = None,
+        n_steps: int | tf.Tensor | None = None,
+    ) -> tf.Tensor:
         x, _ = self._sample(energy_fn, x_init, y, n_steps, with_stats=False)
         return x
 
     @contextlib.contextmanager
-    def frozen(self):
+    def frozen(self) -> Iterator[None]:
         """Within this context the chains change no variable of the energy function: BatchNorm
         moving statistics and spectral-norm power-iteration vectors updated by a train-mode
         forward pass are discarded (as `freeze_bn_stats=True`). Generation from a trained model
@@ -185,19 +185,24 @@ class SGLDSampler:
         finally:
             self.freeze_bn_stats = previous
 
-    def sample_with_stats(self, energy_fn, x_init, y=None, n_steps=None):
+    def sample_with_stats(
+        self,
+        energy_fn: Callable[..., tf.Tensor],
+        x_init: tf.Tensor,
+        y: tf.Tensor | None = None,
+        n_steps: int | tf.Tensor | None = None,
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Run the chains and also return diagnostics.
 
         Returns:
             `(x, stats)`: `x` as from `__call__`; `stats` a dict of float32 scalars:
             `grad_norm`, the mean over samples of the L2 norm of the gradient of the reduced
-            energy (the one the step uses, before the clamp) at the last step; `energy_start`, the mean per-sample energy of `x_init`;
+            energy (the one the step uses, before the clamp) at the
+            last step; `energy_start`, the mean per-sample energy of `x_init`;
             `energy_end`, the mean per-sample energy at the input of the last step (no extra
             forward pass is spent on the final samples). All three are 0 when `n_steps` is 0.
         """
-        x, (grad, energies_start, energies_end) = self._sample(
-            energy_fn, x_init, y, n_steps, with_stats=True
-        )
+        x, (grad, energies_start, energies_end) = self._sample(energy_fn, x_init, y, n_steps, with_stats=True)
         # Reduced once here; the loop only carried the last step's gradient and energies.
         stats = {
             "grad_norm": tf.reduce_mean(_per_sample_norm(grad)),
@@ -233,6 +238,7 @@ class SGLDSampler:
         key = (energy_fn, with_stats, run_settings.signature(self), random_draws.replaying())
         chain = self._chain_functions.get(key)
         if chain is None:
+
             def run_chain(x, y, seed, n_steps):
                 return self._chain(energy_fn, x, y, seed, n_steps, with_stats)
 
@@ -290,9 +296,7 @@ class SGLDSampler:
             lambda step, *_: step < n_steps,
             body_with_stats,
             (start, x_init, tf.zeros_like(x_init), batch_energies, batch_energies),
-            shape_invariants=(
-                start.shape, x_init.shape, x_init.shape, tf.TensorShape([None]), tf.TensorShape([None])
-            ),
+            shape_invariants=(start.shape, x_init.shape, x_init.shape, tf.TensorShape([None]), tf.TensorShape([None])),
             **loop,
         )
         return tf.stop_gradient(x), (grad, energies_start, energies_end)
@@ -305,14 +309,12 @@ class SGLDSampler:
                 total = tf.reduce_sum(energies)
             else:
                 total = tf.reduce_mean(energies)
-        grad = tape.gradient(
-            total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+        grad = tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if grad.dtype != x.dtype:
             grad = tf.cast(grad, x.dtype)
         return energies, grad
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "n_steps": self.n_steps,
             "step_size": self.step_size,
@@ -327,7 +329,7 @@ class SGLDSampler:
         }
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> SGLDSampler:
         return cls(**config)
 
 
@@ -337,30 +339,29 @@ def _per_sample_norm(t):
     return tf.norm(flat, axis=-1)
 
 
-def check_clamps(grad_clip, x_clip, energy_reduction):
+def check_clamps(
+    grad_clip: float | None, x_clip: tuple[float, float] | None, energy_reduction: str
+) -> tuple[float | None, tuple[float, float] | None]:
     """`(grad_clip, x_clip)` as float / (lo, hi) floats or None, after checking them and
     `energy_reduction` (shared by `SGLDSampler` and the samplers of `keras_ebm.sampling.mcmc`)."""
     if grad_clip is not None and not float(grad_clip) > 0:
-        raise ValueError(
-            "`grad_clip` must be a positive float or None (no clamp). "
-            f"Received: grad_clip={grad_clip}"
-        )
+        raise ValueError(f"`grad_clip` must be a positive float or None (no clamp). Received: grad_clip={grad_clip}")
     if x_clip is not None:
         if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
             raise ValueError(
-                "`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). "
-                f"Received: x_clip={x_clip}"
+                f"`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). Received: x_clip={x_clip}"
             )
         x_clip = (float(x_clip[0]), float(x_clip[1]))
     if energy_reduction not in _REDUCTIONS:
         raise ValueError(
-            f"`energy_reduction` must be one of {_REDUCTIONS}. "
-            f"Received: energy_reduction={energy_reduction}"
+            f"`energy_reduction` must be one of {_REDUCTIONS}. Received: energy_reduction={energy_reduction}"
         )
     return None if grad_clip is None else float(grad_clip), x_clip
 
 
-def call_energy(energy_fn, x, y, training, freeze_bn_stats):
+def call_energy(
+    energy_fn: Callable[..., tf.Tensor], x: tf.Tensor, y: tf.Tensor | None, training: bool, freeze_bn_stats: bool
+) -> tf.Tensor:
     """`energy_fn(x, y, training=training)` as a tensor of per-sample energies `[batch]` (checked),
     inside `discard_updates()` with `freeze_bn_stats` (shared with `keras_ebm.sampling.mcmc`)."""
     if freeze_bn_stats:
@@ -371,7 +372,6 @@ def call_energy(energy_fn, x, y, training, freeze_bn_stats):
     energies = tf.convert_to_tensor(energies)
     if energies.shape.rank is not None and energies.shape.rank != 1:
         raise ValueError(
-            "`energy_fn` must return one energy per sample, shape [batch]. "
-            f"Received: energies.shape={energies.shape}"
+            f"`energy_fn` must return one energy per sample, shape [batch]. Received: energies.shape={energies.shape}"
         )
     return energies

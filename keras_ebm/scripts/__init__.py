@@ -10,9 +10,16 @@ and `run()`, the console-script entry point. What both share lives here:
   input) as one message, and the traceback only with `--verbose` or `KERAS_EBM_VERBOSE=1`.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 VERBOSE_ENV = "KERAS_EBM_VERBOSE"
 
@@ -26,7 +33,7 @@ _STARTUP_NOISE = re.compile(
 )
 
 
-def prepare_environment():
+def prepare_environment() -> bool:
     """Keras on TensorFlow, and TensorFlow quiet while it starts (unless the user chose a log
     level): call before anything imports TensorFlow. Returns True when the start-up is quietened."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -36,7 +43,7 @@ def prepare_environment():
     return True
 
 
-def import_tensorflow_quietly():
+def import_tensorflow_quietly() -> None:
     """Import TensorFlow and let it probe for GPUs with file descriptor 2 captured; replay
     whatever it printed except the known start-up lines (`_STARTUP_NOISE`), so a real error
     still shows. `tf.config.list_physical_devices` triggers the CUDA probe without creating the
@@ -55,22 +62,24 @@ def import_tensorflow_quietly():
             os.dup2(saved, 2)
             os.close(saved)
         captured.seek(0)
-        kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                if line.strip() and not _STARTUP_NOISE.match(line)]
+        kept = [
+            line
+            for line in captured.read().decode(errors="replace").splitlines()
+            if line.strip() and not _STARTUP_NOISE.match(line)
+        ]
     if kept:
         print("\n".join(kept), file=sys.stderr, flush=True)
 
 
-def verbose(flag_value=False):
+def verbose(flag_value: bool = False) -> bool:
     """Tracebacks wanted: `--verbose` or KERAS_EBM_VERBOSE set to anything but '', '0', 'false'."""
     return bool(flag_value) or os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
-def user_error_types():
+def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean the command, config, data or input was wrong (the library's own
     checks raise these with what to do), printed as one message."""
-    types = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-             MemoryError]
+    types = [ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, MemoryError]
     try:
         from keras_ebm import distribute, divergence
 
@@ -84,7 +93,7 @@ def user_error_types():
     return tuple(types)
 
 
-def error_message(error):
+def error_message(error: BaseException) -> str:
     """The one-line form of `error`: `TypeName: message`, a TensorFlow assert without its graph
     context (the op names and the 'Summarized data' lines that follow the message)."""
     text = str(error)
@@ -92,20 +101,22 @@ def error_message(error):
     if isinstance(message, str) and "tensorflow" in type(error).__module__:
         # Graph mode: "Graph execution error: ... Detected at node ... assertion failed: [msg]
         # [[{{node ...}}]]"; eager: "Expected '...' to be true. Summarized data: b'msg'".
-        found = (re.search(r"assertion failed: \[(.*?)\]\s*(?:\n\t \[\[|\Z)", message, re.S)
-                 or re.search(r"Summarized data: b'(.*?)'", message, re.S)
-                 or re.search(r"\n\n(?:.*\n\n)?(.*?)\s*(?:\n\t \[\[|\Z)", message, re.S))
+        found = (
+            re.search(r"assertion failed: \[(.*?)\]\s*(?:\n\t \[\[|\Z)", message, re.S)
+            or re.search(r"Summarized data: b'(.*?)'", message, re.S)
+            or re.search(r"\n\n(?:.*\n\n)?(.*?)\s*(?:\n\t \[\[|\Z)", message, re.S)
+        )
         text = (found.group(1) if found else message).strip()
     return f"{type(error).__name__}: {without_gin_context(text)}"
 
 
-def without_gin_context(text):
+def without_gin_context(text: str) -> str:
     """`text` without the line gin appends to an error raised in a configurable ("  In call to
     configurable 'run_training' (<function run_training at 0x...>)"): not the user's concern."""
     return re.sub(r"\n\s*In call to configurable .*$", "", text, flags=re.M).strip()
 
 
-def run_main(main, verbose_flag_name="verbose"):
+def run_main(main: Callable[[list[str]], Any], verbose_flag_name: str = "verbose") -> None:
     """See `_run_main`; `main` is the `main` of a module of this package, whose docstring and
     flags `--help` shows."""
     import importlib
@@ -138,12 +149,17 @@ def _run_main(main, verbose_flag_name):
         except app.UsageError:
             raise  # absl prints these with the usage line
         except user_error_types() as error:
-            want_traceback = verbose(getattr(flags.FLAGS, verbose_flag_name, False)
-                                     if flags.FLAGS.is_parsed() else False)
+            want_traceback = verbose(
+                getattr(flags.FLAGS, verbose_flag_name, False) if flags.FLAGS.is_parsed() else False
+            )
             if want_traceback:
                 raise
-            print(f"\n{error_message(error)}\n\n(This is the whole error; for the traceback add "
-                  f"--verbose or set {VERBOSE_ENV}=1.)", file=sys.stderr, flush=True)
+            print(
+                f"\n{error_message(error)}\n\n(This is the whole error; for the traceback add "
+                f"--verbose or set {VERBOSE_ENV}=1.)",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.exit(1)
 
     app.run(wrapped)

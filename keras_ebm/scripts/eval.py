@@ -35,6 +35,8 @@ and bind their gin parameters (FLAG_BINDINGS; only flags given on the command li
 --gin_param), and `keras_ebm.evaluation.evaluate` runs them.
 """
 
+from __future__ import annotations
+
 import os
 
 from absl import app, flags, logging
@@ -47,28 +49,56 @@ flags.DEFINE_multi_string("gin_file", [], "Gin config files (datasets, OOD sets)
 flags.DEFINE_multi_string("gin_param", [], "Gin bindings, applied last.")
 flags.DEFINE_string("output_dir", None, "Where to write results (default <model_dir>/eval).")
 flags.DEFINE_integer("samples", 0, "Also draw this many samples from the trained model (needs --model_dir).")
-flags.DEFINE_integer("sample_steps", None, "SGLD steps for --samples (default: the trainer's sampler); "
-                     "per sweep with --sample_sweeps.")
-flags.DEFINE_integer("sample_sweeps", None, "CLEL: run each chain as this many sweeps, each a training-style "
-                     "restart (reinit with the buffer's probability, strong augmentation) then --sample_steps "
-                     "steps (default 60): the official FID protocol, 10 sweeps (600 steps) for base, 20 for "
-                     "large. Default: plain chains.", lower_bound=1)
-flags.DEFINE_list("clel_betas", [], "CLEL: also report eq. 5 at these betas, neg_energy + beta * cosine "
-                  "(e.g. 0,0.01,0.1); the export's own 'clel' score uses the trained CLEL.ood_beta.")
+flags.DEFINE_integer(
+    "sample_steps", None, "SGLD steps for --samples (default: the trainer's sampler); per sweep with --sample_sweeps."
+)
+flags.DEFINE_integer(
+    "sample_sweeps",
+    None,
+    "CLEL: run each chain as this many sweeps, each a training-style "
+    "restart (reinit with the buffer's probability, strong augmentation) then --sample_steps "
+    "steps (default 60): the official FID protocol, 10 sweeps (600 steps) for base, 20 for "
+    "large. Default: plain chains.",
+    lower_bound=1,
+)
+flags.DEFINE_list(
+    "clel_betas",
+    [],
+    "CLEL: also report eq. 5 at these betas, neg_energy + beta * cosine "
+    "(e.g. 0,0.01,0.1); the export's own 'clel' score uses the trained CLEL.ood_beta.",
+)
 flags.DEFINE_bool("sample_from_buffer", False, "Start the chains from the replay buffer.")
-flags.DEFINE_bool("conditional", False, "Class-conditional samples, one row per class (CLEL: on the mean "
-                  "encoder latent of each class's in-distribution images, Appendix D).")
+flags.DEFINE_bool(
+    "conditional",
+    False,
+    "Class-conditional samples, one row per class (CLEL: on the mean "
+    "encoder latent of each class's in-distribution images, Appendix D).",
+)
 flags.DEFINE_integer("sample_batch_size", None, "Chains run at once for --samples (default all).")
-flags.DEFINE_integer("class_latent_examples", 1000,
-                     "CLEL --conditional: labelled in-distribution images used for the class latents.")
-flags.DEFINE_integer("eval_examples", None, "Use only the first N images of every set (test set, OOD sets, "
-                     "attacked images, samples scored): quick or budgeted runs. Default: run_eval.max_examples "
-                     "for the standard evaluation, all images otherwise.", lower_bound=1)
-flags.DEFINE_bool("standard", True, "Run the standard evaluation (accuracy, ECE, OOD); --nostandard runs only "
-                  "the evaluations asked for below and keeps results.json's other entries.")
+flags.DEFINE_integer(
+    "class_latent_examples", 1000, "CLEL --conditional: labelled in-distribution images used for the class latents."
+)
+flags.DEFINE_integer(
+    "eval_examples",
+    None,
+    "Use only the first N images of every set (test set, OOD sets, "
+    "attacked images, samples scored): quick or budgeted runs. Default: run_eval.max_examples "
+    "for the standard evaluation, all images otherwise.",
+    lower_bound=1,
+)
+flags.DEFINE_bool(
+    "standard",
+    True,
+    "Run the standard evaluation (accuracy, ECE, OOD); --nostandard runs only "
+    "the evaluations asked for below and keeps results.json's other entries.",
+)
 # Robustness
-flags.DEFINE_list("robustness", [], "Paper presets of keras_ebm.evaluation.robustness.PAPER_SETTINGS: jem_linf, "
-                  "jem_l2, gmmc_table5, hdge_fig3_linf, hdge_fig3_l2, sadajem_fig5_linf, sadajem_fig5_l2.")
+flags.DEFINE_list(
+    "robustness",
+    [],
+    "Paper presets of keras_ebm.evaluation.robustness.PAPER_SETTINGS: jem_linf, "
+    "jem_l2, gmmc_table5, hdge_fig3_linf, hdge_fig3_l2, sadajem_fig5_linf, sadajem_fig5_l2.",
+)
 flags.DEFINE_enum("attack", None, ["pgd_linf", "pgd_l2"], "A custom PGD attack (needs --epsilons).")
 flags.DEFINE_list("epsilons", [], "Epsilons in [0, 255] pixel units (override the presets' grids).")
 flags.DEFINE_integer("attack_steps", None, "PGD steps (override).")
@@ -86,47 +116,104 @@ flags.DEFINE_bool("cw_targeted", False, "C&W L2, targeted (GMMC Table 7).")
 flags.DEFINE_integer("cw_steps", None, "C&W Adam steps (default 100 untargeted, 1000 targeted).")
 flags.DEFINE_integer("attack_seed", 0, "Seed of the random starts and C&W targets.")
 # Samples: FID / IS / KID and sample quality
-flags.DEFINE_string("samples_npz", None, "Score these samples (npz with uint8 'images' and optional 'labels', as "
-                    "--samples writes) instead of / beside the ones drawn with --samples.")
-flags.DEFINE_bool("generative", False, "FID / IS / KID of the samples (--samples or --samples_npz) against "
-                  "the training split of the in-distribution set.")
-flags.DEFINE_enum("feature_network", None, ["auto", "fid_inception", "keras_inception_v3"],
-                  "Inception of FID / IS / KID (default: gin inception_features.network, 'auto'): fid_inception "
-                  "is the papers' 2015 TF graph (needs --fid_inception_weights, docs/fid.md); keras_inception_v3 is "
-                  "Keras' network, not comparable with published numbers; auto takes fid_inception when its weights "
-                  "are found, else Keras'.")
-flags.DEFINE_string("fid_inception_weights", None, "pytorch-fid's pt_inception-2015-12-05-6726825d.pth or its .npz "
-                    "conversion (default: $KERAS_EBM_FID_INCEPTION_WEIGHTS, the Keras and torch hub caches).")
-flags.DEFINE_enum("fid_preprocessing", None, ["tf2015", "pytorch_fid"], "fid_inception's input pipeline (default "
-                  "tf2015: the papers' TF1 resize and scaling; pytorch_fid: pytorch-fid's).")
-flags.DEFINE_string("inception_weights", None, "Keras Inception-v3 weights file (feature_network "
-                    "keras_inception_v3; default: $KERAS_EBM_INCEPTION_WEIGHTS or the Keras cache). 'none': skip "
-                    "Inception (only --feature_classifier).")
-flags.DEFINE_string("feature_classifier", None, "A train.py directory of a classifier: also report "
-                    "classifier_fd / classifier_score / classifier_kd in its feature space (not FID).")
-flags.DEFINE_integer("reference_examples", None, "First N reference (training) images for the statistics "
-                     "(default all; cached per data set and feature network).")
-flags.DEFINE_bool("sample_quality", False, "Classify the samples with --reference_classifier: accuracy of "
-                  "class-conditional samples, confusion matrix, best / worst samples per class.")
-flags.DEFINE_string("reference_classifier", None, "Export or train.py directory (its export) of the reference "
-                    "classifier for --sample_quality.")
+flags.DEFINE_string(
+    "samples_npz",
+    None,
+    "Score these samples (npz with uint8 'images' and optional 'labels', as "
+    "--samples writes) instead of / beside the ones drawn with --samples.",
+)
+flags.DEFINE_bool(
+    "generative",
+    False,
+    "FID / IS / KID of the samples (--samples or --samples_npz) against the training split of the in-distribution set.",
+)
+flags.DEFINE_enum(
+    "feature_network",
+    None,
+    ["auto", "fid_inception", "keras_inception_v3"],
+    "Inception of FID / IS / KID (default: gin inception_features.network, 'auto'): fid_inception "
+    "is the papers' 2015 TF graph (needs --fid_inception_weights, docs/fid.md); keras_inception_v3 is "
+    "Keras' network, not comparable with published numbers; auto takes fid_inception when its weights "
+    "are found, else Keras'.",
+)
+flags.DEFINE_string(
+    "fid_inception_weights",
+    None,
+    "pytorch-fid's pt_inception-2015-12-05-6726825d.pth or its .npz "
+    "conversion (default: $KERAS_EBM_FID_INCEPTION_WEIGHTS, the Keras and torch hub caches).",
+)
+flags.DEFINE_enum(
+    "fid_preprocessing",
+    None,
+    ["tf2015", "pytorch_fid"],
+    "fid_inception's input pipeline (default tf2015: the papers' TF1 resize and scaling; pytorch_fid: pytorch-fid's).",
+)
+flags.DEFINE_string(
+    "inception_weights",
+    None,
+    "Keras Inception-v3 weights file (feature_network "
+    "keras_inception_v3; default: $KERAS_EBM_INCEPTION_WEIGHTS or the Keras cache). 'none': skip "
+    "Inception (only --feature_classifier).",
+)
+flags.DEFINE_string(
+    "feature_classifier",
+    None,
+    "A train.py directory of a classifier: also report "
+    "classifier_fd / classifier_score / classifier_kd in its feature space (not FID).",
+)
+flags.DEFINE_integer(
+    "reference_examples",
+    None,
+    "First N reference (training) images for the statistics (default all; cached per data set and feature network).",
+)
+flags.DEFINE_bool(
+    "sample_quality",
+    False,
+    "Classify the samples with --reference_classifier: accuracy of "
+    "class-conditional samples, confusion matrix, best / worst samples per class.",
+)
+flags.DEFINE_string(
+    "reference_classifier",
+    None,
+    "Export or train.py directory (its export) of the reference classifier for --sample_quality.",
+)
 # Report across runs
-flags.DEFINE_bool("compare", False, "Compare runs: python eval.py --compare runs/a runs/b ... writes report.md, "
-                  "report.json and side-by-side plots to --output_dir (default ./eval_report).")
-flags.DEFINE_list("compare_names", [], "Row names of --compare (default: each run's trainer and config, e.g. "
-                  "'SADAJEM (quickstart)'; the run folders are the table's second column).")
+flags.DEFINE_bool(
+    "compare",
+    False,
+    "Compare runs: python eval.py --compare runs/a runs/b ... writes report.md, "
+    "report.json and side-by-side plots to --output_dir (default ./eval_report).",
+)
+flags.DEFINE_list(
+    "compare_names",
+    [],
+    "Row names of --compare (default: each run's trainer and config, e.g. "
+    "'SADAJEM (quickstart)'; the run folders are the table's second column).",
+)
 flags.DEFINE_list("compare_scores", [], "OOD scores shown as AUROC columns of --compare (default all).")
-flags.DEFINE_list("evaluators", [], "More registered evaluators to run, by name, after those the flags above pick "
-                  "(also: gin evaluate.evaluators); their options come from gin (--gin_param=<name>.<option> = ...).")
+flags.DEFINE_list(
+    "evaluators",
+    [],
+    "More registered evaluators to run, by name, after those the flags above pick "
+    "(also: gin evaluate.evaluators); their options come from gin (--gin_param=<name>.<option> = ...).",
+)
 flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS_EBM_VERBOSE=1).")
 # AIS test log-likelihood (keras_ebm.evaluation.ais; docs/samplers.md).
-flags.DEFINE_bool("ais", False, "AIS log Z and test log-likelihood (nats, bits/dim) of the trained model's E(x) "
-                  "on its pixel box (needs --model_dir); first --eval_examples test images.")
+flags.DEFINE_bool(
+    "ais",
+    False,
+    "AIS log Z and test log-likelihood (nats, bits/dim) of the trained model's E(x) "
+    "on its pixel box (needs --model_dir); first --eval_examples test images.",
+)
 flags.DEFINE_integer("ais_chains", 64, "--ais: AIS chains (the standard error shrinks as 1/sqrt(chains)).")
 flags.DEFINE_integer("ais_temperatures", 1000, "--ais: intermediate temperatures (the bias shrinks as they grow).")
 flags.DEFINE_enum("ais_sampler", "mala", ["mala", "hmc"], "--ais: transition kernel.")
-flags.DEFINE_enum("ais_base", "uniform", ["uniform", "gaussian"], "--ais: start distribution (uniform on the "
-                  "pixel box, or a Gaussian fitted to the test images).")
+flags.DEFINE_enum(
+    "ais_base",
+    "uniform",
+    ["uniform", "gaussian"],
+    "--ais: start distribution (uniform on the pixel box, or a Gaussian fitted to the test images).",
+)
 FLAGS = flags.FLAGS
 
 
@@ -165,8 +252,9 @@ FLAG_BINDINGS = {
     "feature_network": "inception_features.network",
     "fid_inception_weights": "inception_features.weights",
     "fid_preprocessing": "inception_features.preprocessing",
-    "inception_weights": lambda v: ({"generative.inception": False} if v.lower() == "none"
-                                    else {"inception_features.keras_weights": v}),
+    "inception_weights": lambda v: (
+        {"generative.inception": False} if v.lower() == "none" else {"inception_features.keras_weights": v}
+    ),
     "feature_classifier": "generative.feature_classifier",
     "reference_examples": "generative.reference_examples",
     "reference_classifier": "sample_quality.reference_classifier",
@@ -181,7 +269,7 @@ FLAG_BINDINGS = {
 }
 
 
-def flag_bindings():
+def flag_bindings() -> list[str]:
     """Gin bindings of the flags given on the command line (`FLAG_BINDINGS`), as strings."""
     out = []
     for flag, target in FLAG_BINDINGS.items():
@@ -208,7 +296,8 @@ def _parse_run_gin(bindings=(), run_config=True):
             f"{FLAGS.model_dir} has no config.gin, so it is not a run folder written by train.py: "
             "eval.py reads the run's test and OOD sets (and, for attacks and samples, its trainer) "
             "from it. Pass a train.py run folder, or name the data with --gin_file=<a config> "
-            f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}")
+            f"(e.g. the gin files the run was trained with). Received: --model_dir={FLAGS.model_dir}"
+        )
     with gin.unlock_config():  # parse_gin locks the config; a --feature_classifier run's is parsed in between
         gin.clear_config()
         run_config.parse_gin(files, list(FLAGS.gin_param) + list(bindings))
@@ -226,23 +315,29 @@ def _check_flags(argv):
     if FLAGS.ais and not FLAGS.model_dir:
         raise app.UsageError("--ais needs --model_dir: it uses the trainer restored from its checkpoint.")
     if (attacks or FLAGS.samples) and not FLAGS.model_dir:
-        raise app.UsageError("Attacks and --samples need --model_dir: they use the trainer restored from its "
-                             "checkpoint (an export has no gradient and no sampler).")
+        raise app.UsageError(
+            "Attacks and --samples need --model_dir: they use the trainer restored from its "
+            "checkpoint (an export has no gradient and no sampler)."
+        )
     if (FLAGS.generative or FLAGS.sample_quality) and not (FLAGS.samples or FLAGS.samples_npz):
         raise app.UsageError("--generative / --sample_quality score samples: pass --samples=N or --samples_npz.")
     if FLAGS.sample_quality and not FLAGS.reference_classifier:
         raise app.UsageError("--sample_quality needs --reference_classifier (an export or a train.py directory).")
 
 
-def selected_evaluators():
+def selected_evaluators() -> list[str]:
     """The evaluators the flags pick, in the order they run, then gin's `evaluate.evaluators` and
     --evaluators (names not already picked)."""
     import gin
 
-    picked = {"standard": FLAGS.standard,
-              "robustness": bool(FLAGS.robustness or FLAGS.attack or FLAGS.cw or FLAGS.cw_targeted),
-              "ais": FLAGS.ais, "generative": FLAGS.generative, "sample_quality": FLAGS.sample_quality,
-              "samples": bool(FLAGS.samples or FLAGS.samples_npz)}
+    picked = {
+        "standard": FLAGS.standard,
+        "robustness": bool(FLAGS.robustness or FLAGS.attack or FLAGS.cw or FLAGS.cw_targeted),
+        "ais": FLAGS.ais,
+        "generative": FLAGS.generative,
+        "sample_quality": FLAGS.sample_quality,
+        "samples": bool(FLAGS.samples or FLAGS.samples_npz),
+    }
     names = [name for name, on in picked.items() if on]
     try:
         from_gin = list(gin.query_parameter("evaluate.evaluators"))
@@ -251,7 +346,7 @@ def selected_evaluators():
     return names + [n for n in dict.fromkeys(from_gin + list(FLAGS.evaluators)) if n not in names]
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # TF's INFO lines (savers, signatures) drown the progress
     from keras_ebm import evaluation
     from keras_ebm.evaluation import registry
@@ -268,13 +363,18 @@ def main(argv):
             return
         _check_flags(argv)
         _parse_run_gin(bindings)
-        evaluation.evaluate(selected_evaluators(), model_dir=FLAGS.model_dir, saved_model=FLAGS.saved_model,
-                            output_dir=FLAGS.output_dir, reparse_config=lambda: _parse_run_gin(bindings))
+        evaluation.evaluate(
+            selected_evaluators(),
+            model_dir=FLAGS.model_dir,
+            saved_model=FLAGS.saved_model,
+            output_dir=FLAGS.output_dir,
+            reparse_config=lambda: _parse_run_gin(bindings),
+        )
     except registry.UsageError as error:
         raise app.UsageError(scripts.without_gin_context(str(error))) from error
 
 
-def run():
+def run() -> None:
     """The `keras-ebm-eval` console script (and `python eval.py`)."""
     scripts.run_main(main)
 

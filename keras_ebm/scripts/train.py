@@ -9,6 +9,8 @@ joined by '_'), --verbose (tracebacks for errors). Everything else is gin (see
 docs/configuration.md). A run resumes from the last checkpoint in --model_dir.
 """
 
+from __future__ import annotations
+
 import signal
 import sys
 
@@ -17,14 +19,18 @@ from absl import flags
 from keras_ebm import scripts
 
 flags.DEFINE_multi_string("gin_file", [], "Gin config files, applied in order.")
-flags.DEFINE_multi_string("gin_param", [], "Gin bindings, e.g. \"run_training.train_steps = 100\".")
-flags.DEFINE_string("model_dir", None, "Experiment directory (checkpoints, logs, export); default "
-                    "runs/<config name>, e.g. runs/clel_large for --gin_file=gin_configs/clel_large.gin.")
+flags.DEFINE_multi_string("gin_param", [], 'Gin bindings, e.g. "run_training.train_steps = 100".')
+flags.DEFINE_string(
+    "model_dir",
+    None,
+    "Experiment directory (checkpoints, logs, export); default "
+    "runs/<config name>, e.g. runs/clel_large for --gin_file=gin_configs/clel_large.gin.",
+)
 flags.DEFINE_bool("verbose", False, "Show the traceback of an error (also: KERAS_EBM_VERBOSE=1).")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     from absl import app, logging
 
     if len(argv) > 1:
@@ -39,8 +45,11 @@ def main(argv):
     from keras_ebm import distribute, run_config, training  # after absl parsed the flags: TensorFlow loads here
 
     model_dir = FLAGS.model_dir or run_config.default_model_dir(FLAGS.gin_file)
-    print(f"[keras_ebm] model_dir: {model_dir}"
-          + ("" if FLAGS.model_dir else " (--model_dir not given: runs/<config name>)"), flush=True)
+    print(
+        f"[keras_ebm] model_dir: {model_dir}"
+        + ("" if FLAGS.model_dir else " (--model_dir not given: runs/<config name>)"),
+        flush=True,
+    )
     run_config.parse_gin(FLAGS.gin_file, FLAGS.gin_param)
     # Validate before writing anything: a config that disagrees with the run in model_dir, and
     # the data sets and batch sizes (checked when the dataset functions are built).
@@ -62,7 +71,7 @@ def main(argv):
                 sys.exit(130)
 
 
-def run():
+def run() -> None:
     """The `keras-ebm-train` console script (and `python train.py`)."""
     scripts.run_main(main)
 

@@ -21,16 +21,25 @@ function) as nested Keras objects, so `trainer.save("model.keras")` and
 compiled with the same optimizer(s) when it was compiled (see `EBMTrainer.get_config`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
 from keras_ebm import energy as energy_lib
 from keras_ebm import run_settings
 from keras_ebm import scores as scores_lib
-from keras_ebm.optim.gradients import PlainGradients
-from keras_ebm.optim.gradients import add_weight_decay
-from keras_ebm.sampling import ReplayBuffer
-from keras_ebm.sampling import UniformInitializer
+from keras_ebm.optim.gradients import PlainGradients, add_weight_decay
+from keras_ebm.sampling import ReplayBuffer, UniformInitializer
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from keras_ebm.optim.gradients import SAMGradients
+    from keras_ebm.sampling.initializers import InformativeInitializer
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -91,8 +100,16 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     sampler = None  # the SGLD sampler of a generative trainer
     buffer = None  # its replay buffer
     # Constructor arguments kept as attributes of the same name: `get_config` reads them.
-    config_attributes = ("network", "image_shape", "num_classes", "pixel_range", "gradients",
-                         "check_finite_inputs", "weight_decay", "seed")
+    config_attributes = (
+        "network",
+        "image_shape",
+        "num_classes",
+        "pixel_range",
+        "gradients",
+        "check_finite_inputs",
+        "weight_decay",
+        "seed",
+    )
     energy_l2 = None  # the JEM family's energy L2 coefficient (None: the trainer has no such penalty)
     # Run-time settings (keras_ebm.run_settings): read by the compiled step from a variable, or
     # part of the trace signature (a change rebuilds the step).
@@ -101,23 +118,20 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     def __init__(
         self,
-        network,
-        image_shape,
-        num_classes,
-        pixel_range=(-1.0, 1.0),
-        gradients=None,
-        check_finite_inputs=True,
-        weight_decay=0.0,
-        seed=None,
-        **kwargs,
-    ):
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        gradients: PlainGradients | SAMGradients | None = None,
+        check_finite_inputs: bool = True,
+        weight_decay: float = 0.0,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         if len(image_shape) != 3:
-            raise ValueError(
-                "`image_shape` must be (height, width, channels). "
-                f"Received: image_shape={image_shape}"
-            )
+            raise ValueError(f"`image_shape` must be (height, width, channels). Received: image_shape={image_shape}")
         lo, hi = (float(v) for v in pixel_range)
         if not lo < hi:
             raise ValueError(f"`pixel_range` must be (lo, hi) with lo < hi. Received: pixel_range={pixel_range}")
@@ -133,28 +147,31 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.tracked_names}
 
     # ------------------------------------------------------------------ Keras plumbing
-    def call(self, x, training=False):
+    def call(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         # float32 logits whatever the network computes in (mixed_bfloat16: energies, losses and
         # scores stay float32); float64 under a float64 policy (`energy_lib.wide_dtype`).
         logits = self.network(x, training=training)
         return tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if not self.network.built:
             self.network.build((None,) + self.image_shape)
         self.built = True
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         return list(self.trackers.values())
 
     # ------------------------------------------------------------------ serialization
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Every constructor argument: the `config_attributes` of the class (nested Keras objects
         serialized), the sampler and replay buffer of a generative trainer, and the Keras model's
         name, trainable flag and dtype policy (see the class docstring)."""
-        config = {"name": self.name, "trainable": self.trainable,
-                  "dtype": keras.dtype_policies.serialize(self.dtype_policy)}
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
         names = self.config_attributes + (("sampler", "buffer") if self.is_generative else ())
         for name in names:
             value = getattr(self, name)
@@ -164,31 +181,32 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> EBMTrainer:
         """`cls(**config)` with the nested Keras objects (networks, sampler, buffer...) rebuilt."""
         config = {
             key: keras.saving.deserialize_keras_object(value)
-            if isinstance(value, dict) and "class_name" in value else value
+            if isinstance(value, dict) and "class_name" in value
+            else value
             for key, value in config.items()
         }
         return cls(**config)
 
-    def get_build_config(self):
+    def get_build_config(self) -> dict[str, Any]:
         # Always present, so that loading builds the trainer (and its optimizers) before the
         # weights are read, even if it was saved without ever being called.
         return {"input_shape": [None] + list(self.image_shape)}
 
-    def build_from_config(self, config):
+    def build_from_config(self, config: dict[str, Any]) -> None:
         del config
         self.build()
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict[str, Any] | None:
         config = super().get_compile_config()
         if config:  # whether the saved file holds optimizer slots (a trainer compiled but not trained has none)
             config["optimizers_built"] = all(o.built for o in self.optimizers.values())
         return config
 
-    def compile_from_config(self, config):
+    def compile_from_config(self, config: dict[str, Any]) -> None:
         """Compile with the saved compile arguments (CLEL: both optimizers) and, when the saved
         optimizers were built, build them on their variables, so that their saved slots load."""
         config = dict(config)
@@ -205,15 +223,17 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     def _seed_states(self):
         return [v for v in self.variables if "seed_generator_state" in v.path]
 
-    def save_own_variables(self, store):
+    def save_own_variables(self, store: dict[str, Any]) -> None:
         super().save_own_variables(store)
         for i, state in enumerate(self._seed_states()):
             store[f"{self._SEED_STATE_PREFIX}{i}"] = state
 
-    def load_own_variables(self, store):
+    def load_own_variables(self, store: dict[str, Any]) -> None:
         keys = list(store.keys())
-        saved = sorted((k for k in keys if k.startswith(self._SEED_STATE_PREFIX)),
-                       key=lambda k: int(k[len(self._SEED_STATE_PREFIX):]))
+        saved = sorted(
+            (k for k in keys if k.startswith(self._SEED_STATE_PREFIX)),
+            key=lambda k: int(k[len(self._SEED_STATE_PREFIX) :]),
+        )
         super().load_own_variables({k: store[k] for k in keys if not k.startswith(self._SEED_STATE_PREFIX)})
         states = self._seed_states()
         if saved and len(saved) != len(states):
@@ -225,12 +245,12 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             state.assign(store[key])
 
     # ------------------------------------------------------------------ run-time settings
-    def run_components(self):
+    def run_components(self) -> dict[str, Any]:
         """The components whose run-time settings the step reads, by the name `set_run_options`
         uses for them (`sampler.n_steps`, `gradients.rho`, `buffer.reinit_prob`)."""
         return {"sampler": self.sampler, "gradients": self.gradients, "buffer": self.buffer}
 
-    def trace_signature(self):
+    def trace_signature(self) -> tuple:
         """Everything the traced step depends on that is not a variable: the `TraceSetting` values
         and structural parts of the trainer and its components, which component objects are in
         place, and the dtype policies of the trainer's layers (mixed precision). The compiled
@@ -238,11 +258,12 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         parts = [run_settings.signature(self)]
         for name, component in self.run_components().items():
             parts.append((name, id(component), run_settings.signature(component)))
-        parts.append(tuple(layer.dtype_policy.name
-                           for layer in self._flatten_layers(include_self=True, recursive=False)))
+        parts.append(
+            tuple(layer.dtype_policy.name for layer in self._flatten_layers(include_self=True, recursive=False))
+        )
         return tuple(parts)
 
-    def run_options(self):
+    def run_options(self) -> dict[str, Any]:
         """Every run-time setting the step reads, `{name: value}` (names as `set_run_options` takes
         them), with the constant learning rates of the optimizers."""
         out = dict(run_settings.values(self))
@@ -255,7 +276,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                     out[f"{prefix}.learning_rate"] = run_settings.learning_rate(opt)
         return out
 
-    def set_run_options(self, options=None, **kwargs):
+    def set_run_options(self, options: Mapping[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
         """Change run-time settings between steps so that the next step computes with them.
 
         Names: a setting of the trainer (`energy_l2`, `px_weight`, HDGE's `alpha`...), of a
@@ -293,25 +314,28 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 raise ValueError(
                     f"`{prefix}` has a learning-rate schedule: a constant cannot replace it between steps. "
                     "Scale it instead (keras_ebm.divergence.ScaledSchedule, which the divergence guard's "
-                    f"'lower_lr' remedy uses). Received: {name!r}")
+                    f"'lower_lr' remedy uses). Received: {name!r}"
+                )
             return owner, attr
         elif components.get(prefix) is not None:
             owner = components[prefix]
         else:
-            raise ValueError(f"Unknown run option {name!r} for {type(self).__name__}: choose from "
-                             f"{sorted(self.run_options())}.")
+            raise ValueError(
+                f"Unknown run option {name!r} for {type(self).__name__}: choose from {sorted(self.run_options())}."
+            )
         prop = getattr(type(owner), attr, None)
         if attr not in run_settings.declared(type(owner)) and not (isinstance(prop, property) and prop.fset):
-            raise ValueError(f"Unknown run option {name!r} for {type(self).__name__}: choose from "
-                             f"{sorted(self.run_options())}.")
+            raise ValueError(
+                f"Unknown run option {name!r} for {type(self).__name__}: choose from {sorted(self.run_options())}."
+            )
         return owner, attr
 
-    def make_train_function(self, force=False):
+    def make_train_function(self, force: bool = False) -> Callable[..., Any]:
         """Keras' train function, rebuilt before a step whose `trace_signature()` differs from
         the one it was built with (a graph-shaping setting changed between steps)."""
         return self._checked_function("train_function", super().make_train_function, force)
 
-    def make_test_function(self, force=False):
+    def make_test_function(self, force: bool = False) -> Callable[..., Any]:
         return self._checked_function("test_function", super().make_test_function, force)
 
     def _checked_function(self, attr, make, force):
@@ -331,7 +355,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         return checked
 
     # ------------------------------------------------------------------ the one train_step
-    def train_step(self, data):
+    def train_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=True)
         self.before_step(batch)
         negatives = self.sample_negatives(batch)
@@ -339,13 +363,13 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.after_step(batch, negatives, logs)
         return self.update_trackers({**logs, **self.sampler_logs()})
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=False)
         logits = self(batch["x"], training=False)
         return self.update_trackers(self.classifier_logs(logits, batch["y"]))
 
     # ------------------------------------------------------------------ hooks
-    def unpack_batch(self, data, training=False):
+    def unpack_batch(self, data: Any, training: bool = False) -> dict[str, tf.Tensor]:
         """Normalise a batch to a dict: `x`, `y` (classifier branch) and `x_px`, `y_px` (p(x) branch).
 
         Accepts `(x, y)`, a dict with those keys, or the two-loader form `((x, y), (x_px, y_px))` of
@@ -374,15 +398,17 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             batch["x_px"], batch["y_px"] = batch["x"], batch["y"]
         return batch
 
-    def sample_negatives(self, batch):
+    def sample_negatives(self, batch: dict[str, tf.Tensor]) -> Any:
         """Samples from the model (SGLD); None for a purely discriminative trainer."""
         return None
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True
+    ) -> dict[str, tf.Tensor]:
         """Return a dict of scalars with key "loss" (the total) and the `tracked_names`."""
         raise NotImplementedError(f"{type(self).__name__} must implement compute_losses().")
 
-    def optimize(self, batch, negatives):
+    def optimize(self, batch: dict[str, tf.Tensor], negatives: Any) -> dict[str, tf.Tensor]:
         """One optimisation step of every trainable variable with `self.optimizer`.
 
         CLEL (two networks, two optimizers) overrides this; everything else shares it. The gradient
@@ -393,30 +419,26 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         self.optimizer.apply(add_weight_decay(grads, variables, self.weight_decay), variables)
         return logs
 
-    def loss_closure(self, batch, negatives):
+    def loss_closure(self, batch: dict[str, tf.Tensor], negatives: Any) -> Callable[[], dict[str, tf.Tensor]]:
         """The zero-argument loss function the gradient function differentiates (SAM calls it twice:
         at w, then at w + e). Default: `compute_losses(batch, negatives, training=True)` each time."""
         return lambda: self.compute_losses(batch, negatives, training=True)
 
-    def before_step(self, batch):
+    def before_step(self, batch: dict[str, tf.Tensor]) -> None:
         """Side effects before sampling and the update (CLEL's official EMA timing). Default: nothing."""
         del batch
 
-    def after_step(self, batch, negatives, logs):
+    def after_step(self, batch: dict[str, tf.Tensor], negatives: Any, logs: dict[str, tf.Tensor]) -> None:
         """Side effects after the update: queue enqueue (HDGE), EMA (CLEL). Default: nothing."""
         del batch, negatives, logs
 
     # ------------------------------------------------------------------ shared pieces
-    def classifier_logs(self, logits, y):
+    def classifier_logs(self, logits: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """Cross-entropy, accuracy and mean data energy of a classifier batch (in float32; float64
         for float64 logits)."""
         logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
-        clf_loss = tf.reduce_mean(
-            keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-        )
-        clf_acc = tf.reduce_mean(
-            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), logits.dtype)
-        )
+        clf_loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        clf_acc = tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), logits.dtype))
         return {
             "loss": clf_loss,
             "clf_loss": clf_loss,
@@ -424,7 +446,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             "energy_data": tf.reduce_mean(energy_lib.energy_from_logits(logits)),
         }
 
-    def track_sampler_logs(self):
+    def track_sampler_logs(self) -> None:
         """Add trackers for what the sampler reports after each step (its `log_names`: an MCMC
         sampler's acceptance rate and step size, `keras_ebm.sampling.mcmc`; SGLD reports none).
         Generative trainers call it once their sampler is set."""
@@ -432,13 +454,13 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             if name not in self.trackers:
                 self.trackers[name] = keras.metrics.Mean(name=name)
 
-    def sampler_logs(self):
+    def sampler_logs(self) -> dict[str, tf.Tensor]:
         """The sampler's diagnostics after the step (read from its variables), or {}."""
         if not getattr(self.sampler, "log_names", ()):
             return {}
         return self.sampler.logs()
 
-    def update_trackers(self, logs):
+    def update_trackers(self, logs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         for name, tracker in self.trackers.items():
             if name in logs:
                 tracker.update_state(logs[name])
@@ -467,21 +489,27 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
     def _unit_range_message(self, name):
         lo, hi = (float(v) for v in self.pixel_range)
         fix = "x * 2.0 - 1.0" if (lo, hi) == (-1.0, 1.0) else f"x * {hi - lo:g} + {lo:g}"
-        return (f"The {name} images lie in [0, 1], but {type(self).__name__} was built for "
-                f"pixel_range {self.pixel_range}: training would run on the wrong scale without an "
-                f"error. Map them: {name} = {fix} (uint8 images: "
-                f"keras_ebm.data.to_pixel_range({name}, {self.pixel_range}))")
+        return (
+            f"The {name} images lie in [0, 1], but {type(self).__name__} was built for "
+            f"pixel_range {self.pixel_range}: training would run on the wrong scale without an "
+            f"error. Map them: {name} = {fix} (uint8 images: "
+            f"keras_ebm.data.to_pixel_range({name}, {self.pixel_range}))"
+        )
 
     def _image_shape_error(self, name, shape):
         expected = tuple(self.image_shape)
         hint = "Check the dataset's image_size/channels or the trainer's image_shape."
         if len(shape) == 3 and expected[-1] == 1 and tuple(shape[1:]) == expected[:2]:
-            hint = (f"Grayscale images [N, H, W] need a channel axis: pass {name}[..., None] "
-                    "(numpy) or tf.expand_dims(x, -1).")
+            hint = (
+                f"Grayscale images [N, H, W] need a channel axis: pass {name}[..., None] "
+                "(numpy) or tf.expand_dims(x, -1)."
+            )
         elif len(shape) == 4 and tuple(shape[1:3]) == expected[:2] and shape[3] != expected[2]:
-            hint = (f"The images have {shape[3]} channel(s), the trainer {expected[2]}: convert them "
-                    "(keras_ebm.data sources take `channels=`) or build the trainer for "
-                    f"image_shape={expected[:2] + (shape[3],)}.")
+            hint = (
+                f"The images have {shape[3]} channel(s), the trainer {expected[2]}: convert them "
+                "(keras_ebm.data sources take `channels=`) or build the trainer for "
+                f"image_shape={expected[:2] + (shape[3],)}."
+            )
         elif len(shape) == 4 and tuple(shape[1:3]) == (expected[2], expected[0]) and shape[3] == expected[1]:
             hint = "The images look channels-first [N, C, H, W]: transpose them to [N, H, W, C]."
         return ValueError(
@@ -530,7 +558,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
             )
             low, high = self._pixel_bounds()
             in_scale = tf.debugging.assert_less_equal(
-                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)), tf.cast((high - low) / 2, x.dtype),
+                tf.reduce_max(tf.abs(x - sum(self.pixel_range) / 2)),
+                tf.cast((high - low) / 2, x.dtype),
                 message=(
                     f"The {name} images lie far outside pixel_range {self.pixel_range} (beyond "
                     f"[{low:g}, {high:g}]): 0..255 pixels passed as floats? Map uint8 images with "
@@ -542,7 +571,8 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 # [0, 1] images on a [-1, 1] model (rule: `_UNIT_RANGE_MIN_BATCH`).
                 unit = tf.logical_and(
                     tf.shape(x)[0] >= self._UNIT_RANGE_MIN_BATCH,
-                    tf.logical_and(tf.reduce_min(x) >= 0.0, tf.reduce_max(x) <= 1.0))
+                    tf.logical_and(tf.reduce_min(x) >= 0.0, tf.reduce_max(x) <= 1.0),
+                )
                 checks.append(tf.debugging.Assert(tf.logical_not(unit), [self._unit_range_message(name)]))
             with tf.control_dependencies(checks):
                 x = tf.identity(x)
@@ -571,10 +601,16 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         y = tf.reshape(y, [-1])
         checks = []
         if self.check_finite_inputs and y.dtype.is_floating:
-            checks.append(tf.debugging.assert_equal(
-                y, tf.round(y),
-                message=(f"The {name} labels are floats that are not whole numbers: labels are "
-                         "class ids 0..num_classes-1 (one-hot or soft labels: pass their argmax).")))
+            checks.append(
+                tf.debugging.assert_equal(
+                    y,
+                    tf.round(y),
+                    message=(
+                        f"The {name} labels are floats that are not whole numbers: labels are "
+                        "class ids 0..num_classes-1 (one-hot or soft labels: pass their argmax)."
+                    ),
+                )
+            )
         y = tf.cast(y, tf.int32)
         if self.check_finite_inputs:
             message = (
@@ -590,7 +626,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 y = tf.identity(y)
         return y
 
-    def check_fit_data(self, x, y=None, batch_size=None):
+    def check_fit_data(self, x: Any, y: Any = None, batch_size: int | None = None) -> None:
         """The checks `fit` runs on its data before anything is traced (cheap: a min/max pass).
 
         A `tf.data.Dataset` must not be empty (its cardinality is known); numpy arrays or eager
@@ -650,8 +686,7 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                 f"{y.shape}. One-hot labels: pass np.argmax(y, axis=-1). Received: y.shape={y.shape}"
             )
         y = y.reshape(-1) if self.uses_labels else np.zeros(len(y), np.int32)  # CLEL ignores labels
-        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
-                or y.dtype == bool):
+        if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
             raise ValueError(f"`y` must hold integer class labels. Received: y.dtype={y.dtype}")
         if len(y) and np.issubdtype(y.dtype, np.floating) and not np.all(y == np.round(y)):
             raise ValueError(
@@ -680,7 +715,9 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
                     f"{last} example(s). Received: batch_size={batch_size}, len(x)={len(x)}"
                 )
 
-    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+    def fit(
+        self, x: Any = None, y: Any = None, batch_size: int | None = None, *args: Any, **kwargs: Any
+    ) -> keras.callbacks.History:
         """`keras.Model.fit`, after `check_fit_data` (clear errors for empty, mis-shaped, 0..255,
         NaN or mislabelled data before anything is traced)."""
         self.check_fit_data(x, y, batch_size)
@@ -696,28 +733,36 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
 
     # ------------------------------------------------------------------ run hooks
     @property
-    def optimizers(self):
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
         """The trainer's optimizers by name, as checkpoints name them (CLEL: two)."""
         return {"optimizer": self.optimizer}
 
-    def build_optimizers(self):
+    def build_optimizers(self) -> None:
         """Build every optimizer on its variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
-            raise ValueError(f"Compile {type(self).__name__} first: `model.compile(optimizer=...)`. "
-                             "Received: optimizer=None")
+            raise ValueError(
+                f"Compile {type(self).__name__} first: `model.compile(optimizer=...)`. Received: optimizer=None"
+            )
         if not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
-    def after_training(self, train_data):
+    def after_training(self, train_data: Any) -> None:
         """Post-training estimates that belong to the model (GMMC's sigma). Default: nothing."""
         del train_data
 
     @property
-    def is_generative(self):
+    def is_generative(self) -> bool:
         """True when the trainer has a sampler (`generate` works)."""
         return self.sampler is not None
 
-    def default_buffer(self, size, initializer=None, reinit_prob=0.05, class_conditional=False, replacement=True):
+    def default_buffer(
+        self,
+        size: int,
+        initializer: UniformInitializer | InformativeInitializer | None = None,
+        reinit_prob: float = 0.05,
+        class_conditional: bool = False,
+        replacement: bool = True,
+    ) -> ReplayBuffer:
         """The replay buffer JEM, GMMC and CLEL build when none is given: `size` chains of the
         training image shape, started from `initializer` (default U(pixel_range)) and
         re-initialised with `reinit_prob`, seeded from the trainer's seed; rows drawn with
@@ -734,7 +779,14 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         )
 
     # ------------------------------------------------------------------ generation
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, **chain_kwargs):
+    def generate(
+        self,
+        num_samples: int,
+        y: TensorLike | None = None,
+        n_steps: int | None = None,
+        from_buffer: bool = False,
+        **chain_kwargs: Any,
+    ) -> tf.Tensor:
         """Draw samples: fresh chains from the initialiser (default) or from the replay buffer.
 
         Args:
@@ -764,11 +816,11 @@ class EBMTrainer(keras.Model, scores_lib.Scorer):
         with self.sampler.frozen():
             return self.run_chains(x0, y, n_steps=n_steps, **chain_kwargs)
 
-    def generation_labels(self, num_samples, y, seed):
+    def generation_labels(self, num_samples: int, y: TensorLike | None, seed: tf.Tensor) -> tf.Tensor | None:
         """The labels of `generate`'s chains: `y` as int32, or None (GMMC draws random classes)."""
         del num_samples, seed
         return None if y is None else tf.cast(tf.reshape(y, [-1]), tf.int32)
 
-    def run_chains(self, x0, y, n_steps=None):
+    def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None) -> tf.Tensor:
         """Run the sampler from `x0` (labels `y` or None) for `generate`; returns the samples."""
         raise NotImplementedError(f"{type(self).__name__} must implement run_chains() to generate.")

@@ -13,6 +13,11 @@ hybrid loss, data augmentation only in the classifier branch (two loaders), BN o
 All three are one trainer with different components and defaults: no train_step of their own.
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
@@ -22,6 +27,10 @@ from keras_ebm.optim.gradients import SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.stateless_scope import discard_updates
 from keras_ebm.trainers.base import EBMTrainer
+
+if TYPE_CHECKING:
+    from keras_ebm.optim.gradients import PlainGradients, SAMGradients
+    from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, SGLDSampler, UniformInitializer
 
 
 class DeferredNegatives(dict):
@@ -33,7 +42,7 @@ class DeferredNegatives(dict):
     SADA-JEM code does. The samples carry no gradient (`SGLDSampler` stops it).
     """
 
-    def __init__(self, draw):
+    def __init__(self, draw: Callable[[], dict[str, tf.Tensor]]) -> None:
         super().__init__()
         self._draw = draw
 
@@ -89,11 +98,23 @@ class JEM(EBMTrainer):
     """
 
     tracked_names = (
-        "loss", "clf_loss", "clf_acc", "px_loss", "pxy_loss",
-        "energy_data", "energy_sample", "energy_gap", "sgld_grad_norm",
+        "loss",
+        "clf_loss",
+        "clf_acc",
+        "px_loss",
+        "pxy_loss",
+        "energy_data",
+        "energy_sample",
+        "energy_gap",
+        "sgld_grad_norm",
     )
     config_attributes = EBMTrainer.config_attributes + (
-        "clf_weight", "px_weight", "pxy_weight", "energy_l2", "energy_l2_mode", "bn_stats_from_samples",
+        "clf_weight",
+        "px_weight",
+        "pxy_weight",
+        "energy_l2",
+        "energy_l2_mode",
+        "bn_stats_from_samples",
         "energy_l2_second_pass",
     )
     # Run-time settings (keras_ebm.run_settings): the loss weights and the energy L2 coefficient
@@ -109,23 +130,23 @@ class JEM(EBMTrainer):
 
     def __init__(
         self,
-        network,
-        image_shape,
-        num_classes,
-        sampler=None,
-        buffer=None,
-        buffer_size=10000,
-        reinit_prob=0.05,
-        initializer=None,
-        clf_weight=1.0,
-        px_weight=1.0,
-        pxy_weight=0.0,
-        energy_l2=0.0,
-        energy_l2_mode="samples",
-        bn_stats_from_samples=True,
-        energy_l2_second_pass=True,
-        **kwargs,
-    ):
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        sampler: SGLDSampler | None = None,
+        buffer: ReplayBuffer | None = None,
+        buffer_size: int = 10000,
+        reinit_prob: float = 0.05,
+        initializer: UniformInitializer | InformativeInitializer | None = None,
+        clf_weight: float = 1.0,
+        px_weight: float = 1.0,
+        pxy_weight: float = 0.0,
+        energy_l2: float = 0.0,
+        energy_l2_mode: str = "samples",
+        bn_stats_from_samples: bool = True,
+        energy_l2_second_pass: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(network, image_shape, num_classes, **kwargs)
         if energy_l2_mode not in ("samples", "means"):
             raise ValueError(
@@ -154,7 +175,7 @@ class JEM(EBMTrainer):
     def _class_energy(self, x, y, training=False):
         return energy_lib.class_energy(self.network(x, training=training), y)
 
-    def sample_negatives(self, batch):
+    def sample_negatives(self, batch: dict[str, tf.Tensor]) -> DeferredNegatives:
         """SGLD samples, drawn when the loss first reads them (see `DeferredNegatives`)."""
         return DeferredNegatives(lambda: self._draw_negatives(batch))
 
@@ -169,7 +190,8 @@ class JEM(EBMTrainer):
             raise ValueError(
                 f"{type(self).__name__} was built without a replay buffer (px_weight = pxy_weight = 0), "
                 "so the p(x) terms cannot be turned on during the run: build it with the weights "
-                "positive (or pass `buffer=`). Received: a positive px_weight or pxy_weight, no buffer")
+                "positive (or pass `buffer=`). Received: a positive px_weight or pxy_weight, no buffer"
+            )
         if px_on:
             x0, idx = self.buffer.sample(tf.shape(batch["x_px"])[0])
             x, stats = self.sampler.sample_with_stats(self._energy, x0)
@@ -190,7 +212,9 @@ class JEM(EBMTrainer):
         with discard_updates():
             return self(x, training=training)
 
-    def loss_closure(self, batch, negatives):
+    def loss_closure(
+        self, batch: dict[str, tf.Tensor], negatives: DeferredNegatives
+    ) -> Callable[[], dict[str, tf.Tensor]]:
         """`EBMTrainer.loss_closure`; without `energy_l2_second_pass`, calls after the first (SAM's
         second pass) leave out the energy L2 penalty (traced in call order: first pass, second)."""
         if self.energy_l2_second_pass:  # (energy_l2 is a variable: 0 leaves 0 out of both passes)
@@ -203,7 +227,9 @@ class JEM(EBMTrainer):
 
         return loss_fn
 
-    def compute_losses(self, batch, negatives, training=True, energy_l2=True):
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: DeferredNegatives, training: bool = True, energy_l2: bool = True
+    ) -> dict[str, tf.Tensor]:
         # Forward passes in the official loops' order (JEM, JEM++, SADA-JEM train scripts): the
         # p(x) data batch, then SGLD (reading `negatives` draws it), then the samples, then the
         # classifier batch last. With BN in train mode and PyTorch momentum 0.9 (Keras 0.1) the
@@ -229,20 +255,28 @@ class JEM(EBMTrainer):
                 energy_gap=tf.reduce_mean(e_sample) - tf.reduce_mean(e_data),
                 sgld_grad_norm=negatives["sgld_grad_norm"],
             )
-            generative = run_settings.as_tensor(self.px_weight, px_loss.dtype) * px_loss + (self._l2(e_data, e_sample) if energy_l2 else 0.0)
+            generative = run_settings.as_tensor(self.px_weight, px_loss.dtype) * px_loss + (
+                self._l2(e_data, e_sample) if energy_l2 else 0.0
+            )
         if pxy_on:
             y = batch["y_px"]
             e_data_y = energy_lib.class_energy(logits_px, y)
             e_sample_y = energy_lib.class_energy(self._sample_logits(negatives["x_y"], training), y)
             pxy_loss = tf.reduce_mean(e_data_y) - tf.reduce_mean(e_sample_y)
             logs["pxy_loss"] = pxy_loss
-            generative = generative + run_settings.as_tensor(self.pxy_weight, pxy_loss.dtype) * pxy_loss + (self._l2(e_data_y, e_sample_y) if energy_l2 else 0.0)
+            generative = (
+                generative
+                + run_settings.as_tensor(self.pxy_weight, pxy_loss.dtype) * pxy_loss
+                + (self._l2(e_data_y, e_sample_y) if energy_l2 else 0.0)
+            )
         if logits is None:
             logits = self(batch["x"], training=training)
         clf_logs = self.classifier_logs(logits, batch["y"])
         # With a p(x) term, energy_data is the p(x) batch's (it overrides the classifier batch's).
         logs = {**clf_logs, **logs}
-        logs["loss"] = run_settings.as_tensor(self.clf_weight, clf_logs["clf_loss"].dtype) * clf_logs["clf_loss"] + generative
+        logs["loss"] = (
+            run_settings.as_tensor(self.clf_weight, clf_logs["clf_loss"].dtype) * clf_logs["clf_loss"] + generative
+        )
         return logs
 
     def _l2(self, e_data, e_sample):
@@ -253,7 +287,7 @@ class JEM(EBMTrainer):
             return coefficient * (tf.reduce_mean(e_data) ** 2 + tf.reduce_mean(e_sample) ** 2)
         return coefficient * (tf.reduce_mean(e_data**2) + tf.reduce_mean(e_sample**2))
 
-    def run_chains(self, x0, y, n_steps=None):
+    def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None) -> tf.Tensor:
         """`generate`'s chains: on E(x), or on E(x, y) when labels are given."""
         if y is None:
             return self.sampler(self._energy, x0, n_steps=n_steps)
@@ -267,10 +301,22 @@ class JEMPP(JEM):
     `JEMPP.initializer = @informative_initializer()` (gin) or pass an `InformativeInitializer`.
     """
 
-    def __init__(self, network, image_shape, num_classes, sampler=None, pixel_range=(-1.0, 1.0), **kwargs):
+    def __init__(
+        self,
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        sampler: SGLDSampler | None = None,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        **kwargs: Any,
+    ) -> None:
         if sampler is None:
             sampler = SGLDSampler(
-                n_steps=10, step_size=1.0, noise_std=0.0, grad_clip=1.0, x_clip=tuple(pixel_range),
+                n_steps=10,
+                step_size=1.0,
+                noise_std=0.0,
+                grad_clip=1.0,
+                x_clip=tuple(pixel_range),
                 energy_training=True,
             )
         super().__init__(network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range, **kwargs)
@@ -290,15 +336,33 @@ class SADAJEM(JEMPP):
     sndnyang/SADAJEM train_sadajem.py).
     """
 
-    def __init__(self, network, image_shape, num_classes, sampler=None, gradients=None,
-                 pixel_range=(-1.0, 1.0), energy_l2_second_pass=False, **kwargs):
+    def __init__(
+        self,
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        sampler: SGLDSampler | None = None,
+        gradients: PlainGradients | SAMGradients | None = None,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        energy_l2_second_pass: bool = False,
+        **kwargs: Any,
+    ) -> None:
         if sampler is None:
             sampler = SGLDSampler(
-                n_steps=5, step_size=1.0, noise_std=0.0, grad_clip=1.0, x_clip=tuple(pixel_range),
+                n_steps=5,
+                step_size=1.0,
+                noise_std=0.0,
+                grad_clip=1.0,
+                x_clip=tuple(pixel_range),
                 energy_training=True,
             )
         super().__init__(
-            network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range,
+            network,
+            image_shape,
+            num_classes,
+            sampler=sampler,
+            pixel_range=pixel_range,
             gradients=gradients if gradients is not None else SAMGradients(rho=0.2),
-            energy_l2_second_pass=energy_l2_second_pass, **kwargs,
+            energy_l2_second_pass=energy_l2_second_pass,
+            **kwargs,
         )

@@ -4,9 +4,16 @@ It is an `EBMTrainer` with no sampler, so its logits define the same energy E(x)
 as the EBMs (JEM, Grathwohl et al. 2020, section 3) and it is evaluated with the same OOD scores.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 
 from keras_ebm.trainers.base import EBMTrainer
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
@@ -21,6 +28,8 @@ class SoftmaxClassifier(EBMTrainer):
         trainer.fit(keras_ebm.data.make_dataset("cifar10", "train", 128), steps_per_epoch=100)
     """
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True
+    ) -> dict[str, tf.Tensor]:
         logits = self(batch["x"], training=training)
         return self.classifier_logs(logits, batch["y"])

@@ -31,18 +31,17 @@ A new data set is one function in one new file, registered with `register_source
 does (`load_source`, `make_dataset_fn.name` in gin, `run_eval.ood_sets`, "<name>_interp").
 """
 
-from keras_ebm.data.sources.common import SourceData
-from keras_ebm.data.sources.common import SourceInfo
-from keras_ebm.data.sources.common import dataset_to_arrays
-from keras_ebm.data.sources.common import from_arrays
+from keras_ebm.data.sources.common import SourceData, SourceInfo, dataset_to_arrays, from_arrays
 from keras_ebm.data.sources.files import data_search_dirs
 from keras_ebm.data.sources.interp import interpolate_images
-from keras_ebm.data.sources.registry import INTERP_SUFFIX
-from keras_ebm.data.sources.registry import check_available
-from keras_ebm.data.sources.registry import get_source
-from keras_ebm.data.sources.registry import load_source
-from keras_ebm.data.sources.registry import register_source
-from keras_ebm.data.sources.registry import source_names
+from keras_ebm.data.sources.registry import (
+    INTERP_SUFFIX,
+    check_available,
+    get_source,
+    load_source,
+    register_source,
+    source_names,
+)
 
 # The built-in sources register themselves on import, in this order (the order of the names in
 # error messages).

@@ -1,20 +1,32 @@
 """The "cifar10_jpeg" source: CIFAR-10 from the project's JPEG-bytes archive (quality 75: close to,
 not bit-identical with, the canonical pixels; the official files are "cifar10_python")."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
-from keras_ebm.data.sources import common
-from keras_ebm.data.sources import files
+from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
 
 # (environment variable, file name in the shared data directory)
 DEFAULT_FILE = ("KERAS_EBM_CIFAR10_JPEG", "cifar10_jpeg_bytes.npz")
 
 
 def _check_offsets(where, split, data, offsets, n):
-    if offsets.ndim != 1 or len(offsets) != n + 1 or offsets[0] != 0 or offsets[-1] != len(data) \
-            or np.any(np.diff(offsets) <= 0):
+    if (
+        offsets.ndim != 1
+        or len(offsets) != n + 1
+        or offsets[0] != 0
+        or offsets[-1] != len(data)
+        or np.any(np.diff(offsets) <= 0)
+    ):
         raise ValueError(
             f"The {where} is corrupt: `{split}_offsets` must be {n + 1} increasing byte offsets "
             f"from 0 to {len(data)} (image i is bytes [offsets[i], offsets[i+1])). Copy the file "
@@ -28,8 +40,10 @@ def _check_jpeg_markers(where, data, offsets):
     short = (ends - starts) < 4
     ok = ~short
     ok[ok] = (
-        (data[starts[ok]] == 0xFF) & (data[starts[ok] + 1] == 0xD8)
-        & (data[ends[ok] - 2] == 0xFF) & (data[ends[ok] - 1] == 0xD9)
+        (data[starts[ok]] == 0xFF)
+        & (data[starts[ok] + 1] == 0xD8)
+        & (data[ends[ok] - 2] == 0xFF)
+        & (data[ends[ok] - 1] == 0xD9)
     )
     bad = np.flatnonzero(~ok)
     if len(bad):
@@ -85,7 +99,14 @@ def _decode(jpeg, label):
 
 
 @register_source("cifar10_jpeg")
-def cifar10_jpeg_source(name, split, *, classes=None, max_examples=None, local_path=None):
+def cifar10_jpeg_source(
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    local_path: str | os.PathLike | None = None,
+) -> common.SourceData:
     """CIFAR-10 "train" / "test" from an npz of JPEG bytes (`<split>_jpeg` concatenated bytes,
     `<split>_offsets`, `<split>_y`, optional `class_names`), decoded as Pillow decodes them.
 
@@ -95,10 +116,7 @@ def cifar10_jpeg_source(name, split, *, classes=None, max_examples=None, local_p
     """
     path = files.resolve_local_path(name, local_path, DEFAULT_FILE)
     if split not in ("train", "test"):
-        raise ValueError(
-            "The 'cifar10_jpeg' source has the splits 'train' and 'test'. "
-            f"Received: split={split!r}"
-        )
+        raise ValueError(f"The 'cifar10_jpeg' source has the splits 'train' and 'test'. Received: split={split!r}")
     data, offsets, labels, class_names = _read_archive(path, split)
     classes = common.check_classes(classes, len(class_names))
     idx, y = common.select_numpy(labels, classes, max_examples)

@@ -1,8 +1,10 @@
 """What every source shares: `SourceInfo`, the `SourceData` a source returns, and the helpers that
 filter, convert and materialise `(uint8 image, int32 label)` datasets."""
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -29,10 +31,10 @@ class SourceInfo:
 
     name: str
     split: str
-    num_examples: Optional[int]
-    image_shape: Tuple[int, int, int]
+    num_examples: int | None
+    image_shape: tuple[int, int, int]
     num_classes: int
-    class_names: Tuple[str, ...]
+    class_names: tuple[str, ...]
     has_labels: bool = True
     single_split: bool = False
 
@@ -52,14 +54,14 @@ class SourceData:
     """
 
     ds: tf.data.Dataset
-    num_examples: Optional[int]
-    image_shape: Tuple[Optional[int], Optional[int], int]
-    class_names: Tuple[str, ...]
+    num_examples: int | None
+    image_shape: tuple[int | None, int | None, int]
+    class_names: tuple[str, ...]
     has_labels: bool = True
     single_split: bool = False
 
 
-def normalize_size(image_size):
+def normalize_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """`image_size` as a `(height, width)` pair of positive ints (None stays None)."""
     if image_size is None:
         return None
@@ -72,13 +74,12 @@ def normalize_size(image_size):
             size = ()
     if len(size) != 2 or min(size) <= 0:
         raise ValueError(
-            "`image_size` must be a positive int or a pair (height, width). "
-            f"Received: image_size={image_size!r}"
+            f"`image_size` must be a positive int or a pair (height, width). Received: image_size={image_size!r}"
         )
     return size
 
 
-def check_classes(classes, num_classes):
+def check_classes(classes: Sequence[int] | None, num_classes: int) -> list[int] | None:
     """`classes` as a list of distinct labels in `[0, num_classes)` (None stays None)."""
     if classes is None:
         return None
@@ -97,12 +98,14 @@ def check_classes(classes, num_classes):
     return classes
 
 
-def kept_class_names(class_names, classes):
+def kept_class_names(class_names: Sequence[str], classes: Sequence[int] | None) -> tuple[str, ...]:
     """The names of the kept `classes` (all of `class_names` without a filter), as a tuple."""
     return tuple(class_names) if classes is None else tuple(class_names[c] for c in classes)
 
 
-def select_numpy(y, classes, max_examples):
+def select_numpy(
+    y: np.ndarray, classes: Sequence[int] | None, max_examples: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the kept examples and their (remapped) labels."""
     idx = np.arange(len(y))
     if classes is not None:
@@ -116,7 +119,7 @@ def select_numpy(y, classes, max_examples):
     return idx, y
 
 
-def select_tf(ds, classes, max_examples):
+def select_tf(ds: tf.data.Dataset, classes: Sequence[int] | None, max_examples: int | None) -> tf.data.Dataset:
     """`ds` with only the labels in `classes` (remapped to their position) and at most
     `max_examples` examples."""
     if classes is not None:
@@ -132,23 +135,26 @@ def select_tf(ds, classes, max_examples):
     return ds
 
 
-def to_uint8(x):
+def to_uint8(x: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.round(tf.clip_by_value(x, 0.0, 255.0)), tf.uint8)
 
 
-def resize_uint8(image, size):
+def resize_uint8(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     # Antialiasing matches PIL's (torchvision's) downscaling; the result is rounded back to uint8 so
     # that every source yields the same dtype.
     return to_uint8(tf.image.resize(image, size, method="bilinear", antialias=True))
 
 
-def convert_images(ds, image_shape, image_size, channels):
+def convert_images(
+    ds: tf.data.Dataset,
+    image_shape: tuple[int | None, int | None, int],
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+) -> tuple[tf.data.Dataset, tuple[int | None, int | None, int]]:
     """Resize to `image_size` and convert to `channels`; returns (ds, new image_shape)."""
     h, w, c = image_shape
     if channels is not None and channels not in (1, 3):
-        raise ValueError(
-            f"`channels` must be 1 (grayscale) or 3 (RGB). Received: channels={channels!r}"
-        )
+        raise ValueError(f"`channels` must be 1 (grayscale) or 3 (RGB). Received: channels={channels!r}")
     out_c = c if channels is None else channels
     if c != out_c and c not in (1, 3):
         raise ValueError(
@@ -158,8 +164,7 @@ def convert_images(ds, image_shape, image_size, channels):
     out_size = image_size if image_size is not None else (h, w)
     if out_size[0] is None or out_size[1] is None:
         raise ValueError(
-            "This source has images of varying size; pass `image_size` (e.g. 32). "
-            f"Received: image_size={image_size!r}"
+            f"This source has images of varying size; pass `image_size` (e.g. 32). Received: image_size={image_size!r}"
         )
     resize = (h, w) != tuple(out_size)
 
@@ -177,7 +182,7 @@ def convert_images(ds, image_shape, image_size, channels):
     return ds, (int(out_size[0]), int(out_size[1]), int(out_c))
 
 
-def dataset_from_arrays(x, y):
+def dataset_from_arrays(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
     """An unbatched dataset of the rows of `x` with int32 labels `y`."""
     return tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
 
@@ -186,8 +191,8 @@ def from_arrays(
     x: np.ndarray,
     labels: np.ndarray,
     class_names: Sequence[str],
-    classes=None,
-    max_examples=None,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
 ) -> SourceData:
     """The `SourceData` of in-memory uint8 images `x [N, H, W, C]` with integer `labels [N]`,
     after the `classes` filter and `max_examples`: what a source that holds its data in numpy
@@ -201,7 +206,9 @@ def from_arrays(
     return SourceData(dataset_from_arrays(x, y), len(idx), shape, class_names)
 
 
-def dataset_to_arrays(ds, max_examples=None, batch_size=1024):
+def dataset_to_arrays(
+    ds: tf.data.Dataset, max_examples: int | None = None, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
     """Materialise an unbatched `(image, label)` dataset: numpy `(x [N, H, W, C], y int32 [N])`."""
     if max_examples is not None:
         ds = ds.take(max_examples)
@@ -215,7 +222,7 @@ def dataset_to_arrays(ds, max_examples=None, batch_size=1024):
     return np.concatenate(xs), np.concatenate(ys).astype(np.int32)
 
 
-def deterministic_split(n, split, name, train_fraction=0.8, seed=0):
+def deterministic_split(n: int, split: str, name: str, train_fraction: float = 0.8, seed: int = 0) -> np.ndarray:
     """Indices of `split` of `n` examples: "train" a fixed `train_fraction` of a seeded
     permutation, "test" the rest, "all" every index in order."""
     perm = np.random.default_rng(seed).permutation(n)

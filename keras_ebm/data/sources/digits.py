@@ -1,14 +1,23 @@
 """The "digits" source: scikit-learn's built-in 8x8 grayscale digits, for a quickstart that needs
 no files."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources.registry import register_source
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 
 @register_source("digits")
-def digits_source(name, split, *, classes=None, max_examples=None):
+def digits_source(
+    name: str, split: str, *, classes: Sequence[int] | None = None, max_examples: int | None = None
+) -> common.SourceData:
     """scikit-learn's 1,797 8x8 digits (counts 0..16 spread over 0..255), 10 classes; "train" is
     a fixed 80% of them, "test" the rest, "all" every image in order."""
     from sklearn.datasets import load_digits

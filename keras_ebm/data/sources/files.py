@@ -5,16 +5,22 @@ then KERAS_EBM_SHARED_DATA, the working directory, Keras' dataset cache (`~/.ker
 `../shared/data` (see `data_search_dirs`), unless `local_path=` names them.
 """
 
+from __future__ import annotations
+
 import os
 import pathlib
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DATA_DIR_ENV = "KERAS_EBM_DATA_DIR"
 SHARED_DATA_ENV = "KERAS_EBM_SHARED_DATA"  # the older name, still read after KERAS_EBM_DATA_DIR
 
 
-def data_search_dirs():
+def data_search_dirs() -> list[pathlib.Path]:
     """The directories local files are looked for in, in order: $KERAS_EBM_DATA_DIR,
     $KERAS_EBM_SHARED_DATA, the working directory, Keras' dataset cache ($KERAS_HOME/datasets or
     ~/.keras/datasets, where `keras.datasets.cifar10.load_data` extracts the CIFAR archives),
@@ -32,7 +38,7 @@ def data_search_dirs():
     return dirs
 
 
-def given_path(name, local_path, what):
+def given_path(name: str, local_path: str | os.PathLike, what: str) -> pathlib.Path:
     """`local_path` as a path, which must exist; `what` says what it should be."""
     path = pathlib.Path(local_path).expanduser()
     if not path.exists():
@@ -43,17 +49,16 @@ def given_path(name, local_path, what):
     return path
 
 
-def resolve_local_path(name, local_path, default_file=None):
+def resolve_local_path(
+    name: str, local_path: str | os.PathLike | None, default_file: tuple[str, str] | None = None
+) -> pathlib.Path:
     """The file the local source `name` reads: `local_path` when given, else its
     `default_file = (environment variable, file name)`: the file the variable names, then the file
     name in `data_search_dirs()`."""
     if local_path is not None:
         return given_path(name, local_path, "an existing file")
     if default_file is None:
-        raise ValueError(
-            f"The '{name}' source reads a local file: pass `local_path=<path>`. "
-            "Received: local_path=None"
-        )
+        raise ValueError(f"The '{name}' source reads a local file: pass `local_path=<path>`. Received: local_path=None")
     env, filename = default_file
     candidates = [pathlib.Path(os.environ[env])] if os.environ.get(env) else []
     candidates += [d / filename for d in data_search_dirs()]
@@ -78,7 +83,9 @@ def _npz_error(path, name, what):
     )
 
 
-def load_npz_arrays(path, name, keys):
+def load_npz_arrays(
+    path: str | os.PathLike, name: str, keys: Sequence[str]
+) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
     """`({key: array}, all keys)`: the existing `keys` of the npz at `path`, with one clear error
     for a directory, a truncated or corrupt archive, or object (pickled) arrays."""
     import zipfile

@@ -1,12 +1,19 @@
 """The "folder" source: an image folder with one sub-folder per class."""
 
+from __future__ import annotations
+
 import pathlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 import tensorflow as tf
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
 
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
@@ -47,9 +54,7 @@ def _class_folders(split, local_path):
     if split and (root / split).is_dir():
         root = root / split
     class_dirs = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = sorted(
-        p for d in class_dirs for p in (root / d).iterdir() if p.suffix.lower() in _IMAGE_EXTENSIONS
-    )
+    files = sorted(p for d in class_dirs for p in (root / d).iterdir() if p.suffix.lower() in _IMAGE_EXTENSIONS)
     if not class_dirs or not files:
         raise ValueError(
             f"{root} must contain one sub-folder per class holding images "
@@ -61,8 +66,15 @@ def _class_folders(split, local_path):
 
 @register_source("folder")
 def folder_source(
-    name, split, *, classes=None, max_examples=None, local_path=None, image_size=None, channels=None
-):
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    local_path: str | os.PathLike | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+) -> common.SourceData:
     """The images of `local_path` (or of its sub-folder `split`, when there is one), labelled by
     sub-folder in sorted order, read in sorted order and centre-cropped to the aspect ratio of
     `image_size`.

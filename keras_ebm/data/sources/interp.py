@@ -2,18 +2,29 @@
 "digits_interp", ...) is the interpolation OOD set built from that source, the average of two images
 of the set, as in JEM's and CLEL's "CIFAR-10 interp" (see `interpolate_images`)."""
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from keras_ebm.data.sources import common
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    import tensorflow as tf
 
 # The options of "_interp" sets, with their defaults (see `load_interpolated`).
 DEFAULTS = {"interp": "jem", "interp_noise": 0.0, "interp_seed": 0, "interp_offset": 100}
 OPTIONS = tuple(DEFAULTS)
 
 
-def interpolate_images(x, y, method="jem", offset=100, noise=0.0, seed=0):
+def interpolate_images(
+    x: np.ndarray, y: np.ndarray, method: str = "jem", offset: int = 100, noise: float = 0.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """The "interp" OOD construction: averages of two images of the same set.
 
     * "jem" (JEM `eval_wrn_ebm.py`): shuffle the set with `seed`, cut it into batches of
@@ -61,7 +72,13 @@ def interpolate_images(x, y, method="jem", offset=100, noise=0.0, seed=0):
     return np.clip(np.round(out), 0, 255).astype(np.uint8), labels
 
 
-def load_interpolated(load_source, name, base, split, options):
+def load_interpolated(
+    load_source: Callable[..., tuple[tf.data.Dataset, common.SourceInfo]],
+    name: str,
+    base: str,
+    split: str,
+    options: dict[str, Any],
+) -> tuple[tf.data.Dataset, common.SourceInfo]:
     """`(ds, info)` of the "_interp" set `name` of the source `base`: the whole `split` of `base`
     loaded with `options` (all but `max_examples` and these), interpolated, then cut to
     `max_examples`.

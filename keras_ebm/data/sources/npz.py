@@ -1,13 +1,19 @@
 """The "npz" source: any `.npz` of uint8 NHWC images; "dtd_npz" and "celeba_npz" name the shared DTD
 and CelebA subsets (`dtd_subset_32.npz`, `celeba_subset_32.npz`)."""
 
+from __future__ import annotations
+
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from keras_ebm.data.sources import common
-from keras_ebm.data.sources import files
+from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    from collections.abc import Sequence
 
 # name -> (environment variable, file name in the shared data directory)
 DEFAULT_FILES = {
@@ -41,8 +47,7 @@ def _checked_images(path, x_key, x):
         x = x[..., None]
     if x.ndim != 4:
         raise ValueError(
-            f"'{x_key}' in {path} must have shape [N, H, W, C] or [N, H, W]. "
-            f"Received: {x_key}.shape={x.shape}"
+            f"'{x_key}' in {path} must have shape [N, H, W, C] or [N, H, W]. Received: {x_key}.shape={x.shape}"
         )
     return x
 
@@ -52,14 +57,17 @@ def _checked_labels(path, y_key, labels, n):
     if labels is None:
         labels = np.zeros((n,), np.int64)
     labels = np.asarray(labels).reshape(-1)
-    if not (np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating)
-            or labels.dtype == bool):
+    if not (
+        np.issubdtype(labels.dtype, np.integer) or np.issubdtype(labels.dtype, np.floating) or labels.dtype == bool
+    ):
         raise ValueError(
             f"'{y_key}' in {path} must hold integer class labels 0..num_classes-1. "
             f"Received: {y_key}.dtype={labels.dtype}"
         )
-    if np.issubdtype(labels.dtype, np.floating) and len(labels) and not (
-        np.all(np.isfinite(labels)) and np.all(labels == np.round(labels))
+    if (
+        np.issubdtype(labels.dtype, np.floating)
+        and len(labels)
+        and not (np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)))
     ):
         raise ValueError(
             f"'{y_key}' in {path} must hold integer class labels; it holds non-integer values "
@@ -74,8 +82,7 @@ def _checked_labels(path, y_key, labels, n):
         )
     if len(labels) != n:
         raise ValueError(
-            f"'{y_key}' in {path} must have one label per image ({n}). "
-            f"Received: {y_key}.shape={labels.shape}"
+            f"'{y_key}' in {path} must have one label per image ({n}). Received: {y_key}.shape={labels.shape}"
         )
     return labels
 
@@ -98,7 +105,14 @@ def _class_names(path, y_key, arrays, labels, label_free_celeba):
 
 
 @register_source("npz", *DEFAULT_FILES)
-def npz_source(name, split, *, classes=None, max_examples=None, local_path=None):
+def npz_source(
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    local_path: str | os.PathLike | None = None,
+) -> common.SourceData:
     """An `.npz` with uint8 images `x_<split>` [N, H, W, C] (or [N, H, W]) and integer labels
     `y_<split>`, or a single `x` (and optional `y`) that every split reads; optional
     `class_names`. A file without labels is a label-free OOD set (`SourceInfo.has_labels`).

@@ -3,10 +3,18 @@
 their extracted folders) and "svhn_mat" (`train_32x32.mat`, `test_32x32.mat`, `extra_32x32.mat`),
 or the npz `python -m keras_ebm.data.prepare` makes from them."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from keras_ebm.data import official
-from keras_ebm.data.sources import common
-from keras_ebm.data.sources import files
+from keras_ebm.data.sources import common, files
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    import os
+    import pathlib
+    from collections.abc import Sequence
 
 OFFICIAL_DATASETS = tuple(official.FORMATS)
 
@@ -17,10 +25,7 @@ def _find_in_directory(name, path, names, fmt, local_path):
         return inside[0]
     if name != "svhn_mat":
         return path  # the extracted batches folder itself (checked when read)
-    raise FileNotFoundError(
-        f"{path} holds none of {names} (from {fmt.url}). "
-        f"Received: local_path={str(local_path)!r}"
-    )
+    raise FileNotFoundError(f"{path} holds none of {names} (from {fmt.url}). Received: local_path={str(local_path)!r}")
 
 
 def _given_official_path(name, split, local_path, names, fmt):
@@ -36,7 +41,9 @@ def _given_official_path(name, split, local_path, names, fmt):
     return path
 
 
-def resolve_official_path(name, split, local_path=None, prepared=True):
+def resolve_official_path(
+    name: str, split: str, local_path: str | os.PathLike | None = None, prepared: bool = True
+) -> pathlib.Path:
     """The file or folder the official source `name` reads `split` from.
 
     `local_path` may be the file itself (an archive, an extracted folder, a `.mat` file, the
@@ -46,9 +53,7 @@ def resolve_official_path(name, split, local_path=None, prepared=True):
     """
     fmt = official.FORMATS[name]
     if split not in fmt.splits:
-        raise ValueError(
-            f"The '{name}' source has the splits {list(fmt.splits)}. Received: split={split!r}"
-        )
+        raise ValueError(f"The '{name}' source has the splits {list(fmt.splits)}. Received: split={split!r}")
     names = ([fmt.prepared] if prepared else []) + [n.format(split=split) for n in fmt.names]
     if local_path is not None:
         return _given_official_path(name, split, local_path, names, fmt)
@@ -75,8 +80,14 @@ def _check_label_mode(label_mode, name):
 
 @register_source(*OFFICIAL_DATASETS, option_checks={"label_mode": _check_label_mode})
 def official_source(
-    name, split, *, classes=None, max_examples=None, local_path=None, label_mode="fine"
-):
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    local_path: str | os.PathLike | None = None,
+    label_mode: str = "fine",
+) -> common.SourceData:
     """An official download, pixel-exact with the canonical arrays.
 
     Options:

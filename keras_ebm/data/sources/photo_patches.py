@@ -1,13 +1,20 @@
 """The "photo_patches" source: patches of scikit-learn's two sample photos, an OOD set of real
 textures that needs no files."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources.registry import register_source
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def photo_patches(patch_size=32):
+
+def photo_patches(patch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Non-overlapping `patch_size` patches of scikit-learn's two sample photos, in raster order.
 
     Returns:
@@ -27,7 +34,14 @@ def photo_patches(patch_size=32):
 
 
 @register_source("photo_patches")
-def photo_patches_source(name, split, *, classes=None, max_examples=None, patch_size=32):
+def photo_patches_source(
+    name: str,
+    split: str,
+    *,
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    patch_size: int = 32,
+) -> common.SourceData:
     """The patches of `photo_patches`, labelled by photo; "train" a fixed 80% of them, "test"
     the rest, "all" every patch in raster order.
 

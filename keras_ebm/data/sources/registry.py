@@ -19,12 +19,21 @@ converts what it returns). Options it does not name are ignored (another source'
 `name + "_interp"` is then the interpolation OOD set of the new source as of every other one.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import inspect
-from typing import Callable, Dict, Optional, Tuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources import interp as interp_lib
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
+    import tensorflow as tf
 
 INTERP_SUFFIX = "_interp"
 # Taken by `load_source` itself: every source gets `classes` and `max_examples`, and those of
@@ -40,16 +49,20 @@ class Source:
 
     name: str
     load: Callable[..., common.SourceData]
-    options: Tuple[str, ...]
-    check_available: Optional[Callable[..., None]] = None
+    options: tuple[str, ...]
+    check_available: Callable[..., None] | None = None
 
 
-_SOURCES: Dict[str, Source] = {}
+_SOURCES: dict[str, Source] = {}
 # option name -> check(value, requested name), run whatever the source (see `register_source`)
-_OPTION_CHECKS: Dict[str, Callable[[object, str], None]] = {}
+_OPTION_CHECKS: dict[str, Callable[[object, str], None]] = {}
 
 
-def register_source(*names, check_available=None, option_checks=None):
+def register_source(
+    *names: str,
+    check_available: Callable[..., None] | None = None,
+    option_checks: Mapping[str, Callable[[object, str], None]] | None = None,
+) -> Callable[[Callable[..., common.SourceData]], Callable[..., common.SourceData]]:
     """Decorator: register a source function under `names` (see this module's docstring).
 
     Args:
@@ -75,8 +88,7 @@ def register_source(*names, check_available=None, option_checks=None):
         options = tuple(
             p
             for p in list(params)[2:]
-            if p not in ("classes", "max_examples")
-            and params[p].kind != inspect.Parameter.VAR_KEYWORD
+            if p not in ("classes", "max_examples") and params[p].kind != inspect.Parameter.VAR_KEYWORD
         )
         for name in names:
             if not isinstance(name, str) or not name or name.endswith(INTERP_SUFFIX):
@@ -91,18 +103,16 @@ def register_source(*names, check_available=None, option_checks=None):
     return register
 
 
-def source_names():
+def source_names() -> tuple[str, ...]:
     """The registered source names, in registration order."""
     return tuple(_SOURCES)
 
 
-def known_names_text():
-    return (
-        ", ".join(repr(n) for n in _SOURCES) + f", or any of these followed by '{INTERP_SUFFIX}'"
-    )
+def known_names_text() -> str:
+    return ", ".join(repr(n) for n in _SOURCES) + f", or any of these followed by '{INTERP_SUFFIX}'"
 
 
-def split_interp(name):
+def split_interp(name: str) -> tuple[str, bool]:
     """`(base name, is an interpolation set)`: "x_interp" is the interpolation set of the
     registered source "x"."""
     if name.endswith(INTERP_SUFFIX) and name[: -len(INTERP_SUFFIX)] in _SOURCES:
@@ -110,14 +120,12 @@ def split_interp(name):
     return name, False
 
 
-def get_source(name):
+def get_source(name: str) -> Source:
     """The `Source` registered as `name` ("_interp" stripped); ValueError naming every
     registered name for an unknown one."""
     base, _ = split_interp(name)
     if base not in _SOURCES:
-        raise ValueError(
-            f"Unknown data set. Known names: {known_names_text()}. Received: name={name!r}"
-        )
+        raise ValueError(f"Unknown data set. Known names: {known_names_text()}. Received: name={name!r}")
     return _SOURCES[base]
 
 
@@ -143,7 +151,7 @@ def _check_options(name, options):
     return options
 
 
-def load_source(name, split="train", **options):
+def load_source(name: str, split: str = "train", **options: Any) -> tuple[tf.data.Dataset, common.SourceInfo]:
     """Load a data set as an unbatched `tf.data.Dataset` of `(image uint8 [H, W, C], label int32)`.
 
     Args:
@@ -180,9 +188,7 @@ def load_source(name, split="train", **options):
     kwargs = {k: options[k] for k in source.options if k in options}
     classes, max_examples = options.get("classes"), options.get("max_examples")
     data = source.load(name, split, classes=classes, max_examples=max_examples, **kwargs)
-    ds, shape = common.convert_images(
-        data.ds, data.image_shape, options.get("image_size"), options.get("channels")
-    )
+    ds, shape = common.convert_images(data.ds, data.image_shape, options.get("image_size"), options.get("channels"))
     info = common.SourceInfo(
         name=name,
         split=split,
@@ -196,7 +202,7 @@ def load_source(name, split="train", **options):
     return ds, info
 
 
-def check_available(name, split="train", **options):
+def check_available(name: str, split: str = "train", **options: Any) -> None:
     """Fail now, with what to do, when the data of source `name` can be neither read nor fetched
     (the source's own `check_available`: tensorflow-datasets sources probe the network for at
     most `PROBE_TIMEOUT` seconds when their data is not prepared). Other sources check their

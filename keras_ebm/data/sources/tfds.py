@@ -5,12 +5,19 @@ tfds itself retries DNS for about 200 s before failing) a missing set raises `Fi
 once, naming the offline options (`download=False`: never download).
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
 from keras_ebm.data.sources import common
 from keras_ebm.data.sources.registry import register_source
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "celeb_a", "dtd")
 
@@ -71,20 +78,26 @@ def _tfds_unavailable(name, split, data_dir, download, why):
 
     where = data_dir or tfds.core.constants.DATA_DIR
     if why == "off":
-        lead = (f"No prepared tensorflow-datasets data for '{name}' (split '{split}') under {where}, "
-                "and downloading is off (download=False). With internet, leave `download` unset "
-                "(the default downloads when the network answers) or pass `download=True`; with "
-                "prepared data elsewhere, pass `data_dir=`.")
+        lead = (
+            f"No prepared tensorflow-datasets data for '{name}' (split '{split}') under {where}, "
+            "and downloading is off (download=False). With internet, leave `download` unset "
+            "(the default downloads when the network answers) or pass `download=True`; with "
+            "prepared data elsewhere, pass `data_dir=`."
+        )
     else:
-        how = (f"${_OFFLINE_ENV} is set" if _offline_env_set()
-               else f"no answer from {_PROBE_HOST[0]}:{_PROBE_HOST[1]} within {PROBE_TIMEOUT:g} s")
-        lead = (f"download=True, but no network: cannot download '{name}' with tensorflow-datasets "
-                f"({how})." if download else
-                f"'{name}' (split '{split}') is not prepared under {where}, and tensorflow-datasets "
-                f"cannot download it: no network ({how}).")
+        how = (
+            f"${_OFFLINE_ENV} is set"
+            if _offline_env_set()
+            else f"no answer from {_PROBE_HOST[0]}:{_PROBE_HOST[1]} within {PROBE_TIMEOUT:g} s"
+        )
+        lead = (
+            f"download=True, but no network: cannot download '{name}' with tensorflow-datasets ({how})."
+            if download
+            else f"'{name}' (split '{split}') is not prepared under {where}, and tensorflow-datasets "
+            f"cannot download it: no network ({how})."
+        )
     return FileNotFoundError(
-        f"{lead} {_OFFLINE_HINT} {_OVERLAY_HINT} Received: name={name!r}, data_dir={data_dir!r}, "
-        f"download={download!r}"
+        f"{lead} {_OFFLINE_HINT} {_OVERLAY_HINT} Received: name={name!r}, data_dir={data_dir!r}, download={download!r}"
     )
 
 
@@ -98,7 +111,9 @@ def _refusal(name, split, data_dir, download):
     return None
 
 
-def check_available(name, split="train", *, data_dir=None, download=None, **unused_options):
+def check_available(
+    name: str, split: str = "train", *, data_dir: str | None = None, download: bool | None = None, **unused_options: Any
+) -> None:
     """Fail now when `name` is not prepared under `data_dir` and cannot be downloaded."""
     import tensorflow_datasets as tfds
 
@@ -157,20 +172,18 @@ def _num_examples(builder, split, classes, max_examples):
     return num_examples if max_examples is None else min(num_examples, max_examples)
 
 
-@register_source(
-    *TFDS_DATASETS, check_available=check_available, option_checks={"crop": _check_crop}
-)
+@register_source(*TFDS_DATASETS, check_available=check_available, option_checks={"crop": _check_crop})
 def tfds_source(
-    name,
-    split,
+    name: str,
+    split: str,
     *,
-    classes=None,
-    max_examples=None,
-    data_dir=None,
-    download=None,
-    image_size=None,
-    crop="center",
-):
+    classes: Sequence[int] | None = None,
+    max_examples: int | None = None,
+    data_dir: str | None = None,
+    download: bool | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    crop: str = "center",
+) -> common.SourceData:
     """A tensorflow-datasets set; "celeb_a" is a one-class set (label 0, "face").
 
     Options:

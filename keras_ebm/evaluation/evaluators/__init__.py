@@ -4,6 +4,8 @@ Imported in the order of the reports: results.md and the report across runs list
 robustness, generative, sample_quality and ais ("likelihood") in this order.
 """
 
+# The import order is the registration order (the order of the reports' sections): not sorted.
+# isort: off
 from keras_ebm.evaluation.evaluators import (  # noqa: F401  (each module registers its evaluator)
     standard,
     robustness,
@@ -13,3 +15,4 @@ from keras_ebm.evaluation.evaluators import (  # noqa: F401  (each module regist
     samples,
     compare,
 )
+# isort: on

@@ -8,11 +8,16 @@ gin (eval.py flag): `generative.inception` (False: --inception_weights=none), `f
 The samples come from the "samples" evaluator.
 """
 
-import os
+from __future__ import annotations
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
-from keras_ebm.evaluation import suite
+import os
+from typing import TYPE_CHECKING
+
+from keras_ebm.evaluation import registry, report, suite
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 INCEPTION_METRICS = ("fid", "inception_score", "kid")
 GENERATIVE_METRICS = INCEPTION_METRICS + ("classifier_fd", "classifier_score", "classifier_kd")
@@ -22,12 +27,14 @@ GENERATIVE_METRICS = INCEPTION_METRICS + ("classifier_fd", "classifier_score", "
 class Generative(registry.Evaluator):
     key = "generative"
 
-    def __init__(self, inception=True, feature_classifier=None, reference_examples=None):
+    def __init__(
+        self, inception: bool = True, feature_classifier: str | None = None, reference_examples: int | None = None
+    ) -> None:
         self.inception = inception
         self.feature_classifier = feature_classifier
         self.reference_examples = reference_examples
 
-    def feature_networks(self, ctx):
+    def feature_networks(self, ctx: registry.EvalContext) -> list[Any]:
         """The feature networks; built before the samples are drawn (no Inception weights: fail early)."""
         nets = []
         if self.inception:
@@ -46,23 +53,34 @@ class Generative(registry.Evaluator):
             raise registry.UsageError("--inception_weights=none needs --feature_classifier.")
         return nets
 
-    def run(self, ctx):
+    def run(self, ctx: registry.EvalContext) -> dict[str, Any] | None:
         nets = self.feature_networks(ctx)
-        return suite.run_generative(ctx.samples, nets, ctx.in_dist, reference_examples=self.reference_examples,
-                                    max_examples=ctx.max_examples, output_dir=ctx.output_dir)
+        return suite.run_generative(
+            ctx.samples,
+            nets,
+            ctx.in_dist,
+            reference_examples=self.reference_examples,
+            max_examples=ctx.max_examples,
+            output_dir=ctx.output_dir,
+        )
 
     @classmethod
-    def markdown(cls, entries):
+    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
         lines = []
         for name, r in entries.items():
             metrics = ", ".join(f"{k} {r[k]:.4g}" for k in GENERATIVE_METRICS if k in r)
-            lines += ["", f"Samples {name}: {metrics} ({r['num_samples']} samples; reference "
-                      f"{r['reference']['dataset']}/{r['reference']['split']}, {r['reference']['num_examples']} "
-                      f"images; {r['feature_network']})"]
+            lines += [
+                "",
+                f"Samples {name}: {metrics} ({r['num_samples']} samples; reference "
+                f"{r['reference']['dataset']}/{r['reference']['split']}, {r['reference']['num_examples']} "
+                f"images; {r['feature_network']})",
+            ]
         return lines
 
     @classmethod
-    def columns(cls, results_list):
+    def columns(
+        cls, results_list: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
         gen = [r.get("generative") or {} for r in results_list]
         names = report.union(gen)
         cols = []
@@ -73,20 +91,22 @@ class Generative(registry.Evaluator):
                 if any(metric in g.get(name, {}) for g in gen):
                     if metric in INCEPTION_METRICS:  # always say which Inception: only fid_inception's match papers
                         title = f"{metric} [{sample_set}] ({network})"
-                    elif len(names) > len({n.split('/')[0] for n in names}):
+                    elif len(names) > len({n.split("/")[0] for n in names}):
                         title = f"{metric} [{name}]"  # the same sample set in two feature spaces
                     else:
                         title = f"{metric} [{sample_set}]"
-                    cols.append((title, lambda r, n=name, m=metric: (r.get("generative") or {}).get(n, {}).get(m),
-                                 "num"))
+                    cols.append(
+                        (title, lambda r, n=name, m=metric: (r.get("generative") or {}).get(n, {}).get(m), "num")
+                    )
         return cols
 
     @classmethod
-    def counts(cls, entries):
+    def counts(cls, entries: Mapping[str, Any]) -> dict[str, int]:
         counts = {}
         for name, r in entries.items():
             counts[f"{name.split('/')[0]} samples"] = r.get("num_samples")
             ref = r.get("reference", {})
-            counts[f"reference {ref.get('dataset')}/{ref.get('split')} ({r.get('feature_network')})"] = \
-                ref.get("num_examples")
+            counts[f"reference {ref.get('dataset')}/{ref.get('split')} ({r.get('feature_network')})"] = ref.get(
+                "num_examples"
+            )
         return counts

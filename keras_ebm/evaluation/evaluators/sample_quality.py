@@ -6,47 +6,70 @@ train.py directory, whose export is used). The samples come from the "samples" e
 restored trainer, when there is one, ranks them.
 """
 
-import os
+from __future__ import annotations
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import report
-from keras_ebm.evaluation import runner
-from keras_ebm.evaluation import suite
+import os
+from typing import TYPE_CHECKING
+
+from keras_ebm.evaluation import registry, report, runner, suite
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 
 @registry.register("sample_quality")
 class SampleQuality(registry.Evaluator):
     key = "sample_quality"
 
-    def __init__(self, reference_classifier=None):
+    def __init__(self, reference_classifier: str | None = None) -> None:
         self.reference_classifier = reference_classifier
 
-    def run(self, ctx):
+    def run(self, ctx: registry.EvalContext) -> dict[str, Any] | None:
         import tensorflow as tf
 
         if not self.reference_classifier:
-            raise registry.UsageError("--sample_quality needs --reference_classifier (an export or a train.py "
-                                      "directory).")
+            raise registry.UsageError(
+                "--sample_quality needs --reference_classifier (an export or a train.py directory)."
+            )
         samples = ctx.samples
         path = self.reference_classifier
         if os.path.isdir(os.path.join(path, "export")):
             path = os.path.join(path, "export")
         reference = tf.saved_model.load(path)
-        return suite.run_sample_quality(samples, reference, ranking_model=ctx.model if ctx.restored else None,
-                                        max_examples=ctx.max_examples, output_dir=ctx.output_dir)
+        return suite.run_sample_quality(
+            samples,
+            reference,
+            ranking_model=ctx.model if ctx.restored else None,
+            max_examples=ctx.max_examples,
+            output_dir=ctx.output_dir,
+        )
 
     @classmethod
-    def markdown(cls, entries):
-        return [line for name, r in entries.items() for line in (
-            "", f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
-                f"({r['num_samples']} samples)")]
+    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
+        return [
+            line
+            for name, r in entries.items()
+            for line in (
+                "",
+                f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
+                f"({r['num_samples']} samples)",
+            )
+        ]
 
     @classmethod
-    def columns(cls, results_list):
-        return [(f"sample accuracy [{name}]",
-                 lambda r, n=name: (r.get("sample_quality") or {}).get(n, {}).get("accuracy"), "pct")
-                for name in report.union([r.get("sample_quality") or {} for r in results_list])]
+    def columns(
+        cls, results_list: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+        return [
+            (
+                f"sample accuracy [{name}]",
+                lambda r, n=name: (r.get("sample_quality") or {}).get(n, {}).get("accuracy"),
+                "pct",
+            )
+            for name in report.union([r.get("sample_quality") or {} for r in results_list])
+        ]
 
     @classmethod
-    def counts(cls, entries):
+    def counts(cls, entries: Mapping[str, Any]) -> dict[str, int]:
         return {f"{name} samples classified": r.get("num_samples") for name, r in entries.items()}

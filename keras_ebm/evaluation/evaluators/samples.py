@@ -7,6 +7,8 @@ gin (eval.py flag): `samples.num_samples` (--samples), `steps` (--sample_steps),
 (--samples_npz).
 """
 
+from __future__ import annotations
+
 import os
 
 import numpy as np
@@ -16,20 +18,29 @@ from keras_ebm.evaluation import registry
 
 @registry.register("samples")
 class Samples(registry.Evaluator):
-    def __init__(self, num_samples=0, steps=None, sweeps=None, from_buffer=False, conditional=False,
-                 batch_size=None, class_latent_examples=1000, npz=None):
+    def __init__(
+        self,
+        num_samples: int = 0,
+        steps: int | None = None,
+        sweeps: int | None = None,
+        from_buffer: bool = False,
+        conditional: bool = False,
+        batch_size: int | None = None,
+        class_latent_examples: int = 1000,
+        npz: str | os.PathLike | None = None,
+    ) -> None:
         self.num_samples, self.steps, self.sweeps = num_samples, steps, sweeps
         self.from_buffer, self.conditional, self.batch_size = from_buffer, conditional, batch_size
         self.class_latent_examples, self.npz = class_latent_examples, npz
 
     @property
-    def needs_model(self):
+    def needs_model(self) -> bool:
         return bool(self.num_samples)
 
-    def run(self, ctx):
+    def run(self, ctx: registry.EvalContext) -> None:
         ctx.samples  # noqa: B018  (drawn here unless an evaluator before asked for them)
 
-    def collect(self, ctx):
+    def collect(self, ctx: registry.EvalContext) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """`{name: (uint8 images, labels or None)}`: the drawn samples, then the npz's."""
         samples = {}
         if self.num_samples:
@@ -37,11 +48,13 @@ class Samples(registry.Evaluator):
             samples[name] = (images, labels)
         if self.npz:
             with np.load(self.npz) as f:
-                samples[os.path.basename(self.npz)[:-len(".npz")]] = (
-                    f["images"], f["labels"] if "labels" in f.files else None)
+                samples[os.path.basename(self.npz)[: -len(".npz")]] = (
+                    f["images"],
+                    f["labels"] if "labels" in f.files else None,
+                )
         return samples
 
-    def draw(self, ctx):
+    def draw(self, ctx: registry.EvalContext) -> tuple[str, np.ndarray, np.ndarray | None]:
         """Draws with the trainer's sampler; returns `(name, images, labels)`."""
         from keras_ebm import generation
 
@@ -62,9 +75,16 @@ class Samples(registry.Evaluator):
 
             x, y = ctx.test_set(self.class_latent_examples)
             labelled = (to_pixel_range(x, model.pixel_range), y)
-        png = generation.generate_samples(model, os.path.join(ctx.output_dir, "samples"), self.num_samples,
-                                          n_steps=self.steps, from_buffer=self.from_buffer,
-                                          conditional=self.conditional, batch_size=self.batch_size,
-                                          labelled_data=labelled, name=name)
-        with np.load(png[:-len(".png")] + ".npz") as f:
-            return os.path.basename(png)[:-len(".png")], f["images"], f["labels"]
+        png = generation.generate_samples(
+            model,
+            os.path.join(ctx.output_dir, "samples"),
+            self.num_samples,
+            n_steps=self.steps,
+            from_buffer=self.from_buffer,
+            conditional=self.conditional,
+            batch_size=self.batch_size,
+            labelled_data=labelled,
+            name=name,
+        )
+        with np.load(png[: -len(".png")] + ".npz") as f:
+            return os.path.basename(png)[: -len(".png")], f["images"], f["labels"]

@@ -4,8 +4,14 @@ Its options are `run_eval`'s gin parameters (`run_eval.in_dist`, `run_eval.ood_s
 `run_eval.clel_betas`, ...); the context's `max_examples`, when set, replaces `run_eval.max_examples`.
 """
 
-from keras_ebm.evaluation import registry
-from keras_ebm.evaluation import runner
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from keras_ebm.evaluation import registry, runner
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @registry.register("standard")
@@ -14,7 +20,6 @@ class Standard(registry.Evaluator):
 
     export_only = True
 
-    def run(self, ctx):
+    def run(self, ctx: registry.EvalContext) -> dict[str, Any]:
         extra = {"max_examples": ctx.max_examples} if ctx.max_examples else {}
-        return runner.run_eval(model_dir=ctx.model_dir, saved_model=ctx.saved_model, output_dir=ctx.output_dir,
-                               **extra)
+        return runner.run_eval(model_dir=ctx.model_dir, saved_model=ctx.saved_model, output_dir=ctx.output_dir, **extra)

@@ -1,7 +1,14 @@
 """`ModelEMA`: an exponential moving average of a Keras model's weights, as a tracked shadow model."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
 
 
 class ModelEMA(keras.layers.Layer):
@@ -32,12 +39,11 @@ class ModelEMA(keras.layers.Layer):
     ```
     """
 
-    def __init__(self, model, name=None, **kwargs):
+    def __init__(self, model: keras.Model, name: str | None = None, **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
         if not model.built:
             raise ValueError(
-                "`ModelEMA` needs a built model (call it once or build it). "
-                f"Received: model.built={model.built}"
+                f"`ModelEMA` needs a built model (call it once or build it). Received: model.built={model.built}"
             )
         self.model = keras.models.clone_model(model)
         self.model.set_weights(model.get_weights())
@@ -55,7 +61,7 @@ class ModelEMA(keras.layers.Layer):
                     f"Received: shadow {shadow.path} {shadow.shape} vs weight {weight.path} {weight.shape}"
                 )
 
-    def update(self, decay):
+    def update(self, decay: float | tf.Tensor) -> None:
         """One EMA step with `decay` in [0, 1] (a float or a scalar tensor)."""
         decay = tf.convert_to_tensor(decay)  # cast per weight: a float64 decay stays exact for float64 weights
         for shadow, weight in self._refs.pairs:
@@ -65,12 +71,12 @@ class ModelEMA(keras.layers.Layer):
                 value = d * tf.convert_to_tensor(shadow) + (1.0 - d) * value
             shadow.assign(value)
 
-    def assign_to(self, model):
+    def assign_to(self, model: keras.Model) -> None:
         """Copy the averaged weights into `model` (same architecture), e.g. to evaluate it in place."""
         for shadow, weight in zip(self.model.weights, model.weights):
             weight.assign(shadow)
 
-    def call(self, x, training=False):
+    def call(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         return self.model(x, training=False)
 
 

@@ -13,20 +13,28 @@ NT-Xent (eq. 4); any network mapping images to `[batch, k]` can serve as h, but 
 MAE variants (Table 5) use other objectives and are not implemented.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
-from keras_ebm import random_draws
-from keras_ebm import run_settings
-from keras_ebm.energy import wide_dtype
+from keras_ebm import distribute, random_draws, run_settings
 from keras_ebm.data.augment import simclr_augment
-from keras_ebm.trainers.clel.ema import ModelEMA
+from keras_ebm.energy import wide_dtype
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim.gradients import add_weight_decay
 from keras_ebm.optim.torch_sgd import TorchSGD
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
+from keras_ebm.trainers.clel.ema import ModelEMA
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from keras_ebm.sampling import ReplayBuffer, SGLDSampler
 
 
 class _Untracked:
@@ -49,6 +57,7 @@ def _choice(*options):
         if value not in options:
             raise ValueError(f"Expected one of {options}. Received: {value!r}")
         return value
+
     return normalize
 
 
@@ -121,8 +130,14 @@ class CLEL(EBMTrainer):
     """
 
     tracked_names = (
-        "loss", "ebm_loss", "contrastive_loss", "energy_data", "energy_sample", "energy_gap",
-        "cosine", "sgld_grad_norm",
+        "loss",
+        "ebm_loss",
+        "contrastive_loss",
+        "energy_data",
+        "energy_sample",
+        "energy_gap",
+        "cosine",
+        "sgld_grad_norm",
     )
     default_ood_score = "clel"
     is_classifier = False  # `call` returns a latent, not class logits (see keras_ebm.export)
@@ -130,8 +145,19 @@ class CLEL(EBMTrainer):
     uses_labels = False  # unsupervised: batch labels are ignored, so fit does not range-check them
     score_names = ("clel", "neg_energy", "cosine")
     config_attributes = EBMTrainer.config_attributes + (
-        "projection", "encoder", "encoder_weight_decay", "augment_chain_starts", "alpha", "beta", "ood_beta",
-        "temperature", "ebm_batch_fraction", "ema_decay", "ema_start_step", "sample_sweeps", "ema_timing",
+        "projection",
+        "encoder",
+        "encoder_weight_decay",
+        "augment_chain_starts",
+        "alpha",
+        "beta",
+        "ood_beta",
+        "temperature",
+        "ebm_batch_fraction",
+        "ema_decay",
+        "ema_start_step",
+        "sample_sweeps",
+        "ema_timing",
         "guidance_view",
     )
     # Run-time settings (keras_ebm.run_settings): the objective's weights, the EMA schedule and the
@@ -151,35 +177,38 @@ class CLEL(EBMTrainer):
 
     def __init__(
         self,
-        network,
-        projection,
-        encoder,
-        image_shape,
-        num_classes=None,
-        encoder_weight_decay=5e-4,
-        sampler=None,
-        buffer=None,
-        buffer_size=10000,
-        reinit_prob=0.001,
-        augment_chain_starts=True,
-        alpha=1.0,
-        beta=0.01,
-        ood_beta=0.1,
-        temperature=0.2,
-        ebm_batch_fraction=1.0,
-        ema_decay=0.5 ** (64 / 20000),
-        ema_start_step=20000 // 64,
-        sample_sweeps=None,
-        ema_timing="before_step",
-        guidance_view="augmented",
-        buffer_replacement=False,
-        pixel_range=(0.0, 1.0),
-        **kwargs,
-    ):
+        network: keras.Model,
+        projection: keras.Model,
+        encoder: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int | None = None,
+        encoder_weight_decay: float = 5e-4,
+        sampler: SGLDSampler | None = None,
+        buffer: ReplayBuffer | None = None,
+        buffer_size: int = 10000,
+        reinit_prob: float = 0.001,
+        augment_chain_starts: bool = True,
+        alpha: float = 1.0,
+        beta: float = 0.01,
+        ood_beta: float = 0.1,
+        temperature: float = 0.2,
+        ebm_batch_fraction: float = 1.0,
+        ema_decay: float = 0.5 ** (64 / 20000),
+        ema_start_step: int = 20000 // 64,
+        sample_sweeps: int | None = None,
+        ema_timing: str = "before_step",
+        guidance_view: str = "augmented",
+        buffer_replacement: bool = False,
+        pixel_range: tuple[float, float] = (0.0, 1.0),
+        **kwargs: Any,
+    ) -> None:
         latent_dim = int(projection.outputs[0].shape[-1]) if hasattr(projection, "outputs") else 128
         super().__init__(
-            network, image_shape, num_classes if num_classes is not None else latent_dim,
-            pixel_range=pixel_range, **kwargs,
+            network,
+            image_shape,
+            num_classes if num_classes is not None else latent_dim,
+            pixel_range=pixel_range,
+            **kwargs,
         )
         if not 0.0 < float(ebm_batch_fraction) <= 1.0:
             raise ValueError(
@@ -191,9 +220,17 @@ class CLEL(EBMTrainer):
         self.encoder = encoder
         self._encoder_optimizer = _Untracked(None)  # set by `compile`
         self.encoder_weight_decay = encoder_weight_decay
-        self.sampler = sampler if sampler is not None else SGLDSampler(
-            n_steps=60, step_size=100.0, noise_std=0.001, grad_clip=100.0, x_clip=self.pixel_range,
-            energy_training=True,
+        self.sampler = (
+            sampler
+            if sampler is not None
+            else SGLDSampler(
+                n_steps=60,
+                step_size=100.0,
+                noise_std=0.001,
+                grad_clip=100.0,
+                x_clip=self.pixel_range,
+                energy_training=True,
+            )
         )
         # Tracked so that the SGLD noise state enters checkpoints (as in JEM).
         self.sampler_seed_generator = self.sampler.seed_generator
@@ -221,7 +258,12 @@ class CLEL(EBMTrainer):
         self.class_latents = None  # [num_classes, k] after `set_class_latents` (not checkpointed)
 
     # ------------------------------------------------------------------ optimizers
-    def compile(self, optimizer="adam", encoder_optimizer=None, **kwargs):
+    def compile(
+        self,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        encoder_optimizer: str | keras.optimizers.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
         """`keras.Model.compile` with CLEL's second optimizer.
 
         Args:
@@ -239,7 +281,7 @@ class CLEL(EBMTrainer):
             encoder_optimizer = encoder_optimizer()
         self._encoder_optimizer = _Untracked(encoder_optimizer)
 
-    def get_compile_config(self):
+    def get_compile_config(self) -> dict[str, Any] | None:
         """`keras.Model`'s compile config plus the encoder's optimizer."""
         config = super().get_compile_config()
         if config and self._encoder_optimizer.value is not None:
@@ -247,32 +289,33 @@ class CLEL(EBMTrainer):
         return config
 
     @property
-    def encoder_optimizer(self):
+    def encoder_optimizer(self) -> keras.optimizers.Optimizer | None:
         """The encoder's optimizer (from `compile`)."""
         if self._encoder_optimizer.value is None:
             raise ValueError("Compile CLEL first: `model.compile(optimizer=..., encoder_optimizer=...)`.")
         return self._encoder_optimizer.value
 
     @property
-    def optimizers(self):
+    def optimizers(self) -> dict[str, keras.optimizers.Optimizer]:
         return {"ebm_optimizer": self.optimizer, "encoder_optimizer": self.encoder_optimizer}
 
-    def ebm_variables(self):
+    def ebm_variables(self) -> list[tf.Variable]:
         return self.network.trainable_variables + self.projection.trainable_variables
 
-    def encoder_variables(self):
+    def encoder_variables(self) -> list[tf.Variable]:
         return self.encoder.trainable_variables
 
-    def build_optimizers(self):
+    def build_optimizers(self) -> None:
         """Build both optimizers on their variables (before a checkpoint restores their slots)."""
         if self.optimizer is None:
-            raise ValueError("Compile the trainer first (the EBM optimizer comes from `compile`). "
-                             "Received: optimizer=None")
+            raise ValueError(
+                "Compile the trainer first (the EBM optimizer comes from `compile`). Received: optimizer=None"
+            )
         self.optimizer.build(self.ebm_variables())
         self.encoder_optimizer.build(self.encoder_variables())
 
     # ------------------------------------------------------------------ networks
-    def latent(self, features, projection):
+    def latent(self, features: tf.Tensor, projection: keras.Model) -> tf.Tensor:
         """g(f / ||f||), the EBM's latent, `[batch, k]` (not normalised)."""
         features = _wide(features)
         return tf.cast(projection(tf.math.l2_normalize(features, axis=-1)), features.dtype)
@@ -280,19 +323,21 @@ class CLEL(EBMTrainer):
     def _energy(self, x, y=None, training=False):
         return _energy(self.network(x, training=training))
 
-    def call(self, x, training=False):
+    def call(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         features = self.ema_network(x)
         return tf.math.l2_normalize(self.latent(features, self.ema_projection), axis=-1)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         self.built = True
 
-    def energy(self, x, training=False):
+    def energy(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         """E(x) = 0.5 ||f(x)||^2 of the EMA EBM, the marginal energy (section 2.2), shape [batch]."""
         del training  # the EMA networks run in inference mode
         return _energy(self.ema_network(x))
 
-    def scores(self, x, names=None, encoder_x=None):
+    def scores(
+        self, x: TensorLike, names: Sequence[str] | None = None, encoder_x: TensorLike | None = None
+    ) -> dict[str, tf.Tensor]:
         """Eq. 5 and its two parts on the EMA networks, each `[batch]`, higher = more in-distribution.
 
         "clel": -s(x) = -(0.5 ||f||^2 - ood_beta * cos(h(x), g(f/||f||))); "neg_energy": -0.5 ||f||^2
@@ -310,15 +355,15 @@ class CLEL(EBMTrainer):
         return out if names is None else {n: out[n] for n in names}
 
     # ------------------------------------------------------------------ generation (Appendix C-E)
-    def encode(self, x):
+    def encode(self, x: TensorLike) -> tf.Tensor:
         """Instance latents z = h(x) / ||h(x)|| of the EMA encoder, `[batch, k]` (Appendix D)."""
         return tf.math.l2_normalize(_wide(self.ema_encoder(x)), axis=-1)
 
-    def mean_latent(self, x):
+    def mean_latent(self, x: TensorLike) -> tf.Tensor:
         """The shared latent of a set of instances, z_bar = sum_i z_i / ||sum_i z_i|| (Appendix D)."""
         return tf.math.l2_normalize(tf.reduce_sum(self.encode(x), axis=0), axis=-1)
 
-    def set_class_latents(self, x, y, num_classes=None):
+    def set_class_latents(self, x: TensorLike, y: TensorLike, num_classes: int | None = None) -> tf.Tensor:
         """Store one z_bar_y per class from labelled images (Appendix D); `generate(y=...)` uses them.
 
         CLEL is trained without labels; class-conditional sampling conditions p(x | z_bar_y) on the
@@ -330,12 +375,16 @@ class CLEL(EBMTrainer):
         z = self.encode(x)
         sums = tf.math.unsorted_segment_sum(z, y, num_classes)
         if bool(tf.reduce_any(tf.math.bincount(y, minlength=num_classes) == 0)):
-            raise ValueError(f"set_class_latents needs images of every class 0..{num_classes - 1}. "
-                             f"Received: labels {sorted(set(y.numpy().tolist()))}")
+            raise ValueError(
+                f"set_class_latents needs images of every class 0..{num_classes - 1}. "
+                f"Received: labels {sorted(set(y.numpy().tolist()))}"
+            )
         self.class_latents = tf.math.l2_normalize(sums, axis=-1)
         return self.class_latents
 
-    def conditional_energy(self, x, latents, training=False, beta=None):
+    def conditional_energy(
+        self, x: TensorLike, latents: tf.Tensor, training: bool = False, beta: float | None = None
+    ) -> tf.Tensor:
         """E(x | z_bar_1..z_bar_A) = 0.5 ||f(x)||^2 - beta * sum_a cos(g(f/||f||), z_bar_a) on the EMA networks.
 
         Eq. 6 (compositional sampling); with one latent per sample, the joint energy E(x, z) of
@@ -356,8 +405,16 @@ class CLEL(EBMTrainer):
         similarity = tf.reduce_sum(z[:, None, :] * latents, axis=[1, 2])
         return _energy(features) - beta * similarity
 
-    def generate(self, num_samples, y=None, n_steps=None, from_buffer=False, latents=None, beta=None,
-                 sweeps=None):
+    def generate(
+        self,
+        num_samples: int,
+        y: TensorLike | None = None,
+        n_steps: int | None = None,
+        from_buffer: bool = False,
+        latents: TensorLike | None = None,
+        beta: float | None = None,
+        sweeps: int | None = None,
+    ) -> tf.Tensor:
         """Draw samples with the EMA EBM (the networks the paper evaluates with `use_ema`).
 
         Args:
@@ -387,22 +444,35 @@ class CLEL(EBMTrainer):
                 raise ValueError(
                     "CLEL is unsupervised: class-conditional sampling needs class latents. Call "
                     "`model.set_class_latents(x, y)` with labelled images first (Appendix D). "
-                    "Received: y without class latents")
+                    "Received: y without class latents"
+                )
             latents = tf.gather(self.class_latents, tf.cast(y, tf.int32))
-        return super().generate(num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents,
-                                beta=beta, sweeps=sweeps)
+        return super().generate(
+            num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents, beta=beta, sweeps=sweeps
+        )
 
-    def run_chains(self, x0, y, n_steps=None, latents=None, beta=None, sweeps=None):
+    def run_chains(
+        self,
+        x0: tf.Tensor,
+        y: tf.Tensor | None,
+        n_steps: int | None = None,
+        latents: TensorLike | None = None,
+        beta: float | None = None,
+        sweeps: int | None = None,
+    ) -> tf.Tensor:
         """`generate`'s chains on the EMA EBM: marginal, or conditioned on `latents`; plain or in
         training-style sweeps."""
         del y  # CLEL conditions on latents (`generate` maps labels to class latents)
         sweeps = self.sample_sweeps if sweeps is None else _check_sweeps(sweeps, "sweeps")
         if latents is None:
+
             def energy_fn(x, _, training=False):
                 return _energy(self.ema_network(x))
         else:
+
             def energy_fn(x, z, training=False):
                 return self.conditional_energy(x, z, beta=beta)
+
         if sweeps is None:
             return self.sampler(energy_fn, x0, latents, n_steps=n_steps)
         x = x0
@@ -431,18 +501,21 @@ class CLEL(EBMTrainer):
         rows = tf.maximum(1, tf.cast(tf.math.ceil(tf.cast(n, tf.float32) * self.ebm_batch_fraction), tf.int32))
         return x[:rows]
 
-    def sample_negatives(self, batch):
+    def sample_negatives(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         x_data = self._ebm_rows(batch["x"])
         x0, idx = self.buffer.sample(tf.shape(x_data)[0])
         if self.augment_chain_starts:
             seed = distribute.replica_seed(self.seed_generator)
-            x0 = random_draws.augmented("augment_chain_start", x0,
-                                        lambda: simclr_augment(x0, seed, pixel_range=self.pixel_range))
+            x0 = random_draws.augmented(
+                "augment_chain_start", x0, lambda: simclr_augment(x0, seed, pixel_range=self.pixel_range)
+            )
         x, stats = self.sampler.sample_with_stats(self._energy, x0)
         self.buffer.update(idx, x)
         return {"x": x, "sgld_grad_norm": stats["grad_norm"]}
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True
+    ) -> dict[str, tf.Tensor]:
         """EBM loss (eq. 3) + NT-Xent (eq. 4), in Algorithm 1's order (hankook/CLEL models/ebm.py):
         f of the data, f of the samples, the guidance latent z of an augmented view (detached), then
         the encoder's two SimCLR views. The views use `batch["views_seed"]` when present (`optimize`
@@ -457,7 +530,8 @@ class CLEL(EBMTrainer):
 
         def view(images, kind, seed):
             return random_draws.augmented(
-                kind, images, lambda: simclr_augment(images, seed, pixel_range=self.pixel_range))
+                kind, images, lambda: simclr_augment(images, seed, pixel_range=self.pixel_range)
+            )
 
         f_data = self.network(x_data, training=training)
         f_sample = self.network(negatives["x"], training=training)
@@ -476,12 +550,12 @@ class CLEL(EBMTrainer):
         target = tf.stop_gradient(tf.math.l2_normalize(_wide(h_guide), axis=-1))
         cosine = tf.reduce_mean(tf.reduce_sum(z_data * target, axis=-1))
         ebm_loss = (
-            tf.reduce_mean(e_data) - tf.reduce_mean(e_sample)
+            tf.reduce_mean(e_data)
+            - tf.reduce_mean(e_sample)
             + self.alpha * tf.reduce_mean(tf.square(e_data) + tf.square(e_sample))
             - self.beta * cosine
         )
-        contrastive = nt_xent_loss(h1, h2, extra_negatives=tf.stop_gradient(z_sample),
-                                   temperature=self.temperature)
+        contrastive = nt_xent_loss(h1, h2, extra_negatives=tf.stop_gradient(z_sample), temperature=self.temperature)
         return {
             "loss": ebm_loss + contrastive,
             "ebm_loss": ebm_loss,
@@ -493,7 +567,7 @@ class CLEL(EBMTrainer):
             "sgld_grad_norm": negatives["sgld_grad_norm"],
         }
 
-    def optimize(self, batch, negatives):
+    def optimize(self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """One step of both optimizers through the trainer's gradient function (`gradients`).
 
         `self.gradients(loss_fn, [ebm_variables, encoder_variables])` differentiates the total
@@ -519,12 +593,14 @@ class CLEL(EBMTrainer):
         self.encoder_optimizer.apply(enc_grads, enc_vars)
         return logs
 
-    def before_step(self, batch):
+    def before_step(self, batch: dict[str, tf.Tensor]) -> None:
         del batch
         if self.ema_timing == "before_step":
             self._update_ema()
 
-    def after_step(self, batch, negatives, logs):
+    def after_step(
+        self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], logs: dict[str, tf.Tensor]
+    ) -> None:
         del batch, negatives, logs
         if self.ema_timing == "after_step":
             self._update_ema()
@@ -532,13 +608,15 @@ class CLEL(EBMTrainer):
     def _update_ema(self):
         """EMA of both networks (trainable weights averaged, BN statistics and spectral-norm vectors
         copied): decay 0 before `ema_start_step` optimizer steps, `ema_decay` after."""
-        decay = tf.where(self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64),
-                         tf.zeros([], run_settings.read_dtype()),
-                         run_settings.as_tensor(self.ema_decay, run_settings.read_dtype()))
+        decay = tf.where(
+            self.optimizer.iterations < tf.cast(self.ema_start_step, tf.int64),
+            tf.zeros([], run_settings.read_dtype()),
+            run_settings.as_tensor(self.ema_decay, run_settings.read_dtype()),
+        )
         for ema in (self.ema_network, self.ema_projection, self.ema_encoder):
             ema.update(decay)
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=False)
         energies = _energy(self.ema_network(batch["x"]))
         return self.update_trackers({"energy_data": tf.reduce_mean(energies)})

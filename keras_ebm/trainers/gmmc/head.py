@@ -12,6 +12,10 @@ so every score of the library (log p(x) = logsumexp(logits), max-softmax, gradie
 to an MMC network unchanged.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -22,7 +26,7 @@ from keras_ebm.backbones.classifier import build_classifier
 HEAD_NAME = "mmc_head"
 
 
-def max_mahalanobis_centers(num_classes, dim, scale=10.0):
+def max_mahalanobis_centers(num_classes: int, dim: int, scale: float = 10.0) -> np.ndarray:
     """The max-Mahalanobis class centres of GMMC's Algorithm 2 (Appendix 0.C; Pang et al. 2018).
 
     Construction (in float64): mu_1 = e_1; for k = 2..C, the first k-1 coordinates of mu_k are
@@ -48,9 +52,7 @@ def max_mahalanobis_centers(num_classes, dim, scale=10.0):
     """
     num_classes, dim = int(num_classes), int(dim)
     if num_classes < 2:
-        raise ValueError(
-            f"Max-Mahalanobis centres need at least 2 classes. Received: num_classes={num_classes}"
-        )
+        raise ValueError(f"Max-Mahalanobis centres need at least 2 classes. Received: num_classes={num_classes}")
     if dim < 1:
         raise ValueError(f"`dim` must be a positive integer. Received: dim={dim}")
     if num_classes > dim + 1:
@@ -117,7 +119,7 @@ class MaxMahalanobisHead(keras.layers.Layer):
         - [Pang et al., 2020 (MMC)](https://arxiv.org/abs/1905.10626).
     """
 
-    def __init__(self, num_classes, scale=10.0, sigma=1.0, **kwargs):
+    def __init__(self, num_classes: int, scale: float = 10.0, sigma: float = 1.0, **kwargs: Any) -> None:
         # Not the global policy: see "computes in float32" above (float64 under a float64 policy,
         # `energy.wide_dtype`: the parity tests).
         self._wide = energy_lib.wide_dtype(keras.config.floatx())
@@ -134,12 +136,11 @@ class MaxMahalanobisHead(keras.layers.Layer):
         self.scale = float(scale)
         self.initial_sigma = float(sigma)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         dim = input_shape[-1]
         if dim is None:
             raise ValueError(
-                "MaxMahalanobisHead needs a known feature dimension. "
-                f"Received: input_shape={tuple(input_shape)}"
+                f"MaxMahalanobisHead needs a known feature dimension. Received: input_shape={tuple(input_shape)}"
             )
         centers = max_mahalanobis_centers(self.num_classes, int(dim), self.scale)
         self.centers = self.add_weight(
@@ -155,14 +156,14 @@ class MaxMahalanobisHead(keras.layers.Layer):
             name="sigma",
         )
 
-    def call(self, features):
+    def call(self, features: tf.Tensor) -> tf.Tensor:
         sigma = tf.cast(self.sigma, self._wide)
         return -0.5 * self.squared_distances(features) / tf.square(sigma)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return tuple(input_shape[:-1]) + (self.num_classes,)
 
-    def squared_distances(self, features):
+    def squared_distances(self, features: tf.Tensor) -> tf.Tensor:
         """||phi - mu_k||^2, `[batch, dim]` -> `[batch, num_classes]`, computed in float32."""
         features = tf.cast(features, self._wide)
         centers = tf.cast(self.centers, self._wide)
@@ -173,24 +174,22 @@ class MaxMahalanobisHead(keras.layers.Layer):
         )
         return tf.maximum(sq, 0.0)
 
-    def log_px(self, features):
+    def log_px(self, features: tf.Tensor) -> tf.Tensor:
         """log p(x) up to a constant: logsumexp of the logits, `[batch]` float32 (never exp then
         log)."""
         return tf.reduce_logsumexp(self(features), axis=-1)
 
-    def class_centers(self, y):
+    def class_centers(self, y: tf.Tensor) -> tf.Tensor:
         """The centres mu_y of int labels `y` `[batch]` -> `[batch, dim]`."""
         return tf.gather(self.centers, tf.cast(tf.reshape(y, [-1]), tf.int32))
 
-    def center_loss(self, features, y):
+    def center_loss(self, features: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Per-sample 0.5 ||phi - mu_y||^2 `[batch]`, float32: the energy E(x, y) of eq. 6 at
         sigma = 1 (eq. 5's centre regression loss, Pang et al. 2020)."""
         features = tf.cast(features, self._wide)
-        return 0.5 * tf.reduce_sum(
-            tf.square(features - tf.cast(self.class_centers(y), self._wide)), axis=-1
-        )
+        return 0.5 * tf.reduce_sum(tf.square(features - tf.cast(self.class_centers(y), self._wide)), axis=-1)
 
-    def estimate_sigma(self, features, y):
+    def estimate_sigma(self, features: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Maximum-likelihood sigma of N(mu_y, sigma^2 I) for features of known classes.
 
         sigma^2 = mean over samples of ||phi - mu_y||^2 / dim, the estimator of section 3.1 with the
@@ -209,23 +208,26 @@ class MaxMahalanobisHead(keras.layers.Layer):
         dim = tf.cast(tf.shape(features)[-1], self._wide)
         return tf.sqrt(tf.reduce_mean(sq) / dim)
 
-    def set_sigma(self, sigma):
+    def set_sigma(self, sigma: float | tf.Tensor) -> None:
         """Assign sigma (a positive float or scalar tensor)."""
         if not tf.is_tensor(sigma) and not float(sigma) > 0:
             raise ValueError(f"`sigma` must be positive. Received: sigma={sigma}")
         self.sigma.assign(tf.cast(sigma, self.sigma.dtype))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {"num_classes": self.num_classes, "scale": self.scale, "sigma": self.initial_sigma}
-        )
+        config.update({"num_classes": self.num_classes, "scale": self.scale, "sigma": self.initial_sigma})
         return config
 
 
 def build_mmc_classifier(
-    backbone, num_classes, input_shape=None, scale=10.0, sigma=1.0, name="mmc_classifier"
-):
+    backbone: keras.Model,
+    num_classes: int,
+    input_shape: tuple[int, int, int] | None = None,
+    scale: float = 10.0,
+    sigma: float = 1.0,
+    name: str = "mmc_classifier",
+) -> keras.Model:
     """Images -> MMC logits `[batch, num_classes]`: a backbone and a `MaxMahalanobisHead`.
 
     GMMC puts the centres directly in the backbone's feature space (WRN-28-10: 640-d, no linear
@@ -267,7 +269,7 @@ def build_mmc_classifier(
     return build_classifier(backbone, num_classes, input_shape=input_shape, head=head, name=name)
 
 
-def mmc_head(network):
+def mmc_head(network: keras.Model) -> MaxMahalanobisHead:
     """The `MaxMahalanobisHead` of a `build_mmc_classifier` network."""
     try:
         head = network.get_layer(HEAD_NAME)

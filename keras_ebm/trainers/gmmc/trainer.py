@@ -19,17 +19,26 @@ Sampling (eq. 8-10), from a class-conditional replay buffer (Algorithm 1, Table 
 * noise-injected: redraw z at every step (eq. 10: a gradient-modulated noise).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute
+from keras_ebm import distribute, random_draws, run_settings
 from keras_ebm import energy as energy_lib
-from keras_ebm import random_draws
-from keras_ebm import run_settings
 from keras_ebm.backbones.classifier import feature_extractor
-from keras_ebm.trainers.gmmc.head import mmc_head
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers.base import EBMTrainer
+from keras_ebm.trainers.gmmc.head import mmc_head
+
+if TYPE_CHECKING:
+    from tensorflow.types.experimental import TensorLike
+
+    from keras_ebm.sampling import InformativeInitializer, ReplayBuffer, SGLDSampler, UniformInitializer
+    from keras_ebm.trainers.gmmc.head import MaxMahalanobisHead
 
 MODES = ("discriminative", "generative", "joint")
 SAMPLINGS = ("staged", "noise_injected")
@@ -95,11 +104,22 @@ class GMMC(EBMTrainer):
     """
 
     tracked_names = (
-        "loss", "clf_acc", "center_loss", "sample_loss", "energy_gap", "balance", "sgld_grad_norm",
+        "loss",
+        "clf_acc",
+        "center_loss",
+        "sample_loss",
+        "energy_gap",
+        "balance",
+        "sgld_grad_norm",
     )
     default_ood_score = "log_px"
     config_attributes = EBMTrainer.config_attributes + (
-        "mode", "sampling", "latent_std", "switch_step", "ramp_steps", "sigma_batches",
+        "mode",
+        "sampling",
+        "latent_std",
+        "switch_step",
+        "ramp_steps",
+        "sigma_batches",
     )
     # Run-time settings (keras_ebm.run_settings): beta and the joint schedule are variables the
     # compiled step reads (arithmetic on optimizer.iterations); the mode, the sampling scheme and
@@ -113,25 +133,25 @@ class GMMC(EBMTrainer):
 
     def __init__(
         self,
-        network,
-        image_shape,
-        num_classes,
-        mode="generative",
-        sampler=None,
-        sampling="staged",
-        latent_std=0.001,
-        buffer=None,
-        buffer_size=100000,
-        reinit_prob=0.025,
-        initializer=None,
-        balance=0.5,
-        switch_step=0,
-        ramp_steps=0,
-        sigma_batches=None,
-        sigma_data=None,
-        pixel_range=(-1.0, 1.0),
-        **kwargs,
-    ):
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        mode: str = "generative",
+        sampler: SGLDSampler | None = None,
+        sampling: str = "staged",
+        latent_std: float = 0.001,
+        buffer: ReplayBuffer | None = None,
+        buffer_size: int = 100000,
+        reinit_prob: float = 0.025,
+        initializer: UniformInitializer | InformativeInitializer | None = None,
+        balance: float = 0.5,
+        switch_step: int = 0,
+        ramp_steps: int = 0,
+        sigma_batches: int | None = None,
+        sigma_data: Any = None,
+        pixel_range: tuple[float, float] = (-1.0, 1.0),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(network, image_shape, num_classes, pixel_range=pixel_range, **kwargs)
         if mode not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
@@ -139,8 +159,7 @@ class GMMC(EBMTrainer):
             raise ValueError(f"`sampling` must be one of {SAMPLINGS}. Received: sampling={sampling!r}")
         if latent_std is not None and float(latent_std) < 0:
             raise ValueError(
-                "`latent_std` must be >= 0, or None to use the head's sigma. "
-                f"Received: latent_std={latent_std}"
+                f"`latent_std` must be >= 0, or None to use the head's sigma. Received: latent_std={latent_std}"
             )
         if float(balance) < 0:
             raise ValueError(f"`balance` must be >= 0. Received: balance={balance}")
@@ -162,13 +181,9 @@ class GMMC(EBMTrainer):
         self.switch_step = switch_step
         self.ramp_steps = ramp_steps
         if sigma_batches is not None and int(sigma_batches) < 1:
-            raise ValueError(
-                f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}"
-            )
+            raise ValueError(f"`sigma_batches` must be a positive int or None. Received: sigma_batches={sigma_batches}")
         self.sigma_batches = None if sigma_batches is None else int(sigma_batches)
-        if sigma_data is not None and not (
-            isinstance(sigma_data, tf.data.Dataset) or callable(sigma_data)
-        ):
+        if sigma_data is not None and not (isinstance(sigma_data, tf.data.Dataset) or callable(sigma_data)):
             raise ValueError(
                 "`sigma_data` must be a tf.data.Dataset, a dataset function fn(input_context=None) "
                 f"or None. Received: sigma_data={sigma_data!r}"
@@ -180,7 +195,10 @@ class GMMC(EBMTrainer):
         self._sigma_data_fn = sigma_data
         if sampler is None:
             sampler = SGLDSampler(
-                n_steps=20, step_size=1.0, noise_std=0.0, x_clip=tuple(self.pixel_range),
+                n_steps=20,
+                step_size=1.0,
+                noise_std=0.0,
+                x_clip=tuple(self.pixel_range),
                 energy_reduction="mean",
             )
         self.sampler = sampler
@@ -202,27 +220,27 @@ class GMMC(EBMTrainer):
             )
         self.buffer = buffer
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         # `sigma_data` is a data source, not a setting: None here; pass it to `from_config` if needed.
         return {**super().get_config(), "balance": self.balance_factor, "sigma_data": None}
 
     # ------------------------------------------------------------------ energies and latents
     # Looked up, not stored: attributes would make Keras track the layers a second time.
     @property
-    def head(self):
+    def head(self) -> MaxMahalanobisHead:
         """The network's `MaxMahalanobisHead`."""
         return mmc_head(self.network)
 
     @property
-    def backbone(self):
+    def backbone(self) -> keras.Model:
         """The network's feature extractor phi."""
         return feature_extractor(self.network)
 
-    def features(self, x, training=False):
+    def features(self, x: TensorLike, training: bool = False) -> tf.Tensor:
         """phi(x): backbone features `[batch, dim]`."""
         return self.backbone(x, training=training)
 
-    def latent_energy(self, x, z, training=False):
+    def latent_energy(self, x: TensorLike, z: tf.Tensor, training: bool = False) -> tf.Tensor:
         """0.5 ||phi(x) - z||^2 per sample `[batch]`, float32: the energy the chains descend
         (eq. 8-9). Computed in float32 whatever the backbone's dtype policy, as the MMC head
         (under mixed_float16, squares of float16 differences overflow beyond 256)."""
@@ -231,7 +249,7 @@ class GMMC(EBMTrainer):
         phi = tf.cast(phi, dtype)
         return 0.5 * tf.reduce_sum(tf.square(phi - tf.cast(z, dtype)), axis=-1)
 
-    def draw_latents(self, y, seed=None):
+    def draw_latents(self, y: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
         """z = mu_y + latent_std * N(0, I), `[batch, dim]` (the seed defaults to a replica-distinct
         draw of the trainer's seed generator)."""
         mu = self.head.class_centers(y)
@@ -254,7 +272,9 @@ class GMMC(EBMTrainer):
             energies = energies / tf.cast(distribute.num_replicas(), energies.dtype)
         return energies
 
-    def sample_chains(self, x_init, y, n_steps=None):
+    def sample_chains(
+        self, x_init: tf.Tensor, y: tf.Tensor, n_steps: int | tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
         """Run GMMC's class-conditional chains from `x_init` for labels `y`.
 
         Staged: one z per chain for the whole call. Noise-injected: a new z at every step; the
@@ -286,13 +306,13 @@ class GMMC(EBMTrainer):
         return tf.stop_gradient(x), {"grad_norm": grad_norm}
 
     # ------------------------------------------------------------------ schedule
-    def current_step(self):
+    def current_step(self) -> tf.Tensor:
         """The optimizer's iteration counter (int64 scalar): checkpointed, so resumes continue it."""
         if getattr(self, "optimizer", None) is None:
             return tf.constant(0, tf.int64)
         return tf.cast(self.optimizer.iterations, tf.int64)
 
-    def balance(self, step=None):
+    def balance(self, step: int | tf.Tensor | None = None) -> tf.Tensor:
         """beta of the step `step` (default the current one): float32 scalar tensor."""
         if self.mode == "discriminative":
             return tf.constant(0.0)
@@ -307,7 +327,7 @@ class GMMC(EBMTrainer):
         return tf.cast(self.balance_factor, tf.float32) * frac
 
     # ------------------------------------------------------------------ EBMTrainer hooks
-    def sample_negatives(self, batch):
+    def sample_negatives(self, batch: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if self.mode == "discriminative":
             return {}
         y = batch["y"]
@@ -331,7 +351,9 @@ class GMMC(EBMTrainer):
             negatives["active"] = active
         return negatives
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: dict[str, tf.Tensor], training: bool = True
+    ) -> dict[str, tf.Tensor]:
         x, y = batch["x"], batch["y"]
         phi = self.features(x, training=training)
         center_loss = tf.reduce_mean(self.head.center_loss(phi, y))
@@ -372,19 +394,26 @@ class GMMC(EBMTrainer):
         logs["loss"] = total
         return logs
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
         batch = self.unpack_batch(data, training=False)
         phi = self.features(batch["x"], training=False)
         center_loss = tf.reduce_mean(self.head.center_loss(phi, batch["y"]))
         pred = tf.argmax(self.head(phi), axis=-1, output_type=tf.int32)
-        return self.update_trackers({
-            "loss": center_loss,
-            "center_loss": center_loss,
-            "clf_acc": tf.reduce_mean(tf.cast(tf.equal(pred, batch["y"]), tf.float32)),
-        })
+        return self.update_trackers(
+            {
+                "loss": center_loss,
+                "center_loss": center_loss,
+                "clf_acc": tf.reduce_mean(tf.cast(tf.equal(pred, batch["y"]), tf.float32)),
+            }
+        )
 
     # ------------------------------------------------------------------ after training
-    def estimate_sigma(self, data, max_batches=None, assign=True):
+    def estimate_sigma(
+        self,
+        data: tuple[TensorLike, TensorLike] | Iterable[tuple[TensorLike, TensorLike]],
+        max_batches: int | None = None,
+        assign: bool = True,
+    ) -> float:
         """Estimate the head's sigma from labelled training data (section 3.1), after training.
 
         sigma^2 = mean ||phi(x) - mu_y||^2 / dim over the data (features in inference mode), the
@@ -404,12 +433,13 @@ class GMMC(EBMTrainer):
             batches = [data]
         else:
             batches = data
-        if max_batches is None and isinstance(data, tf.data.Dataset) and (
-            data.cardinality() == tf.data.INFINITE_CARDINALITY
+        if (
+            max_batches is None
+            and isinstance(data, tf.data.Dataset)
+            and (data.cardinality() == tf.data.INFINITE_CARDINALITY)
         ):
             raise ValueError(
-                "`data` is an infinite dataset: pass `max_batches` (or a finite dataset). "
-                "Received: max_batches=None"
+                "`data` is an infinite dataset: pass `max_batches` (or a finite dataset). Received: max_batches=None"
             )
         total, count, dim = 0.0, 0, None
         for i, batch in enumerate(batches):
@@ -418,8 +448,8 @@ class GMMC(EBMTrainer):
             x, y = batch[0], batch[1]
             x = tf.cast(tf.convert_to_tensor(x), tf.float32)
             for start in range(0, int(x.shape[0]), 256):
-                phi = self.features(x[start:start + 256], training=False)
-                sq = 2.0 * self.head.center_loss(phi, tf.convert_to_tensor(y)[start:start + 256])
+                phi = self.features(x[start : start + 256], training=False)
+                sq = 2.0 * self.head.center_loss(phi, tf.convert_to_tensor(y)[start : start + 256])
                 total += float(tf.reduce_sum(sq))
                 count += int(phi.shape[0])
                 dim = int(phi.shape[-1])
@@ -430,7 +460,7 @@ class GMMC(EBMTrainer):
             self.head.set_sigma(max(sigma, 1e-12))
         return sigma
 
-    def after_training(self, train_data):
+    def after_training(self, train_data: Any) -> float | None:
         """End-of-training hook: estimate sigma from `sigma_batches` batches (section 3.1).
 
         The batches come from `sigma_data` when it is set, else from `train_data`: with
@@ -450,13 +480,12 @@ class GMMC(EBMTrainer):
         data = source if isinstance(source, tf.data.Dataset) else source(None)
         return self.estimate_sigma(data, max_batches=self.sigma_batches)
 
-    def generation_labels(self, num_samples, y, seed):
+    def generation_labels(self, num_samples: int, y: TensorLike | None, seed: tf.Tensor) -> tf.Tensor:
         """Class-conditional samples (section 3.2): `y`, or uniformly random classes."""
         if y is None:
-            y = tf.random.stateless_uniform([num_samples], seed=seed, minval=0, maxval=self.num_classes,
-                                            dtype=tf.int32)
+            y = tf.random.stateless_uniform([num_samples], seed=seed, minval=0, maxval=self.num_classes, dtype=tf.int32)
         return tf.cast(tf.reshape(y, [-1]), tf.int32)
 
-    def run_chains(self, x0, y, n_steps=None):
+    def run_chains(self, x0: tf.Tensor, y: tf.Tensor | None, n_steps: int | None = None) -> tf.Tensor:
         """`generate`'s chains: GMMC's class-conditional sampling (`sample_chains`)."""
         return self.sample_chains(x0, y, n_steps=n_steps)[0]

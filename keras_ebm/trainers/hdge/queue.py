@@ -1,5 +1,9 @@
 """`FeatureQueue`: a FIFO memory bank of past feature vectors (HDGE negatives, MoCo-style)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -65,7 +69,15 @@ class FeatureQueue(keras.layers.Layer):
           Algorithm 1.
     """
 
-    def __init__(self, size, dim, initializer="zeros", initially_full=False, name=None, **kwargs):
+    def __init__(
+        self,
+        size: int,
+        dim: int,
+        initializer: str | keras.initializers.Initializer = "zeros",
+        initially_full: bool = False,
+        name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trainable", False)
         super().__init__(name=name, **kwargs)
         if int(size) < 1:
@@ -86,7 +98,7 @@ class FeatureQueue(keras.layers.Layer):
         )
         self.build()
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: tuple[int | None, ...] | None = None) -> None:
         if self.built:
             return
         self.queue = self.add_weight(
@@ -98,9 +110,7 @@ class FeatureQueue(keras.layers.Layer):
             autocast=False,
             name="queue",
         )
-        self.pointer = self.add_weight(
-            shape=(), dtype="int32", initializer="zeros", trainable=False, name="pointer"
-        )
+        self.pointer = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="pointer")
         self.count = self.add_weight(
             shape=(),
             dtype="int32",
@@ -110,25 +120,24 @@ class FeatureQueue(keras.layers.Layer):
         )
         self.built = True
 
-    def values(self):
-        """The storage `[size, dim]` float32 (float64 under a float64 policy; all rows; mask them with `valid_mask()`)."""
+    def values(self) -> tf.Tensor:
+        """The storage `[size, dim]` float32 (float64 under a float64 policy; all rows; mask them with
+        `valid_mask()`)."""
         return tf.convert_to_tensor(self.queue.value)
 
-    def valid_mask(self):
+    def valid_mask(self) -> tf.Tensor:
         """Bool `[size]`: True for rows that hold enqueued (or, if `initially_full`, initial) vectors."""
         return tf.range(self.size, dtype=tf.int32) < tf.convert_to_tensor(self.count.value)
 
-    def fill_fraction(self):
+    def fill_fraction(self) -> tf.Tensor:
         """Scalar float32 in [0, 1]: the fraction of rows that are valid."""
         return tf.cast(tf.convert_to_tensor(self.count.value), tf.float32) / float(self.size)
 
-    def enqueue(self, rows):
+    def enqueue(self, rows: tf.Tensor) -> None:
         """Append `rows` `[batch, dim]` (every replica's, in replica order); see the class docstring."""
         rows = tf.stop_gradient(tf.cast(tf.convert_to_tensor(rows), self.storage_dtype))
         if rows.shape.rank != 2 or (rows.shape[-1] is not None and rows.shape[-1] != self.dim):
-            raise ValueError(
-                f"`enqueue` expects rows of shape [batch, {self.dim}]. Received: rows.shape={rows.shape}"
-            )
+            raise ValueError(f"`enqueue` expects rows of shape [batch, {self.dim}]. Received: rows.shape={rows.shape}")
         if tf.distribute.get_replica_context() is None:
             raise RuntimeError(
                 "FeatureQueue.enqueue must run in replica context (inside strategy.run or "
@@ -140,14 +149,14 @@ class FeatureQueue(keras.layers.Layer):
         # Only the last `size` rows of an oversized batch survive; writing just those keeps the
         # scatter free of duplicate indices (whose order a scatter does not define).
         kept = tf.minimum(n, self.size)
-        rows = rows[n - kept:]
+        rows = rows[n - kept :]
         pointer = tf.convert_to_tensor(self.pointer.value)
         idx = (pointer + (n - kept) + tf.range(kept, dtype=tf.int32)) % self.size
         self.queue.value.scatter_update(tf.IndexedSlices(rows, idx))
         self.pointer.assign((pointer + n) % self.size)
         self.count.assign(tf.minimum(tf.convert_to_tensor(self.count.value) + n, self.size))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {

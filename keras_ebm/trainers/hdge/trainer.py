@@ -10,6 +10,10 @@ HDGE+JEM (eq. 17) adds JEM's SGLD log q(x) term; it is this trainer with `px_wei
 JEM's sampler and replay buffer unchanged.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 import keras
 import tensorflow as tf
 
@@ -18,6 +22,9 @@ from keras_ebm import run_settings
 from keras_ebm.losses.hdge import SCORES, hdge_contrastive_loss, smoothed_labels
 from keras_ebm.trainers.hdge.queue import FeatureQueue
 from keras_ebm.trainers.jem import JEM
+
+if TYPE_CHECKING:
+    from keras_ebm.trainers.hdge.queue import FeatureQueue
 
 # The classifier logits travel from the loss to `after_step` under this key; trackers ignore it.
 _LOGITS_KEY = "_hdge_logits"
@@ -91,20 +98,20 @@ class HDGE(JEM):
 
     def __init__(
         self,
-        network,
-        image_shape,
-        num_classes,
-        alpha=0.5,
-        temperature=0.1,
-        queue_size=65536,
-        score="code",
-        label_smoothing=0.0,
-        queue=None,
-        queue_init="empty",
-        px_weight=0.0,
-        pxy_weight=0.0,
-        **kwargs,
-    ):
+        network: keras.Model,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        alpha: float = 0.5,
+        temperature: float = 0.1,
+        queue_size: int = 65536,
+        score: str = "code",
+        label_smoothing: float = 0.0,
+        queue: FeatureQueue | None = None,
+        queue_init: str = "empty",
+        px_weight: float = 0.0,
+        pxy_weight: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
         if "clf_weight" in kwargs:
             raise ValueError(
                 "HDGE weights the cross-entropy with `alpha` (and the contrastive term with "
@@ -117,13 +124,9 @@ class HDGE(JEM):
         if score not in SCORES:
             raise ValueError(f"`score` must be one of {SCORES}. Received: score={score!r}")
         if not 0.0 <= float(label_smoothing) < 1.0:
-            raise ValueError(
-                f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}"
-            )
+            raise ValueError(f"`label_smoothing` must lie in [0, 1). Received: label_smoothing={label_smoothing}")
         if queue_init not in QUEUE_INITS:
-            raise ValueError(
-                f"`queue_init` must be one of {QUEUE_INITS}. Received: queue_init={queue_init!r}"
-            )
+            raise ValueError(f"`queue_init` must be one of {QUEUE_INITS}. Received: queue_init={queue_init!r}")
         # The reported metrics depend on which JEM terms are on; the base class builds its
         # trackers from `tracked_names` in its constructor, so this must be set first.
         names = ["loss", "clf_loss", "contrastive_loss", "clf_acc", "queue_fill"]
@@ -133,8 +136,13 @@ class HDGE(JEM):
             names += ["pxy_loss"]
         self.tracked_names = tuple(names)
         super().__init__(
-            network, image_shape, num_classes, clf_weight=float(alpha), px_weight=px_weight,
-            pxy_weight=pxy_weight, **kwargs,
+            network,
+            image_shape,
+            num_classes,
+            clf_weight=float(alpha),
+            px_weight=px_weight,
+            pxy_weight=pxy_weight,
+            **kwargs,
         )
         self.temperature = float(temperature)
         self.score = score
@@ -144,9 +152,7 @@ class HDGE(JEM):
             if queue_init == "empty":
                 initializer = "zeros"
             else:  # torch.randn, as the official code's queue
-                initializer = keras.initializers.RandomNormal(
-                    stddev=1.0, seed=None if seed is None else seed + 2
-                )
+                initializer = keras.initializers.RandomNormal(stddev=1.0, seed=None if seed is None else seed + 2)
             queue = FeatureQueue(
                 size=queue_size,
                 dim=self.num_classes,
@@ -164,7 +170,12 @@ class HDGE(JEM):
 
     # JEM's arguments without clf_weight, which is alpha here.
     config_attributes = tuple(name for name in JEM.config_attributes if name != "clf_weight") + (
-        "alpha", "temperature", "score", "label_smoothing", "queue", "queue_init",
+        "alpha",
+        "temperature",
+        "score",
+        "label_smoothing",
+        "queue",
+        "queue_init",
     )
 
     # Run-time settings (keras_ebm.run_settings): alpha (stored as JEM's clf_weight) is a variable
@@ -175,16 +186,16 @@ class HDGE(JEM):
     score = run_settings.TraceSetting()
     label_smoothing = run_settings.TraceSetting(float)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "queue_size": self.queue.size}
 
     @property
-    def alpha(self):
+    def alpha(self) -> float:
         """Weight of log q(y|x); it is JEM's `clf_weight`, so the two cannot disagree."""
         return self.clf_weight
 
     @alpha.setter
-    def alpha(self, value):
+    def alpha(self, value: float) -> None:
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"`alpha` must lie in [0, 1]. Received: alpha={value}")
         self.clf_weight = value
@@ -193,16 +204,14 @@ class HDGE(JEM):
         """Whether the contrastive term is in the loss (alpha < 1): decides the graph."""
         return run_settings.structure_of(self, "clf_weight")
 
-    def classifier_logs(self, logits, y):
+    def classifier_logs(self, logits: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
         """JEM's classifier logs plus the contrastive term; also used by `test_step`."""
         # The queue and the contrastive term are float32 (float64 under a float64 policy).
         logits = tf.cast(logits, energy_lib.wide_dtype(logits.dtype))
         logs = super().classifier_logs(logits, y)
         if self.label_smoothing:
             dist = smoothed_labels(y, self.num_classes, self.label_smoothing, dtype=logits.dtype)
-            logs["clf_loss"] = tf.reduce_mean(
-                keras.losses.categorical_crossentropy(dist, logits, from_logits=True)
-            )
+            logs["clf_loss"] = tf.reduce_mean(keras.losses.categorical_crossentropy(dist, logits, from_logits=True))
         contrastive = tf.reduce_mean(
             hdge_contrastive_loss(
                 logits,
@@ -228,14 +237,19 @@ class HDGE(JEM):
         alpha = run_settings.as_tensor(self.alpha, clf_loss.dtype)
         return alpha * clf_loss + (1.0 - alpha) * contrastive_loss
 
-    def compute_losses(self, batch, negatives, training=True):
+    def compute_losses(
+        self, batch: dict[str, tf.Tensor], negatives: Any, training: bool = True
+    ) -> dict[str, tf.Tensor]:
         # JEM's total is alpha * clf_loss (clf_weight = alpha) plus its log q(x) terms.
         logs = super().compute_losses(batch, negatives, training=training)
         if self._contrastive_on():
-            logs["loss"] = logs["loss"] + (1.0 - run_settings.as_tensor(self.alpha, logs["contrastive_loss"].dtype)) * logs["contrastive_loss"]
+            logs["loss"] = (
+                logs["loss"]
+                + (1.0 - run_settings.as_tensor(self.alpha, logs["contrastive_loss"].dtype)) * logs["contrastive_loss"]
+            )
         return logs
 
-    def after_step(self, batch, negatives, logs):
+    def after_step(self, batch: dict[str, tf.Tensor], negatives: Any, logs: dict[str, tf.Tensor]) -> None:
         super().after_step(batch, negatives, logs)
         # After the loss has read the queue (Algorithm 1: enqueue the current minibatch last).
         self.queue.enqueue(logs.pop(_LOGITS_KEY))
