@@ -114,6 +114,8 @@ SETTINGS = (
     ("CLEL", "ema_start_step", VARIABLE, "compared with optimizer.iterations in the graph"),
     ("CLEL", "encoder_weight_decay", VARIABLE, "coupled L2 on the encoder's gradients; a number"),
     ("CLEL", "augment_chain_starts", TRACE, "adds or removes the augmentation of the chain starts"),
+    ("CLEL", "ema_timing", TRACE, "moves the EMA update before or after the optimizer step"),
+    ("CLEL", "guidance_view", TRACE, "adds or removes the guidance view's encoder pass"),
 )
 
 
