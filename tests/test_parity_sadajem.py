@@ -56,15 +56,19 @@ def losses(s):
 # SAM's second pass at w + e (its gradients 4e-3 apart while the first pass's are 1.4e-4 apart).
 # Measured as for JEM++: our float64 replay of the float32 recording is as far from it as our
 # float32 replay (loss 1.0e-3, grad 3.9e-3, weights 4.1e-3, BN 2.7e-3, momentum 4.1e-2, samples
-# 4.6e-3, eval 0.13 on the grad-norm score); bounds ~1.5x. Float64 is this method's parity check.
+# 4.6e-3, eval 0.13 on the grad-norm score; Intel CPU with AVX512). On an AMD EPYC CPU (other
+# oneDNN float32 kernels) our float32 replay lands further off (loss 1.9e-3, grad 4.1e-3, weights
+# 7.3e-3, BN 4.3e-3, momentum 7.0e-2, samples 5.6e-3, eval 0.24) while our float64 replay is
+# closer (weights 2.9e-3, BN 1.1e-3, eval 0.082): two float32 runs, each with its own amplified
+# round-off. Bounds ~1.5x the largest measured. Float64 is this method's parity check.
 FLOAT32_OVERRIDES = {
-    "loss": (1e-4, 2e-3),
-    "grad": (1e-3, 6e-3),
-    "weights": (1e-4, 7e-3),
-    "bn": (1e-4, 4e-3),
-    "slots": (1e-3, 7e-2),
-    "samples": (1e-4, 7e-3),
-    "eval": (1e-3, 0.2),
+    "loss": (1e-4, 3e-3),
+    "grad": (1e-3, 6.5e-3),
+    "weights": (1e-4, 1.1e-2),
+    "bn": (1e-4, 6.5e-3),
+    "slots": (1e-3, 0.11),
+    "samples": (1e-4, 8.5e-3),
+    "eval": (1e-3, 0.37),
 }
 
 pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
