@@ -232,3 +232,24 @@ def every_trainer():
         image_shape=(8, 8, 3),
         buffer_size=20,
     )
+
+
+def import_script(name):
+    """`keras_ebm.scripts.<name>` ("train" or "eval") with its absl flags defined, in this process.
+
+    The two scripts define flags of the same names (--model_dir, --gin_file, ...) on absl's global
+    FLAGS, and one pytest worker may import both: the other script's flags are removed first, and
+    a script imported before whose flags were removed is reloaded (which defines them again).
+    """
+    import importlib
+    import sys
+
+    from absl import flags
+
+    mine, other = (f"keras_ebm.scripts.{n}" for n in ((name, "eval") if name == "train" else (name, "train")))
+    for flag in list(flags.FLAGS.flags_by_module_dict().get(other, [])):
+        if flag.name in flags.FLAGS:
+            delattr(flags.FLAGS, flag.name)
+    if mine in sys.modules and not flags.FLAGS.flags_by_module_dict().get(mine):
+        return importlib.reload(sys.modules[mine])
+    return importlib.import_module(mine)

@@ -473,7 +473,9 @@ def test_failed_resume_leaves_config_and_checkpoints_unchanged(tmp_path, monkeyp
     checkpoints/ are byte-for-byte what they were (train.py's main, in this process)."""
     from absl import flags
 
-    import train
+    from helpers import import_script
+
+    train = import_script("train")  # train.py's main, with its flags (eval's may be defined)
     from keras_ebm import training
 
     path = str(tmp_path / "digits.npz")
