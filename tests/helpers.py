@@ -205,8 +205,7 @@ TRAINER_NAMES = ("softmax", "jem", "jempp", "sadajem", "hdge", "gmmc", "clel")
 def every_trainer():
     """One tiny, unbuilt instance of every trainer, in the order of `TRAINER_NAMES`: 8x8x1 images
     (CLEL: 8x8x3), 10 classes, a 20-image replay buffer."""
-    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.trainers import CLEL, GMMC, HDGE, JEM, JEMPP, SADAJEM, SoftmaxClassifier
+    from keras_ebm.trainers import GMMC, HDGE, JEM, JEMPP, SADAJEM, SoftmaxClassifier
     from keras_ebm.trainers.gmmc.head import build_mmc_classifier
 
     shape = (8, 8, 1)
@@ -215,23 +214,7 @@ def every_trainer():
         yield cls(tiny_network(), image_shape=shape, num_classes=10, buffer_size=20)
     backbone = tiny_network(shape, None, seed=3, widths=(8, 16), pool="average")
     yield GMMC(build_mmc_classifier(backbone, num_classes=10), image_shape=shape, num_classes=10, buffer_size=20)
-    yield CLEL(
-        build_clel_ebm(
-            "small",
-            input_shape=(8, 8, 3),
-            widths=(4, 8),
-            blocks_per_stage=1,
-            head_units=8,
-            feature_dim=8,
-            input_mean=None,
-        ),
-        build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
-        build_clel_encoder(
-            (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
-        ),
-        image_shape=(8, 8, 3),
-        buffer_size=20,
-    )
+    yield tiny_clel()
 
 
 def import_script(name):
@@ -253,3 +236,18 @@ def import_script(name):
     if mine in sys.modules and not flags.FLAGS.flags_by_module_dict().get(mine):
         return importlib.reload(sys.modules[mine])
     return importlib.import_module(mine)
+
+
+def tiny_clel(**kwargs):
+    """A CLEL trainer on 8x8x3 images with 4-8 wide networks and a 20-row buffer (`kwargs` go to CLEL)."""
+    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+    from keras_ebm.trainers import CLEL
+
+    network = build_clel_ebm(
+        "small", input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=1, head_units=8, feature_dim=8, input_mean=None
+    )
+    projection = build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6)
+    encoder = build_clel_encoder(
+        (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
+    )
+    return CLEL(network, projection, encoder, image_shape=(8, 8, 3), buffer_size=20, **kwargs)

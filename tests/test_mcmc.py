@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ConstantInitializer, digits_arrays, tiny_network
+from helpers import ConstantInitializer, digits_arrays, tiny_clel, tiny_network
 from keras_ebm import distribute
 from keras_ebm.sampling import HMCSampler, MALASampler, SGLDSampler
 from keras_ebm.trainers.jem import JEM
@@ -407,8 +407,7 @@ def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
     # The sampler slots into GMMC (both chain modes) and CLEL as into JEM: finite logs with the
     # acceptance and step size reported, weights moved.
     from helpers import run_trainer_smoke_test
-    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
-    from keras_ebm.trainers import CLEL, GMMC
+    from keras_ebm.trainers import GMMC
     from keras_ebm.trainers.gmmc.head import build_mmc_classifier
 
     def sampler(x_clip=(-1.0, 1.0), **kw):
@@ -428,24 +427,7 @@ def test_every_sampling_trainer_trains_with_an_mcmc_sampler(kind):
         )
         history = run_trainer_smoke_test(gmmc, x, y)
         assert 0 < history["mcmc_accept_rate"][-1] <= 1 and history["mcmc_step_size"][-1] > 0
-    clel = CLEL(
-        build_clel_ebm(
-            "small",
-            input_shape=(8, 8, 3),
-            widths=(4, 8),
-            blocks_per_stage=1,
-            head_units=8,
-            feature_dim=8,
-            input_mean=None,
-        ),
-        build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6),
-        build_clel_encoder(
-            (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
-        ),
-        image_shape=(8, 8, 3),
-        buffer_size=20,
-        sampler=sampler(x_clip=(0.0, 1.0)),
-    )
+    clel = tiny_clel(sampler=sampler(x_clip=(0.0, 1.0)))
     x3, y3 = digits_arrays(32, pixel_range=(0.0, 1.0), channels=3)
     history = run_trainer_smoke_test(clel, x3, y3)
     assert 0 < history["mcmc_accept_rate"][-1] <= 1
