@@ -1,8 +1,17 @@
-"""SGLD vs MALA vs HMC for SADA-JEM on the quickstart's digits, at equal gradient evaluations.
+"""SGLD vs MALA vs HMC for SADA-JEM, at equal gradient evaluations, on digits or on CIFAR-10.
 
-Every row is the quickstart's SADA-JEM (gin_configs/quickstart.gin: real 8x8 digits, TinyCNN with
-BN, SAM, informative buffer) trained for `--steps` steps with a different sampler, each spending 5
-forward-and-backward passes of the energy per training step:
+Every row is one SADA-JEM recipe trained for `--steps` steps with a different sampler, each spending
+5 forward-and-backward passes of the energy per training step. `--recipe` picks the recipe:
+
+* digits: the quickstart (gin_configs/quickstart.gin: real 8x8 digits, TinyCNN with BN, SAM,
+  informative buffer); OOD sets: photo patches and interpolated digits.
+* cifar10: the small CIFAR-10 recipe, gin_configs/sadajem.gin with gin_configs/data/cifar10_local.gin
+  (the JPEG copies of CIFAR-10) and gin_configs/cpu_budget.gin (WRN-10-2 with BN, batch 64 + 64 p(x),
+  warm-up 200), for a fixed number of steps instead of minutes; OOD sets: DTD, CelebA 32x32 and
+  interpolated CIFAR-10. The softmax reference is gin_configs/softmax_cifar10.gin with the same
+  overlays.
+
+The samplers:
 
 * sgld: the quickstart's proximal SGLD, K = 5 (step 1, noise 0, clamps).
 * mala: MALASampler, 4 transitions + 1 pass to start the chain; proposal = SGLD step 1 with noise
@@ -18,10 +27,12 @@ scored by the classifier-feature FD / score of the softmax run; `--ais` test log
 per second are training steps over the training wall time, tracing included, on a shared machine.
 
     nice python benchmarks/sampler_comparison.py --steps=300 --output_dir=/tmp/sampler_comparison
+    nice python benchmarks/sampler_comparison.py --recipe=cifar10 --steps=300 \
+        --output_dir=/tmp/sampler_comparison_cifar10
 
-Prints a markdown table and writes benchmarks/results/<device>_sampler_comparison.{json,md}.
-Digits at a few hundred steps: this shows how the samplers behave in the pipeline, not how they
-rank on CIFAR-10 at the papers' scale.
+Prints a markdown table and writes benchmarks/results/<device>_sampler_comparison[_cifar10].{json,md}.
+A few hundred steps on a CPU: this shows how the samplers behave in the pipeline, not how they rank
+at the papers' scale (WRN-28-10, 200 epochs).
 """
 
 import json
@@ -38,6 +49,7 @@ from _common import device_name  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+flags.DEFINE_enum("recipe", "digits", ["digits", "cifar10"], "The SADA-JEM recipe the samplers train.")
 flags.DEFINE_integer("steps", 300, "Training steps per run.")
 flags.DEFINE_list("rows", ["sgld", "mala", "hmc"], "Samplers to compare.")
 flags.DEFINE_string("output_dir", "/tmp/sampler_comparison", "Where the runs go.")
@@ -45,10 +57,31 @@ flags.DEFINE_integer("samples", 256, "Samples drawn per run for the classifier-f
 flags.DEFINE_integer("ais_chains", 32, "AIS chains.")
 flags.DEFINE_integer("ais_temperatures", 500, "AIS temperatures.")
 flags.DEFINE_integer("eval_examples", 200, "Test images for the AIS log-likelihood.")
-flags.DEFINE_string("output", None, "JSON path (default benchmarks/results/<device>_sampler_comparison.json).")
+flags.DEFINE_string(
+    "output", None, "JSON path (default benchmarks/results/<device>_sampler_comparison[_<recipe>].json)."
+)
 FLAGS = flags.FLAGS
 
 COMMON = ["run_training.baseline = None", "run_training.checkpoint_every = 100000"]
+# The gin files of each recipe: the SADA-JEM rows, then the softmax reference row.
+RECIPES = {
+    "digits": {
+        "sadajem": ["gin_configs/quickstart.gin"],
+        "softmax": ["gin_configs/quickstart.gin"],
+        "description": "SADA-JEM on digits (quickstart)",
+    },
+    "cifar10": {
+        "sadajem": ["gin_configs/sadajem.gin", "gin_configs/data/cifar10_local.gin", "gin_configs/cpu_budget.gin"],
+        "softmax": [
+            "gin_configs/softmax_cifar10.gin",
+            "gin_configs/data/cifar10_local.gin",
+            "gin_configs/cpu_budget.gin",
+        ],
+        "description": "SADA-JEM on CIFAR-10 (JPEG copies; sadajem.gin + cpu_budget.gin: WRN-10-2, batch 64 + 64)",
+        # A fixed number of steps, not the overlay's minutes.
+        "bindings": ["run_training.max_minutes = None"],
+    },
+}
 ROWS = {
     "sgld": [],  # the quickstart's SGLDSampler
     "mala": [
@@ -87,10 +120,13 @@ def _run(args):
 
 def _train(name, bindings):
     model_dir = os.path.join(FLAGS.output_dir, name)
-    params = COMMON + [f"TRAIN_STEPS = {FLAGS.steps}"] + bindings
+    recipe = RECIPES[FLAGS.recipe]
+    gin_files = recipe["softmax" if name == "softmax" else "sadajem"]
+    params = COMMON + recipe.get("bindings", []) + [f"TRAIN_STEPS = {FLAGS.steps}"] + bindings
     if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
         _run(
-            ["train.py", "--gin_file=gin_configs/quickstart.gin", f"--model_dir={model_dir}"]
+            ["train.py", f"--model_dir={model_dir}"]
+            + [f"--gin_file={g}" for g in gin_files]
             + [f"--gin_param={p}" for p in params]
         )
     return model_dir
@@ -166,15 +202,18 @@ def main(argv):
             "wall_seconds": round(time.time() - start, 1),
             "last_logged": logged,
         }
+    ood_names = sorted({o for r in rows.values() for o in r["auroc_log_px"]})
     lines = [
-        f"SADA-JEM on digits (quickstart), {FLAGS.steps} steps, 5 gradient evaluations of the energy per "
+        f"{RECIPES[FLAGS.recipe]['description']}, {FLAGS.steps} steps, 5 gradient evaluations of the energy per "
         f"step for every sampler; {FLAGS.samples} samples scored in the feature space of a softmax classifier "
         f"trained alike (not Inception); AIS with {FLAGS.ais_chains} chains x {FLAGS.ais_temperatures} "
         f"temperatures on {FLAGS.eval_examples} dequantised test images. Steps/s include tracing, shared CPU.",
         "",
-        "| sampler | acc | ECE | AUROC photos | AUROC interp | classifier FD | classifier score | steps/s | "
+        "| sampler | acc | ECE | "
+        + "".join(f"AUROC {o} | " for o in ood_names)
+        + "classifier FD | classifier score | steps/s | "
         "log Z (s.e.) | test LL nats | bits/dim | accept (last log) | step size (last log) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|" + "---|" * len(ood_names) + "---|---|---|---|---|---|---|---|",
     ]
 
     def num(v, fmt):
@@ -183,8 +222,8 @@ def main(argv):
     for name, r in rows.items():
         lines.append(
             f"| {name} | {num(r['accuracy'], '.3f')} | {num(r['ece'], '.3f')} | "
-            f"{num(r['auroc_log_px'].get('photos'), '.3f')} | {num(r['auroc_log_px'].get('interp'), '.3f')} | "
-            f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
+            + "".join(f"{num(r['auroc_log_px'].get(o), '.3f')} | " for o in ood_names)
+            + f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
             f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} "
             f"({num(r['ais_log_z_stderr'], '.2f')}) | "
             f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} | "
@@ -192,10 +231,15 @@ def main(argv):
         )
     table = "\n".join(lines)
     print(table)
-    out = FLAGS.output or os.path.join(REPO, "benchmarks", "results", f"{device_name()}_sampler_comparison.json")
+    suffix = "" if FLAGS.recipe == "digits" else f"_{FLAGS.recipe}"
+    out = FLAGS.output or os.path.join(
+        REPO, "benchmarks", "results", f"{device_name()}_sampler_comparison{suffix}.json"
+    )
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"steps": FLAGS.steps, "rows": rows, "settings": {k: ROWS[k] for k in FLAGS.rows}}, f, indent=2)
+        record = {"recipe": FLAGS.recipe, "steps": FLAGS.steps, "rows": rows}
+        record["settings"] = {k: ROWS[k] for k in FLAGS.rows}
+        json.dump(record, f, indent=2)
     with open(out[: -len(".json")] + ".md", "w") as f:
         f.write(table + "\n")
     print(f"wrote {out} and {out[: -len('.json')]}.md")
