@@ -31,7 +31,6 @@ The random augmentations (kornia; `sampler.augmentation`, `model.ebm_augmentatio
 injects the augmented batch, not kornia's parameter draws.
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -50,16 +49,14 @@ ENCODER_WIDTH = 16
 
 
 def parse():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--official", default="/work/official/CLEL")
-    p.add_argument("--precision", choices=["float64", "float32"], default="float64")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument(
-        "--seed", type=int, default=1, help="seeds torch, NumPy and random (seed 1: 3 chain re-inits in 3 steps)"
-    )
-    p.add_argument("--out", default=None)
-    return p.parse_args()
+    def more(p):
+        p.add_argument("--steps", type=int, default=3)
+        p.add_argument("--batch", type=int, default=4)
+        p.add_argument(
+            "--seed", type=int, default=1, help="seeds torch, NumPy and random (seed 1: 3 chain re-inits in 3 steps)"
+        )
+
+    return recording.parse_recorder_args(__doc__, "/work/official/CLEL", more)
 
 
 def overrides(a, log_dir):
@@ -102,24 +99,21 @@ def tiny_resnet(torchvision):
 
 def main():
     a = parse()
-    out = os.path.abspath(a.out) if a.out else os.path.join(recording.REPO, f"tests/data/parity/clel_{a.precision}.npz")
-    root = os.path.realpath(a.official)
+    out = recording.output_path(a.out, f"clel_{a.precision}.npz")
     torchvision = recording.import_real_torchvision()
     torchvision.models.__dict__["resnet18_tiny"] = tiny_resnet(torchvision)
-    recording.stub_modules("torch.utils.tensorboard")
-    recording.force_cpu()
-    sys.path.insert(0, root)
+    root = recording.use_checkout(a.official, "torch.utils.tensorboard", torchvision_stub=False)
     log_dir = os.path.join(tempfile.mkdtemp(prefix="clel_parity_"), "run")
     argv = [os.path.join(root, "train.py"), os.path.join(root, "configs/cifar10.yaml")] + overrides(a, log_dir)
     import kornia  # noqa: PLC0415
 
-    golden = recording.Golden(
-        repo="hankook/CLEL",
-        commit=COMMIT,
-        recorder="benchmarks/parity/record_clel.py",
-        precision=a.precision,
-        steps=a.steps,
-        settings=argv[1:],
+    golden = recording.recorder_golden(
+        __file__,
+        "hankook/CLEL",
+        COMMIT,
+        a.precision,
+        a.steps,
+        argv[1:],
         seed=a.seed,
         kornia_version=kornia.__version__,
         architecture={
@@ -162,9 +156,7 @@ def main():
         import random  # noqa: PLC0415
 
         random.seed(a.seed)
-        x, y = recording.load_cifar10("train", range(a.steps * a.batch))
-        x = torch.tensor(x.transpose(0, 3, 1, 2) / 255.0, dtype=torch.get_default_dtype())
-        y = torch.tensor(y)
+        x, y = recording.cifar10_tensors("train", range(a.steps * a.batch), center=False)
         batches = [(x[k * a.batch : (k + 1) * a.batch], y[k * a.batch : (k + 1) * a.batch]) for k in range(a.steps)]
         for k, (xb, _yb) in enumerate(batches):
             golden.add(f"batch/{k}/x_pos", xb)
@@ -203,13 +195,11 @@ def main():
                     if n.startswith("metrics/"):
                         golden.add(f"step/{k}/loss/{n[len('metrics/') :]}", v)
                 recording.add_full_at_last(golden, k, a.steps - 1, "x_neg", loc["outputs"]["images/x_neg"])
-                golden.add(f"step/{k}/opt/lr_ebm", np.asarray(opt1.param_groups[0]["lr"]))
-                golden.add(f"step/{k}/opt/lr_encoder", np.asarray(opt2.param_groups[0]["lr"]))
+                recording.add_lr(golden, f"step/{k}/opt/lr_ebm", opt1)
+                recording.add_lr(golden, f"step/{k}/opt/lr_encoder", opt2)
                 if k == 0:
-                    for prefix, module in (("ebm", model.ebm), ("encoder", model.encoder)):
-                        for n, p in module.named_parameters():
-                            if p.grad is not None:
-                                golden.add(f"step/0/grad/{prefix}.{n}", p.grad)
+                    recording.add_grads(golden, "step/0/grad/ebm.", model.ebm)
+                    recording.add_grads(golden, "step/0/grad/encoder.", model.encoder)
 
             def after(k):
                 sd = model.state_dict()
@@ -245,20 +235,17 @@ def main():
             if "model" not in state:
                 raise SystemExit("the official main() never reached the training loop")
             evaluate(a, state["model"], golden, tape)
-        tape.to_golden(golden)
-    golden.check_precision(a.precision)
-    # Over the 3 MB / 2 MB aims: the augmented views, chain starts and SGLD noise of every step (~0.6 MB a
-    # step in float64) are all injected; see README.md.
-    golden.save(out, max_bytes=4_000_000 if a.precision == "float64" else 2_600_000)
+        # Over the 3 MB / 2 MB aims: the augmented views, chain starts and SGLD noise of every step
+        # (~0.6 MB a step in float64) are all injected; see README.md.
+        recording.finish(golden, tape, a.precision, out, 4_000_000 if a.precision == "float64" else 2_600_000)
 
 
 def evaluate(a, model, golden, tape):
     """The official OOD score (`JointModel.compute_ood_scores`, as test_ood.py's OODEvaluation calls it,
     model.eval()) and the network outputs on a fixed CIFAR-10 test batch, with the current and EMA weights."""
-    x, y = recording.load_cifar10("test", range(a.batch))
-    x = torch.tensor(x.transpose(0, 3, 1, 2) / 255.0, dtype=torch.get_default_dtype())
+    x, y = recording.cifar10_tensors("test", range(a.batch), center=False)
     golden.add("eval/x", x)
-    golden.add("eval/y", torch.tensor(y))
+    golden.add("eval/y", y)
     model.eval()
     tape.step = "eval"
     with torch.no_grad():

@@ -42,15 +42,13 @@ COMMIT = "962b52b8f3"
 
 
 def parse():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--official", default="/work/official/GMMC")
-    p.add_argument("--mode", choices=["dis", "gen", "joint"], default="joint")
-    p.add_argument("--precision", choices=["float64", "float32"], default="float64")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seed", type=int, default=1, help="NumPy seed (torch is seeded by main() itself)")
-    p.add_argument("--out", default=None)
-    return p.parse_args()
+    def more(p):
+        p.add_argument("--mode", choices=["dis", "gen", "joint"], default="joint")
+        p.add_argument("--steps", type=int, default=3)
+        p.add_argument("--batch", type=int, default=4)
+        p.add_argument("--seed", type=int, default=1, help="NumPy seed (torch is seeded by main() itself)")
+
+    return recording.parse_recorder_args(__doc__, "/work/official/GMMC", more)
 
 
 def official_argv(a, root, log_dir):
@@ -101,34 +99,15 @@ def official_argv(a, root, log_dir):
     return argv
 
 
-def scaled(x):
-    return torch.tensor((x.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5, dtype=torch.get_default_dtype())
-
-
 def main():
     a = parse()
-    out = (
-        os.path.abspath(a.out)
-        if a.out
-        else os.path.join(recording.REPO, f"tests/data/parity/gmmc_{a.mode}_{a.precision}.npz")
-    )
-    root = os.path.realpath(a.official)
-    recording.stub_torchvision()
-    recording.stub_modules("tensorboardX")
-    recording.force_cpu()
-    sys.path.insert(0, root)
+    out = recording.output_path(a.out, f"gmmc_{a.mode}_{a.precision}.npz")
+    root = recording.use_checkout(a.official, "tensorboardX")
     os.chdir(root)  # ExpUtils.copy_script_to_folder copies "utils.py" etc. from the working directory
     log_dir = tempfile.mkdtemp(prefix="gmmc_parity_")
     argv = official_argv(a, root, log_dir)
-    golden = recording.Golden(
-        repo="sndnyang/GMMC",
-        commit=COMMIT,
-        recorder="benchmarks/parity/record_gmmc.py",
-        precision=a.precision,
-        steps=a.steps,
-        settings=argv[1:],
-        mode=a.mode,
-        numpy_seed=a.seed,
+    golden = recording.recorder_golden(
+        __file__, "sndnyang/GMMC", COMMIT, a.precision, a.steps, argv[1:], mode=a.mode, numpy_seed=a.seed
     )
     golden.meta["notes"] = [
         "train_gmmc.py runs as __main__ (runpy): its parser and main() (torch seeded by main's seed = 1); "
@@ -145,8 +124,7 @@ def main():
 
     with recording.float64_mode(a.precision == "float64"):
         np.random.seed(a.seed)
-        x, y = recording.load_cifar10("train", range(2 * a.steps * a.batch))
-        x, y = scaled(x), torch.tensor(y)
+        x, y = recording.cifar10_tensors("train", range(2 * a.steps * a.batch))
         b = a.batch
         train = [(x[2 * k * b : (2 * k + 1) * b], y[2 * k * b : (2 * k + 1) * b]) for k in range(a.steps)]
         labeled = [(x[(2 * k + 1) * b : (2 * k + 2) * b], y[(2 * k + 1) * b : (2 * k + 2) * b]) for k in range(a.steps)]
@@ -179,17 +157,13 @@ def main():
                 loc = recording.frame_locals("main")
                 # Only this step's terms: main()'s locals keep the previous steps' (joint: l_p_x_given_y).
                 names_k = ("l_p_x", "fp", "fq", "L") if generative[k] else ("l_p_x_given_y", "L")
-                for n in names_k:
-                    if isinstance(loc.get(n), torch.Tensor):
-                        golden.add(f"step/{k}/loss/{n}", loc[n])
+                recording.add_terms(golden, f"step/{k}/loss", loc, names_k, keep=torch.is_tensor)
                 if generative[k]:
                     recording.add_full_at_last(golden, k, a.steps - 1, "x_q", loc["x_q"])
                     golden.add(f"step/{k}/state/y_q", loc["y_q"])
                 if k == 0:
-                    for n, p in f.named_parameters():
-                        if p.grad is not None:
-                            golden.add(f"step/0/grad/{n}", p.grad)
-                golden.add(f"step/{k}/opt/lr", np.asarray(optim.param_groups[0]["lr"]))
+                    recording.add_grads(golden, "step/0/grad/", f)
+                recording.add_lr(golden, f"step/{k}/opt/lr", optim)
 
             def after(k):
                 # Per step: probes of every weight and Adam slot (README "probe/"; the eval features
@@ -215,17 +189,14 @@ def main():
             raise SystemExit("the official main() never reached the training loop")
         evaluate(a, state["f"], state["lgm"], golden, root)
         tape.zero_unpicked("Tensor.uniform_@utils.py:135:init_random_x_y", "torch.rand", lambda u: u < 0.25)
-        tape.to_golden(golden)
-    golden.check_precision(a.precision)
-    golden.save(out, max_bytes=3_200_000 if a.precision == "float64" else 2_000_000)
+        recording.finish(golden, tape, a.precision, out, 3_200_000 if a.precision == "float64" else 2_000_000)
 
 
 def evaluate(a, f, lgm, golden, root):
     sys.modules.pop("utils", None)
     import utils as official_utils  # a fresh import: the real lda_eval_classification  # noqa: PLC0415
 
-    x, y = recording.load_cifar10("test", range(a.batch))
-    x, y = scaled(x), torch.tensor(y)
+    x, y = recording.cifar10_tensors("test", range(a.batch))
     golden.add("eval/x", x)
     golden.add("eval/y", y)
     f.eval()

@@ -43,18 +43,16 @@ LOSS_NAMES = ("l_pyxce", "l_pxsgld", "l_pxcontrast", "l_pxycontrast", "l_pxysgld
 
 
 def parse():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--official", default="/work/official/HDGE")
-    p.add_argument("--variant", choices=["hdge", "hdge_jem"], default="hdge")
-    p.add_argument("--precision", choices=["float64", "float32"], default="float64")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--norm", default="none", choices=["none", "batch"])
-    # Default seeds: 4 (float32) and 10 (float64) draw no buffer row twice within a step of
-    # hdge_jem (PyTorch leaves such duplicate writes undefined; see docs/parity.md, JEM).
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default=None)
-    a = p.parse_args()
+    def more(p):
+        p.add_argument("--variant", choices=["hdge", "hdge_jem"], default="hdge")
+        p.add_argument("--steps", type=int, default=3)
+        p.add_argument("--batch", type=int, default=4)
+        p.add_argument("--norm", default="none", choices=["none", "batch"])
+        # Default seeds: 4 (float32) and 10 (float64) draw no buffer row twice within a step of
+        # hdge_jem (PyTorch leaves such duplicate writes undefined; see docs/parity.md, JEM).
+        p.add_argument("--seed", type=int, default=None)
+
+    a = recording.parse_recorder_args(__doc__, "/work/official/HDGE", more)
     if a.seed is None:
         a.seed = 10 if a.precision == "float64" else 4
     return a
@@ -113,9 +111,7 @@ def official_argv(a, log_dir):
 
 def batches(a, n):
     # Real CIFAR-10 training images, scaled to [-1, 1] like the official Normalize(.5, .5).
-    x, y = recording.load_cifar10("train", range(2 * n * a.batch))
-    x = torch.tensor((x.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5, dtype=torch.get_default_dtype())
-    y = torch.tensor(y)
+    x, y = recording.cifar10_tensors("train", range(2 * n * a.batch))
     out = []
     for k in range(n):
         p = slice(2 * k * a.batch, (2 * k + 1) * a.batch)
@@ -126,14 +122,10 @@ def batches(a, n):
 
 def main():
     a = parse()
-    out = (
-        os.path.abspath(a.out)
-        if a.out
-        else os.path.join(recording.REPO, f"tests/data/parity/{a.variant}_{a.precision}.npz")
+    out = recording.output_path(a.out, f"{a.variant}_{a.precision}.npz")
+    root = recording.use_checkout(
+        a.official, "matplotlib", "matplotlib.pyplot", "pylab", "seaborn", "sklearn", "sklearn.metrics"
     )
-    root = os.path.realpath(a.official)
-    recording.stub_torchvision()
-    recording.stub_modules("matplotlib", "matplotlib.pyplot", "pylab", "seaborn")
     auc_inputs = []
 
     def roc_auc_score(labels, scores):
@@ -144,20 +136,11 @@ def main():
         n1, n0 = labels.sum(), len(labels) - labels.sum()
         return (ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)
 
-    recording.stub_modules("sklearn", "sklearn.metrics")
     sys.modules["sklearn.metrics"].roc_auc_score = roc_auc_score
-    recording.force_cpu()
-    sys.path.insert(0, root)
     log_dir = tempfile.mkdtemp(prefix="hdge_parity_")
     argv = official_argv(a, log_dir)
-    golden = recording.Golden(
-        repo="lhao499/HDGE",
-        commit=COMMIT,
-        recorder="benchmarks/parity/record_hdge.py",
-        precision=a.precision,
-        steps=a.steps,
-        settings=argv[1:],
-        variant=a.variant,
+    golden = recording.recorder_golden(
+        __file__, "lhao499/HDGE", COMMIT, a.precision, a.steps, argv[1:], variant=a.variant
     )
     golden.meta["notes"] = [
         "train_wrn.py runs as __main__ (runpy) with its own parser, set_seed and main(); get_data replaced by "
@@ -195,16 +178,12 @@ def main():
 
             def before(k):
                 loc = recording.frame_locals("main")
-                for n in LOSS_NAMES:
-                    if n in loc and isinstance(loc[n], torch.Tensor):
-                        golden.add(f"step/{k}/loss/{n}", loc[n])
-                if k == 0:
-                    for n, p in f.named_parameters():
-                        if p.grad is not None:  # f.linear and energy_output are unused by the step
-                            golden.add(f"step/0/grad/{n}", p.grad)
+                recording.add_terms(golden, f"step/{k}/loss", loc, LOSS_NAMES, keep=torch.is_tensor)
+                if k == 0:  # (f.linear and energy_output are unused by the step: no gradient)
+                    recording.add_grads(golden, "step/0/grad/", f)
                 if "x_q" in loc and a.variant == "hdge_jem":
                     recording.add_full_at_last(golden, k, a.steps - 1, "x_q", loc["x_q"])
-                golden.add(f"step/{k}/opt/lr", np.asarray(optim.param_groups[0]["lr"]))
+                recording.add_lr(golden, f"step/{k}/opt/lr", optim)
 
             def after(k):
                 # Per step: probes of every weight and Adam slot (README "probe/"); in full only
@@ -230,9 +209,7 @@ def main():
             recording.run_official_script([os.path.join(root, "train_wrn.py")] + argv[1:], tape)
             evaluate(a, state["f"], golden, tape, root, auc_inputs)
         tape.zero_unpicked("Tensor.uniform_@utils.py:101:init_random", "torch.rand", lambda u: u < 0.25)
-        tape.to_golden(golden)
-    golden.check_precision(a.precision)
-    golden.save(out, max_bytes=3_200_000 if a.precision == "float64" else 2_000_000)
+        recording.finish(golden, tape, a.precision, out, 3_200_000 if a.precision == "float64" else 2_000_000)
 
 
 def evaluate(a, f, golden, tape, root, auc_inputs):
@@ -242,9 +219,7 @@ def evaluate(a, f, golden, tape, root, auc_inputs):
     sys.modules.pop("eval_wrn", None)
     import eval_wrn  # noqa: PLC0415
 
-    x, y = recording.load_cifar10("test", range(a.batch))
-    x = torch.tensor((x.transpose(0, 3, 1, 2) / 255.0 - 0.5) / 0.5, dtype=torch.get_default_dtype())
-    y = torch.tensor(y)
+    x, y = recording.cifar10_tensors("test", range(a.batch))
     gen = np.random.RandomState(0)
     x_ood = torch.tensor(gen.uniform(-1, 1, size=tuple(x.shape)), dtype=torch.get_default_dtype())
     golden.add("eval/x", x)

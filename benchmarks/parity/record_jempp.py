@@ -23,7 +23,7 @@ functions px / py / pxgrad, the network in eval mode as its `main` sets it) runs
 batch (CIFAR-10 test images as in-distribution, DTD textures as OOD).
 """
 
-import argparse
+import importlib
 import os
 import sys
 import tempfile
@@ -48,29 +48,12 @@ def reinit_freq(precision):
     return 0.25 if precision == "float64" else 0.0
 
 
-def stub_more():
-    """matplotlib and tensorboardX (imported by ExpUtils for logging/plots only)."""
-    for name in ("matplotlib", "matplotlib.pyplot", "tensorboardX"):
-        sys.modules.setdefault(name, recording._Anything(name))
-    sys.modules["matplotlib"].pyplot = sys.modules["matplotlib.pyplot"]
-
-
 def two_class_images(split, n):
     """The first `n` images of `split` whose label is < N_CLASSES (uint8 NHWC, labels)."""
     x, y = official_run.fixed_images(split, 0, 40 * n // N_CLASSES + 64)
     keep = np.flatnonzero(y < N_CLASSES)[:n]
     assert keep.size == n, "not enough images of the first classes"
     return x[keep], y[keep]
-
-
-def setup(opts, script):
-    auc_calls = []
-    official_run.stub_modules(auc_calls)
-    stub_more()
-    recording.force_cpu()
-    sys.path.insert(0, opts.official)
-    parser = official_run.official_parser(os.path.join(opts.official, script))
-    return parser, auc_calls
 
 
 def fixed_batches(dtype, n_batches, with_index=False):
@@ -154,33 +137,6 @@ def capture_setup(T, golden, tape):
     return held
 
 
-def run_main(T, args, precision, tape, owner, attr, factory):
-    """Run the official `T.main(args)` with `owner.attr` (the optimizer class it builds) replaced
-    by `factory` (which installs the tap), in `precision`, until the tap stops it."""
-    original = getattr(owner, attr)
-    setattr(owner, attr, factory)
-    try:
-        with recording.float64_mode(precision == "float64"), tape:
-            try:
-                T.main(args)
-            except recording.StopRecording:
-                pass
-    finally:
-        setattr(owner, attr, original)
-
-
-def unique_state(module):
-    """`state_dict()` without alias keys (a module registered twice, as the YOPO network's
-    `layer_one` / `other_layers`): the first name of each tensor."""
-    seen, out = set(), {}
-    for n, v in module.state_dict().items():
-        key = (v.data_ptr(), tuple(v.shape))
-        if key not in seen:
-            seen.add(key)
-            out[n] = recording.to_numpy(v)
-    return out
-
-
 def store_draws(golden, tape, reinit_freq, fresh_fn):
     """The tape's draws; the fresh informative samples of rows the reinit mask does not pick are
     stored as 0 (they do not enter the step): `fresh_fn` names the official function drawing them."""
@@ -202,60 +158,80 @@ def store_draws(golden, tape, reinit_freq, fresh_fn):
     tape.to_golden(golden)
 
 
-def store_steps(golden, per_step, steps):
-    for k in range(steps):
-        if k == steps - 1:
-            golden.add(f"step/{k}/state/x_q", per_step[k]["x_q"])
-        else:
-            golden.add(f"step/{k}/probe/state/x_q", official_run.probe(per_step[k]["x_q"]))
-        for n, v in per_step[k]["param"].items():  # BN statistics (<= 64 entries) are stored whole
-            golden.add(f"step/{k}/probe/param/{n}", official_run.probe(v))
-        for n, v in per_step[k]["opt"].items():
-            if n == "lr" or n.endswith("/step"):
-                golden.add(f"step/{k}/opt/{n}", v)
-            else:
-                golden.add(f"step/{k}/probe/opt/{n}", official_run.probe(v))
-        golden.add(f"step/{k}/probe/state/replay_buffer", official_run.probe(per_step[k]["buffer"]))
+class Recording:
+    """One recording of the JEM++ family (this file, record_sadajem.py): the official training
+    module run once through its `main(args)`, fed the fixed two-class batches, its informative
+    initialisation handed the class Gaussians fitted to `init_state/class_images`."""
 
+    def __init__(self, doc, official, train_script):
+        self.opts, self.parser, self.auc_calls = official_run.setup(doc, official, train_script, logging_stubs=True)
+        self.per_step = {}
 
-def record_eval(golden, E, eval_parser, state_dict, make_model, auc_calls, dtype, precision, extra_args):
-    """The official OODAUC (px / py / pxgrad) and logits on a fixed test batch, model in eval mode."""
-    import torch
+    def prepare(self, argv, module, with_index=False):
+        """Parse the official options `argv` (2 classes), import the official training module
+        `module` (its functions read the module-level `args` its __main__ sets), make the fixed
+        batches and hand `torch.load` the class Gaussians of their statistics images (until `run`
+        ends); no checkpoint writes. Returns the module."""
+        args = self.parser.parse_args(argv)
+        args.n_classes = N_CLASSES
+        args.pid = "record"
+        dtype = np.float64 if self.opts.precision == "float64" else np.float32
+        T = importlib.import_module(module)
+        T.args = args
+        self.args, self.T = args, T
+        self.batches_px, self.batches_lab, self.stats = fixed_batches(dtype, STEPS, with_index)
+        centers, covs = class_gaussians(*self.stats, dtype)
+        self.restore_load = patch_torch_load(args.dataset, centers, covs)
+        T.checkpoint = lambda *a, **k: None
+        return T
 
-    x_test, y_test = official_run.fixed_images("test", 0, BATCH)
-    x_ood = official_run.dtd_images(BATCH)
-    x_eval = torch.tensor(official_run.to_official(x_test, dtype))
-    x_fake = torch.tensor(official_run.to_official(x_ood, dtype))
-    golden.add("eval/x", x_eval)
-    golden.add("eval/y", y_test)
-    golden.add("eval/x_ood", x_fake)
-    with recording.float64_mode(precision == "float64"):
-        ef = make_model()
-        ef.load_state_dict(state_dict)
-        ef.eval()  # eval_*.py main: f.eval() before OODAUC
-        golden.add("eval/logits", ef.classify(x_eval))
-        loaders = []
-        E.DataLoader = lambda dset, **k: loaders.pop(0)
-        for score_fn in ("px", "py", "pxgrad"):
-            eargs = eval_parser.parse_args(["--score_fn", score_fn, "--ood_dataset", "svhn"] + extra_args)
-            eargs.debug = True  # (ExpUtils.init_env sets it; OODAUC reads it for num_workers)
-            E.args = eargs  # eval_sadajem.py's OODAUC also reads its __main__'s global `args`
-            loaders[:] = [[(x_eval, torch.tensor(y_test))], [(x_fake, torch.zeros(BATCH, dtype=torch.long))]]
-            E.OODAUC(ef, eargs, "cpu")
-            call = auc_calls.pop()
-            golden.add(f"eval/{score_fn}/scores_in", call["scores"][:BATCH])
-            golden.add(f"eval/{score_fn}/scores_ood", call["scores"][BATCH:])
-            golden.add(f"eval/{score_fn}/auroc", call["auc"])
+    def start(self, script, repo, commit, note=""):
+        """The golden file (metadata, with the recorder's own `note`; the class-statistics images),
+        the random tape, and the capture of the official model and informative buffer
+        (`capture_setup`)."""
+        notes = (
+            "2 classes; class Gaussians fitted (category_mean's formulas) to init_state/class_images; "
+            f"{note}fresh informative samples of rows the reinit mask does not pick are stored as 0; "
+            "probe/ keys hold <= 256 evenly spaced entries of the flattened tensor"
+        )
+        self.golden = recording.recorder_golden(
+            script, repo, commit, self.opts.precision, STEPS, vars(self.args), notes=notes
+        )
+        self.golden.add("init_state/class_images", self.stats[0])
+        self.golden.add("init_state/class_labels", self.stats[1])
+        self.tape = recording.RandomTape([self.opts.official])
+        self.held = capture_setup(self.T, self.golden, self.tape)
+
+    def run(self, owner, attr, install):
+        """`official_run.run_main` with `owner.attr` (the official optimizer class) tapped by `install`."""
+        official_run.run_main(self.T, self.args, self.opts.precision, self.tape, owner, attr, install)
+        self.restore_load()
+
+    def finish(self, batches_px, eval_script, eval_args, out):
+        """The batches (`batches_px`: the p(x) batches as the step received them), the draws
+        (`store_draws`), the per-step records, the official evaluation `eval_script` with the
+        official CCF of `args`, and the file `out`."""
+        golden, args = self.golden, self.args
+        official_run.store_batches(golden, batches_px, self.batches_lab)
+        store_draws(golden, self.tape, args.reinit_freq, "init_random")
+        official_run.store_steps(golden, self.per_step, STEPS)
+        official_run.record_eval(
+            golden,
+            self.opts,
+            eval_script,
+            self.held["f"],
+            lambda E: E.CCF(args.depth, args.width, args.norm, n_classes=N_CLASSES, model=args.model),
+            self.auc_calls,
+            eval_args,
+            BATCH,
+        )
+        official_run.save(golden, out)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--official", default="/work/official/JEMPP")
-    ap.add_argument("--precision", choices=["float64", "float32"], default="float64")
-    ap.add_argument("--out", default=None)
-    opts = ap.parse_args()
-    out = opts.out or os.path.join(HERE, "..", "..", "tests", "data", "parity", f"jempp_{opts.precision}.npz")
-    parser, auc_calls = setup(opts, "train_jempp.py")
+    run = Recording(__doc__, "/work/official/JEMPP", "train_jempp.py")
+    opts = run.opts
+    out = recording.output_path(opts.out, f"jempp_{opts.precision}.npz")
     import torch
 
     save_dir = tempfile.mkdtemp(prefix="record_jempp_")
@@ -295,90 +271,17 @@ def main():
         "--print_every",
         "1000",
     ]
-    args = parser.parse_args(argv)
-    args.n_classes = N_CLASSES
-    args.pid = "record"
-    dtype = np.float64 if opts.precision == "float64" else np.float32
+    T = run.prepare(argv, "train_jempp")  # (sample_p_0 reads the module-level `args`)
+    T.get_data = lambda a: (list(run.batches_px), iter(run.batches_lab), [], [])
+    run.start(__file__, REPO, COMMIT)
 
-    import train_jempp as T
+    def install(opt):
+        official_run.tap_main_step(run.golden, run.held, run.per_step, opt, STEPS, run.tape)
 
-    T.args = args  # sample_p_0 reads the module-level `args` its __main__ sets
-
-    batches_px, batches_lab, (stats_x, stats_y) = fixed_batches(dtype, STEPS)
-    T.get_data = lambda a: (list(batches_px), iter(batches_lab), [], [])
-    T.checkpoint = lambda *a, **k: None
-    centers, covs = class_gaussians(stats_x, stats_y, dtype)
-    restore_load = patch_torch_load(args.dataset, centers, covs)
-
-    golden = recording.Golden(
-        repo=REPO,
-        commit=COMMIT,
-        recorder="benchmarks/parity/record_jempp.py",
-        precision=opts.precision,
-        steps=STEPS,
-        settings=vars(args),
-        notes=(
-            "2 classes; class Gaussians fitted (category_mean's formulas) to "
-            "init_state/class_images; fresh informative samples of rows the "
-            "reinit mask does not pick are stored as 0; probe/ keys hold <= 256 "
-            "evenly spaced entries of the flattened tensor"
-        ),
+    run.run(torch.optim, "SGD", install)
+    run.finish(
+        run.batches_px, "eval_jempp", ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "yopo"], out
     )
-    golden.add("init_state/class_images", stats_x)
-    golden.add("init_state/class_labels", stats_y)
-    tape = recording.RandomTape([opts.official])
-    held = capture_setup(T, golden, tape)
-    original_sgd = torch.optim.SGD
-    per_step = {}
-
-    def make_sgd(*a, **k):
-        opt = original_sgd(*a, **k)
-        names = {id(p): n for n, p in held["f"].named_parameters()}
-
-        def before(step):
-            loc = recording.frame_locals("main")
-            for name in ("l_p_x", "l_p_y_given_x", "L", "fp", "fq"):
-                golden.add(f"step/{step}/loss/{name}", loc[name])
-            per_step[step] = {"x_q": recording.to_numpy(loc["x_q"])}
-            if step == 0:
-                for n, p in held["f"].named_parameters():
-                    if p.grad is not None:  # energy_output is never used by CCF
-                        golden.add(f"step/0/grad/{n}", p.grad)
-
-        def after(step):
-            per_step[step]["param"] = unique_state(held["f"])
-            per_step[step]["opt"] = recording.optimizer_state(opt, names)
-            per_step[step]["buffer"] = recording.to_numpy(held["buffer"])
-
-        recording.OptimizerTap(opt, STEPS, before=before, after=after, tape=tape)
-        return opt
-
-    run_main(T, args, opts.precision, tape, torch.optim, "SGD", make_sgd)
-    restore_load()
-
-    for k in range(STEPS):
-        golden.add(f"batch/{k}/x_p_d", batches_px[k][0])
-        golden.add(f"batch/{k}/y_p_d", batches_px[k][1])
-        golden.add(f"batch/{k}/x_lab", batches_lab[k][0])
-        golden.add(f"batch/{k}/y_lab", batches_lab[k][1])
-    store_draws(golden, tape, args.reinit_freq, "init_random")
-    store_steps(golden, per_step, STEPS)
-
-    import eval_jempp as E
-
-    eval_parser = official_run.official_parser(os.path.join(opts.official, "eval_jempp.py"))
-    record_eval(
-        golden,
-        E,
-        eval_parser,
-        held["f"].state_dict(),
-        lambda: E.CCF(args.depth, args.width, args.norm, n_classes=N_CLASSES, model=args.model),
-        auc_calls,
-        dtype,
-        opts.precision,
-        ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "yopo"],
-    )
-    golden.save(out, max_bytes=int(os.environ.get("PARITY_MAX_BYTES", 4_500_000)))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ plotting, checkpoint files) and lets the official step run as written. This modu
   and writes them as one compressed `.npz`.
 """
 
+import argparse
 import contextlib
 import importlib.machinery
 import inspect
@@ -155,6 +156,21 @@ def load_cifar10(split, indices, path="/work/shared/data/cifar10_jpeg_bytes.npz"
     return np.stack(images), labels[np.asarray(indices)].astype(np.int64)
 
 
+def image_tensor(x_uint8, center=True):
+    """uint8 NHWC images -> NCHW tensor of the default dtype, in [-1, 1] as the official
+    `Normalize((.5, .5, .5), (.5, .5, .5))` maps them (`center=False`: [0, 1], `ToTensor` alone)."""
+    x = x_uint8.transpose(0, 3, 1, 2) / 255.0
+    if center:
+        x = (x - 0.5) / 0.5
+    return torch.tensor(x, dtype=torch.get_default_dtype())
+
+
+def cifar10_tensors(split, indices, center=True):
+    """`load_cifar10` as torch tensors: images by `image_tensor`, int64 labels."""
+    x, y = load_cifar10(split, indices)
+    return image_tensor(x, center), torch.tensor(y)
+
+
 class FixedLoader:
     """Stands in for an official DataLoader: yields the given batches in order (and `__next__`
     cycles them, for loaders the official code wraps in an infinite `cycle`). `on_iter()` runs when
@@ -189,6 +205,19 @@ def force_cpu():
     torch.Tensor.cuda = lambda self, *a, **k: self
 
 
+def use_checkout(official, *stubs, torchvision_stub=True):
+    """Ready the official checkout `official` to be imported and run: torchvision (`stub_torchvision`,
+    unless the recorder imports the real one) and the modules `stubs` (`stub_modules`) stubbed, CUDA
+    off (`force_cpu`), its real path first on `sys.path`. Returns that path."""
+    root = os.path.realpath(official)
+    if torchvision_stub:
+        stub_torchvision()
+    stub_modules(*stubs)
+    force_cpu()
+    sys.path.insert(0, root)
+    return root
+
+
 @contextlib.contextmanager
 def float64_mode(enabled=True):
     """Run the official code in float64: default dtype, and `torch.FloatTensor(*sizes)` allocations."""
@@ -212,6 +241,23 @@ def float64_mode(enabled=True):
 
 
 # ----------------------------------------------------------------------------- helpers
+def parse_recorder_args(doc, official, more=None):
+    """The recorder's command line: `--official` (the checkout, default `official`), `--precision`,
+    the recorder's own options (`more(parser)`), `--out` (default: `output_path`)."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--official", default=official)
+    p.add_argument("--precision", choices=["float64", "float32"], default="float64")
+    if more is not None:
+        more(p)
+    p.add_argument("--out", default=None)
+    return p.parse_args()
+
+
+def output_path(out, name):
+    """Where a recording goes: `--out`, else tests/data/parity/<name> of this checkout."""
+    return os.path.abspath(out) if out else os.path.join(REPO, "tests", "data", "parity", name)
+
+
 def to_numpy(x):
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy().copy()
@@ -424,6 +470,27 @@ def optimizer_state(optimizer, param_names):
     return out
 
 
+def add_terms(golden, prefix, loc, names, keep=None):
+    """`<prefix>/<name>` for each of `names` in `loc` (the official step's local variables, e.g. its
+    loss terms): all of them must be there; with `keep`, those there whose value `keep` accepts."""
+    for n in names:
+        if keep is None or (n in loc and keep(loc[n])):
+            golden.add(f"{prefix}/{n}", loc[n])
+
+
+def add_grads(golden, prefix, module):
+    """`<prefix><name>`: the `.grad` of every parameter of `module` that has one (just before the
+    update; parameters the step never uses have none)."""
+    for n, p in module.named_parameters():
+        if p.grad is not None:
+            golden.add(f"{prefix}{n}", p.grad)
+
+
+def add_lr(golden, key, optimizer):
+    """The learning rate of the optimizer's first parameter group (as the update uses it)."""
+    golden.add(key, np.asarray(optimizer.param_groups[0]["lr"]))
+
+
 def add_step_probes(golden, k, state_dict, optimizer, param_names, prefix=""):
     """`step/k/probe/param/<name>` of every `state_dict` entry and `step/k/probe/opt/<prefix><name>/<slot>`
     of every optimizer slot: the per-step record of weights and slots (README "probe/")."""
@@ -486,3 +553,19 @@ class Golden:
                 "use a smaller network, batch or buffer"
             )
         return path
+
+
+def recorder_golden(script, repo, commit, precision, steps, settings, **meta):
+    """A `Golden` with the metadata every recording carries (README: `meta/json`): the official
+    `repo` and `commit`, the recorder (`script`: its `__file__`), precision, steps and settings."""
+    recorder = os.path.relpath(os.path.abspath(script), REPO)
+    return Golden(
+        repo=repo, commit=commit, recorder=recorder, precision=precision, steps=steps, settings=settings, **meta
+    )
+
+
+def finish(golden, tape, precision, out, max_bytes):
+    """Store the tape's draws, check every float array has the run's precision, write `out`."""
+    tape.to_golden(golden)
+    golden.check_precision(precision)
+    golden.save(out, max_bytes=max_bytes)
