@@ -154,7 +154,21 @@ def _check_range(name, value, minimum, maximum, exclusive_minimum=False):
         raise ValueError(f"`{name}` must be <= {maximum}. Received: {name}={value}")
 
 
-class Setting:
+class _Declared:
+    """What both kinds of setting do as descriptors: know their name, read the object's store."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def _stored(self, obj, table):
+        """The object's stored entry of this setting in `table` ("variables" or "structure")."""
+        try:
+            return getattr(_store(obj), table)[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set") from None
+
+
+class Setting(_Declared):
     """A numeric run-time setting held in a `tf.Variable` that the compiled step reads.
 
     Float settings are stored in float64 and read, while tracing, in the run's float width
@@ -181,16 +195,10 @@ class Setting:
         self.maximum = maximum
         self.structure = structure
 
-    def __set_name__(self, owner, name):
-        self.name = name
-
     def __get__(self, obj, objtype=None):
         if obj is None:
             return self
-        try:
-            var = _store(obj).variables[self.name]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set") from None
+        var = self._stored(obj, "variables")
         if isinstance(var, _Constant):
             return var.value
         if tf.executing_eagerly():
@@ -236,7 +244,7 @@ class Setting:
         return _store(obj).variables[self.name]
 
 
-class TraceSetting:
+class TraceSetting(_Declared):
     """A Python run-time setting that decides the graph: a change forces the compiled step to be
     rebuilt (see `EBMTrainer.trace_signature`). `normalize` maps an assigned value to the stored
     one (and may raise ValueError); stored values must be hashable."""
@@ -244,16 +252,10 @@ class TraceSetting:
     def __init__(self, normalize: Callable[[Any], Hashable] | None = None) -> None:
         self.normalize = normalize
 
-    def __set_name__(self, owner, name):
-        self.name = name
-
     def __get__(self, obj, objtype=None):
         if obj is None:
             return self
-        try:
-            return _store(obj).structure[self.name]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__}.{self.name} has not been set") from None
+        return self._stored(obj, "structure")
 
     def __set__(self, obj, value):
         _store(obj).structure[self.name] = self.normalize(value) if self.normalize is not None else value

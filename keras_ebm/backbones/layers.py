@@ -131,20 +131,8 @@ class SpectralNormConv2D(keras.layers.Conv2D):
         cols = 1
         for d in self.kernel.shape[:-1]:
             cols *= int(d)
-        self.sn_u = self.add_weight(
-            shape=(rows,),
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
-            trainable=False,
-            aggregation="none",
-            name="sn_u",
-        )
-        self.sn_v = self.add_weight(
-            shape=(cols,),
-            initializer=keras.initializers.RandomNormal(stddev=1.0),
-            trainable=False,
-            aggregation="none",
-            name="sn_v",
-        )
+        self.sn_u = self._power_iteration_vector(rows, "sn_u")
+        self.sn_v = self._power_iteration_vector(cols, "sn_v")
         # sigma valid before the first training call, in inference mode too: the exact top
         # singular pair of the initialised kernel (default), or PyTorch's 15 power iterations at
         # registration. Under a strategy this runs in cross-replica context: every mirror gets it.
@@ -161,6 +149,16 @@ class SpectralNormConv2D(keras.layers.Conv2D):
             )
         self.sn_u.assign(tf.cast(u, self.sn_u.dtype))
         self.sn_v.assign(tf.cast(v, self.sn_v.dtype))
+
+    def _power_iteration_vector(self, size, name):
+        """A non-trainable N(0, 1) vector of the power iteration (`sn_u` or `sn_v`)."""
+        return self.add_weight(
+            shape=(size,),
+            initializer=keras.initializers.RandomNormal(stddev=1.0),
+            trainable=False,
+            aggregation="none",
+            name=name,
+        )
 
     def _power_iteration(self, w, u, v, n):
         for _ in range(n):

@@ -97,6 +97,12 @@ class Evaluator:
         return []
 
 
+def paragraphs(entries: Mapping[str, Any], text: Callable[[str, Any], str]) -> list[str]:
+    """results.md lines of an evaluator's entries that take one paragraph each: a blank line, then
+    `text(name, entry)`, for every entry in order (for `Evaluator.markdown`)."""
+    return [line for name, r in entries.items() for line in ("", text(name, r))]
+
+
 def register(name: str) -> Callable[[type[Evaluator]], type[Evaluator]]:
     """Class decorator: registers an `Evaluator` subclass under `name`, gin-configurable as `name`."""
 

@@ -650,12 +650,18 @@ def evaluate_robustness(
 
 def write_results(results: Mapping[str, Any], output_dir: str | os.PathLike) -> tuple[str, str]:
     """Writes `robustness_<name>.json` and the curve `robustness_<name>.png`; returns both paths."""
+    json_path = _write_json(results, output_dir)
+    png_path = robustness_curve([results], os.path.join(output_dir, f"robustness_{results['name']}.png"))
+    return json_path, png_path
+
+
+def _write_json(results, output_dir):
+    """Writes `robustness_<name>.json` (creating `output_dir`); returns its path."""
     os.makedirs(output_dir, exist_ok=True)
     json_path = os.path.join(output_dir, f"robustness_{results['name']}.json")
     with open(json_path, "w") as f:
         json.dump(results, f, indent=2)
-    png_path = robustness_curve([results], os.path.join(output_dir, f"robustness_{results['name']}.png"))
-    return json_path, png_path
+    return json_path
 
 
 def robustness_curve(
@@ -856,7 +862,5 @@ def evaluate_cw(
         f"mean L2 {results['mean_l2']:.4f}, median {results['median_l2']:.4f} ([0, 1] units)"
     )
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, f"robustness_{name}.json"), "w") as f:
-            json.dump(results, f, indent=2)
+        _write_json(results, output_dir)
     return results

@@ -64,6 +64,16 @@ def _nest(flat, sizes):
     return nested
 
 
+def _backward(loss_fn, variables):
+    """One backward pass of `loss_fn()`'s (replica-scaled) total: `(gradients of the flat
+    variables, losses, flat variables, group sizes)`."""
+    variables, sizes = _flatten(variables)
+    with tf.GradientTape() as tape:
+        losses = loss_fn()
+        total = distribute.scale_loss(_total(losses))
+    return tape.gradient(total, variables), losses, variables, sizes
+
+
 def _dense_or_zeros(grads, variables):
     # Sparse (IndexedSlices) gradients are densified: ε is a dense perturbation of the weights.
     return [
@@ -120,11 +130,7 @@ class PlainGradients:
     def __call__(
         self, loss_fn: Callable[[], dict[str, tf.Tensor]], variables: Sequence[Any]
     ) -> tuple[list[Any], dict[str, tf.Tensor]]:
-        variables, sizes = _flatten(variables)
-        with tf.GradientTape() as tape:
-            losses = loss_fn()
-            total = distribute.scale_loss(_total(losses))
-        grads = tape.gradient(total, variables)
+        grads, losses, _, sizes = _backward(loss_fn, variables)
         return _nest(grads, sizes), losses
 
     def get_config(self) -> dict[str, Any]:
@@ -240,11 +246,8 @@ class SAMGradients:
     def __call__(
         self, loss_fn: Callable[[], dict[str, tf.Tensor]], variables: Sequence[Any]
     ) -> tuple[list[Any], dict[str, tf.Tensor]]:
-        variables, sizes = _flatten(variables)
-        with tf.GradientTape() as tape:
-            losses = loss_fn()
-            total = distribute.scale_loss(_total(losses))
-        grads = _dense_or_zeros(tape.gradient(total, variables), variables)
+        grads, losses, variables, sizes = _backward(loss_fn, variables)
+        grads = _dense_or_zeros(grads, variables)
         if self.sync_perturbation:
             ctx = tf.distribute.get_replica_context()
             if ctx is not None and ctx.num_replicas_in_sync > 1:

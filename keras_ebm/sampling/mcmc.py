@@ -19,9 +19,8 @@ gin config swaps one for the other (`JEM.sampler = @MALASampler()`).
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -30,14 +29,12 @@ import tensorflow_probability as tfp
 from tensorflow.python.ops import control_flow_v2_func_graphs
 from tensorflow_probability.python.internal import unnest
 
-from keras_ebm import distribute
-from keras_ebm.sampling.sgld import _per_sample_norm, call_energy, check_clamps
-from keras_ebm.stateless_scope import get_stateless_scope
+from keras_ebm.sampling.chains import ChainSampler, call_energy, chain_stats, check_clamps
 
 _ADAPTATIONS = ("simple", "dual_averaging", None)
 
 
-class MCMCSampler(keras.layers.Layer):
+class MCMCSampler(ChainSampler, keras.layers.Layer):
     """Base class of `MALASampler` and `HMCSampler`: a Metropolis-Hastings chain on
     pi(x) ∝ exp(-E(x) / T) per sample, with per-chain step-size adaptation. Use a subclass.
 
@@ -176,13 +173,7 @@ class MCMCSampler(keras.layers.Layer):
         self.num_adaptation_steps = None if num_adaptation_steps is None else int(num_adaptation_steps)
         self.persist_step_size = bool(persist_step_size)
         self.temperature = float(temperature)
-        self.grad_clip = grad_clip
-        self.x_clip = x_clip
-        self.energy_reduction = energy_reduction
-        self.energy_training = bool(energy_training)
-        self.freeze_bn_stats = bool(freeze_bn_stats)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._init_chain_settings(grad_clip, x_clip, energy_reduction, energy_training, freeze_bn_stats, seed)
 
         # Written by `train_step` (the cross-replica means): replica-local copies (on-read) that
         # every replica sets to the same reduced value, so no merge_call is needed.
@@ -202,8 +193,6 @@ class MCMCSampler(keras.layers.Layer):
         self.last_accept_rate = on_read(0.0, "accept_rate")
         self.last_accept_min = on_read(0.0, "accept_min")
         self._frozen = False
-        # (energy_fn, settings) -> tf.function of the chain, for eager calls (see `_chain_function`).
-        object.__setattr__(self, "_chain_functions", {})
         self.built = True
 
     # ------------------------------------------------------------------ run-time settings
@@ -244,38 +233,11 @@ class MCMCSampler(keras.layers.Layer):
         return 1 + n_steps * self.gradient_evaluations_per_step if n_steps else 0
 
     # ------------------------------------------------------------------ interface of SGLDSampler
-    def __call__(
-        self,
-        energy_fn: Callable[..., tf.Tensor],
-        x_init: tf.Tensor,
-        y: tf.Tensor | None = None,
-        n_steps: int | tf.Tensor | None = None,
-    ) -> tf.Tensor:
-        # A `keras.layers.Layer` only so that its variables are tracked and saved with the trainer;
-        # it is called like `SGLDSampler`, not like a layer.
-        x, _ = self._sample(energy_fn, x_init, y, n_steps)
-        return x
-
-    def sample_with_stats(
-        self,
-        energy_fn: Callable[..., tf.Tensor],
-        x_init: tf.Tensor,
-        y: tf.Tensor | None = None,
-        n_steps: int | tf.Tensor | None = None,
-    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """Run the chains; return `(x, stats)` (see the class docstring for the keys)."""
-        return self._sample(energy_fn, x_init, y, n_steps)
-
-    @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
-        """Within this context the chains change no variable: neither the energy function's
-        (as `freeze_bn_stats=True`) nor the sampler's step size and diagnostics."""
-        previous = self.freeze_bn_stats, self._frozen
-        self.freeze_bn_stats, self._frozen = True, True
-        try:
-            yield self
-        finally:
-            self.freeze_bn_stats, self._frozen = previous
+    # `__call__`, `sample_with_stats` and `frozen()` come from `ChainSampler`. A
+    # `keras.layers.Layer` only so that its variables are tracked and saved with the trainer; it is
+    # called like `SGLDSampler`, not like a layer. `frozen()` also keeps the sampler's step size and
+    # diagnostics.
+    _frozen_attributes = ("freeze_bn_stats", "_frozen")
 
     def logs(self) -> dict[str, tf.Tensor]:
         """The last call's diagnostics as the trainer reports them (read after the step)."""
@@ -286,13 +248,7 @@ class MCMCSampler(keras.layers.Layer):
         }
 
     # ------------------------------------------------------------------ the chain
-    def _sample(self, energy_fn, x_init, y, n_steps):
-        x_init = tf.stop_gradient(tf.convert_to_tensor(x_init))
-        if not x_init.dtype.is_floating:
-            raise ValueError(
-                "`x_init` must be a float tensor (images in the pixel range). "
-                f"Received: x_init.dtype={x_init.dtype.name}"
-            )
+    def _check_start(self, x_init):
         if x_init.shape.rank is not None and x_init.shape.rank < 2:
             raise ValueError(
                 "`x_init` must have a leading batch axis and at least one more (one chain per row). "
@@ -300,8 +256,11 @@ class MCMCSampler(keras.layers.Layer):
             )
         if self.x_clip is not None:  # pi is restricted to the box: start inside it
             x_init = tf.clip_by_value(x_init, self.x_clip[0], self.x_clip[1])
-        n_steps = tf.cast(self.n_steps_variable.value if n_steps is None else n_steps, tf.int32)
-        seed = distribute.replica_seed(self.seed_generator)
+        return x_init
+
+    def _sample(self, energy_fn, x_init, y, n_steps, with_stats):
+        """`(x, stats)` with or without `with_stats` (the diagnostics are recorded either way)."""
+        x_init, n_steps, seed = self._start(x_init, n_steps)
         step0 = tf.fill(tf.shape(x_init)[:1], tf.exp(tf.cast(self.log_step_size.value, x_init.dtype)))
         if tf.executing_eagerly():
             chain = self._chain_function(energy_fn)
@@ -313,9 +272,7 @@ class MCMCSampler(keras.layers.Layer):
         accept = tf.where(n_steps > 0, accept_sum / steps, tf.ones_like(accept_sum))
         step_sizes = tf.cast(step_sizes, tf.float32)
         stats = {
-            "grad_norm": tf.reduce_mean(_per_sample_norm(grad)),
-            "energy_start": tf.reduce_mean(energies_start),
-            "energy_end": tf.reduce_mean(energies_end),
+            **chain_stats(grad, energies_start, energies_end),
             "accept_rate": tf.reduce_mean(accept),
             "accept_rate_min": tf.reduce_min(accept),
             "step_size": tf.reduce_mean(step_sizes),
@@ -361,18 +318,11 @@ class MCMCSampler(keras.layers.Layer):
             self.adaptation_rate,
             self.num_adaptation_steps,
         )
-        chain = self._chain_functions.get(key)
-        if chain is None:
 
-            def run_chain(x, y, seed, n_steps, step0):
-                return self._chain(energy_fn, x, y, seed, n_steps, step0)
+        def run_chain(x, y, seed, n_steps, step0):
+            return self._chain(energy_fn, x, y, seed, n_steps, step0)
 
-            chain = tf.function(run_chain)
-            if get_stateless_scope() is None:
-                if len(self._chain_functions) >= 8:  # energy functions made afresh per call
-                    self._chain_functions.clear()
-                self._chain_functions[key] = chain
-        return chain
+        return self._cached_chain(key, run_chain)
 
     def _target_log_prob_fn(self, energy_fn, y, batch_size, dtype):
         """log pi(x) per chain: -E(x) / (T * s), -inf outside `x_clip`, gradient clamped."""
@@ -484,12 +434,7 @@ class MCMCSampler(keras.layers.Layer):
             num_adaptation_steps=self.num_adaptation_steps,
             persist_step_size=self.persist_step_size,
             temperature=self.temperature,
-            grad_clip=self.grad_clip,
-            x_clip=None if self.x_clip is None else list(self.x_clip),
-            energy_reduction=self.energy_reduction,
-            energy_training=self.energy_training,
-            freeze_bn_stats=self.freeze_bn_stats,
-            seed=self.seed,
+            **self._chain_settings_config(),
         )
         return config
 

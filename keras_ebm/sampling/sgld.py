@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from keras_ebm import distribute, random_draws, run_settings
-from keras_ebm.stateless_scope import discard_updates, get_stateless_scope
-
-_REDUCTIONS = ("sum", "mean")
+from keras_ebm import random_draws, run_settings
+from keras_ebm.sampling.chains import ChainSampler, call_energy, chain_stats, check_clamps
 
 
 @keras.saving.register_keras_serializable(package="keras_ebm")
-class SGLDSampler:
+class SGLDSampler(ChainSampler):
     """Stochastic gradient Langevin dynamics (SGLD) on an energy function.
 
     Runs `n_steps` of
@@ -82,7 +78,11 @@ class SGLDSampler:
 
     Returns:
         The final samples, same shape and dtype as `x_init`, with the gradient stopped.
-        `sample_with_stats` also returns a dict of scalar diagnostics.
+        `sample_with_stats` also returns a dict of float32 scalar diagnostics: `grad_norm`, the
+        mean over samples of the L2 norm of the gradient of the reduced energy (the one the step
+        uses, before the clamp) at the last step; `energy_start`, the mean per-sample energy of
+        `x_init`; `energy_end`, the mean per-sample energy at the input of the last step (no extra
+        forward pass is spent on the final samples). All three are 0 when `n_steps` is 0.
 
     Run-time settings (`keras_ebm.run_settings`): `n_steps`, `step_size` and `noise_std` are
     variables the compiled chain reads (assign them between training steps, e.g. the divergence
@@ -150,104 +150,32 @@ class SGLDSampler:
         self.n_steps = int(n_steps)
         self.step_size = float(step_size)
         self.noise_std = float(noise_std)
-        self.grad_clip = None if grad_clip is None else float(grad_clip)
-        self.x_clip = x_clip
-        self.energy_reduction = energy_reduction
-        self.energy_training = bool(energy_training)
-        self.freeze_bn_stats = bool(freeze_bn_stats)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self._init_chain_settings(grad_clip, x_clip, energy_reduction, energy_training, freeze_bn_stats, seed)
         self.jit_compile = bool(jit_compile)
-        # (energy_fn, settings of the trace) -> tf.function of the chain; see `_chain_function`.
-        self._chain_functions = {}
-
-    def __call__(
-        self,
-        energy_fn: Callable[..., tf.Tensor],
-        x_init: tf.Tensor,
-        y: tf.Tensor | None = None,
-        n_steps: int | tf.Tensor | None = None,
-    ) -> tf.Tensor:
-        x, _ = self._sample(energy_fn, x_init, y, n_steps, with_stats=False)
-        return x
-
-    @contextlib.contextmanager
-    def frozen(self) -> Iterator[None]:
-        """Within this context the chains change no variable of the energy function: BatchNorm
-        moving statistics and spectral-norm power-iteration vectors updated by a train-mode
-        forward pass are discarded (as `freeze_bn_stats=True`). Generation from a trained model
-        uses it: drawing samples must not alter the model it evaluates.
-        """
-        previous = self.freeze_bn_stats
-        self.freeze_bn_stats = True
-        try:
-            yield self
-        finally:
-            self.freeze_bn_stats = previous
-
-    def sample_with_stats(
-        self,
-        energy_fn: Callable[..., tf.Tensor],
-        x_init: tf.Tensor,
-        y: tf.Tensor | None = None,
-        n_steps: int | tf.Tensor | None = None,
-    ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
-        """Run the chains and also return diagnostics.
-
-        Returns:
-            `(x, stats)`: `x` as from `__call__`; `stats` a dict of float32 scalars:
-            `grad_norm`, the mean over samples of the L2 norm of the gradient of the reduced
-            energy (the one the step uses, before the clamp) at the
-            last step; `energy_start`, the mean per-sample energy of `x_init`;
-            `energy_end`, the mean per-sample energy at the input of the last step (no extra
-            forward pass is spent on the final samples). All three are 0 when `n_steps` is 0.
-        """
-        x, (grad, energies_start, energies_end) = self._sample(energy_fn, x_init, y, n_steps, with_stats=True)
-        # Reduced once here; the loop only carried the last step's gradient and energies.
-        stats = {
-            "grad_norm": tf.reduce_mean(_per_sample_norm(grad)),
-            "energy_start": tf.reduce_mean(energies_start),
-            "energy_end": tf.reduce_mean(energies_end),
-        }
-        return x, stats
 
     def _sample(self, energy_fn, x_init, y, n_steps, with_stats):
-        x_init = tf.stop_gradient(tf.convert_to_tensor(x_init))
-        if not x_init.dtype.is_floating:
-            raise ValueError(
-                "`x_init` must be a float tensor (images in the pixel range). "
-                f"Received: x_init.dtype={x_init.dtype.name}"
-            )
-        n_steps = self.n_steps if n_steps is None else n_steps
-        n_steps = tf.cast(n_steps, tf.int32)
-        # Drawn once per call and folded with the step index: one seed-generator advance per
-        # call, distinct noise per step and (through replica_seed) per replica. Drawn outside the
-        # chain's tf.function, which then holds no state of its own.
-        seed = distribute.replica_seed(self.seed_generator)
+        """`(x, None)`, or with `with_stats` `(x, stats)` (the keys: see the class docstring)."""
+        x_init, n_steps, seed = self._start(x_init, n_steps)
         if self.jit_compile or tf.executing_eagerly():
             chain = self._chain_function(energy_fn, with_stats)
-            return chain(x_init, y, seed, n_steps)
-        return self._chain(energy_fn, x_init, y, seed, n_steps, with_stats)
+            x, out = chain(x_init, y, seed, n_steps)
+        else:
+            x, out = self._chain(energy_fn, x_init, y, seed, n_steps, with_stats)
+        if not with_stats:
+            return x, None
+        # Reduced once here; the loop only carried the last step's gradient and energies.
+        return x, chain_stats(*out)
 
     def _chain_function(self, energy_fn, with_stats):
-        """The chain as a `tf.function` (XLA-compiled with `jit_compile`), cached per energy function
-        and per setting read while tracing. Inside a `keras.StatelessScope` (SAM's second pass,
-        `discard_updates`) the trace captures the scope's variable values, so it is not cached."""
+        """The chain as a cached `tf.function` (XLA-compiled with `jit_compile`)."""
         # n_steps, step_size and noise_std are variables the function reads: not part of the key
         # (noise_std's structural part, whether noise is drawn at all, is in the signature).
         key = (energy_fn, with_stats, run_settings.signature(self), random_draws.replaying())
-        chain = self._chain_functions.get(key)
-        if chain is None:
 
-            def run_chain(x, y, seed, n_steps):
-                return self._chain(energy_fn, x, y, seed, n_steps, with_stats)
+        def run_chain(x, y, seed, n_steps):
+            return self._chain(energy_fn, x, y, seed, n_steps, with_stats)
 
-            chain = tf.function(run_chain, jit_compile=self.jit_compile or None)
-            if get_stateless_scope() is None:
-                if len(self._chain_functions) >= 8:  # energy functions made afresh per call
-                    self._chain_functions.clear()
-                self._chain_functions[key] = chain
-        return chain
+        return self._cached_chain(key, run_chain, jit_compile=self.jit_compile or None)
 
     def _chain(self, energy_fn, x_init, y, seed, n_steps, with_stats):
         """`n_steps` SGLD steps from `x_init`: `(x, None)`, or with `with_stats` `(x, (gradient of
@@ -319,59 +247,10 @@ class SGLDSampler:
             "n_steps": self.n_steps,
             "step_size": self.step_size,
             "noise_std": self.noise_std,
-            "grad_clip": self.grad_clip,
-            "x_clip": None if self.x_clip is None else list(self.x_clip),
-            "energy_reduction": self.energy_reduction,
-            "energy_training": self.energy_training,
-            "freeze_bn_stats": self.freeze_bn_stats,
-            "seed": self.seed,
+            **self._chain_settings_config(),
             "jit_compile": self.jit_compile,
         }
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> SGLDSampler:
         return cls(**config)
-
-
-def _per_sample_norm(t):
-    t = tf.cast(t, tf.float32)
-    flat = tf.reshape(t, [tf.shape(t)[0], -1])
-    return tf.norm(flat, axis=-1)
-
-
-def check_clamps(
-    grad_clip: float | None, x_clip: tuple[float, float] | None, energy_reduction: str
-) -> tuple[float | None, tuple[float, float] | None]:
-    """`(grad_clip, x_clip)` as float / (lo, hi) floats or None, after checking them and
-    `energy_reduction` (shared by `SGLDSampler` and the samplers of `keras_ebm.sampling.mcmc`)."""
-    if grad_clip is not None and not float(grad_clip) > 0:
-        raise ValueError(f"`grad_clip` must be a positive float or None (no clamp). Received: grad_clip={grad_clip}")
-    if x_clip is not None:
-        if len(x_clip) != 2 or not float(x_clip[0]) < float(x_clip[1]):
-            raise ValueError(
-                f"`x_clip` must be a (lo, hi) pair with lo < hi, or None (no clamp). Received: x_clip={x_clip}"
-            )
-        x_clip = (float(x_clip[0]), float(x_clip[1]))
-    if energy_reduction not in _REDUCTIONS:
-        raise ValueError(
-            f"`energy_reduction` must be one of {_REDUCTIONS}. Received: energy_reduction={energy_reduction}"
-        )
-    return None if grad_clip is None else float(grad_clip), x_clip
-
-
-def call_energy(
-    energy_fn: Callable[..., tf.Tensor], x: tf.Tensor, y: tf.Tensor | None, training: bool, freeze_bn_stats: bool
-) -> tf.Tensor:
-    """`energy_fn(x, y, training=training)` as a tensor of per-sample energies `[batch]` (checked),
-    inside `discard_updates()` with `freeze_bn_stats` (shared with `keras_ebm.sampling.mcmc`)."""
-    if freeze_bn_stats:
-        with discard_updates():
-            energies = energy_fn(x, y, training=training)
-    else:
-        energies = energy_fn(x, y, training=training)
-    energies = tf.convert_to_tensor(energies)
-    if energies.shape.rank is not None and energies.shape.rank != 1:
-        raise ValueError(
-            f"`energy_fn` must return one energy per sample, shape [batch]. Received: energies.shape={energies.shape}"
-        )
-    return energies

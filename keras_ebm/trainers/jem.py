@@ -311,14 +311,7 @@ class JEMPP(JEM):
         **kwargs: Any,
     ) -> None:
         if sampler is None:
-            sampler = SGLDSampler(
-                n_steps=10,
-                step_size=1.0,
-                noise_std=0.0,
-                grad_clip=1.0,
-                x_clip=tuple(pixel_range),
-                energy_training=True,
-            )
+            sampler = _proximal_sgld(10, pixel_range)
         super().__init__(network, image_shape, num_classes, sampler=sampler, pixel_range=pixel_range, **kwargs)
 
 
@@ -348,14 +341,7 @@ class SADAJEM(JEMPP):
         **kwargs: Any,
     ) -> None:
         if sampler is None:
-            sampler = SGLDSampler(
-                n_steps=5,
-                step_size=1.0,
-                noise_std=0.0,
-                grad_clip=1.0,
-                x_clip=tuple(pixel_range),
-                energy_training=True,
-            )
+            sampler = _proximal_sgld(5, pixel_range)
         super().__init__(
             network,
             image_shape,
@@ -366,3 +352,16 @@ class SADAJEM(JEMPP):
             energy_l2_second_pass=energy_l2_second_pass,
             **kwargs,
         )
+
+
+def _proximal_sgld(n_steps, pixel_range):
+    """The default sampler of JEM++ and SADA-JEM: proximal SGLD (step 1, no noise, gradient clamp 1,
+    x clamped to the pixel range) with BatchNorm in train mode while sampling."""
+    return SGLDSampler(
+        n_steps=n_steps,
+        step_size=1.0,
+        noise_std=0.0,
+        grad_clip=1.0,
+        x_clip=tuple(pixel_range),
+        energy_training=True,
+    )

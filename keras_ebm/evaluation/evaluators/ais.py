@@ -42,17 +42,15 @@ class AIS(registry.Evaluator):
 
     @classmethod
     def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        return [
-            line
-            for name, r in entries.items()
-            for line in (
-                "",
+        return registry.paragraphs(
+            entries,
+            lambda name, r: (
                 f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
                 f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
                 f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
-                f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). " + r["variance_note"],
-            )
-        ]
+                f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). " + r["variance_note"]
+            ),
+        )
 
     @classmethod
     def columns(

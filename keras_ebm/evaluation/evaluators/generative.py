@@ -66,16 +66,15 @@ class Generative(registry.Evaluator):
 
     @classmethod
     def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        lines = []
-        for name, r in entries.items():
+        def text(name, r):
             metrics = ", ".join(f"{k} {r[k]:.4g}" for k in GENERATIVE_METRICS if k in r)
-            lines += [
-                "",
+            return (
                 f"Samples {name}: {metrics} ({r['num_samples']} samples; reference "
                 f"{r['reference']['dataset']}/{r['reference']['split']}, {r['reference']['num_examples']} "
-                f"images; {r['feature_network']})",
-            ]
-        return lines
+                f"images; {r['feature_network']})"
+            )
+
+        return registry.paragraphs(entries, text)
 
     @classmethod
     def columns(

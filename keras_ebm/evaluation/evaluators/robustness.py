@@ -124,15 +124,15 @@ class Robustness(registry.Evaluator):
                 "|---|" + "---|" * len(eps),
                 f"| {pct(r['clean_accuracy'])} | " + " | ".join(pct(a) for a in r["robust_accuracy"]) + " |",
             ]
-        for name, r in entries.items():
-            if name not in pgd:
-                lines += [
-                    "",
-                    f"{name}: success {pct(r.get('success_rate'))}, mean L2 "
-                    f"{r.get('mean_l2', float('nan')):.4f}, median L2 {r.get('median_l2', float('nan')):.4f} "
-                    f"([0, 1] units; {r.get('num_attacked')} of {r.get('num_examples')} images attacked)",
-                ]
-        return lines
+        cw = {k: r for k, r in entries.items() if k not in pgd}
+        return lines + registry.paragraphs(
+            cw,
+            lambda name, r: (
+                f"{name}: success {pct(r.get('success_rate'))}, mean L2 "
+                f"{r.get('mean_l2', float('nan')):.4f}, median L2 {r.get('median_l2', float('nan')):.4f} "
+                f"([0, 1] units; {r.get('num_attacked')} of {r.get('num_examples')} images attacked)"
+            ),
+        )
 
     @classmethod
     def columns(

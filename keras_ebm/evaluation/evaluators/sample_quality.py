@@ -47,15 +47,13 @@ class SampleQuality(registry.Evaluator):
 
     @classmethod
     def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        return [
-            line
-            for name, r in entries.items()
-            for line in (
-                "",
+        return registry.paragraphs(
+            entries,
+            lambda name, r: (
                 f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
-                f"({r['num_samples']} samples)",
-            )
-        ]
+                f"({r['num_samples']} samples)"
+            ),
+        )
 
     @classmethod
     def columns(
