@@ -107,17 +107,14 @@ def test_simclr_identity_when_everything_is_off():
     np.testing.assert_allclose(out.numpy(), x.numpy(), atol=1e-5)
 
 
+def _colour_only(x, **kwargs):
+    """`simclr_augment` of [0, 1] images with cropping and flipping off: colour changes only."""
+    return data.simclr_augment(x, SEED, pixel_range=(0.0, 1.0), crop_scale=None, flip=False, **kwargs).numpy()
+
+
 def test_simclr_grayscale_always():
     x = _images(pixel_range=(0.0, 1.0))
-    out = data.simclr_augment(
-        x,
-        SEED,
-        pixel_range=(0.0, 1.0),
-        crop_scale=None,
-        jitter_strength=0.0,
-        grayscale_prob=1.0,
-        flip=False,
-    ).numpy()
+    out = _colour_only(x, jitter_strength=0.0, grayscale_prob=1.0)
     np.testing.assert_allclose(out[..., 0], out[..., 1])
     np.testing.assert_allclose(out[..., 0], out[..., 2])
     # ITU-R 601 luma of the input, which tf.image.rgb_to_grayscale uses.
@@ -127,15 +124,7 @@ def test_simclr_grayscale_always():
 
 def test_simclr_jitter_only_changes_colours_per_sample():
     x = _same_image_batch(pixel_range=(0.0, 1.0))
-    out = data.simclr_augment(
-        x,
-        SEED,
-        pixel_range=(0.0, 1.0),
-        crop_scale=None,
-        jitter_prob=1.0,
-        grayscale_prob=0.0,
-        flip=False,
-    ).numpy()
+    out = _colour_only(x, jitter_prob=1.0, grayscale_prob=0.0)
     means = out.mean(axis=(1, 2))
     assert np.ptp(means, axis=0).max() > 0.02  # brightness/colour differ between samples
 
