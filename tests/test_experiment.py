@@ -266,7 +266,8 @@ def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp
 
     guard = divergence.DivergenceGuard(max_recoveries=1, lr_factor=1.0, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
-    model = run(tmp_path, 4, explodes_at_once, unchecked, checkpoint_every=100, log_every=1, divergence_guard=guard)
+    adam = lambda: keras.optimizers.Adam(0.05)  # noqa: E731
+    model = run_briefly(tmp_path, unchecked, adam, explodes_at_once, 4, 100, log_every=1, divergence_guard=guard)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["restored"].endswith("ckpt-0"), events
     assert int(model.optimizer.iterations.numpy()) == 4
