@@ -48,7 +48,7 @@ def segment_data(segments, clean_tail=True):
 
 
 def make_trainer(calls):
-    from helpers import tiny_network
+    from helpers import tiny_jem
     from keras_ebm.sampling import SGLDSampler
     from keras_ebm.trainers.jem import JEM
 
@@ -57,12 +57,8 @@ def make_trainer(calls):
             calls.assign_add(1)  # one per SGLD step, inside the compiled chain
             return super()._energy(x, y, training=training)
 
-    return CountingJEM(
-        tiny_network(),
-        image_shape=(8, 8, 1),
-        num_classes=10,
-        buffer_size=64,
-        seed=0,
+    return tiny_jem(
+        trainer_class=CountingJEM,
         energy_l2=0.0,
         energy_l2_mode="means",
         check_finite_inputs=False,
@@ -121,6 +117,7 @@ def run(path, model_dir, strategy=None):
     import keras
     import tensorflow as tf
 
+    from helpers import run_briefly
     from keras_ebm import callbacks, training
 
     calls = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -139,16 +136,13 @@ def run(path, model_dir, strategy=None):
                 holder["model"] = make_trainer(calls)
                 return holder["model"]
 
-            training.run_training(
-                model_dir=model_dir,
-                trainer=trainer,
-                optimizer=optimizer,
-                train_data=train_data,
-                train_steps=TRAIN_STEPS,
-                checkpoint_every=1000,
-                log_every=1000,
-                export=False,
-                progress=False,
+            run_briefly(
+                model_dir,
+                trainer,
+                optimizer,
+                train_data,
+                TRAIN_STEPS,
+                1000,
                 divergence_guard=guard(),
                 strategy=strategy,
             )

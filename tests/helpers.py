@@ -4,11 +4,21 @@ checks every trainer passes (a few fit steps, a checkpoint round trip, a `.keras
 - `tiny_network(...)`: the small convolutional networks of the tests, one function; its options
   rebuild each variant the tests used (and the numbers they pin) exactly.
 - `digits_arrays(n)`: the first `n` images of scikit-learn's 8x8 digits in a pixel range.
+- `cifar_arrays(path, n)`: the first `n` CIFAR-10 training images of the test archive.
 - `ConstantInitializer`: chains that all start at one image (distribution tests).
 - `run_trainer_smoke_test(trainer, x, y)`: `fit` a few steps; finite logs, moved weights.
 - `run_checkpoint_roundtrip(trainer_fn, x, y, directory)`: train, checkpoint with
   `keras_ebm.callbacks.make_checkpoint`, restore into a fresh trainer: every variable equal, and the
   next step equal.
+- `tiny_jem(...)`: the tiny JEM of the run / callback / guard tests (digits, buffer 64, seed 0,
+  K = 2 SGLD steps of size 1, noise 0.01), unbuilt; its options override any setting.
+- `run_briefly(model_dir, trainer, optimizer, train_data, steps, every)`: `run_training` for a few
+  steps, no progress bar, no export unless asked.
+- `run_script(args, cwd, env, timeout)`: a subprocess whose output is the message when its return
+  code is not the one expected.
+- `fit_one_device_and_two_replicas(two_device_strategy, build, x, y)` and
+  `assert_replicas_agree(results, keys)`: the same trainer fitted on one device and on two
+  replicas ends with the same logged values and network weights.
 - `every_trainer()`: one tiny instance of every trainer (softmax, JEM, JEM++, SADA-JEM, HDGE, GMMC,
   CLEL), unbuilt.
 - `run_serialization_test(trainer, x, y, directory)`: `trainer.save("x.keras")`,
@@ -70,6 +80,15 @@ def digits_arrays(n=256, pixel_range=(-1.0, 1.0), channels=1):
     return x, d.target[:n].astype("int32")
 
 
+def cifar_arrays(path, n=128, pixel_range=(-1.0, 1.0)):
+    """The first `n` CIFAR-10 training images of the JPEG archive at `path` (the `cifar10_npz`
+    fixture) as float32 numpy in `pixel_range`, and their labels."""
+    from keras_ebm.data import load_arrays, to_pixel_range
+
+    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
+    return to_pixel_range(x, pixel_range).numpy(), np.asarray(y)
+
+
 def compile_trainer(trainer, learning_rate=1e-3):
     """Compile with Adam (CLEL: Adam for the EBM, its default SGD for the encoder)."""
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
@@ -105,6 +124,78 @@ def assert_next_steps_equal(a, b, x, y, batch_size, what):
     _fit(a, x, y, 1, batch_size)
     _fit(b, x, y, 1, batch_size)
     assert_states_equal(trainer_state(a), trainer_state(b), what)
+
+
+def tiny_jem(network=None, *, trainer_class=None, sampler=None, **kwargs):
+    """A JEM on digits (8x8x1, 10 classes) over `network` (default `tiny_network()`) with a
+    64-image buffer and seed 0, sampling with `sampler` (default: SGLD, 2 steps of size 1, noise
+    0.01, seed 0); `kwargs` add or override trainer options, `trainer_class` a JEM subclass."""
+    from keras_ebm.sampling import SGLDSampler
+    from keras_ebm.trainers.jem import JEM
+
+    if network is None:
+        network = tiny_network()
+    if sampler is None:
+        sampler = SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0)
+    options = dict(image_shape=(8, 8, 1), num_classes=10, buffer_size=64, seed=0)
+    options.update(kwargs)
+    return (trainer_class or JEM)(network, sampler=sampler, **options)
+
+
+def run_briefly(model_dir, trainer, optimizer, train_data, steps, every, log_every=None, export=False, **kwargs):
+    """`training.run_training` of `trainer` for `steps` steps, a checkpoint every `every` steps and
+    a log line every `log_every` (default `every`), no progress bar, no export unless `export`;
+    `kwargs` pass on. Returns the trained model."""
+    from keras_ebm import training
+
+    return training.run_training(
+        model_dir=str(model_dir),
+        trainer=trainer,
+        optimizer=optimizer,
+        train_data=train_data,
+        train_steps=steps,
+        checkpoint_every=every,
+        log_every=every if log_every is None else log_every,
+        export=export,
+        progress=False,
+        **kwargs,
+    )
+
+
+def run_script(args, cwd, env, timeout, returncode=0, tail=3000):
+    """`subprocess.run(args)` capturing text output; asserts the return code is `returncode`,
+    with the last `tail` characters of stdout and stderr as the message. Returns the process."""
+    import subprocess
+
+    out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == returncode, out.stdout[-tail:] + out.stderr[-tail:]
+    return out
+
+
+def fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size=32):
+    """`build()` (a compiled trainer) in the scope of the default strategy and of
+    `two_device_strategy`, then fit each for one epoch of `(x, y)` in batches of `batch_size`, in
+    order. Returns `[(history dict, model, strategy)]`, one device first."""
+    results = []
+    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
+        with strategy.scope():
+            model = build()
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
+        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+        results.append((history, model, strategy))
+    return results
+
+
+def assert_replicas_agree(results, keys, weights=True):
+    """The last logged value of each of `keys` agrees (rtol 1e-4, atol 1e-5) between the two
+    fits of `fit_one_device_and_two_replicas`, and (when `weights`) so do the network weights
+    (atol 1e-5)."""
+    (h1, m1, _), (h2, m2, _) = results
+    for key in keys:
+        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5, err_msg=key)
+    if weights:
+        for a, b in zip(m1.network.weights, m2.network.weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
 
 
 class ConstantInitializer:
@@ -187,13 +278,19 @@ def run_serialization_test(trainer, x, y, directory, batch_size=16):
 
 __all__ = [
     "ConstantInitializer",
+    "assert_replicas_agree",
+    "cifar_arrays",
     "assert_next_steps_equal",
     "assert_states_equal",
     "compile_trainer",
     "digits_arrays",
+    "fit_one_device_and_two_replicas",
+    "run_briefly",
     "run_checkpoint_roundtrip",
+    "run_script",
     "run_serialization_test",
     "run_trainer_smoke_test",
+    "tiny_jem",
     "tiny_network",
     "trainer_state",
 ]
@@ -238,16 +335,39 @@ def import_script(name):
     return importlib.import_module(mine)
 
 
-def tiny_clel(**kwargs):
-    """A CLEL trainer on 8x8x3 images with 4-8 wide networks and a 20-row buffer (`kwargs` go to CLEL)."""
+def tiny_clel(image_shape=(8, 8, 3), buffer_size=20, **kwargs):
+    """A CLEL trainer on `image_shape` images with 4-8 wide networks and a `buffer_size`-row buffer
+    (`kwargs` go to CLEL)."""
     from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
     from keras_ebm.trainers import CLEL
 
     network = build_clel_ebm(
-        "small", input_shape=(8, 8, 3), widths=(4, 8), blocks_per_stage=1, head_units=8, feature_dim=8, input_mean=None
+        "small",
+        input_shape=image_shape,
+        widths=(4, 8),
+        blocks_per_stage=1,
+        head_units=8,
+        feature_dim=8,
+        input_mean=None,
     )
     projection = build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6)
     encoder = build_clel_encoder(
-        (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
+        image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
     )
-    return CLEL(network, projection, encoder, image_shape=(8, 8, 3), buffer_size=20, **kwargs)
+    return CLEL(network, projection, encoder, image_shape=image_shape, buffer_size=buffer_size, **kwargs)
+
+
+def clel_sampler(n_steps):
+    """The SGLD of the tiny CLEL tests: `n_steps` steps of 100 (gradients clipped at 100), noise
+    0.001, images in [0, 1], BN in training mode, seed 0."""
+    from keras_ebm.sampling import SGLDSampler
+
+    return SGLDSampler(
+        n_steps=n_steps,
+        step_size=100.0,
+        noise_std=0.001,
+        grad_clip=100.0,
+        x_clip=(0.0, 1.0),
+        energy_training=True,
+        seed=0,
+    )

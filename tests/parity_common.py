@@ -149,6 +149,27 @@ class Comparer:
             )
 
 
+def comparer(method, precision):
+    """A `Comparer` with the tolerances `method`'s test registered in `OVERRIDES` for `precision`."""
+    return Comparer(precision, OVERRIDES.get(method, {}).get(precision))
+
+
+def compare_final_buffer(compare, golden, trainer, key):
+    """Our replay buffer (NCHW) after the last step against the official `step/<last>/state/<key>`."""
+    last = golden.meta["steps"] - 1
+    compare(
+        "samples",
+        "replay buffer after the last step",
+        nchw(np.asarray(trainer.buffer.buffer)),
+        golden[f"step/{last}/state/{key}"],
+    )
+
+
+def assert_draws_used(replay):
+    """Every official draw was replayed (`random_draws.replay`): none left over."""
+    assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
+
+
 class float_precision:
     """Build and run inside: `keras.config.set_floatx(precision)` (float64: every layer, variable,
     optimizer slot and the learning rate in float64), restored on exit."""

@@ -11,10 +11,20 @@ import parity_common as pc
 from keras_ebm import convert, random_draws
 from keras_ebm.convert.wrn import wrn_weight_map, yopo_canonical
 from keras_ebm.evaluation.metrics import ood_metrics
+from keras_ebm.optim import TorchSGD
+from keras_ebm.optim.schedules import LinearWarmup
 from keras_ebm.sampling import InformativeInitializer
 from keras_ebm.sampling.initializers import class_gaussian_statistics
 from keras_ebm.stateless_scope import discard_updates
 
+# Official draw (function, enclosing official function) -> keras_ebm draw kind: the sampler of the
+# official JEM code (wgrathwohl/JEM), which the HDGE code reuses.
+JEM_DRAWS = {
+    ("torch.randint", "sample_p_0"): "buffer_index",
+    ("Tensor.uniform_", "init_random"): "init_uniform",
+    ("torch.rand", "sample_p_0"): "reinit",
+    ("torch.randn_like", "sample_q"): "sgld_noise",
+}
 _GAUSSIANS = {}  # (class images, labels, order) -> fitted statistics, shared by the tests of a session
 
 
@@ -95,10 +105,33 @@ def informative_initializer(golden, factor_order="chw"):
     return init
 
 
+def buffer_options(golden, factor_order="chw"):
+    """The replay-buffer options of the recorded JEM++ / SADA-JEM run: its size, its re-initialisation
+    rate and the informative initialiser (`informative_initializer`)."""
+    s = golden.meta["settings"]
+    initializer = informative_initializer(golden, factor_order=factor_order)
+    return dict(buffer_size=s["buffer_size"], reinit_prob=s["reinit_freq"], initializer=initializer)
+
+
+def warmup_sgd(settings, from_zero):
+    """The official SGD (momentum 0.9) with its linear warm-up of the recorded `settings`."""
+    lr = LinearWarmup(settings["lr"], settings["warmup_iters"], from_zero=from_zero)
+    return TorchSGD(learning_rate=lr, momentum=0.9)
+
+
 def load_official_state(trainer, golden, method):
     convert.convert_official(method, golden.under("init"), trainer, load_buffer=False)
     trainer.buffer.buffer.assign(pc.nhwc(golden["init_state/replay_buffer"]))
     trainer.build_optimizers()
+
+
+def compile_and_load(trainer, golden, method, optimizer):
+    """Compile `trainer` with `optimizer`, build it (in the global float dtype) and load the official
+    initial weights and replay buffer (`load_official_state`). Returns the trainer."""
+    trainer.compile(optimizer=optimizer)
+    trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
+    load_official_state(trainer, golden, method)
+    return trainer
 
 
 def replay(trainer, golden, draws, compare, losses, slots, weight_decay=0.0, batches=None, tap_hook=None):

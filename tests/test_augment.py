@@ -51,12 +51,16 @@ def test_pad_crop_flip_flip_only():
     assert np.all(flipped | kept) and flipped.any() and kept.any()
 
 
+def _seeded_twice_and_reseeded(augment, x, other_seed):
+    """`augment(x, SEED)` twice (asserted equal) and `augment(x, other_seed)`: returns both outputs."""
+    a = augment(x, SEED).numpy()
+    np.testing.assert_array_equal(a, augment(x, SEED).numpy())
+    return a, augment(x, tf.constant(other_seed, tf.int64)).numpy()
+
+
 def test_pad_crop_flip_per_sample_and_deterministic():
     x = _same_image_batch()
-    a = data.pad_crop_flip(x, SEED).numpy()
-    b = data.pad_crop_flip(x, SEED).numpy()
-    c = data.pad_crop_flip(x, tf.constant([3, 8], tf.int64)).numpy()
-    np.testing.assert_array_equal(a, b)
+    a, c = _seeded_twice_and_reseeded(data.pad_crop_flip, x, [3, 8])
     assert not np.array_equal(a, c)
     assert len({a[i].tobytes() for i in range(len(a))}) > 1
     assert a.min() >= x.numpy().min() and a.max() <= x.numpy().max()
@@ -85,11 +89,7 @@ def test_simclr_shape_range_per_sample(pixel_range):
 
 
 def test_simclr_deterministic():
-    x = _images()
-    a = data.simclr_augment(x, SEED).numpy()
-    b = data.simclr_augment(x, SEED).numpy()
-    c = data.simclr_augment(x, tf.constant([1, 2], tf.int64)).numpy()
-    np.testing.assert_array_equal(a, b)
+    a, c = _seeded_twice_and_reseeded(data.simclr_augment, _images(), [1, 2])
     assert not np.allclose(a, c)
 
 
@@ -107,17 +107,14 @@ def test_simclr_identity_when_everything_is_off():
     np.testing.assert_allclose(out.numpy(), x.numpy(), atol=1e-5)
 
 
+def _colour_only(x, **kwargs):
+    """`simclr_augment` of [0, 1] images with cropping and flipping off: colour changes only."""
+    return data.simclr_augment(x, SEED, pixel_range=(0.0, 1.0), crop_scale=None, flip=False, **kwargs).numpy()
+
+
 def test_simclr_grayscale_always():
     x = _images(pixel_range=(0.0, 1.0))
-    out = data.simclr_augment(
-        x,
-        SEED,
-        pixel_range=(0.0, 1.0),
-        crop_scale=None,
-        jitter_strength=0.0,
-        grayscale_prob=1.0,
-        flip=False,
-    ).numpy()
+    out = _colour_only(x, jitter_strength=0.0, grayscale_prob=1.0)
     np.testing.assert_allclose(out[..., 0], out[..., 1])
     np.testing.assert_allclose(out[..., 0], out[..., 2])
     # ITU-R 601 luma of the input, which tf.image.rgb_to_grayscale uses.
@@ -127,15 +124,7 @@ def test_simclr_grayscale_always():
 
 def test_simclr_jitter_only_changes_colours_per_sample():
     x = _same_image_batch(pixel_range=(0.0, 1.0))
-    out = data.simclr_augment(
-        x,
-        SEED,
-        pixel_range=(0.0, 1.0),
-        crop_scale=None,
-        jitter_prob=1.0,
-        grayscale_prob=0.0,
-        flip=False,
-    ).numpy()
+    out = _colour_only(x, jitter_prob=1.0, grayscale_prob=0.0)
     means = out.mean(axis=(1, 2))
     assert np.ptp(means, axis=0).max() > 0.02  # brightness/colour differ between samples
 

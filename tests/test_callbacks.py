@@ -21,23 +21,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import digits_arrays, tiny_network
+from helpers import digits_arrays, run_script, tiny_jem
 from keras_ebm import callbacks, divergence, training
-from keras_ebm.sampling import SGLDSampler
-from keras_ebm.trainers import JEM
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def jem_fn():
-    return JEM(
-        tiny_network(),
-        image_shape=(8, 8, 1),
-        num_classes=10,
-        buffer_size=64,
-        seed=0,
-        sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
-    )
+    return tiny_jem()
 
 
 def data(start=0, explode_at=None):
@@ -360,22 +351,10 @@ def test_ctrl_c_to_train_py_checkpoints_exits_130_and_resumes_exactly(tmp_path):
     assert 0 < step < 300 and f"ckpt-{step}" in lines[0] and "run the same command again" in lines[0]
     assert tf.train.latest_checkpoint(str(run_dir / "checkpoints")).endswith(f"ckpt-{step}")
     # The same command resumes from it and ends bit-identical to an uninterrupted run.
-    subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={run_dir}"] + TRAIN_ARGS,
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={tmp_path / 'whole'}"] + TRAIN_ARGS,
-        cwd=REPO,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    for model_dir in (run_dir, tmp_path / "whole"):
+        run_script(
+            [sys.executable, os.path.join(REPO, "train.py"), f"--model_dir={model_dir}"] + TRAIN_ARGS, REPO, env, 600
+        )
     resumed, whole = _final_state(run_dir), _final_state(tmp_path / "whole")
     assert sorted(resumed) == sorted(whole)
     for k in whole:

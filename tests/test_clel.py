@@ -6,7 +6,10 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    cifar_arrays,
+    clel_sampler,
     digits_arrays,
+    run_briefly,
     run_checkpoint_roundtrip,
     run_serialization_test,
     run_trainer_smoke_test,
@@ -266,15 +269,7 @@ def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
         image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
     )
     defaults = dict(
-        sampler=SGLDSampler(
-            n_steps=3,
-            step_size=100.0,
-            noise_std=0.001,
-            grad_clip=100.0,
-            x_clip=(0.0, 1.0),
-            energy_training=True,
-            seed=0,
-        ),
+        sampler=clel_sampler(3),
         buffer_size=40,
         ema_decay=0.9,
         ema_start_step=0,
@@ -293,10 +288,7 @@ def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
 
 
 def cifar_x(path, n=16):
-    from keras_ebm.data import load_arrays, to_pixel_range
-
-    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
-    x = to_pixel_range(x, (0.0, 1.0))
+    x, y = cifar_arrays(path, n, (0.0, 1.0))
     return tf.image.resize(x, (8, 8), method="area").numpy(), y  # 8x8 keeps the test fast
 
 
@@ -328,17 +320,13 @@ def test_clel_fit_on_real_cifar10_steps_both_optimizers(size, cifar10_npz, tmp_p
     cos = np.sum(z * h, 1) / np.linalg.norm(z, axis=1) / np.linalg.norm(h, axis=1)
     np.testing.assert_allclose(scores, -(0.5 * np.sum(f * f, 1) - 0.1 * cos), rtol=1e-4, atol=1e-5)
 
-    from keras_ebm import export as export_lib
+    import types
 
-    export_dir = str(tmp_path / "export")
-    export_lib.export_model(
-        model,
-        export_dir,
-        image_shape=model.image_shape,
-        pixel_range=model.pixel_range,
-        ood_score=model.default_ood_score,
-    )
-    loaded = tf.saved_model.load(export_dir)
+    from keras_ebm import actions
+
+    # What a run exports (`ExportAction`: the model's image shape, pixel range and default OOD score).
+    actions.ExportAction()(types.SimpleNamespace(model=model, model_dir=str(tmp_path)))
+    loaded = tf.saved_model.load(str(tmp_path / "export"))
     images = tf.cast(tf.round(tf.constant(x[:4]) * 255.0), tf.uint8)
     expected = model.scores(tf.cast(images, tf.float32) / 255.0)["clel"].numpy()
     np.testing.assert_allclose(loaded.ood_score(images)["ood_score"].numpy(), expected, rtol=1e-4, atol=1e-5)
@@ -348,23 +336,28 @@ def _mirrors(variable):
     return [np.asarray(v) for v in variable.value.values]
 
 
+def _sync_bn_encoder(image_shape):
+    """A tiny SimCLR encoder with synchronised BN, built after `set_random_seed(0)`."""
+    keras.utils.set_random_seed(0)
+    return build_clel_encoder(
+        image_shape,
+        widths=(4, 8),
+        blocks_per_stage=(1, 1),
+        head_units=8,
+        output_dim=6,
+        input_mean=None,
+        synchronized_bn=True,
+    )
+
+
 def _clel_one_step(strategy, x):
     """A CLEL whose step is deterministic given the global batch (chains from one constant image
     without noise or augmentation, a fixed SimCLR "augmentation", synchronised encoder BN, SGD for
     both networks), after one step under `strategy`: (history, [the update of every EBM and
     encoder variable, the EMA EBM's weights, a spectral-norm vector], model)."""
     with strategy.scope():
-        keras.utils.set_random_seed(0)
         image_shape = x.shape[1:]
-        encoder = build_clel_encoder(
-            image_shape,
-            widths=(4, 8),
-            blocks_per_stage=(1, 1),
-            head_units=8,
-            output_dim=6,
-            input_mean=None,
-            synchronized_bn=True,
-        )
+        encoder = _sync_bn_encoder(image_shape)
         model = CLEL(
             tiny_ebm(image_shape=image_shape),
             build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6),
@@ -452,26 +445,15 @@ def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_n
     # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
     # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
     # EMA copies, the spectral-norm vectors, the replay buffer and the RNG states are all restored.
-    from keras_ebm import training
-
     x, y = cifar_x(cifar10_npz, 8)
 
     def data_fn(input_context=None):  # every batch the same 8 images: the data order cannot differ
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
 
     def run(model_dir, steps):
-        return training.run_training(
-            model_dir=str(model_dir),
-            trainer=lambda: make_clel(compile=False, size=size, ebm_batch_fraction=0.25 if size == "large" else 1.0),
-            optimizer=lambda: keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999),
-            train_data=data_fn,
-            train_steps=steps,
-            checkpoint_every=2,
-            log_every=2,
-            export=False,
-            progress=False,
-            strategy=tf.distribute.get_strategy(),
-        )
+        trainer = lambda: make_clel(compile=False, size=size, ebm_batch_fraction=0.25 if size == "large" else 1.0)  # noqa: E731
+        optimizer = lambda: keras.optimizers.Adam(1e-4, beta_1=0.0, beta_2=0.999)  # noqa: E731
+        return run_briefly(model_dir, trainer, optimizer, data_fn, steps, 2, strategy=tf.distribute.get_strategy())
 
     straight = _clel_state(run(tmp_path / "straight", 4))
     first = run(tmp_path / "resumed", 2)
@@ -876,16 +858,7 @@ def test_synchronized_bn_encoder_two_replicas_match_one_device_on_the_global_bat
 
     def build(strategy):
         with strategy.scope():
-            keras.utils.set_random_seed(0)
-            return build_clel_encoder(
-                (8, 8, 3),
-                widths=(4, 8),
-                blocks_per_stage=(1, 1),
-                head_units=8,
-                output_dim=6,
-                input_mean=None,
-                synchronized_bn=True,
-            )
+            return _sync_bn_encoder((8, 8, 3))
 
     single = build(tf.distribute.get_strategy())(x, training=True).numpy()
     encoder = build(two_device_strategy)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from keras_ebm import training
+from helpers import run_briefly
 from keras_ebm.evaluation import report, runner, suite
 from keras_ebm.evaluation.generative import ClassifierFeatures
 from keras_ebm.export import export_model
@@ -159,29 +159,24 @@ def trainer_fn():
 def _tiny_run(root, name, steps):
     model_dir = root / name
     keras.utils.set_random_seed(steps)
-    model = training.run_training(
-        model_dir=str(model_dir),
-        trainer=trainer_fn,
-        optimizer=lambda: keras.optimizers.Adam(0.01),
-        train_data=data_fn,
-        train_steps=steps,
-        checkpoint_every=steps,
-        log_every=steps,
-        export=True,
-        progress=False,
-    )
+    model = run_briefly(model_dir, trainer_fn, lambda: keras.optimizers.Adam(0.01), data_fn, steps, steps, export=True)
     return model_dir, model
 
 
-def _full_eval(model_dir, model, feature_net, samples):
-    out = str(model_dir / "eval")
-    runner.run_eval(
+def _digits_eval(model_dir):
+    """`run_eval` of the run in `model_dir`: digits in distribution, noise images as OOD."""
+    return runner.run_eval(
         model_dir=str(model_dir),
         in_dist=digits_uint8,
         in_dist_name="digits",
         ood_sets={"noise": noise_uint8},
         max_examples=100,
     )
+
+
+def _full_eval(model_dir, model, feature_net, samples):
+    out = str(model_dir / "eval")
+    _digits_eval(model_dir)
     x, y = digits_uint8()
     settings = suite.pgd_settings(["sadajem_fig5_linf"], epsilons=[4, 16], steps=3)
     runner.merge_results(
@@ -231,13 +226,7 @@ def test_compare_report_of_two_tiny_runs_has_every_column_and_plot(tmp_path):
     assert results_b["generative"]["fresh/classifier_softmax_a"]["num_samples"] == 60
     assert results_b["sample_quality"]["fresh"]["num_samples"] == 60
     # run_eval again keeps what eval.py's other evaluations merged in.
-    runner.run_eval(
-        model_dir=str(dir_b),
-        in_dist=digits_uint8,
-        in_dist_name="digits",
-        ood_sets={"noise": noise_uint8},
-        max_examples=100,
-    )
+    _digits_eval(dir_b)
     assert set(runner.EXTRA_KEYS) <= set(json.loads((dir_b / "eval" / "results.json").read_text()))
     assert "Robust accuracy" in (dir_b / "eval" / "results.md").read_text()
 

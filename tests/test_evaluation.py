@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_ebm import training
+from helpers import run_briefly
 from keras_ebm.evaluation.runner import run_eval
 from test_experiment import data_fn, trainer_fn
 
@@ -28,17 +28,7 @@ def noise_uint8():
 @pytest.fixture(scope="module")
 def trained_dir(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("run")
-    training.run_training(
-        model_dir=str(model_dir),
-        trainer=trainer_fn,
-        optimizer=lambda: keras.optimizers.Adam(0.01),
-        train_data=data_fn,
-        train_steps=30,
-        checkpoint_every=30,
-        log_every=30,
-        export=True,
-        progress=False,
-    )
+    run_briefly(model_dir, trainer_fn, lambda: keras.optimizers.Adam(0.01), data_fn, 30, 30, export=True)
     return model_dir
 
 

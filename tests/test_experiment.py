@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import digits_arrays, tiny_network
+from helpers import ConstantInitializer, digits_arrays, run_briefly, run_script, tiny_jem, tiny_network
 from keras_ebm import callbacks, divergence, generation, training
 from keras_ebm.trainers import SoftmaxClassifier
 
@@ -39,18 +39,7 @@ def trainer_fn(**kwargs):
 
 
 def run(model_dir, steps, data=data_fn, trainer=trainer_fn, **kwargs):
-    kwargs.setdefault("export", False)
-    return training.run_training(
-        model_dir=str(model_dir),
-        trainer=trainer,
-        optimizer=lambda: keras.optimizers.Adam(0.05),
-        train_data=data,
-        train_steps=steps,
-        checkpoint_every=2,
-        log_every=2,
-        progress=False,
-        **kwargs,
-    )
+    return run_briefly(model_dir, trainer, lambda: keras.optimizers.Adam(0.05), data, steps, 2, **kwargs)
 
 
 def test_resume_restores_weights_optimizer_and_step(tmp_path):
@@ -144,21 +133,13 @@ def test_train_py_killed_then_resumed(tmp_path):
     latest = tf.train.latest_checkpoint(str(ckpt_dir))
     assert latest, "no checkpoint was written before the kill"
     saved_step = int(latest.rsplit("-", 1)[1])
-    out = subprocess.run(
-        cmd[:-4]
-        + [
-            f"--gin_param=run_training.train_steps={saved_step + 5}",
-            "--gin_param=run_training.evaluate=False",
-            "--gin_param=run_training.export=False",
-            "--gin_param=run_training.checkpoint_every=5",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    resume = [
+        f"--gin_param=run_training.train_steps={saved_step + 5}",
+        "--gin_param=run_training.evaluate=False",
+        "--gin_param=run_training.export=False",
+        "--gin_param=run_training.checkpoint_every=5",
+    ]
+    out = run_script(cmd[:-4] + resume, REPO, env, 240)
     log = out.stdout + out.stderr
     match = re.search(r"resumed from \S+ at step (\d+)", log)
     assert match and int(match.group(1)) == saved_step, log[-2000:]
@@ -208,18 +189,7 @@ def test_divergence_guard_threshold():
 
 
 def jem_trainer_fn():
-    from keras_ebm.sampling import SGLDSampler
-    from keras_ebm.trainers.jem import JEM
-
-    return JEM(
-        tiny_network(),
-        image_shape=(8, 8, 1),
-        num_classes=10,
-        buffer_size=64,
-        seed=0,
-        sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
-        check_finite_inputs=False,
-    )
+    return tiny_jem(check_finite_inputs=False)
 
 
 def scheduled_adam():
@@ -251,16 +221,10 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
         built.append(scenario.make_trainer(energy_calls))
         return built[-1]
 
-    kwargs = dict(
-        model_dir=str(tmp_path),
-        trainer=counting_jem,
-        optimizer=scheduled_adam,
-        checkpoint_every=2,
-        log_every=2,
-        export=False,
-        progress=False,
-    )
-    model = training.run_training(train_data=explodes_thrice, train_steps=8, divergence_guard=guard, **kwargs)
+    def run_jem(train_data, steps):
+        return run_briefly(tmp_path, counting_jem, scheduled_adam, train_data, steps, 2, divergence_guard=guard)
+
+    model = run_jem(explodes_thrice, 8)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 3, events
     assert all(e["fired"][0] in ("magnitude", "non_finite") for e in events), events
@@ -276,7 +240,7 @@ def test_divergence_guard_scales_a_schedule_and_adds_sgld_steps_that_survive_a_r
     records = []
     undo = scenario.record_monitor(records, energy_calls, lambda: built[-1])
     try:
-        resumed = training.run_training(train_data=data_fn, train_steps=10, divergence_guard=guard, **kwargs)
+        resumed = run_jem(data_fn, 10)
     finally:
         undo()
     assert int(resumed.optimizer.iterations.numpy()) == 10
@@ -302,18 +266,8 @@ def test_divergence_before_the_first_checkpoint_restarts_from_initialisation(tmp
 
     guard = divergence.DivergenceGuard(max_recoveries=1, lr_factor=1.0, confirm_steps=0)
     unchecked = lambda: trainer_fn(check_finite_inputs=False)  # noqa: E731
-    model = training.run_training(
-        model_dir=str(tmp_path),
-        trainer=unchecked,
-        optimizer=lambda: keras.optimizers.Adam(0.05),
-        train_data=explodes_at_once,
-        train_steps=4,
-        checkpoint_every=100,
-        log_every=1,
-        export=False,
-        progress=False,
-        divergence_guard=guard,
-    )
+    adam = lambda: keras.optimizers.Adam(0.05)  # noqa: E731
+    model = run_briefly(tmp_path, unchecked, adam, explodes_at_once, 4, 100, log_every=1, divergence_guard=guard)
     events = [json.loads(line) for line in (tmp_path / "divergence_events.jsonl").read_text().splitlines()]
     assert len(events) == 1 and events[0]["restored"].endswith("ckpt-0"), events
     assert int(model.optimizer.iterations.numpy()) == 4
@@ -343,36 +297,16 @@ def test_jit_compile_reaches_the_train_function(tmp_path, monkeypatch):
         # noise, every chain restarting from the same image (reinit 1: which rows are drawn does
         # not matter).
         from keras_ebm.sampling import SGLDSampler
-        from keras_ebm.trainers.jem import JEM
 
-        class Constant:
-            def init(self, shape, seed, y=None):
-                return tf.fill(shape, 0.1)
+        sampler = SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0)
+        return tiny_jem(reinit_prob=1.0, sampler=sampler, initializer=ConstantInitializer(0.1))
 
-        return JEM(
-            tiny_network(),
-            image_shape=(8, 8, 1),
-            num_classes=10,
-            buffer_size=64,
-            seed=0,
-            reinit_prob=1.0,
-            sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0),
-            initializer=Constant(),
-        )
+    def run_jem(model_dir, **kwargs):
+        return run_briefly(model_dir, deterministic_jem, lambda: keras.optimizers.SGD(0.05), data_fn, 2, 2, **kwargs)
 
-    kwargs = dict(
-        trainer=deterministic_jem,
-        optimizer=lambda: keras.optimizers.SGD(0.05),
-        train_data=data_fn,
-        train_steps=2,
-        checkpoint_every=2,
-        log_every=2,
-        export=False,
-        progress=False,
-    )
-    plain = training.run_training(model_dir=str(tmp_path / "plain"), **kwargs)
+    plain = run_jem(tmp_path / "plain")
     monkeypatch.setattr(tf, "function", recording_function)
-    xla = training.run_training(model_dir=str(tmp_path / "xla"), jit_compile=True, **kwargs)
+    xla = run_jem(tmp_path / "xla", jit_compile=True)
     monkeypatch.undo()
     assert any(compiled), "run_training(jit_compile=True) never asked tf.function for XLA"
     # Same seeds, same data: the XLA-compiled JEM step (SGLD loop, buffer gather/scatter) agrees.

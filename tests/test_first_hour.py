@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import digits_arrays, tiny_network
+from helpers import digits_arrays, run_script, tiny_network
 from keras_ebm import data, run_config, training
 from keras_ebm.data import sources
 from keras_ebm.trainers import SoftmaxClassifier
@@ -111,15 +111,8 @@ def test_the_design_command_starts_and_fails_fast_offline(tmp_path):
     env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     env.pop("KERAS_EBM_VERBOSE", None)
     start = time.time()
-    out = subprocess.run(
-        [sys.executable, os.path.join(REPO, "train.py"), "--gin_file=gin_configs/clel_large.gin"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    args = [sys.executable, os.path.join(REPO, "train.py"), "--gin_file=gin_configs/clel_large.gin"]
+    out = run_script(args, tmp_path, env, 300, returncode=1, tail=2000)
     assert out.stdout.splitlines()[0].startswith("[keras_ebm] model_dir: runs/clel_large")
     assert "--gin_file=gin_configs/data/cifar10_python.gin" in out.stderr
     assert "Traceback" not in out.stderr and "cuInit" not in out.stderr, out.stderr[-3000:]

@@ -12,7 +12,11 @@ import tensorflow as tf
 
 from helpers import (
     ConstantInitializer,
+    assert_replicas_agree,
+    cifar_arrays,
     digits_arrays,
+    fit_one_device_and_two_replicas,
+    run_briefly,
     run_checkpoint_roundtrip,
     run_serialization_test,
     run_trainer_smoke_test,
@@ -297,16 +301,9 @@ def test_noise_injected_sampling_redraws_z_every_step_and_staged_keeps_it():
 
 
 # ---------------------------------------------------------------------- training
-def _cifar(path, n=128):
-    from keras_ebm.data import load_arrays, to_pixel_range
-
-    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
-    return to_pixel_range(x, (-1.0, 1.0)).numpy(), np.asarray(y)
-
-
 @pytest.mark.parametrize("mode", ["discriminative", "generative", "joint"])
 def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
-    x, y = _cifar(cifar10_npz)
+    x, y = cifar_arrays(cifar10_npz)
     network = build_mmc_classifier(TinyCNN((8, 16), input_shape=(32, 32, 3)), num_classes=10)
     model = GMMC(
         network,
@@ -410,8 +407,6 @@ def test_joint_switches_at_switch_step_and_ramps_without_retracing():
 
 
 def test_joint_schedule_survives_checkpoint_resume(tmp_path):
-    from keras_ebm import training
-
     rng = np.random.RandomState(6)
     x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
     y = (np.arange(32) % 10).astype("int32")
@@ -419,18 +414,13 @@ def test_joint_schedule_survives_checkpoint_resume(tmp_path):
     def data(ctx=None):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
 
-    kwargs = dict(
-        trainer=lambda: tiny_gmmc(mode="joint", switch_step=3, seed=1),
-        optimizer=lambda: keras.optimizers.Adam(1e-3),
-        train_data=data,
-        checkpoint_every=1,
-        log_every=1,
-        export=False,
-        progress=False,
-    )
-    first = training.run_training(model_dir=str(tmp_path), train_steps=2, **kwargs)
+    def run(steps):
+        trainer = lambda: tiny_gmmc(mode="joint", switch_step=3, seed=1)  # noqa: E731
+        return run_briefly(tmp_path, trainer, lambda: keras.optimizers.Adam(1e-3), data, steps, 1)
+
+    first = run(2)
     assert float(first.balance()) == 0.0
-    resumed = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
+    resumed = run(4)
     # The step counter (optimizer.iterations) came back from the checkpoint: 2 restored + 2 new,
     # and the last step (index 3) ran generatively.
     assert int(resumed.optimizer.iterations.numpy()) == 4
@@ -505,33 +495,28 @@ def test_one_device_and_two_replicas_agree(two_device_strategy, mode):
     rng = np.random.RandomState(1)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
     y = (np.arange(64) % 10).astype("int32")
-    results = []
-    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
-        with strategy.scope():
-            # One buffer row per class and a constant fill: every chain start is a function of its
-            # label only, so it cannot depend on which replica drew which row; latent_std 0 and
-            # reinit 0 remove the remaining randomness.
-            model = tiny_gmmc(
-                mode=mode,
-                buffer_size=10,
-                reinit_prob=0.0,
-                latent_std=0.0,
-                initializer=ConstantInitializer(),
-                switch_step=1,
-                seed=0,
-            )
-            model.compile(optimizer=keras.optimizers.SGD(0.05))
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
-        buffer = None if model.buffer is None else model.buffer.buffer.numpy()
-        results.append((history, [w.numpy() for w in model.network.weights], buffer))
-    (h1, w1, b1), (h2, w2, b2) = results
-    for key in ("loss", "center_loss", "sample_loss", "balance"):
-        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5, err_msg=key)
-    for a, b in zip(w1, w2):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    if b1 is not None:
-        np.testing.assert_allclose(b1, b2, atol=1e-5)
+
+    def build():
+        # One buffer row per class and a constant fill: every chain start is a function of its
+        # label only, so it cannot depend on which replica drew which row; latent_std 0 and
+        # reinit 0 remove the remaining randomness.
+        model = tiny_gmmc(
+            mode=mode,
+            buffer_size=10,
+            reinit_prob=0.0,
+            latent_std=0.0,
+            initializer=ConstantInitializer(),
+            switch_step=1,
+            seed=0,
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
+        return model
+
+    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y)
+    assert_replicas_agree(results, ("loss", "center_loss", "sample_loss", "balance"))
+    (_, m1, _), (_, m2, _) = results
+    if m1.buffer is not None:
+        np.testing.assert_allclose(m1.buffer.buffer.numpy(), m2.buffer.buffer.numpy(), atol=1e-5)
 
 
 # ---------------------------------------------------------------------- export and generation

@@ -8,7 +8,11 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
+    assert_replicas_agree,
+    cifar_arrays,
     digits_arrays,
+    fit_one_device_and_two_replicas,
+    run_briefly,
     run_checkpoint_roundtrip,
     run_serialization_test,
     run_trainer_smoke_test,
@@ -130,6 +134,11 @@ def test_hdge_loss_alpha_limits():
 tiny_net = functools.partial(tiny_network, seed=3, widths=(8,), pool="average")
 
 
+def tiny_hdge(image_shape=(8, 8, 1), **kwargs):
+    """HDGE over `tiny_net(image_shape)`, 10 classes; `kwargs` go to HDGE."""
+    return HDGE(tiny_net(image_shape), image_shape=image_shape, num_classes=10, **kwargs)
+
+
 def _prefill(queue, rows):
     # Cross-replica assignment writes every mirror: the same starting queue on 1 or 2 devices.
     padded = np.zeros((queue.size, queue.dim), "float32")
@@ -176,10 +185,7 @@ def test_trainer_loss_is_the_pure_hdge_loss(alpha, label_smoothing, score):
     rng = np.random.RandomState(2)
     x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 8).astype("int32")
-    model = HDGE(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    model = tiny_hdge(
         alpha=alpha,
         queue_size=16,
         label_smoothing=label_smoothing,
@@ -211,7 +217,7 @@ def test_train_step_reads_the_queue_then_enqueues_the_raw_logits():
     rng = np.random.RandomState(1)
     x = rng.uniform(-1, 1, (16, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 16).astype("int32")
-    model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=12)
+    model = tiny_hdge(queue_size=12)
     assert model.buffer is None  # pure HDGE samples nothing
     assert set(model.tracked_names) == {"loss", "clf_loss", "contrastive_loss", "clf_acc", "queue_fill"}
     model.compile(optimizer=keras.optimizers.SGD(0.0))  # lr 0: the logits are reproducible after the step
@@ -252,38 +258,26 @@ def test_one_device_and_two_replicas_agree(two_device_strategy):
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 64).astype("int32")
     prefill = rng.normal(size=(30, 10)).astype("float32")
-    results = []
-    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
-        with strategy.scope():
-            # queue 40, global batch 16: 30 prefilled rows, the first step fills it, later ones wrap.
-            model = HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=40, seed=0)
-            model.compile(optimizer=keras.optimizers.SGD(0.5))
-            _prefill(model.queue, prefill)
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
-        copies = [v.numpy() for v in strategy.experimental_local_results(model.queue.queue.value)]
-        results.append((history, [w.numpy() for w in model.network.weights], copies))
-    (h1, w1, q1), (h2, w2, q2) = results
-    assert h1["contrastive_loss"][-1] > 0.1
-    for key in ("loss", "clf_loss", "contrastive_loss", "queue_fill"):
-        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5)
-    for a, b in zip(w1, w2):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    def build():
+        # queue 40, global batch 16: 30 prefilled rows, the first step fills it, later ones wrap.
+        model = tiny_hdge(queue_size=40, seed=0)
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        _prefill(model.queue, prefill)
+        return model
+
+    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size=16)
+    q1, q2 = ([v.numpy() for v in s.experimental_local_results(m.queue.queue.value)] for _, m, s in results)
+    assert results[0][0]["contrastive_loss"][-1] > 0.1
+    assert_replicas_agree(results, ("loss", "clf_loss", "contrastive_loss", "queue_fill"))
     assert len(q2) == 2
     np.testing.assert_array_equal(q2[0], q2[1])  # the two replicas hold the same global queue
     np.testing.assert_allclose(q1[0], q2[0], atol=1e-4)  # ...which is the one-device queue
 
 
-def cifar_batch(path, n=128):
-    from keras_ebm.data import load_arrays, to_pixel_range
-
-    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
-    return to_pixel_range(x, (-1.0, 1.0)).numpy(), y
-
-
 def test_fit_on_real_cifar10_fills_the_queue(cifar10_npz):
-    x, y = cifar_batch(cifar10_npz, 128)
-    model = HDGE(tiny_net((32, 32, 3)), image_shape=(32, 32, 3), num_classes=10, queue_size=100, seed=0)
+    x, y = cifar_arrays(cifar10_npz, 128)
+    model = tiny_hdge((32, 32, 3), queue_size=100, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False).history
     assert all(np.all(np.isfinite(v)) for v in history.values()), history
@@ -293,11 +287,9 @@ def test_fit_on_real_cifar10_fills_the_queue(cifar10_npz):
 
 
 def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
-    x, y = cifar_batch(cifar10_npz, 64)
-    model = HDGE(
-        tiny_net((32, 32, 3)),
-        image_shape=(32, 32, 3),
-        num_classes=10,
+    x, y = cifar_arrays(cifar10_npz, 64)
+    model = tiny_hdge(
+        (32, 32, 3),
         queue_size=50,
         px_weight=1.0,
         buffer_size=64,
@@ -323,8 +315,6 @@ def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
 def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
     # Stopped after the step-2 checkpoint and resumed to step 4: the queue rows, pointer and fill
     # count, the weights and the Adam slots equal those of a run that never stopped.
-    from keras_ebm import training
-
     rng = np.random.RandomState(5)
     x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 8).astype("int32")
@@ -333,17 +323,8 @@ def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(8, drop_remainder=True)
 
     def run(model_dir, steps):
-        return training.run_training(
-            model_dir=str(model_dir),
-            trainer=lambda: HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=20),
-            optimizer=lambda: keras.optimizers.Adam(1e-2),
-            train_data=data_fn,
-            train_steps=steps,
-            checkpoint_every=2,
-            log_every=2,
-            export=False,
-            progress=False,
-        )
+        trainer = lambda: tiny_hdge(queue_size=20)  # noqa: E731
+        return run_briefly(model_dir, trainer, lambda: keras.optimizers.Adam(1e-2), data_fn, steps, 2)
 
     straight = run(tmp_path / "straight", 4)
     first = run(tmp_path / "resumed", 2)
@@ -359,12 +340,9 @@ def test_resume_continues_the_queue_like_an_uninterrupted_run(tmp_path):
 
 def _hdge(variant):
     if variant == "hdge":
-        return HDGE(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, queue_size=24, seed=0)
+        return tiny_hdge(queue_size=24, seed=0)
     if variant == "hdge_code_queue":  # the official code's random initial queue, smoothing, eq. 15 score
-        return HDGE(
-            tiny_net((8, 8, 1)),
-            image_shape=(8, 8, 1),
-            num_classes=10,
+        return tiny_hdge(
             alpha=0.3,
             queue_size=20,
             queue_init="random_normal",
@@ -373,10 +351,7 @@ def _hdge(variant):
             temperature=0.5,
             seed=1,
         )
-    return HDGE(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    return tiny_hdge(
         queue_size=24,
         px_weight=0.5,
         pxy_weight=0.5,

@@ -10,7 +10,11 @@ import tensorflow as tf
 
 from helpers import (
     ConstantInitializer,
+    assert_replicas_agree,
+    cifar_arrays,
     digits_arrays,
+    fit_one_device_and_two_replicas,
+    run_briefly,
     run_checkpoint_roundtrip,
     run_serialization_test,
     run_trainer_smoke_test,
@@ -25,21 +29,19 @@ from keras_ebm.trainers.jem import JEM, JEMPP, SADAJEM
 tiny_net = functools.partial(tiny_network, seed=3, widths=(16, 16), pool="average")
 
 
-def cifar_batch(path, n=128):
-    from keras_ebm.data import load_arrays, to_pixel_range
-
-    x, y = load_arrays("cifar10_jpeg", "train", max_examples=n, local_path=path)
-    return to_pixel_range(x, (-1.0, 1.0)).numpy(), y
+def tiny_trainer(cls, image_shape=(8, 8, 1), norm=False, **kwargs):
+    """A `cls` (JEM, JEMPP or SADAJEM) over `tiny_net(image_shape, norm=norm)`, 10 classes;
+    `kwargs` go to the trainer."""
+    return cls(tiny_net(image_shape, norm=norm), image_shape=image_shape, num_classes=10, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["jem", "sadajem"])
 def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_npz, method):
-    x, y = cifar_batch(cifar10_npz, 256)
+    x, y = cifar_arrays(cifar10_npz, 256)
     if method == "jem":
-        model = JEM(
-            tiny_net((32, 32, 3)),
-            image_shape=(32, 32, 3),
-            num_classes=10,
+        model = tiny_trainer(
+            JEM,
+            (32, 32, 3),
             buffer_size=256,
             sampler=SGLDSampler(n_steps=5, step_size=1.0, noise_std=0.01, seed=0),
             seed=0,
@@ -47,9 +49,7 @@ def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_npz, method):
     else:  # BN, proximal SGLD in train mode, SAM (the class defaults), uniform chain starts.
         # With informative init the Gaussian chain starts are already close to the data and the gap
         # stays flat (about -0.015) over these 24 steps (measured), so it cannot show a direction.
-        model = SADAJEM(
-            tiny_net((32, 32, 3), norm=True), image_shape=(32, 32, 3), num_classes=10, buffer_size=250, seed=0
-        )
+        model = tiny_trainer(SADAJEM, (32, 32, 3), norm=True, buffer_size=250, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     buffer_before = model.buffer.buffer.numpy().copy()
     gaps = []
@@ -68,10 +68,8 @@ def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_npz, method):
 def test_px_loss_is_data_minus_sample_energy():
     x = np.random.RandomState(0).uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = np.arange(8) % 10
-    model = JEM(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    model = tiny_trainer(
+        JEM,
         buffer_size=16,
         sampler=SGLDSampler(n_steps=1, noise_std=0.0),
     )
@@ -90,10 +88,8 @@ def test_px_loss_is_data_minus_sample_energy():
 
 def _jem_for_equivalence():
     sampler = SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.0)
-    return JEM(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    return tiny_trainer(
+        JEM,
         sampler=sampler,
         buffer_size=64,
         reinit_prob=0.0,
@@ -107,21 +103,16 @@ def test_one_device_and_two_replicas_agree(two_device_strategy, gradients):
     rng = np.random.RandomState(1)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 64).astype("int32")
-    results = []
-    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
-        with strategy.scope():
-            model = _jem_for_equivalence()
-            if gradients == "sam":
-                model.gradients = SAMGradients(rho=0.05, sync_perturbation=True)
-            model.compile(optimizer=keras.optimizers.SGD(0.1))
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
-        results.append((history, [w.numpy() for w in model.network.weights]))
-    (h1, w1), (h2, w2) = results
-    for key in ("loss", "px_loss", "energy_gap"):
-        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5)
-    for a, b in zip(w1, w2):
-        np.testing.assert_allclose(a, b, atol=1e-5)
+
+    def build():
+        model = _jem_for_equivalence()
+        if gradients == "sam":
+            model.gradients = SAMGradients(rho=0.05, sync_perturbation=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y)
+    assert_replicas_agree(results, ("loss", "px_loss", "energy_gap"))
 
 
 def test_sadajem_two_loaders_bn_sam_step():
@@ -129,9 +120,7 @@ def test_sadajem_two_loaders_bn_sam_step():
     x = rng.uniform(-1, 1, (32, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 32).astype("int32")
     init = InformativeInitializer.from_dataset((x, y), num_classes=10, pixel_range=(-1, 1))
-    model = SADAJEM(
-        tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=40, initializer=init, seed=0
-    )
+    model = tiny_trainer(SADAJEM, norm=True, buffer_size=40, initializer=init, seed=0)
     assert isinstance(model.gradients, SAMGradients) and model.sampler.grad_clip == 1.0
     assert model.sampler.energy_training and model.sampler.n_steps == 5
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
@@ -146,17 +135,21 @@ def test_sadajem_two_loaders_bn_sam_step():
     assert buf.min() >= -1.0 and buf.max() <= 1.0
 
 
+def _class_conditional_jem(sampler, **kwargs):
+    """A JEM with the p(x, y) term only: its buffer holds class-conditional chains."""
+    return tiny_trainer(
+        JEM,
+        buffer_size=20,
+        pxy_weight=1.0,
+        sampler=sampler,
+        **kwargs,
+    )
+
+
 def test_pxy_term_uses_class_conditional_chains():
     x = np.random.RandomState(3).uniform(-1, 1, (10, 8, 8, 1)).astype("float32")
     y = np.arange(10).astype("int32")
-    model = JEM(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
-        buffer_size=20,
-        pxy_weight=1.0,
-        sampler=SGLDSampler(n_steps=1, noise_std=0.0),
-    )
+    model = _class_conditional_jem(SGLDSampler(n_steps=1, noise_std=0.0))
     assert model.buffer.class_conditional
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(x, y, batch_size=10, epochs=1, verbose=0).history
@@ -164,7 +157,7 @@ def test_pxy_term_uses_class_conditional_chains():
 
 
 def test_generate_fresh_and_from_buffer_in_range():
-    model = JEMPP(tiny_net((8, 8, 1)), image_shape=(8, 8, 1), num_classes=10, buffer_size=20)
+    model = tiny_trainer(JEMPP, buffer_size=20)
     fresh = model.generate(6, n_steps=3)
     cond = model.generate(4, y=tf.constant([0, 1, 2, 3]), n_steps=2)
     buffered = model.generate(5, from_buffer=True, n_steps=1)
@@ -176,7 +169,7 @@ def test_generate_fresh_and_from_buffer_in_range():
 def test_generate_leaves_bn_statistics_and_the_buffer_alone():
     # JEM++/SADA-JEM sample with BN in train mode; drawing samples from a trained model must not
     # change it (its moving statistics are what the classifier and the export use).
-    model = SADAJEM(tiny_net((8, 8, 1), norm=True), image_shape=(8, 8, 1), num_classes=10, buffer_size=20)
+    model = tiny_trainer(SADAJEM, norm=True, buffer_size=20)
     model(tf.zeros((1, 8, 8, 1)))
     before = [v.numpy().copy() for v in model.non_trainable_variables if "seed_generator" not in v.path]
     assert not model.sampler.freeze_bn_stats
@@ -195,10 +188,9 @@ def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
     rng = np.random.RandomState(4)
     x = rng.uniform(-1, 1, (8, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 8).astype("int32")
-    model = JEM(
-        tiny_net((8, 8, 1), norm=True),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    model = tiny_trainer(
+        JEM,
+        norm=True,
         buffer_size=16,
         sampler=SGLDSampler(n_steps=2, noise_std=0.0, energy_training=True, freeze_bn_stats=True),
         gradients=SAMGradients(rho=0.05) if use_sam else PlainGradients(),
@@ -225,8 +217,6 @@ def test_bn_stats_stay_data_only_when_samples_are_frozen(use_sam):
 
 
 def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
-    from keras_ebm import training
-
     rng = np.random.RandomState(5)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 64).astype("int32")
@@ -235,26 +225,15 @@ def test_checkpoint_resume_restores_buffer_sampler_state_and_weights(tmp_path):
         return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(16, drop_remainder=True)
 
     def trainer():
-        return JEM(
-            tiny_net((8, 8, 1)),
-            image_shape=(8, 8, 1),
-            num_classes=10,
+        return tiny_trainer(
+            JEM,
             buffer_size=32,
             sampler=SGLDSampler(n_steps=2, seed=1),
             seed=2,
         )
 
-    kwargs = dict(
-        trainer=trainer,
-        optimizer=lambda: keras.optimizers.Adam(1e-3),
-        train_data=data,
-        checkpoint_every=2,
-        log_every=2,
-        export=False,
-        progress=False,
-    )
-    first = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
-    resumed = training.run_training(model_dir=str(tmp_path), train_steps=4, **kwargs)
+    first = run_briefly(tmp_path, trainer, lambda: keras.optimizers.Adam(1e-3), data, 4, 2)
+    resumed = run_briefly(tmp_path, trainer, lambda: keras.optimizers.Adam(1e-3), data, 4, 2)
     assert len(first.variables) == len(resumed.variables)
     paths = [v.path for v in resumed.variables]
     assert any("buffer" in p for p in paths), paths
@@ -322,19 +301,16 @@ def test_bn_moving_statistics_follow_the_official_order(two_device_strategy, rep
 def _jem_family(method, x, y):
     """A tiny trainer of each configuration the round trips cover (digits, 8x8x1)."""
     if method == "jem":
-        return JEM(
-            tiny_net((8, 8, 1)),
-            image_shape=(8, 8, 1),
-            num_classes=10,
+        return tiny_trainer(
+            JEM,
             buffer_size=32,
             seed=0,
             sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
         )
     if method == "jem_pxy":  # class-conditional buffer, energy penalty on the means, frozen BN samples
-        return JEM(
-            tiny_net((8, 8, 1), norm=True),
-            image_shape=(8, 8, 1),
-            num_classes=10,
+        return tiny_trainer(
+            JEM,
+            norm=True,
             buffer_size=30,
             pxy_weight=0.5,
             energy_l2=0.1,
@@ -346,18 +322,16 @@ def _jem_family(method, x, y):
         )
     if method == "jempp":  # informative initialisation: the fitted statistics travel in the .keras file
         init = InformativeInitializer.from_dataset((x, y), num_classes=10, pixel_range=(-1, 1))
-        return JEMPP(
-            tiny_net((8, 8, 1), norm=True),
-            image_shape=(8, 8, 1),
-            num_classes=10,
+        return tiny_trainer(
+            JEMPP,
+            norm=True,
             buffer_size=30,
             initializer=init,
             seed=2,
         )
-    return SADAJEM(
-        tiny_net((8, 8, 1), norm=True),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    return tiny_trainer(
+        SADAJEM,
+        norm=True,
         buffer_size=32,
         gradients=SAMGradients(rho=2.0, adaptive=True, eta=0.0),
         seed=3,
@@ -441,10 +415,8 @@ def test_loss_is_the_weighted_sum_of_terms_computed_by_hand(energy_l2, mode):
     x_s = (3.0 * rng.randn(8, 8, 8, 1)).astype("float32")
     x_sy = (3.0 * rng.randn(8, 8, 8, 1)).astype("float32")
     weights = dict(clf_weight=1.3, px_weight=0.5, pxy_weight=0.7)
-    model = JEM(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    model = tiny_trainer(
+        JEM,
         buffer_size=20,
         energy_l2=energy_l2,
         energy_l2_mode=mode,
@@ -561,16 +533,8 @@ def test_generate_with_labels_runs_chains_on_the_class_energy():
     """`generate(y=...)` descends E(x, y) = -f(x)[y]: the samples equal a chain run here on that
     energy from the same (constant) start, each sample's own class logit rises more than the
     others, and most samples are classified as their label (chains that ignore y cannot)."""
-    model = JEM(
-        tiny_net((8, 8, 1)),
-        image_shape=(8, 8, 1),
-        num_classes=10,
-        buffer_size=20,
-        pxy_weight=1.0,
-        initializer=ConstantInitializer(0.0),
-        reinit_prob=0.0,
-        sampler=SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0)),
-    )
+    sampler = SGLDSampler(n_steps=20, step_size=1.0, noise_std=0.0, x_clip=(-1.0, 1.0))
+    model = _class_conditional_jem(sampler, initializer=ConstantInitializer(0.0), reinit_prob=0.0)
     y = np.arange(10).astype("int32")
     samples = model.generate(10, y=tf.constant(y), n_steps=10).numpy()
     x0 = tf.zeros((10, 8, 8, 1))
@@ -607,10 +571,9 @@ def _count_chain_runs(model, runs):
 def _sadajem_two_steps(gradients, x, y):
     """(executed chains, every network variable and the buffer) after two SADA-JEM steps."""
     keras.utils.set_random_seed(0)
-    model = SADAJEM(
-        tiny_net((8, 8, 1), norm=True),
-        image_shape=(8, 8, 1),
-        num_classes=10,
+    model = tiny_trainer(
+        SADAJEM,
+        norm=True,
         buffer_size=40,
         sampler=SGLDSampler(
             n_steps=3, step_size=1.0, noise_std=0.01, grad_clip=1.0, x_clip=(-1.0, 1.0), energy_training=True, seed=0

@@ -12,10 +12,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import ConstantInitializer, digits_arrays, tiny_clel, tiny_network
+from helpers import (
+    ConstantInitializer,
+    assert_replicas_agree,
+    digits_arrays,
+    fit_one_device_and_two_replicas,
+    tiny_clel,
+    tiny_jem,
+    tiny_network,
+)
 from keras_ebm import distribute
 from keras_ebm.sampling import HMCSampler, MALASampler, SGLDSampler
-from keras_ebm.trainers.jem import JEM
 
 SAMPLERS = {"mala": MALASampler, "hmc": HMCSampler}
 N_CHAINS = 512
@@ -309,14 +316,10 @@ def test_validation_and_config_round_trip():
 
 # ------------------------------------------------------------------ trainers and tf.distribute
 def _mala_jem(step_size=1e-3, seed=0, initializer=None):
-    return JEM(
+    return tiny_jem(
         tiny_network((8, 8, 1), seed=3),
-        image_shape=(8, 8, 1),
-        num_classes=10,
-        buffer_size=64,
         reinit_prob=0.0,
         initializer=initializer,
-        seed=0,
         sampler=MALASampler(n_steps=2, step_size=step_size, x_clip=(-1, 1), seed=seed),
     )
 
@@ -386,18 +389,16 @@ def test_jem_with_mala_one_device_and_two_replicas_agree(two_device_strategy):
     rng = np.random.RandomState(1)
     x = rng.uniform(-1, 1, (64, 8, 8, 1)).astype("float32")
     y = rng.randint(0, 10, 64).astype("int32")
-    results = []
-    for strategy in (tf.distribute.get_strategy(), two_device_strategy):
-        with strategy.scope():
-            model = _mala_jem(step_size=1e-10, initializer=ConstantInitializer())
-            model.compile(optimizer=keras.optimizers.SGD(0.1))
-        ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
-        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
-        results.append((history, model.sampler.step_size))
-    (h1, s1), (h2, s2) = results
-    for key in ("loss", "px_loss", "mcmc_accept_rate", "mcmc_step_size"):
-        np.testing.assert_allclose(h1[key][-1], h2[key][-1], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(s1, s2, rtol=1e-5)
+
+    def build():
+        model = _mala_jem(step_size=1e-10, initializer=ConstantInitializer())
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y)
+    assert_replicas_agree(results, ("loss", "px_loss", "mcmc_accept_rate", "mcmc_step_size"), weights=False)
+    (h1, m1, _), (_, m2, _) = results
+    np.testing.assert_allclose(m1.sampler.step_size, m2.sampler.step_size, rtol=1e-5)
     assert h1["mcmc_accept_rate"][-1] > 0.99  # acceptance -> 1 as the step -> 0
 
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import clel_sampler, tiny_clel
 from keras_ebm import backbones, data, training
 from keras_ebm.sampling import SGLDSampler
-from keras_ebm.trainers import CLEL, GMMC, HDGE, SADAJEM, SoftmaxClassifier, gmmc
+from keras_ebm.trainers import GMMC, HDGE, SADAJEM, SoftmaxClassifier, gmmc
 
 SHAPE = (8, 8, 1)
 
@@ -26,30 +27,7 @@ def sampler(**kwargs):
 
 
 def clel():
-    ebm = backbones.build_clel_ebm(
-        "small", input_shape=SHAPE, widths=(4, 8), blocks_per_stage=1, head_units=8, feature_dim=8, input_mean=None
-    )
-    projection = backbones.build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6)
-    encoder = backbones.build_clel_encoder(
-        input_shape=SHAPE, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
-    )
-    return CLEL(
-        ebm,
-        projection,
-        encoder,
-        image_shape=SHAPE,
-        buffer_size=32,
-        ema_start_step=0,
-        sampler=SGLDSampler(
-            n_steps=2,
-            step_size=100.0,
-            noise_std=0.001,
-            grad_clip=100.0,
-            x_clip=(0.0, 1.0),
-            energy_training=True,
-            seed=0,
-        ),
-    )
+    return tiny_clel(SHAPE, buffer_size=32, ema_start_step=0, sampler=clel_sampler(2))
 
 
 TRAINERS = {

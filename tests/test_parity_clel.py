@@ -259,7 +259,7 @@ class EncoderTap:
 def run_parity(precision, compute=None, **build):
     """Replay the `precision` golden file, computing in `compute` (default the same precision)."""
     golden = pc.Golden("clel", precision)
-    compare = pc.Comparer(precision, FLOAT32_OVERRIDES if precision == "float32" else None)
+    compare = pc.comparer(METHOD, precision)
     compute = compute or precision
     steps = golden.meta["steps"]
     draws = replay_draws(golden, steps, float(settings(golden)["sampler.memory_init"]))
@@ -290,12 +290,7 @@ def run_parity(precision, compute=None, **build):
                         name = names[id(variable)]
                         compare("grad", name, layout[name][1](g), golden[f"step/0/grad/{name}"])
             compare_state(compare, golden, k, trainer, layout)
-        compare(
-            "samples",
-            "replay buffer after the last step",
-            pc.nchw(np.asarray(trainer.buffer.buffer)),
-            golden[f"step/{steps - 1}/state/memory"],
-        )
+        pc.compare_final_buffer(compare, golden, trainer, "memory")
         if any(replay.remaining().values()):
             compare.failures.append(f"unused official draws {replay.remaining()}")
         compare_eval(compare, golden, trainer, eval_view)

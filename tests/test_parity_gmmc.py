@@ -94,7 +94,7 @@ def build_trainer(golden, balance=None, step_size=1.0):
 
 def run_parity(precision, **build):
     golden = pc.Golden("gmmc_joint", precision)
-    compare = pc.Comparer(precision, overrides={"slots": FLOAT32_SLOTS} if precision == "float32" else None)
+    compare = pc.comparer(METHOD, precision)
     steps = golden.meta["steps"]
     generative = [f"batch/{k}/x_p_d" in golden for k in range(steps)]
     draws = {}
@@ -145,13 +145,8 @@ def run_parity(precision, **build):
                 pc.compare_first_grads(compare, golden, tap, trainer, mapping)
             pc.compare_weights_and_adam(compare, golden, k, trainer, mapping)
             compare("weights", f"step {k} centres", np.asarray(head.centers), golden[f"step/{k}/state/centers"])
-        compare(
-            "samples",
-            "replay buffer after the last step",
-            pc.nchw(np.asarray(trainer.buffer.buffer)),
-            golden[f"step/{steps - 1}/state/replay_buffer_x"],
-        )
-        assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
+        pc.compare_final_buffer(compare, golden, trainer, "replay_buffer_x")
+        pc.assert_draws_used(replay)
         # Evaluation: the official features, LDALayer logits and P_X, lda_eval_classification.
         x, y = pc.nhwc(golden["eval/x"]), golden["eval/y"]
         features = trainer.features(x)

@@ -21,6 +21,7 @@ import pytest
 import tensorflow as tf
 
 import parity_common as pc
+import parity_wrn as pw
 from keras_ebm import convert, random_draws
 from keras_ebm.backbones import WideResNet, build_classifier
 from keras_ebm.convert.wrn import wrn_weight_map
@@ -31,13 +32,7 @@ from keras_ebm.optim.schedules import LinearWarmup
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import HDGE
 
-METHOD = "HDGE"
-HDGE_DRAWS = {
-    ("torch.randint", "sample_p_0"): "buffer_index",
-    ("Tensor.uniform_", "init_random"): "init_uniform",
-    ("torch.rand", "sample_p_0"): "reinit",
-    ("torch.randn_like", "sample_q"): "sgld_noise",
-}
+METHOD = "HDGE"  # the official draws: those of the JEM code (pw.JEM_DRAWS), which HDGE reuses
 SCALE = 0.5  # our loss = SCALE * official loss (module docstring)
 
 pc.TABLE[METHOD] = {
@@ -93,12 +88,9 @@ def build_trainer(golden, warmup_from_zero=True, temperature=None):
 
 def run_parity(variant, precision, **build):
     golden = pc.Golden(variant, precision)
-    compare = pc.Comparer(precision)
+    compare = pc.comparer(METHOD, precision)
     steps, jem = golden.meta["steps"], "--pxsgld" in golden.meta["settings"]
-    draws = {}
-    for k in range(steps):
-        for kind, arrays in golden.draws(k, HDGE_DRAWS).items():
-            draws.setdefault(kind, []).extend(arrays)
+    draws = pw.step_draws(golden, pw.JEM_DRAWS)
     with pc.float_precision(precision):
         trainer = build_trainer(golden, **build)
     with pc.float_precision(precision), random_draws.replay(draws) as replay:
@@ -147,13 +139,8 @@ def run_parity(variant, precision, **build):
                     "docs/parity.md JEM): record with another seed"
                 )
         if jem:
-            compare(
-                "samples",
-                "replay buffer after the last step",
-                pc.nchw(np.asarray(trainer.buffer.buffer)),
-                golden[f"step/{steps - 1}/state/replay_buffer"],
-            )
-        assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
+            pc.compare_final_buffer(compare, golden, trainer, "replay_buffer")
+        pc.assert_draws_used(replay)
         evaluate(trainer, golden, compare)
     return compare
 

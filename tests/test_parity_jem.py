@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import parity_common as pc
+import parity_wrn as pw
 from keras_ebm import convert, random_draws
 from keras_ebm.backbones import WideResNet, build_classifier
 from keras_ebm.convert.wrn import wrn_weight_map
@@ -22,14 +23,7 @@ from keras_ebm.optim import TorchAdam
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import JEM
 
-METHOD = "JEM"
-# Official draw (function, enclosing official function) -> keras_ebm draw kind.
-JEM_DRAWS = {
-    ("torch.randint", "sample_p_0"): "buffer_index",
-    ("Tensor.uniform_", "init_random"): "init_uniform",
-    ("torch.rand", "sample_p_0"): "reinit",
-    ("torch.randn_like", "sample_q"): "sgld_noise",
-}
+METHOD = "JEM"  # the official draws: pw.JEM_DRAWS
 
 # float32 Adam moments: the largest difference measured in a true float32 run is 7.1e-6 (step 2,
 # 0.4% of a 1.9e-3 entry; 4e-8 on entries near 2e-7): K=2 SGLD steps of size 1 amplify float32
@@ -71,18 +65,7 @@ def build_trainer(golden, sampler_kwargs=None, optimizer=None):
         pxy_weight=s["p_x_y_weight"],
         seed=0,
     )
-    trainer.compile(optimizer=optimizer or TorchAdam(learning_rate=s["lr"]))
-    trainer(tf.zeros((1, 32, 32, 3), keras_dtype()))
-    convert.convert_official("jem", golden.under("init"), trainer, load_buffer=False)
-    trainer.buffer.buffer.assign(pc.nhwc(golden["init_state/replay_buffer"]))
-    trainer.build_optimizers()
-    return trainer
-
-
-def keras_dtype():
-    import keras
-
-    return keras.config.floatx()
+    return pw.compile_and_load(trainer, golden, "jem", optimizer or TorchAdam(learning_rate=s["lr"]))
 
 
 class Tap:
@@ -111,12 +94,9 @@ class Tap:
 def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
     """Replay the official JEM run; returns the Comparer (its failures not yet raised)."""
     golden = pc.Golden("jem", precision)
-    compare = pc.Comparer(precision, FLOAT32_OVERRIDES if precision == "float32" else None)
+    compare = pc.comparer(METHOD, precision)
     steps = golden.meta["steps"]
-    draws = {}
-    for k in range(steps):
-        for kind, arrays in golden.draws(k, JEM_DRAWS).items():
-            draws.setdefault(kind, []).extend(arrays)
+    draws = pw.step_draws(golden, pw.JEM_DRAWS)
     with pc.float_precision(precision):
         trainer = build_trainer(golden, sampler_kwargs, optimizer)  # its buffer fill is not replayed
     with pc.float_precision(precision), random_draws.replay(draws) as replay:
@@ -141,10 +121,7 @@ def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
             compare("loss", f"step {k} fp", -logs["energy_data"], golden[f"step/{k}/loss/fp"])
             compare("loss", f"step {k} fq", -logs["energy_sample"], golden[f"step/{k}/loss/fq"])
             if k == 0:
-                by_var = {id(v): g for v, g in zip(trainer.trainable_variables, tap.grads[0])}
-                for name, g in golden.under("step/0/grad").items():
-                    variable, _, to_official = mapping[name]
-                    compare("grad", name, to_official(by_var[id(variable)]), g)
+                pc.compare_first_grads(compare, golden, tap, trainer, mapping)
             for name, p in golden.under(f"step/{k}/probe/param").items():
                 if name.endswith("num_batches_tracked") or name not in mapping:
                     continue
@@ -187,7 +164,7 @@ def run_parity(precision, sampler_kwargs=None, optimizer=None, step_order=None):
                 "a row written twice is read again by a later step: the "
                 "duplicate-write departure would propagate; record another run"
             )
-        assert all(n == 0 for n in replay.remaining().values()), f"unused official draws {replay.remaining()}"
+        pc.assert_draws_used(replay)
         # Evaluation: the official eval_wrn_ebm.py on a fixed test batch with the final weights.
         x_eval, x_ood = pc.nhwc(golden["eval/x"]), pc.nhwc(golden["eval/x_ood"])
         compare("eval", "logits", trainer(x_eval, training=False), golden["eval/logits"])

@@ -17,14 +17,11 @@ fixed elementwise direction the per-step x clamp equals one clamp at the end.
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import parity_common as pc
 import parity_wrn as pw
 from keras_ebm import convert
 from keras_ebm.backbones import WideResNet, build_classifier
-from keras_ebm.optim import TorchSGD
-from keras_ebm.optim.schedules import LinearWarmup
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import JEMPP
 
@@ -91,7 +88,7 @@ def build_trainer(
         ),
         n_classes,
     )
-    initializer = pw.informative_initializer(golden, factor_order=factor_order)
+    buffer = pw.buffer_options(golden, factor_order)
     sampler = SGLDSampler(
         **{
             "n_steps": s["n_steps"],
@@ -108,9 +105,7 @@ def build_trainer(
         (32, 32, 3),
         n_classes,
         sampler=sampler,
-        buffer_size=s["buffer_size"],
-        reinit_prob=s["reinit_freq"],
-        initializer=initializer,
+        **buffer,
         clf_weight=s["p_y_given_x_weight"],
         px_weight=s["p_x_weight"],
         pxy_weight=s["p_x_y_weight"],
@@ -118,17 +113,13 @@ def build_trainer(
         seed=0,
         **trainer_kwargs,
     )
-    lr = LinearWarmup(s["lr"], s["warmup_iters"], from_zero=warmup_from_zero)
-    trainer.compile(optimizer=optimizer or TorchSGD(learning_rate=lr, momentum=0.9))
-    trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
-    pw.load_official_state(trainer, golden, "jempp")
-    return trainer
+    return pw.compile_and_load(trainer, golden, "jempp", optimizer or pw.warmup_sgd(s, warmup_from_zero))
 
 
 def run_parity(precision, **build_kwargs):
     """Replay the official JEM++ run; returns the Comparer (its failures not yet raised)."""
     golden = pc.Golden("jempp", precision)
-    compare = pc.Comparer(precision, FLOAT32_OVERRIDES if precision == "float32" else None)
+    compare = pc.comparer(METHOD, precision)
     kinds = JEMPP_DRAWS
     if golden.meta["settings"]["reinit_freq"] == 0:
         # The float32 recording runs without re-initialisation (record_jempp.py `reinit_freq`): the

@@ -13,15 +13,13 @@ applies; BN moving statistics change in the first pass only.
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 import parity_common as pc
 import parity_wrn as pw
 import test_parity_jempp as jpp
 from keras_ebm.backbones import WideResNet, build_classifier
 from keras_ebm.convert.wrn import wrn_weight_map
-from keras_ebm.optim import SAMGradients, TorchSGD
-from keras_ebm.optim.schedules import LinearWarmup
+from keras_ebm.optim import SAMGradients
 from keras_ebm.sampling import SGLDSampler
 from keras_ebm.trainers import SADAJEM
 
@@ -91,7 +89,7 @@ def build_trainer(golden, sam=None, energy_l2_second_pass=False, **jempp_kwargs)
     network = build_classifier(
         WideResNet(depth=s["depth"], width=s["width"], norm=s["norm"], input_shape=(32, 32, 3)), s["n_classes"]
     )
-    initializer = pw.informative_initializer(golden, factor_order="chw")
+    buffer = pw.buffer_options(golden, "chw")
     sampler = SGLDSampler(
         n_steps=s["n_steps"],
         step_size=s["sgld_lr"],
@@ -107,9 +105,7 @@ def build_trainer(golden, sam=None, energy_l2_second_pass=False, **jempp_kwargs)
         s["n_classes"],
         sampler=sampler,
         gradients=gradients,
-        buffer_size=s["buffer_size"],
-        reinit_prob=s["reinit_freq"],
-        initializer=initializer,
+        **buffer,
         clf_weight=s["pyx"],
         px_weight=s["px"],
         energy_l2=s["l2_coeff"],
@@ -119,19 +115,14 @@ def build_trainer(golden, sam=None, energy_l2_second_pass=False, **jempp_kwargs)
         seed=0,
         **jempp_kwargs,
     )
-    trainer.compile(
-        optimizer=TorchSGD(learning_rate=LinearWarmup(s["lr"], s["warmup_iters"], from_zero=True), momentum=0.9)
-    )
-    trainer(tf.zeros((1, 32, 32, 3), pc.keras.config.floatx()))
-    pw.load_official_state(trainer, golden, "sadajem")
-    return trainer
+    return pw.compile_and_load(trainer, golden, "sadajem", pw.warmup_sgd(s, True))
 
 
 def run_parity(precision, **build_kwargs):
     """Replay the official SADA-JEM run; returns the Comparer (its failures not yet raised)."""
     golden = pc.Golden("sadajem", precision)
     s = golden.meta["settings"]
-    compare = pc.Comparer(precision, FLOAT32_OVERRIDES if precision == "float32" else None)
+    compare = pc.comparer(METHOD, precision)
     kinds = SADAJEM_DRAWS
     if s["reinit_freq"] == 0:  # float32 recording: no re-initialisation (see test_parity_jempp.py)
         kinds = {

@@ -8,13 +8,13 @@ calls, `run_training`, its multi-worker loop); see tests/_remedy_scenario.py.
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import _remedy_scenario as scenario
+from helpers import run_script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -36,15 +36,9 @@ def test_remedies_reach_the_multiworker_loop(tmp_path):
         PYTHONPATH=os.pathsep.join([REPO, HERE, os.environ.get("PYTHONPATH", "")]),
     )
     env.pop("TF_CONFIG")
-    proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "_remedy_scenario.py"), str(tmp_path / "run"), str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    run_script(
+        [sys.executable, os.path.join(HERE, "_remedy_scenario.py"), str(tmp_path / "run"), str(out)], REPO, env, 600
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     scenario.check(json.loads(out.read_text()))
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import run_fingerprint
-from helpers import digits_arrays, tiny_network
+from helpers import digits_arrays, tiny_jem, tiny_network
 from keras_ebm import actions as actions_lib
 from keras_ebm import training
 from keras_ebm.trainers import SoftmaxClassifier
@@ -219,23 +219,10 @@ def test_actions_from_gin_add_remove_and_override(tmp_path, monkeypatch):
 
 
 def test_a_sample_grid_action_draws_from_the_trained_model(tmp_path):
-    from keras_ebm.sampling import SGLDSampler
-    from keras_ebm.trainers.jem import JEM
-
-    def jem():
-        return JEM(
-            tiny_network(),
-            image_shape=(8, 8, 1),
-            num_classes=10,
-            buffer_size=64,
-            seed=0,
-            sampler=SGLDSampler(n_steps=2, step_size=1.0, noise_std=0.01, seed=0),
-        )
-
     _parse(
         "run_training.actions = [@SampleGridAction()]\nSampleGridAction.num_samples = 4\nSampleGridAction.n_steps = 1\n"
     )
-    run(tmp_path, trainer=jem)
+    run(tmp_path, trainer=tiny_jem)
     assert (tmp_path / "samples" / "fresh_1steps.png").exists()
     images = np.load(tmp_path / "samples" / "fresh_1steps.npz")["images"]
     assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
