@@ -30,6 +30,9 @@ CIFAR = "/work/shared/data/cifar10_jpeg_bytes.npz"
 DTD = "/work/shared/data/dtd_subset_32.npz"
 PROBE_SIZE = 256
 LOSSES = ("l_p_x", "l_p_y_given_x", "L", "fp", "fq")  # the loss terms of JEM's and JEM++'s main()
+# The small run the three JEM-family recordings share (official option names): the small WRN, a
+# replay buffer of 20, K = 2 SGLD steps, one epoch (the tap stops main() after the recorded steps).
+SMALL_JEM = {**recording.SMALL_WRN, "buffer_size": 20, "n_steps": 2, "n_epochs": 1}
 
 
 class _Parsed(Exception):

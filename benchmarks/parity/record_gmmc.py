@@ -52,51 +52,29 @@ def parse():
 
 
 def official_argv(a, root, log_dir):
-    argv = [
-        os.path.join(root, "train_gmmc.py"),
-        "--dataset",
-        "cifar10",
-        "--depth",
-        "10",
-        "--width",
-        "1",
-        "--batch_size",
-        str(a.batch),
-        "--buffer_size",
-        "20",
-        "--reinit_freq",
-        "0.25",
-        "--n_steps",
-        "2",
-        "--sgld_lr",
-        "1",
-        "--gamma",
-        "0.001",
-        "--beta",
-        "0.5",
-        "--method",
-        "mmc",
-        "--mu_c",
-        "10",
-        "--lr",
-        "1e-4",
-        "--optimizer",
-        "adam",
-        "--print_every",
-        "1",
-        "--log_dir",
-        log_dir,
-        "--gpu-id",
-        "0",
-        "--class_cond_p_x_sample",
-        "--n_epochs",
-        "100",
-    ]
-    if a.mode == "gen":
-        argv += ["--generative", "--start_generative", "0"]
-    elif a.mode == "joint":
-        argv += ["--generative", "--start_generative", "1"]
-    return argv
+    options = {
+        "dataset": "cifar10",
+        **recording.SMALL_WRN,
+        "batch_size": a.batch,
+        "buffer_size": 20,
+        "reinit_freq": 0.25,
+        "n_steps": 2,
+        "sgld_lr": 1,
+        "gamma": 0.001,
+        "beta": 0.5,
+        "method": "mmc",
+        "mu_c": 10,
+        "lr": "1e-4",  # (a string: the recorded argv keeps it as written)
+        "optimizer": "adam",
+        "print_every": 1,
+        "log_dir": log_dir,
+        "gpu-id": 0,
+        "class_cond_p_x_sample": True,
+        "n_epochs": 100,
+        "generative": a.mode in ("gen", "joint"),
+        "start_generative": {"gen": 0, "joint": 1}.get(a.mode),
+    }
+    return recording.official_argv(options, os.path.join(root, "train_gmmc.py"))
 
 
 def main():

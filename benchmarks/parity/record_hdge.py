@@ -59,54 +59,30 @@ def parse():
 
 
 def official_argv(a, log_dir):
-    argv = [
-        "train_wrn.py",
-        "--dataset",
-        "cifar10",
-        "--depth",
-        "10",
-        "--width",
-        "1",
-        "--batch_size",
-        str(a.batch),
-        "--sgld_batch_size",
-        str(a.batch),
-        "--buffer_size",
-        "10",
-        "--reinit_freq",
-        "0.25",
-        "--n_steps",
-        "2",
-        "--contrast_k",
-        str(4 * a.batch),
-        "--contrast_t",
-        "0.1",
-        "--lr",
-        "1e-4",
-        "--warmup_iters",
-        "2",
-        "--optimizer",
-        "adam",
-        "--pyxce",
-        "1",
-        "--pxycontrast",
-        "1",
-        "--seed",
-        str(a.seed),
-        "--workers",
-        "0",
-        "--print_every",
-        "1",
-        "--log_dir",
-        log_dir,
-        "--id",
-        "parity",
-    ]
-    if a.variant == "hdge_jem":
-        argv += ["--pxsgld", "1"]
-    if a.norm != "none":
-        argv += ["--norm", a.norm]
-    return argv
+    options = {
+        "dataset": "cifar10",
+        **recording.SMALL_WRN,
+        "batch_size": a.batch,
+        "sgld_batch_size": a.batch,
+        "buffer_size": 10,
+        "reinit_freq": 0.25,
+        "n_steps": 2,
+        "contrast_k": 4 * a.batch,
+        "contrast_t": 0.1,
+        "lr": "1e-4",  # (a string: the recorded argv keeps it as written)
+        "warmup_iters": 2,
+        "optimizer": "adam",
+        "pyxce": 1,
+        "pxycontrast": 1,
+        "seed": a.seed,
+        "workers": 0,
+        "print_every": 1,
+        "log_dir": log_dir,
+        "id": "parity",
+        "pxsgld": 1 if a.variant == "hdge_jem" else None,
+        "norm": None if a.norm == "none" else a.norm,
+    }
+    return recording.official_argv(options, "train_wrn.py")
 
 
 def batches(a, n):

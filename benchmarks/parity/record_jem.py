@@ -35,32 +35,18 @@ def main():
     import torch
 
     save_dir = tempfile.mkdtemp(prefix="record_jem_")
-    argv = [
-        "--depth",
-        "10",
-        "--width",
-        "1",
-        "--batch_size",
-        str(BATCH),
-        "--buffer_size",
-        "20",
-        "--n_steps",
-        "2",
-        "--reinit_freq",
-        "0.25",
-        "--lr",
-        "1e-3",
-        "--n_epochs",
-        "1",
-        "--save_dir",
-        save_dir,
-        "--print_every",
-        "1",
-        "--sgld_std",
-        "0.01",
-    ]
-    if opts.norm:
-        argv += ["--norm", opts.norm]
+    argv = recording.official_argv(
+        {
+            **official_run.SMALL_JEM,
+            "batch_size": BATCH,
+            "reinit_freq": 0.25,
+            "lr": 1e-3,
+            "save_dir": save_dir,
+            "print_every": 1,
+            "sgld_std": 0.01,
+            "norm": opts.norm,
+        }
+    )
     args = parser.parse_args(argv)
     args.n_classes = 10  # as the script's __main__ does for cifar10
     dtype = np.float64 if opts.precision == "float64" else np.float32
@@ -135,7 +121,7 @@ def main():
         held["f"],
         lambda E: E.CCF(args.depth, args.width, args.norm),
         auc_calls,
-        ["--depth", "10", "--width", "1"] + (["--norm", opts.norm] if opts.norm else []),
+        recording.official_argv({**recording.SMALL_WRN, "norm": opts.norm}),
         BATCH,
         eval_mode=False,
     )

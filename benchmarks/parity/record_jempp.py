@@ -48,6 +48,24 @@ def reinit_freq(precision):
     return 0.25 if precision == "float64" else 0.0
 
 
+def small_recipe(precision, save_dir):
+    """The options of the JEM++ recipe that record_jempp.py and record_sadajem.py share (official
+    names; scripts/jempp_cifar10.sh and scripts/sadajem_cifar10.sh at a small size): BN, batch
+    BATCH, `reinit_freq(precision)`, SGD lr 0.1 with warm-up over 2 iterations, output in
+    `save_dir`, no per-iteration printing."""
+    return {
+        "norm": "batch",
+        "batch_size": BATCH,
+        "reinit_freq": reinit_freq(precision),
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "warmup_iters": 2,
+        "save_dir": save_dir,
+        "dir_path": save_dir,
+        "print_every": 1000,
+    }
+
+
 def two_class_images(split, n):
     """The first `n` images of `split` whose label is < N_CLASSES (uint8 NHWC, labels)."""
     x, y = official_run.fixed_images(split, 0, 40 * n // N_CLASSES + 64)
@@ -235,42 +253,15 @@ def main():
     import torch
 
     save_dir = tempfile.mkdtemp(prefix="record_jempp_")
-    argv = [
-        "--depth",
-        "10",
-        "--width",
-        "1",
-        "--norm",
-        "batch",
-        "--model",
-        "yopo",
-        "--batch_size",
-        str(BATCH),
-        "--buffer_size",
-        "20",
-        "--n_steps",
-        "2",
-        "--in_steps",
-        "5",
-        "--pyld_lr",
-        "0.2",
-        "--reinit_freq",
-        str(reinit_freq(opts.precision)),
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.1",
-        "--warmup_iters",
-        "2",
-        "--n_epochs",
-        "1",
-        "--save_dir",
-        save_dir,
-        "--dir_path",
-        save_dir,
-        "--print_every",
-        "1000",
-    ]
+    argv = recording.official_argv(
+        {
+            **official_run.SMALL_JEM,
+            **small_recipe(opts.precision, save_dir),
+            "model": "yopo",
+            "in_steps": 5,
+            "pyld_lr": 0.2,
+        }
+    )
     T = run.prepare(argv, "train_jempp")  # (sample_p_0 reads the module-level `args`)
     T.get_data = lambda a: (list(run.batches_px), iter(run.batches_lab), [], [])
     run.start(__file__, REPO, COMMIT)
@@ -279,9 +270,8 @@ def main():
         official_run.tap_main_step(run.golden, run.held, run.per_step, opt, STEPS, run.tape)
 
     run.run(torch.optim, "SGD", install)
-    run.finish(
-        run.batches_px, "eval_jempp", ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "yopo"], out
-    )
+    eval_args = recording.official_argv({**recording.SMALL_WRN, "norm": "batch", "model": "yopo"})
+    run.finish(run.batches_px, "eval_jempp", eval_args, out)
 
 
 if __name__ == "__main__":

@@ -46,51 +46,20 @@ def main():
     out = recording.output_path(opts.out, f"sadajem_{opts.precision}.npz")
 
     save_dir = tempfile.mkdtemp(prefix="record_sadajem_")
-    argv = [
-        "--dataset",
-        "cifar10",
-        "--depth",
-        "10",
-        "--width",
-        "1",
-        "--norm",
-        "batch",
-        "--model",
-        "wrn",
-        "--batch_size",
-        str(BATCH),
-        "--buffer_size",
-        "20",
-        "--n_steps",
-        "2",
-        "--sgld_lr",
-        "1",
-        "--sgld_std",
-        "0",
-        "--reinit_freq",
-        str(jp.reinit_freq(opts.precision)),
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.1",
-        "--warmup_iters",
-        "2",
-        "--sigma",
-        "0.03",
-        "--l2_coeff",
-        "0.1",
-        "--n_epochs",
-        "1",
-        "--rho",
-        "2" if opts.precision == "float64" else "0.2",
-        "--save_dir",
-        save_dir,
-        "--dir_path",
-        save_dir,
-        "--print_every",
-        "1000",
-        "--no_fid",
-    ]
+    argv = recording.official_argv(
+        {
+            "dataset": "cifar10",
+            **official_run.SMALL_JEM,
+            **jp.small_recipe(opts.precision, save_dir),
+            "model": "wrn",
+            "sgld_lr": 1,
+            "sgld_std": 0,
+            "sigma": 0.03,
+            "l2_coeff": 0.1,
+            "rho": 2 if opts.precision == "float64" else 0.2,
+            "no_fid": True,
+        }
+    )
     T = run.prepare(argv, "train_sadajem", with_index=True)  # (main reads the module-level `args`)
     run.args.writer = recording._Anything("writer").SummaryWriter()
     run.args.writer.add_scalar = lambda *a, **k: None
@@ -117,7 +86,7 @@ def main():
         )
 
     run.run(T, "SAM", install)
-    eval_args = ["--depth", "10", "--width", "1", "--norm", "batch", "--model", "wrn", "--sigma", "0"]
+    eval_args = recording.official_argv({**recording.SMALL_WRN, "norm": "batch", "model": "wrn", "sigma": 0})
     run.finish(clean, "eval_sadajem", eval_args, out)
 
 

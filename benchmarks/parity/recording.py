@@ -241,6 +241,22 @@ def float64_mode(enabled=True):
 
 
 # ----------------------------------------------------------------------------- helpers
+# The small WideResNet every recording of a WRN model trains (official option names).
+SMALL_WRN = {"depth": 10, "width": 1}
+
+
+def official_argv(options, script=None):
+    """The command line of an official script (`script`, if given, first) from `options`: official
+    option name -> value, in order. A value gives `--name str(value)`; True a bare `--name` (the
+    official `store_true` flags); None or False leaves the option out (its official default)."""
+    argv = [] if script is None else [script]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return argv
+
+
 def parse_recorder_args(doc, official, more=None):
     """The recorder's command line: `--official` (the checkout, default `official`), `--precision`,
     the recorder's own options (`more(parser)`), `--out` (default: `output_path`)."""
