@@ -30,6 +30,11 @@ per second are training steps over the training wall time, tracing included, on 
     nice python benchmarks/sampler_comparison.py --recipe=cifar10 --steps=300 \
         --output_dir=/tmp/sampler_comparison_cifar10
 
+`--collect_only` tabulates the runs of `--output_dir` as they stand, without training or evaluating: a
+run that has not finished (stopped by hand, or still going) becomes a row of its divergence events,
+the last logged step of each attempt and its logged rates. The runs checkpoint only at step 0
+(`checkpoint_every` 100000), so a divergence recovery restarts a run from its first step.
+
 Prints a markdown table and writes benchmarks/results/<device>_sampler_comparison[_cifar10].{json,md}.
 A few hundred steps on a CPU: this shows how the samplers behave in the pipeline, not how they rank
 at the papers' scale (WRN-28-10, 200 epochs).
@@ -57,6 +62,12 @@ flags.DEFINE_integer("samples", 256, "Samples drawn per run for the classifier-f
 flags.DEFINE_integer("ais_chains", 32, "AIS chains.")
 flags.DEFINE_integer("ais_temperatures", 500, "AIS temperatures.")
 flags.DEFINE_integer("eval_examples", 200, "Test images for the AIS log-likelihood.")
+flags.DEFINE_bool(
+    "collect_only",
+    False,
+    "Train and evaluate nothing: tabulate what the runs in --output_dir hold; a run without a "
+    "training summary (stopped by hand, or still going) is a row of its divergence events and logged rates.",
+)
 flags.DEFINE_string(
     "output", None, "JSON path (default benchmarks/results/<device>_sampler_comparison[_<recipe>].json)."
 )
@@ -132,37 +143,95 @@ def _train(name, bindings):
     return model_dir
 
 
-def _last_logged(model_dir, tags):
-    """The last value of each TensorBoard scalar `tag` the run logged (None when absent)."""
+def _scalars(model_dir, tags):
+    """[(wall_time, step, tag, value)] of the TensorBoard scalars `tags` the run logged, in file order
+    (a restart after a divergence recovery writes a new file whose steps start again)."""
     import glob
 
     import tensorflow as tf
 
-    last = {}
+    out = []
     for path in sorted(glob.glob(os.path.join(model_dir, "tensorboard", "events.*"))):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
                 if value.tag in tags:
-                    last[value.tag] = (
-                        event.step,
-                        float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value,
-                    )
-    return {tag: last[tag][1] if tag in last else None for tag in tags}
+                    number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") else value.simple_value
+                    out.append((event.wall_time, event.step, value.tag, number))
+    return out
+
+
+def _last_logged(model_dir, tags):
+    """The last value of each TensorBoard scalar `tag` the run logged (None when absent)."""
+    last = dict.fromkeys(tags)
+    for _, _, tag, value in _scalars(model_dir, tags):
+        last[tag] = value
+    return last
+
+
+def _logged_rate(model_dir):
+    """Training steps per second between consecutive logged steps of one attempt (no tracing, no
+    evaluation, no restart in it), and the last logged step of each attempt."""
+    logged = [(t, step) for t, step, _, _ in _scalars(model_dir, ("loss",))]
+    steps = seconds = 0.0
+    reached = [0]
+    for (t0, s0), (t1, s1) in zip(logged, logged[1:]):
+        if s1 > s0 and s0 > 0:
+            steps, seconds = steps + s1 - s0, seconds + t1 - t0
+        if s1 > s0:
+            reached[-1] = s1
+        elif s1 < s0:
+            reached.append(s1)
+    return (steps / seconds if seconds else None), reached
+
+
+def _incomplete_row(model_dir):
+    events = []
+    path = os.path.join(model_dir, "divergence_events.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                event = json.loads(line)
+                values = event.get("values", {})
+                events.append(
+                    {
+                        "at_step": event.get("at_step"),
+                        "fired": event.get("fired"),
+                        "restored": os.path.basename(event.get("restored") or ""),
+                        "energy_gap": values.get("energy_gap"),
+                        "loss": values.get("loss"),
+                        "mcmc_accept_rate": values.get("mcmc_accept_rate"),
+                        "mcmc_step_size": values.get("mcmc_step_size"),
+                    }
+                )
+    rate, reached = _logged_rate(model_dir)
+    return {
+        "status": "incomplete",
+        "divergence_events": events,
+        "last_logged_step_per_attempt": reached,
+        "logged_steps_per_second": rate,
+        "last_logged": _last_logged(model_dir, ("mcmc_accept_rate", "mcmc_step_size", "energy_gap")),
+    }
 
 
 def main(argv):
     del argv
     os.makedirs(FLAGS.output_dir, exist_ok=True)
-    reference = _train("softmax", ROWS["softmax"])
+    reference = os.path.join(FLAGS.output_dir, "softmax") if FLAGS.collect_only else _train("softmax", ROWS["softmax"])
     rows = {}
     for name in FLAGS.rows:
         start = time.time()
-        model_dir = _train(name, ROWS[name])
+        if FLAGS.collect_only:
+            model_dir = os.path.join(FLAGS.output_dir, name)
+            if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
+                rows[name] = _incomplete_row(model_dir)
+                continue
+        else:
+            model_dir = _train(name, ROWS[name])
         with open(os.path.join(model_dir, "training_summary.json")) as f:
             summary = json.load(f)
         with open(os.path.join(model_dir, "eval", "results.json")) as f:
             results = json.load(f)
-        if "likelihood" not in results:  # not evaluated yet (a rerun only collects)
+        if "likelihood" not in results and not FLAGS.collect_only:  # not evaluated yet (a rerun only collects)
             _run(
                 [
                     "eval.py",
@@ -201,34 +270,52 @@ def main(argv):
             "bits_per_dim": likelihood.get("bits_per_dim"),
             "wall_seconds": round(time.time() - start, 1),
             "last_logged": logged,
+            "status": "complete",
+            "logged_steps_per_second": _logged_rate(model_dir)[0],
         }
-    ood_names = sorted({o for r in rows.values() for o in r["auroc_log_px"]})
+    ood_names = sorted({o for r in rows.values() for o in r.get("auroc_log_px", {})})
     lines = [
         f"{RECIPES[FLAGS.recipe]['description']}, {FLAGS.steps} steps, 5 gradient evaluations of the energy per "
         f"step for every sampler; {FLAGS.samples} samples scored in the feature space of a softmax classifier "
         f"trained alike (not Inception); AIS with {FLAGS.ais_chains} chains x {FLAGS.ais_temperatures} "
-        f"temperatures on {FLAGS.eval_examples} dequantised test images. Steps/s include tracing, shared CPU.",
+        f"temperatures on {FLAGS.eval_examples} dequantised test images. Steps/s: over the training wall time "
+        "(tracing included) / between logged steps (no tracing); shared CPU.",
         "",
         "| sampler | acc | ECE | "
         + "".join(f"AUROC {o} | " for o in ood_names)
-        + "classifier FD | classifier score | steps/s | "
+        + "classifier FD | classifier score | steps/s | steps/s (logged) | "
         "log Z (s.e.) | test LL nats | bits/dim | accept (last log) | step size (last log) |",
-        "|---|---|---|" + "---|" * len(ood_names) + "---|---|---|---|---|---|---|---|",
+        "|---|---|---|" + "---|" * len(ood_names) + "---|---|---|---|---|---|---|---|---|",
     ]
 
     def num(v, fmt):
         return "-" if v is None else format(v, fmt)
 
+    notes = []
     for name, r in rows.items():
+        g = r.get
         lines.append(
-            f"| {name} | {num(r['accuracy'], '.3f')} | {num(r['ece'], '.3f')} | "
-            + "".join(f"{num(r['auroc_log_px'].get(o), '.3f')} | " for o in ood_names)
-            + f"{num(r['classifier_fd'], '.3g')} | {num(r['classifier_score'], '.3g')} | "
-            f"{num(r['steps_per_second'], '.2f')} | {num(r['ais_log_z'], '.1f')} "
-            f"({num(r['ais_log_z_stderr'], '.2f')}) | "
-            f"{num(r['test_ll_nats'], '.1f')} | {num(r['bits_per_dim'], '.3f')} | "
+            f"| {name} | {num(g('accuracy'), '.3f')} | {num(g('ece'), '.3f')} | "
+            + "".join(f"{num(g('auroc_log_px', {}).get(o), '.3f')} | " for o in ood_names)
+            + f"{num(g('classifier_fd'), '.3g')} | {num(g('classifier_score'), '.3g')} | "
+            f"{num(g('steps_per_second'), '.2f')} | {num(g('logged_steps_per_second'), '.2f')} | "
+            f"{num(g('ais_log_z'), '.1f')} ({num(g('ais_log_z_stderr'), '.2f')}) | "
+            f"{num(g('test_ll_nats'), '.1f')} | {num(g('bits_per_dim'), '.3f')} | "
             f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |"
         )
+        if r["status"] == "incomplete":
+            trips = "; ".join(
+                f"step {e['at_step']}: {', '.join(e['fired'] or [])} (gap {num(e['energy_gap'], '.1f')}, "
+                f"accept {num(e['mcmc_accept_rate'], '.3f')}, step size {num(e['mcmc_step_size'], '.2g')}) "
+                f"-> restored {e['restored'] or '-'}"
+                for e in r["divergence_events"]
+            )
+            notes.append(
+                f"* {name}: no training summary (not finished); last logged step of each attempt "
+                f"{r['last_logged_step_per_attempt']}; divergence events: {trips or 'none'}."
+            )
+    if notes:
+        lines += ["", "Rows without numbers:", ""] + notes
     table = "\n".join(lines)
     print(table)
     suffix = "" if FLAGS.recipe == "digits" else f"_{FLAGS.recipe}"
