@@ -161,10 +161,12 @@ def _scalars(model_dir, tags):
 
 
 def _last_logged(model_dir, tags):
-    """The last value of each TensorBoard scalar `tag` the run logged (None when absent)."""
+    """The last value of each TensorBoard scalar `tag` the run logged after a step (None when absent;
+    the zeros a restart logs at step 0 are skipped)."""
     last = dict.fromkeys(tags)
-    for _, _, tag, value in _scalars(model_dir, tags):
-        last[tag] = value
+    for _, step, tag, value in _scalars(model_dir, tags):
+        if step > 0:
+            last[tag] = value
     return last
 
 
