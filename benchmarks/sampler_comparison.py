@@ -32,8 +32,12 @@ per second are training steps over the training wall time, tracing included, on 
 
 `--collect_only` tabulates the runs of `--output_dir` as they stand, without training or evaluating: a
 run that has not finished (stopped by hand, or still going) becomes a row of its divergence events,
-the last logged step of each attempt and its logged rates. The runs checkpoint only at step 0
-(`checkpoint_every` 100000), so a divergence recovery restarts a run from its first step.
+the last logged step of each attempt and its logged rates. The digits runs checkpoint only at step 0
+(`checkpoint_every` 100000), so a divergence recovery restarts a run from its first step; the
+CIFAR-10 runs checkpoint every 50 steps and recover from the newest good checkpoint, with the
+remedies that keep the gradient evaluations per step (new seeds, energy L2, lower learning rate; not
+more sampler steps). When the divergence guard gives up, the row is evaluated at the run's newest
+good checkpoint (a copy, `<row>_last_good`, resumed there for no step) and says so.
 
 Prints a markdown table and writes benchmarks/results/<device>_sampler_comparison[_cifar10].{json,md}.
 A few hundred steps on a CPU: this shows how the samplers behave in the pipeline, not how they rank
@@ -56,7 +60,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 flags.DEFINE_enum("recipe", "digits", ["digits", "cifar10"], "The SADA-JEM recipe the samplers train.")
 flags.DEFINE_integer("steps", 300, "Training steps per run.")
-flags.DEFINE_list("rows", ["sgld", "mala", "hmc"], "Samplers to compare.")
+flags.DEFINE_list(
+    "rows",
+    ["sgld", "mala", "hmc"],
+    "Samplers to compare; `<sampler>@<step>`: that sampler's run stopped at `step` (same schedules).",
+)
 flags.DEFINE_string("output_dir", "/tmp/sampler_comparison", "Where the runs go.")
 flags.DEFINE_integer("samples", 256, "Samples drawn per run for the classifier-feature scores.")
 flags.DEFINE_integer("ais_chains", 32, "AIS chains.")
@@ -89,8 +97,15 @@ RECIPES = {
             "gin_configs/cpu_budget.gin",
         ],
         "description": "SADA-JEM on CIFAR-10 (JPEG copies; sadajem.gin + cpu_budget.gin: WRN-10-2, batch 64 + 64)",
-        # A fixed number of steps, not the overlay's minutes.
-        "bindings": ["run_training.max_minutes = None"],
+        # A fixed number of steps, not the overlay's minutes. A checkpoint every 50 steps, so that a
+        # divergence recovery resumes from the newest good one (confirmed 100 steps later) instead
+        # of step 0; recoveries change seeds, energy L2 and learning rate but never the number of
+        # sampler steps, so every row keeps its 5 gradient evaluations per step.
+        "bindings": [
+            "run_training.max_minutes = None",
+            "run_training.checkpoint_every = 50",
+            "DivergenceGuard.remedies = ('energy_l2', 'lower_lr')",
+        ],
     },
 }
 ROWS = {
@@ -129,18 +144,80 @@ def _run(args):
     return out.stdout + out.stderr
 
 
+def _row_bindings(name):
+    """The bindings of row `name`: a sampler of ROWS, or `<sampler>@<step>`, that sampler's run of the
+    same recipe (schedules of `--steps`) stopped at `step` (to compare with a run that ended there)."""
+    sampler, _, step = name.partition("@")
+    return ROWS[sampler] + ([f"run_training.train_steps = {int(step)}"] if step else [])
+
+
 def _train(name, bindings):
     model_dir = os.path.join(FLAGS.output_dir, name)
     recipe = RECIPES[FLAGS.recipe]
     gin_files = recipe["softmax" if name == "softmax" else "sadajem"]
     params = COMMON + recipe.get("bindings", []) + [f"TRAIN_STEPS = {FLAGS.steps}"] + bindings
-    if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
-        _run(
-            ["train.py", f"--model_dir={model_dir}"]
-            + [f"--gin_file={g}" for g in gin_files]
-            + [f"--gin_param={p}" for p in params]
-        )
+    failed = os.path.join(model_dir, "training_failed.txt")
+    if not os.path.exists(os.path.join(model_dir, "training_summary.json")) and not os.path.exists(failed):
+        try:
+            _run(
+                ["train.py", f"--model_dir={model_dir}"]
+                + [f"--gin_file={g}" for g in gin_files]
+                + [f"--gin_param={p}" for p in params]
+            )
+        except RuntimeError as error:  # e.g. the divergence guard gave up: the row says so
+            if name == "softmax":
+                raise
+            with open(failed, "w") as f:
+                f.write(str(error))
     return model_dir
+
+
+def _last_good(name):
+    """A run the divergence guard gave up on, evaluated at its newest confirmed-good checkpoint: the
+    newest one at least `DivergenceGuard.confirm_steps` before the step of the final trip (the
+    guard's own definition of good). Copied with its checkpoints up to that one into
+    `<name>_last_good`, then resumed there for no step (`run_training.train_steps` = that step), so
+    train.py exports and evaluates it as it does a finished run. None when no checkpoint qualifies."""
+    import re
+    import shutil
+
+    import tensorflow as tf
+
+    source = os.path.join(FLAGS.output_dir, name)
+    with open(os.path.join(source, "training_failed.txt")) as f:
+        trips = re.findall(r"training diverged at step (\d+)", f.read())
+    with open(os.path.join(source, "operative_config.gin")) as f:
+        confirm = re.search(r"DivergenceGuard\.confirm_steps = (\d+)", f.read())
+    if not trips:
+        return None
+    limit = int(trips[-1]) - (int(confirm.group(1)) if confirm else 100)
+    state = tf.train.get_checkpoint_state(os.path.join(source, "checkpoints"))
+    paths = [os.path.join(source, "checkpoints", p) for p in state.all_model_checkpoint_paths] if state else []
+    paths = [p for p in paths if int(p.rsplit("-", 1)[1]) <= limit]
+    if not paths:
+        return None
+    good = max(paths, key=lambda p: int(p.rsplit("-", 1)[1]))
+    step = int(good.rsplit("-", 1)[1])
+    target = os.path.join(FLAGS.output_dir, f"{name}_last_good")
+    if not os.path.exists(os.path.join(target, "last_good.json")):
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns("checkpoints", "training_failed.txt"))
+        checkpoints = os.path.join(target, "checkpoints")
+        os.makedirs(checkpoints)
+        for path in tf.io.gfile.glob(good + ".*"):
+            shutil.copy(path, checkpoints)
+        kept = os.path.basename(good)
+        tf.compat.v1.train.update_checkpoint_state(checkpoints, kept, all_model_checkpoint_paths=[kept])
+        if not tf.io.gfile.exists(os.path.join(checkpoints, kept + ".index")):
+            raise FileNotFoundError(f"{good} was not copied to {checkpoints}")
+        # A finished run only exports and evaluates (no training summary: it trained no step).
+        _run(
+            ["train.py", f"--model_dir={target}", f"--gin_file={os.path.join(target, 'config.gin')}"]
+            + [f"--gin_param=run_training.{k}" for k in (f"train_steps = {step}", "export = True", "evaluate = True")]
+        )
+        with open(os.path.join(target, "last_good.json"), "w") as f:
+            json.dump({"checkpoint": good, "step": step, "final_trip_step": int(trips[-1])}, f)
+    return target
 
 
 def _scalars(model_dir, tags):
@@ -222,15 +299,25 @@ def main(argv):
     rows = {}
     for name in FLAGS.rows:
         start = time.time()
-        if FLAGS.collect_only:
-            model_dir = os.path.join(FLAGS.output_dir, name)
-            if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
-                rows[name] = _incomplete_row(model_dir)
+        model_dir = os.path.join(FLAGS.output_dir, name) if FLAGS.collect_only else _train(name, _row_bindings(name))
+        incomplete = None
+        if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
+            incomplete = _incomplete_row(model_dir)
+            given_up = os.path.exists(os.path.join(model_dir, "training_failed.txt"))
+            last_good = os.path.join(FLAGS.output_dir, f"{name}_last_good")
+            if given_up and not FLAGS.collect_only:
+                last_good = _last_good(name) or last_good
+            if not (given_up and os.path.exists(os.path.join(last_good, "last_good.json"))):
+                rows[name] = incomplete
                 continue
+            incomplete["status"] = "gave up"
+            model_dir = last_good  # the numbers below are those of its newest good checkpoint
+            with open(os.path.join(last_good, "last_good.json")) as f:
+                step = json.load(f)["step"]
+            summary = {"first_step": 0, "last_step": step, "seconds": None}
         else:
-            model_dir = _train(name, ROWS[name])
-        with open(os.path.join(model_dir, "training_summary.json")) as f:
-            summary = json.load(f)
+            with open(os.path.join(model_dir, "training_summary.json")) as f:
+                summary = json.load(f)
         with open(os.path.join(model_dir, "eval", "results.json")) as f:
             results = json.load(f)
         if "likelihood" not in results and not FLAGS.collect_only:  # not evaluated yet (a rerun only collects)
@@ -275,6 +362,8 @@ def main(argv):
             "status": "complete",
             "logged_steps_per_second": _logged_rate(model_dir)[0],
         }
+        if incomplete is not None:  # the run's own events and rates; the evaluated step is its last good one
+            rows[name].update(incomplete)
     ood_names = sorted({o for r in rows.values() for o in r.get("auroc_log_px", {})})
     lines = [
         f"{RECIPES[FLAGS.recipe]['description']}, {FLAGS.steps} steps, 5 gradient evaluations of the energy per "
@@ -283,11 +372,11 @@ def main(argv):
         f"temperatures on {FLAGS.eval_examples} dequantised test images. Steps/s: over the training wall time "
         "(tracing included) / between logged steps (no tracing); shared CPU.",
         "",
-        "| sampler | acc | ECE | "
+        "| sampler | steps | acc | ECE | "
         + "".join(f"AUROC {o} | " for o in ood_names)
         + "classifier FD | classifier score | steps/s | steps/s (logged) | "
         "log Z (s.e.) | test LL nats | bits/dim | accept (last log) | step size (last log) |",
-        "|---|---|---|" + "---|" * len(ood_names) + "---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|" + "---|" * len(ood_names) + "---|---|---|---|---|---|---|---|---|",
     ]
 
     def num(v, fmt):
@@ -297,7 +386,7 @@ def main(argv):
     for name, r in rows.items():
         g = r.get
         lines.append(
-            f"| {name} | {num(g('accuracy'), '.3f')} | {num(g('ece'), '.3f')} | "
+            f"| {name} | {num(g('steps'), 'd')} | {num(g('accuracy'), '.3f')} | {num(g('ece'), '.3f')} | "
             + "".join(f"{num(g('auroc_log_px', {}).get(o), '.3f')} | " for o in ood_names)
             + f"{num(g('classifier_fd'), '.3g')} | {num(g('classifier_score'), '.3g')} | "
             f"{num(g('steps_per_second'), '.2f')} | {num(g('logged_steps_per_second'), '.2f')} | "
@@ -305,19 +394,24 @@ def main(argv):
             f"{num(g('test_ll_nats'), '.1f')} | {num(g('bits_per_dim'), '.3f')} | "
             f"{num(r['last_logged']['mcmc_accept_rate'], '.3f')} | {num(r['last_logged']['mcmc_step_size'], '.3g')} |"
         )
-        if r["status"] == "incomplete":
+        if r["status"] != "complete":
             trips = "; ".join(
                 f"step {e['at_step']}: {', '.join(e['fired'] or [])} (gap {num(e['energy_gap'], '.1f')}, "
                 f"accept {num(e['mcmc_accept_rate'], '.3f')}, step size {num(e['mcmc_step_size'], '.2g')}) "
                 f"-> restored {e['restored'] or '-'}"
                 for e in r["divergence_events"]
             )
+            what = (
+                f"the divergence guard gave up; its numbers are those of its newest good checkpoint, step {r['steps']}"
+                if r["status"] == "gave up"
+                else "no training summary (not finished)"
+            )
             notes.append(
-                f"* {name}: no training summary (not finished); last logged step of each attempt "
-                f"{r['last_logged_step_per_attempt']}; divergence events: {trips or 'none'}."
+                f"* {name}: {what}; last logged step of each attempt {r['last_logged_step_per_attempt']}; "
+                f"divergence events: {trips or 'none'}."
             )
     if notes:
-        lines += ["", "Rows without numbers:", ""] + notes
+        lines += ["", "Rows that did not finish:", ""] + notes
     table = "\n".join(lines)
     print(table)
     suffix = "" if FLAGS.recipe == "digits" else f"_{FLAGS.recipe}"
@@ -327,7 +421,7 @@ def main(argv):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         record = {"recipe": FLAGS.recipe, "steps": FLAGS.steps, "rows": rows}
-        record["settings"] = {k: ROWS[k] for k in FLAGS.rows}
+        record["settings"] = {k: _row_bindings(k) for k in FLAGS.rows}
         json.dump(record, f, indent=2)
     with open(out[: -len(".json")] + ".md", "w") as f:
         f.write(table + "\n")

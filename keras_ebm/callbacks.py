@@ -124,6 +124,17 @@ _CHECKPOINT_FILE = re.compile(r"^(ckpt-\d+)(\.index|\.data-\d+-of-\d+)$")
 _CHECKPOINT_STAGING = re.compile(r"^ckpt-\d+_temp$")
 
 
+def listed_checkpoints(directory: str | os.PathLike) -> list[str]:
+    """Every checkpoint the state file of `directory` lists (latest included). Not
+    `CheckpointManager.checkpoints`: that leaves out the ones whose timestamps are missing or not
+    after `last_preserved_timestamp` (a state file written by `update_checkpoint_state` without
+    timestamps, or by another tool), which are still checkpoints the user keeps."""
+    state = tf.train.get_checkpoint_state(os.fspath(directory))
+    if state is None:
+        return []
+    return list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
+
+
 def remove_checkpoint_leftovers(directory: str | os.PathLike, listed: Sequence[str]) -> list[str]:
     """Delete what a kill during a save leaves in `directory`: TensorFlow's `ckpt-N_temp` staging
     folders and `ckpt-N.index` / `.data-*` files of checkpoints the state file does not list (never
@@ -265,7 +276,7 @@ class Checkpointing(StepCallback):
         self.recovery.attach(model)
         self.checkpoint = make_checkpoint(model, self.recovery)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=self.keep)
-        self.removed_leftovers = remove_checkpoint_leftovers(self.directory, self.manager.checkpoints)
+        self.removed_leftovers = remove_checkpoint_leftovers(self.directory, listed_checkpoints(self.directory))
         if self.resume and self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
             notes = self.recovery.apply(model)

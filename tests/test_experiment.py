@@ -538,6 +538,21 @@ def test_a_rerun_removes_what_killed_saves_and_exports_left(tmp_path):
     assert (tmp_path / "export" / "saved_model.pb").exists()
 
 
+def test_a_resume_keeps_listed_checkpoints_without_timestamps(tmp_path):
+    """A state file that lists a checkpoint without timestamps (`update_checkpoint_state` by hand,
+    another tool) hides it from `CheckpointManager.checkpoints`; the leftover cleanup must still keep
+    its files, and the resume restore it."""
+    run(tmp_path, 4)  # checkpoints every 2 steps
+    ckpt = tmp_path / "checkpoints"
+    for f in ckpt.glob("ckpt-4.*"):
+        f.unlink()
+    tf.compat.v1.train.update_checkpoint_state(str(ckpt), "ckpt-2", all_model_checkpoint_paths=["ckpt-2"])
+    kept = sorted(f.name for f in ckpt.glob("ckpt-2.*"))
+    model = run(tmp_path, 2)  # resumed at step 2: nothing to train
+    assert sorted(f.name for f in ckpt.glob("ckpt-2.*")) == kept
+    assert int(model.optimizer.iterations.numpy()) == 2
+
+
 def test_monitor_one_outlying_step_neither_fires_nor_hides_a_rise():
     # The running level and the current loss are medians: a single spike (a hard batch) in the
     # history does not fire the signal, and a single huge value in the baseline does not lift the
