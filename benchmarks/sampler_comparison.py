@@ -28,11 +28,15 @@ per second are training steps over the training wall time, tracing included, on 
 
     nice python benchmarks/sampler_comparison.py --steps=300 --output_dir=/tmp/sampler_comparison
     nice python benchmarks/sampler_comparison.py --recipe=cifar10 --steps=300 \
-        --output_dir=/tmp/sampler_comparison_cifar10
+        --rows=sgld,sgld@150,mala,hmc --output_dir=/tmp/sampler_comparison_cifar10
 
-`--collect_only` tabulates the runs of `--output_dir` as they stand, without training or evaluating: a
-run that has not finished (stopped by hand, or still going) becomes a row of its divergence events,
-the last logged step of each attempt and its logged rates. The digits runs checkpoint only at step 0
+A row `<sampler>@<step>` (e.g. `--rows=sgld,sgld@150,mala,hmc`) is that sampler's run of the same
+recipe stopped at `step` (`run_training.train_steps`; the schedules stay those of `--steps`), to
+compare with a run evaluated at that step.
+
+`--collect_only` tabulates the runs of `--output_dir` as they stand, without training or
+evaluating: a run that has not finished (stopped by hand, or still going) becomes a row of its
+divergence events, the last logged step of each attempt and its logged rates. The digits runs checkpoint only at step 0
 (`checkpoint_every` 100000), so a divergence recovery restarts a run from its first step; the
 CIFAR-10 runs checkpoint every 50 steps and recover from the newest good checkpoint, with the
 remedies that keep the gradient evaluations per step (new seeds, energy L2, lower learning rate; not
@@ -46,6 +50,7 @@ at the papers' scale (WRN-28-10, 200 epochs).
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -178,7 +183,6 @@ def _last_good(name):
     guard's own definition of good). Copied with its checkpoints up to that one into
     `<name>_last_good`, then resumed there for no step (`run_training.train_steps` = that step), so
     train.py exports and evaluates it as it does a finished run. None when no checkpoint qualifies."""
-    import re
     import shutil
 
     import tensorflow as tf
@@ -311,6 +315,9 @@ def main(argv):
                 rows[name] = incomplete
                 continue
             incomplete["status"] = "gave up"
+            with open(os.path.join(FLAGS.output_dir, name, "training_failed.txt")) as f:
+                trip = re.findall(r"training diverged at step (\d+): ([a-z_, ]+) in", f.read())[-1]
+            incomplete["final_trip"] = {"at_step": int(trip[0]), "fired": trip[1].split(", ")}
             model_dir = last_good  # the numbers below are those of its newest good checkpoint
             with open(os.path.join(last_good, "last_good.json")) as f:
                 step = json.load(f)["step"]
@@ -402,7 +409,9 @@ def main(argv):
                 for e in r["divergence_events"]
             )
             what = (
-                f"the divergence guard gave up; its numbers are those of its newest good checkpoint, step {r['steps']}"
+                f"the divergence guard gave up at step {r['final_trip']['at_step']} "
+                f"({', '.join(r['final_trip']['fired'])}, after its last recovery); its numbers are those of "
+                f"its newest good checkpoint, step {r['steps']}"
                 if r["status"] == "gave up"
                 else "no training summary (not finished)"
             )
