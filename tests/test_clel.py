@@ -292,7 +292,8 @@ def cifar_x(path, n=16):
     return tf.image.resize(x, (8, 8), method="area").numpy(), y  # 8x8 keeps the test fast
 
 
-@pytest.mark.parametrize("size", ["small", "base", "large"])
+# "large" (about 35-50 s each on 2 cores) runs in the slow suite: the default one stays under 10 minutes.
+@pytest.mark.parametrize("size", ["small", "base", pytest.param("large", marks=pytest.mark.slow)])
 def test_clel_fit_on_real_cifar10_steps_both_optimizers(size, cifar10_npz, tmp_path):
     x, y = cifar_x(cifar10_npz)
     # large: the EBM sees a quarter of the batch, the encoder all of it (clel_large.gin)
@@ -440,7 +441,8 @@ def _clel_state(model):
     return {k: [np.asarray(v.numpy()) for v in vs] for k, vs in state.items()}
 
 
-@pytest.mark.parametrize("size", ["small", "base", "large"])
+# "large" (about 35-50 s each on 2 cores) runs in the slow suite: the default one stays under 10 minutes.
+@pytest.mark.parametrize("size", ["small", "base", pytest.param("large", marks=pytest.mark.slow)])
 def test_clel_resume_continues_exactly_like_an_uninterrupted_run(size, cifar10_npz, tmp_path):
     # A run stopped after its step-2 checkpoint (as by a kill) and resumed to step 4 must end in the
     # same state, variable for variable, as a run that never stopped: both optimizers' slots, the
