@@ -177,6 +177,13 @@ def _train(name, bindings):
     return model_dir
 
 
+def _final_trip(name):
+    """(step, signals) of the last divergence in the failure text of a run the guard gave up on."""
+    with open(os.path.join(FLAGS.output_dir, name, "training_failed.txt")) as f:
+        trips = re.findall(r"training diverged at step (\d+): ([a-z_, ]+) in", f.read())
+    return (int(trips[-1][0]), trips[-1][1].split(", ")) if trips else None
+
+
 def _last_good(name):
     """A run the divergence guard gave up on, evaluated at its newest confirmed-good checkpoint: the
     newest one at least `DivergenceGuard.confirm_steps` before the step of the final trip (the
@@ -188,13 +195,12 @@ def _last_good(name):
     import tensorflow as tf
 
     source = os.path.join(FLAGS.output_dir, name)
-    with open(os.path.join(source, "training_failed.txt")) as f:
-        trips = re.findall(r"training diverged at step (\d+)", f.read())
+    trip = _final_trip(name)
     with open(os.path.join(source, "operative_config.gin")) as f:
         confirm = re.search(r"DivergenceGuard\.confirm_steps = (\d+)", f.read())
-    if not trips:
+    if trip is None:
         return None
-    limit = int(trips[-1]) - (int(confirm.group(1)) if confirm else 100)
+    limit = trip[0] - (int(confirm.group(1)) if confirm else 100)
     state = tf.train.get_checkpoint_state(os.path.join(source, "checkpoints"))
     paths = [os.path.join(source, "checkpoints", p) for p in state.all_model_checkpoint_paths] if state else []
     paths = [p for p in paths if int(p.rsplit("-", 1)[1]) <= limit]
@@ -220,7 +226,7 @@ def _last_good(name):
             + [f"--gin_param=run_training.{k}" for k in (f"train_steps = {step}", "export = True", "evaluate = True")]
         )
         with open(os.path.join(target, "last_good.json"), "w") as f:
-            json.dump({"checkpoint": good, "step": step, "final_trip_step": int(trips[-1])}, f)
+            json.dump({"checkpoint": good, "step": step, "final_trip_step": trip[0]}, f)
     return target
 
 
@@ -315,9 +321,8 @@ def main(argv):
                 rows[name] = incomplete
                 continue
             incomplete["status"] = "gave up"
-            with open(os.path.join(FLAGS.output_dir, name, "training_failed.txt")) as f:
-                trip = re.findall(r"training diverged at step (\d+): ([a-z_, ]+) in", f.read())[-1]
-            incomplete["final_trip"] = {"at_step": int(trip[0]), "fired": trip[1].split(", ")}
+            step, fired = _final_trip(name)
+            incomplete["final_trip"] = {"at_step": step, "fired": fired}
             model_dir = last_good  # the numbers below are those of its newest good checkpoint
             with open(os.path.join(last_good, "last_good.json")) as f:
                 step = json.load(f)["step"]
