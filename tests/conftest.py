@@ -17,6 +17,7 @@ os.environ.setdefault("KERAS_EBM_CACHE", tempfile.mkdtemp(prefix="keras_ebm_cach
 import pytest
 import tensorflow as tf
 
+import helpers
 import standins
 
 _cpus = tf.config.list_physical_devices("CPU")
@@ -73,6 +74,13 @@ def _shared_file(request, name):
 def cifar10_npz(request):
     """cifar10_jpeg_bytes.npz: all of CIFAR-10 (JPEG) if present, else a 512 + 256 image stand-in."""
     return _shared_file(request, "cifar10_jpeg_bytes.npz")
+
+
+@pytest.fixture
+def cifar10_arrays(cifar10_npz):
+    """`fn(n=128, pixel_range=(-1, 1))`: the first `n` images of `cifar10_npz`'s train split as
+    floats in `pixel_range`, and their labels (`helpers.cifar_arrays`)."""
+    return lambda n=128, pixel_range=(-1.0, 1.0): helpers.cifar_arrays(cifar10_npz, n, pixel_range)
 
 
 @pytest.fixture

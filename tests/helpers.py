@@ -172,10 +172,11 @@ def run_script(args, cwd, env, timeout, returncode=0, tail=3000):
     return out
 
 
-def fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size=32):
+def fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size=32, agree=(), weights=True):
     """`build()` (a compiled trainer) in the scope of the default strategy and of
     `two_device_strategy`, then fit each for one epoch of `(x, y)` in batches of `batch_size`, in
-    order. Returns `[(history dict, model, strategy)]`, one device first."""
+    order; then `assert_replicas_agree(results, agree, weights)` when `agree` names logged keys.
+    Returns `[(history dict, model, strategy)]`, one device first."""
     results = []
     for strategy in (tf.distribute.get_strategy(), two_device_strategy):
         with strategy.scope():
@@ -183,6 +184,8 @@ def fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size
         ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size)
         history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
         results.append((history, model, strategy))
+    if agree:
+        assert_replicas_agree(results, agree, weights)
     return results
 
 
@@ -246,6 +249,19 @@ def run_checkpoint_roundtrip(trainer_fn, x, y, directory, steps=2, batch_size=16
     return restored
 
 
+def run_lifecycle(trainer, x, y, directory, make=None, steps=2, compile_fn=compile_trainer, before_save=None):
+    """The life of a trainer in one call: `run_trainer_smoke_test` (`steps` steps), then, given
+    `make` (a function building a fresh trainer like `trainer`), `run_checkpoint_roundtrip` in
+    `directory/checkpoint`, then `before_save()` if given, then `run_serialization_test` in
+    `directory/keras`. Returns the loaded trainer."""
+    run_trainer_smoke_test(trainer, x, y, steps=steps)
+    if make is not None:
+        run_checkpoint_roundtrip(make, x, y, os.path.join(str(directory), "checkpoint"), compile_fn=compile_fn)
+    if before_save is not None:
+        before_save()
+    return run_serialization_test(trainer, x, y, os.path.join(str(directory), "keras"))
+
+
 def _json(config):
     return json.loads(json.dumps(config))  # what the .keras file holds (tuples become lists)
 
@@ -287,6 +303,7 @@ __all__ = [
     "fit_one_device_and_two_replicas",
     "run_briefly",
     "run_checkpoint_roundtrip",
+    "run_lifecycle",
     "run_script",
     "run_serialization_test",
     "run_trainer_smoke_test",
@@ -335,10 +352,19 @@ def import_script(name):
     return importlib.import_module(mine)
 
 
+def tiny_clel_encoder(image_shape=(8, 8, 3), output_dim=6, **kwargs):
+    """The SimCLR encoder of the tiny CLEL tests: stages 4 and 8 wide, one block each, an 8-unit
+    head, `output_dim` outputs, no input normalisation (`kwargs` go to `build_clel_encoder`)."""
+    from keras_ebm.backbones.clel import build_clel_encoder
+
+    options = dict(widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, input_mean=None, **kwargs)
+    return build_clel_encoder(image_shape, output_dim=output_dim, **options)
+
+
 def tiny_clel(image_shape=(8, 8, 3), buffer_size=20, **kwargs):
     """A CLEL trainer on `image_shape` images with 4-8 wide networks and a `buffer_size`-row buffer
     (`kwargs` go to CLEL)."""
-    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+    from keras_ebm.backbones.clel import build_clel_ebm, build_clel_projection
     from keras_ebm.trainers import CLEL
 
     network = build_clel_ebm(
@@ -351,9 +377,7 @@ def tiny_clel(image_shape=(8, 8, 3), buffer_size=20, **kwargs):
         input_mean=None,
     )
     projection = build_clel_projection(feature_dim=8, hidden_units=8, output_dim=6)
-    encoder = build_clel_encoder(
-        image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
-    )
+    encoder = tiny_clel_encoder(image_shape)
     return CLEL(network, projection, encoder, image_shape=image_shape, buffer_size=buffer_size, **kwargs)
 
 

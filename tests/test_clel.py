@@ -10,11 +10,10 @@ from helpers import (
     clel_sampler,
     digits_arrays,
     run_briefly,
-    run_checkpoint_roundtrip,
-    run_serialization_test,
-    run_trainer_smoke_test,
+    run_lifecycle,
+    tiny_clel_encoder,
 )
-from keras_ebm.backbones.clel import build_clel_ebm, build_clel_encoder, build_clel_projection
+from keras_ebm.backbones.clel import build_clel_ebm, build_clel_projection
 from keras_ebm.backbones.layers import SpectralNormConv2D
 from keras_ebm.losses.contrastive import nt_xent_loss
 from keras_ebm.optim import PlainGradients, SAMGradients
@@ -163,9 +162,7 @@ def test_projection_is_positively_homogeneous():
 
 
 def test_encoder_shape_and_zero_init_residual():
-    enc = build_clel_encoder(
-        (8, 8, 3), widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=5, synchronized_bn=True
-    )
+    enc = tiny_clel_encoder(output_dim=5, synchronized_bn=True)
     assert enc(tf.zeros((2, 8, 8, 3)), training=True).shape == (2, 5)
     bn2 = [l for l in enc.layers if l.name.endswith("_bn2")]
     assert bn2 and all(np.all(l.gamma.numpy() == 0) for l in bn2)
@@ -265,9 +262,7 @@ def make_clel(image_shape=(8, 8, 3), compile=True, size="small", **kwargs):
     # Tiny widths; "base" and "large" keep their 2 blocks per stage, "large" its three scales.
     ebm = tiny_ebm(size, image_shape=image_shape, blocks=1 if size == "small" else 2)
     projection = build_clel_projection(feature_dim=8, hidden_units=16, output_dim=6)
-    encoder = build_clel_encoder(
-        image_shape, widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, output_dim=6, input_mean=None
-    )
+    encoder = tiny_clel_encoder(image_shape)
     defaults = dict(
         sampler=clel_sampler(3),
         buffer_size=40,
@@ -340,15 +335,7 @@ def _mirrors(variable):
 def _sync_bn_encoder(image_shape):
     """A tiny SimCLR encoder with synchronised BN, built after `set_random_seed(0)`."""
     keras.utils.set_random_seed(0)
-    return build_clel_encoder(
-        image_shape,
-        widths=(4, 8),
-        blocks_per_stage=(1, 1),
-        head_units=8,
-        output_dim=6,
-        input_mean=None,
-        synchronized_bn=True,
-    )
+    return tiny_clel_encoder(image_shape, synchronized_bn=True)
 
 
 def _clel_one_step(strategy, x):
@@ -586,6 +573,23 @@ def test_conditional_energy_is_eq6_and_class_latents_are_normalised_sums(cifar10
     with pytest.raises(ValueError, match="every class"):
         model.set_class_latents(x, labels, num_classes=4)
 
+    # generate(y=...) runs the chains conditioned on each label's class latent: the same chains
+    # (same seeds) as generate(latents=<those rows>), not the marginal ones.
+    seeds = [model.seed_generator.state, model.sampler.seed_generator.state]
+    start = [v.numpy() for v in seeds]
+
+    def draw(**kwargs):
+        for v, value in zip(seeds, start):
+            v.assign(value)
+        return model.generate(4, n_steps=2, beta=100.0, **kwargs).numpy()
+
+    y = tf.constant([0, 1, 2, 1])
+    by_label = draw(y=y)
+    np.testing.assert_allclose(by_label, draw(latents=tf.gather(table, y)), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(by_label, draw(), atol=1e-4)
+    with pytest.raises(ValueError, match="either `y` or `latents`"):
+        model.generate(2, y=y[:2], latents=table[:2])
+
 
 def test_generate_unconditional_conditional_and_composed(cifar10_npz, tmp_path):
     x, y = cifar_x(cifar10_npz, 16)
@@ -731,9 +735,7 @@ def test_clel_smoke_checkpoint_and_keras_file_round_trips(size, tmp_path):
         sample_sweeps=2,
     )
     trainer = _compile_clel(make_clel(**kwargs))
-    run_trainer_smoke_test(trainer, x, y)
-    run_checkpoint_roundtrip(lambda: make_clel(**kwargs), x, y, tmp_path / "checkpoint", compile_fn=_compile_clel)
-    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    loaded = run_lifecycle(trainer, x, y, tmp_path, make=lambda: make_clel(**kwargs), compile_fn=_compile_clel)
     assert loaded.encoder_optimizer.get_config() == trainer.encoder_optimizer.get_config()
     assert int(loaded.encoder_optimizer.iterations.numpy()) == int(trainer.encoder_optimizer.iterations.numpy()) == 3
     for name in ("ebm_batch_fraction", "sample_sweeps", "ema_decay", "ood_beta", "encoder_weight_decay"):

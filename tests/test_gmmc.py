@@ -12,14 +12,10 @@ import tensorflow as tf
 
 from helpers import (
     ConstantInitializer,
-    assert_replicas_agree,
-    cifar_arrays,
     digits_arrays,
     fit_one_device_and_two_replicas,
     run_briefly,
-    run_checkpoint_roundtrip,
-    run_serialization_test,
-    run_trainer_smoke_test,
+    run_lifecycle,
     tiny_network,
 )
 from keras_ebm import export
@@ -302,8 +298,8 @@ def test_noise_injected_sampling_redraws_z_every_step_and_staged_keeps_it():
 
 # ---------------------------------------------------------------------- training
 @pytest.mark.parametrize("mode", ["discriminative", "generative", "joint"])
-def test_each_mode_fits_real_cifar10(cifar10_npz, mode):
-    x, y = cifar_arrays(cifar10_npz)
+def test_each_mode_fits_real_cifar10(cifar10_arrays, mode):
+    x, y = cifar10_arrays()
     network = build_mmc_classifier(TinyCNN((8, 16), input_shape=(32, 32, 3)), num_classes=10)
     model = GMMC(
         network,
@@ -465,12 +461,12 @@ def test_smoke_checkpoint_and_keras_file_round_trips(mode, sampling, tmp_path):
             mode=mode, sampling=sampling, switch_step=1, ramp_steps=2, latent_std=0.01, sigma_batches=2, seed=0
         )
 
-    trainer = make()
-    run_trainer_smoke_test(trainer, x, y)
-    run_checkpoint_roundtrip(make, x, y, tmp_path / "checkpoint")
-    sigma = trainer.estimate_sigma((x, y))  # section 3.1: the estimate is a weight of the head
-    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
-    assert loaded.head.sigma.numpy() == pytest.approx(sigma, rel=1e-6)
+    trainer, sigmas = make(), []
+    # section 3.1: the estimate, made after training, is a weight of the head
+    loaded = run_lifecycle(
+        trainer, x, y, tmp_path, make=make, before_save=lambda: sigmas.append(trainer.estimate_sigma((x, y)))
+    )
+    assert loaded.head.sigma.numpy() == pytest.approx(sigmas[0], rel=1e-6)
     assert (loaded.mode, loaded.sampling, loaded.switch_step, loaded.ramp_steps) == (mode, sampling, 1, 2)
     assert (loaded.buffer is None) == (mode == "discriminative")
 
@@ -486,8 +482,7 @@ def test_keras_file_round_trip_with_a_library_backbone(tmp_path):
         seed=0,
         sampler=SGLDSampler(n_steps=2, noise_std=0.0, x_clip=(-1, 1), energy_reduction="mean"),
     )
-    run_trainer_smoke_test(trainer, x, y, steps=1)
-    run_serialization_test(trainer, x, y, tmp_path)
+    run_lifecycle(trainer, x, y, tmp_path, steps=1)
 
 
 @pytest.mark.parametrize("mode", ["discriminative", "generative", "joint"])
@@ -512,8 +507,8 @@ def test_one_device_and_two_replicas_agree(two_device_strategy, mode):
         model.compile(optimizer=keras.optimizers.SGD(0.05))
         return model
 
-    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y)
-    assert_replicas_agree(results, ("loss", "center_loss", "sample_loss", "balance"))
+    agree = ("loss", "center_loss", "sample_loss", "balance")
+    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y, agree=agree)
     (_, m1, _), (_, m2, _) = results
     if m1.buffer is not None:
         np.testing.assert_allclose(m1.buffer.buffer.numpy(), m2.buffer.buffer.numpy(), atol=1e-5)

@@ -8,14 +8,10 @@ import pytest
 import tensorflow as tf
 
 from helpers import (
-    assert_replicas_agree,
-    cifar_arrays,
     digits_arrays,
     fit_one_device_and_two_replicas,
     run_briefly,
-    run_checkpoint_roundtrip,
-    run_serialization_test,
-    run_trainer_smoke_test,
+    run_lifecycle,
     tiny_network,
 )
 from keras_ebm.losses.hdge import hdge_contrastive_loss, hdge_loss
@@ -266,17 +262,17 @@ def test_one_device_and_two_replicas_agree(two_device_strategy):
         _prefill(model.queue, prefill)
         return model
 
-    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size=16)
+    agree = ("loss", "clf_loss", "contrastive_loss", "queue_fill")
+    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y, batch_size=16, agree=agree)
     q1, q2 = ([v.numpy() for v in s.experimental_local_results(m.queue.queue.value)] for _, m, s in results)
     assert results[0][0]["contrastive_loss"][-1] > 0.1
-    assert_replicas_agree(results, ("loss", "clf_loss", "contrastive_loss", "queue_fill"))
     assert len(q2) == 2
     np.testing.assert_array_equal(q2[0], q2[1])  # the two replicas hold the same global queue
     np.testing.assert_allclose(q1[0], q2[0], atol=1e-4)  # ...which is the one-device queue
 
 
-def test_fit_on_real_cifar10_fills_the_queue(cifar10_npz):
-    x, y = cifar_arrays(cifar10_npz, 128)
+def test_fit_on_real_cifar10_fills_the_queue(cifar10_arrays):
+    x, y = cifar10_arrays(128)
     model = tiny_hdge((32, 32, 3), queue_size=100, seed=0)
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     history = model.fit(x, y, batch_size=32, epochs=2, verbose=0, shuffle=False).history
@@ -286,8 +282,8 @@ def test_fit_on_real_cifar10_fills_the_queue(cifar10_npz):
     assert np.all(np.isfinite(model.queue.values().numpy()))
 
 
-def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_npz):
-    x, y = cifar_arrays(cifar10_npz, 64)
+def test_hdge_plus_jem_fits_on_real_cifar10(cifar10_arrays):
+    x, y = cifar10_arrays(64)
     model = tiny_hdge(
         (32, 32, 3),
         queue_size=50,
@@ -365,9 +361,7 @@ def _hdge(variant):
 def test_smoke_checkpoint_and_keras_file_round_trips(variant, tmp_path):
     x, y = digits_arrays(64)
     trainer = _hdge(variant)
-    run_trainer_smoke_test(trainer, x, y)
-    run_checkpoint_roundtrip(lambda: _hdge(variant), x, y, tmp_path / "checkpoint")
-    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    loaded = run_lifecycle(trainer, x, y, tmp_path, make=lambda: _hdge(variant))
     # The queue (rows, pointer, fill count) is state of the file; its settings are config.
     assert loaded.queue.get_config() == trainer.queue.get_config()
     assert int(loaded.queue.count.numpy()) == int(trainer.queue.count.numpy()) > 0

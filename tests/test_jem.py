@@ -10,14 +10,10 @@ import tensorflow as tf
 
 from helpers import (
     ConstantInitializer,
-    assert_replicas_agree,
-    cifar_arrays,
     digits_arrays,
     fit_one_device_and_two_replicas,
     run_briefly,
-    run_checkpoint_roundtrip,
-    run_serialization_test,
-    run_trainer_smoke_test,
+    run_lifecycle,
     tiny_network,
 )
 from keras_ebm import energy
@@ -36,8 +32,8 @@ def tiny_trainer(cls, image_shape=(8, 8, 1), norm=False, **kwargs):
 
 
 @pytest.mark.parametrize("method", ["jem", "sadajem"])
-def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_npz, method):
-    x, y = cifar_arrays(cifar10_npz, 256)
+def test_fit_on_real_cifar10_widens_the_energy_gap(cifar10_arrays, method):
+    x, y = cifar10_arrays(256)
     if method == "jem":
         model = tiny_trainer(
             JEM,
@@ -111,8 +107,7 @@ def test_one_device_and_two_replicas_agree(two_device_strategy, gradients):
         model.compile(optimizer=keras.optimizers.SGD(0.1))
         return model
 
-    results = fit_one_device_and_two_replicas(two_device_strategy, build, x, y)
-    assert_replicas_agree(results, ("loss", "px_loss", "energy_gap"))
+    fit_one_device_and_two_replicas(two_device_strategy, build, x, y, agree=("loss", "px_loss", "energy_gap"))
 
 
 def test_sadajem_two_loaders_bn_sam_step():
@@ -342,9 +337,7 @@ def _jem_family(method, x, y):
 def test_smoke_checkpoint_and_keras_file_round_trips(method, tmp_path):
     x, y = digits_arrays(64)
     trainer = _jem_family(method, x, y)
-    run_trainer_smoke_test(trainer, x, y)
-    run_checkpoint_roundtrip(lambda: _jem_family(method, x, y), x, y, tmp_path / "checkpoint")
-    loaded = run_serialization_test(trainer, x, y, tmp_path / "keras")
+    loaded = run_lifecycle(trainer, x, y, tmp_path, make=lambda: _jem_family(method, x, y))
     assert loaded.sampler.get_config() == trainer.sampler.get_config()
     assert loaded.gradients.get_config() == trainer.gradients.get_config()
     assert loaded.buffer.get_config() == trainer.buffer.get_config()
@@ -360,8 +353,7 @@ def test_keras_file_round_trip_with_a_library_backbone(tmp_path):
     x, y = digits_arrays(32)
     network = build_classifier(WideResNet(depth=10, width=1, norm="batch", input_shape=(8, 8, 1)), 10)
     trainer = SADAJEM(network, image_shape=(8, 8, 1), num_classes=10, buffer_size=20, seed=0)
-    run_trainer_smoke_test(trainer, x, y, steps=1)
-    run_serialization_test(trainer, x, y, tmp_path)
+    run_lifecycle(trainer, x, y, tmp_path, steps=1)
 
 
 # ---------------------------------------------------------------- the loss as numbers

@@ -60,18 +60,19 @@ FLOAT32_OVERRIDES = {
     "bn": (1e-4, 7e-5),
     "eval": (1e-4, 6e-5),
 }
-pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
 
-pc.TABLE[METHOD] = {
-    "forward": "tol; f, z direction, energies, encoder outputs (online and EMA)",
-    "loss terms": "tol; eq. 3 terms, s_pos, NT-Xent with the sample latents",
-    "gradients": "tol; EBM and encoder",
-    "weights after 3 steps": "tol; weights, spectral-norm u / v, Adam and SGD slots, 256 entries per tensor per step",
-    "BN statistics": "tol; encoder (3 passes a step: guidance view, then both SimCLR views)",
-    "sampler / buffer": "tol; buffer rows without replacement, augmented chain starts, SGLD with the clamp",
-    "queue / centres / EMA": "tol; EMA at the start of each step (decay 0 at first)",
-    "evaluation": "tol; f, z, energy, encoder outputs, `compute_ood_scores` (augmented view injected)",
-}
+pc.register(
+    METHOD,
+    forward="tol; f, z direction, energies, encoder outputs (online and EMA)",
+    loss="tol; eq. 3 terms, s_pos, NT-Xent with the sample latents",
+    gradients="tol; EBM and encoder",
+    weights="tol; weights, spectral-norm u / v, Adam and SGD slots, 256 entries per tensor per step",
+    bn="tol; encoder (3 passes a step: guidance view, then both SimCLR views)",
+    sampler="tol; buffer rows without replacement, augmented chain starts, SGLD with the clamp",
+    queue="tol; EMA at the start of each step (decay 0 at first)",
+    evaluation="tol; f, z, energy, encoder outputs, `compute_ood_scores` (augmented view injected)",
+    float32=FLOAT32_OVERRIDES,
+)
 
 
 def settings(golden):

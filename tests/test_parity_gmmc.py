@@ -43,18 +43,17 @@ GMMC_DRAWS = {
 # slots atol of 1e-9 meant for JEM's moments; a tiny entry after cancellation differed by 1.7e-8.
 FLOAT32_SLOTS = (1e-3, 1e-7)
 
-pc.OVERRIDES[METHOD] = {"float32": {"slots": FLOAT32_SLOTS}}
 
-pc.TABLE[METHOD] = {
-    "forward": "tol",
-    "loss terms": "tol; joint: step 0 discriminative, steps 1-2 generative",
-    "gradients": "tol",
-    "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step",
-    "BN statistics": "n/a (the recorded WRN has no BN)",
-    "sampler / buffer": "tol; staged class-conditional chains, buffer untouched before the switch",
-    "queue / centres / EMA": "tol; centres",
-    "evaluation": "tol; features, logits, log p(x) (official exp-then-log), accuracy, loss",
-}
+pc.register(
+    METHOD,
+    loss="tol; joint: step 0 discriminative, steps 1-2 generative",
+    weights="tol; weights and Adam moments, 256 entries per tensor per step",
+    bn="n/a (the recorded WRN has no BN)",
+    sampler="tol; staged class-conditional chains, buffer untouched before the switch",
+    queue="tol; centres",
+    evaluation="tol; features, logits, log p(x) (official exp-then-log), accuracy, loss",
+    float32={"slots": FLOAT32_SLOTS},
+)
 
 
 def build_trainer(golden, balance=None, step_size=1.0):

@@ -35,17 +35,18 @@ from keras_ebm.trainers import HDGE
 METHOD = "HDGE"  # the official draws: those of the JEM code (pw.JEM_DRAWS), which HDGE reuses
 SCALE = 0.5  # our loss = SCALE * official loss (module docstring)
 
-pc.TABLE[METHOD] = {
-    "forward": "tol",
-    "loss terms": "tol; HDGE and HDGE+JEM (our weights 0.5 = the official unit weights / 2)",
-    "gradients": "tol",
-    "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step; warm-up from lr 0 "
-    "(`LinearWarmup(from_zero=True)`)",
-    "BN statistics": "n/a (the recorded WRN has no BN)",
-    "sampler / buffer": "tol (HDGE+JEM)",
-    "queue / centres / EMA": "tol; logit queue and pointer after every step",
-    "evaluation": "tol; logits, px / py / pxgrad / pxsim scores and AUROC, ECE",
-}
+pc.register(
+    METHOD,
+    loss="tol; HDGE and HDGE+JEM (our weights 0.5 = the official unit weights / 2)",
+    weights=(
+        "tol; weights and Adam moments, 256 entries per tensor per step; warm-up from lr 0 "
+        "(`LinearWarmup(from_zero=True)`)"
+    ),
+    bn="n/a (the recorded WRN has no BN)",
+    sampler="tol (HDGE+JEM)",
+    queue="tol; logit queue and pointer after every step",
+    evaluation="tol; logits, px / py / pxgrad / pxsim scores and AUROC, ECE",
+)
 
 
 def build_trainer(golden, warmup_from_zero=True, temperature=None):

@@ -31,18 +31,15 @@ METHOD = "JEM"  # the official draws: pw.JEM_DRAWS
 # in float32 (the global dtype policy cached by a float64 test made it run in float64; fixed in
 # parity_common.float_precision) the shared (1e-3, 1e-9) looked enough. atol = 1.5x the measurement.
 FLOAT32_OVERRIDES = {"slots": (1e-3, 1.1e-5)}
-pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
 
-pc.TABLE[METHOD] = {
-    "forward": "tol",
-    "loss terms": "tol",
-    "gradients": "tol",
-    "weights after 3 steps": "tol; weights and Adam moments, 256 entries per tensor per step",
-    "BN statistics": "n/a (the JEM recipe has no BN)",
-    "sampler / buffer": "tol; a buffer row drawn twice in one step keeps our last sample (departure)",
-    "queue / centres / EMA": "n/a",
-    "evaluation": "tol",
-}
+pc.register(
+    METHOD,
+    weights="tol; weights and Adam moments, 256 entries per tensor per step",
+    bn="n/a (the JEM recipe has no BN)",
+    sampler="tol; a buffer row drawn twice in one step keeps our last sample (departure)",
+    queue="n/a",
+    float32=FLOAT32_OVERRIDES,
+)
 
 
 def build_trainer(golden, sampler_kwargs=None, optimizer=None):

@@ -56,19 +56,20 @@ FLOAT32_OVERRIDES = {
     "eval": (1e-3, 6e-3),
 }
 
-pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
-pc.TABLE[METHOD] = {
-    "forward": "tol",
-    "loss terms": "tol",
-    "gradients": "tol",
-    "weights after 3 steps": "tol; weights, SGD momentum buffers and learning rate (`TorchSGD`, warm-up from 0); "
-    "f32 bounds of the official run's own round-off (docs/parity.md)",
-    "BN statistics": "tol; PyTorch's unbiased moving variance (`WideResNet(bn_unbiased_variance=True)`)",
-    "sampler / buffer": 'tol; informative init replayed with `factor_order="chw"` (float64 only: '
-    "the official float32 Cholesky adds 1.5e-3 of round-off, so the float32 run has no reinit)",
-    "queue / centres / EMA": "n/a",
-    "evaluation": "tol",
-}
+pc.register(
+    METHOD,
+    weights=(
+        "tol; weights, SGD momentum buffers and learning rate (`TorchSGD`, warm-up from 0); "
+        "f32 bounds of the official run's own round-off (docs/parity.md)"
+    ),
+    bn="tol; PyTorch's unbiased moving variance (`WideResNet(bn_unbiased_variance=True)`)",
+    sampler=(
+        'tol; informative init replayed with `factor_order="chw"` (float64 only: '
+        "the official float32 Cholesky adds 1.5e-3 of round-off, so the float32 run has no reinit)"
+    ),
+    queue="n/a",
+    float32=FLOAT32_OVERRIDES,
+)
 
 
 def build_trainer(

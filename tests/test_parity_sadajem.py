@@ -69,19 +69,23 @@ FLOAT32_OVERRIDES = {
     "eval": (1e-3, 0.37),
 }
 
-pc.OVERRIDES[METHOD] = {"float32": FLOAT32_OVERRIDES}
-pc.TABLE[METHOD] = {
-    "forward": "tol",
-    "loss terms": "tol; both SAM passes (the L2 term in the first only, as the code)",
-    "gradients": "tol; first pass and the applied second-pass gradients (ASAM)",
-    "weights after 3 steps": "tol; weights, SGD momentum buffers, learning rate; f32: ASAM rho 2 in f64, SAM "
-    "rho 0.2 in f32, bounds of the official f32 run's own round-off (docs/parity.md)",
-    "BN statistics": "tol; updated in the first SAM pass only",
-    "sampler / buffer": "tol; informative init in float64 (as JEM++); data noise added to the p(x) batch",
-    "queue / centres / EMA": "n/a",
-    "evaluation": "tol; the official grad-norm score differentiates only each batch's first sample "
-    "(`f(x_k)[0].sum()`): compared there, its AUROC not compared (departure)",
-}
+pc.register(
+    METHOD,
+    loss="tol; both SAM passes (the L2 term in the first only, as the code)",
+    gradients="tol; first pass and the applied second-pass gradients (ASAM)",
+    weights=(
+        "tol; weights, SGD momentum buffers, learning rate; f32: ASAM rho 2 in f64, SAM "
+        "rho 0.2 in f32, bounds of the official f32 run's own round-off (docs/parity.md)"
+    ),
+    bn="tol; updated in the first SAM pass only",
+    sampler="tol; informative init in float64 (as JEM++); data noise added to the p(x) batch",
+    queue="n/a",
+    evaluation=(
+        "tol; the official grad-norm score differentiates only each batch's first sample "
+        "(`f(x_k)[0].sum()`): compared there, its AUROC not compared (departure)"
+    ),
+    float32=FLOAT32_OVERRIDES,
+)
 
 
 def build_trainer(golden, sam=None, energy_l2_second_pass=False, **jempp_kwargs):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from helpers import (
     digits_arrays,
     every_trainer,
-    run_checkpoint_roundtrip,
+    run_lifecycle,
     run_serialization_test,
     run_trainer_smoke_test,
     tiny_network,
@@ -150,9 +150,7 @@ def test_two_loader_batches_are_unpacked():
 def test_softmax_smoke_checkpoint_and_keras_file_round_trips(tmp_path):
     x, y = digits_arrays(64)
     trainer = make_trainer(weight_decay=1e-3, seed=4)
-    run_trainer_smoke_test(trainer, x, y)
-    run_checkpoint_roundtrip(make_trainer, x, y, tmp_path)
-    loaded = run_serialization_test(trainer, x, y, tmp_path)
+    loaded = run_lifecycle(trainer, x, y, tmp_path, make=make_trainer)
     assert loaded.weight_decay == 1e-3 and loaded.seed == 4
     run_serialization_test(make_trainer(), x, y, tmp_path / "uncompiled")  # weights only, no optimizer
     # Compiled but never trained: the optimizer comes back unbuilt (nothing to load), then trains.

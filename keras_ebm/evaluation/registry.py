@@ -8,8 +8,8 @@ and makes it once, when first needed: the output directory, the in-distribution 
 returns is merged into `<output_dir>/results.json` under its `key` (`runner.merge_results`).
 
 The results markdown (`runner.merge_results`) and the report across runs (`report.compare_runs`)
-ask every registered evaluator for its part (`markdown`, `columns`, `counts`, `compare_plots`), so
-a new evaluation is one new file:
+ask every registered evaluator for its part (`markdown` or, one paragraph per entry, `paragraph`;
+`columns`, `counts`, `compare_plots`), so a new evaluation is one new file:
 
     from keras_ebm.evaluation import registry
 
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
     from keras_ebm.trainers.base import EBMTrainer
 
+    # A column of the report across runs: (title, getter(results) -> value, "pct" or "num").
+    Column = tuple[str, Callable[[Mapping[str, Any]], Any], str]
+
 GIN_MODULE = "keras_ebm.evaluation.evaluators"
 _EVALUATORS = {}
 
@@ -55,13 +58,16 @@ class Evaluator:
     they write files of their own) and take their options as `__init__` arguments (gin binds them).
 
     Class-level hooks read results.json back (they need no instance):
-    `markdown(entries)` lines of results.md, `columns(results_list)` and `counts(entries)` of the
+    `markdown(entries)` lines of results.md (by default a paragraph per entry, `paragraph(name,
+    entry)`, when the subclass defines it), `columns(results_list)` and `counts(entries)` of the
     report across runs, `compare_plots(runs, output_dir)` its extra plots.
     """
 
     name = None  # set by `register`
     key = None
     export_only = False  # reads nothing but the export (the trainer, if any needs it, is restored after)
+    # Optional `paragraph(name, entry) -> str` (a staticmethod): the results.md text of one entry.
+    paragraph: Callable[[str, Mapping[str, Any]], str] | None = None
 
     @property
     def needs_model(self) -> bool:
@@ -74,13 +80,12 @@ class Evaluator:
 
     @classmethod
     def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        """results.md lines of this evaluator's entries."""
-        return []
+        """results.md lines of this evaluator's entries: a paragraph per entry (`paragraph`), if
+        the evaluator defines one."""
+        return [] if cls.paragraph is None else paragraphs(entries, cls.paragraph)
 
     @classmethod
-    def columns(
-        cls, results_list: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[Column]:
         """`[(title, getter(results) -> value, "pct" or "num")]` of the report across runs."""
         return []
 

@@ -150,33 +150,11 @@ def run_robustness(
     return out
 
 
-def run_cw(
-    model: keras.Model,
-    images: np.ndarray,
-    labels: np.ndarray,
-    targeted: bool = False,
-    steps: int | None = None,
-    batch_size: int = 100,
-    max_examples: int | None = None,
-    seed: int = 0,
-    output_dir: str | os.PathLike | None = None,
-    progress: bool = True,
-    **cw_kwargs: Any,
-) -> dict[str, dict[str, Any]]:
-    """C&W L2 (GMMC Table 7) as `{name: result}`; see `robustness.evaluate_cw`."""
-    result = robustness.evaluate_cw(
-        model,
-        images,
-        labels,
-        targeted=targeted,
-        steps=steps,
-        batch_size=batch_size,
-        max_examples=max_examples,
-        seed=seed,
-        output_dir=output_dir,
-        progress=progress,
-        **cw_kwargs,
-    )
+def run_cw(model: keras.Model, images: np.ndarray, labels: np.ndarray, **options: Any) -> dict[str, dict[str, Any]]:
+    """C&W L2 (GMMC Table 7) as `{name: result}`; `options` are those of `robustness.evaluate_cw`
+    (`targeted`, `steps`, `batch_size`, `max_examples`, `seed`, `output_dir`, `progress`, and the
+    attack's own keywords)."""
+    result = robustness.evaluate_cw(model, images, labels, **options)
     return {result["name"]: result}
 
 

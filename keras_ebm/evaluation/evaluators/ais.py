@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from keras_ebm.evaluation import registry, report, suite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 
@@ -40,22 +40,17 @@ class AIS(registry.Evaluator):
             base=self.base,
         )
 
-    @classmethod
-    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        return registry.paragraphs(
-            entries,
-            lambda name, r: (
-                f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
-                f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
-                f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
-                f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). " + r["variance_note"]
-            ),
+    @staticmethod
+    def paragraph(name: str, r: Mapping[str, Any]) -> str:
+        return (
+            f"AIS {name}: log Z {r['log_z']:.2f} +- {r['log_z_stderr']:.2f} (standard error over "
+            f"{r['num_chains']} chains, ESS {r['ess']:.0f}, {r['num_temperatures']} temperatures); test "
+            f"log-likelihood {r['log_likelihood']:.2f} nats ({r['bits_per_dim']:.3f} bits/dim"
+            f"{', dequantised' if r['dequantized'] else ''}; {r['num_examples']} images). " + r["variance_note"]
         )
 
     @classmethod
-    def columns(
-        cls, results_list: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[registry.Column]:
         return [
             (f"{label} [{name}]", lambda r, n=name, k=key: (r.get("likelihood") or {}).get(n, {}).get(k), "num")
             for name in report.union([r.get("likelihood") or {} for r in results_list])

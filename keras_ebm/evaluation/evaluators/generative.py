@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from keras_ebm.evaluation import registry, report, suite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 INCEPTION_METRICS = ("fid", "inception_score", "kid")
@@ -64,22 +64,17 @@ class Generative(registry.Evaluator):
             output_dir=ctx.output_dir,
         )
 
-    @classmethod
-    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        def text(name, r):
-            metrics = ", ".join(f"{k} {r[k]:.4g}" for k in GENERATIVE_METRICS if k in r)
-            return (
-                f"Samples {name}: {metrics} ({r['num_samples']} samples; reference "
-                f"{r['reference']['dataset']}/{r['reference']['split']}, {r['reference']['num_examples']} "
-                f"images; {r['feature_network']})"
-            )
-
-        return registry.paragraphs(entries, text)
+    @staticmethod
+    def paragraph(name: str, r: Mapping[str, Any]) -> str:
+        metrics = ", ".join(f"{k} {r[k]:.4g}" for k in GENERATIVE_METRICS if k in r)
+        return (
+            f"Samples {name}: {metrics} ({r['num_samples']} samples; reference "
+            f"{r['reference']['dataset']}/{r['reference']['split']}, {r['reference']['num_examples']} "
+            f"images; {r['feature_network']})"
+        )
 
     @classmethod
-    def columns(
-        cls, results_list: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[registry.Column]:
         gen = [r.get("generative") or {} for r in results_list]
         names = report.union(gen)
         cols = []

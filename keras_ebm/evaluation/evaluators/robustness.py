@@ -17,7 +17,7 @@ from keras_ebm.evaluation import registry, report, runner, suite
 from keras_ebm.evaluation import robustness as robustness_lib
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 
@@ -125,19 +125,20 @@ class Robustness(registry.Evaluator):
                 f"| {pct(r['clean_accuracy'])} | " + " | ".join(pct(a) for a in r["robust_accuracy"]) + " |",
             ]
         cw = {k: r for k, r in entries.items() if k not in pgd}
-        return lines + registry.paragraphs(
-            cw,
-            lambda name, r: (
-                f"{name}: success {pct(r.get('success_rate'))}, mean L2 "
-                f"{r.get('mean_l2', float('nan')):.4f}, median L2 {r.get('median_l2', float('nan')):.4f} "
-                f"([0, 1] units; {r.get('num_attacked')} of {r.get('num_examples')} images attacked)"
-            ),
+        return lines + registry.paragraphs(cw, cls.cw_paragraph)
+
+    @staticmethod
+    def cw_paragraph(name: str, r: Mapping[str, Any]) -> str:
+        """The results.md text of one C&W entry."""
+        pct = runner.pct
+        return (
+            f"{name}: success {pct(r.get('success_rate'))}, mean L2 "
+            f"{r.get('mean_l2', float('nan')):.4f}, median L2 {r.get('median_l2', float('nan')):.4f} "
+            f"([0, 1] units; {r.get('num_attacked')} of {r.get('num_examples')} images attacked)"
         )
 
     @classmethod
-    def columns(
-        cls, results_list: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[registry.Column]:
         robust = [r.get("robustness") or {} for r in results_list]
         cols = []
         for name in report.union(robust):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from keras_ebm.evaluation import registry, report, runner, suite
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any
 
 
@@ -45,20 +45,15 @@ class SampleQuality(registry.Evaluator):
             output_dir=ctx.output_dir,
         )
 
-    @classmethod
-    def markdown(cls, entries: Mapping[str, Any]) -> list[str]:
-        return registry.paragraphs(
-            entries,
-            lambda name, r: (
-                f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
-                f"({r['num_samples']} samples)"
-            ),
+    @staticmethod
+    def paragraph(name: str, r: Mapping[str, Any]) -> str:
+        return (
+            f"Sample quality {name}: accuracy under the reference classifier {runner.pct(r.get('accuracy'))} "
+            f"({r['num_samples']} samples)"
         )
 
     @classmethod
-    def columns(
-        cls, results_list: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[str, Callable[[Mapping[str, Any]], Any], str]]:
+    def columns(cls, results_list: Sequence[Mapping[str, Any]]) -> list[registry.Column]:
         return [
             (
                 f"sample accuracy [{name}]",

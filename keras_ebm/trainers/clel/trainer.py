@@ -405,25 +405,26 @@ class CLEL(EBMTrainer):
         similarity = tf.reduce_sum(z[:, None, :] * latents, axis=[1, 2])
         return _energy(features) - beta * similarity
 
-    def generate(
+    def run_chains(
         self,
-        num_samples: int,
-        y: TensorLike | None = None,
+        x0: tf.Tensor,
+        y: tf.Tensor | None,
         n_steps: int | None = None,
-        from_buffer: bool = False,
         latents: TensorLike | None = None,
         beta: float | None = None,
         sweeps: int | None = None,
     ) -> tf.Tensor:
-        """Draw samples with the EMA EBM (the networks the paper evaluates with `use_ema`).
+        """`generate`'s chains, with the EMA EBM (the networks the paper evaluates with `use_ema`).
+
+        `generate(num_samples, y=None, n_steps=None, from_buffer=False, latents=None, beta=None,
+        sweeps=None)` passes its last three here:
 
         Args:
-            num_samples: number of images.
-            y: optional class labels `[num_samples]`: class-conditional chains on p(x | z_bar_y), with the
-                z_bar of `set_class_latents` (Appendix D).
+            x0: the chain starts, U(pixel range) noise or (`from_buffer`) the replay buffer's rows
+                (CLEL's training-time FID is computed on the buffer).
+            y: optional class labels `[num_samples]`: class-conditional chains on p(x | z_bar_y), with
+                the z_bar of `set_class_latents` (Appendix D).
             n_steps: SGLD steps (per sweep when `sweeps` is set; default the sampler's, 60).
-            from_buffer: start from replay-buffer states (the chains kept while training; CLEL's
-                training-time FID is computed on the buffer) instead of U(pixel range) noise.
             latents: optional `[num_samples, k]` (instance-conditional, e.g. `encode(x)`) or
                 `[num_samples, A, k]` (compositional, eq. 6) conditioning latents.
             beta: guidance weight of the conditional energies (default the trainer's `beta`).
@@ -447,22 +448,6 @@ class CLEL(EBMTrainer):
                     "Received: y without class latents"
                 )
             latents = tf.gather(self.class_latents, tf.cast(y, tf.int32))
-        return super().generate(
-            num_samples, n_steps=n_steps, from_buffer=from_buffer, latents=latents, beta=beta, sweeps=sweeps
-        )
-
-    def run_chains(
-        self,
-        x0: tf.Tensor,
-        y: tf.Tensor | None,
-        n_steps: int | None = None,
-        latents: TensorLike | None = None,
-        beta: float | None = None,
-        sweeps: int | None = None,
-    ) -> tf.Tensor:
-        """`generate`'s chains on the EMA EBM: marginal, or conditioned on `latents`; plain or in
-        training-style sweeps."""
-        del y  # CLEL conditions on latents (`generate` maps labels to class latents)
         sweeps = self.sample_sweeps if sweeps is None else _check_sweeps(sweeps, "sweeps")
         if latents is None:
 
