@@ -184,26 +184,24 @@ def _final_trip(name):
     return (int(trips[-1][0]), trips[-1][1].split(", ")) if trips else None
 
 
-def _last_good(name):
-    """A run the divergence guard gave up on, evaluated at its newest confirmed-good checkpoint: the
-    newest one at least `DivergenceGuard.confirm_steps` before the step of the final trip (the
-    guard's own definition of good). Copied with its checkpoints up to that one into
+def _last_good(name, trip):
+    """A run the divergence guard gave up on (`trip`: its `_final_trip`), evaluated at its newest
+    confirmed-good checkpoint: the newest one at least `DivergenceGuard.confirm_steps` before the
+    step of the final trip (the guard's own definition of good). Copied with its checkpoints up to that one into
     `<name>_last_good`, then resumed there for no step (`run_training.train_steps` = that step), so
     train.py exports and evaluates it as it does a finished run. None when no checkpoint qualifies."""
     import shutil
 
     import tensorflow as tf
 
+    from keras_ebm.callbacks import listed_checkpoints
+
     source = os.path.join(FLAGS.output_dir, name)
-    trip = _final_trip(name)
     with open(os.path.join(source, "operative_config.gin")) as f:
         confirm = re.search(r"DivergenceGuard\.confirm_steps = (\d+)", f.read())
-    if trip is None:
-        return None
     limit = trip[0] - (int(confirm.group(1)) if confirm else 100)
-    state = tf.train.get_checkpoint_state(os.path.join(source, "checkpoints"))
-    paths = [os.path.join(source, "checkpoints", p) for p in state.all_model_checkpoint_paths] if state else []
-    paths = [p for p in paths if int(p.rsplit("-", 1)[1]) <= limit]
+    listed = listed_checkpoints(os.path.join(source, "checkpoints"))
+    paths = [os.path.join(source, "checkpoints", p) for p in set(listed) if int(p.rsplit("-", 1)[1]) <= limit]
     if not paths:
         return None
     good = max(paths, key=lambda p: int(p.rsplit("-", 1)[1]))
@@ -314,15 +312,15 @@ def main(argv):
         if not os.path.exists(os.path.join(model_dir, "training_summary.json")):
             incomplete = _incomplete_row(model_dir)
             given_up = os.path.exists(os.path.join(model_dir, "training_failed.txt"))
+            trip = _final_trip(name) if given_up else None
             last_good = os.path.join(FLAGS.output_dir, f"{name}_last_good")
-            if given_up and not FLAGS.collect_only:
-                last_good = _last_good(name) or last_good
-            if not (given_up and os.path.exists(os.path.join(last_good, "last_good.json"))):
+            if trip is not None and not FLAGS.collect_only:
+                last_good = _last_good(name, trip) or last_good
+            if not (trip is not None and os.path.exists(os.path.join(last_good, "last_good.json"))):
                 rows[name] = incomplete
                 continue
             incomplete["status"] = "gave up"
-            step, fired = _final_trip(name)
-            incomplete["final_trip"] = {"at_step": step, "fired": fired}
+            incomplete["final_trip"] = {"at_step": trip[0], "fired": trip[1]}
             model_dir = last_good  # the numbers below are those of its newest good checkpoint
             with open(os.path.join(last_good, "last_good.json")) as f:
                 step = json.load(f)["step"]

@@ -357,7 +357,7 @@ def tiny_clel_encoder(image_shape=(8, 8, 3), output_dim=6, **kwargs):
     head, `output_dim` outputs, no input normalisation (`kwargs` go to `build_clel_encoder`)."""
     from keras_ebm.backbones.clel import build_clel_encoder
 
-    options = dict(widths=(4, 8), blocks_per_stage=(1, 1), head_units=8, input_mean=None, **kwargs)
+    options = {"widths": (4, 8), "blocks_per_stage": (1, 1), "head_units": 8, "input_mean": None, **kwargs}
     return build_clel_encoder(image_shape, output_dim=output_dim, **options)
 
 

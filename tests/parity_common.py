@@ -304,32 +304,19 @@ TABLE = {}
 # TOLERANCES (reason next to them in the test); the table shows them and `Comparer` takes them.
 OVERRIDES = {}
 METHOD_ORDER = ("JEM", "JEM++", "SADA-JEM", "HDGE", "GMMC", "CLEL")
-_CELL_COLUMNS = {
-    "forward": "forward",
-    "loss": "loss terms",
-    "gradients": "gradients",
-    "weights": "weights after 3 steps",
-    "bn": "BN statistics",
-    "sampler": "sampler / buffer",
-    "queue": "queue / centres / EMA",
-    "evaluation": "evaluation",
-}
 
 
-def register(method, *, weights, bn, sampler, queue, float32=None, **core):
+def register(
+    method, *, weights, bn, sampler, queue, forward="tol", loss="tol", gradients="tol", evaluation="tol", float32=None
+):
     """A test module's entry in the parity table: its method's cells (`TABLE`) and its own float32
     tolerances (`OVERRIDES`; `float32`: {kind: (rtol, atol)}, the reason next to them in the test).
 
     `weights`, `bn`, `sampler` and `queue` say what the test compares in those columns (they vary
-    by method); `forward`, `loss`, `gradients` and `evaluation` (`core`) are "tol" unless given:
-    every parity test compares those within the tolerances.
+    by method); `forward`, `loss`, `gradients` and `evaluation` are "tol" unless given: every
+    parity test compares those within the tolerances.
     """
-    unknown = set(core) - {"forward", "loss", "gradients", "evaluation"}
-    if unknown:
-        raise TypeError(f"register() got unexpected cells {sorted(unknown)}; columns: {sorted(_CELL_COLUMNS)}")
-    cells = {"forward": "tol", "loss": "tol", "gradients": "tol", "evaluation": "tol", **core}
-    cells.update(weights=weights, bn=bn, sampler=sampler, queue=queue)
-    TABLE[method] = {column: cells[key] for key, column in _CELL_COLUMNS.items()}
+    TABLE[method] = dict(zip(COLUMNS, (forward, loss, gradients, weights, bn, sampler, queue, evaluation), strict=True))
     if float32:
         OVERRIDES[method] = {"float32": dict(float32)}
 
